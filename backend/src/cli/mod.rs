@@ -1,0 +1,119 @@
+//! The `pcierc` command line, following QEMU's vhost-user backend program conventions
+//! (`--socket-path`, `--fd`, `--print-capabilities`).
+
+pub mod capabilities;
+pub mod dump;
+pub mod qtest;
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+use crate::service::{self, Listen, ServiceConfig};
+use crate::topology::TopologySpec;
+use crate::{Error, Result};
+
+/// pcierc: a PCIe root complex (Q35 host bridge, ECAM, PCIe root ports) served over a unix socket.
+#[derive(Parser, Debug)]
+#[command(name = "pcierc", version, args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// Serve the protocol on a unix socket created at PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+    /// Serve on an inherited socket: a listening socket (frontends connect to it) or one
+    /// already-connected stream (a single frontend).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
+    /// Print a JSON description of the backend and its features, then exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// Topology options.
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    /// Subcommands (tools).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Where the hierarchy comes from: the embedded default (unless `--nodefaults`) or a TOML file,
+/// plus QEMU-syntax `--device` options.
+#[derive(ClapArgs, Debug, Default, Clone)]
+pub struct TopologyArgs {
+    /// Read the topology from a TOML file instead of the embedded default.
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    /// Start from the host bridge alone instead of the embedded default's four root ports.
+    #[arg(long, short = 'n')]
+    pub nodefaults: bool,
+    /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0`.
+    #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
+    pub device: Vec<String>,
+}
+
+impl TopologyArgs {
+    /// Build and validate the topology these options describe.
+    pub fn load(&self) -> Result<TopologySpec> {
+        let mut spec = match &self.topology {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| Error::Io { context: format!("reading {}", path.display()), source })?;
+                TopologySpec::from_toml(&text)
+                    .map_err(|e| Error::Topology(format!("{}: {}", path.display(), e.to_string().trim_start_matches("invalid topology: "))))?
+            }
+            None if self.nodefaults => TopologySpec::empty(),
+            None => TopologySpec::embedded_default()?,
+        };
+        for d in &self.device {
+            spec.add_device_option(d)?;
+        }
+        Ok(spec)
+    }
+}
+
+/// Tools built into `pcierc`.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print every emulated function's 4 KiB configuration space in `lspci -xxxx` format.
+    Dump {
+        /// Read from a running backend instead of the power-on state of the topology.
+        #[arg(long, value_name = "PATH")]
+        connect: Option<PathBuf>,
+        /// Topology options (without --connect).
+        #[command(flatten)]
+        topology: TopologyArgs,
+    },
+    /// Answer QEMU's qtest line protocol on stdin/stdout through a running backend.
+    Qtest {
+        /// The backend's socket.
+        #[arg(long, value_name = "PATH")]
+        connect: PathBuf,
+    },
+}
+
+/// Run the program.
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(Command::Dump { connect: Some(path), .. }) => dump::dump_remote(&path, &mut std::io::stdout().lock()),
+        Some(Command::Dump { connect: None, topology }) => {
+            dump::dump_local(topology.load()?, &mut std::io::stdout().lock())
+        }
+        Some(Command::Qtest { connect }) => qtest::run(&connect, std::io::stdin().lock(), std::io::stdout().lock()),
+        None => {
+            let spec = args.topology.load()?;
+            if args.print_capabilities {
+                println!("{}", capabilities::json(&spec));
+                return Ok(());
+            }
+            let listen = match (args.socket_path, args.fd) {
+                (Some(p), None) => Listen::Path(p),
+                (None, Some(fd)) => Listen::Fd(fd),
+                _ => {
+                    return Err(Error::Topology(
+                        "nothing to do: give --socket-path PATH or --fd N (or --print-capabilities, or a subcommand)".into(),
+                    ))
+                }
+            };
+            service::serve(ServiceConfig { spec, listen })
+        }
+    }
+}

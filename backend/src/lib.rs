@@ -1,0 +1,15 @@
+//! pcierc: a PCIe root complex that runs as its own process.
+//!
+//! Layout: [`pci`] is the configuration-space engine, [`devices`] the function models (Q35 MCH,
+//! PCIe root port), [`topology`] the hierarchy and how it is described, [`service`] the socket
+//! side, [`cli`] the `pcierc` command line.
+#![deny(missing_docs)]
+
+pub mod devices;
+pub mod error;
+pub mod pci;
+
+pub use error::{Error, Result};
+pub mod cli;
+pub mod service;
+pub mod topology;

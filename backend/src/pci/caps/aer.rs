@@ -1,0 +1,167 @@
+//! Advanced Error Reporting extended capability, version 2 (PCIe Base 6.0 §7.8.4), with the
+//! masks, defaults and write hooks of QEMU 7.2's `hw/pci/pcie_aer.c` (`pcie_aer_init()`,
+//! `pcie_aer_root_init()`, `pcie_aer_root_reset()`, `pcie_aer_write_config()`,
+//! `pcie_aer_root_write_config()`). Error injection and the multiple-header log queue are not
+//! modelled yet: with no error ever recorded the log is always empty.
+
+use crate::pci::bridge::{BRIDGE_CONTROL, BRIDGE_CTL_SERR};
+use crate::pci::config_space::{CapabilityError, ConfigSpace};
+use crate::pci::header::{STATUS, STATUS_SIG_SYSTEM_ERROR};
+
+use super::EXT_CAP_ID_AER;
+
+// PCIe Base 6.0 §7.8.4.2 Uncorrectable Error Status Register.
+/// Uncorrectable Error Status.
+pub const UNCOR_STATUS: u16 = 0x04;
+// PCIe Base 6.0 §7.8.4.3 Uncorrectable Error Mask Register (read-only zero in QEMU 7.2).
+/// Uncorrectable Error Mask.
+pub const UNCOR_MASK: u16 = 0x08;
+// PCIe Base 6.0 §7.8.4.4 Uncorrectable Error Severity Register.
+/// Uncorrectable Error Severity.
+pub const UNCOR_SEVER: u16 = 0x0c;
+// PCIe Base 6.0 §7.8.4.5 Correctable Error Status Register.
+/// Correctable Error Status.
+pub const COR_STATUS: u16 = 0x10;
+// PCIe Base 6.0 §7.8.4.6 Correctable Error Mask Register.
+/// Correctable Error Mask.
+pub const COR_MASK: u16 = 0x14;
+// PCIe Base 6.0 §7.8.4.7 Advanced Error Capabilities and Control Register.
+/// Advanced Error Capabilities and Control.
+pub const CAP: u16 = 0x18;
+// PCIe Base 6.0 §7.8.4.8 Header Log Register.
+/// Header Log (16 bytes).
+pub const HEADER_LOG: u16 = 0x1c;
+// PCIe Base 6.0 §7.8.4.9 Root Error Command Register.
+/// Root Error Command.
+pub const ROOT_COMMAND: u16 = 0x2c;
+// PCIe Base 6.0 §7.8.4.10 Root Error Status Register.
+/// Root Error Status.
+pub const ROOT_STATUS: u16 = 0x30;
+// PCIe Base 6.0 §7.8.4.11 Error Source Identification Register.
+/// Error Source Identification.
+pub const ROOT_ERR_SRC: u16 = 0x34;
+// PCIe Base 6.0 §7.8.4.12 TLP Prefix Log Register.
+/// TLP Prefix Log (16 bytes).
+pub const TLP_PREFIX_LOG: u16 = 0x38;
+/// Size of the capability.
+pub const SIZEOF: u16 = 0x48;
+/// Capability version.
+pub const VERSION: u8 = 2;
+
+/// Uncorrectable errors QEMU 7.2 supports (`PCI_ERR_UNC_SUPPORTED`): Data Link Protocol,
+/// Surprise Down, Poisoned TLP through TLP Prefix Blocked (bits 4, 5, 12-25).
+pub const UNC_SUPPORTED: u32 = 0x03ff_f030;
+/// Default severity (`PCI_ERR_UNC_SEVERITY_DEFAULT`): Data Link Protocol, Surprise Down, Flow
+/// Control Protocol, Receiver Overflow, Malformed TLP and Uncorrectable Internal Error are fatal.
+pub const UNC_SEVERITY_DEFAULT: u32 = 0x0046_2030;
+/// Correctable errors QEMU 7.2 supports (`PCI_ERR_COR_SUPPORTED`).
+pub const COR_SUPPORTED: u32 = 0x0000_f1c1;
+/// Default correctable mask (`PCI_ERR_COR_MASK_DEFAULT`): Advisory Non-Fatal, Corrected
+/// Internal and Header Log Overflow are masked.
+pub const COR_MASK_DEFAULT: u32 = 0x0000_e000;
+// PCIe Base 6.0 §7.8.4.7 fields: First Error Pointer 4:0, ECRC Generation Capable 5 / Enable 6,
+// ECRC Check Capable 7 / Enable 8, Multiple Header Recording Capable 9 / Enable 10,
+// TLP Prefix Log Present 11.
+const CAP_FEP_MASK: u32 = 0x1f;
+const CAP_ECRC_GENC: u32 = 1 << 5;
+const CAP_ECRC_GENE: u32 = 1 << 6;
+const CAP_ECRC_CHKC: u32 = 1 << 7;
+const CAP_ECRC_CHKE: u32 = 1 << 8;
+const CAP_MHRC: u32 = 1 << 9;
+const CAP_MHRE: u32 = 1 << 10;
+const CAP_TLP: u32 = 1 << 11;
+// PCIe Base 6.0 §7.8.4.9: Correctable / Non-Fatal / Fatal Error Reporting Enable.
+const ROOT_CMD_COR_EN: u32 = 1 << 0;
+const ROOT_CMD_NONFATAL_EN: u32 = 1 << 1;
+const ROOT_CMD_FATAL_EN: u32 = 1 << 2;
+const ROOT_CMD_EN_MASK: u32 = 0x7;
+// PCIe Base 6.0 §7.8.4.10: ERR_COR Received 0 ... Fatal Error Messages Received 6 (RW1C),
+// Advanced Error Interrupt Message Number 31:27.
+const ROOT_STATUS_COR_RCV: u32 = 1 << 0;
+const ROOT_STATUS_NONFATAL_RCV: u32 = 1 << 5;
+const ROOT_STATUS_FATAL_RCV: u32 = 1 << 6;
+const ROOT_STATUS_REPORT_MASK: u32 = 0x7f;
+const ROOT_STATUS_IRQ_SHIFT: u32 = 27;
+
+/// What the Root Error Command hook asks the port to do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RootSignal {
+    /// Nothing.
+    None,
+    /// MSI/MSI-X is off: set INTx to this level.
+    Intx(bool),
+    /// Send this MSI-X vector.
+    Msi(u16),
+}
+
+/// Add AER at `offset` as QEMU's `pcie_aer_init()` for a port (multiple header recording
+/// capable, since QEMU's default log holds 8 entries) and `pcie_aer_root_init()`.
+pub fn init_root_port(cs: &mut ConfigSpace, offset: u16) -> Result<u16, CapabilityError> {
+    let at = cs.add_ext_capability(EXT_CAP_ID_AER, VERSION, offset, SIZEOF)?;
+    cs.set_w1cmask(at + UNCOR_STATUS, 4, UNC_SUPPORTED.into());
+    cs.set_dword(at + UNCOR_SEVER, UNC_SEVERITY_DEFAULT);
+    cs.set_wmask(at + UNCOR_SEVER, 4, UNC_SUPPORTED.into());
+    cs.or_w1cmask(at + COR_STATUS, 4, COR_SUPPORTED.into());
+    cs.set_dword(at + COR_MASK, COR_MASK_DEFAULT);
+    cs.set_wmask(at + COR_MASK, 4, COR_SUPPORTED.into());
+    cs.set_dword(at + CAP, CAP_ECRC_GENC | CAP_ECRC_CHKC | CAP_MHRC);
+    cs.set_wmask(at + CAP, 4, (CAP_ECRC_GENE | CAP_ECRC_CHKE | CAP_MHRE).into());
+    // Ports forward errors with Bridge Control SERR# Enable. (QEMU also sets this dword mask
+    // at Status, where it only repeats Signaled System Error.)
+    cs.or_wmask(BRIDGE_CONTROL, 2, BRIDGE_CTL_SERR.into());
+    cs.or_w1cmask(STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
+    // pcie_aer_root_init()
+    cs.set_wmask(at + ROOT_COMMAND, 4, ROOT_CMD_EN_MASK.into());
+    cs.set_w1cmask(at + ROOT_STATUS, 4, ROOT_STATUS_REPORT_MASK.into());
+    Ok(at)
+}
+
+/// QEMU's `pcie_aer_root_set_vector()`: the Advanced Error Interrupt Message Number.
+pub fn root_set_vector(cs: &mut ConfigSpace, at: u16, vector: u8) {
+    let sta = cs.dword(at + ROOT_STATUS) & !(0x1f << ROOT_STATUS_IRQ_SHIFT);
+    cs.set_dword(at + ROOT_STATUS, sta | u32::from(vector & 0x1f) << ROOT_STATUS_IRQ_SHIFT);
+}
+
+/// QEMU's `pcie_aer_root_reset()`: Root Error Command cleared. Severity, masks and the ECRC and
+/// multiple-header enables keep their values, as in QEMU.
+pub fn root_reset(cs: &mut ConfigSpace, at: u16) {
+    cs.set_dword(at + ROOT_COMMAND, 0);
+}
+
+/// QEMU's `pcie_aer_write_config()` with an empty error log: when the error the First Error
+/// Pointer names is no longer set, the pointer and the header and prefix logs are cleared.
+pub fn write_config(cs: &mut ConfigSpace, at: u16) {
+    let errcap = cs.dword(at + CAP);
+    let first_error = 1u32 << (errcap & CAP_FEP_MASK);
+    if cs.dword(at + UNCOR_STATUS) & first_error == 0 {
+        cs.clear_bits(at + CAP, 4, (CAP_FEP_MASK | CAP_TLP).into());
+        for i in 0..4 {
+            cs.set_dword(at + HEADER_LOG + 4 * i, 0);
+            cs.set_dword(at + TLP_PREFIX_LOG + 4 * i, 0);
+        }
+    }
+}
+
+/// QEMU's `pcie_aer_root_write_config()`, run after every configuration write to a root port
+/// with the Root Error Command value from before it.
+pub fn root_write_config(cs: &ConfigSpace, at: u16, root_cmd_prev: u32, msi_enabled: bool) -> RootSignal {
+    let root_status = cs.dword(at + ROOT_STATUS);
+    let mut enabled_cmd = 0;
+    for (sta, cmd) in [
+        (ROOT_STATUS_COR_RCV, ROOT_CMD_COR_EN),
+        (ROOT_STATUS_NONFATAL_RCV, ROOT_CMD_NONFATAL_EN),
+        (ROOT_STATUS_FATAL_RCV, ROOT_CMD_FATAL_EN),
+    ] {
+        if root_status & sta != 0 {
+            enabled_cmd |= cmd;
+        }
+    }
+    let root_cmd = cs.dword(at + ROOT_COMMAND);
+    if !msi_enabled {
+        return RootSignal::Intx(root_cmd & enabled_cmd != 0);
+    }
+    if root_cmd_prev & enabled_cmd != 0 || root_cmd & enabled_cmd == 0 {
+        return RootSignal::None;
+    }
+    RootSignal::Msi((root_status >> ROOT_STATUS_IRQ_SHIFT) as u16)
+}

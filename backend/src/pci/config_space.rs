@@ -1,0 +1,486 @@
+//! One function's configuration space as data, QEMU's model: register values, a write mask and a
+//! write-1-to-clear mask per byte, a size (reads past it return all ones, writes are dropped), and
+//! capability lists that build their own chains.
+//!
+//! A configuration write changes each byte as
+//! `value = (value & !wmask) | (data & wmask); value &= !(data & w1cmask)`,
+//! which is exactly `pci_default_write_config()` in QEMU's `hw/pci/pci.c`.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Size of a conventional PCI configuration space (PCI Local Bus 3.0 §6.1).
+pub const PCI_CONFIG_SPACE_SIZE: u16 = 0x100;
+/// Size of a PCI Express configuration space (PCIe Base 6.0 §7.2.2).
+pub const PCIE_CONFIG_SPACE_SIZE: u16 = 0x1000;
+/// End of the predefined header; capabilities and device-specific registers follow
+/// (PCI Local Bus 3.0 §6.1).
+pub const CONFIG_HEADER_SIZE: u16 = 0x40;
+
+// PCI Local Bus 3.0 §6.7 Capabilities List: the Capabilities Pointer register.
+/// Offset of the Capabilities Pointer.
+pub const CAPABILITY_LIST: u16 = 0x34;
+// PCI Local Bus 3.0 §6.2.3 Status register, bit 4 Capabilities List.
+const STATUS: u16 = 0x06;
+const STATUS_CAP_LIST: u64 = 1 << 4;
+// PCI Local Bus 3.0 §6.7: each capability is (ID, next pointer, ...).
+const CAP_NEXT: u16 = 1;
+// PCIe Base 6.0 §7.6.3 PCI Express Extended Capability Header: ID 15:0, version 19:16, next 31:20.
+const EXT_CAP_NEXT_SHIFT: u32 = 20;
+const EXT_CAP_VERSION_SHIFT: u32 = 16;
+
+/// Why a capability could not be added (a bug in a model's layout, never guest input).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CapabilityError {
+    /// The requested bytes overlap the header or another capability, or leave the space.
+    #[error("capability {id:#x} at {offset:#x}+{size:#x} overlaps or leaves the configuration space")]
+    Overlap {
+        /// Capability ID.
+        id: u16,
+        /// Requested offset.
+        offset: u16,
+        /// Requested size.
+        size: u16,
+    },
+    /// No free gap of the requested size in 0x40-0xff.
+    #[error("no room for a {size:#x}-byte capability {id:#x}")]
+    NoSpace {
+        /// Capability ID.
+        id: u8,
+        /// Requested size.
+        size: u8,
+    },
+}
+
+/// One function's configuration space.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigSpace {
+    size: u16,
+    value: Vec<u8>,
+    wmask: Vec<u8>,
+    w1cmask: Vec<u8>,
+    /// Bytes of 0x40-0xff claimed by standard capabilities (QEMU's `used`).
+    used: Vec<bool>,
+}
+
+/// Which per-byte array an accessor works on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Plane {
+    Value,
+    Write,
+    W1c,
+}
+
+impl ConfigSpace {
+    /// An all-zero space of `size` bytes ([`PCI_CONFIG_SPACE_SIZE`] or [`PCIE_CONFIG_SPACE_SIZE`];
+    /// anything else is clamped into that range). Nothing is writable yet.
+    pub fn new(size: u16) -> Self {
+        let size = size.clamp(PCI_CONFIG_SPACE_SIZE, PCIE_CONFIG_SPACE_SIZE);
+        let n = usize::from(PCIE_CONFIG_SPACE_SIZE);
+        ConfigSpace {
+            size,
+            value: vec![0; n],
+            wmask: vec![0; n],
+            w1cmask: vec![0; n],
+            used: vec![false; usize::from(PCI_CONFIG_SPACE_SIZE)],
+        }
+    }
+
+    /// The size guests see: 256 (conventional PCI) or 4096 (PCI Express).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// A guest read of `width` (1, 2 or 4) bytes at `offset`; bytes past the size read as 0xff.
+    pub fn read(&self, offset: u16, width: u8) -> u32 {
+        (0..u32::from(width.min(4))).fold(0, |acc, i| {
+            let byte = usize::from(offset)
+                .checked_add(i as usize)
+                .filter(|&o| o < usize::from(self.size))
+                .map_or(0xff, |o| self.value[o]);
+            acc | u32::from(byte) << (8 * i)
+        })
+    }
+
+    /// A guest write of `width` (1, 2 or 4) bytes at `offset`, through the write and W1C masks.
+    /// Bytes past the size are dropped.
+    pub fn write(&mut self, offset: u16, width: u8, data: u32) {
+        for i in 0..usize::from(width.min(4)) {
+            let Some(o) = usize::from(offset).checked_add(i).filter(|&o| o < usize::from(self.size)) else {
+                break;
+            };
+            let d = (data >> (8 * i)) as u8;
+            let w = self.wmask[o];
+            self.value[o] = (self.value[o] & !w) | (d & w);
+            self.value[o] &= !(d & self.w1cmask[o]);
+        }
+    }
+
+    fn plane(&self, p: Plane) -> &[u8] {
+        match p {
+            Plane::Value => &self.value,
+            Plane::Write => &self.wmask,
+            Plane::W1c => &self.w1cmask,
+        }
+    }
+
+    fn plane_mut(&mut self, p: Plane) -> &mut [u8] {
+        match p {
+            Plane::Value => &mut self.value,
+            Plane::Write => &mut self.wmask,
+            Plane::W1c => &mut self.w1cmask,
+        }
+    }
+
+    /// Little-endian `n` bytes (1-8) at `offset`; bytes outside 4 KiB read as zero.
+    fn get(&self, p: Plane, offset: u16, n: usize) -> u64 {
+        let bytes = self.plane(p);
+        (0..n.min(8)).fold(0, |acc, i| {
+            let b = bytes.get(usize::from(offset) + i).copied().unwrap_or(0);
+            acc | u64::from(b) << (8 * i)
+        })
+    }
+
+    /// Store `n` bytes (1-8) little-endian at `offset`; bytes outside 4 KiB are dropped.
+    fn put(&mut self, p: Plane, offset: u16, n: usize, v: u64) {
+        let bytes = self.plane_mut(p);
+        for i in 0..n.min(8) {
+            if let Some(b) = bytes.get_mut(usize::from(offset) + i) {
+                *b = (v >> (8 * i)) as u8;
+            }
+        }
+    }
+
+    /// Register byte at `offset` (no masks, no size check: the model's own view).
+    pub fn byte(&self, offset: u16) -> u8 {
+        self.get(Plane::Value, offset, 1) as u8
+    }
+    /// Register word at `offset`.
+    pub fn word(&self, offset: u16) -> u16 {
+        self.get(Plane::Value, offset, 2) as u16
+    }
+    /// Register dword at `offset`.
+    pub fn dword(&self, offset: u16) -> u32 {
+        self.get(Plane::Value, offset, 4) as u32
+    }
+    /// Register qword at `offset`.
+    pub fn qword(&self, offset: u16) -> u64 {
+        self.get(Plane::Value, offset, 8)
+    }
+    /// Set a register byte, bypassing the masks (hardware-side update).
+    pub fn set_byte(&mut self, offset: u16, v: u8) {
+        self.put(Plane::Value, offset, 1, u64::from(v));
+    }
+    /// Set a register word, bypassing the masks.
+    pub fn set_word(&mut self, offset: u16, v: u16) {
+        self.put(Plane::Value, offset, 2, u64::from(v));
+    }
+    /// Set a register dword, bypassing the masks.
+    pub fn set_dword(&mut self, offset: u16, v: u32) {
+        self.put(Plane::Value, offset, 4, u64::from(v));
+    }
+    /// Set a register qword, bypassing the masks.
+    pub fn set_qword(&mut self, offset: u16, v: u64) {
+        self.put(Plane::Value, offset, 8, v);
+    }
+    /// Set `bits` in the `n`-byte register at `offset`; returns the old value & `bits`
+    /// (QEMU's `pci_*_test_and_set_mask`).
+    pub fn set_bits(&mut self, offset: u16, n: usize, bits: u64) -> u64 {
+        let old = self.get(Plane::Value, offset, n);
+        self.put(Plane::Value, offset, n, old | bits);
+        old & bits
+    }
+    /// Clear `bits` in the `n`-byte register at `offset`; returns the old value & `bits`
+    /// (QEMU's `pci_*_test_and_clear_mask`).
+    pub fn clear_bits(&mut self, offset: u16, n: usize, bits: u64) -> u64 {
+        let old = self.get(Plane::Value, offset, n);
+        self.put(Plane::Value, offset, n, old & !bits);
+        old & bits
+    }
+
+    /// The write mask of the `n`-byte register at `offset`.
+    pub fn wmask(&self, offset: u16, n: usize) -> u64 {
+        self.get(Plane::Write, offset, n)
+    }
+    /// Replace the write mask of the `n`-byte register at `offset`.
+    pub fn set_wmask(&mut self, offset: u16, n: usize, mask: u64) {
+        self.put(Plane::Write, offset, n, mask);
+    }
+    /// Make `bits` of the `n`-byte register at `offset` writable.
+    pub fn or_wmask(&mut self, offset: u16, n: usize, bits: u64) {
+        let m = self.wmask(offset, n);
+        self.set_wmask(offset, n, m | bits);
+    }
+    /// Make `bits` of the `n`-byte register at `offset` read-only.
+    pub fn clear_wmask(&mut self, offset: u16, n: usize, bits: u64) {
+        let m = self.wmask(offset, n);
+        self.set_wmask(offset, n, m & !bits);
+    }
+    /// The write-1-to-clear mask of the `n`-byte register at `offset`.
+    pub fn w1cmask(&self, offset: u16, n: usize) -> u64 {
+        self.get(Plane::W1c, offset, n)
+    }
+    /// Replace the write-1-to-clear mask of the `n`-byte register at `offset`.
+    pub fn set_w1cmask(&mut self, offset: u16, n: usize, mask: u64) {
+        self.put(Plane::W1c, offset, n, mask);
+    }
+    /// Make `bits` of the `n`-byte register at `offset` write-1-to-clear.
+    pub fn or_w1cmask(&mut self, offset: u16, n: usize, bits: u64) {
+        let m = self.w1cmask(offset, n);
+        self.set_w1cmask(offset, n, m | bits);
+    }
+    /// Make every byte in `range` fully writable (QEMU's `memset(wmask + ..., 0xff, ...)`).
+    pub fn fill_wmask(&mut self, range: std::ops::Range<u16>) {
+        for o in range {
+            self.put(Plane::Write, o, 1, 0xff);
+        }
+    }
+
+    /// Add a standard capability (PCI Local Bus 3.0 §6.7) of `size` bytes at `offset`, or in the
+    /// first free gap from 0x40 when `offset` is `None`, as QEMU's `pci_add_capability()` does:
+    /// the new capability becomes the head of the list, its bytes are read-only until the caller
+    /// declares writable bits, and Status.Capabilities List is set. Returns the offset.
+    pub fn add_capability(&mut self, id: u8, offset: Option<u8>, size: u8) -> Result<u8, CapabilityError> {
+        let at = match offset {
+            Some(o) => {
+                let (start, end) = (usize::from(o), usize::from(o) + usize::from(size));
+                let free = start >= usize::from(CONFIG_HEADER_SIZE)
+                    && end <= usize::from(PCI_CONFIG_SPACE_SIZE)
+                    && !self.used[start..end].iter().any(|&u| u);
+                if !free {
+                    return Err(CapabilityError::Overlap { id: id.into(), offset: o.into(), size: size.into() });
+                }
+                o
+            }
+            None => self.find_space(size).ok_or(CapabilityError::NoSpace { id, size })?,
+        };
+        let (start, end) = (u16::from(at), u16::from(at) + u16::from(size));
+        for o in start..end {
+            self.used[usize::from(o)] = true;
+            self.put(Plane::Write, o, 1, 0);
+            self.put(Plane::W1c, o, 1, 0);
+        }
+        self.set_byte(start, id);
+        let head = self.byte(CAPABILITY_LIST);
+        self.set_byte(start + CAP_NEXT, head);
+        self.set_byte(CAPABILITY_LIST, at);
+        self.set_bits(STATUS, 2, STATUS_CAP_LIST);
+        Ok(at)
+    }
+
+    /// QEMU's `pci_find_space()`: the first gap of `size` free bytes at or after 0x40.
+    fn find_space(&self, size: u8) -> Option<u8> {
+        let mut start = usize::from(CONFIG_HEADER_SIZE);
+        for i in usize::from(CONFIG_HEADER_SIZE)..usize::from(PCI_CONFIG_SPACE_SIZE) {
+            if self.used[i] {
+                start = i + 1;
+            } else if i + 1 - start == usize::from(size) {
+                return u8::try_from(start).ok();
+            }
+        }
+        None
+    }
+
+    /// Add an extended capability (PCIe Base 6.0 §7.6.3) at `offset` (dword aligned, at or after
+    /// 0x100) and append it to the chain that starts at 0x100, as QEMU's `pcie_add_capability()`:
+    /// the header is written for you and the capability's bytes are read-only until declared.
+    pub fn add_ext_capability(&mut self, id: u16, version: u8, offset: u16, size: u16) -> Result<u16, CapabilityError> {
+        let end = usize::from(offset) + usize::from(size);
+        let overlaps = self.ext_capabilities().iter().any(|&(_, _, o)| offset < o + 8 && o < offset + size);
+        if offset < PCI_CONFIG_SPACE_SIZE
+            || !offset.is_multiple_of(4)
+            || size < 8
+            || end > usize::from(self.size)
+            || overlaps
+        {
+            return Err(CapabilityError::Overlap { id, offset, size });
+        }
+        if let Some(&(_, _, last)) = self.ext_capabilities().last() {
+            let header = self.dword(last);
+            let next = u32::from(offset) << EXT_CAP_NEXT_SHIFT;
+            self.set_dword(last, (header & !(0xfff << EXT_CAP_NEXT_SHIFT)) | next);
+        }
+        self.set_dword(offset, u32::from(id) | (u32::from(version) & 0xf) << EXT_CAP_VERSION_SHIFT);
+        for o in offset..offset + size {
+            self.put(Plane::Write, o, 1, 0);
+            self.put(Plane::W1c, o, 1, 0);
+        }
+        Ok(offset)
+    }
+
+    /// The standard capability chain as (ID, offset), following the guest-visible pointers
+    /// (bounded, so a corrupted chain cannot loop).
+    pub fn capabilities(&self) -> Vec<(u8, u8)> {
+        let mut out = Vec::new();
+        let mut at = self.byte(CAPABILITY_LIST);
+        while at != 0 && out.len() < 48 {
+            out.push((self.byte(at.into()), at));
+            at = self.byte(u16::from(at) + CAP_NEXT);
+        }
+        out
+    }
+
+    /// The extended capability chain as (ID, version, offset), starting at 0x100.
+    pub fn ext_capabilities(&self) -> Vec<(u16, u8, u16)> {
+        let mut out = Vec::new();
+        if self.size < PCIE_CONFIG_SPACE_SIZE || self.dword(PCI_CONFIG_SPACE_SIZE) == 0 {
+            return out;
+        }
+        let mut at = PCI_CONFIG_SPACE_SIZE;
+        while at >= PCI_CONFIG_SPACE_SIZE && out.len() < 1024 {
+            let h = self.dword(at);
+            out.push((h as u16, (h >> EXT_CAP_VERSION_SHIFT & 0xf) as u8, at));
+            at = (h >> EXT_CAP_NEXT_SHIFT) as u16 & 0xffc;
+        }
+        out
+    }
+
+    /// Offset of the first standard capability with `id`.
+    pub fn find_capability(&self, id: u8) -> Option<u8> {
+        self.capabilities().into_iter().find(|&(i, _)| i == id).map(|(_, o)| o)
+    }
+
+    /// The complete state as a serializable image (values and both masks).
+    pub fn image(&self) -> SpaceImage {
+        let n = usize::from(self.size);
+        SpaceImage {
+            size: self.size,
+            value: hex(&self.value[..n]),
+            wmask: hex(&self.wmask[..n]),
+            w1cmask: hex(&self.w1cmask[..n]),
+        }
+    }
+
+    /// Load an image made by [`ConfigSpace::image`] of a space with the same size. On error
+    /// nothing changes. The capability allocation map is the model's and is kept.
+    pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), String> {
+        if image.size != self.size {
+            return Err(format!("configuration space size {:#x}, expected {:#x}", image.size, self.size));
+        }
+        let n = usize::from(self.size);
+        let value = unhex(&image.value, n).ok_or("bad 'value' plane")?;
+        let wmask = unhex(&image.wmask, n).ok_or("bad 'wmask' plane")?;
+        let w1cmask = unhex(&image.w1cmask, n).ok_or("bad 'w1cmask' plane")?;
+        self.value[..n].copy_from_slice(&value);
+        self.wmask[..n].copy_from_slice(&wmask);
+        self.w1cmask[..n].copy_from_slice(&w1cmask);
+        Ok(())
+    }
+}
+
+/// Serialized [`ConfigSpace`]: the size and each per-byte array as lowercase hex.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpaceImage {
+    /// 256 or 4096.
+    pub size: u16,
+    /// Register values.
+    pub value: String,
+    /// Write mask.
+    pub wmask: String,
+    /// Write-1-to-clear mask.
+    pub w1cmask: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str, n: usize) -> Option<Vec<u8>> {
+    if s.len() != 2 * n || !s.is_ascii() {
+        return None;
+    }
+    (0..n).map(|i| s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_and_w1c_per_byte() {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        cs.set_wmask(0x40, 2, 0x0ff0);
+        cs.set_dword(0x44, 0x00ff_00ff);
+        cs.set_w1cmask(0x44, 4, 0x0000_00f0);
+        cs.write(0x40, 4, 0xffff_ffff);
+        assert_eq!(cs.read(0x40, 4), 0x0000_0ff0);
+        cs.write(0x41, 1, 0x00);
+        assert_eq!(cs.read(0x40, 2), 0x00f0);
+        // W1C: only bits that are set in both the data and the mask clear.
+        cs.write(0x44, 4, 0x0000_0030);
+        assert_eq!(cs.read(0x44, 4), 0x00ff_00cf);
+        cs.write(0x44, 2, 0xffff);
+        assert_eq!(cs.read(0x44, 4), 0x00ff_000f);
+        assert_eq!(cs.read(0x46, 1), 0xff);
+    }
+
+    #[test]
+    fn reads_past_the_size_are_all_ones_and_writes_are_dropped() {
+        let mut cs = ConfigSpace::new(PCI_CONFIG_SPACE_SIZE);
+        cs.fill_wmask(0x40..0x100);
+        assert_eq!(cs.read(0xfc, 4), 0);
+        assert_eq!(cs.read(0x100, 4), 0xffff_ffff);
+        assert_eq!(cs.read(0xffe, 2), 0xffff);
+        assert_eq!(cs.read(0xfff, 1), 0xff);
+        cs.write(0x100, 4, 0x1234_5678);
+        assert_eq!(cs.dword(0x100), 0);
+        // Defensive: nothing panics even for offsets the caller should have rejected.
+        assert_eq!(cs.read(u16::MAX, 4), 0xffff_ffff);
+        cs.write(u16::MAX, 4, 0);
+    }
+
+    #[test]
+    fn standard_capabilities_chain_from_0x34_newest_first() {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        cs.fill_wmask(0x40..0x1000);
+        assert_eq!(cs.add_capability(0x0d, Some(0x40), 8), Ok(0x40));
+        assert_eq!(cs.add_capability(0x11, None, 12), Ok(0x48));
+        assert_eq!(cs.add_capability(0x10, Some(0x54), 0x3c), Ok(0x54));
+        assert_eq!(cs.add_capability(0x09, None, 0x20), Ok(0x90));
+        assert_eq!(cs.capabilities(), vec![(0x09, 0x90), (0x10, 0x54), (0x11, 0x48), (0x0d, 0x40)]);
+        assert_eq!(cs.word(STATUS) & 0x10, 0x10);
+        assert_eq!(cs.wmask(0x48, 4), 0, "capability bytes start read-only");
+        assert_eq!(cs.wmask(0xb0, 1), 0xff, "bytes after the last capability stay writable");
+        assert!(cs.add_capability(0x05, Some(0x50), 8).is_err());
+        assert!(cs.add_capability(0x05, Some(0x3c), 8).is_err());
+        assert!(cs.add_capability(0x05, Some(0xfc), 8).is_err());
+        assert_eq!(cs.find_capability(0x11), Some(0x48));
+        assert_eq!(cs.find_capability(0x05), None);
+    }
+
+    #[test]
+    fn extended_capabilities_append_to_the_chain_at_0x100() {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        assert_eq!(cs.ext_capabilities(), vec![]);
+        assert_eq!(cs.add_ext_capability(0x0001, 2, 0x100, 0x48), Ok(0x100));
+        assert_eq!(cs.add_ext_capability(0x000d, 1, 0x148, 8), Ok(0x148));
+        assert_eq!(cs.dword(0x100), 0x1482_0001);
+        assert_eq!(cs.dword(0x148), 0x0001_000d);
+        assert_eq!(cs.ext_capabilities(), vec![(1, 2, 0x100), (0xd, 1, 0x148)]);
+        assert!(cs.add_ext_capability(0x0002, 1, 0x14c, 8).is_err());
+        assert!(cs.add_ext_capability(0x0002, 1, 0x0fc, 8).is_err());
+        assert!(cs.add_ext_capability(0x0002, 1, 0xffc, 8).is_err());
+        let conventional = ConfigSpace::new(PCI_CONFIG_SPACE_SIZE);
+        assert_eq!(conventional.ext_capabilities(), vec![]);
+    }
+
+    #[test]
+    fn image_round_trips_and_rejects_garbage() {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        cs.fill_wmask(0x40..0x80);
+        cs.set_w1cmask(0x06, 2, 0xf900);
+        cs.write(0x40, 4, 0xdead_beef);
+        let img = cs.image();
+        let mut other = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        other.load_image(&img).unwrap();
+        assert_eq!(other, cs);
+        let mut bad = img.clone();
+        bad.value.replace_range(0..2, "zz");
+        assert!(other.load_image(&bad).is_err());
+        assert!(ConfigSpace::new(PCI_CONFIG_SPACE_SIZE).load_image(&img).is_err());
+        bad = img;
+        bad.wmask.pop();
+        assert!(other.load_image(&bad).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! The configuration-space engine: functions are data (register values, write masks,
+//! write-1-to-clear masks, capability lists), and writes return [`Effects`] for the owner to apply.
+
+pub mod bridge;
+pub mod caps;
+pub mod config_space;
+pub mod header;
+#[cfg(test)]
+pub(crate) mod reference;
+
+pub use bridge::BridgeWindows;
+pub use config_space::ConfigSpace;
+
+bitflags::bitflags! {
+    /// What a write changed, for the hierarchy to re-derive and report. Device models do no I/O.
+    #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Effects: u32 {
+        /// PCIEXBAR changed: the ECAM window moved, resized, was enabled or disabled.
+        const ECAM = 1 << 0;
+        /// PAM or SMRAM changed: legacy memory routing for the VMM to apply.
+        const CHIPSET_MEMORY = 1 << 1;
+        /// Primary/secondary/subordinate bus numbers of a bridge changed.
+        const BUS_NUMBERS = 1 << 2;
+        /// A bridge's I/O or memory windows, or its Command decode bits, changed.
+        const WINDOWS = 1 << 3;
+        /// A BAR of this function moved, or its memory/IO decode was toggled.
+        const BARS = 1 << 4;
+        /// Bridge Control Secondary Bus Reset went from 0 to 1 (PCI-to-PCI Bridge 1.2 §3.2.5.17).
+        const SECONDARY_BUS_RESET = 1 << 5;
+    }
+}
+
+/// An access width in bytes: 1, 2 or 4 for configuration space, also 8 for BARs.
+pub type Width = u8;
+
+/// A memory BAR currently decoded by a function: where the guest put it and how big it is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BarMapping {
+    /// BAR index (0-5).
+    pub index: u8,
+    /// Guest-physical base.
+    pub base: u64,
+    /// Size in bytes (a power of two).
+    pub size: u64,
+}
+
+/// One PCI function that pcierc emulates. Pure: no I/O, no sockets, no clocks.
+///
+/// Callers validate accesses before calling: `offset + width <= 4096`, `offset % width == 0`,
+/// width 1, 2 or 4 for configuration space.
+pub trait PciFunction: Send {
+    /// Read `width` bytes of configuration space at `offset` (all ones beyond the function's size).
+    fn config_read(&self, offset: u16, width: Width) -> u32;
+    /// Write `width` bytes of `value` at `offset`, honouring write and W1C masks.
+    fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects;
+    /// The memory BARs the function decodes now (memory space enabled, BAR programmed).
+    fn bars(&self) -> Vec<BarMapping> {
+        Vec::new()
+    }
+    /// Read from BAR `bar` at byte `offset` (`offset + width <= size`, width 1/2/4/8).
+    fn bar_read(&mut self, _bar: u8, _offset: u64, _width: Width) -> u64 {
+        u64::MAX
+    }
+    /// Write to BAR `bar` at byte `offset`.
+    fn bar_write(&mut self, _bar: u8, _offset: u64, _width: Width, _value: u64) -> Effects {
+        Effects::empty()
+    }
+    /// A platform reset, as QEMU 7.2 performs one (`system_reset`): the registers QEMU resets
+    /// return to their power-on values, the ones it leaves alone (device-specific registers such
+    /// as the MCH's PAMs) keep theirs. A model fresh from its constructor is in the power-on
+    /// state.
+    fn reset(&mut self);
+    /// Serialize the complete guest-visible state.
+    fn save(&self) -> serde_json::Value;
+    /// Restore state produced by [`PciFunction::save`] of the same model.
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error>;
+}

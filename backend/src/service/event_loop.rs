@@ -1,0 +1,213 @@
+//! One event-manager loop serving every frontend: the listening socket and each connection are
+//! registered with the same subscriber, connections are non-blocking, and a connection that sends
+//! garbage, stops reading, or hangs up is dropped alone.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use log::{debug, error, info, warn};
+use pcierc_protocol::{Connection, ConnectionId};
+use vhost::vhost_user::Listener;
+
+use super::{Listen, RootComplex};
+use crate::{Error, Result};
+
+/// Token of the listening socket in epoll data; connections use their id (starting at 1).
+const LISTENER_TOKEN: u32 = 0;
+
+/// Most frontends served at once; more are refused at accept.
+pub const MAX_CONNECTIONS: usize = 256;
+
+struct Conn {
+    conn: Connection,
+    /// The epoll interest currently registered.
+    interest: EventSet,
+}
+
+enum Source {
+    Listener(Listener),
+    /// An inherited connected socket: served once, nothing to accept.
+    None,
+}
+
+/// The serving state: the handler and every live connection.
+pub struct Server {
+    source: Source,
+    handler: RootComplex,
+    conns: HashMap<u32, Conn>,
+    next_token: u32,
+    pending: Option<UnixStream>,
+}
+
+fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { context: context.to_string(), source }
+}
+
+impl Server {
+    /// Bind or adopt the socket described by `listen`.
+    pub fn bind(listen: &Listen, handler: RootComplex) -> Result<Self> {
+        let mut pending = None;
+        let source = match listen {
+            Listen::Path(p) => {
+                if let Ok(meta) = std::fs::symlink_metadata(p) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if !meta.file_type().is_socket() {
+                        return Err(Error::Topology(format!("{} exists and is not a socket; not replacing it", p.display())));
+                    }
+                }
+                Source::Listener(
+                    Listener::new(p, true).map_err(|e| Error::Topology(format!("listening on {}: {e}", p.display())))?,
+                )
+            }
+            Listen::Fd(fd) => {
+                if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
+                    // SAFETY: the caller handed us this fd on the command line; we own it from now on.
+                    Source::Listener(Listener::from(unsafe { UnixListener::from_raw_fd(*fd) }))
+                } else {
+                    // SAFETY: as above; it is a connected stream socket.
+                    pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
+                    Source::None
+                }
+            }
+        };
+        if let Source::Listener(l) = &source {
+            l.set_nonblocking(true).map_err(|e| Error::Topology(format!("listener: {e}")))?;
+        }
+        Ok(Server { source, handler, conns: HashMap::new(), next_token: 1, pending })
+    }
+
+    /// Run the loop until an unrecoverable epoll error (or, with an inherited connected socket,
+    /// until that frontend disconnects).
+    pub fn run(self) -> Result<()> {
+        let single = matches!(self.source, Source::None);
+        let mut manager: EventManager<Server> =
+            EventManager::new().map_err(|e| Error::Topology(format!("event manager: {e}")))?;
+        let id = manager.add_subscriber(self);
+        loop {
+            manager.run().map_err(|e| Error::Topology(format!("event loop: {e}")))?;
+            if single && manager.subscriber_mut(id).map_or(true, |s| s.conns.is_empty()) {
+                info!("the frontend on the inherited socket left; exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    fn add_connection(&mut self, stream: UnixStream, ops: &mut EventOps) {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            warn!("refusing a frontend: {MAX_CONNECTIONS} connections already");
+            return;
+        }
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(1);
+        let conn = match Connection::new(stream, ConnectionId(u64::from(token))) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("refusing a frontend: {e}");
+                return;
+            }
+        };
+        let interest = EventSet::IN | EventSet::READ_HANG_UP;
+        if let Err(e) = ops.add(Events::with_data(&conn, token, interest)) {
+            warn!("refusing a frontend: epoll: {e:?}");
+            return;
+        }
+        debug!("frontend connection {token} accepted");
+        self.conns.insert(token, Conn { conn, interest });
+    }
+
+    fn drop_connection(&mut self, token: u32, ops: &mut EventOps, why: &str) {
+        if let Some(mut c) = self.conns.remove(&token) {
+            let _ = ops.remove(Events::with_data(&c.conn, token, c.interest));
+            debug!("frontend connection {token} closed: {why}");
+            c.conn.close(&mut self.handler);
+        }
+    }
+
+    fn accept_all(&mut self, ops: &mut EventOps) {
+        loop {
+            let accepted = match &self.source {
+                Source::Listener(l) => l.accept(),
+                Source::None => return,
+            };
+            match accepted {
+                Ok(Some(s)) => self.add_connection(s, ops),
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn process_event(&mut self, events: Events, ops: &mut EventOps) {
+        let token = events.data();
+        if token == LISTENER_TOKEN {
+            self.accept_all(ops);
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&token) else { return };
+        let set = events.event_set();
+        let result = if set.intersects(EventSet::IN | EventSet::OUT) {
+            c.conn.process(&mut self.handler)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            return self.drop_connection(token, ops, &e.to_string());
+        }
+        if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
+            || (set.contains(EventSet::READ_HANG_UP) && !set.contains(EventSet::IN))
+        {
+            return self.drop_connection(token, ops, "peer hung up");
+        }
+        // Back-pressure: stop reading while replies wait unread; wait for writability instead.
+        let mut want = EventSet::READ_HANG_UP;
+        if c.conn.wants_read() {
+            want |= EventSet::IN;
+        }
+        if c.conn.wants_write() {
+            want |= EventSet::OUT;
+        }
+        if want != c.interest && ops.modify(Events::with_data(&c.conn, token, want)).is_ok() {
+            c.interest = want;
+        }
+    }
+
+    fn init_events(&mut self, ops: &mut EventOps) {
+        if let Source::Listener(l) = &self.source {
+            if let Err(e) = ops.add(Events::with_data(l, LISTENER_TOKEN, EventSet::IN)) {
+                error!("cannot watch the listening socket: {e:?}");
+            }
+        }
+        if let Some(s) = self.pending.take() {
+            self.add_connection(s, ops);
+        }
+    }
+}
+
+impl MutEventSubscriber for Server {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.process_event(events, ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        self.init_events(ops);
+    }
+}
+
+/// Is `fd` a listening socket (SO_ACCEPTCONN)?
+fn is_listening(fd: RawFd) -> std::io::Result<bool> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives for the call.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v != 0)
+}

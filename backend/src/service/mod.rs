@@ -1,0 +1,52 @@
+//! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
+//! layout changes out to frontends; [`event_loop`] serves many frontends on one event-manager loop.
+
+pub mod event_loop;
+pub mod root_complex;
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use pcierc_protocol::{Features, ProtocolFeatures};
+
+pub use root_complex::RootComplex;
+
+use crate::topology::{Hierarchy, TopologySpec};
+use crate::Result;
+
+/// Emulation features this backend offers.
+pub const BACKEND_FEATURES: Features = Features::all();
+
+/// Protocol features this backend offers.
+pub const BACKEND_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::all();
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// Create a unix socket at this path (an existing socket file is replaced).
+    Path(PathBuf),
+    /// An inherited socket: listening (accept frontends) or connected (serve one frontend).
+    Fd(RawFd),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The validated topology.
+    pub spec: TopologySpec,
+    /// Where frontends connect.
+    pub listen: Listen,
+}
+
+/// Build the hierarchy, print it, and serve frontends until the process is stopped.
+pub fn serve(cfg: ServiceConfig) -> Result<()> {
+    let hierarchy = Hierarchy::new(cfg.spec)?;
+    let tree = hierarchy.tree();
+    let server = event_loop::Server::bind(&cfg.listen, RootComplex::new(hierarchy))?;
+    println!("pcierc {} serving:\n{tree}", env!("CARGO_PKG_VERSION"));
+    match &cfg.listen {
+        Listen::Path(p) => println!("listening on {}", p.display()),
+        Listen::Fd(fd) => println!("serving on inherited fd {fd}"),
+    }
+    server.run()
+}

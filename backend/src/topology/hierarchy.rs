@@ -1,0 +1,433 @@
+//! The hierarchy pcierc serves: the MCH, the root ports, and the functions other emulators own
+//! behind them. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the
+//! function models, applies their [`Effects`] and keeps the layout generation.
+
+use pcierc_protocol::{ChipsetMemory, Status};
+
+use super::addr::DevFn;
+use super::spec::{TopologySpec, ROOT_BUS};
+use crate::devices::{Mch, RootPort};
+use crate::pci::{Effects, PciFunction, Width};
+
+/// I/O port of CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2, configuration mechanism #1).
+pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
+/// First I/O port of CONFIG_DATA.
+pub const CONFIG_DATA_PORT: u64 = 0xcfc;
+/// CONFIG_ADDRESS bit 31: configuration cycles enabled.
+const CONFIG_ENABLE: u32 = 1 << 31;
+
+/// What sits at an address on the root bus or behind a port.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Nothing: reads return all ones, writes are dropped (Unsupported Request).
+    Empty,
+    /// The host bridge.
+    Mch,
+    /// Root port `n` (index into the spec's `root_ports`).
+    Port(u16),
+    /// Endpoint `n` (index into the spec's `endpoints`), served by another emulator.
+    Endpoint(u16),
+}
+
+/// Where a configuration access landed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Routed {
+    /// A function pcierc emulates.
+    Local(Slot),
+    /// A function served by another emulator (endpoint index).
+    Remote(u16),
+    /// No function: all ones / dropped.
+    Absent,
+}
+
+/// The hierarchy state.
+pub struct Hierarchy {
+    spec: TopologySpec,
+    mch: Mch,
+    ports: Vec<RootPort>,
+    /// Root bus: devfn -> slot.
+    root: [Slot; 256],
+    /// Per port: function number -> endpoint index on the port's secondary bus (device 0 only).
+    below: Vec<[Option<u16>; 8]>,
+    /// Bus number -> the port whose secondary..=subordinate range holds it (0 = none, else index+1).
+    bus_owner: [u16; 256],
+    config_address: u32,
+    generation: u64,
+}
+
+impl Hierarchy {
+    /// Build the hierarchy at power-on state from a validated spec.
+    pub fn new(spec: TopologySpec) -> crate::Result<Self> {
+        spec.validate()?;
+        let ports: Vec<RootPort> = spec.root_ports.iter().map(|p| RootPort::new(p.config.clone())).collect();
+        let mut root = [Slot::Empty; 256];
+        root[0] = Slot::Mch;
+        let mut below = vec![[None; 8]; ports.len()];
+        for (i, p) in spec.root_ports.iter().enumerate() {
+            root[usize::from(p.addr.0)] = Slot::Port(i as u16);
+        }
+        for (i, e) in spec.endpoints.iter().enumerate() {
+            if e.bus == ROOT_BUS {
+                root[usize::from(e.addr.0)] = Slot::Endpoint(i as u16);
+            } else if let Some(pi) = spec.root_ports.iter().position(|p| p.config.id == e.bus) {
+                below[pi][usize::from(e.addr.function())] = Some(i as u16);
+            }
+        }
+        let mut h = Hierarchy {
+            spec,
+            mch: Mch::new(),
+            ports,
+            root,
+            below,
+            bus_owner: [0; 256],
+            config_address: 0,
+            generation: 1,
+        };
+        h.rebuild_bus_map();
+        Ok(h)
+    }
+
+    /// The spec this hierarchy was built from.
+    pub fn spec(&self) -> &TopologySpec {
+        &self.spec
+    }
+
+    /// The layout generation: incremented on every guest-visible routing change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The host bridge model.
+    pub fn mch(&self) -> &Mch {
+        &self.mch
+    }
+
+    /// The root port models, in spec order.
+    pub fn ports(&self) -> &[RootPort] {
+        &self.ports
+    }
+
+    /// The current ECAM window: (base, size, last bus), or `None` when PCIEXBAR is disabled.
+    pub fn ecam(&self) -> Option<(u64, u64, u8)> {
+        self.mch.ecam()
+    }
+
+    /// PAM/SMRAM routing of the MCH.
+    pub fn chipset_memory(&self) -> ChipsetMemory {
+        self.mch.chipset_memory()
+    }
+
+    /// The latched CONFIG_ADDRESS value.
+    pub fn config_address(&self) -> u32 {
+        self.config_address
+    }
+
+    /// Power-on reset of every function pcierc emulates (a platform reset).
+    pub fn reset(&mut self) -> Effects {
+        self.mch.reset();
+        self.ports.iter_mut().for_each(PciFunction::reset);
+        self.config_address = 0;
+        self.rebuild_bus_map();
+        self.generation += 1;
+        Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS | Effects::CHIPSET_MEMORY
+    }
+
+    /// Rebuild the bus -> port table from the ports' bus-number registers. A bus claimed by two
+    /// ports (a guest bug) routes to the first port in topology order, as a scan would find it.
+    fn rebuild_bus_map(&mut self) {
+        self.bus_owner = [0; 256];
+        for (i, p) in self.ports.iter().enumerate().rev() {
+            let (sec, sub) = (p.secondary_bus(), p.subordinate_bus());
+            if sec == 0 || sec > sub {
+                continue;
+            }
+            for b in sec..=sub {
+                self.bus_owner[usize::from(b)] = i as u16 + 1;
+            }
+        }
+    }
+
+    /// Route a configuration access to (bus, devfn) in O(1).
+    pub fn route(&self, bus: u8, devfn: u8) -> Routed {
+        if bus == 0 {
+            return match self.root[usize::from(devfn)] {
+                Slot::Empty => Routed::Absent,
+                Slot::Endpoint(e) => Routed::Remote(e),
+                s => Routed::Local(s),
+            };
+        }
+        let owner = self.bus_owner[usize::from(bus)];
+        if owner == 0 {
+            return Routed::Absent;
+        }
+        let port = usize::from(owner - 1);
+        if bus != self.ports[port].secondary_bus() {
+            // Buses below a switch behind the port belong to whoever emulates that switch.
+            return match self.below[port][0] {
+                Some(e) => Routed::Remote(e),
+                None => Routed::Absent,
+            };
+        }
+        let dev = DevFn(devfn);
+        if dev.device() != 0 {
+            // PCIe Base 6.0 §7.3.1: a Downstream Port forwards Type 0 cycles to Device 0 only.
+            return Routed::Absent;
+        }
+        match self.below[port][usize::from(dev.function())] {
+            Some(e) => Routed::Remote(e),
+            None => Routed::Absent,
+        }
+    }
+
+    fn function_mut(&mut self, slot: Slot) -> Option<&mut dyn PciFunction> {
+        match slot {
+            Slot::Mch => Some(&mut self.mch),
+            Slot::Port(i) => self.ports.get_mut(usize::from(i)).map(|p| p as &mut dyn PciFunction),
+            _ => None,
+        }
+    }
+
+    fn function(&self, slot: Slot) -> Option<&dyn PciFunction> {
+        match slot {
+            Slot::Mch => Some(&self.mch),
+            Slot::Port(i) => self.ports.get(usize::from(i)).map(|p| p as &dyn PciFunction),
+            _ => None,
+        }
+    }
+
+    /// Configuration read. Any offset/width inside 4 KiB is accepted; unaligned accesses are
+    /// performed byte by byte as QEMU does. Absent functions read as all ones.
+    pub fn config_read(&self, bus: u8, devfn: u8, offset: u16, width: Width) -> Result<u32, Status> {
+        check_config(offset, width)?;
+        let slot = match self.route(bus, devfn) {
+            Routed::Local(s) => s,
+            Routed::Remote(_) => return Err(Status::Remote),
+            Routed::Absent => return Ok(ones(width)),
+        };
+        let f = self.function(slot).ok_or(Status::Io)?;
+        if offset % u16::from(width) == 0 {
+            return Ok(f.config_read(offset, width));
+        }
+        Ok((0..u16::from(width)).fold(0, |acc, i| acc | f.config_read(offset + i, 1) << (8 * i)))
+    }
+
+    /// Configuration write; returns what changed (already applied to the routing tables).
+    pub fn config_write(&mut self, bus: u8, devfn: u8, offset: u16, width: Width, value: u32) -> Result<Effects, Status> {
+        check_config(offset, width)?;
+        let slot = match self.route(bus, devfn) {
+            Routed::Local(s) => s,
+            Routed::Remote(_) => return Err(Status::Remote),
+            Routed::Absent => return Ok(Effects::empty()),
+        };
+        let f = self.function_mut(slot).ok_or(Status::Io)?;
+        let effects = if offset % u16::from(width) == 0 {
+            f.config_write(offset, width, value)
+        } else {
+            (0..u16::from(width)).fold(Effects::empty(), |acc, i| {
+                acc | f.config_write(offset + i, 1, (value >> (8 * i)) & 0xff)
+            })
+        };
+        Ok(self.apply(effects))
+    }
+
+    /// Apply a model's effects to the routing state.
+    fn apply(&mut self, effects: Effects) -> Effects {
+        if effects.contains(Effects::BUS_NUMBERS) {
+            self.rebuild_bus_map();
+        }
+        if effects.intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS) {
+            self.generation += 1;
+        }
+        effects
+    }
+
+    /// A trapped port-I/O read. `Err(NoDevice)` for ports pcierc does not claim, including
+    /// non-dword accesses to 0xCF8-0xCFB (0xCF9 is the ICH9 reset control register).
+    pub fn pio_read(&self, port: u64, width: Width) -> Result<u64, Status> {
+        check_pio(width)?;
+        if (CONFIG_ADDRESS_PORT..CONFIG_DATA_PORT).contains(&port) {
+            return if port == CONFIG_ADDRESS_PORT && width == 4 {
+                Ok(u64::from(self.config_address))
+            } else {
+                Err(Status::NoDevice)
+            };
+        }
+        let Some(first) = data_port_offset(port) else { return Err(Status::NoDevice) };
+        // Bytes past 0xCFF are not ours and float high, as on a PC.
+        let mut value = 0u64;
+        for i in 0..u64::from(width) {
+            let byte = match first.checked_add(i as u16).filter(|&b| b < 4) {
+                Some(b) if self.config_address & CONFIG_ENABLE != 0 => {
+                    let (bus, devfn, reg) = decode_config_address(self.config_address);
+                    self.config_read(bus, devfn, reg + b, 1)?
+                }
+                _ => 0xff,
+            };
+            value |= u64::from(byte) << (8 * i);
+        }
+        Ok(value)
+    }
+
+    /// A trapped port-I/O write.
+    pub fn pio_write(&mut self, port: u64, width: Width, value: u64) -> Result<Effects, Status> {
+        check_pio(width)?;
+        if (CONFIG_ADDRESS_PORT..CONFIG_DATA_PORT).contains(&port) {
+            if port == CONFIG_ADDRESS_PORT && width == 4 {
+                // QEMU keeps all 32 bits; bits 30:24 and 1:0 are ignored when decoding.
+                self.config_address = value as u32;
+                return Ok(Effects::empty());
+            }
+            return Err(Status::NoDevice);
+        }
+        let Some(first) = data_port_offset(port) else { return Err(Status::NoDevice) };
+        if self.config_address & CONFIG_ENABLE == 0 {
+            return Ok(Effects::empty());
+        }
+        let (bus, devfn, reg) = decode_config_address(self.config_address);
+        let n = (4 - first).min(u16::from(width));
+        let v = (value & ((1u64 << (8 * n)) - 1)) as u32;
+        // n is 1..=4; a 3-byte remainder is written byte-wise by config_write's unaligned path.
+        match n {
+            3 => (0..3u16).try_fold(Effects::empty(), |acc, i| {
+                Ok(acc | self.config_write(bus, devfn, reg + first + i, 1, (v >> (8 * i)) & 0xff)?)
+            }),
+            _ => self.config_write(bus, devfn, reg + first, n as u8, v),
+        }
+    }
+
+    /// Decode a guest-physical address in the ECAM window: (bus, devfn, offset).
+    pub fn ecam_decode(&self, addr: u64) -> Option<(u8, u8, u16)> {
+        let (base, size, _) = self.ecam()?;
+        let off = addr.checked_sub(base).filter(|&o| o < size)?;
+        Some(((off >> 20) as u8, (off >> 12) as u8, (off & 0xfff) as u16))
+    }
+
+    /// Which emulated BAR holds `addr`: (slot, bar index, offset in the BAR, BAR size).
+    fn bar_at(&self, addr: u64) -> Option<(Slot, u8, u64, u64)> {
+        self.ports.iter().enumerate().find_map(|(i, p)| {
+            p.bars().into_iter().find_map(|b| {
+                let off = addr.checked_sub(b.base).filter(|&o| o < b.size)?;
+                Some((Slot::Port(i as u16), b.index, off, b.size))
+            })
+        })
+    }
+
+    /// A trapped MMIO read: ECAM, or a BAR of a function pcierc emulates.
+    pub fn mmio_read(&mut self, addr: u64, width: Width) -> Result<u64, Status> {
+        check_mmio(width)?;
+        if let Some((bus, devfn, off)) = self.ecam_decode(addr) {
+            // 8-byte ECAM accesses are split into two dword accesses, as QEMU's memory core does.
+            if off as usize + usize::from(width) > 4096 {
+                return Err(Status::OutOfRange);
+            }
+            let lo_w = width.min(4);
+            let lo = self.config_read(bus, devfn, off, lo_w)?;
+            let hi = if width == 8 { self.config_read(bus, devfn, off + 4, 4)? } else { 0 };
+            return Ok(u64::from(lo) | u64::from(hi) << 32);
+        }
+        let (slot, bar, off, size) = self.bar_at(addr).ok_or(Status::NoDevice)?;
+        if off + u64::from(width) > size {
+            return Err(Status::OutOfRange);
+        }
+        let f = self.function_mut(slot).ok_or(Status::Io)?;
+        Ok(f.bar_read(bar, off, width))
+    }
+
+    /// A trapped MMIO write.
+    pub fn mmio_write(&mut self, addr: u64, width: Width, value: u64) -> Result<Effects, Status> {
+        check_mmio(width)?;
+        if let Some((bus, devfn, off)) = self.ecam_decode(addr) {
+            if off as usize + usize::from(width) > 4096 {
+                return Err(Status::OutOfRange);
+            }
+            let mut effects = self.config_write(bus, devfn, off, width.min(4), value as u32)?;
+            if width == 8 {
+                effects |= self.config_write(bus, devfn, off + 4, 4, (value >> 32) as u32)?;
+            }
+            return Ok(effects);
+        }
+        let (slot, bar, off, size) = self.bar_at(addr).ok_or(Status::NoDevice)?;
+        if off + u64::from(width) > size {
+            return Err(Status::OutOfRange);
+        }
+        let f = self.function_mut(slot).ok_or(Status::Io)?;
+        let effects = f.bar_write(bar, off, width, value);
+        Ok(self.apply(effects))
+    }
+
+    /// Serialize the complete guest-visible state (see [`super::state`]).
+    pub fn save_functions(&self) -> Vec<(String, serde_json::Value)> {
+        let mut v = vec![("mch".to_string(), self.mch.save())];
+        for (p, spec) in self.ports.iter().zip(&self.spec.root_ports) {
+            v.push((spec.config.id.clone(), p.save()));
+        }
+        v
+    }
+
+    /// Restore state saved by [`Hierarchy::save_functions`]; all or nothing.
+    pub fn restore_functions(&mut self, config_address: u32, functions: &[(String, serde_json::Value)]) -> crate::Result<()> {
+        let expected: Vec<&str> = std::iter::once("mch").chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str())).collect();
+        let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
+        if expected != got {
+            return Err(crate::Error::State(format!("state is for functions {got:?}, this topology has {expected:?}")));
+        }
+        // Restore into copies first so a bad entry leaves the running state untouched.
+        let mut mch = self.mch.clone();
+        mch.restore(&functions[0].1)?;
+        let mut ports = self.ports.clone();
+        for (p, (_, s)) in ports.iter_mut().zip(&functions[1..]) {
+            p.restore(s)?;
+        }
+        self.mch = mch;
+        self.ports = ports;
+        self.config_address = config_address;
+        self.rebuild_bus_map();
+        self.generation += 1;
+        Ok(())
+    }
+}
+
+fn ones(width: Width) -> u32 {
+    if width >= 4 {
+        u32::MAX
+    } else {
+        (1u32 << (8 * u32::from(width))) - 1
+    }
+}
+
+fn check_config(offset: u16, width: Width) -> Result<(), Status> {
+    if !matches!(width, 1 | 2 | 4) {
+        return Err(Status::Invalid);
+    }
+    if usize::from(offset) + usize::from(width) > 4096 {
+        return Err(Status::OutOfRange);
+    }
+    Ok(())
+}
+
+fn check_pio(width: Width) -> Result<(), Status> {
+    if matches!(width, 1 | 2 | 4) {
+        Ok(())
+    } else {
+        Err(Status::Invalid)
+    }
+}
+
+fn check_mmio(width: Width) -> Result<(), Status> {
+    if matches!(width, 1 | 2 | 4 | 8) {
+        Ok(())
+    } else {
+        Err(Status::Invalid)
+    }
+}
+
+/// Byte offset of `port` within CONFIG_DATA, if it is one of 0xCFC-0xCFF.
+fn data_port_offset(port: u64) -> Option<u16> {
+    port.checked_sub(CONFIG_DATA_PORT).filter(|&o| o < 4).map(|o| o as u16)
+}
+
+/// CONFIG_ADDRESS fields: bus 23:16, device 15:11, function 10:8, dword register 7:2
+/// (PCI Local Bus 3.0 §3.2.2.3.2).
+fn decode_config_address(ca: u32) -> (u8, u8, u16) {
+    ((ca >> 16) as u8, (ca >> 8) as u8, (ca & 0xfc) as u16)
+}

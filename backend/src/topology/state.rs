@@ -1,0 +1,64 @@
+//! The versioned device-state blob (`SaveState` / `LoadState`).
+//!
+//! A JSON document: `{"format": "pcierc-state", "version": 1, "config_address": N,
+//! "functions": [{"id": "mch", "state": {...}}, ...]}`. Loading checks the format, refuses versions
+//! newer than this build understands, and requires the same functions as the running topology.
+
+use serde::{Deserialize, Serialize};
+
+use super::hierarchy::Hierarchy;
+use crate::{Error, Result};
+
+/// The `format` field of every blob.
+pub const STATE_FORMAT: &str = "pcierc-state";
+/// The blob version this build writes.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct FunctionState {
+    id: String,
+    state: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Blob {
+    format: String,
+    version: u32,
+    config_address: u32,
+    functions: Vec<FunctionState>,
+}
+
+/// Serialize the hierarchy's complete guest-visible state.
+pub fn save(h: &Hierarchy) -> Vec<u8> {
+    let blob = Blob {
+        format: STATE_FORMAT.into(),
+        version: STATE_VERSION,
+        config_address: h.config_address(),
+        functions: h.save_functions().into_iter().map(|(id, state)| FunctionState { id, state }).collect(),
+    };
+    // Serializing plain data with string keys into memory cannot fail.
+    serde_json::to_vec(&blob).unwrap_or_default()
+}
+
+/// Restore a blob produced by [`save`]; the running state is unchanged on error.
+pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Probe {
+        format: String,
+        version: u32,
+    }
+    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| Error::State(format!("not a pcierc state blob: {e}")))?;
+    if probe.format != STATE_FORMAT {
+        return Err(Error::State(format!("format '{}' is not '{STATE_FORMAT}'", probe.format)));
+    }
+    if probe.version != STATE_VERSION {
+        return Err(Error::State(format!(
+            "state version {} is not supported (this pcierc reads version {STATE_VERSION})",
+            probe.version
+        )));
+    }
+    let blob: Blob = serde_json::from_slice(bytes).map_err(|e| Error::State(e.to_string()))?;
+    let functions: Vec<_> = blob.functions.into_iter().map(|f| (f.id, f.state)).collect();
+    h.restore_functions(blob.config_address, &functions)
+}

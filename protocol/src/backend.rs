@@ -1,0 +1,399 @@
+//! The backend side of one connection, independent of the transport: [`Session`] checks each
+//! request against the handshake state and the payload rules of `docs/protocol.md`, calls the
+//! [`BackendHandler`] and builds the [`Reply`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use log::{debug, error};
+use vhost::vhost_user::message::VhostUserMsgValidator;
+use vm_memory::ByteValued;
+
+use crate::channel::{is_unix_stream, BackendChannelSender};
+use crate::error::Result;
+use crate::frame::{read_obj, validate_header, Message, MessageKind};
+use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
+use crate::messages::{
+    decode_name, valid_config_width, valid_guest_width, ConfigAccess, FrontendInfo, FrontendRole,
+    GuestAccess, CONFIG_SPACE_SIZE, U64,
+};
+use crate::wire::{FrontendReq, MsgHeader, Status, MAX_PAYLOAD_SIZE};
+use crate::{Features, ProtocolFeatures};
+
+/// Size of the x86 port-I/O space.
+pub const PIO_SPACE_SIZE: u64 = 0x1_0000;
+
+/// Where a connection is in the handshake.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Only `Get/SetFeatures`, `Get/SetProtocolFeatures` and `SetFrontendInfo` are accepted.
+    Connected,
+    /// `SetProtocolFeatures` was accepted: every request is (subject to its feature).
+    Negotiated,
+}
+
+/// A reply ready to be sent (replies never carry fds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Header: the request's code and id, REPLY set, the status, the payload size.
+    pub header: MsgHeader,
+    /// Payload (empty unless the status is `Ok`).
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    fn new(request: &MsgHeader, result: std::result::Result<Vec<u8>, Status>) -> Self {
+        let (status, payload) = match result {
+            Ok(p) if p.len() > MAX_PAYLOAD_SIZE => (Status::TooBig, Vec::new()),
+            Ok(p) => (Status::Ok, p),
+            Err(Status::Ok) => (Status::Io, Vec::new()),
+            Err(s) => (s, Vec::new()),
+        };
+        Reply {
+            header: request.reply(status, payload.len() as u32),
+            payload,
+        }
+    }
+
+    /// The reply's status.
+    pub fn status(&self) -> Status {
+        Status::from_raw(self.header.status).unwrap_or(Status::Io)
+    }
+
+    /// Header and payload, ready to write.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.header.as_slice().to_vec();
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+type Answer = std::result::Result<Vec<u8>, Status>;
+
+/// Per-connection protocol state: handshake stage, negotiated features, the frontend's identity.
+#[derive(Debug)]
+pub struct Session {
+    conn: ConnectionId,
+    stage: Stage,
+    features: Features,
+    protocol_features: ProtocolFeatures,
+    identity: Option<FrontendIdentity>,
+    disconnected: bool,
+}
+
+/// Decode a fixed-size payload; wrong size or invalid field is `Invalid`.
+fn payload<T: VhostUserMsgValidator + Default>(p: &[u8]) -> std::result::Result<T, Status> {
+    read_obj::<T>(p)
+        .filter(|p| p.is_valid())
+        .ok_or(Status::Invalid)
+}
+
+fn empty(p: &[u8]) -> std::result::Result<(), Status> {
+    if p.is_empty() {
+        Ok(())
+    } else {
+        Err(Status::Invalid)
+    }
+}
+
+fn mask(value: u64, width: u8) -> u64 {
+    if width >= 8 {
+        value
+    } else {
+        value & ((1u64 << (8 * u32::from(width))) - 1)
+    }
+}
+
+/// A config access: size, width, reserved, offset range (ERANGE), alignment, data.
+fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
+    let a: ConfigAccess = read_obj(p).ok_or(Status::Invalid)?;
+    if !valid_config_width(a.width) || a.reserved != 0 {
+        return Err(Status::Invalid);
+    }
+    if a.offset >= CONFIG_SPACE_SIZE {
+        return Err(Status::OutOfRange);
+    }
+    if !a.is_valid() {
+        return Err(Status::Invalid);
+    }
+    Ok(a)
+}
+
+/// A trapped access: size, width, reserved, data (EINVAL), address range (ERANGE).
+fn guest_access(p: &[u8], pio: bool) -> std::result::Result<GuestAccess, Status> {
+    let a: GuestAccess = read_obj(p).ok_or(Status::Invalid)?;
+    if !valid_guest_width(a.width)
+        || (pio && a.width == 8)
+        || a.reserved != [0; 7]
+        || mask(a.data, a.width) != a.data
+    {
+        return Err(Status::Invalid);
+    }
+    let end = a
+        .addr
+        .checked_add(u64::from(a.width) - 1)
+        .ok_or(Status::OutOfRange)?;
+    if pio && end >= PIO_SPACE_SIZE {
+        return Err(Status::OutOfRange);
+    }
+    if !a.is_valid() {
+        return Err(Status::Invalid);
+    }
+    Ok(a)
+}
+
+impl Session {
+    /// A new connection in [`Stage::Connected`].
+    pub fn new(conn: ConnectionId) -> Self {
+        Session {
+            conn,
+            stage: Stage::Connected,
+            features: Features::empty(),
+            protocol_features: ProtocolFeatures::empty(),
+            identity: None,
+            disconnected: false,
+        }
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.conn
+    }
+
+    /// Handshake stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Emulation features the frontend acknowledged (`SetFeatures`).
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Negotiated protocol features (`SetProtocolFeatures`).
+    pub fn protocol_features(&self) -> ProtocolFeatures {
+        self.protocol_features
+    }
+
+    /// The frontend's identity, once it sent `SetFrontendInfo`.
+    pub fn identity(&self) -> Option<&FrontendIdentity> {
+        self.identity.as_ref()
+    }
+
+    /// Handle one request and build its reply. `Err` only for a message that is not a valid
+    /// request (REPLY flag, bad header; always [`crate::Error::should_disconnect`]): the caller must
+    /// close the connection (and then call [`Session::disconnect`]). Every other problem is an
+    /// error status in the reply; fds the request did not consume are closed.
+    pub fn handle<H: BackendHandler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        msg: Message,
+    ) -> Result<Reply> {
+        validate_header(&msg.header, MessageKind::Request)?;
+        let Message {
+            header,
+            payload,
+            mut fds,
+        } = msg;
+        let answer = match FrontendReq::try_from(header.request) {
+            // Only a hand-built Message can disagree with its header; FrameReader's never do.
+            _ if header.payload_len() != payload.len() => Err(Status::Invalid),
+            Err(code) => {
+                debug!("{}: unknown request code {code}", self.conn);
+                Err(Status::NotSupported)
+            }
+            Ok(req) => self.dispatch(handler, req, &payload, &mut fds),
+        };
+        if let Err(s) = &answer {
+            debug!(
+                "{}: request {} (id {}) failed: {s}",
+                self.conn, header.request, header.id
+            );
+        }
+        // Unconsumed fds are closed here, when `fds` is dropped.
+        Ok(Reply::new(&header, answer))
+    }
+
+    /// Tell the handler the connection is gone (once; later calls do nothing).
+    pub fn disconnect<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) {
+        if !std::mem::replace(&mut self.disconnected, true) {
+            handler.disconnected(self.conn);
+        }
+    }
+
+    /// Sequence and feature checks, then the request itself.
+    fn dispatch<H: BackendHandler + ?Sized>(
+        &mut self,
+        h: &mut H,
+        req: FrontendReq,
+        p: &[u8],
+        fds: &mut Vec<File>,
+    ) -> Answer {
+        use FrontendReq::*;
+        let needs = match req {
+            GetFeatures | SetFeatures | GetProtocolFeatures | SetProtocolFeatures
+            | SetFrontendInfo => None,
+            SetBackendReqFd => Some(ProtocolFeatures::BACKEND_CHANNEL),
+            PioRead | PioWrite | MmioRead | MmioWrite => Some(ProtocolFeatures::GUEST_ACCESS),
+            SaveState | LoadState => Some(ProtocolFeatures::DEVICE_STATE),
+            GetTopology | ConfigRead | ConfigWrite | Reset | GetChipsetMemory => {
+                Some(ProtocolFeatures::empty())
+            }
+        };
+        if let Some(feature) = needs {
+            if self.stage != Stage::Negotiated || !self.protocol_features.contains(feature) {
+                return Err(Status::Protocol);
+            }
+        }
+        if req == SetBackendReqFd {
+            return self.set_backend_channel(h, p, fds);
+        }
+        if !fds.is_empty() {
+            return Err(Status::Invalid);
+        }
+        let none = |()| Vec::new();
+        match req {
+            GetFeatures => empty(p).map(|()| {
+                U64 {
+                    value: h.features().bits(),
+                }
+                .as_slice()
+                .to_vec()
+            }),
+            SetFeatures => {
+                let v = payload::<U64>(p)?.value;
+                let f = Features::from_bits(v)
+                    .filter(|f| h.features().contains(*f))
+                    .ok_or(Status::Invalid)?;
+                self.features = f;
+                Ok(Vec::new())
+            }
+            GetProtocolFeatures => empty(p).map(|()| {
+                U64 {
+                    value: h.protocol_features().bits(),
+                }
+                .as_slice()
+                .to_vec()
+            }),
+            SetProtocolFeatures => {
+                if self.stage == Stage::Negotiated {
+                    return Err(Status::Protocol);
+                }
+                let v = payload::<U64>(p)?.value;
+                let offered = h.protocol_features();
+                self.protocol_features = ProtocolFeatures::from_bits(v)
+                    .filter(|f| offered.contains(*f))
+                    .ok_or(Status::Invalid)?;
+                self.stage = Stage::Negotiated;
+                Ok(Vec::new())
+            }
+            SetFrontendInfo => self.set_frontend_info(h, p).map(none),
+            GetTopology => {
+                empty(p)?;
+                let topo = h.topology();
+                topo.validate().map_err(|e| {
+                    error!("{}: the handler's topology is invalid: {e}", self.conn);
+                    Status::Io
+                })?;
+                Ok(topo.encode())
+            }
+            ConfigRead => {
+                let a = config_access(p)?;
+                let addr = ConfigAddress {
+                    segment: a.segment,
+                    bus: a.bus,
+                    devfn: a.devfn,
+                    offset: a.offset,
+                };
+                let data = mask(u64::from(h.config_read(addr, a.width)?), a.width);
+                Ok(ConfigAccess { data, ..a }.as_slice().to_vec())
+            }
+            ConfigWrite => {
+                let a = config_access(p)?;
+                let addr = ConfigAddress {
+                    segment: a.segment,
+                    bus: a.bus,
+                    devfn: a.devfn,
+                    offset: a.offset,
+                };
+                h.config_write(addr, a.width, a.data as u32).map(none)
+            }
+            PioRead | MmioRead => {
+                let a = guest_access(p, req == PioRead)?;
+                let v = if req == PioRead {
+                    h.pio_read(a.addr, a.width)?
+                } else {
+                    h.mmio_read(a.addr, a.width)?
+                };
+                Ok(GuestAccess {
+                    data: mask(v, a.width),
+                    ..a
+                }
+                .as_slice()
+                .to_vec())
+            }
+            PioWrite => guest_access(p, true)
+                .and_then(|a| h.pio_write(a.addr, a.width, a.data))
+                .map(none),
+            MmioWrite => guest_access(p, false)
+                .and_then(|a| h.mmio_write(a.addr, a.width, a.data))
+                .map(none),
+            Reset => empty(p).and_then(|()| h.reset()).map(none),
+            SaveState => empty(p).and_then(|()| h.save_state()),
+            LoadState => h.load_state(p).map(none),
+            GetChipsetMemory => {
+                empty(p)?;
+                let mem = h.chipset_memory();
+                if !mem.is_valid() {
+                    error!(
+                        "{}: the handler's chipset memory record is invalid",
+                        self.conn
+                    );
+                    return Err(Status::Io);
+                }
+                Ok(mem.as_slice().to_vec())
+            }
+            SetBackendReqFd => Err(Status::Protocol), // handled above
+        }
+    }
+
+    fn set_frontend_info<H: BackendHandler + ?Sized>(
+        &mut self,
+        h: &mut H,
+        p: &[u8],
+    ) -> std::result::Result<(), Status> {
+        if self.identity.is_some() {
+            return Err(Status::Protocol);
+        }
+        let info = payload::<FrontendInfo>(p)?;
+        let name = decode_name(&info.name).ok_or(Status::Invalid)?.to_string();
+        let role = FrontendRole::try_from(info.role).map_err(|_| Status::Invalid)?;
+        let identity = FrontendIdentity { name, role };
+        h.frontend_identified(self.conn, &identity);
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    fn set_backend_channel<H: BackendHandler + ?Sized>(
+        &mut self,
+        h: &mut H,
+        p: &[u8],
+        fds: &mut Vec<File>,
+    ) -> Answer {
+        empty(p)?;
+        if fds.len() != 1 || !is_unix_stream(fds[0].as_raw_fd()) {
+            return Err(Status::Invalid);
+        }
+        let file = fds.pop().ok_or(Status::Invalid)?;
+        let mut sender = BackendChannelSender::from_file(file).map_err(|_| Status::Io)?;
+        sender.set_layout_events(
+            self.protocol_features
+                .contains(ProtocolFeatures::LAYOUT_EVENTS),
+        );
+        h.backend_channel(self.conn, sender);
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests;

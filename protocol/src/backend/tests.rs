@@ -1,0 +1,434 @@
+//! Unit tests of [`super::Session`]: the checks of `docs/protocol.md` section 9, request by request.
+
+use super::*;
+use crate::messages::{encode_name, ChipsetMemory};
+use crate::topology::Topology;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+
+#[derive(Default)]
+struct Fake {
+    channels: usize,
+    identified: Option<FrontendIdentity>,
+    disconnected: usize,
+    bad_topology: bool,
+}
+
+impl BackendHandler for Fake {
+    fn features(&mut self) -> Features {
+        Features::Q35_HOST_BRIDGE | Features::ECAM
+    }
+    fn protocol_features(&mut self) -> ProtocolFeatures {
+        ProtocolFeatures::all() - ProtocolFeatures::LAYOUT_EVENTS
+    }
+    fn topology(&mut self) -> Topology {
+        let mut t = Topology::default();
+        if self.bad_topology {
+            t.ecam.push(Default::default()); // size 0: invalid
+        }
+        t
+    }
+    fn config_read(&mut self, addr: ConfigAddress, _width: u8) -> Result<u32, Status> {
+        match addr.devfn {
+            0 => Ok(0xdead_beef), // wider than most accesses: the session masks it
+            1 => Err(Status::Ok), // a buggy handler
+            _ => Err(Status::NoDevice),
+        }
+    }
+    fn config_write(&mut self, _: ConfigAddress, _: u8, _: u32) -> Result<(), Status> {
+        Ok(())
+    }
+    fn pio_read(&mut self, _: u64, _: u8) -> Result<u64, Status> {
+        Ok(u64::MAX)
+    }
+    fn pio_write(&mut self, _: u64, _: u8, _: u64) -> Result<(), Status> {
+        Ok(())
+    }
+    fn mmio_read(&mut self, addr: u64, _: u8) -> Result<u64, Status> {
+        Ok(addr)
+    }
+    fn mmio_write(&mut self, _: u64, _: u8, _: u64) -> Result<(), Status> {
+        Ok(())
+    }
+    fn reset(&mut self) -> Result<(), Status> {
+        Ok(())
+    }
+    fn save_state(&mut self) -> Result<Vec<u8>, Status> {
+        Ok(b"blob".to_vec())
+    }
+    fn load_state(&mut self, blob: &[u8]) -> Result<(), Status> {
+        if blob == b"blob" {
+            Ok(())
+        } else {
+            Err(Status::BadMessage)
+        }
+    }
+    fn chipset_memory(&mut self) -> ChipsetMemory {
+        ChipsetMemory::default()
+    }
+    fn frontend_identified(&mut self, _: ConnectionId, info: &FrontendIdentity) {
+        self.identified = Some(info.clone());
+    }
+    fn backend_channel(&mut self, _: ConnectionId, _: BackendChannelSender) {
+        self.channels += 1;
+    }
+    fn disconnected(&mut self, _: ConnectionId) {
+        self.disconnected += 1;
+    }
+}
+
+fn msg(code: FrontendReq, payload: &[u8], fds: Vec<File>) -> Message {
+    Message {
+        header: MsgHeader::request(code as u32, payload.len() as u32, 42),
+        payload: payload.to_vec(),
+        fds,
+    }
+}
+
+fn run(s: &mut Session, h: &mut Fake, code: FrontendReq, payload: &[u8]) -> (Status, Vec<u8>) {
+    let r = s.handle(h, msg(code, payload, Vec::new())).unwrap();
+    assert_eq!(
+        (r.header.request, r.header.id, r.header.is_reply()),
+        (code as u32, 42, true)
+    );
+    assert_eq!(r.header.payload_len(), r.payload.len());
+    (r.status(), r.payload)
+}
+
+fn u64p(v: u64) -> Vec<u8> {
+    U64 { value: v }.as_slice().to_vec()
+}
+
+fn negotiated(pf: ProtocolFeatures) -> (Session, Fake) {
+    let (mut s, mut h) = (Session::new(ConnectionId(1)), Fake::default());
+    assert_eq!(
+        run(
+            &mut s,
+            &mut h,
+            FrontendReq::SetProtocolFeatures,
+            &u64p(pf.bits())
+        )
+        .0,
+        Status::Ok
+    );
+    (s, h)
+}
+
+fn cfg(offset: u16, width: u8, devfn: u8) -> Vec<u8> {
+    ConfigAccess {
+        devfn,
+        offset,
+        width,
+        ..Default::default()
+    }
+    .as_slice()
+    .to_vec()
+}
+
+fn guest(addr: u64, width: u8, data: u64) -> Vec<u8> {
+    GuestAccess {
+        addr,
+        width,
+        data,
+        reserved: [0; 7],
+    }
+    .as_slice()
+    .to_vec()
+}
+
+#[test]
+fn handshake_sequence() {
+    use FrontendReq::*;
+    let (mut s, mut h) = (Session::new(ConnectionId(1)), Fake::default());
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0, 4, 0)).0,
+        Status::Protocol
+    );
+    assert_eq!(run(&mut s, &mut h, GetTopology, &[]).0, Status::Protocol);
+    let (st, p) = run(&mut s, &mut h, GetFeatures, &[]);
+    assert_eq!((st, p), (Status::Ok, u64p(0b11)));
+    assert_eq!(
+        run(&mut s, &mut h, SetFeatures, &u64p(0b100)).0,
+        Status::Invalid
+    ); // not offered
+    assert_eq!(run(&mut s, &mut h, SetFeatures, &u64p(0b10)).0, Status::Ok);
+    assert_eq!(s.features(), Features::ECAM);
+    let info = FrontendInfo {
+        role: 1,
+        flags: 0,
+        name: encode_name("vmm0").unwrap(),
+    };
+    assert_eq!(
+        run(&mut s, &mut h, SetFrontendInfo, info.as_slice()).0,
+        Status::Ok
+    );
+    assert_eq!(
+        h.identified.as_ref().map(|i| (i.name.as_str(), i.role)),
+        Some(("vmm0", FrontendRole::Vmm))
+    );
+    assert_eq!(
+        run(&mut s, &mut h, SetFrontendInfo, info.as_slice()).0,
+        Status::Protocol
+    );
+    let bad_info = FrontendInfo { role: 9, ..info };
+    assert_eq!(
+        run(
+            &mut Session::new(ConnectionId(2)),
+            &mut h,
+            SetFrontendInfo,
+            bad_info.as_slice()
+        )
+        .0,
+        Status::Invalid
+    );
+    let not_offered = ProtocolFeatures::LAYOUT_EVENTS.bits();
+    assert_eq!(
+        run(&mut s, &mut h, SetProtocolFeatures, &u64p(not_offered)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, SetProtocolFeatures, &u64p(1 << 40)).0,
+        Status::Invalid
+    );
+    assert_eq!(s.stage(), Stage::Connected);
+    let pf = ProtocolFeatures::GUEST_ACCESS;
+    assert_eq!(
+        run(&mut s, &mut h, SetProtocolFeatures, &u64p(pf.bits())).0,
+        Status::Ok
+    );
+    assert_eq!((s.stage(), s.protocol_features()), (Stage::Negotiated, pf));
+    assert_eq!(
+        run(&mut s, &mut h, SetProtocolFeatures, &u64p(pf.bits())).0,
+        Status::Protocol
+    );
+    assert_eq!(run(&mut s, &mut h, ConfigRead, &cfg(0, 4, 0)).0, Status::Ok);
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0xcf8, 4, 0)).0,
+        Status::Ok
+    );
+    assert_eq!(run(&mut s, &mut h, SaveState, &[]).0, Status::Protocol);
+    assert_eq!(
+        run(&mut s, &mut h, SetBackendReqFd, &[]).0,
+        Status::Protocol
+    );
+    s.disconnect(&mut h);
+    s.disconnect(&mut h);
+    assert_eq!(h.disconnected, 1);
+}
+
+#[test]
+fn config_validation() {
+    use FrontendReq::*;
+    let (mut s, mut h) = negotiated(ProtocolFeatures::empty());
+    let (st, p) = run(&mut s, &mut h, ConfigRead, &cfg(2, 2, 0));
+    assert_eq!(st, Status::Ok);
+    assert_eq!(read_obj::<ConfigAccess>(&p).unwrap().data, 0xbeef);
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0, 3, 0)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0, 8, 0)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(2, 4, 0)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(4096, 4, 0)).0,
+        Status::OutOfRange
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0xfffc, 4, 0)).0,
+        Status::OutOfRange
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0, 4, 0)[..15]).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(
+            &mut s,
+            &mut h,
+            ConfigRead,
+            &[cfg(0, 4, 0), vec![0]].concat()
+        )
+        .0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, ConfigRead, &cfg(0, 4, 8)).0,
+        Status::NoDevice
+    );
+    assert_eq!(run(&mut s, &mut h, ConfigRead, &cfg(0, 4, 1)).0, Status::Io);
+    let reserved = ConfigAccess {
+        width: 4,
+        reserved: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&mut s, &mut h, ConfigWrite, reserved.as_slice()).0,
+        Status::Invalid
+    );
+    let too_wide = ConfigAccess {
+        width: 1,
+        data: 0x100,
+        ..Default::default()
+    };
+    assert_eq!(
+        run(&mut s, &mut h, ConfigWrite, too_wide.as_slice()).0,
+        Status::Invalid
+    );
+    let (st, p) = run(&mut s, &mut h, ConfigWrite, &cfg(0x10, 4, 0));
+    assert_eq!((st, p.len()), (Status::Ok, 0));
+    // fds on a request that takes none are refused (and closed).
+    let (a, _b) = UnixStream::pair().unwrap();
+    let r = s.handle(
+        &mut h,
+        msg(
+            ConfigRead,
+            &cfg(0, 4, 0),
+            vec![File::from(std::os::fd::OwnedFd::from(a))],
+        ),
+    );
+    assert_eq!(r.unwrap().status(), Status::Invalid);
+}
+
+#[test]
+fn guest_access_validation() {
+    use FrontendReq::*;
+    let (mut s, mut h) = negotiated(ProtocolFeatures::GUEST_ACCESS);
+    let (st, p) = run(&mut s, &mut h, PioRead, &guest(0xcfc, 2, 0));
+    assert_eq!(st, Status::Ok);
+    assert_eq!(
+        read_obj::<GuestAccess>(&p).unwrap(),
+        GuestAccess {
+            addr: 0xcfc,
+            width: 2,
+            data: 0xffff,
+            reserved: [0; 7]
+        }
+    );
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0xcf8, 8, 0)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0xcf8, 3, 0)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0xffff, 2, 0)).0,
+        Status::OutOfRange
+    );
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0xfffe, 2, 0)).0,
+        Status::Ok
+    );
+    assert_eq!(
+        run(&mut s, &mut h, PioWrite, &guest(0x80, 1, 0x100)).0,
+        Status::Invalid
+    );
+    assert_eq!(
+        run(&mut s, &mut h, MmioRead, &guest(u64::MAX, 2, 0)).0,
+        Status::OutOfRange
+    );
+    assert_eq!(
+        run(&mut s, &mut h, MmioRead, &guest(u64::MAX - 7, 8, 0)).0,
+        Status::Ok
+    );
+    assert_eq!(
+        run(&mut s, &mut h, MmioWrite, &guest(0x1000, 8, u64::MAX)).0,
+        Status::Ok
+    );
+    assert_eq!(
+        run(&mut s, &mut h, MmioWrite, &guest(0x1000, 4, 0)[..23]).0,
+        Status::Invalid
+    );
+    let mut reserved = guest(0x1000, 4, 0);
+    reserved[17] = 1;
+    assert_eq!(run(&mut s, &mut h, MmioWrite, &reserved).0, Status::Invalid);
+}
+
+#[test]
+fn other_requests() {
+    use FrontendReq::*;
+    let (mut s, mut h) = negotiated(ProtocolFeatures::DEVICE_STATE);
+    assert_eq!(
+        run(&mut s, &mut h, SaveState, &[]),
+        (Status::Ok, b"blob".to_vec())
+    );
+    assert_eq!(run(&mut s, &mut h, SaveState, &[1]).0, Status::Invalid);
+    assert_eq!(run(&mut s, &mut h, LoadState, b"blob").0, Status::Ok);
+    assert_eq!(
+        run(&mut s, &mut h, LoadState, b"junk").0,
+        Status::BadMessage
+    );
+    assert_eq!(run(&mut s, &mut h, Reset, &[]).0, Status::Ok);
+    assert_eq!(run(&mut s, &mut h, Reset, &[0; 8]).0, Status::Invalid);
+    assert_eq!(run(&mut s, &mut h, GetChipsetMemory, &[]).1.len(), 16);
+    assert_eq!(
+        run(&mut s, &mut h, GetTopology, &[]),
+        (Status::Ok, Topology::default().encode())
+    );
+    h.bad_topology = true;
+    assert_eq!(run(&mut s, &mut h, GetTopology, &[]).0, Status::Io);
+    assert_eq!(
+        run(&mut s, &mut h, PioRead, &guest(0, 1, 0)).0,
+        Status::Protocol
+    );
+    let unknown = Message {
+        header: MsgHeader::request(999, 0, 5),
+        payload: vec![],
+        fds: vec![],
+    };
+    let r = s.handle(&mut h, unknown).unwrap();
+    assert_eq!(
+        (r.status(), r.header.request, r.header.id),
+        (Status::NotSupported, 999, 5)
+    );
+}
+
+#[test]
+fn reply_flag_is_fatal() {
+    let (mut s, mut h) = negotiated(ProtocolFeatures::empty());
+    let m = Message {
+        header: MsgHeader::request(7, 0, 1).reply(Status::Ok, 0),
+        payload: vec![],
+        fds: vec![],
+    };
+    assert!(s.handle(&mut h, m).unwrap_err().should_disconnect());
+    // A hand-built message whose header disagrees with its payload is refused, not trusted.
+    let m = Message {
+        header: MsgHeader::request(7, 4, 1),
+        payload: vec![],
+        fds: vec![],
+    };
+    assert_eq!(s.handle(&mut h, m).unwrap().status(), Status::Invalid);
+}
+
+#[test]
+fn backend_channel_fd_checks() {
+    use FrontendReq::SetBackendReqFd;
+    let (mut s, mut h) = negotiated(ProtocolFeatures::BACKEND_CHANNEL);
+    let sock = || File::from(std::os::fd::OwnedFd::from(UnixStream::pair().unwrap().0));
+    let run_fds = |s: &mut Session, h: &mut Fake, payload: &[u8], fds| {
+        s.handle(h, msg(SetBackendReqFd, payload, fds))
+            .unwrap()
+            .status()
+    };
+    assert_eq!(run_fds(&mut s, &mut h, &[], vec![]), Status::Invalid);
+    assert_eq!(
+        run_fds(&mut s, &mut h, &[], vec![sock(), sock()]),
+        Status::Invalid
+    );
+    assert_eq!(
+        run_fds(&mut s, &mut h, &[0; 8], vec![sock()]),
+        Status::Invalid
+    );
+    let dgram = File::from(std::os::fd::OwnedFd::from(UnixDatagram::pair().unwrap().0));
+    assert_eq!(run_fds(&mut s, &mut h, &[], vec![dgram]), Status::Invalid);
+    assert_eq!(h.channels, 0);
+    assert_eq!(run_fds(&mut s, &mut h, &[], vec![sock()]), Status::Ok);
+    assert_eq!(h.channels, 1);
+}

@@ -1,0 +1,412 @@
+//! The backend channel: a second stream socket, sent by the frontend with `SetBackendReqFd`, on
+//! which the backend sends notifications ([`BackendReq`]) so they never interleave with replies.
+//!
+//! [`BackendChannelSender`] is the backend's end: non-blocking with a bounded queue, so a frontend
+//! that stops reading loses its notifications (and the channel) instead of stalling the backend.
+//! [`BackendChannel`] is the frontend's end: blocking or timed receive of [`Notification`]s.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use log::{info, warn};
+use vm_memory::ByteValued;
+
+use crate::error::{Error, Result};
+use crate::frame::{
+    decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
+};
+use crate::messages::{ChipsetMemory, LayoutChange};
+use crate::topology::Topology;
+use crate::wire::{BackendReq, MsgHeader, Status};
+use crate::LayoutChanges;
+
+/// Is `fd` a connected-or-not unix stream socket?
+pub(crate) fn is_unix_stream(fd: RawFd) -> bool {
+    let opt = |name| {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `v`, which outlives the call.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(v)
+    };
+    opt(libc::SO_DOMAIN) == Some(libc::AF_UNIX) && opt(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+}
+
+/// A backend-initiated message, decoded and validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notification {
+    /// The guest changed routing: what changed and the whole new topology.
+    LayoutChanged {
+        /// What changed.
+        changes: LayoutChanges,
+        /// The topology after the change.
+        topology: Topology,
+    },
+    /// The guest reprogrammed the MCH's PAM/SMRAM registers.
+    ChipsetMemoryChanged(ChipsetMemory),
+}
+
+impl Notification {
+    /// Decode a backend-channel message (header already validated as a request).
+    pub fn decode(msg: &Message) -> Result<Notification> {
+        let code = msg.header.request;
+        match BackendReq::try_from(code).map_err(Error::UnknownRequest)? {
+            BackendReq::LayoutChanged => {
+                let n = std::mem::size_of::<LayoutChange>();
+                let head = msg.payload.get(..n).ok_or(Error::PayloadSize {
+                    request: code,
+                    expected: n,
+                    got: msg.payload.len(),
+                })?;
+                let lc: LayoutChange = decode_payload(code, head)?;
+                let changes = LayoutChanges::from_bits_retain(lc.changes);
+                Ok(Notification::LayoutChanged {
+                    changes,
+                    topology: Topology::decode(&msg.payload[n..])?,
+                })
+            }
+            BackendReq::ChipsetMemoryChanged => Ok(Notification::ChipsetMemoryChanged(
+                decode_payload(code, &msg.payload)?,
+            )),
+        }
+    }
+}
+
+/// The frontend's end of the backend channel.
+#[derive(Debug)]
+pub struct BackendChannel {
+    stream: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
+}
+
+impl BackendChannel {
+    /// Wrap the frontend's end of the socket pair (made non-blocking).
+    pub fn new(stream: UnixStream) -> Result<Self> {
+        stream.set_nonblocking(true).map_err(Error::Socket)?;
+        Ok(BackendChannel {
+            stream,
+            reader: FrameReader::new(MessageKind::Request),
+            writer: FrameWriter::default(),
+        })
+    }
+
+    /// Wait for the next notification.
+    pub fn recv(&mut self) -> Result<Notification> {
+        loop {
+            if let Some(n) = self.recv_inner(None)? {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the next notification; `Ok(None)` on timeout. A notification that
+    /// arrived partly stays buffered for the next call.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Notification>> {
+        self.recv_inner(Some(timeout))
+    }
+
+    /// Take a notification if one is complete now, without waiting (for event loops polling
+    /// [`AsRawFd::as_raw_fd`]).
+    pub fn try_recv(&mut self) -> Result<Option<Notification>> {
+        self.recv_inner(Some(Duration::ZERO))
+    }
+
+    /// Receive one message, answer it if NEED_REPLY is set, and decode it. A notification that
+    /// fails validation is answered with an error status and returned as a non-fatal error.
+    fn recv_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Notification>> {
+        self.writer.flush(&self.stream)?;
+        let Some(msg) = self.reader.recv_timeout(&self.stream, timeout)? else {
+            return Ok(None);
+        };
+        let decoded = if msg.fds.is_empty() {
+            Notification::decode(&msg)
+        } else {
+            Err(Error::InvalidPayload("fds"))
+        };
+        if msg.header.needs_reply() {
+            let status = match &decoded {
+                Ok(_) => Status::Ok,
+                Err(Error::UnknownRequest(_)) => Status::NotSupported,
+                Err(_) => Status::Invalid,
+            };
+            self.writer
+                .queue(&encode(msg.header.reply(status, 0), &[])?)?;
+            self.writer.flush(&self.stream)?;
+        }
+        decoded.map(Some)
+    }
+}
+
+impl AsRawFd for BackendChannel {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+/// The backend's end of a frontend's backend channel.
+///
+/// Never blocks: messages go through a bounded [`FrameWriter`]. If the frontend stops reading
+/// and the queue passes its limit, or the frontend closed its end, the sender logs a warning,
+/// shuts the socket down (the frontend sees end-of-file) and every later call fails with
+/// [`Error::ChannelClosed`]. Notifications are posted (no NEED_REPLY); anything the frontend
+/// writes back is read and discarded. A sender made by [`crate::Session`] for a frontend that did
+/// not negotiate `LAYOUT_EVENTS` silently drops layout and chipset-memory notifications.
+#[derive(Debug)]
+pub struct BackendChannelSender {
+    stream: UnixStream,
+    writer: FrameWriter,
+    next_id: u64,
+    closed: bool,
+    layout_events: bool,
+}
+
+impl BackendChannelSender {
+    /// Wrap a connected unix stream socket (made non-blocking).
+    pub fn new(stream: UnixStream) -> Result<Self> {
+        Self::with_limit(stream, DEFAULT_WRITE_LIMIT)
+    }
+
+    /// As [`BackendChannelSender::new`], letting at most `limit` bytes wait for the frontend.
+    pub fn with_limit(stream: UnixStream, limit: usize) -> Result<Self> {
+        if !is_unix_stream(stream.as_raw_fd()) {
+            return Err(Error::InvalidArgument(
+                "backend channel is not a unix stream socket",
+            ));
+        }
+        stream.set_nonblocking(true).map_err(Error::Socket)?;
+        Ok(BackendChannelSender {
+            stream,
+            writer: FrameWriter::new(limit),
+            next_id: 1,
+            closed: false,
+            layout_events: true,
+        })
+    }
+
+    /// Wrap the fd a frontend sent with `SetBackendReqFd`.
+    pub fn from_file(file: File) -> Result<Self> {
+        Self::new(UnixStream::from(OwnedFd::from(file)))
+    }
+
+    /// Does this frontend get `LayoutChanged` / `ChipsetMemoryChanged` (it negotiated
+    /// `LAYOUT_EVENTS`)? True for senders not made by a `Session`.
+    pub fn layout_events(&self) -> bool {
+        self.layout_events
+    }
+
+    pub(crate) fn set_layout_events(&mut self, enabled: bool) {
+        self.layout_events = enabled;
+    }
+
+    /// Send `LayoutChanged`: what changed and the whole new topology.
+    pub fn layout_changed(&mut self, changes: LayoutChanges, topology: &Topology) -> Result<()> {
+        if !self.layout_events {
+            return if self.closed {
+                Err(Error::ChannelClosed)
+            } else {
+                Ok(())
+            };
+        }
+        let mut payload = LayoutChange {
+            changes: changes.bits(),
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        payload.extend_from_slice(&topology.encode());
+        self.send(BackendReq::LayoutChanged, &payload)
+    }
+
+    /// Send `ChipsetMemoryChanged` with the new PAM/SMRAM routing.
+    pub fn chipset_memory_changed(&mut self, mem: &ChipsetMemory) -> Result<()> {
+        if !self.layout_events {
+            return if self.closed {
+                Err(Error::ChannelClosed)
+            } else {
+                Ok(())
+            };
+        }
+        self.send(BackendReq::ChipsetMemoryChanged, mem.as_slice())
+    }
+
+    /// Send what is queued, without blocking; `Ok(true)` when nothing is left. Call it when the
+    /// socket becomes writable while [`BackendChannelSender::pending`] is non-zero.
+    pub fn flush(&mut self) -> Result<bool> {
+        if self.closed {
+            return Err(Error::ChannelClosed);
+        }
+        let r = self
+            .drain_input()
+            .and_then(|()| self.writer.flush(&self.stream));
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Bytes queued for a frontend that is slow to read.
+    pub fn pending(&self) -> usize {
+        self.writer.pending()
+    }
+
+    /// Was the channel shut down after a failure?
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn send(&mut self, code: BackendReq, payload: &[u8]) -> Result<()> {
+        if self.closed {
+            return Err(Error::ChannelClosed);
+        }
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let r = encode(MsgHeader::notification(code as u32, false, 0, id), payload)
+            .and_then(|bytes| self.drain_input().and_then(|()| self.writer.queue(&bytes)))
+            .and_then(|()| self.writer.flush(&self.stream).map(drop));
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Read and discard what the frontend wrote (stray replies), noticing when it hung up.
+    fn drain_input(&mut self) -> Result<()> {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => return Err(Error::PeerClosed),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if e.should_disconnect() {
+            match e {
+                Error::PeerClosed => info!("backend channel: frontend closed it"),
+                _ => warn!("backend channel: {e}; the frontend no longer gets notifications"),
+            }
+            self.closed = true;
+            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        }
+        e
+    }
+}
+
+impl AsRawFd for BackendChannelSender {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::send_message;
+    use crate::topology::tests::sample;
+
+    #[test]
+    fn notifications_round_trip() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        let mut rx = BackendChannel::new(b).unwrap();
+        assert!(rx.try_recv().unwrap().is_none());
+        let topo = sample();
+        tx.layout_changed(LayoutChanges::BUS_NUMBERS, &topo)
+            .unwrap();
+        let mem = ChipsetMemory {
+            pam: [0x30; 7],
+            smram: 2,
+            ..Default::default()
+        };
+        tx.chipset_memory_changed(&mem).unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        assert_eq!(
+            got,
+            Notification::LayoutChanged {
+                changes: LayoutChanges::BUS_NUMBERS,
+                topology: topo
+            }
+        );
+        assert_eq!(rx.recv().unwrap(), Notification::ChipsetMemoryChanged(mem));
+        assert!(rx
+            .recv_timeout(Duration::from_millis(10))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn frontend_replies_when_asked() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut rx = BackendChannel::new(b).unwrap();
+        let mem = ChipsetMemory::default();
+        let hdr = MsgHeader::notification(BackendReq::ChipsetMemoryChanged as u32, true, 0, 9);
+        send_message(&a, hdr, mem.as_slice(), &[], None).unwrap();
+        send_message(&a, MsgHeader::notification(77, true, 0, 10), &[], &[], None).unwrap();
+        assert!(rx.recv().is_ok());
+        let e = rx.recv().unwrap_err();
+        assert!(matches!(e, Error::UnknownRequest(77)) && !e.should_disconnect());
+        let mut r = FrameReader::new(MessageKind::Reply);
+        let ok = r
+            .recv_timeout(&a, Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((ok.header.id, ok.header.status), (9, 0));
+        let nosys = r
+            .recv_timeout(&a, Some(Duration::from_secs(5)))
+            .unwrap()
+            .unwrap();
+        assert_eq!((nosys.header.id, nosys.header.status), (10, libc::ENOSYS));
+    }
+
+    #[test]
+    fn stuck_frontend_is_cut_off() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::with_limit(a, 64 << 10).unwrap();
+        let topo = sample();
+        let mut failed = None;
+        for _ in 0..100_000 {
+            if let Err(e) = tx.layout_changed(LayoutChanges::WINDOWS, &topo) {
+                failed = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(failed, Some(Error::OutputOverflow(_))));
+        assert!(tx.is_closed());
+        assert!(matches!(
+            tx.chipset_memory_changed(&ChipsetMemory::default()),
+            Err(Error::ChannelClosed)
+        ));
+        drop(b);
+    }
+
+    #[test]
+    fn closed_frontend_is_noticed() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        drop(b);
+        assert!(tx
+            .chipset_memory_changed(&ChipsetMemory::default())
+            .is_err());
+        assert!(tx.is_closed());
+    }
+
+    #[test]
+    fn only_unix_stream_sockets() {
+        let (d, _e) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        assert!(!is_unix_stream(d.as_raw_fd()));
+        let f = File::open("/dev/null").unwrap();
+        assert!(!is_unix_stream(f.as_raw_fd()));
+        assert!(BackendChannelSender::from_file(f).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! [`Connection`]: a [`Session`] over a non-blocking unix stream socket, with its
+//! [`FrameReader`] and bounded [`FrameWriter`], for a backend's event loop (or a thread per
+//! connection with [`Connection::serve`]).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use log::{debug, warn};
+
+use crate::backend::Session;
+use crate::error::{Error, Result};
+use crate::frame::{wait_fd, FrameReader, FrameWriter, MessageKind, DEFAULT_WRITE_LIMIT};
+use crate::handler::{BackendHandler, ConnectionId};
+
+/// Requests handled per [`Connection::process`] call, so one busy frontend cannot starve others.
+pub const MAX_REQUESTS_PER_CALL: usize = 64;
+
+/// Unsent reply bytes above which a connection stops reading requests until the frontend reads.
+pub const BACKPRESSURE_BYTES: usize = 256 << 10;
+
+/// One frontend connection on the backend side.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    reader: FrameReader,
+    writer: FrameWriter,
+    session: Session,
+}
+
+impl Connection {
+    /// Take an accepted stream (made non-blocking).
+    pub fn new(stream: UnixStream, id: ConnectionId) -> Result<Self> {
+        stream.set_nonblocking(true).map_err(Error::Socket)?;
+        Ok(Connection {
+            stream,
+            reader: FrameReader::new(MessageKind::Request),
+            writer: FrameWriter::new(DEFAULT_WRITE_LIMIT),
+            session: Session::new(id),
+        })
+    }
+
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.session.id()
+    }
+
+    /// Its protocol state.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Should the event loop wait for the socket to be readable? False while replies pile up
+    /// unread (back-pressure: the frontend must read before it may send more).
+    pub fn wants_read(&self) -> bool {
+        self.writer.pending() < BACKPRESSURE_BYTES
+    }
+
+    /// Should the event loop wait for the socket to be writable (replies are queued)?
+    pub fn wants_write(&self) -> bool {
+        self.writer.pending() > 0
+    }
+
+    /// Handle the complete requests available now (at most [`MAX_REQUESTS_PER_CALL`]) and send
+    /// their replies as far as the socket takes them. Any `Err` means: close this connection
+    /// with [`Connection::close`].
+    pub fn process<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) -> Result<()> {
+        for _ in 0..MAX_REQUESTS_PER_CALL {
+            if !self.wants_read() {
+                break;
+            }
+            let Some(msg) = self.reader.poll_message(&self.stream)? else {
+                break;
+            };
+            let reply = self.session.handle(handler, msg)?;
+            self.writer.queue(&reply.encode())?;
+            self.writer.flush(&self.stream)?;
+        }
+        self.writer.flush(&self.stream).map(drop)
+    }
+
+    /// Send queued replies without blocking; `Ok(true)` when none are left.
+    pub fn flush(&mut self) -> Result<bool> {
+        self.writer.flush(&self.stream)
+    }
+
+    /// Tell the handler the connection is gone and shut the socket down.
+    pub fn close<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) {
+        self.session.disconnect(handler);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Serve this connection until the frontend leaves or breaks the protocol (for a thread per
+    /// connection, tests and examples). Returns `Ok(())` when the frontend closed the socket.
+    pub fn serve<H: BackendHandler + ?Sized>(mut self, handler: &mut H) -> Result<()> {
+        let r = loop {
+            let mut events = 0;
+            if self.wants_read() {
+                events |= libc::POLLIN;
+            }
+            if self.wants_write() {
+                events |= libc::POLLOUT;
+            }
+            if let Err(e) = wait_fd(self.stream.as_raw_fd(), events, None) {
+                break Err(Error::Socket(e));
+            }
+            if let Err(e) = self.process(handler) {
+                break Err(e);
+            }
+        };
+        self.close(handler);
+        match r {
+            Err(Error::PeerClosed) => {
+                debug!("{}: frontend closed the connection", self.id());
+                Ok(())
+            }
+            Err(e) => {
+                warn!("{}: dropping the connection: {e}", self.id());
+                Err(e)
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}

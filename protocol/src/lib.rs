@@ -1,0 +1,96 @@
+//! pcierc's socket protocol: framing, payloads, and both ends.
+//!
+//! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads.
+//! - [`frame`]: header validation, the non-blocking [`FrameReader`] / [`FrameWriter`], blocking
+//!   send/receive with timeouts; [`error`]: the [`Error`] type and its classification.
+//! - Frontend side: [`Frontend`] (blocking client with the handshake) and [`BackendChannel`]
+//!   (receives [`Notification`]s).
+//! - Backend side: [`BackendHandler`] (what the service implements), [`Session`] (per-connection
+//!   checks and dispatch), [`Connection`] (a `Session` over a non-blocking unix socket) and
+//!   [`BackendChannelSender`].
+//!
+//! The normative specification is `docs/protocol.md` in the repository.
+//!
+//! ```no_run
+//! use pcierc_protocol::{Frontend, FrontendOptions};
+//!
+//! let mut fe = Frontend::connect("/run/pcierc.sock", FrontendOptions::tool("probe"))?;
+//! let id = fe.config_read(0, 0, 0, 0, 4)?; // vendor and device id of 00:00.0
+//! println!("{id:#010x}, {} functions", fe.topology()?.functions.len());
+//! # Ok::<(), pcierc_protocol::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod channel;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod frontend;
+pub mod handler;
+pub mod messages;
+pub mod topology;
+pub mod wire;
+
+pub use backend::{Reply, Session, Stage, PIO_SPACE_SIZE};
+pub use channel::{BackendChannel, BackendChannelSender, Notification};
+pub use connection::Connection;
+pub use error::{Error, Result};
+pub use frame::{
+    decode_payload, encode, read_obj, recv_message, send_message, validate_header, FrameReader,
+    FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
+};
+pub use frontend::{Frontend, FrontendOptions, DEFAULT_TIMEOUT};
+pub use handler::{
+    BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity, SharedBackendHandler,
+};
+pub use messages::*;
+pub use topology::*;
+pub use wire::*;
+
+bitflags::bitflags! {
+    /// Emulation features (`GetFeatures` / `SetFeatures`).
+    #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+    pub struct Features: u64 {
+        /// A Q35 MCH host bridge at 00:00.0.
+        const Q35_HOST_BRIDGE = 1 << 0;
+        /// ECAM through the MCH's PCIEXBAR.
+        const ECAM = 1 << 1;
+        /// PCIe root ports compatible with QEMU's `pcie-root-port`.
+        const ROOT_PORTS = 1 << 2;
+        /// Configuration mechanism #1 at 0xCF8/0xCFC.
+        const CONFIG_MECHANISM_1 = 1 << 3;
+    }
+}
+
+bitflags::bitflags! {
+    /// Protocol features (`GetProtocolFeatures` / `SetProtocolFeatures`).
+    #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+    pub struct ProtocolFeatures: u64 {
+        /// The frontend may send a backend channel (`SetBackendReqFd`).
+        const BACKEND_CHANNEL = 1 << 0;
+        /// `LayoutChanged` / `ChipsetMemoryChanged` on the backend channel.
+        const LAYOUT_EVENTS = 1 << 1;
+        /// `SaveState` / `LoadState`.
+        const DEVICE_STATE = 1 << 2;
+        /// Raw trapped accesses (`PioRead`..`MmioWrite`).
+        const GUEST_ACCESS = 1 << 3;
+    }
+}
+
+bitflags::bitflags! {
+    /// What a `LayoutChanged` notification reports.
+    #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+    pub struct LayoutChanges: u32 {
+        /// ECAM windows moved, resized, enabled or disabled (PCIEXBAR).
+        const ECAM = 1 << 0;
+        /// A port's primary/secondary/subordinate bus numbers changed.
+        const BUS_NUMBERS = 1 << 1;
+        /// A port's I/O or memory windows changed (or their decode was enabled/disabled).
+        const WINDOWS = 1 << 2;
+        /// A BAR of a function pcierc emulates moved or its decode changed.
+        const BARS = 1 << 3;
+        /// Functions appeared or left.
+        const FUNCTIONS = 1 << 4;
+    }
+}

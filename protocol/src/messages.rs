@@ -1,0 +1,253 @@
+//! Fixed-size payloads. Every struct is `#[repr(C)]`, has no implicit padding, and implements
+//! `VhostUserMsgValidator::is_valid()`, which checks every field a peer sent before anything else
+//! looks at it.
+
+use vhost::vhost_user::message::VhostUserMsgValidator;
+use vm_memory::ByteValued;
+
+/// Size of a function's configuration space (PCIe Base 6.0 §7.2.2: 4 KiB per function).
+pub const CONFIG_SPACE_SIZE: u16 = 4096;
+
+/// A single 64-bit value (features, acknowledgements).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct U64 {
+    /// The value.
+    pub value: u64,
+}
+// SAFETY: plain integer, no padding.
+unsafe impl ByteValued for U64 {}
+impl VhostUserMsgValidator for U64 {}
+
+/// What a frontend is, sent with `SetFrontendInfo`.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FrontendRole {
+    /// A VMM that runs the guest and forwards its trapped accesses.
+    Vmm = 1,
+    /// A hypervisor shim (e.g. the Xen ioreq server) forwarding accesses.
+    HypervisorShim = 2,
+    /// A device emulator that owns functions behind the ports.
+    DeviceEmulator = 3,
+    /// A tool (dump, qtest, monitoring).
+    Tool = 4,
+}
+
+impl TryFrom<u32> for FrontendRole {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(Self::Vmm),
+            2 => Ok(Self::HypervisorShim),
+            3 => Ok(Self::DeviceEmulator),
+            4 => Ok(Self::Tool),
+            other => Err(other),
+        }
+    }
+}
+
+/// Maximum length of a name (frontend, function id, owner) on the wire.
+pub const NAME_LEN: usize = 32;
+
+/// Encode `s` into a NUL-padded name field; `None` if it does not fit or is not printable ASCII.
+pub fn encode_name(s: &str) -> Option<[u8; NAME_LEN]> {
+    if s.len() > NAME_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut out = [0u8; NAME_LEN];
+    out[..s.len()].copy_from_slice(s.as_bytes());
+    Some(out)
+}
+
+/// Decode a NUL-padded name field; `None` unless it is printable ASCII followed only by NULs.
+pub fn decode_name(raw: &[u8; NAME_LEN]) -> Option<&str> {
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+    if raw[len..].iter().any(|&b| b != 0) || !raw[..len].iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    std::str::from_utf8(&raw[..len]).ok()
+}
+
+/// `SetFrontendInfo` payload.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendInfo {
+    /// A [`FrontendRole`] value.
+    pub role: u32,
+    /// Reserved, must be 0.
+    pub flags: u32,
+    /// The frontend's name (emulator name used for ownership), NUL-padded printable ASCII.
+    pub name: [u8; NAME_LEN],
+}
+// SAFETY: integers and a byte array, no padding (4+4+32).
+unsafe impl ByteValued for FrontendInfo {}
+impl VhostUserMsgValidator for FrontendInfo {
+    fn is_valid(&self) -> bool {
+        FrontendRole::try_from(self.role).is_ok()
+            && self.flags == 0
+            && decode_name(&self.name).is_some_and(|n| !n.is_empty())
+    }
+}
+
+/// Is `width` a valid configuration access width (1, 2 or 4 bytes)?
+pub fn valid_config_width(width: u8) -> bool {
+    matches!(width, 1 | 2 | 4)
+}
+
+/// A configuration read or write addressed by (segment, bus, device/function, offset, width).
+///
+/// Offsets must be naturally aligned to the width and the access must lie within 4 KiB.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigAccess {
+    /// PCI segment group.
+    pub segment: u16,
+    /// Bus number.
+    pub bus: u8,
+    /// Device (bits 7-3) and function (bits 2-0).
+    pub devfn: u8,
+    /// Register offset, 0..4096, aligned to `width`.
+    pub offset: u16,
+    /// 1, 2 or 4.
+    pub width: u8,
+    /// Reserved, must be 0.
+    pub reserved: u8,
+    /// Data written, or (in a read reply) data read, in the low `width` bytes; upper bytes 0.
+    pub data: u64,
+}
+// SAFETY: integers, no padding (2+1+1+2+1+1 = 8, then u64).
+unsafe impl ByteValued for ConfigAccess {}
+impl VhostUserMsgValidator for ConfigAccess {
+    fn is_valid(&self) -> bool {
+        valid_config_width(self.width)
+            && self.reserved == 0
+            && self.offset % u16::from(self.width) == 0
+            && self.offset < CONFIG_SPACE_SIZE
+            && (self.width == 8 || self.data >> (8 * u32::from(self.width)) == 0)
+    }
+}
+
+/// Is `width` a valid trapped-access width (1, 2, 4 or 8 bytes)?
+pub fn valid_guest_width(width: u8) -> bool {
+    matches!(width, 1 | 2 | 4 | 8)
+}
+
+/// A raw guest access a VMM trapped (port I/O or MMIO), forwarded without decoding.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestAccess {
+    /// Guest-physical address or I/O port.
+    pub addr: u64,
+    /// Data written, or (in a read reply) data read, in the low `width` bytes.
+    pub data: u64,
+    /// 1, 2, 4 or 8 (port I/O: 1, 2 or 4).
+    pub width: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 7],
+}
+// SAFETY: integers and a byte array, no padding (8+8+1+7).
+unsafe impl ByteValued for GuestAccess {}
+impl VhostUserMsgValidator for GuestAccess {
+    fn is_valid(&self) -> bool {
+        valid_guest_width(self.width)
+            && self.reserved == [0; 7]
+            && self.addr.checked_add(u64::from(self.width) - 1).is_some()
+            && (self.width == 8 || self.data >> (8 * u32::from(self.width)) == 0)
+    }
+}
+
+/// The MCH's legacy memory routing (Q35 PAM0-6 at 0x90-0x96, SMRAM 0x9d, ESMRAMC 0x9e).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChipsetMemory {
+    /// PAM0..PAM6 register values.
+    pub pam: [u8; 7],
+    /// SMRAM register value.
+    pub smram: u8,
+    /// ESMRAMC register value.
+    pub esmramc: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 7],
+}
+// SAFETY: byte arrays only, no padding (7+1+1+7).
+unsafe impl ByteValued for ChipsetMemory {}
+impl VhostUserMsgValidator for ChipsetMemory {
+    fn is_valid(&self) -> bool {
+        self.reserved == [0; 7]
+    }
+}
+
+/// Header of a `LayoutChanged` notification; the encoded new topology follows.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayoutChange {
+    /// What changed: a set of [`crate::LayoutChanges`] bits.
+    pub changes: u32,
+    /// Reserved, must be 0.
+    pub reserved: u32,
+}
+// SAFETY: integers, no padding.
+unsafe impl ByteValued for LayoutChange {}
+impl VhostUserMsgValidator for LayoutChange {
+    fn is_valid(&self) -> bool {
+        self.reserved == 0 && crate::LayoutChanges::from_bits(self.changes).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_have_no_padding() {
+        assert_eq!(std::mem::size_of::<U64>(), 8);
+        assert_eq!(std::mem::size_of::<FrontendInfo>(), 40);
+        assert_eq!(std::mem::size_of::<ConfigAccess>(), 16);
+        assert_eq!(std::mem::size_of::<GuestAccess>(), 24);
+        assert_eq!(std::mem::size_of::<ChipsetMemory>(), 16);
+        assert_eq!(std::mem::size_of::<LayoutChange>(), 8);
+    }
+
+    #[test]
+    fn config_access_validation() {
+        let ok = ConfigAccess {
+            offset: 0x100,
+            width: 4,
+            ..Default::default()
+        };
+        assert!(ok.is_valid());
+        assert!(!ConfigAccess { width: 3, ..ok }.is_valid());
+        assert!(!ConfigAccess {
+            offset: 0x101,
+            width: 2,
+            ..ok
+        }
+        .is_valid());
+        assert!(!ConfigAccess { offset: 4096, ..ok }.is_valid());
+        assert!(!ConfigAccess { reserved: 1, ..ok }.is_valid());
+        assert!(!ConfigAccess {
+            width: 1,
+            data: 0x100,
+            ..ok
+        }
+        .is_valid());
+        assert!(ConfigAccess {
+            offset: 4095,
+            width: 1,
+            data: 0xff,
+            ..ok
+        }
+        .is_valid());
+    }
+
+    #[test]
+    fn names_round_trip_and_reject_garbage() {
+        let n = encode_name("qemu-storage").unwrap();
+        assert_eq!(decode_name(&n), Some("qemu-storage"));
+        assert!(encode_name("has space").is_none());
+        assert!(encode_name(&"x".repeat(33)).is_none());
+        let mut bad = n;
+        bad[20] = b'x'; // data after the NUL terminator
+        assert!(decode_name(&bad).is_none());
+    }
+}

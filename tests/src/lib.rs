@@ -1,0 +1,3 @@
+//! Test support for pcierc end-to-end tests.
+
+pub mod process;

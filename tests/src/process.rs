@@ -1,0 +1,113 @@
+//! Running the real `pcierc` binary for end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `pcierc` binary of this build, built on demand if `cargo test` has not built it yet.
+pub fn pcierc_bin() -> PathBuf {
+    // target/<profile>/deps/<test-binary> -> target/<profile>/pcierc
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let bin = profile_dir.join("pcierc");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "pcierc-backend", "--bin", "pcierc"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("running cargo build");
+        assert!(st.success(), "building pcierc failed");
+    }
+    bin
+}
+
+/// A scratch directory removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    /// A fresh directory under the system temp dir.
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "pcierc-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&d).expect("creating scratch dir");
+        ScratchDir(d)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `pcierc --socket-path`, killed on drop.
+pub struct Backend {
+    child: Child,
+    /// The socket it serves.
+    pub socket: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl Backend {
+    /// Start pcierc with extra arguments and wait until its socket accepts connections.
+    pub fn start(extra: &[&str]) -> Backend {
+        let dir = ScratchDir::new("backend");
+        let socket = dir.0.join("pcierc.sock");
+        let child = Command::new(pcierc_bin())
+            .arg("--socket-path")
+            .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning pcierc");
+        let mut b = Backend { child, socket, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&b.socket).is_err() {
+            if let Ok(Some(st)) = b.child.try_wait() {
+                panic!("pcierc exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "pcierc did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Is an external tool present? When `PCIERC_REQUIRE_TOOLS=1` (CI) its absence is a failure;
+/// otherwise the caller skips, and this says so loudly.
+pub fn tool_available(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("PCIERC_REQUIRE_TOOLS").is_err(),
+            "{name} is required (PCIERC_REQUIRE_TOOLS is set) but not installed"
+        );
+        eprintln!("\n*** SKIP: {name} is not installed; this test did not run ***\n");
+    }
+    found
+}
