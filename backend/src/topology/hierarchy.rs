@@ -431,3 +431,7 @@ fn data_port_offset(port: u64) -> Option<u16> {
 fn decode_config_address(ca: u32) -> (u8, u8, u16) {
     ((ca >> 16) as u8, (ca >> 8) as u8, (ca & 0xfc) as u16)
 }
+
+#[cfg(test)]
+#[path = "hierarchy_tests.rs"]
+mod tests;

@@ -319,6 +319,7 @@ impl TopologySpec {
         let mut chassis_slots = HashMap::new();
         for p in &self.root_ports {
             let id = p.config.id.as_str();
+            p.config.validate()?;
             if p.addr == DevFn(0) {
                 return err(format!("{id}: 00.0 is the host bridge"));
             }

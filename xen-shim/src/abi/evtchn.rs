@@ -6,15 +6,9 @@
 //! array, which **unmasks** those ports: a delivered port stays masked until written back
 //! (Linux `drivers/xen/evtchn.c`). There is no unmask ioctl.
 
-use super::{domid_t, evtchn_port_t};
+use super::{domid_t, evtchn_port_t, ioc_none};
 use core::ffi::c_ulong;
 use core::mem::size_of;
-
-/// `_IOC(_IOC_NONE, ty, nr, size)` on x86 (asm-generic ioctl encoding with direction 0),
-/// the form both privcmd.h and evtchn.h use.
-pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> c_ulong {
-    ((size as c_ulong) << 16) | ((ty as c_ulong) << 8) | nr as c_ulong
-}
 
 /// `struct ioctl_evtchn_bind_interdomain`. The ioctl's return value is the new local port.
 #[repr(C)]

@@ -46,3 +46,9 @@ pub const DOMID_INVALID: domid_t = 0x7ff4;
 /// Size of a Xen page on x86 (`XEN_PAGE_SIZE` in the Linux kernel; the public headers write
 /// the shift, 12, inline). The ioreq and buffered-ioreq pages are one page each.
 pub const XEN_PAGE_SIZE: usize = 4096;
+
+/// Linux `_IOC(_IOC_NONE, ty, nr, size)` on x86 (asm-generic encoding, direction 0 in bits
+/// 30-31): the form every privcmd and evtchn ioctl number uses.
+pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> core::ffi::c_ulong {
+    ((size as core::ffi::c_ulong) << 16) | ((ty as core::ffi::c_ulong) << 8) | nr as core::ffi::c_ulong
+}
