@@ -53,7 +53,12 @@ pub struct Layout {
 
 impl Default for Layout {
     fn default() -> Self {
-        Layout { ecam_base: 0xb000_0000, mem32_base: 0xc000_0000, mem64_base: 0x80_0000_0000, io_base: 0x1000 }
+        Layout {
+            ecam_base: 0xb000_0000,
+            mem32_base: 0xc000_0000,
+            mem64_base: 0x80_0000_0000,
+            io_base: 0x1000,
+        }
     }
 }
 
@@ -107,6 +112,12 @@ struct Walker<'a> {
     out: Enumeration,
 }
 
+struct CapScan {
+    caps: Vec<u8>,
+    ext: Vec<u16>,
+    reserve: Option<u16>,
+}
+
 fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
@@ -121,7 +132,8 @@ impl Walker<'_> {
     }
     fn wr(&mut self, bus: u8, devfn: u8, off: u16, w: u8, v: u32) -> Result<(), BusError> {
         self.out.accesses += 1;
-        self.bus.mmio_write(self.addr(bus, devfn, off), w, u64::from(v))
+        self.bus
+            .mmio_write(self.addr(bus, devfn, off), w, u64::from(v))
     }
 
     fn scan_bus(&mut self, bus: u8) -> Result<(), BusError> {
@@ -152,7 +164,9 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn caps(&mut self, bus: u8, devfn: u8) -> Result<(Vec<u8>, Vec<u16>, Option<u16>), BusError> {
+    /// Standard capability IDs, extended capability IDs, and the offset of QEMU's
+    /// resource-reserve capability if present.
+    fn caps(&mut self, bus: u8, devfn: u8) -> Result<CapScan, BusError> {
         let mut caps = Vec::new();
         let mut reserve = None;
         let status = self.rd(bus, devfn, 6, 2)?;
@@ -178,12 +192,16 @@ impl Walker<'_> {
             ext.push(hdr as u16);
             ptr = (hdr >> 20) as u16 & 0xffc;
         }
-        Ok((caps, ext, reserve))
+        Ok(CapScan { caps, ext, reserve })
     }
 
     fn function(&mut self, bus: u8, devfn: u8, id: u32, header: u8) -> Result<(), BusError> {
         let class = self.rd(bus, devfn, 8, 4)? >> 8;
-        let (caps, ext_caps, reserve) = self.caps(bus, devfn)?;
+        let CapScan {
+            caps,
+            ext: ext_caps,
+            reserve,
+        } = self.caps(bus, devfn)?;
         let mut found = Found {
             bus,
             devfn,
@@ -197,7 +215,13 @@ impl Walker<'_> {
             ext_caps,
             caps,
         };
-        let nbars = if header & 0x7f == 1 { 2 } else if header & 0x7f == 0 { 6 } else { 0 };
+        let nbars = if header & 0x7f == 1 {
+            2
+        } else if header & 0x7f == 0 {
+            6
+        } else {
+            0
+        };
         // Skip BARs of the host bridge (it has none) and size the others: PCI Local Bus 3.0 §6.2.5.1.
         let mut i = 0;
         while i < nbars {
@@ -231,11 +255,26 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn bridge(&mut self, bus: u8, devfn: u8, reserve: Option<u16>, found: &mut Found) -> Result<(), BusError> {
+    fn bridge(
+        &mut self,
+        bus: u8,
+        devfn: u8,
+        reserve: Option<u16>,
+        found: &mut Found,
+    ) -> Result<(), BusError> {
         // PCI-to-PCI Bridge 1.2 §3.2.5.3: primary, secondary, subordinate bus numbers.
-        let secondary = self.next_bus.checked_add(1).ok_or_else(|| BusError::Failed("out of bus numbers".into()))?;
+        let secondary = self
+            .next_bus
+            .checked_add(1)
+            .ok_or_else(|| BusError::Failed("out of bus numbers".into()))?;
         self.next_bus = secondary;
-        self.wr(bus, devfn, 0x18, 4, u32::from(bus) | u32::from(secondary) << 8 | 0xff << 16)?;
+        self.wr(
+            bus,
+            devfn,
+            0x18,
+            4,
+            u32::from(bus) | u32::from(secondary) << 8 | 0xff << 16,
+        )?;
         self.scan_bus(secondary)?;
         let bus_reserve = match reserve {
             Some(cap) => self.rd(bus, devfn, cap + 4, 4)?,
@@ -250,14 +289,32 @@ impl Walker<'_> {
         // Windows: 4 KiB of I/O, 2 MiB of memory, 2 MiB of 64-bit prefetchable memory per port.
         let io = align_up(u64::from(self.io), 0x1000) as u32;
         self.io = io + 0x1000;
-        self.wr(bus, devfn, 0x1c, 2, (io >> 8 & 0xf0) | ((io + 0xfff) & 0xf000))?;
+        self.wr(
+            bus,
+            devfn,
+            0x1c,
+            2,
+            (io >> 8 & 0xf0) | ((io + 0xfff) & 0xf000),
+        )?;
         let mem = align_up(self.mem32, 1 << 20);
         self.mem32 = mem + (2 << 20);
-        self.wr(bus, devfn, 0x20, 4, (mem >> 16) as u32 & 0xfff0 | ((mem + (2 << 20) - 1) as u32 & 0xfff0_0000))?;
+        self.wr(
+            bus,
+            devfn,
+            0x20,
+            4,
+            (mem >> 16) as u32 & 0xfff0 | ((mem + (2 << 20) - 1) as u32 & 0xfff0_0000),
+        )?;
         let pref = align_up(self.mem64, 1 << 20);
         self.mem64 = pref + (2 << 20);
         let pref_end = pref + (2 << 20) - 1;
-        self.wr(bus, devfn, 0x24, 4, ((pref >> 16) as u32 & 0xfff0) | 1 | ((pref_end as u32) & 0xfff0_0000) | 1 << 16)?;
+        self.wr(
+            bus,
+            devfn,
+            0x24,
+            4,
+            ((pref >> 16) as u32 & 0xfff0) | 1 | ((pref_end as u32) & 0xfff0_0000) | 1 << 16,
+        )?;
         self.wr(bus, devfn, 0x28, 4, (pref >> 32) as u32)?;
         self.wr(bus, devfn, 0x2c, 4, (pref_end >> 32) as u32)?;
         // Read back what the bridge decodes now.
@@ -270,8 +327,14 @@ impl Walker<'_> {
         let pl = u64::from(self.rd(bus, devfn, 0x2c, 4)?);
         found.windows = Some([
             (u64::from(iob & 0xf0) << 8, u64::from(iob & 0xf000) | 0xfff),
-            (u64::from(memw & 0xfff0) << 16, u64::from(memw & 0xfff0_0000) | 0xf_ffff),
-            (pu << 32 | u64::from(prefw & 0xfff0) << 16, pl << 32 | u64::from(prefw & 0xfff0_0000) | 0xf_ffff),
+            (
+                u64::from(memw & 0xfff0) << 16,
+                u64::from(memw & 0xfff0_0000) | 0xf_ffff,
+            ),
+            (
+                pu << 32 | u64::from(prefw & 0xfff0) << 16,
+                pl << 32 | u64::from(prefw & 0xfff0_0000) | 0xf_ffff,
+            ),
         ]);
         Ok(())
     }
@@ -325,7 +388,10 @@ pub fn summary(e: &Enumeration) -> String {
             s += &format!(" buses {p:02x}/{sec:02x}/{sub:02x}");
         }
         if let Some([io, mem, pref]) = f.windows {
-            s += &format!(" io {:#x}-{:#x} mem {:#x}-{:#x} pref {:#x}-{:#x}", io.0, io.1, mem.0, mem.1, pref.0, pref.1);
+            s += &format!(
+                " io {:#x}-{:#x} mem {:#x}-{:#x} pref {:#x}-{:#x}",
+                io.0, io.1, mem.0, mem.1, pref.0, pref.1
+            );
         }
         for (i, a, sz) in &f.bars {
             s += &format!(" BAR{i} {a:#x}+{sz:#x}");
@@ -336,7 +402,11 @@ pub fn summary(e: &Enumeration) -> String {
         s.push('\n');
     }
     for (b, d) in &e.remote {
-        s += &format!("{b:02x}:{:02x}.{} served by another emulator\n", d >> 3, d & 7);
+        s += &format!(
+            "{b:02x}:{:02x}.{} served by another emulator\n",
+            d >> 3,
+            d & 7
+        );
     }
     s
 }

@@ -17,10 +17,15 @@ fn convert(e: pcierc_protocol::Error) -> BusError {
 
 impl GuestBus for SocketBus {
     fn pio_read(&mut self, port: u16, width: u8) -> Result<u32, BusError> {
-        self.0.pio_read(u64::from(port), width).map(|v| v as u32).map_err(convert)
+        self.0
+            .pio_read(u64::from(port), width)
+            .map(|v| v as u32)
+            .map_err(convert)
     }
     fn pio_write(&mut self, port: u16, width: u8, value: u32) -> Result<(), BusError> {
-        self.0.pio_write(u64::from(port), width, u64::from(value)).map_err(convert)
+        self.0
+            .pio_write(u64::from(port), width, u64::from(value))
+            .map_err(convert)
     }
     fn mmio_read(&mut self, addr: u64, width: u8) -> Result<u64, BusError> {
         self.0.mmio_read(addr, width).map_err(convert)

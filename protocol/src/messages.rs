@@ -121,7 +121,7 @@ impl VhostUserMsgValidator for ConfigAccess {
     fn is_valid(&self) -> bool {
         valid_config_width(self.width)
             && self.reserved == 0
-            && self.offset % u16::from(self.width) == 0
+            && self.offset.is_multiple_of(u16::from(self.width))
             && self.offset < CONFIG_SPACE_SIZE
             && (self.width == 8 || self.data >> (8 * u32::from(self.width)) == 0)
     }

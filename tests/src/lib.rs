@@ -1,3 +1,7 @@
-//! Test support for pcierc end-to-end tests.
+//! Test support for pcierc: running the real processes ([`process`]), QEMU's qtest protocol
+//! ([`qtest`]), and the differential engine that compares pcierc with QEMU 7.2 register by
+//! register ([`differential`]). The tests themselves are in `tests/`.
 
+pub mod differential;
 pub mod process;
+pub mod qtest;

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 pub fn pcierc_bin() -> PathBuf {
     // target/<profile>/deps/<test-binary> -> target/<profile>/pcierc
     let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("pcierc");
     if !bin.exists() {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
@@ -64,12 +67,19 @@ impl Backend {
             .arg("--socket-path")
             .arg(&socket)
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning pcierc");
-        let mut b = Backend { child, socket, _dir: dir };
+        let mut b = Backend {
+            child,
+            socket,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&b.socket).is_err() {
             if let Ok(Some(st)) = b.child.try_wait() {

@@ -27,8 +27,13 @@ impl Qtest {
     /// Start `cmd` with piped stdin/stdout; its stderr is collected for error messages.
     pub fn spawn(mut cmd: Command) -> io::Result<Qtest> {
         let name = format!("{cmd:?}");
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        let (Some(stdin), Some(stdout), Some(mut err)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let (Some(stdin), Some(stdout), Some(mut err)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             let _ = child.kill();
             return Err(io::Error::other("child without pipes"));
@@ -43,7 +48,13 @@ impl Qtest {
                 }
             }
         });
-        Ok(Qtest { child, stdin: BufWriter::new(stdin), stdout: BufReader::new(stdout), stderr, name })
+        Ok(Qtest {
+            child,
+            stdin: BufWriter::new(stdin),
+            stdout: BufReader::new(stdout),
+            stderr,
+            name,
+        })
     }
 
     /// What the child wrote on stderr so far.
@@ -54,7 +65,11 @@ impl Qtest {
     fn closed(&self, line: &str) -> io::Error {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("{} closed the qtest stream at '{line}'; stderr:\n{}", self.name, self.stderr()),
+            format!(
+                "{} closed the qtest stream at '{line}'; stderr:\n{}",
+                self.name,
+                self.stderr()
+            ),
         )
     }
 
@@ -183,16 +198,25 @@ fn require(name: &str) -> bool {
     found
 }
 
-/// QEMU 7.2's `q35` machine, stopped (`-S`), with `-device` arguments for `devices`
+/// QEMU 7.2's `q35` machine, stopped (`-S`), with one `-device` per entry of `root_ports`
 /// (e.g. `pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0`). `None` only when
 /// qemu-system-x86_64 is not installed; any other failure to start is a panic (a test failure).
-pub fn qemu_q35(devices: &[&str]) -> Option<Qtest> {
+pub fn qemu_q35(root_ports: &[&str]) -> Option<Qtest> {
     if !require(QEMU) {
         return None;
     }
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-M", "q35", "-nodefaults", "-display", "none", "-qtest", "stdio", "-S"]);
-    for d in devices {
+    cmd.args([
+        "-M",
+        "q35",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-qtest",
+        "stdio",
+        "-S",
+    ]);
+    for d in root_ports {
         cmd.args(["-device", d]);
     }
     let mut q = match Qtest::spawn(cmd) {
@@ -201,7 +225,10 @@ pub fn qemu_q35(devices: &[&str]) -> Option<Qtest> {
     };
     match q.command("endianness") {
         Ok(r) if r.starts_with("OK") => Some(q),
-        Ok(r) => panic!("{QEMU} answered '{r}' to the handshake; stderr:\n{}", q.stderr()),
+        Ok(r) => panic!(
+            "{QEMU} answered '{r}' to the handshake; stderr:\n{}",
+            q.stderr()
+        ),
         Err(e) => panic!("{QEMU} did not start: {e}"),
     }
 }
@@ -226,7 +253,10 @@ mod tests {
     fn drives_any_child_that_speaks_the_protocol() {
         // A shell stand-in: answers every line with OK and an IRQ line before some.
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "n=0; while read l; do n=$((n+1)); echo 'IRQ raise 1'; echo \"OK 0x$n\"; done"]);
+        cmd.args([
+            "-c",
+            "n=0; while read l; do n=$((n+1)); echo 'IRQ raise 1'; echo \"OK 0x$n\"; done",
+        ]);
         let mut q = Qtest::spawn(cmd).unwrap();
         assert_eq!(q.value("readl 0x0").unwrap(), 1);
         let lines: Vec<String> = (0..3000).map(|i| format!("readb {i:#x}")).collect();

@@ -9,28 +9,57 @@ use pcierc_protocol::{Frontend, FrontendOptions};
 use pcierc_tests::process::{pcierc_bin, tool_available, Backend, ScratchDir};
 
 fn pcierc(args: &[&str]) -> std::process::Output {
-    Command::new(pcierc_bin()).args(args).env("RUST_LOG", "off").output().expect("running pcierc")
+    Command::new(pcierc_bin())
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("running pcierc")
 }
 
 #[test]
 fn dump_of_the_default_topology_decodes_with_lspci() {
     let out = pcierc(&["dump"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.matches("\n000: ").count() + usize::from(text.starts_with("000: ")), 5, "five functions");
-    assert_eq!(text.lines().filter(|l| l.len() == 52 && l.as_bytes()[3] == b':').count(), 5 * 256);
+    assert_eq!(
+        text.matches("\n000: ").count() + usize::from(text.starts_with("000: ")),
+        5,
+        "five functions"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.len() == 52 && l.as_bytes()[3] == b':')
+            .count(),
+        5 * 256
+    );
     if !tool_available("lspci") {
         return;
     }
     let dir = ScratchDir::new("dump");
     let file = dir.0.join("rc.xxxx");
     std::fs::write(&file, &text).unwrap();
-    let lspci = Command::new("lspci").arg("-F").arg(&file).arg("-vvv").output().unwrap();
+    let lspci = Command::new("lspci")
+        .arg("-F")
+        .arg(&file)
+        .arg("-vvv")
+        .output()
+        .unwrap();
     let decoded = String::from_utf8_lossy(&lspci.stdout);
-    assert!(decoded.contains("00:00.0 Host bridge: Intel Corporation 82G33/G31/P35/P31 Express DRAM Controller"), "{decoded}");
+    assert!(
+        decoded.contains(
+            "00:00.0 Host bridge: Intel Corporation 82G33/G31/P35/P31 Express DRAM Controller"
+        ),
+        "{decoded}"
+    );
     for f in 0..4 {
         let head = format!("00:02.{f} PCI bridge: Red Hat, Inc. QEMU PCIe Root port");
-        let start = decoded.find(&head).unwrap_or_else(|| panic!("{head} missing:\n{decoded}"));
+        let start = decoded
+            .find(&head)
+            .unwrap_or_else(|| panic!("{head} missing:\n{decoded}"));
         let block = &decoded[start..];
         let block = &block[..block[1..].find("\n00:").map_or(block.len(), |i| i + 1)];
         assert!(block.contains("Express (v2) Root Port (Slot+)"), "{block}");
@@ -45,10 +74,17 @@ fn dump_of_the_default_topology_decodes_with_lspci() {
 fn dump_of_a_running_backend_matches_the_local_dump() {
     let b = Backend::start(&[]);
     let remote = pcierc(&["dump", "--connect", b.socket.to_str().unwrap()]);
-    assert!(remote.status.success(), "{}", String::from_utf8_lossy(&remote.stderr));
+    assert!(
+        remote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remote.stderr)
+    );
     let local = pcierc(&["dump"]);
     assert!(!local.stdout.is_empty());
-    assert_eq!(String::from_utf8_lossy(&remote.stdout), String::from_utf8_lossy(&local.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&remote.stdout),
+        String::from_utf8_lossy(&local.stdout)
+    );
 }
 
 #[test]
@@ -59,16 +95,41 @@ fn print_capabilities_is_json() {
     assert_eq!(v["type"], "pcie-root-complex");
     assert_eq!(v["protocol-version"], 1);
     assert_eq!(v["root-ports"].as_array().map(Vec::len), Some(4));
-    assert!(v["protocol-features"].as_array().unwrap().iter().any(|f| f == "backend-channel"));
+    assert!(v["protocol-features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "backend-channel"));
 }
 
 #[test]
 fn bad_topologies_are_refused_at_start_naming_the_item() {
     let cases: [(&[&str], &str); 4] = [
-        (&["--device", "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x2.0"], "rp9: address 02.0 is already used by rp1"),
-        (&["--device", "pcie-root-port,id=rp9,chassis=1,slot=1,addr=0x3.0"], "rp9: chassis 1 slot 1 is already used by rp1"),
-        (&["--device", "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x3.0,colour=red"], "unknown property 'colour'"),
-        (&["--topology", "/nonexistent/topology.toml"], "/nonexistent/topology.toml"),
+        (
+            &[
+                "--device",
+                "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x2.0",
+            ],
+            "rp9: address 02.0 is already used by rp1",
+        ),
+        (
+            &[
+                "--device",
+                "pcie-root-port,id=rp9,chassis=1,slot=1,addr=0x3.0",
+            ],
+            "rp9: chassis 1 slot 1 is already used by rp1",
+        ),
+        (
+            &[
+                "--device",
+                "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x3.0,colour=red",
+            ],
+            "unknown property 'colour'",
+        ),
+        (
+            &["--topology", "/nonexistent/topology.toml"],
+            "/nonexistent/topology.toml",
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["--print-capabilities"];
@@ -104,7 +165,13 @@ fn serves_on_an_inherited_listening_fd() {
     let fd = listener.as_raw_fd();
     // Clear CLOEXEC so the child inherits the listening socket as fd `fd`.
     // SAFETY: fcntl on a valid fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::fcntl(fd, libc::F_GETFD) & !libc::FD_CLOEXEC) };
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFD,
+            libc::fcntl(fd, libc::F_GETFD) & !libc::FD_CLOEXEC,
+        )
+    };
     let mut child = Command::new(pcierc_bin())
         .args(["--fd", &fd.to_string()])
         .env("RUST_LOG", "off")
@@ -112,7 +179,8 @@ fn serves_on_an_inherited_listening_fd() {
         .spawn()
         .unwrap();
     drop(listener);
-    let mut fe = Frontend::connect(&path, FrontendOptions::tool("t-fd")).expect("connect through inherited fd");
+    let mut fe = Frontend::connect(&path, FrontendOptions::tool("t-fd"))
+        .expect("connect through inherited fd");
     assert_eq!(fe.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
     let _ = child.kill();
     let _ = child.wait();

@@ -9,8 +9,8 @@ use std::time::Duration;
 use pcierc_examples::firmware::{enumerate, Layout};
 use pcierc_examples::socket_bus::SocketBus;
 use pcierc_protocol::{
-    function_flags, ConfigAccess, FrontendOptions, FrontendReq, FunctionKind, LayoutChanges, MsgHeader, Notification,
-    RangeKind, Status, HEADER_SIZE,
+    function_flags, ConfigAccess, FrontendOptions, FrontendReq, FunctionKind, LayoutChanges,
+    MsgHeader, Notification, RangeKind, Status, HEADER_SIZE,
 };
 use pcierc_tests::process::Backend;
 use vm_memory::ByteValued;
@@ -24,7 +24,11 @@ fn topology_of_the_embedded_default() {
     let b = Backend::start(&[]);
     let mut fe = connect(&b, "t-topology");
     let t = fe.topology().unwrap();
-    let kinds: Vec<_> = t.functions.iter().map(|f| (f.kind, f.devfn, f.vendor_id, f.device_id)).collect();
+    let kinds: Vec<_> = t
+        .functions
+        .iter()
+        .map(|f| (f.kind, f.devfn, f.vendor_id, f.device_id))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -35,7 +39,10 @@ fn topology_of_the_embedded_default() {
             (FunctionKind::RootPort as u8, 0x13, 0x1b36, 0x000c),
         ]
     );
-    assert!(t.functions.iter().all(|f| f.flags & function_flags::EMULATED != 0));
+    assert!(t
+        .functions
+        .iter()
+        .all(|f| f.flags & function_flags::EMULATED != 0));
     assert!(t.ecam.is_empty(), "PCIEXBAR is disabled at reset");
     let claimed: Vec<_> = t.ranges.iter().map(|r| (r.kind, r.base, r.size)).collect();
     assert!(claimed.contains(&(RangeKind::ConfigAddress as u8, 0xcf8, 4)));
@@ -46,8 +53,9 @@ fn topology_of_the_embedded_default() {
 fn firmware_enumeration_through_forwarded_accesses() {
     let b = Backend::start(&["--device", "virtio-net-pci,id=net0,bus=rp2,owner=qemu"]);
     // A second frontend listens for layout events, as a hypervisor shim would.
-    let mut watcher = pcierc_protocol::Frontend::connect(&b.socket, FrontendOptions::vmm("watcher"))
-        .expect("watcher handshake");
+    let mut watcher =
+        pcierc_protocol::Frontend::connect(&b.socket, FrontendOptions::vmm("watcher"))
+            .expect("watcher handshake");
     let mut events = watcher.take_backend_channel().expect("backend channel");
     let fe = connect(&b, "t-firmware");
     let mut bus = SocketBus(fe);
@@ -60,13 +68,25 @@ fn firmware_enumeration_through_forwarded_accesses() {
         let sec = i as u8 + 1;
         assert_eq!(p.buses, Some((0, sec, sec)), "port {i}");
         assert_eq!(p.ext_caps, vec![0x0001, 0x000d], "AER then ACS");
-        assert!(p.caps.contains(&0x10) && p.caps.contains(&0x11), "PCIe and MSI-X caps: {:x?}", p.caps);
+        assert!(
+            p.caps.contains(&0x10) && p.caps.contains(&0x11),
+            "PCIe and MSI-X caps: {:x?}",
+            p.caps
+        );
         let [io, mem, pref] = p.windows.expect("windows");
-        assert!(io.0 < io.1 && mem.0 < mem.1 && pref.0 < pref.1, "{:x?}", p.windows);
+        assert!(
+            io.0 < io.1 && mem.0 < mem.1 && pref.0 < pref.1,
+            "{:x?}",
+            p.windows
+        );
         assert_eq!(p.bars.len(), 1, "the MSI-X BAR");
         assert_eq!(p.bars[0].2, 4096);
     }
-    assert_eq!(e.remote, vec![(2, 0)], "net0 behind rp2 (bus 2) belongs to qemu");
+    assert_eq!(
+        e.remote,
+        vec![(2, 0)],
+        "net0 behind rp2 (bus 2) belongs to qemu"
+    );
     // The watcher saw the ECAM window appear and the buses get numbers.
     let mut seen = LayoutChanges::empty();
     let mut last = None;
@@ -76,12 +96,25 @@ fn firmware_enumeration_through_forwarded_accesses() {
             last = Some(topology);
         }
     }
-    assert!(seen.contains(LayoutChanges::ECAM | LayoutChanges::BUS_NUMBERS | LayoutChanges::WINDOWS), "{seen:?}");
+    assert!(
+        seen.contains(LayoutChanges::ECAM | LayoutChanges::BUS_NUMBERS | LayoutChanges::WINDOWS),
+        "{seen:?}"
+    );
     let t = last.expect("a layout event");
     assert_eq!(t.ecam.len(), 1);
-    assert_eq!((t.ecam[0].base, t.ecam[0].size, t.ecam[0].end_bus), (0xb000_0000, 256 << 20, 255));
-    let net = t.functions.iter().find(|f| f.kind == FunctionKind::Endpoint as u8).unwrap();
-    assert_eq!((net.bus, net.flags & function_flags::PRESENT), (2, function_flags::PRESENT));
+    assert_eq!(
+        (t.ecam[0].base, t.ecam[0].size, t.ecam[0].end_bus),
+        (0xb000_0000, 256 << 20, 255)
+    );
+    let net = t
+        .functions
+        .iter()
+        .find(|f| f.kind == FunctionKind::Endpoint as u8)
+        .unwrap();
+    assert_eq!(
+        (net.bus, net.flags & function_flags::PRESENT),
+        (2, function_flags::PRESENT)
+    );
     // And the same through a fresh GetTopology.
     assert_eq!(watcher.topology().unwrap().generation, t.generation);
 }
@@ -92,22 +125,50 @@ fn config_access_validation_and_errors() {
     let mut fe = connect(&b, "t-errors");
     // Vendor/device of the MCH by (segment, bus, devfn, offset).
     assert_eq!(fe.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
-    assert_eq!(fe.config_read(0, 0, 0x08, 0, 2).unwrap(), 0xffff, "absent function reads all ones");
+    assert_eq!(
+        fe.config_read(0, 0, 0x08, 0, 2).unwrap(),
+        0xffff,
+        "absent function reads all ones"
+    );
     let status = |r: Result<u32, pcierc_protocol::Error>| r.unwrap_err().status();
-    assert_eq!(status(fe.config_read(0, 0, 0, 2, 4)), Some(Status::Invalid), "misaligned");
-    assert_eq!(status(fe.config_read(0, 0, 0, 0, 3)), Some(Status::Invalid), "bad width");
-    assert_eq!(status(fe.config_read(0, 0, 0, 4096, 1)), Some(Status::OutOfRange), "out of range");
+    assert_eq!(
+        status(fe.config_read(0, 0, 0, 2, 4)),
+        Some(Status::Invalid),
+        "misaligned"
+    );
+    assert_eq!(
+        status(fe.config_read(0, 0, 0, 0, 3)),
+        Some(Status::Invalid),
+        "bad width"
+    );
+    assert_eq!(
+        status(fe.config_read(0, 0, 0, 4096, 1)),
+        Some(Status::OutOfRange),
+        "out of range"
+    );
     // Unknown request code: an error reply, and the connection goes on.
     let (st, _) = fe.request(0x7777, &[], &[]).unwrap();
     assert_eq!(st, Status::NotSupported);
     // Wrong payload size for a known code.
-    let (st, _) = fe.request(FrontendReq::ConfigRead as u32, &[0u8; 3], &[]).unwrap();
+    let (st, _) = fe
+        .request(FrontendReq::ConfigRead as u32, &[0u8; 3], &[])
+        .unwrap();
     assert_eq!(st, Status::Invalid);
     // Reserved field set.
-    let bad = ConfigAccess { width: 4, reserved: 1, ..Default::default() };
-    let (st, _) = fe.request(FrontendReq::ConfigRead as u32, bad.as_slice(), &[]).unwrap();
+    let bad = ConfigAccess {
+        width: 4,
+        reserved: 1,
+        ..Default::default()
+    };
+    let (st, _) = fe
+        .request(FrontendReq::ConfigRead as u32, bad.as_slice(), &[])
+        .unwrap();
     assert_eq!(st, Status::Invalid);
-    assert_eq!(fe.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086, "still serving");
+    assert_eq!(
+        fe.config_read(0, 0, 0, 0, 4).unwrap(),
+        0x29c0_8086,
+        "still serving"
+    );
 }
 
 #[test]
@@ -119,18 +180,38 @@ fn garbage_peers_are_dropped_and_others_keep_working() {
 
     // 1. Bad version and reserved flag bits in the header: the backend closes that connection.
     let mut raw = UnixStream::connect(&b.socket).unwrap();
-    let h = MsgHeader { request: FrontendReq::GetFeatures as u32, flags: 0xf0 | 2, size: 0, status: 0, id: 1 };
+    let h = MsgHeader {
+        request: FrontendReq::GetFeatures as u32,
+        flags: 0xf0 | 2,
+        size: 0,
+        status: 0,
+        id: 1,
+    };
     raw.write_all(h.as_slice()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 64];
-    assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "malformed header must close the connection");
+    assert_eq!(
+        raw.read(&mut buf).unwrap_or(0),
+        0,
+        "malformed header must close the connection"
+    );
 
     // 2. A header announcing a huge payload: closed too, without allocating it.
     let mut raw = UnixStream::connect(&b.socket).unwrap();
-    let h = MsgHeader { request: FrontendReq::LoadState as u32, flags: 1, size: u32::MAX, status: 0, id: 2 };
+    let h = MsgHeader {
+        request: FrontendReq::LoadState as u32,
+        flags: 1,
+        size: u32::MAX,
+        status: 0,
+        id: 2,
+    };
     raw.write_all(h.as_slice()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(raw.read(&mut buf).unwrap_or(0), 0, "oversized payload must close the connection");
+    assert_eq!(
+        raw.read(&mut buf).unwrap_or(0),
+        0,
+        "oversized payload must close the connection"
+    );
 
     // 3. Half a header, then silence: must not stall anyone else.
     let mut stalled = UnixStream::connect(&b.socket).unwrap();
@@ -138,7 +219,9 @@ fn garbage_peers_are_dropped_and_others_keep_working() {
 
     // 4. Random bytes.
     let mut noise = UnixStream::connect(&b.socket).unwrap();
-    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let _ = noise.write_all(&junk);
 
     for _ in 0..100 {
@@ -157,18 +240,34 @@ fn save_reset_load_round_trip() {
     fe.config_write(0, 0, 0x11, 0x18, 4, 0x0005_0500).unwrap(); // rp2 buses 0/5/5
     fe.config_write(0, 0, 0, 0x90, 1, 0x30).unwrap(); // PAM0
     let blob = fe.save_state().unwrap();
-    let snapshot: Vec<u32> = (0..1024).map(|i| fe.config_read(0, 0, 0x11, i * 4, 4).unwrap()).collect();
+    let snapshot: Vec<u32> = (0..1024)
+        .map(|i| fe.config_read(0, 0, 0x11, i * 4, 4).unwrap())
+        .collect();
     fe.reset().unwrap();
-    assert_eq!(fe.config_read(0, 0, 0x11, 0x18, 4).unwrap(), 0, "reset clears bus numbers");
+    assert_eq!(
+        fe.config_read(0, 0, 0x11, 0x18, 4).unwrap(),
+        0,
+        "reset clears bus numbers"
+    );
     assert!(fe.topology().unwrap().ecam.is_empty());
     fe.load_state(&blob).unwrap();
-    let restored: Vec<u32> = (0..1024).map(|i| fe.config_read(0, 0, 0x11, i * 4, 4).unwrap()).collect();
+    let restored: Vec<u32> = (0..1024)
+        .map(|i| fe.config_read(0, 0, 0x11, i * 4, 4).unwrap())
+        .collect();
     assert_eq!(snapshot, restored);
     assert_eq!(fe.chipset_memory().unwrap().pam[0], 0x30);
     assert_eq!(fe.topology().unwrap().ecam.len(), 1);
     // Garbage and a future version are refused and change nothing.
-    assert_eq!(fe.load_state(b"not a blob").unwrap_err().status(), Some(Status::BadMessage));
-    let future = String::from_utf8(blob.clone()).unwrap().replace("\"version\":1", "\"version\":99");
-    assert_eq!(fe.load_state(future.as_bytes()).unwrap_err().status(), Some(Status::BadMessage));
+    assert_eq!(
+        fe.load_state(b"not a blob").unwrap_err().status(),
+        Some(Status::BadMessage)
+    );
+    let future = String::from_utf8(blob.clone())
+        .unwrap()
+        .replace("\"version\":1", "\"version\":99");
+    assert_eq!(
+        fe.load_state(future.as_bytes()).unwrap_err().status(),
+        Some(Status::BadMessage)
+    );
     assert_eq!(fe.config_read(0, 0, 0x11, 0x18, 4).unwrap(), 0x0005_0500);
 }

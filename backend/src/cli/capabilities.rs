@@ -7,7 +7,10 @@ use crate::service::{BACKEND_FEATURES, BACKEND_PROTOCOL_FEATURES};
 use crate::topology::TopologySpec;
 
 fn names<T: bitflags::Flags>(flags: T) -> Vec<String> {
-    flags.iter_names().map(|(n, _)| n.to_ascii_lowercase().replace('_', "-")).collect()
+    flags
+        .iter_names()
+        .map(|(n, _)| n.to_ascii_lowercase().replace('_', "-"))
+        .collect()
 }
 
 /// The capabilities object for the given topology.

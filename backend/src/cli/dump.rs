@@ -9,11 +9,20 @@ use crate::topology::{Hierarchy, TopologySpec};
 use crate::{Error, Result};
 
 fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { context: context.to_string(), source }
+    move |source| Error::Io {
+        context: context.to_string(),
+        source,
+    }
 }
 
 /// Write one function: a `BB:DD.F name` line, 256 lines of 16 bytes, a blank line.
-fn write_function(out: &mut dyn Write, bus: u8, devfn: u8, name: &str, read: &mut dyn FnMut(u16) -> Result<u32>) -> Result<()> {
+fn write_function(
+    out: &mut dyn Write,
+    bus: u8,
+    devfn: u8,
+    name: &str,
+    read: &mut dyn FnMut(u16) -> Result<u32>,
+) -> Result<()> {
     let e = io_err("writing dump");
     writeln!(out, "{bus:02x}:{:02x}.{} {name}", devfn >> 3, devfn & 7).map_err(&e)?;
     for line in (0..4096u16).step_by(16) {
@@ -32,10 +41,16 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
     let h = Hierarchy::new(spec)?;
     // Named by id, as `dump --connect` names them from the topology.
     let mut fns = vec![(0u8, "mch".to_string())];
-    fns.extend(h.spec().root_ports.iter().map(|p| (p.addr.0, p.config.id.clone())));
+    fns.extend(
+        h.spec()
+            .root_ports
+            .iter()
+            .map(|p| (p.addr.0, p.config.id.clone())),
+    );
     for (devfn, name) in fns {
         write_function(out, 0, devfn, &name, &mut |off| {
-            h.config_read(0, devfn, off, 4).map_err(|s| Error::Topology(format!("reading {devfn:#x}+{off:#x}: {s}")))
+            h.config_read(0, devfn, off, 4)
+                .map_err(|s| Error::Topology(format!("reading {devfn:#x}+{off:#x}: {s}")))
         })?;
     }
     Ok(())
@@ -45,12 +60,19 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
 pub fn dump_remote(path: &Path, out: &mut dyn Write) -> Result<()> {
     let mut fe = Frontend::connect(path, FrontendOptions::tool("pcierc-dump"))
         .map_err(|e| Error::Topology(format!("connecting to {}: {e}", path.display())))?;
-    let topo = fe.topology().map_err(|e| Error::Topology(format!("topology: {e}")))?;
-    for f in topo.functions.iter().filter(|f| f.flags & function_flags::EMULATED != 0) {
+    let topo = fe
+        .topology()
+        .map_err(|e| Error::Topology(format!("topology: {e}")))?;
+    for f in topo
+        .functions
+        .iter()
+        .filter(|f| f.flags & function_flags::EMULATED != 0)
+    {
         let name = decode_name(&f.id).unwrap_or("?").to_string();
         let (seg, bus, devfn) = (f.segment, f.bus, f.devfn);
         write_function(out, bus, devfn, &name, &mut |off| {
-            fe.config_read(seg, bus, devfn, off, 4).map_err(|e| Error::Topology(format!("reading {name}+{off:#x}: {e}")))
+            fe.config_read(seg, bus, devfn, off, 4)
+                .map_err(|e| Error::Topology(format!("reading {name}+{off:#x}: {e}")))
         })?;
     }
     Ok(())

@@ -55,10 +55,17 @@ impl TopologyArgs {
     pub fn load(&self) -> Result<TopologySpec> {
         let mut spec = match &self.topology {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| Error::Io { context: format!("reading {}", path.display()), source })?;
-                TopologySpec::from_toml(&text)
-                    .map_err(|e| Error::Topology(format!("{}: {}", path.display(), e.to_string().trim_start_matches("invalid topology: "))))?
+                let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                    context: format!("reading {}", path.display()),
+                    source,
+                })?;
+                TopologySpec::from_toml(&text).map_err(|e| {
+                    Error::Topology(format!(
+                        "{}: {}",
+                        path.display(),
+                        e.to_string().trim_start_matches("invalid topology: ")
+                    ))
+                })?
             }
             None if self.nodefaults => TopologySpec::empty(),
             None => TopologySpec::embedded_default()?,
@@ -93,11 +100,17 @@ pub enum Command {
 /// Run the program.
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Some(Command::Dump { connect: Some(path), .. }) => dump::dump_remote(&path, &mut std::io::stdout().lock()),
-        Some(Command::Dump { connect: None, topology }) => {
-            dump::dump_local(topology.load()?, &mut std::io::stdout().lock())
+        Some(Command::Dump {
+            connect: Some(path),
+            ..
+        }) => dump::dump_remote(&path, &mut std::io::stdout().lock()),
+        Some(Command::Dump {
+            connect: None,
+            topology,
+        }) => dump::dump_local(topology.load()?, &mut std::io::stdout().lock()),
+        Some(Command::Qtest { connect }) => {
+            qtest::run(&connect, std::io::stdin().lock(), std::io::stdout().lock())
         }
-        Some(Command::Qtest { connect }) => qtest::run(&connect, std::io::stdin().lock(), std::io::stdout().lock()),
         None => {
             let spec = args.topology.load()?;
             if args.print_capabilities {

@@ -35,7 +35,9 @@ fn number(s: &str) -> Option<u64> {
 /// One qtest line -> one response line (without the newline).
 pub fn answer(fe: &mut Frontend, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let Some(&cmd) = words.first() else { return "FAIL empty command".into() };
+    let Some(&cmd) = words.first() else {
+        return "FAIL empty command".into();
+    };
     let (is_pio, is_read, width) = match cmd {
         "inb" => (true, true, 1),
         "inw" => (true, true, 2),
@@ -57,16 +59,24 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
     if words.len() != want {
         return format!("FAIL {cmd} takes {} argument(s)", want - 1);
     }
-    let Some(addr) = number(words[1]) else { return format!("FAIL bad address '{}'", words[1]) };
+    let Some(addr) = number(words[1]) else {
+        return format!("FAIL bad address '{}'", words[1]);
+    };
     if is_pio && addr > 0xffff {
         return format!("FAIL port {addr:#x} out of range");
     }
     let mask = unclaimed(true, width);
     if is_read {
-        let r = if is_pio { fe.pio_read(addr, width) } else { fe.mmio_read(addr, width) };
+        let r = if is_pio {
+            fe.pio_read(addr, width)
+        } else {
+            fe.mmio_read(addr, width)
+        };
         let v = match r {
             Ok(v) => v,
-            Err(e) if matches!(e.status(), Some(Status::NoDevice | Status::Remote)) => unclaimed(is_pio, width),
+            Err(e) if matches!(e.status(), Some(Status::NoDevice | Status::Remote)) => {
+                unclaimed(is_pio, width)
+            }
             Err(e) => return format!("FAIL {e}"),
         };
         if is_pio {
@@ -75,8 +85,14 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
             format!("OK 0x{:016x}", v & mask)
         }
     } else {
-        let Some(value) = number(words[2]) else { return format!("FAIL bad value '{}'", words[2]) };
-        let r = if is_pio { fe.pio_write(addr, width, value & mask) } else { fe.mmio_write(addr, width, value & mask) };
+        let Some(value) = number(words[2]) else {
+            return format!("FAIL bad value '{}'", words[2]);
+        };
+        let r = if is_pio {
+            fe.pio_write(addr, width, value & mask)
+        } else {
+            fe.mmio_write(addr, width, value & mask)
+        };
         match r {
             Ok(()) => "OK".into(),
             Err(e) if matches!(e.status(), Some(Status::NoDevice | Status::Remote)) => "OK".into(),
@@ -89,7 +105,10 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
 pub fn run(path: &Path, input: impl BufRead, mut output: impl Write) -> Result<()> {
     let mut fe = Frontend::connect(path, FrontendOptions::tool("pcierc-qtest"))
         .map_err(|e| Error::Topology(format!("connecting to {}: {e}", path.display())))?;
-    let io = |source| Error::Io { context: "qtest stdio".into(), source };
+    let io = |source| Error::Io {
+        context: "qtest stdio".into(),
+        source,
+    };
     for line in input.lines() {
         let line = line.map_err(io)?;
         if line.trim().is_empty() {

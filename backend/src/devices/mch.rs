@@ -14,7 +14,12 @@ use crate::Error;
 
 // 316966-002 §5.1.1-§5.1.6: VID 8086, DID 29C0 (82P35/G33 DRAM controller), RID 0, class 060000.
 /// The MCH's identity (QEMU `PCI_DEVICE_ID_INTEL_Q35_MCH`).
-pub const IDENTITY: Identity = Identity { vendor_id: 0x8086, device_id: 0x29c0, revision: 0, class_code: 0x060000 };
+pub const IDENTITY: Identity = Identity {
+    vendor_id: 0x8086,
+    device_id: 0x29c0,
+    revision: 0,
+    class_code: 0x060000,
+};
 
 // QEMU q35.h MCH_HOST_BRIDGE_EXT_TSEG_MBYTES: a QEMU extension (not in the datasheet). Writing
 // 0xffff asks for the extended TSEG size in MiB, which then reads back.
@@ -129,7 +134,12 @@ impl Mch {
         for (i, p) in pam.iter_mut().enumerate() {
             *p = self.space.byte(PAM0 + i as u16);
         }
-        ChipsetMemory { pam, smram: self.space.byte(SMRAM), esmramc: self.space.byte(ESMRAMC), reserved: [0; 7] }
+        ChipsetMemory {
+            pam,
+            smram: self.space.byte(SMRAM),
+            esmramc: self.space.byte(ESMRAMC),
+            reserved: [0; 7],
+        }
     }
 
     /// F_SMBASE: 0 (SMRAM at SMBASE not requested), 0x01 (available, unlocked), 0x02 (locked).
@@ -155,7 +165,8 @@ impl Mch {
     /// QEMU's `mch_update_ext_tseg_mbytes()`: the query value is answered with the size.
     fn update_ext_tseg_mbytes(&mut self) {
         if self.space.word(EXT_TSEG_MBYTES) == EXT_TSEG_MBYTES_QUERY {
-            self.space.set_word(EXT_TSEG_MBYTES, EXT_TSEG_MBYTES_DEFAULT);
+            self.space
+                .set_word(EXT_TSEG_MBYTES, EXT_TSEG_MBYTES_DEFAULT);
         }
     }
 
@@ -232,15 +243,19 @@ impl PciFunction for Mch {
     }
 
     fn save(&self) -> serde_json::Value {
-        serde_json::to_value(MchState { space: self.space.image() }).unwrap_or_default()
+        serde_json::to_value(MchState {
+            space: self.space.image(),
+        })
+        .unwrap_or_default()
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
         let s = MchState::deserialize(state).map_err(|e| Error::State(format!("mch: {e}")))?;
-        self.space.load_image(&s.space).map_err(|e| Error::State(format!("mch: {e}")))
+        self.space
+            .load_image(&s.space)
+            .map_err(|e| Error::State(format!("mch: {e}")))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -263,7 +278,11 @@ mod tests {
         let mut mch = Mch::new();
         assert_eq!(mch.config_write(PCIEXBAR, 4, 0xe000_0001), Effects::ECAM);
         assert_eq!(mch.ecam(), Some((0xe000_0000, 256 << 20, 255)));
-        assert_eq!(mch.config_write(PCIEXBAR, 4, 0xe000_0001), Effects::empty(), "no change, no effect");
+        assert_eq!(
+            mch.config_write(PCIEXBAR, 4, 0xe000_0001),
+            Effects::empty(),
+            "no change, no effect"
+        );
         assert_eq!(mch.config_write(PCIEXBAR, 4, 0xe000_0003), Effects::ECAM);
         assert_eq!(mch.ecam(), Some((0xe000_0000, 128 << 20, 127)));
         assert_eq!(mch.config_write(PCIEXBAR, 4, 0xe000_0005), Effects::ECAM);
@@ -276,7 +295,11 @@ mod tests {
         mch.config_write(PCIEXBAR + 4, 4, 0xffff_ffff);
         mch.config_write(PCIEXBAR, 4, 0xbfff_fff1);
         assert_eq!(mch.ecam(), Some((0xf_b000_0000, 256 << 20, 255)));
-        assert_eq!(mch.config_read(PCIEXBAR, 4), 0xbfff_fff1, "the register keeps every bit");
+        assert_eq!(
+            mch.config_read(PCIEXBAR, 4),
+            0xbfff_fff1,
+            "the register keeps every bit"
+        );
         // The reserved length disables decode (QEMU aborts).
         assert_eq!(mch.config_write(PCIEXBAR, 1, 0x07), Effects::ECAM);
         assert_eq!(mch.ecam(), None);
@@ -289,11 +312,21 @@ mod tests {
     #[test]
     fn pam_and_smram_report_chipset_memory() {
         let mut mch = Mch::new();
-        assert_eq!(mch.config_write(PAM0, 4, 0x3333_3330), Effects::CHIPSET_MEMORY);
+        assert_eq!(
+            mch.config_write(PAM0, 4, 0x3333_3330),
+            Effects::CHIPSET_MEMORY
+        );
         assert_eq!(mch.chipset_memory().pam, [0x30, 0x33, 0x33, 0x33, 0, 0, 0]);
-        assert_eq!(mch.config_write(0x94, 4, 0x0033_3333), Effects::CHIPSET_MEMORY);
+        assert_eq!(
+            mch.config_write(0x94, 4, 0x0033_3333),
+            Effects::CHIPSET_MEMORY
+        );
         assert_eq!(mch.config_write(0x94, 4, 0x0033_3333), Effects::empty());
-        assert_eq!(mch.config_write(0x97, 1, 0x55), Effects::empty(), "0x97 is not a PAM");
+        assert_eq!(
+            mch.config_write(0x97, 1, 0x55),
+            Effects::empty(),
+            "0x97 is not a PAM"
+        );
         // SMRAM: C_BASE_SEG hardwired, D_OPEN/D_CLS/D_LCK/G_SMRAME writable.
         assert_eq!(mch.config_write(SMRAM, 1, 0x4f), Effects::CHIPSET_MEMORY);
         assert_eq!(mch.config_read(SMRAM, 1), 0x4a);
@@ -308,9 +341,17 @@ mod tests {
         assert_eq!(mch.config_read(ESMRAMC, 1), 0xbf);
         mch.reset();
         assert_eq!(mch.config_read(SMRAM, 2), 0x3802);
-        assert_eq!(mch.chipset_memory().pam, [0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33], "PAMs survive reset");
+        assert_eq!(
+            mch.chipset_memory().pam,
+            [0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33],
+            "PAMs survive reset"
+        );
         mch.config_write(SMRAM, 1, 0x40);
-        assert_eq!(mch.config_read(SMRAM, 1), 0x42, "unlocked again after reset");
+        assert_eq!(
+            mch.config_read(SMRAM, 1),
+            0x42,
+            "unlocked again after reset"
+        );
     }
 
     #[test]
@@ -345,7 +386,11 @@ mod tests {
         other.restore(&saved).unwrap();
         assert_eq!(other, mch);
         other.config_write(ESMRAMC, 1, 0);
-        assert_eq!(other.config_read(ESMRAMC, 1), 0x38, "the lock's masks came along");
+        assert_eq!(
+            other.config_read(ESMRAMC, 1),
+            0x38,
+            "the lock's masks came along"
+        );
         assert!(other.restore(&serde_json::json!({"space": 1})).is_err());
         assert!(other.restore(&serde_json::json!({})).is_err());
         assert_eq!(other, mch, "a failed restore changes nothing");

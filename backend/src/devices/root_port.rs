@@ -8,20 +8,24 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pci::bridge::{self, BridgeWindows};
-use crate::pci::caps::aer::{self, RootSignal};
 use crate::pci::caps::express::{self, LinkConfig};
 use crate::pci::caps::msix::Msix;
 use crate::pci::caps::resource_reserve::{self, Reserve};
-use crate::pci::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
-use crate::pci::caps::{acs, ssvid};
-use crate::pci::config_space::{ConfigSpace, SpaceImage, PCIE_CONFIG_SPACE_SIZE};
-use crate::pci::header::{self, valid_access, Identity};
+use crate::pci::caps::slot::{self, SlotConfig};
+use crate::pci::caps::{acs, aer, ssvid};
+use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_SIZE};
+use crate::pci::header::{self, Identity};
+use crate::pci::port::{PciePort, PortLayout, PortState};
 use crate::pci::{BarMapping, Effects, PciFunction, Width};
 use crate::Error;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
-pub const IDENTITY: Identity =
-    Identity { vendor_id: 0x1b36, device_id: 0x000c, revision: 0, class_code: bridge::CLASS_BRIDGE_PCI };
+pub const IDENTITY: Identity = Identity {
+    vendor_id: 0x1b36,
+    device_id: 0x000c,
+    revision: 0,
+    class_code: bridge::CLASS_BRIDGE_PCI,
+};
 /// Bridge Subsystem Vendor ID capability (`rpc->ssvid_offset`).
 pub const SSVID_OFFSET: u8 = 0x40;
 /// PCI Express capability (`rpc->exp_offset`).
@@ -64,7 +68,12 @@ pub struct RootPortConfig {
 impl RootPortConfig {
     /// The combinations QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`), with its messages.
     pub fn validate(&self) -> crate::Result<()> {
-        let err = |m: &str| Err(Error::Topology(format!("{}: PCI resource reserve cap: {m}", self.id)));
+        let err = |m: &str| {
+            Err(Error::Topology(format!(
+                "{}: PCI resource reserve cap: {m}",
+                self.id
+            )))
+        };
         if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
             return err("PREF32 and PREF64 conflict");
         }
@@ -88,7 +97,11 @@ impl RootPortConfig {
     }
 
     fn slot(&self) -> SlotConfig {
-        SlotConfig { number: self.slot, hotplug: true, power_controller: true }
+        SlotConfig {
+            number: self.slot,
+            hotplug: true,
+            power_controller: true,
+        }
     }
 }
 
@@ -96,70 +109,14 @@ impl RootPortConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootPort {
     config: RootPortConfig,
-    space: ConfigSpace,
-    msix: Msix,
-    exp: u16,
-    slot: HotplugSlot,
-    /// INTx level (QEMU's `irq_state`), mirrored in Status.Interrupt Status.
-    intx: bool,
+    port: PciePort,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RootPortState {
     config: RootPortConfig,
-    space: SpaceImage,
-    msix: crate::pci::caps::msix::MsixState,
-    slot: HotplugSlot,
-    intx: bool,
-}
-
-/// Registers whose change a write reports.
-struct Watched {
-    bus: u32,
-    windows: [u32; 6],
-    command: u16,
-    bar0: u32,
-    bridge_control: u16,
-}
-
-impl Watched {
-    fn of(cs: &ConfigSpace) -> Self {
-        Watched {
-            bus: cs.dword(bridge::PRIMARY_BUS) & 0x00ff_ffff,
-            windows: [
-                cs.word(bridge::IO_BASE).into(),
-                cs.dword(bridge::MEMORY_BASE),
-                cs.dword(bridge::PREF_MEMORY_BASE),
-                cs.dword(bridge::PREF_BASE_UPPER32),
-                cs.dword(bridge::PREF_LIMIT_UPPER32),
-                cs.dword(bridge::IO_BASE_UPPER16),
-            ],
-            command: cs.word(header::COMMAND),
-            bar0: cs.dword(header::BAR0),
-            bridge_control: cs.word(bridge::BRIDGE_CONTROL),
-        }
-    }
-
-    fn effects(&self, cs: &ConfigSpace) -> Effects {
-        let now = Watched::of(cs);
-        let mut e = Effects::empty();
-        if now.bus != self.bus {
-            e |= Effects::BUS_NUMBERS;
-        }
-        let decode = |c: u16| c & (header::COMMAND_IO | header::COMMAND_MEMORY);
-        if now.windows != self.windows || decode(now.command) != decode(self.command) {
-            e |= Effects::WINDOWS;
-        }
-        let mem = |c: u16| c & header::COMMAND_MEMORY;
-        if now.bar0 != self.bar0 || mem(now.command) != mem(self.command) {
-            e |= Effects::BARS;
-        }
-        if !self.bridge_control & now.bridge_control & bridge::BRIDGE_CTL_BUS_RESET != 0 {
-            e |= Effects::SECONDARY_BUS_RESET;
-        }
-        e
-    }
+    port: PortState,
 }
 
 impl RootPort {
@@ -177,7 +134,7 @@ impl RootPort {
         Ok(Self::new(config))
     }
 
-    fn build(config: RootPortConfig) -> Result<Self, crate::pci::config_space::CapabilityError> {
+    fn build(config: RootPortConfig) -> Result<Self, CapabilityError> {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
         // do_pci_register_device() + rp_realize(): pin INTA, bridge header, PCIe port status.
         bridge::init_type1(&mut cs, IDENTITY, config.multifunction);
@@ -198,7 +155,8 @@ impl RootPort {
         );
         ssvid::init(&mut cs, SSVID_OFFSET, IDENTITY.vendor_id, 0)?;
         let msix = Msix::init_exclusive_bar(&mut cs, MSIX_VECTORS, MSIX_BAR)?;
-        let exp = express::init_root_port(&mut cs, EXP_OFFSET, LinkConfig::qemu_root_port(config.port))?;
+        let exp =
+            express::init_root_port(&mut cs, EXP_OFFSET, LinkConfig::qemu_root_port(config.port))?;
         slot::init(&mut cs, exp, config.slot());
         aer::init_root_port(&mut cs, AER_OFFSET)?;
         aer::root_set_vector(&mut cs, AER_OFFSET, 0);
@@ -209,9 +167,17 @@ impl RootPort {
             cs.clear_wmask(header::COMMAND, 2, header::COMMAND_IO.into());
             cs.set_wmask(bridge::IO_BASE, 2, 0);
         }
-        let mut port = RootPort { config, space: cs, msix, exp, slot: HotplugSlot::default(), intx: false };
-        port.reset();
-        Ok(port)
+        let layout = PortLayout {
+            exp,
+            aer: AER_OFFSET,
+            acs: ACS_OFFSET,
+            msix_bar: MSIX_BAR,
+            slot: config.slot(),
+        };
+        Ok(RootPort {
+            config,
+            port: PciePort::new(cs, msix, layout),
+        })
     }
 
     /// The properties the port was built with.
@@ -221,151 +187,77 @@ impl RootPort {
 
     /// Primary Bus Number.
     pub fn primary_bus(&self) -> u8 {
-        self.space.byte(bridge::PRIMARY_BUS)
+        self.port.primary_bus()
     }
 
     /// Secondary Bus Number.
     pub fn secondary_bus(&self) -> u8 {
-        self.space.byte(bridge::SECONDARY_BUS)
+        self.port.secondary_bus()
     }
 
     /// Subordinate Bus Number.
     pub fn subordinate_bus(&self) -> u8 {
-        self.space.byte(bridge::SUBORDINATE_BUS)
+        self.port.subordinate_bus()
     }
 
     /// The I/O, memory and prefetchable windows the port forwards now.
     pub fn windows(&self) -> BridgeWindows {
-        bridge::windows(&self.space)
+        self.port.windows()
     }
 
     /// Is the port asserting INTx (Status.Interrupt Status)?
     pub fn intx_asserted(&self) -> bool {
-        self.intx
-    }
-
-    fn set_intx(&mut self, level: bool) {
-        self.intx = level;
-        header::set_interrupt_status(&mut self.space, level);
-    }
-
-    /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /
-    /// `hotplug_event_clear()` do. (MSI-X messages themselves are not delivered yet.)
-    fn signal(&mut self, s: Signal) {
-        let msix = self.msix.enabled(&self.space);
-        match s {
-            Signal::Notify(_) if msix => {
-                let vector = express::interrupt_message_number(&self.space, self.exp);
-                self.msix.notify(&self.space, vector);
-            }
-            Signal::Notify(level) => self.set_intx(level),
-            Signal::Clear(level) if !msix && !level => self.set_intx(false),
-            Signal::Clear(_) => {}
-        }
+        self.port.intx_asserted()
     }
 }
 
 impl PciFunction for RootPort {
     fn config_read(&self, offset: u16, width: Width) -> u32 {
-        self.space.read(offset, width)
+        self.port.config_read(offset, width)
     }
 
-    /// QEMU's `rp_write_config()`: masks (`pci_default_write_config()` with
-    /// `msix_write_config()`), then the slot, AER and Root Error Command hooks.
     fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
-        if !valid_access(offset, width) {
-            return Effects::empty();
-        }
-        let watched = Watched::of(&self.space);
-        let root_cmd = self.space.dword(AER_OFFSET + aer::ROOT_COMMAND);
-        let slot_regs = HotplugSlot::snapshot(&self.space, self.exp);
-        self.space.write(offset, width, value);
-        let (deassert, _fired) = self.msix.write_config(&self.space, offset, width);
-        if deassert {
-            self.set_intx(false);
-        }
-        aer::root_set_vector(&mut self.space, AER_OFFSET, 0);
-        for s in self.slot.write_config(&mut self.space, self.exp, slot_regs, offset, width, value) {
-            self.signal(s);
-        }
-        aer::write_config(&mut self.space, AER_OFFSET);
-        match aer::root_write_config(&self.space, AER_OFFSET, root_cmd, self.msix.enabled(&self.space)) {
-            RootSignal::Intx(level) => self.set_intx(level),
-            RootSignal::Msi(vector) => {
-                self.msix.notify(&self.space, vector);
-            }
-            RootSignal::None => {}
-        }
-        watched.effects(&self.space)
+        self.port.config_write(offset, width, value)
     }
 
     fn bars(&self) -> Vec<BarMapping> {
-        let size = self.msix.bar_size();
-        header::memory_bar32(&self.space, MSIX_BAR, size)
-            .map(|base| BarMapping { index: MSIX_BAR, base, size: size.into() })
-            .into_iter()
-            .collect()
+        self.port.bars()
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, width: Width) -> u64 {
-        if bar != MSIX_BAR {
-            return u64::MAX;
-        }
-        self.msix.bar_read(offset, width)
+        self.port.bar_read(bar, offset, width)
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
-        if bar == MSIX_BAR {
-            self.msix.bar_write(&self.space, offset, width, value);
-        }
-        Effects::empty()
+        self.port.bar_write(bar, offset, width, value)
     }
 
-    /// QEMU's `pci_do_device_reset()` + `rp_reset()`: INTx deasserted; Command, Status, BAR0,
-    /// Interrupt Line, Cache Line Size and MSI-X reset; Root Control, Device Control error
-    /// enables, ARI Forwarding, the slot, ACS Control and Root Error Command cleared; bus numbers
-    /// and Bridge Control cleared and the windows closed. What QEMU does not reset keeps its
-    /// value: AER severity/mask/ECRC enables, End-End TLP Prefix Blocking, and the writable
-    /// bytes after the capabilities (0x90/0xb0-0xff, 0x150-0xfff).
+    /// See [`PciePort::reset`].
     fn reset(&mut self) {
-        self.set_intx(false);
-        header::device_reset(&mut self.space, &[MSIX_BAR]);
-        self.msix.reset(&mut self.space);
-        aer::root_set_vector(&mut self.space, AER_OFFSET, 0);
-        express::reset_root_port(&mut self.space, self.exp);
-        // Nothing behind the port is modelled as present yet (presence detect is the slot's).
-        self.slot.reset(&mut self.space, self.exp, self.config.slot(), false);
-        acs::reset(&mut self.space, ACS_OFFSET);
-        aer::root_reset(&mut self.space, AER_OFFSET);
-        bridge::reset(&mut self.space);
+        self.port.reset();
     }
 
     fn save(&self) -> serde_json::Value {
         let s = RootPortState {
             config: self.config.clone(),
-            space: self.space.image(),
-            msix: self.msix.state(),
-            slot: self.slot,
-            intx: self.intx,
+            port: self.port.state(),
         };
         serde_json::to_value(s).unwrap_or_default()
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
         let id = &self.config.id;
-        let s = RootPortState::deserialize(state).map_err(|e| Error::State(format!("{id}: {e}")))?;
+        let s =
+            RootPortState::deserialize(state).map_err(|e| Error::State(format!("{id}: {e}")))?;
         if s.config != self.config {
-            return Err(Error::State(format!("{id}: state is for a port with other properties: {:?}", s.config)));
+            let other = &s.config;
+            return Err(Error::State(format!(
+                "{id}: state is for a port with other properties: {other:?}"
+            )));
         }
-        let mut space = self.space.clone();
-        space.load_image(&s.space).map_err(|e| Error::State(format!("{id}: {e}")))?;
-        let mut msix = self.msix.clone();
-        msix.load_state(&s.msix).map_err(|e| Error::State(format!("{id}: {e}")))?;
-        self.space = space;
-        self.msix = msix;
-        self.slot = s.slot;
-        self.intx = s.intx;
-        Ok(())
+        self.port
+            .load_state(&s.port)
+            .map_err(|e| Error::State(format!("{id}: {e}")))
     }
 }
 
@@ -376,7 +268,13 @@ mod tests {
     use crate::pci::reference::{first_difference, load_dump, read_all};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
-        RootPort::new(RootPortConfig { id: id.into(), chassis, slot, multifunction, ..Default::default() })
+        RootPort::new(RootPortConfig {
+            id: id.into(),
+            chassis,
+            slot,
+            multifunction,
+            ..Default::default()
+        })
     }
 
     #[test]
@@ -393,8 +291,14 @@ mod tests {
     #[test]
     fn capability_chains_are_qemus() {
         let p = port("rp", 1, 1, false);
-        assert_eq!(p.space.capabilities(), vec![(0x10, 0x54), (0x11, 0x48), (0x0d, 0x40)]);
-        assert_eq!(p.space.ext_capabilities(), vec![(0x1, 2, 0x100), (0xd, 1, 0x148)]);
+        assert_eq!(
+            p.port.space().capabilities(),
+            vec![(0x10, 0x54), (0x11, 0x48), (0x0d, 0x40)]
+        );
+        assert_eq!(
+            p.port.space().ext_capabilities(),
+            vec![(0x1, 2, 0x100), (0xd, 1, 0x148)]
+        );
     }
 
     #[test]
@@ -408,24 +312,58 @@ mod tests {
             ..Default::default()
         };
         let p = RootPort::try_new(cfg).unwrap();
-        assert_eq!(p.space.capabilities()[0], (0x09, 0x90));
-        let cap: Vec<u32> = (0x90..0xb0).step_by(4).map(|o| p.config_read(o, 4)).collect();
-        assert_eq!(cap, [0x0120_5409, 2, 0x2000, 0, 0x10_0000, 0xffff_ffff, 0x4000_0000, 0]);
-        let mut off = RootPort::new(RootPortConfig { io_reserve: Some(0), ..Default::default() });
+        assert_eq!(p.port.space().capabilities()[0], (0x09, 0x90));
+        let cap: Vec<u32> = (0x90..0xb0)
+            .step_by(4)
+            .map(|o| p.config_read(o, 4))
+            .collect();
+        assert_eq!(
+            cap,
+            [
+                0x0120_5409,
+                2,
+                0x2000,
+                0,
+                0x10_0000,
+                0xffff_ffff,
+                0x4000_0000,
+                0
+            ]
+        );
+        let mut off = RootPort::new(RootPortConfig {
+            io_reserve: Some(0),
+            ..Default::default()
+        });
         assert_eq!(off.config_read(0x94, 4), 0xffff_ffff);
         assert_eq!(off.config_read(0x98, 4), 0);
         off.config_write(0x04, 2, 0xffff);
         off.config_write(0x1c, 2, 0xffff);
-        assert_eq!(off.config_read(0x04, 2), 0x0506, "io-reserve=0: no I/O decode");
+        assert_eq!(
+            off.config_read(0x04, 2),
+            0x0506,
+            "io-reserve=0: no I/O decode"
+        );
         assert_eq!(off.config_read(0x1c, 2), 0x00f0);
-        let bad = RootPortConfig { pref32_reserve: Some(1), pref64_reserve: Some(1), ..Default::default() };
+        let bad = RootPortConfig {
+            pref32_reserve: Some(1),
+            pref64_reserve: Some(1),
+            ..Default::default()
+        };
         assert!(RootPort::try_new(bad).is_err());
-        assert!(RootPort::try_new(RootPortConfig { mem_reserve: Some(1 << 32), ..Default::default() }).is_err());
+        assert!(RootPort::try_new(RootPortConfig {
+            mem_reserve: Some(1 << 32),
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]
     fn link_and_slot_follow_the_properties() {
-        let p = RootPort::new(RootPortConfig { port: 0x11, slot: 0x1fff, ..Default::default() });
+        let p = RootPort::new(RootPortConfig {
+            port: 0x11,
+            slot: 0x1fff,
+            ..Default::default()
+        });
         assert_eq!(p.config_read(0x60, 4) >> 24, 0x11);
         assert_eq!(p.config_read(0x68, 4) >> 19, 0x1fff);
     }
@@ -434,17 +372,38 @@ mod tests {
     fn bus_numbers_and_windows_report_effects() {
         let mut p = port("rp", 1, 1, false);
         assert_eq!(p.config_write(0x18, 4, 0x0003_0100), Effects::BUS_NUMBERS);
-        assert_eq!((p.primary_bus(), p.secondary_bus(), p.subordinate_bus()), (0, 1, 3));
-        assert_eq!(p.config_write(0x1b, 1, 0x40), Effects::empty(), "latency timer is not a bus number");
+        assert_eq!(
+            (p.primary_bus(), p.secondary_bus(), p.subordinate_bus()),
+            (0, 1, 3)
+        );
+        assert_eq!(
+            p.config_write(0x1b, 1, 0x40),
+            Effects::empty(),
+            "latency timer is not a bus number"
+        );
         assert_eq!(p.config_write(0x20, 4, 0xfe10_fe00), Effects::WINDOWS);
-        assert_eq!(p.windows(), BridgeWindows::default(), "memory decode is off");
-        assert_eq!(p.config_write(0x04, 2, 0x0003), Effects::WINDOWS | Effects::BARS);
+        assert_eq!(
+            p.windows(),
+            BridgeWindows::default(),
+            "memory decode is off"
+        );
+        assert_eq!(
+            p.config_write(0x04, 2, 0x0003),
+            Effects::WINDOWS | Effects::BARS
+        );
         assert_eq!(p.windows().mem, Some((0xfe00_0000, 0x20_0000)));
         assert_eq!(p.windows().io, None, "I/O base 0xf000 > limit 0x0fff");
         assert_eq!(p.config_write(0x1c, 2, 0x2010), Effects::WINDOWS);
         assert_eq!(p.windows().io, Some((0x1000, 0x2000)));
-        assert_eq!(p.config_write(0x3e, 2, 0x0040), Effects::SECONDARY_BUS_RESET);
-        assert_eq!(p.config_write(0x3e, 2, 0x0040), Effects::empty(), "only the 0->1 edge");
+        assert_eq!(
+            p.config_write(0x3e, 2, 0x0040),
+            Effects::SECONDARY_BUS_RESET
+        );
+        assert_eq!(
+            p.config_write(0x3e, 2, 0x0040),
+            Effects::empty(),
+            "only the 0->1 edge"
+        );
         p.reset();
         assert_eq!((p.secondary_bus(), p.subordinate_bus()), (0, 0));
         assert_eq!(p.windows(), BridgeWindows::default());
@@ -455,8 +414,18 @@ mod tests {
         let mut p = port("rp", 1, 1, false);
         assert!(p.bars().is_empty());
         assert_eq!(p.config_write(0x10, 4, 0xfe00_0000), Effects::BARS);
-        assert_eq!(p.config_write(0x04, 2, 0x0002), Effects::BARS | Effects::WINDOWS);
-        assert_eq!(p.bars(), vec![BarMapping { index: 0, base: 0xfe00_0000, size: 4096 }]);
+        assert_eq!(
+            p.config_write(0x04, 2, 0x0002),
+            Effects::BARS | Effects::WINDOWS
+        );
+        assert_eq!(
+            p.bars(),
+            vec![BarMapping {
+                index: 0,
+                base: 0xfe00_0000,
+                size: 4096
+            }]
+        );
         assert_eq!(p.bar_read(0, 0xc, 4), 1);
         p.bar_write(0, 0, 8, 0xfee0_0000);
         assert_eq!(p.bar_read(0, 0, 8), 0xfee0_0000);
@@ -467,7 +436,11 @@ mod tests {
         p.bar_write(0, 0xc, 4, 0);
         assert_eq!(p.bar_read(0, 0x800, 4), 1, "still masked by the function");
         p.config_write(0x48, 4, 0x8000_0000);
-        assert_eq!(p.bar_read(0, 0x800, 4), 0, "unmasking delivers the pending message");
+        assert_eq!(
+            p.bar_read(0, 0x800, 4),
+            0,
+            "unmasking delivers the pending message"
+        );
         p.reset();
         assert!(p.bars().is_empty());
         assert_eq!(p.bar_read(0, 0xc, 4), 1);
@@ -478,16 +451,35 @@ mod tests {
         let mut p = port("rp", 1, 1, false);
         let (ctl, sta) = (0x54 + SLTCTL, 0x54 + SLTSTA);
         p.config_write(ctl, 2, 0x0030);
-        assert_eq!(p.config_read(sta, 2), 0x0010, "Command Completed on every Slot Control write");
-        assert!(!p.intx_asserted(), "QEMU's AER hook drops INTx right after the slot raised it");
+        assert_eq!(
+            p.config_read(sta, 2),
+            0x0010,
+            "Command Completed on every Slot Control write"
+        );
+        assert!(
+            !p.intx_asserted(),
+            "QEMU's AER hook drops INTx right after the slot raised it"
+        );
         p.config_write(sta, 2, 0xffff);
-        assert_eq!(p.config_read(sta, 2), 0x0010, "QEMU reverts a clear of bits that were not set");
+        assert_eq!(
+            p.config_read(sta, 2),
+            0x0010,
+            "QEMU reverts a clear of bits that were not set"
+        );
         p.config_write(sta, 2, 0x0010);
         assert_eq!(p.config_read(sta, 2), 0);
         p.config_write(ctl, 2, 0x0800);
-        assert_eq!(p.config_read(ctl, 4), 0x0090_0000, "EIC toggles the interlock and reads 0");
+        assert_eq!(
+            p.config_read(ctl, 4),
+            0x0090_0000,
+            "EIC toggles the interlock and reads 0"
+        );
         p.config_write(ctl, 4, 0xffff_0000);
-        assert_eq!(p.config_read(ctl, 4), 0x0090_0000, "a dword write clears CC and completes again");
+        assert_eq!(
+            p.config_read(ctl, 4),
+            0x0090_0000,
+            "a dword write clears CC and completes again"
+        );
     }
 
     #[test]
@@ -500,7 +492,11 @@ mod tests {
         p.config_write(0x5c, 2, 0xffff);
         p.reset();
         assert_eq!(p.config_read(0x10c, 4), 0, "AER severity is not reset");
-        assert_eq!(p.config_read(0x7c, 2), 0x8000, "ARI forwarding cleared, prefix blocking kept");
+        assert_eq!(
+            p.config_read(0x7c, 2),
+            0x8000,
+            "ARI forwarding cleared, prefix blocking kept"
+        );
         assert_eq!(p.config_read(0xa0, 4), 0x1234_5678);
         assert_eq!(p.config_read(0x200, 4), 0x8765_4321);
         assert_eq!(p.config_read(0x5c, 2), 0);
@@ -518,9 +514,12 @@ mod tests {
         let mut q = port("rp", 1, 1, true);
         q.restore(&saved).unwrap();
         assert_eq!(q, p);
-        assert!(port("rp", 1, 2, true).restore(&saved).is_err(), "other properties");
+        assert!(
+            port("rp", 1, 2, true).restore(&saved).is_err(),
+            "other properties"
+        );
         let mut broken = saved.clone();
-        broken["msix"]["pba"] = "zz".into();
+        broken["port"]["msix"]["pba"] = "zz".into();
         assert!(q.restore(&broken).is_err());
         assert_eq!(q, p, "a failed restore changes nothing");
     }
@@ -538,7 +537,12 @@ mod tests {
             p.config_write(offset, width, x.rotate_left(11));
             p.config_read(offset, width);
             let bw = [1u8, 2, 4, 8][(x >> 20) as usize % 4];
-            p.bar_write(0, u64::from(x >> 8) % (4097 - u64::from(bw)), bw, u64::from(x) << 3);
+            p.bar_write(
+                0,
+                u64::from(x >> 8) % (4097 - u64::from(bw)),
+                bw,
+                u64::from(x) << 3,
+            );
             p.bar_read(0, u64::from(x >> 9) % (4097 - u64::from(bw)), bw);
         }
         p.config_write(0xfff, 4, 0);

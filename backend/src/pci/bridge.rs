@@ -101,7 +101,14 @@ pub struct BridgeWindows {
 /// `pci_bridge_initfn()` leave it: identity, bridge header type, generic masks, writable bus
 /// numbers, windows and Bridge Control, 16-bit I/O and 64-bit prefetchable decode.
 pub fn init_type1(cs: &mut ConfigSpace, id: Identity, multifunction: bool) {
-    header::init_identity(cs, Identity { class_code: CLASS_BRIDGE_PCI, ..id }, multifunction);
+    header::init_identity(
+        cs,
+        Identity {
+            class_code: CLASS_BRIDGE_PCI,
+            ..id
+        },
+        multifunction,
+    );
     header::init_masks(cs);
     // pci_init_mask_bridge()
     cs.set_wmask(PRIMARY_BUS, 4, 0xffff_ffff);
@@ -132,7 +139,11 @@ pub fn init_type1(cs: &mut ConfigSpace, id: Identity, multifunction: bool) {
     );
     cs.set_w1cmask(BRIDGE_CONTROL, 2, BRIDGE_CTL_DISCARD_STATUS.into());
     // pci_bridge_initfn()
-    cs.set_bits(header::STATUS, 2, (header::STATUS_66MHZ | header::STATUS_FAST_BACK).into());
+    cs.set_bits(
+        header::STATUS,
+        2,
+        (header::STATUS_66MHZ | header::STATUS_FAST_BACK).into(),
+    );
     let mf = cs.byte(header::HEADER_TYPE) & header::HEADER_TYPE_MULTI_FUNCTION;
     cs.set_byte(header::HEADER_TYPE, mf | header::HEADER_TYPE_BRIDGE);
     cs.set_word(SEC_STATUS, header::STATUS_66MHZ | header::STATUS_FAST_BACK);
@@ -162,7 +173,10 @@ fn io_range(cs: &ConfigSpace) -> (u64, u64) {
         }
         v
     };
-    (part(IO_BASE, IO_BASE_UPPER16), part(IO_LIMIT, IO_LIMIT_UPPER16) | 0xfff)
+    (
+        part(IO_BASE, IO_BASE_UPPER16),
+        part(IO_LIMIT, IO_LIMIT_UPPER16) | 0xfff,
+    )
 }
 
 /// The non-prefetchable memory window: (base, limit).
@@ -181,7 +195,10 @@ fn pref_range(cs: &ConfigSpace) -> (u64, u64) {
         }
         v
     };
-    (part(PREF_MEMORY_BASE, PREF_BASE_UPPER32), part(PREF_MEMORY_LIMIT, PREF_LIMIT_UPPER32) | 0xf_ffff)
+    (
+        part(PREF_MEMORY_BASE, PREF_BASE_UPPER32),
+        part(PREF_MEMORY_LIMIT, PREF_LIMIT_UPPER32) | 0xf_ffff,
+    )
 }
 
 /// The windows the bridge forwards now (QEMU's `pci_bridge_init_alias()` sizes).
@@ -206,7 +223,16 @@ mod tests {
 
     fn bridge() -> ConfigSpace {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
-        init_type1(&mut cs, Identity { vendor_id: 0x1b36, device_id: 0xc, revision: 0, class_code: 0 }, true);
+        init_type1(
+            &mut cs,
+            Identity {
+                vendor_id: 0x1b36,
+                device_id: 0xc,
+                revision: 0,
+                class_code: 0,
+            },
+            true,
+        );
         reset(&mut cs);
         cs
     }
@@ -216,7 +242,11 @@ mod tests {
         let cs = bridge();
         assert_eq!(cs.byte(header::HEADER_TYPE), 0x81);
         assert_eq!(cs.read(0x1c, 2), 0x00f0);
-        assert_eq!(cs.read(0x1e, 2), 0x00a0, "66 MHz and fast back-to-back, as pci_bridge_initfn()");
+        assert_eq!(
+            cs.read(0x1e, 2),
+            0x00a0,
+            "66 MHz and fast back-to-back, as pci_bridge_initfn()"
+        );
         assert_eq!(cs.read(0x20, 4), 0x0000_fff0);
         assert_eq!(cs.read(0x24, 4), 0x0001_fff1);
         assert_eq!(windows(&cs), BridgeWindows::default());
@@ -230,7 +260,11 @@ mod tests {
         cs.write(PREF_MEMORY_BASE, 4, 0x0010_0000);
         cs.write(PREF_BASE_UPPER32, 4, 0x8);
         cs.write(PREF_LIMIT_UPPER32, 4, 0x8);
-        assert_eq!(windows(&cs), BridgeWindows::default(), "decode disabled in Command");
+        assert_eq!(
+            windows(&cs),
+            BridgeWindows::default(),
+            "decode disabled in Command"
+        );
         cs.write(header::COMMAND, 2, 0x3);
         let w = windows(&cs);
         assert_eq!(w.io, Some((0x1000, 0x2000)));

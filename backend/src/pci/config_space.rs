@@ -33,7 +33,9 @@ const EXT_CAP_VERSION_SHIFT: u32 = 16;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CapabilityError {
     /// The requested bytes overlap the header or another capability, or leave the space.
-    #[error("capability {id:#x} at {offset:#x}+{size:#x} overlaps or leaves the configuration space")]
+    #[error(
+        "capability {id:#x} at {offset:#x}+{size:#x} overlaps or leaves the configuration space"
+    )]
     Overlap {
         /// Capability ID.
         id: u16,
@@ -106,7 +108,10 @@ impl ConfigSpace {
     /// Bytes past the size are dropped.
     pub fn write(&mut self, offset: u16, width: u8, data: u32) {
         for i in 0..usize::from(width.min(4)) {
-            let Some(o) = usize::from(offset).checked_add(i).filter(|&o| o < usize::from(self.size)) else {
+            let Some(o) = usize::from(offset)
+                .checked_add(i)
+                .filter(|&o| o < usize::from(self.size))
+            else {
                 break;
             };
             let d = (data >> (8 * i)) as u8;
@@ -240,7 +245,12 @@ impl ConfigSpace {
     /// first free gap from 0x40 when `offset` is `None`, as QEMU's `pci_add_capability()` does:
     /// the new capability becomes the head of the list, its bytes are read-only until the caller
     /// declares writable bits, and Status.Capabilities List is set. Returns the offset.
-    pub fn add_capability(&mut self, id: u8, offset: Option<u8>, size: u8) -> Result<u8, CapabilityError> {
+    pub fn add_capability(
+        &mut self,
+        id: u8,
+        offset: Option<u8>,
+        size: u8,
+    ) -> Result<u8, CapabilityError> {
         let at = match offset {
             Some(o) => {
                 let (start, end) = (usize::from(o), usize::from(o) + usize::from(size));
@@ -248,11 +258,17 @@ impl ConfigSpace {
                     && end <= usize::from(PCI_CONFIG_SPACE_SIZE)
                     && !self.used[start..end].iter().any(|&u| u);
                 if !free {
-                    return Err(CapabilityError::Overlap { id: id.into(), offset: o.into(), size: size.into() });
+                    return Err(CapabilityError::Overlap {
+                        id: id.into(),
+                        offset: o.into(),
+                        size: size.into(),
+                    });
                 }
                 o
             }
-            None => self.find_space(size).ok_or(CapabilityError::NoSpace { id, size })?,
+            None => self
+                .find_space(size)
+                .ok_or(CapabilityError::NoSpace { id, size })?,
         };
         let (start, end) = (u16::from(at), u16::from(at) + u16::from(size));
         for o in start..end {
@@ -284,9 +300,18 @@ impl ConfigSpace {
     /// Add an extended capability (PCIe Base 6.0 §7.6.3) at `offset` (dword aligned, at or after
     /// 0x100) and append it to the chain that starts at 0x100, as QEMU's `pcie_add_capability()`:
     /// the header is written for you and the capability's bytes are read-only until declared.
-    pub fn add_ext_capability(&mut self, id: u16, version: u8, offset: u16, size: u16) -> Result<u16, CapabilityError> {
+    pub fn add_ext_capability(
+        &mut self,
+        id: u16,
+        version: u8,
+        offset: u16,
+        size: u16,
+    ) -> Result<u16, CapabilityError> {
         let end = usize::from(offset) + usize::from(size);
-        let overlaps = self.ext_capabilities().iter().any(|&(_, _, o)| offset < o + 8 && o < offset + size);
+        let overlaps = self
+            .ext_capabilities()
+            .iter()
+            .any(|&(_, _, o)| offset < o + 8 && o < offset + size);
         if offset < PCI_CONFIG_SPACE_SIZE
             || !offset.is_multiple_of(4)
             || size < 8
@@ -300,7 +325,10 @@ impl ConfigSpace {
             let next = u32::from(offset) << EXT_CAP_NEXT_SHIFT;
             self.set_dword(last, (header & !(0xfff << EXT_CAP_NEXT_SHIFT)) | next);
         }
-        self.set_dword(offset, u32::from(id) | (u32::from(version) & 0xf) << EXT_CAP_VERSION_SHIFT);
+        self.set_dword(
+            offset,
+            u32::from(id) | (u32::from(version) & 0xf) << EXT_CAP_VERSION_SHIFT,
+        );
         for o in offset..offset + size {
             self.put(Plane::Write, o, 1, 0);
             self.put(Plane::W1c, o, 1, 0);
@@ -337,7 +365,10 @@ impl ConfigSpace {
 
     /// Offset of the first standard capability with `id`.
     pub fn find_capability(&self, id: u8) -> Option<u8> {
-        self.capabilities().into_iter().find(|&(i, _)| i == id).map(|(_, o)| o)
+        self.capabilities()
+            .into_iter()
+            .find(|&(i, _)| i == id)
+            .map(|(_, o)| o)
     }
 
     /// The complete state as a serializable image (values and both masks).
@@ -355,7 +386,10 @@ impl ConfigSpace {
     /// nothing changes. The capability allocation map is the model's and is kept.
     pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), String> {
         if image.size != self.size {
-            return Err(format!("configuration space size {:#x}, expected {:#x}", image.size, self.size));
+            return Err(format!(
+                "configuration space size {:#x}, expected {:#x}",
+                image.size, self.size
+            ));
         }
         let n = usize::from(self.size);
         let value = unhex(&image.value, n).ok_or("bad 'value' plane")?;
@@ -390,7 +424,12 @@ fn unhex(s: &str, n: usize) -> Option<Vec<u8>> {
     if s.len() != 2 * n || !s.is_ascii() {
         return None;
     }
-    (0..n).map(|i| s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+    (0..n)
+        .map(|i| {
+            s.get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -438,10 +477,17 @@ mod tests {
         assert_eq!(cs.add_capability(0x11, None, 12), Ok(0x48));
         assert_eq!(cs.add_capability(0x10, Some(0x54), 0x3c), Ok(0x54));
         assert_eq!(cs.add_capability(0x09, None, 0x20), Ok(0x90));
-        assert_eq!(cs.capabilities(), vec![(0x09, 0x90), (0x10, 0x54), (0x11, 0x48), (0x0d, 0x40)]);
+        assert_eq!(
+            cs.capabilities(),
+            vec![(0x09, 0x90), (0x10, 0x54), (0x11, 0x48), (0x0d, 0x40)]
+        );
         assert_eq!(cs.word(STATUS) & 0x10, 0x10);
         assert_eq!(cs.wmask(0x48, 4), 0, "capability bytes start read-only");
-        assert_eq!(cs.wmask(0xb0, 1), 0xff, "bytes after the last capability stay writable");
+        assert_eq!(
+            cs.wmask(0xb0, 1),
+            0xff,
+            "bytes after the last capability stay writable"
+        );
         assert!(cs.add_capability(0x05, Some(0x50), 8).is_err());
         assert!(cs.add_capability(0x05, Some(0x3c), 8).is_err());
         assert!(cs.add_capability(0x05, Some(0xfc), 8).is_err());
@@ -478,7 +524,9 @@ mod tests {
         let mut bad = img.clone();
         bad.value.replace_range(0..2, "zz");
         assert!(other.load_image(&bad).is_err());
-        assert!(ConfigSpace::new(PCI_CONFIG_SPACE_SIZE).load_image(&img).is_err());
+        assert!(ConfigSpace::new(PCI_CONFIG_SPACE_SIZE)
+            .load_image(&img)
+            .is_err());
         bad = img;
         bad.wmask.pop();
         assert!(other.load_image(&bad).is_err());

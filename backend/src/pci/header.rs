@@ -195,7 +195,9 @@ pub fn overlaps(offset: u16, len: u8, start: u16, n: u16) -> bool {
 
 /// Is `access` a valid configuration access (width 1, 2 or 4, naturally aligned, inside 4 KiB)?
 pub fn valid_access(offset: u16, width: u8) -> bool {
-    matches!(width, 1 | 2 | 4) && offset.is_multiple_of(u16::from(width)) && u32::from(offset) + u32::from(width) <= 0x1000
+    matches!(width, 1 | 2 | 4)
+        && offset.is_multiple_of(u16::from(width))
+        && u32::from(offset) + u32::from(width) <= 0x1000
 }
 
 #[cfg(test)]
@@ -206,7 +208,12 @@ mod tests {
     #[test]
     fn type0_defaults_match_qemu() {
         let mut cs = ConfigSpace::new(PCI_CONFIG_SPACE_SIZE);
-        let id = Identity { vendor_id: 0x8086, device_id: 0x29c0, revision: 0, class_code: 0x060000 };
+        let id = Identity {
+            vendor_id: 0x8086,
+            device_id: 0x29c0,
+            revision: 0,
+            class_code: 0x060000,
+        };
         init_type0(&mut cs, id, false);
         assert_eq!(cs.read(0, 4), 0x29c0_8086);
         assert_eq!(cs.read(8, 4), 0x0600_0000);
@@ -220,7 +227,11 @@ mod tests {
         assert_eq!(cs.word(STATUS), 0x06ff);
         device_reset(&mut cs, &[]);
         assert_eq!(cs.word(COMMAND), 0);
-        assert_eq!(cs.dword(0x40), 0xffff_ffff, "device-specific registers survive a reset");
+        assert_eq!(
+            cs.dword(0x40),
+            0xffff_ffff,
+            "device-specific registers survive a reset"
+        );
     }
 
     #[test]
@@ -232,7 +243,11 @@ mod tests {
         assert_eq!(cs.dword(BAR0), 0xffff_f000);
         assert_eq!(memory_bar32(&cs, 0, 4096), None, "memory decode off");
         cs.write(COMMAND, 2, COMMAND_MEMORY.into());
-        assert_eq!(memory_bar32(&cs, 0, 4096), None, "a BAR ending at 4 GiB - 1 is unmapped");
+        assert_eq!(
+            memory_bar32(&cs, 0, 4096),
+            None,
+            "a BAR ending at 4 GiB - 1 is unmapped"
+        );
         cs.write(BAR0, 4, 0xfe00_0000);
         assert_eq!(memory_bar32(&cs, 0, 4096), Some(0xfe00_0000));
         cs.write(BAR0, 4, 0);

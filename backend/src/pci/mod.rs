@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod caps;
 pub mod config_space;
 pub mod header;
+pub mod port;
 #[cfg(test)]
 pub(crate) mod reference;
 

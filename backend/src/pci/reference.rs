@@ -4,11 +4,15 @@ use std::path::PathBuf;
 
 /// The 4 KiB a dump file holds. Panics (this is test code) if the file is missing or malformed.
 pub fn load_dump(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/reference")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut bytes = vec![0u8; 4096];
     for line in text.lines().skip(1) {
-        let Some((off, rest)) = line.split_once(": ") else { continue };
+        let Some((off, rest)) = line.split_once(": ") else {
+            continue;
+        };
         let off = usize::from_str_radix(off, 16).unwrap_or_else(|e| panic!("{line}: {e}"));
         for (i, b) in rest.split_whitespace().enumerate() {
             bytes[off + i] = u8::from_str_radix(b, 16).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -19,10 +23,17 @@ pub fn load_dump(name: &str) -> Vec<u8> {
 
 /// Every byte of `f`'s configuration space, read through [`crate::pci::PciFunction::config_read`].
 pub fn read_all(f: &dyn crate::pci::PciFunction) -> Vec<u8> {
-    (0..4096u16).step_by(4).flat_map(|o| f.config_read(o, 4).to_le_bytes()).collect()
+    (0..4096u16)
+        .step_by(4)
+        .flat_map(|o| f.config_read(o, 4).to_le_bytes())
+        .collect()
 }
 
 /// The first differing offset, for readable assertion messages.
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<(usize, u8, u8)> {
-    a.iter().zip(b).enumerate().find(|(_, (x, y))| x != y).map(|(i, (x, y))| (i, *x, *y))
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .find(|(_, (x, y))| x != y)
+        .map(|(i, (x, y))| (i, *x, *y))
 }

@@ -42,40 +42,54 @@ pub struct Server {
 }
 
 fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { context: context.to_string(), source }
+    move |source| Error::Io {
+        context: context.to_string(),
+        source,
+    }
 }
 
 impl Server {
     /// Bind or adopt the socket described by `listen`.
     pub fn bind(listen: &Listen, handler: RootComplex) -> Result<Self> {
         let mut pending = None;
-        let source = match listen {
-            Listen::Path(p) => {
-                if let Ok(meta) = std::fs::symlink_metadata(p) {
-                    use std::os::unix::fs::FileTypeExt;
-                    if !meta.file_type().is_socket() {
-                        return Err(Error::Topology(format!("{} exists and is not a socket; not replacing it", p.display())));
+        let source =
+            match listen {
+                Listen::Path(p) => {
+                    if let Ok(meta) = std::fs::symlink_metadata(p) {
+                        use std::os::unix::fs::FileTypeExt;
+                        if !meta.file_type().is_socket() {
+                            return Err(Error::Topology(format!(
+                                "{} exists and is not a socket; not replacing it",
+                                p.display()
+                            )));
+                        }
+                    }
+                    Source::Listener(Listener::new(p, true).map_err(|e| {
+                        Error::Topology(format!("listening on {}: {e}", p.display()))
+                    })?)
+                }
+                Listen::Fd(fd) => {
+                    if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
+                        // SAFETY: the caller handed us this fd on the command line; we own it from now on.
+                        Source::Listener(Listener::from(unsafe { UnixListener::from_raw_fd(*fd) }))
+                    } else {
+                        // SAFETY: as above; it is a connected stream socket.
+                        pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
+                        Source::None
                     }
                 }
-                Source::Listener(
-                    Listener::new(p, true).map_err(|e| Error::Topology(format!("listening on {}: {e}", p.display())))?,
-                )
-            }
-            Listen::Fd(fd) => {
-                if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
-                    // SAFETY: the caller handed us this fd on the command line; we own it from now on.
-                    Source::Listener(Listener::from(unsafe { UnixListener::from_raw_fd(*fd) }))
-                } else {
-                    // SAFETY: as above; it is a connected stream socket.
-                    pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
-                    Source::None
-                }
-            }
-        };
+            };
         if let Source::Listener(l) = &source {
-            l.set_nonblocking(true).map_err(|e| Error::Topology(format!("listener: {e}")))?;
+            l.set_nonblocking(true)
+                .map_err(|e| Error::Topology(format!("listener: {e}")))?;
         }
-        Ok(Server { source, handler, conns: HashMap::new(), next_token: 1, pending })
+        Ok(Server {
+            source,
+            handler,
+            conns: HashMap::new(),
+            next_token: 1,
+            pending,
+        })
     }
 
     /// Run the loop until an unrecoverable epoll error (or, with an inherited connected socket,
@@ -86,8 +100,14 @@ impl Server {
             EventManager::new().map_err(|e| Error::Topology(format!("event manager: {e}")))?;
         let id = manager.add_subscriber(self);
         loop {
-            manager.run().map_err(|e| Error::Topology(format!("event loop: {e}")))?;
-            if single && manager.subscriber_mut(id).map_or(true, |s| s.conns.is_empty()) {
+            manager
+                .run()
+                .map_err(|e| Error::Topology(format!("event loop: {e}")))?;
+            if single
+                && manager
+                    .subscriber_mut(id)
+                    .map_or(true, |s| s.conns.is_empty())
+            {
                 info!("the frontend on the inherited socket left; exiting");
                 return Ok(());
             }
@@ -148,7 +168,9 @@ impl Server {
             self.accept_all(ops);
             return;
         }
-        let Some(c) = self.conns.get_mut(&token) else { return };
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
         let set = events.event_set();
         let result = if set.intersects(EventSet::IN | EventSet::OUT) {
             c.conn.process(&mut self.handler)
@@ -204,7 +226,13 @@ fn is_listening(fd: RawFd) -> std::io::Result<bool> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives for the call.
     let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut v as *mut libc::c_int).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
     };
     if r < 0 {
         return Err(std::io::Error::last_os_error());

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use log::{debug, info, warn};
 use pcierc_protocol::{
-    BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, Features, FrontendIdentity,
-    LayoutChanges, Status, Topology,
+    BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, Features,
+    FrontendIdentity, LayoutChanges, Status, Topology,
 };
 
 use super::BACKEND_FEATURES;
@@ -22,7 +22,11 @@ pub struct RootComplex {
 impl RootComplex {
     /// Serve `hierarchy`.
     pub fn new(hierarchy: Hierarchy) -> Self {
-        RootComplex { hierarchy, frontends: BTreeMap::new(), channels: BTreeMap::new() }
+        RootComplex {
+            hierarchy,
+            frontends: BTreeMap::new(),
+            channels: BTreeMap::new(),
+        }
     }
 
     /// The hierarchy (for tests and tools).
@@ -96,7 +100,9 @@ impl BackendHandler for RootComplex {
         if a.segment != self.hierarchy.spec().segment {
             return Err(Status::NoDevice);
         }
-        let effects = self.hierarchy.config_write(a.bus, a.devfn, a.offset, width, value)?;
+        let effects = self
+            .hierarchy
+            .config_write(a.bus, a.devfn, a.offset, width, value)?;
         self.report(effects);
         Ok(())
     }
@@ -137,7 +143,13 @@ impl BackendHandler for RootComplex {
             warn!("load state refused: {e}");
             Status::BadMessage
         })?;
-        self.report(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS | Effects::CHIPSET_MEMORY);
+        self.report(
+            Effects::ECAM
+                | Effects::BUS_NUMBERS
+                | Effects::WINDOWS
+                | Effects::BARS
+                | Effects::CHIPSET_MEMORY,
+        );
         Ok(())
     }
 

@@ -33,7 +33,10 @@ pub fn parse_devfn(s: &str) -> Result<DevFn, String> {
         None => (s, None),
     };
     let hex = |t: &str| {
-        let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
         if t.is_empty() {
             return Err(format!("bad PCI address '{s}': empty number"));
         }
@@ -42,7 +45,9 @@ pub fn parse_devfn(s: &str) -> Result<DevFn, String> {
     let device = hex(slot)?;
     let function = func.map(hex).transpose()?.unwrap_or(0);
     if device > 31 || function > 7 {
-        return Err(format!("bad PCI address '{s}': device must be 0-0x1f and function 0-7"));
+        return Err(format!(
+            "bad PCI address '{s}': device must be 0-0x1f and function 0-7"
+        ));
     }
     // Both fit in u8 after the range check above.
     Ok(DevFn((device as u8) << 3 | function as u8))
@@ -78,7 +83,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => (s, 1),
     };
     let n = parse_uint(num)?;
-    n.checked_mul(mult).ok_or_else(|| format!("'{s}' is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 #[cfg(test)]
@@ -90,7 +96,10 @@ mod tests {
         assert_eq!(parse_devfn("0x1c.0"), Ok(DevFn(0xe0)));
         assert_eq!(parse_devfn("1c.1"), Ok(DevFn(0xe1)));
         assert_eq!(parse_devfn("2"), Ok(DevFn(0x10)));
-        assert_eq!(parse_devfn("0x2.0x3").map(|d| d.to_string()), Ok("02.3".into()));
+        assert_eq!(
+            parse_devfn("0x2.0x3").map(|d| d.to_string()),
+            Ok("02.3".into())
+        );
         assert!(parse_devfn("20.0").is_err());
         assert!(parse_devfn("1.8").is_err());
         assert!(parse_devfn("zz").is_err());

@@ -59,7 +59,11 @@ impl Hierarchy {
     /// Build the hierarchy at power-on state from a validated spec.
     pub fn new(spec: TopologySpec) -> crate::Result<Self> {
         spec.validate()?;
-        let ports: Vec<RootPort> = spec.root_ports.iter().map(|p| RootPort::new(p.config.clone())).collect();
+        let ports: Vec<RootPort> = spec
+            .root_ports
+            .iter()
+            .map(|p| RootPort::new(p.config.clone()))
+            .collect();
         let mut root = [Slot::Empty; 256];
         root[0] = Slot::Mch;
         let mut below = vec![[None; 8]; ports.len()];
@@ -129,7 +133,11 @@ impl Hierarchy {
         self.config_address = 0;
         self.rebuild_bus_map();
         self.generation += 1;
-        Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS | Effects::CHIPSET_MEMORY
+        Effects::ECAM
+            | Effects::BUS_NUMBERS
+            | Effects::WINDOWS
+            | Effects::BARS
+            | Effects::CHIPSET_MEMORY
     }
 
     /// Rebuild the bus -> port table from the ports' bus-number registers. A bus claimed by two
@@ -182,7 +190,10 @@ impl Hierarchy {
     fn function_mut(&mut self, slot: Slot) -> Option<&mut dyn PciFunction> {
         match slot {
             Slot::Mch => Some(&mut self.mch),
-            Slot::Port(i) => self.ports.get_mut(usize::from(i)).map(|p| p as &mut dyn PciFunction),
+            Slot::Port(i) => self
+                .ports
+                .get_mut(usize::from(i))
+                .map(|p| p as &mut dyn PciFunction),
             _ => None,
         }
     }
@@ -190,14 +201,23 @@ impl Hierarchy {
     fn function(&self, slot: Slot) -> Option<&dyn PciFunction> {
         match slot {
             Slot::Mch => Some(&self.mch),
-            Slot::Port(i) => self.ports.get(usize::from(i)).map(|p| p as &dyn PciFunction),
+            Slot::Port(i) => self
+                .ports
+                .get(usize::from(i))
+                .map(|p| p as &dyn PciFunction),
             _ => None,
         }
     }
 
     /// Configuration read. Any offset/width inside 4 KiB is accepted; unaligned accesses are
     /// performed byte by byte as QEMU does. Absent functions read as all ones.
-    pub fn config_read(&self, bus: u8, devfn: u8, offset: u16, width: Width) -> Result<u32, Status> {
+    pub fn config_read(
+        &self,
+        bus: u8,
+        devfn: u8,
+        offset: u16,
+        width: Width,
+    ) -> Result<u32, Status> {
         check_config(offset, width)?;
         let slot = match self.route(bus, devfn) {
             Routed::Local(s) => s,
@@ -205,14 +225,21 @@ impl Hierarchy {
             Routed::Absent => return Ok(ones(width)),
         };
         let f = self.function(slot).ok_or(Status::Io)?;
-        if offset % u16::from(width) == 0 {
+        if offset.is_multiple_of(u16::from(width)) {
             return Ok(f.config_read(offset, width));
         }
         Ok((0..u16::from(width)).fold(0, |acc, i| acc | f.config_read(offset + i, 1) << (8 * i)))
     }
 
     /// Configuration write; returns what changed (already applied to the routing tables).
-    pub fn config_write(&mut self, bus: u8, devfn: u8, offset: u16, width: Width, value: u32) -> Result<Effects, Status> {
+    pub fn config_write(
+        &mut self,
+        bus: u8,
+        devfn: u8,
+        offset: u16,
+        width: Width,
+        value: u32,
+    ) -> Result<Effects, Status> {
         check_config(offset, width)?;
         let slot = match self.route(bus, devfn) {
             Routed::Local(s) => s,
@@ -220,7 +247,7 @@ impl Hierarchy {
             Routed::Absent => return Ok(Effects::empty()),
         };
         let f = self.function_mut(slot).ok_or(Status::Io)?;
-        let effects = if offset % u16::from(width) == 0 {
+        let effects = if offset.is_multiple_of(u16::from(width)) {
             f.config_write(offset, width, value)
         } else {
             (0..u16::from(width)).fold(Effects::empty(), |acc, i| {
@@ -235,7 +262,9 @@ impl Hierarchy {
         if effects.contains(Effects::BUS_NUMBERS) {
             self.rebuild_bus_map();
         }
-        if effects.intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS) {
+        if effects
+            .intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS)
+        {
             self.generation += 1;
         }
         effects
@@ -252,7 +281,9 @@ impl Hierarchy {
                 Err(Status::NoDevice)
             };
         }
-        let Some(first) = data_port_offset(port) else { return Err(Status::NoDevice) };
+        let Some(first) = data_port_offset(port) else {
+            return Err(Status::NoDevice);
+        };
         // Bytes past 0xCFF are not ours and float high, as on a PC.
         let mut value = 0u64;
         for i in 0..u64::from(width) {
@@ -279,7 +310,9 @@ impl Hierarchy {
             }
             return Err(Status::NoDevice);
         }
-        let Some(first) = data_port_offset(port) else { return Err(Status::NoDevice) };
+        let Some(first) = data_port_offset(port) else {
+            return Err(Status::NoDevice);
+        };
         if self.config_address & CONFIG_ENABLE == 0 {
             return Ok(Effects::empty());
         }
@@ -289,7 +322,8 @@ impl Hierarchy {
         // n is 1..=4; a 3-byte remainder is written byte-wise by config_write's unaligned path.
         match n {
             3 => (0..3u16).try_fold(Effects::empty(), |acc, i| {
-                Ok(acc | self.config_write(bus, devfn, reg + first + i, 1, (v >> (8 * i)) & 0xff)?)
+                Ok(acc
+                    | self.config_write(bus, devfn, reg + first + i, 1, (v >> (8 * i)) & 0xff)?)
             }),
             _ => self.config_write(bus, devfn, reg + first, n as u8, v),
         }
@@ -322,7 +356,11 @@ impl Hierarchy {
             }
             let lo_w = width.min(4);
             let lo = self.config_read(bus, devfn, off, lo_w)?;
-            let hi = if width == 8 { self.config_read(bus, devfn, off + 4, 4)? } else { 0 };
+            let hi = if width == 8 {
+                self.config_read(bus, devfn, off + 4, 4)?
+            } else {
+                0
+            };
             return Ok(u64::from(lo) | u64::from(hi) << 32);
         }
         let (slot, bar, off, size) = self.bar_at(addr).ok_or(Status::NoDevice)?;
@@ -365,11 +403,19 @@ impl Hierarchy {
     }
 
     /// Restore state saved by [`Hierarchy::save_functions`]; all or nothing.
-    pub fn restore_functions(&mut self, config_address: u32, functions: &[(String, serde_json::Value)]) -> crate::Result<()> {
-        let expected: Vec<&str> = std::iter::once("mch").chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str())).collect();
+    pub fn restore_functions(
+        &mut self,
+        config_address: u32,
+        functions: &[(String, serde_json::Value)],
+    ) -> crate::Result<()> {
+        let expected: Vec<&str> = std::iter::once("mch")
+            .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
+            .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
         if expected != got {
-            return Err(crate::Error::State(format!("state is for functions {got:?}, this topology has {expected:?}")));
+            return Err(crate::Error::State(format!(
+                "state is for functions {got:?}, this topology has {expected:?}"
+            )));
         }
         // Restore into copies first so a bad entry leaves the running state untouched.
         let mut mch = self.mch.clone();
@@ -423,7 +469,9 @@ fn check_mmio(width: Width) -> Result<(), Status> {
 
 /// Byte offset of `port` within CONFIG_DATA, if it is one of 0xCFC-0xCFF.
 fn data_port_offset(port: u64) -> Option<u16> {
-    port.checked_sub(CONFIG_DATA_PORT).filter(|&o| o < 4).map(|o| o as u16)
+    port.checked_sub(CONFIG_DATA_PORT)
+        .filter(|&o| o < 4)
+        .map(|o| o as u16)
 }
 
 /// CONFIG_ADDRESS fields: bus 23:16, device 15:11, function 10:8, dword register 7:2

@@ -29,11 +29,19 @@ fn mechanism_1_reads_and_floats() {
     assert_eq!(h.pio_read(0xcfc, 4), Ok(0x000c_1b36), "rp1 at 00:02.0");
     assert_eq!(h.pio_read(0xcfe, 2), Ok(0x000c));
     assert_eq!(h.pio_read(0xcfd, 2), Ok(0x0c1b), "unaligned: byte by byte");
-    assert_eq!(h.pio_read(0xcfd, 4), Ok(0xff00_0c1b), "bytes past 0xCFF float high");
+    assert_eq!(
+        h.pio_read(0xcfd, 4),
+        Ok(0xff00_0c1b),
+        "bytes past 0xCFF float high"
+    );
     // Non-dword accesses to CONFIG_ADDRESS are not configuration cycles; 0xCF9 is ICH9's.
     assert_eq!(h.pio_read(0xcf9, 1), Err(Status::NoDevice));
     assert_eq!(h.pio_write(0xcf8, 1, 0), Err(Status::NoDevice));
-    assert_eq!(h.pio_read(0xcf8, 4), Ok(cf8(0, 0x10, 0)), "byte write did not latch");
+    assert_eq!(
+        h.pio_read(0xcf8, 4),
+        Ok(cf8(0, 0x10, 0)),
+        "byte write did not latch"
+    );
     // Bit 31 clear: all ones, writes dropped.
     h.pio_write(0xcf8, 4, 0x0000_1000).unwrap();
     assert_eq!(h.pio_read(0xcfc, 4), Ok(0xffff_ffff));
@@ -55,11 +63,19 @@ fn pciexbar_enables_moves_and_disables_ecam() {
     assert!(h.generation() > g0);
     assert_eq!(h.mmio_read(0xb000_0000, 4), Ok(0x29c0_8086));
     assert_eq!(h.mmio_read(0xb001_0000, 4), Ok(0x000c_1b36), "00:02.0");
-    assert_eq!(h.mmio_read(0xb001_0000, 8), Ok(0x0010_0000_000c_1b36), "qword = two dwords");
+    assert_eq!(
+        h.mmio_read(0xb001_0000, 8),
+        Ok(0x0010_0000_000c_1b36),
+        "qword = two dwords"
+    );
     // 64 MiB at 0xe0000000 (length bits 2:1 = 10).
     h.pio_write(0xcfc, 4, 0xe000_0005).unwrap();
     assert_eq!(h.ecam(), Some((0xe000_0000, 64 << 20, 63)));
-    assert_eq!(h.mmio_read(0xb000_0000, 4), Err(Status::NoDevice), "old window gone");
+    assert_eq!(
+        h.mmio_read(0xb000_0000, 4),
+        Err(Status::NoDevice),
+        "old window gone"
+    );
     assert_eq!(h.mmio_read(0xe000_0000, 4), Ok(0x29c0_8086));
     // Disable.
     h.pio_write(0xcfc, 4, 0xe000_0004).unwrap();
@@ -68,21 +84,40 @@ fn pciexbar_enables_moves_and_disables_ecam() {
 
 #[test]
 fn bus_numbers_route_to_the_function_behind_the_port() {
-    let mut h = hierarchy(&["virtio-net-pci,id=net0,bus=rp2,owner=qemu", "ich9-lpc,id=lpc,bus=pcie.0,addr=1f.0,owner=qemu"]);
+    let mut h = hierarchy(&[
+        "virtio-net-pci,id=net0,bus=rp2,owner=qemu",
+        "ich9-lpc,id=lpc,bus=pcie.0,addr=1f.0,owner=qemu",
+    ]);
     enable_ecam(&mut h, 0xb000_0000);
     let at = |bus: u64, devfn: u64| 0xb000_0000 + (bus << 20) + (devfn << 12);
-    assert_eq!(h.mmio_read(at(0, 0xf8), 4), Err(Status::Remote), "LPC is QEMU's");
+    assert_eq!(
+        h.mmio_read(at(0, 0xf8), 4),
+        Err(Status::Remote),
+        "LPC is QEMU's"
+    );
     assert_eq!(h.mmio_read(at(5, 0), 4), Ok(0xffff_ffff), "no bus 5 yet");
     // rp2 (00:02.1): primary 0, secondary 5, subordinate 7.
     let fx = h.mmio_write(at(0, 0x11) + 0x18, 4, 0x0007_0500).unwrap();
     assert!(fx.contains(Effects::BUS_NUMBERS));
     assert_eq!(h.route(5, 0), Routed::Remote(0));
     assert_eq!(h.mmio_read(at(5, 0), 4), Err(Status::Remote));
-    assert_eq!(h.route(5, 0x08), Routed::Absent, "only device 0 below a root port");
-    assert_eq!(h.route(6, 0), Routed::Remote(0), "buses below belong to the owner of 05:00.0");
+    assert_eq!(
+        h.route(5, 0x08),
+        Routed::Absent,
+        "only device 0 below a root port"
+    );
+    assert_eq!(
+        h.route(6, 0),
+        Routed::Remote(0),
+        "buses below belong to the owner of 05:00.0"
+    );
     assert_eq!(h.route(8, 0), Routed::Absent);
     let t = h.describe();
-    let net = t.functions.iter().find(|f| f.kind == pcierc_protocol::FunctionKind::Endpoint as u8).unwrap();
+    let net = t
+        .functions
+        .iter()
+        .find(|f| f.kind == pcierc_protocol::FunctionKind::Endpoint as u8)
+        .unwrap();
     assert_eq!((net.bus, net.parent), (5, 2));
     // Renumbering moves it.
     h.mmio_write(at(0, 0x11) + 0x19, 1, 9).unwrap();
@@ -97,12 +132,20 @@ fn msix_bar_is_routed_when_programmed_and_enabled() {
     enable_ecam(&mut h, 0xb000_0000);
     let rp1 = 0xb000_0000u64 + (0x10 << 12);
     h.mmio_write(rp1 + 0x10, 4, 0xfe00_0000).unwrap();
-    assert_eq!(h.mmio_read(0xfe00_0000, 4), Err(Status::NoDevice), "memory decode off");
+    assert_eq!(
+        h.mmio_read(0xfe00_0000, 4),
+        Err(Status::NoDevice),
+        "memory decode off"
+    );
     let fx = h.mmio_write(rp1 + 4, 2, 0x2).unwrap();
     assert!(fx.contains(Effects::BARS));
     h.mmio_write(0xfe00_0000 + 8, 4, 0x4321).unwrap(); // vector 0 message data
     assert_eq!(h.mmio_read(0xfe00_0000 + 8, 4), Ok(0x4321));
-    assert_eq!(h.mmio_read(0xfe00_0000 + 0x1000, 4), Err(Status::NoDevice), "past the 4 KiB BAR");
+    assert_eq!(
+        h.mmio_read(0xfe00_0000 + 0x1000, 4),
+        Err(Status::NoDevice),
+        "past the 4 KiB BAR"
+    );
 }
 
 #[test]
@@ -111,18 +154,24 @@ fn reset_and_state_round_trip() {
     enable_ecam(&mut h, 0xb000_0000);
     h.mmio_write(0xb001_0018, 4, 0x0003_0300).unwrap();
     let blob = state::save(&h);
-    let before: Vec<u32> = (0..1024).map(|i| h.config_read(0, 0x10, i * 4, 4).unwrap()).collect();
+    let before: Vec<u32> = (0..1024)
+        .map(|i| h.config_read(0, 0x10, i * 4, 4).unwrap())
+        .collect();
     h.reset();
     assert_eq!(h.ecam(), None);
     assert_eq!(h.config_read(0, 0x10, 0x18, 4), Ok(0));
     state::load(&mut h, &blob).unwrap();
-    let after: Vec<u32> = (0..1024).map(|i| h.config_read(0, 0x10, i * 4, 4).unwrap()).collect();
+    let after: Vec<u32> = (0..1024)
+        .map(|i| h.config_read(0, 0x10, i * 4, 4).unwrap())
+        .collect();
     assert_eq!(before, after);
     assert_eq!(h.route(3, 0), Routed::Absent);
     assert_eq!(h.ecam(), Some((0xb000_0000, 256 << 20, 255)));
     // A blob for another topology is refused and changes nothing.
     let other = Hierarchy::new(TopologySpec::empty()).unwrap();
-    let e = state::load(&mut h, &state::save(&other)).unwrap_err().to_string();
+    let e = state::load(&mut h, &state::save(&other))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("this topology has"), "{e}");
     assert_eq!(h.config_read(0, 0x10, 0x18, 4), Ok(0x0003_0300));
 }
@@ -146,7 +195,12 @@ fn every_access_shape_is_answered_without_panicking() {
             2 => h.pio_read(port, width).map(drop),
             _ => h.pio_write(port, width, x >> 3).map(drop),
         };
-        let _ = h.config_read((x >> 16) as u8, (x >> 24) as u8, ((x >> 32) & 0x1fff) as u16, width);
+        let _ = h.config_read(
+            (x >> 16) as u8,
+            (x >> 24) as u8,
+            ((x >> 32) & 0x1fff) as u16,
+            width,
+        );
     }
     // The MCH identity never changes, whatever was written.
     assert_eq!(h.config_read(0, 0, 0, 4), Ok(0x29c0_8086));

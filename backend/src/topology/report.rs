@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use pcierc_protocol::{
-    encode_name, function_flags, AddressRange, AddressSpace, EcamWindow, FunctionKind, FunctionRecord, RangeKind,
-    Topology, NO_PARENT,
+    encode_name, function_flags, AddressRange, AddressSpace, EcamWindow, FunctionKind,
+    FunctionRecord, RangeKind, Topology, NO_PARENT,
 };
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
@@ -74,17 +74,25 @@ impl Hierarchy {
                 owner: name(PCIERC_OWNER),
                 ..Default::default()
             });
-            let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| AddressRange {
-                base,
-                size,
-                space: space as u8,
-                kind: kind as u8,
-                devfn: ps.addr.0,
-                bar,
-                ..Default::default()
+            let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| {
+                AddressRange {
+                    base,
+                    size,
+                    space: space as u8,
+                    kind: kind as u8,
+                    devfn: ps.addr.0,
+                    bar,
+                    ..Default::default()
+                }
             };
             for b in p.bars() {
-                ranges.push(at(b.base, b.size, AddressSpace::Mmio, RangeKind::Bar, b.index));
+                ranges.push(at(
+                    b.base,
+                    b.size,
+                    AddressSpace::Mmio,
+                    RangeKind::Bar,
+                    b.index,
+                ));
             }
             let w = p.windows();
             if let Some((base, size)) = w.io {
@@ -94,14 +102,24 @@ impl Hierarchy {
                 ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::MemWindow, 0));
             }
             if let Some((base, size)) = w.pref {
-                ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::PrefMemWindow, 0));
+                ranges.push(at(
+                    base,
+                    size,
+                    AddressSpace::Mmio,
+                    RangeKind::PrefMemWindow,
+                    0,
+                ));
             }
         }
         for e in &spec.endpoints {
             let (bus, present, parent) = if e.bus == ROOT_BUS {
                 (0, true, NO_PARENT)
             } else {
-                let pi = spec.root_ports.iter().position(|p| p.config.id == e.bus).unwrap_or(0);
+                let pi = spec
+                    .root_ports
+                    .iter()
+                    .position(|p| p.config.id == e.bus)
+                    .unwrap_or(0);
                 let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
                 (sec, sec != 0, pi as u16 + 1)
             };
@@ -112,7 +130,11 @@ impl Hierarchy {
                 device_id: 0xffff,
                 kind: FunctionKind::Endpoint as u8,
                 flags: if present { function_flags::PRESENT } else { 0 }
-                    | if e.multifunction { function_flags::MULTIFUNCTION } else { 0 },
+                    | if e.multifunction {
+                        function_flags::MULTIFUNCTION
+                    } else {
+                        0
+                    },
                 parent,
                 id: name(&e.id),
                 owner: name(&e.owner),
@@ -121,10 +143,22 @@ impl Hierarchy {
         }
         let ecam = self
             .ecam()
-            .map(|(base, size, end_bus)| EcamWindow { base, size, segment: spec.segment, start_bus: 0, end_bus, reserved: 0 })
+            .map(|(base, size, end_bus)| EcamWindow {
+                base,
+                size,
+                segment: spec.segment,
+                start_bus: 0,
+                end_bus,
+                reserved: 0,
+            })
             .into_iter()
             .collect();
-        Topology { generation: self.generation(), functions, ecam, ranges }
+        Topology {
+            generation: self.generation(),
+            functions,
+            ecam,
+            ranges,
+        }
     }
 
     /// The hierarchy as a tree, for the start-up banner.
@@ -133,7 +167,10 @@ impl Hierarchy {
         let mut out = String::new();
         let _ = writeln!(out, "{ROOT_BUS} (segment {:04x})", spec.segment);
         let (v, d, _, _) = identity(self.mch());
-        let _ = writeln!(out, "├── 00:00.0 mch           [{v:04x}:{d:04x}] Q35 host bridge (pcierc)");
+        let _ = writeln!(
+            out,
+            "├── 00:00.0 mch           [{v:04x}:{d:04x}] Q35 host bridge (pcierc)"
+        );
         match self.ecam() {
             Some((base, size, end)) => {
                 let _ = writeln!(out, "│   ECAM {base:#x}+{size:#x} buses 00-{end:02x}");
@@ -142,7 +179,11 @@ impl Hierarchy {
                 let _ = writeln!(out, "│   ECAM disabled (PCIEXBAR)");
             }
         }
-        let root_eps: Vec<_> = spec.endpoints.iter().filter(|e| e.bus == ROOT_BUS).collect();
+        let root_eps: Vec<_> = spec
+            .endpoints
+            .iter()
+            .filter(|e| e.bus == ROOT_BUS)
+            .collect();
         let n = spec.root_ports.len() + root_eps.len();
         for (i, (p, ps)) in self.ports().iter().zip(&spec.root_ports).enumerate() {
             let last = i + 1 == n;

@@ -120,7 +120,11 @@ struct DeviceRepr {
 }
 
 fn bounded(what: &str, id: &str, v: Option<&NumOrStr>, max: u64) -> Result<u64, String> {
-    let n = v.map(NumOrStr::as_uint).transpose().map_err(|e| format!("{id}: {what}: {e}"))?.unwrap_or(0);
+    let n = v
+        .map(NumOrStr::as_uint)
+        .transpose()
+        .map_err(|e| format!("{id}: {what}: {e}"))?
+        .unwrap_or(0);
     if n > max {
         return Err(format!("{id}: {what}={n} is out of range (0-{max})"));
     }
@@ -137,7 +141,10 @@ impl PortRepr {
         }
         let addr = parse_devfn(&self.addr).map_err(|e| format!("{id}: {e}"))?;
         let size = |what: &str, v: &Option<NumOrStr>| {
-            v.as_ref().map(NumOrStr::as_size).transpose().map_err(|e| format!("{id}: {what}: {e}"))
+            v.as_ref()
+                .map(NumOrStr::as_size)
+                .transpose()
+                .map_err(|e| format!("{id}: {what}: {e}"))
         };
         let bus_reserve = self
             .bus_reserve
@@ -186,7 +193,8 @@ impl TopologySpec {
             ..Self::empty()
         };
         for p in repr.root_port {
-            spec.root_ports.push(p.into_spec().map_err(Error::Topology)?);
+            spec.root_ports
+                .push(p.into_spec().map_err(Error::Topology)?);
         }
         for d in repr.device {
             spec.push_device(d).map_err(Error::Topology)?;
@@ -204,7 +212,11 @@ impl TopologySpec {
         let mut kv: Vec<(String, String)> = Vec::new();
         let driver = match first.split_once('=') {
             Some(("driver", d)) => d.to_string(),
-            Some(_) => return Err(Error::Topology(format!("'{opt}': the driver name comes first"))),
+            Some(_) => {
+                return Err(Error::Topology(format!(
+                    "'{opt}': the driver name comes first"
+                )))
+            }
             None => first.to_string(),
         };
         if driver.is_empty() {
@@ -228,7 +240,10 @@ impl TopologySpec {
             _ => Err(Error::Topology(format!("{id}: {k}='{v}' is not on/off"))),
         };
         if driver == "pcie-root-port" {
-            let mut r = PortRepr { id: id.clone(), ..Default::default() };
+            let mut r = PortRepr {
+                id: id.clone(),
+                ..Default::default()
+            };
             for (k, v) in kv {
                 let s = Some(NumOrStr::Str(v.clone()));
                 match k.as_str() {
@@ -250,9 +265,14 @@ impl TopologySpec {
             if r.addr.is_empty() {
                 return Err(Error::Topology(format!("{id}: addr= is required")));
             }
-            self.root_ports.push(r.into_spec().map_err(Error::Topology)?);
+            self.root_ports
+                .push(r.into_spec().map_err(Error::Topology)?);
         } else {
-            let mut d = DeviceRepr { driver: driver.clone(), id: id.clone(), ..Default::default() };
+            let mut d = DeviceRepr {
+                driver: driver.clone(),
+                id: id.clone(),
+                ..Default::default()
+            };
             for (k, v) in kv {
                 match k.as_str() {
                     "id" => {}
@@ -293,10 +313,16 @@ impl TopologySpec {
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(Error::Topology(m));
         if self.segment != 0 {
-            return err(format!("segment {} is not supported: Q35 has segment 0 only", self.segment));
+            return err(format!(
+                "segment {} is not supported: Q35 has segment 0 only",
+                self.segment
+            ));
         }
         if !valid_name(&self.default_owner) || self.default_owner == PCIERC_OWNER {
-            return err(format!("default-owner '{}' is not a valid emulator name", self.default_owner));
+            return err(format!(
+                "default-owner '{}' is not a valid emulator name",
+                self.default_owner
+            ));
         }
         let mut ids = HashSet::new();
         let all_ids = self
@@ -323,32 +349,56 @@ impl TopologySpec {
             if p.addr == DevFn(0) {
                 return err(format!("{id}: 00.0 is the host bridge"));
             }
-            if let Some((other, _)) = slots.insert((ROOT_BUS, p.addr), (id, p.config.multifunction)) {
-                return err(format!("{id}: address {} is already used by {other}", p.addr));
+            if let Some((other, _)) = slots.insert((ROOT_BUS, p.addr), (id, p.config.multifunction))
+            {
+                return err(format!(
+                    "{id}: address {} is already used by {other}",
+                    p.addr
+                ));
             }
             let cs = (p.config.chassis, p.config.slot);
             if let Some(other) = chassis_slots.insert(cs, id) {
-                return err(format!("{id}: chassis {} slot {} is already used by {other}", cs.0, cs.1));
+                return err(format!(
+                    "{id}: chassis {} slot {} is already used by {other}",
+                    cs.0, cs.1
+                ));
             }
         }
-        let ports: HashSet<&str> = self.root_ports.iter().map(|p| p.config.id.as_str()).collect();
+        let ports: HashSet<&str> = self
+            .root_ports
+            .iter()
+            .map(|p| p.config.id.as_str())
+            .collect();
         for e in &self.endpoints {
             let id = e.id.as_str();
             if !valid_name(&e.owner) || e.owner == PCIERC_OWNER {
-                return err(format!("{id}: owner '{}' is not a valid emulator name", e.owner));
+                return err(format!(
+                    "{id}: owner '{}' is not a valid emulator name",
+                    e.owner
+                ));
             }
             if e.bus == ROOT_BUS {
                 if e.addr == DevFn(0) {
                     return err(format!("{id}: 00.0 is the host bridge"));
                 }
             } else if !ports.contains(e.bus.as_str()) {
-                return err(format!("{id}: bus '{}' is neither {ROOT_BUS} nor a root port id", e.bus));
+                return err(format!(
+                    "{id}: bus '{}' is neither {ROOT_BUS} nor a root port id",
+                    e.bus
+                ));
             } else if e.addr.device() != 0 {
                 // PCIe Base 6.0 §2.2.6.2: below a Downstream Port only Device Number 0 exists.
-                return err(format!("{id}: behind root port {} only device 0 exists", e.bus));
+                return err(format!(
+                    "{id}: behind root port {} only device 0 exists",
+                    e.bus
+                ));
             }
-            if let Some((other, _)) = slots.insert((e.bus.as_str(), e.addr), (id, e.multifunction)) {
-                return err(format!("{id}: address {} on {} is already used by {other}", e.addr, e.bus));
+            if let Some((other, _)) = slots.insert((e.bus.as_str(), e.addr), (id, e.multifunction))
+            {
+                return err(format!(
+                    "{id}: address {} on {} is already used by {other}",
+                    e.addr, e.bus
+                ));
             }
         }
         // Functions other than 0 need a multifunction function 0, as QEMU requires.
@@ -360,10 +410,10 @@ impl TopologySpec {
                 Some(&(_, true)) => {}
                 Some(&(f0, false)) => {
                     return err(format!(
-                        "{id}: function {} needs multifunction=on on {f0} (function 0 of slot {:02x})",
-                        addr.function(),
-                        addr.device()
-                    ))
+                    "{id}: function {} needs multifunction=on on {f0} (function 0 of slot {:02x})",
+                    addr.function(),
+                    addr.device()
+                ))
                 }
                 None => {
                     return err(format!(
@@ -382,7 +432,8 @@ impl TopologySpec {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= pcierc_protocol::NAME_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 #[cfg(test)]
@@ -402,7 +453,15 @@ mod tests {
         let got: Vec<_> = s
             .root_ports
             .iter()
-            .map(|p| (p.config.id.as_str(), p.addr.to_string(), p.config.chassis, p.config.slot, p.config.port))
+            .map(|p| {
+                (
+                    p.config.id.as_str(),
+                    p.addr.to_string(),
+                    p.config.chassis,
+                    p.config.slot,
+                    p.config.port,
+                )
+            })
             .collect();
         assert_eq!(
             got,
@@ -419,10 +478,16 @@ mod tests {
     #[test]
     fn device_options_in_qemu_syntax() {
         let mut s = TopologySpec::empty();
-        s.add_device_option("pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0,multifunction=on").unwrap();
-        s.add_device_option("driver=pcie-root-port,id=rp2,chassis=2,slot=2,addr=1c.1,bus-reserve=3,mem-reserve=64M")
+        s.add_device_option(
+            "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0,multifunction=on",
+        )
+        .unwrap();
+        s.add_device_option(
+            "driver=pcie-root-port,id=rp2,chassis=2,slot=2,addr=1c.1,bus-reserve=3,mem-reserve=64M",
+        )
+        .unwrap();
+        s.add_device_option("virtio-net-pci,id=net0,bus=rp1,owner=qemu")
             .unwrap();
-        s.add_device_option("virtio-net-pci,id=net0,bus=rp1,owner=qemu").unwrap();
         assert_eq!(s.root_ports[1].config.bus_reserve, Some(3));
         assert_eq!(s.root_ports[1].config.mem_reserve, Some(64 << 20));
         assert_eq!(s.endpoints[0].owner, "qemu");
@@ -432,22 +497,62 @@ mod tests {
     #[test]
     fn rejects_with_the_offending_item_named() {
         let mut s = TopologySpec::empty();
-        s.add_device_option("pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x3").unwrap();
+        s.add_device_option("pcie-root-port,id=rp1,chassis=1,slot=1,addr=0x3")
+            .unwrap();
         let cases = [
-            ("pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x3", "rp2: address 03.0 is already used by rp1"),
-            ("pcie-root-port,id=rp2,chassis=1,slot=1,addr=0x4", "rp2: chassis 1 slot 1 is already used by rp1"),
-            ("pcie-root-port,id=rp1,chassis=2,slot=2,addr=0x4", "id 'rp1' is used twice"),
-            ("pcie-root-port,id=rp2,chassis=256,addr=0x4", "rp2: chassis=256 is out of range"),
-            ("pcie-root-port,id=rp2,chassis=x,addr=0x4", "rp2: chassis: 'x' is not a number"),
-            ("pcie-root-port,id=rp2,color=red,addr=0x4", "rp2: unknown property 'color'"),
-            ("pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x3.1", "rp2: function 1 needs multifunction=on on rp1"),
-            ("pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x5.1", "rp2: function 1 of slot 05 on pcie.0 has no function 0"),
-            ("pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x0", "rp2: 00.0 is the host bridge"),
-            ("pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x20", "bad PCI address '0x20'"),
+            (
+                "pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x3",
+                "rp2: address 03.0 is already used by rp1",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=1,slot=1,addr=0x4",
+                "rp2: chassis 1 slot 1 is already used by rp1",
+            ),
+            (
+                "pcie-root-port,id=rp1,chassis=2,slot=2,addr=0x4",
+                "id 'rp1' is used twice",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=256,addr=0x4",
+                "rp2: chassis=256 is out of range",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=x,addr=0x4",
+                "rp2: chassis: 'x' is not a number",
+            ),
+            (
+                "pcie-root-port,id=rp2,color=red,addr=0x4",
+                "rp2: unknown property 'color'",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x3.1",
+                "rp2: function 1 needs multifunction=on on rp1",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x5.1",
+                "rp2: function 1 of slot 05 on pcie.0 has no function 0",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x0",
+                "rp2: 00.0 is the host bridge",
+            ),
+            (
+                "pcie-root-port,id=rp2,chassis=2,slot=2,addr=0x20",
+                "bad PCI address '0x20'",
+            ),
             ("pcie-root-port,chassis=2", "missing id="),
-            ("virtio-net-pci,id=n0,bus=rp9", "n0: bus 'rp9' is neither pcie.0 nor a root port id"),
-            ("virtio-net-pci,id=n0,bus=rp1,addr=1.0", "n0: behind root port rp1 only device 0 exists"),
-            ("virtio-net-pci,id=n0,bus=rp1,owner=pcierc", "n0: owner 'pcierc' is not a valid emulator name"),
+            (
+                "virtio-net-pci,id=n0,bus=rp9",
+                "n0: bus 'rp9' is neither pcie.0 nor a root port id",
+            ),
+            (
+                "virtio-net-pci,id=n0,bus=rp1,addr=1.0",
+                "n0: behind root port rp1 only device 0 exists",
+            ),
+            (
+                "virtio-net-pci,id=n0,bus=rp1,owner=pcierc",
+                "n0: owner 'pcierc' is not a valid emulator name",
+            ),
         ];
         for (opt, want) in cases {
             let mut t = s.clone();
@@ -461,9 +566,13 @@ mod tests {
 
     #[test]
     fn toml_rejects_unknown_keys_and_bad_values() {
-        let e = err_of(TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\ncolour=1\n"));
+        let e = err_of(TopologySpec::from_toml(
+            "[[root-port]]\nid='a'\naddr='3'\ncolour=1\n",
+        ));
         assert!(e.contains("unknown field `colour`"), "{e}");
-        let e = err_of(TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\nport=300\n"));
+        let e = err_of(TopologySpec::from_toml(
+            "[[root-port]]\nid='a'\naddr='3'\nport=300\n",
+        ));
         assert!(e.contains("a: port=300 is out of range"), "{e}");
         let e = err_of(TopologySpec::from_toml("segment = 1\n"));
         assert!(e.contains("segment 1 is not supported"), "{e}");
@@ -472,6 +581,9 @@ mod tests {
              [[device]]\ndriver='vfio-pci'\nid='gpu'\nbus='a'\nowner='gpu-dm'\n[[device]]\ndriver='x'\nid='b'\nbus='a'\naddr='0.1'\n",
         );
         let e = err_of(ok);
-        assert!(e.contains("b: function 1 needs multifunction=on on gpu"), "{e}");
+        assert!(
+            e.contains("b: function 1 needs multifunction=on on gpu"),
+            "{e}"
+        );
     }
 }

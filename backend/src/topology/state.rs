@@ -35,7 +35,11 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
         format: STATE_FORMAT.into(),
         version: STATE_VERSION,
         config_address: h.config_address(),
-        functions: h.save_functions().into_iter().map(|(id, state)| FunctionState { id, state }).collect(),
+        functions: h
+            .save_functions()
+            .into_iter()
+            .map(|(id, state)| FunctionState { id, state })
+            .collect(),
     };
     // Serializing plain data with string keys into memory cannot fail.
     serde_json::to_vec(&blob).unwrap_or_default()
@@ -48,9 +52,13 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
         format: String,
         version: u32,
     }
-    let probe: Probe = serde_json::from_slice(bytes).map_err(|e| Error::State(format!("not a pcierc state blob: {e}")))?;
+    let probe: Probe = serde_json::from_slice(bytes)
+        .map_err(|e| Error::State(format!("not a pcierc state blob: {e}")))?;
     if probe.format != STATE_FORMAT {
-        return Err(Error::State(format!("format '{}' is not '{STATE_FORMAT}'", probe.format)));
+        return Err(Error::State(format!(
+            "format '{}' is not '{STATE_FORMAT}'",
+            probe.format
+        )));
     }
     if probe.version != STATE_VERSION {
         return Err(Error::State(format!(
@@ -59,6 +67,10 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
         )));
     }
     let blob: Blob = serde_json::from_slice(bytes).map_err(|e| Error::State(e.to_string()))?;
-    let functions: Vec<_> = blob.functions.into_iter().map(|f| (f.id, f.state)).collect();
+    let functions: Vec<_> = blob
+        .functions
+        .into_iter()
+        .map(|f| (f.id, f.state))
+        .collect();
     h.restore_functions(blob.config_address, &functions)
 }

@@ -27,7 +27,12 @@ fn main() {
     match enumerate(&mut bus, Layout::default()) {
         Ok(e) => {
             print!("{}", summary(&e));
-            println!("{} functions, last bus {:02x}, {} config accesses", e.functions.len(), e.last_bus, e.accesses);
+            println!(
+                "{} functions, last bus {:02x}, {} config accesses",
+                e.functions.len(),
+                e.last_bus,
+                e.accesses
+            );
         }
         Err(e) => {
             eprintln!("enumerate: {e}");

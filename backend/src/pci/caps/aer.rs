@@ -105,7 +105,11 @@ pub fn init_root_port(cs: &mut ConfigSpace, offset: u16) -> Result<u16, Capabili
     cs.set_dword(at + COR_MASK, COR_MASK_DEFAULT);
     cs.set_wmask(at + COR_MASK, 4, COR_SUPPORTED.into());
     cs.set_dword(at + CAP, CAP_ECRC_GENC | CAP_ECRC_CHKC | CAP_MHRC);
-    cs.set_wmask(at + CAP, 4, (CAP_ECRC_GENE | CAP_ECRC_CHKE | CAP_MHRE).into());
+    cs.set_wmask(
+        at + CAP,
+        4,
+        (CAP_ECRC_GENE | CAP_ECRC_CHKE | CAP_MHRE).into(),
+    );
     // Ports forward errors with Bridge Control SERR# Enable. (QEMU also sets this dword mask
     // at Status, where it only repeats Signaled System Error.)
     cs.or_wmask(BRIDGE_CONTROL, 2, BRIDGE_CTL_SERR.into());
@@ -119,7 +123,10 @@ pub fn init_root_port(cs: &mut ConfigSpace, offset: u16) -> Result<u16, Capabili
 /// QEMU's `pcie_aer_root_set_vector()`: the Advanced Error Interrupt Message Number.
 pub fn root_set_vector(cs: &mut ConfigSpace, at: u16, vector: u8) {
     let sta = cs.dword(at + ROOT_STATUS) & !(0x1f << ROOT_STATUS_IRQ_SHIFT);
-    cs.set_dword(at + ROOT_STATUS, sta | u32::from(vector & 0x1f) << ROOT_STATUS_IRQ_SHIFT);
+    cs.set_dword(
+        at + ROOT_STATUS,
+        sta | u32::from(vector & 0x1f) << ROOT_STATUS_IRQ_SHIFT,
+    );
 }
 
 /// QEMU's `pcie_aer_root_reset()`: Root Error Command cleared. Severity, masks and the ECRC and
@@ -144,7 +151,12 @@ pub fn write_config(cs: &mut ConfigSpace, at: u16) {
 
 /// QEMU's `pcie_aer_root_write_config()`, run after every configuration write to a root port
 /// with the Root Error Command value from before it.
-pub fn root_write_config(cs: &ConfigSpace, at: u16, root_cmd_prev: u32, msi_enabled: bool) -> RootSignal {
+pub fn root_write_config(
+    cs: &ConfigSpace,
+    at: u16,
+    root_cmd_prev: u32,
+    msi_enabled: bool,
+) -> RootSignal {
     let root_status = cs.dword(at + ROOT_STATUS);
     let mut enabled_cmd = 0;
     for (sta, cmd) in [

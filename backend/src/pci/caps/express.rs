@@ -109,19 +109,30 @@ pub struct LinkConfig {
 impl LinkConfig {
     /// QEMU 7.2 `pcie-root-port` defaults: 16 GT/s, x32.
     pub fn qemu_root_port(port: u8) -> Self {
-        LinkConfig { port, speed: LinkSpeed::Gt16, width: 32 }
+        LinkConfig {
+            port,
+            speed: LinkSpeed::Gt16,
+            width: 32,
+        }
     }
 }
 
 /// Add the capability at `offset` for a root port, with everything QEMU's root port realize
 /// sets except the slot registers ([`super::slot::init`]). Returns the offset.
-pub fn init_root_port(cs: &mut ConfigSpace, offset: u8, link: LinkConfig) -> Result<u16, CapabilityError> {
+pub fn init_root_port(
+    cs: &mut ConfigSpace,
+    offset: u8,
+    link: LinkConfig,
+) -> Result<u16, CapabilityError> {
     let at = u16::from(cs.add_capability(CAP_ID_EXP, Some(offset), VER2_SIZEOF)?);
     cs.set_word(at + FLAGS, TYPE_ROOT_PORT << FLAGS_TYPE_SHIFT | FLAGS_VER2);
     cs.set_dword(at + DEVCAP, DEVCAP_RBER);
     // pcie_cap_v1_fill() then pcie_cap_fill_slot_lnk() with the port's speed and width.
     let speed = link.speed as u32;
-    let mut lnkcap = u32::from(link.port) << LNKCAP_PN_SHIFT | LNKCAP_ASPM_L0S | u32::from(link.width) << 4 | speed;
+    let mut lnkcap = u32::from(link.port) << LNKCAP_PN_SHIFT
+        | LNKCAP_ASPM_L0S
+        | u32::from(link.width) << 4
+        | speed;
     if link.width > 1 || link.speed > LinkSpeed::Gt2_5 {
         lnkcap |= LNKCAP_LBNC;
     }

@@ -77,7 +77,11 @@ impl Msix {
     /// QEMU's `msix_init_exclusive_bar()`: the capability in the first free gap, `entries`
     /// vectors in a BAR of its own (4 KiB for up to 128 vectors: table at 0, PBA at 2 KiB),
     /// every vector masked, and the BAR registered as 32-bit memory.
-    pub fn init_exclusive_bar(cs: &mut ConfigSpace, entries: u16, bar: u8) -> Result<Msix, CapabilityError> {
+    pub fn init_exclusive_bar(
+        cs: &mut ConfigSpace,
+        entries: u16,
+        bar: u8,
+    ) -> Result<Msix, CapabilityError> {
         let entries = entries.clamp(1, 2048);
         let pba_size = u32::from(entries).div_ceil(64) * 8;
         let pba_offset = (u32::from(entries) * ENTRY_SIZE).max(2048);
@@ -123,7 +127,11 @@ impl Msix {
 
     fn vector_masked(&self, vector: u16, fmask: bool) -> bool {
         let ctrl = usize::from(vector) * ENTRY_SIZE as usize + ENTRY_VECTOR_CTRL;
-        fmask || self.table.get(ctrl).is_some_and(|c| c & ENTRY_CTRL_MASKBIT != 0)
+        fmask
+            || self
+                .table
+                .get(ctrl)
+                .is_some_and(|c| c & ENTRY_CTRL_MASKBIT != 0)
     }
 
     /// Is `vector` masked (by the function or by its own mask bit)?
@@ -133,7 +141,9 @@ impl Msix {
 
     /// Is `vector`'s pending bit set?
     pub fn is_pending(&self, vector: u16) -> bool {
-        self.pba.get(usize::from(vector / 8)).is_some_and(|b| b & 1 << (vector % 8) != 0)
+        self.pba
+            .get(usize::from(vector / 8))
+            .is_some_and(|b| b & 1 << (vector % 8) != 0)
     }
 
     fn set_pending(&mut self, vector: u16, pending: bool) {
@@ -178,7 +188,12 @@ impl Msix {
 
     /// QEMU's `msix_write_config()` after a configuration write: returns whether INTx must be
     /// deasserted (MSI-X is enabled) and the vectors whose pending messages fire.
-    pub fn write_config(&mut self, cs: &ConfigSpace, offset: u16, width: u8) -> (bool, Vec<Delivery>) {
+    pub fn write_config(
+        &mut self,
+        cs: &ConfigSpace,
+        offset: u16,
+        width: u8,
+    ) -> (bool, Vec<Delivery>) {
         if !overlaps(offset, width, self.cap + CONTROL_BYTE, 1) {
             return (false, Vec::new());
         }
@@ -222,14 +237,23 @@ impl Msix {
             let inside = regions.iter().position(|&(b, s)| at >= b && at < b + s);
             let section_end = match inside {
                 Some(i) => regions[i].0 + regions[i].1,
-                None => regions.iter().map(|&(b, _)| b).filter(|&b| b > at).min().unwrap_or(u64::MAX),
+                None => regions
+                    .iter()
+                    .map(|&(b, _)| b)
+                    .filter(|&b| b > at)
+                    .min()
+                    .unwrap_or(u64::MAX),
             };
             let mut len = (end - at).min(section_end - at);
             if let Some(i) = inside {
                 // memory_access_size(): bounded by the valid maximum (8) and by the alignment of
                 // the offset within the region, then rounded down to a power of two.
                 let rel = at - regions[i].0;
-                let align = if rel == 0 { 8 } else { rel & rel.wrapping_neg() };
+                let align = if rel == 0 {
+                    8
+                } else {
+                    rel & rel.wrapping_neg()
+                };
                 len = len.min(8).min(align);
                 len = 1 << (63 - len.leading_zeros());
                 out.push((rel, len, i as u8));
@@ -264,7 +288,13 @@ impl Msix {
 
     /// A write of `width` bytes of `value` at `offset` in the BAR: table dwords are stored
     /// whole (QEMU keeps every bit of Vector Control), the PBA is read-only.
-    pub fn bar_write(&mut self, cs: &ConfigSpace, offset: u64, width: u8, value: u64) -> Vec<Delivery> {
+    pub fn bar_write(
+        &mut self,
+        cs: &ConfigSpace,
+        offset: u64,
+        width: u8,
+        value: u64,
+    ) -> Vec<Delivery> {
         let mut fired = Vec::new();
         for (off, len, region) in self.pieces(offset, width) {
             if region != 0 || len < 4 {
@@ -288,7 +318,11 @@ impl Msix {
     /// The dynamic state for saving.
     pub fn state(&self) -> MsixState {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect();
-        MsixState { table: hex(&self.table), pba: hex(&self.pba), function_masked: self.function_masked }
+        MsixState {
+            table: hex(&self.table),
+            pba: hex(&self.pba),
+            function_masked: self.function_masked,
+        }
     }
 
     /// Load state made by [`Msix::state`] of the same layout; nothing changes on error.
@@ -297,7 +331,12 @@ impl Msix {
             if h.len() != 2 * n || !h.is_ascii() {
                 return None;
             }
-            (0..n).map(|i| h.get(2 * i..2 * i + 2).and_then(|x| u8::from_str_radix(x, 16).ok())).collect()
+            (0..n)
+                .map(|i| {
+                    h.get(2 * i..2 * i + 2)
+                        .and_then(|x| u8::from_str_radix(x, 16).ok())
+                })
+                .collect()
         };
         let table = unhex(&s.table, self.table.len()).ok_or("bad MSI-X table")?;
         let pba = unhex(&s.pba, self.pba.len()).ok_or("bad MSI-X PBA")?;
@@ -354,12 +393,24 @@ mod tests {
         m.bar_write(&cs, 0xc, 1, 0);
         assert_eq!(m.bar_read(0xc, 4), 1, "sub-dword table writes are dropped");
         m.bar_write(&cs, 0xc, 4, 0xffff_ffff);
-        assert_eq!(m.bar_read(0xc, 4), 0xffff_ffff, "vector control is stored whole");
-        assert_eq!(m.bar_read(0xc, 8), 0xffff_ffff, "the half past the table is a hole");
+        assert_eq!(
+            m.bar_read(0xc, 4),
+            0xffff_ffff,
+            "vector control is stored whole"
+        );
+        assert_eq!(
+            m.bar_read(0xc, 8),
+            0xffff_ffff,
+            "the half past the table is a hole"
+        );
         assert_eq!(m.bar_read(0x10, 4), 0);
         m.bar_write(&cs, 0x800, 4, 0xffff_ffff);
         assert_eq!(m.bar_read(0x800, 8), 0, "PBA is read-only");
-        assert_eq!(m.bar_read(2, 4), 0, "unaligned dwords split into invalid words");
+        assert_eq!(
+            m.bar_read(2, 4),
+            0,
+            "unaligned dwords split into invalid words"
+        );
         assert_eq!(m.bar_read(0xffc, 4), 0);
     }
 
@@ -372,7 +423,10 @@ mod tests {
         assert_eq!(m.notify(&cs, 0), Delivery::Pending);
         assert_eq!(m.bar_read(0x800, 4), 1);
         cs.write(0x48, 4, 0x8000_0000);
-        assert_eq!(m.write_config(&cs, 0x48, 4), (true, vec![Delivery::Dropped]));
+        assert_eq!(
+            m.write_config(&cs, 0x48, 4),
+            (true, vec![Delivery::Dropped])
+        );
         assert_eq!(m.bar_write(&cs, 0xc, 4, 0), vec![Delivery::Sent(0)]);
         assert_eq!(m.bar_read(0x800, 4), 0);
         assert_eq!(m.notify(&cs, 0), Delivery::Sent(0));

@@ -45,7 +45,11 @@ pub struct Reserve {
 impl Reserve {
     /// Is anything set? QEMU adds the capability only then.
     pub fn any(&self) -> bool {
-        self.bus != u32::MAX || self.io != u64::MAX || self.mem != u64::MAX || self.pref32 != u64::MAX || self.pref64 != u64::MAX
+        self.bus != u32::MAX
+            || self.io != u64::MAX
+            || self.mem != u64::MAX
+            || self.pref32 != u64::MAX
+            || self.pref64 != u64::MAX
     }
 }
 

@@ -121,11 +121,21 @@ pub struct HotplugSlot {
 /// QEMU's `pcie_cap_slot_init()` for the capability at `at`.
 pub fn init(cs: &mut ConfigSpace, at: u16, cfg: SlotConfig) {
     cs.set_bits(at + FLAGS, 2, FLAGS_SLOT.into());
-    let mut cap = u32::from(cfg.number) << SLTCAP_PSN_SHIFT | SLTCAP_EIP | SLTCAP_PIP | SLTCAP_AIP | SLTCAP_ABP;
+    let mut cap = u32::from(cfg.number) << SLTCAP_PSN_SHIFT
+        | SLTCAP_EIP
+        | SLTCAP_PIP
+        | SLTCAP_AIP
+        | SLTCAP_ABP;
     if cfg.hotplug {
         cap |= SLTCAP_HPS | SLTCAP_HPC;
     }
-    let mut wmask = SLTCTL_PIC | SLTCTL_AIC | SLTCTL_HPIE | SLTCTL_CCIE | SLTCTL_PDCE | SLTCTL_ABPE | SLTCTL_EIC;
+    let mut wmask = SLTCTL_PIC
+        | SLTCTL_AIC
+        | SLTCTL_HPIE
+        | SLTCTL_CCIE
+        | SLTCTL_PDCE
+        | SLTCTL_ABPE
+        | SLTCTL_EIC;
     if cfg.power_controller {
         cap |= SLTCAP_PCP;
         wmask |= SLTCTL_PCC;
@@ -224,7 +234,14 @@ impl HotplugSlot {
         cs.clear_bits(
             at + SLTCTL,
             2,
-            (SLTCTL_EIC | SLTCTL_PIC | SLTCTL_AIC | SLTCTL_HPIE | SLTCTL_CCIE | SLTCTL_PDCE | SLTCTL_ABPE).into(),
+            (SLTCTL_EIC
+                | SLTCTL_PIC
+                | SLTCTL_AIC
+                | SLTCTL_HPIE
+                | SLTCTL_CCIE
+                | SLTCTL_PDCE
+                | SLTCTL_ABPE)
+                .into(),
         );
         cs.set_bits(at + SLTCTL, 2, SLTCTL_AIC_OFF.into());
         if cfg.power_controller {
@@ -233,10 +250,18 @@ impl HotplugSlot {
             } else {
                 cs.set_bits(at + SLTCTL, 2, SLTCTL_PCC.into());
             }
-            let pic = if populated { SLTCTL_PIC_ON } else { SLTCTL_PIC_OFF };
+            let pic = if populated {
+                SLTCTL_PIC_ON
+            } else {
+                SLTCTL_PIC_OFF
+            };
             cs.set_bits(at + SLTCTL, 2, pic.into());
         }
-        cs.clear_bits(at + SLTSTA, 2, (SLTSTA_EIS | SLTSTA_CC | SLTSTA_PDC | SLTSTA_ABP).into());
+        cs.clear_bits(
+            at + SLTSTA,
+            2,
+            (SLTSTA_EIS | SLTSTA_CC | SLTSTA_PDC | SLTSTA_ABP).into(),
+        );
         self.update(cs, at);
     }
 }

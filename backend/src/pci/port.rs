@@ -1,0 +1,283 @@
+//! The core of a PCI Express port: a type 1 header with MSI-X, a PCI Express capability with a
+//! hot-plug slot, AER and ACS, and QEMU 7.2's configuration-write pipeline for such ports
+//! (`rp_write_config()` in `hw/pci-bridge/pcie_root_port.c`: masks, `msix_write_config()`,
+//! `pcie_cap_slot_write_config()`, `pcie_aer_write_config()`, `pcie_aer_root_write_config()`)
+//! and their reset. Root ports build their capability layout and wrap this; switch downstream
+//! ports can reuse it, so hot-plug, AER and PME behaviour live once.
+
+use serde::{Deserialize, Serialize};
+
+use super::bridge::{self, BridgeWindows};
+use super::caps::aer::{self, RootSignal};
+use super::caps::msix::{Msix, MsixState};
+use super::caps::slot::{HotplugSlot, Signal, SlotConfig};
+use super::caps::{acs, express};
+use super::config_space::{ConfigSpace, SpaceImage};
+use super::header::{self, valid_access};
+use super::{BarMapping, Effects, Width};
+
+/// Where a port's capabilities are and how its slot is built.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PortLayout {
+    /// PCI Express capability.
+    pub exp: u16,
+    /// AER extended capability.
+    pub aer: u16,
+    /// ACS extended capability.
+    pub acs: u16,
+    /// BAR holding the MSI-X table and PBA.
+    pub msix_bar: u8,
+    /// The slot.
+    pub slot: SlotConfig,
+}
+
+/// A PCI Express port's complete state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PciePort {
+    space: ConfigSpace,
+    msix: Msix,
+    layout: PortLayout,
+    slot: HotplugSlot,
+    /// INTx level (QEMU's `irq_state`), mirrored in Status.Interrupt Status.
+    intx: bool,
+}
+
+/// Serialized [`PciePort`] state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortState {
+    /// Configuration space, masks included.
+    pub space: SpaceImage,
+    /// MSI-X table and PBA.
+    pub msix: MsixState,
+    /// Slot state outside registers.
+    pub slot: HotplugSlot,
+    /// INTx level.
+    pub intx: bool,
+}
+
+/// Registers whose change a write reports.
+struct Watched {
+    bus: u32,
+    windows: [u32; 6],
+    command: u16,
+    bar: u32,
+    bridge_control: u16,
+}
+
+impl Watched {
+    fn of(cs: &ConfigSpace, bar: u8) -> Self {
+        Watched {
+            bus: cs.dword(bridge::PRIMARY_BUS) & 0x00ff_ffff,
+            windows: [
+                cs.word(bridge::IO_BASE).into(),
+                cs.dword(bridge::MEMORY_BASE),
+                cs.dword(bridge::PREF_MEMORY_BASE),
+                cs.dword(bridge::PREF_BASE_UPPER32),
+                cs.dword(bridge::PREF_LIMIT_UPPER32),
+                cs.dword(bridge::IO_BASE_UPPER16),
+            ],
+            command: cs.word(header::COMMAND),
+            bar: cs.dword(header::BAR0 + 4 * u16::from(bar)),
+            bridge_control: cs.word(bridge::BRIDGE_CONTROL),
+        }
+    }
+
+    fn effects(&self, cs: &ConfigSpace, bar: u8) -> Effects {
+        let now = Watched::of(cs, bar);
+        let mut e = Effects::empty();
+        if now.bus != self.bus {
+            e |= Effects::BUS_NUMBERS;
+        }
+        let decode = |c: u16| c & (header::COMMAND_IO | header::COMMAND_MEMORY);
+        if now.windows != self.windows || decode(now.command) != decode(self.command) {
+            e |= Effects::WINDOWS;
+        }
+        let mem = |c: u16| c & header::COMMAND_MEMORY;
+        if now.bar != self.bar || mem(now.command) != mem(self.command) {
+            e |= Effects::BARS;
+        }
+        if !self.bridge_control & now.bridge_control & bridge::BRIDGE_CTL_BUS_RESET != 0 {
+            e |= Effects::SECONDARY_BUS_RESET;
+        }
+        e
+    }
+}
+
+impl PciePort {
+    /// Take over a built configuration space and reset it to its power-on state.
+    pub fn new(space: ConfigSpace, msix: Msix, layout: PortLayout) -> Self {
+        let mut p = PciePort {
+            space,
+            msix,
+            layout,
+            slot: HotplugSlot::default(),
+            intx: false,
+        };
+        p.reset();
+        p
+    }
+
+    /// The configuration space.
+    pub fn space(&self) -> &ConfigSpace {
+        &self.space
+    }
+
+    /// Primary Bus Number.
+    pub fn primary_bus(&self) -> u8 {
+        self.space.byte(bridge::PRIMARY_BUS)
+    }
+
+    /// Secondary Bus Number.
+    pub fn secondary_bus(&self) -> u8 {
+        self.space.byte(bridge::SECONDARY_BUS)
+    }
+
+    /// Subordinate Bus Number.
+    pub fn subordinate_bus(&self) -> u8 {
+        self.space.byte(bridge::SUBORDINATE_BUS)
+    }
+
+    /// The I/O, memory and prefetchable windows the port forwards now.
+    pub fn windows(&self) -> BridgeWindows {
+        bridge::windows(&self.space)
+    }
+
+    /// Is the port asserting INTx (Status.Interrupt Status)?
+    pub fn intx_asserted(&self) -> bool {
+        self.intx
+    }
+
+    fn set_intx(&mut self, level: bool) {
+        self.intx = level;
+        header::set_interrupt_status(&mut self.space, level);
+    }
+
+    /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /
+    /// `hotplug_event_clear()` do. (MSI-X messages themselves are not delivered yet.)
+    fn signal(&mut self, s: Signal) {
+        let msix = self.msix.enabled(&self.space);
+        match s {
+            Signal::Notify(_) if msix => {
+                let vector = express::interrupt_message_number(&self.space, self.layout.exp);
+                self.msix.notify(&self.space, vector);
+            }
+            Signal::Notify(level) => self.set_intx(level),
+            Signal::Clear(level) if !msix && !level => self.set_intx(false),
+            Signal::Clear(_) => {}
+        }
+    }
+
+    /// A configuration read.
+    pub fn config_read(&self, offset: u16, width: Width) -> u32 {
+        self.space.read(offset, width)
+    }
+
+    /// QEMU's `rp_write_config()`: masks (`pci_default_write_config()` with
+    /// `msix_write_config()`), then the slot, AER and Root Error Command hooks.
+    pub fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
+        if !valid_access(offset, width) {
+            return Effects::empty();
+        }
+        let (exp, aer) = (self.layout.exp, self.layout.aer);
+        let watched = Watched::of(&self.space, self.layout.msix_bar);
+        let root_cmd = self.space.dword(aer + aer::ROOT_COMMAND);
+        let slot_regs = HotplugSlot::snapshot(&self.space, exp);
+        self.space.write(offset, width, value);
+        // Messages QEMU would send here (pending vectors unmasked) are not delivered yet.
+        let (deassert, _sent) = self.msix.write_config(&self.space, offset, width);
+        if deassert {
+            self.set_intx(false);
+        }
+        aer::root_set_vector(&mut self.space, aer, 0);
+        for s in self
+            .slot
+            .write_config(&mut self.space, exp, slot_regs, offset, width, value)
+        {
+            self.signal(s);
+        }
+        aer::write_config(&mut self.space, aer);
+        let msi = self.msix.enabled(&self.space);
+        match aer::root_write_config(&self.space, aer, root_cmd, msi) {
+            RootSignal::Intx(level) => self.set_intx(level),
+            RootSignal::Msi(vector) => {
+                self.msix.notify(&self.space, vector);
+            }
+            RootSignal::None => {}
+        }
+        watched.effects(&self.space, self.layout.msix_bar)
+    }
+
+    /// The MSI-X BAR when it decodes.
+    pub fn bars(&self) -> Vec<BarMapping> {
+        let (index, size) = (self.layout.msix_bar, self.msix.bar_size());
+        header::memory_bar32(&self.space, index, size)
+            .map(|base| BarMapping {
+                index,
+                base,
+                size: size.into(),
+            })
+            .into_iter()
+            .collect()
+    }
+
+    /// A read of the MSI-X BAR (all ones for BARs the port does not have).
+    pub fn bar_read(&mut self, bar: u8, offset: u64, width: Width) -> u64 {
+        if bar != self.layout.msix_bar {
+            return u64::MAX;
+        }
+        self.msix.bar_read(offset, width)
+    }
+
+    /// A write to the MSI-X BAR.
+    pub fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
+        if bar == self.layout.msix_bar {
+            self.msix.bar_write(&self.space, offset, width, value);
+        }
+        Effects::empty()
+    }
+
+    /// QEMU's `pci_do_device_reset()` + `rp_reset()`: INTx deasserted; Command, Status, BARs,
+    /// Interrupt Line, Cache Line Size and MSI-X reset; Root Control, Device Control error
+    /// enables, ARI Forwarding, the slot, ACS Control and Root Error Command cleared; bus numbers
+    /// and Bridge Control cleared and the windows closed. What QEMU does not reset keeps its
+    /// value: AER severity/mask/ECRC enables, End-End TLP Prefix Blocking, and the writable
+    /// bytes after the capabilities.
+    pub fn reset(&mut self) {
+        let l = self.layout;
+        self.set_intx(false);
+        header::device_reset(&mut self.space, &[l.msix_bar]);
+        self.msix.reset(&mut self.space);
+        aer::root_set_vector(&mut self.space, l.aer, 0);
+        express::reset_root_port(&mut self.space, l.exp);
+        // Nothing behind the port is modelled as present yet (presence detect is the slot's).
+        self.slot.reset(&mut self.space, l.exp, l.slot, false);
+        acs::reset(&mut self.space, l.acs);
+        aer::root_reset(&mut self.space, l.aer);
+        bridge::reset(&mut self.space);
+    }
+
+    /// The state for saving.
+    pub fn state(&self) -> PortState {
+        PortState {
+            space: self.space.image(),
+            msix: self.msix.state(),
+            slot: self.slot,
+            intx: self.intx,
+        }
+    }
+
+    /// Load state made by [`PciePort::state`] of a port with the same layout; nothing changes
+    /// on error.
+    pub fn load_state(&mut self, s: &PortState) -> Result<(), String> {
+        let mut space = self.space.clone();
+        space.load_image(&s.space)?;
+        let mut msix = self.msix.clone();
+        msix.load_state(&s.msix)?;
+        self.space = space;
+        self.msix = msix;
+        self.slot = s.slot;
+        self.intx = s.intx;
+        Ok(())
+    }
+}

@@ -1,0 +1,719 @@
+//! Differential testing of configuration space: the same accesses against two targets (QEMU and
+//! pcierc), every read compared.
+//!
+//! A [`ConfigTarget`] is anything that answers configuration accesses (through its native path,
+//! ECAM for QEMU), configuration mechanism #1, guest memory (to probe where ECAM and BARs
+//! decode) and a platform reset. [`QtestTarget`] drives any qtest peer (QEMU, or `pcierc qtest`);
+//! `tests/models_vs_qemu.rs` runs pcierc's models in-process. [`Differential`] generates the
+//! accesses, runs them on both sides in batches and collects mismatches.
+
+use std::io;
+use std::ops::Range;
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::qtest::{self, Qtest};
+
+/// Where QEMU's firmware (and these tests) put ECAM: PCIEXBAR base 0xb0000000, 256 buses.
+pub const ECAM_BASE: u64 = 0xb000_0000;
+/// I/O port of CONFIG_ADDRESS.
+pub const CONFIG_ADDRESS: u16 = 0xcf8;
+/// First I/O port of CONFIG_DATA.
+pub const CONFIG_DATA: u16 = 0xcfc;
+/// The ICH9 reset control register (write 0x06 for a hard reset).
+pub const RESET_CONTROL: u16 = 0xcf9;
+
+/// A configuration register of a function.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Reg {
+    /// Bus.
+    pub bus: u8,
+    /// Device and function.
+    pub devfn: u8,
+    /// Register offset.
+    pub offset: u16,
+    /// 1, 2 or 4 bytes.
+    pub width: u8,
+}
+
+/// One access.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Configuration read through the target's native path.
+    Read(Reg),
+    /// Configuration write through the target's native path.
+    Write(Reg, u32),
+    /// Configuration read through CONFIG_ADDRESS/CONFIG_DATA (offset below 256).
+    Cf8Read(Reg),
+    /// Configuration write through CONFIG_ADDRESS/CONFIG_DATA.
+    Cf8Write(Reg, u32),
+    /// Guest memory read of (address, width 1/2/4/8).
+    MemRead(u64, u8),
+    /// Guest memory write of (address, width, data).
+    MemWrite(u64, u8, u64),
+}
+
+impl Reg {
+    /// The register `width` bytes wide at `offset` of (bus, devfn).
+    pub const fn new(bus: u8, devfn: u8, offset: u16, width: u8) -> Self {
+        Reg {
+            bus,
+            devfn,
+            offset,
+            width,
+        }
+    }
+}
+
+impl Op {
+    fn is_read(&self) -> bool {
+        matches!(self, Op::Read(_) | Op::Cf8Read(_) | Op::MemRead(..))
+    }
+}
+
+/// Something that answers configuration accesses.
+pub trait ConfigTarget {
+    /// Configuration read through the native path.
+    fn read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32;
+    /// Configuration write through the native path.
+    fn write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32);
+    /// Configuration read through mechanism #1.
+    fn cf8_read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32;
+    /// Configuration write through mechanism #1.
+    fn cf8_write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32);
+    /// Guest memory read.
+    fn mem_read(&mut self, addr: u64, width: u8) -> u64;
+    /// Guest memory write.
+    fn mem_write(&mut self, addr: u64, width: u8, value: u64);
+    /// A platform reset, then ECAM enabled again at [`ECAM_BASE`].
+    fn platform_reset(&mut self);
+    /// Run `ops` in order; the values of the reads, in order.
+    fn run(&mut self, ops: &[Op]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Read(r) => out.push(self.read(r.bus, r.devfn, r.offset, r.width).into()),
+                Op::Write(r, v) => self.write(r.bus, r.devfn, r.offset, r.width, v),
+                Op::Cf8Read(r) => out.push(self.cf8_read(r.bus, r.devfn, r.offset, r.width).into()),
+                Op::Cf8Write(r, v) => self.cf8_write(r.bus, r.devfn, r.offset, r.width, v),
+                Op::MemRead(addr, width) => out.push(self.mem_read(addr, width)),
+                Op::MemWrite(addr, width, value) => self.mem_write(addr, width, value),
+            }
+        }
+        out
+    }
+}
+
+/// CONFIG_ADDRESS for (bus, devfn, offset) with the enable bit (PCI Local Bus 3.0 §3.2.2.3.2).
+pub fn config_address(bus: u8, devfn: u8, offset: u16) -> u32 {
+    1 << 31 | u32::from(bus) << 16 | u32::from(devfn) << 8 | u32::from(offset & 0xfc)
+}
+
+/// ECAM address of (bus, devfn, offset) (PCIe Base 6.0 §7.2.2).
+pub fn ecam_address(bus: u8, devfn: u8, offset: u16) -> u64 {
+    ECAM_BASE + (u64::from(bus) << 20 | u64::from(devfn) << 12 | u64::from(offset & 0xfff))
+}
+
+/// A [`ConfigTarget`] over a qtest peer: configuration through ECAM at [`ECAM_BASE`] (enabled
+/// through PCIEXBAR by [`QtestTarget::new`]), mechanism #1 through `outl 0xcf8`/`in 0xcfc`.
+pub struct QtestTarget {
+    qt: Qtest,
+}
+
+impl QtestTarget {
+    /// Enable ECAM (PCIEXBAR = 0xb0000000, 256 MiB) through configuration mechanism #1.
+    pub fn new(qt: Qtest) -> io::Result<Self> {
+        let mut t = QtestTarget { qt };
+        t.enable_ecam()?;
+        Ok(t)
+    }
+
+    fn enable_ecam(&mut self) -> io::Result<()> {
+        self.qt
+            .io_write(CONFIG_ADDRESS, 4, config_address(0, 0, 0x64))?;
+        self.qt.io_write(CONFIG_DATA, 4, 0)?;
+        self.qt
+            .io_write(CONFIG_ADDRESS, 4, config_address(0, 0, 0x60))?;
+        self.qt.io_write(CONFIG_DATA, 4, ECAM_BASE as u32 | 1)
+    }
+
+    fn lines(op: &Op) -> Vec<String> {
+        let ecam = |r: Reg| ecam_address(r.bus, r.devfn, r.offset);
+        let cf8 =
+            |r: Reg| qtest::io_write(CONFIG_ADDRESS, 4, config_address(r.bus, r.devfn, r.offset));
+        match *op {
+            Op::Read(r) => vec![qtest::mem_read(ecam(r), r.width)],
+            Op::Write(r, v) => vec![qtest::mem_write(ecam(r), r.width, v.into())],
+            Op::Cf8Read(r) => vec![
+                cf8(r),
+                qtest::io_read(CONFIG_DATA + (r.offset & 3), r.width),
+            ],
+            Op::Cf8Write(r, v) => vec![
+                cf8(r),
+                qtest::io_write(CONFIG_DATA + (r.offset & 3), r.width, v),
+            ],
+            Op::MemRead(addr, width) => vec![qtest::mem_read(addr, width)],
+            Op::MemWrite(addr, width, value) => vec![qtest::mem_write(addr, width, value)],
+        }
+    }
+}
+
+/// The qtest peer failing is a test failure.
+fn must<T>(r: io::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("qtest: {e}"))
+}
+
+impl ConfigTarget for QtestTarget {
+    fn read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32 {
+        self.run(&[Op::Read(Reg::new(bus, devfn, offset, width))])[0] as u32
+    }
+    fn write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32) {
+        self.run(&[Op::Write(Reg::new(bus, devfn, offset, width), value)]);
+    }
+    fn cf8_read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32 {
+        self.run(&[Op::Cf8Read(Reg::new(bus, devfn, offset, width))])[0] as u32
+    }
+    fn cf8_write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32) {
+        self.run(&[Op::Cf8Write(Reg::new(bus, devfn, offset, width), value)]);
+    }
+    fn mem_read(&mut self, addr: u64, width: u8) -> u64 {
+        self.run(&[Op::MemRead(addr, width)])[0]
+    }
+    fn mem_write(&mut self, addr: u64, width: u8, value: u64) {
+        self.run(&[Op::MemWrite(addr, width, value)]);
+    }
+
+    /// ICH9 hard reset through 0xCF9, waiting until PCIEXBAR is back to its disabled default
+    /// (the reset runs asynchronously in QEMU's main loop; the CPU stays stopped under `-S`).
+    fn platform_reset(&mut self) {
+        must(self.qt.io_write(RESET_CONTROL, 1, 0x06));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if must(self.qt.read(ECAM_BASE, 4)) != 0x29c0_8086 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "QEMU did not reset");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        must(self.enable_ecam());
+    }
+
+    fn run(&mut self, ops: &[Op]) -> Vec<u64> {
+        let mut lines = Vec::with_capacity(ops.len());
+        let mut wanted = Vec::with_capacity(ops.len());
+        for op in ops {
+            let l = Self::lines(op);
+            if op.is_read() {
+                wanted.push(lines.len() + l.len() - 1);
+            }
+            lines.extend(l);
+        }
+        let answers = must(self.qt.batch(&lines));
+        wanted
+            .into_iter()
+            .map(|i| {
+                qtest::parse_value(&answers[i])
+                    .unwrap_or_else(|| panic!("'{}' answered '{}'", lines[i], answers[i]))
+            })
+            .collect()
+    }
+}
+
+/// Which model a function is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The Q35 MCH.
+    Mch,
+    /// A `pcie-root-port`.
+    RootPort,
+}
+
+/// A function both targets have on bus 0.
+#[derive(Clone, Debug)]
+pub struct Function {
+    /// Name in reports.
+    pub name: String,
+    /// Model.
+    pub kind: Kind,
+    /// Device and function.
+    pub devfn: u8,
+}
+
+/// A documented, deliberate difference: reads of `offsets` of `kind` functions may differ.
+#[derive(Clone, Debug)]
+pub struct Deviation {
+    /// Model.
+    pub kind: Kind,
+    /// Configuration offsets.
+    pub offsets: Range<u16>,
+    /// Why (see `docs/qemu-compat.md`).
+    pub reason: &'static str,
+}
+
+/// The deviations visible in configuration space: none. (The reserved PCIEXBAR length, where
+/// QEMU aborts and pcierc disables ECAM, is never written to QEMU.)
+pub const DEVIATIONS: &[Deviation] = &[];
+
+/// One differing read.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    /// Function name, or "memory" for guest-memory probes.
+    pub function: String,
+    /// Configuration offset or guest-physical address.
+    pub offset: u64,
+    /// Access width.
+    pub width: u8,
+    /// The step and pattern that led here.
+    pub step: String,
+    /// QEMU's value.
+    pub qemu: u64,
+    /// pcierc's value.
+    pub ours: u64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (func, off, w, step) = (&self.function, self.offset, self.width, &self.step);
+        write!(
+            f,
+            "{func} {off:#05x}/{w} [{step}]: qemu {:#x}, pcierc {:#x}",
+            self.qemu, self.ours
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Label {
+    function: Option<usize>,
+    offset: u64,
+    width: u8,
+    step: Rc<str>,
+}
+
+/// A batch of accesses with a label for every read, run on both sides by [`Differential::run`].
+pub struct Script {
+    step: Rc<str>,
+    ops: Vec<Op>,
+    labels: Vec<Label>,
+}
+
+impl Script {
+    /// An empty batch; reads are labelled with `step` until [`Script::step`] changes it.
+    pub fn new(step: &str) -> Self {
+        Script {
+            step: step.into(),
+            ops: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// Label the following reads with `step`.
+    pub fn step(&mut self, step: &str) {
+        self.step = step.into();
+    }
+
+    /// Append a raw access; reads are labelled with `function` (an index) and `offset`.
+    pub fn push(&mut self, op: Op, function: Option<usize>, offset: u64) {
+        if op.is_read() {
+            let width = match op {
+                Op::Read(r) | Op::Cf8Read(r) => r.width,
+                Op::MemRead(_, w) => w,
+                _ => 0,
+            };
+            self.labels.push(Label {
+                function,
+                offset,
+                width,
+                step: self.step.clone(),
+            });
+        }
+        self.ops.push(op);
+    }
+}
+
+/// The comparison engine: generates accesses for the functions under test and compares every
+/// read of `qemu` and `ours`.
+pub struct Differential<'a> {
+    qemu: &'a mut dyn ConfigTarget,
+    ours: &'a mut dyn ConfigTarget,
+    functions: Vec<Function>,
+    deviations: &'a [Deviation],
+    compared: usize,
+    allowed: usize,
+    ops: usize,
+    mismatches: Vec<Mismatch>,
+}
+
+/// The dword patterns written everywhere.
+pub const PATTERNS: [u32; 4] = [0xffff_ffff, 0x0000_0000, 0xa5a5_a5a5, 0x5a5a_5a5a];
+/// Where the root ports' MSI-X BARs are placed (one MiB apart), below QEMU's IOAPIC.
+pub const BAR_BASE: u64 = 0xfe00_0000;
+
+/// (low, high) dwords the PCIEXBAR step programs, in order; never the reserved length.
+#[rustfmt::skip]
+const PCIEXBAR_STATES: [(u32, u32); 9] = [
+    (0xe000_0001, 0), (0xe000_0003, 0), (0xe000_0005, 0), (0xb800_0003, 0), (0xb600_0005, 0),
+    (0xb000_0001, 1), (0xbfff_fff1, 0xffff_ffff), (0xb000_0000, 0), (0xb000_0001, 0),
+];
+/// Candidate ECAM bases probed after each PCIEXBAR state.
+#[rustfmt::skip]
+const PCIEXBAR_PROBES: [u64; 9] = [
+    0xb000_0000, 0xb200_0000, 0xb400_0000, 0xb600_0000, 0xb800_0000, 0xe000_0000, 0xe400_0000,
+    0x1_b000_0000, 0xf_b000_0000,
+];
+/// MSI-X BAR offsets read at every width: table, its end, the hole, PBA, the BAR's end.
+#[rustfmt::skip]
+const MSIX_OFFSETS: [u64; 18] = [
+    0, 2, 4, 6, 8, 0xa, 0xc, 0xe, 0x10, 0x14, 0x7fc, 0x800, 0x802, 0x804, 0x806, 0x808, 0xff8, 0xffc,
+];
+/// MSI-X BAR writes (offset, width, value): whole and partial table dwords, unaligned and
+/// straddling accesses, the hole and the PBA.
+#[rustfmt::skip]
+const MSIX_WRITES: [(u64, u8, u64); 12] = [
+    (0x0, 4, 0xfee0_0000), (0x4, 4, 0x1), (0x8, 4, 0x4041), (0xc, 1, 0), (0xc, 2, 0),
+    (0x0, 8, 0x1122_3344_5566_7788), (0x2, 4, 0xdead_beef), (0x6, 8, u64::MAX),
+    (0x10, 4, 0xffff_ffff), (0x800, 4, 0xffff_ffff), (0x7fc, 8, u64::MAX), (0xc, 4, 0xffff_ffff),
+];
+/// Hot-plug events against MSI-X state: (step, config offset or 0xffff for the vector's mask
+/// in the table, width, value). Masked events pend in the PBA; unmasking delivers them; with
+/// MSI-X off, INTx (Status bit 3) is what QEMU shows.
+#[rustfmt::skip]
+const HOTPLUG_SEQUENCE: [(&str, u16, u8, u32); 12] = [
+    ("vector masked", 0xffff, 0, 1), ("msix enable+maskall", 0x48, 4, 0xc000_0000),
+    ("sltctl hpie+ccie", 0x6c, 2, 0x0030), ("function unmask", 0x48, 4, 0x8000_0000),
+    ("vector unmask", 0xffff, 0, 0), ("clear cc", 0x6e, 2, 0x0010), ("sltctl again", 0x6c, 2, 0x0030),
+    ("vector mask", 0xffff, 0, 1), ("sltctl hpie only", 0x6c, 2, 0x0020), ("msix off", 0x48, 4, 0),
+    ("clear cc again", 0x6e, 2, 0x0010), ("sltctl intx", 0x6c, 4, 0x0000_0030),
+];
+
+impl<'a> Differential<'a> {
+    /// Compare `ours` against `qemu` on `functions`, tolerating `deviations`.
+    pub fn new(
+        qemu: &'a mut dyn ConfigTarget,
+        ours: &'a mut dyn ConfigTarget,
+        functions: Vec<Function>,
+        deviations: &'a [Deviation],
+    ) -> Self {
+        Differential {
+            qemu,
+            ours,
+            functions,
+            deviations,
+            compared: 0,
+            allowed: 0,
+            ops: 0,
+            mismatches: Vec::new(),
+        }
+    }
+
+    /// Reads compared so far.
+    pub fn compared(&self) -> usize {
+        self.compared
+    }
+    /// Accesses run so far on each side.
+    pub fn ops(&self) -> usize {
+        self.ops
+    }
+    /// Differing reads excused by a [`Deviation`].
+    pub fn allowed(&self) -> usize {
+        self.allowed
+    }
+    /// The mismatches found so far.
+    pub fn mismatches(&self) -> &[Mismatch] {
+        &self.mismatches
+    }
+
+    fn reg(&self, f: usize, offset: u16, width: u8) -> Reg {
+        Reg::new(0, self.functions[f].devfn, offset, width)
+    }
+    fn read(&self, s: &mut Script, f: usize, offset: u16, width: u8) {
+        s.push(Op::Read(self.reg(f, offset, width)), Some(f), offset.into());
+    }
+    fn write(&self, s: &mut Script, f: usize, offset: u16, width: u8, value: u32) {
+        s.push(
+            Op::Write(self.reg(f, offset, width), value),
+            Some(f),
+            offset.into(),
+        );
+    }
+
+    /// Run a script on both sides and compare every read.
+    pub fn run(&mut self, script: Script) {
+        let q = self.qemu.run(&script.ops);
+        let o = self.ours.run(&script.ops);
+        self.ops += script.ops.len();
+        for ((l, qv), ov) in script.labels.iter().zip(q).zip(o) {
+            self.compared += 1;
+            if qv == ov {
+                continue;
+            }
+            let func = l.function.and_then(|i| self.functions.get(i));
+            let excused = self.deviations.iter().any(|d| {
+                func.is_some_and(|f| f.kind == d.kind)
+                    && l.offset < u64::from(d.offsets.end)
+                    && u64::from(d.offsets.start) < l.offset + u64::from(l.width)
+            });
+            if excused {
+                self.allowed += 1;
+                continue;
+            }
+            let function = func.map_or_else(|| "memory".to_string(), |f| f.name.clone());
+            let (offset, width, step) = (l.offset, l.width, l.step.to_string());
+            self.mismatches.push(Mismatch {
+                function,
+                offset,
+                width,
+                step,
+                qemu: qv,
+                ours: ov,
+            });
+        }
+    }
+
+    /// Panic listing the mismatches (the first 60) if there are any.
+    pub fn assert_clean(&self) {
+        if self.mismatches.is_empty() {
+            return;
+        }
+        let list: Vec<String> = self
+            .mismatches
+            .iter()
+            .take(60)
+            .map(|m| format!("  {m}"))
+            .collect();
+        panic!(
+            "{} of {} reads differ from QEMU:\n{}",
+            self.mismatches.len(),
+            self.compared,
+            list.join("\n")
+        );
+    }
+
+    /// Everything, in an order that keeps both sides addressable: reset values, mechanism #1,
+    /// PCIEXBAR moves, write patterns, MSI-X BARs, and a platform reset after writes.
+    pub fn run_all(&mut self) {
+        self.reset_values("reset");
+        self.mechanism1();
+        self.pciexbar();
+        self.write_patterns();
+        self.msix_bars();
+        self.reset_after_writes();
+    }
+
+    /// Every offset of every function at widths 1, 2 and 4.
+    pub fn reset_values(&mut self, step: &str) {
+        let mut s = Script::new(step);
+        for f in 0..self.functions.len() {
+            for width in [1u8, 2, 4] {
+                for off in (0..0x1000u16).step_by(width.into()) {
+                    self.read(&mut s, f, off, width);
+                }
+            }
+        }
+        // Absent functions and buses read all ones.
+        for (bus, devfn) in [(0u8, 0x08u8), (0, 0xff), (1, 0), (0xff, 0xe0)] {
+            s.push(
+                Op::Read(Reg::new(bus, devfn, 0, 4)),
+                None,
+                u64::from(bus) << 8 | u64::from(devfn),
+            );
+            s.push(
+                Op::Cf8Read(Reg::new(bus, devfn, 0, 4)),
+                None,
+                u64::from(bus) << 8 | u64::from(devfn),
+            );
+        }
+        self.run(s);
+    }
+
+    /// The first 256 bytes through CONFIG_ADDRESS/CONFIG_DATA at every width, and a few writes.
+    pub fn mechanism1(&mut self) {
+        let mut s = Script::new("cf8 read");
+        for f in 0..self.functions.len() {
+            for width in [1u8, 2, 4] {
+                for off in (0..0x100u16).step_by(width.into()) {
+                    s.push(Op::Cf8Read(self.reg(f, off, width)), Some(f), off.into());
+                }
+            }
+            s.step("cf8 write");
+            for (off, width, value) in [
+                (0x3c, 1, 0x5a),
+                (0x0c, 1, 0x10),
+                (0x04, 2, 0x0004),
+                (0x40, 4, 0x1234_5678),
+            ] {
+                s.push(
+                    Op::Cf8Write(self.reg(f, off, width), value),
+                    Some(f),
+                    off.into(),
+                );
+                s.push(
+                    Op::Cf8Read(self.reg(f, off & !3, 4)),
+                    Some(f),
+                    u64::from(off & !3),
+                );
+                self.read(&mut s, f, off & !3, 4);
+                s.push(
+                    Op::Cf8Write(self.reg(f, off, width), 0),
+                    Some(f),
+                    off.into(),
+                );
+            }
+            s.step("cf8 read");
+        }
+        self.run(s);
+    }
+
+    /// PCIEXBAR moved, resized and disabled through mechanism #1 (never to the reserved length,
+    /// which aborts QEMU); after each, where the MCH, a port and the window edges answer.
+    pub fn pciexbar(&mut self) {
+        let Some(mch) = self.functions.iter().position(|f| f.kind == Kind::Mch) else {
+            return;
+        };
+        let port = self
+            .functions
+            .iter()
+            .find(|f| f.kind == Kind::RootPort)
+            .map_or(0, |f| f.devfn);
+        let mut s = Script::new("pciexbar");
+        for (lo, hi) in PCIEXBAR_STATES {
+            s.step(&format!("PCIEXBAR={hi:#x}:{lo:#010x}"));
+            s.push(Op::Cf8Write(self.reg(mch, 0x64, 4), hi), Some(mch), 0x64);
+            s.push(Op::Cf8Write(self.reg(mch, 0x60, 4), lo), Some(mch), 0x60);
+            s.push(Op::Cf8Read(self.reg(mch, 0x60, 4)), Some(mch), 0x60);
+            s.push(Op::Cf8Read(self.reg(mch, 0x64, 4)), Some(mch), 0x64);
+            for base in PCIEXBAR_PROBES {
+                for bus in [0u64, 63, 64, 127, 128, 255] {
+                    s.push(Op::MemRead(base + (bus << 20), 4), None, base + (bus << 20));
+                }
+                let a = base + (u64::from(port) << 12) + 8;
+                s.push(Op::MemRead(a, 4), None, a);
+            }
+        }
+        self.run(s);
+    }
+
+    /// After a write, re-read the dword it landed in; bus numbers are put back to 0 after.
+    fn write_and_check(&self, s: &mut Script, f: usize, off: u16, width: u8, value: u32) {
+        self.write(s, f, off, width, value);
+        self.read(s, f, off & !3, 4);
+        if self.functions[f].kind == Kind::RootPort && (0x18..0x1c).contains(&off) {
+            self.write(s, f, 0x18, 4, 0);
+        }
+    }
+
+    /// Registers never written through ECAM: the MCH's PCIEXBAR (it moves ECAM itself, and the
+    /// reserved length aborts QEMU) — see [`Differential::pciexbar`].
+    fn protected(&self, f: usize, off: u16) -> bool {
+        self.functions[f].kind == Kind::Mch && (0x60..0x68).contains(&off)
+    }
+
+    /// Dword patterns at every dword, then every word and every byte written 1s and 0s; each
+    /// write followed by a read of its dword, each pass by a read of everything.
+    pub fn write_patterns(&mut self) {
+        for p in PATTERNS {
+            let mut s = Script::new(&format!("dword {p:#010x}"));
+            for f in 0..self.functions.len() {
+                for off in (0..0x1000u16).step_by(4).filter(|&o| !self.protected(f, o)) {
+                    self.write_and_check(&mut s, f, off, 4, p);
+                }
+            }
+            s.step(&format!("after dword {p:#010x}"));
+            self.read_everything(&mut s);
+            self.run(s);
+        }
+        for (width, name) in [(2u8, "word"), (1, "byte")] {
+            let mut s = Script::new(name);
+            for f in 0..self.functions.len() {
+                for off in (0..0x1000u16)
+                    .step_by(width.into())
+                    .filter(|&o| !self.protected(f, o))
+                {
+                    self.write_and_check(
+                        &mut s,
+                        f,
+                        off,
+                        width,
+                        0xffff_ffff >> (32 - 8 * u32::from(width)),
+                    );
+                    self.write_and_check(&mut s, f, off, width, 0);
+                }
+            }
+            s.step(&format!("after {name} writes"));
+            self.read_everything(&mut s);
+            self.run(s);
+        }
+    }
+
+    fn read_everything(&self, s: &mut Script) {
+        for f in 0..self.functions.len() {
+            for off in (0..0x1000u16).step_by(4) {
+                self.read(s, f, off, 4);
+            }
+        }
+    }
+
+    /// Each root port's BAR0 (MSI-X table and PBA) at every width and alignment, writes to the
+    /// table and PBA, and the hot-plug/MSI-X interplay QEMU shows in the PBA and Status.
+    pub fn msix_bars(&mut self) {
+        self.qemu.platform_reset();
+        self.ours.platform_reset();
+        let ports: Vec<usize> = (0..self.functions.len())
+            .filter(|&f| self.functions[f].kind == Kind::RootPort)
+            .collect();
+        let mut s = Script::new("msix");
+        for (i, &f) in ports.iter().enumerate() {
+            let bar = BAR_BASE + ((i as u64) << 20);
+            self.write(&mut s, f, 0x10, 4, bar as u32);
+            self.write(&mut s, f, 0x04, 2, 0x0002);
+            let dump = |s: &mut Script| {
+                for off in MSIX_OFFSETS {
+                    for width in [1u8, 2, 4, 8]
+                        .into_iter()
+                        .filter(|&w| off + u64::from(w) <= 0x1000)
+                    {
+                        s.push(Op::MemRead(bar + off, width), None, bar + off);
+                    }
+                }
+            };
+            dump(&mut s);
+            for (off, width, value) in MSIX_WRITES {
+                s.step(&format!("msix write{width} {off:#x}={value:#x}"));
+                s.push(Op::MemWrite(bar + off, width, value), None, bar + off);
+                dump(&mut s);
+            }
+            // Hot-plug events with MSI-X enabled and masked pend; unmasking delivers them.
+            for (name, off, width, value) in HOTPLUG_SEQUENCE {
+                s.step(name);
+                if off == 0xffff {
+                    s.push(Op::MemWrite(bar + 0xc, 4, value.into()), None, bar + 0xc);
+                } else {
+                    self.write(&mut s, f, off, width, value);
+                }
+                for r in [0x04u16, 0x48, 0x6c] {
+                    self.read(&mut s, f, r, 4);
+                }
+                s.push(Op::MemRead(bar + 0x800, 8), None, bar + 0x800);
+                s.push(Op::MemRead(bar + 0x8, 8), None, bar + 0x8);
+            }
+            s.step("memory decode off");
+            self.write(&mut s, f, 0x04, 2, 0);
+            s.push(Op::MemRead(bar + 0xc, 4), None, bar + 0xc);
+        }
+        self.run(s);
+    }
+
+    /// Write every register, reset the platform, compare everything again.
+    pub fn reset_after_writes(&mut self) {
+        let mut s = Script::new("before reset");
+        for f in 0..self.functions.len() {
+            for off in (0..0x1000u16).step_by(4).filter(|&o| !self.protected(f, o)) {
+                self.write_and_check(&mut s, f, off, 4, 0xa5a5_a5a5);
+            }
+        }
+        self.run(s);
+        self.qemu.platform_reset();
+        self.ours.platform_reset();
+        self.reset_values("after platform reset");
+    }
+}

@@ -1,0 +1,201 @@
+//! pcierc's function models against QEMU 7.2, register by register: the MCH and two
+//! `pcie-root-port`s in QEMU's `q35` machine on one side, the same functions as in-process
+//! models on the other, every read compared (see `pcierc_tests::differential`).
+
+use std::time::Instant;
+
+use pcierc_backend::devices::{Mch, RootPort, RootPortConfig};
+use pcierc_backend::pci::PciFunction;
+use pcierc_tests::differential::{
+    ConfigTarget, Differential, Function, Kind, QtestTarget, DEVIATIONS, ECAM_BASE,
+};
+use pcierc_tests::qtest::qemu_q35;
+
+/// pcierc's models in-process, placed on bus 0 like QEMU's machine: the MCH at 00:00.0 and
+/// root ports at their devfns. ECAM decodes through the MCH's PCIEXBAR and BAR0s through the
+/// ports; every other address reads 0, as unassigned memory does in QEMU.
+struct ModelTarget {
+    mch: Mch,
+    ports: Vec<(u8, RootPort)>,
+}
+
+impl ModelTarget {
+    /// ECAM enabled at [`ECAM_BASE`], as `QtestTarget::new` does.
+    fn new(ports: Vec<(u8, RootPort)>) -> Self {
+        let mut t = ModelTarget {
+            mch: Mch::new(),
+            ports,
+        };
+        t.mch.config_write(0x60, 4, ECAM_BASE as u32 | 1);
+        t
+    }
+
+    fn function(&mut self, bus: u8, devfn: u8) -> Option<&mut dyn PciFunction> {
+        match (bus, devfn) {
+            (0, 0) => Some(&mut self.mch),
+            (0, d) => self
+                .ports
+                .iter_mut()
+                .find(|(f, _)| *f == d)
+                .map(|(_, p)| p as &mut dyn PciFunction),
+            _ => None,
+        }
+    }
+
+    fn ecam(&self, addr: u64) -> Option<(u8, u8, u16)> {
+        let (base, size, _) = self.mch.ecam()?;
+        let off = addr.checked_sub(base).filter(|&o| o < size)?;
+        Some(((off >> 20) as u8, (off >> 12) as u8, (off & 0xfff) as u16))
+    }
+
+    fn bar(&self, addr: u64) -> Option<(usize, u8, u64)> {
+        self.ports.iter().enumerate().find_map(|(i, (_, p))| {
+            p.bars().into_iter().find_map(|b| {
+                addr.checked_sub(b.base)
+                    .filter(|&o| o < b.size)
+                    .map(|o| (i, b.index, o))
+            })
+        })
+    }
+}
+
+impl ConfigTarget for ModelTarget {
+    fn read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32 {
+        let ones = u32::MAX >> (32 - 8 * u32::from(width));
+        self.function(bus, devfn)
+            .map_or(ones, |f| f.config_read(offset, width))
+    }
+    fn write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32) {
+        if let Some(f) = self.function(bus, devfn) {
+            f.config_write(offset, width, value);
+        }
+    }
+    fn cf8_read(&mut self, bus: u8, devfn: u8, offset: u16, width: u8) -> u32 {
+        self.read(bus, devfn, offset & 0xff, width)
+    }
+    fn cf8_write(&mut self, bus: u8, devfn: u8, offset: u16, width: u8, value: u32) {
+        self.write(bus, devfn, offset & 0xff, width, value)
+    }
+    fn mem_read(&mut self, addr: u64, width: u8) -> u64 {
+        if let Some((bus, devfn, off)) = self.ecam(addr) {
+            return self.read(bus, devfn, off, width.min(4)).into();
+        }
+        self.bar(addr)
+            .map_or(0, |(i, bar, off)| self.ports[i].1.bar_read(bar, off, width))
+    }
+    fn mem_write(&mut self, addr: u64, width: u8, value: u64) {
+        if let Some((bus, devfn, off)) = self.ecam(addr) {
+            return self.write(bus, devfn, off, width.min(4), value as u32);
+        }
+        if let Some((i, bar, off)) = self.bar(addr) {
+            self.ports[i].1.bar_write(bar, off, width, value);
+        }
+    }
+    fn platform_reset(&mut self) {
+        self.mch.reset();
+        self.ports.iter_mut().for_each(|(_, p)| p.reset());
+        self.mch.config_write(0x60, 4, ECAM_BASE as u32 | 1);
+    }
+}
+
+/// A root port as the QEMU command line describes it: (devfn, `-device` argument, config).
+fn port(addr: (u8, u8), qemu_extra: &str, config: RootPortConfig) -> (u8, String, RootPort) {
+    let arg = format!(
+        "pcie-root-port,id={},bus=pcie.0,chassis={},slot={},addr={:#x}.{}{}{qemu_extra}",
+        config.id,
+        config.chassis,
+        config.slot,
+        addr.0,
+        addr.1,
+        if config.multifunction {
+            ",multifunction=on"
+        } else {
+            ""
+        },
+    );
+    (
+        addr.0 << 3 | addr.1,
+        arg,
+        RootPort::try_new(config).expect("a configuration QEMU accepts"),
+    )
+}
+
+fn compare(ports: Vec<(u8, String, RootPort)>) {
+    let args: Vec<String> = ports.iter().map(|(_, a, _)| a.clone()).collect();
+    let Some(qt) = qemu_q35(&args.iter().map(String::as_str).collect::<Vec<_>>()) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
+    let mut functions = vec![Function {
+        name: "00:00.0 mch".into(),
+        kind: Kind::Mch,
+        devfn: 0,
+    }];
+    for (devfn, _, p) in &ports {
+        let name = format!("00:{:02x}.{} {}", devfn >> 3, devfn & 7, p.config().id);
+        functions.push(Function {
+            name,
+            kind: Kind::RootPort,
+            devfn: *devfn,
+        });
+    }
+    let mut ours = ModelTarget::new(ports.into_iter().map(|(d, _, p)| (d, p)).collect());
+    let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
+    diff.run_all();
+    eprintln!(
+        "models vs QEMU ({}): {} accesses, {} reads compared, {} mismatches, {} allowed, {:.2?}",
+        args.join(" "),
+        diff.ops(),
+        diff.compared(),
+        diff.mismatches().len(),
+        diff.allowed(),
+        started.elapsed()
+    );
+    diff.assert_clean();
+}
+
+fn config(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPortConfig {
+    RootPortConfig {
+        id: id.into(),
+        chassis,
+        slot,
+        multifunction,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn default_root_ports_match_qemu() {
+    compare(vec![
+        port((0x1c, 0), "", config("rp1", 1, 1, true)),
+        port((0x1c, 1), "", config("rp2", 2, 2, false)),
+    ]);
+}
+
+#[test]
+fn resource_reserve_root_ports_match_qemu() {
+    let rp1 = RootPortConfig {
+        port: 0x10,
+        bus_reserve: Some(2),
+        io_reserve: Some(0x2000),
+        mem_reserve: Some(0x10_0000),
+        pref64_reserve: Some(0x4000_0000),
+        ..config("rp1", 1, 1, true)
+    };
+    let rp2 = RootPortConfig {
+        slot: 0x1fff,
+        bus_reserve: Some(0),
+        io_reserve: Some(0),
+        pref32_reserve: Some(0x100_0000),
+        ..config("rp2", 7, 0x1fff, false)
+    };
+    compare(vec![
+        port(
+            (0x1c, 0),
+            ",port=0x10,bus-reserve=2,io-reserve=0x2000,mem-reserve=0x100000,pref64-reserve=0x40000000",
+            rp1,
+        ),
+        port((0x1c, 1), ",bus-reserve=0,io-reserve=0,pref32-reserve=0x1000000", rp2),
+    ]);
+}
