@@ -1,11 +1,18 @@
 //! pcierc's Xen ioreq-server shim (`pcierc-xen-shim`).
 //!
-//! This first slice holds the translation of Xen's `IOREQ_TYPE_PCI_CONFIG` requests into pcierc
-//! protocol accesses; the ioreq-server ABI, setup sequence and service loop follow (see the
-//! repository's issue tracker and `docs/protocol.md`). Xen structures never leak past this crate:
-//! the protocol only speaks of PCIe (segment, bus, devfn, offset, width).
+//! - [`abi`]: the Xen 4.17 ioreq-server ABI (ioreq pages, dm_ops, privcmd and evtchn ioctls) as
+//!   `#[repr(C)]` items, checked against the C headers by `tests/c_abi.rs`.
+//! - [`ioreq_service`]: the pure part of the service loop: take a READY ioreq slot, classify it,
+//!   hand it to an [`ioreq_service::IoHandler`], write the answer back.
+//! - [`pci_config`]: `IOREQ_TYPE_PCI_CONFIG` requests as pcierc protocol accesses.
+//!
+//! The device I/O (opening /dev/xen/privcmd and /dev/xen/evtchn, the setup sequence, the event
+//! loop) follows. Xen structures never leak past this crate: the protocol only speaks of PCIe
+//! (segment, bus, devfn, offset, width).
 #![deny(missing_docs)]
 
+pub mod abi;
+pub mod ioreq_service;
 pub mod pci_config;
 
 /// A Xen domain id, as the hypervisor ABI defines it.

@@ -38,12 +38,28 @@ pub fn translate(addr: u64, size: u32, data: u64) -> Result<Vec<ConfigAccess>, T
         devfn: sbdf as u8,
         ..Default::default()
     };
-    let mask = |w: u32| if w == 4 { u64::from(u32::MAX) } else { (1u64 << (8 * w)) - 1 };
-    if reg % size == 0 {
-        return Ok(vec![ConfigAccess { offset: reg as u16, width: size as u8, data: data & mask(size), ..base }]);
+    let mask = |w: u32| {
+        if w == 4 {
+            u64::from(u32::MAX)
+        } else {
+            (1u64 << (8 * w)) - 1
+        }
+    };
+    if reg.is_multiple_of(size) {
+        return Ok(vec![ConfigAccess {
+            offset: reg as u16,
+            width: size as u8,
+            data: data & mask(size),
+            ..base
+        }]);
     }
     Ok((0..size)
-        .map(|i| ConfigAccess { offset: (reg + i) as u16, width: 1, data: (data >> (8 * i)) & 0xff, ..base })
+        .map(|i| ConfigAccess {
+            offset: (reg + i) as u16,
+            width: 1,
+            data: (data >> (8 * i)) & 0xff,
+            ..base
+        })
         .collect())
 }
 
@@ -57,7 +73,10 @@ mod tests {
         // FLOW.md §4: CF8=0x80001804 and a word read at 0xcfe give addr 0x0000001800000006.
         let a = translate(0x0000_0018_0000_0006, 2, 0).unwrap();
         assert_eq!(a.len(), 1);
-        assert_eq!((a[0].bus, a[0].devfn, a[0].offset, a[0].width), (0, 0x18, 6, 2));
+        assert_eq!(
+            (a[0].bus, a[0].devfn, a[0].offset, a[0].width),
+            (0, 0x18, 6, 2)
+        );
         assert!(a[0].is_valid());
     }
 
@@ -75,8 +94,14 @@ mod tests {
     fn rejects_bad_sizes_and_offsets() {
         assert_eq!(translate(0, 3, 0), Err(TranslateError::BadSize(3)));
         assert_eq!(translate(0, 8, 0), Err(TranslateError::BadSize(8)));
-        assert_eq!(translate(0xffe, 4, 0), Err(TranslateError::OutOfRange(0xffe, 4)));
-        assert_eq!(translate(0xffff_ffff, 1, 0), Err(TranslateError::OutOfRange(0xffff_ffff, 1)));
+        assert_eq!(
+            translate(0xffe, 4, 0),
+            Err(TranslateError::OutOfRange(0xffe, 4))
+        );
+        assert_eq!(
+            translate(0xffff_ffff, 1, 0),
+            Err(TranslateError::OutOfRange(0xffff_ffff, 1))
+        );
         assert_eq!(translate(0xffc, 4, 0x1_0000_0001).unwrap()[0].data, 1);
     }
 }

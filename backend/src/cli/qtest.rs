@@ -5,6 +5,11 @@
 //! `writeb/writew/writel/writeq ADDR VALUE`, answered in QEMU's format (`OK 0x%04x` for port
 //! reads, `OK 0x%016x` for memory reads, `OK` for writes). Anything else gets `FAIL ...` and the
 //! session goes on (QEMU asserts on malformed numbers; we do not).
+//!
+//! Like a VMM, the tool plays the rest of the machine for what pcierc does not own: unclaimed
+//! ports float high, unclaimed memory reads zero, and ICH9's Reset Control register at 0xCF9
+//! (ICH9 datasheet §13.7.5, as QEMU's `ich9_rst_cnt_write`) keeps bits 1 and 3 and turns a write
+//! with bit 2 (RST_CPU) into a platform reset of the hierarchy (`Reset` request).
 
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -32,7 +37,47 @@ fn number(s: &str) -> Option<u64> {
     crate::topology::addr::parse_uint(s).ok()
 }
 
-/// One qtest line -> one response line (without the newline).
+/// ICH9 Reset Control register port.
+const RST_CNT: u64 = 0xcf9;
+
+/// The machine around the backend as one qtest session sees it.
+pub struct Machine {
+    fe: Frontend,
+    rst_cnt: u8,
+}
+
+impl Machine {
+    /// A machine whose root complex is reached through `fe`.
+    pub fn new(fe: Frontend) -> Self {
+        Machine { fe, rst_cnt: 0 }
+    }
+
+    /// One qtest line -> one response line (without the newline).
+    pub fn answer(&mut self, line: &str) -> String {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let (Some(&cmd), Some(port)) = (words.first(), words.get(1).and_then(|w| number(w))) {
+            if port == RST_CNT && cmd == "inb" && words.len() == 2 {
+                return format!("OK 0x{:04x}", self.rst_cnt);
+            }
+            if port == RST_CNT && cmd == "outb" && words.len() == 3 {
+                let Some(v) = number(words[2]) else {
+                    return format!("FAIL bad value '{}'", words[2]);
+                };
+                self.rst_cnt = (v & 0xa) as u8;
+                if v & 4 != 0 {
+                    self.rst_cnt = 0;
+                    if let Err(e) = self.fe.reset() {
+                        return format!("FAIL reset: {e}");
+                    }
+                }
+                return "OK".into();
+            }
+        }
+        answer(&mut self.fe, line)
+    }
+}
+
+/// One qtest line -> one response line (without the newline), everything through `fe`.
 pub fn answer(fe: &mut Frontend, line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     let Some(&cmd) = words.first() else {
@@ -53,6 +98,7 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
         "writew" => (false, false, 2),
         "writel" => (false, false, 4),
         "writeq" => (false, false, 8),
+        "endianness" if words.len() == 1 => return "OK little".into(),
         other => return format!("FAIL Unknown command '{other}'"),
     };
     let want = if is_read { 2 } else { 3 };
@@ -103,8 +149,9 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
 
 /// Serve qtest lines from `input` until EOF.
 pub fn run(path: &Path, input: impl BufRead, mut output: impl Write) -> Result<()> {
-    let mut fe = Frontend::connect(path, FrontendOptions::tool("pcierc-qtest"))
+    let fe = Frontend::connect(path, FrontendOptions::tool("pcierc-qtest"))
         .map_err(|e| Error::Topology(format!("connecting to {}: {e}", path.display())))?;
+    let mut machine = Machine::new(fe);
     let io = |source| Error::Io {
         context: "qtest stdio".into(),
         source,
@@ -114,7 +161,7 @@ pub fn run(path: &Path, input: impl BufRead, mut output: impl Write) -> Result<(
         if line.trim().is_empty() {
             continue;
         }
-        let reply = answer(&mut fe, &line);
+        let reply = machine.answer(&line);
         writeln!(output, "{reply}").map_err(io)?;
         output.flush().map_err(io)?;
     }

@@ -259,7 +259,10 @@ mod tests {
         r.set_dir(IOREQ_WRITE);
         r.set_df(true);
         assert_eq!(r.bitfields, 0x53);
-        assert_eq!((r.state(), r.data_is_ptr(), r.dir(), r.df()), (3, true, 0, true));
+        assert_eq!(
+            (r.state(), r.data_is_ptr(), r.dir(), r.df()),
+            (3, true, 0, true)
+        );
         r.set_state(STATE_IOREQ_INPROCESS);
         assert_eq!(r.bitfields, 0x52);
     }
@@ -267,12 +270,19 @@ mod tests {
     #[test]
     fn buf_ioreq_matches_abi_txt_sample() {
         // abi.txt: COPY write, size code 2, addr 0xa0123, data 0xdeadbeef = 01 38 12 a0 ef be ad de.
-        let mut b = buf_ioreq_t { type_: IOREQ_TYPE_COPY, data: 0xdead_beef, ..Default::default() };
+        let mut b = buf_ioreq_t {
+            type_: IOREQ_TYPE_COPY,
+            data: 0xdead_beef,
+            ..Default::default()
+        };
         b.set_dir(IOREQ_WRITE);
         b.set_size_code(2);
         b.set_addr(0xa0123);
         assert_eq!((b.type_, b.bitfields), (1, [0x38, 0x12, 0xa0]));
-        assert_eq!((b.dir(), b.size_bytes(), b.addr(), b.pad()), (0, 4, 0xa0123, 0));
+        assert_eq!(
+            (b.dir(), b.size_bytes(), b.addr(), b.pad()),
+            (0, 4, 0xa0123, 0)
+        );
         b.set_addr(0xfff_ffff);
         assert_eq!(b.addr(), 0xfffff);
     }

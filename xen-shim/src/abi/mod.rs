@@ -50,5 +50,7 @@ pub const XEN_PAGE_SIZE: usize = 4096;
 /// Linux `_IOC(_IOC_NONE, ty, nr, size)` on x86 (asm-generic encoding, direction 0 in bits
 /// 30-31): the form every privcmd and evtchn ioctl number uses.
 pub(crate) const fn ioc_none(ty: u8, nr: u8, size: usize) -> core::ffi::c_ulong {
-    ((size as core::ffi::c_ulong) << 16) | ((ty as core::ffi::c_ulong) << 8) | nr as core::ffi::c_ulong
+    ((size as core::ffi::c_ulong) << 16)
+        | ((ty as core::ffi::c_ulong) << 8)
+        | nr as core::ffi::c_ulong
 }

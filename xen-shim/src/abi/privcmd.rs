@@ -37,7 +37,10 @@ impl privcmd_dm_op_buf_t {
     /// The buffer `{&op, 32}` libxendevicemodel passes as `buf[0]` of every op. The pointer is
     /// only valid while `op` is neither moved nor dropped.
     pub fn for_op(op: &mut xen_dm_op) -> Self {
-        Self { uptr: (op as *mut xen_dm_op).cast(), size: size_of::<xen_dm_op>() }
+        Self {
+            uptr: (op as *mut xen_dm_op).cast(),
+            size: size_of::<xen_dm_op>(),
+        }
     }
 }
 
@@ -57,7 +60,11 @@ impl privcmd_dm_op_t {
     /// The ioctl argument for `bufs`; `None` if there are more than `u16::MAX` of them. The
     /// pointer is only valid while `bufs` is.
     pub fn new(dom: domid_t, bufs: &[privcmd_dm_op_buf_t]) -> Option<Self> {
-        Some(Self { dom, num: u16::try_from(bufs.len()).ok()?, ubufs: bufs.as_ptr() })
+        Some(Self {
+            dom,
+            num: u16::try_from(bufs.len()).ok()?,
+            ubufs: bufs.as_ptr(),
+        })
     }
 }
 
@@ -83,7 +90,14 @@ impl privcmd_mmap_resource_t {
     /// Maps `num` frames of ioreq server `id`'s pages from frame `idx` at `addr` (which must
     /// lie in a `mmap(privcmd_fd)` region); `num = addr = 0` is the size query.
     pub fn ioreq_server(dom: domid_t, id: ioservid_t, idx: u32, num: u64, addr: u64) -> Self {
-        Self { dom, type_: XENMEM_resource_ioreq_server, id: id.into(), idx, num, addr }
+        Self {
+            dom,
+            type_: XENMEM_resource_ioreq_server,
+            id: id.into(),
+            idx,
+            num,
+            addr,
+        }
     }
 }
 
