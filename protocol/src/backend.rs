@@ -14,8 +14,8 @@ use crate::error::Result;
 use crate::frame::{read_obj, validate_header, Message, MessageKind};
 use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 use crate::messages::{
-    decode_name, valid_config_width, valid_guest_width, ConfigAccess, FrontendInfo, FrontendRole,
-    GuestAccess, CONFIG_SPACE_SIZE, U64,
+    decode_name, valid_config_width, valid_guest_width, ConfigAccess, ErrorReport, FrontendInfo,
+    FrontendRole, FunctionAddress, GuestAccess, CONFIG_SPACE_SIZE, U64,
 };
 use crate::wire::{FrontendReq, MsgHeader, Status, MAX_PAYLOAD_SIZE};
 use crate::{Features, ProtocolFeatures};
@@ -236,6 +236,7 @@ impl Session {
             SetBackendReqFd => Some(ProtocolFeatures::BACKEND_CHANNEL),
             PioRead | PioWrite | MmioRead | MmioWrite => Some(ProtocolFeatures::GUEST_ACCESS),
             SaveState | LoadState => Some(ProtocolFeatures::DEVICE_STATE),
+            ReportError | RaisePme => Some(ProtocolFeatures::ERROR_REPORTING),
             GetTopology | ConfigRead | ConfigWrite | Reset | GetChipsetMemory => {
                 Some(ProtocolFeatures::empty())
             }
@@ -353,6 +354,14 @@ impl Session {
                 }
                 Ok(mem.as_slice().to_vec())
             }
+            ReportError => {
+                let r = payload::<ErrorReport>(p)?;
+                h.report_error(self.conn, &r).map(none)
+            }
+            RaisePme => {
+                let a = payload::<FunctionAddress>(p)?;
+                h.raise_pme(self.conn, &a).map(none)
+            }
             SetBackendReqFd => Err(Status::Protocol), // handled above
         }
     }
@@ -389,6 +398,12 @@ impl Session {
         sender.set_layout_events(
             self.protocol_features
                 .contains(ProtocolFeatures::LAYOUT_EVENTS),
+        );
+        sender.set_event_classes(
+            self.protocol_features
+                .contains(ProtocolFeatures::INTERRUPTS),
+            self.protocol_features
+                .contains(ProtocolFeatures::HOTPLUG_EVENTS),
         );
         h.backend_channel(self.conn, sender);
         Ok(Vec::new())

@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::frame::{
     decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
-use crate::messages::{ChipsetMemory, LayoutChange};
+use crate::messages::{ChipsetMemory, IntxLevel, LayoutChange, MsiMessage};
+use crate::topology::FunctionRecord;
 use crate::topology::Topology;
 use crate::wire::{BackendReq, MsgHeader, Status};
 use crate::LayoutChanges;
@@ -55,6 +56,14 @@ pub enum Notification {
     },
     /// The guest reprogrammed the MCH's PAM/SMRAM registers.
     ChipsetMemoryChanged(ChipsetMemory),
+    /// A function pcierc emulates sent an MSI/MSI-X message.
+    Msi(MsiMessage),
+    /// A function's INTx level changed.
+    Intx(IntxLevel),
+    /// A function this frontend owns was hot-added.
+    FunctionAdded(FunctionRecord),
+    /// A function this frontend owns is gone.
+    FunctionRemoved(FunctionRecord),
 }
 
 impl Notification {
@@ -79,6 +88,16 @@ impl Notification {
             BackendReq::ChipsetMemoryChanged => Ok(Notification::ChipsetMemoryChanged(
                 decode_payload(code, &msg.payload)?,
             )),
+            BackendReq::Msi => Ok(Notification::Msi(decode_payload(code, &msg.payload)?)),
+            BackendReq::Intx => Ok(Notification::Intx(decode_payload(code, &msg.payload)?)),
+            BackendReq::FunctionAdded => Ok(Notification::FunctionAdded(decode_payload(
+                code,
+                &msg.payload,
+            )?)),
+            BackendReq::FunctionRemoved => Ok(Notification::FunctionRemoved(decode_payload(
+                code,
+                &msg.payload,
+            )?)),
         }
     }
 }
@@ -170,6 +189,8 @@ pub struct BackendChannelSender {
     next_id: u64,
     closed: bool,
     layout_events: bool,
+    interrupts: bool,
+    hotplug_events: bool,
 }
 
 impl BackendChannelSender {
@@ -192,6 +213,8 @@ impl BackendChannelSender {
             next_id: 1,
             closed: false,
             layout_events: true,
+            interrupts: true,
+            hotplug_events: true,
         })
     }
 
@@ -239,6 +262,52 @@ impl BackendChannelSender {
             };
         }
         self.send(BackendReq::ChipsetMemoryChanged, mem.as_slice())
+    }
+
+    /// Set which notification classes the frontend negotiated (`INTERRUPTS`, `HOTPLUG_EVENTS`);
+    /// the others are dropped silently.
+    pub(crate) fn set_event_classes(&mut self, interrupts: bool, hotplug_events: bool) {
+        self.interrupts = interrupts;
+        self.hotplug_events = hotplug_events;
+    }
+
+    /// Does the frontend take interrupt notifications?
+    pub fn wants_interrupts(&self) -> bool {
+        self.interrupts && !self.closed
+    }
+
+    /// Send an `Msi` notification (dropped unless `INTERRUPTS` was negotiated).
+    pub fn msi(&mut self, msg: &MsiMessage) -> Result<()> {
+        self.send_if(self.interrupts, BackendReq::Msi, msg.as_slice())
+    }
+
+    /// Send an `Intx` notification (dropped unless `INTERRUPTS` was negotiated).
+    pub fn intx(&mut self, level: &IntxLevel) -> Result<()> {
+        self.send_if(self.interrupts, BackendReq::Intx, level.as_slice())
+    }
+
+    /// Send `FunctionAdded` (dropped unless `HOTPLUG_EVENTS` was negotiated).
+    pub fn function_added(&mut self, f: &FunctionRecord) -> Result<()> {
+        self.send_if(self.hotplug_events, BackendReq::FunctionAdded, f.as_slice())
+    }
+
+    /// Send `FunctionRemoved` (dropped unless `HOTPLUG_EVENTS` was negotiated).
+    pub fn function_removed(&mut self, f: &FunctionRecord) -> Result<()> {
+        self.send_if(
+            self.hotplug_events,
+            BackendReq::FunctionRemoved,
+            f.as_slice(),
+        )
+    }
+
+    fn send_if(&mut self, enabled: bool, code: BackendReq, payload: &[u8]) -> Result<()> {
+        if self.closed {
+            return Err(Error::ChannelClosed);
+        }
+        if !enabled {
+            return Ok(());
+        }
+        self.send(code, payload)
     }
 
     /// Send what is queued, without blocking; `Ok(true)` when nothing is left. Call it when the
@@ -314,6 +383,63 @@ mod tests {
     use super::*;
     use crate::frame::send_message;
     use crate::topology::tests::sample;
+
+    #[test]
+    fn interrupt_and_hotplug_notifications_round_trip_and_honour_features() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        let mut rx = BackendChannel::new(b).unwrap();
+        let msi = MsiMessage {
+            address: 0xfee0_0000,
+            data: 0x4041,
+            devfn: 0x10,
+            ..Default::default()
+        };
+        let intx = IntxLevel {
+            devfn: 0x10,
+            pin: 1,
+            level: 1,
+            ..Default::default()
+        };
+        let f = FunctionRecord {
+            kind: 3,
+            bus: 2,
+            id: crate::messages::encode_name("net0").unwrap(),
+            owner: crate::messages::encode_name("qemu").unwrap(),
+            ..Default::default()
+        };
+        tx.msi(&msi).unwrap();
+        tx.intx(&intx).unwrap();
+        tx.function_added(&f).unwrap();
+        tx.function_removed(&f).unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(rx.recv_timeout(t).unwrap(), Some(Notification::Msi(msi)));
+        assert_eq!(rx.recv_timeout(t).unwrap(), Some(Notification::Intx(intx)));
+        assert_eq!(
+            rx.recv_timeout(t).unwrap(),
+            Some(Notification::FunctionAdded(f))
+        );
+        assert_eq!(
+            rx.recv_timeout(t).unwrap(),
+            Some(Notification::FunctionRemoved(f))
+        );
+        // Classes the frontend did not negotiate are dropped.
+        tx.set_event_classes(false, false);
+        assert!(!tx.wants_interrupts());
+        tx.msi(&msi).unwrap();
+        tx.function_added(&f).unwrap();
+        tx.chipset_memory_changed(&ChipsetMemory::default())
+            .unwrap();
+        assert_eq!(
+            rx.recv_timeout(t).unwrap(),
+            Some(Notification::ChipsetMemoryChanged(ChipsetMemory::default()))
+        );
+        // An invalid INTx payload is refused by the receiver.
+        let bad = IntxLevel { pin: 0, ..intx };
+        tx.set_event_classes(true, true);
+        tx.intx(&bad).unwrap();
+        assert!(rx.recv_timeout(t).is_err());
+    }
 
     #[test]
     fn notifications_round_trip() {

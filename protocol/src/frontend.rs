@@ -18,7 +18,8 @@ use crate::channel::BackendChannel;
 use crate::error::{Error, Result};
 use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};
 use crate::messages::{
-    encode_name, ChipsetMemory, ConfigAccess, FrontendInfo, FrontendRole, GuestAccess, U64,
+    encode_name, ChipsetMemory, ConfigAccess, ErrorReport, FrontendInfo, FrontendRole,
+    FunctionAddress, GuestAccess, U64,
 };
 use crate::topology::Topology;
 use crate::wire::{FrontendReq, MsgHeader, Status};
@@ -334,6 +335,24 @@ impl Frontend {
     /// `GetChipsetMemory`: the MCH's PAM/SMRAM routing.
     pub fn chipset_memory(&mut self) -> Result<ChipsetMemory> {
         self.call_obj(FrontendReq::GetChipsetMemory, &[])
+    }
+
+    /// `ReportError`: an error a function this frontend owns detected.
+    pub fn report_error(&mut self, report: &ErrorReport) -> Result<()> {
+        self.call(FrontendReq::ReportError, report.as_slice(), &[], Some(0))
+            .map(drop)
+    }
+
+    /// `RaisePme`: a PME message from a function this frontend owns.
+    pub fn raise_pme(&mut self, segment: u16, bus: u8, devfn: u8) -> Result<()> {
+        let a = FunctionAddress {
+            segment,
+            bus,
+            devfn,
+            reserved: 0,
+        };
+        self.call(FrontendReq::RaisePme, a.as_slice(), &[], Some(0))
+            .map(drop)
     }
 
     fn guest_read(&mut self, req: FrontendReq, addr: u64, width: u8) -> Result<u64> {

@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::channel::BackendChannelSender;
-use crate::messages::{ChipsetMemory, FrontendRole};
+use crate::messages::{ChipsetMemory, ErrorReport, FrontendRole, FunctionAddress};
 use crate::topology::Topology;
 use crate::wire::Status;
 use crate::{Features, ProtocolFeatures};
@@ -79,6 +79,15 @@ pub trait BackendHandler {
     fn load_state(&mut self, blob: &[u8]) -> Result<(), Status>;
     /// The MCH's PAM/SMRAM routing.
     fn chipset_memory(&mut self) -> ChipsetMemory;
+    /// An error a function owned by frontend `conn` detected (`ReportError`; the payload passed
+    /// `is_valid()`). Default: not supported.
+    fn report_error(&mut self, _conn: ConnectionId, _report: &ErrorReport) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
+    /// A PME from a function owned by frontend `conn` (`RaisePme`). Default: not supported.
+    fn raise_pme(&mut self, _conn: ConnectionId, _from: &FunctionAddress) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
     /// A frontend identified itself (once per connection).
     fn frontend_identified(&mut self, _conn: ConnectionId, _info: &FrontendIdentity) {}
     /// A frontend sent its backend channel; a later call for the same connection replaces it.
@@ -103,6 +112,8 @@ pub trait SharedBackendHandler {
     fn save_state(&self) -> Result<Vec<u8>, Status>;
     fn load_state(&self, blob: &[u8]) -> Result<(), Status>;
     fn chipset_memory(&self) -> ChipsetMemory;
+    fn report_error(&self, conn: ConnectionId, report: &ErrorReport) -> Result<(), Status>;
+    fn raise_pme(&self, conn: ConnectionId, from: &FunctionAddress) -> Result<(), Status>;
     fn frontend_identified(&self, conn: ConnectionId, info: &FrontendIdentity);
     fn backend_channel(&self, conn: ConnectionId, sender: BackendChannelSender);
     fn disconnected(&self, conn: ConnectionId);
@@ -154,6 +165,20 @@ macro_rules! forward_all {
         }
         fn chipset_memory($self_: $recv) -> ChipsetMemory {
             $target.chipset_memory()
+        }
+        fn report_error(
+            $self_: $recv,
+            conn: ConnectionId,
+            report: &ErrorReport,
+        ) -> Result<(), Status> {
+            $target.report_error(conn, report)
+        }
+        fn raise_pme(
+            $self_: $recv,
+            conn: ConnectionId,
+            from: &FunctionAddress,
+        ) -> Result<(), Status> {
+            $target.raise_pme(conn, from)
         }
         fn frontend_identified($self_: $recv, conn: ConnectionId, info: &FrontendIdentity) {
             $target.frontend_identified(conn, info)

@@ -75,6 +75,13 @@ bitflags::bitflags! {
         const DEVICE_STATE = 1 << 2;
         /// Raw trapped accesses (`PioRead`..`MmioWrite`).
         const GUEST_ACCESS = 1 << 3;
+        /// Interrupts of the backend's functions (`Msi`, `Intx`) on the backend channel.
+        const INTERRUPTS = 1 << 4;
+        /// `FunctionAdded` / `FunctionRemoved` on the backend channel for functions this
+        /// frontend owns (hot-add, completed hot-remove, surprise removal).
+        const HOTPLUG_EVENTS = 1 << 5;
+        /// `ReportError` / `RaisePme` for functions this frontend owns.
+        const ERROR_REPORTING = 1 << 6;
     }
 }
 

@@ -194,6 +194,128 @@ impl VhostUserMsgValidator for LayoutChange {
     }
 }
 
+/// A function's address (`RaisePme` payload).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionAddress {
+    /// PCI segment group.
+    pub segment: u16,
+    /// Bus number (as the guest numbered it).
+    pub bus: u8,
+    /// Device/function.
+    pub devfn: u8,
+    /// Reserved, must be 0.
+    pub reserved: u32,
+}
+// SAFETY: integers, no padding (2+1+1+4).
+unsafe impl ByteValued for FunctionAddress {}
+impl VhostUserMsgValidator for FunctionAddress {
+    fn is_valid(&self) -> bool {
+        self.reserved == 0
+    }
+}
+
+/// An MSI/MSI-X message a function pcierc emulates sends (`Msi` notification).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MsiMessage {
+    /// Message address (PCIe Base 6.0 §7.7.2.4: the guest programmed it in the MSI-X table).
+    pub address: u64,
+    /// Message data.
+    pub data: u32,
+    /// Segment of the function that sends it.
+    pub segment: u16,
+    /// Bus of that function.
+    pub bus: u8,
+    /// Devfn of that function.
+    pub devfn: u8,
+}
+// SAFETY: integers, no padding (8+4+2+1+1).
+unsafe impl ByteValued for MsiMessage {}
+impl VhostUserMsgValidator for MsiMessage {}
+
+/// The level of a function's INTx pin (`Intx` notification).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntxLevel {
+    /// Segment of the function.
+    pub segment: u16,
+    /// Bus of the function.
+    pub bus: u8,
+    /// Devfn of the function.
+    pub devfn: u8,
+    /// Interrupt Pin register value: 1 = INTA# .. 4 = INTD#.
+    pub pin: u8,
+    /// 1 = asserted, 0 = deasserted.
+    pub level: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 2],
+}
+// SAFETY: integers, no padding (2+1+1+1+1+2).
+unsafe impl ByteValued for IntxLevel {}
+impl VhostUserMsgValidator for IntxLevel {
+    fn is_valid(&self) -> bool {
+        (1..=4).contains(&self.pin) && self.level <= 1 && self.reserved == [0; 2]
+    }
+}
+
+/// Severity of a reported error (PCIe Base 6.0 §6.2.2).
+#[repr(u8)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ErrorSeverityCode {
+    /// Correctable (ERR_COR).
+    Correctable = 0,
+    /// Uncorrectable, non-fatal (ERR_NONFATAL).
+    NonFatal = 1,
+    /// Uncorrectable, fatal (ERR_FATAL).
+    Fatal = 2,
+}
+
+impl TryFrom<u8> for ErrorSeverityCode {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        match v {
+            0 => Ok(Self::Correctable),
+            1 => Ok(Self::NonFatal),
+            2 => Ok(Self::Fatal),
+            other => Err(other),
+        }
+    }
+}
+
+/// An error a function detected (`ReportError` payload), as its AER capability would log it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// Segment of the requester (the function that detected the error).
+    pub segment: u16,
+    /// Bus of the requester.
+    pub bus: u8,
+    /// Devfn of the requester.
+    pub devfn: u8,
+    /// An [`ErrorSeverityCode`].
+    pub severity: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 3],
+    /// Correctable Error Status bits (severity 0) or Uncorrectable Error Status bits (PCIe Base
+    /// 6.0 §7.8.4.5 / §7.8.4.2); must be non-zero.
+    pub status: u32,
+    /// Reserved, must be 0.
+    pub reserved2: u32,
+    /// TLP header log (PCIe Base 6.0 §7.8.4.8), zero when none.
+    pub header_log: [u32; 4],
+}
+// SAFETY: integers, no padding (2+1+1+1+3 = 8, 4, 4, 16).
+unsafe impl ByteValued for ErrorReport {}
+impl VhostUserMsgValidator for ErrorReport {
+    fn is_valid(&self) -> bool {
+        ErrorSeverityCode::try_from(self.severity).is_ok()
+            && self.reserved == [0; 3]
+            && self.reserved2 == 0
+            && self.status != 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +328,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<GuestAccess>(), 24);
         assert_eq!(std::mem::size_of::<ChipsetMemory>(), 16);
         assert_eq!(std::mem::size_of::<LayoutChange>(), 8);
+        assert_eq!(std::mem::size_of::<FunctionAddress>(), 8);
+        assert_eq!(std::mem::size_of::<MsiMessage>(), 16);
+        assert_eq!(std::mem::size_of::<IntxLevel>(), 8);
+        assert_eq!(std::mem::size_of::<ErrorReport>(), 32);
     }
 
     #[test]

@@ -155,6 +155,12 @@ pub enum FrontendReq {
     LoadState = 16,
     /// Reply: [`crate::messages::ChipsetMemory`] (PAM and SMRAM routing of the MCH).
     GetChipsetMemory = 17,
+    /// Payload: [`crate::messages::ErrorReport`]: an error a function this frontend owns detected
+    /// (AER), signalled to the guest through the root port above it.
+    ReportError = 18,
+    /// Payload: [`crate::messages::FunctionAddress`]: a PME message from a function this
+    /// frontend owns, signalled through the root port above it.
+    RaisePme = 19,
 }
 
 impl TryFrom<u32> for FrontendReq {
@@ -179,6 +185,8 @@ impl TryFrom<u32> for FrontendReq {
             15 => SaveState,
             16 => LoadState,
             17 => GetChipsetMemory,
+            18 => ReportError,
+            19 => RaisePme,
             other => return Err(other),
         })
     }
@@ -192,6 +200,16 @@ pub enum BackendReq {
     LayoutChanged = 1,
     /// Payload: [`crate::messages::ChipsetMemory`], the new PAM/SMRAM routing.
     ChipsetMemoryChanged = 2,
+    /// Payload: [`crate::messages::MsiMessage`]: a function pcierc emulates sends an MSI/MSI-X
+    /// message; the frontend injects it into the guest.
+    Msi = 3,
+    /// Payload: [`crate::messages::IntxLevel`]: the level of a function's INTx pin changed.
+    Intx = 4,
+    /// Payload: [`crate::topology::FunctionRecord`]: a function this frontend owns was hot-added.
+    FunctionAdded = 5,
+    /// Payload: [`crate::topology::FunctionRecord`]: a function this frontend owns is gone (the
+    /// guest released the slot, or it was surprise-removed); stop serving it.
+    FunctionRemoved = 6,
 }
 
 impl TryFrom<u32> for BackendReq {
@@ -200,6 +218,10 @@ impl TryFrom<u32> for BackendReq {
         match v {
             1 => Ok(BackendReq::LayoutChanged),
             2 => Ok(BackendReq::ChipsetMemoryChanged),
+            3 => Ok(BackendReq::Msi),
+            4 => Ok(BackendReq::Intx),
+            5 => Ok(BackendReq::FunctionAdded),
+            6 => Ok(BackendReq::FunctionRemoved),
             other => Err(other),
         }
     }
@@ -231,6 +253,8 @@ pub enum Status {
     Protocol = libc::EPROTO,
     /// A payload that is malformed beyond a single bad field (e.g. a state blob that does not parse).
     BadMessage = libc::EBADMSG,
+    /// The frontend may not do this (e.g. report an error for a function it does not own).
+    Permission = libc::EACCES,
 }
 
 impl Status {
@@ -249,6 +273,7 @@ impl Status {
             libc::EREMOTE => Status::Remote,
             libc::EPROTO => Status::Protocol,
             libc::EBADMSG => Status::BadMessage,
+            libc::EACCES => Status::Permission,
             other => return Err(other),
         })
     }
@@ -273,6 +298,7 @@ impl std::fmt::Display for Status {
             Status::Remote => "function is served by another emulator",
             Status::Protocol => "out of sequence or feature not negotiated",
             Status::BadMessage => "malformed payload",
+            Status::Permission => "not permitted for this frontend",
         };
         write!(f, "{s} (errno {})", *self as i32)
     }

@@ -1,7 +1,7 @@
 //! Unit tests of [`super::Session`]: the checks of `docs/protocol.md` section 9, request by request.
 
 use super::*;
-use crate::messages::{encode_name, ChipsetMemory};
+use crate::messages::{encode_name, ChipsetMemory, ErrorReport, FunctionAddress};
 use crate::topology::Topology;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 
@@ -431,4 +431,55 @@ fn backend_channel_fd_checks() {
     assert_eq!(h.channels, 0);
     assert_eq!(run_fds(&mut s, &mut h, &[], vec![sock()]), Status::Ok);
     assert_eq!(h.channels, 1);
+}
+
+#[test]
+fn error_reporting_needs_its_feature_and_a_valid_report() {
+    let good = ErrorReport {
+        bus: 3,
+        severity: 1,
+        status: 1 << 20,
+        ..Default::default()
+    };
+    let (mut s, mut h) = negotiated(ProtocolFeatures::GUEST_ACCESS);
+    let (st, _) = run(&mut s, &mut h, FrontendReq::ReportError, good.as_slice());
+    assert_eq!(st, Status::Protocol, "ERROR_REPORTING not negotiated");
+    let (mut s, mut h) = negotiated(ProtocolFeatures::ERROR_REPORTING);
+    for bad in [
+        ErrorReport {
+            severity: 3,
+            ..good
+        },
+        ErrorReport { status: 0, ..good },
+        ErrorReport {
+            reserved: [0, 1, 0],
+            ..good
+        },
+        ErrorReport {
+            reserved2: 1,
+            ..good
+        },
+    ] {
+        let (st, _) = run(&mut s, &mut h, FrontendReq::ReportError, bad.as_slice());
+        assert_eq!(st, Status::Invalid, "{bad:?}");
+    }
+    let (st, _) = run(
+        &mut s,
+        &mut h,
+        FrontendReq::ReportError,
+        &good.as_slice()[..8],
+    );
+    assert_eq!(st, Status::Invalid, "short payload");
+    // The fake handler keeps the default: not supported.
+    let (st, _) = run(&mut s, &mut h, FrontendReq::ReportError, good.as_slice());
+    assert_eq!(st, Status::NotSupported);
+    let pme = FunctionAddress {
+        bus: 3,
+        ..Default::default()
+    };
+    let (st, _) = run(&mut s, &mut h, FrontendReq::RaisePme, pme.as_slice());
+    assert_eq!(st, Status::NotSupported);
+    let bad = FunctionAddress { reserved: 1, ..pme };
+    let (st, _) = run(&mut s, &mut h, FrontendReq::RaisePme, bad.as_slice());
+    assert_eq!(st, Status::Invalid);
 }
