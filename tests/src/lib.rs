@@ -5,3 +5,4 @@
 pub mod differential;
 pub mod process;
 pub mod qtest;
+pub mod qtest_target;
