@@ -17,6 +17,7 @@ use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_S
 use crate::pci::header::{self, Identity};
 use crate::pci::port::{PciePort, PortLayout, PortState};
 use crate::pci::{BarMapping, Effects, PciFunction, Width};
+use crate::pci::{Interrupt, SlotError, SlotEvent};
 use crate::Error;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
@@ -203,6 +204,42 @@ impl RootPort {
     /// The I/O, memory and prefetchable windows the port forwards now.
     pub fn windows(&self) -> BridgeWindows {
         self.port.windows()
+    }
+
+    /// Interrupts generated since the last call (after an operation returned
+    /// `Effects::INTERRUPT`).
+    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
+        self.port.take_interrupts()
+    }
+
+    /// Slot events since the last call (after an operation returned `Effects::SLOT`).
+    pub fn slot_events(&mut self) -> Vec<SlotEvent> {
+        self.port.take_slot_events()
+    }
+
+    /// Is a card present in the slot?
+    pub fn slot_occupied(&self) -> bool {
+        self.port.slot_occupied()
+    }
+
+    /// Mark the slot occupied from power-on (no change event).
+    pub fn set_present(&mut self) {
+        self.port.set_present()
+    }
+
+    /// A card is inserted. See [`PciePort::hot_add`].
+    pub fn hot_add(&mut self) -> Result<Effects, SlotError> {
+        self.port.hot_add()
+    }
+
+    /// The attention button is pressed. See [`PciePort::attention_button`].
+    pub fn attention_button(&mut self) -> Result<Effects, SlotError> {
+        self.port.attention_button()
+    }
+
+    /// The card is gone. See [`PciePort::removed`].
+    pub fn removed(&mut self) -> Result<Effects, SlotError> {
+        self.port.removed()
     }
 
     /// Is the port asserting INTx (Status.Interrupt Status)?

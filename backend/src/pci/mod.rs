@@ -28,6 +28,10 @@ bitflags::bitflags! {
         const BARS = 1 << 4;
         /// Bridge Control Secondary Bus Reset went from 0 to 1 (PCI-to-PCI Bridge 1.2 §3.2.5.17).
         const SECONDARY_BUS_RESET = 1 << 5;
+        /// The function has interrupts to deliver: drain them (e.g. `RootPort::take_interrupts`).
+        const INTERRUPT = 1 << 6;
+        /// Slot state changed in a way the hierarchy acts on (e.g. `RootPort::slot_events`).
+        const SLOT = 1 << 7;
     }
 }
 
@@ -75,4 +79,44 @@ pub trait PciFunction: Send {
     fn save(&self) -> serde_json::Value;
     /// Restore state produced by [`PciFunction::save`] of the same model.
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error>;
+}
+
+/// An interrupt a function sends, for the frontend that runs the guest to inject.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// An MSI-X message as the guest programmed it in the table (PCIe Base 6.0 §7.7.2).
+    Msi {
+        /// Message Address.
+        address: u64,
+        /// Message Data.
+        data: u32,
+    },
+    /// The INTx pin's level changed (PCI Local Bus 3.0 §2.2.6).
+    Intx {
+        /// Asserted.
+        asserted: bool,
+    },
+}
+
+/// What the guest did to a slot that the hierarchy must act on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SlotEvent {
+    /// The guest powered an occupied slot off (Slot Control Power Controller Control = off,
+    /// PCIe Base 6.0 §7.5.3.10): what is in it is released.
+    PoweredOff,
+}
+
+/// Why a slot operation was refused; the slot is unchanged.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    /// A card is already present.
+    #[error("the slot is occupied")]
+    Occupied,
+    /// No card is present.
+    #[error("the slot is empty")]
+    Empty,
+    /// The attention button was already pressed and the guest has not acknowledged it (Slot
+    /// Status Attention Button Pressed is still set).
+    #[error("a removal request is already pending")]
+    RemovalPending,
 }

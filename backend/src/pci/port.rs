@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::bridge::{self, BridgeWindows};
 use super::caps::aer::{self, RootSignal};
+use super::caps::msix::Delivery;
 use super::caps::msix::{Msix, MsixState};
-use super::caps::slot::{HotplugSlot, Signal, SlotConfig};
+use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
 use super::caps::{acs, express};
 use super::config_space::{ConfigSpace, SpaceImage};
 use super::header::{self, valid_access};
-use super::{BarMapping, Effects, Width};
+use super::{BarMapping, Effects, Interrupt, SlotError, SlotEvent, Width};
 
 /// Where a port's capabilities are and how its slot is built.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub struct PciePort {
     slot: HotplugSlot,
     /// INTx level (QEMU's `irq_state`), mirrored in Status.Interrupt Status.
     intx: bool,
+    /// Interrupts generated and not yet taken (transient: not part of the saved state).
+    interrupts: Vec<Interrupt>,
+    /// Slot events not yet taken (transient).
+    slot_events: Vec<SlotEvent>,
 }
 
 /// Serialized [`PciePort`] state.
@@ -113,6 +118,8 @@ impl PciePort {
             layout,
             slot: HotplugSlot::default(),
             intx: false,
+            interrupts: Vec::new(),
+            slot_events: Vec::new(),
         };
         p.reset();
         p
@@ -149,18 +156,125 @@ impl PciePort {
     }
 
     fn set_intx(&mut self, level: bool) {
+        // PCI Local Bus 3.0 §6.2.2: with Interrupt Disable set the pin is not driven, but
+        // Interrupt Status still shows the condition.
+        let disabled = self.space.word(header::COMMAND) & header::COMMAND_INTX_DISABLE != 0;
+        if level != self.intx && !disabled {
+            self.interrupts.push(Interrupt::Intx { asserted: level });
+        }
         self.intx = level;
         header::set_interrupt_status(&mut self.space, level);
     }
 
+    /// Queue the message of an MSI-X vector that fired, as the guest programmed its table entry.
+    fn deliver(&mut self, d: Delivery) {
+        if let Delivery::Sent(v) = d {
+            let entry = u64::from(v) * 16;
+            let address = self.msix.bar_read(entry, 8);
+            let data = self.msix.bar_read(entry + 8, 4) as u32;
+            self.interrupts.push(Interrupt::Msi { address, data });
+        }
+    }
+
+    /// Interrupts generated since the last call.
+    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
+        std::mem::take(&mut self.interrupts)
+    }
+
+    /// Slot events since the last call.
+    pub fn take_slot_events(&mut self) -> Vec<SlotEvent> {
+        std::mem::take(&mut self.slot_events)
+    }
+
+    /// `INTERRUPT` and `SLOT` for what is queued.
+    fn queued(&self) -> Effects {
+        let mut e = Effects::empty();
+        if !self.interrupts.is_empty() {
+            e |= Effects::INTERRUPT;
+        }
+        if !self.slot_events.is_empty() {
+            e |= Effects::SLOT;
+        }
+        e
+    }
+
+    fn slot_status(&self) -> u16 {
+        self.space.word(self.layout.exp + slot::SLTSTA)
+    }
+
+    /// Is a card present (Slot Status Presence Detect State, PCIe Base 6.0 §7.5.3.11)?
+    pub fn slot_occupied(&self) -> bool {
+        self.slot_status() & slot::SLTSTA_PDS != 0
+    }
+
+    fn slot_event(&mut self, bits: u16) -> Effects {
+        let exp = self.layout.exp;
+        for s in self.slot.event(&mut self.space, exp, bits) {
+            self.signal(s);
+        }
+        self.queued()
+    }
+
+    /// A card present since power-on (declared in the topology): Presence Detect State and Data
+    /// Link Layer Link Active set without a change event.
+    pub fn set_present(&mut self) {
+        let exp = self.layout.exp;
+        self.space
+            .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
+        self.space
+            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+    }
+
+    /// A card is inserted (PCIe Base 6.0 §6.7.1): Presence Detect State and Data Link Layer
+    /// Link Active go up, Presence Detect Changed is set and signalled when enabled.
+    pub fn hot_add(&mut self) -> Result<Effects, SlotError> {
+        if self.slot_occupied() {
+            return Err(SlotError::Occupied);
+        }
+        let exp = self.layout.exp;
+        self.space
+            .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
+        self.space
+            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        Ok(self.slot_event(slot::SLTSTA_PDC))
+    }
+
+    /// The operator presses the attention button (PCIe Base 6.0 §6.7.1.5): Attention Button
+    /// Pressed is set and signalled when enabled; the guest decides to power the slot off.
+    pub fn attention_button(&mut self) -> Result<Effects, SlotError> {
+        if !self.slot_occupied() {
+            return Err(SlotError::Empty);
+        }
+        if self.slot_status() & slot::SLTSTA_ABP != 0 {
+            return Err(SlotError::RemovalPending);
+        }
+        Ok(self.slot_event(slot::SLTSTA_ABP))
+    }
+
+    /// The card is gone (surprise removal, PCIe Base 6.0 §6.7.6, or the end of an orderly one
+    /// where the guest already powered the slot off): presence and link down, Presence Detect
+    /// Changed set and signalled when enabled.
+    pub fn removed(&mut self) -> Result<Effects, SlotError> {
+        if !self.slot_occupied() {
+            return Err(SlotError::Empty);
+        }
+        let exp = self.layout.exp;
+        self.space
+            .clear_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
+        self.space
+            .clear_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        Ok(self.slot_event(slot::SLTSTA_PDC))
+    }
+
     /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /
-    /// `hotplug_event_clear()` do. (MSI-X messages themselves are not delivered yet.)
+    /// `hotplug_event_clear()` do.
     fn signal(&mut self, s: Signal) {
         let msix = self.msix.enabled(&self.space);
         match s {
             Signal::Notify(_) if msix => {
                 let vector = express::interrupt_message_number(&self.space, self.layout.exp);
-                self.msix.notify(&self.space, vector);
+                let d = self.msix.notify(&self.space, vector);
+                self.deliver(d);
             }
             Signal::Notify(level) => self.set_intx(level),
             Signal::Clear(level) if !msix && !level => self.set_intx(false),
@@ -183,9 +297,12 @@ impl PciePort {
         let watched = Watched::of(&self.space, self.layout.msix_bar);
         let root_cmd = self.space.dword(aer + aer::ROOT_COMMAND);
         let slot_regs = HotplugSlot::snapshot(&self.space, exp);
+        let was_occupied = self.slot_occupied();
         self.space.write(offset, width, value);
-        // Messages QEMU would send here (pending vectors unmasked) are not delivered yet.
-        let (deassert, _sent) = self.msix.write_config(&self.space, offset, width);
+        let (deassert, sent) = self.msix.write_config(&self.space, offset, width);
+        for d in sent {
+            self.deliver(d);
+        }
         if deassert {
             self.set_intx(false);
         }
@@ -201,11 +318,16 @@ impl PciePort {
         match aer::root_write_config(&self.space, aer, root_cmd, msi) {
             RootSignal::Intx(level) => self.set_intx(level),
             RootSignal::Msi(vector) => {
-                self.msix.notify(&self.space, vector);
+                let d = self.msix.notify(&self.space, vector);
+                self.deliver(d);
             }
             RootSignal::None => {}
         }
-        watched.effects(&self.space, self.layout.msix_bar)
+        // The slot hook took presence down: the guest powered an occupied slot off.
+        if was_occupied && !self.slot_occupied() {
+            self.slot_events.push(SlotEvent::PoweredOff);
+        }
+        watched.effects(&self.space, self.layout.msix_bar) | self.queued()
     }
 
     /// The MSI-X BAR when it decodes.
@@ -232,9 +354,11 @@ impl PciePort {
     /// A write to the MSI-X BAR.
     pub fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
         if bar == self.layout.msix_bar {
-            self.msix.bar_write(&self.space, offset, width, value);
+            for d in self.msix.bar_write(&self.space, offset, width, value) {
+                self.deliver(d);
+            }
         }
-        Effects::empty()
+        self.queued()
     }
 
     /// QEMU's `pci_do_device_reset()` + `rp_reset()`: INTx deasserted; Command, Status, BARs,

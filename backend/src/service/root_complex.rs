@@ -5,18 +5,29 @@ use std::collections::BTreeMap;
 use log::{debug, info, warn};
 use pcierc_protocol::{
     BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, Features,
-    FrontendIdentity, LayoutChanges, Status, Topology,
+    FrontendIdentity, IntxLevel, LayoutChanges, MsiMessage, Status, Topology,
 };
 
 use super::BACKEND_FEATURES;
-use crate::pci::Effects;
+use crate::pci::{Effects, Interrupt};
+use crate::topology::hierarchy::HierarchyEvent;
 use crate::topology::{state, Hierarchy};
+
+/// An event for the control socket's sessions (QMP `event` name and `data`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlEvent {
+    /// QMP event name, e.g. `DEVICE_DELETED`.
+    pub name: &'static str,
+    /// Its `data` member.
+    pub data: serde_json::Value,
+}
 
 /// The root complex as the protocol sees it.
 pub struct RootComplex {
     hierarchy: Hierarchy,
     frontends: BTreeMap<ConnectionId, String>,
     channels: BTreeMap<ConnectionId, BackendChannelSender>,
+    control_events: Vec<ControlEvent>,
 }
 
 impl RootComplex {
@@ -26,6 +37,7 @@ impl RootComplex {
             hierarchy,
             frontends: BTreeMap::new(),
             channels: BTreeMap::new(),
+            control_events: Vec::new(),
         }
     }
 
@@ -34,9 +46,120 @@ impl RootComplex {
         &self.hierarchy
     }
 
-    /// Tell every frontend with a backend channel what a write changed.
-    fn report(&mut self, effects: Effects) {
+    /// The hierarchy, for the control plane's operations (callers then call [`Self::report`]).
+    pub fn hierarchy_mut(&mut self) -> &mut Hierarchy {
+        &mut self.hierarchy
+    }
+
+    /// Events for the control socket since the last call.
+    pub fn take_control_events(&mut self) -> Vec<ControlEvent> {
+        std::mem::take(&mut self.control_events)
+    }
+
+    /// The connections of the frontends named `owner`.
+    fn owner_conns(&self, owner: &str) -> Vec<ConnectionId> {
+        self.frontends
+            .iter()
+            .filter(|(_, n)| n.as_str() == owner)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// Send `f` to every channel `pick` selects; channels that fail are dropped.
+    fn each_channel(
+        &mut self,
+        pick: impl Fn(ConnectionId, &BackendChannelSender) -> bool,
+        mut f: impl FnMut(&mut BackendChannelSender) -> pcierc_protocol::Result<()>,
+    ) {
+        let mut dead = Vec::new();
+        for (conn, ch) in &mut self.channels {
+            if pick(*conn, ch) {
+                if let Err(e) = f(ch) {
+                    dead.push((*conn, e));
+                }
+            }
+        }
+        for (conn, e) in dead {
+            let name = self.frontends.get(&conn).map_or("?", String::as_str);
+            warn!("frontend {name}: backend channel failed ({e}); no more notifications to it");
+            self.channels.remove(&conn);
+        }
+    }
+
+    /// Deliver what the hierarchy queued: interrupts to the frontends that inject them, added
+    /// and removed functions to their owners and the control socket. Returns the layout
+    /// changes the events imply.
+    fn deliver_events(&mut self) -> LayoutChanges {
         let mut changes = LayoutChanges::empty();
+        for ev in self.hierarchy.take_events() {
+            match ev {
+                HierarchyEvent::Interrupt {
+                    devfn,
+                    interrupt: Interrupt::Msi { address, data },
+                } => {
+                    let m = MsiMessage {
+                        address,
+                        data,
+                        segment: self.hierarchy.spec().segment,
+                        bus: 0,
+                        devfn,
+                    };
+                    debug!(
+                        "MSI from 00:{:02x}.{}: {address:#x} <- {data:#x}",
+                        devfn >> 3,
+                        devfn & 7
+                    );
+                    self.each_channel(|_, ch| ch.wants_interrupts(), |ch| ch.msi(&m));
+                }
+                HierarchyEvent::Interrupt {
+                    devfn,
+                    interrupt: Interrupt::Intx { asserted },
+                } => {
+                    let l = IntxLevel {
+                        segment: self.hierarchy.spec().segment,
+                        devfn,
+                        pin: 1,
+                        level: u8::from(asserted),
+                        ..Default::default()
+                    };
+                    self.each_channel(|_, ch| ch.wants_interrupts(), |ch| ch.intx(&l));
+                }
+                HierarchyEvent::FunctionAdded { endpoint } => {
+                    changes |= LayoutChanges::FUNCTIONS;
+                    let rec = self.hierarchy.endpoint_record(&endpoint);
+                    let owners = self.owner_conns(&endpoint.owner);
+                    info!(
+                        "{} hot-added behind {} (owner {})",
+                        endpoint.id, endpoint.bus, endpoint.owner
+                    );
+                    self.each_channel(|c, _| owners.contains(&c), |ch| ch.function_added(&rec));
+                }
+                HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
+                    changes |= LayoutChanges::FUNCTIONS;
+                    let rec = self.hierarchy.endpoint_record(&endpoint);
+                    let owners = self.owner_conns(&endpoint.owner);
+                    info!(
+                        "{} removed from {} (owner {}{})",
+                        endpoint.id,
+                        endpoint.bus,
+                        endpoint.owner,
+                        if surprise { ", surprise" } else { "" }
+                    );
+                    self.each_channel(|c, _| owners.contains(&c), |ch| ch.function_removed(&rec));
+                    self.control_events.push(ControlEvent {
+                        name: "DEVICE_DELETED",
+                        data: serde_json::json!({ "device": endpoint.id, "path": format!("/machine/peripheral/{}", endpoint.id) }),
+                    });
+                }
+            }
+        }
+        changes
+    }
+
+    /// Tell every frontend what an operation changed: deliver the hierarchy's events, then
+    /// layout and chipset-memory notifications to every backend channel.
+    pub fn report(&mut self, effects: Effects) {
+        let mut changes = self.deliver_events();
         for (e, c) in [
             (Effects::ECAM, LayoutChanges::ECAM),
             (Effects::BUS_NUMBERS, LayoutChanges::BUS_NUMBERS),
@@ -55,28 +178,19 @@ impl RootComplex {
         if let Some(t) = &topology {
             debug!("layout generation {}: {changes:?}", t.generation);
         }
-        let mut dead = Vec::new();
-        for (conn, ch) in &mut self.channels {
-            let sent = match &topology {
-                Some(t) => ch.layout_changed(changes, t),
-                None => Ok(()),
-            }
-            .and_then(|()| {
-                if effects.contains(Effects::CHIPSET_MEMORY) {
-                    ch.chipset_memory_changed(&memory)
-                } else {
-                    Ok(())
+        let chipset = effects.contains(Effects::CHIPSET_MEMORY);
+        self.each_channel(
+            |_, _| true,
+            |ch| {
+                if let Some(t) = &topology {
+                    ch.layout_changed(changes, t)?;
                 }
-            });
-            if let Err(e) = sent {
-                let name = self.frontends.get(conn).map_or("?", String::as_str);
-                warn!("frontend {name}: backend channel failed ({e}); no more notifications to it");
-                dead.push(*conn);
-            }
-        }
-        for conn in dead {
-            self.channels.remove(&conn);
-        }
+                if chipset {
+                    ch.chipset_memory_changed(&memory)?;
+                }
+                Ok(())
+            },
+        );
     }
 }
 

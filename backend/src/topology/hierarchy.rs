@@ -7,7 +7,37 @@ use pcierc_protocol::{ChipsetMemory, Status};
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
 use crate::devices::{Mch, RootPort};
-use crate::pci::{Effects, PciFunction, Width};
+use crate::pci::{Effects, Interrupt, PciFunction, Width};
+use crate::topology::spec::EndpointSpec;
+
+#[path = "hotplug.rs"]
+mod hotplug;
+pub use hotplug::HotplugError;
+
+/// Something the service must deliver after an operation: interrupts to the frontends that
+/// inject them, and functions arriving or leaving to their owners (and the control socket).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HierarchyEvent {
+    /// A function pcierc emulates on the root bus (a root port at `devfn`) raised an interrupt.
+    Interrupt {
+        /// Devfn of the port on the root bus.
+        devfn: u8,
+        /// The MSI-X message or INTx level.
+        interrupt: Interrupt,
+    },
+    /// A function behind a port was hot-added.
+    FunctionAdded {
+        /// The function.
+        endpoint: EndpointSpec,
+    },
+    /// A function behind a port is gone: the guest powered the slot off, or it was surprise-removed.
+    FunctionRemoved {
+        /// The function.
+        endpoint: EndpointSpec,
+        /// Surprise removal (no guest involvement).
+        surprise: bool,
+    },
+}
 
 /// I/O port of CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2, configuration mechanism #1).
 pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
@@ -53,6 +83,8 @@ pub struct Hierarchy {
     bus_owner: [u16; 256],
     config_address: u32,
     generation: u64,
+    /// Undelivered events, drained by [`Hierarchy::take_events`].
+    events: Vec<HierarchyEvent>,
 }
 
 impl Hierarchy {
@@ -64,31 +96,48 @@ impl Hierarchy {
             .iter()
             .map(|p| RootPort::new(p.config.clone()))
             .collect();
-        let mut root = [Slot::Empty; 256];
-        root[0] = Slot::Mch;
-        let mut below = vec![[None; 8]; ports.len()];
-        for (i, p) in spec.root_ports.iter().enumerate() {
-            root[usize::from(p.addr.0)] = Slot::Port(i as u16);
-        }
-        for (i, e) in spec.endpoints.iter().enumerate() {
-            if e.bus == ROOT_BUS {
-                root[usize::from(e.addr.0)] = Slot::Endpoint(i as u16);
-            } else if let Some(pi) = spec.root_ports.iter().position(|p| p.config.id == e.bus) {
-                below[pi][usize::from(e.addr.function())] = Some(i as u16);
-            }
-        }
         let mut h = Hierarchy {
+            below: vec![[None; 8]; ports.len()],
             spec,
             mch: Mch::new(),
             ports,
-            root,
-            below,
+            root: [Slot::Empty; 256],
             bus_owner: [0; 256],
             config_address: 0,
             generation: 1,
+            events: Vec::new(),
         };
+        h.rebuild_slots();
+        // Functions declared in the topology are present from power-on: their slots are occupied.
+        for i in 0..h.ports.len() {
+            if h.below[i].iter().any(Option::is_some) {
+                h.ports[i].set_present();
+            }
+        }
         h.rebuild_bus_map();
         Ok(h)
+    }
+
+    /// Rebuild the root bus and below-port tables from the spec (after functions come or go).
+    fn rebuild_slots(&mut self) {
+        self.root = [Slot::Empty; 256];
+        self.root[0] = Slot::Mch;
+        self.below = vec![[None; 8]; self.ports.len()];
+        for (i, p) in self.spec.root_ports.iter().enumerate() {
+            self.root[usize::from(p.addr.0)] = Slot::Port(i as u16);
+        }
+        for (i, e) in self.spec.endpoints.iter().enumerate() {
+            if e.bus == ROOT_BUS {
+                self.root[usize::from(e.addr.0)] = Slot::Endpoint(i as u16);
+            } else if let Some(pi) = self
+                .spec
+                .root_ports
+                .iter()
+                .position(|p| p.config.id == e.bus)
+            {
+                self.below[pi][usize::from(e.addr.function())] = Some(i as u16);
+            }
+        }
     }
 
     /// The spec this hierarchy was built from.
@@ -130,6 +179,12 @@ impl Hierarchy {
     pub fn reset(&mut self) -> Effects {
         self.mch.reset();
         self.ports.iter_mut().for_each(PciFunction::reset);
+        // Cards stay in their slots across a platform reset.
+        for i in 0..self.ports.len() {
+            if self.below[i].iter().any(Option::is_some) {
+                self.ports[i].set_present();
+            }
+        }
         self.config_address = 0;
         self.rebuild_bus_map();
         self.generation += 1;
@@ -253,6 +308,10 @@ impl Hierarchy {
             (0..u16::from(width)).fold(Effects::empty(), |acc, i| {
                 acc | f.config_write(offset + i, 1, (value >> (8 * i)) & 0xff)
             })
+        };
+        let effects = match slot {
+            Slot::Port(i) => self.after_port(usize::from(i), effects),
+            _ => effects,
         };
         Ok(self.apply(effects))
     }
@@ -390,6 +449,10 @@ impl Hierarchy {
         }
         let f = self.function_mut(slot).ok_or(Status::Io)?;
         let effects = f.bar_write(bar, off, width, value);
+        let effects = match slot {
+            Slot::Port(i) => self.after_port(usize::from(i), effects),
+            _ => effects,
+        };
         Ok(self.apply(effects))
     }
 
@@ -402,11 +465,13 @@ impl Hierarchy {
         v
     }
 
-    /// Restore state saved by [`Hierarchy::save_functions`]; all or nothing.
+    /// Restore state saved by [`Hierarchy::save_functions`] and the functions other emulators
+    /// serve; all or nothing.
     pub fn restore_functions(
         &mut self,
         config_address: u32,
         functions: &[(String, serde_json::Value)],
+        endpoints: Vec<EndpointSpec>,
     ) -> crate::Result<()> {
         let expected: Vec<&str> = std::iter::once("mch")
             .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
@@ -417,6 +482,10 @@ impl Hierarchy {
                 "state is for functions {got:?}, this topology has {expected:?}"
             )));
         }
+        let mut spec = self.spec.clone();
+        spec.endpoints = endpoints;
+        spec.validate()
+            .map_err(|e| crate::Error::State(e.to_string()))?;
         // Restore into copies first so a bad entry leaves the running state untouched.
         let mut mch = self.mch.clone();
         mch.restore(&functions[0].1)?;
@@ -424,9 +493,11 @@ impl Hierarchy {
         for (p, (_, s)) in ports.iter_mut().zip(&functions[1..]) {
             p.restore(s)?;
         }
+        self.spec = spec;
         self.mch = mch;
         self.ports = ports;
         self.config_address = config_address;
+        self.rebuild_slots();
         self.rebuild_bus_map();
         self.generation += 1;
         Ok(())

@@ -2,6 +2,7 @@
 //! functions and BARs, driven through the same entry points the service uses.
 
 use super::*;
+use crate::pci::SlotError;
 use crate::topology::state;
 
 fn hierarchy(devices: &[&str]) -> Hierarchy {
@@ -204,4 +205,257 @@ fn every_access_shape_is_answered_without_panicking() {
     }
     // The MCH identity never changes, whatever was written.
     assert_eq!(h.config_read(0, 0, 0, 4), Ok(0x29c0_8086));
+}
+
+mod hotplug {
+    use super::*;
+    use crate::pci::Interrupt;
+    use crate::topology::hierarchy::{HierarchyEvent, HotplugError};
+    use crate::topology::DevFn;
+
+    const RP1: u64 = 0xb000_0000 + (0x10 << 12);
+    // PCIe capability at 0x54: Slot Control 0x54+0x18, Slot Status 0x54+0x1a, Link Status 0x54+0x12.
+    const SLTCTL: u64 = RP1 + 0x6c;
+    const SLTSTA: u64 = RP1 + 0x6e;
+    const LNKSTA: u64 = RP1 + 0x66;
+
+    fn net(id: &str) -> EndpointSpec {
+        EndpointSpec {
+            id: id.into(),
+            driver: "virtio-net-pci".into(),
+            bus: "rp1".into(),
+            addr: DevFn(0),
+            owner: "qemu".into(),
+            multifunction: false,
+        }
+    }
+
+    /// Firmware and pciehp setup: ECAM, bus 1 behind rp1, MSI-X vector 0 programmed and
+    /// enabled, hot-plug interrupts enabled (HPIE, PDCE, ABPE; QEMU has no DLLSCE).
+    fn guest_ready() -> Hierarchy {
+        let mut h = hierarchy(&[]);
+        enable_ecam(&mut h, 0xb000_0000);
+        h.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
+        h.mmio_write(RP1 + 0x10, 4, 0xfe00_0000).unwrap();
+        h.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+        h.mmio_write(0xfe00_0000, 8, 0xfee0_1000).unwrap();
+        h.mmio_write(0xfe00_0008, 4, 0x4031).unwrap();
+        h.mmio_write(0xfe00_000c, 4, 0).unwrap(); // unmask vector 0
+        h.mmio_write(RP1 + 0x4a, 2, 0x8000).unwrap(); // MSI-X Enable
+        h.mmio_write(SLTCTL, 2, 0x0029 | 0x03c0).unwrap(); // ABPE|PDCE|HPIE, indicators off
+        h.mmio_write(SLTSTA, 2, 0x10).unwrap(); // clear Command Completed
+        h.take_events();
+        h
+    }
+
+    fn msis(h: &mut Hierarchy) -> usize {
+        h.take_events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    HierarchyEvent::Interrupt {
+                        devfn: 0x10,
+                        interrupt: Interrupt::Msi {
+                            address: 0xfee0_1000,
+                            data: 0x4031
+                        }
+                    }
+                )
+            })
+            .count()
+    }
+
+    #[test]
+    fn hot_add_then_orderly_removal_as_pciehp_does_it() {
+        let mut h = guest_ready();
+        h.hot_add(net("net0")).unwrap();
+        let ev = h.take_events();
+        assert!(
+            ev.contains(&HierarchyEvent::FunctionAdded {
+                endpoint: net("net0")
+            }),
+            "{ev:?}"
+        );
+        assert!(
+            ev.iter().any(|e| matches!(
+                e,
+                HierarchyEvent::Interrupt {
+                    interrupt: Interrupt::Msi { data: 0x4031, .. },
+                    ..
+                }
+            )),
+            "PDC with PDCE+HPIE raises MSI-X vector 0: {ev:?}"
+        );
+        let sta = h.mmio_read(SLTSTA, 2).unwrap();
+        assert_eq!(
+            sta & 0x48,
+            0x48,
+            "Presence Detect State and Presence Detect Changed"
+        );
+        assert_ne!(
+            h.mmio_read(LNKSTA, 2).unwrap() & 0x2000,
+            0,
+            "Data Link Layer Link Active"
+        );
+        assert_eq!(
+            h.route(1, 0),
+            Routed::Remote(0),
+            "the function answers behind rp1"
+        );
+        // Overlaps are refused and change nothing.
+        assert!(matches!(
+            h.hot_add(net("net1")),
+            Err(HotplugError::Slot {
+                source: SlotError::Occupied,
+                ..
+            })
+        ));
+        assert!(matches!(
+            h.request_removal("nope"),
+            Err(HotplugError::UnknownId(_))
+        ));
+        // The guest acknowledges PDC (W1C).
+        h.mmio_write(SLTSTA, 2, 0x08).unwrap();
+        assert_eq!(h.mmio_read(SLTSTA, 2).unwrap() & 0x08, 0);
+        h.take_events();
+        // Operator asks for removal: Attention Button Pressed, interrupt.
+        h.request_removal("net0").unwrap();
+        assert_eq!(msis(&mut h), 1);
+        assert!(matches!(
+            h.request_removal("net0"),
+            Err(HotplugError::Slot {
+                source: SlotError::RemovalPending,
+                ..
+            })
+        ));
+        // pciehp: clear ABP, then power the slot off (PCC=1, power indicator off).
+        h.mmio_write(SLTSTA, 2, 0x01).unwrap();
+        assert_eq!(
+            h.endpoint("net0").map(|e| e.id.as_str()),
+            Some("net0"),
+            "still there until powered off"
+        );
+        h.mmio_write(SLTCTL, 2, 0x0029 | 0x0400 | 0x0300 | 0x00c0)
+            .unwrap();
+        let ev = h.take_events();
+        assert!(
+            ev.contains(&HierarchyEvent::FunctionRemoved {
+                endpoint: net("net0"),
+                surprise: false
+            }),
+            "{ev:?}"
+        );
+        assert_eq!(h.endpoint("net0"), None);
+        assert_eq!(h.route(1, 0), Routed::Absent);
+        assert_eq!(h.mmio_read(SLTSTA, 2).unwrap() & 0x40, 0, "presence gone");
+        // The slot is usable again.
+        h.hot_add(net("net2")).unwrap();
+    }
+
+    #[test]
+    fn surprise_removal_and_intx_when_msix_is_off() {
+        let mut h = hierarchy(&[]);
+        enable_ecam(&mut h, 0xb000_0000);
+        h.mmio_write(SLTCTL, 2, 0x0028).unwrap(); // PDCE|HPIE, no MSI-X: INTx
+        h.take_events();
+        h.hot_add(net("net0")).unwrap();
+        let ev = h.take_events();
+        assert!(
+            ev.contains(&HierarchyEvent::Interrupt {
+                devfn: 0x10,
+                interrupt: Interrupt::Intx { asserted: true }
+            }),
+            "{ev:?}"
+        );
+        h.mmio_write(SLTSTA, 2, 0x18).unwrap(); // clear PDC (and CC): INTx drops
+        assert!(h.take_events().contains(&HierarchyEvent::Interrupt {
+            devfn: 0x10,
+            interrupt: Interrupt::Intx { asserted: false }
+        }));
+        h.surprise_remove("net0").unwrap();
+        let ev = h.take_events();
+        assert!(
+            ev.contains(&HierarchyEvent::FunctionRemoved {
+                endpoint: net("net0"),
+                surprise: true
+            }),
+            "{ev:?}"
+        );
+        assert!(ev.iter().any(|e| matches!(
+            e,
+            HierarchyEvent::Interrupt {
+                interrupt: Interrupt::Intx { asserted: true },
+                ..
+            }
+        )));
+        assert!(matches!(
+            h.surprise_remove("net0"),
+            Err(HotplugError::UnknownId(_))
+        ));
+        // INTx Disable: the pin is not driven, Interrupt Status still shows it.
+        h.mmio_write(SLTSTA, 2, 0x08).unwrap();
+        h.mmio_write(RP1 + 4, 2, 0x400).unwrap();
+        h.take_events();
+        h.hot_add(net("net1")).unwrap();
+        assert!(!h
+            .take_events()
+            .iter()
+            .any(|e| matches!(e, HierarchyEvent::Interrupt { .. })));
+        assert_ne!(
+            h.mmio_read(RP1 + 6, 2).unwrap() & 0x8,
+            0,
+            "Status.Interrupt Status"
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let mut h = guest_ready();
+        let on_root = EndpointSpec {
+            bus: "pcie.0".into(),
+            addr: DevFn(0x18),
+            ..net("x")
+        };
+        assert!(matches!(
+            h.hot_add(on_root),
+            Err(HotplugError::NotHotpluggable(_))
+        ));
+        let dup = EndpointSpec {
+            id: "rp2".into(),
+            ..net("x")
+        };
+        let e = h.hot_add(dup).unwrap_err().to_string();
+        assert!(e.contains("'rp2' is used twice"), "{e}");
+        let f1 = EndpointSpec {
+            addr: DevFn(1),
+            ..net("x")
+        };
+        assert!(h
+            .hot_add(f1)
+            .unwrap_err()
+            .to_string()
+            .contains("add function 0"));
+        assert!(matches!(
+            h.request_removal("rp1"),
+            Err(HotplugError::UnknownId(_))
+        ));
+        // A masked MSI-X vector keeps the message pending and delivers it on unmask.
+        h.mmio_write(0xfe00_000c, 4, 1).unwrap();
+        h.hot_add(net("net0")).unwrap();
+        assert_eq!(msis(&mut h), 0);
+        h.mmio_write(0xfe00_000c, 4, 0).unwrap();
+        assert_eq!(msis(&mut h), 1, "pending vector fires on unmask");
+    }
+
+    #[test]
+    fn hot_added_functions_survive_save_and_load() {
+        let mut h = guest_ready();
+        h.hot_add(net("net0")).unwrap();
+        let blob = state::save(&h);
+        let mut fresh = hierarchy(&[]);
+        state::load(&mut fresh, &blob).unwrap();
+        assert_eq!(fresh.endpoint("net0"), Some(&net("net0")));
+        assert_eq!(fresh.route(1, 0), Routed::Remote(0));
+    }
 }

@@ -8,7 +8,7 @@ use pcierc_protocol::{
 };
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
-use super::spec::{PCIERC_OWNER, ROOT_BUS};
+use super::spec::{EndpointSpec, PCIERC_OWNER, ROOT_BUS};
 use crate::pci::PciFunction;
 
 /// Identity registers of an emulated function: (vendor, device, class code, multifunction).
@@ -111,36 +111,7 @@ impl Hierarchy {
                 ));
             }
         }
-        for e in &spec.endpoints {
-            let (bus, present, parent) = if e.bus == ROOT_BUS {
-                (0, true, NO_PARENT)
-            } else {
-                let pi = spec
-                    .root_ports
-                    .iter()
-                    .position(|p| p.config.id == e.bus)
-                    .unwrap_or(0);
-                let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
-                (sec, sec != 0, pi as u16 + 1)
-            };
-            functions.push(FunctionRecord {
-                bus,
-                devfn: e.addr.0,
-                vendor_id: 0xffff,
-                device_id: 0xffff,
-                kind: FunctionKind::Endpoint as u8,
-                flags: if present { function_flags::PRESENT } else { 0 }
-                    | if e.multifunction {
-                        function_flags::MULTIFUNCTION
-                    } else {
-                        0
-                    },
-                parent,
-                id: name(&e.id),
-                owner: name(&e.owner),
-                ..Default::default()
-            });
-        }
+        functions.extend(spec.endpoints.iter().map(|e| self.endpoint_record(e)));
         let ecam = self
             .ecam()
             .map(|(base, size, end_bus)| EcamWindow {
@@ -158,6 +129,40 @@ impl Hierarchy {
             functions,
             ecam,
             ranges,
+        }
+    }
+
+    /// The record of a function another emulator serves (also for one that just left: its
+    /// address is where it was).
+    pub fn endpoint_record(&self, e: &EndpointSpec) -> FunctionRecord {
+        let spec = self.spec();
+        let (bus, present, parent) = if e.bus == ROOT_BUS {
+            (0, true, NO_PARENT)
+        } else {
+            let pi = spec
+                .root_ports
+                .iter()
+                .position(|p| p.config.id == e.bus)
+                .unwrap_or(0);
+            let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
+            (sec, sec != 0, pi as u16 + 1)
+        };
+        FunctionRecord {
+            bus,
+            devfn: e.addr.0,
+            vendor_id: 0xffff,
+            device_id: 0xffff,
+            kind: FunctionKind::Endpoint as u8,
+            flags: if present { function_flags::PRESENT } else { 0 }
+                | if e.multifunction {
+                    function_flags::MULTIFUNCTION
+                } else {
+                    0
+                },
+            parent,
+            id: name(&e.id),
+            owner: name(&e.owner),
+            ..Default::default()
         }
     }
 

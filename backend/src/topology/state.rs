@@ -1,12 +1,16 @@
 //! The versioned device-state blob (`SaveState` / `LoadState`).
 //!
 //! A JSON document: `{"format": "pcierc-state", "version": 1, "config_address": N,
-//! "functions": [{"id": "mch", "state": {...}}, ...]}`. Loading checks the format, refuses versions
+//! "functions": [{"id": "mch", "state": {...}}, ...], "endpoints": [{"id", "driver", "bus",
+//! "addr", "owner", "multifunction"}, ...]}` (endpoints: the functions other emulators serve,
+//! including hot-added ones). Loading checks the format, refuses versions
 //! newer than this build understands, and requires the same functions as the running topology.
 
 use serde::{Deserialize, Serialize};
 
 use super::hierarchy::Hierarchy;
+use super::spec::EndpointSpec;
+use super::DevFn;
 use crate::{Error, Result};
 
 /// The `format` field of every blob.
@@ -20,6 +24,18 @@ struct FunctionState {
     state: serde_json::Value,
 }
 
+/// A function another emulator serves (declared or hot-added), as saved.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointState {
+    id: String,
+    driver: String,
+    bus: String,
+    addr: u8,
+    owner: String,
+    multifunction: bool,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Blob {
@@ -27,6 +43,7 @@ struct Blob {
     version: u32,
     config_address: u32,
     functions: Vec<FunctionState>,
+    endpoints: Vec<EndpointState>,
 }
 
 /// Serialize the hierarchy's complete guest-visible state.
@@ -39,6 +56,19 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
             .save_functions()
             .into_iter()
             .map(|(id, state)| FunctionState { id, state })
+            .collect(),
+        endpoints: h
+            .spec()
+            .endpoints
+            .iter()
+            .map(|e| EndpointState {
+                id: e.id.clone(),
+                driver: e.driver.clone(),
+                bus: e.bus.clone(),
+                addr: e.addr.0,
+                owner: e.owner.clone(),
+                multifunction: e.multifunction,
+            })
             .collect(),
     };
     // Serializing plain data with string keys into memory cannot fail.
@@ -72,5 +102,17 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
         .into_iter()
         .map(|f| (f.id, f.state))
         .collect();
-    h.restore_functions(blob.config_address, &functions)
+    let endpoints = blob
+        .endpoints
+        .into_iter()
+        .map(|e| EndpointSpec {
+            id: e.id,
+            driver: e.driver,
+            bus: e.bus,
+            addr: DevFn(e.addr),
+            owner: e.owner,
+            multifunction: e.multifunction,
+        })
+        .collect();
+    h.restore_functions(blob.config_address, &functions, endpoints)
 }

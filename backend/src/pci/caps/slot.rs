@@ -14,7 +14,8 @@ use crate::pci::header::overlaps;
 use super::express::{FLAGS, FLAGS_SLOT, LNKSTA};
 
 // PCIe Base 6.0 §7.5.3.8 Link Status: Data Link Layer Link Active.
-const LNKSTA_DLLLA: u16 = 1 << 13;
+/// Link Status Data Link Layer Link Active (PCIe Base 6.0 §7.5.3.8).
+pub const LNKSTA_DLLLA: u16 = 1 << 13;
 
 // PCIe Base 6.0 §7.5.3.9 Slot Capabilities Register.
 /// Slot Capabilities (offset in the PCI Express capability).

@@ -1,0 +1,185 @@
+//! Functions arriving and leaving behind root ports, errors and PMEs they report, and the
+//! interrupts the ports raise: the hierarchy's side of PCIe Base 6.0 §6.7 (hot-plug), §6.2 (AER)
+//! and §6.1.6 (PME). The register behaviour lives in the port model; this module keeps the
+//! functions, the routing tables and the events for the service in step with it. (AER
+//! injection and PME are not wired yet.) Functions
+//! arriving or leaving show up as [`HierarchyEvent`]s (the layout generation moves with them).
+
+use thiserror::Error;
+
+use super::{Hierarchy, HierarchyEvent};
+use crate::pci::{Effects, SlotError, SlotEvent};
+use crate::topology::spec::{valid_name, EndpointSpec};
+
+/// Why a hot-plug request was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HotplugError {
+    /// No function or port has this id.
+    #[error("no device with id '{0}'")]
+    UnknownId(String),
+    /// The bus is not a root port (Q35's root bus has no native hot-plug).
+    #[error("bus '{0}' is not a root port: only root ports have hot-plug slots")]
+    NotHotpluggable(String),
+    /// The request contradicts the topology (duplicate id, address in use, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The slot state machine refused it.
+    #[error("slot of {port}: {source}")]
+    Slot {
+        /// The root port id.
+        port: String,
+        /// What the slot said.
+        #[source]
+        source: SlotError,
+    },
+}
+
+impl Hierarchy {
+    fn port_index(&self, id: &str) -> Option<usize> {
+        self.spec.root_ports.iter().position(|p| p.config.id == id)
+    }
+
+    fn slot_err(&self, port: usize) -> impl Fn(SlotError) -> HotplugError + '_ {
+        move |source| HotplugError::Slot {
+            port: self.spec.root_ports[port].config.id.clone(),
+            source,
+        }
+    }
+
+    /// Drain a port's interrupts and slot events after an operation returned `effects`: the
+    /// guest powering a slot off completes the removal of the functions behind it.
+    pub(super) fn after_port(&mut self, port: usize, effects: Effects) -> Effects {
+        let mut effects = effects;
+        if effects.contains(Effects::SLOT) {
+            let events = self.ports[port].slot_events();
+            for ev in events {
+                if ev == SlotEvent::PoweredOff && self.below[port].iter().any(Option::is_some) {
+                    effects |= self.remove_behind(port, false, false);
+                }
+            }
+        }
+        if effects.contains(Effects::INTERRUPT) {
+            let devfn = self.spec.root_ports[port].addr.0;
+            for interrupt in self.ports[port].take_interrupts() {
+                self.events
+                    .push(HierarchyEvent::Interrupt { devfn, interrupt });
+            }
+        }
+        effects
+    }
+
+    /// Remove every function behind `port`; with `unplug`, the card leaves the slot now
+    /// (surprise removal) rather than having been powered off by the guest.
+    fn remove_behind(&mut self, port: usize, surprise: bool, unplug: bool) -> Effects {
+        let port_id = self.spec.root_ports[port].config.id.clone();
+        let (gone, kept): (Vec<EndpointSpec>, Vec<EndpointSpec>) =
+            std::mem::take(&mut self.spec.endpoints)
+                .into_iter()
+                .partition(|e| e.bus == port_id);
+        self.spec.endpoints = kept;
+        self.rebuild_slots();
+        let fx = if unplug {
+            self.ports[port].removed().unwrap_or_default()
+        } else {
+            Effects::empty()
+        };
+        for endpoint in gone {
+            self.events
+                .push(HierarchyEvent::FunctionRemoved { endpoint, surprise });
+        }
+        self.generation += 1;
+        self.after_port(port, fx)
+    }
+
+    /// Hot-add a function served by another emulator behind a root port: the slot sees a card
+    /// inserted (presence, link up, interrupt when enabled).
+    pub fn hot_add(&mut self, endpoint: EndpointSpec) -> Result<Effects, HotplugError> {
+        let port = self
+            .port_index(&endpoint.bus)
+            .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
+        if !valid_name(&endpoint.owner) {
+            return Err(HotplugError::Invalid(format!(
+                "owner '{}' is not a valid emulator name",
+                endpoint.owner
+            )));
+        }
+        let occupied = self.below[port].iter().any(Option::is_some);
+        if occupied && endpoint.addr.function() == 0 {
+            return Err(HotplugError::Slot {
+                port: endpoint.bus.clone(),
+                source: SlotError::Occupied,
+            });
+        }
+        if !occupied && endpoint.addr.function() != 0 {
+            return Err(HotplugError::Invalid(format!(
+                "{}: add function 0 of the slot first (function {} would not be seen)",
+                endpoint.id,
+                endpoint.addr.function()
+            )));
+        }
+        let mut spec = self.spec.clone();
+        spec.endpoints.push(endpoint.clone());
+        spec.validate()
+            .map_err(|e| HotplugError::Invalid(e.to_string().replace("invalid topology: ", "")))?;
+        let fx = if occupied {
+            Effects::empty()
+        } else {
+            self.ports[port].hot_add().map_err(self.slot_err(port))?
+        };
+        self.spec = spec;
+        self.rebuild_slots();
+        self.generation += 1;
+        self.events.push(HierarchyEvent::FunctionAdded { endpoint });
+        Ok(self.after_port(port, fx))
+    }
+
+    /// Ask for the removal of a function behind a port: the slot's attention button is pressed;
+    /// the function is gone once the guest powers the slot off (a `FunctionRemoved` event).
+    pub fn request_removal(&mut self, id: &str) -> Result<Effects, HotplugError> {
+        let port = self.port_of(id)?;
+        let fx = self.ports[port]
+            .attention_button()
+            .map_err(self.slot_err(port))?;
+        Ok(self.after_port(port, fx))
+    }
+
+    /// Surprise removal: the card is pulled without asking (Slot Capabilities Hot-Plug Surprise,
+    /// which QEMU's root ports advertise).
+    pub fn surprise_remove(&mut self, id: &str) -> Result<Effects, HotplugError> {
+        let port = self.port_of(id)?;
+        if !self.ports[port].slot_occupied() {
+            return Err(HotplugError::Slot {
+                port: self.spec.root_ports[port].config.id.clone(),
+                source: SlotError::Empty,
+            });
+        }
+        Ok(self.remove_behind(port, true, true))
+    }
+
+    /// The root port a function sits behind.
+    fn port_of(&self, id: &str) -> Result<usize, HotplugError> {
+        let e = self
+            .endpoint(id)
+            .ok_or_else(|| HotplugError::UnknownId(id.to_string()))?;
+        self.port_index(&e.bus)
+            .ok_or_else(|| HotplugError::NotHotpluggable(e.bus.clone()))
+    }
+
+    /// A function served by another emulator, by id.
+    pub fn endpoint(&self, id: &str) -> Option<&EndpointSpec> {
+        self.spec.endpoints.iter().find(|e| e.id == id)
+    }
+
+    /// The function served by another emulator at (bus, devfn) now, if any.
+    pub fn endpoint_at(&self, bus: u8, devfn: u8) -> Option<&EndpointSpec> {
+        match self.route(bus, devfn) {
+            super::Routed::Remote(i) => self.spec.endpoints.get(usize::from(i)),
+            _ => None,
+        }
+    }
+
+    /// Events (interrupts, functions added and removed) since the last call.
+    pub fn take_events(&mut self) -> Vec<HierarchyEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
