@@ -1,0 +1,105 @@
+//! Hot-plug and interrupts end to end through the real `pcierc` process: a VMM frontend plays
+//! the guest's firmware and pciehp driver with forwarded ECAM accesses, and gets the port's
+//! MSI-X messages on its backend channel; the owner of the function behind the port (a frontend
+//! named "qemu") is told when the guest releases the slot.
+
+use std::time::Duration;
+
+use pcierc_protocol::{
+    decode_name, Frontend, FrontendOptions, FunctionKind, LayoutChanges, MsiMessage, Notification,
+};
+use pcierc_tests::process::Backend;
+
+const ECAM: u64 = 0xb000_0000;
+const RP1: u64 = ECAM + (0x10 << 12); // 00:02.0
+const SLTCTL: u64 = RP1 + 0x6c;
+const SLTSTA: u64 = RP1 + 0x6e;
+const TABLE: u64 = 0xfe00_0000;
+
+fn next(
+    ch: &mut pcierc_protocol::BackendChannel,
+    want: impl Fn(&Notification) -> bool,
+) -> Notification {
+    loop {
+        match ch.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(n)) if want(&n) => return n,
+            Ok(Some(_)) => continue,
+            other => panic!("expected a notification, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn msi_reaches_the_vmm_and_slot_power_off_releases_the_function_to_its_owner() {
+    let b = Backend::start(&["--device", "virtio-net-pci,id=net0,bus=rp1,owner=qemu"]);
+    let mut owner = Frontend::connect(&b.socket, FrontendOptions::vmm("qemu")).expect("owner");
+    let mut owner_ch = owner.take_backend_channel().expect("owner channel");
+    let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
+    let mut irqs = vmm.take_backend_channel().expect("vmm channel");
+
+    // Firmware: ECAM, bus 1 behind rp1, MSI-X BAR, memory decode.
+    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
+    vmm.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
+    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
+    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+    // The declared function is present from power-on.
+    assert_ne!(
+        vmm.mmio_read(SLTSTA, 2).unwrap() & 0x40,
+        0,
+        "Presence Detect State"
+    );
+    // pciehp: MSI-X vector 0, then Command Completed and hot-plug interrupts enabled.
+    vmm.mmio_write(TABLE, 8, 0xfee0_2000).unwrap();
+    vmm.mmio_write(TABLE + 8, 4, 0x4055).unwrap();
+    vmm.mmio_write(TABLE + 12, 4, 0).unwrap();
+    vmm.mmio_write(RP1 + 0x4a, 2, 0x8000).unwrap();
+    vmm.mmio_write(SLTCTL, 2, 0x0039).unwrap(); // ABPE|PDCE|CCIE|HPIE, power on
+    let msi = next(&mut irqs, |n| matches!(n, Notification::Msi(_)));
+    assert_eq!(
+        msi,
+        Notification::Msi(MsiMessage {
+            address: 0xfee0_2000,
+            data: 0x4055,
+            segment: 0,
+            bus: 0,
+            devfn: 0x10
+        }),
+        "Command Completed with CCIE+HPIE sends vector 0 as programmed"
+    );
+    vmm.mmio_write(SLTSTA, 2, 0x10).unwrap();
+    // The guest powers the slot off (PCC=1, power indicator off): the owner loses net0.
+    vmm.mmio_write(SLTCTL, 2, 0x0039 | 0x0400 | 0x0300).unwrap();
+    let gone = next(&mut owner_ch, |n| {
+        matches!(n, Notification::FunctionRemoved(_))
+    });
+    let Notification::FunctionRemoved(rec) = gone else {
+        unreachable!()
+    };
+    assert_eq!(decode_name(&rec.id), Some("net0"));
+    assert_eq!(
+        (rec.kind, rec.bus, rec.devfn),
+        (FunctionKind::Endpoint as u8, 1, 0)
+    );
+    // Everyone sees the layout change; net0 is no longer in the topology.
+    let lc = next(
+        &mut irqs,
+        |n| matches!(n, Notification::LayoutChanged { changes, .. } if changes.contains(LayoutChanges::FUNCTIONS)),
+    );
+    let Notification::LayoutChanged { topology, .. } = lc else {
+        unreachable!()
+    };
+    assert!(topology
+        .functions
+        .iter()
+        .all(|f| f.kind != FunctionKind::Endpoint as u8));
+    assert_eq!(
+        vmm.mmio_read(ECAM + (1 << 20), 4).unwrap(),
+        0xffff_ffff,
+        "01:00.0 is gone"
+    );
+    // The VMM is not the owner: it got no FunctionRemoved.
+    while let Ok(Some(n)) = irqs.recv_timeout(Duration::from_millis(200)) {
+        assert!(!matches!(n, Notification::FunctionRemoved(_)), "{n:?}");
+    }
+}
