@@ -3,28 +3,33 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The `pcierc` binary of this build, built on demand if `cargo test` has not built it yet.
+/// The `pcierc` binary of this build, brought up to date once per test process (a no-op build
+/// when `cargo test --workspace` already built it; without it, `cargo test -p pcierc-tests`
+/// would run a stale binary).
 pub fn pcierc_bin() -> PathBuf {
-    // target/<profile>/deps/<test-binary> -> target/<profile>/pcierc
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let bin = profile_dir.join("pcierc");
-    if !bin.exists() {
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "pcierc-backend", "--bin", "pcierc"]);
-        if release {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("running cargo build");
-        assert!(st.success(), "building pcierc failed");
-    }
-    bin
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/<test-binary> -> target/<profile>/pcierc
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-q", "-p", "pcierc-backend", "--bin", "pcierc"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let st = cmd.status().expect("running cargo build");
+            assert!(st.success(), "building pcierc failed");
+            profile_dir.join("pcierc")
+        })
+        .clone()
 }
 
 /// A scratch directory removed on drop.

@@ -103,3 +103,64 @@ fn msi_reaches_the_vmm_and_slot_power_off_releases_the_function_to_its_owner() {
         assert!(!matches!(n, Notification::FunctionRemoved(_)), "{n:?}");
     }
 }
+
+#[test]
+fn owner_reports_an_error_and_the_vmm_gets_the_root_port_interrupt() {
+    use pcierc_protocol::{ErrorReport, Status};
+    let b = Backend::start(&["--device", "virtio-net-pci,id=net0,bus=rp1,owner=qemu"]);
+    let mut owner = Frontend::connect(&b.socket, FrontendOptions::vmm("qemu")).expect("owner");
+    let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
+    let mut irqs = vmm.take_backend_channel().expect("vmm channel");
+    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
+    vmm.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
+    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
+    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+    vmm.mmio_write(TABLE, 8, 0xfee0_3000).unwrap();
+    vmm.mmio_write(TABLE + 8, 4, 0x4077).unwrap();
+    vmm.mmio_write(TABLE + 12, 4, 0).unwrap();
+    vmm.mmio_write(RP1 + 0x4a, 2, 0x8000).unwrap();
+    vmm.mmio_write(RP1 + 0x12c, 4, 0x7).unwrap(); // Root Error Command: all classes
+                                                  // Fatal error detected by 01:00.0 (Completion Timeout, bit 14).
+    let report = ErrorReport {
+        bus: 1,
+        devfn: 0,
+        severity: 2,
+        status: 1 << 14,
+        ..Default::default()
+    };
+    // Only the owner may report it.
+    assert_eq!(
+        vmm.report_error(&report).unwrap_err().status(),
+        Some(Status::Permission)
+    );
+    owner.report_error(&report).unwrap();
+    let msi = next(&mut irqs, |n| matches!(n, Notification::Msi(_)));
+    assert_eq!(
+        msi,
+        Notification::Msi(MsiMessage {
+            address: 0xfee0_3000,
+            data: 0x4077,
+            segment: 0,
+            bus: 0,
+            devfn: 0x10
+        })
+    );
+    let rs = vmm.mmio_read(RP1 + 0x130, 4).unwrap();
+    assert_eq!(
+        rs & 0x7f,
+        0x54,
+        "UE received, first uncorrectable fatal, fatal received"
+    );
+    assert_eq!(
+        vmm.mmio_read(RP1 + 0x134, 4).unwrap() >> 16,
+        0x0100,
+        "source 01:00.0"
+    );
+    // Nothing lives at 02:00.0: refused.
+    let nobody = ErrorReport { bus: 2, ..report };
+    assert_eq!(
+        owner.report_error(&nobody).unwrap_err().status(),
+        Some(Status::NoDevice)
+    );
+}

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pci::bridge::{self, BridgeWindows};
+use crate::pci::caps::aer::InjectError;
 use crate::pci::caps::express::{self, LinkConfig};
 use crate::pci::caps::msix::Msix;
 use crate::pci::caps::resource_reserve::{self, Reserve};
@@ -16,8 +17,8 @@ use crate::pci::caps::{acs, aer, ssvid};
 use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, Identity};
 use crate::pci::port::{PciePort, PortLayout, PortState};
+use crate::pci::{AerError, Interrupt, SlotError, SlotEvent};
 use crate::pci::{BarMapping, Effects, PciFunction, Width};
-use crate::pci::{Interrupt, SlotError, SlotEvent};
 use crate::Error;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
@@ -225,6 +226,12 @@ impl RootPort {
     /// Mark the slot occupied from power-on (no change event).
     pub fn set_present(&mut self) {
         self.port.set_present()
+    }
+
+    /// Record and signal an error: `own` for the port's own, else from a function below. See
+    /// [`PciePort::inject_error`].
+    pub fn inject_error(&mut self, e: &AerError, own: bool) -> Result<Effects, InjectError> {
+        self.port.inject_error(e, own)
     }
 
     /// A card is inserted. See [`PciePort::hot_add`].

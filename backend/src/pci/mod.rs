@@ -120,3 +120,27 @@ pub enum SlotError {
     #[error("a removal request is already pending")]
     RemovalPending,
 }
+
+/// Severity of an error (PCIe Base 6.0 §6.2.2).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ErrorSeverity {
+    /// Correctable (ERR_COR).
+    Correctable,
+    /// Uncorrectable, non-fatal (ERR_NONFATAL).
+    NonFatal,
+    /// Uncorrectable, fatal (ERR_FATAL).
+    Fatal,
+}
+
+/// An error to record and signal through a root port.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct AerError {
+    /// Severity (for the port's own uncorrectable errors the Severity register decides).
+    pub severity: ErrorSeverity,
+    /// Correctable or Uncorrectable Error Status bits (PCIe Base 6.0 §7.8.4.5 / §7.8.4.2).
+    pub status: u32,
+    /// The detecting function's id, bus << 8 | devfn.
+    pub requester: u16,
+    /// TLP header log (§7.8.4.8).
+    pub header_log: [u32; 4],
+}

@@ -15,7 +15,7 @@ use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
 use super::caps::{acs, express};
 use super::config_space::{ConfigSpace, SpaceImage};
 use super::header::{self, valid_access};
-use super::{BarMapping, Effects, Interrupt, SlotError, SlotEvent, Width};
+use super::{AerError, BarMapping, Effects, ErrorSeverity, Interrupt, SlotError, SlotEvent, Width};
 
 /// Where a port's capabilities are and how its slot is built.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -264,6 +264,40 @@ impl PciePort {
         self.space
             .clear_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
         Ok(self.slot_event(slot::SLTSTA_PDC))
+    }
+
+    /// Record an error and signal it through the Root Error logic (see [`aer::inject`]): `own` for
+    /// an error the port detected, else a message from the function `e.requester` below it.
+    pub fn inject_error(&mut self, e: &AerError, own: bool) -> Result<Effects, aer::InjectError> {
+        let at = self.layout.aer;
+        let old = self.space.dword(at + aer::ROOT_STATUS);
+        let correctable = e.severity == ErrorSeverity::Correctable;
+        let fatal = e.severity == ErrorSeverity::Fatal;
+        if !aer::inject(&mut self.space, at, own, e)? {
+            return Ok(self.queued());
+        }
+        if own {
+            // PCIe Base 6.0 §7.5.3.5 Device Status: Correctable / Non-Fatal / Fatal Error Detected.
+            let bit: u16 = if correctable {
+                1
+            } else if fatal {
+                4
+            } else {
+                2
+            };
+            self.space
+                .set_bits(self.layout.exp + express::DEVSTA, 2, bit.into());
+        }
+        let msi = self.msix.enabled(&self.space);
+        match aer::root_signal(&self.space, at, old, msi) {
+            RootSignal::Intx(level) => self.set_intx(level),
+            RootSignal::Msi(vector) => {
+                let d = self.msix.notify(&self.space, vector);
+                self.deliver(d);
+            }
+            RootSignal::None => {}
+        }
+        Ok(self.queued())
     }
 
     /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /

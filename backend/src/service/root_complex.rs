@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use log::{debug, info, warn};
 use pcierc_protocol::{
-    BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, Features,
-    FrontendIdentity, IntxLevel, LayoutChanges, MsiMessage, Status, Topology,
+    BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, ErrorReport,
+    ErrorSeverityCode, Features, FrontendIdentity, IntxLevel, LayoutChanges, MsiMessage, Status,
+    Topology,
 };
 
 use super::BACKEND_FEATURES;
-use crate::pci::{Effects, Interrupt};
+use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
 use crate::topology::hierarchy::HierarchyEvent;
 use crate::topology::{state, Hierarchy};
 
@@ -269,6 +270,40 @@ impl BackendHandler for RootComplex {
 
     fn chipset_memory(&mut self) -> ChipsetMemory {
         self.hierarchy.chipset_memory()
+    }
+
+    fn report_error(&mut self, conn: ConnectionId, r: &ErrorReport) -> Result<(), Status> {
+        if r.segment != self.hierarchy.spec().segment {
+            return Err(Status::NoDevice);
+        }
+        let e = self
+            .hierarchy
+            .endpoint_at(r.bus, r.devfn)
+            .ok_or(Status::NoDevice)?;
+        if self.frontends.get(&conn).map(String::as_str) != Some(e.owner.as_str()) {
+            return Err(Status::Permission);
+        }
+        let severity = match ErrorSeverityCode::try_from(r.severity) {
+            Ok(ErrorSeverityCode::Correctable) => ErrorSeverity::Correctable,
+            Ok(ErrorSeverityCode::NonFatal) => ErrorSeverity::NonFatal,
+            Ok(ErrorSeverityCode::Fatal) => ErrorSeverity::Fatal,
+            Err(_) => return Err(Status::Invalid),
+        };
+        let err = AerError {
+            severity,
+            status: r.status,
+            requester: 0,
+            header_log: r.header_log,
+        };
+        let fx = self
+            .hierarchy
+            .report_error(r.bus, r.devfn, err)
+            .map_err(|e| {
+                warn!("error report refused: {e}");
+                Status::Invalid
+            })?;
+        self.report(fx);
+        Ok(())
     }
 
     fn frontend_identified(&mut self, conn: ConnectionId, who: &FrontendIdentity) {

@@ -2,7 +2,7 @@
 //! functions and BARs, driven through the same entry points the service uses.
 
 use super::*;
-use crate::pci::SlotError;
+use crate::pci::{ErrorSeverity, SlotError};
 use crate::topology::state;
 
 fn hierarchy(devices: &[&str]) -> Hierarchy {
@@ -446,6 +446,128 @@ mod hotplug {
         assert_eq!(msis(&mut h), 0);
         h.mmio_write(0xfe00_000c, 4, 0).unwrap();
         assert_eq!(msis(&mut h), 1, "pending vector fires on unmask");
+    }
+
+    // AER capability at 0x100 of rp1.
+    const UNCOR_STATUS: u64 = RP1 + 0x104;
+    const COR_STATUS: u64 = RP1 + 0x110;
+    const AER_CAP: u64 = RP1 + 0x118;
+    const ROOT_CMD: u64 = RP1 + 0x12c;
+    const ROOT_STATUS: u64 = RP1 + 0x130;
+    const ERR_SRC: u64 = RP1 + 0x134;
+    const DEVSTA: u64 = RP1 + 0x5e;
+
+    #[test]
+    fn aer_port_error_is_logged_and_signalled_without_serr() {
+        let mut h = guest_ready();
+        assert_eq!(
+            h.mmio_read(RP1 + 0x3e, 2).unwrap() & 0x2,
+            0,
+            "Bridge Control SERR# Enable is off"
+        );
+        h.mmio_write(ROOT_CMD, 4, 0x2).unwrap(); // Non-Fatal Error Reporting Enable
+        h.take_events();
+        // Unsupported Request (bit 20): non-fatal by the default severity.
+        h.inject_error("rp1", ErrorSeverity::NonFatal, 1 << 20)
+            .unwrap();
+        assert_eq!(
+            msis(&mut h),
+            1,
+            "ERR_NONFATAL with its enable raises MSI-X vector 0"
+        );
+        assert_eq!(h.mmio_read(UNCOR_STATUS, 4).unwrap(), 1 << 20);
+        assert_eq!(
+            h.mmio_read(AER_CAP, 4).unwrap() & 0x1f,
+            20,
+            "First Error Pointer"
+        );
+        let rs = h.mmio_read(ROOT_STATUS, 4).unwrap();
+        assert_eq!(
+            rs & 0x7f,
+            0x24,
+            "ERR_FATAL/NONFATAL Received + Non-Fatal Error Messages Received"
+        );
+        assert_eq!(
+            h.mmio_read(ERR_SRC, 4).unwrap() >> 16,
+            0x0010,
+            "source: the port 00:02.0"
+        );
+        assert_eq!(
+            h.mmio_read(DEVSTA, 2).unwrap() & 0x7,
+            0x2,
+            "Device Status Non-Fatal Error Detected"
+        );
+        // A second one: Multiple received, no new MSI (the class was already set).
+        h.inject_error("rp1", ErrorSeverity::NonFatal, 1 << 20)
+            .unwrap();
+        assert_eq!(msis(&mut h), 0);
+        assert_ne!(
+            h.mmio_read(ROOT_STATUS, 4).unwrap() & 0x8,
+            0,
+            "Multiple ERR_FATAL/NONFATAL"
+        );
+        // Data Link Protocol Error (bit 4) is fatal by default severity, whatever was asked.
+        h.mmio_write(ROOT_STATUS, 4, 0x7f).unwrap();
+        h.mmio_write(ROOT_CMD, 4, 0x4).unwrap();
+        h.take_events();
+        h.inject_error("rp1", ErrorSeverity::NonFatal, 1 << 4)
+            .unwrap();
+        assert_eq!(msis(&mut h), 1);
+        assert_eq!(
+            h.mmio_read(ROOT_STATUS, 4).unwrap() & 0x7f,
+            0x54,
+            "UE received, first fatal, fatal received"
+        );
+        assert!(
+            h.inject_error("rp1", ErrorSeverity::Correctable, 1 << 31)
+                .is_err(),
+            "no such error bit"
+        );
+    }
+
+    #[test]
+    fn aer_messages_from_below_set_only_the_root_registers() {
+        let mut h = guest_ready();
+        h.hot_add(net("net0")).unwrap();
+        h.take_events();
+        // Correctable from 01:00.0 with its enable off: recorded, no interrupt.
+        h.inject_error("net0", ErrorSeverity::Correctable, 1)
+            .unwrap();
+        assert_eq!(msis(&mut h), 0);
+        assert_eq!(h.mmio_read(ROOT_STATUS, 4).unwrap() & 0x3, 0x1);
+        assert_eq!(
+            h.mmio_read(ERR_SRC, 4).unwrap() & 0xffff,
+            0x0100,
+            "source 01:00.0"
+        );
+        assert_eq!(
+            h.mmio_read(COR_STATUS, 4).unwrap(),
+            0,
+            "the function logs it, not the port"
+        );
+        h.inject_error("net0", ErrorSeverity::Correctable, 1)
+            .unwrap();
+        assert_eq!(
+            h.mmio_read(ROOT_STATUS, 4).unwrap() & 0x3,
+            0x3,
+            "Multiple ERR_COR Received"
+        );
+        // Masked correctable error of the port itself (Advisory Non-Fatal is masked by default).
+        h.inject_error("rp1", ErrorSeverity::Correctable, 1 << 13)
+            .unwrap();
+        assert_eq!(h.mmio_read(COR_STATUS, 4).unwrap(), 1 << 13, "recorded");
+        // INTx when MSI-X is off and the class is enabled.
+        h.mmio_write(RP1 + 0x4a, 2, 0).unwrap();
+        h.take_events();
+        h.mmio_write(ROOT_CMD, 4, 0x1).unwrap();
+        let ev = h.take_events();
+        assert!(
+            ev.contains(&HierarchyEvent::Interrupt {
+                devfn: 0x10,
+                interrupt: Interrupt::Intx { asserted: true }
+            }),
+            "{ev:?}"
+        );
     }
 
     #[test]

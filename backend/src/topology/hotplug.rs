@@ -1,17 +1,17 @@
 //! Functions arriving and leaving behind root ports, errors and PMEs they report, and the
 //! interrupts the ports raise: the hierarchy's side of PCIe Base 6.0 §6.7 (hot-plug), §6.2 (AER)
 //! and §6.1.6 (PME). The register behaviour lives in the port model; this module keeps the
-//! functions, the routing tables and the events for the service in step with it. (AER
-//! injection and PME are not wired yet.) Functions
+//! functions, the routing tables and the events for the service in step with it. (PME is not
+//! wired yet.) Functions
 //! arriving or leaving show up as [`HierarchyEvent`]s (the layout generation moves with them).
 
 use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
-use crate::pci::{Effects, SlotError, SlotEvent};
+use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
 
-/// Why a hot-plug request was refused.
+/// Why a hot-plug or error-injection request was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HotplugError {
     /// No function or port has this id.
@@ -176,6 +176,63 @@ impl Hierarchy {
             super::Routed::Remote(i) => self.spec.endpoints.get(usize::from(i)),
             _ => None,
         }
+    }
+
+    /// Inject an error (QEMU's `pcie_aer_inject_error`): `id` is a root port (an error the port
+    /// itself detected and logs) or a function behind one (an error message it sent, received by
+    /// the port above it).
+    pub fn inject_error(
+        &mut self,
+        id: &str,
+        severity: ErrorSeverity,
+        status: u32,
+    ) -> Result<Effects, HotplugError> {
+        let (port, requester, own) = match self.port_index(id) {
+            Some(p) => (p, u16::from(self.spec.root_ports[p].addr.0), true),
+            None => {
+                let port = self.port_of(id)?;
+                let bus = self.ports[port].secondary_bus();
+                let devfn = self.endpoint(id).map_or(0, |e| e.addr.0);
+                (port, u16::from(bus) << 8 | u16::from(devfn), false)
+            }
+        };
+        let err = AerError {
+            severity,
+            status,
+            requester,
+            header_log: [0; 4],
+        };
+        let fx = self.ports[port]
+            .inject_error(&err, own)
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        Ok(self.after_port(port, fx))
+    }
+
+    /// An error the function at (bus, devfn) reported through the protocol: received by the
+    /// root port above it, with that function as the requester.
+    pub fn report_error(
+        &mut self,
+        bus: u8,
+        devfn: u8,
+        err: AerError,
+    ) -> Result<Effects, HotplugError> {
+        let id = self.endpoint_at(bus, devfn).map(|e| e.id.clone());
+        let id = id.ok_or_else(|| {
+            HotplugError::Invalid(format!(
+                "no function at {bus:02x}:{:02x}.{}",
+                devfn >> 3,
+                devfn & 7
+            ))
+        })?;
+        let port = self.port_of(&id)?;
+        let err = AerError {
+            requester: u16::from(bus) << 8 | u16::from(devfn),
+            ..err
+        };
+        let fx = self.ports[port]
+            .inject_error(&err, false)
+            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        Ok(self.after_port(port, fx))
     }
 
     /// Events (interrupts, functions added and removed) since the last call.

@@ -7,6 +7,7 @@
 use crate::pci::bridge::{BRIDGE_CONTROL, BRIDGE_CTL_SERR};
 use crate::pci::config_space::{CapabilityError, ConfigSpace};
 use crate::pci::header::{STATUS, STATUS_SIG_SYSTEM_ERROR};
+use crate::pci::{AerError, ErrorSeverity};
 
 use super::EXT_CAP_ID_AER;
 
@@ -176,4 +177,126 @@ pub fn root_write_config(
         return RootSignal::None;
     }
     RootSignal::Msi((root_status >> ROOT_STATUS_IRQ_SHIFT) as u16)
+}
+
+// PCIe Base 6.0 §7.8.4.10 Root Error Status: the bits an error message sets.
+const ROOT_STATUS_MULTI_COR_RCV: u32 = 1 << 1;
+const ROOT_STATUS_UE_RCV: u32 = 1 << 2;
+const ROOT_STATUS_MULTI_UE_RCV: u32 = 1 << 3;
+const ROOT_STATUS_FIRST_FATAL: u32 = 1 << 4;
+
+/// Root Error Command enables whose class has its "received" bit set in `root_status`.
+fn enabled_classes(root_status: u32, root_cmd: u32) -> u32 {
+    [
+        (ROOT_STATUS_COR_RCV, ROOT_CMD_COR_EN),
+        (ROOT_STATUS_NONFATAL_RCV, ROOT_CMD_NONFATAL_EN),
+        (ROOT_STATUS_FATAL_RCV, ROOT_CMD_FATAL_EN),
+    ]
+    .into_iter()
+    .filter(|(sta, _)| root_status & sta != 0)
+    .fold(0, |acc, (_, cmd)| acc | cmd)
+        & root_cmd
+}
+
+/// Why an injected error was refused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// None of the status bits is an error this capability implements.
+    #[error("status {0:#x} holds no error bit the root port implements")]
+    Unsupported(u32),
+}
+
+/// Record an error and signal it to the root port's own Root Error logic (PCIe Base 6.0
+/// §6.2.4, §6.2.5, §7.8.4). `own` is true for an error the port itself detected: its
+/// Uncorrectable/Correctable Error Status, First Error Pointer and Header Log record it (masked
+/// errors are recorded but not reported, §6.2.3.2.2); false for an error message received from a
+/// function below (only the root's registers change; the function logs it in its own AER
+/// capability). Returns whether a message was received by the root (so the caller signals).
+///
+/// Deliberate deviation from QEMU: reporting to the root does not depend on SERR# Enable in
+/// Bridge Control or Command (QEMU's `pcie_aer_msg()` requires it); §6.2.6 has the Root Error
+/// Command register govern a root port's own error interrupt.
+pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<bool, InjectError> {
+    let correctable = e.severity == ErrorSeverity::Correctable;
+    let (status, requester, header_log) = (e.status, e.requester, e.header_log);
+    let fatal_hint = e.severity == ErrorSeverity::Fatal;
+    let (supported, status_reg, mask_reg) = if correctable {
+        (COR_SUPPORTED, COR_STATUS, COR_MASK)
+    } else {
+        (UNC_SUPPORTED, UNCOR_STATUS, UNCOR_MASK)
+    };
+    let bits = status & supported;
+    if bits == 0 {
+        return Err(InjectError::Unsupported(status));
+    }
+    let mut fatal = fatal_hint;
+    if own {
+        let had_uncorrectable = cs.dword(at + UNCOR_STATUS) != 0;
+        cs.set_bits(at + status_reg, 4, bits.into());
+        let unmasked = bits & !cs.dword(at + mask_reg);
+        if unmasked == 0 {
+            return Ok(false);
+        }
+        if !correctable {
+            // §7.8.4.4: the severity register decides for the port's own errors.
+            fatal = unmasked & cs.dword(at + UNCOR_SEVER) != 0;
+            if !had_uncorrectable {
+                // §7.8.4.7 First Error Pointer, §7.8.4.8 Header Log.
+                let first = unmasked.trailing_zeros();
+                let cap = cs.dword(at + CAP) & !CAP_FEP_MASK;
+                cs.set_dword(at + CAP, cap | first);
+                for (i, dw) in header_log.iter().enumerate() {
+                    cs.set_dword(at + HEADER_LOG + 4 * i as u16, *dw);
+                }
+            }
+        }
+    }
+    // §7.8.4.10 Root Error Status and §7.8.4.11 Error Source Identification.
+    let mut rs = cs.dword(at + ROOT_STATUS);
+    let mut src = cs.dword(at + ROOT_ERR_SRC);
+    if correctable {
+        if rs & ROOT_STATUS_COR_RCV != 0 {
+            rs |= ROOT_STATUS_MULTI_COR_RCV;
+        } else {
+            rs |= ROOT_STATUS_COR_RCV;
+            src = (src & 0xffff_0000) | u32::from(requester);
+        }
+    } else {
+        if rs & ROOT_STATUS_UE_RCV != 0 {
+            rs |= ROOT_STATUS_MULTI_UE_RCV;
+        } else {
+            rs |= ROOT_STATUS_UE_RCV;
+            src = (src & 0xffff) | u32::from(requester) << 16;
+            if fatal {
+                rs |= ROOT_STATUS_FIRST_FATAL;
+            }
+        }
+        rs |= if fatal {
+            ROOT_STATUS_FATAL_RCV
+        } else {
+            ROOT_STATUS_NONFATAL_RCV
+        };
+    }
+    cs.set_dword(at + ROOT_STATUS, rs);
+    cs.set_dword(at + ROOT_ERR_SRC, src);
+    Ok(true)
+}
+
+/// After an error reached the root: the interrupt to raise given Root Error Status before it
+/// (`old_status`). INTx follows the level (any enabled class received); MSI-X fires when an
+/// enabled class newly became set (PCIe Base 6.0 §6.2.4.1.2).
+pub fn root_signal(cs: &ConfigSpace, at: u16, old_status: u32, msi_enabled: bool) -> RootSignal {
+    let cmd = cs.dword(at + ROOT_COMMAND);
+    let new_status = cs.dword(at + ROOT_STATUS);
+    let (before, after) = (
+        enabled_classes(old_status, cmd),
+        enabled_classes(new_status, cmd),
+    );
+    if !msi_enabled {
+        return RootSignal::Intx(after != 0);
+    }
+    if after & !before != 0 {
+        return RootSignal::Msi((new_status >> ROOT_STATUS_IRQ_SHIFT) as u16);
+    }
+    RootSignal::None
 }
