@@ -133,20 +133,44 @@ pub struct Function {
     pub devfn: u8,
 }
 
-/// A documented, deliberate difference: reads of `offsets` of `kind` functions may differ.
+/// A documented, deliberate difference: `bits` of the register at `offsets` of `kind` functions
+/// may differ; every other bit of a read covering them is still compared.
 #[derive(Clone, Debug)]
 pub struct Deviation {
     /// Model.
     pub kind: Kind,
     /// Configuration offsets.
     pub offsets: Range<u16>,
+    /// The bits that may differ, little-endian from `offsets.start`.
+    pub bits: u64,
     /// Why (see `docs/qemu-compat.md`).
     pub reason: &'static str,
 }
 
-/// The deviations visible in configuration space: none. (The reserved PCIEXBAR length, where
-/// QEMU aborts and pcierc disables ECAM, is never written to QEMU.)
-pub const DEVIATIONS: &[Deviation] = &[];
+impl Deviation {
+    /// The bits of a `width`-byte read at `offset` that this deviation lets differ.
+    fn bits_in(&self, offset: u64, width: u8) -> u64 {
+        (0..u64::from(width))
+            .filter_map(|b| {
+                let at = offset + b;
+                let start = u64::from(self.offsets.start);
+                let rel = at.checked_sub(start)?;
+                (at < u64::from(self.offsets.end) && rel < 8)
+                    .then(|| ((self.bits >> (8 * rel)) & 0xff) << (8 * b))
+            })
+            .fold(0, |a, b| a | b)
+    }
+}
+
+/// The deviations visible in configuration space. (The reserved PCIEXBAR length, where QEMU
+/// aborts and pcierc disables ECAM, is never written to QEMU.)
+pub const DEVIATIONS: &[Deviation] = &[Deviation {
+    kind: Kind::RootPort,
+    // Root Control: the PCI Express capability at 0x54 + 0x1c.
+    offsets: 0x70..0x72,
+    bits: 1 << 3,
+    reason: "Root Control PME Interrupt Enable is writable: pcierc implements PME",
+}];
 
 /// One differing read.
 #[derive(Clone, Debug)]
@@ -342,11 +366,13 @@ impl<'a> Differential<'a> {
                 continue;
             }
             let func = l.function.and_then(|i| self.functions.get(i));
-            let excused = self.deviations.iter().any(|d| {
-                func.is_some_and(|f| f.kind == d.kind)
-                    && l.offset < u64::from(d.offsets.end)
-                    && u64::from(d.offsets.start) < l.offset + u64::from(l.width)
-            });
+            let allowed: u64 = self
+                .deviations
+                .iter()
+                .filter(|d| func.is_some_and(|f| f.kind == d.kind))
+                .map(|d| d.bits_in(l.offset, l.width))
+                .fold(0, |a, b| a | b);
+            let excused = (qv ^ ov) & !allowed == 0;
             if excused {
                 self.allowed += 1;
                 continue;
@@ -609,5 +635,32 @@ impl<'a> Differential<'a> {
         self.qemu.platform_reset();
         self.ours.platform_reset();
         self.reset_values("after platform reset");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deviation_excuses_only_its_bits() {
+        let d = &DEVIATIONS[0];
+        assert_eq!(
+            d.bits_in(0x70, 4),
+            0x8,
+            "Root Control's bit 3 in a dword read"
+        );
+        assert_eq!(d.bits_in(0x70, 1), 0x8);
+        assert_eq!(d.bits_in(0x71, 1), 0, "the high byte has none");
+        assert_eq!(d.bits_in(0x6c, 4), 0, "Slot Control/Status are compared");
+        let wide = Deviation {
+            kind: Kind::Mch,
+            offsets: 0x10..0x12,
+            bits: 0xff00,
+            reason: "",
+        };
+        assert_eq!(wide.bits_in(0x10, 4), 0xff00);
+        assert_eq!(wide.bits_in(0x11, 2), 0x00ff);
+        assert_eq!(wide.bits_in(0x0e, 4), 0xff00_0000);
     }
 }

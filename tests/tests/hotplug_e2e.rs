@@ -1,7 +1,7 @@
 //! Hot-plug and interrupts end to end through the real `pcierc` process: a VMM frontend plays
 //! the guest's firmware and pciehp driver with forwarded ECAM accesses, and gets the port's
 //! MSI-X messages on its backend channel; the owner of the function behind the port (a frontend
-//! named "qemu") is told when the guest releases the slot.
+//! named "qemu") is told when the guest releases the slot, and reports errors and PMEs for it.
 
 use std::time::Duration;
 
@@ -105,7 +105,7 @@ fn msi_reaches_the_vmm_and_slot_power_off_releases_the_function_to_its_owner() {
 }
 
 #[test]
-fn owner_reports_an_error_and_the_vmm_gets_the_root_port_interrupt() {
+fn owner_reports_an_error_and_a_pme_and_the_vmm_gets_the_root_port_interrupts() {
     use pcierc_protocol::{ErrorReport, Status};
     let b = Backend::start(&["--device", "virtio-net-pci,id=net0,bus=rp1,owner=qemu"]);
     let mut owner = Frontend::connect(&b.socket, FrontendOptions::vmm("qemu")).expect("owner");
@@ -120,8 +120,9 @@ fn owner_reports_an_error_and_the_vmm_gets_the_root_port_interrupt() {
     vmm.mmio_write(TABLE + 8, 4, 0x4077).unwrap();
     vmm.mmio_write(TABLE + 12, 4, 0).unwrap();
     vmm.mmio_write(RP1 + 0x4a, 2, 0x8000).unwrap();
-    vmm.mmio_write(RP1 + 0x12c, 4, 0x7).unwrap(); // Root Error Command: all classes
-                                                  // Fatal error detected by 01:00.0 (Completion Timeout, bit 14).
+    // Root Error Command: all classes. Then a fatal error detected by 01:00.0 (Completion
+    // Timeout, bit 14).
+    vmm.mmio_write(RP1 + 0x12c, 4, 0x7).unwrap();
     let report = ErrorReport {
         bus: 1,
         devfn: 0,
@@ -162,5 +163,21 @@ fn owner_reports_an_error_and_the_vmm_gets_the_root_port_interrupt() {
     assert_eq!(
         owner.report_error(&nobody).unwrap_err().status(),
         Some(Status::NoDevice)
+    );
+    // PME from 01:00.0 with Root Control PME Interrupt Enable: Root Status and vector 0.
+    vmm.mmio_write(RP1 + 0x70, 2, 0x8).unwrap();
+    assert_eq!(
+        vmm.raise_pme(0, 1, 0).unwrap_err().status(),
+        Some(Status::Permission)
+    );
+    owner.raise_pme(0, 1, 0).unwrap();
+    assert!(matches!(
+        next(&mut irqs, |n| matches!(n, Notification::Msi(_))),
+        Notification::Msi(MsiMessage { data: 0x4077, .. })
+    ));
+    assert_eq!(
+        vmm.mmio_read(RP1 + 0x74, 4).unwrap(),
+        0x0001_0100,
+        "PME Status, requester 01:00.0"
     );
 }

@@ -234,6 +234,11 @@ impl RootPort {
         self.port.inject_error(e, own)
     }
 
+    /// A PME from `requester` below the port. See [`PciePort::raise_pme`].
+    pub fn raise_pme(&mut self, requester: u16) -> Effects {
+        self.port.raise_pme(requester)
+    }
+
     /// A card is inserted. See [`PciePort::hot_add`].
     pub fn hot_add(&mut self) -> Result<Effects, SlotError> {
         self.port.hot_add()

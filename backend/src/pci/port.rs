@@ -5,10 +5,13 @@
 //! and their reset. Root ports build their capability layout and wrap this; switch downstream
 //! ports can reuse it, so hot-plug, AER and PME behaviour live once.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use super::bridge::{self, BridgeWindows};
 use super::caps::aer::{self, RootSignal};
+use super::caps::express::{RTCTL_PMEIE, RTSTA_PME_PENDING, RTSTA_PME_STATUS};
 use super::caps::msix::Delivery;
 use super::caps::msix::{Msix, MsixState};
 use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
@@ -45,7 +48,12 @@ pub struct PciePort {
     interrupts: Vec<Interrupt>,
     /// Slot events not yet taken (transient).
     slot_events: Vec<SlotEvent>,
+    /// PME requester ids waiting while PME Status is set (PCIe Base 6.0 §6.1.6).
+    pme_queue: VecDeque<u16>,
 }
+
+/// Most PME requester ids held while PME Status is set.
+pub const PME_QUEUE_MAX: usize = 16;
 
 /// Serialized [`PciePort`] state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +67,9 @@ pub struct PortState {
     pub slot: HotplugSlot,
     /// INTx level.
     pub intx: bool,
+    /// PME requester ids waiting behind the one in Root Status (PME Pending).
+    #[serde(default)]
+    pub pme_queue: Vec<u16>,
 }
 
 /// Registers whose change a write reports.
@@ -120,6 +131,7 @@ impl PciePort {
             intx: false,
             interrupts: Vec::new(),
             slot_events: Vec::new(),
+            pme_queue: VecDeque::new(),
         };
         p.reset();
         p
@@ -300,6 +312,73 @@ impl PciePort {
         Ok(self.queued())
     }
 
+    fn root_status(&self) -> u32 {
+        self.space.dword(self.layout.exp + express::RTSTA)
+    }
+
+    /// A PME message from `requester` below the port (PCIe Base 6.0 §6.1.6, §7.5.3.14 Root
+    /// Status): with PME Status clear it is presented at once (PME Status, PME Requester ID);
+    /// otherwise PME Pending is set and it waits until software clears PME Status. The interrupt
+    /// fires when Root Control PME Interrupt Enable is set. Ids beyond a queue of
+    /// [`PME_QUEUE_MAX`] are dropped (the requester re-sends, as §6.1.6 allows).
+    pub fn raise_pme(&mut self, requester: u16) -> Effects {
+        let at = self.layout.exp + express::RTSTA;
+        if self.root_status() & RTSTA_PME_STATUS != 0 {
+            if self.pme_queue.len() < PME_QUEUE_MAX {
+                self.pme_queue.push_back(requester);
+            }
+            self.space.set_bits(at, 4, RTSTA_PME_PENDING.into());
+            return self.queued();
+        }
+        self.present_pme(requester);
+        self.queued()
+    }
+
+    fn present_pme(&mut self, requester: u16) {
+        let at = self.layout.exp + express::RTSTA;
+        let pending = if self.pme_queue.is_empty() {
+            0
+        } else {
+            RTSTA_PME_PENDING
+        };
+        self.space
+            .set_dword(at, u32::from(requester) | RTSTA_PME_STATUS | pending);
+        self.signal_pme();
+    }
+
+    /// PME interrupt: when PME Interrupt Enable and PME Status are both set (§6.1.6).
+    fn signal_pme(&mut self) {
+        let enabled = self.space.word(self.layout.exp + express::RTCTL) & RTCTL_PMEIE != 0;
+        if !enabled || self.root_status() & RTSTA_PME_STATUS == 0 {
+            return;
+        }
+        if self.msix.enabled(&self.space) {
+            let vector = express::interrupt_message_number(&self.space, self.layout.exp);
+            let d = self.msix.notify(&self.space, vector);
+            self.deliver(d);
+        } else {
+            self.set_intx(true);
+        }
+    }
+
+    /// After a configuration write: PME Status cleared presents the next queued PME; PME
+    /// Interrupt Enable turned on while PME Status is set interrupts.
+    fn pme_after_write(&mut self, old_status: u32, old_ctl: u16) {
+        let status = self.root_status();
+        let ctl = self.space.word(self.layout.exp + express::RTCTL);
+        if old_status & RTSTA_PME_STATUS != 0 && status & RTSTA_PME_STATUS == 0 {
+            match self.pme_queue.pop_front() {
+                Some(next) => self.present_pme(next),
+                None if !self.msix.enabled(&self.space) && self.intx && ctl & RTCTL_PMEIE != 0 => {
+                    self.set_intx(false)
+                }
+                None => {}
+            }
+        } else if old_ctl & RTCTL_PMEIE == 0 && ctl & RTCTL_PMEIE != 0 {
+            self.signal_pme();
+        }
+    }
+
     /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /
     /// `hotplug_event_clear()` do.
     fn signal(&mut self, s: Signal) {
@@ -332,6 +411,7 @@ impl PciePort {
         let root_cmd = self.space.dword(aer + aer::ROOT_COMMAND);
         let slot_regs = HotplugSlot::snapshot(&self.space, exp);
         let was_occupied = self.slot_occupied();
+        let (old_rtsta, old_rtctl) = (self.root_status(), self.space.word(exp + express::RTCTL));
         self.space.write(offset, width, value);
         let (deassert, sent) = self.msix.write_config(&self.space, offset, width);
         for d in sent {
@@ -357,6 +437,7 @@ impl PciePort {
             }
             RootSignal::None => {}
         }
+        self.pme_after_write(old_rtsta, old_rtctl);
         // The slot hook took presence down: the guest powered an occupied slot off.
         if was_occupied && !self.slot_occupied() {
             self.slot_events.push(SlotEvent::PoweredOff);
@@ -404,6 +485,7 @@ impl PciePort {
     pub fn reset(&mut self) {
         let l = self.layout;
         self.set_intx(false);
+        self.pme_queue.clear();
         header::device_reset(&mut self.space, &[l.msix_bar]);
         self.msix.reset(&mut self.space);
         aer::root_set_vector(&mut self.space, l.aer, 0);
@@ -422,6 +504,7 @@ impl PciePort {
             msix: self.msix.state(),
             slot: self.slot,
             intx: self.intx,
+            pme_queue: self.pme_queue.iter().copied().collect(),
         }
     }
 
@@ -436,6 +519,7 @@ impl PciePort {
         self.msix = msix;
         self.slot = s.slot;
         self.intx = s.intx;
+        self.pme_queue = s.pme_queue.iter().copied().take(PME_QUEUE_MAX).collect();
         Ok(())
     }
 }

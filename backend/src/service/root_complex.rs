@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use log::{debug, info, warn};
 use pcierc_protocol::{
     BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, ErrorReport,
-    ErrorSeverityCode, Features, FrontendIdentity, IntxLevel, LayoutChanges, MsiMessage, Status,
-    Topology,
+    ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, IntxLevel, LayoutChanges,
+    MsiMessage, Status, Topology,
 };
 
 use super::BACKEND_FEATURES;
@@ -302,6 +302,26 @@ impl BackendHandler for RootComplex {
                 warn!("error report refused: {e}");
                 Status::Invalid
             })?;
+        self.report(fx);
+        Ok(())
+    }
+
+    fn raise_pme(&mut self, conn: ConnectionId, a: &FunctionAddress) -> Result<(), Status> {
+        if a.segment != self.hierarchy.spec().segment {
+            return Err(Status::NoDevice);
+        }
+        let e = self
+            .hierarchy
+            .endpoint_at(a.bus, a.devfn)
+            .ok_or(Status::NoDevice)?;
+        if self.frontends.get(&conn).map(String::as_str) != Some(e.owner.as_str()) {
+            return Err(Status::Permission);
+        }
+        let id = e.id.clone();
+        let fx = self
+            .hierarchy
+            .raise_pme(&id)
+            .map_err(|_| Status::NoDevice)?;
         self.report(fx);
         Ok(())
     }

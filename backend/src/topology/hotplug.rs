@@ -1,8 +1,7 @@
 //! Functions arriving and leaving behind root ports, errors and PMEs they report, and the
 //! interrupts the ports raise: the hierarchy's side of PCIe Base 6.0 §6.7 (hot-plug), §6.2 (AER)
 //! and §6.1.6 (PME). The register behaviour lives in the port model; this module keeps the
-//! functions, the routing tables and the events for the service in step with it. (PME is not
-//! wired yet.) Functions
+//! functions, the routing tables and the events for the service in step with it. Functions
 //! arriving or leaving show up as [`HierarchyEvent`]s (the layout generation moves with them).
 
 use thiserror::Error;
@@ -11,7 +10,7 @@ use super::{Hierarchy, HierarchyEvent};
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
 
-/// Why a hot-plug or error-injection request was refused.
+/// Why a hot-plug, error or PME request was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum HotplugError {
     /// No function or port has this id.
@@ -232,6 +231,15 @@ impl Hierarchy {
         let fx = self.ports[port]
             .inject_error(&err, false)
             .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        Ok(self.after_port(port, fx))
+    }
+
+    /// A PME from function `id` behind a port: Root Status of the port above it.
+    pub fn raise_pme(&mut self, id: &str) -> Result<Effects, HotplugError> {
+        let port = self.port_of(id)?;
+        let bus = self.ports[port].secondary_bus();
+        let devfn = self.endpoint(id).map_or(0, |e| e.addr.0);
+        let fx = self.ports[port].raise_pme(u16::from(bus) << 8 | u16::from(devfn));
         Ok(self.after_port(port, fx))
     }
 

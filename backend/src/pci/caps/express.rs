@@ -73,6 +73,12 @@ const LNKCAP_LBNC: u32 = 1 << 21;
 const LNKCAP_PN_SHIFT: u32 = 24;
 // PCIe Base 6.0 §7.5.3.12: System Error on Correctable/Non-Fatal/Fatal Error Enable.
 const RTCTL_SERR_ENABLES: u16 = 0x0007;
+/// PCIe Base 6.0 §7.5.3.12 Root Control: PME Interrupt Enable.
+pub const RTCTL_PMEIE: u16 = 1 << 3;
+/// PCIe Base 6.0 §7.5.3.14 Root Status: PME Status (RW1C).
+pub const RTSTA_PME_STATUS: u32 = 1 << 16;
+/// PCIe Base 6.0 §7.5.3.14 Root Status: PME Pending (RO).
+pub const RTSTA_PME_PENDING: u32 = 1 << 17;
 // PCIe Base 6.0 §7.5.3.15: ARI Forwarding Supported 5, Extended Fmt Field Supported 20,
 // End-End TLP Prefix Supported 21.
 const DEVCAP2_ARI: u32 = 1 << 5;
@@ -158,8 +164,11 @@ pub fn init_root_port(
     cs.set_bits(at + DEVCAP, 4, DEVCAP_RBER.into());
     cs.or_wmask(at + DEVCTL, 2, DEVCTL_ERR_REPORTING.into());
     cs.or_w1cmask(at + DEVSTA, 2, DEVSTA_ERR_DETECTED.into());
-    // pcie_cap_root_init()
-    cs.set_wmask(at + RTCTL, 2, RTCTL_SERR_ENABLES.into());
+    // pcie_cap_root_init() makes only the System Error enables writable. pcierc also implements
+    // PME (deviation, docs/qemu-compat.md): PCIe Base 6.0 §7.5.3.12 Root Control PME Interrupt
+    // Enable (RW) and §7.5.3.14 Root Status PME Status (RW1C).
+    cs.set_wmask(at + RTCTL, 2, (RTCTL_SERR_ENABLES | RTCTL_PMEIE).into());
+    cs.set_w1cmask(at + RTSTA, 4, RTSTA_PME_STATUS.into());
     Ok(at)
 }
 
@@ -168,6 +177,7 @@ pub fn init_root_port(
 /// End-End TLP Prefix Blocking keeps its value, as in QEMU.
 pub fn reset_root_port(cs: &mut ConfigSpace, at: u16) {
     cs.set_word(at + RTCTL, 0);
+    cs.set_dword(at + RTSTA, 0);
     cs.clear_bits(at + DEVCTL, 2, DEVCTL_ERR_REPORTING.into());
     cs.clear_bits(at + DEVCTL2, 2, DEVCTL2_ARI.into());
 }
