@@ -2,7 +2,7 @@
 //!
 //! Layout: [`pci`] is the configuration-space engine, [`devices`] the function models (Q35 MCH,
 //! PCIe root port), [`topology`] the hierarchy and how it is described, [`service`] the socket
-//! side, [`cli`] the `pcierc` command line.
+//! side, [`control`] the QMP-compatible control socket, [`cli`] the `pcierc` command line.
 #![deny(missing_docs)]
 
 pub mod devices;
@@ -11,5 +11,6 @@ pub mod pci;
 
 pub use error::{Error, Result};
 pub mod cli;
+pub mod control;
 pub mod service;
 pub mod topology;

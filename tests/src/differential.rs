@@ -164,13 +164,22 @@ impl Deviation {
 
 /// The deviations visible in configuration space. (The reserved PCIEXBAR length, where QEMU
 /// aborts and pcierc disables ECAM, is never written to QEMU.)
-pub const DEVIATIONS: &[Deviation] = &[Deviation {
-    kind: Kind::RootPort,
-    // Root Control: the PCI Express capability at 0x54 + 0x1c.
-    offsets: 0x70..0x72,
-    bits: 1 << 3,
-    reason: "Root Control PME Interrupt Enable is writable: pcierc implements PME",
-}];
+pub const DEVIATIONS: &[Deviation] = &[
+    Deviation {
+        kind: Kind::RootPort,
+        // Root Control: the PCI Express capability at 0x54 + 0x1c.
+        offsets: 0x70..0x72,
+        bits: 1 << 3,
+        reason: "Root Control PME Interrupt Enable is writable: pcierc implements PME",
+    },
+    Deviation {
+        kind: Kind::RootPort,
+        // Slot Control: 0x54 + 0x18.
+        offsets: 0x6c..0x6e,
+        bits: 1 << 12,
+        reason: "Slot Control DLL State Changed Enable is writable: pcierc reports link changes",
+    },
+];
 
 /// One differing read.
 #[derive(Clone, Debug)]
@@ -653,6 +662,7 @@ mod tests {
         assert_eq!(d.bits_in(0x70, 1), 0x8);
         assert_eq!(d.bits_in(0x71, 1), 0, "the high byte has none");
         assert_eq!(d.bits_in(0x6c, 4), 0, "Slot Control/Status are compared");
+        assert_eq!(DEVIATIONS[1].bits_in(0x6c, 4), 0x1000, "but DLLSCE");
         let wide = Deviation {
             kind: Kind::Mch,
             offsets: 0x10..0x12,

@@ -4,5 +4,6 @@
 
 pub mod differential;
 pub mod process;
+pub mod qmp;
 pub mod qtest;
 pub mod qtest_target;

@@ -60,15 +60,31 @@ pub struct Backend {
     child: Child,
     /// The socket it serves.
     pub socket: PathBuf,
+    /// Its control socket, when started with [`Backend::start_with_control`].
+    pub control: Option<PathBuf>,
     _dir: ScratchDir,
 }
 
 impl Backend {
     /// Start pcierc with extra arguments and wait until its socket accepts connections.
     pub fn start(extra: &[&str]) -> Backend {
+        Self::spawn(extra, false)
+    }
+
+    /// As [`Backend::start`], also serving the QMP control socket ([`Backend::control`]).
+    pub fn start_with_control(extra: &[&str]) -> Backend {
+        Self::spawn(extra, true)
+    }
+
+    fn spawn(extra: &[&str], with_control: bool) -> Backend {
         let dir = ScratchDir::new("backend");
         let socket = dir.0.join("pcierc.sock");
-        let child = Command::new(pcierc_bin())
+        let control = with_control.then(|| dir.0.join("control.sock"));
+        let mut cmd = Command::new(pcierc_bin());
+        if let Some(c) = &control {
+            cmd.arg("--control-socket").arg(c);
+        }
+        let child = cmd
             .arg("--socket-path")
             .arg(&socket)
             .args(extra)
@@ -83,10 +99,17 @@ impl Backend {
         let mut b = Backend {
             child,
             socket,
+            control,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&b.socket).is_err() {
+        let ready = |b: &Backend| {
+            std::os::unix::net::UnixStream::connect(&b.socket).is_ok()
+                && b.control
+                    .as_ref()
+                    .is_none_or(|c| std::os::unix::net::UnixStream::connect(c).is_ok())
+        };
+        while !ready(&b) {
             if let Ok(Some(st)) = b.child.try_wait() {
                 panic!("pcierc exited early: {st}");
             }
@@ -99,6 +122,20 @@ impl Backend {
     /// Is the process still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `timeout` for the process to exit on its own; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

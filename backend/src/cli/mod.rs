@@ -24,6 +24,10 @@ pub struct Args {
     /// already-connected stream (a single frontend).
     #[arg(long, value_name = "N")]
     pub fd: Option<i32>,
+    /// Also serve a QMP-compatible control socket (query-pci, device_add, device_del,
+    /// pcie-aer-inject-error, ...) created at PATH.
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     /// Print a JSON description of the backend and its features, then exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -126,7 +130,11 @@ pub fn run(args: Args) -> Result<()> {
                     ))
                 }
             };
-            service::serve(ServiceConfig { spec, listen })
+            service::serve(ServiceConfig {
+                spec,
+                listen,
+                control_socket: args.control_socket,
+            })
         }
     }
 }

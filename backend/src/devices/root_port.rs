@@ -234,6 +234,11 @@ impl RootPort {
         self.port.inject_error(e, own)
     }
 
+    /// Slot Control (PCIe Base 6.0 §7.5.3.10).
+    pub fn slot_control(&self) -> u16 {
+        self.config_read(u16::from(EXP_OFFSET) + slot::SLTCTL, 2) as u16
+    }
+
     /// A PME from `requester` below the port. See [`PciePort::raise_pme`].
     pub fn raise_pme(&mut self, requester: u16) -> Effects {
         self.port.raise_pme(requester)

@@ -115,10 +115,6 @@ pub enum SlotError {
     /// No card is present.
     #[error("the slot is empty")]
     Empty,
-    /// The attention button was already pressed and the guest has not acknowledged it (Slot
-    /// Status Attention Button Pressed is still set).
-    #[error("a removal request is already pending")]
-    RemovalPending,
 }
 
 /// Severity of an error (PCIe Base 6.0 §6.2.2).

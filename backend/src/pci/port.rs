@@ -248,17 +248,19 @@ impl PciePort {
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
         self.space
             .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
-        Ok(self.slot_event(slot::SLTSTA_PDC))
+        // QEMU's pcie_cap_slot_plug_cb(): Presence Detect Changed and Attention Button Pressed,
+        // so a guest that enables only ABPE (Linux pciehp on a slot with a button) hears of it;
+        // and the link came up (§6.7.3.3, which QEMU does not model).
+        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | self.dllsc()))
     }
 
     /// The operator presses the attention button (PCIe Base 6.0 §6.7.1.5): Attention Button
     /// Pressed is set and signalled when enabled; the guest decides to power the slot off.
+    /// While the guest has not cleared an earlier press the status bit is already set and
+    /// nothing new is signalled (QEMU's `pcie_cap_slot_event()`).
     pub fn attention_button(&mut self) -> Result<Effects, SlotError> {
         if !self.slot_occupied() {
             return Err(SlotError::Empty);
-        }
-        if self.slot_status() & slot::SLTSTA_ABP != 0 {
-            return Err(SlotError::RemovalPending);
         }
         Ok(self.slot_event(slot::SLTSTA_ABP))
     }
@@ -273,9 +275,21 @@ impl PciePort {
         let exp = self.layout.exp;
         self.space
             .clear_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
-        self.space
+        let link = self
+            .space
             .clear_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
-        Ok(self.slot_event(slot::SLTSTA_PDC))
+        let dllsc = if link != 0 { self.dllsc() } else { 0 };
+        Ok(self.slot_event(slot::SLTSTA_PDC | dllsc))
+    }
+
+    /// Data Link Layer State Changed, when the slot reports it (hot-plug capable slots).
+    fn dllsc(&self) -> u16 {
+        let at = self.layout.exp + slot::SLTSTA;
+        if self.space.w1cmask(at, 2) & u64::from(slot::SLTSTA_DLLSC) != 0 {
+            slot::SLTSTA_DLLSC
+        } else {
+            0
+        }
     }
 
     /// Record an error and signal it through the Root Error logic (see [`aer::inject`]): `own` for

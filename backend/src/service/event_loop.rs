@@ -1,21 +1,29 @@
-//! One event-manager loop serving every frontend: the listening socket and each connection are
-//! registered with the same subscriber, connections are non-blocking, and a connection that sends
-//! garbage, stops reading, or hangs up is dropped alone.
+//! One event-manager loop serving every frontend and every control-socket client: the listening
+//! sockets and each connection are registered with the same subscriber, connections are
+//! non-blocking, and a connection that sends garbage, stops reading, or hangs up is dropped alone.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use log::{debug, error, info, warn};
 use pcierc_protocol::{Connection, ConnectionId};
 use vhost::vhost_user::Listener;
 
+use super::control_socket::ControlConn;
 use super::{Listen, RootComplex};
+use crate::control;
 use crate::{Error, Result};
 
 /// Token of the listening socket in epoll data; connections use their id (starting at 1).
 const LISTENER_TOKEN: u32 = 0;
+/// Token of the control socket's listener.
+const CONTROL_LISTENER_TOKEN: u32 = u32::MAX;
+
+/// Most control-socket clients served at once.
+pub const MAX_CONTROL_CONNECTIONS: usize = 16;
 
 /// Most frontends served at once; more are refused at accept.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -39,6 +47,9 @@ pub struct Server {
     conns: HashMap<u32, Conn>,
     next_token: u32,
     pending: Option<UnixStream>,
+    control: Option<UnixListener>,
+    controls: HashMap<u32, (ControlConn, EventSet)>,
+    quit: bool,
 }
 
 fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -55,15 +66,7 @@ impl Server {
         let source =
             match listen {
                 Listen::Path(p) => {
-                    if let Ok(meta) = std::fs::symlink_metadata(p) {
-                        use std::os::unix::fs::FileTypeExt;
-                        if !meta.file_type().is_socket() {
-                            return Err(Error::Topology(format!(
-                                "{} exists and is not a socket; not replacing it",
-                                p.display()
-                            )));
-                        }
-                    }
+                    refuse_non_socket(p)?;
                     Source::Listener(Listener::new(p, true).map_err(|e| {
                         Error::Topology(format!("listening on {}: {e}", p.display()))
                     })?)
@@ -89,11 +92,40 @@ impl Server {
             conns: HashMap::new(),
             next_token: 1,
             pending,
+            control: None,
+            controls: HashMap::new(),
+            quit: false,
         })
     }
 
-    /// Run the loop until an unrecoverable epoll error (or, with an inherited connected socket,
-    /// until that frontend disconnects).
+    /// Also serve the QMP-compatible control socket at `path`.
+    pub fn with_control_socket(mut self, path: &Path) -> Result<Self> {
+        refuse_non_socket(path)?;
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)
+            .map_err(|e| Error::Topology(format!("control socket {}: {e}", path.display())))?;
+        l.set_nonblocking(true)
+            .map_err(io_err("control socket listener"))?;
+        self.control = Some(l);
+        Ok(self)
+    }
+
+    /// A token no live connection uses.
+    fn new_token(&mut self) -> u32 {
+        loop {
+            let t = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1).max(1);
+            if t != CONTROL_LISTENER_TOKEN
+                && !self.conns.contains_key(&t)
+                && !self.controls.contains_key(&t)
+            {
+                return t;
+            }
+        }
+    }
+
+    /// Run the loop until an unrecoverable epoll error, a `quit` on the control socket, or, with
+    /// an inherited connected socket, until that frontend disconnects.
     pub fn run(self) -> Result<()> {
         let single = matches!(self.source, Source::None);
         let mut manager: EventManager<Server> =
@@ -103,6 +135,10 @@ impl Server {
             manager
                 .run()
                 .map_err(|e| Error::Topology(format!("event loop: {e}")))?;
+            if manager.subscriber_mut(id).is_ok_and(|s| s.quit) {
+                info!("quit requested on the control socket; exiting");
+                return Ok(());
+            }
             if single
                 && manager
                     .subscriber_mut(id)
@@ -119,8 +155,7 @@ impl Server {
             warn!("refusing a frontend: {MAX_CONNECTIONS} connections already");
             return;
         }
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1).max(1);
+        let token = self.new_token();
         let conn = match Connection::new(stream, ConnectionId(u64::from(token))) {
             Ok(c) => c,
             Err(e) => {
@@ -168,6 +203,21 @@ impl Server {
             self.accept_all(ops);
             return;
         }
+        if token == CONTROL_LISTENER_TOKEN {
+            self.accept_controls(ops);
+            return;
+        }
+        if self.controls.contains_key(&token) {
+            self.control_event(token, events.event_set(), ops);
+        } else {
+            self.frontend_event(token, events, ops);
+        }
+        // Whatever ran may have produced QMP events (a guest powering a slot off, a device_del
+        // completing): every negotiated control client gets them.
+        self.broadcast_control_events(ops);
+    }
+
+    fn frontend_event(&mut self, token: u32, events: Events, ops: &mut EventOps) {
         let Some(c) = self.conns.get_mut(&token) else {
             return;
         };
@@ -198,10 +248,129 @@ impl Server {
         }
     }
 
+    fn accept_controls(&mut self, ops: &mut EventOps) {
+        loop {
+            let Some(l) = &self.control else { return };
+            let stream = match l.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("control socket accept: {e}");
+                    return;
+                }
+            };
+            if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
+                warn!("refusing a control client: {MAX_CONTROL_CONNECTIONS} already connected");
+                continue;
+            }
+            let mut conn = match ControlConn::new(stream) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!("refusing a control client: {e}");
+                    continue;
+                }
+            };
+            let token = self.new_token();
+            let _ = conn.flush();
+            let interest = control_interest(&conn);
+            if let Err(e) = ops.add(Events::with_data(&conn, token, interest)) {
+                warn!("refusing a control client: epoll: {e:?}");
+                continue;
+            }
+            debug!("control client {token} connected");
+            self.controls.insert(token, (conn, interest));
+        }
+    }
+
+    fn drop_control(&mut self, token: u32, ops: &mut EventOps, why: &str) {
+        if let Some((c, interest)) = self.controls.remove(&token) {
+            let _ = ops.remove(Events::with_data(&c, token, interest));
+            debug!("control client {token} closed: {why}");
+        }
+    }
+
+    fn control_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
+        let Some((c, _)) = self.controls.get_mut(&token) else {
+            return;
+        };
+        let mut result = Ok(());
+        if set.contains(EventSet::IN) {
+            result = c.readable(&mut self.handler);
+        }
+        if result.is_ok() {
+            result = c.flush();
+        }
+        if let Err(e) = result {
+            return self.drop_control(token, ops, &e.to_string());
+        }
+        if c.quit_requested() {
+            return self.shutdown();
+        }
+        if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
+            || (set.contains(EventSet::READ_HANG_UP) && !set.contains(EventSet::IN))
+        {
+            return self.drop_control(token, ops, "client hung up");
+        }
+        self.update_control_interest(token, ops);
+    }
+
+    fn update_control_interest(&mut self, token: u32, ops: &mut EventOps) {
+        if let Some((c, interest)) = self.controls.get_mut(&token) {
+            let want = control_interest(c);
+            if want != *interest && ops.modify(Events::with_data(&*c, token, want)).is_ok() {
+                *interest = want;
+            }
+        }
+    }
+
+    /// Send the root complex's pending QMP events to every control client.
+    fn broadcast_control_events(&mut self, ops: &mut EventOps) {
+        let events = self.handler.take_control_events();
+        if events.is_empty() {
+            return;
+        }
+        let lines: Vec<String> = events
+            .into_iter()
+            .map(|e| control::event(e.name, Some(e.data)))
+            .collect();
+        let tokens: Vec<u32> = self.controls.keys().copied().collect();
+        for token in tokens {
+            let Some((c, _)) = self.controls.get_mut(&token) else {
+                continue;
+            };
+            let r = lines
+                .iter()
+                .try_for_each(|l| c.event(l))
+                .and_then(|()| c.flush());
+            match r {
+                Ok(()) => self.update_control_interest(token, ops),
+                Err(e) => self.drop_control(token, ops, &e.to_string()),
+            }
+        }
+    }
+
+    /// `quit`: tell every client (QEMU's `SHUTDOWN` event), flush, and stop the loop.
+    fn shutdown(&mut self) {
+        let line = control::event(
+            "SHUTDOWN",
+            Some(serde_json::json!({"guest": false, "reason": "host-qmp-quit"})),
+        );
+        for (c, _) in self.controls.values_mut() {
+            let _ = c.event(&line);
+            c.finish();
+        }
+        self.quit = true;
+    }
+
     fn init_events(&mut self, ops: &mut EventOps) {
         if let Source::Listener(l) = &self.source {
             if let Err(e) = ops.add(Events::with_data(l, LISTENER_TOKEN, EventSet::IN)) {
                 error!("cannot watch the listening socket: {e:?}");
+            }
+        }
+        if let Some(l) = &self.control {
+            if let Err(e) = ops.add(Events::with_data(l, CONTROL_LISTENER_TOKEN, EventSet::IN)) {
+                error!("cannot watch the control socket: {e:?}");
             }
         }
         if let Some(s) = self.pending.take() {
@@ -217,6 +386,26 @@ impl MutEventSubscriber for Server {
 
     fn init(&mut self, ops: &mut EventOps) {
         self.init_events(ops);
+    }
+}
+
+fn control_interest(c: &ControlConn) -> EventSet {
+    if c.wants_write() {
+        EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP
+    } else {
+        EventSet::IN | EventSet::READ_HANG_UP
+    }
+}
+
+/// Never replace a file that is not a socket (a typo must not delete someone's data).
+fn refuse_non_socket(p: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(p) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(Error::Topology(format!(
+            "{} exists and is not a socket; not replacing it",
+            p.display()
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
-//! layout changes out to frontends; [`event_loop`] serves many frontends on one event-manager loop.
+//! layout changes out to frontends; [`event_loop`] serves many frontends and the QMP control
+//! socket's clients ([`control_socket`]) on one event-manager loop.
 
+pub mod control_socket;
 pub mod event_loop;
 pub mod root_complex;
 
@@ -36,13 +38,19 @@ pub struct ServiceConfig {
     pub spec: TopologySpec,
     /// Where frontends connect.
     pub listen: Listen,
+    /// The QMP-compatible control socket, if any.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// Build the hierarchy, print it, and serve frontends until the process is stopped.
 pub fn serve(cfg: ServiceConfig) -> Result<()> {
     let hierarchy = Hierarchy::new(cfg.spec)?;
     let tree = hierarchy.tree();
-    let server = event_loop::Server::bind(&cfg.listen, RootComplex::new(hierarchy))?;
+    let mut server = event_loop::Server::bind(&cfg.listen, RootComplex::new(hierarchy))?;
+    if let Some(p) = &cfg.control_socket {
+        server = server.with_control_socket(p)?;
+        println!("control socket (QMP) on {}", p.display());
+    }
     println!("pcierc {} serving:\n{tree}", env!("CARGO_PKG_VERSION"));
     match &cfg.listen {
         Listen::Path(p) => println!("listening on {}", p.display()),

@@ -1,6 +1,7 @@
 //! The protocol handler: answers requests from the [`Hierarchy`] and reports what changed.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use log::{debug, info, warn};
 use pcierc_protocol::{
@@ -13,6 +14,9 @@ use super::BACKEND_FEATURES;
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
 use crate::topology::hierarchy::HierarchyEvent;
 use crate::topology::{state, Hierarchy};
+
+#[path = "control.rs"]
+mod control;
 
 /// An event for the control socket's sessions (QMP `event` name and `data`).
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +33,8 @@ pub struct RootComplex {
     frontends: BTreeMap<ConnectionId, String>,
     channels: BTreeMap<ConnectionId, BackendChannelSender>,
     control_events: Vec<ControlEvent>,
+    /// `device_del` requests the guest has not completed, and when they were made.
+    unplug_requests: BTreeMap<String, Instant>,
 }
 
 impl RootComplex {
@@ -39,6 +45,7 @@ impl RootComplex {
             frontends: BTreeMap::new(),
             channels: BTreeMap::new(),
             control_events: Vec::new(),
+            unplug_requests: BTreeMap::new(),
         }
     }
 
@@ -147,6 +154,7 @@ impl RootComplex {
                         if surprise { ", surprise" } else { "" }
                     );
                     self.each_channel(|c, _| owners.contains(&c), |ch| ch.function_removed(&rec));
+                    self.unplug_requests.remove(&endpoint.id);
                     self.control_events.push(ControlEvent {
                         name: "DEVICE_DELETED",
                         data: serde_json::json!({ "device": endpoint.id, "path": format!("/machine/peripheral/{}", endpoint.id) }),

@@ -186,6 +186,17 @@ impl Hierarchy {
         severity: ErrorSeverity,
         status: u32,
     ) -> Result<Effects, HotplugError> {
+        self.inject_error_logged(id, severity, status, [0; 4])
+    }
+
+    /// [`Self::inject_error`] with a TLP header for the Header Log (PCIe Base 6.0 §7.8.4.8).
+    pub fn inject_error_logged(
+        &mut self,
+        id: &str,
+        severity: ErrorSeverity,
+        status: u32,
+        header_log: [u32; 4],
+    ) -> Result<Effects, HotplugError> {
         let (port, requester, own) = match self.port_index(id) {
             Some(p) => (p, u16::from(self.spec.root_ports[p].addr.0), true),
             None => {
@@ -199,7 +210,7 @@ impl Hierarchy {
             severity,
             status,
             requester,
-            header_log: [0; 4],
+            header_log,
         };
         let fx = self.ports[port]
             .inject_error(&err, own)

@@ -68,6 +68,9 @@ pub const SLTCTL_PIC_ON: u16 = 1 << 8;
 pub const SLTCTL_PCC: u16 = 1 << 10;
 /// Electromechanical Interlock Control (write 1 to toggle the interlock; reads 0).
 pub const SLTCTL_EIC: u16 = 1 << 11;
+/// Data Link Layer State Changed Enable (§7.5.3.10 bit 12). Not writable in QEMU 7.2: pcierc
+/// implements it (docs/qemu-compat.md).
+pub const SLTCTL_DLLSCE: u16 = 1 << 12;
 
 // PCIe Base 6.0 §7.5.3.11 fields.
 /// Attention Button Pressed.
@@ -84,6 +87,8 @@ pub const SLTSTA_CC: u16 = 1 << 4;
 pub const SLTSTA_PDS: u16 = 1 << 6;
 /// Electromechanical Interlock Status.
 pub const SLTSTA_EIS: u16 = 1 << 7;
+/// Data Link Layer State Changed (§7.5.3.11 bit 8, RW1C): Data Link Layer Link Active changed.
+pub const SLTSTA_DLLSC: u16 = 1 << 8;
 
 /// The events QEMU signals (`PCI_EXP_HP_EV_SUPPORTED`): attention button, presence detect
 /// changed, command completed. Each enable bit in Slot Control sits at its status bit.
@@ -145,6 +150,13 @@ pub fn init(cs: &mut ConfigSpace, at: u16, cfg: SlotConfig) {
     cs.set_word(at + SLTCTL, SLTCTL_PIC_OFF | SLTCTL_AIC_OFF);
     cs.set_wmask(at + SLTCTL, 2, wmask.into());
     cs.or_w1cmask(at + SLTSTA, 2, EVENTS_SUPPORTED.into());
+    if cfg.hotplug {
+        // PCIe Base 6.0 §6.7.3.3: a hot-plug capable port with Data Link Layer Link Active
+        // Reporting (which the root ports advertise, as QEMU's) reports link changes as
+        // Data Link Layer State Changed. QEMU 7.2 leaves both read-only zero.
+        cs.or_wmask(at + SLTCTL, 2, SLTCTL_DLLSCE.into());
+        cs.or_w1cmask(at + SLTSTA, 2, SLTSTA_DLLSC.into());
+    }
 }
 
 impl HotplugSlot {
@@ -156,7 +168,9 @@ impl HotplugSlot {
     /// QEMU's `hotplug_event_update_event_status()`.
     fn update(&mut self, cs: &ConfigSpace, at: u16) {
         let (ctl, sta) = (cs.word(at + SLTCTL), cs.word(at + SLTSTA));
-        self.notified = ctl & SLTCTL_HPIE != 0 && sta & ctl & EVENTS_SUPPORTED != 0;
+        // §6.7.3.4: each enabled event; DLLSC's enable sits at another bit position.
+        let dllsc = ctl & SLTCTL_DLLSCE != 0 && sta & SLTSTA_DLLSC != 0;
+        self.notified = ctl & SLTCTL_HPIE != 0 && (sta & ctl & EVENTS_SUPPORTED != 0 || dllsc);
     }
 
     /// QEMU's `hotplug_event_notify()`: signal only when the condition changes.
@@ -219,8 +233,11 @@ impl HotplugSlot {
         let off = |c: u16| c & SLTCTL_PCC != 0 && c & SLTCTL_PIC_OFF == SLTCTL_PIC_OFF;
         if sta & SLTSTA_PDS != 0 && off(val) && !off(old_ctl) {
             cs.clear_bits(at + SLTSTA, 2, SLTSTA_PDS.into());
-            cs.clear_bits(at + LNKSTA, 2, LNKSTA_DLLLA.into());
+            let link = cs.clear_bits(at + LNKSTA, 2, LNKSTA_DLLLA.into());
             cs.set_bits(at + SLTSTA, 2, SLTSTA_PDC.into());
+            if link != 0 && cs.w1cmask(at + SLTSTA, 2) & u64::from(SLTSTA_DLLSC) != 0 {
+                cs.set_bits(at + SLTSTA, 2, SLTSTA_DLLSC.into());
+            }
         }
         self.notify(cs, at, &mut out);
         // PCIe Base 6.0 §6.7.3.2: every write to Slot Control is a command, completed at once.
@@ -241,7 +258,8 @@ impl HotplugSlot {
                 | SLTCTL_HPIE
                 | SLTCTL_CCIE
                 | SLTCTL_PDCE
-                | SLTCTL_ABPE)
+                | SLTCTL_ABPE
+                | SLTCTL_DLLSCE)
                 .into(),
         );
         cs.set_bits(at + SLTCTL, 2, SLTCTL_AIC_OFF.into());
@@ -261,7 +279,7 @@ impl HotplugSlot {
         cs.clear_bits(
             at + SLTSTA,
             2,
-            (SLTSTA_EIS | SLTSTA_CC | SLTSTA_PDC | SLTSTA_ABP).into(),
+            (SLTSTA_EIS | SLTSTA_CC | SLTSTA_PDC | SLTSTA_ABP | SLTSTA_DLLSC).into(),
         );
         self.update(cs, at);
     }
