@@ -3,11 +3,12 @@
 //! [`BackendHandler`] and builds the [`Reply`].
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use log::{debug, error};
 use vhost::vhost_user::message::VhostUserMsgValidator;
 use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::channel::{is_unix_stream, BackendChannelSender};
 use crate::error::Result;
@@ -15,7 +16,7 @@ use crate::frame::{read_obj, validate_header, Message, MessageKind};
 use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 use crate::messages::{
     decode_name, valid_config_width, valid_guest_width, ConfigAccess, ErrorReport, FrontendInfo,
-    FrontendRole, FunctionAddress, GuestAccess, CONFIG_SPACE_SIZE, U64,
+    FrontendRole, FunctionAddress, GuestAccess, InterruptFd, CONFIG_SPACE_SIZE, U64,
 };
 use crate::wire::{FrontendReq, MsgHeader, Status, MAX_PAYLOAD_SIZE};
 use crate::{Features, ProtocolFeatures};
@@ -237,6 +238,7 @@ impl Session {
             PioRead | PioWrite | MmioRead | MmioWrite => Some(ProtocolFeatures::GUEST_ACCESS),
             SaveState | LoadState => Some(ProtocolFeatures::DEVICE_STATE),
             ReportError | RaisePme => Some(ProtocolFeatures::ERROR_REPORTING),
+            SetInterruptFd => Some(ProtocolFeatures::INTERRUPTS),
             GetTopology | ConfigRead | ConfigWrite | Reset | GetChipsetMemory => {
                 Some(ProtocolFeatures::empty())
             }
@@ -248,6 +250,9 @@ impl Session {
         }
         if req == SetBackendReqFd {
             return self.set_backend_channel(h, p, fds);
+        }
+        if req == SetInterruptFd {
+            return self.set_interrupt_fd(h, p, fds);
         }
         if !fds.is_empty() {
             return Err(Status::Invalid);
@@ -362,7 +367,7 @@ impl Session {
                 let a = payload::<FunctionAddress>(p)?;
                 h.raise_pme(self.conn, &a).map(none)
             }
-            SetBackendReqFd => Err(Status::Protocol), // handled above
+            SetBackendReqFd | SetInterruptFd => Err(Status::Protocol), // handled above
         }
     }
 
@@ -381,6 +386,30 @@ impl Session {
         h.frontend_identified(self.conn, &identity);
         self.identity = Some(identity);
         Ok(())
+    }
+
+    /// `SetInterruptFd`: exactly one eventfd to register, none to unregister.
+    fn set_interrupt_fd<H: BackendHandler + ?Sized>(
+        &mut self,
+        h: &mut H,
+        p: &[u8],
+        fds: &mut Vec<File>,
+    ) -> Answer {
+        let req = payload::<InterruptFd>(p)?;
+        let fd = if req.flags & InterruptFd::UNREGISTER != 0 {
+            if !fds.is_empty() {
+                return Err(Status::Invalid);
+            }
+            None
+        } else {
+            if fds.len() != 1 || !is_eventfd(fds[0].as_raw_fd()) {
+                return Err(Status::Invalid);
+            }
+            let file = fds.pop().ok_or(Status::Invalid)?;
+            // SAFETY: the fd is an eventfd (checked above) that we own; EventFd takes it over.
+            Some(unsafe { EventFd::from_raw_fd(file.into_raw_fd()) })
+        };
+        h.set_interrupt_fd(self.conn, &req, fd).map(|()| Vec::new())
     }
 
     fn set_backend_channel<H: BackendHandler + ?Sized>(
@@ -408,6 +437,12 @@ impl Session {
         h.backend_channel(self.conn, sender);
         Ok(Vec::new())
     }
+}
+
+/// Is `fd` an eventfd? (Its /proc link names the anonymous inode.)
+fn is_eventfd(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|p| p.as_os_str() == "anon_inode:[eventfd]")
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::frame::{
     decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
-use crate::messages::{ChipsetMemory, IntxLevel, LayoutChange, MsiMessage};
+use crate::messages::{ChipsetMemory, IntxLevel, LayoutChange, MsiMessage, MsiRoute};
 use crate::topology::FunctionRecord;
 use crate::topology::Topology;
 use crate::wire::{BackendReq, MsgHeader, Status};
@@ -64,6 +64,8 @@ pub enum Notification {
     FunctionAdded(FunctionRecord),
     /// A function this frontend owns is gone.
     FunctionRemoved(FunctionRecord),
+    /// The message of an MSI-X vector this frontend delivers through an eventfd.
+    MsiRoute(MsiRoute),
 }
 
 impl Notification {
@@ -98,6 +100,7 @@ impl Notification {
                 code,
                 &msg.payload,
             )?)),
+            BackendReq::MsiRoute => Ok(Notification::MsiRoute(decode_payload(code, &msg.payload)?)),
         }
     }
 }
@@ -279,6 +282,11 @@ impl BackendChannelSender {
     /// Send an `Msi` notification (dropped unless `INTERRUPTS` was negotiated).
     pub fn msi(&mut self, msg: &MsiMessage) -> Result<()> {
         self.send_if(self.interrupts, BackendReq::Msi, msg.as_slice())
+    }
+
+    /// Send an `MsiRoute` notification (dropped unless `INTERRUPTS` was negotiated).
+    pub fn msi_route(&mut self, route: &MsiRoute) -> Result<()> {
+        self.send_if(self.interrupts, BackendReq::MsiRoute, route.as_slice())
     }
 
     /// Send an `Intx` notification (dropped unless `INTERRUPTS` was negotiated).

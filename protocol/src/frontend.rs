@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};
 use crate::messages::{
     encode_name, ChipsetMemory, ConfigAccess, ErrorReport, FrontendInfo, FrontendRole,
-    FunctionAddress, GuestAccess, U64,
+    FunctionAddress, GuestAccess, InterruptFd, U64,
 };
 use crate::topology::Topology;
 use crate::wire::{FrontendReq, MsgHeader, Status};
@@ -352,6 +352,34 @@ impl Frontend {
             reserved: 0,
         };
         self.call(FrontendReq::RaisePme, a.as_slice(), &[], Some(0))
+            .map(drop)
+    }
+
+    /// `SetInterruptFd`: deliver MSI-X `vector` of the function at (`segment`, `bus`, `devfn`)
+    /// by writing to `fd` (an eventfd; e.g. one registered as a KVM irqfd) instead of `Msi`
+    /// notifications; `None` unregisters. `MsiRoute` notifications on the backend channel
+    /// report the vector's message now and whenever the guest changes it.
+    pub fn set_interrupt_fd(
+        &mut self,
+        segment: u16,
+        bus: u8,
+        devfn: u8,
+        vector: u16,
+        fd: Option<&vmm_sys_util::eventfd::EventFd>,
+    ) -> Result<()> {
+        let req = InterruptFd {
+            segment,
+            bus,
+            devfn,
+            vector,
+            flags: if fd.is_some() {
+                0
+            } else {
+                InterruptFd::UNREGISTER
+            },
+        };
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        self.call(FrontendReq::SetInterruptFd, req.as_slice(), &fds, Some(0))
             .map(drop)
     }
 

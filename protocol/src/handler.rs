@@ -9,7 +9,9 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::channel::BackendChannelSender;
-use crate::messages::{ChipsetMemory, ErrorReport, FrontendRole, FunctionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::messages::{ChipsetMemory, ErrorReport, FrontendRole, FunctionAddress, InterruptFd};
 use crate::topology::Topology;
 use crate::wire::Status;
 use crate::{Features, ProtocolFeatures};
@@ -88,6 +90,17 @@ pub trait BackendHandler {
     fn raise_pme(&mut self, _conn: ConnectionId, _from: &FunctionAddress) -> Result<(), Status> {
         Err(Status::NotSupported)
     }
+    /// Frontend `conn` wants MSI-X `req.vector` of a function delivered by writing to `fd`
+    /// (an eventfd, checked) rather than as `Msi` notifications, or (`fd` is `None`,
+    /// [`InterruptFd::UNREGISTER`]) no longer. Default: not supported.
+    fn set_interrupt_fd(
+        &mut self,
+        _conn: ConnectionId,
+        _req: &InterruptFd,
+        _fd: Option<EventFd>,
+    ) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
     /// A frontend identified itself (once per connection).
     fn frontend_identified(&mut self, _conn: ConnectionId, _info: &FrontendIdentity) {}
     /// A frontend sent its backend channel; a later call for the same connection replaces it.
@@ -114,6 +127,12 @@ pub trait SharedBackendHandler {
     fn chipset_memory(&self) -> ChipsetMemory;
     fn report_error(&self, conn: ConnectionId, report: &ErrorReport) -> Result<(), Status>;
     fn raise_pme(&self, conn: ConnectionId, from: &FunctionAddress) -> Result<(), Status>;
+    fn set_interrupt_fd(
+        &self,
+        conn: ConnectionId,
+        req: &InterruptFd,
+        fd: Option<EventFd>,
+    ) -> Result<(), Status>;
     fn frontend_identified(&self, conn: ConnectionId, info: &FrontendIdentity);
     fn backend_channel(&self, conn: ConnectionId, sender: BackendChannelSender);
     fn disconnected(&self, conn: ConnectionId);
@@ -179,6 +198,14 @@ macro_rules! forward_all {
             from: &FunctionAddress,
         ) -> Result<(), Status> {
             $target.raise_pme(conn, from)
+        }
+        fn set_interrupt_fd(
+            $self_: $recv,
+            conn: ConnectionId,
+            req: &InterruptFd,
+            fd: Option<EventFd>,
+        ) -> Result<(), Status> {
+            $target.set_interrupt_fd(conn, req, fd)
         }
         fn frontend_identified($self_: $recv, conn: ConnectionId, info: &FrontendIdentity) {
             $target.frontend_identified(conn, info)

@@ -215,6 +215,63 @@ impl VhostUserMsgValidator for FunctionAddress {
     }
 }
 
+/// `SetInterruptFd` payload: which MSI-X vector of which function, and whether to register
+/// (one eventfd attached) or unregister (no fd).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterruptFd {
+    /// PCI segment group.
+    pub segment: u16,
+    /// Bus number (pcierc's own functions sit on the root bus).
+    pub bus: u8,
+    /// Device/function.
+    pub devfn: u8,
+    /// MSI-X vector (table entry index).
+    pub vector: u16,
+    /// [`InterruptFd::UNREGISTER`] or 0.
+    pub flags: u16,
+}
+// SAFETY: integers, no padding (2+1+1+2+2).
+unsafe impl ByteValued for InterruptFd {}
+impl InterruptFd {
+    /// Remove the registration (no fd attached).
+    pub const UNREGISTER: u16 = 1;
+}
+impl VhostUserMsgValidator for InterruptFd {
+    fn is_valid(&self) -> bool {
+        self.flags & !Self::UNREGISTER == 0
+    }
+}
+
+/// `MsiRoute` notification: the message an MSI-X vector sends now.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct MsiRoute {
+    /// Message address from the vector's table entry.
+    pub address: u64,
+    /// Message data from the vector's table entry.
+    pub data: u32,
+    /// Segment of the function.
+    pub segment: u16,
+    /// Bus of the function.
+    pub bus: u8,
+    /// Devfn of the function.
+    pub devfn: u8,
+    /// The vector.
+    pub vector: u16,
+    /// 1 when the vector cannot fire now (entry masked, Function Mask set, or MSI-X disabled).
+    pub masked: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 5],
+}
+// SAFETY: integers and a byte array, no padding (8+4+2+1+1+2+1+5).
+unsafe impl ByteValued for MsiRoute {}
+impl VhostUserMsgValidator for MsiRoute {
+    fn is_valid(&self) -> bool {
+        self.masked <= 1 && self.reserved == [0; 5]
+    }
+}
+
 /// An MSI/MSI-X message a function pcierc emulates sends (`Msi` notification).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -330,6 +387,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<LayoutChange>(), 8);
         assert_eq!(std::mem::size_of::<FunctionAddress>(), 8);
         assert_eq!(std::mem::size_of::<MsiMessage>(), 16);
+        assert_eq!(std::mem::size_of::<InterruptFd>(), 8);
+        assert_eq!(std::mem::size_of::<MsiRoute>(), 24);
         assert_eq!(std::mem::size_of::<IntxLevel>(), 8);
         assert_eq!(std::mem::size_of::<ErrorReport>(), 32);
     }

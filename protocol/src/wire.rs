@@ -161,6 +161,11 @@ pub enum FrontendReq {
     /// Payload: [`crate::messages::FunctionAddress`]: a PME message from a function this
     /// frontend owns, signalled through the root port above it.
     RaisePme = 19,
+    /// Payload: [`crate::messages::InterruptFd`] with one eventfd, or none to unregister: MSI-X
+    /// `vector` of a function pcierc emulates is delivered by writing to that eventfd (KVM irqfd
+    /// style) instead of an `Msi` notification; `MsiRoute` notifications keep its message
+    /// current.
+    SetInterruptFd = 20,
 }
 
 impl TryFrom<u32> for FrontendReq {
@@ -187,6 +192,7 @@ impl TryFrom<u32> for FrontendReq {
             17 => GetChipsetMemory,
             18 => ReportError,
             19 => RaisePme,
+            20 => SetInterruptFd,
             other => return Err(other),
         })
     }
@@ -210,6 +216,10 @@ pub enum BackendReq {
     /// Payload: [`crate::topology::FunctionRecord`]: a function this frontend owns is gone (the
     /// guest released the slot, or it was surprise-removed); stop serving it.
     FunctionRemoved = 6,
+    /// Payload: [`crate::messages::MsiRoute`]: the message (address, data) and mask of an MSI-X
+    /// vector this frontend registered an eventfd for, sent at registration and whenever the
+    /// guest changes it, so the frontend can keep its interrupt routing (a KVM GSI route) right.
+    MsiRoute = 7,
 }
 
 impl TryFrom<u32> for BackendReq {
@@ -222,6 +232,7 @@ impl TryFrom<u32> for BackendReq {
             4 => Ok(BackendReq::Intx),
             5 => Ok(BackendReq::FunctionAdded),
             6 => Ok(BackendReq::FunctionRemoved),
+            7 => Ok(BackendReq::MsiRoute),
             other => Err(other),
         }
     }

@@ -181,3 +181,89 @@ fn owner_reports_an_error_and_a_pme_and_the_vmm_gets_the_root_port_interrupts() 
         "PME Status, requester 01:00.0"
     );
 }
+
+#[test]
+fn an_interrupt_eventfd_replaces_the_msi_message_and_routes_follow_the_table() {
+    use pcierc_protocol::{MsiRoute, Status};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let b = Backend::start(&[]);
+    let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
+    let mut ch = vmm.take_backend_channel().expect("vmm channel");
+    let efd = EventFd::new(EFD_NONBLOCK).expect("eventfd");
+    // rp1 (00:02.0) has one MSI-X vector, as QEMU's root ports.
+    for (bus, devfn, vector) in [(0, 0x10, 1), (1, 0, 0), (0, 0x00, 0)] {
+        assert_eq!(
+            vmm.set_interrupt_fd(0, bus, devfn, vector, Some(&efd))
+                .unwrap_err()
+                .status(),
+            Some(Status::NoDevice),
+            "{bus:02x}:{devfn:02x} vector {vector}"
+        );
+    }
+    vmm.set_interrupt_fd(0, 0, 0x10, 0, Some(&efd)).unwrap();
+    let route = |ch: &mut pcierc_protocol::BackendChannel| match next(ch, |n| {
+        matches!(n, Notification::MsiRoute(_))
+    }) {
+        Notification::MsiRoute(r) => r,
+        _ => unreachable!(),
+    };
+    let r = route(&mut ch);
+    assert_eq!(
+        (r.devfn, r.vector, r.masked),
+        (0x10, 0, 1),
+        "at registration: MSI-X is off"
+    );
+    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
+    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
+    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+    vmm.mmio_write(TABLE, 8, 0xfee0_5000).unwrap();
+    assert_eq!(
+        route(&mut ch).address,
+        0xfee0_5000,
+        "the guest wrote the address"
+    );
+    vmm.mmio_write(TABLE + 8, 4, 0x40aa).unwrap();
+    assert_eq!(route(&mut ch).data, 0x40aa);
+    vmm.mmio_write(TABLE + 12, 4, 0).unwrap();
+    vmm.mmio_write(RP1 + 0x4a, 2, 0x8000).unwrap();
+    assert_eq!(
+        route(&mut ch),
+        MsiRoute {
+            address: 0xfee0_5000,
+            data: 0x40aa,
+            segment: 0,
+            bus: 0,
+            devfn: 0x10,
+            vector: 0,
+            masked: 0,
+            reserved: [0; 5]
+        },
+        "unmasked once MSI-X is enabled"
+    );
+    // Command Completed with CCIE|HPIE: the eventfd fires, no Msi message is sent.
+    vmm.mmio_write(SLTCTL, 2, 0x0030).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let count = loop {
+        match efd.read() {
+            Ok(n) => break n,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("the eventfd never fired: {e}"),
+        }
+    };
+    assert_eq!(count, 1);
+    while let Ok(Some(n)) = ch.recv_timeout(Duration::from_millis(200)) {
+        assert!(!matches!(n, Notification::Msi(_)), "{n:?}");
+    }
+    // Unregistered: the next one is a message again.
+    vmm.set_interrupt_fd(0, 0, 0x10, 0, None).unwrap();
+    vmm.mmio_write(SLTSTA, 2, 0x10).unwrap();
+    vmm.mmio_write(SLTCTL, 2, 0x0030).unwrap();
+    assert!(matches!(
+        next(&mut ch, |n| matches!(n, Notification::Msi(_))),
+        Notification::Msi(MsiMessage { data: 0x40aa, .. })
+    ));
+    assert!(efd.read().is_err(), "nothing more on the eventfd");
+}

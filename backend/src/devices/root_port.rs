@@ -234,6 +234,11 @@ impl RootPort {
         self.port.inject_error(e, own)
     }
 
+    /// The MSI-X message `vector` sends now and whether it is masked.
+    pub fn msi_route(&self, vector: u16) -> Option<(u64, u32, bool)> {
+        self.port.msi_route(vector)
+    }
+
     /// Slot Control (PCIe Base 6.0 §7.5.3.10).
     pub fn slot_control(&self) -> u16 {
         self.config_read(u16::from(EXP_OFFSET) + slot::SLTCTL, 2) as u16

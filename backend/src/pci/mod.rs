@@ -86,6 +86,8 @@ pub trait PciFunction: Send {
 pub enum Interrupt {
     /// An MSI-X message as the guest programmed it in the table (PCIe Base 6.0 §7.7.2).
     Msi {
+        /// The MSI-X vector (table entry) that fired.
+        vector: u16,
         /// Message Address.
         address: u64,
         /// Message Data.

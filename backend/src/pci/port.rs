@@ -184,8 +184,17 @@ impl PciePort {
             let entry = u64::from(v) * 16;
             let address = self.msix.bar_read(entry, 8);
             let data = self.msix.bar_read(entry + 8, 4) as u32;
-            self.interrupts.push(Interrupt::Msi { address, data });
+            self.interrupts.push(Interrupt::Msi {
+                vector: v,
+                address,
+                data,
+            });
         }
+    }
+
+    /// The MSI-X message `vector` sends now and whether it is masked (see [`Msix::route`]).
+    pub fn msi_route(&self, vector: u16) -> Option<(u64, u32, bool)> {
+        self.msix.route(vector)
     }
 
     /// Interrupts generated since the last call.

@@ -6,9 +6,10 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use pcierc_protocol::{
     BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, ErrorReport,
-    ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, IntxLevel, LayoutChanges,
-    MsiMessage, Status, Topology,
+    ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, InterruptFd, IntxLevel,
+    LayoutChanges, MsiMessage, Status, Topology,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::BACKEND_FEATURES;
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
@@ -17,6 +18,8 @@ use crate::topology::{state, Hierarchy};
 
 #[path = "control.rs"]
 mod control;
+#[path = "irqfd.rs"]
+mod irqfd;
 
 /// An event for the control socket's sessions (QMP `event` name and `data`).
 #[derive(Clone, Debug, PartialEq)]
@@ -35,6 +38,8 @@ pub struct RootComplex {
     control_events: Vec<ControlEvent>,
     /// `device_del` requests the guest has not completed, and when they were made.
     unplug_requests: BTreeMap<String, Instant>,
+    /// Interrupt eventfds frontends registered (`SetInterruptFd`).
+    irqfds: irqfd::Irqfds,
 }
 
 impl RootComplex {
@@ -46,6 +51,7 @@ impl RootComplex {
             channels: BTreeMap::new(),
             control_events: Vec::new(),
             unplug_requests: BTreeMap::new(),
+            irqfds: irqfd::Irqfds::default(),
         }
     }
 
@@ -103,8 +109,15 @@ impl RootComplex {
             match ev {
                 HierarchyEvent::Interrupt {
                     devfn,
-                    interrupt: Interrupt::Msi { address, data },
+                    interrupt:
+                        Interrupt::Msi {
+                            vector,
+                            address,
+                            data,
+                        },
                 } => {
+                    // Frontends with an eventfd for this vector get a write, not a message.
+                    let by_fd = self.irqfds.signal(devfn, vector);
                     let m = MsiMessage {
                         address,
                         data,
@@ -117,7 +130,10 @@ impl RootComplex {
                         devfn >> 3,
                         devfn & 7
                     );
-                    self.each_channel(|_, ch| ch.wants_interrupts(), |ch| ch.msi(&m));
+                    self.each_channel(
+                        |c, ch| ch.wants_interrupts() && !by_fd.contains(&c),
+                        |ch| ch.msi(&m),
+                    );
                 }
                 HierarchyEvent::Interrupt {
                     devfn,
@@ -169,6 +185,7 @@ impl RootComplex {
     /// layout and chipset-memory notifications to every backend channel.
     pub fn report(&mut self, effects: Effects) {
         let mut changes = self.deliver_events();
+        self.sync_msi_routes();
         for (e, c) in [
             (Effects::ECAM, LayoutChanges::ECAM),
             (Effects::BUS_NUMBERS, LayoutChanges::BUS_NUMBERS),
@@ -348,5 +365,15 @@ impl BackendHandler for RootComplex {
             info!("frontend {name} disconnected");
         }
         self.channels.remove(&conn);
+        self.irqfds.drop_connection(conn);
+    }
+
+    fn set_interrupt_fd(
+        &mut self,
+        conn: ConnectionId,
+        req: &InterruptFd,
+        fd: Option<EventFd>,
+    ) -> Result<(), Status> {
+        self.register_irqfd(conn, req, fd)
     }
 }

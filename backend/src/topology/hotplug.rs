@@ -254,6 +254,17 @@ impl Hierarchy {
         Ok(self.after_port(port, fx))
     }
 
+    /// The MSI-X message `vector` of pcierc's function at (`bus`, `devfn`) sends now, and
+    /// whether it is masked; `None` if no such function or vector.
+    pub fn msi_route(&self, bus: u8, devfn: u8, vector: u16) -> Option<(u64, u32, bool)> {
+        match self.route(bus, devfn) {
+            super::Routed::Local(super::Slot::Port(i)) => {
+                self.ports.get(usize::from(i))?.msi_route(vector)
+            }
+            _ => None,
+        }
+    }
+
     /// Events (interrupts, functions added and removed) since the last call.
     pub fn take_events(&mut self) -> Vec<HierarchyEvent> {
         std::mem::take(&mut self.events)

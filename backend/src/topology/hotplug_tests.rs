@@ -50,6 +50,7 @@ fn msis(h: &mut Hierarchy) -> usize {
                 HierarchyEvent::Interrupt {
                     devfn: 0x10,
                     interrupt: Interrupt::Msi {
+                        vector: 0,
                         address: 0xfee0_1000,
                         data: 0x4031
                     }

@@ -1,7 +1,7 @@
 //! Unit tests of [`super::Session`]: the checks of `docs/protocol.md` section 9, request by request.
 
 use super::*;
-use crate::messages::{encode_name, ChipsetMemory, ErrorReport, FunctionAddress};
+use crate::messages::{encode_name, ChipsetMemory, ErrorReport, FunctionAddress, InterruptFd};
 use crate::topology::Topology;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 
@@ -11,6 +11,7 @@ struct Fake {
     identified: Option<FrontendIdentity>,
     disconnected: usize,
     bad_topology: bool,
+    irqfds: Vec<(InterruptFd, bool)>,
 }
 
 impl BackendHandler for Fake {
@@ -64,6 +65,18 @@ impl BackendHandler for Fake {
     }
     fn chipset_memory(&mut self) -> ChipsetMemory {
         ChipsetMemory::default()
+    }
+    fn set_interrupt_fd(
+        &mut self,
+        _: ConnectionId,
+        req: &InterruptFd,
+        fd: Option<EventFd>,
+    ) -> Result<(), Status> {
+        if let Some(fd) = &fd {
+            fd.write(1).map_err(|_| Status::Io)?;
+        }
+        self.irqfds.push((*req, fd.is_some()));
+        Ok(())
     }
     fn frontend_identified(&mut self, _: ConnectionId, info: &FrontendIdentity) {
         self.identified = Some(info.clone());
@@ -482,4 +495,76 @@ fn error_reporting_needs_its_feature_and_a_valid_report() {
     let bad = FunctionAddress { reserved: 1, ..pme };
     let (st, _) = run(&mut s, &mut h, FrontendReq::RaisePme, bad.as_slice());
     assert_eq!(st, Status::Invalid);
+}
+
+#[test]
+fn set_interrupt_fd_takes_exactly_one_eventfd_or_none_to_unregister() {
+    use FrontendReq::SetInterruptFd;
+    let file = |fd: EventFd| {
+        // SAFETY: we own the eventfd and hand its fd to the File.
+        unsafe { File::from_raw_fd(fd.into_raw_fd()) }
+    };
+    let efd = || EventFd::new(0).unwrap();
+    let req = InterruptFd {
+        bus: 0,
+        devfn: 0x10,
+        vector: 0,
+        ..Default::default()
+    };
+    let handle = |s: &mut Session, h: &mut Fake, p: &[u8], fds: Vec<File>| {
+        s.handle(h, msg(SetInterruptFd, p, fds)).unwrap().status()
+    };
+    // Needs INTERRUPTS.
+    let (mut s, mut h) = negotiated(ProtocolFeatures::BACKEND_CHANNEL);
+    assert_eq!(
+        handle(&mut s, &mut h, req.as_slice(), vec![file(efd())]),
+        Status::Protocol
+    );
+    let (mut s, mut h) = negotiated(ProtocolFeatures::INTERRUPTS);
+    assert_eq!(
+        handle(&mut s, &mut h, req.as_slice(), vec![]),
+        Status::Invalid,
+        "no fd"
+    );
+    let (a, _b) = UnixStream::pair().unwrap();
+    let not_eventfd = File::from(std::os::fd::OwnedFd::from(a));
+    assert_eq!(
+        handle(&mut s, &mut h, req.as_slice(), vec![not_eventfd]),
+        Status::Invalid,
+        "a socket is not an eventfd"
+    );
+    assert_eq!(
+        handle(
+            &mut s,
+            &mut h,
+            req.as_slice(),
+            vec![file(efd()), file(efd())]
+        ),
+        Status::Invalid,
+        "two fds"
+    );
+    let bad_flags = InterruptFd { flags: 2, ..req };
+    assert_eq!(
+        handle(&mut s, &mut h, bad_flags.as_slice(), vec![file(efd())]),
+        Status::Invalid
+    );
+    let unreg = InterruptFd {
+        flags: InterruptFd::UNREGISTER,
+        ..req
+    };
+    assert_eq!(
+        handle(&mut s, &mut h, unreg.as_slice(), vec![file(efd())]),
+        Status::Invalid,
+        "unregister takes no fd"
+    );
+    assert!(h.irqfds.is_empty(), "nothing reached the handler");
+    let e = efd();
+    let dup = e.try_clone().unwrap();
+    assert_eq!(
+        handle(&mut s, &mut h, req.as_slice(), vec![file(dup)]),
+        Status::Ok
+    );
+    assert_eq!(e.read().unwrap(), 1, "the handler got the very eventfd");
+    assert_eq!(handle(&mut s, &mut h, unreg.as_slice(), vec![]), Status::Ok);
+    assert_eq!(h.irqfds, vec![(req, true), (unreg, false)]);
 }

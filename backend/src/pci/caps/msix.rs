@@ -134,6 +134,23 @@ impl Msix {
                 .is_some_and(|c| c & ENTRY_CTRL_MASKBIT != 0)
     }
 
+    /// Number of table entries (vectors).
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// The message `vector` sends now (PCIe Base 6.0 §7.7.2.4: its table entry's address and
+    /// data) and whether it cannot fire (masked, or MSI-X disabled); `None` past the table.
+    pub fn route(&self, vector: u16) -> Option<(u64, u32, bool)> {
+        if vector >= self.entries {
+            return None;
+        }
+        let entry = u64::from(vector) * u64::from(ENTRY_SIZE);
+        let address = self.bar_read(entry, 8);
+        let data = self.bar_read(entry + 8, 4) as u32;
+        Some((address, data, self.is_masked(vector)))
+    }
+
     /// Is `vector` masked (by the function or by its own mask bit)?
     pub fn is_masked(&self, vector: u16) -> bool {
         self.vector_masked(vector, self.function_masked)
