@@ -541,3 +541,53 @@ fn link_changes_are_reported_as_dll_state_changed() {
     );
     assert_eq!(h.mmio_read(SLTCTL, 2).unwrap() & 0x1000, 0, "and DLLSCE");
 }
+
+#[test]
+fn a_pending_slot_event_interrupts_when_its_enable_comes_later() {
+    let mut h = guest_ready();
+    // Hot-plug interrupts off entirely: the add is recorded, nothing fires.
+    h.mmio_write(SLTCTL, 2, 0x03c0).unwrap();
+    let sta = h.mmio_read(SLTSTA, 2).unwrap();
+    h.mmio_write(SLTSTA, 2, sta & 0x11f).unwrap();
+    h.take_events();
+    h.hot_add(net("net0")).unwrap();
+    assert_eq!(msis(&mut h), 0);
+    assert_ne!(h.mmio_read(SLTSTA, 2).unwrap() & 0x08, 0, "PDC recorded");
+    // §6.7.3.4: enabling PDCE and HPIE with PDC still set interrupts.
+    h.mmio_write(SLTCTL, 2, 0x0028 | 0x03c0).unwrap();
+    assert_eq!(msis(&mut h), 1);
+}
+
+#[test]
+fn overlapping_requests_never_wedge_the_slot() {
+    let mut h = guest_ready();
+    h.hot_add(net("net0")).unwrap();
+    // Removal requested before the guest handled the add: accepted (the button is a latch).
+    h.request_removal("net0").unwrap();
+    // An add while the removal is pending: refused, nothing changed.
+    assert!(matches!(
+        h.hot_add(net("net1")),
+        Err(HotplugError::Slot {
+            source: SlotError::Occupied,
+            ..
+        })
+    ));
+    assert_eq!(h.endpoint("net1"), None);
+    // The guest completes the removal; the slot takes a new card.
+    let sta = h.mmio_read(SLTSTA, 2).unwrap();
+    h.mmio_write(SLTSTA, 2, sta & 0x11f).unwrap();
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0400 | 0x03c0).unwrap();
+    assert_eq!(h.endpoint("net0"), None);
+    // Removing what is already gone names the problem.
+    assert!(matches!(
+        h.request_removal("net0"),
+        Err(HotplugError::UnknownId(_))
+    ));
+    assert!(matches!(
+        h.surprise_remove("net0"),
+        Err(HotplugError::UnknownId(_))
+    ));
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0).unwrap();
+    h.hot_add(net("net1")).unwrap();
+    assert_eq!(h.route(1, 0), Routed::Remote(0));
+}
