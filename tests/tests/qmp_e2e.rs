@@ -27,9 +27,10 @@ const ABP: u64 = 1 << 0;
 const PDC: u64 = 1 << 3;
 const CC: u64 = 1 << 4;
 const PDS: u64 = 1 << 6;
-// Slot Control: ABPE|PDCE|CCIE|HPIE, power indicator on, power on.
-const SLTCTL_ON: u64 = 0x0039 | 0x0100;
-const SLTCTL_OFF: u64 = 0x0039 | 0x0300 | 0x0400;
+// Slot Control: ABPE|PDCE|CCIE|HPIE, attention indicator off, power indicator on and power
+// on, or power indicator off and power off.
+const SLTCTL_ON: u64 = 0x0039 | 0x00c0 | 0x0100;
+const SLTCTL_OFF: u64 = 0x0039 | 0x00c0 | 0x0300 | 0x0400;
 
 /// The guest side: a VMM frontend that forwards ECAM accesses and injects MSIs.
 struct Guest {
@@ -157,9 +158,24 @@ fn hot_add_and_orderly_removal_through_qmp() {
         "Slot Status {sta:#x}: presence, its change, and the button as QEMU sets it"
     );
     assert_eq!(owner_event(&mut owner_ch), (true, "net0".into(), 1, 0));
+    let ev = qmp
+        .event("X_PCIERC_SLOT_CHANGED", 5.0)
+        .expect("slot event on hot-add");
+    assert_eq!(
+        ev["data"],
+        json!({"port": "rp1", "power": "off", "power-indicator": "off",
+               "attention-indicator": "off", "present": true})
+    );
     // pciehp: clear what it saw, power the slot on, Command Completed.
     g.ack();
     g.w(SLTCTL, 2, SLTCTL_ON);
+    let ev = qmp
+        .event("X_PCIERC_SLOT_CHANGED", 5.0)
+        .expect("slot event on power-on");
+    assert_eq!(
+        (&ev["data"]["power"], &ev["data"]["power-indicator"]),
+        (&json!("on"), &json!("on"))
+    );
     assert_eq!(g.msis(Duration::from_millis(300)), 1, "Command Completed");
     assert_ne!(g.r(SLTSTA, 2) & CC, 0);
     g.w(SLTSTA, 2, CC);

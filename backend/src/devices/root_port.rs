@@ -239,6 +239,11 @@ impl RootPort {
         self.port.msi_route(vector)
     }
 
+    /// Slot Status (PCIe Base 6.0 §7.5.3.11).
+    pub fn slot_status(&self) -> u16 {
+        self.config_read(u16::from(EXP_OFFSET) + slot::SLTSTA, 2) as u16
+    }
+
     /// Slot Control (PCIe Base 6.0 §7.5.3.10).
     pub fn slot_control(&self) -> u16 {
         self.config_read(u16::from(EXP_OFFSET) + slot::SLTCTL, 2) as u16

@@ -30,7 +30,8 @@ bitflags::bitflags! {
         const SECONDARY_BUS_RESET = 1 << 5;
         /// The function has interrupts to deliver: drain them (e.g. `RootPort::take_interrupts`).
         const INTERRUPT = 1 << 6;
-        /// Slot state changed in a way the hierarchy acts on (e.g. `RootPort::slot_events`).
+        /// Slot state changed: presence, Slot Control (power, indicators) or events the
+        /// hierarchy acts on (drain `RootPort::slot_events`).
         const SLOT = 1 << 7;
     }
 }

@@ -260,7 +260,8 @@ impl PciePort {
         // QEMU's pcie_cap_slot_plug_cb(): Presence Detect Changed and Attention Button Pressed,
         // so a guest that enables only ABPE (Linux pciehp on a slot with a button) hears of it;
         // and the link came up (§6.7.3.3, which QEMU does not model).
-        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | self.dllsc()))
+        // Effects::SLOT: presence changed.
+        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | self.dllsc()) | Effects::SLOT)
     }
 
     /// The operator presses the attention button (PCIe Base 6.0 §6.7.1.5): Attention Button
@@ -288,7 +289,7 @@ impl PciePort {
             .space
             .clear_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
         let dllsc = if link != 0 { self.dllsc() } else { 0 };
-        Ok(self.slot_event(slot::SLTSTA_PDC | dllsc))
+        Ok(self.slot_event(slot::SLTSTA_PDC | dllsc) | Effects::SLOT)
     }
 
     /// Data Link Layer State Changed, when the slot reports it (hot-plug capable slots).
@@ -465,7 +466,13 @@ impl PciePort {
         if was_occupied && !self.slot_occupied() {
             self.slot_events.push(SlotEvent::PoweredOff);
         }
-        watched.effects(&self.space, self.layout.msix_bar) | self.queued()
+        // Slot Control written: power or indicators may have changed (Effects::SLOT).
+        let slot_written = if header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
+            Effects::SLOT
+        } else {
+            Effects::empty()
+        };
+        watched.effects(&self.space, self.layout.msix_bar) | self.queued() | slot_written
     }
 
     /// The MSI-X BAR when it decodes.

@@ -11,7 +11,7 @@ use crate::control::query_pci::query_pci;
 use crate::control::{
     AerInject, ControlError, ControlOps, DeviceAdd, DeviceState, SlotDevice, SlotInfo,
 };
-use crate::pci::caps::slot::SLTCTL_PCC;
+use crate::pci::caps::slot::{SLTCTL_AIC, SLTCTL_PCC, SLTCTL_PIC, SLTSTA_PDS};
 use crate::pci::Effects;
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
@@ -24,7 +24,60 @@ const ROOT_BUS: &str = "pcie.0";
 /// `pending_deleted_expires_ms` for PCIe native hot-plug: pciehp waits 5 s after the button).
 const UNPLUG_PENDING: Duration = Duration::from_secs(5);
 
+/// What the control socket reports of a slot: power, indicators and presence (PCIe Base 6.0
+/// §7.5.3.10 Slot Control, §7.5.3.11 Slot Status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SlotView {
+    ctl: u16,
+    present: bool,
+}
+
+impl SlotView {
+    fn indicator(bits: u16) -> &'static str {
+        // §7.5.3.10: 01b on, 10b blink, 11b off.
+        match bits & 3 {
+            1 => "on",
+            2 => "blink",
+            3 => "off",
+            _ => "reserved",
+        }
+    }
+}
+
 impl RootComplex {
+    /// `X_PCIERC_SLOT_CHANGED` events for every slot whose power, indicators or presence
+    /// changed since the last call (the guest driving pciehp, a card arriving or leaving).
+    pub(super) fn slot_events(&mut self) {
+        let views: Vec<SlotView> = self
+            .hierarchy
+            .ports()
+            .iter()
+            .map(|p| SlotView {
+                ctl: p.slot_control() & (SLTCTL_PCC | SLTCTL_PIC | SLTCTL_AIC),
+                present: p.slot_status() & SLTSTA_PDS != 0,
+            })
+            .collect();
+        if self.slots.len() == views.len() {
+            for (i, (old, new)) in self.slots.iter().zip(&views).enumerate() {
+                if old == new {
+                    continue;
+                }
+                let port = &self.hierarchy.spec().root_ports[i].config.id;
+                self.control_events.push(super::ControlEvent {
+                    name: "X_PCIERC_SLOT_CHANGED",
+                    data: serde_json::json!({
+                        "port": port,
+                        "power": if new.ctl & SLTCTL_PCC == 0 { "on" } else { "off" },
+                        "power-indicator": SlotView::indicator(new.ctl >> 8),
+                        "attention-indicator": SlotView::indicator(new.ctl >> 6),
+                        "present": new.present,
+                    }),
+                });
+            }
+        }
+        self.slots = views;
+    }
+
     fn control_result(&mut self, r: Result<Effects, HotplugError>) -> Result<(), ControlError> {
         match r {
             Ok(fx) => {

@@ -40,19 +40,24 @@ pub struct RootComplex {
     unplug_requests: BTreeMap<String, Instant>,
     /// Interrupt eventfds frontends registered (`SetInterruptFd`).
     irqfds: irqfd::Irqfds,
+    /// Each root port's slot as last reported on the control socket.
+    slots: Vec<control::SlotView>,
 }
 
 impl RootComplex {
     /// Serve `hierarchy`.
     pub fn new(hierarchy: Hierarchy) -> Self {
-        RootComplex {
+        let mut rc = RootComplex {
             hierarchy,
             frontends: BTreeMap::new(),
             channels: BTreeMap::new(),
             control_events: Vec::new(),
             unplug_requests: BTreeMap::new(),
             irqfds: irqfd::Irqfds::default(),
-        }
+            slots: Vec::new(),
+        };
+        rc.slot_events(); // the power-on state, reported as changes from here on
+        rc
     }
 
     /// The hierarchy (for tests and tools).
@@ -186,6 +191,9 @@ impl RootComplex {
     pub fn report(&mut self, effects: Effects) {
         let mut changes = self.deliver_events();
         self.sync_msi_routes();
+        if effects.contains(Effects::SLOT) || changes.contains(LayoutChanges::FUNCTIONS) {
+            self.slot_events();
+        }
         for (e, c) in [
             (Effects::ECAM, LayoutChanges::ECAM),
             (Effects::BUS_NUMBERS, LayoutChanges::BUS_NUMBERS),
@@ -270,7 +278,7 @@ impl BackendHandler for RootComplex {
     fn reset(&mut self) -> Result<(), Status> {
         info!("platform reset");
         let effects = self.hierarchy.reset();
-        self.report(effects);
+        self.report(effects | Effects::SLOT);
         Ok(())
     }
 
@@ -288,7 +296,8 @@ impl BackendHandler for RootComplex {
                 | Effects::BUS_NUMBERS
                 | Effects::WINDOWS
                 | Effects::BARS
-                | Effects::CHIPSET_MEMORY,
+                | Effects::CHIPSET_MEMORY
+                | Effects::SLOT,
         );
         Ok(())
     }
