@@ -124,6 +124,12 @@ impl Backend {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Kill the process with SIGKILL (no chance to clean up) and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Wait up to `timeout` for the process to exit on its own; its status if it did.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

@@ -28,6 +28,10 @@ pub struct Args {
     /// pcie-aer-inject-error, ...) created at PATH.
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+    /// Keep the guest-visible state in FILE: restored from it at start (if it exists), written
+    /// atomically after every change, before the change is acknowledged.
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
     /// Print a JSON description of the backend and its features, then exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -134,6 +138,7 @@ pub fn run(args: Args) -> Result<()> {
                 spec,
                 listen,
                 control_socket: args.control_socket,
+                state_file: args.state_file,
             })
         }
     }

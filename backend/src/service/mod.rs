@@ -5,6 +5,7 @@
 pub mod control_socket;
 pub mod event_loop;
 pub mod root_complex;
+pub mod state_file;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -40,13 +41,23 @@ pub struct ServiceConfig {
     pub listen: Listen,
     /// The QMP-compatible control socket, if any.
     pub control_socket: Option<PathBuf>,
+    /// Where the guest-visible state is persisted, if anywhere.
+    pub state_file: Option<PathBuf>,
 }
 
 /// Build the hierarchy, print it, and serve frontends until the process is stopped.
 pub fn serve(cfg: ServiceConfig) -> Result<()> {
-    let hierarchy = Hierarchy::new(cfg.spec)?;
+    let mut hierarchy = Hierarchy::new(cfg.spec)?;
+    let state_file = match &cfg.state_file {
+        Some(p) => Some(state_file::StateFile::open(p, &mut hierarchy)?),
+        None => None,
+    };
     let tree = hierarchy.tree();
-    let mut server = event_loop::Server::bind(&cfg.listen, RootComplex::new(hierarchy))?;
+    let mut rc = RootComplex::new(hierarchy);
+    if let Some(f) = state_file {
+        rc = rc.with_state_file(f);
+    }
+    let mut server = event_loop::Server::bind(&cfg.listen, rc)?;
     if let Some(p) = &cfg.control_socket {
         server = server.with_control_socket(p)?;
         println!("control socket (QMP) on {}", p.display());

@@ -11,6 +11,7 @@ use pcierc_protocol::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::state_file::StateFile;
 use super::BACKEND_FEATURES;
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
 use crate::topology::hierarchy::HierarchyEvent;
@@ -42,6 +43,8 @@ pub struct RootComplex {
     irqfds: irqfd::Irqfds,
     /// Each root port's slot as last reported on the control socket.
     slots: Vec<control::SlotView>,
+    /// Where the state is persisted (`--state-file`).
+    state_file: Option<StateFile>,
 }
 
 impl RootComplex {
@@ -55,9 +58,16 @@ impl RootComplex {
             unplug_requests: BTreeMap::new(),
             irqfds: irqfd::Irqfds::default(),
             slots: Vec::new(),
+            state_file: None,
         };
         rc.slot_events(); // the power-on state, reported as changes from here on
         rc
+    }
+
+    /// Persist the state in `file` after every change (`--state-file`).
+    pub fn with_state_file(mut self, file: StateFile) -> Self {
+        self.state_file = Some(file);
+        self
     }
 
     /// The hierarchy (for tests and tools).
@@ -193,6 +203,10 @@ impl RootComplex {
         self.sync_msi_routes();
         if effects.contains(Effects::SLOT) || changes.contains(LayoutChanges::FUNCTIONS) {
             self.slot_events();
+        }
+        // Before the reply to the request that changed it is sent.
+        if let Some(f) = &mut self.state_file {
+            f.persist(&self.hierarchy);
         }
         for (e, c) in [
             (Effects::ECAM, LayoutChanges::ECAM),

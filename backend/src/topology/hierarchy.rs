@@ -466,12 +466,15 @@ impl Hierarchy {
     }
 
     /// Restore state saved by [`Hierarchy::save_functions`] and the functions other emulators
-    /// serve; all or nothing.
+    /// serve; all or nothing. The layout generation moves past both the current one and the
+    /// saved `generation`, so a frontend that saw either resynchronises, and a backend restarted
+    /// from its state file continues the generation its frontends knew.
     pub fn restore_functions(
         &mut self,
         config_address: u32,
         functions: &[(String, serde_json::Value)],
         endpoints: Vec<EndpointSpec>,
+        generation: u64,
     ) -> crate::Result<()> {
         let expected: Vec<&str> = std::iter::once("mch")
             .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
@@ -499,7 +502,7 @@ impl Hierarchy {
         self.config_address = config_address;
         self.rebuild_slots();
         self.rebuild_bus_map();
-        self.generation += 1;
+        self.generation = (self.generation + 1).max(generation);
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The versioned device-state blob (`SaveState` / `LoadState`).
 //!
 //! A JSON document: `{"format": "pcierc-state", "version": 1, "config_address": N,
+//! "generation": N,
 //! "functions": [{"id": "mch", "state": {...}}, ...], "endpoints": [{"id", "driver", "bus",
 //! "addr", "owner", "multifunction"}, ...]}` (endpoints: the functions other emulators serve,
 //! including hot-added ones). Loading checks the format, refuses versions
@@ -42,6 +43,9 @@ struct Blob {
     format: String,
     version: u32,
     config_address: u32,
+    /// The layout generation when saved (absent in blobs from before it was recorded).
+    #[serde(default)]
+    generation: u64,
     functions: Vec<FunctionState>,
     endpoints: Vec<EndpointState>,
 }
@@ -52,6 +56,7 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
         format: STATE_FORMAT.into(),
         version: STATE_VERSION,
         config_address: h.config_address(),
+        generation: h.generation(),
         functions: h
             .save_functions()
             .into_iter()
@@ -114,5 +119,5 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
             multifunction: e.multifunction,
         })
         .collect();
-    h.restore_functions(blob.config_address, &functions, endpoints)
+    h.restore_functions(blob.config_address, &functions, endpoints, blob.generation)
 }
