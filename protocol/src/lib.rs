@@ -3,8 +3,8 @@
 //! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads.
 //! - [`frame`]: header validation, the non-blocking [`FrameReader`] / [`FrameWriter`], blocking
 //!   send/receive with timeouts; [`error`]: the [`Error`] type and its classification.
-//! - Frontend side: [`Frontend`] (blocking client with the handshake) and [`BackendChannel`]
-//!   (receives [`Notification`]s).
+//! - Frontend side: [`Frontend`] (blocking client with the handshake), [`BackendChannel`]
+//!   (receives [`Notification`]s) and [`ResumableFrontend`] (reconnects and re-sends its setup).
 //! - Backend side: [`BackendHandler`] (what the service implements), [`Session`] (per-connection
 //!   checks and dispatch), [`Connection`] (a `Session` over a non-blocking unix socket) and
 //!   [`BackendChannelSender`].
@@ -29,6 +29,7 @@ pub mod frame;
 pub mod frontend;
 pub mod handler;
 pub mod messages;
+pub mod resume;
 pub mod topology;
 pub mod wire;
 
@@ -45,6 +46,7 @@ pub use handler::{
     BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity, SharedBackendHandler,
 };
 pub use messages::*;
+pub use resume::{ResumableFrontend, Resumed};
 pub use topology::*;
 pub use wire::*;
 

@@ -80,13 +80,31 @@ impl Backend {
         let dir = ScratchDir::new("backend");
         let socket = dir.0.join("pcierc.sock");
         let control = with_control.then(|| dir.0.join("control.sock"));
+        let child = Self::launch(&socket, control.as_deref(), extra);
+        let mut b = Backend {
+            child,
+            socket,
+            control,
+            _dir: dir,
+        };
+        b.wait_ready();
+        b
+    }
+
+    /// Kill the process (SIGKILL) and start a new one on the same sockets with `extra`.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.kill();
+        self.child = Self::launch(&self.socket, self.control.as_deref(), extra);
+        self.wait_ready();
+    }
+
+    fn launch(socket: &Path, control: Option<&Path>, extra: &[&str]) -> Child {
         let mut cmd = Command::new(pcierc_bin());
-        if let Some(c) = &control {
+        if let Some(c) = control {
             cmd.arg("--control-socket").arg(c);
         }
-        let child = cmd
-            .arg("--socket-path")
-            .arg(&socket)
+        cmd.arg("--socket-path")
+            .arg(socket)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -95,13 +113,11 @@ impl Backend {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawning pcierc");
-        let mut b = Backend {
-            child,
-            socket,
-            control,
-            _dir: dir,
-        };
+            .expect("spawning pcierc")
+    }
+
+    fn wait_ready(&mut self) {
+        let b = self;
         let deadline = Instant::now() + Duration::from_secs(20);
         let ready = |b: &Backend| {
             std::os::unix::net::UnixStream::connect(&b.socket).is_ok()
@@ -109,14 +125,13 @@ impl Backend {
                     .as_ref()
                     .is_none_or(|c| std::os::unix::net::UnixStream::connect(c).is_ok())
         };
-        while !ready(&b) {
+        while !ready(b) {
             if let Ok(Some(st)) = b.child.try_wait() {
                 panic!("pcierc exited early: {st}");
             }
             assert!(Instant::now() < deadline, "pcierc did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
-        b
     }
 
     /// Is the process still running?
