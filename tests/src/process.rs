@@ -134,6 +134,20 @@ impl Backend {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` in /proc/PID/status).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Is the process still running?
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -165,6 +179,24 @@ impl Drop for Backend {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `--device` options for `n` root ports `rp1`..`rpN` on slots 00:02.0 onwards (eight functions
+/// per slot, function 0 multifunction), for topologies larger than the default.
+pub fn root_port_options(n: usize) -> Vec<String> {
+    (0..n)
+        .flat_map(|i| {
+            let (dev, func) = (2 + i / 8, i % 8);
+            let mf = if func == 0 { ",multifunction=on" } else { "" };
+            [
+                "--device".to_string(),
+                format!(
+                    "pcie-root-port,id=rp{n},chassis={n},slot={n},addr={dev:#x}.{func}{mf}",
+                    n = i + 1
+                ),
+            ]
+        })
+        .collect()
 }
 
 /// Is an external tool present? When `PCIERC_REQUIRE_TOOLS=1` (CI) its absence is a failure;

@@ -1,0 +1,138 @@
+//! Garbage on a live `pcierc`'s sockets while well-behaved frontends keep working: the garbage
+//! connections get an error or are closed, the others see no error and no state change, and
+//! the process survives.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pcierc_protocol::{Frontend, FrontendOptions};
+use pcierc_tests::process::Backend;
+
+/// What the server did with a garbage connection.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// It answered (an error reply) and/or closed the connection.
+    Answered,
+    /// It waited for more bytes (an incomplete message is not an error yet).
+    Waiting,
+}
+
+/// Send `bytes` on a fresh connection and see what comes back within 100 ms.
+fn throw(path: &std::path::Path, bytes: &[u8]) -> Outcome {
+    let mut s = UnixStream::connect(path).expect("the server still accepts connections");
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let _ = s.write_all(bytes);
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(_) => Outcome::Answered, // data, or 0 = closed
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Outcome::Answered,
+        Err(_) => Outcome::Waiting,
+    }
+}
+
+fn header(request: u32, flags: u32, size: u32, id: u64) -> Vec<u8> {
+    let mut h = Vec::new();
+    h.extend_from_slice(&request.to_le_bytes());
+    h.extend_from_slice(&flags.to_le_bytes());
+    h.extend_from_slice(&size.to_le_bytes());
+    h.extend_from_slice(&0i32.to_le_bytes());
+    h.extend_from_slice(&id.to_le_bytes());
+    h
+}
+
+#[test]
+fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
+    let b = Backend::start_with_control(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Well-behaved frontends, each on its own root port's scratch registers.
+    let good: Vec<_> = [0x10u8, 0x11, 0x12, 0x13]
+        .into_iter()
+        .map(|devfn| {
+            let socket = b.socket.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut f = Frontend::connect(&socket, FrontendOptions::tool("good")).unwrap();
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    f.config_write(0, 0, devfn, 0x204, 4, n)
+                        .expect("a good write failed");
+                    let v = f
+                        .config_read(0, 0, devfn, 0x204, 4)
+                        .expect("a good read failed");
+                    assert_eq!(v, n, "state changed under a good frontend");
+                }
+                n
+            })
+        })
+        .collect();
+
+    let mut x = 0x1234_5678u32;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    let control = b.control.clone().expect("control socket");
+    for round in 0..6 {
+        // Random bytes and a truncated header: answered, or waited on (incomplete).
+        throw(&b.socket, &random(1 + round * 37 % 300));
+        throw(&b.socket, &header(1, 0, 0, 1)[..10]);
+        // Complete but malformed messages: an error reply or a closed connection, never silence.
+        for c in [
+            header(8, 0, 0xffff_ffff, 2), // lying size, above the maximum
+            [header(8, 0, 12, 3), random(12)].concat(), // wrong payload size for ConfigRead
+            header(0xdead, 0, 0, 4),      // unknown code
+            header(1, 0x4, 0, 5),         // a reply sent as a request
+            [header(7, 0, 64, 6), random(64)].concat(), // GetTopology with a payload
+            [header(9, 0, 4096, 7), random(4096)].concat(),
+        ] {
+            assert_eq!(throw(&b.socket, &c), Outcome::Answered, "{:?}", &c[..24]);
+        }
+        // QMP: bytes, bad JSON, huge strings, deep nesting, valid JSON that is not QMP.
+        // (The greeting comes first, so every QMP client is "answered".)
+        throw(&control, &random(200));
+        throw(&control, b"{\"execute\":\x01\x02}\n[[[[[[[[[[[[");
+        throw(&control, format!("{}\n", "[".repeat(5000)).as_bytes());
+        throw(&control, format!("\"{}\"\n", "a".repeat(70_000)).as_bytes());
+        throw(
+            &control,
+            b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"device_add\",\"arguments\":{\"driver\":1}}",
+        );
+    }
+    // A negotiated QMP client still gets answers after all that.
+    let reply = {
+        let mut s = UnixStream::connect(&control).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(
+            b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\",\"id\":9}\n",
+        )
+        .unwrap();
+        let mut all = String::new();
+        let mut buf = [0u8; 4096];
+        while !all.contains("\"id\":9") {
+            let n = s.read(&mut buf).expect("control answers");
+            assert!(n > 0, "control socket closed: {all}");
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        all
+    };
+    assert!(reply.contains("\"running\""), "{reply}");
+    stop.store(true, Ordering::Relaxed);
+    for g in good {
+        assert!(g.join().expect("a good frontend failed") > 0);
+    }
+    let mut b = b;
+    assert!(b.alive(), "pcierc survived");
+    let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("after")).unwrap();
+    assert_eq!(f.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
+}
