@@ -3,6 +3,7 @@
 //! register ([`differential`]). The tests themselves are in `tests/`.
 
 pub mod differential;
+pub mod fuzz;
 pub mod process;
 pub mod qmp;
 pub mod qtest;

@@ -33,7 +33,7 @@ fn sixty_four_frontends_lose_no_write() {
             std::thread::spawn(move || {
                 let mut f = Frontend::connect(&socket, FrontendOptions::tool(format!("load{i}")))
                     .expect("connect");
-                let devfn = ((2 + i / 8) << 3 | i % 8) as u8;
+                let devfn = (((2 + i / 8) << 3) | (i % 8)) as u8;
                 // The free writable dwords after the capabilities (0x200..0x300), mirrored here.
                 let mut mirror = [0u32; 64];
                 let mut lat = Vec::with_capacity(ops);

@@ -1,0 +1,43 @@
+//! The randomized robustness targets (`pcierc_tests::fuzz`) in the normal suite: every input
+//! `pcierc-fuzz` ever kept under `tests/fuzz-regressions/` is replayed, then each target gets
+//! a short bounded pass with a fixed seed. Longer runs: `cargo run --release -p pcierc-tests
+//! --bin pcierc-fuzz -- --seconds 600`.
+
+use pcierc_tests::fuzz::{regression_dir, run_one, Inputs, TARGETS};
+
+#[test]
+fn kept_failing_inputs_stay_fixed() {
+    let mut replayed = 0;
+    for (name, target) in TARGETS {
+        let Ok(dir) = std::fs::read_dir(regression_dir(name)) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let input = std::fs::read(entry.path()).expect("reading a kept input");
+            if let Err(why) = run_one(*target, &input) {
+                panic!("{name}: {} fails again: {why}", entry.path().display());
+            }
+            replayed += 1;
+        }
+    }
+    eprintln!("fuzz regressions replayed: {replayed}");
+}
+
+#[test]
+fn a_bounded_pass_of_every_target_finds_nothing() {
+    for (name, target) in TARGETS {
+        let count = match *name {
+            "qmp" => 400,
+            "xen" => 20_000,
+            _ => 1500,
+        };
+        let mut inputs = Inputs::new(0x5eed);
+        for i in 0..count {
+            let input = inputs.input(name);
+            if let Err(why) = run_one(*target, &input) {
+                let kept = pcierc_tests::fuzz::save_regression(name, &input);
+                panic!("{name}: input {i} fails ({why}); kept in {kept:?}");
+            }
+        }
+    }
+}
