@@ -178,6 +178,37 @@ fn reset_and_state_round_trip() {
 }
 
 #[test]
+fn state_blobs_from_older_builds_load_and_newer_versions_are_refused() {
+    let mut h = hierarchy(&[]);
+    enable_ecam(&mut h, 0xb000_0000);
+    h.mmio_write(0xb001_0018, 4, 0x0003_0300).unwrap();
+    let mut blob: serde_json::Value = serde_json::from_slice(&state::save(&h)).unwrap();
+    // Version 1 blobs written before the generation was recorded have no "generation".
+    assert!(blob["generation"].as_u64().is_some_and(|g| g > 1));
+    blob.as_object_mut().unwrap().remove("generation");
+    let old = serde_json::to_vec(&blob).unwrap();
+    let mut fresh = hierarchy(&[]);
+    let g0 = fresh.generation();
+    state::load(&mut fresh, &old).unwrap();
+    assert_eq!(fresh.config_read(0, 0x10, 0x18, 4), Ok(0x0003_0300));
+    assert!(
+        fresh.generation() > g0,
+        "a load still moves the generation on"
+    );
+    blob["version"] = 2.into();
+    let e = state::load(&mut fresh, &serde_json::to_vec(&blob).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("state version 2 is not supported"), "{e}");
+    blob["version"] = 1.into();
+    blob["format"] = "something-else".into();
+    let e = state::load(&mut fresh, &serde_json::to_vec(&blob).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not 'pcierc-state'"), "{e}");
+}
+
+#[test]
 fn every_access_shape_is_answered_without_panicking() {
     let mut h = hierarchy(&["x,id=ep,bus=rp1,owner=qemu"]);
     enable_ecam(&mut h, 0xb000_0000);
