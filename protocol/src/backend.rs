@@ -16,7 +16,8 @@ use crate::frame::{read_obj, validate_header, Message, MessageKind};
 use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 use crate::messages::{
     decode_name, valid_config_width, valid_guest_width, ConfigAccess, ErrorReport, FrontendInfo,
-    FrontendRole, FunctionAddress, GuestAccess, InterruptFd, CONFIG_SPACE_SIZE, U64,
+    FrontendRole, FunctionAddress, FunctionClaim, FunctionRelease, GuestAccess, InterruptFd,
+    CONFIG_SPACE_SIZE, U64,
 };
 use crate::wire::{FrontendReq, MsgHeader, Status, MAX_PAYLOAD_SIZE};
 use crate::{Features, ProtocolFeatures};
@@ -239,6 +240,7 @@ impl Session {
             SaveState | LoadState => Some(ProtocolFeatures::DEVICE_STATE),
             ReportError | RaisePme => Some(ProtocolFeatures::ERROR_REPORTING),
             SetInterruptFd => Some(ProtocolFeatures::INTERRUPTS),
+            ClaimFunction | ReleaseFunction => Some(ProtocolFeatures::OWNERSHIP),
             GetTopology | ConfigRead | ConfigWrite | Reset | GetChipsetMemory => {
                 Some(ProtocolFeatures::empty())
             }
@@ -366,6 +368,18 @@ impl Session {
             RaisePme => {
                 let a = payload::<FunctionAddress>(p)?;
                 h.raise_pme(self.conn, &a).map(none)
+            }
+            ClaimFunction | ReleaseFunction if self.identity.is_none() => {
+                // Ownership is by name: a frontend must say who it is first.
+                Err(Status::Protocol)
+            }
+            ClaimFunction => {
+                let c = payload::<FunctionClaim>(p)?;
+                h.claim_function(self.conn, &c).map(none)
+            }
+            ReleaseFunction => {
+                let r = payload::<FunctionRelease>(p)?;
+                h.release_function(self.conn, &r).map(none)
             }
             SetBackendReqFd | SetInterruptFd => Err(Status::Protocol), // handled above
         }

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};
 use crate::messages::{
     encode_name, ChipsetMemory, ConfigAccess, ErrorReport, FrontendInfo, FrontendRole,
-    FunctionAddress, GuestAccess, InterruptFd, U64,
+    FunctionAddress, FunctionClaim, FunctionRelease, GuestAccess, InterruptFd, U64,
 };
 use crate::topology::Topology;
 use crate::wire::{FrontendReq, MsgHeader, Status};
@@ -380,6 +380,61 @@ impl Frontend {
         };
         let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
         self.call(FrontendReq::SetInterruptFd, req.as_slice(), &fds, Some(0))
+            .map(drop)
+    }
+
+    /// `ClaimFunction`: this frontend serves function `id` (QEMU driver name `driver`) at
+    /// `devfn` behind root port `port`; `coldplug` for one present from power-on (before the
+    /// guest runs), otherwise the guest sees a hot-add.
+    pub fn claim_function(
+        &mut self,
+        port: &str,
+        id: &str,
+        driver: &str,
+        devfn: u8,
+        coldplug: bool,
+        multifunction: bool,
+    ) -> Result<()> {
+        let name = |s: &str| {
+            encode_name(s).ok_or(Error::InvalidArgument(
+                "names must be at most 32 printable ASCII characters",
+            ))
+        };
+        let mut flags = 0;
+        if coldplug {
+            flags |= FunctionClaim::COLDPLUG;
+        }
+        if multifunction {
+            flags |= FunctionClaim::MULTIFUNCTION;
+        }
+        let c = FunctionClaim {
+            port: name(port)?,
+            id: name(id)?,
+            driver: name(driver)?,
+            devfn,
+            flags,
+            reserved: [0; 6],
+        };
+        self.call(FrontendReq::ClaimFunction, c.as_slice(), &[], Some(0))
+            .map(drop)
+    }
+
+    /// `ReleaseFunction`: take function `id` out: through the guest's hot-plug driver (the
+    /// `FunctionRemoved` notification follows when the guest released the slot), or at once
+    /// with `surprise`.
+    pub fn release_function(&mut self, id: &str, surprise: bool) -> Result<()> {
+        let r = FunctionRelease {
+            id: encode_name(id).ok_or(Error::InvalidArgument(
+                "names must be at most 32 printable ASCII characters",
+            ))?,
+            flags: if surprise {
+                FunctionRelease::SURPRISE
+            } else {
+                0
+            },
+            reserved: 0,
+        };
+        self.call(FrontendReq::ReleaseFunction, r.as_slice(), &[], Some(0))
             .map(drop)
     }
 

@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::channel::BackendChannelSender;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::messages::{ChipsetMemory, ErrorReport, FrontendRole, FunctionAddress, InterruptFd};
+use crate::messages::{
+    ChipsetMemory, ErrorReport, FrontendRole, FunctionAddress, FunctionClaim, FunctionRelease,
+    InterruptFd,
+};
 use crate::topology::Topology;
 use crate::wire::Status;
 use crate::{Features, ProtocolFeatures};
@@ -101,6 +104,24 @@ pub trait BackendHandler {
     ) -> Result<(), Status> {
         Err(Status::NotSupported)
     }
+    /// Frontend `conn` serves a new function (`ClaimFunction`; payload validated). Default: not
+    /// supported.
+    fn claim_function(
+        &mut self,
+        _conn: ConnectionId,
+        _claim: &FunctionClaim,
+    ) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
+    /// Frontend `conn` takes a function it serves out (`ReleaseFunction`). Default: not
+    /// supported.
+    fn release_function(
+        &mut self,
+        _conn: ConnectionId,
+        _release: &FunctionRelease,
+    ) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
     /// A frontend identified itself (once per connection).
     fn frontend_identified(&mut self, _conn: ConnectionId, _info: &FrontendIdentity) {}
     /// A frontend sent its backend channel; a later call for the same connection replaces it.
@@ -133,6 +154,9 @@ pub trait SharedBackendHandler {
         req: &InterruptFd,
         fd: Option<EventFd>,
     ) -> Result<(), Status>;
+    fn claim_function(&self, conn: ConnectionId, claim: &FunctionClaim) -> Result<(), Status>;
+    fn release_function(&self, conn: ConnectionId, release: &FunctionRelease)
+        -> Result<(), Status>;
     fn frontend_identified(&self, conn: ConnectionId, info: &FrontendIdentity);
     fn backend_channel(&self, conn: ConnectionId, sender: BackendChannelSender);
     fn disconnected(&self, conn: ConnectionId);
@@ -206,6 +230,20 @@ macro_rules! forward_all {
             fd: Option<EventFd>,
         ) -> Result<(), Status> {
             $target.set_interrupt_fd(conn, req, fd)
+        }
+        fn claim_function(
+            $self_: $recv,
+            conn: ConnectionId,
+            claim: &FunctionClaim,
+        ) -> Result<(), Status> {
+            $target.claim_function(conn, claim)
+        }
+        fn release_function(
+            $self_: $recv,
+            conn: ConnectionId,
+            release: &FunctionRelease,
+        ) -> Result<(), Status> {
+            $target.release_function(conn, release)
         }
         fn frontend_identified($self_: $recv, conn: ConnectionId, info: &FrontendIdentity) {
             $target.frontend_identified(conn, info)

@@ -84,6 +84,9 @@ bitflags::bitflags! {
         const HOTPLUG_EVENTS = 1 << 5;
         /// `ReportError` / `RaisePme` for functions this frontend owns.
         const ERROR_REPORTING = 1 << 6;
+        /// `ClaimFunction` / `ReleaseFunction`: the frontend plugs functions it serves into
+        /// the hierarchy and takes them out.
+        const OWNERSHIP = 1 << 7;
     }
 }
 

@@ -215,6 +215,67 @@ impl VhostUserMsgValidator for FunctionAddress {
     }
 }
 
+/// `ClaimFunction` payload: a function the frontend serves, plugged into a root port's slot.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionClaim {
+    /// The root port's id (topology name), NUL-padded.
+    pub port: [u8; NAME_LEN],
+    /// The new function's id, NUL-padded (unique in the hierarchy).
+    pub id: [u8; NAME_LEN],
+    /// The QEMU driver name it corresponds to (informational), NUL-padded.
+    pub driver: [u8; NAME_LEN],
+    /// Device/function on the port's secondary bus (device 0: a port has one slot).
+    pub devfn: u8,
+    /// [`FunctionClaim::COLDPLUG`], [`FunctionClaim::MULTIFUNCTION`].
+    pub flags: u8,
+    /// Reserved, must be 0.
+    pub reserved: [u8; 6],
+}
+// SAFETY: byte arrays and bytes, no padding (32*3+1+1+6).
+unsafe impl ByteValued for FunctionClaim {}
+impl FunctionClaim {
+    /// Present from power-on: presence without a hot-plug event (before the guest runs).
+    pub const COLDPLUG: u8 = 1;
+    /// Function 0 of a multi-function device (header type bit 7).
+    pub const MULTIFUNCTION: u8 = 2;
+}
+impl VhostUserMsgValidator for FunctionClaim {
+    fn is_valid(&self) -> bool {
+        self.flags & !(Self::COLDPLUG | Self::MULTIFUNCTION) == 0
+            && self.reserved == [0; 6]
+            && self.devfn >> 3 == 0
+            && decode_name(&self.port).is_some_and(|n| !n.is_empty())
+            && decode_name(&self.id).is_some_and(|n| !n.is_empty())
+            && decode_name(&self.driver).is_some()
+    }
+}
+
+/// `ReleaseFunction` payload.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionRelease {
+    /// The function's id, NUL-padded.
+    pub id: [u8; NAME_LEN],
+    /// [`FunctionRelease::SURPRISE`] or 0.
+    pub flags: u32,
+    /// Reserved, must be 0.
+    pub reserved: u32,
+}
+// SAFETY: a byte array and integers, no padding (32+4+4).
+unsafe impl ByteValued for FunctionRelease {}
+impl FunctionRelease {
+    /// Leave at once (surprise removal) instead of asking the guest (attention button).
+    pub const SURPRISE: u32 = 1;
+}
+impl VhostUserMsgValidator for FunctionRelease {
+    fn is_valid(&self) -> bool {
+        self.flags & !Self::SURPRISE == 0
+            && self.reserved == 0
+            && decode_name(&self.id).is_some_and(|n| !n.is_empty())
+    }
+}
+
 /// `SetInterruptFd` payload: which MSI-X vector of which function, and whether to register
 /// (one eventfd attached) or unregister (no fd).
 #[repr(C)]
@@ -389,6 +450,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<MsiMessage>(), 16);
         assert_eq!(std::mem::size_of::<InterruptFd>(), 8);
         assert_eq!(std::mem::size_of::<MsiRoute>(), 24);
+        assert_eq!(std::mem::size_of::<FunctionClaim>(), 104);
+        assert_eq!(std::mem::size_of::<FunctionRelease>(), 40);
         assert_eq!(std::mem::size_of::<IntxLevel>(), 8);
         assert_eq!(std::mem::size_of::<ErrorReport>(), 32);
     }

@@ -166,6 +166,12 @@ pub enum FrontendReq {
     /// style) instead of an `Msi` notification; `MsiRoute` notifications keep its message
     /// current.
     SetInterruptFd = 20,
+    /// Payload: [`crate::messages::FunctionClaim`]: the frontend serves a new function behind a
+    /// root port (hot-added, or present from power-on with `COLDPLUG`).
+    ClaimFunction = 21,
+    /// Payload: [`crate::messages::FunctionRelease`]: take a function this frontend serves out
+    /// (through the guest's hot-plug driver, or at once with `SURPRISE`).
+    ReleaseFunction = 22,
 }
 
 impl TryFrom<u32> for FrontendReq {
@@ -193,6 +199,8 @@ impl TryFrom<u32> for FrontendReq {
             18 => ReportError,
             19 => RaisePme,
             20 => SetInterruptFd,
+            21 => ClaimFunction,
+            22 => ReleaseFunction,
             other => return Err(other),
         })
     }
@@ -266,6 +274,8 @@ pub enum Status {
     BadMessage = libc::EBADMSG,
     /// The frontend may not do this (e.g. report an error for a function it does not own).
     Permission = libc::EACCES,
+    /// The name is already taken (e.g. a function id already in the hierarchy).
+    Exists = libc::EEXIST,
 }
 
 impl Status {
@@ -285,6 +295,7 @@ impl Status {
             libc::EPROTO => Status::Protocol,
             libc::EBADMSG => Status::BadMessage,
             libc::EACCES => Status::Permission,
+            libc::EEXIST => Status::Exists,
             other => return Err(other),
         })
     }
@@ -310,6 +321,7 @@ impl std::fmt::Display for Status {
             Status::Protocol => "out of sequence or feature not negotiated",
             Status::BadMessage => "malformed payload",
             Status::Permission => "not permitted for this frontend",
+            Status::Exists => "already exists",
         };
         write!(f, "{s} (errno {})", *self as i32)
     }

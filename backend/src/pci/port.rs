@@ -236,14 +236,25 @@ impl PciePort {
         self.queued()
     }
 
-    /// A card present since power-on (declared in the topology): Presence Detect State and Data
-    /// Link Layer Link Active set without a change event.
+    /// A card present since power-on (declared in the topology, or cold-plugged before the guest
+    /// runs): Presence Detect State and Data Link Layer Link Active set without a change event,
+    /// and, with a power controller, the slot powered with its power indicator on, as QEMU's
+    /// `pcie_cap_slot_reset()` leaves a populated slot.
     pub fn set_present(&mut self) {
         let exp = self.layout.exp;
         self.space
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
         self.space
             .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        if self.layout.slot.power_controller {
+            self.space.clear_bits(
+                exp + slot::SLTCTL,
+                2,
+                (slot::SLTCTL_PCC | slot::SLTCTL_PIC).into(),
+            );
+            self.space
+                .set_bits(exp + slot::SLTCTL, 2, slot::SLTCTL_PIC_ON.into());
+        }
     }
 
     /// A card is inserted (PCIe Base 6.0 §6.7.1): Presence Detect State and Data Link Layer

@@ -6,8 +6,8 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use pcierc_protocol::{
     BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, ErrorReport,
-    ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, InterruptFd, IntxLevel,
-    LayoutChanges, MsiMessage, Status, Topology,
+    ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, FunctionClaim, FunctionRelease,
+    InterruptFd, IntxLevel, LayoutChanges, MsiMessage, Status, Topology,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -21,6 +21,8 @@ use crate::topology::{state, Hierarchy};
 mod control;
 #[path = "irqfd.rs"]
 mod irqfd;
+#[path = "ownership.rs"]
+mod ownership;
 
 /// An event for the control socket's sessions (QMP `event` name and `data`).
 #[derive(Clone, Debug, PartialEq)]
@@ -398,5 +400,13 @@ impl BackendHandler for RootComplex {
         fd: Option<EventFd>,
     ) -> Result<(), Status> {
         self.register_irqfd(conn, req, fd)
+    }
+
+    fn claim_function(&mut self, conn: ConnectionId, c: &FunctionClaim) -> Result<(), Status> {
+        self.claim(conn, c)
+    }
+
+    fn release_function(&mut self, conn: ConnectionId, r: &FunctionRelease) -> Result<(), Status> {
+        self.release(conn, r)
     }
 }

@@ -19,7 +19,10 @@ pub enum HotplugError {
     /// The bus is not a root port (Q35's root bus has no native hot-plug).
     #[error("bus '{0}' is not a root port: only root ports have hot-plug slots")]
     NotHotpluggable(String),
-    /// The request contradicts the topology (duplicate id, address in use, ...).
+    /// A function or port already has this id.
+    #[error("id '{0}' is already in use")]
+    Duplicate(String),
+    /// The request contradicts the topology (address in use, bad name, ...).
     #[error("{0}")]
     Invalid(String),
     /// The slot state machine refused it.
@@ -93,6 +96,16 @@ impl Hierarchy {
     /// Hot-add a function served by another emulator behind a root port: the slot sees a card
     /// inserted (presence, link up, interrupt when enabled).
     pub fn hot_add(&mut self, endpoint: EndpointSpec) -> Result<Effects, HotplugError> {
+        self.plug(endpoint, false)
+    }
+
+    /// Plug a function that is present from power-on (an emulator claiming it before the guest
+    /// runs): the slot looks as if the card had been there at reset, with no hot-plug event.
+    pub fn cold_plug(&mut self, endpoint: EndpointSpec) -> Result<Effects, HotplugError> {
+        self.plug(endpoint, true)
+    }
+
+    fn plug(&mut self, endpoint: EndpointSpec, cold: bool) -> Result<Effects, HotplugError> {
         let port = self
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
@@ -101,6 +114,9 @@ impl Hierarchy {
                 "owner '{}' is not a valid emulator name",
                 endpoint.owner
             )));
+        }
+        if self.endpoint(&endpoint.id).is_some() || self.port_index(&endpoint.id).is_some() {
+            return Err(HotplugError::Duplicate(endpoint.id));
         }
         let occupied = self.below[port].iter().any(Option::is_some);
         if occupied && endpoint.addr.function() == 0 {
@@ -120,10 +136,13 @@ impl Hierarchy {
         spec.endpoints.push(endpoint.clone());
         spec.validate()
             .map_err(|e| HotplugError::Invalid(e.to_string().replace("invalid topology: ", "")))?;
-        let fx = if occupied {
-            Effects::empty()
-        } else {
-            self.ports[port].hot_add().map_err(self.slot_err(port))?
+        let fx = match (occupied, cold) {
+            (true, _) => Effects::empty(),
+            (false, false) => self.ports[port].hot_add().map_err(self.slot_err(port))?,
+            (false, true) => {
+                self.ports[port].set_present();
+                Effects::SLOT
+            }
         };
         self.spec = spec;
         self.rebuild_slots();

@@ -568,3 +568,71 @@ fn set_interrupt_fd_takes_exactly_one_eventfd_or_none_to_unregister() {
     assert_eq!(handle(&mut s, &mut h, unreg.as_slice(), vec![]), Status::Ok);
     assert_eq!(h.irqfds, vec![(req, true), (unreg, false)]);
 }
+
+#[test]
+fn claims_need_an_identity_and_well_formed_names() {
+    use crate::messages::{FunctionClaim, FunctionRelease};
+    use FrontendReq::{ClaimFunction, ReleaseFunction, SetFrontendInfo};
+    let claim = FunctionClaim {
+        port: encode_name("rp1").unwrap(),
+        id: encode_name("net0").unwrap(),
+        driver: encode_name("e1000e").unwrap(),
+        ..Default::default()
+    };
+    let (mut s, mut h) = negotiated(ProtocolFeatures::GUEST_ACCESS);
+    assert_eq!(
+        run(&mut s, &mut h, ClaimFunction, claim.as_slice()).0,
+        Status::Protocol,
+        "OWNERSHIP not negotiated"
+    );
+    let (mut s, mut h) = negotiated(ProtocolFeatures::OWNERSHIP);
+    assert_eq!(
+        run(&mut s, &mut h, ClaimFunction, claim.as_slice()).0,
+        Status::Protocol,
+        "who claims? SetFrontendInfo first"
+    );
+    let info = FrontendInfo {
+        role: FrontendRole::Vmm as u32,
+        flags: 0,
+        name: encode_name("qemu").unwrap(),
+    };
+    assert_eq!(
+        run(&mut s, &mut h, SetFrontendInfo, info.as_slice()).0,
+        Status::Ok
+    );
+    for bad in [
+        FunctionClaim { devfn: 8, ..claim },
+        FunctionClaim { flags: 4, ..claim },
+        FunctionClaim {
+            port: [0; 32],
+            ..claim
+        },
+        FunctionClaim {
+            id: {
+                let mut n = [0u8; 32];
+                n[..8].copy_from_slice(b"bad\x01name");
+                n
+            },
+            ..claim
+        },
+    ] {
+        assert_eq!(
+            run(&mut s, &mut h, ClaimFunction, bad.as_slice()).0,
+            Status::Invalid
+        );
+    }
+    assert_eq!(
+        run(&mut s, &mut h, ClaimFunction, claim.as_slice()).0,
+        Status::NotSupported,
+        "well formed: up to the handler (this one has no ownership)"
+    );
+    let release = FunctionRelease {
+        id: encode_name("net0").unwrap(),
+        flags: 2,
+        reserved: 0,
+    };
+    assert_eq!(
+        run(&mut s, &mut h, ReleaseFunction, release.as_slice()).0,
+        Status::Invalid
+    );
+}
