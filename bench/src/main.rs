@@ -1,0 +1,227 @@
+//! `pcierc-bench`: the benchmark suite of issue 7 that exists today. Every figure is printed as
+//! `bench <name> <value> <unit> ratio=<x>`, with its ratio against a baseline measured in the same
+//! run (a `ratio=1.00` line printed before it) or against a fixed target; lines starting with `#`
+//! say what was measured. Figures are printed, never asserted. See BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo run --release -p pcierc-bench                  # everything, about 12 s here
+//! cargo run --release -p pcierc-bench -- --quick       # a short run, about 3 s here
+//! cargo run --release -p pcierc-bench -- --filter rss  # only groups with a figure matching "rss"
+//! ```
+
+mod affinity;
+mod backend;
+mod error;
+mod machine;
+mod memory;
+mod pingpong;
+mod report;
+mod round_trip;
+mod scale;
+mod scan;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+
+use crate::affinity::Placement;
+use crate::error::{Error, Result};
+use crate::report::Reporter;
+
+/// Benchmarks of pcierc: socket round trips against a raw ping-pong, a plain memory read,
+/// enumeration at scale and resident memory. Build with --release.
+#[derive(Parser, Debug)]
+#[command(name = "pcierc-bench")]
+struct Args {
+    /// A short run (fewer iterations; noisier figures).
+    #[arg(long)]
+    quick: bool,
+    /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
+    /// ping_pong, enumeration, rss, memory).
+    #[arg(long, value_name = "NAME")]
+    filter: Option<String>,
+    /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
+    /// CPU, plus the socket round trips again across two CPUs; see BENCHMARKS.md).
+    #[arg(long)]
+    no_pin: bool,
+    /// The pcierc binary to measure (default: the one of this build's profile, rebuilt if stale).
+    #[arg(long, value_name = "PATH")]
+    pcierc: Option<PathBuf>,
+    /// Internal: be the echo peer of the ping-pong baseline, connecting to PATH.
+    #[arg(long, value_name = "PATH", hide = true, requires = "echo_sizes")]
+    echo_peer: Option<PathBuf>,
+    /// Internal: REQUEST,REPLY sizes of the echo peer.
+    #[arg(long, hide = true, value_parser = pingpong::parse_sizes)]
+    echo_sizes: Option<(usize, usize)>,
+}
+
+/// A group of figures measured together (baselines with what is compared to them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    /// Socket ping-pongs and config reads/writes through pcierc.
+    RoundTrip,
+    /// A plain memory read (the fast path's baseline).
+    Memory,
+    /// Firmware setup and full scans, default topology and 128 root ports.
+    Enumeration,
+    /// pcierc's resident memory, default topology and 248 root ports.
+    Rss,
+}
+
+impl Group {
+    const ALL: [Group; 4] = [
+        Group::RoundTrip,
+        Group::Memory,
+        Group::Enumeration,
+        Group::Rss,
+    ];
+
+    /// The figures the group prints.
+    fn figures(self) -> &'static [&'static str] {
+        match self {
+            Group::RoundTrip => &[
+                "socket_ping_pong_ns",
+                "socket_ping_pong_p99_ns",
+                "socket_ping_pong_write_ns",
+                "socket_ping_pong_write_p99_ns",
+                "config_read_ns",
+                "config_read_p99_ns",
+                "config_write_ns",
+                "config_write_p99_ns",
+                "socket_ping_pong_cross_cpu_ns",
+                "socket_ping_pong_cross_cpu_p99_ns",
+                "socket_ping_pong_write_cross_cpu_ns",
+                "socket_ping_pong_write_cross_cpu_p99_ns",
+                "config_read_cross_cpu_ns",
+                "config_read_cross_cpu_p99_ns",
+                "config_write_cross_cpu_ns",
+                "config_write_cross_cpu_p99_ns",
+            ],
+            Group::Memory => &["plain_memory_read_ns"],
+            Group::Enumeration => &[
+                "enumeration_ms",
+                "enumeration_128_ports_ms",
+                "enumeration_reads",
+                "enumeration_128_ports_reads",
+                "enumeration_read_ns",
+                "enumeration_128_ports_read_ns",
+                "firmware_setup_ms",
+                "firmware_setup_128_ports_ms",
+                "firmware_setup_access_ns",
+                "firmware_setup_128_ports_access_ns",
+            ],
+            Group::Rss => &["rss_kib", "rss_248_ports_kib"],
+        }
+    }
+}
+
+/// Where the figures are measured: the main placement (everything on the last allowed CPU, or
+/// unpinned), and the cross-CPU one of the socket round trips when two CPUs are allowed.
+fn placements(no_pin: bool) -> Result<(Placement, Option<Placement>)> {
+    if no_pin {
+        return Ok((Placement::Free, None));
+    }
+    let cpus = affinity::allowed_cpus()?;
+    let (first, last) = match (cpus.first(), cpus.last()) {
+        (Some(&f), Some(&l)) => (f, l),
+        _ => return Err(Error::Other("no CPU is allowed".into())),
+    };
+    let split = (first != last).then_some(Placement::Split {
+        client: first,
+        server: last,
+    });
+    Ok((Placement::SameCpu(last), split))
+}
+
+fn run(args: &Args) -> Result<()> {
+    let groups: Vec<Group> = Group::ALL
+        .into_iter()
+        .filter(|g| {
+            args.filter
+                .as_deref()
+                .is_none_or(|f| g.figures().iter().any(|n| n.contains(f)))
+        })
+        .collect();
+    if groups.is_empty() {
+        let names: Vec<&str> = Group::ALL
+            .iter()
+            .flat_map(|g| g.figures())
+            .copied()
+            .collect();
+        return Err(Error::Other(format!(
+            "--filter matches no figure; figures: {}",
+            names.join(" ")
+        )));
+    }
+    let needs_backend = groups.iter().any(|&g| g != Group::Memory);
+    let bin = if needs_backend {
+        Some(backend::pcierc_binary(args.pcierc.as_deref())?)
+    } else {
+        None
+    };
+    machine::header(
+        args.quick,
+        bin.as_ref().map(|(p, note)| (p.as_path(), note.as_str())),
+    );
+    let started = Instant::now();
+    let mut rep = Reporter::default();
+    let bin = || {
+        bin.as_ref()
+            .map(|(p, _)| p.as_path())
+            .ok_or_else(|| Error::Other("internal: the pcierc binary was not located".into()))
+    };
+    let (same, split) = placements(args.no_pin)?;
+    rep.note(format!(
+        "placement: {}{}",
+        same.describe(),
+        match (split, args.no_pin) {
+            (Some(p), _) => format!("; socket round trips again with {}", p.describe()),
+            (None, false) => "; no *_cross_cpu_* figures: only one CPU is allowed".into(),
+            (None, true) => String::new(),
+        }
+    ));
+    for g in groups {
+        match g {
+            Group::Memory => memory::run(&mut rep, if args.quick { 200 } else { 2000 }),
+            Group::RoundTrip => {
+                let plan = |rounds, per_round| round_trip::Plan {
+                    warmup: if args.quick { 500 } else { 2_000 },
+                    rounds,
+                    per_round,
+                };
+                let (local, cross) = if args.quick {
+                    (plan(40, 250), plan(20, 100))
+                } else {
+                    (plan(200, 500), plan(100, 200))
+                };
+                round_trip::run(&mut rep, bin()?, local, same, "")?;
+                if let Some(split) = split {
+                    round_trip::run(&mut rep, bin()?, cross, split, "_cross_cpu")?;
+                }
+            }
+            Group::Enumeration => {
+                scale::enumeration(&mut rep, bin()?, if args.quick { 1 } else { 5 }, same)?
+            }
+            Group::Rss => scale::rss(&mut rep, bin()?, same)?,
+        }
+    }
+    rep.note(format!(
+        "{} figures in {:.1} s",
+        rep.figures(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = match (&args.echo_peer, args.echo_sizes) {
+        (Some(path), Some((request, reply))) => pingpong::serve_echo(path, request, reply),
+        _ => run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("pcierc-bench: {e}");
+        std::process::exit(1);
+    }
+}
