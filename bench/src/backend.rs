@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pcierc_examples::socket_bus::SocketBus;
-use pcierc_protocol::{Frontend, FrontendOptions, LayoutChange, Notification};
+use pcierc_protocol::{Frontend, FrontendOptions, LayoutChange, Notification, ProtocolFeatures};
 
 use crate::error::{Context, Error, Result};
 
@@ -154,10 +154,28 @@ impl Pcierc {
         Ok(p)
     }
 
-    /// Connect as a VMM named `name` (handshake, backend channel drained by a thread).
+    /// Connect as a VMM named `name` (handshake, backend channel drained by a thread), with
+    /// the default options: configuration reads served from the shared snapshot.
     pub fn connect(&self, name: &str) -> Result<Vmm> {
-        let mut frontend = Frontend::connect(&self.socket, FrontendOptions::vmm(name))
+        self.connect_with(name, true)
+    }
+
+    /// As [`Pcierc::connect`]; `fast_path: false` leaves `CONFIG_SNAPSHOT` out, so every read
+    /// crosses the socket.
+    pub fn connect_with(&self, name: &str, fast_path: bool) -> Result<Vmm> {
+        let mut opts = FrontendOptions::vmm(name);
+        if !fast_path {
+            opts.protocol_features -= ProtocolFeatures::CONFIG_SNAPSHOT;
+        }
+        let mut frontend = Frontend::connect(&self.socket, opts)
             .context(format!("connecting to {}", self.socket.display()))?;
+        if frontend.snapshot_active() != fast_path {
+            return Err(Error::Other(format!(
+                "the configuration snapshot is {} although it was {}",
+                if fast_path { "off" } else { "on" },
+                if fast_path { "asked for" } else { "left out" }
+            )));
+        }
         let channel = Arc::new(ChannelStats::default());
         if let Some(mut ch) = frontend.take_backend_channel() {
             let stats = Arc::clone(&channel);

@@ -98,7 +98,7 @@ impl Group {
                 "config_write_cross_cpu_ns",
                 "config_write_cross_cpu_p99_ns",
             ],
-            Group::Memory => &["plain_memory_read_ns"],
+            Group::Memory => &["plain_memory_read_ns", "config_read_fastpath_ns"],
             Group::Enumeration => &[
                 "enumeration_ms",
                 "enumeration_128_ports_ms",
@@ -154,7 +154,7 @@ fn run(args: &Args) -> Result<()> {
             names.join(" ")
         )));
     }
-    let needs_backend = groups.iter().any(|&g| g != Group::Memory);
+    let needs_backend = !groups.is_empty();
     let bin = if needs_backend {
         Some(backend::pcierc_binary(args.pcierc.as_deref())?)
     } else {
@@ -183,7 +183,12 @@ fn run(args: &Args) -> Result<()> {
     ));
     for g in groups {
         match g {
-            Group::Memory => memory::run(&mut rep, if args.quick { 200 } else { 2000 }),
+            Group::Memory => memory::run(
+                &mut rep,
+                if args.quick { 200 } else { 2000 },
+                Some(bin()?),
+                same,
+            )?,
             Group::RoundTrip => {
                 let plan = |rounds, per_round| round_trip::Plan {
                     warmup: if args.quick { 500 } else { 2_000 },

@@ -241,6 +241,7 @@ impl Session {
             ReportError | RaisePme => Some(ProtocolFeatures::ERROR_REPORTING),
             SetInterruptFd => Some(ProtocolFeatures::INTERRUPTS),
             ClaimFunction | ReleaseFunction => Some(ProtocolFeatures::OWNERSHIP),
+            SetConfigSnapshot => Some(ProtocolFeatures::CONFIG_SNAPSHOT),
             GetTopology | ConfigRead | ConfigWrite | Reset | GetChipsetMemory => {
                 Some(ProtocolFeatures::empty())
             }
@@ -255,6 +256,14 @@ impl Session {
         }
         if req == SetInterruptFd {
             return self.set_interrupt_fd(h, p, fds);
+        }
+        if req == SetConfigSnapshot {
+            empty(p)?;
+            if fds.len() != 1 {
+                return Err(Status::Invalid);
+            }
+            let file = fds.pop().ok_or(Status::Invalid)?;
+            return h.set_config_snapshot(self.conn, file).map(|()| Vec::new());
         }
         if !fds.is_empty() {
             return Err(Status::Invalid);
@@ -381,7 +390,7 @@ impl Session {
                 let r = payload::<FunctionRelease>(p)?;
                 h.release_function(self.conn, &r).map(none)
             }
-            SetBackendReqFd | SetInterruptFd => Err(Status::Protocol), // handled above
+            SetBackendReqFd | SetInterruptFd | SetConfigSnapshot => Err(Status::Protocol), // above
         }
     }
 

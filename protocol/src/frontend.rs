@@ -21,6 +21,8 @@ use crate::messages::{
     encode_name, ChipsetMemory, ConfigAccess, ErrorReport, FrontendInfo, FrontendRole,
     FunctionAddress, FunctionClaim, FunctionRelease, GuestAccess, InterruptFd, U64,
 };
+use crate::snapshot::SnapshotReader;
+use crate::topology::FunctionKind;
 use crate::topology::Topology;
 use crate::wire::{FrontendReq, MsgHeader, Status};
 use crate::{Features, ProtocolFeatures};
@@ -84,6 +86,8 @@ pub struct Frontend {
     negotiated: (Features, ProtocolFeatures),
     channel: Option<BackendChannel>,
     broken: bool,
+    /// The configuration snapshot reads are served from, when negotiated.
+    snapshot: Option<SnapshotReader>,
 }
 
 impl Frontend {
@@ -113,6 +117,7 @@ impl Frontend {
             negotiated: (Features::empty(), ProtocolFeatures::empty()),
             channel: None,
             broken: false,
+            snapshot: None,
         })
     }
 
@@ -163,7 +168,47 @@ impl Frontend {
             )?;
             self.channel = Some(BackendChannel::new(ours)?);
         }
+        if pf.contains(ProtocolFeatures::CONFIG_SNAPSHOT) {
+            self.enable_snapshot()?;
+        }
         Ok(())
+    }
+
+    /// `SetConfigSnapshot`: create the shared region for the functions the backend emulates
+    /// (host bridges and root ports in its topology) and hand it over. A backend that refuses
+    /// it leaves every read on the socket.
+    fn enable_snapshot(&mut self) -> Result<()> {
+        let topology = self.topology()?;
+        let local = topology
+            .functions
+            .iter()
+            .filter(|f| f.kind != FunctionKind::Endpoint as u8)
+            .count();
+        let (reader, file) = SnapshotReader::create(local).map_err(Error::Socket)?;
+        match self.call(
+            FrontendReq::SetConfigSnapshot,
+            &[],
+            &[file.as_raw_fd()],
+            Some(0),
+        ) {
+            Ok(_) => self.snapshot = Some(reader),
+            // The backend offered the feature but refused this region: carry on without it.
+            Err(Error::Status { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Are configuration reads served from the shared snapshot (no message)?
+    pub fn snapshot_active(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// The snapshot, when nothing is in flight (so a read never overtakes a pipelined write).
+    fn fast(&self) -> Option<&SnapshotReader> {
+        self.snapshot
+            .as_ref()
+            .filter(|_| self.outstanding.is_empty())
     }
 
     /// How long to wait for the socket to take a request or for a reply (`None`: forever).
@@ -255,6 +300,15 @@ impl Frontend {
         offset: u16,
         width: u8,
     ) -> Result<u32> {
+        if let Some(r) = self
+            .fast()
+            .and_then(|s| s.config_read(segment, bus, devfn, offset, width))
+        {
+            return r.map_err(|status| Error::Status {
+                request: FrontendReq::ConfigRead as u32,
+                status,
+            });
+        }
         let req = ConfigAccess {
             segment,
             bus,
@@ -298,6 +352,9 @@ impl Frontend {
 
     /// `PioRead`: a trapped port-I/O read.
     pub fn pio_read(&mut self, port: u64, width: u8) -> Result<u64> {
+        if let Some(v) = self.fast().and_then(|s| s.config_data_read(port, width)) {
+            return Ok(v);
+        }
         self.guest_read(FrontendReq::PioRead, port, width)
     }
 
@@ -308,6 +365,9 @@ impl Frontend {
 
     /// `MmioRead`: a trapped MMIO read.
     pub fn mmio_read(&mut self, addr: u64, width: u8) -> Result<u64> {
+        if let Some(v) = self.fast().and_then(|s| s.ecam_read(addr, width)) {
+            return Ok(v);
+        }
         self.guest_read(FrontendReq::MmioRead, addr, width)
     }
 

@@ -6,6 +6,7 @@
 //! [`SharedBackendHandler`]) and passes `&mut &mutex` or `&mut arc.clone()` (both are
 //! [`BackendHandler`]s that lock for each call).
 
+use std::fs::File;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::channel::BackendChannelSender;
@@ -122,6 +123,12 @@ pub trait BackendHandler {
     ) -> Result<(), Status> {
         Err(Status::NotSupported)
     }
+    /// Frontend `conn` wants configuration reads served from `file` (`SetConfigSnapshot`; a
+    /// memfd, not yet checked: see [`crate::snapshot::SnapshotWriter::new`]). Default: not
+    /// supported.
+    fn set_config_snapshot(&mut self, _conn: ConnectionId, _file: File) -> Result<(), Status> {
+        Err(Status::NotSupported)
+    }
     /// A frontend identified itself (once per connection).
     fn frontend_identified(&mut self, _conn: ConnectionId, _info: &FrontendIdentity) {}
     /// A frontend sent its backend channel; a later call for the same connection replaces it.
@@ -157,6 +164,7 @@ pub trait SharedBackendHandler {
     fn claim_function(&self, conn: ConnectionId, claim: &FunctionClaim) -> Result<(), Status>;
     fn release_function(&self, conn: ConnectionId, release: &FunctionRelease)
         -> Result<(), Status>;
+    fn set_config_snapshot(&self, conn: ConnectionId, file: File) -> Result<(), Status>;
     fn frontend_identified(&self, conn: ConnectionId, info: &FrontendIdentity);
     fn backend_channel(&self, conn: ConnectionId, sender: BackendChannelSender);
     fn disconnected(&self, conn: ConnectionId);
@@ -244,6 +252,13 @@ macro_rules! forward_all {
             release: &FunctionRelease,
         ) -> Result<(), Status> {
             $target.release_function(conn, release)
+        }
+        fn set_config_snapshot(
+            $self_: $recv,
+            conn: ConnectionId,
+            file: File,
+        ) -> Result<(), Status> {
+            $target.set_config_snapshot(conn, file)
         }
         fn frontend_identified($self_: $recv, conn: ConnectionId, info: &FrontendIdentity) {
             $target.frontend_identified(conn, info)

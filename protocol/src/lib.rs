@@ -30,6 +30,7 @@ pub mod frontend;
 pub mod handler;
 pub mod messages;
 pub mod resume;
+pub mod snapshot;
 pub mod topology;
 pub mod wire;
 
@@ -87,6 +88,9 @@ bitflags::bitflags! {
         /// `ClaimFunction` / `ReleaseFunction`: the frontend plugs functions it serves into
         /// the hierarchy and takes them out.
         const OWNERSHIP = 1 << 7;
+        /// `SetConfigSnapshot`: configuration reads served from shared memory (the fast path;
+        /// leave it out of the wanted features to turn it off).
+        const CONFIG_SNAPSHOT = 1 << 8;
     }
 }
 

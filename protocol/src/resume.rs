@@ -104,6 +104,17 @@ impl ResumableFrontend {
     /// Reconnect (retrying until `patience` runs out, while the backend restarts), repeat the
     /// handshake, re-register the interrupt eventfds, and fetch the topology.
     pub fn resume(&mut self, patience: Duration) -> Result<Resumed> {
+        // If the old connection still works, take the eventfds off it first, so no interrupt
+        // is signalled twice while the backend has not yet seen it close.
+        for r in &self.irqfds {
+            if self
+                .fe
+                .set_interrupt_fd(r.segment, r.bus, r.devfn, r.vector, None)
+                .is_err()
+            {
+                break;
+            }
+        }
         let deadline = Instant::now() + patience;
         let mut fe = loop {
             match Frontend::connect(&self.path, self.opts.clone()) {

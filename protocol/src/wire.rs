@@ -172,6 +172,9 @@ pub enum FrontendReq {
     /// Payload: [`crate::messages::FunctionRelease`]: take a function this frontend serves out
     /// (through the guest's hot-plug driver, or at once with `SURPRISE`).
     ReleaseFunction = 22,
+    /// Empty payload and one sealed memfd: the backend keeps a copy of the configuration
+    /// space of its functions there ([`crate::snapshot`]).
+    SetConfigSnapshot = 23,
 }
 
 impl TryFrom<u32> for FrontendReq {
@@ -201,6 +204,7 @@ impl TryFrom<u32> for FrontendReq {
             20 => SetInterruptFd,
             21 => ClaimFunction,
             22 => ReleaseFunction,
+            23 => SetConfigSnapshot,
             other => return Err(other),
         })
     }

@@ -191,7 +191,13 @@ fn hot_add_and_orderly_removal_through_qmp() {
     assert_eq!(slots[0]["devices"][0]["id"], "net0");
     assert_eq!(slots[0]["devices"][0]["state"], "present");
     // Refusals name the problem and leave the connection usable.
-    assert!(qmp.err("device_add", net0()).1.contains("occupied"));
+    let (_, desc) = qmp.err("device_add", net0());
+    assert_eq!(desc, "id 'net0' is already in use");
+    let (_, desc) = qmp.err(
+        "device_add",
+        json!({"driver": "e1000e", "id": "net9", "bus": "rp1"}),
+    );
+    assert!(desc.contains("occupied"), "{desc}");
     let (class, desc) = qmp.err(
         "device_add",
         json!({"driver": "e1000e", "id": "x", "bus": "pcie.0"}),

@@ -194,6 +194,10 @@ impl PciFunction for Mch {
         self.space.read(offset, width)
     }
 
+    fn config_image(&self) -> Vec<u8> {
+        self.space.image_4k()
+    }
+
     fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
         if !valid_access(offset, width) {
             return Effects::empty();

@@ -280,6 +280,10 @@ impl PciFunction for RootPort {
         self.port.config_read(offset, width)
     }
 
+    fn config_image(&self) -> Vec<u8> {
+        self.port.space().image_4k()
+    }
+
     fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
         self.port.config_write(offset, width, value)
     }

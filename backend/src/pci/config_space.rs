@@ -104,6 +104,15 @@ impl ConfigSpace {
         })
     }
 
+    /// The whole 4 KiB configuration space as guest reads see it: the register bytes, then
+    /// all-ones past the size (a conventional function's extended space).
+    pub fn image_4k(&self) -> Vec<u8> {
+        let n = usize::from(self.size).min(self.value.len());
+        let mut v = self.value[..n].to_vec();
+        v.resize(4096, 0xff);
+        v
+    }
+
     /// A guest write of `width` (1, 2 or 4) bytes at `offset`, through the write and W1C masks.
     /// Bytes past the size are dropped.
     pub fn write(&mut self, offset: u16, width: u8, data: u32) {

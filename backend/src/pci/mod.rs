@@ -59,6 +59,14 @@ pub trait PciFunction: Send {
     fn config_read(&self, offset: u16, width: Width) -> u32;
     /// Write `width` bytes of `value` at `offset`, honouring write and W1C masks.
     fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects;
+    /// All 4 KiB of configuration space as reads see them (what the configuration snapshot
+    /// holds). The default reads every dword; models backed by a plain space copy it.
+    fn config_image(&self) -> Vec<u8> {
+        (0..4096u16)
+            .step_by(4)
+            .flat_map(|off| self.config_read(off, 4).to_le_bytes())
+            .collect()
+    }
     /// The memory BARs the function decodes now (memory space enabled, BAR programmed).
     fn bars(&self) -> Vec<BarMapping> {
         Vec::new()

@@ -23,6 +23,8 @@ mod control;
 mod irqfd;
 #[path = "ownership.rs"]
 mod ownership;
+#[path = "snapshot.rs"]
+mod snapshot;
 
 /// An event for the control socket's sessions (QMP `event` name and `data`).
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +49,8 @@ pub struct RootComplex {
     slots: Vec<control::SlotView>,
     /// Where the state is persisted (`--state-file`).
     state_file: Option<StateFile>,
+    /// Frontends' configuration snapshots (`SetConfigSnapshot`).
+    snapshots: BTreeMap<ConnectionId, pcierc_protocol::snapshot::SnapshotWriter>,
 }
 
 impl RootComplex {
@@ -61,6 +65,7 @@ impl RootComplex {
             irqfds: irqfd::Irqfds::default(),
             slots: Vec::new(),
             state_file: None,
+            snapshots: BTreeMap::new(),
         };
         rc.slot_events(); // the power-on state, reported as changes from here on
         rc
@@ -207,6 +212,7 @@ impl RootComplex {
             self.slot_events();
         }
         // Before the reply to the request that changed it is sent.
+        self.sync_snapshots();
         if let Some(f) = &mut self.state_file {
             f.persist(&self.hierarchy);
         }
@@ -391,6 +397,15 @@ impl BackendHandler for RootComplex {
         }
         self.channels.remove(&conn);
         self.irqfds.drop_connection(conn);
+        self.snapshots.remove(&conn);
+    }
+
+    fn set_config_snapshot(
+        &mut self,
+        conn: ConnectionId,
+        file: std::fs::File,
+    ) -> Result<(), Status> {
+        self.add_snapshot(conn, file)
     }
 
     fn set_interrupt_fd(

@@ -12,6 +12,8 @@ use crate::topology::spec::EndpointSpec;
 
 #[path = "hotplug.rs"]
 mod hotplug;
+#[path = "snapshot.rs"]
+mod snapshot;
 pub use hotplug::HotplugError;
 
 /// Something the service must deliver after an operation: interrupts to the frontends that
@@ -85,6 +87,10 @@ pub struct Hierarchy {
     generation: u64,
     /// Undelivered events, drained by [`Hierarchy::take_events`].
     events: Vec<HierarchyEvent>,
+    /// Functions (0 = MCH, 1 + i = port i) whose registers may have changed since the last
+    /// [`Hierarchy::take_snapshot_changes`], and whether routing did.
+    changed: Vec<bool>,
+    routes_changed: bool,
 }
 
 impl Hierarchy {
@@ -106,7 +112,10 @@ impl Hierarchy {
             config_address: 0,
             generation: 1,
             events: Vec::new(),
+            changed: Vec::new(),
+            routes_changed: true,
         };
+        h.mark_all_changed();
         h.rebuild_slots();
         // Functions declared in the topology are present from power-on: their slots are occupied.
         for i in 0..h.ports.len() {
@@ -120,6 +129,7 @@ impl Hierarchy {
 
     /// Rebuild the root bus and below-port tables from the spec (after functions come or go).
     fn rebuild_slots(&mut self) {
+        self.mark_all_changed();
         self.root = [Slot::Empty; 256];
         self.root[0] = Slot::Mch;
         self.below = vec![[None; 8]; self.ports.len()];
@@ -177,6 +187,7 @@ impl Hierarchy {
 
     /// Power-on reset of every function pcierc emulates (a platform reset).
     pub fn reset(&mut self) -> Effects {
+        self.mark_all_changed();
         self.mch.reset();
         self.ports.iter_mut().for_each(PciFunction::reset);
         // Cards stay in their slots across a platform reset.
@@ -198,6 +209,7 @@ impl Hierarchy {
     /// Rebuild the bus -> port table from the ports' bus-number registers. A bus claimed by two
     /// ports (a guest bug) routes to the first port in topology order, as a scan would find it.
     fn rebuild_bus_map(&mut self) {
+        self.routes_changed = true;
         self.bus_owner = [0; 256];
         for (i, p) in self.ports.iter().enumerate().rev() {
             let (sec, sub) = (p.secondary_bus(), p.subordinate_bus());
@@ -301,6 +313,7 @@ impl Hierarchy {
             Routed::Remote(_) => return Err(Status::Remote),
             Routed::Absent => return Ok(Effects::empty()),
         };
+        self.mark_changed(slot);
         let f = self.function_mut(slot).ok_or(Status::Io)?;
         let effects = if offset.is_multiple_of(u16::from(width)) {
             f.config_write(offset, width, value)
@@ -500,7 +513,7 @@ impl Hierarchy {
         self.mch = mch;
         self.ports = ports;
         self.config_address = config_address;
-        self.rebuild_slots();
+        self.rebuild_slots(); // marks every function changed
         self.rebuild_bus_map();
         self.generation = (self.generation + 1).max(generation);
         Ok(())

@@ -240,3 +240,39 @@ fn every_access_shape_is_answered_without_panicking() {
 
 #[path = "hotplug_tests.rs"]
 mod hotplug;
+
+#[test]
+fn snapshot_images_and_routes_agree_with_guest_reads() {
+    let mut h = hierarchy(&["x,id=ep,bus=rp1,owner=qemu"]);
+    enable_ecam(&mut h, 0xb000_0000);
+    h.mmio_write(0xb001_0018, 4, 0x0001_0100).unwrap();
+    let (changed, routes) = h.take_snapshot_changes();
+    assert!(routes && changed.len() == h.snapshot_functions());
+    for n in 0..h.snapshot_functions() {
+        let image = h.snapshot_image(n);
+        assert_eq!(image.len(), 4096);
+        let devfn = if n == 0 {
+            0
+        } else {
+            h.spec().root_ports[n - 1].addr.0
+        };
+        for off in (0..4096u16).step_by(4) {
+            let want = h.config_read(0, devfn, off, 4).unwrap();
+            let got = u32::from_le_bytes(image[usize::from(off)..][..4].try_into().unwrap());
+            assert_eq!(got, want, "function {n} at {off:#x}");
+        }
+    }
+    let t = h.snapshot_routes();
+    assert_eq!(t[0], 1, "00:00.0 is the MCH");
+    assert_eq!(t[0x10], 2, "00:02.0 is rp1");
+    assert_eq!(
+        t[0x0100], 0xffff,
+        "01:00.0 is the endpoint, another emulator's"
+    );
+    assert_eq!(t[0x0200], 0, "nothing on bus 2");
+    // A write marks only its function; bus numbers mark the routes.
+    h.config_write(0, 0x11, 0x1c, 2, 0x2010).unwrap();
+    assert_eq!(h.take_snapshot_changes(), (vec![2], false));
+    h.config_write(0, 0x11, 0x18, 4, 0x0002_0200).unwrap();
+    assert_eq!(h.take_snapshot_changes(), (vec![2], true));
+}

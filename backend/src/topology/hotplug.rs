@@ -51,6 +51,7 @@ impl Hierarchy {
     /// Drain a port's interrupts and slot events after an operation returned `effects`: the
     /// guest powering a slot off completes the removal of the functions behind it.
     pub(super) fn after_port(&mut self, port: usize, effects: Effects) -> Effects {
+        self.mark_changed(super::Slot::Port(port as u16));
         let mut effects = effects;
         if effects.contains(Effects::SLOT) {
             let events = self.ports[port].slot_events();
