@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use crate::service::{self, Listen, ServiceConfig};
+use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
+use crate::service::{self, AccessConfig, AccessPolicy, Listen, ServiceConfig};
 use crate::topology::TopologySpec;
 use crate::{Error, Result};
 
@@ -32,6 +33,26 @@ pub struct Args {
     /// atomically after every change, before the change is acknowledged.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+    /// Permissions of the socket files pcierc creates (both sockets), in octal.
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "0600",
+        value_parser = access::parse_socket_mode
+    )]
+    pub socket_mode: u32,
+    /// Serve peers whose effective uid is UID (checked with SO_PEERCRED on both sockets;
+    /// repeatable). Default: only the uid pcierc runs as; given, only the uids listed.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// Most frontends served at once; more are closed at accept.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS as u32,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_connections: u32,
     /// Print a JSON description of the backend and its features, then exit.
     #[arg(long)]
     pub print_capabilities: bool,
@@ -139,7 +160,46 @@ pub fn run(args: Args) -> Result<()> {
                 listen,
                 control_socket: args.control_socket,
                 state_file: args.state_file,
+                access: AccessConfig {
+                    socket_mode: args.socket_mode,
+                    policy: AccessPolicy::uids(args.allow_uid),
+                    max_connections: args.max_connections as usize,
+                },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::service::access::DEFAULT_SOCKET_MODE;
+
+    #[test]
+    fn the_command_line_is_consistent_and_access_defaults_match_the_service() {
+        Args::command().debug_assert();
+        let a = Args::parse_from(["pcierc", "--socket-path", "s"]);
+        assert_eq!(a.socket_mode, DEFAULT_SOCKET_MODE);
+        assert_eq!(a.max_connections as usize, DEFAULT_MAX_CONNECTIONS);
+        assert!(a.allow_uid.is_empty());
+        let a = Args::parse_from([
+            "pcierc",
+            "--socket-path",
+            "s",
+            "--socket-mode",
+            "660",
+            "--allow-uid",
+            "0",
+            "--allow-uid",
+            "107",
+            "--max-connections",
+            "3",
+        ]);
+        assert_eq!(
+            (a.socket_mode, a.allow_uid, a.max_connections),
+            (0o660, vec![0, 107], 3)
+        );
     }
 }

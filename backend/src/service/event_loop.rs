@@ -1,6 +1,20 @@
 //! One event-manager loop serving every frontend and every control-socket client: the listening
 //! sockets and each connection are registered with the same subscriber, connections are
 //! non-blocking, and a connection that sends garbage, stops reading, or hangs up is dropped alone.
+//! Every accepted peer passes the [`AccessPolicy`] (`SO_PEERCRED`) before anything is read from
+//! it; a refused one is closed at once.
+//!
+//! Limits, each an error to the one peer that exceeds it: at most `max_connections` frontends
+//! (`--max-connections`) and [`MAX_CONTROL_CONNECTIONS`] control clients; more are closed at
+//! accept. Per frontend, the protocol's [`Connection`] bounds what a peer can make pcierc hold:
+//! it stops reading requests while
+//! [`BACKPRESSURE_BYTES`](pcierc_protocol::connection::BACKPRESSURE_BYTES) of replies wait
+//! unread (this loop then waits for writability only, so further requests stay in the kernel's
+//! socket buffer and the frontend's writes block), drops a frontend whose unread replies would
+//! pass [`DEFAULT_WRITE_LIMIT`](pcierc_protocol::DEFAULT_WRITE_LIMIT), and closes a connection
+//! whose header announces more than [`MAX_PAYLOAD_SIZE`](pcierc_protocol::MAX_PAYLOAD_SIZE). A
+//! control client is dropped once
+//! [`MAX_PENDING_OUTPUT`](super::control_socket::MAX_PENDING_OUTPUT) bytes of output wait unread.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
@@ -12,6 +26,7 @@ use log::{debug, error, info, warn};
 use pcierc_protocol::{Connection, ConnectionId};
 use vhost::vhost_user::Listener;
 
+use super::access::{self, AccessConfig, AccessPolicy, SocketFile};
 use super::control_socket::ControlConn;
 use super::{Listen, RootComplex};
 use crate::control;
@@ -25,9 +40,6 @@ const CONTROL_LISTENER_TOKEN: u32 = u32::MAX;
 /// Most control-socket clients served at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 16;
 
-/// Most frontends served at once; more are refused at accept.
-pub const MAX_CONNECTIONS: usize = 256;
-
 struct Conn {
     conn: Connection,
     /// The epoll interest currently registered.
@@ -40,6 +52,65 @@ enum Source {
     None,
 }
 
+/// The sockets a [`Server`] serves, claimed before the rest of the service starts (so a second
+/// pcierc pointed at a live socket stops before it touches anything else, the state file
+/// included).
+pub struct Sockets {
+    source: Source,
+    /// An inherited connected socket, served as soon as the loop starts.
+    pending: Option<UnixStream>,
+    control: Option<UnixListener>,
+    /// The socket files created, removed when the server is dropped.
+    files: Vec<SocketFile>,
+}
+
+impl Sockets {
+    /// Create or adopt the frontends' socket described by `listen`, and create the control
+    /// socket at `control` if given. Socket files get `socket_mode` ([`access::create_listener`]).
+    pub fn open(listen: &Listen, control: Option<&Path>, socket_mode: u32) -> Result<Self> {
+        let mut pending = None;
+        let mut files = Vec::new();
+        let source = match listen {
+            Listen::Path(p) => {
+                let (l, file) = access::create_listener(p, socket_mode)?;
+                files.push(file);
+                Source::Listener(Listener::from(l))
+            }
+            Listen::Fd(fd) => {
+                if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
+                    // SAFETY: the caller handed us this fd on the command line; we own it from now on.
+                    let l = unsafe { UnixListener::from_raw_fd(*fd) };
+                    Source::Listener(Listener::from(l))
+                } else {
+                    // SAFETY: as above; it is a connected stream socket.
+                    pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
+                    Source::None
+                }
+            }
+        };
+        if let Source::Listener(l) = &source {
+            l.set_nonblocking(true)
+                .map_err(|e| Error::Topology(format!("listener: {e}")))?;
+        }
+        let control = match control {
+            Some(path) => {
+                let (l, file) = access::create_listener(path, socket_mode)?;
+                l.set_nonblocking(true)
+                    .map_err(io_err("control socket listener"))?;
+                files.push(file);
+                Some(l)
+            }
+            None => None,
+        };
+        Ok(Sockets {
+            source,
+            pending,
+            control,
+            files,
+        })
+    }
+}
+
 /// The serving state: the handler and every live connection.
 pub struct Server {
     source: Source,
@@ -49,7 +120,10 @@ pub struct Server {
     pending: Option<UnixStream>,
     control: Option<UnixListener>,
     controls: HashMap<u32, (ControlConn, EventSet)>,
+    access: AccessConfig,
     quit: bool,
+    /// Declared last: removed after the listeners are closed.
+    _files: Vec<SocketFile>,
 }
 
 fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -60,54 +134,27 @@ fn io_err(context: &str) -> impl Fn(std::io::Error) -> Error + '_ {
 }
 
 impl Server {
-    /// Bind or adopt the socket described by `listen`.
-    pub fn bind(listen: &Listen, handler: RootComplex) -> Result<Self> {
-        let mut pending = None;
-        let source =
-            match listen {
-                Listen::Path(p) => {
-                    refuse_non_socket(p)?;
-                    Source::Listener(Listener::new(p, true).map_err(|e| {
-                        Error::Topology(format!("listening on {}: {e}", p.display()))
-                    })?)
-                }
-                Listen::Fd(fd) => {
-                    if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
-                        // SAFETY: the caller handed us this fd on the command line; we own it from now on.
-                        Source::Listener(Listener::from(unsafe { UnixListener::from_raw_fd(*fd) }))
-                    } else {
-                        // SAFETY: as above; it is a connected stream socket.
-                        pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
-                        Source::None
-                    }
-                }
-            };
-        if let Source::Listener(l) = &source {
-            l.set_nonblocking(true)
-                .map_err(|e| Error::Topology(format!("listener: {e}")))?;
-        }
-        Ok(Server {
-            source,
+    /// Serve `sockets` with `handler`, admitting peers and limiting connections as `access`
+    /// says. An inherited connected socket is served without a credentials check: whoever
+    /// handed it over chose the peer.
+    pub fn new(sockets: Sockets, handler: RootComplex, access: AccessConfig) -> Self {
+        Server {
+            source: sockets.source,
             handler,
             conns: HashMap::new(),
             next_token: 1,
-            pending,
-            control: None,
+            pending: sockets.pending,
+            control: sockets.control,
             controls: HashMap::new(),
+            access,
             quit: false,
-        })
+            _files: sockets.files,
+        }
     }
 
-    /// Also serve the QMP-compatible control socket at `path`.
-    pub fn with_control_socket(mut self, path: &Path) -> Result<Self> {
-        refuse_non_socket(path)?;
-        let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path)
-            .map_err(|e| Error::Topology(format!("control socket {}: {e}", path.display())))?;
-        l.set_nonblocking(true)
-            .map_err(io_err("control socket listener"))?;
-        self.control = Some(l);
-        Ok(self)
+    /// The access policy in force.
+    fn policy(&self) -> &AccessPolicy {
+        &self.access.policy
     }
 
     /// A token no live connection uses.
@@ -151,10 +198,6 @@ impl Server {
     }
 
     fn add_connection(&mut self, stream: UnixStream, ops: &mut EventOps) {
-        if self.conns.len() >= MAX_CONNECTIONS {
-            warn!("refusing a frontend: {MAX_CONNECTIONS} connections already");
-            return;
-        }
         let token = self.new_token();
         let conn = match Connection::new(stream, ConnectionId(u64::from(token))) {
             Ok(c) => c,
@@ -187,7 +230,20 @@ impl Server {
                 Source::None => return,
             };
             match accepted {
-                Ok(Some(s)) => self.add_connection(s, ops),
+                Ok(Some(s)) => {
+                    // A refused peer is closed (dropped) before anything is read from it.
+                    let Some(cred) = self.policy().admit(&s, "frontend") else {
+                        continue;
+                    };
+                    if self.conns.len() >= self.access.max_connections {
+                        warn!(
+                            "refusing a frontend (pid {} uid {}): {} connections already (--max-connections)",
+                            cred.pid, cred.uid, self.access.max_connections
+                        );
+                        continue;
+                    }
+                    self.add_connection(s, ops);
+                }
                 Ok(None) => return,
                 Err(e) => {
                     warn!("accept: {e}");
@@ -259,8 +315,15 @@ impl Server {
                     return;
                 }
             };
+            // A refused client is closed before the greeting is sent or anything read.
+            let Some(cred) = self.policy().admit(&stream, "control client") else {
+                continue;
+            };
             if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
-                warn!("refusing a control client: {MAX_CONTROL_CONNECTIONS} already connected");
+                warn!(
+                    "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
+                    cred.pid, cred.uid
+                );
                 continue;
             }
             let mut conn = match ControlConn::new(stream) {
@@ -394,18 +457,6 @@ fn control_interest(c: &ControlConn) -> EventSet {
         EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP
     } else {
         EventSet::IN | EventSet::READ_HANG_UP
-    }
-}
-
-/// Never replace a file that is not a socket (a typo must not delete someone's data).
-fn refuse_non_socket(p: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(p) {
-        Ok(meta) if !meta.file_type().is_socket() => Err(Error::Topology(format!(
-            "{} exists and is not a socket; not replacing it",
-            p.display()
-        ))),
-        _ => Ok(()),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
 //! layout changes out to frontends; [`event_loop`] serves many frontends and the QMP control
-//! socket's clients ([`control_socket`]) on one event-manager loop.
+//! socket's clients ([`control_socket`]) on one event-manager loop; [`access`] decides who may
+//! connect.
 
+pub mod access;
 pub mod control_socket;
 pub mod event_loop;
 pub mod root_complex;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 
 use pcierc_protocol::{Features, ProtocolFeatures};
 
+pub use access::{AccessConfig, AccessPolicy};
 pub use root_complex::RootComplex;
 
 use crate::topology::{Hierarchy, TopologySpec};
@@ -26,7 +29,8 @@ pub const BACKEND_PROTOCOL_FEATURES: ProtocolFeatures = ProtocolFeatures::all();
 /// Where to listen.
 #[derive(Debug, Clone)]
 pub enum Listen {
-    /// Create a unix socket at this path (an existing socket file is replaced).
+    /// Create a unix socket at this path (a dead socket file there is replaced; anything else
+    /// there is an error).
     Path(PathBuf),
     /// An inherited socket: listening (accept frontends) or connected (serve one frontend).
     Fd(RawFd),
@@ -43,10 +47,19 @@ pub struct ServiceConfig {
     pub control_socket: Option<PathBuf>,
     /// Where the guest-visible state is persisted, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Socket file mode, allowed peers, connection limit.
+    pub access: AccessConfig,
 }
 
 /// Build the hierarchy, print it, and serve frontends until the process is stopped.
 pub fn serve(cfg: ServiceConfig) -> Result<()> {
+    // The sockets first: a pcierc started on another one's live socket stops here, before it
+    // reads or writes the state file. Peers wait in the listen backlog until the loop runs.
+    let sockets = event_loop::Sockets::open(
+        &cfg.listen,
+        cfg.control_socket.as_deref(),
+        cfg.access.socket_mode,
+    )?;
     let mut hierarchy = Hierarchy::new(cfg.spec)?;
     let state_file = match &cfg.state_file {
         Some(p) => Some(state_file::StateFile::open(p, &mut hierarchy)?),
@@ -57,9 +70,8 @@ pub fn serve(cfg: ServiceConfig) -> Result<()> {
     if let Some(f) = state_file {
         rc = rc.with_state_file(f);
     }
-    let mut server = event_loop::Server::bind(&cfg.listen, rc)?;
+    let server = event_loop::Server::new(sockets, rc, cfg.access);
     if let Some(p) = &cfg.control_socket {
-        server = server.with_control_socket(p)?;
         println!("control socket (QMP) on {}", p.display());
     }
     println!("pcierc {} serving:\n{tree}", env!("CARGO_PKG_VERSION"));
