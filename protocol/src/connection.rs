@@ -25,6 +25,8 @@ pub struct Connection {
     reader: FrameReader,
     writer: FrameWriter,
     session: Session,
+    /// The frontend shut its sending side: no more requests, the queued replies still go out.
+    read_closed: bool,
 }
 
 impl Connection {
@@ -33,9 +35,11 @@ impl Connection {
         stream.set_nonblocking(true).map_err(Error::Socket)?;
         Ok(Connection {
             stream,
-            reader: FrameReader::new(MessageKind::Request),
+            reader: FrameReader::new(MessageKind::Request)
+                .with_payload_limit(crate::wire::max_request_payload),
             writer: FrameWriter::new(DEFAULT_WRITE_LIMIT),
             session: Session::new(id),
+            read_closed: false,
         })
     }
 
@@ -52,7 +56,12 @@ impl Connection {
     /// Should the event loop wait for the socket to be readable? False while replies pile up
     /// unread (back-pressure: the frontend must read before it may send more).
     pub fn wants_read(&self) -> bool {
-        self.writer.pending() < BACKPRESSURE_BYTES
+        !self.read_closed && self.writer.pending() < BACKPRESSURE_BYTES
+    }
+
+    /// Has the frontend stopped sending and received every reply? Then close the connection.
+    pub fn finished(&self) -> bool {
+        self.read_closed && self.writer.pending() == 0
     }
 
     /// Should the event loop wait for the socket to be writable (replies are queued)?
@@ -62,14 +71,23 @@ impl Connection {
 
     /// Handle the complete requests available now (at most [`MAX_REQUESTS_PER_CALL`]) and send
     /// their replies as far as the socket takes them. Any `Err` means: close this connection
-    /// with [`Connection::close`].
+    /// with [`Connection::close`]. When the frontend shuts its sending side down (end of file),
+    /// every request that arrived whole is still answered (§4): the connection stops reading and
+    /// [`Connection::finished`] says when the last reply is out; `Err(PeerClosed)` comes at
+    /// once only when nothing is left to send.
     pub fn process<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) -> Result<()> {
         for _ in 0..MAX_REQUESTS_PER_CALL {
             if !self.wants_read() {
                 break;
             }
-            let Some(msg) = self.reader.poll_message(&self.stream)? else {
-                break;
+            let msg = match self.reader.poll_message(&self.stream) {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(Error::PeerClosed) if self.writer.pending() > 0 => {
+                    self.read_closed = true;
+                    break;
+                }
+                Err(e) => return Err(e),
             };
             let reply = self.session.handle(handler, msg)?;
             self.writer.queue(&reply.encode())?;
@@ -105,6 +123,9 @@ impl Connection {
             }
             if let Err(e) = self.process(handler) {
                 break Err(e);
+            }
+            if self.finished() {
+                break Err(Error::PeerClosed);
             }
         };
         self.close(handler);

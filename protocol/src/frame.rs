@@ -186,6 +186,8 @@ fn recv_some(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<File>) -> io::Re
 #[derive(Debug)]
 pub struct FrameReader {
     kind: MessageKind,
+    /// Largest payload accepted per request code (checked with the header).
+    limit: fn(u32) -> usize,
     header: [u8; HEADER_SIZE],
     header_len: usize,
     current: Option<MsgHeader>,
@@ -198,12 +200,21 @@ impl FrameReader {
     pub fn new(kind: MessageKind) -> Self {
         FrameReader {
             kind,
+            limit: |_| MAX_PAYLOAD_SIZE,
             header: [0; HEADER_SIZE],
             header_len: 0,
             current: None,
             payload: Vec::new(),
             fds: Vec::new(),
         }
+    }
+
+    /// Refuse, as soon as its header is in, a message whose payload is larger than `limit`
+    /// says for its code (e.g. [`crate::wire::max_request_payload`] on a backend's main
+    /// socket), so a peer cannot make the reader buffer [`MAX_PAYLOAD_SIZE`] with any request.
+    pub fn with_payload_limit(mut self, limit: fn(u32) -> usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Is part of a message buffered?
@@ -286,6 +297,9 @@ impl FrameReader {
     fn start_payload(&mut self) -> Result<()> {
         let h: MsgHeader = read_obj(&self.header).ok_or(Error::InvalidPayload("header"))?;
         validate_header(&h, self.kind)?;
+        if h.payload_len() > (self.limit)(h.request) {
+            return Err(Error::PayloadTooBig(u64::from(h.size)));
+        }
         self.current = Some(h);
         self.payload = Vec::new();
         Ok(())

@@ -177,6 +177,17 @@ pub enum FrontendReq {
     SetConfigSnapshot = 23,
 }
 
+/// Largest payload a backend accepts for a request code on its main socket: only `LoadState`
+/// carries a large blob; every other request has a small fixed payload (the largest,
+/// `FunctionClaim`, is 104 bytes), and unknown codes get the same small limit.
+pub fn max_request_payload(code: u32) -> usize {
+    if code == FrontendReq::LoadState as u32 {
+        MAX_PAYLOAD_SIZE
+    } else {
+        4096
+    }
+}
+
 impl TryFrom<u32> for FrontendReq {
     type Error = u32;
     fn try_from(v: u32) -> Result<Self, u32> {

@@ -136,3 +136,44 @@ fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
     let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("after")).unwrap();
     assert_eq!(f.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
 }
+
+#[test]
+fn a_peer_that_half_closes_still_gets_every_reply() {
+    use pcierc_protocol::{FrontendReq, MsgHeader, ProtocolFeatures, U64};
+    use vm_memory::ByteValued;
+    let b = Backend::start(&[]);
+    let mut s = UnixStream::connect(&b.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut bytes = Vec::new();
+    let all = U64 {
+        value: ProtocolFeatures::all().bits(),
+    };
+    for (code, id, payload) in [
+        (FrontendReq::SetProtocolFeatures, 1, all.as_slice().to_vec()),
+        (FrontendReq::SaveState, 2, Vec::new()),
+        (FrontendReq::GetTopology, 3, Vec::new()),
+    ] {
+        bytes.extend_from_slice(
+            MsgHeader::request(code as u32, payload.len() as u32, id).as_slice(),
+        );
+        bytes.extend_from_slice(&payload);
+    }
+    s.write_all(&bytes).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all_replies = Vec::new();
+    s.read_to_end(&mut all_replies)
+        .expect("the replies, then end of file");
+    // Walk the replies: three whole messages, ids 1..=3, all successful.
+    let mut ids = Vec::new();
+    let mut rest = &all_replies[..];
+    while rest.len() >= 24 {
+        let h: MsgHeader = pcierc_protocol::read_obj(&rest[..24]).expect("a header");
+        assert_eq!(h.status, 0, "{h:?}");
+        ids.push(h.id);
+        let len = 24 + h.size as usize;
+        assert!(rest.len() >= len, "a reply cut short: {h:?}");
+        rest = &rest[len..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(ids, [1, 2, 3]);
+}

@@ -286,13 +286,24 @@ impl Server {
         if let Err(e) = result {
             return self.drop_connection(token, ops, &e.to_string());
         }
+        if c.conn.finished() {
+            return self.drop_connection(token, ops, "peer closed after its last reply");
+        }
+        // A peer that only shut its sending side still gets the replies it is owed.
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
-            || (set.contains(EventSet::READ_HANG_UP) && !set.contains(EventSet::IN))
+            || (set.contains(EventSet::READ_HANG_UP)
+                && !set.contains(EventSet::IN)
+                && !c.conn.wants_write())
         {
             return self.drop_connection(token, ops, "peer hung up");
         }
         // Back-pressure: stop reading while replies wait unread; wait for writability instead.
-        let mut want = EventSet::READ_HANG_UP;
+        // (A half-closed peer keeps READ_HANG_UP raised: leave it out while only writing.)
+        let mut want = if c.conn.wants_read() {
+            EventSet::READ_HANG_UP
+        } else {
+            EventSet::empty()
+        };
         if c.conn.wants_read() {
             want |= EventSet::IN;
         }
