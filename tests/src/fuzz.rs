@@ -11,6 +11,8 @@
 //!   BARs (any width and offset): reads fit their width, identity registers never change;
 //! - `qmp`: bytes into a QMP session whose commands run on the real [`RootComplex`]: every
 //!   reply line is JSON;
+//! - `qtest`: lines for `pcierc qtest` (QEMU's qtest protocol) against the real
+//!   [`RootComplex`] served on a socket pair: one `OK`/`FAIL` line per line;
 //! - `xen`: Xen ioreq slots as a hostile hypervisor page could hold them, through the shim's
 //!   classification and PCI_CONFIG translation.
 
@@ -35,6 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decoder", decoder),
     ("config", config),
     ("qmp", qmp),
+    ("qtest", qtest),
     ("xen", xen),
 ];
 
@@ -94,6 +97,17 @@ impl Inputs {
                     h
                 }
                 "qmp" => br#"{"execute":"qmp_capabilities"}{"execute":""#.to_vec(),
+                "qtest" => {
+                    let cmds: [&[u8]; 6] = [
+                        b"outl 0xcf8 ",
+                        b"inl 0xcfc",
+                        b"readl 0xb0",
+                        b"writew 0x",
+                        b"inb ",
+                        b"readq ",
+                    ];
+                    cmds[(self.next() % 6) as usize].to_vec()
+                }
                 _ => Vec::new(),
             };
             v.splice(0..0, seed);
@@ -221,6 +235,35 @@ pub fn qmp(input: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Lines from a qtest client: each gets exactly one answer, `OK...` or `FAIL...`.
+pub fn qtest(input: &[u8]) -> Result<(), String> {
+    use pcierc_backend::cli::qtest::Machine;
+    use pcierc_protocol::{Connection, Frontend, FrontendOptions};
+    let (a, b) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || {
+        let mut rc = root_complex();
+        if let Ok(c) = Connection::new(b, ConnectionId(1)) {
+            let _ = c.serve(&mut rc);
+        }
+    });
+    let fe = Frontend::from_stream(a, FrontendOptions::tool("fuzz")).map_err(|e| e.to_string())?;
+    let mut m = Machine::new(fe);
+    let text = String::from_utf8_lossy(input);
+    let mut result = Ok(());
+    for line in text.lines().take(64) {
+        let out = m.answer(line);
+        if !(out.starts_with("OK") || out.starts_with("FAIL")) || out.contains('\n') {
+            result = Err(format!("{line:?} answered {out:?}"));
+            break;
+        }
+    }
+    drop(m);
+    server
+        .join()
+        .map_err(|_| "the backend thread panicked".to_string())?;
+    result
 }
 
 /// An ioreq slot with arbitrary contents: classified, and PCI_CONFIG ones translated into

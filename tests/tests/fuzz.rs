@@ -28,6 +28,7 @@ fn a_bounded_pass_of_every_target_finds_nothing() {
     for (name, target) in TARGETS {
         let count = match *name {
             "qmp" => 400,
+            "qtest" => 300,
             "xen" => 20_000,
             _ => 1500,
         };
