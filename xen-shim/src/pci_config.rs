@@ -22,45 +22,71 @@ pub enum TranslateError {
 
 /// Translate a PCI_CONFIG ioreq (`addr`, `size`, and for writes `data`) into one aligned access,
 /// or several byte accesses when `reg` is not aligned to `size`. Byte `i` of the guest's value
-/// is byte `i` of the data; for reads, the caller assembles the replies in the same order.
+/// is byte `i` of the data; for reads, the caller assembles the replies in the same order
+/// ([`assemble`]).
 pub fn translate(addr: u64, size: u32, data: u64) -> Result<Vec<ConfigAccess>, TranslateError> {
     if !matches!(size, 1 | 2 | 4) {
         return Err(TranslateError::BadSize(size));
     }
     let sbdf = (addr >> 32) as u32;
-    let reg = addr as u32;
+    split(
+        (sbdf >> 16) as u16,
+        (sbdf >> 8) as u8,
+        sbdf as u8,
+        addr as u32,
+        size,
+        data,
+    )
+}
+
+/// The protocol accesses for a `size`-byte access (1, 2, 4 or 8, e.g. from ECAM) at register
+/// `reg` of function `segment:bus:devfn`: one aligned access for 1, 2 or 4 bytes, two dwords for
+/// an 8-byte access at a dword boundary (as QEMU's memory core splits it), bytes otherwise.
+pub fn split(
+    segment: u16,
+    bus: u8,
+    devfn: u8,
+    reg: u32,
+    size: u32,
+    data: u64,
+) -> Result<Vec<ConfigAccess>, TranslateError> {
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return Err(TranslateError::BadSize(size));
+    }
     if reg.checked_add(size).is_none_or(|end| end > 4096) {
         return Err(TranslateError::OutOfRange(reg, size));
     }
     let base = ConfigAccess {
-        segment: (sbdf >> 16) as u16,
-        bus: (sbdf >> 8) as u8,
-        devfn: sbdf as u8,
+        segment,
+        bus,
+        devfn,
         ..Default::default()
     };
-    let mask = |w: u32| {
-        if w == 4 {
-            u64::from(u32::MAX)
-        } else {
-            (1u64 << (8 * w)) - 1
-        }
+    let piece = |off: u32, width: u32| ConfigAccess {
+        offset: (reg + off) as u16,
+        width: width as u8,
+        data: (data >> (8 * off)) & (u64::MAX >> (64 - 8 * width)),
+        ..base
     };
-    if reg.is_multiple_of(size) {
-        return Ok(vec![ConfigAccess {
-            offset: reg as u16,
-            width: size as u8,
-            data: data & mask(size),
-            ..base
-        }]);
+    Ok(if size <= 4 && reg.is_multiple_of(size) {
+        vec![piece(0, size)]
+    } else if size == 8 && reg.is_multiple_of(4) {
+        vec![piece(0, 4), piece(4, 4)]
+    } else {
+        (0..size).map(|i| piece(i, 1)).collect()
+    })
+}
+
+/// The guest's value from the replies to the accesses [`split`] made, in the same order.
+pub fn assemble(accesses: &[ConfigAccess], replies: &[u32]) -> u64 {
+    let mut value = 0u64;
+    let mut shift = 0;
+    for (a, r) in accesses.iter().zip(replies) {
+        let width = u32::from(a.width);
+        value |= (u64::from(*r) & (u64::MAX >> (64 - 8 * width))) << shift;
+        shift += 8 * width;
     }
-    Ok((0..size)
-        .map(|i| ConfigAccess {
-            offset: (reg + i) as u16,
-            width: 1,
-            data: (data >> (8 * i)) & 0xff,
-            ..base
-        })
-        .collect())
+    value
 }
 
 #[cfg(test)]
@@ -103,5 +129,23 @@ mod tests {
             Err(TranslateError::OutOfRange(0xffff_ffff, 1))
         );
         assert_eq!(translate(0xffc, 4, 0x1_0000_0001).unwrap()[0].data, 1);
+    }
+
+    #[test]
+    fn eight_bytes_become_two_dwords_and_assemble_back() {
+        let a = split(0, 3, 0x10, 0x10, 8, 0x1122_3344_5566_7788).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].offset, a[0].width, a[0].data), (0x10, 4, 0x5566_7788));
+        assert_eq!((a[1].offset, a[1].width, a[1].data), (0x14, 4, 0x1122_3344));
+        assert_eq!(
+            assemble(&a, &[0xdead_beef, 0x0bad_f00d]),
+            0x0bad_f00d_dead_beef
+        );
+        let b = split(0, 0, 0, 0x3, 2, 0).unwrap();
+        assert_eq!(assemble(&b, &[0x1ff, 0x2ff]), 0xffff);
+        assert_eq!(
+            split(0, 0, 0, 0xffc, 8, 0),
+            Err(TranslateError::OutOfRange(0xffc, 8))
+        );
     }
 }

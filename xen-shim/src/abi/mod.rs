@@ -10,6 +10,7 @@
 //! | [`privcmd`] | `tools/include/xen-sys/Linux/privcmd.h` (`xen/sys/privcmd.h`), `xen/include/public/memory.h` |
 //! | [`evtchn`] | `tools/include/xen-sys/Linux/evtchn.h` (`xen/sys/evtchn.h`) |
 //! | this module | `xen/include/public/xen.h` |
+//! | [`proposed`] | none: the one dm_op pcierc proposes for Xen (MMCONFIG decode), not in 4.17 |
 //!
 //! Names are the C names: the `_t` typedef where the header defines one, the struct tag
 //! otherwise; a field called `type` in C is `type_` here. C bitfields are one integer field with
@@ -26,6 +27,7 @@ pub mod evtchn;
 pub mod hvm;
 pub mod ioreq;
 pub mod privcmd;
+pub mod proposed;
 
 #[cfg(test)]
 mod flow_trace;

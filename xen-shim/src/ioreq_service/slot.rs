@@ -69,6 +69,14 @@ impl<'a> IoreqSlot<'a> {
         self.bitfields().load(Ordering::Relaxed) & IOREQ_STATE_MASK
     }
 
+    /// `vp_eport`: the guest-side event channel Xen wrote into the slot when the server was
+    /// enabled (0 before). Read only; the device model never writes it.
+    pub fn vp_eport(&self) -> crate::abi::evtchn_port_t {
+        // SAFETY: `ptr` is valid and aligned for reads (constructor contract); volatile because
+        // Xen writes the field.
+        unsafe { read_volatile(addr_of!((*self.ptr.as_ptr()).vp_eport)) }
+    }
+
     /// If the slot is READY: an Acquire fence, a copy of the slot, and `state = INPROCESS`
     /// (as QEMU does). Otherwise `Err(state)` and nothing is touched.
     pub fn take(&self) -> Result<InFlight<'_, 'a>, u8> {

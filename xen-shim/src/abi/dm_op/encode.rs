@@ -5,7 +5,7 @@
 use super::*;
 
 /// A PCI function in Xen's SBDF encoding, split into PCIe terms.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciSbdf {
     /// PCI segment group.
     pub segment: u16,
@@ -37,7 +37,7 @@ impl PciSbdf {
 }
 
 /// A range an ioreq server claims, with inclusive bounds (`start`/`end` of the C struct).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IoRange {
     /// Ports `first..=last`. See FLOW.md §4 before claiming 0xcf8-0xcff next to QEMU.
     Port {
@@ -74,7 +74,7 @@ impl IoRange {
 /// # Safety
 /// Implementors are `#[repr(C)]`, made only of integers (so every bit pattern is valid), have
 /// no padding bytes (so writing one initialises every byte it covers) and fit in 24 bytes.
-unsafe trait DmOpPayload: Copy {}
+pub(crate) unsafe trait DmOpPayload: Copy {}
 
 macro_rules! dm_op_payload {
     ($($t:ty = $fields:expr;)*) => {$(
@@ -95,10 +95,12 @@ dm_op_payload! {
     xen_dm_op_set_pci_intx_level_t = 2 + 1 + 1 + 1 + 1;
     xen_dm_op_inject_msi_t = 4 + 4 + 8;
     xen_dm_op_nr_vcpus_t = 4;
+    crate::abi::proposed::xen_dm_op_x_pcierc_mmcfg_t = 8 + 2 + 1 + 1 + 1 + 3;
 }
 
 impl xen_dm_op {
-    fn with<T: DmOpPayload>(op: u32, payload: T) -> Self {
+    /// A zeroed dm_op `op` whose union starts with `payload`.
+    pub(crate) fn with<T: DmOpPayload>(op: u32, payload: T) -> Self {
         let mut this = Self {
             op,
             ..Self::default()
@@ -109,7 +111,8 @@ impl xen_dm_op {
         this
     }
 
-    fn payload<T: DmOpPayload>(&self) -> T {
+    /// The union's first `size_of::<T>()` bytes as a `T` (whatever op this is).
+    pub(crate) fn payload<T: DmOpPayload>(&self) -> T {
         // SAFETY: T fits in the 24 initialised bytes and every bit pattern is a valid T
         // (DmOpPayload); read_unaligned needs no alignment.
         unsafe { core::ptr::read_unaligned(self.u.bytes.as_ptr().cast::<T>()) }
@@ -201,6 +204,13 @@ impl xen_dm_op {
             XEN_DMOP_inject_msi,
             xen_dm_op_inject_msi_t { data, pad: 0, addr },
         )
+    }
+
+    /// Replaces the union's first bytes with `payload` (Xen copying OUT fields back), keeping
+    /// `op`, `pad` and the bytes past `payload`.
+    pub(crate) fn set_payload<T: DmOpPayload>(&mut self, payload: T) {
+        // SAFETY: as in `with`: T fits in the 24 bytes and has no padding.
+        unsafe { core::ptr::write_unaligned(self.u.bytes.as_mut_ptr().cast::<T>(), payload) };
     }
 
     /// The 32 bytes handed to the hypervisor.

@@ -1,0 +1,113 @@
+//! `plan` on hand-made layouts.
+
+use super::*;
+use pcierc_protocol::{
+    encode_name, AddressRange, AddressSpace, FunctionKind, FunctionRecord, NO_PARENT,
+};
+
+fn f(bus: u8, devfn: u8, owner: &str, present: bool) -> FunctionRecord {
+    FunctionRecord {
+        bus,
+        devfn,
+        kind: if owner == PCIERC_OWNER {
+            FunctionKind::RootPort as u8
+        } else {
+            FunctionKind::Endpoint as u8
+        },
+        flags: if present { function_flags::PRESENT } else { 0 },
+        parent: NO_PARENT,
+        id: encode_name("x").unwrap(),
+        owner: encode_name(owner).unwrap(),
+        ..Default::default()
+    }
+}
+
+fn layout() -> Topology {
+    Topology {
+        generation: 7,
+        functions: vec![
+            f(0, 0, PCIERC_OWNER, true),
+            f(0, 0x10, PCIERC_OWNER, true),
+            f(1, 0, "qemu", true),
+            f(0, 0, "qemu", false),
+            f(2, 0, "gpu-dm", true),
+        ],
+        ecam: vec![EcamWindow {
+            base: 0xb000_0000,
+            size: 256 << 20,
+            segment: 0,
+            start_bus: 0,
+            end_bus: 255,
+            reserved: 0,
+        }],
+        ranges: vec![AddressRange {
+            base: 0xfe00_0000,
+            size: 0x1000,
+            space: AddressSpace::Mmio as u8,
+            kind: RangeKind::Bar as u8,
+            devfn: 0x10,
+            ..Default::default()
+        }],
+    }
+}
+
+fn cfg(ecam: EcamRouting) -> RoutingConfig {
+    RoutingConfig {
+        own: 1,
+        peers: [("qemu".to_string(), 0)].into(),
+        ecam,
+        config_ports: false,
+    }
+}
+
+fn pci(bus: u8, devfn: u8) -> IoRange {
+    IoRange::Pci(PciSbdf {
+        segment: 0,
+        bus,
+        devfn,
+    })
+}
+
+fn mem(first: u64, len: u64) -> IoRange {
+    IoRange::Memory {
+        first,
+        last: first + len - 1,
+    }
+}
+
+#[test]
+fn stock_xen_plan() {
+    let p = plan(&layout(), &cfg(EcamRouting::ShimDecodes));
+    let want: BTreeSet<_> = [
+        (1, pci(0, 0)),
+        (1, pci(0, 0x10)),
+        (0, pci(1, 0)),
+        (1, mem(0xb000_0000, 0x1000)),
+        (1, mem(0xb001_0000, 0x1000)),
+        (1, mem(0xfe00_0000, 0x1000)),
+    ]
+    .into();
+    assert_eq!(
+        p.ranges, want,
+        "no slice for QEMU; gpu-dm unknown; absent skipped"
+    );
+    assert_eq!(p.mmcfg, None);
+}
+
+#[test]
+fn extension_plan_and_config_ports() {
+    let c = RoutingConfig {
+        config_ports: true,
+        ..cfg(EcamRouting::XenDecodes)
+    };
+    let p = plan(&layout(), &c);
+    assert!(!p.ranges.iter().any(|(_, r)| matches!(r, IoRange::Memory { first, .. } if *first >= 0xb000_0000 && *first < 0xc000_0000)));
+    assert!(p.ranges.contains(&(
+        1,
+        IoRange::Port {
+            first: 0xcf8,
+            last: 0xcff
+        }
+    )));
+    assert_eq!(p.mmcfg.map(|w| w.base), Some(0xb000_0000));
+}
