@@ -260,6 +260,25 @@ impl FrameReader {
         }
     }
 
+    /// As [`FrameReader::recv_timeout`], but for a message that is probably not there yet (the
+    /// reply to a request just sent): wait for the socket first, so the common case costs no
+    /// `recvmsg` that returns `EAGAIN`.
+    pub fn recv_after_wait(
+        &mut self,
+        stream: &UnixStream,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Message>> {
+        let deadline = deadline_after(timeout);
+        loop {
+            if !wait_fd(stream.as_raw_fd(), libc::POLLIN, deadline).map_err(Error::Socket)? {
+                return Ok(None);
+            }
+            if let Some(m) = self.poll_message(stream)? {
+                return Ok(Some(m));
+            }
+        }
+    }
+
     /// One recvmsg for the rest of the header or a chunk of the rest of the payload. Returns
     /// false when the socket has nothing more for now.
     fn read_once(&mut self, stream: &UnixStream) -> Result<bool> {

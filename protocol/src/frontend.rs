@@ -583,7 +583,7 @@ impl Frontend {
                 ));
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let r = match self.reader.recv_timeout(&self.stream, left) {
+            let r = match self.reader.recv_after_wait(&self.stream, left) {
                 Ok(Some(m)) => self.accept_reply(m),
                 Ok(None) => return Err(Error::Timeout), // nothing lost: the reply may still come
                 Err(e) => Err(e),
