@@ -91,6 +91,10 @@ pub struct Hierarchy {
     /// [`Hierarchy::take_snapshot_changes`], and whether routing did.
     changed: Vec<bool>,
     routes_changed: bool,
+    /// Decoding BARs of the functions pcierc emulates, sorted by base: (base, size, port, BAR).
+    bar_map: Vec<(u64, u64, u16, u8)>,
+    /// Some of them overlap (a guest's mistake): look up by scanning, lowest port first.
+    bars_overlap: bool,
 }
 
 impl Hierarchy {
@@ -114,6 +118,8 @@ impl Hierarchy {
             events: Vec::new(),
             changed: Vec::new(),
             routes_changed: true,
+            bar_map: Vec::new(),
+            bars_overlap: false,
         };
         h.mark_all_changed();
         h.rebuild_slots();
@@ -208,7 +214,23 @@ impl Hierarchy {
 
     /// Rebuild the bus -> port table from the ports' bus-number registers. A bus claimed by two
     /// ports (a guest bug) routes to the first port in topology order, as a scan would find it.
+    /// Rebuild the BAR lookup: O(log n) per MMIO access, whatever the number of ports.
+    fn rebuild_bar_map(&mut self) {
+        self.bar_map.clear();
+        for (i, p) in self.ports.iter().enumerate() {
+            for b in p.bars() {
+                self.bar_map.push((b.base, b.size, i as u16, b.index));
+            }
+        }
+        self.bar_map.sort_unstable();
+        self.bars_overlap = self
+            .bar_map
+            .windows(2)
+            .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0);
+    }
+
     fn rebuild_bus_map(&mut self) {
+        self.rebuild_bar_map();
         self.routes_changed = true;
         self.bus_owner = [0; 256];
         for (i, p) in self.ports.iter().enumerate().rev() {
@@ -333,6 +355,8 @@ impl Hierarchy {
     fn apply(&mut self, effects: Effects) -> Effects {
         if effects.contains(Effects::BUS_NUMBERS) {
             self.rebuild_bus_map();
+        } else if effects.contains(Effects::BARS) {
+            self.rebuild_bar_map();
         }
         if effects
             .intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS)
@@ -410,12 +434,24 @@ impl Hierarchy {
 
     /// Which emulated BAR holds `addr`: (slot, bar index, offset in the BAR, BAR size).
     fn bar_at(&self, addr: u64) -> Option<(Slot, u8, u64, u64)> {
-        self.ports.iter().enumerate().find_map(|(i, p)| {
-            p.bars().into_iter().find_map(|b| {
-                let off = addr.checked_sub(b.base).filter(|&o| o < b.size)?;
-                Some((Slot::Port(i as u16), b.index, off, b.size))
-            })
-        })
+        let hit = |&(base, size, port, bar): &(u64, u64, u16, u8)| {
+            let off = addr.checked_sub(base).filter(|&o| o < size)?;
+            Some((port, (Slot::Port(port), bar, off, size)))
+        };
+        if self.bars_overlap {
+            return self
+                .bar_map
+                .iter()
+                .filter_map(hit)
+                .min_by_key(|(port, _)| *port)
+                .map(|(_, r)| r);
+        }
+        // No overlaps: the only candidate is the last BAR starting at or below `addr`.
+        let i = self.bar_map.partition_point(|&(base, ..)| base <= addr);
+        i.checked_sub(1)
+            .and_then(|i| self.bar_map.get(i))
+            .and_then(hit)
+            .map(|(_, r)| r)
     }
 
     /// A trapped MMIO read: ECAM, or a BAR of a function pcierc emulates.

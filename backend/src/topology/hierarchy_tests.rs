@@ -276,3 +276,38 @@ fn snapshot_images_and_routes_agree_with_guest_reads() {
     h.config_write(0, 0x11, 0x18, 4, 0x0002_0200).unwrap();
     assert_eq!(h.take_snapshot_changes(), (vec![2], true));
 }
+
+#[test]
+fn msix_bars_are_found_by_address_and_overlaps_resolve_to_the_lowest_port() {
+    let mut h = hierarchy(&[]);
+    enable_ecam(&mut h, 0xb000_0000);
+    // rp1..rp4 (00:02.0-3): BAR0 at 0xfe00_0000 + i * 0x10_0000, memory decode on.
+    for i in 0..4u64 {
+        let cfg = 0xb000_0000 + ((0x10 + i) << 12);
+        h.mmio_write(cfg + 0x10, 4, 0xfe00_0000 + i * 0x10_0000)
+            .unwrap();
+        h.mmio_write(cfg + 4, 2, 0x2).unwrap();
+        // Message Data of vector 0 identifies the port.
+        h.mmio_write(0xfe00_0008 + i * 0x10_0000, 4, 0x100 + i)
+            .unwrap();
+    }
+    for i in 0..4u64 {
+        assert_eq!(h.mmio_read(0xfe00_0008 + i * 0x10_0000, 4), Ok(0x100 + i));
+    }
+    assert_eq!(
+        h.mmio_read(0xfe00_1000, 4),
+        Err(Status::NoDevice),
+        "past rp1's 4 KiB BAR"
+    );
+    assert_eq!(
+        h.mmio_read(0xfd00_0000, 4),
+        Err(Status::NoDevice),
+        "below every BAR"
+    );
+    // rp2's BAR moved onto rp1's: rp1 answers (the lower port), as the scan order always did.
+    h.mmio_write(0xb001_1010, 4, 0xfe00_0000).unwrap();
+    assert_eq!(h.mmio_read(0xfe00_0008, 4), Ok(0x100));
+    // Memory decode off: rp1's BAR no longer decodes, rp2 answers there now.
+    h.mmio_write(0xb001_0004, 2, 0).unwrap();
+    assert_eq!(h.mmio_read(0xfe00_0008, 4), Ok(0x101));
+}
