@@ -206,13 +206,16 @@ impl RootComplex {
     /// Tell every frontend what an operation changed: deliver the hierarchy's events, then
     /// layout and chipset-memory notifications to every backend channel.
     pub fn report(&mut self, effects: Effects) {
-        let mut changes = self.deliver_events();
+        // Order matters: the snapshots and MSI routes first, so a guest's interrupt handler
+        // (woken by the eventfd or message below) and a frontend woken by a notification read
+        // the state after the change, never before it.
+        self.sync_snapshots();
         self.sync_msi_routes();
+        let mut changes = self.deliver_events();
         if effects.contains(Effects::SLOT) || changes.contains(LayoutChanges::FUNCTIONS) {
             self.slot_events();
         }
         // Before the reply to the request that changed it is sent.
-        self.sync_snapshots();
         if let Some(f) = &mut self.state_file {
             f.persist(&self.hierarchy);
         }

@@ -1,0 +1,917 @@
+# pcie-probe: a freestanding x86-64 test guest for the pcierc VMM (examples/src/bin/vmm.rs).
+#
+# The VMM enters `_start` in 64-bit long mode with the low 4 GiB identity-mapped (2 MiB pages),
+# interrupts disabled, and the image loaded at its ELF address (1 MiB). The guest finds ECAM in
+# the ACPI MCFG table as an OS does (or, without ACPI tables, enables it through the Q35 MCH's
+# PCIEXBAR with configuration mechanism #1, 0xCF8/0xCFC, as firmware does), reads PCIEXBAR back
+# through CF8/CFC, enumerates every bus through ECAM depth first, numbers the buses behind each
+# bridge (secondary/subordinate), and prints one line per function on the 16550 serial port
+# (COM1, 0x3F8):
+#
+#     00:00.0 8086:29c0 class 060000 type 00
+#     00:02.0 1b36:000c class 060400 type 01
+#     00:02.0 buses 00/01/01                      (read back after numbering)
+#
+# then powers off by writing SLP_EN (bit 13) with SLP_TYP 0 (S5) to the ACPI PM1a control
+# register at port 0x604, where QEMU's q35 has it.
+#
+# Assembled with GNU as and linked with `ld -N -Ttext=0x100000` by examples/build.rs.
+
+        .intel_syntax noprefix
+        .code64
+
+        .set COM1,          0x3f8
+        .set COM1_LSR,      COM1 + 5        # Line Status Register
+        .set LSR_THRE,      0x20            # Transmitter Holding Register Empty
+        .set CONFIG_ADDRESS, 0xcf8
+        .set CONFIG_DATA,   0xcfc
+        .set PM1A_CNT,      0x604           # QEMU q35 ACPI PM1a control
+        .set SLP_EN,        0x2000
+        .set ECAM_BASE,     0xb0000000      # where this guest puts ECAM (QEMU's q35 address)
+
+        .section .text
+        .globl _start
+_start:
+        cli
+        mov     [rip + zero_page], rsi      # Linux boot protocol: rsi = boot_params
+        lea     rsp, [rip + stack_top]
+        lea     rsi, [rip + msg_hello]
+        call    puts
+
+        # ECAM from ACPI: RSDP -> XSDT -> MCFG (PCI Firmware 3.3 §4.1.2), as an OS finds it.
+        call    find_mcfg
+        test    rax, rax
+        jz      .Lno_mcfg
+        mov     [rip + ecam_base], rax
+        lea     rsi, [rip + msg_mcfg]
+        call    puts
+        mov     rdi, [rip + ecam_base]
+        mov     ecx, 8
+        call    puthex
+        lea     rsi, [rip + msg_buses]
+        call    puts
+        movzx   edi, byte ptr [rip + mcfg_start_bus]
+        mov     ecx, 2
+        call    puthex
+        mov     al, '-'
+        call    putc
+        movzx   edi, byte ptr [rip + mcfg_end_bus]
+        mov     ecx, 2
+        call    puthex
+        call    newline
+        jmp     .Lshow_pciexbar
+.Lno_mcfg:
+        # No tables: enable ECAM ourselves, as firmware does. Q35 PCIEXBAR (MCH 00:00.0 offset
+        # 0x60/0x64): base | length 256 MiB (bits 2:1 = 0) | enable (bit 0), written through
+        # configuration mechanism #1.
+        lea     rsi, [rip + msg_nomcfg]
+        call    puts
+        mov     eax, 0x80000064
+        mov     ecx, 0
+        call    cf8_write32
+        mov     eax, 0x80000060
+        mov     ecx, ECAM_BASE | 1
+        call    cf8_write32
+        mov     eax, ECAM_BASE
+        mov     [rip + ecam_base], rax
+.Lshow_pciexbar:
+        # PCIEXBAR read back through CF8/CFC either way.
+        lea     rsi, [rip + msg_pciexbar]
+        call    puts
+        mov     eax, 0x80000060
+        call    cf8_read32
+        mov     edi, eax
+        mov     ecx, 8
+        call    puthex
+        call    newline
+
+        xor     edi, edi                # bus 0
+        call    scan_bus
+
+        lea     rsi, [rip + msg_done]
+        call    puts
+        mov     edi, [rip + nfunctions]
+        mov     ecx, 2
+        call    puthex
+        lea     rsi, [rip + msg_lastbus]
+        call    puts
+        mov     edi, [rip + next_bus]
+        mov     ecx, 2
+        call    puthex
+        call    newline
+
+        # Exit latency as the guest sees it: BENCH_ROUNDS accesses of each kind, timed with the
+        # TSC (the VMM prints the TSC frequency with --stats).
+        lea     rsi, [rip + msg_bench_pio]
+        lea     rdi, [rip + bench_local_pio]
+        call    bench
+        lea     rsi, [rip + msg_bench_mmio]
+        lea     rdi, [rip + bench_local_mmio]
+        call    bench
+        lea     rsi, [rip + msg_bench_ecam]
+        lea     rdi, [rip + bench_ecam]
+        call    bench
+        lea     rsi, [rip + msg_bench_cf8]
+        lea     rdi, [rip + bench_cf8]
+        call    bench
+        # Plain guest code for comparison: 10 iterations of a 3-instruction register loop.
+        lea     rsi, [rip + msg_bench_loop]
+        lea     rdi, [rip + bench_loop]
+        call    bench
+
+        # With "pcie-probe.hotplug" on the command line: take rp1's hot-plug interrupts.
+        lea     rdi, [rip + str_hotplug_flag]
+        call    cmdline_has
+        test    eax, eax
+        jz      power_off
+        call    hotplug_demo
+
+power_off:
+        lea     rsi, [rip + msg_off]
+        call    puts
+        mov     dx, PM1A_CNT
+        mov     ax, SLP_EN
+        out     dx, ax
+1:      hlt                             # not reached when the VMM implements PM1a
+        jmp     1b
+
+# --- hot-plug through MSI-X (PCIe Base 6.0 §6.7.3, §7.5.3.9-11; MSI-X §7.7.2) -------------------
+
+        .set RP_DEVFN,      0x10            # rp1 at 00:02.0 in pcierc's default topology
+        .set MSIX_BAR,      0xc0000000      # where this guest puts rp1's MSI-X BAR
+        .set HOTPLUG_VECTOR, 0x40
+        .set LAPIC_BASE,    0xfee00000
+        .set LAPIC_SVR,     0xf0
+        .set LAPIC_EOI,     0xb0
+        .set SLOT_ABP,      0x0001          # Slot Status: Attention Button Pressed
+        .set SLOT_PDS,      0x0040          # Slot Status: Presence Detect State
+        .set SLOT_RW1C,     0x011f          # Slot Status: every RW1C bit
+        .set SLOT_EVENTS_ENABLE, 0x1029     # Slot Control: ABPE | PDCE | HPIE | DLLSCE
+        .set SLOT_POWER_BITS, 0x0700        # Slot Control: PCC (bit 10), Power Indicator (9:8)
+        .set SLOT_POWER_ON, 0x0100          # PCC 0 (power on), Power Indicator on
+        .set SLOT_POWER_OFF, 0x0700         # PCC 1 (power off), Power Indicator off
+
+# hotplug_demo: an interrupt-driven slot driver for rp1, following pciehp: MSI-X vector 0 of
+# rp1 to HOTPLUG_VECTOR on the local APIC, slot events enabled; on a hot-add (Presence Detect)
+# power the slot on; on the attention button (a removal request) power it off; return when the
+# slot is empty again.
+hotplug_demo:
+        push    rbx
+        push    r12
+        push    r13
+        mov     al, 0xff                    # mask both 8259s: only MSIs come in
+        out     0x21, al
+        out     0xa1, al
+        call    setup_idt
+        mov     eax, LAPIC_BASE
+        mov     dword ptr [rax + LAPIC_SVR], 0x1ff  # APIC software enable, spurious vector 0xff
+
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, 0x10                   # PCI Express capability
+        call    find_cap
+        test    eax, eax
+        jz      .Lhp_fail
+        add     eax, 0x1a                   # Slot Status
+        mov     [rip + slot_status_off], eax
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, 0x11                   # MSI-X capability
+        call    find_cap
+        test    eax, eax
+        jz      .Lhp_fail
+        mov     r12d, eax
+
+        xor     edi, edi                    # Table Offset / BIR
+        mov     esi, RP_DEVFN
+        lea     edx, [r12 + 4]
+        call    cfg_read32
+        mov     ebx, eax
+        and     ebx, 7                      # BIR
+        and     eax, ~7
+        mov     r13d, eax                   # table offset in the BAR
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        lea     edx, [rbx * 4 + 0x10]
+        mov     ecx, MSIX_BAR
+        call    cfg_write32
+        call    cfg_read32
+        and     eax, 6
+        cmp     eax, 4                      # a 64-bit BAR: clear the upper half
+        jne     1f
+        add     edx, 4
+        xor     ecx, ecx
+        call    cfg_write32
+1:      xor     edi, edi                    # Command: Memory Space + Bus Master (MSI needs it)
+        mov     esi, RP_DEVFN
+        mov     edx, 4
+        call    cfg_read16
+        or      eax, 6
+        mov     ecx, eax
+        call    cfg_write16
+
+        mov     eax, MSIX_BAR               # table entry 0: to APIC 0, fixed, edge, unmasked
+        add     rax, r13
+        mov     dword ptr [rax], LAPIC_BASE
+        mov     dword ptr [rax + 4], 0
+        mov     dword ptr [rax + 8], HOTPLUG_VECTOR
+        mov     dword ptr [rax + 12], 0
+        xor     edi, edi                    # Message Control: MSI-X Enable, Function Mask clear
+        mov     esi, RP_DEVFN
+        lea     edx, [r12 + 2]
+        call    cfg_read16
+        and     eax, 0x3fff
+        or      eax, 0x8000
+        mov     ecx, eax
+        call    cfg_write16
+
+        lea     rsi, [rip + msg_msix]
+        call    puts
+        mov     edi, MSIX_BAR
+        add     rdi, r13
+        mov     ecx, 8
+        call    puthex
+        lea     rsi, [rip + msg_msix_vector]
+        call    puts
+        mov     edi, HOTPLUG_VECTOR
+        mov     ecx, 2
+        call    puthex
+        call    newline
+
+        xor     edi, edi                    # clear stale slot events, then enable them
+        mov     esi, RP_DEVFN
+        mov     edx, [rip + slot_status_off]
+        mov     ecx, SLOT_RW1C
+        call    cfg_write16
+        sub     edx, 2                      # Slot Control
+        call    cfg_read16
+        or      eax, SLOT_EVENTS_ENABLE
+        mov     ecx, eax
+        call    cfg_write16
+
+        lea     rsi, [rip + msg_wait_add]
+        call    puts
+.Lhp_wait_add:
+        call    wait_slot_event
+        call    slot_status_now
+        test    eax, SLOT_PDS
+        jz      .Lhp_wait_add
+        lea     rsi, [rip + msg_added]
+        call    puts
+        mov     ecx, SLOT_POWER_ON
+        call    set_slot_power
+        lea     rsi, [rip + msg_wait_remove]
+        call    puts
+.Lhp_wait_remove:
+        call    wait_slot_event
+        test    eax, SLOT_ABP
+        jz      1f
+        lea     rsi, [rip + msg_button]
+        call    puts
+        mov     ecx, SLOT_POWER_OFF
+        call    set_slot_power
+1:      call    slot_status_now
+        test    eax, SLOT_PDS
+        jnz     .Lhp_wait_remove
+        lea     rsi, [rip + msg_removed]
+        call    puts
+        jmp     .Lhp_done
+.Lhp_fail:
+        lea     rsi, [rip + msg_hp_fail]
+        call    puts
+.Lhp_done:
+        cli
+        pop     r13
+        pop     r12
+        pop     rbx
+        ret
+
+# set_slot_power(ecx: SLOT_POWER_ON or SLOT_POWER_OFF): Slot Control PCC and Power Indicator.
+set_slot_power:
+        push    rcx
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, [rip + slot_status_off]
+        sub     edx, 2
+        call    cfg_read16
+        and     eax, ~SLOT_POWER_BITS
+        pop     rcx
+        or      ecx, eax
+        jmp     cfg_write16
+
+# slot_status_now -> eax: rp1's Slot Status.
+slot_status_now:
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, [rip + slot_status_off]
+        jmp     cfg_read16
+
+# wait_slot_event -> eax: the Slot Status events the interrupt handler collected since the last
+# call (waiting with `sti; hlt` until there are some), printed.
+wait_slot_event:
+1:      cli
+        mov     eax, [rip + slot_events]
+        test    eax, eax
+        jnz     2f
+        sti                                 # STI's shadow covers HLT: no lost wakeup
+        hlt
+        jmp     1b
+2:      mov     dword ptr [rip + slot_events], 0
+        push    rax
+        lea     rsi, [rip + msg_irq]
+        call    puts
+        mov     edi, [rsp]
+        mov     ecx, 4
+        call    puthex
+        call    newline
+        pop     rax
+        ret
+
+# hotplug_isr: collect and acknowledge (RW1C) rp1's Slot Status events, EOI the local APIC.
+hotplug_isr:
+        push    rax
+        push    rcx
+        push    rdx
+        push    rsi
+        push    rdi
+        push    r8
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, [rip + slot_status_off]
+        call    cfg_read16
+        or      [rip + slot_events], eax
+        mov     ecx, eax
+        call    cfg_write16
+        mov     eax, LAPIC_BASE
+        mov     dword ptr [rax + LAPIC_EOI], 0
+        pop     r8
+        pop     rdi
+        pop     rsi
+        pop     rdx
+        pop     rcx
+        pop     rax
+        iretq
+
+# unexpected_interrupt: any other vector or exception. Says so and stops (the VMM's --timeout
+# then ends the run with an error).
+unexpected_interrupt:
+        lea     rsi, [rip + msg_unexpected]
+        call    puts
+1:      cli
+        hlt
+        jmp     1b
+
+# setup_idt: every vector to unexpected_interrupt, HOTPLUG_VECTOR to hotplug_isr.
+setup_idt:
+        lea     rdi, [rip + idt]
+        lea     rsi, [rip + unexpected_interrupt]
+        xor     ecx, ecx
+1:      call    set_gate
+        inc     ecx
+        cmp     ecx, 256
+        jb      1b
+        mov     ecx, HOTPLUG_VECTOR
+        lea     rsi, [rip + hotplug_isr]
+        call    set_gate
+        lidt    [rip + idtr]
+        ret
+
+# set_gate(rdi IDT, ecx vector, rsi handler): a 64-bit interrupt gate, code selector 0x08 (the
+# VMM's boot GDT), DPL 0 (Intel SDM Vol. 3A §6.14.1). Clobbers rax, rdx.
+set_gate:
+        mov     edx, ecx
+        shl     rdx, 4
+        add     rdx, rdi
+        mov     rax, rsi
+        mov     [rdx], ax
+        mov     word ptr [rdx + 2], 0x08
+        mov     word ptr [rdx + 4], 0x8e00
+        shr     rax, 16
+        mov     [rdx + 6], ax
+        shr     rax, 16
+        mov     [rdx + 8], eax
+        mov     dword ptr [rdx + 12], 0
+        ret
+
+# find_cap(edi bus, esi devfn, edx capability id) -> eax: its offset, or 0 (PCI 3.0 §6.7).
+# Preserves edi, esi. Clobbers r8-r11.
+find_cap:
+        mov     r9d, edx
+        mov     edx, 0x34
+        call    cfg_read32
+        and     eax, 0xfc
+        mov     r11d, 48                    # a loop in the list ends the walk
+1:      test    eax, eax
+        jz      3f
+        dec     r11d
+        jz      2f
+        mov     r10d, eax
+        mov     edx, eax
+        call    cfg_read32
+        cmp     al, r9b
+        je      4f
+        shr     eax, 8
+        and     eax, 0xfc
+        jmp     1b
+2:      xor     eax, eax
+3:      ret
+4:      mov     eax, r10d
+        ret
+
+# cmdline_has(rdi needle) -> eax: 1 if the kernel command line (boot_params.hdr.cmd_line_ptr,
+# offset 0x228 of the zero page) contains the NUL-terminated needle.
+cmdline_has:
+        mov     rsi, [rip + zero_page]
+        test    rsi, rsi
+        jz      5f
+        mov     esi, [rsi + 0x228]
+        test    esi, esi
+        jz      5f
+1:      cmp     byte ptr [rsi], 0
+        je      5f
+        mov     rdx, rsi
+        mov     rcx, rdi
+2:      mov     al, [rcx]
+        test    al, al
+        jz      4f
+        cmp     al, [rdx]
+        jne     3f
+        inc     rcx
+        inc     rdx
+        jmp     2b
+3:      inc     rsi
+        jmp     1b
+4:      mov     eax, 1
+        ret
+5:      xor     eax, eax
+        ret
+
+# --- exit latency ---------------------------------------------------------------------------
+
+        .set BENCH_ROUNDS,  2000
+        .set UNCLAIMED_PORT, 0x510          # no device: the VMM answers all ones itself
+        .set UNCLAIMED_MMIO, 0xd0000000     # in the PCI hole, no BAR there: all ones, no pcierc
+
+# bench(rsi label, rdi routine): run the routine BENCH_ROUNDS times and print
+# "bench: <label> <cycles per call> TSC cycles".
+bench:
+        push    rbx
+        push    r12
+        push    r13
+        mov     r12, rdi
+        push    rsi
+        lea     rsi, [rip + msg_bench]
+        call    puts
+        pop     rsi
+        call    puts
+        lfence
+        rdtsc
+        shl     rdx, 32
+        or      rax, rdx
+        mov     r13, rax
+        mov     ebx, BENCH_ROUNDS
+1:      call    r12
+        dec     ebx
+        jnz     1b
+        lfence
+        rdtsc
+        shl     rdx, 32
+        or      rax, rdx
+        sub     rax, r13
+        xor     edx, edx
+        mov     ecx, BENCH_ROUNDS
+        div     rcx
+        mov     rdi, rax
+        call    putdec
+        lea     rsi, [rip + msg_cycles]
+        call    puts
+        pop     r13
+        pop     r12
+        pop     rbx
+        ret
+
+bench_local_pio:
+        mov     dx, UNCLAIMED_PORT
+        in      eax, dx
+        ret
+
+bench_local_mmio:
+        mov     eax, UNCLAIMED_MMIO
+        mov     eax, [rax]
+        ret
+
+bench_ecam:                             # vendor/device id of 00:00.0: forwarded to pcierc
+        mov     rax, [rip + ecam_base]
+        mov     eax, [rax]
+        ret
+
+bench_loop:                             # no exit: what the CPU (or emulator) does alone
+        mov     ecx, 10
+1:      add     rax, 1
+        dec     ecx
+        jnz     1b
+        ret
+
+bench_cf8:                              # the same through CF8/CFC: two forwarded exits
+        mov     eax, 0x80000000
+        jmp     cf8_read32
+
+# --- ACPI (ACPI 6.5 §5.2.5-§5.2.8) ------------------------------------------------------------
+
+# find_mcfg: rax = the base of MCFG's first allocation (start/end bus in mcfg_start_bus and
+# mcfg_end_bus), or 0. The RSDP is searched on 16-byte boundaries of 0xE0000-0xFFFFF (§5.2.5.1)
+# and must pass its checksum.
+find_mcfg:
+        mov     esi, 0xe0000
+        mov     rdx, 0x2052545020445352     # "RSD PTR "
+1:      cmp     [rsi], rdx
+        jne     3f
+        xor     eax, eax                    # checksum of the first 20 bytes must be 0
+        xor     ecx, ecx
+2:      add     al, [rsi + rcx]
+        inc     ecx
+        cmp     ecx, 20
+        jb      2b
+        test    al, al
+        jz      4f
+3:      add     esi, 16
+        cmp     esi, 0x100000
+        jb      1b
+        xor     eax, eax
+        ret
+4:      mov     rdi, [rsi + 24]             # XSDT address (revision 2 RSDP)
+        test    rdi, rdi
+        jz      6f
+        mov     ecx, [rdi + 4]              # XSDT length
+        sub     ecx, 36
+        shr     ecx, 3                      # 64-bit entries after the 36-byte header
+        lea     rdx, [rdi + 36]
+5:      test    ecx, ecx
+        jz      6f
+        mov     r8, [rdx]
+        cmp     dword ptr [r8], 0x4746434d  # "MCFG"
+        je      7f
+        add     rdx, 8
+        dec     ecx
+        jmp     5b
+6:      xor     eax, eax
+        ret
+7:      cmp     dword ptr [r8 + 4], 44 + 16 # header, reserved, one allocation at least
+        jb      6b
+        mov     al, [r8 + 54]
+        mov     [rip + mcfg_start_bus], al
+        mov     al, [r8 + 55]
+        mov     [rip + mcfg_end_bus], al
+        mov     rax, [r8 + 44]
+        ret
+
+# --- configuration mechanism #1 -------------------------------------------------------------
+
+# cf8_write32: CONFIG_ADDRESS = eax, CONFIG_DATA = ecx. Clobbers edx.
+cf8_write32:
+        mov     dx, CONFIG_ADDRESS
+        out     dx, eax
+        mov     dx, CONFIG_DATA
+        mov     eax, ecx
+        out     dx, eax
+        ret
+
+# cf8_read32: CONFIG_ADDRESS = eax; returns CONFIG_DATA in eax. Clobbers edx.
+cf8_read32:
+        mov     dx, CONFIG_ADDRESS
+        out     dx, eax
+        mov     dx, CONFIG_DATA
+        in      eax, dx
+        ret
+
+# --- ECAM (PCIe Base 6.0 §7.2.2: bus << 20 | device << 15 | function << 12 | offset) ----------
+
+# ecam_addr: rax = ecam_base | edi (bus) << 20 | esi (devfn) << 12 | edx (offset).
+ecam_addr:
+        mov     eax, edi
+        shl     rax, 20
+        mov     r8d, esi
+        shl     r8, 12
+        or      rax, r8
+        mov     r8d, edx
+        or      rax, r8
+        or      rax, [rip + ecam_base]
+        ret
+
+# cfg_read32(edi bus, esi devfn, edx offset) -> eax. Clobbers r8.
+cfg_read32:
+        call    ecam_addr
+        mov     eax, [rax]
+        ret
+
+# cfg_write32(edi bus, esi devfn, edx offset, ecx value). Clobbers rax, r8.
+cfg_write32:
+        call    ecam_addr
+        mov     [rax], ecx
+        ret
+
+# cfg_read16(edi bus, esi devfn, edx offset) -> eax. Clobbers r8.
+cfg_read16:
+        call    ecam_addr
+        movzx   eax, word ptr [rax]
+        ret
+
+# cfg_write16(edi bus, esi devfn, edx offset, cx value). Clobbers rax, r8.
+cfg_write16:
+        call    ecam_addr
+        mov     [rax], cx
+        ret
+
+# cfg_write8(edi bus, esi devfn, edx offset, cl value). Clobbers rax, r8.
+cfg_write8:
+        call    ecam_addr
+        mov     [rax], cl
+        ret
+
+# --- enumeration ------------------------------------------------------------------------------
+
+# scan_bus(edi bus): every device and function of the bus; bridges get the next bus number as
+# secondary, are scanned recursively, and get the last number assigned below them as subordinate.
+# Registers kept across calls: ebx bus, r12d device, r13d function, r14d header type of
+# function 0 (multi-function bit), r15d id/scratch.
+scan_bus:
+        push    rbx
+        push    r12
+        push    r13
+        push    r14
+        push    r15
+        mov     ebx, edi
+        xor     r12d, r12d
+.Ldevice:
+        xor     r13d, r13d
+.Lfunction:
+        call    devfn_esi
+        mov     edi, ebx
+        xor     edx, edx
+        call    cfg_read32              # vendor id | device id << 16
+        cmp     ax, 0xffff
+        jne     .Lpresent
+        test    r13d, r13d
+        jz      .Lnext_device           # no function 0: nothing in this slot
+        jmp     .Lnext_function
+.Lpresent:
+        mov     r15d, eax
+        inc     dword ptr [rip + nfunctions]
+        call    print_bdf
+        mov     al, ' '
+        call    putc
+        movzx   edi, r15w               # vendor id
+        mov     ecx, 4
+        call    puthex
+        mov     al, ':'
+        call    putc
+        mov     edi, r15d
+        shr     edi, 16                 # device id
+        mov     ecx, 4
+        call    puthex
+        lea     rsi, [rip + msg_class]
+        call    puts
+        call    devfn_esi
+        mov     edi, ebx
+        mov     edx, 0x08
+        call    cfg_read32              # revision | class code << 8
+        mov     edi, eax
+        shr     edi, 8
+        mov     ecx, 6
+        call    puthex
+        lea     rsi, [rip + msg_type]
+        call    puts
+        call    devfn_esi
+        mov     edi, ebx
+        mov     edx, 0x0c
+        call    cfg_read32              # header type in bits 23:16
+        shr     eax, 16
+        movzx   r15d, al
+        test    r13d, r13d
+        jnz     1f
+        mov     r14d, r15d              # function 0's header type decides multi-function
+1:      mov     edi, r15d
+        and     edi, 0x7f
+        mov     ecx, 2
+        call    puthex
+        call    newline
+
+        mov     eax, r15d
+        and     eax, 0x7f
+        cmp     eax, 1                  # type 1: a PCI-to-PCI bridge (root port)
+        jne     .Lnext_function_if_multi
+        call    number_bridge
+
+.Lnext_function_if_multi:
+        test    r13d, r13d
+        jnz     .Lnext_function
+        test    r14d, 0x80
+        jz      .Lnext_device
+.Lnext_function:
+        inc     r13d
+        cmp     r13d, 8
+        jb      .Lfunction
+.Lnext_device:
+        inc     r12d
+        cmp     r12d, 32
+        jb      .Ldevice
+        pop     r15
+        pop     r14
+        pop     r13
+        pop     r12
+        pop     rbx
+        ret
+
+# number_bridge: for the bridge at ebx:r12d.r13d (PCI-to-PCI Bridge 1.2 §3.2.5.3): primary = bus,
+# secondary = ++next_bus, subordinate = 0xff while the secondary side is scanned, then the last
+# bus assigned; prints the numbers read back.
+number_bridge:
+        push    r15
+        mov     eax, [rip + next_bus]
+        inc     eax
+        mov     [rip + next_bus], eax
+        mov     r15d, eax               # secondary
+        call    devfn_esi
+        mov     edi, ebx
+        mov     edx, 0x18
+        mov     ecx, r15d
+        shl     ecx, 8
+        or      ecx, ebx
+        or      ecx, 0xff0000
+        call    cfg_write32
+        mov     edi, r15d
+        call    scan_bus
+        call    devfn_esi
+        mov     edi, ebx
+        mov     edx, 0x1a
+        mov     ecx, [rip + next_bus]
+        call    cfg_write8
+        call    print_bdf
+        lea     rsi, [rip + msg_buses]
+        call    puts
+        call    devfn_esi
+        mov     edi, ebx
+        mov     edx, 0x18
+        call    cfg_read32
+        mov     r15d, eax
+        movzx   edi, r15b               # primary
+        mov     ecx, 2
+        call    puthex
+        mov     al, '/'
+        call    putc
+        mov     edi, r15d
+        shr     edi, 8                  # secondary
+        movzx   edi, dil
+        mov     ecx, 2
+        call    puthex
+        mov     al, '/'
+        call    putc
+        mov     edi, r15d
+        shr     edi, 16                 # subordinate
+        movzx   edi, dil
+        mov     ecx, 2
+        call    puthex
+        call    newline
+        pop     r15
+        ret
+
+# devfn_esi: esi = r12d (device) << 3 | r13d (function).
+devfn_esi:
+        mov     esi, r12d
+        shl     esi, 3
+        or      esi, r13d
+        ret
+
+# print_bdf: "BB:DD.F" for ebx:r12d.r13d.
+print_bdf:
+        mov     edi, ebx
+        mov     ecx, 2
+        call    puthex
+        mov     al, ':'
+        call    putc
+        mov     edi, r12d
+        mov     ecx, 2
+        call    puthex
+        mov     al, '.'
+        call    putc
+        mov     al, r13b
+        add     al, '0'
+        call    putc
+        ret
+
+# --- serial output ----------------------------------------------------------------------------
+
+# putc(al): wait for THRE, then send. Preserves every register but flags.
+putc:
+        push    rdx
+        push    rax
+1:      mov     dx, COM1_LSR
+        in      al, dx
+        test    al, LSR_THRE
+        jz      1b
+        pop     rax
+        mov     dx, COM1
+        out     dx, al
+        pop     rdx
+        ret
+
+# puts(rsi): a NUL-terminated string. Clobbers rsi, al.
+puts:
+        lodsb
+        test    al, al
+        jz      1f
+        call    putc
+        jmp     puts
+1:      ret
+
+newline:
+        mov     al, '\n'
+        jmp     putc
+
+# putdec(rdi): unsigned decimal. Clobbers rax, rcx, rdx, rsi.
+putdec:
+        lea     rsi, [rip + decbuf_end]
+        mov     byte ptr [rsi], 0
+        mov     rax, rdi
+        mov     ecx, 10
+1:      xor     edx, edx
+        div     rcx
+        add     dl, '0'
+        dec     rsi
+        mov     [rsi], dl
+        test    rax, rax
+        jnz     1b
+        jmp     puts
+
+# puthex(rdi value, ecx digits): the low ecx hex digits of rdi, most significant first.
+# Clobbers rax, rcx.
+puthex:
+        test    ecx, ecx
+        jz      2f
+        dec     ecx
+        mov     rax, rdi
+        push    rcx
+        shl     ecx, 2
+        shr     rax, cl
+        pop     rcx
+        and     eax, 0xf
+        lea     rax, [rax + hexdigits]
+        mov     al, [rax]
+        call    putc
+        jmp     puthex
+2:      ret
+
+        .section .rodata
+hexdigits:      .ascii "0123456789abcdef"
+msg_hello:      .asciz "pcie-probe: 64-bit guest running\n"
+msg_pciexbar:   .asciz "PCIEXBAR "
+msg_mcfg:       .asciz "ACPI MCFG: ECAM "
+msg_nomcfg:     .asciz "no ACPI MCFG: enabling ECAM through PCIEXBAR\n"
+msg_class:      .asciz " class "
+msg_type:       .asciz " type "
+msg_buses:      .asciz " buses "
+msg_done:       .asciz "pcie-probe: functions "
+msg_lastbus:    .asciz " last bus "
+msg_off:        .asciz "pcie-probe: power off\n"
+msg_bench:      .asciz "bench: "
+str_hotplug_flag: .asciz "pcie-probe.hotplug"
+msg_msix:       .asciz "pcie-probe: MSI-X on 00:02.0: table at "
+msg_msix_vector: .asciz ", vector "
+msg_wait_add:   .asciz "pcie-probe: waiting for hot-add on 00:02.0\n"
+msg_irq:        .asciz "pcie-probe: hot-plug interrupt, slot status "
+msg_added:      .asciz "pcie-probe: hot-add: card present in 00:02.0, powering the slot on\n"
+msg_wait_remove: .asciz "pcie-probe: waiting for hot-remove on 00:02.0\n"
+msg_button:     .asciz "pcie-probe: attention button: powering 00:02.0 off\n"
+msg_removed:    .asciz "pcie-probe: hot-remove: 00:02.0 is empty\n"
+msg_hp_fail:    .asciz "pcie-probe: rp1 has no PCI Express or MSI-X capability\n"
+msg_unexpected: .asciz "pcie-probe: unexpected interrupt or exception\n"
+msg_bench_pio:  .asciz "local-pio "
+msg_bench_mmio: .asciz "local-mmio "
+msg_bench_ecam: .asciz "ecam-read "
+msg_bench_cf8:  .asciz "cf8-cfc-read "
+msg_bench_loop: .asciz "loop-x10 "
+msg_cycles:     .asciz " TSC cycles per access\n"
+
+        .section .data
+        .balign 8
+ecam_base:      .quad 0
+zero_page:      .quad 0
+idtr:           .word 256 * 16 - 1
+                .quad idt
+slot_status_off: .long 0
+slot_events:    .long 0
+nfunctions:     .long 0
+mcfg_start_bus: .byte 0
+mcfg_end_bus:   .byte 0
+next_bus:       .long 0
+
+        .section .bss
+        .balign 16
+decbuf:         .skip 24
+decbuf_end:     .skip 1
+        .balign 16
+idt:            .skip 256 * 16
+stack:          .skip 16384
+stack_top:
+
+        .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,298 @@
+//! ACPI tables, built with the `acpi_tables` crate, as firmware would leave them: RSDP (in the
+//! legacy BIOS area guests scan), XSDT, FADT (+FACS), a DSDT with the PCIe host bridge, MADT and
+//! an MCFG describing pcierc's ECAM windows (ACPI 6.5 §5.2; PCI Firmware 3.3 §4.1.2 for MCFG).
+//!
+//! The DSDT's `\_SB.PCI0` is a PCI Express host bridge (`PNP0A08`) whose `_CRS` gives the bus
+//! range of the ECAM window, the I/O and memory apertures, and whose `_OSC` grants the OS native
+//! control of PCIe hot-plug, SHPC hot-plug, PME, AER and the PCIe capability (PCI Firmware 3.3
+//! §4.5.1), since pcierc implements them natively in its root ports. `\_S5` is `{0, 0}`, matching
+//! the VMM's PM1a control register (SLP_TYP 0 powers off).
+
+use acpi_tables::facs::FACS;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::mcfg::MCFG;
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use pcierc_protocol::EcamWindow;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout;
+use super::machine::{PM1A_CNT, PM1A_EVT};
+use super::Error;
+
+const OEM_ID: [u8; 6] = *b"PCIERC";
+const OEM_TABLE_ID: [u8; 8] = *b"PCIERCVM";
+const OEM_REVISION: u32 = 1;
+
+/// The SCI's ISA IRQ (as on QEMU's q35).
+const SCI_IRQ: u16 = 9;
+/// PCI Firmware 3.3 §4.5.1: the `_OSC` UUID of PCI host bridges.
+const PCI_HOST_BRIDGE_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
+/// `_OSC` control field: native PCIe hot-plug (0), SHPC hot-plug (1), PME (2), AER (3), PCIe
+/// capability structure (4).
+const OSC_CONTROL_ALL: u32 = 0x1f;
+/// 64-bit MMIO aperture for prefetchable BARs (QEMU's q35 puts it high too).
+const MMIO64_START: u64 = 0x80_0000_0000;
+const MMIO64_SIZE: u64 = 64 << 30;
+
+fn bytes(t: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    t.to_aml_bytes(&mut v);
+    v
+}
+
+/// The DSDT: `\_SB.PCI0` and `\_S5`.
+fn dsdt(ecam: &[EcamWindow]) -> Vec<u8> {
+    let (start_bus, end_bus) = ecam
+        .first()
+        .map(|e| (u16::from(e.start_bus), u16::from(e.end_bus)))
+        .unwrap_or((0, 255));
+    let bus_numbers = aml::AddressSpace::new_bus_number(start_bus, end_bus);
+    let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = aml::AddressSpace::new_io(0u16, 0xcf7, None);
+    let io_high = aml::AddressSpace::new_io(0xd00u16, 0xffff, None);
+    let mmio32 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        layout::MMIO32_START as u32,
+        (layout::MMIO32_END - 1) as u32,
+        None,
+    );
+    let mmio64 = aml::AddressSpace::new_memory(
+        aml::AddressSpaceCacheable::Cacheable,
+        true,
+        MMIO64_START,
+        MMIO64_START + MMIO64_SIZE - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![
+        &bus_numbers,
+        &config_ports,
+        &io_low,
+        &io_high,
+        &mmio32,
+        &mmio64,
+    ]);
+
+    // Method (_OSC, 4) { CreateDWordField (Arg3, 0, CDW1)
+    //   If (Arg0 == ToUUID (PCI host bridge)) { CreateDWordField (Arg3, 8, CDW3)
+    //     CDW3 &= 0x1f }  Else { CDW1 |= 4 (unrecognized UUID) }
+    //   Return (Arg3) }
+    let cdw1 = aml::Path::new("CDW1");
+    let cdw3 = aml::Path::new("CDW3");
+    let create_cdw1 = aml::CreateDWordField::new(&cdw1, &aml::Arg(3), &aml::ZERO);
+    let create_cdw3 = aml::CreateDWordField::new(&cdw3, &aml::Arg(3), &8u8);
+    let grant = aml::And::new(&cdw3, &cdw3, &OSC_CONTROL_ALL);
+    let uuid = aml::Uuid::new(PCI_HOST_BRIDGE_OSC_UUID);
+    let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
+    let if_pci = aml::If::new(&is_pci, vec![&create_cdw3, &grant]);
+    let unrecognized = aml::Or::new(&cdw1, &cdw1, &4u8);
+    let else_ = aml::Else::new(vec![&unrecognized]);
+    let ret = aml::Return::new(&aml::Arg(3));
+    let osc = aml::Method::new(
+        "_OSC".into(),
+        4,
+        false,
+        vec![&create_cdw1, &if_pci, &else_, &ret],
+    );
+
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &start_bus);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let pci0 = aml::Device::new(
+        "PCI0".into(),
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc],
+    );
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&pci0]);
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&aml::ZERO, &aml::ZERO, &aml::ZERO, &aml::ZERO]),
+    );
+
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    dsdt.append_slice(&bytes(&sb));
+    dsdt.append_slice(&bytes(&s5));
+    dsdt.as_slice().to_vec()
+}
+
+/// The MADT (ACPI 6.5 §5.2.12): one local APIC per vCPU, the IOAPIC, ISA IRQ 0 on GSI 2 and the
+/// SCI level-triggered, LINT1 as NMI. Built by hand: the crate has no x86 override entries.
+fn madt(cpus: u8) -> Vec<u8> {
+    const PCAT_COMPAT: u32 = 1;
+    let mut madt = Sdt::new(*b"APIC", 36, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    madt.append_slice(&(layout::LAPIC as u32).to_le_bytes());
+    madt.append_slice(&PCAT_COMPAT.to_le_bytes());
+    for id in 0..cpus {
+        // Processor Local APIC: type 0, length 8, UID, APIC id, flags (enabled).
+        madt.append_slice(&[0, 8, id, id, 1, 0, 0, 0]);
+    }
+    // I/O APIC: type 1, length 12, id, reserved, address, GSI base 0.
+    let mut ioapic = vec![1, 12, cpus, 0];
+    ioapic.extend_from_slice(&(layout::IOAPIC as u32).to_le_bytes());
+    ioapic.extend_from_slice(&0u32.to_le_bytes());
+    madt.append_slice(&ioapic);
+    // Interrupt Source Overrides: type 2, length 10, bus 0 (ISA), source, GSI, flags.
+    for (irq, gsi, flags) in [(0u8, 2u32, 0u16), (SCI_IRQ as u8, u32::from(SCI_IRQ), 0xd)] {
+        let mut iso = vec![2, 10, 0, irq];
+        iso.extend_from_slice(&gsi.to_le_bytes());
+        iso.extend_from_slice(&flags.to_le_bytes());
+        madt.append_slice(&iso);
+    }
+    // Local APIC NMI: type 4, length 6, every processor (0xff), flags, LINT1.
+    madt.append_slice(&[4, 6, 0xff, 0, 0, 1]);
+    madt.as_slice().to_vec()
+}
+
+/// The FADT (ACPI 6.5 §5.2.9): PM1a event/control blocks where [`super::machine`] serves them,
+/// no SMI command port (the platform is always in ACPI mode), the DSDT and FACS.
+fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .firmware_ctrl_64(facs)
+        .flag(Flags::Wbinvd)
+        .flag(Flags::ProcC1)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup);
+    f.sci_int = SCI_IRQ.into();
+    f.pm1a_evt_blk = u32::from(PM1A_EVT).into();
+    f.pm1_evt_len = 4;
+    f.pm1a_cnt_blk = u32::from(PM1A_CNT).into();
+    f.pm1_cnt_len = 2;
+    // IA-PC boot architecture: legacy devices present (COM1), an 8042 (the reset line).
+    f.iapc_boot_arch = 0x3u16.into();
+    bytes(&f.finalize())
+}
+
+fn mcfg(ecam: &[EcamWindow]) -> Vec<u8> {
+    let mut m = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for e in ecam {
+        m.add_ecam(e.base, e.segment, e.start_bus, e.end_bus);
+    }
+    bytes(&m)
+}
+
+/// Lays tables out from [`layout::ACPI_START`] on.
+struct Writer<'a> {
+    mem: &'a GuestMemoryMmap,
+    next: u64,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, table: &[u8], align: u64) -> Result<u64, Error> {
+        let addr = self.next.div_ceil(align) * align;
+        let end = addr + table.len() as u64;
+        if end > layout::ACPI_END {
+            return Err(Error::Config(format!(
+                "ACPI tables do not fit below {:#x}",
+                layout::ACPI_END
+            )));
+        }
+        self.mem
+            .write_slice(table, GuestAddress(addr))
+            .map_err(|e| Error::Memory(format!("writing ACPI tables: {e}")))?;
+        self.next = end;
+        Ok(addr)
+    }
+}
+
+/// Write every table; returns the RSDP's address.
+pub fn write_tables(
+    mem: &GuestMemoryMmap,
+    cpus: u8,
+    ecam: &[EcamWindow],
+) -> Result<GuestAddress, Error> {
+    let rsdp_addr = layout::ACPI_START.0;
+    let mut w = Writer {
+        mem,
+        next: rsdp_addr + Rsdp::len() as u64,
+    };
+    let facs = w.put(&bytes(&FACS::new()), 64)?;
+    let dsdt = w.put(&dsdt(ecam), 8)?;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(w.put(&fadt(dsdt, facs), 8)?);
+    xsdt.add_entry(w.put(&madt(cpus), 8)?);
+    if !ecam.is_empty() {
+        xsdt.add_entry(w.put(&mcfg(ecam), 8)?);
+    }
+    let xsdt = w.put(&bytes(&xsdt), 8)?;
+    w.next = rsdp_addr;
+    w.put(&bytes(&Rsdp::new(OEM_ID, xsdt)), 16)?;
+    Ok(GuestAddress(rsdp_addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(t: &[u8]) -> bool {
+        t.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    fn table_at(mem: &GuestMemoryMmap, addr: u64) -> Vec<u8> {
+        let len: u32 = mem.read_obj(GuestAddress(addr + 4)).unwrap();
+        let mut t = vec![0; len as usize];
+        mem.read_slice(&mut t, GuestAddress(addr)).unwrap();
+        t
+    }
+
+    #[test]
+    fn tables_chain_from_the_rsdp_and_checksum() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let ecam = EcamWindow {
+            base: 0xb000_0000,
+            size: 256 << 20,
+            segment: 0,
+            start_bus: 0,
+            end_bus: 255,
+            reserved: 0,
+        };
+        let rsdp = write_tables(&mem, 2, &[ecam]).unwrap();
+        let mut r = [0u8; 36];
+        mem.read_slice(&mut r, rsdp).unwrap();
+        assert_eq!(&r[..8], b"RSD PTR ");
+        assert!(checksum_ok(&r[..20]) && checksum_ok(&r));
+        let xsdt = table_at(&mem, u64::from_le_bytes(r[24..32].try_into().unwrap()));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert!(checksum_ok(&xsdt));
+        let mut sigs = Vec::new();
+        for p in xsdt[36..].chunks_exact(8) {
+            let t = table_at(&mem, u64::from_le_bytes(p.try_into().unwrap()));
+            assert!(checksum_ok(&t), "{:?}", &t[..4]);
+            sigs.push(String::from_utf8_lossy(&t[..4]).into_owned());
+            // `ACPI_DUMP_DIR=DIR cargo test -p pcierc-examples acpi`, then `iasl -d DIR/*.dat`.
+            if let Some(dir) = std::env::var_os("ACPI_DUMP_DIR") {
+                let dir = std::path::PathBuf::from(dir);
+                std::fs::write(dir.join(format!("{}.dat", sigs[sigs.len() - 1])), &t).unwrap();
+                if &t[..4] == b"FACP" {
+                    let dsdt = u64::from_le_bytes(t[140..148].try_into().unwrap());
+                    std::fs::write(dir.join("DSDT.dat"), table_at(&mem, dsdt)).unwrap();
+                }
+            }
+            if &t[..4] == b"MCFG" {
+                // Header, 8 reserved bytes, then one 16-byte allocation.
+                assert_eq!(t.len(), 36 + 8 + 16);
+                assert_eq!(u64::from_le_bytes(t[44..52].try_into().unwrap()), ecam.base);
+                assert_eq!((t[54], t[55]), (0, 255));
+            }
+            if &t[..4] == b"APIC" {
+                // 2 local APICs (8), IOAPIC (12), 2 overrides (10), LAPIC NMI (6).
+                assert_eq!(t.len(), 44 + 2 * 8 + 12 + 2 * 10 + 6);
+            }
+            if &t[..4] == b"FACP" {
+                let dsdt = u64::from_le_bytes(t[140..148].try_into().unwrap());
+                let d = table_at(&mem, dsdt);
+                assert_eq!(&d[..4], b"DSDT");
+                assert!(checksum_ok(&d));
+                assert!(d.windows(4).any(|w| w == b"_OSC"));
+            }
+        }
+        assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);
+    }
+}

@@ -1,0 +1,358 @@
+//! The platform behind the vCPUs' exits: pcierc's ranges (forwarded), COM1 (vm-superio), the ACPI
+//! PM1a registers at 0x600 (power-off), the i8042 reset line, and all-ones for everything else.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use kvm_ioctls::VmFd;
+use pcierc_protocol::Notification;
+use vm_memory::GuestMemoryMmap;
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::irq::{self, IrqRouting};
+use super::pcie::{Access, Claims, Forwarded, PcieLink};
+use super::Error;
+
+/// COM1's ports.
+pub const COM1: u16 = 0x3f8;
+/// ACPI PM1a event block (status, enable), as QEMU's q35 places it (PMBASE 0x600).
+pub const PM1A_EVT: u16 = 0x600;
+/// ACPI PM1a control register: writing SLP_EN with SLP_TYP 0 (S5) powers off.
+pub const PM1A_CNT: u16 = 0x604;
+/// PM1 control: sleep enable (ACPI 6.5 §4.8.3.2.1, Table 4.13).
+const PM1_SLP_EN: u64 = 1 << 13;
+/// PM1 control: SLP_TYP.
+const PM1_SLP_TYP: u64 = 7 << 10;
+/// PM1 control: SCI_EN (the platform is in ACPI mode; always, there is no SMM here).
+const PM1_SCI_EN: u64 = 1;
+/// i8042 command port: writing 0xfe pulses the CPU reset line.
+const I8042_COMMAND: u16 = 0x64;
+const I8042_RESET: u8 = 0xfe;
+
+/// How the guest asked to stop.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// ACPI S5 through PM1a control.
+    PowerOff,
+    /// Reset (i8042 or a KVM system event): this VMM stops instead of rebooting.
+    Reset,
+}
+
+/// COM1's interrupt: an eventfd registered as a KVM irqfd on GSI 4.
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Exit counts and handling time per kind, for `--stats`.
+#[derive(Default)]
+pub struct ExitStats {
+    counters: [(AtomicU64, AtomicU64); ExitKind::COUNT],
+    /// `Msi` notifications injected with KVM_SIGNAL_MSI (vectors not on an irqfd).
+    msi_signalled: AtomicU64,
+    /// `MsiRoute` notifications applied to the GSI routing table.
+    msi_routes: AtomicU64,
+}
+
+/// What an exit was.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Port I/O forwarded to pcierc.
+    ForwardedPio,
+    /// MMIO forwarded to pcierc.
+    ForwardedMmio,
+    /// COM1.
+    Serial,
+    /// Port I/O nobody decodes (all ones) or the VMM's PM/i8042 registers.
+    LocalPio,
+    /// MMIO nobody decodes (all ones).
+    LocalMmio,
+}
+
+impl ExitKind {
+    const COUNT: usize = 5;
+    const ALL: [ExitKind; Self::COUNT] = [
+        ExitKind::ForwardedPio,
+        ExitKind::ForwardedMmio,
+        ExitKind::Serial,
+        ExitKind::LocalPio,
+        ExitKind::LocalMmio,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            ExitKind::ForwardedPio => "forwarded-pio",
+            ExitKind::ForwardedMmio => "forwarded-mmio",
+            ExitKind::Serial => "serial",
+            ExitKind::LocalPio => "local-pio",
+            ExitKind::LocalMmio => "local-mmio",
+        }
+    }
+}
+
+impl ExitStats {
+    fn record(&self, kind: ExitKind, start: Instant) {
+        let (n, ns) = &self.counters[kind as usize];
+        n.fetch_add(1, Ordering::Relaxed);
+        ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// One line per kind: count and mean time the VMM spent handling it (guest time excluded).
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        for k in ExitKind::ALL {
+            let (n, ns) = &self.counters[k as usize];
+            let (n, ns) = (n.load(Ordering::Relaxed), ns.load(Ordering::Relaxed));
+            if n > 0 {
+                s += &format!(
+                    "vmm: exits {:<15} {n:>8}  mean handling {:>8.2} us\n",
+                    k.name(),
+                    ns as f64 / n as f64 / 1000.0
+                );
+            }
+        }
+        s += &format!(
+            "vmm: interrupts: {} MSI routes updated (irqfd path), {} MSIs signalled from notifications\n",
+            self.msi_routes.load(Ordering::Relaxed),
+            self.msi_signalled.load(Ordering::Relaxed)
+        );
+        s
+    }
+}
+
+type ComPort = Serial<IrqLine, NoEvents, Box<dyn Write + Send>>;
+
+/// Everything the vCPU threads share.
+pub struct Machine {
+    /// The VM.
+    pub vm: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The connection to pcierc.
+    pub pcie: PcieLink,
+    /// GSI routing and irqfds.
+    pub irq: Mutex<IrqRouting>,
+    serial: Mutex<ComPort>,
+    /// Exit statistics.
+    pub stats: ExitStats,
+    stop: AtomicBool,
+}
+
+fn read_value(data: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    u64::from_le_bytes(b)
+}
+
+fn fill(data: &mut [u8], value: u64) {
+    let b = value.to_le_bytes();
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = b.get(i).copied().unwrap_or(0xff);
+    }
+}
+
+impl Machine {
+    /// Assemble the machine; COM1 writes to `console` and interrupts through `serial_irq`.
+    pub fn new(
+        vm: VmFd,
+        mem: GuestMemoryMmap,
+        pcie: PcieLink,
+        serial_irq: EventFd,
+        console: Box<dyn Write + Send>,
+    ) -> Machine {
+        Machine {
+            vm,
+            mem,
+            pcie,
+            irq: Mutex::new(IrqRouting::default()),
+            serial: Mutex::new(Serial::new(IrqLine(serial_irq), console)),
+            stats: ExitStats::default(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Ask the vCPUs to stop at their next exit (see [`Machine::stop_requested`]).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Has the VMM asked the vCPUs to stop?
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn width(len: usize, max: usize) -> Option<u8> {
+        matches!(len, 1 | 2 | 4 | 8)
+            .then_some(len as u8)
+            .filter(|&w| usize::from(w) <= max)
+    }
+
+    /// `in` from `port`.
+    pub fn pio_in(&self, port: u16, data: &mut [u8]) -> Result<(), Error> {
+        let start = Instant::now();
+        if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
+            if let Forwarded::Done(v) = self.pcie.forward(Access::PioRead { port, width })? {
+                fill(data, v);
+                self.stats.record(ExitKind::ForwardedPio, start);
+                return Ok(());
+            }
+        }
+        let kind = match port {
+            COM1..=0x3ff => {
+                let v = self
+                    .serial
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .read((port - COM1) as u8);
+                fill(data, u64::from(v));
+                ExitKind::Serial
+            }
+            PM1A_EVT..=0x603 => {
+                fill(data, 0);
+                ExitKind::LocalPio
+            }
+            PM1A_CNT..=0x605 => {
+                fill(data, PM1_SCI_EN);
+                ExitKind::LocalPio
+            }
+            _ => {
+                fill(data, u64::MAX);
+                ExitKind::LocalPio
+            }
+        };
+        self.stats.record(kind, start);
+        Ok(())
+    }
+
+    /// `out` to `port`; `Some` when the guest asked to stop.
+    pub fn pio_out(&self, port: u16, data: &[u8]) -> Result<Option<Stop>, Error> {
+        let start = Instant::now();
+        let value = read_value(data);
+        if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
+            let access = Access::PioWrite { port, width, value };
+            if let Forwarded::Done(_) = self.pcie.forward(access)? {
+                self.drain_notifications()?;
+                self.stats.record(ExitKind::ForwardedPio, start);
+                return Ok(None);
+            }
+        }
+        let mut stop = None;
+        let kind = match port {
+            COM1..=0x3ff => {
+                let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+                for &b in data {
+                    if let Err(e) = serial.write((port - COM1) as u8, b) {
+                        log::warn!("COM1: {e:?}");
+                    }
+                }
+                ExitKind::Serial
+            }
+            PM1A_CNT if value & PM1_SLP_EN != 0 => {
+                match (value & PM1_SLP_TYP) >> 10 {
+                    0 => stop = Some(Stop::PowerOff),
+                    t => log::warn!("guest asked for sleep type {t}: only S5 (0) is implemented"),
+                }
+                ExitKind::LocalPio
+            }
+            I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
+                stop = Some(Stop::Reset);
+                ExitKind::LocalPio
+            }
+            _ => ExitKind::LocalPio,
+        };
+        self.stats.record(kind, start);
+        Ok(stop)
+    }
+
+    /// An MMIO read outside RAM.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), Error> {
+        let start = Instant::now();
+        if let (Some(width), true) = (Self::width(data.len(), 8), self.pcie.claims_mmio(addr)) {
+            if let Forwarded::Done(v) = self.pcie.forward(Access::MmioRead { addr, width })? {
+                fill(data, v);
+                self.stats.record(ExitKind::ForwardedMmio, start);
+                return Ok(());
+            }
+        }
+        fill(data, u64::MAX);
+        self.stats.record(ExitKind::LocalMmio, start);
+        Ok(())
+    }
+
+    /// An MMIO write outside RAM.
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        let start = Instant::now();
+        if let (Some(width), true) = (Self::width(data.len(), 8), self.pcie.claims_mmio(addr)) {
+            let access = Access::MmioWrite {
+                addr,
+                width,
+                value: read_value(data),
+            };
+            if let Forwarded::Done(_) = self.pcie.forward(access)? {
+                self.drain_notifications()?;
+                self.stats.record(ExitKind::ForwardedMmio, start);
+                return Ok(());
+            }
+        }
+        self.stats.record(ExitKind::LocalMmio, start);
+        Ok(())
+    }
+
+    /// Apply every notification waiting on pcierc's backend channel.
+    pub fn drain_notifications(&self) -> Result<(), Error> {
+        self.pcie.drain(|n| self.apply(n))
+    }
+
+    fn apply(&self, n: Notification) -> Result<(), Error> {
+        match n {
+            Notification::LayoutChanged { changes, topology } => {
+                let claims = Claims::from_topology(&topology);
+                if claims.generation >= self.pcie.claims().generation {
+                    log::info!(
+                        "pcierc layout generation {}: {changes:?}; ECAM {:x?}, BARs {:x?}",
+                        claims.generation,
+                        claims.ecam,
+                        claims.mmio
+                    );
+                    self.pcie.set_claims(claims);
+                }
+            }
+            Notification::MsiRoute(r) => {
+                let mut irq = self.irq.lock().unwrap_or_else(PoisonError::into_inner);
+                log::debug!("MSI route {r:x?}");
+                self.stats.msi_routes.fetch_add(1, Ordering::Relaxed);
+                if !irq.update(&self.vm, r)? {
+                    log::warn!("MsiRoute for a vector not registered here: {r:?}");
+                }
+            }
+            Notification::Msi(m) => {
+                self.stats.msi_signalled.fetch_add(1, Ordering::Relaxed);
+                irq::signal_msi(&self.vm, &m)?
+            }
+            Notification::Intx(l) => {
+                let gsi = irq::intx_gsi(l.devfn, l.pin);
+                self.vm
+                    .set_irq_line(gsi, l.level != 0)
+                    .map_err(|source| Error::Kvm {
+                        what: "KVM_IRQ_LINE",
+                        source,
+                    })?;
+            }
+            Notification::ChipsetMemoryChanged(c) => {
+                log::debug!("chipset memory routing {c:?} (no BIOS area to remap here)");
+            }
+            Notification::FunctionAdded(f) | Notification::FunctionRemoved(f) => {
+                log::info!("pcierc: function {f:?} (this VMM serves no endpoints yet)");
+            }
+        }
+        Ok(())
+    }
+}

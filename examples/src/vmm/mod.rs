@@ -1,0 +1,565 @@
+//! A small KVM VMM built from rust-vmm crates whose guest's PCIe hierarchy above the endpoints is
+//! pcierc's: every trapped access pcierc decodes (CF8/CFC, its ECAM windows, its functions'
+//! BARs, as its topology says and `LayoutChanged` updates) is forwarded unchanged over the
+//! protocol; pcierc's MSI-X vectors reach the guest through KVM irqfds whose GSI routes follow
+//! `MsiRoute` notifications. See docs/vmm.md.
+//!
+//! Modules: [`acpi`] (RSDP, XSDT, FADT, DSDT, MADT, MCFG), [`layout`] (the guest-physical memory map), [`cpu`] (64-bit entry state), [`boot`]
+//! (kernel loading and Linux's zero page), [`pcie`] (pcierc's claims and the forwarding link),
+//! [`irq`] (GSI routing and irqfds), [`machine`] (what each exit reaches: pcierc, COM1, PM1a, all
+//! ones), [`vcpu`] (the loop) and [`backend`] (`--spawn-backend`).
+
+pub mod acpi;
+pub mod backend;
+pub mod boot;
+pub mod cpu;
+pub mod irq;
+pub mod layout;
+pub mod machine;
+pub mod pcie;
+pub mod vcpu;
+
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, PoisonError};
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm};
+use pcierc_protocol::{
+    function_flags, Frontend, FrontendOptions, FunctionKind, ProtocolFeatures, NO_PARENT,
+};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use self::backend::SpawnedBackend;
+use self::machine::Machine;
+pub use self::machine::Stop;
+use self::pcie::PcieLink;
+
+/// Why the VMM could not start or the guest could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A KVM ioctl failed.
+    #[error("KVM {what}: {source}")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up or written.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The kernel image could not be loaded.
+    #[error("loading the kernel: {0}")]
+    Kernel(String),
+    /// A request to pcierc failed.
+    #[error("pcierc: {what}: {source}")]
+    Backend {
+        /// The request.
+        what: String,
+        /// The protocol error.
+        #[source]
+        source: pcierc_protocol::Error,
+    },
+    /// `--spawn-backend` could not start pcierc.
+    #[error("starting pcierc: {0}")]
+    Spawn(String),
+    /// An invalid option, or something the host lacks.
+    #[error("{0}")]
+    Config(String),
+    /// A host I/O operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guest cannot go on (KVM internal error, emulation failure, triple fault...).
+    #[error("vCPU {cpu}: {detail}")]
+    Guest {
+        /// vCPU index.
+        cpu: u8,
+        /// What KVM reported and where the guest was.
+        detail: String,
+    },
+    /// `--timeout` passed before the guest stopped.
+    #[error("the guest did not stop within {after:?}; {position}")]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+        /// Where the vCPUs were when they were stopped.
+        position: String,
+    },
+}
+
+/// The kernel to boot.
+#[derive(Clone, Debug)]
+pub enum KernelImage {
+    /// A file: ELF (vmlinux, the test guests) or bzImage.
+    Path(PathBuf),
+    /// An image built into this program (the test guests of `crate::guest`).
+    Embedded {
+        /// Its name, for messages.
+        name: &'static str,
+        /// The ELF image.
+        bytes: &'static [u8],
+    },
+}
+
+/// Where pcierc is.
+#[derive(Clone, Debug)]
+pub enum BackendSource {
+    /// Connect to a running pcierc's main socket.
+    Socket(PathBuf),
+    /// Start pcierc (`program`, else the one found by [`backend::find_pcierc`]) on a temporary
+    /// socket with extra `args`, and stop it on exit.
+    Spawn {
+        /// The pcierc binary.
+        program: Option<PathBuf>,
+        /// Extra arguments (e.g. `--control-socket PATH`, `--device ...`).
+        args: Vec<String>,
+    },
+}
+
+/// A validated VMM configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The kernel.
+    pub kernel: KernelImage,
+    /// An initrd.
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// pcierc.
+    pub backend: BackendSource,
+    /// Give up (error) if the guest has not stopped after this long.
+    pub timeout: Option<Duration>,
+    /// Print exit statistics on stderr at the end.
+    pub stats: bool,
+    /// The name this VMM gives pcierc (`SetFrontendInfo`).
+    pub name: String,
+    /// Act as firmware: enable ECAM (PCIEXBAR) at [`layout::ECAM_BASE`] if it is off, and give
+    /// the guest ACPI tables (MCFG describing pcierc's ECAM windows). Off, the guest finds the
+    /// platform as pcierc powers on (ECAM disabled) and no tables.
+    pub acpi: bool,
+    /// Let configuration reads be served from pcierc's shared snapshot when it offers one
+    /// (`CONFIG_SNAPSHOT`); off, every forwarded read is a socket round trip.
+    pub config_snapshot: bool,
+}
+
+/// Smallest guest RAM accepted (the kernel is loaded at 1 MiB).
+pub const MIN_MEM_MIB: u64 = 16;
+/// Largest guest RAM accepted.
+pub const MAX_MEM_MIB: u64 = 1 << 20;
+/// Most vCPUs accepted.
+pub const MAX_CPUS: u8 = 32;
+
+impl Config {
+    /// Check the values a user gave.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(Error::Config(format!(
+                "--mem must be {MIN_MEM_MIB} to {MAX_MEM_MIB} MiB"
+            )));
+        }
+        if !(1..=MAX_CPUS).contains(&self.cpus) {
+            return Err(Error::Config(format!("--cpus must be 1 to {MAX_CPUS}")));
+        }
+        Ok(())
+    }
+}
+
+/// stdout, flushed after every byte the guest sends (it may print prompts without newlines).
+struct Console;
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+fn read_file(path: &PathBuf, what: &str) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Io {
+        what: format!("reading the {what} {}", path.display()),
+        source,
+    })
+}
+
+/// Boot the guest and run it until it powers off or resets (`Ok`), or fails (`Err`).
+pub fn run(config: &Config) -> Result<Stop, Error> {
+    config.validate()?;
+    let kernel: std::borrow::Cow<'static, [u8]> = match &config.kernel {
+        KernelImage::Path(p) => read_file(p, "kernel")?.into(),
+        KernelImage::Embedded { name, bytes } => {
+            if bytes.is_empty() {
+                return Err(Error::Config(format!(
+                    "the built-in guest {name} was not built (binutils' `as` and `ld` were \
+                     missing when pcierc-examples was compiled)"
+                )));
+            }
+            (*bytes).into()
+        }
+    };
+    let initrd = config
+        .initrd
+        .as_ref()
+        .map(|p| read_file(p, "initrd"))
+        .transpose()?;
+
+    // pcierc first: its topology says where ECAM is before the guest runs.
+    let (_spawned, socket) = match &config.backend {
+        BackendSource::Socket(p) => (None, p.clone()),
+        BackendSource::Spawn { program, args } => {
+            let program = program
+                .clone()
+                .or_else(backend::find_pcierc)
+                .ok_or_else(|| {
+                    Error::Spawn(
+                        "no `pcierc` next to this program or on PATH (build it: \
+                     `cargo build --release -p pcierc-backend`)"
+                            .into(),
+                    )
+                })?;
+            let b = SpawnedBackend::start(&program, args)?;
+            log::info!("started {} (pid {})", program.display(), b.pid());
+            let socket = b.socket.clone();
+            (Some(b), socket)
+        }
+    };
+    let mut opts = FrontendOptions::vmm(config.name.clone());
+    if !config.config_snapshot {
+        opts.protocol_features -= ProtocolFeatures::CONFIG_SNAPSHOT;
+    }
+    let frontend = Frontend::connect(&socket, opts).map_err(|source| Error::Backend {
+        what: format!("connecting to {}", socket.display()),
+        source,
+    })?;
+    let interrupts = frontend
+        .protocol_features()
+        .contains(ProtocolFeatures::INTERRUPTS);
+    log::info!(
+        "connected to pcierc at {}: protocol features {:?}",
+        socket.display(),
+        frontend.protocol_features()
+    );
+    let pcie = PcieLink::new(frontend)?;
+
+    if config.acpi {
+        enable_ecam(&pcie)?;
+    }
+
+    let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::IrqRouting, "KVM_CAP_IRQ_ROUTING"),
+        (Cap::SignalMsi, "KVM_CAP_SIGNAL_MSI"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::Config(format!("this host's KVM lacks {name}")));
+        }
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(layout::KVM_TSS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem_size = config.mem_mib << 20;
+    let ranges: Vec<_> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(a, s)| (a, s as usize))
+        .collect();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges)
+        .map_err(|e| Error::Memory(format!("allocating {} MiB: {e}", config.mem_mib)))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| Error::Memory(e.to_string()))?;
+        // Transparent huge pages where the host allows them (its default is often `madvise`):
+        // fewer host page faults and, under shadow or nested paging, far fewer page-table entries
+        // for the hypervisor to build for the guest.
+        // SAFETY: advice on a mapping `mem` owns; it changes no contents and no permissions.
+        if unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) } != 0 {
+            log::debug!(
+                "madvise(MADV_HUGEPAGE): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mmap of `memory_size` bytes owned by `mem`, which the
+        // machine keeps until the process exits (vCPU threads are never joined before exit).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+
+    cpu::write_boot_tables(&mem)?;
+    let topology = pcie
+        .frontend()
+        .topology()
+        .map_err(|source| Error::Backend {
+            what: "GetTopology".into(),
+            source,
+        })?;
+    let rsdp = if config.acpi {
+        Some(acpi::write_tables(&mem, config.cpus, &topology.ecam)?)
+    } else {
+        None
+    };
+    // As firmware does, so that Linux trusts MCFG: ECAM is reserved in the E820 map.
+    let ecam: Vec<(u64, u64)> = topology.ecam.iter().map(|e| (e.base, e.size)).collect();
+    let entry = boot::load(
+        &mem,
+        &boot::BootImage {
+            kernel: &kernel,
+            initrd: initrd.as_deref(),
+            cmdline: &config.cmdline,
+            mem_size,
+            reserved: &ecam,
+            rsdp,
+        },
+    )?;
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
+        what: "eventfd".into(),
+        source,
+    })?;
+    vm.register_irqfd(&serial_irq, irq::SERIAL_GSI)
+        .map_err(kvm_err("KVM_IRQFD"))?;
+    let machine = Arc::new(Machine::new(vm, mem, pcie, serial_irq, Box::new(Console)));
+    machine
+        .irq
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .apply(&machine.vm)?;
+    if interrupts {
+        register_msix_vectors(&machine)?;
+    }
+    machine.drain_notifications()?;
+
+    let (tx, rx) = mpsc::channel::<(u8, vcpu::Outcome)>();
+    if let Some(fd) = machine.pcie.channel_fd() {
+        let (m, tx) = (machine.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("pcierc-events".into())
+            .spawn(move || notification_loop(&m, fd, &tx))
+            .map_err(|source| Error::Io {
+                what: "spawning the notification thread".into(),
+                source,
+            })?;
+    }
+
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut tsc_khz = None;
+    // SIGRTMIN kicks a vCPU thread out of KVM_RUN (EINTR) when --timeout stops the guest.
+    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
+        .map_err(kvm_err("installing the vCPU kick signal handler"))?;
+    let mut vcpu_threads = Vec::new();
+    for id in 0..config.cpus {
+        let vcpu = machine
+            .vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        cpu::setup_vcpu(&vcpu, id, &cpuid, entry)?;
+        if id == 0 {
+            tsc_khz = vcpu.get_tsc_khz().ok();
+        }
+        let (m, tx) = (machine.clone(), tx.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let _ = tx.send((id, vcpu::run(m, vcpu, id)));
+            })
+            .map_err(|source| Error::Io {
+                what: "spawning a vCPU thread".into(),
+                source,
+            })?;
+        vcpu_threads.push(thread);
+    }
+    drop(tx);
+
+    let outcome = match config.timeout {
+        Some(t) => match rx.recv_timeout(t) {
+            Ok((_, o)) => o,
+            Err(_) => Err(Error::Timeout {
+                after: t,
+                position: stop_vcpus(&machine, &vcpu_threads, &rx),
+            }),
+        },
+        None => rx
+            .recv()
+            .map_err(|_| Error::Config("every vCPU thread ended without an outcome".into()))
+            .and_then(|(_, o)| o),
+    };
+    if config.stats {
+        if let Some(khz) = tsc_khz {
+            eprintln!("vmm: guest TSC {khz} kHz");
+        }
+        eprint!("{}", machine.stats.report());
+    }
+    outcome
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Stop every vCPU (kicking it out of KVM_RUN until it notices) and say where the BSP was.
+fn stop_vcpus(
+    machine: &Machine,
+    threads: &[std::thread::JoinHandle<()>],
+    rx: &mpsc::Receiver<(u8, vcpu::Outcome)>,
+) -> String {
+    use vmm_sys_util::signal::Killable;
+    machine.request_stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut position = None;
+    let mut stopped = 0;
+    while stopped < threads.len() && std::time::Instant::now() < deadline {
+        for t in threads {
+            let _ = t.kill(vmm_sys_util::signal::SIGRTMIN());
+        }
+        if let Ok((id, outcome)) = rx.recv_timeout(Duration::from_millis(10)) {
+            stopped += 1;
+            if let (0, Err(Error::Guest { detail, .. })) = (id, outcome) {
+                position = Some(format!("vCPU 0 {detail}"));
+            }
+        }
+    }
+    position.unwrap_or_else(|| "the vCPUs did not stop".into())
+}
+
+/// Firmware's part: enable ECAM through the MCH's PCIEXBAR (Q35: 00:00.0 offset 0x60, base |
+/// length 256 MiB | enable) if pcierc decodes none yet, and route it at once.
+fn enable_ecam(pcie: &PcieLink) -> Result<(), Error> {
+    let backend = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Backend { what, source }
+    };
+    let mut fe = pcie.frontend();
+    if fe
+        .topology()
+        .map_err(backend("GetTopology"))?
+        .ecam
+        .is_empty()
+    {
+        fe.config_write(0, 0, 0, 0x64, 4, (layout::ECAM_BASE >> 32) as u32)
+            .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
+        fe.config_write(0, 0, 0, 0x60, 4, layout::ECAM_BASE as u32 | 1)
+            .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
+    }
+    let topology = fe.topology().map_err(backend("GetTopology"))?;
+    if topology.ecam.is_empty() {
+        return Err(Error::Config(
+            "pcierc decodes no ECAM window after PCIEXBAR was enabled".into(),
+        ));
+    }
+    drop(fe);
+    pcie.set_claims(pcie::Claims::from_topology(&topology));
+    Ok(())
+}
+
+/// One irqfd per MSI-X vector of each root port pcierc emulates on the root bus (pcierc
+/// implements `SetInterruptFd` for those, one vector each).
+fn register_msix_vectors(machine: &Machine) -> Result<(), Error> {
+    let topology = machine
+        .pcie
+        .frontend()
+        .topology()
+        .map_err(|source| Error::Backend {
+            what: "GetTopology".into(),
+            source,
+        })?;
+    for f in &topology.functions {
+        let is_port = f.kind == FunctionKind::RootPort as u8
+            && f.flags & function_flags::EMULATED != 0
+            && f.parent == NO_PARENT;
+        if !is_port {
+            continue;
+        }
+        let id = irq::VectorId {
+            segment: f.segment,
+            bus: f.bus,
+            devfn: f.devfn,
+            vector: 0,
+        };
+        let mut irq = machine.irq.lock().unwrap_or_else(PoisonError::into_inner);
+        let eventfd = irq.add_vector(&machine.vm, id)?;
+        machine
+            .pcie
+            .frontend()
+            .set_interrupt_fd(f.segment, f.bus, f.devfn, 0, Some(eventfd))
+            .map_err(|source| Error::Backend {
+                what: format!(
+                    "SetInterruptFd {:02x}:{:02x}.{}",
+                    f.bus,
+                    f.devfn >> 3,
+                    f.devfn & 7
+                ),
+                source,
+            })?;
+        log::info!(
+            "MSI-X vector 0 of {:02x}:{:02x}.{} on GSI {:?}",
+            f.bus,
+            f.devfn >> 3,
+            f.devfn & 7,
+            irq.gsi(&id)
+        );
+    }
+    Ok(())
+}
+
+/// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug
+/// events the control socket caused, layout changes made by other frontends) and apply them.
+fn notification_loop(machine: &Machine, fd: RawFd, tx: &mpsc::Sender<(u8, vcpu::Outcome)>) {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, 200) };
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+        if let Err(e) = machine.drain_notifications() {
+            let _ = tx.send((u8::MAX, Err(e)));
+            return;
+        }
+        if machine.pcie.channel_fd().is_none() {
+            return;
+        }
+    }
+}

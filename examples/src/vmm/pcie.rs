@@ -1,0 +1,310 @@
+//! The VMM's side of pcierc: which trapped accesses belong to pcierc (from its topology, kept up
+//! to date by `LayoutChanged`), forwarding them unchanged, and the backend channel.
+//!
+//! Ordering: pcierc queues a guest write's notifications on the backend channel before the
+//! write's reply (docs/protocol.md §11), so after every forwarded write the vCPU drains the
+//! channel before resuming the guest. A guest that enables ECAM and reads it in the next
+//! instruction therefore always finds the new window routed.
+
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use pcierc_protocol::{
+    AddressSpace, BackendChannel, Frontend, Notification, ProtocolFeatures, RangeKind, Status,
+    Topology,
+};
+
+use super::Error;
+
+/// What pcierc decodes of the guest's address spaces: (base, size) pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The topology generation these come from.
+    pub generation: u64,
+    /// ECAM windows (MMIO).
+    pub ecam: Vec<(u64, u64)>,
+    /// BARs of the functions pcierc emulates (MMIO).
+    pub mmio: Vec<(u64, u64)>,
+    /// BARs of the functions pcierc emulates (port I/O), CONFIG_ADDRESS and CONFIG_DATA.
+    pub pio: Vec<(u64, u64)>,
+}
+
+/// An access belongs to a range if its first byte does (accesses are at most 8 bytes; pcierc
+/// decides what one straddling the end of its range means).
+fn hits(ranges: &[(u64, u64)], addr: u64) -> bool {
+    ranges
+        .iter()
+        .any(|&(base, size)| addr >= base && addr - base < size)
+}
+
+impl Claims {
+    /// The claimed ranges of a topology (docs/protocol.md §10). Windows are not claimed: they
+    /// route to whoever serves the functions behind the port.
+    pub fn from_topology(t: &Topology) -> Claims {
+        let mut c = Claims {
+            generation: t.generation,
+            ecam: t.ecam.iter().map(|e| (e.base, e.size)).collect(),
+            ..Claims::default()
+        };
+        for r in &t.ranges {
+            let claimed = matches!(
+                RangeKind::try_from(r.kind),
+                Ok(RangeKind::ConfigAddress | RangeKind::ConfigData | RangeKind::Bar)
+            );
+            if !claimed {
+                continue;
+            }
+            if r.space == AddressSpace::Mmio as u8 {
+                c.mmio.push((r.base, r.size));
+            } else if r.space == AddressSpace::Pio as u8 {
+                c.pio.push((r.base, r.size));
+            }
+        }
+        c
+    }
+
+    /// Does pcierc decode this MMIO access?
+    pub fn mmio(&self, addr: u64) -> bool {
+        hits(&self.ecam, addr) || hits(&self.mmio, addr)
+    }
+
+    /// Does pcierc decode this port-I/O access?
+    pub fn pio(&self, port: u16) -> bool {
+        hits(&self.pio, u64::from(port))
+    }
+}
+
+/// The answer to a forwarded access.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// pcierc handled it (reads carry the value).
+    Done(u64),
+    /// pcierc does not decode it after all (`ENODEV`) or another emulator serves the function
+    /// (`EREMOTE`; this VMM serves none): the platform default applies.
+    NotMine(Status),
+}
+
+/// The connection to pcierc shared by the vCPUs and the notification thread.
+pub struct PcieLink {
+    frontend: Mutex<Frontend>,
+    channel: Mutex<Option<BackendChannel>>,
+    claims: RwLock<Claims>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock ends the VMM anyway; the data is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn backend(what: &str) -> impl FnOnce(pcierc_protocol::Error) -> Error + '_ {
+    move |source| Error::Backend {
+        what: what.to_string(),
+        source,
+    }
+}
+
+impl PcieLink {
+    /// Take over a connected frontend: its backend channel and its current claims.
+    pub fn new(mut frontend: Frontend) -> Result<PcieLink, Error> {
+        if !frontend
+            .protocol_features()
+            .contains(ProtocolFeatures::GUEST_ACCESS)
+        {
+            return Err(Error::Config(
+                "pcierc did not offer GUEST_ACCESS: trapped accesses cannot be forwarded".into(),
+            ));
+        }
+        let topology = frontend.topology().map_err(backend("GetTopology"))?;
+        let channel = frontend.take_backend_channel();
+        Ok(PcieLink {
+            claims: RwLock::new(Claims::from_topology(&topology)),
+            frontend: Mutex::new(frontend),
+            channel: Mutex::new(channel),
+        })
+    }
+
+    /// Use the frontend (setup calls: topology, interrupt eventfds, configuration writes).
+    pub fn frontend(&self) -> MutexGuard<'_, Frontend> {
+        lock(&self.frontend)
+    }
+
+    /// The backend channel's descriptor, for polling.
+    pub fn channel_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        lock(&self.channel).as_ref().map(|c| c.as_raw_fd())
+    }
+
+    /// The current claims.
+    pub fn claims(&self) -> Claims {
+        self.claims
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace the claims (after a `LayoutChanged`).
+    pub fn set_claims(&self, claims: Claims) {
+        *self.claims.write().unwrap_or_else(PoisonError::into_inner) = claims;
+    }
+
+    /// Does pcierc decode this MMIO access?
+    pub fn claims_mmio(&self, addr: u64) -> bool {
+        self.claims
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mmio(addr)
+    }
+
+    /// Does pcierc decode this port-I/O access?
+    pub fn claims_pio(&self, port: u16) -> bool {
+        self.claims
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pio(port)
+    }
+
+    /// Forward a trapped access. `Err` only when the connection is unusable.
+    pub fn forward(&self, access: Access) -> Result<Forwarded, Error> {
+        let mut fe = lock(&self.frontend);
+        let r = match access {
+            Access::PioRead { port, width } => fe.pio_read(u64::from(port), width),
+            Access::PioWrite { port, width, value } => {
+                fe.pio_write(u64::from(port), width, value).map(|()| 0)
+            }
+            Access::MmioRead { addr, width } => fe.mmio_read(addr, width),
+            Access::MmioWrite { addr, width, value } => {
+                fe.mmio_write(addr, width, value).map(|()| 0)
+            }
+        };
+        match r {
+            Ok(v) => Ok(Forwarded::Done(v)),
+            Err(e) => match e.status() {
+                Some(s @ (Status::NoDevice | Status::Remote)) => Ok(Forwarded::NotMine(s)),
+                Some(s) if !e.should_disconnect() => {
+                    log::warn!("pcierc refused {access:?}: {s:?}");
+                    Ok(Forwarded::NotMine(s))
+                }
+                _ => Err(Error::Backend {
+                    what: format!("forwarding {access:?}"),
+                    source: e,
+                }),
+            },
+        }
+    }
+
+    /// Hand every complete notification now waiting on the backend channel to `apply`, in
+    /// order. The channel stays locked meanwhile, so two threads draining at once (a vCPU after a
+    /// write, the notification thread) never apply notifications out of order.
+    pub fn drain(
+        &self,
+        mut apply: impl FnMut(Notification) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut ch = lock(&self.channel);
+        loop {
+            let Some(c) = ch.as_mut() else {
+                return Ok(());
+            };
+            match c.try_recv() {
+                Ok(Some(n)) => apply(n)?,
+                Ok(None) => return Ok(()),
+                Err(e) if e.should_disconnect() => {
+                    log::warn!("pcierc's backend channel closed: {e}");
+                    *ch = None;
+                }
+                // A notification this VMM does not understand: skip it, as §11 requires.
+                Err(e) => log::debug!("ignoring a notification: {e}"),
+            }
+        }
+    }
+}
+
+/// A trapped access, as forwarded.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Port-I/O read.
+    PioRead {
+        /// Port.
+        port: u16,
+        /// 1, 2 or 4.
+        width: u8,
+    },
+    /// Port-I/O write.
+    PioWrite {
+        /// Port.
+        port: u16,
+        /// 1, 2 or 4.
+        width: u8,
+        /// Value (low `width` bytes).
+        value: u64,
+    },
+    /// MMIO read.
+    MmioRead {
+        /// Guest-physical address.
+        addr: u64,
+        /// 1, 2, 4 or 8.
+        width: u8,
+    },
+    /// MMIO write.
+    MmioWrite {
+        /// Guest-physical address.
+        addr: u64,
+        /// 1, 2, 4 or 8.
+        width: u8,
+        /// Value (low `width` bytes).
+        value: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcierc_protocol::{AddressRange, EcamWindow};
+
+    #[test]
+    fn claims_follow_the_topology() {
+        let t = Topology {
+            generation: 2,
+            functions: vec![],
+            ecam: vec![EcamWindow {
+                base: 0xb000_0000,
+                size: 256 << 20,
+                segment: 0,
+                start_bus: 0,
+                end_bus: 255,
+                reserved: 0,
+            }],
+            ranges: vec![
+                AddressRange {
+                    base: 0xcf8,
+                    size: 4,
+                    space: AddressSpace::Pio as u8,
+                    kind: RangeKind::ConfigAddress as u8,
+                    ..Default::default()
+                },
+                AddressRange {
+                    base: 0xc000_0000,
+                    size: 0x1000,
+                    space: AddressSpace::Mmio as u8,
+                    kind: RangeKind::Bar as u8,
+                    devfn: 0x10,
+                    ..Default::default()
+                },
+                AddressRange {
+                    base: 0xc100_0000,
+                    size: 0x10_0000,
+                    space: AddressSpace::Mmio as u8,
+                    kind: RangeKind::MemWindow as u8,
+                    ..Default::default()
+                },
+            ],
+        };
+        let c = Claims::from_topology(&t);
+        assert!(c.mmio(0xb000_0000) && c.mmio(0xbfff_fffc));
+        assert!(c.mmio(0xc000_0ffc) && !c.mmio(0xc000_1000));
+        assert!(
+            !c.mmio(0xc100_0000),
+            "windows route to the endpoints' owners"
+        );
+        assert!(c.pio(0xcf8) && c.pio(0xcfb) && !c.pio(0xcfc));
+        assert_eq!(c.generation, 2);
+    }
+}
