@@ -138,7 +138,15 @@ impl SnapshotWriter {
     /// Set the whole routing table (`routes[bus * 256 + devfn]`).
     pub fn set_routes(&self, routes: &[u16; 65536]) {
         for (i, r) in routes.iter().enumerate() {
-            atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * i).store(*r, Ordering::Relaxed);
+            self.set_route(i, *r);
+        }
+    }
+
+    /// Set one routing entry (`bus * 256 + devfn`).
+    pub fn set_route(&self, i: usize, route: u16) {
+        if i < 65536 {
+            atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * i)
+                .store(route, Ordering::Relaxed);
         }
     }
 

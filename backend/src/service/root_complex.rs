@@ -51,6 +51,8 @@ pub struct RootComplex {
     state_file: Option<StateFile>,
     /// Frontends' configuration snapshots (`SetConfigSnapshot`).
     snapshots: BTreeMap<ConnectionId, pcierc_protocol::snapshot::SnapshotWriter>,
+    /// The routing table they all hold.
+    snapshot_routes: Option<Box<[u16; 65536]>>,
 }
 
 impl RootComplex {
@@ -66,6 +68,7 @@ impl RootComplex {
             slots: Vec::new(),
             state_file: None,
             snapshots: BTreeMap::new(),
+            snapshot_routes: None,
         };
         rc.slot_events(); // the power-on state, reported as changes from here on
         rc

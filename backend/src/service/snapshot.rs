@@ -21,9 +21,11 @@ impl RootComplex {
         for n in 0..functions {
             w.set_image(n, &self.hierarchy.snapshot_image(n));
         }
-        w.set_routes(&self.hierarchy.snapshot_routes());
+        let routes = self.hierarchy.snapshot_routes();
+        w.set_routes(&routes);
         w.set_header(&self.hierarchy.snapshot_header());
         w.end();
+        self.snapshot_routes = Some(routes);
         debug!("{conn}: configuration snapshot of {functions} functions");
         self.snapshots.insert(conn, w);
         Ok(())
@@ -39,15 +41,32 @@ impl RootComplex {
             .iter()
             .map(|&n| (n, self.hierarchy.snapshot_image(n)))
             .collect();
-        let table = routes.then(|| self.hierarchy.snapshot_routes());
+        // Only the routing entries that changed are written (every snapshot holds the same
+        // table: a new one is filled whole when it is added).
+        let mut route_changes = Vec::new();
+        if routes {
+            let table = self.hierarchy.snapshot_routes();
+            match &self.snapshot_routes {
+                Some(old) => route_changes.extend(
+                    table
+                        .iter()
+                        .zip(old.iter())
+                        .enumerate()
+                        .filter(|(_, (new, old))| new != old)
+                        .map(|(i, (new, _))| (i, *new)),
+                ),
+                None => route_changes.extend(table.iter().copied().enumerate()),
+            }
+            self.snapshot_routes = Some(table);
+        }
         let header = self.hierarchy.snapshot_header();
         for w in self.snapshots.values() {
             w.begin();
             for (n, image) in &images {
                 w.set_image(*n, image);
             }
-            if let Some(t) = &table {
-                w.set_routes(t);
+            for &(i, r) in &route_changes {
+                w.set_route(i, r);
             }
             w.set_header(&header);
             w.end();

@@ -263,6 +263,21 @@ fn snapshot_images_and_routes_agree_with_guest_reads() {
         }
     }
     let t = h.snapshot_routes();
+    for bus in 0..=255u8 {
+        for devfn in 0..=255u8 {
+            let want = match h.route(bus, devfn) {
+                Routed::Local(Slot::Mch) => 1,
+                Routed::Local(Slot::Port(p)) => p + 2,
+                Routed::Remote(_) => 0xffff,
+                _ => 0,
+            };
+            assert_eq!(
+                t[usize::from(bus) << 8 | usize::from(devfn)],
+                want,
+                "{bus:02x}:{devfn:02x}"
+            );
+        }
+    }
     assert_eq!(t[0], 1, "00:00.0 is the MCH");
     assert_eq!(t[0x10], 2, "00:02.0 is rp1");
     assert_eq!(

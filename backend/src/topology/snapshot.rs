@@ -52,16 +52,23 @@ impl Hierarchy {
     }
 
     /// Every (bus, devfn): absent, another emulator's, or snapshot function `n` (as `n + 1`).
+    /// The same answers as [`Hierarchy::route`], one bus at a time: a bus no port owns is
+    /// absent as a whole, so this costs the owned buses, not 65536 lookups.
     pub fn snapshot_routes(&self) -> Box<[u16; 65536]> {
         let mut t = Box::new([ROUTE_ABSENT; 65536]);
+        let entry = |r: Routed| match r {
+            Routed::Local(Slot::Mch) => 1,
+            Routed::Local(Slot::Port(p)) => p + 2,
+            Routed::Remote(_) => ROUTE_REMOTE,
+            _ => ROUTE_ABSENT,
+        };
         for bus in 0..=255u8 {
-            for devfn in 0..=255u8 {
-                t[usize::from(bus) << 8 | usize::from(devfn)] = match self.route(bus, devfn) {
-                    Routed::Local(Slot::Mch) => 1,
-                    Routed::Local(Slot::Port(p)) => p + 2,
-                    Routed::Remote(_) => ROUTE_REMOTE,
-                    _ => ROUTE_ABSENT,
-                };
+            if bus != 0 && self.bus_owner[usize::from(bus)] == 0 {
+                continue;
+            }
+            let row = &mut t[usize::from(bus) << 8..][..256];
+            for (devfn, e) in row.iter_mut().enumerate() {
+                *e = entry(self.route(bus, devfn as u8));
             }
         }
         t
