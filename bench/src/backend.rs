@@ -22,26 +22,43 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// (`target/<profile>/pcierc` next to this executable), brought up to date with `cargo build` so
 /// a stale backend is never measured. Returns the path and a note for the header.
 pub fn pcierc_binary(explicit: Option<&Path>) -> Result<(PathBuf, String)> {
+    profile_binary(explicit, "pcierc-backend", "pcierc", "--pcierc")
+}
+
+/// The example VMM (`examples/src/bin/vmm.rs`) the guest figures run, found and brought up to
+/// date as [`pcierc_binary`] does pcierc.
+pub fn vmm_binary(explicit: Option<&Path>) -> Result<(PathBuf, String)> {
+    profile_binary(explicit, "pcierc-examples", "vmm", "--vmm")
+}
+
+/// Binary `bin` of `package`: `explicit` (given with `option`) as is, or the one next to this
+/// executable after a `cargo build` of this profile.
+fn profile_binary(
+    explicit: Option<&Path>,
+    package: &str,
+    bin_name: &str,
+    option: &str,
+) -> Result<(PathBuf, String)> {
     if let Some(p) = explicit {
         if !p.is_file() {
             return Err(Error::Other(format!(
-                "--pcierc {}: no such file",
+                "{option} {}: no such file",
                 p.display()
             )));
         }
-        return Ok((p.to_path_buf(), "given with --pcierc".into()));
+        return Ok((p.to_path_buf(), format!("given with {option}")));
     }
     let exe = std::env::current_exe().context("locating the pcierc-bench executable")?;
     let dir = exe
         .parent()
         .ok_or_else(|| Error::Other(format!("{} has no parent directory", exe.display())))?;
-    let bin = dir.join("pcierc");
+    let bin = dir.join(bin_name);
     let release = dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO")
         .or_else(|| option_env!("CARGO").map(Into::into))
         .unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-q", "-p", "pcierc-backend", "--bin", "pcierc"])
+    cmd.args(["build", "-q", "-p", package, "--bin", bin_name])
         .arg("--manifest-path")
         .arg(WORKSPACE_MANIFEST);
     if release {
@@ -60,11 +77,16 @@ pub fn pcierc_binary(explicit: Option<&Path>) -> Result<(PathBuf, String)> {
                 started.elapsed().as_secs_f64()
             )
         }
-        Ok(st) => return Err(Error::Other(format!("building pcierc failed ({st})"))),
+        Ok(st) => {
+            return Err(Error::Other(format!(
+                "building {bin_name} (cargo build -p {package}) failed ({st}; cargo's messages \
+                 are above)"
+            )))
+        }
         Err(e) if bin.is_file() => note += &format!("; not rebuilt (cargo: {e}), may be stale"),
         Err(e) => {
             return Err(Error::Other(format!(
-                "{} is missing and cargo could not build it: {e} (use --pcierc PATH)",
+                "{} is missing and cargo could not build it: {e} (use {option} PATH)",
                 bin.display()
             )))
         }
@@ -152,6 +174,11 @@ impl Pcierc {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(p)
+    }
+
+    /// The socket it listens on.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Connect as a VMM named `name` (handshake, backend channel drained by a thread), with

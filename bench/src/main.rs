@@ -4,14 +4,15 @@
 //! say what was measured. Figures are printed, never asserted. See BENCHMARKS.md.
 //!
 //! ```sh
-//! cargo run --release -p pcierc-bench                  # everything, about 12 s here
-//! cargo run --release -p pcierc-bench -- --quick       # a short run, about 3 s here
+//! cargo run --release -p pcierc-bench                  # everything, about 25 s here
+//! cargo run --release -p pcierc-bench -- --quick       # a short run, about 6 s here
 //! cargo run --release -p pcierc-bench -- --filter rss  # only groups with a figure matching "rss"
 //! ```
 
 mod affinity;
 mod backend;
 mod error;
+mod guest;
 mod machine;
 mod memory;
 mod pingpong;
@@ -30,7 +31,8 @@ use crate::error::{Error, Result};
 use crate::report::Reporter;
 
 /// Benchmarks of pcierc: socket round trips against a raw ping-pong, a plain memory read,
-/// enumeration at scale and resident memory. Build with --release.
+/// enumeration at scale, resident memory and guest-visible latency through the example KVM VMM.
+/// Build with --release.
 #[derive(Parser, Debug)]
 #[command(name = "pcierc-bench")]
 struct Args {
@@ -38,7 +40,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory).
+    /// ping_pong, enumeration, rss, memory, guest).
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
@@ -48,6 +50,10 @@ struct Args {
     /// The pcierc binary to measure (default: the one of this build's profile, rebuilt if stale).
     #[arg(long, value_name = "PATH")]
     pcierc: Option<PathBuf>,
+    /// The example VMM the guest figures run (default: `vmm` of this build's profile, rebuilt if
+    /// stale).
+    #[arg(long, value_name = "PATH")]
+    vmm: Option<PathBuf>,
     /// Internal: be the echo peer of the ping-pong baseline, connecting to PATH.
     #[arg(long, value_name = "PATH", hide = true, requires = "echo_sizes")]
     echo_peer: Option<PathBuf>,
@@ -67,14 +73,17 @@ enum Group {
     Enumeration,
     /// pcierc's resident memory, default topology and 248 root ports.
     Rss,
+    /// Guest-visible latency through the example KVM VMM.
+    Guest,
 }
 
 impl Group {
-    const ALL: [Group; 4] = [
+    const ALL: [Group; 5] = [
         Group::RoundTrip,
         Group::Memory,
         Group::Enumeration,
         Group::Rss,
+        Group::Guest,
     ];
 
     /// The figures the group prints.
@@ -112,6 +121,7 @@ impl Group {
                 "firmware_setup_128_ports_access_ns",
             ],
             Group::Rss => &["rss_kib", "rss_248_ports_kib"],
+            Group::Guest => guest::FIGURES,
         }
     }
 }
@@ -209,6 +219,24 @@ fn run(args: &Args) -> Result<()> {
                 scale::enumeration(&mut rep, bin()?, if args.quick { 1 } else { 5 }, same)?
             }
             Group::Rss => scale::rss(&mut rep, bin()?, same)?,
+            Group::Guest => {
+                let vmm = backend::vmm_binary(args.vmm.as_deref()).map_err(|e| e.to_string());
+                let plan = guest::Plan {
+                    runs: if args.quick { 2 } else { 7 },
+                    pings: if args.quick { 200 } else { 500 },
+                };
+                let mut placements = vec![(same, "")];
+                placements.extend(split.map(|p| (p, "_cross_cpu")));
+                guest::run(
+                    &mut rep,
+                    bin()?,
+                    vmm.as_ref()
+                        .map(|(p, note)| (p.as_path(), note.as_str()))
+                        .map_err(Clone::clone),
+                    plan,
+                    &placements,
+                )?
+            }
         }
     }
     rep.note(format!(

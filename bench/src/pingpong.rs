@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pcierc_protocol::{ConfigAccess, HEADER_SIZE};
+use pcierc_protocol::{ConfigAccess, GuestAccess, HEADER_SIZE};
 
 use crate::backend::ScratchDir;
 use crate::error::{Context, Error, Result};
@@ -18,6 +18,13 @@ pub const CONFIG_REQUEST: usize = HEADER_SIZE + std::mem::size_of::<ConfigAccess
 pub const CONFIG_READ_REPLY: usize = HEADER_SIZE + std::mem::size_of::<ConfigAccess>();
 /// Bytes of a `ConfigWrite` reply: the header alone.
 pub const CONFIG_WRITE_REPLY: usize = HEADER_SIZE;
+
+/// Bytes of an `MmioRead`/`MmioWrite` (or `PioRead`/`PioWrite`) request: header + `GuestAccess`.
+pub const GUEST_REQUEST: usize = HEADER_SIZE + std::mem::size_of::<GuestAccess>();
+/// Bytes of an `MmioRead` reply: header + `GuestAccess`.
+pub const GUEST_READ_REPLY: usize = HEADER_SIZE + std::mem::size_of::<GuestAccess>();
+/// Bytes of an `MmioWrite` reply: the header alone.
+pub const GUEST_WRITE_REPLY: usize = HEADER_SIZE;
 
 /// How long the echo process may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,6 +152,10 @@ mod tests {
         assert_eq!(
             (CONFIG_REQUEST, CONFIG_READ_REPLY, CONFIG_WRITE_REPLY),
             (40, 40, 24)
+        );
+        assert_eq!(
+            (GUEST_REQUEST, GUEST_READ_REPLY, GUEST_WRITE_REPLY),
+            (48, 48, 24)
         );
     }
 

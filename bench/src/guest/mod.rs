@@ -1,0 +1,406 @@
+//! Guest-visible latency (issue 7): the example KVM VMM boots the probe guest against a real
+//! pcierc process; the guest times its own exits with the TSC. Each kind of configuration access
+//! is set against the floor, a trivial exit the VMM answers itself, and the forwarded ones also
+//! against a raw socket ping-pong of the same message sizes measured in the same run.
+
+mod image;
+mod probe;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::affinity::{Pinned, Placement};
+use pcierc_protocol::{Frontend, FrontendOptions, ProtocolFeatures};
+
+use crate::backend::Pcierc;
+use crate::error::{Context, Error, Result};
+use crate::pingpong::{EchoPeer, GUEST_READ_REPLY, GUEST_REQUEST, GUEST_WRITE_REPLY};
+use crate::report::{Ratio, Reporter, Samples};
+
+use self::probe::ProbeRun;
+
+/// Where the probe guest's ECAM read goes: 00:00.0 offset 0 at the ECAM base it programs
+/// (QEMU's q35 address, as the VMM's MCFG says).
+const ECAM_READ_ADDR: u64 = 0xb000_0000;
+/// What it reads there: the MCH's vendor and device id (8086:29c0).
+const MCH_ID: u64 = 0x29c0_8086;
+
+/// Issue 7: a read served from the configuration snapshot, at most this many floors.
+const READ_TARGET: f64 = 1.2;
+/// Issue 7: a forwarded write, at most the floor plus this many socket ping-pongs.
+const WRITE_TARGET: f64 = 1.3;
+
+/// Every figure the group prints (both placements), for `--filter`.
+pub const FIGURES: &[&str] = &[
+    "guest_exit_floor_ns",
+    "guest_unclaimed_mmio_ns",
+    "guest_ecam_read_snapshot_ns",
+    "guest_ecam_read_forwarded_ns",
+    "guest_cf8_cfc_read_snapshot_ns",
+    "guest_cf8_cfc_read_forwarded_ns",
+    "guest_socket_ping_pong_ns",
+    "guest_socket_ping_pong_write_ns",
+    "guest_frontend_mmio_read_ns",
+    "guest_ecam_write_target_ns",
+    "guest_ecam_write_ns",
+    "guest_exit_floor_cross_cpu_ns",
+    "guest_unclaimed_mmio_cross_cpu_ns",
+    "guest_ecam_read_snapshot_cross_cpu_ns",
+    "guest_ecam_read_forwarded_cross_cpu_ns",
+    "guest_cf8_cfc_read_snapshot_cross_cpu_ns",
+    "guest_cf8_cfc_read_forwarded_cross_cpu_ns",
+    "guest_socket_ping_pong_cross_cpu_ns",
+    "guest_socket_ping_pong_write_cross_cpu_ns",
+    "guest_frontend_mmio_read_cross_cpu_ns",
+    "guest_ecam_write_target_cross_cpu_ns",
+    "guest_ecam_write_cross_cpu_ns",
+];
+
+/// How much to measure per placement.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// VMM runs of each mode (configuration snapshot on, off), interleaved.
+    pub runs: usize,
+    /// Ping-pongs of each size after each pair of runs.
+    pub pings: usize,
+}
+
+/// Run the group in each placement (`suffix` after the figure stems). `vmm` is the VMM binary
+/// or why there is none; when the VMM cannot run here, a `# missing:` line says why and the
+/// group prints nothing else.
+pub fn run(
+    rep: &mut Reporter,
+    pcierc: &Path,
+    vmm: std::result::Result<(&Path, &str), String>,
+    plan: Plan,
+    placements: &[(Placement, &str)],
+) -> Result<()> {
+    let vmm = match vmm.and_then(|v| kvm_usable().map(|()| v)) {
+        Ok((v, note)) => {
+            rep.note(format!("vmm: {} ({note})", v.display()));
+            v
+        }
+        Err(why) => {
+            rep.note(format!("missing: guest_*: {why}"));
+            return Ok(());
+        }
+    };
+    rep.note(format!("guest: /dev/kvm is {}", kvm_kind()));
+    for &(placement, suffix) in placements {
+        match measure(pcierc, vmm, plan, placement)? {
+            Measured::CannotRun(why) => {
+                rep.note(format!(
+                    "missing: guest_*: the VMM cannot run the probe guest here: {why}"
+                ));
+                return Ok(());
+            }
+            Measured::Done(m) => print(rep, &m, plan, placement, suffix),
+        }
+    }
+    let qemu = match image::qemu_entry(pcierc_examples::guest::PCIE_PROBE_ELF) {
+        Err(why) => why,
+        Ok(entry) => format!(
+            "the guest has a QEMU entry ({entry:?}), but the bench does not boot it under QEMU yet"
+        ),
+    };
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()));
+    rep.note(format!(
+        "missing: guest_qemu_*: the same guest on qemu-system-x86_64 -M q35 -accel kvm, \
+         target within 1.2x ({qemu}; qemu-system-x86_64 is {}on PATH)",
+        if on_path { "" } else { "not " }
+    ));
+    Ok(())
+}
+
+/// `/dev/kvm` can be opened for reading and writing, as the VMM does.
+fn kvm_usable() -> std::result::Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(drop)
+        .map_err(|e| format!("/dev/kvm cannot be opened ({e}): no KVM here"))
+}
+
+/// Which KVM this is: PVM (software-assisted) or hardware virtualization.
+fn kvm_kind() -> &'static str {
+    let module = |m: &str| Path::new("/sys/module").join(m).exists();
+    if module("kvm_pvm") {
+        "PVM (kvm_pvm: software-assisted, the guest's ring-0 code is emulated; every guest \
+         instruction is slow, exits or not)"
+    } else if module("kvm_intel") || module("kvm_amd") {
+        "hardware-assisted (kvm_intel / kvm_amd)"
+    } else {
+        "of an unknown kind (no kvm_pvm, kvm_intel or kvm_amd module)"
+    }
+}
+
+enum Measured {
+    Done(Box<Measurements>),
+    /// The first VMM run failed: KVM or the VMM does not work here.
+    CannotRun(String),
+}
+
+/// Everything measured in one placement.
+struct Measurements {
+    snapshot: Vec<ProbeRun>,
+    forwarded: Vec<ProbeRun>,
+    ping_read: Samples,
+    ping_write: Samples,
+    /// `Frontend::mmio_read` of the guest's ECAM address from the bench, as a message.
+    frontend_read: Samples,
+}
+
+impl Measurements {
+    /// A label's ns per access over the runs of one mode (or both).
+    fn label(&self, label: &str, snapshot: bool, forwarded: bool) -> Option<Samples> {
+        let runs = self
+            .snapshot
+            .iter()
+            .filter(|_| snapshot)
+            .chain(self.forwarded.iter().filter(|_| forwarded));
+        let v: Vec<f64> = runs.filter_map(|r| r.ns.get(label).copied()).collect();
+        (!v.is_empty()).then(|| Samples::new(v))
+    }
+
+    /// The VMM's mean handling time of an exit kind over the runs of one mode.
+    fn handling(runs: &[ProbeRun], kind: &str) -> Option<f64> {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.handling_ns.get(kind).copied())
+            .collect();
+        (!v.is_empty()).then(|| Samples::new(v).median())
+    }
+}
+
+fn measure(pcierc: &Path, vmm: &Path, plan: Plan, placement: Placement) -> Result<Measured> {
+    let pinned = Pinned::new(placement)?;
+    // pcierc and the echo peers where the server goes; the VMM (its vCPU thread and its
+    // backend-channel thread) is spawned from this thread, so it runs where the client goes.
+    let (rc, mut ping_read, mut ping_write) = pinned.spawn_peers(|| {
+        Ok((
+            Pcierc::start(pcierc, &[])?,
+            EchoPeer::spawn(GUEST_REQUEST, GUEST_READ_REPLY)?,
+            EchoPeer::spawn(GUEST_REQUEST, GUEST_WRITE_REPLY)?,
+        ))
+    })?;
+    let first = match probe::run(vmm, rc.socket(), false) {
+        Ok(r) => r,
+        Err(e) => return Ok(Measured::CannotRun(e.to_string())),
+    };
+    // The guest's forwarded ECAM read without a guest: the same MmioRead from this thread (a
+    // tool frontend without the snapshot; the VMM's first run enabled ECAM).
+    let mut tool = FrontendOptions::tool("bench-guest");
+    tool.protocol_features -= ProtocolFeatures::CONFIG_SNAPSHOT;
+    let mut fe = Frontend::connect(rc.socket(), tool).context("connecting a tool frontend")?;
+    let mut mmio_read = || -> Result<()> {
+        let v = fe
+            .mmio_read(ECAM_READ_ADDR, 4)
+            .context("MmioRead of the ECAM base")?;
+        if v != MCH_ID {
+            return Err(Error::Other(format!(
+                "the ECAM base reads {v:#x}, not the MCH's id {MCH_ID:#x}"
+            )));
+        }
+        Ok(())
+    };
+    for _ in 0..plan.pings {
+        ping_read.round_trip()?;
+        ping_write.round_trip()?;
+        mmio_read()?;
+    }
+    let mut snapshot = vec![first];
+    let mut forwarded = Vec::with_capacity(plan.runs);
+    // Batch means, as the guest measures (one TSC reading around 2000 accesses).
+    let mut means: [Vec<f64>; 3] = std::array::from_fn(|_| Vec::with_capacity(plan.runs));
+    for run in 0..plan.runs {
+        if run > 0 {
+            snapshot.push(probe::run(vmm, rc.socket(), false)?);
+        }
+        forwarded.push(probe::run(vmm, rc.socket(), true)?);
+        means[0].push(batch_mean(plan.pings, || ping_read.round_trip())?);
+        means[1].push(batch_mean(plan.pings, || ping_write.round_trip())?);
+        means[2].push(batch_mean(plan.pings, &mut mmio_read)?);
+    }
+    drop(pinned);
+    let [ping_read, ping_write, frontend_read] = means.map(Samples::new);
+    Ok(Measured::Done(Box::new(Measurements {
+        snapshot,
+        forwarded,
+        ping_read,
+        ping_write,
+        frontend_read,
+    })))
+}
+
+/// Mean time (ns) of `n` calls of `op`, timed together.
+fn batch_mean(n: usize, mut op: impl FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    for _ in 0..n {
+        op()?;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / n.max(1) as f64)
+}
+
+fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement, suffix: &str) {
+    let name = |stem: &str| format!("guest_{stem}{suffix}_ns");
+    let all_runs = || m.snapshot.iter().chain(&m.forwarded);
+    let khz: BTreeMap<u64, usize> = all_runs().fold(BTreeMap::new(), |mut acc, r| {
+        *acc.entry(r.tsc_khz as u64).or_default() += 1;
+        acc
+    });
+    let khz: Vec<String> = khz.keys().map(u64::to_string).collect();
+    let floor = m
+        .label(probe::FLOOR, true, true)
+        .expect("every run has a floor line (checked by probe::run)");
+    let get = |label, snapshot, forwarded| {
+        m.label(label, snapshot, forwarded)
+            .expect("every run has this line (checked by probe::run)")
+    };
+    let unclaimed = get(probe::UNCLAIMED_MMIO, true, true);
+    let ecam_snapshot = get(probe::ECAM_READ, true, false);
+    let ecam_forwarded = get(probe::ECAM_READ, false, true);
+    let cf8_snapshot = get(probe::CF8_CFC_READ, true, false);
+    let cf8_forwarded = get(probe::CF8_CFC_READ, false, true);
+    let range = |s: &Samples| format!("{:.0}-{:.0}", s.min(), s.max());
+
+    rep.note(format!(
+        "guest-visible latency{} ({}; the VMM's vCPU and backend-channel threads count as the \
+         measuring thread, pcierc and the echo processes as the peers): the example VMM boots \
+         the probe guest (examples/guest/pcie_probe.S) against one pcierc process (default \
+         topology); the guest times 2000 accesses of each kind with rdtsc and prints their mean, \
+         converted to ns with the TSC frequency of --stats ({} kHz); {} runs with pcierc's \
+         configuration snapshot, {} with --no-config-snapshot, interleaved with the ping-pongs; \
+         medians over runs",
+        if suffix.is_empty() {
+            String::new()
+        } else {
+            format!(", figures named *{suffix}_*")
+        },
+        placement.describe(),
+        khz.join("/"),
+        m.snapshot.len(),
+        m.forwarded.len(),
+    ));
+    if let Some(lp) = m.label(probe::LOOP, true, true) {
+        rep.note(format!(
+            "every figure, the floor included, contains the guest's bench loop (call, the \
+             access, ret, dec, jnz); for scale, ten iterations of a three-instruction loop \
+             without an exit take {:.0} ns in this guest",
+            lp.median()
+        ));
+    }
+    rep.note(format!(
+        "run means (min-max, ns): floor {}, unclaimed MMIO {}, ECAM read snapshot {}, \
+         forwarded {}, CF8/CFC read snapshot {}, forwarded {}",
+        range(&floor),
+        range(&unclaimed),
+        range(&ecam_snapshot),
+        range(&ecam_forwarded),
+        range(&cf8_snapshot),
+        range(&cf8_forwarded),
+    ));
+    rep.note(
+        "floor: `in` from an unclaimed port (0x510), answered all ones by the VMM itself; \
+         unclaimed MMIO: a read in the PCI hole, the same without a message; ratios against \
+         the floor",
+    );
+    let f = floor.median();
+    rep.figure(&name("exit_floor"), f, "ns", Ratio::Baseline);
+    rep.figure(
+        &name("unclaimed_mmio"),
+        unclaimed.median(),
+        "ns",
+        Ratio::Of(f),
+    );
+    rep.note(format!(
+        "ECAM read: 4 bytes of 00:00.0 (vendor/device id) at the MCFG base, served from pcierc's \
+         configuration snapshot (target <= {READ_TARGET}x the floor) or forwarded as MmioRead \
+         (--no-config-snapshot); CF8/CFC read: the same through CONFIG_ADDRESS and CONFIG_DATA, \
+         two exits (an `out` always forwarded as PioWrite, an `in` served from the snapshot or \
+         forwarded as PioRead); ratios against the floor"
+    ));
+    for (stem, s) in [
+        ("ecam_read_snapshot", &ecam_snapshot),
+        ("ecam_read_forwarded", &ecam_forwarded),
+        ("cf8_cfc_read_snapshot", &cf8_snapshot),
+        ("cf8_cfc_read_forwarded", &cf8_forwarded),
+    ] {
+        rep.figure(&name(stem), s.median(), "ns", Ratio::Of(f));
+    }
+    rep.note(format!(
+        "baselines of the forwarded figures: blocking unix-socket echo with a child process, \
+         {GUEST_REQUEST}-byte request, {GUEST_READ_REPLY}-byte reply (as MmioRead) or \
+         {GUEST_WRITE_REPLY}-byte reply (as MmioWrite), from the bench process in the VMM's \
+         place; timed as the guest times: the mean of a batch of {} after each pair of runs, \
+         median of the {} batches (min-max {} / {})",
+        plan.pings,
+        m.ping_read.len(),
+        range(&m.ping_read),
+        range(&m.ping_write),
+    ));
+    let pr = m.ping_read.median();
+    let pw = m.ping_write.median();
+    rep.figure(&name("socket_ping_pong"), pr, "ns", Ratio::Baseline);
+    rep.figure(&name("socket_ping_pong_write"), pw, "ns", Ratio::Baseline);
+    rep.note(format!(
+        "the guest's forwarded ECAM read without guest or VMM: Frontend::mmio_read of \
+         {ECAM_READ_ADDR:#x} (MmioRead, snapshot off) from the bench process in the VMM's place, \
+         batches as the ping-pongs (min-max {}); ratio against guest_socket_ping_pong{suffix}_ns",
+        range(&m.frontend_read)
+    ));
+    let fr = m.frontend_read.median();
+    rep.figure(&name("frontend_mmio_read"), fr, "ns", Ratio::Of(pr));
+    let write_target = f + WRITE_TARGET * pw;
+    rep.note(format!(
+        "ECAM write target (issue 7): guest_exit_floor{suffix}_ns + {WRITE_TARGET} x \
+         guest_socket_ping_pong_write{suffix}_ns; its ratio against the floor"
+    ));
+    rep.figure(&name("ecam_write_target"), write_target, "ns", Ratio::Of(f));
+    match m.label(probe::ECAM_WRITE, true, false) {
+        Some(w) => {
+            rep.note(format!(
+                "ECAM write as the guest timed it (\"bench: {}\", snapshot on); ratio against \
+                 guest_ecam_write_target{suffix}_ns (met when <= 1.00)",
+                probe::ECAM_WRITE
+            ));
+            rep.figure(
+                &name("ecam_write"),
+                w.median(),
+                "ns",
+                Ratio::Of(write_target),
+            );
+        }
+        None => rep.note(format!(
+            "missing: guest_ecam_write{suffix}_ns: the probe guest does not time ECAM writes \
+             (no \"bench: {}\" line); the nearest measured: CF8/CFC read with the snapshot minus \
+             the floor, i.e. one forwarded PioWrite (the same {GUEST_REQUEST}/{GUEST_WRITE_REPLY} \
+             bytes as MmioWrite) as the guest sees it, about {:.0} ns = {:.2}x the write target \
+             (met when <= 1.00; an estimate: it takes the snapshot `in` to cost one floor)",
+            probe::ECAM_WRITE,
+            cf8_snapshot.median() - f,
+            (cf8_snapshot.median() - f) / write_target
+        )),
+    }
+    let read_target = f + WRITE_TARGET * pr;
+    let mmio = Measurements::handling(&m.forwarded, probe::FORWARDED_MMIO);
+    rep.note(format!(
+        "the forwarded ECAM read against a target of the write's form (floor + {WRITE_TARGET} x \
+         guest_socket_ping_pong{suffix}_ns = {read_target:.0} ns): {:.2}x (met when <= 1.00){}",
+        ecam_forwarded.median() / read_target,
+        match mmio {
+            Some(h) => format!(
+                "; the guest sees {:.0} ns more than the floor ({:.2}x \
+                 guest_frontend_mmio_read{suffix}_ns); the VMM's own time per forwarded MMIO \
+                 exit (--stats mean handling of the --no-config-snapshot runs, median over runs) \
+                 {h:.0} ns = {:.2}x guest_frontend_mmio_read{suffix}_ns",
+                ecam_forwarded.median() - f,
+                (ecam_forwarded.median() - f) / fr,
+                h / fr
+            ),
+            None => String::new(),
+        }
+    ));
+}
