@@ -1,4 +1,4 @@
-//! Assembles the test guests in `guest/` with GNU binutils (`as`, `ld`; `$AS` and `$LD` override
+//! Assembles the test guests in `guest/` (with the `*.inc` files they include) with GNU binutils (`as`, `ld`; `$AS` and `$LD` override
 //! them) into `$OUT_DIR`, where `src/guest.rs` embeds them. Without binutils the crate still
 //! builds: the embedded images are empty, a cargo warning says why, and the VMM refuses to run
 //! them (the end-to-end tests then fail and say why). A guest that does not assemble or link
@@ -36,7 +36,14 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 fn build(src: &Path, obj: &Path, elf: &Path) -> Result<(), String> {
     let as_ = std::env::var("AS").unwrap_or_else(|_| "as".into());
     let ld = std::env::var("LD").unwrap_or_else(|_| "ld".into());
-    run(Command::new(&as_).arg("--64").arg("-o").arg(obj).arg(src))?;
+    let include_dir = src.parent().unwrap_or(Path::new("."));
+    run(Command::new(&as_)
+        .arg("--64")
+        .arg("-I")
+        .arg(include_dir)
+        .arg("-o")
+        .arg(obj)
+        .arg(src))?;
     run(Command::new(&ld)
         .args(["-m", "elf_x86_64", "-nostdlib", "-static", "-N"])
         .arg(format!("-Ttext={LOAD_ADDRESS}"))
@@ -49,9 +56,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=AS");
     println!("cargo:rerun-if-env-changed=LD");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The whole directory: the guests `.include` files of their own (`*.inc`).
+    println!("cargo:rerun-if-changed=guest");
     for (src, name) in GUESTS {
         let src = Path::new("guest").join(src);
-        println!("cargo:rerun-if-changed={}", src.display());
         let elf = out_dir.join(name);
         let obj = elf.with_extension("o");
         if let Err(e) = build(&src, &obj, &elf) {

@@ -11,8 +11,14 @@
 #     00:00.0 8086:29c0 class 060000 type 00
 #     00:02.0 1b36:000c class 060400 type 01
 #     00:02.0 buses 00/01/01                      (read back after numbering)
+#     01:00.0 1b36:0005 class ff0000 type 00      (an endpoint: the VMM's own, behind rp1)
+#     01:00.0 dsn fd47c22975618194                (its Device Serial Number extended capability)
 #
-# then powers off by writing SLP_EN (bit 13) with SLP_TYP 0 (S5) to the ACPI PM1a control
+# If the VMM's test endpoint sits behind rp1 it then opens rp1's memory window, places the
+# endpoint's BAR0, points MSI-X vector 0 at the local APIC, rings the endpoint's doorbell and
+# waits for the interrupt. With "pcie-probe.hotplug" on the command line it then drives rp1's
+# slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives.
+# Finally it powers off by writing SLP_EN (bit 13) with SLP_TYP 0 (S5) to the ACPI PM1a control
 # register at port 0x604, where QEMU's q35 has it.
 #
 # Assembled with GNU as and linked with `ld -N -Ttext=0x100000` by examples/build.rs.
@@ -100,6 +106,11 @@ _start:
         call    puthex
         call    newline
 
+        # The VMM's own endpoint behind rp1, if there is one: BAR0 and MSI-X.
+        call    rp1_secondary
+        mov     edi, eax
+        call    endpoint_demo
+
         # Exit latency as the guest sees it: BENCH_ROUNDS accesses of each kind, timed with the
         # TSC (the VMM prints the TSC frequency with --stats).
         lea     rsi, [rip + msg_bench_pio]
@@ -135,316 +146,8 @@ power_off:
 1:      hlt                             # not reached when the VMM implements PM1a
         jmp     1b
 
-# --- hot-plug through MSI-X (PCIe Base 6.0 §6.7.3, §7.5.3.9-11; MSI-X §7.7.2) -------------------
-
-        .set RP_DEVFN,      0x10            # rp1 at 00:02.0 in pcierc's default topology
-        .set MSIX_BAR,      0xc0000000      # where this guest puts rp1's MSI-X BAR
-        .set HOTPLUG_VECTOR, 0x40
-        .set LAPIC_BASE,    0xfee00000
-        .set LAPIC_SVR,     0xf0
-        .set LAPIC_EOI,     0xb0
-        .set SLOT_ABP,      0x0001          # Slot Status: Attention Button Pressed
-        .set SLOT_PDS,      0x0040          # Slot Status: Presence Detect State
-        .set SLOT_RW1C,     0x011f          # Slot Status: every RW1C bit
-        .set SLOT_EVENTS_ENABLE, 0x1029     # Slot Control: ABPE | PDCE | HPIE | DLLSCE
-        .set SLOT_POWER_BITS, 0x0700        # Slot Control: PCC (bit 10), Power Indicator (9:8)
-        .set SLOT_POWER_ON, 0x0100          # PCC 0 (power on), Power Indicator on
-        .set SLOT_POWER_OFF, 0x0700         # PCC 1 (power off), Power Indicator off
-
-# hotplug_demo: an interrupt-driven slot driver for rp1, following pciehp: MSI-X vector 0 of
-# rp1 to HOTPLUG_VECTOR on the local APIC, slot events enabled; on a hot-add (Presence Detect)
-# power the slot on; on the attention button (a removal request) power it off; return when the
-# slot is empty again.
-hotplug_demo:
-        push    rbx
-        push    r12
-        push    r13
-        mov     al, 0xff                    # mask both 8259s: only MSIs come in
-        out     0x21, al
-        out     0xa1, al
-        call    setup_idt
-        mov     eax, LAPIC_BASE
-        mov     dword ptr [rax + LAPIC_SVR], 0x1ff  # APIC software enable, spurious vector 0xff
-
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        mov     edx, 0x10                   # PCI Express capability
-        call    find_cap
-        test    eax, eax
-        jz      .Lhp_fail
-        add     eax, 0x1a                   # Slot Status
-        mov     [rip + slot_status_off], eax
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        mov     edx, 0x11                   # MSI-X capability
-        call    find_cap
-        test    eax, eax
-        jz      .Lhp_fail
-        mov     r12d, eax
-
-        xor     edi, edi                    # Table Offset / BIR
-        mov     esi, RP_DEVFN
-        lea     edx, [r12 + 4]
-        call    cfg_read32
-        mov     ebx, eax
-        and     ebx, 7                      # BIR
-        and     eax, ~7
-        mov     r13d, eax                   # table offset in the BAR
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        lea     edx, [rbx * 4 + 0x10]
-        mov     ecx, MSIX_BAR
-        call    cfg_write32
-        call    cfg_read32
-        and     eax, 6
-        cmp     eax, 4                      # a 64-bit BAR: clear the upper half
-        jne     1f
-        add     edx, 4
-        xor     ecx, ecx
-        call    cfg_write32
-1:      xor     edi, edi                    # Command: Memory Space + Bus Master (MSI needs it)
-        mov     esi, RP_DEVFN
-        mov     edx, 4
-        call    cfg_read16
-        or      eax, 6
-        mov     ecx, eax
-        call    cfg_write16
-
-        mov     eax, MSIX_BAR               # table entry 0: to APIC 0, fixed, edge, unmasked
-        add     rax, r13
-        mov     dword ptr [rax], LAPIC_BASE
-        mov     dword ptr [rax + 4], 0
-        mov     dword ptr [rax + 8], HOTPLUG_VECTOR
-        mov     dword ptr [rax + 12], 0
-        xor     edi, edi                    # Message Control: MSI-X Enable, Function Mask clear
-        mov     esi, RP_DEVFN
-        lea     edx, [r12 + 2]
-        call    cfg_read16
-        and     eax, 0x3fff
-        or      eax, 0x8000
-        mov     ecx, eax
-        call    cfg_write16
-
-        lea     rsi, [rip + msg_msix]
-        call    puts
-        mov     edi, MSIX_BAR
-        add     rdi, r13
-        mov     ecx, 8
-        call    puthex
-        lea     rsi, [rip + msg_msix_vector]
-        call    puts
-        mov     edi, HOTPLUG_VECTOR
-        mov     ecx, 2
-        call    puthex
-        call    newline
-
-        xor     edi, edi                    # clear stale slot events, then enable them
-        mov     esi, RP_DEVFN
-        mov     edx, [rip + slot_status_off]
-        mov     ecx, SLOT_RW1C
-        call    cfg_write16
-        sub     edx, 2                      # Slot Control
-        call    cfg_read16
-        or      eax, SLOT_EVENTS_ENABLE
-        mov     ecx, eax
-        call    cfg_write16
-
-        lea     rsi, [rip + msg_wait_add]
-        call    puts
-.Lhp_wait_add:
-        call    wait_slot_event
-        call    slot_status_now
-        test    eax, SLOT_PDS
-        jz      .Lhp_wait_add
-        lea     rsi, [rip + msg_added]
-        call    puts
-        mov     ecx, SLOT_POWER_ON
-        call    set_slot_power
-        lea     rsi, [rip + msg_wait_remove]
-        call    puts
-.Lhp_wait_remove:
-        call    wait_slot_event
-        test    eax, SLOT_ABP
-        jz      1f
-        lea     rsi, [rip + msg_button]
-        call    puts
-        mov     ecx, SLOT_POWER_OFF
-        call    set_slot_power
-1:      call    slot_status_now
-        test    eax, SLOT_PDS
-        jnz     .Lhp_wait_remove
-        lea     rsi, [rip + msg_removed]
-        call    puts
-        jmp     .Lhp_done
-.Lhp_fail:
-        lea     rsi, [rip + msg_hp_fail]
-        call    puts
-.Lhp_done:
-        cli
-        pop     r13
-        pop     r12
-        pop     rbx
-        ret
-
-# set_slot_power(ecx: SLOT_POWER_ON or SLOT_POWER_OFF): Slot Control PCC and Power Indicator.
-set_slot_power:
-        push    rcx
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        mov     edx, [rip + slot_status_off]
-        sub     edx, 2
-        call    cfg_read16
-        and     eax, ~SLOT_POWER_BITS
-        pop     rcx
-        or      ecx, eax
-        jmp     cfg_write16
-
-# slot_status_now -> eax: rp1's Slot Status.
-slot_status_now:
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        mov     edx, [rip + slot_status_off]
-        jmp     cfg_read16
-
-# wait_slot_event -> eax: the Slot Status events the interrupt handler collected since the last
-# call (waiting with `sti; hlt` until there are some), printed.
-wait_slot_event:
-1:      cli
-        mov     eax, [rip + slot_events]
-        test    eax, eax
-        jnz     2f
-        sti                                 # STI's shadow covers HLT: no lost wakeup
-        hlt
-        jmp     1b
-2:      mov     dword ptr [rip + slot_events], 0
-        push    rax
-        lea     rsi, [rip + msg_irq]
-        call    puts
-        mov     edi, [rsp]
-        mov     ecx, 4
-        call    puthex
-        call    newline
-        pop     rax
-        ret
-
-# hotplug_isr: collect and acknowledge (RW1C) rp1's Slot Status events, EOI the local APIC.
-hotplug_isr:
-        push    rax
-        push    rcx
-        push    rdx
-        push    rsi
-        push    rdi
-        push    r8
-        xor     edi, edi
-        mov     esi, RP_DEVFN
-        mov     edx, [rip + slot_status_off]
-        call    cfg_read16
-        or      [rip + slot_events], eax
-        mov     ecx, eax
-        call    cfg_write16
-        mov     eax, LAPIC_BASE
-        mov     dword ptr [rax + LAPIC_EOI], 0
-        pop     r8
-        pop     rdi
-        pop     rsi
-        pop     rdx
-        pop     rcx
-        pop     rax
-        iretq
-
-# unexpected_interrupt: any other vector or exception. Says so and stops (the VMM's --timeout
-# then ends the run with an error).
-unexpected_interrupt:
-        lea     rsi, [rip + msg_unexpected]
-        call    puts
-1:      cli
-        hlt
-        jmp     1b
-
-# setup_idt: every vector to unexpected_interrupt, HOTPLUG_VECTOR to hotplug_isr.
-setup_idt:
-        lea     rdi, [rip + idt]
-        lea     rsi, [rip + unexpected_interrupt]
-        xor     ecx, ecx
-1:      call    set_gate
-        inc     ecx
-        cmp     ecx, 256
-        jb      1b
-        mov     ecx, HOTPLUG_VECTOR
-        lea     rsi, [rip + hotplug_isr]
-        call    set_gate
-        lidt    [rip + idtr]
-        ret
-
-# set_gate(rdi IDT, ecx vector, rsi handler): a 64-bit interrupt gate, code selector 0x08 (the
-# VMM's boot GDT), DPL 0 (Intel SDM Vol. 3A §6.14.1). Clobbers rax, rdx.
-set_gate:
-        mov     edx, ecx
-        shl     rdx, 4
-        add     rdx, rdi
-        mov     rax, rsi
-        mov     [rdx], ax
-        mov     word ptr [rdx + 2], 0x08
-        mov     word ptr [rdx + 4], 0x8e00
-        shr     rax, 16
-        mov     [rdx + 6], ax
-        shr     rax, 16
-        mov     [rdx + 8], eax
-        mov     dword ptr [rdx + 12], 0
-        ret
-
-# find_cap(edi bus, esi devfn, edx capability id) -> eax: its offset, or 0 (PCI 3.0 §6.7).
-# Preserves edi, esi. Clobbers r8-r11.
-find_cap:
-        mov     r9d, edx
-        mov     edx, 0x34
-        call    cfg_read32
-        and     eax, 0xfc
-        mov     r11d, 48                    # a loop in the list ends the walk
-1:      test    eax, eax
-        jz      3f
-        dec     r11d
-        jz      2f
-        mov     r10d, eax
-        mov     edx, eax
-        call    cfg_read32
-        cmp     al, r9b
-        je      4f
-        shr     eax, 8
-        and     eax, 0xfc
-        jmp     1b
-2:      xor     eax, eax
-3:      ret
-4:      mov     eax, r10d
-        ret
-
-# cmdline_has(rdi needle) -> eax: 1 if the kernel command line (boot_params.hdr.cmd_line_ptr,
-# offset 0x228 of the zero page) contains the NUL-terminated needle.
-cmdline_has:
-        mov     rsi, [rip + zero_page]
-        test    rsi, rsi
-        jz      5f
-        mov     esi, [rsi + 0x228]
-        test    esi, esi
-        jz      5f
-1:      cmp     byte ptr [rsi], 0
-        je      5f
-        mov     rdx, rsi
-        mov     rcx, rdi
-2:      mov     al, [rcx]
-        test    al, al
-        jz      4f
-        cmp     al, [rdx]
-        jne     3f
-        inc     rcx
-        inc     rdx
-        jmp     2b
-3:      inc     rsi
-        jmp     1b
-4:      mov     eax, 1
-        ret
-5:      xor     eax, eax
-        ret
+# Hot-plug (rp1's slot driver) and the VMM's test endpoint (BAR0, MSI-X, serial number).
+        .include "pcie_probe_devices.inc"
 
 # --- exit latency ---------------------------------------------------------------------------
 
@@ -699,8 +402,15 @@ scan_bus:
         mov     eax, r15d
         and     eax, 0x7f
         cmp     eax, 1                  # type 1: a PCI-to-PCI bridge (root port)
-        jne     .Lnext_function_if_multi
+        jne     .Lendpoint
         call    number_bridge
+        jmp     .Lnext_function_if_multi
+.Lendpoint:
+        test    ebx, ebx                # behind a port: a PCIe endpoint, extended capabilities
+        jz      .Lnext_function_if_multi
+        mov     edi, ebx
+        call    devfn_esi
+        call    show_dsn
 
 .Lnext_function_if_multi:
         test    r13d, r13d
@@ -883,6 +593,17 @@ msg_added:      .asciz "pcie-probe: hot-add: card present in 00:02.0, powering t
 msg_wait_remove: .asciz "pcie-probe: waiting for hot-remove on 00:02.0\n"
 msg_button:     .asciz "pcie-probe: attention button: powering 00:02.0 off\n"
 msg_removed:    .asciz "pcie-probe: hot-remove: 00:02.0 is empty\n"
+msg_hot_added:  .asciz "pcie-probe: hot-added "
+msg_after_removal: .asciz "pcie-probe: after removal "
+msg_dsn:        .asciz " dsn "
+msg_ep:         .asciz "pcie-probe: endpoint "
+msg_ep_bar:     .asciz " BAR0 "
+msg_ep_id:      .asciz " id "
+msg_ep_table:   .asciz " MSI-X table +"
+msg_ep_cf8:     .asciz " through CF8/CFC "
+msg_ep_cf8_device: .asciz " device "
+msg_ep_irq:     .asciz "pcie-probe: endpoint MSI-X vector 0 interrupt taken, messages sent "
+msg_ep_fail:    .asciz "pcie-probe: endpoint without a usable MSI-X capability\n"
 msg_hp_fail:    .asciz "pcie-probe: rp1 has no PCI Express or MSI-X capability\n"
 msg_unexpected: .asciz "pcie-probe: unexpected interrupt or exception\n"
 msg_bench_pio:  .asciz "local-pio "
@@ -900,6 +621,7 @@ idtr:           .word 256 * 16 - 1
                 .quad idt
 slot_status_off: .long 0
 slot_events:    .long 0
+ep_irqs:        .long 0
 nfunctions:     .long 0
 mcfg_start_bus: .byte 0
 mcfg_end_bus:   .byte 0

@@ -1,7 +1,9 @@
 //! Test guests built from `guest/` by `build.rs` (GNU as and ld) and embedded here.
 
-/// `guest/pcie_probe.S`: firmware-style enumeration through CF8/CFC and ECAM, printed on COM1,
-/// then ACPI power-off. An ELF image linked at 1 MiB, entered in 64-bit mode; empty when
+/// `guest/pcie_probe.S`: firmware-style enumeration through CF8/CFC and ECAM, printed on COM1
+/// (with the serial numbers of endpoints), a BAR0/MSI-X check of the VMM's test endpoint behind
+/// rp1, rp1's slot driven like pciehp with `pcie-probe.hotplug` on the command line, then ACPI
+/// power-off. An ELF image linked at 1 MiB, entered in 64-bit mode; empty when
 /// binutils were missing at build time.
 pub const PCIE_PROBE_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pcie-probe.elf"));
 

@@ -354,8 +354,11 @@ impl Frontend {
 
     /// `PioRead`: a trapped port-I/O read.
     pub fn pio_read(&mut self, port: u64, width: u8) -> Result<u64> {
-        if let Some(v) = self.fast().and_then(|s| s.config_data_read(port, width)) {
-            return Ok(v);
+        if let Some(r) = self.fast().and_then(|s| s.config_data_read(port, width)) {
+            return r.map_err(|status| Error::Status {
+                request: FrontendReq::PioRead as u32,
+                status,
+            });
         }
         self.guest_read(FrontendReq::PioRead, port, width)
     }
@@ -367,8 +370,11 @@ impl Frontend {
 
     /// `MmioRead`: a trapped MMIO read.
     pub fn mmio_read(&mut self, addr: u64, width: u8) -> Result<u64> {
-        if let Some(v) = self.fast().and_then(|s| s.ecam_read(addr, width)) {
-            return Ok(v);
+        if let Some(r) = self.fast().and_then(|s| s.ecam_read(addr, width)) {
+            return r.map_err(|status| Error::Status {
+                request: FrontendReq::MmioRead as u32,
+                status,
+            });
         }
         self.guest_read(FrontendReq::MmioRead, addr, width)
     }

@@ -284,9 +284,10 @@ impl SnapshotReader {
         })
     }
 
-    /// An ECAM read at guest-physical `addr` (PCIe Base 6.0 §7.2.2), or `None` outside the
-    /// window or when the backend must answer.
-    pub fn ecam_read(&self, addr: u64, width: u8) -> Option<u64> {
+    /// An ECAM read at guest-physical `addr` (PCIe Base 6.0 §7.2.2): the value, or `EREMOTE`
+    /// for a function another emulator serves; `None` outside the window or when the backend
+    /// must answer.
+    pub fn ecam_read(&self, addr: u64, width: u8) -> Option<Result<u64, Status>> {
         if !matches!(width, 1 | 2 | 4) || !addr.is_multiple_of(u64::from(width)) {
             return None;
         }
@@ -298,16 +299,14 @@ impl SnapshotReader {
             }
             let bus = h.ecam_buses.0.checked_add((off >> 20) as u8)?;
             let (devfn, reg) = ((off >> 12) as u8, (off & 0xfff) as u16);
-            match self.read_routed(bus, devfn, reg, width)? {
-                Ok(v) => Some(u64::from(v)),
-                Err(_) => None, // EREMOTE and the like: the backend says so
-            }
+            Some(self.read_routed(bus, devfn, reg, width)?.map(u64::from))
         })
     }
 
     /// A read of CONFIG_DATA (0xCFC-0xCFF) with the latched CONFIG_ADDRESS (PCI Local Bus 3.0
-    /// §3.2.2.3.2), or `None` when the backend must answer (mechanism disabled, unaligned).
-    pub fn config_data_read(&self, port: u64, width: u8) -> Option<u64> {
+    /// §3.2.2.3.2): the value, or `EREMOTE`; `None` when the backend must answer (mechanism
+    /// disabled, unaligned).
+    pub fn config_data_read(&self, port: u64, width: u8) -> Option<Result<u64, Status>> {
         let byte = port.checked_sub(0xcfc)?;
         if byte >= 4 || !matches!(width, 1 | 2 | 4) || byte + u64::from(width) > 4 {
             return None;
@@ -320,10 +319,7 @@ impl SnapshotReader {
             }
             let (bus, devfn) = ((ca >> 16) as u8, (ca >> 8) as u8);
             let reg = (ca & 0xfc) as u16 + byte as u16;
-            match self.read_routed(bus, devfn, reg, width)? {
-                Ok(v) => Some(u64::from(v)),
-                Err(_) => None,
-            }
+            Some(self.read_routed(bus, devfn, reg, width)?.map(u64::from))
         })
     }
 
@@ -402,14 +398,14 @@ mod tests {
             "misaligned: the backend says EINVAL"
         );
         assert_eq!(r.config_read(0, 0, 0, 0, 3), None);
-        assert_eq!(r.ecam_read(0xb000_0000, 4), Some(0x29c0_8086));
+        assert_eq!(r.ecam_read(0xb000_0000, 4), Some(Ok(0x29c0_8086)));
         assert_eq!(r.ecam_read(0xb000_0001, 2), None, "unaligned");
         assert_eq!(
             r.ecam_read(0xb010_0000, 4),
-            None,
-            "EREMOTE: the backend answers"
+            Some(Err(Status::Remote)),
+            "another emulator's: EREMOTE with no message"
         );
-        assert_eq!(r.config_data_read(0xcfe, 2), Some(0x29c0));
+        assert_eq!(r.config_data_read(0xcfe, 2), Some(Ok(0x29c0)));
         assert_eq!(r.config_data_read(0xcff, 2), None, "crosses the dword");
     }
 

@@ -69,6 +69,11 @@ struct Args {
     /// Do not use pcierc's shared configuration snapshot: every forwarded read is a message.
     #[arg(long)]
     no_config_snapshot: bool,
+    /// Cold-plug the VMM's own test endpoint (1b36:0005: BAR0, MSI-X, Device Serial Number)
+    /// behind root port PORT (repeatable); its function id is ep-PORT. Endpoints hot-added on
+    /// pcierc's control socket with owner=<--name> are served as well.
+    #[arg(long, value_name = "PORT")]
+    endpoint: Vec<String>,
 }
 
 fn guest_name(s: &str) -> Result<&'static str, String> {
@@ -123,6 +128,7 @@ fn main() {
         name: args.name,
         config_snapshot: !args.no_config_snapshot,
         acpi: !args.no_acpi,
+        endpoints: args.endpoint,
     };
     match vmm::run(&config) {
         Ok(Stop::PowerOff) => eprintln!("vmm: guest powered off"),

@@ -1,5 +1,7 @@
-//! The platform behind the vCPUs' exits: pcierc's ranges (forwarded), COM1 (vm-superio), the ACPI
-//! PM1a registers at 0x600 (power-off), the i8042 reset line, and all-ones for everything else.
+//! The platform behind the vCPUs' exits: pcierc's ranges (forwarded), the VMM's own endpoints
+//! behind pcierc's root ports (configuration accesses pcierc answers `EREMOTE`, their BARs),
+//! COM1 (vm-superio), the ACPI PM1a registers at 0x600 (power-off), the i8042 reset line, and
+//! all-ones for everything else.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,12 +9,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
-use pcierc_protocol::Notification;
+use pcierc_protocol::{Notification, Status, Topology};
 use vm_memory::GuestMemoryMmap;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::devices::OwnDevices;
 use super::irq::{self, IrqRouting};
 use super::pcie::{Access, Claims, Forwarded, PcieLink};
 use super::Error;
@@ -75,16 +78,23 @@ pub enum ExitKind {
     LocalPio,
     /// MMIO nobody decodes (all ones).
     LocalMmio,
+    /// A configuration access pcierc answered `EREMOTE`, served by one of the VMM's endpoints
+    /// (the forwarding round trip included).
+    EndpointConfig,
+    /// MMIO in a BAR of one of the VMM's endpoints.
+    EndpointBar,
 }
 
 impl ExitKind {
-    const COUNT: usize = 5;
+    const COUNT: usize = 7;
     const ALL: [ExitKind; Self::COUNT] = [
         ExitKind::ForwardedPio,
         ExitKind::ForwardedMmio,
         ExitKind::Serial,
         ExitKind::LocalPio,
         ExitKind::LocalMmio,
+        ExitKind::EndpointConfig,
+        ExitKind::EndpointBar,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -93,6 +103,8 @@ impl ExitKind {
             ExitKind::Serial => "serial",
             ExitKind::LocalPio => "local-pio",
             ExitKind::LocalMmio => "local-mmio",
+            ExitKind::EndpointConfig => "endpoint-config",
+            ExitKind::EndpointBar => "endpoint-bar",
         }
     }
 }
@@ -140,6 +152,8 @@ pub struct Machine {
     /// GSI routing and irqfds.
     pub irq: Mutex<IrqRouting>,
     serial: Mutex<ComPort>,
+    /// The endpoints this VMM serves behind pcierc's root ports.
+    pub devices: Mutex<OwnDevices>,
     /// Exit statistics.
     pub stats: ExitStats,
     stop: AtomicBool,
@@ -159,23 +173,65 @@ fn fill(data: &mut [u8], value: u64) {
     }
 }
 
+/// The parts of a [`Machine`].
+pub struct MachineParts {
+    /// The VM.
+    pub vm: VmFd,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The connection to pcierc.
+    pub pcie: PcieLink,
+    /// The VMM's frontend name: the `owner` of the functions it serves.
+    pub name: String,
+    /// pcierc's topology when the machine is assembled.
+    pub topology: Topology,
+    /// COM1's interrupt (an eventfd registered as an irqfd).
+    pub serial_irq: EventFd,
+    /// Where COM1's output goes.
+    pub console: Box<dyn Write + Send>,
+}
+
 impl Machine {
-    /// Assemble the machine; COM1 writes to `console` and interrupts through `serial_irq`.
-    pub fn new(
-        vm: VmFd,
-        mem: GuestMemoryMmap,
-        pcie: PcieLink,
-        serial_irq: EventFd,
-        console: Box<dyn Write + Send>,
-    ) -> Machine {
+    /// Assemble the machine. It serves no endpoint until [`Machine::adopt_endpoints`] or a
+    /// `FunctionAdded` notification.
+    pub fn new(p: MachineParts) -> Machine {
         Machine {
-            vm,
-            mem,
-            pcie,
+            vm: p.vm,
+            mem: p.mem,
+            pcie: p.pcie,
             irq: Mutex::new(IrqRouting::default()),
-            serial: Mutex::new(Serial::new(IrqLine(serial_irq), console)),
+            serial: Mutex::new(Serial::new(IrqLine(p.serial_irq), p.console)),
+            devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
             stop: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn devices(&self) -> std::sync::MutexGuard<'_, OwnDevices> {
+        self.devices.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Everything `--stats` prints: exits, interrupts, the VMM's endpoints.
+    pub fn report(&self) -> String {
+        let d = self.devices();
+        format!(
+            "{}vmm: endpoints: {} added, {} removed, {} served; {} configuration accesses, {} BAR accesses, {} MSI-X messages sent, {} lost\n",
+            self.stats.report(),
+            d.stats.added,
+            d.stats.removed,
+            d.len(),
+            d.stats.config_accesses,
+            d.stats.bar_accesses,
+            d.stats.messages,
+            d.stats.lost
+        )
+    }
+
+    /// Serve the functions pcierc's topology already gives this VMM (declared in pcierc's
+    /// topology, or left by an earlier run under the same name).
+    pub fn adopt_endpoints(&self) {
+        for id in self.devices().adopt() {
+            log::info!("serving endpoint {id} (already in pcierc's topology)");
         }
     }
 
@@ -199,10 +255,22 @@ impl Machine {
     pub fn pio_in(&self, port: u16, data: &mut [u8]) -> Result<(), Error> {
         let start = Instant::now();
         if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
-            if let Forwarded::Done(v) = self.pcie.forward(Access::PioRead { port, width })? {
-                fill(data, v);
-                self.stats.record(ExitKind::ForwardedPio, start);
-                return Ok(());
+            match self.pcie.forward(Access::PioRead { port, width })? {
+                Forwarded::Done(v) => {
+                    fill(data, v);
+                    self.stats.record(ExitKind::ForwardedPio, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(Status::Remote) => {
+                    let v = match self.config_data_function(port)? {
+                        Some(f) => self.endpoint_config_read(f, width)?,
+                        None => None,
+                    };
+                    fill(data, v.map_or(u64::MAX, u64::from));
+                    self.stats.record(ExitKind::EndpointConfig, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(_) => {}
             }
         }
         let kind = match port {
@@ -238,10 +306,20 @@ impl Machine {
         let value = read_value(data);
         if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
             let access = Access::PioWrite { port, width, value };
-            if let Forwarded::Done(_) = self.pcie.forward(access)? {
-                self.drain_notifications()?;
-                self.stats.record(ExitKind::ForwardedPio, start);
-                return Ok(None);
+            match self.pcie.forward(access)? {
+                Forwarded::Done(_) => {
+                    self.drain_notifications()?;
+                    self.stats.record(ExitKind::ForwardedPio, start);
+                    return Ok(None);
+                }
+                Forwarded::NotMine(Status::Remote) => {
+                    if let Some(f) = self.config_data_function(port)? {
+                        self.endpoint_config_write(f, width, value as u32)?;
+                    }
+                    self.stats.record(ExitKind::EndpointConfig, start);
+                    return Ok(None);
+                }
+                Forwarded::NotMine(_) => {}
             }
         }
         let mut stop = None;
@@ -275,12 +353,31 @@ impl Machine {
     /// An MMIO read outside RAM.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), Error> {
         let start = Instant::now();
-        if let (Some(width), true) = (Self::width(data.len(), 8), self.pcie.claims_mmio(addr)) {
-            if let Forwarded::Done(v) = self.pcie.forward(Access::MmioRead { addr, width })? {
-                fill(data, v);
-                self.stats.record(ExitKind::ForwardedMmio, start);
-                return Ok(());
+        let Some(width) = Self::width(data.len(), 8) else {
+            fill(data, u64::MAX);
+            self.stats.record(ExitKind::LocalMmio, start);
+            return Ok(());
+        };
+        if self.pcie.claims_mmio(addr) {
+            match self.pcie.forward(Access::MmioRead { addr, width })? {
+                Forwarded::Done(v) => {
+                    fill(data, v);
+                    self.stats.record(ExitKind::ForwardedMmio, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(Status::Remote) => {
+                    let v = self.ecam_endpoint_read(addr, width)?;
+                    fill(data, v);
+                    self.stats.record(ExitKind::EndpointConfig, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(_) => {}
             }
+        }
+        if let Some(v) = self.devices().mmio_read(addr, width) {
+            fill(data, v);
+            self.stats.record(ExitKind::EndpointBar, start);
+            return Ok(());
         }
         fill(data, u64::MAX);
         self.stats.record(ExitKind::LocalMmio, start);
@@ -290,17 +387,32 @@ impl Machine {
     /// An MMIO write outside RAM.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
         let start = Instant::now();
-        if let (Some(width), true) = (Self::width(data.len(), 8), self.pcie.claims_mmio(addr)) {
-            let access = Access::MmioWrite {
-                addr,
-                width,
-                value: read_value(data),
-            };
-            if let Forwarded::Done(_) = self.pcie.forward(access)? {
-                self.drain_notifications()?;
-                self.stats.record(ExitKind::ForwardedMmio, start);
-                return Ok(());
+        let Some(width) = Self::width(data.len(), 8) else {
+            self.stats.record(ExitKind::LocalMmio, start);
+            return Ok(());
+        };
+        let value = read_value(data);
+        if self.pcie.claims_mmio(addr) {
+            let access = Access::MmioWrite { addr, width, value };
+            match self.pcie.forward(access)? {
+                Forwarded::Done(_) => {
+                    self.drain_notifications()?;
+                    self.stats.record(ExitKind::ForwardedMmio, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(Status::Remote) => {
+                    self.ecam_endpoint_write(addr, width, value)?;
+                    self.stats.record(ExitKind::EndpointConfig, start);
+                    return Ok(());
+                }
+                Forwarded::NotMine(_) => {}
             }
+        }
+        let outcome = self.devices().mmio_write(addr, width, value);
+        if let Some(o) = outcome {
+            self.deliver(o.effects, o.port)?;
+            self.stats.record(ExitKind::EndpointBar, start);
+            return Ok(());
         }
         self.stats.record(ExitKind::LocalMmio, start);
         Ok(())
@@ -323,6 +435,7 @@ impl Machine {
                         claims.mmio
                     );
                     self.pcie.set_claims(claims);
+                    self.devices().set_topology(topology);
                 }
             }
             Notification::MsiRoute(r) => {
@@ -349,8 +462,30 @@ impl Machine {
             Notification::ChipsetMemoryChanged(c) => {
                 log::debug!("chipset memory routing {c:?} (no BIOS area to remap here)");
             }
-            Notification::FunctionAdded(f) | Notification::FunctionRemoved(f) => {
-                log::info!("pcierc: function {f:?} (this VMM serves no endpoints yet)");
+            Notification::FunctionAdded(f) => {
+                let mut devices = self.devices();
+                match devices.add(&f) {
+                    Some(id) => log::info!(
+                        "endpoint {id} added behind {:?} at bus {:02x} devfn {:02x}; {} served",
+                        devices.at(f.segment, f.bus, f.devfn).and_then(|e| e.port),
+                        f.bus,
+                        f.devfn,
+                        devices.len()
+                    ),
+                    None => log::warn!("FunctionAdded for a function not served here: {f:?}"),
+                }
+            }
+            Notification::FunctionRemoved(f) => {
+                let mut devices = self.devices();
+                match devices.remove(&f) {
+                    Some(ep) => log::info!(
+                        "endpoint {} removed from {}; {} served",
+                        ep.id,
+                        ep.bdf(),
+                        devices.len()
+                    ),
+                    None => log::warn!("FunctionRemoved for a function not served here: {f:?}"),
+                }
             }
         }
         Ok(())

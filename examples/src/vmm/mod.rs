@@ -4,20 +4,32 @@
 //! protocol; pcierc's MSI-X vectors reach the guest through KVM irqfds whose GSI routes follow
 //! `MsiRoute` notifications. See docs/vmm.md.
 //!
-//! Modules: [`acpi`] (RSDP, XSDT, FADT, DSDT, MADT, MCFG), [`layout`] (the guest-physical memory map), [`cpu`] (64-bit entry state), [`boot`]
-//! (kernel loading and Linux's zero page), [`pcie`] (pcierc's claims and the forwarding link),
-//! [`irq`] (GSI routing and irqfds), [`machine`] (what each exit reaches: pcierc, COM1, PM1a, all
-//! ones), [`vcpu`] (the loop) and [`backend`] (`--spawn-backend`).
+//! The VMM also serves PCIe endpoints of its own behind pcierc's root ports ([`endpoint`], a
+//! small test device with a BAR, MSI-X and a Device Serial Number; [`devices`], which of them
+//! exist and where): it claims them with `ClaimFunction` (`--endpoint PORT`) or is given them by
+//! pcierc's control socket (`FunctionAdded`), and serves their configuration space when pcierc
+//! answers `EREMOTE`.
+//!
+//! Modules: [`acpi`] (RSDP, XSDT, FADT, DSDT, MADT, MCFG), [`layout`] (the guest-physical memory
+//! map), [`cpu`] (64-bit entry state), [`boot`] (kernel loading and Linux's zero page), [`pcie`]
+//! (pcierc's claims and the forwarding link), [`wiring`] (what the VMM asks of pcierc before the
+//! guest runs), [`irq`] (GSI routing and irqfds), [`machine`] (what each exit reaches: pcierc,
+//! the VMM's endpoints, COM1, PM1a, all ones), [`vcpu`] (the loop) and [`backend`]
+//! (`--spawn-backend`).
 
 pub mod acpi;
 pub mod backend;
 pub mod boot;
 pub mod cpu;
+pub mod devices;
+pub mod endpoint;
+mod endpoint_access;
 pub mod irq;
 pub mod layout;
 pub mod machine;
 pub mod pcie;
 pub mod vcpu;
+pub mod wiring;
 
 use std::io::Write;
 use std::os::fd::RawFd;
@@ -27,15 +39,13 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
-use pcierc_protocol::{
-    function_flags, Frontend, FrontendOptions, FunctionKind, ProtocolFeatures, NO_PARENT,
-};
+use pcierc_protocol::{Frontend, FrontendOptions, ProtocolFeatures};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use self::backend::SpawnedBackend;
-use self::machine::Machine;
 pub use self::machine::Stop;
+use self::machine::{Machine, MachineParts};
 use self::pcie::PcieLink;
 
 /// Why the VMM could not start or the guest could not go on.
@@ -155,6 +165,14 @@ pub struct Config {
     /// Let configuration reads be served from pcierc's shared snapshot when it offers one
     /// (`CONFIG_SNAPSHOT`); off, every forwarded read is a socket round trip.
     pub config_snapshot: bool,
+    /// Root ports (ids) behind which the VMM cold-plugs one of its own endpoints before the
+    /// guest runs (`ClaimFunction` with `COLDPLUG`; the endpoint's id is [`endpoint_id`]).
+    pub endpoints: Vec<String>,
+}
+
+/// The function id of the endpoint `--endpoint PORT` cold-plugs behind `port`.
+pub fn endpoint_id(port: &str) -> String {
+    format!("ep-{port}")
 }
 
 /// Smallest guest RAM accepted (the kernel is loaded at 1 MiB).
@@ -174,6 +192,14 @@ impl Config {
         }
         if !(1..=MAX_CPUS).contains(&self.cpus) {
             return Err(Error::Config(format!("--cpus must be 1 to {MAX_CPUS}")));
+        }
+        for port in &self.endpoints {
+            if pcierc_protocol::encode_name(&endpoint_id(port)).is_none() {
+                return Err(Error::Config(format!(
+                    "--endpoint {port:?}: not a root port id (at most {} printable characters)",
+                    pcierc_protocol::NAME_LEN - 3
+                )));
+            }
         }
         Ok(())
     }
@@ -265,7 +291,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     let pcie = PcieLink::new(frontend)?;
 
     if config.acpi {
-        enable_ecam(&pcie)?;
+        wiring::enable_ecam(&pcie)?;
     }
 
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
@@ -357,14 +383,26 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     })?;
     vm.register_irqfd(&serial_irq, irq::SERIAL_GSI)
         .map_err(kvm_err("KVM_IRQFD"))?;
-    let machine = Arc::new(Machine::new(vm, mem, pcie, serial_irq, Box::new(Console)));
+    let machine = Arc::new(Machine::new(MachineParts {
+        vm,
+        mem,
+        pcie,
+        name: config.name.clone(),
+        topology: topology.clone(),
+        serial_irq,
+        console: Box::new(Console),
+    }));
     machine
         .irq
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .apply(&machine.vm)?;
     if interrupts {
-        register_msix_vectors(&machine)?;
+        wiring::register_msix_vectors(&machine)?;
+    }
+    machine.adopt_endpoints();
+    for port in &config.endpoints {
+        wiring::claim_endpoint(&machine, &config.name, port, &topology)?;
     }
     machine.drain_notifications()?;
 
@@ -428,7 +466,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         if let Some(khz) = tsc_khz {
             eprintln!("vmm: guest TSC {khz} kHz");
         }
-        eprint!("{}", machine.stats.report());
+        eprint!("{}", machine.report());
     }
     outcome
 }
@@ -458,86 +496,6 @@ fn stop_vcpus(
         }
     }
     position.unwrap_or_else(|| "the vCPUs did not stop".into())
-}
-
-/// Firmware's part: enable ECAM through the MCH's PCIEXBAR (Q35: 00:00.0 offset 0x60, base |
-/// length 256 MiB | enable) if pcierc decodes none yet, and route it at once.
-fn enable_ecam(pcie: &PcieLink) -> Result<(), Error> {
-    let backend = |what: &str| {
-        let what = what.to_string();
-        move |source| Error::Backend { what, source }
-    };
-    let mut fe = pcie.frontend();
-    if fe
-        .topology()
-        .map_err(backend("GetTopology"))?
-        .ecam
-        .is_empty()
-    {
-        fe.config_write(0, 0, 0, 0x64, 4, (layout::ECAM_BASE >> 32) as u32)
-            .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
-        fe.config_write(0, 0, 0, 0x60, 4, layout::ECAM_BASE as u32 | 1)
-            .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
-    }
-    let topology = fe.topology().map_err(backend("GetTopology"))?;
-    if topology.ecam.is_empty() {
-        return Err(Error::Config(
-            "pcierc decodes no ECAM window after PCIEXBAR was enabled".into(),
-        ));
-    }
-    drop(fe);
-    pcie.set_claims(pcie::Claims::from_topology(&topology));
-    Ok(())
-}
-
-/// One irqfd per MSI-X vector of each root port pcierc emulates on the root bus (pcierc
-/// implements `SetInterruptFd` for those, one vector each).
-fn register_msix_vectors(machine: &Machine) -> Result<(), Error> {
-    let topology = machine
-        .pcie
-        .frontend()
-        .topology()
-        .map_err(|source| Error::Backend {
-            what: "GetTopology".into(),
-            source,
-        })?;
-    for f in &topology.functions {
-        let is_port = f.kind == FunctionKind::RootPort as u8
-            && f.flags & function_flags::EMULATED != 0
-            && f.parent == NO_PARENT;
-        if !is_port {
-            continue;
-        }
-        let id = irq::VectorId {
-            segment: f.segment,
-            bus: f.bus,
-            devfn: f.devfn,
-            vector: 0,
-        };
-        let mut irq = machine.irq.lock().unwrap_or_else(PoisonError::into_inner);
-        let eventfd = irq.add_vector(&machine.vm, id)?;
-        machine
-            .pcie
-            .frontend()
-            .set_interrupt_fd(f.segment, f.bus, f.devfn, 0, Some(eventfd))
-            .map_err(|source| Error::Backend {
-                what: format!(
-                    "SetInterruptFd {:02x}:{:02x}.{}",
-                    f.bus,
-                    f.devfn >> 3,
-                    f.devfn & 7
-                ),
-                source,
-            })?;
-        log::info!(
-            "MSI-X vector 0 of {:02x}:{:02x}.{} on GSI {:?}",
-            f.bus,
-            f.devfn >> 3,
-            f.devfn & 7,
-            irq.gsi(&id)
-        );
-    }
-    Ok(())
 }
 
 /// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug

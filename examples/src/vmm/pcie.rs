@@ -9,11 +9,16 @@
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 use pcierc_protocol::{
-    AddressSpace, BackendChannel, Frontend, Notification, ProtocolFeatures, RangeKind, Status,
-    Topology,
+    AddressSpace, BackendChannel, EcamWindow, Frontend, Notification, ProtocolFeatures, RangeKind,
+    Status, Topology,
 };
 
 use super::Error;
+
+/// CONFIG_ADDRESS (configuration mechanism #1).
+pub const CONFIG_ADDRESS_PORT: u64 = 0xcf8;
+/// CONFIG_DATA: 0xCFC-0xCFF.
+pub const CONFIG_DATA_PORT: u16 = 0xcfc;
 
 /// What pcierc decodes of the guest's address spaces: (base, size) pairs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,6 +27,9 @@ pub struct Claims {
     pub generation: u64,
     /// ECAM windows (MMIO).
     pub ecam: Vec<(u64, u64)>,
+    /// The same windows with the buses they decode, to find the function of an access pcierc
+    /// answers `EREMOTE` (served by this VMM, perhaps).
+    pub ecam_windows: Vec<EcamWindow>,
     /// BARs of the functions pcierc emulates (MMIO).
     pub mmio: Vec<(u64, u64)>,
     /// BARs of the functions pcierc emulates (port I/O), CONFIG_ADDRESS and CONFIG_DATA.
@@ -43,6 +51,7 @@ impl Claims {
         let mut c = Claims {
             generation: t.generation,
             ecam: t.ecam.iter().map(|e| (e.base, e.size)).collect(),
+            ecam_windows: t.ecam.clone(),
             ..Claims::default()
         };
         for r in &t.ranges {
@@ -71,6 +80,46 @@ impl Claims {
     pub fn pio(&self, port: u16) -> bool {
         hits(&self.pio, u64::from(port))
     }
+
+    /// The function and register an ECAM address names (PCIe Base 6.0 §7.2.2: bus << 20 |
+    /// device << 15 | function << 12 | offset from the window's first bus).
+    pub fn ecam_function(&self, addr: u64) -> Option<ConfigAddress> {
+        self.ecam_windows.iter().find_map(|w| {
+            let off = addr.checked_sub(w.base).filter(|&o| o < w.size)?;
+            Some(ConfigAddress {
+                segment: w.segment,
+                bus: w.start_bus.checked_add((off >> 20) as u8)?,
+                devfn: (off >> 12) as u8,
+                offset: (off & 0xfff) as u16,
+            })
+        })
+    }
+}
+
+/// A register of a function's configuration space, as a configuration request names it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ConfigAddress {
+    /// PCI segment group.
+    pub segment: u16,
+    /// Bus.
+    pub bus: u8,
+    /// Device << 3 | function.
+    pub devfn: u8,
+    /// Register offset (0-4095).
+    pub offset: u16,
+}
+
+impl ConfigAddress {
+    /// What CONFIG_ADDRESS (0xCF8) selects for an access to CONFIG_DATA byte `byte` (0-3), if
+    /// the mechanism is enabled (PCI Local Bus 3.0 §3.2.2.3.2).
+    pub fn from_config_address(segment: u16, latch: u32, byte: u16) -> Option<ConfigAddress> {
+        (latch & 1 << 31 != 0 && byte < 4).then_some(ConfigAddress {
+            segment,
+            bus: (latch >> 16) as u8,
+            devfn: (latch >> 8) as u8,
+            offset: (latch & 0xfc) as u16 + byte,
+        })
+    }
 }
 
 /// The answer to a forwarded access.
@@ -78,8 +127,8 @@ impl Claims {
 pub enum Forwarded {
     /// pcierc handled it (reads carry the value).
     Done(u64),
-    /// pcierc does not decode it after all (`ENODEV`) or another emulator serves the function
-    /// (`EREMOTE`; this VMM serves none): the platform default applies.
+    /// pcierc does not decode it after all (`ENODEV`: the platform default applies) or another
+    /// emulator serves the function (`EREMOTE`: this VMM, perhaps).
     NotMine(Status),
 }
 
@@ -188,6 +237,29 @@ impl PcieLink {
                     source: e,
                 }),
             },
+        }
+    }
+
+    /// CONFIG_ADDRESS as pcierc latched it (to decode a CONFIG_DATA access it answered
+    /// `EREMOTE`).
+    pub fn config_address(&self) -> Result<u32, Error> {
+        lock(&self.frontend)
+            .pio_read(CONFIG_ADDRESS_PORT, 4)
+            .map(|v| v as u32)
+            .map_err(backend("reading CONFIG_ADDRESS"))
+    }
+
+    /// Is Bus Master Enable set in the Command register of pcierc's function (segment, bus,
+    /// devfn)? A root port forwards its endpoints' memory requests (MSI-X messages) upstream
+    /// only then (PCI-to-PCI Bridge 1.2 §3.2.5.1).
+    pub fn bus_master(&self, segment: u16, bus: u8, devfn: u8) -> Result<bool, Error> {
+        match lock(&self.frontend).config_read(segment, bus, devfn, 0x04, 2) {
+            Ok(command) => Ok(command & 1 << 2 != 0),
+            Err(e) if e.should_disconnect() => Err(Error::Backend {
+                what: "reading a root port's Command register".into(),
+                source: e,
+            }),
+            Err(_) => Ok(false),
         }
     }
 
@@ -306,5 +378,21 @@ mod tests {
         );
         assert!(c.pio(0xcf8) && c.pio(0xcfb) && !c.pio(0xcfc));
         assert_eq!(c.generation, 2);
+        let at = |bus, devfn, offset| {
+            Some(ConfigAddress {
+                segment: 0,
+                bus,
+                devfn,
+                offset,
+            })
+        };
+        assert_eq!(c.ecam_function(0xb010_0104), at(1, 0, 0x104));
+        assert_eq!(c.ecam_function(0xb001_7ffc), at(0, 0x17, 0xffc));
+        assert_eq!(c.ecam_function(0xc000_0000), None);
+        assert_eq!(
+            ConfigAddress::from_config_address(0, 0x8001_1004, 2),
+            at(1, 0x10, 6)
+        );
+        assert_eq!(ConfigAddress::from_config_address(0, 0x0001_1004, 0), None);
     }
 }

@@ -1,0 +1,381 @@
+//! The endpoints this VMM serves itself behind pcierc's root ports: pcierc owns the hierarchy
+//! (slots, bus numbers, windows), the VMM keeps its devices.
+//!
+//! Which endpoints exist is pcierc's word: every function of the topology whose `owner` is this
+//! VMM's frontend name gets an [`Endpoint`] model, made when `FunctionAdded` arrives (a
+//! cold-plug claim at start or a `device_add ... owner=<name>` on pcierc's control socket) and
+//! dropped on `FunctionRemoved`. Where it is comes from the topology too: a configuration
+//! access pcierc answers `EREMOTE` is looked up by (segment, bus, devfn) among this VMM's
+//! present functions, and BAR0 decodes only inside a memory window of the root port above it
+//! (windows are in the topology only while the port's Memory Space Enable is set), as a root
+//! port forwards memory requests downstream.
+
+use std::collections::BTreeMap;
+
+use pcierc_protocol::{
+    decode_name, function_flags, AddressSpace, FunctionKind, FunctionRecord, RangeKind, Topology,
+};
+
+use super::endpoint::{self, Effects, Endpoint};
+
+/// A root port as a configuration request names it: (segment, bus, devfn).
+pub type PortAddress = (u16, u8, u8);
+
+/// What a write to one of the VMM's endpoints asks of the VMM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The model's effects.
+    pub effects: Effects,
+    /// The root port above the endpoint (its messages go upstream through it).
+    pub port: Option<PortAddress>,
+}
+
+/// One endpoint and where pcierc says it is.
+pub struct OwnedEndpoint {
+    /// Its id in pcierc's hierarchy.
+    pub id: String,
+    /// The device model.
+    pub model: Endpoint,
+    /// Its record in the latest topology (bus, devfn, present, parent).
+    pub record: FunctionRecord,
+    /// The root port above it, if behind one.
+    pub port: Option<PortAddress>,
+    /// The port's memory windows (base, size) that currently forward to it.
+    windows: Vec<(u64, u64)>,
+}
+
+impl OwnedEndpoint {
+    /// The offset of `addr` in BAR0 if a memory request to it reaches this endpoint: BAR0
+    /// decodes it and, behind a root port, one of the port's memory windows holds it.
+    pub fn bar0_offset(&self, addr: u64) -> Option<u64> {
+        let (base, size) = self.model.bar0()?;
+        let inside = |&(b, s): &(u64, u64)| addr >= b && addr - b < s;
+        (inside(&(base, size)) && (self.port.is_none() || self.windows.iter().any(inside)))
+            .then_some(addr - base)
+    }
+
+    /// "BB:DD.F" where it is now.
+    pub fn bdf(&self) -> String {
+        format!(
+            "{:02x}:{:02x}.{}",
+            self.record.bus,
+            self.record.devfn >> 3,
+            self.record.devfn & 7
+        )
+    }
+}
+
+/// Counters for `--stats`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Endpoints instantiated.
+    pub added: u64,
+    /// Endpoints dropped.
+    pub removed: u64,
+    /// Configuration accesses served after pcierc's `EREMOTE`.
+    pub config_accesses: u64,
+    /// BAR accesses served.
+    pub bar_accesses: u64,
+    /// Interrupt messages delivered.
+    pub messages: u64,
+    /// Interrupt messages lost (Bus Master Enable clear on the endpoint or its root port, or
+    /// an address that is not the local APIC's).
+    pub lost: u64,
+}
+
+/// The VMM's own endpoints.
+pub struct OwnDevices {
+    name: String,
+    topology: Topology,
+    devices: BTreeMap<String, OwnedEndpoint>,
+    /// Counters.
+    pub stats: DeviceStats,
+}
+
+impl OwnDevices {
+    /// No endpoints yet; `name` is this VMM's frontend name (the `owner` of its functions).
+    pub fn new(name: &str, topology: Topology) -> OwnDevices {
+        OwnDevices {
+            name: name.to_string(),
+            topology,
+            devices: BTreeMap::new(),
+            stats: DeviceStats::default(),
+        }
+    }
+
+    fn mine(&self, r: &FunctionRecord) -> bool {
+        r.kind == FunctionKind::Endpoint as u8
+            && r.flags & function_flags::EMULATED == 0
+            && decode_name(&r.owner) == Some(self.name.as_str())
+    }
+
+    /// Models for every function of the topology this VMM owns and does not serve yet (those
+    /// declared in pcierc's topology, or left by an earlier run under the same name); their ids.
+    pub fn adopt(&mut self) -> Vec<String> {
+        let records: Vec<FunctionRecord> = self
+            .topology
+            .functions
+            .iter()
+            .filter(|r| self.mine(r))
+            .copied()
+            .collect();
+        records.iter().filter_map(|r| self.add(r)).collect()
+    }
+
+    /// `FunctionAdded`: a new model for `record` (its id), unless it is not this VMM's or is
+    /// served already.
+    pub fn add(&mut self, record: &FunctionRecord) -> Option<String> {
+        let id = decode_name(&record.id)?.to_string();
+        if !self.mine(record) || self.devices.contains_key(&id) {
+            return None;
+        }
+        let mut ep = OwnedEndpoint {
+            model: Endpoint::new(endpoint::serial_number(&id)),
+            id: id.clone(),
+            record: *record,
+            port: None,
+            windows: Vec::new(),
+        };
+        self.place(&mut ep);
+        self.devices.insert(id.clone(), ep);
+        self.stats.added += 1;
+        Some(id)
+    }
+
+    /// `FunctionRemoved`: drop the model; it is returned.
+    pub fn remove(&mut self, record: &FunctionRecord) -> Option<OwnedEndpoint> {
+        let ep = self.devices.remove(decode_name(&record.id)?)?;
+        self.stats.removed += 1;
+        Some(ep)
+    }
+
+    /// `LayoutChanged`: bus numbers, presence and windows as they are now.
+    pub fn set_topology(&mut self, topology: Topology) {
+        self.topology = topology;
+        let mut devices = std::mem::take(&mut self.devices);
+        for ep in devices.values_mut() {
+            self.place(ep);
+        }
+        self.devices = devices;
+    }
+
+    /// Update an endpoint's record, port and windows from the current topology (a function
+    /// missing from it keeps its last record: `FunctionRemoved` will say it is gone).
+    fn place(&self, ep: &mut OwnedEndpoint) {
+        let t = &self.topology;
+        if let Some(r) = t
+            .functions
+            .iter()
+            .find(|r| self.mine(r) && decode_name(&r.id) == Some(ep.id.as_str()))
+        {
+            ep.record = *r;
+        }
+        ep.port = t
+            .functions
+            .get(usize::from(ep.record.parent))
+            .filter(|p| p.kind == FunctionKind::RootPort as u8)
+            .map(|p| (p.segment, p.bus, p.devfn));
+        ep.windows = match ep.port {
+            None => Vec::new(),
+            Some((segment, bus, devfn)) => t
+                .ranges
+                .iter()
+                .filter(|r| {
+                    r.space == AddressSpace::Mmio as u8
+                        && matches!(
+                            RangeKind::try_from(r.kind),
+                            Ok(RangeKind::MemWindow | RangeKind::PrefMemWindow)
+                        )
+                        && (r.segment, r.bus, r.devfn) == (segment, bus, devfn)
+                })
+                .map(|r| (r.base, r.size))
+                .collect(),
+        };
+    }
+
+    /// The endpoint at (segment, bus, devfn), if this VMM serves one there now.
+    pub fn at(&mut self, segment: u16, bus: u8, devfn: u8) -> Option<&mut OwnedEndpoint> {
+        self.devices.values_mut().find(|ep| {
+            let r = &ep.record;
+            r.flags & function_flags::PRESENT != 0
+                && (r.segment, r.bus, r.devfn) == (segment, bus, devfn)
+        })
+    }
+
+    /// A configuration read of an endpoint of this VMM; `None` if it serves none there.
+    pub fn config_read(
+        &mut self,
+        segment: u16,
+        bus: u8,
+        devfn: u8,
+        offset: u16,
+        width: u8,
+    ) -> Option<u32> {
+        let v = self
+            .at(segment, bus, devfn)?
+            .model
+            .config_read(offset, width);
+        self.stats.config_accesses += 1;
+        Some(v)
+    }
+
+    /// A configuration write; `None` if this VMM serves no endpoint there.
+    pub fn config_write(
+        &mut self,
+        segment: u16,
+        bus: u8,
+        devfn: u8,
+        offset: u16,
+        width: u8,
+        value: u32,
+    ) -> Option<WriteOutcome> {
+        let ep = self.at(segment, bus, devfn)?;
+        let fx = ep.model.config_write(offset, width, value);
+        if fx.bars_changed {
+            log::info!(
+                "endpoint {} ({}): BAR0 {:x?}",
+                ep.id,
+                ep.bdf(),
+                ep.model.bar0()
+            );
+        }
+        let port = ep.port;
+        self.stats.config_accesses += 1;
+        Some(WriteOutcome { effects: fx, port })
+    }
+
+    /// The endpoint a memory request to `addr` reaches, and the offset in its BAR0.
+    fn bar_at(&mut self, addr: u64) -> Option<(&mut OwnedEndpoint, u64)> {
+        self.devices
+            .values_mut()
+            .find_map(|ep| ep.bar0_offset(addr).map(|offset| (ep, offset)))
+    }
+
+    /// An MMIO read in one of this VMM's endpoints' BARs; `None` if none decodes it.
+    pub fn mmio_read(&mut self, addr: u64, width: u8) -> Option<u64> {
+        let (ep, offset) = self.bar_at(addr)?;
+        let v = ep.model.bar_read(0, offset, width);
+        self.stats.bar_accesses += 1;
+        Some(v)
+    }
+
+    /// An MMIO write in one of this VMM's endpoints' BARs: its effects and the root port above
+    /// the endpoint; `None` if none decodes it.
+    pub fn mmio_write(&mut self, addr: u64, width: u8, value: u64) -> Option<WriteOutcome> {
+        let (ep, offset) = self.bar_at(addr)?;
+        let fx = ep.model.bar_write(0, offset, width, value);
+        let port = ep.port;
+        self.stats.bar_accesses += 1;
+        Some(WriteOutcome { effects: fx, port })
+    }
+
+    /// The segment of pcierc's hierarchy (its host bridge's), which configuration mechanism #1
+    /// reaches.
+    pub fn segment(&self) -> u16 {
+        self.topology.functions.first().map_or(0, |f| f.segment)
+    }
+
+    /// How many endpoints are served now.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Whether no endpoint is served now.
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcierc_protocol::{encode_name, AddressRange, NO_PARENT};
+
+    fn record(
+        id: &str,
+        owner: &str,
+        kind: FunctionKind,
+        bus: u8,
+        devfn: u8,
+        parent: u16,
+    ) -> FunctionRecord {
+        FunctionRecord {
+            bus,
+            devfn,
+            kind: kind as u8,
+            flags: function_flags::PRESENT,
+            parent,
+            id: encode_name(id).unwrap_or_default(),
+            owner: encode_name(owner).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn topology(window: Option<(u64, u64)>, ep_bus: u8) -> Topology {
+        let mut port = record("rp1", "pcierc", FunctionKind::RootPort, 0, 0x10, NO_PARENT);
+        port.flags |= function_flags::EMULATED;
+        Topology {
+            generation: 1,
+            functions: vec![
+                record("mch", "pcierc", FunctionKind::HostBridge, 0, 0, NO_PARENT),
+                port,
+                record("ep-rp1", "vmm", FunctionKind::Endpoint, ep_bus, 0, 1),
+                record("gpu0", "gpu-dm", FunctionKind::Endpoint, 2, 0, 1),
+            ],
+            ecam: vec![],
+            ranges: window
+                .map(|(base, size)| AddressRange {
+                    base,
+                    size,
+                    space: AddressSpace::Mmio as u8,
+                    kind: RangeKind::MemWindow as u8,
+                    devfn: 0x10,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_the_topology() {
+        let mut d = OwnDevices::new("vmm", topology(None, 1));
+        assert_eq!(
+            d.adopt(),
+            vec!["ep-rp1".to_string()],
+            "another owner's function is not adopted"
+        );
+        assert_eq!(d.config_read(0, 1, 0, 0, 4), Some(0x0005_1b36));
+        assert_eq!(d.config_read(0, 2, 0, 0, 4), None);
+        // The guest renumbers the bus behind rp1.
+        d.set_topology(topology(None, 5));
+        assert_eq!(d.config_read(0, 1, 0, 0, 4), None);
+        assert_eq!(d.config_read(0, 5, 0, 0, 4), Some(0x0005_1b36));
+
+        // BAR0 at 0xc020_0000 with Memory Space: reachable only inside rp1's memory window.
+        d.config_write(0, 5, 0, 0x10, 4, 0xc020_0000);
+        d.config_write(0, 5, 0, 0x04, 2, 0x0006);
+        assert_eq!(d.mmio_read(0xc020_0000, 4), None, "rp1 forwards no memory");
+        d.set_topology(topology(Some((0xc020_0000, 0x10_0000)), 5));
+        assert_eq!(
+            d.mmio_read(0xc020_0000, 4),
+            Some(u64::from(endpoint::REG_ID_VALUE))
+        );
+        assert_eq!(d.mmio_read(0xc020_4000, 4), None, "past BAR0");
+        d.set_topology(topology(Some((0xc020_0000, 0x2000)), 5));
+        assert!(d.mmio_read(0xc020_1ffc, 4).is_some());
+        assert_eq!(d.mmio_read(0xc020_2000, 4), None, "outside rp1's window");
+
+        let rec = record("ep-rp1", "vmm", FunctionKind::Endpoint, 5, 0, 1);
+        assert!(d.remove(&rec).is_some());
+        assert!(d.is_empty());
+        assert_eq!(d.config_read(0, 5, 0, 0, 4), None);
+        assert_eq!(
+            d.add(&rec),
+            Some("ep-rp1".into()),
+            "hot-added again: a fresh model"
+        );
+        assert_eq!(d.add(&rec), None, "already served");
+        assert_eq!((d.stats.added, d.stats.removed), (2, 1));
+    }
+}

@@ -1,0 +1,391 @@
+//! The VMM's own PCIe endpoint: a small test device that the VMM serves behind one of pcierc's
+//! root ports (pcierc owns the hierarchy, the VMM keeps its devices; docs/vmm.md).
+//!
+//! The model is pure: configuration and BAR accesses in, [`Effects`] out (BARs to re-map,
+//! interrupt messages to send); the VMM applies them.
+//!
+//! Configuration space (all offsets hex):
+//!
+//! | offset | what |
+//! |---|---|
+//! | 00 | vendor 1b36 (Red Hat, QEMU's), device 0005 (QEMU's "PCI test device" id, which no Linux driver claims; the registers below are this model's, not QEMU's `pci-testdev`) |
+//! | 08 | revision 01, class ff0000 (unassigned) |
+//! | 10 | BAR0: 64-bit memory, non-prefetchable, 16 KiB: registers at 0, MSI-X table at 0x2000, PBA at 0x3000 |
+//! | 2c | subsystem 1af4:1100 (QEMU's) |
+//! | 40 | Power Management capability (version 3, D0/D3hot) |
+//! | 48 | PCI Express capability, version 2, Endpoint, link x1 at 2.5 GT/s |
+//! | 90 | MSI-X capability, 4 vectors in BAR0 |
+//! | 100 | Device Serial Number extended capability (PCIe Base 6.0 §7.9.3) |
+//!
+//! BAR0 registers (dwords): 0x0 `ID` (RO, [`REG_ID_VALUE`]), 0x4 `SCRATCH` (RW), 0x8 `DOORBELL`
+//! (WO: writing N fires MSI-X vector N), 0xc `SENT` (RO: messages sent so far).
+
+pub mod config;
+pub mod msix;
+
+use self::config::{ConfigSpace, Register};
+use self::msix::{Control, Message, MsixTable};
+
+/// Vendor ID: Red Hat, Inc. (QEMU's devices).
+pub const VENDOR_ID: u16 = 0x1b36;
+/// Device ID: QEMU's PCI test device id (no Linux driver binds to it).
+pub const DEVICE_ID: u16 = 0x0005;
+/// Class code: unassigned (base class 0xff).
+pub const CLASS_CODE: u32 = 0xff_0000;
+/// The driver name the VMM claims its endpoints with (informational for pcierc).
+pub const DRIVER: &str = "pcierc-testdev";
+/// Size of BAR0.
+pub const BAR0_SIZE: u64 = 0x4000;
+/// MSI-X vectors.
+pub const VECTORS: u16 = 4;
+/// Offset of the MSI-X table in BAR0.
+pub const MSIX_TABLE: u64 = 0x2000;
+/// Offset of the MSI-X PBA in BAR0.
+pub const MSIX_PBA: u64 = 0x3000;
+/// BAR0 register: identification.
+pub const REG_ID: u64 = 0x0;
+/// What [`REG_ID`] reads.
+pub const REG_ID_VALUE: u32 = 0x7063_6965;
+/// BAR0 register: scratch.
+pub const REG_SCRATCH: u64 = 0x4;
+/// BAR0 register: doorbell (write a vector number to fire it).
+pub const REG_DOORBELL: u64 = 0x8;
+/// BAR0 register: messages sent.
+pub const REG_SENT: u64 = 0xc;
+
+/// Command register (PCI 3.0 §6.2.2).
+const COMMAND: u16 = 0x04;
+const COMMAND_MEMORY: u32 = 1 << 1;
+const COMMAND_BUS_MASTER: u32 = 1 << 2;
+const BAR0: u16 = 0x10;
+const BAR1: u16 = 0x14;
+/// Memory BAR, 64-bit (PCI 3.0 §6.2.5.1).
+const BAR_MEM64: u32 = 0b100;
+const PM_CAP: u8 = 0x40;
+const EXP_CAP: u8 = 0x48;
+const MSIX_CAP: u8 = 0x90;
+/// Message Control of the MSI-X capability.
+const MSIX_CONTROL: u16 = MSIX_CAP as u16 + 2;
+const MSIX_ENABLE: u32 = 1 << 15;
+const MSIX_FUNCTION_MASK: u32 = 1 << 14;
+/// Device Serial Number extended capability (PCIe Base 6.0 §7.9.3).
+pub const DSN_CAP: u16 = 0x100;
+/// Extended capability id of the DSN.
+pub const DSN_CAP_ID: u16 = 0x0003;
+
+/// The registers of the configuration space, as data.
+fn registers() -> Vec<Register> {
+    let e = u16::from(EXP_CAP);
+    let m = u16::from(MSIX_CAP);
+    let p = u16::from(PM_CAP);
+    vec![
+        Register::ro(0x00, 2, u32::from(VENDOR_ID)),
+        Register::ro(0x02, 2, u32::from(DEVICE_ID)),
+        // Command: Memory Space, Bus Master, Parity Error Response, SERR#, Interrupt Disable.
+        Register::rw(COMMAND, 2, 0, 0x0546),
+        // Status: the error bits are RW1C (never set by this device).
+        Register::w1c(0x06, 2, 0, 0xf900),
+        Register::ro(0x08, 4, CLASS_CODE << 8 | 0x01),
+        Register::rw(0x0c, 1, 0, 0xff), // Cache Line Size
+        Register::rw(BAR0, 4, BAR_MEM64, !(BAR0_SIZE as u32 - 1)),
+        Register::rw(BAR1, 4, 0, u32::MAX),
+        Register::ro(0x2c, 2, 0x1af4),
+        Register::ro(0x2e, 2, 0x1100),
+        Register::rw(0x3c, 1, 0, 0xff), // Interrupt Line (no Interrupt Pin: MSI-X only)
+        // PCI Power Management (PCI PM 1.2 §3.2): version 3, no PME; PMCSR PowerState RW,
+        // No_Soft_Reset.
+        Register::ro(p + 2, 2, 0x0003),
+        Register::rw(p + 4, 2, 1 << 3, 0x0003),
+        // PCI Express capability (PCIe Base 6.0 §7.5.3), version 2, Device/Port Type 0.
+        Register::ro(e + 0x02, 2, 0x0002),
+        // Device Capabilities: 128-byte MPS, Role-Based Error Reporting.
+        Register::ro(e + 0x04, 4, 1 << 15),
+        // Device Control: error reporting enables, Relaxed Ordering, MPS, Extended Tag, Phantom,
+        // Aux Power, No Snoop, MRRS (reset: RO and No Snoop set, MRRS 512 bytes).
+        Register::rw(e + 0x08, 2, 0x2810, 0x7fff),
+        // Device Status: the four error-detected bits are RW1C.
+        Register::w1c(e + 0x0a, 2, 0, 0x000f),
+        // Link Capabilities: 2.5 GT/s, x1, no ASPM, port 0.
+        Register::ro(e + 0x0c, 4, 0x0000_0011),
+        // Link Control: ASPM Control, RCB, Common Clock, Extended Synch.
+        Register::rw(e + 0x10, 2, 0, 0x00cb),
+        // Link Status: 2.5 GT/s, x1.
+        Register::ro(e + 0x12, 2, 0x0011),
+        // Link Capabilities 2: supported speeds 2.5 GT/s; Link Control 2: target 2.5 GT/s.
+        Register::ro(e + 0x2c, 4, 1 << 1),
+        Register::rw(e + 0x30, 2, 0x0001, 0x000f),
+        // MSI-X (PCIe Base 6.0 §7.7.2): table size, Enable and Function Mask RW; table and PBA in
+        // BAR0 (BIR 0).
+        Register::rw(MSIX_CONTROL, 2, u32::from(VECTORS - 1), 0xc000),
+        Register::ro(m + 0x04, 4, MSIX_TABLE as u32),
+        Register::ro(m + 0x08, 4, MSIX_PBA as u32),
+    ]
+}
+
+/// FNV-1a (64-bit): the serial number the VMM gives the endpoint with id `id` (unique per id,
+/// the same on every run).
+pub fn serial_number(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What an access asks of the VMM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// BAR0's address or its decode (Command.Memory Space) changed: re-map it.
+    pub bars_changed: bool,
+    /// Interrupt messages to send (already checked against MSI-X Enable, masks and the
+    /// function's Bus Master Enable).
+    pub messages: Vec<Message>,
+    /// Messages dropped because Bus Master Enable is clear.
+    pub blocked: u32,
+}
+
+/// The test endpoint's state.
+#[derive(Clone)]
+pub struct Endpoint {
+    config: ConfigSpace,
+    msix: MsixTable,
+    serial: u64,
+    scratch: u32,
+    sent: u32,
+}
+
+impl Endpoint {
+    /// An endpoint after reset, with Device Serial Number `serial`.
+    pub fn new(serial: u64) -> Endpoint {
+        let mut config = ConfigSpace::default();
+        config.declare(&registers());
+        config.add_capability(0x01, PM_CAP);
+        config.add_capability(0x10, EXP_CAP);
+        config.add_capability(0x11, MSIX_CAP);
+        config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP);
+        config.put(DSN_CAP + 4, 4, serial as u32);
+        config.put(DSN_CAP + 8, 4, (serial >> 32) as u32);
+        Endpoint {
+            config,
+            msix: MsixTable::new(VECTORS),
+            serial,
+            scratch: 0,
+            sent: 0,
+        }
+    }
+
+    /// The Device Serial Number.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// A configuration read (1, 2 or 4 naturally aligned bytes; all ones otherwise).
+    pub fn config_read(&self, offset: u16, width: u8) -> u32 {
+        self.config.read(offset, width)
+    }
+
+    /// A configuration write.
+    pub fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Effects {
+        let (bar_before, msix_before) = (self.bar0(), self.msix_control());
+        self.config.write(offset, width, value);
+        let mut fx = Effects {
+            bars_changed: self.bar0() != bar_before,
+            ..Effects::default()
+        };
+        let control = self.msix_control();
+        if control != msix_before {
+            let messages = self.msix.control_changed(control);
+            self.send(messages, &mut fx);
+        }
+        fx
+    }
+
+    fn command(&self) -> u32 {
+        self.config.read(COMMAND, 2)
+    }
+
+    fn msix_control(&self) -> Control {
+        let c = self.config.read(MSIX_CONTROL, 2);
+        Control {
+            enabled: c & MSIX_ENABLE != 0,
+            function_masked: c & MSIX_FUNCTION_MASK != 0,
+        }
+    }
+
+    /// BAR0 as (base, size) while it decodes: Memory Space enabled and an address assigned (0,
+    /// or a range past the end of the address space, is unmapped, as in QEMU).
+    pub fn bar0(&self) -> Option<(u64, u64)> {
+        if self.command() & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        let base = u64::from(self.config.read(BAR0, 4) & !0xf)
+            | u64::from(self.config.read(BAR1, 4)) << 32;
+        (base != 0 && base.checked_add(BAR0_SIZE).is_some()).then_some((base, BAR0_SIZE))
+    }
+
+    /// A read of `width` (1, 2, 4 or 8) bytes at `offset` in BAR `bar`.
+    pub fn bar_read(&self, bar: u8, offset: u64, width: u8) -> u64 {
+        if bar != 0 || !matches!(width, 1 | 2 | 4 | 8) || offset >= BAR0_SIZE {
+            return u64::MAX;
+        }
+        if width == 8 {
+            return u64::from(self.read32(offset & !3))
+                | u64::from(self.read32((offset & !3) + 4)) << 32;
+        }
+        let shift = (offset & 3) * 8;
+        let v = u64::from(self.read32(offset & !3)) >> shift;
+        v & (u64::MAX >> (64 - 8 * u32::from(width)))
+    }
+
+    fn read32(&self, offset: u64) -> u32 {
+        match offset {
+            REG_ID => REG_ID_VALUE,
+            REG_SCRATCH => self.scratch,
+            REG_SENT => self.sent,
+            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
+                self.msix.table_read32(o - MSIX_TABLE)
+            }
+            o if (MSIX_PBA..MSIX_PBA + self.msix.pba_size()).contains(&o) => {
+                self.msix.pba_read32(o - MSIX_PBA)
+            }
+            _ => 0,
+        }
+    }
+
+    /// A write of `width` (1, 2, 4 or 8) bytes at `offset` in BAR `bar`. Narrow writes merge
+    /// into the dword they touch.
+    pub fn bar_write(&mut self, bar: u8, offset: u64, width: u8, value: u64) -> Effects {
+        let mut fx = Effects::default();
+        if bar != 0 || !matches!(width, 1 | 2 | 4 | 8) || offset >= BAR0_SIZE {
+            return fx;
+        }
+        if width == 8 {
+            self.write32(offset & !3, value as u32, &mut fx);
+            self.write32((offset & !3) + 4, (value >> 32) as u32, &mut fx);
+            return fx;
+        }
+        let shift = (offset & 3) * 8;
+        let mask = (u64::MAX >> (64 - 8 * u32::from(width))) << shift;
+        let old = u64::from(self.read32(offset & !3));
+        let merged = (old & !mask | (value << shift) & mask) as u32;
+        self.write32(offset & !3, merged, &mut fx);
+        fx
+    }
+
+    fn write32(&mut self, offset: u64, value: u32, fx: &mut Effects) {
+        let control = self.msix_control();
+        match offset {
+            REG_SCRATCH => self.scratch = value,
+            REG_DOORBELL => {
+                let m = u16::try_from(value)
+                    .ok()
+                    .and_then(|v| self.msix.fire(v, control));
+                self.send(m.into_iter().collect(), fx);
+            }
+            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
+                let m = self.msix.table_write32(o - MSIX_TABLE, value, control);
+                self.send(m.into_iter().collect(), fx);
+            }
+            _ => {} // ID, SENT, the PBA: read-only
+        }
+    }
+
+    /// Messages leave only with Bus Master Enable (PCI 3.0 §6.2.2): otherwise they are lost.
+    fn send(&mut self, messages: Vec<Message>, fx: &mut Effects) {
+        if self.command() & COMMAND_BUS_MASTER == 0 {
+            fx.blocked += messages.len() as u32;
+            return;
+        }
+        self.sent = self.sent.wrapping_add(messages.len() as u32);
+        fx.messages.extend(messages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walk the capability list as an OS does: (id, offset) pairs.
+    fn caps(ep: &Endpoint) -> Vec<(u8, u16)> {
+        let mut v = Vec::new();
+        let mut p = ep.config_read(0x34, 1) as u16;
+        while p != 0 && v.len() < 48 {
+            v.push((ep.config_read(p, 1) as u8, p));
+            p = ep.config_read(p + 1, 1) as u16 & 0xfc;
+        }
+        v
+    }
+
+    #[test]
+    fn identity_capabilities_and_serial_number() {
+        let ep = Endpoint::new(0x0123_4567_89ab_cdef);
+        assert_eq!(ep.config_read(0, 4), 0x0005_1b36);
+        assert_eq!(ep.config_read(8, 4) >> 8, 0xff_0000);
+        assert_eq!(ep.config_read(0x0e, 1), 0, "type 0 header, single function");
+        assert_eq!(caps(&ep), vec![(0x01, 0x40), (0x10, 0x48), (0x11, 0x90)]);
+        assert_eq!(
+            ep.config_read(0x4a, 2) >> 4 & 0xf,
+            0,
+            "PCI Express Endpoint"
+        );
+        // Extended capabilities: DSN first, the last in the list.
+        assert_eq!(ep.config_read(0x100, 4), 0x0001_0003);
+        assert_eq!(ep.config_read(0x104, 4), 0x89ab_cdef);
+        assert_eq!(ep.config_read(0x108, 4), 0x0123_4567);
+        assert_eq!(ep.config_read(0x3d, 1), 0, "no INTx pin");
+        assert_ne!(serial_number("ep-rp1"), serial_number("ep-rp2"));
+    }
+
+    #[test]
+    fn bar0_is_sized_and_decodes_with_memory_space() {
+        let mut ep = Endpoint::new(1);
+        ep.config_write(0x10, 4, u32::MAX);
+        ep.config_write(0x14, 4, u32::MAX);
+        assert_eq!(ep.config_read(0x10, 4), 0xffff_c004, "16 KiB, 64-bit");
+        assert_eq!(ep.config_read(0x14, 4), u32::MAX);
+        ep.config_write(0x14, 4, 0);
+        let fx = ep.config_write(0x10, 4, 0xc020_0000);
+        assert!(!fx.bars_changed, "no decode yet");
+        assert_eq!(ep.bar0(), None);
+        let fx = ep.config_write(0x04, 2, 0x0006);
+        assert!(fx.bars_changed);
+        assert_eq!(ep.bar0(), Some((0xc020_0000, BAR0_SIZE)));
+        assert_eq!(ep.bar_read(0, REG_ID, 4), u64::from(REG_ID_VALUE));
+        ep.bar_write(0, REG_SCRATCH, 4, 0x1234_5678);
+        ep.bar_write(0, REG_SCRATCH + 1, 1, 0xab);
+        assert_eq!(ep.bar_read(0, REG_SCRATCH, 4), 0x1234_ab78);
+        assert_eq!(ep.bar_read(0, REG_SCRATCH + 2, 2), 0x1234);
+        assert_eq!(ep.bar_read(0, 0, 8), 0x1234_ab78_7063_6965);
+    }
+
+    #[test]
+    fn doorbell_sends_the_vectors_message() {
+        let mut ep = Endpoint::new(1);
+        let t = MSIX_TABLE + 16; // vector 1
+        ep.bar_write(0, t, 8, 0xfee0_0000);
+        ep.bar_write(0, t + 8, 4, 0x41);
+        ep.bar_write(0, t + 12, 4, 0);
+        assert_eq!(
+            ep.bar_write(0, REG_DOORBELL, 4, 1),
+            Effects::default(),
+            "MSI-X off"
+        );
+        ep.config_write(MSIX_CONTROL, 2, MSIX_ENABLE | MSIX_FUNCTION_MASK);
+        assert!(ep.bar_write(0, REG_DOORBELL, 4, 1).messages.is_empty());
+        assert_eq!(ep.bar_read(0, MSIX_PBA, 4), 0b10, "pending while masked");
+        let fx = ep.config_write(MSIX_CONTROL, 2, MSIX_ENABLE);
+        assert_eq!(fx.blocked, 1, "no Bus Master Enable: lost");
+        ep.config_write(0x04, 2, 0x0004);
+        let fx = ep.bar_write(0, REG_DOORBELL, 4, 1);
+        assert_eq!(
+            fx.messages,
+            vec![Message {
+                address: 0xfee0_0000,
+                data: 0x41
+            }]
+        );
+        assert_eq!(ep.bar_read(0, REG_SENT, 4), 1);
+        assert!(
+            ep.bar_write(0, REG_DOORBELL, 4, 7).messages.is_empty(),
+            "no vector 7"
+        );
+    }
+}

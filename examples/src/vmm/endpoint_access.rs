@@ -1,0 +1,141 @@
+//! How the vCPUs reach the VMM's own endpoints ([`super::devices`]): configuration accesses
+//! pcierc answered `EREMOTE` (through ECAM, or CF8/CFC with CONFIG_ADDRESS as pcierc latched
+//! it) and the interrupt messages the endpoints send, delivered as a root port forwards them.
+//! BAR accesses are decoded in [`Machine::mmio_read`] and [`Machine::mmio_write`].
+
+use pcierc_protocol::MsiMessage;
+
+use super::devices::PortAddress;
+use super::endpoint::Effects;
+use super::irq;
+use super::machine::Machine;
+use super::pcie::{ConfigAddress, CONFIG_DATA_PORT};
+use super::Error;
+
+/// The local APIC's MSI address range (Intel SDM Vol. 3A §11.11.1).
+const MSI_ADDRESS: std::ops::RangeInclusive<u64> = 0xfee0_0000..=0xfeef_ffff;
+
+impl Machine {
+    /// The function and register a CONFIG_DATA access selects (CONFIG_ADDRESS as pcierc
+    /// latched it), after pcierc answered `EREMOTE` for it.
+    pub(super) fn config_data_function(&self, port: u16) -> Result<Option<ConfigAddress>, Error> {
+        let latch = self.pcie.config_address()?;
+        let segment = self.devices().segment();
+        Ok(port
+            .checked_sub(CONFIG_DATA_PORT)
+            .and_then(|byte| ConfigAddress::from_config_address(segment, latch, byte)))
+    }
+
+    /// The ECAM accesses of a read pcierc answered `EREMOTE`: one configuration read, or two
+    /// dword reads for an 8-byte access (as QEMU splits them); all ones where this VMM serves
+    /// no function.
+    pub(super) fn ecam_endpoint_read(&self, addr: u64, width: u8) -> Result<u64, Error> {
+        let claims = self.pcie.claims();
+        let read = |addr: u64, width: u8| -> Result<Option<u32>, Error> {
+            match claims.ecam_function(addr) {
+                Some(f) => self.endpoint_config_read(f, width),
+                None => Ok(None),
+            }
+        };
+        let dword = |v: Option<u32>| v.map_or(u64::from(u32::MAX), u64::from);
+        Ok(match width {
+            8 => dword(read(addr, 4)?) | dword(read(addr + 4, 4)?) << 32,
+            w => read(addr, w)?.map_or(u64::MAX, u64::from),
+        })
+    }
+
+    /// The ECAM accesses of a write pcierc answered `EREMOTE`.
+    pub(super) fn ecam_endpoint_write(
+        &self,
+        addr: u64,
+        width: u8,
+        value: u64,
+    ) -> Result<(), Error> {
+        let claims = self.pcie.claims();
+        let parts: &[(u64, u8, u32)] = if width == 8 {
+            &[(addr, 4, value as u32), (addr + 4, 4, (value >> 32) as u32)]
+        } else {
+            &[(addr, width, value as u32)]
+        };
+        for &(a, w, v) in parts {
+            if let Some(f) = claims.ecam_function(a) {
+                self.endpoint_config_write(f, w, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Read a register of one of this VMM's endpoints. Not found at first, the notifications
+    /// that may have brought it are applied and the lookup is retried (a hot-added function is
+    /// announced on the backend channel before the guest hears of it).
+    pub(super) fn endpoint_config_read(
+        &self,
+        f: ConfigAddress,
+        width: u8,
+    ) -> Result<Option<u32>, Error> {
+        for attempt in 0..2 {
+            let v = self
+                .devices()
+                .config_read(f.segment, f.bus, f.devfn, f.offset, width);
+            if v.is_some() || attempt == 1 {
+                return Ok(v);
+            }
+            self.drain_notifications()?;
+        }
+        Ok(None)
+    }
+
+    /// Write a register of one of this VMM's endpoints (dropped where it serves none) and apply
+    /// the effects.
+    pub(super) fn endpoint_config_write(
+        &self,
+        f: ConfigAddress,
+        width: u8,
+        value: u32,
+    ) -> Result<(), Error> {
+        for attempt in 0..2 {
+            let r = self
+                .devices()
+                .config_write(f.segment, f.bus, f.devfn, f.offset, width, value);
+            if let Some(o) = r {
+                return self.deliver(o.effects, o.port);
+            }
+            if attempt == 0 {
+                self.drain_notifications()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Send the interrupt messages an endpoint's access produced, as the memory writes they are:
+    /// upstream through its root port (which forwards them only with Bus Master Enable) to the
+    /// local APICs (`KVM_SIGNAL_MSI`). Writes elsewhere would be DMA, which this VMM's test
+    /// device does not do: they are counted as lost.
+    pub(super) fn deliver(&self, fx: Effects, port: Option<PortAddress>) -> Result<(), Error> {
+        let mut lost = u64::from(fx.blocked);
+        if !fx.messages.is_empty() {
+            let forwarded = match port {
+                Some((segment, bus, devfn)) => self.pcie.bus_master(segment, bus, devfn)?,
+                None => true,
+            };
+            for m in &fx.messages {
+                if !forwarded || !MSI_ADDRESS.contains(&m.address) {
+                    lost += 1;
+                    continue;
+                }
+                let msg = MsiMessage {
+                    address: m.address,
+                    data: m.data,
+                    ..Default::default()
+                };
+                irq::signal_msi(&self.vm, &msg)?;
+                self.devices().stats.messages += 1;
+            }
+        }
+        if lost > 0 {
+            log::debug!("{lost} interrupt message(s) of an endpoint lost");
+            self.devices().stats.lost += lost;
+        }
+        Ok(())
+    }
+}

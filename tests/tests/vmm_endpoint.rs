@@ -1,0 +1,175 @@
+//! The VMM's own endpoints behind pcierc's root ports, end to end under this machine's KVM:
+//! pcierc owns the hierarchy (slots, bus numbers, windows) and answers `EREMOTE` for the
+//! endpoints' configuration space; the VMM serves that, their BAR and their MSI-X. Hot-add and
+//! removal through pcierc's control socket are in `vmm_guest.rs` (the pciehp flow).
+//!
+//! Without `/dev/kvm` these tests skip loudly (see `vmm_guest.rs`).
+
+mod vmm_support;
+
+use pcierc_examples::vmm::endpoint::serial_number;
+use pcierc_protocol::{decode_name, Frontend, FrontendOptions};
+use pcierc_tests::process::{pcierc_bin, Backend};
+use vmm_support::{kvm_available, run_vmm, text};
+
+fn assert_lines(stdout: &str, expected: &[String]) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    for e in expected {
+        assert!(
+            lines.contains(&e.as_str()),
+            "missing {e:?} in the guest's output:\n{stdout}"
+        );
+    }
+}
+
+/// What the probe guest prints for the test endpoint at `bus`:00.0 with function id `id`.
+fn endpoint_lines(bus: u8, id: &str) -> Vec<String> {
+    vec![
+        format!("{bus:02x}:00.0 1b36:0005 class ff0000 type 00"),
+        format!("{bus:02x}:00.0 dsn {:016x}", serial_number(id)),
+    ]
+}
+
+/// The BAR and MSI-X check the guest makes on the endpoint behind rp1 (bus 1).
+fn rp1_demo_lines() -> Vec<String> {
+    [
+        "pcie-probe: endpoint 01:00.0 BAR0 c0200000 id 70636965 MSI-X table +2000",
+        "pcie-probe: endpoint 01:00.0 through CF8/CFC 1b36:0005 device 0005",
+        "pcie-probe: endpoint MSI-X vector 0 interrupt taken, messages sent 00000001",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
+    if !kvm_available() {
+        return;
+    }
+    let pcierc = pcierc_bin();
+    let pcierc = pcierc.to_string_lossy();
+    // With the configuration snapshot (pcierc's functions read from shared memory, the VMM's
+    // after one EREMOTE round trip) and without it (every access a message).
+    for extra in [&[][..], &["--no-config-snapshot", "--no-acpi"][..]] {
+        let mut args = vec![
+            "--spawn-backend",
+            "--pcierc",
+            &pcierc,
+            "--guest",
+            "pcie-probe",
+            "--endpoint",
+            "rp1",
+            "--endpoint",
+            "rp3",
+            "--mem",
+            "64",
+            "--stats",
+            "--timeout",
+            "20",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_vmm(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vmm {args:?} failed ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+        let mut expected = endpoint_lines(1, "ep-rp1");
+        expected.extend(endpoint_lines(3, "ep-rp3"));
+        expected.extend(rp1_demo_lines());
+        expected.extend(
+            [
+                "00:02.0 buses 00/01/01",
+                "00:02.2 buses 00/03/03",
+                "pcie-probe: functions 07 last bus 04",
+                "pcie-probe: power off",
+            ]
+            .map(String::from),
+        );
+        assert_lines(&stdout, &expected);
+        let endpoints = stderr
+            .lines()
+            .find(|l| l.starts_with("vmm: endpoints:"))
+            .unwrap_or_default();
+        assert!(
+            endpoints.starts_with("vmm: endpoints: 2 added, 0 removed, 2 served;")
+                && endpoints.ends_with(" 1 MSI-X messages sent, 0 lost"),
+            "{endpoints}"
+        );
+        eprintln!(
+            "vmm {extra:?}:\n{}",
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("vmm: exits endpoint") || l.starts_with("vmm: endpoints"))
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        );
+    }
+}
+
+#[test]
+fn endpoints_are_pcierc_functions_owned_by_the_vmm() {
+    if !kvm_available() {
+        return;
+    }
+    let backend = Backend::start(&[]);
+    let socket = backend.socket.to_string_lossy().into_owned();
+    // Another emulator's function behind rp3: the VMM must not serve it (pcierc answers EREMOTE,
+    // the VMM finds no function of its own there: all ones, so the guest sees an empty bus).
+    let mut gpu = Frontend::connect(&backend.socket, FrontendOptions::vmm("gpu-dm")).unwrap();
+    gpu.claim_function("rp3", "gpu0", "vfio-pci", 0, true, false)
+        .unwrap();
+    let args = [
+        "--backend-socket",
+        &socket,
+        "--guest",
+        "pcie-probe",
+        "--endpoint",
+        "rp2",
+        "--mem",
+        "64",
+        "--timeout",
+        "20",
+    ];
+    let mut expected = endpoint_lines(2, "ep-rp2");
+    expected.push("pcie-probe: functions 06 last bus 04".into());
+    // Twice: the second run finds its claim from the first (a VMM that restarts under the same
+    // name serves its functions again) and serves it.
+    for run in 0..2 {
+        let out = run_vmm(&args);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "run {run}: {stdout}\n{stderr}");
+        assert_lines(&stdout, &expected);
+        assert!(
+            !stdout.contains("03:00.0"),
+            "gpu-dm's function is not the VMM's to serve:\n{stdout}"
+        );
+    }
+    let mut tool = Frontend::connect(&backend.socket, FrontendOptions::tool("check")).unwrap();
+    let topology = tool.topology().unwrap();
+    let mut owners: Vec<(&str, &str)> = topology
+        .functions
+        .iter()
+        .filter_map(|f| Some((decode_name(&f.id)?, decode_name(&f.owner)?)))
+        .filter(|(id, _)| id.starts_with("ep-") || *id == "gpu0")
+        .collect();
+    owners.sort();
+    assert_eq!(owners, vec![("ep-rp2", "vmm"), ("gpu0", "gpu-dm")]);
+
+    // A claim pcierc refuses ends the VMM with pcierc's reason.
+    let out = run_vmm(&[
+        "--backend-socket",
+        &socket,
+        "--guest",
+        "pcie-probe",
+        "--endpoint",
+        "rp3",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ClaimFunction ep-rp3 behind rp3"),
+        "rp3's slot is gpu-dm's: {stderr}"
+    );
+}
