@@ -8,3 +8,4 @@ pub mod process;
 pub mod qmp;
 pub mod qtest;
 pub mod qtest_target;
+pub mod trace;

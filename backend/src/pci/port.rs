@@ -52,6 +52,9 @@ pub struct PciePort {
     pme_queue: VecDeque<u16>,
 }
 
+/// Status / Secondary Status bit 14: Signaled System Error / Received System Error.
+const STATUS_SIG_SYSTEM_ERROR: u16 = 1 << 14;
+
 /// Most PME requester ids held while PME Status is set.
 pub const PME_QUEUE_MAX: usize = 16;
 
@@ -334,6 +337,18 @@ impl PciePort {
             };
             self.space
                 .set_bits(self.layout.exp + express::DEVSTA, 2, bit.into());
+        }
+        // QEMU's pcie_aer_msg_alldev() and pcie_aer_msg_vbridge(): an ERR_NONFATAL/ERR_FATAL
+        // message passing a port whose Command SERR# Enable is set sets Signaled System Error
+        // (PCIe Base 6.0 §7.5.1.1.4 Status bit 14) and, crossing the bridge, Secondary Status
+        // Received System Error (PCI-to-PCI Bridge 1.2 §3.2.5.7 bit 14). The Root Error
+        // Status and the interrupt do not depend on it (docs/qemu-compat.md).
+        let serr = self.space.word(header::COMMAND) & header::COMMAND_SERR != 0;
+        if !correctable && serr {
+            self.space
+                .set_bits(header::STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
+            self.space
+                .set_bits(bridge::SEC_STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
         }
         let msi = self.msix.enabled(&self.space);
         match aer::root_signal(&self.space, at, old, msi) {
