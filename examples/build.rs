@@ -1,8 +1,9 @@
-//! Assembles the test guests in `guest/` (with the `*.inc` files they include) with GNU binutils (`as`, `ld`; `$AS` and `$LD` override
-//! them) into `$OUT_DIR`, where `src/guest.rs` embeds them. Without binutils the crate still
-//! builds: the embedded images are empty, a cargo warning says why, and the VMM refuses to run
-//! them (the end-to-end tests then fail and say why). A guest that does not assemble or link
-//! fails the build.
+//! Assembles the test guests in `guest/` (with the `*.inc` files they include) with GNU binutils
+//! (`as`, `ld`; `$AS` and `$LD` override them; `guest/pvh_note.ld` keeps the probe guest's PVH ELF
+//! note inside its image) into `$OUT_DIR`, where `src/guest.rs` embeds them. Without binutils the
+//! crate still builds: the embedded images are empty, a cargo warning says why, and the VMM
+//! refuses to run them (the end-to-end tests then fail and say why). A guest that does not
+//! assemble or link fails the build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +50,10 @@ fn build(src: &Path, obj: &Path, elf: &Path) -> Result<(), String> {
         .arg(format!("-Ttext={LOAD_ADDRESS}"))
         .args(["-e", "_start", "--build-id=none", "-o"])
         .arg(elf)
-        .arg(obj))
+        .arg(obj)
+        // With INSERT, `-T` adds to ld's default script instead of replacing it.
+        .arg("-T")
+        .arg(include_dir.join("pvh_note.ld")))
 }
 
 fn main() {

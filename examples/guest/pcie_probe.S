@@ -1,7 +1,9 @@
 # pcie-probe: a freestanding x86-64 test guest for the pcierc VMM (examples/src/bin/vmm.rs).
 #
 # The VMM enters `_start` in 64-bit long mode with the low 4 GiB identity-mapped (2 MiB pages),
-# interrupts disabled, and the image loaded at its ELF address (1 MiB). The guest finds ECAM in
+# interrupts disabled, and the image loaded at its ELF address (1 MiB). QEMU (`-kernel` with this
+# ELF) enters `pvh_start` instead, named by the PVH ELF note, in 32-bit protected mode without
+# paging (Xen's PVH boot ABI); the stub there builds the same page tables and enters long mode. The guest finds ECAM in
 # the ACPI MCFG table as an OS does (or, without ACPI tables, enables it through the Q35 MCH's
 # PCIEXBAR with configuration mechanism #1, 0xCF8/0xCFC, as firmware does), reads PCIEXBAR back
 # through CF8/CFC, enumerates every bus through ECAM depth first, numbers the buses behind each
@@ -17,11 +19,15 @@
 # If the VMM's test endpoint sits behind rp1 it then opens rp1's memory window, places the
 # endpoint's BAR0, points MSI-X vector 0 at the local APIC, rings the endpoint's doorbell and
 # waits for the interrupt. With "pcie-probe.hotplug" on the command line it then drives rp1's
-# slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives.
+# slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives;
+# with "pcie-probe.aer" as well, while that card is in, it enables rp1's AER (Root Error Command)
+# and PME (Root Control) interrupts and reports three of them ("aer: root-status ... source ...
+# uncor ...", "pme: requester ...") before it waits for the removal.
 # Finally it powers off by writing SLP_EN (bit 13) with SLP_TYP 0 (S5) to the ACPI PM1a control
 # register at port 0x604, where QEMU's q35 has it.
 #
-# Assembled with GNU as and linked with `ld -N -Ttext=0x100000` by examples/build.rs.
+# Assembled with GNU as and linked with `ld -N -Ttext=0x100000 -T pvh_note.ld` (the PVH note
+# inside the image) by examples/build.rs.
 
         .intel_syntax noprefix
         .code64
@@ -34,12 +40,20 @@
         .set PM1A_CNT,      0x604           # QEMU q35 ACPI PM1a control
         .set SLP_EN,        0x2000
         .set ECAM_BASE,     0xb0000000      # where this guest puts ECAM (QEMU's q35 address)
+        # Used before pcie_probe_devices.inc: with Intel syntax a symbol not yet defined is
+        # taken for a memory operand, so constants are set before their first use.
+        .set RP_DEVFN,      0x10            # rp1 at 00:02.0 in pcierc's default topology
+        .set RP_IO_BASE_LIMIT, 0x1c         # PCI-to-PCI Bridge 1.2 §3.2.5.6, a 16-bit register
 
         .section .text
         .globl _start
 _start:
         cli
-        mov     [rip + zero_page], rsi      # Linux boot protocol: rsi = boot_params
+        test    rsi, rsi                    # Linux boot protocol: rsi = boot_params
+        jz      main64
+        mov     eax, [rsi + 0x228]          # boot_params.hdr.cmd_line_ptr
+        mov     [rip + cmdline_ptr], eax
+main64:                                     # both entries meet here, in long mode
         lea     rsp, [rip + stack_top]
         lea     rsi, [rip + msg_hello]
         call    puts
@@ -125,6 +139,15 @@ _start:
         lea     rsi, [rip + msg_bench_cf8]
         lea     rdi, [rip + bench_cf8]
         call    bench
+        # A forwarded ECAM write: rp1's I/O Base/Limit, rewritten with the value it holds.
+        xor     edi, edi
+        mov     esi, RP_DEVFN
+        mov     edx, RP_IO_BASE_LIMIT
+        call    cfg_read16
+        mov     [rip + rp1_io_base_limit], ax
+        lea     rsi, [rip + msg_bench_ecam_write]
+        lea     rdi, [rip + bench_ecam_write]
+        call    bench
         # Plain guest code for comparison: 10 iterations of a 3-instruction register loop.
         lea     rsi, [rip + msg_bench_loop]
         lea     rdi, [rip + bench_loop]
@@ -152,7 +175,8 @@ power_off:
 # --- exit latency ---------------------------------------------------------------------------
 
         .set BENCH_ROUNDS,  2000
-        .set UNCLAIMED_PORT, 0x510          # no device: the VMM answers all ones itself
+        .set UNCLAIMED_PORT, 0x5f0          # no device in the VMM nor in QEMU's q35 (0x510 is
+                                            # QEMU's fw_cfg): all ones, without pcierc
         .set UNCLAIMED_MMIO, 0xd0000000     # in the PCI hole, no BAR there: all ones, no pcierc
 
 # bench(rsi label, rdi routine): run the routine BENCH_ROUNDS times and print
@@ -208,6 +232,12 @@ bench_ecam:                             # vendor/device id of 00:00.0: forwarded
         mov     eax, [rax]
         ret
 
+bench_ecam_write:                       # rp1's I/O Base/Limit (00:02.0 0x1c, 2 bytes), unchanged
+        mov     rax, [rip + ecam_base]
+        mov     cx, [rip + rp1_io_base_limit]
+        mov     [rax + (RP_DEVFN << 12) + RP_IO_BASE_LIMIT], cx
+        ret
+
 bench_loop:                             # no exit: what the CPU (or emulator) does alone
         mov     ecx, 10
 1:      add     rax, 1
@@ -218,6 +248,84 @@ bench_loop:                             # no exit: what the CPU (or emulator) do
 bench_cf8:                              # the same through CF8/CFC: two forwarded exits
         mov     eax, 0x80000000
         jmp     cf8_read32
+
+# --- PVH entry (Xen's HVM direct boot ABI, xen/include/public/arch-x86/hvm/start_info.h) -------
+
+# The note QEMU's `-kernel` looks for (XEN_ELFNOTE_PHYS32_ENTRY, xen/include/public/elfnote.h):
+# name "Xen", the 32-bit entry's physical address as the descriptor. 8 bytes as Linux writes it
+# (QEMU reads a size_t); 4-byte alignment, which QEMU applies to the name through p_align.
+        .section .note.Xen, "a", @note
+        .balign 4
+        .long   4                           # namesz
+        .long   8                           # descsz
+        .long   18                          # XEN_ELFNOTE_PHYS32_ENTRY
+        .asciz  "Xen"
+        .quad   pvh_start
+        .text
+
+        .set PVH_CMDLINE, 24                # hvm_start_info.cmdline_paddr
+        .set EFER,          0xc0000080
+        .set PTE_PRESENT_RW, 0x3
+        .set PDE_2M,        0x83            # present, writable, 2 MiB page
+
+# pvh_start: 32-bit protected mode, paging off, flat segments, ebx = hvm_start_info. Keep the
+# command line, identity-map the low 4 GiB with 2 MiB pages (PML4 -> PDPT -> 4 PDs), enable PAE,
+# EFER.LME and paging, and jump to 64-bit code through a GDT laid out as the VMM's (code 0x08,
+# data 0x10), so the IDT gates work on both entries.
+        .code32
+pvh_start:
+        cli
+        mov     eax, [ebx + PVH_CMDLINE]
+        mov     [cmdline_ptr], eax
+        mov     edi, offset pvh_pml4        # zero the tables (PML4, PDPT, 4 PDs)
+        mov     ecx, 6 * 4096 / 4
+        xor     eax, eax
+        cld
+        rep stosd
+        mov     edi, offset pvh_pd          # 2048 PDEs: 0-4 GiB
+        mov     eax, PDE_2M
+        xor     edx, edx                    # bits 63:32 of the address
+        xor     ecx, ecx
+1:      mov     [edi + ecx * 8], eax
+        mov     [edi + ecx * 8 + 4], edx
+        add     eax, 0x200000
+        adc     edx, 0
+        inc     ecx
+        cmp     ecx, 2048
+        jb      1b
+        mov     eax, offset pvh_pd + PTE_PRESENT_RW
+        xor     ecx, ecx
+2:      mov     [pvh_pdpt + ecx * 8], eax
+        add     eax, 4096
+        inc     ecx
+        cmp     ecx, 4
+        jb      2b
+        mov     dword ptr [pvh_pml4], offset pvh_pdpt + PTE_PRESENT_RW
+        mov     eax, offset pvh_pml4
+        mov     cr3, eax
+        mov     eax, cr4
+        or      eax, 0x20                   # PAE
+        mov     cr4, eax
+        mov     ecx, EFER
+        rdmsr
+        or      eax, 0x100                  # LME
+        wrmsr
+        lgdt    [pvh_gdtr]
+        mov     eax, cr0
+        or      eax, 0x80000001             # PG | PE
+        mov     cr0, eax
+        .byte   0xea                        # jmp far 0x08:pvh_long
+        .long   pvh_long
+        .word   0x08
+        .code64
+pvh_long:
+        mov     eax, 0x10
+        mov     ds, eax
+        mov     es, eax
+        mov     ss, eax
+        mov     fs, eax
+        mov     gs, eax
+        jmp     main64
 
 # --- ACPI (ACPI 6.5 §5.2.5-§5.2.8) ------------------------------------------------------------
 
@@ -242,9 +350,11 @@ find_mcfg:
         jb      1b
         xor     eax, eax
         ret
-4:      mov     rdi, [rsi + 24]             # XSDT address (revision 2 RSDP)
+4:      cmp     byte ptr [rsi + 15], 2      # revision 2+: the XSDT, if it has one
+        jb      8f
+        mov     rdi, [rsi + 24]             # XSDT address
         test    rdi, rdi
-        jz      6f
+        jz      8f
         mov     ecx, [rdi + 4]              # XSDT length
         sub     ecx, 36
         shr     ecx, 3                      # 64-bit entries after the 36-byte header
@@ -259,6 +369,21 @@ find_mcfg:
         jmp     5b
 6:      xor     eax, eax
         ret
+8:      mov     edi, [rsi + 16]             # the RSDT (revision 0, as QEMU's x86 tables)
+        test    edi, edi
+        jz      6b
+        mov     ecx, [rdi + 4]              # RSDT length
+        sub     ecx, 36
+        shr     ecx, 2                      # 32-bit entries after the header
+        lea     rdx, [rdi + 36]
+9:      test    ecx, ecx
+        jz      6b
+        mov     r8d, [rdx]
+        cmp     dword ptr [r8], 0x4746434d  # "MCFG"
+        je      7f
+        add     rdx, 4
+        dec     ecx
+        jmp     9b
 7:      cmp     dword ptr [r8 + 4], 44 + 16 # header, reserved, one allocation at least
         jb      6b
         mov     al, [r8 + 54]
@@ -606,23 +731,43 @@ msg_ep_irq:     .asciz "pcie-probe: endpoint MSI-X vector 0 interrupt taken, mes
 msg_ep_fail:    .asciz "pcie-probe: endpoint without a usable MSI-X capability\n"
 msg_hp_fail:    .asciz "pcie-probe: rp1 has no PCI Express or MSI-X capability\n"
 msg_unexpected: .asciz "pcie-probe: unexpected interrupt or exception\n"
+str_aer_flag:   .asciz "pcie-probe.aer"
+msg_aer_wait:   .asciz "pcie-probe: AER and PME interrupts enabled on 00:02.0\n"
+msg_aer_done:   .asciz "pcie-probe: AER and PME reports taken\n"
+msg_aer_fail:   .asciz "pcie-probe: rp1 has no AER capability at 0x100\n"
+msg_aer_root:   .asciz "aer: root-status "
+msg_aer_source: .asciz " source "
+msg_aer_uncor:  .asciz " uncor "
+msg_pme:        .asciz "pme: requester 0x"
+msg_0x:         .asciz "0x"
 msg_bench_pio:  .asciz "local-pio "
 msg_bench_mmio: .asciz "local-mmio "
 msg_bench_ecam: .asciz "ecam-read "
 msg_bench_cf8:  .asciz "cf8-cfc-read "
+msg_bench_ecam_write: .asciz "ecam-write "
 msg_bench_loop: .asciz "loop-x10 "
 msg_cycles:     .asciz " TSC cycles per access\n"
 
         .section .data
         .balign 8
 ecam_base:      .quad 0
-zero_page:      .quad 0
+cmdline_ptr:    .quad 0                     # the kernel command line (physical), or 0
+        .balign 8
+pvh_gdt:        .quad 0
+                .quad 0x00af9a000000ffff    # 0x08: 64-bit code, DPL 0
+                .quad 0x00cf92000000ffff    # 0x10: flat data
+pvh_gdtr:       .word 3 * 8 - 1
+                .long pvh_gdt
 idtr:           .word 256 * 16 - 1
                 .quad idt
 slot_status_off: .long 0
 slot_events:    .long 0
+root_status_off: .long 0
+aer_enabled:    .long 0
+aer_pme_reports: .long 0
 ep_irqs:        .long 0
 nfunctions:     .long 0
+rp1_io_base_limit: .word 0
 mcfg_start_bus: .byte 0
 mcfg_end_bus:   .byte 0
 next_bus:       .long 0
@@ -631,6 +776,10 @@ next_bus:       .long 0
         .balign 16
 decbuf:         .skip 24
 decbuf_end:     .skip 1
+        .balign 4096
+pvh_pml4:       .skip 4096                  # pvh_start's page tables (in this order)
+pvh_pdpt:       .skip 4096
+pvh_pd:         .skip 4 * 4096
         .balign 16
 idt:            .skip 256 * 16
 stack:          .skip 16384

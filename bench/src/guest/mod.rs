@@ -303,7 +303,7 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
         range(&cf8_forwarded),
     ));
     rep.note(
-        "floor: `in` from an unclaimed port (0x510), answered all ones by the VMM itself; \
+        "floor: `in` from an unclaimed port (0x5f0), answered all ones by the VMM itself; \
          unclaimed MMIO: a read in the PCI hole, the same without a message; ratios against \
          the floor",
     );

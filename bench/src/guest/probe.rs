@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
 
-/// `in` from an unclaimed port (0x510): all ones from the VMM itself, no message. The floor.
+/// `in` from an unclaimed port (0x5f0): all ones from the VMM itself, no message. The floor.
 pub const FLOOR: &str = "local-pio";
 /// A read of unclaimed MMIO in the PCI hole: all ones from the VMM itself, no message.
 pub const UNCLAIMED_MMIO: &str = "local-mmio";
