@@ -3,7 +3,7 @@
 //! entry (an ELF note `Xen`/`XEN_ELFNOTE_PHYS32_ENTRY` in a `PT_NOTE` segment, found by
 //! `load_elf`) or through a Multiboot (version 1) header in the first 8 KiB; an ELF64 image needs
 //! the header's address fields (flag 16), since QEMU loads only ELF32 multiboot kernels itself.
-//! The probe guest is entered by the example VMM in 64-bit mode and has neither today.
+//! The probe guest has a PVH note (the example VMM enters it at `_start` in 64-bit mode instead).
 
 /// `XEN_ELFNOTE_PHYS32_ENTRY` (xen/include/public/elfnote.h): the PVH entry point.
 const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;

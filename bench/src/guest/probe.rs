@@ -135,7 +135,7 @@ pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
 }
 
 /// The last few lines of the VMM's stderr, for an error message.
-fn last_lines(stderr: &str) -> String {
+pub(super) fn last_lines(stderr: &str) -> String {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(3)..];
     if tail.is_empty() {
@@ -146,7 +146,7 @@ fn last_lines(stderr: &str) -> String {
 }
 
 /// `bench: <label> <cycles> TSC cycles per access` lines: cycles per access by label.
-fn parse_bench(stdout: &str) -> BTreeMap<String, u64> {
+pub(super) fn parse_bench(stdout: &str) -> BTreeMap<String, u64> {
     stdout
         .lines()
         .filter_map(|l| l.strip_prefix("bench: "))

@@ -1,0 +1,95 @@
+//! The same probe guest under `qemu-system-x86_64 -M q35 -accel kvm`, entered through its PVH
+//! ELF note, with pcierc's default topology as QEMU's own `pcie-root-port`s (the command line of
+//! `tests/tests/vmm_guest.rs`'s `probe_guest_boots_under_qemu_through_its_pvh_note`): the
+//! in-process root ports issue 7 compares pcierc with.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Context, Error, Result};
+
+use super::probe;
+
+/// Past this a QEMU run is killed (a boot takes about 4-5 s here).
+const KILL_AFTER: Duration = Duration::from_secs(60);
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// `qemu-system-x86_64` is on `PATH`.
+pub fn available() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(QEMU).is_file()))
+}
+
+/// Boot the guest image at `kernel` once; its `bench:` lines as cycles per access by label.
+pub fn run(kernel: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-M", "q35", "-accel", "kvm", "-m", "128", "-nodefaults"])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
+        .arg("-no-reboot");
+    for (f, n) in (0..4).zip(1..) {
+        let mf = if f == 0 { ",multifunction=on" } else { "" };
+        cmd.arg("-device").arg(format!(
+            "pcie-root-port,id=rp{n},chassis={n},slot={n},port=0x1{f},bus=pcie.0,addr=0x2.{f}{mf}"
+        ));
+    }
+    cmd.arg("-kernel").arg(kernel);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(format!("spawning {QEMU}"))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for QEMU")? {
+            break Some(st);
+        }
+        if started.elapsed() > KILL_AFTER {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let tail = probe::last_lines(&stderr);
+    let Some(status) = status else {
+        return Err(Error::Other(format!(
+            "QEMU did not stop within {KILL_AFTER:?}: killed{tail}"
+        )));
+    };
+    if !status.success() {
+        return Err(Error::Other(format!("QEMU failed ({status}){tail}")));
+    }
+    let cycles = probe::parse_bench(&stdout);
+    for label in [
+        probe::FLOOR,
+        probe::ECAM_READ,
+        probe::ECAM_WRITE,
+        probe::CF8_CFC_READ,
+    ] {
+        if !cycles.contains_key(label) {
+            return Err(Error::Other(format!(
+                "the guest under QEMU printed no \"bench: {label}\" line; it printed:\n{stdout}"
+            )));
+        }
+    }
+    Ok(cycles)
+}
