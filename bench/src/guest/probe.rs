@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
@@ -32,6 +32,43 @@ const VMM_TIMEOUT_S: &str = "20";
 /// The bench's: past it the VMM is killed (it should have stopped itself before).
 const KILL_AFTER: Duration = Duration::from_secs(30);
 
+/// Wait for `child` to end, killing it after `limit` (status `None` then), with both pipes
+/// drained on threads so a full pipe never stalls it: its status, stdout and stderr.
+pub(super) fn run_bounded(
+    mut child: Child,
+    what: &str,
+    limit: Duration,
+) -> Result<(Option<ExitStatus>, String, String)> {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().context(format!("waiting for {what}"))? {
+            break Some(st);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok((
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    ))
+}
+
 /// What one run printed.
 #[derive(Clone, Debug)]
 pub struct ProbeRun {
@@ -54,7 +91,7 @@ pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
     if forwarded {
         cmd.arg("--no-config-snapshot");
     }
-    let mut child = cmd
+    let child = cmd
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -64,32 +101,7 @@ pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
         .stderr(Stdio::piped())
         .spawn()
         .context(format!("spawning {}", vmm.display()))?;
-    // Both pipes drained on threads, so a full pipe never stalls the guest.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut v);
-            }
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().context("waiting for the vmm")? {
-            break Some(st);
-        }
-        if started.elapsed() > KILL_AFTER {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let (status, stdout, stderr) = run_bounded(child, "the vmm", KILL_AFTER)?;
     let what = if forwarded {
         "the probe guest with --no-config-snapshot"
     } else {

@@ -4,10 +4,9 @@
 //! in-process root ports issue 7 compares pcierc with.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Context, Error, Result};
 
@@ -38,37 +37,13 @@ pub fn run(kernel: &Path) -> Result<BTreeMap<String, u64>> {
         ));
     }
     cmd.arg("-kernel").arg(kernel);
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context(format!("spawning {QEMU}"))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut v);
-            }
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().context("waiting for QEMU")? {
-            break Some(st);
-        }
-        if started.elapsed() > KILL_AFTER {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let (status, stdout, stderr) = probe::run_bounded(child, "QEMU", KILL_AFTER)?;
     let tail = probe::last_lines(&stderr);
     let Some(status) = status else {
         return Err(Error::Other(format!(
