@@ -267,41 +267,13 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// dm_op buffers the real libxendevicemodel sent in flow.stdout (domain 5, server 1), for
-/// the ops the shim sends with the same arguments.
+/// dm_op buffers the real libxendevicemodel sent in `fixtures/xen-4.17/flow.stdout` (domain 5,
+/// server 1), for the ops the shim sends with the same arguments.
 fn recorded_dm_ops() -> Vec<Vec<u8>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/xen/fake-dev-xen/flow.stdout");
-    let excerpt = [
-        "14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "02 00 00 00 00 00 00 00 01 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "03 00 00 00 00 00 00 00 01 00 00 00 02 00 00 00 18 00 00 00 00 00 00 00 18 00 00 00 00 00 00 00",
-        "05 00 00 00 00 00 00 00 01 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "08 00 00 00 00 00 00 00 00 00 00 03 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "0e 00 00 00 00 00 00 00 41 40 00 00 00 00 00 00 00 00 e0 fe 00 00 00 00 00 00 00 00 00 00 00 00",
-        "05 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-        "04 00 00 00 00 00 00 00 01 00 00 00 02 00 00 00 18 00 00 00 00 00 00 00 18 00 00 00 00 00 00 00",
-        "06 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
-    ]
-    .map(hex)
-    .to_vec();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let all = dumps(&text, "raw buf contents (before)");
-            for e in &excerpt {
-                assert!(all.contains(e), "excerpt not in flow.stdout: {e:02x?}");
-            }
-            all
-        }
-        Err(_) => {
-            eprintln!(
-                "NOTE: {} not found; using the embedded excerpt",
-                path.display()
-            );
-            excerpt
-        }
-    }
+    dumps(
+        include_str!("../../fixtures/xen-4.17/flow.stdout"),
+        "raw buf contents (before)",
+    )
 }
 
 #[test]

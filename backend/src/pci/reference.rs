@@ -1,11 +1,12 @@
-//! Test support: QEMU 7.2's reference dumps (`lspci -xxxx` format) in `shared/reference/`.
+//! Test support: QEMU 7.2's reference dumps (`lspci -xxxx` format) in `fixtures/qemu-7.2/`
+//! (how they were made: `fixtures/README.md`).
 
 use std::path::PathBuf;
 
 /// The 4 KiB a dump file holds. Panics (this is test code) if the file is missing or malformed.
 pub fn load_dump(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference")
+        .join("../fixtures/qemu-7.2")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut bytes = vec![0u8; 4096];

@@ -1,69 +1,15 @@
 //! The encoders against the bytes the real libxendevicemodel / libxenforeignmemory 4.17 sent,
-//! recorded in `/work/shared/reference/xen/fake-dev-xen/flow.stdout` (the trace of `flow.c`
-//! run under the `fakexen.so` LD_PRELOAD stand-in for /dev/xen/*).
-//!
-//! The recorded file lies outside this repository, at
-//! `$CARGO_MANIFEST_DIR/../../shared/reference/xen/fake-dev-xen/flow.stdout`. When it is there,
-//! the checks run on it, and [`EXCERPT`] (the lines the checks use, copied from it) is
-//! verified to be a faithful subsequence of it; when it is not (e.g. a CI checkout without the
-//! reference tree), the same checks run on [`EXCERPT`] alone.
+//! recorded in `fixtures/xen-4.17/flow.stdout` (the trace of `flow.c` run under the
+//! `fakexen.so` LD_PRELOAD stand-in for /dev/xen/*; `fixtures/README.md` says how it was made).
 
 use super::dm_op::*;
 use super::hvm::HVM_IOREQSRV_BUFIOREQ_ATOMIC;
 use super::privcmd::privcmd_mmap_resource_t;
 use core::mem::offset_of;
-use std::path::PathBuf;
-
-/// The trace lines the checks need, in trace order, leading blanks trimmed. The dm_ops flow.c
-/// sends that the shim does not encode (set_isa_irq_level 9, set_pci_link_route 10,
-/// relocate_memory 17) are left out here and filtered out of the full file.
-const EXCERPT: &str = "\
-raw buf contents (before) (32 bytes): 14 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf[0] contents (after, as returned) (32 bytes): 14 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 01 00 00 00 00 00 00 00 02 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf[0] contents (after, as returned) (32 bytes): 01 00 00 00 00 00 00 00 02 00 00 00 01 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw privcmd_mmap_resource (32 bytes): 05 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw privcmd_mmap_resource (32 bytes): 05 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
-02 00 00 00 00 00 00 00 00 70 a4 fd 61 7f 00 00
-raw buf contents (before) (32 bytes): 02 00 00 00 00 00 00 00 01 00 01 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf[0] contents (after, as returned) (32 bytes): 02 00 00 00 00 00 00 00 01 00 01 00 4d 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 03 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
-f8 0c 00 00 00 00 00 00 ff 0c 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 03 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00
-00 00 00 e0 00 00 00 00 ff ff ff ef 00 00 00 00
-raw buf contents (before) (32 bytes): 03 00 00 00 00 00 00 00 01 00 00 00 02 00 00 00
-18 00 00 00 00 00 00 00 18 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 05 00 00 00 00 00 00 00 01 00 01 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 08 00 00 00 00 00 00 00 00 00 00 03 00 01 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 0e 00 00 00 00 00 00 00 41 40 00 00 00 00 00 00
-00 00 e0 fe 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 05 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 04 00 00 00 00 00 00 00 01 00 00 00 02 00 00 00
-18 00 00 00 00 00 00 00 18 00 00 00 00 00 00 00
-raw buf contents (before) (32 bytes): 04 00 00 00 00 00 00 00 01 00 00 00 01 00 00 00
-00 00 00 e0 00 00 00 00 ff ff ff ef 00 00 00 00
-raw buf contents (before) (32 bytes): 06 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00
-00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
-";
 
 const BEFORE: &str = "raw buf contents (before)";
 const AFTER: &str = "raw buf[0] contents (after, as returned)";
 const MMAP_RESOURCE: &str = "raw privcmd_mmap_resource";
-
-fn trace_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/reference/xen/fake-dev-xen/flow.stdout")
-}
 
 /// Every hex dump `<tag> (<n> bytes): xx xx ...`, continued on the following lines, in order.
 fn dumps(text: &str, tag: &str) -> Vec<Vec<u8>> {
@@ -104,23 +50,9 @@ fn as_dm_op(dump: &[u8]) -> xen_dm_op {
     xen_dm_op::from_bytes(dump.try_into().expect("32-byte dm_op"))
 }
 
-/// The recorded trace if present (after checking [`EXCERPT`] against it), else the excerpt.
+/// The recorded trace, compiled in so a missing fixture fails the build, not a test.
 fn trace() -> String {
-    let Ok(full) = std::fs::read_to_string(trace_path()) else {
-        eprintln!(
-            "NOTE: {} not found; checking against the embedded excerpt only",
-            trace_path().display()
-        );
-        return EXCERPT.to_owned();
-    };
-    let mut file_lines = full.lines().map(str::trim);
-    for want in EXCERPT.lines() {
-        assert!(
-            file_lines.any(|l| l == want),
-            "excerpt line not in flow.stdout (in order): {want}"
-        );
-    }
-    full
+    include_str!("../../../fixtures/xen-4.17/flow.stdout").to_owned()
 }
 
 /// The dm_ops flow.c makes through libxendevicemodel, minus the three the shim does not encode,
