@@ -1,9 +1,11 @@
 //! Test support for pcierc: running the real processes ([`process`]), QEMU's qtest protocol
 //! ([`qtest`]), and the differential engine that compares pcierc with QEMU 7.2 register by
-//! register ([`differential`]). The tests themselves are in `tests/`.
+//! register ([`differential`]), and live Linux on the example VMM through nested
+//! virtualization ([`nested`]). The tests themselves are in `tests/`.
 
 pub mod differential;
 pub mod fuzz;
+pub mod nested;
 pub mod process;
 pub mod qmp;
 pub mod qtest;

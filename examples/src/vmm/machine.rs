@@ -207,6 +207,23 @@ impl Machine {
         }
     }
 
+    /// Give COM1's receiver as many of `input`'s bytes as its FIFO has room for (raising the
+    /// receive interrupt when the guest enabled it); the number taken.
+    pub fn console_input(&self, input: &[u8]) -> usize {
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = serial.fifo_capacity().min(input.len());
+        if n == 0 {
+            return 0;
+        }
+        match serial.enqueue_raw_bytes(&input[..n]) {
+            Ok(taken) => taken,
+            Err(e) => {
+                log::warn!("COM1 input: {e:?}");
+                0
+            }
+        }
+    }
+
     pub(super) fn devices(&self) -> std::sync::MutexGuard<'_, OwnDevices> {
         self.devices.lock().unwrap_or_else(PoisonError::into_inner)
     }

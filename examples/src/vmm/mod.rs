@@ -418,6 +418,17 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
             })?;
     }
 
+    {
+        let m = machine.clone();
+        std::thread::Builder::new()
+            .name("console-input".into())
+            .spawn(move || console_input_loop(&m))
+            .map_err(|source| Error::Io {
+                what: "spawning the console input thread".into(),
+                source,
+            })?;
+    }
+
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -496,6 +507,34 @@ fn stop_vcpus(
         }
     }
     position.unwrap_or_else(|| "the vCPUs did not stop".into())
+}
+
+/// Feed what arrives on stdin to COM1's receiver, as QEMU's `-serial stdio` does, until stdin
+/// ends (at once when it is `/dev/null`). Bytes wait here while the guest has not drained the
+/// 64-byte receive FIFO. stdin is read as it comes: a terminal stays in its own (line) mode.
+fn console_input_loop(machine: &Machine) {
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    let mut stdin = std::io::stdin().lock();
+    loop {
+        let n = match stdin.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::warn!("console input: {e}");
+                return;
+            }
+        };
+        let mut pending = &buf[..n];
+        while !pending.is_empty() {
+            let taken = machine.console_input(pending);
+            pending = &pending[taken..];
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
 }
 
 /// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug
