@@ -5,6 +5,7 @@
 
 pub mod differential;
 pub mod fuzz;
+pub mod linux_facts;
 pub mod nested;
 pub mod process;
 pub mod qmp;

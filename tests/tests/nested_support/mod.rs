@@ -1,0 +1,80 @@
+//! What the nested cases share: the one L1 of the test process and parsers for the probe's
+//! output lines (`tests/nested/probe.sh`).
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use pcierc_tests::nested::{tools, Nested, NestedError, NestedOptions, Tools};
+
+/// The one L1 of this test process, booted by the first case that needs it.
+static L1: Mutex<Option<Nested>> = Mutex::new(None);
+
+/// The default bound of one step in a guest.
+pub const T: Duration = Duration::from_secs(60);
+
+/// The value, or a panic with the harness's whole error (it carries the console's tail).
+pub fn expect<V>(r: Result<V, NestedError>) -> V {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Run `case` on the shared L1 (booting it first if needed) and print its duration. A dead L1
+/// (a case failed badly) is booted again.
+pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
+    let Some(tools) = tools() else {
+        return;
+    };
+    let mut guard = L1.lock().unwrap_or_else(PoisonError::into_inner);
+    let alive = guard
+        .as_mut()
+        .is_some_and(|n| n.l1("true", Duration::from_secs(30)).is_ok());
+    if !alive {
+        let start = Instant::now();
+        let n = expect(Nested::boot(&tools, &NestedOptions::default()));
+        eprintln!(
+            "nested: L1 up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
+            n.l1_boot.as_secs_f64(),
+            start.elapsed().as_secs_f64()
+        );
+        *guard = Some(n);
+    }
+    let nested = guard.as_mut().expect("L1 booted above");
+    let start = Instant::now();
+    case(nested, &tools);
+    eprintln!(
+        "nested: case {name}: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// `len` bytes at `offset` of `bdf`'s configuration space from `cfg` lines
+/// (`cfg BDF OFFSET xx xx ...`, 32 bytes a line); `None` if sysfs did not give them.
+pub fn cfg_bytes(lines: &[String], bdf: &str, offset: usize, len: usize) -> Option<Vec<u8>> {
+    let mut space = Vec::new();
+    for l in lines {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("cfg") || w.next() != Some(bdf) {
+            continue;
+        }
+        let off = usize::from_str_radix(w.next()?, 16).ok()?;
+        if off != space.len() {
+            return None;
+        }
+        for b in w {
+            space.push(u8::from_str_radix(b, 16).ok()?);
+        }
+    }
+    space.get(offset..offset + len).map(<[u8]>::to_vec)
+}
+
+/// Resource `index` of `bdf` (`res BDF N START END FLAGS`): start and end, if assigned.
+pub fn resources(lines: &[String], bdf: &str, index: usize) -> Option<(u64, u64)> {
+    lines.iter().find_map(|l| {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() < 5 || w[0] != "res" || w[1] != bdf || w[2] != index.to_string() {
+            return None;
+        }
+        let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+        let (start, end) = (hex(w[3])?, hex(w[4])?);
+        (end > start).then_some((start, end))
+    })
+}
