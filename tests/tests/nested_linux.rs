@@ -6,10 +6,12 @@
 
 mod nested_support;
 
-use nested_support::{cfg_bytes, expect, on_l1, resources, T};
+use nested_support::{cfg_bytes, cfg_space, expect, on_l1, qmp_events, resources, T};
 use pcierc_examples::vmm::endpoint::serial_number;
 use pcierc_examples::vmm::endpoint_id;
 use pcierc_tests::linux_facts::check_default_topology;
+use pcierc_tests::nested::ProbeVm;
+use pcierc_tests::process::root_port_options;
 
 /// The default topology with the VMM's endpoint cold-plugged behind rp1; then hot-plug, AER
 /// and PME on the same running L2.
@@ -87,7 +89,432 @@ fn endpoint_hotplug_aer_and_pme_live() {
             out.text()
         );
 
+        hotplug(n);
+        aer_and_pme(n);
+
         let status = expect(n.stop_l2());
         assert_eq!(status, 0, "the VMM's exit status after L2 powered off");
     });
+}
+
+const EP2: &str = r#"{"execute":"device_add","arguments":{"driver":"pcierc-testdev","id":"ep2","bus":"rp2","owner":"vmm"}}"#;
+const EP2_DEL: &str = r#"{"execute":"device_del","arguments":{"id":"ep2"}}"#;
+const EP2_SURPRISE: &str = r#"{"execute":"x-pcierc-surprise-remove","arguments":{"id":"ep2"}}"#;
+const AT_02: &str = "[ -e /sys/bus/pci/devices/0000:02:00.0 ]";
+const GONE_02: &str = "[ ! -e /sys/bus/pci/devices/0000:02:00.0 ]";
+
+/// The guest-time wait `waitfor` reported ("waited 1.23 s for ...").
+fn waited(o: &pcierc_tests::nested::console::Output) -> f64 {
+    o.lines
+        .iter()
+        .find_map(|l| l.strip_prefix("waited ")?.split(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Hot-add into rp2 (the VMM serves the card), orderly removal, re-add, surprise removal.
+fn hotplug(n: &mut pcierc_tests::nested::Nested) {
+    // device_add: pciehp sees Presence Detect Changed, powers the slot, Linux enumerates the
+    // card and assigns its BAR inside rp2's window.
+    expect(n.l2_ok("dmesg -c >/dev/null", T));
+    let add = expect(n.qmp(&[EP2], T));
+    assert_eq!(add.status, 0, "device_add: {}", add.text());
+    let seen = expect(n.l2_ok(&format!("waitfor 60 '{AT_02}'"), T));
+    let res = expect(n.l2_ok("res 0000:02:00.0; res 0000:00:02.1; dmesg", T));
+    let (bar0, bar0_end) = resources(&res.lines, "0000:02:00.0", 0).expect("hot-added BAR0");
+    let (win, win_end) = resources(&res.lines, "0000:00:02.1", 14).expect("rp2's window");
+    assert!(
+        bar0 >= win && bar0_end <= win_end,
+        "BAR0 {bar0:#x} inside rp2's window {win:#x}-{win_end:#x}\n{}",
+        res.text()
+    );
+    for needle in ["Slot(2): Card present", "Slot(2): Link Up"] {
+        assert!(
+            res.lines.iter().any(|l| l.contains(needle)),
+            "dmesg: {needle}\n{}",
+            res.text()
+        );
+    }
+    eprintln!(
+        "nested: device_add -> 02:00.0 in L2's sysfs: {:.2} s of L2 time ({:.1} s wall)",
+        waited(&seen),
+        (add.elapsed + seen.elapsed).as_secs_f64()
+    );
+
+    // device_del: the attention button; pciehp waits 5 s, powers the slot off; pcierc then
+    // sends DEVICE_DELETED (and FunctionRemoved to the VMM).
+    let del = expect(n.qmp(
+        &["--wait", "DEVICE_DELETED", "--timeout", "60", EP2_DEL],
+        T + T,
+    ));
+    assert_eq!(del.status, 0, "device_del: {}", del.text());
+    let deleted = qmp_events(&del.lines);
+    assert!(
+        deleted
+            .iter()
+            .any(|(e, d)| e == "DEVICE_DELETED" && d["device"] == "ep2"),
+        "{}",
+        del.text()
+    );
+    let gone = expect(n.l2_ok(
+        &format!("waitfor 30 '{GONE_02}'; cat /sys/bus/pci/slots/2/power"),
+        T,
+    ));
+    assert_eq!(
+        gone.lines.last().map(String::as_str),
+        Some("0"),
+        "slot 2 powered off: {}",
+        gone.text()
+    );
+    eprintln!(
+        "nested: device_del -> DEVICE_DELETED: {:.1} s wall (pciehp's 5 s wait included)",
+        del.elapsed.as_secs_f64()
+    );
+
+    // The same card again in the same slot, then a surprise removal: Linux drops it at once.
+    let add = expect(n.qmp(&[EP2], T));
+    assert_eq!(add.status, 0, "second device_add: {}", add.text());
+    expect(n.l2_ok(&format!("waitfor 60 '{AT_02}'"), T));
+    let out = expect(n.qmp(&["--wait", "DEVICE_DELETED", EP2_SURPRISE], T));
+    assert_eq!(out.status, 0, "surprise removal: {}", out.text());
+    let gone = expect(n.l2_ok(
+        &format!("waitfor 30 '{GONE_02}'; dmesg | grep -E 'Slot\\(2\\)'"),
+        T,
+    ));
+    eprintln!(
+        "nested: surprise removal -> gone from L2's sysfs in {:.2} s of L2 time",
+        waited(&gone)
+    );
+    assert!(
+        gone.lines
+            .iter()
+            .any(|l| l.contains("Slot(2): Card not present")),
+        "{}",
+        gone.text()
+    );
+}
+
+/// AER from rp1 itself (correctable) and from its endpoint (uncorrectable, non-fatal by the
+/// default severity); PME from the endpoint's owner.
+fn aer_and_pme(n: &mut pcierc_tests::nested::Nested) {
+    let ep = endpoint_id("rp1");
+    expect(n.l2_ok("dmesg -c >/dev/null", T));
+    let port_err = r#"{"execute":"pcie-aer-inject-error","arguments":{"id":"rp1","error":"RCVR"}}"#;
+    let ep_err = format!(
+        r#"{{"execute":"pcie-aer-inject-error","arguments":{{"id":"{ep}","error":"UNSUP"}}}}"#
+    );
+    let out = expect(n.qmp(&[port_err], T));
+    assert_eq!(out.status, 0, "{}", out.text());
+    let seen = expect(n.l2_ok("waitfor 30 'dmesg | grep -q RxErr'; dmesg", T));
+    for needle in [
+        "pcieport 0000:00:02.0: AER: Corrected error message received from 0000:00:02.0",
+        "severity=Corrected, type=Physical Layer, (Receiver ID)",
+    ] {
+        assert!(
+            seen.lines.iter().any(|l| l.contains(needle)),
+            "dmesg: {needle}\n{}",
+            seen.text()
+        );
+    }
+    let out = expect(n.qmp(&[&ep_err], T));
+    assert_eq!(out.status, 0, "{}", out.text());
+    let seen = expect(n.l2_ok("waitfor 30 'dmesg | grep -q Uncorrected'; dmesg", T));
+    let needle =
+        "pcieport 0000:00:02.0: AER: Uncorrected (Non-Fatal) error message received from 0000:01:00.0";
+    assert!(
+        seen.lines.iter().any(|l| l.contains(needle)),
+        "dmesg: {needle}\n{}",
+        seen.text()
+    );
+
+    // PME: Root Status PME Status with the endpoint as requester, and rp1's interrupt. The
+    // injection is pcierc's alone (the endpoint's own PME_Status stays clear), so Linux's PME
+    // service, having found no function with PME_Status set, reports the interrupt spurious.
+    let count = "irq=$(ls /sys/bus/pci/devices/0000:00:02.0/msi_irqs); grep \"^ *$irq:\" /proc/interrupts | awk '{ print \"count \" $2 }'";
+    let before = expect(n.l2_ok(&format!("dmesg -c >/dev/null; {count}"), T));
+    let pme = format!(r#"{{"execute":"x-pcierc-inject-pme","arguments":{{"id":"{ep}"}}}}"#);
+    let out = expect(n.qmp(&[&pme], T));
+    assert_eq!(out.status, 0, "{}", out.text());
+    let after = expect(n.l2_ok(
+        &format!("waitfor 30 'dmesg | grep -q PME:'; dmesg; {count}"),
+        T,
+    ));
+    let counted = |o: &pcierc_tests::nested::console::Output| -> u64 {
+        o.lines
+            .iter()
+            .find_map(|l| l.strip_prefix("count ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no interrupt count: {}", o.text()))
+    };
+    assert_eq!(
+        counted(&after),
+        counted(&before) + 1,
+        "one interrupt on rp1: {}",
+        after.text()
+    );
+    assert!(
+        after
+            .lines
+            .iter()
+            .any(|l| l.contains("pcieport 0000:00:02.0: PME: Spurious native interrupt!")),
+        "Linux's PME service handled it: {}",
+        after.text()
+    );
+}
+
+/// 32 root ports (four multifunction slots of eight): Linux binds pcieport with pciehp on each,
+/// and a card hot-added into each port in turn is enumerated below it and surprise-removed.
+#[test]
+fn thirty_two_root_ports_hotplug_each_live() {
+    on_l1("32 root ports", |n, _| {
+        const PORTS: usize = 32;
+        let mut rc: Vec<String> = vec!["-n".into()];
+        rc.extend(root_port_options(PORTS));
+        let rc: Vec<&str> = rc.iter().map(String::as_str).collect();
+        let (uptime, wall) = expect(n.start_l2(&rc, &["--mem", "512"]));
+        eprintln!(
+            "nested: L2 with {PORTS} root ports in userspace at {uptime:.2} s, {:.1} s wall",
+            wall.as_secs_f64()
+        );
+        let facts = expect(n.l2_ok("facts", T));
+        let bound = facts
+            .lines
+            .iter()
+            .filter(|l| l.contains("0x1b36:0x000c class 0x060400 driver pcieport"))
+            .count();
+        let pciehp = facts
+            .lines
+            .iter()
+            .filter(|l| l.ends_with("driver pciehp"))
+            .count();
+        assert_eq!((bound, pciehp), (PORTS, PORTS), "{}", facts.text());
+        let start = std::time::Instant::now();
+        for i in 1..=PORTS {
+            // The slot's bus, as pciehp registered it ("slot N address 0000:BB:00").
+            let bus = facts
+                .lines
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("slot {i} address 0000:")))
+                .and_then(|a| a.split(':').next())
+                .unwrap_or_else(|| panic!("slot {i}: {}", facts.text()))
+                .to_owned();
+            let dev = format!("/sys/bus/pci/devices/0000:{bus}:00.0");
+            let add = format!(
+                r#"{{"execute":"device_add","arguments":{{"driver":"pcierc-testdev","id":"ep{i}","bus":"rp{i}","owner":"vmm"}}}}"#
+            );
+            let out = expect(n.qmp(&[&add], T));
+            assert_eq!(out.status, 0, "rp{i}: {}", out.text());
+            expect(n.l2_ok(&format!("waitfor 60 '[ -e {dev} ]'"), T));
+            let del =
+                format!(r#"{{"execute":"x-pcierc-surprise-remove","arguments":{{"id":"ep{i}"}}}}"#);
+            let out = expect(n.qmp(&["--wait", "DEVICE_DELETED", &del], T));
+            assert_eq!(out.status, 0, "rp{i}: {}", out.text());
+            expect(n.l2_ok(&format!("waitfor 60 '[ ! -e {dev} ]'"), T));
+        }
+        eprintln!(
+            "nested: {PORTS} hot-add + surprise-removal cycles in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        assert_eq!(expect(n.stop_l2()), 0);
+    });
+}
+
+/// The same probe initramfs and kernel under QEMU 7.2's q35 with the same four root ports:
+/// Linux's view of the hierarchy after enumeration (every common function's 4 KiB, the port
+/// services, the slots) must be the same, except for the named exclusions.
+#[test]
+fn linux_sees_the_same_hierarchy_as_under_qemu() {
+    let Some(tools) = pcierc_tests::nested::tools() else {
+        return;
+    };
+    let devices: Vec<String> = (0..4)
+        .map(|f| {
+            let (n, mf) = (f + 1, if f == 0 { ",multifunction=on" } else { "" });
+            format!("pcie-root-port,id=rp{n},chassis={n},slot={n},port=0x1{f},bus=pcie.0,addr=0x2.{f}{mf}")
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let mut qemu = expect(ProbeVm::boot(&tools, &devices));
+    eprintln!(
+        "nested: reference under QEMU q35/TCG in userspace at {:.2} s of its uptime, {:.1} s wall",
+        qemu.boot_uptime,
+        qemu.boot_wall.as_secs_f64()
+    );
+    let reference = expect(qemu.sh("cfg_all; facts", T));
+    drop(qemu);
+    eprintln!(
+        "nested: QEMU reference {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    on_l1("live comparison with QEMU", |n, _| {
+        expect(n.start_l2(&[], &["--mem", "512"]));
+        let ours = expect(n.l2_ok("cfg_all; facts", T));
+        assert_eq!(expect(n.stop_l2()), 0);
+        let diffs = compare_views(&reference.lines, &ours.lines);
+        assert!(
+            diffs.is_empty(),
+            "Linux's view differs:\n  {}",
+            diffs.join("\n  ")
+        );
+    });
+}
+
+/// What may differ between Linux's view under QEMU and on the VMM: (functions, first offset,
+/// bytes, bit mask, why). Everything else of every common function's 4 KiB must be equal.
+const EXCLUDED: &[(&[&str], usize, usize, u8, &str)] = &[
+    // Firmware: QEMU boots SeaBIOS first, the VMM boots Linux directly.
+    (
+        MCH,
+        0x04,
+        2,
+        0xff,
+        "Command: SeaBIOS's pci_bios_init_device sets I/O, Memory and SERR# on every function",
+    ),
+    (
+        PORTS,
+        0x05,
+        1,
+        0x01,
+        "Command SERR# Enable: set by SeaBIOS (as above)",
+    ),
+    (
+        MCH,
+        0x90,
+        7,
+        0xff,
+        "PAM0-PAM6: SeaBIOS shadows its ROM in RAM",
+    ),
+    (MCH, 0x9d, 1, 0xff, "SMRAM: SeaBIOS sets G_SMRAME"),
+    (
+        PORTS,
+        0x3c,
+        1,
+        0xff,
+        "Interrupt Line: SeaBIOS's legacy IRQ; the VMM gives no INTx routing yet",
+    ),
+    // Address space: the VMM's PCI hole is not QEMU's, so Linux places BARs and windows elsewhere.
+    (
+        PORTS,
+        0x10,
+        4,
+        0xff,
+        "BAR0 (the ports' MSI-X table): address in the PCI hole",
+    ),
+    (
+        PORTS,
+        0x20,
+        16,
+        0xff,
+        "memory and prefetchable windows (and upper 32 bits)",
+    ),
+    // Deliberate deviations (docs/qemu-compat.md): enables QEMU 7.2 does not implement.
+    (
+        PORTS,
+        0x6d,
+        1,
+        0x10,
+        "Slot Control DLL State Changed Enable",
+    ),
+    (PORTS, 0x70, 1, 0x08, "Root Control PME Interrupt Enable"),
+];
+const MCH: &[&str] = &["0000:00:00.0"];
+const PORTS: &[&str] = &[
+    "0000:00:02.0",
+    "0000:00:02.1",
+    "0000:00:02.2",
+    "0000:00:02.3",
+];
+
+/// The bits of `function`'s byte at `offset` that must be equal.
+fn compared_bits(function: &str, offset: usize) -> u8 {
+    EXCLUDED
+        .iter()
+        .filter(|(fs, first, len, _, _)| {
+            fs.contains(&function) && (*first..first + len).contains(&offset)
+        })
+        .fold(0xff, |m, (_, _, _, bits, _)| m & !bits)
+}
+
+/// Differences between Linux's views under QEMU (`reference`) and on the VMM (`ours`).
+fn compare_views(reference: &[String], ours: &[String]) -> Vec<String> {
+    let functions = |lines: &[String]| -> Vec<String> {
+        let mut f: Vec<String> = lines
+            .iter()
+            .filter_map(|l| Some(l.strip_prefix("cfg ")?.split(' ').next()?.to_owned()))
+            .collect();
+        f.dedup();
+        f
+    };
+    let mut diffs = Vec::new();
+    let theirs = functions(reference);
+    let mine = functions(ours);
+    // QEMU's q35 also has the ICH9 functions at 00:1f (LPC, SATA, SMBus), which pcierc leaves
+    // to the VMM; the VMM has nothing QEMU lacks.
+    for f in &theirs {
+        if !mine.contains(f) && !f.starts_with("0000:00:1f.") {
+            diffs.push(format!("{f}: only under QEMU"));
+        }
+    }
+    for f in &mine {
+        if !theirs.contains(f) {
+            diffs.push(format!("{f}: not under QEMU"));
+            continue;
+        }
+        let (a, b) = (
+            cfg_space(reference, f).unwrap_or_default(),
+            cfg_space(ours, f).unwrap_or_default(),
+        );
+        if a.len() != b.len() || a.is_empty() {
+            diffs.push(format!("{f}: sysfs gave {} and {} bytes", a.len(), b.len()));
+            continue;
+        }
+        for off in 0..a.len() {
+            let mask = compared_bits(f, off);
+            if a[off] & mask != b[off] & mask {
+                diffs.push(format!(
+                    "{f} {off:03x}: QEMU {:02x} pcierc {:02x}",
+                    a[off], b[off]
+                ));
+            }
+        }
+    }
+    let facts = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("service ") || l.starts_with("slot "))
+            .cloned()
+            .collect()
+    };
+    if facts(reference) != facts(ours) {
+        diffs.push(format!(
+            "services/slots: QEMU {:?} pcierc {:?}",
+            facts(reference),
+            facts(ours)
+        ));
+    }
+    diffs
+}
+
+#[test]
+fn the_comparison_has_teeth() {
+    let view = |slot_ctl: u8| -> Vec<String> {
+        let mut lines = vec!["service 0000:00:02.0:pcie004 driver pciehp".to_string()];
+        for off in (0..4096).step_by(32) {
+            let bytes: Vec<String> = (0..32)
+                .map(|i| {
+                    if off + i == 0x6d {
+                        format!("{slot_ctl:02x}")
+                    } else {
+                        "00".into()
+                    }
+                })
+                .collect();
+            lines.push(format!("cfg 0000:00:02.0 {off:03x} {}", bytes.join(" ")));
+        }
+        lines
+    };
+    // DLLSCE (0x10) is excused, Attention Button Pressed Enable's neighbour bits are not.
+    assert!(compare_views(&view(0x07), &view(0x17)).is_empty());
+    assert_eq!(compare_views(&view(0x07), &view(0x05)).len(), 1);
+    let mut short = view(0x07);
+    short.pop();
+    assert_eq!(compare_views(&view(0x07), &short).len(), 1);
 }

@@ -49,6 +49,14 @@ pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
 /// `len` bytes at `offset` of `bdf`'s configuration space from `cfg` lines
 /// (`cfg BDF OFFSET xx xx ...`, 32 bytes a line); `None` if sysfs did not give them.
 pub fn cfg_bytes(lines: &[String], bdf: &str, offset: usize, len: usize) -> Option<Vec<u8>> {
+    cfg_space(lines, bdf)?
+        .get(offset..offset + len)
+        .map(<[u8]>::to_vec)
+}
+
+/// All of `bdf`'s configuration space in `cfg` lines (256 bytes for a conventional function,
+/// 4 KiB when Linux reaches the extended space); `None` if a line is malformed or missing.
+pub fn cfg_space(lines: &[String], bdf: &str) -> Option<Vec<u8>> {
     let mut space = Vec::new();
     for l in lines {
         let mut w = l.split_whitespace();
@@ -63,7 +71,7 @@ pub fn cfg_bytes(lines: &[String], bdf: &str, offset: usize, len: usize) -> Opti
             space.push(u8::from_str_radix(b, 16).ok()?);
         }
     }
-    space.get(offset..offset + len).map(<[u8]>::to_vec)
+    Some(space)
 }
 
 /// Resource `index` of `bdf` (`res BDF N START END FLAGS`): start and end, if assigned.
@@ -77,4 +85,16 @@ pub fn resources(lines: &[String], bdf: &str, index: usize) -> Option<(u64, u64)
         let (start, end) = (hex(w[3])?, hex(w[4])?);
         (end > start).then_some((start, end))
     })
+}
+
+/// The QMP events among `pcierc-qmp`'s output lines: (name, data).
+pub fn qmp_events(lines: &[String]) -> Vec<(String, serde_json::Value)> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let name = v.get("event")?.as_str()?.to_owned();
+            Some((name, v.get("data").cloned().unwrap_or_default()))
+        })
+        .collect()
 }
