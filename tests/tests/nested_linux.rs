@@ -260,6 +260,64 @@ fn aer_and_pme(n: &mut pcierc_tests::nested::Nested) {
     );
 }
 
+/// A guest reset through each of Linux's x86 reboot methods that reach the platform (the
+/// i8042 reset line, ICH9's Reset Control at 0xCF9, the FADT's reset register) reboots L2: the
+/// VMM resets pcierc and its endpoint, and Linux finds the same hierarchy as at the first boot.
+#[test]
+fn guest_reboot_resets_the_hierarchy_live() {
+    on_l1("reboot", |n, _| {
+        expect(n.start_l2(&[], &["--mem", "512", "--endpoint", "rp1"]));
+        let view = "cfg_all; facts";
+        let first = expect(n.l2_ok(view, T));
+        // Leave state behind that a reset must clear: Bus Master and Memory on the endpoint,
+        // an uncorrectable error logged in rp1's AER registers.
+        expect(n.l2_ok(
+            "printf '\\006' | dd of=/sys/bus/pci/devices/0000:01:00.0/config bs=1 seek=4 conv=notrunc 2>/dev/null",
+            T,
+        ));
+        let ep_err =
+            r#"{"execute":"pcie-aer-inject-error","arguments":{"id":"rp1","error":"UNSUP"}}"#;
+        expect(n.qmp(&[ep_err], T));
+        for method in ["kbd", "pci", "acpi"] {
+            let (uptime, wall) = expect(n.reboot_l2(&format!(
+                "echo {method} > /sys/kernel/reboot/type; reboot -f"
+            )));
+            eprintln!(
+                "nested: reboot through {method}: L2 in userspace again at {uptime:.2} s, {:.1} s wall",
+                wall.as_secs_f64()
+            );
+            let again = expect(n.l2_ok(view, T));
+            let mut diffs = compare_views(&first.lines, &again.lines);
+            // Error Source Identification is sticky (ROS, PCIe Base 6.0 §7.8.4.11), so it
+            // keeps rp1's own uncorrectable error from before the resets, as QEMU's does.
+            diffs.retain(|d| {
+                !["134", "135", "136", "137"]
+                    .iter()
+                    .any(|o| d.starts_with(&format!("0000:00:02.0 {o}:")))
+            });
+            assert_eq!(
+                cfg_bytes(&again.lines, "0000:00:02.0", 0x136, 2),
+                Some(vec![0x10, 0x00]),
+                "rp1's ERR_FATAL/NONFATAL Source Identification after the reset"
+            );
+            assert!(
+                diffs.is_empty() && facts_of(&first.lines) == facts_of(&again.lines),
+                "after the {method} reboot Linux's view differs from the first boot's:\n  {}",
+                diffs.join("\n  ")
+            );
+        }
+        assert_eq!(expect(n.stop_l2()), 0);
+    });
+}
+
+/// The `pci`, `service` and `slot` lines of a view.
+fn facts_of(lines: &[String]) -> Vec<&String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("pci ") || l.starts_with("service ") || l.starts_with("slot "))
+        .collect()
+}
+
 /// 32 root ports (four multifunction slots of eight): Linux binds pcieport with pciehp on each,
 /// and a card hot-added into each port in turn is enumerated below it and surprise-removed.
 #[test]

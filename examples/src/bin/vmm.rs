@@ -4,7 +4,9 @@
 //! vmm --spawn-backend --guest pcie-probe           # the built-in PCIe probe guest
 //! vmm --backend-socket /run/pcierc.sock --kernel vmlinux --initrd initrd.img --mem 512
 //! ```
-//! Exit status: 0 when the guest powers off (or resets), 1 on any error (KVM internal error,
+//! A guest reset reboots the guest (pcierc's hierarchy and the VMM's endpoints are reset too);
+//! `--no-reboot` makes it end the VMM instead.
+//! Exit status: 0 when the guest powers off (or resets with `--no-reboot`), 1 on any error (KVM internal error,
 //! emulation failure, pcierc gone, `--timeout`), 2 for bad options.
 
 use std::path::PathBuf;
@@ -66,6 +68,9 @@ struct Args {
     /// No firmware work: leave ECAM disabled (as pcierc powers on) and give no ACPI tables.
     #[arg(long)]
     no_acpi: bool,
+    /// Exit when the guest resets instead of rebooting it (as QEMU's -no-reboot).
+    #[arg(long)]
+    no_reboot: bool,
     /// Do not use pcierc's shared configuration snapshot: every forwarded read is a message.
     #[arg(long)]
     no_config_snapshot: bool,
@@ -129,10 +134,11 @@ fn main() {
         config_snapshot: !args.no_config_snapshot,
         acpi: !args.no_acpi,
         endpoints: args.endpoint,
+        reboot: !args.no_reboot,
     };
     match vmm::run(&config) {
         Ok(Stop::PowerOff) => eprintln!("vmm: guest powered off"),
-        Ok(Stop::Reset) => eprintln!("vmm: guest reset; stopping"),
+        Ok(Stop::Reset) => eprintln!("vmm: guest reset; stopping (--no-reboot)"),
         Err(e) => {
             eprintln!("vmm: error: {e}");
             let mut src = std::error::Error::source(&e);

@@ -19,7 +19,7 @@ use pcierc_protocol::EcamWindow;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout;
-use super::machine::{PM1A_CNT, PM1A_EVT};
+use super::machine::{PM1A_CNT, PM1A_EVT, RESET_CONTROL, RESET_CONTROL_RESET};
 use super::Error;
 
 const OEM_ID: [u8; 6] = *b"PCIERC";
@@ -161,6 +161,15 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
         .flag(Flags::SlpButton)
         .flag(Flags::ResetRegSup);
     f.sci_int = SCI_IRQ.into();
+    // The reset register, as QEMU's q35 gives it: ICH9's Reset Control at 0xCF9.
+    f.reset_reg = acpi_tables::gas::GAS::new(
+        acpi_tables::gas::AddressSpace::SystemIo,
+        8,
+        0,
+        acpi_tables::gas::AccessSize::ByteAccess,
+        RESET_CONTROL.into(),
+    );
+    f.reset_value = RESET_CONTROL_RESET;
     f.pm1a_evt_blk = u32::from(PM1A_EVT).into();
     f.pm1_evt_len = 4;
     f.pm1a_cnt_blk = u32::from(PM1A_CNT).into();

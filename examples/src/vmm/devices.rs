@@ -142,6 +142,14 @@ impl OwnDevices {
         Some(id)
     }
 
+    /// A platform reset: every endpoint back to its power-on state (the cards stay in their
+    /// slots, as QEMU's system reset keeps its devices).
+    pub fn reset(&mut self) {
+        for ep in self.devices.values_mut() {
+            ep.model = Endpoint::new(endpoint::serial_number(&ep.id));
+        }
+    }
+
     /// `FunctionRemoved`: drop the model; it is returned.
     pub fn remove(&mut self, record: &FunctionRecord) -> Option<OwnedEndpoint> {
         let ep = self.devices.remove(decode_name(&record.id)?)?;

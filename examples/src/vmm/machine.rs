@@ -32,6 +32,12 @@ const PM1_SLP_EN: u64 = 1 << 13;
 const PM1_SLP_TYP: u64 = 7 << 10;
 /// PM1 control: SCI_EN (the platform is in ACPI mode; always, there is no SMM here).
 const PM1_SCI_EN: u64 = 1;
+/// ICH9's Reset Control register (ICH9 datasheet §13.7.5 RST_CNT): a write with RST_CPU (bit 2)
+/// set resets the platform (Linux `reboot=pci`, and the FADT's reset register).
+pub const RESET_CONTROL: u16 = 0xcf9;
+/// The value the FADT tells the OS to write: SYS_RST | RST_CPU (a hard reset), as QEMU's q35.
+pub const RESET_CONTROL_RESET: u8 = 0x06;
+const RST_CPU: u64 = 1 << 2;
 /// i8042 command port: writing 0xfe pulses the CPU reset line.
 const I8042_COMMAND: u16 = 0x64;
 const I8042_RESET: u8 = 0xfe;
@@ -41,7 +47,8 @@ const I8042_RESET: u8 = 0xfe;
 pub enum Stop {
     /// ACPI S5 through PM1a control.
     PowerOff,
-    /// Reset (i8042 or a KVM system event): this VMM stops instead of rebooting.
+    /// Reset (i8042, ICH9's Reset Control register, or a KVM system event); the VMM reboots
+    /// the guest unless `--no-reboot`.
     Reset,
 }
 
@@ -257,6 +264,11 @@ impl Machine {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// Let the vCPUs run again after [`Machine::request_stop`] (a reboot).
+    pub fn clear_stop(&self) {
+        self.stop.store(false, Ordering::SeqCst);
+    }
+
     /// Has the VMM asked the vCPUs to stop?
     pub fn stop_requested(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -300,7 +312,7 @@ impl Machine {
                 fill(data, u64::from(v));
                 ExitKind::Serial
             }
-            PM1A_EVT..=0x603 => {
+            PM1A_EVT..=0x603 | RESET_CONTROL => {
                 fill(data, 0);
                 ExitKind::LocalPio
             }
@@ -355,6 +367,10 @@ impl Machine {
                     0 => stop = Some(Stop::PowerOff),
                     t => log::warn!("guest asked for sleep type {t}: only S5 (0) is implemented"),
                 }
+                ExitKind::LocalPio
+            }
+            RESET_CONTROL if data.len() == 1 && value & RST_CPU != 0 => {
+                stop = Some(Stop::Reset);
                 ExitKind::LocalPio
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {

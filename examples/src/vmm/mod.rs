@@ -28,6 +28,7 @@ pub mod irq;
 pub mod layout;
 pub mod machine;
 pub mod pcie;
+pub mod session;
 pub mod vcpu;
 pub mod wiring;
 
@@ -40,7 +41,7 @@ use std::time::Duration;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 use pcierc_protocol::{Frontend, FrontendOptions, ProtocolFeatures};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use self::backend::SpawnedBackend;
@@ -165,6 +166,9 @@ pub struct Config {
     /// Let configuration reads be served from pcierc's shared snapshot when it offers one
     /// (`CONFIG_SNAPSHOT`); off, every forwarded read is a socket round trip.
     pub config_snapshot: bool,
+    /// Reboot the guest when it resets (QEMU's default); off, a reset ends the run
+    /// (`--no-reboot`).
+    pub reboot: bool,
     /// Root ports (ids) behind which the VMM cold-plugs one of its own endpoints before the
     /// guest runs (`ClaimFunction` with `COLDPLUG`; the endpoint's id is [`endpoint_id`]).
     pub endpoints: Vec<String>,
@@ -350,7 +354,6 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
 
-    cpu::write_boot_tables(&mem)?;
     let topology = pcie
         .frontend()
         .topology()
@@ -358,24 +361,6 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
             what: "GetTopology".into(),
             source,
         })?;
-    let rsdp = if config.acpi {
-        Some(acpi::write_tables(&mem, config.cpus, &topology.ecam)?)
-    } else {
-        None
-    };
-    // As firmware does, so that Linux trusts MCFG: ECAM is reserved in the E820 map.
-    let ecam: Vec<(u64, u64)> = topology.ecam.iter().map(|e| (e.base, e.size)).collect();
-    let entry = boot::load(
-        &mem,
-        &boot::BootImage {
-            kernel: &kernel,
-            initrd: initrd.as_deref(),
-            cmdline: &config.cmdline,
-            mem_size,
-            reserved: &ecam,
-            rsdp,
-        },
-    )?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
         what: "eventfd".into(),
@@ -405,10 +390,27 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         wiring::claim_endpoint(&machine, &config.name, port, &topology)?;
     }
     machine.drain_notifications()?;
+    let entry = load_images(&machine, config, &kernel, initrd.as_deref())?;
 
-    let (tx, rx) = mpsc::channel::<(u8, vcpu::Outcome)>();
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    // SIGRTMIN kicks a vCPU thread out of KVM_RUN (EINTR) when the VMM stops the guest.
+    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
+        .map_err(kvm_err("installing the vCPU kick signal handler"))?;
+    let mut vcpus = Vec::new();
+    for id in 0..config.cpus {
+        let vcpu = machine
+            .vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        vcpus.push((id, vcpu));
+    }
+    let tsc_khz = vcpus.first().and_then(|(_, v)| v.get_tsc_khz().ok());
+    let mut session = session::Session::new(machine.clone(), cpuid, vcpus);
+
     if let Some(fd) = machine.pcie.channel_fd() {
-        let (m, tx) = (machine.clone(), tx.clone());
+        let (m, tx) = (machine.clone(), session.reporter());
         std::thread::Builder::new()
             .name("pcierc-events".into())
             .spawn(move || notification_loop(&m, fd, &tx))
@@ -417,7 +419,6 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
                 source,
             })?;
     }
-
     {
         let m = machine.clone();
         std::thread::Builder::new()
@@ -429,85 +430,62 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
             })?;
     }
 
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let mut tsc_khz = None;
-    // SIGRTMIN kicks a vCPU thread out of KVM_RUN (EINTR) when --timeout stops the guest.
-    vmm_sys_util::signal::register_signal_handler(vmm_sys_util::signal::SIGRTMIN(), kick_handler)
-        .map_err(kvm_err("installing the vCPU kick signal handler"))?;
-    let mut vcpu_threads = Vec::new();
-    for id in 0..config.cpus {
-        let vcpu = machine
-            .vm
-            .create_vcpu(u64::from(id))
-            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        cpu::setup_vcpu(&vcpu, id, &cpuid, entry)?;
-        if id == 0 {
-            tsc_khz = vcpu.get_tsc_khz().ok();
-        }
-        let (m, tx) = (machine.clone(), tx.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                let _ = tx.send((id, vcpu::run(m, vcpu, id)));
-            })
-            .map_err(|source| Error::Io {
-                what: "spawning a vCPU thread".into(),
-                source,
-            })?;
-        vcpu_threads.push(thread);
-    }
-    drop(tx);
-
-    let outcome = match config.timeout {
-        Some(t) => match rx.recv_timeout(t) {
-            Ok((_, o)) => o,
-            Err(_) => Err(Error::Timeout {
-                after: t,
-                position: stop_vcpus(&machine, &vcpu_threads, &rx),
-            }),
-        },
-        None => rx
-            .recv()
-            .map_err(|_| Error::Config("every vCPU thread ended without an outcome".into()))
-            .and_then(|(_, o)| o),
-    };
+    let deadline = config.timeout.map(|t| (std::time::Instant::now() + t, t));
+    let outcome = session.run(entry, deadline, config.reboot, |m| {
+        session::reset_platform(m, config.acpi)?;
+        load_images(m, config, &kernel, initrd.as_deref())
+    });
     if config.stats {
         if let Some(khz) = tsc_khz {
             eprintln!("vmm: guest TSC {khz} kHz");
+        }
+        if session.reboots > 0 {
+            eprintln!("vmm: reboots {}", session.reboots);
         }
         eprint!("{}", machine.report());
     }
     outcome
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Stop every vCPU (kicking it out of KVM_RUN until it notices) and say where the BSP was.
-fn stop_vcpus(
+/// Write the boot tables, ACPI tables (with `config.acpi`) and the kernel and initrd into
+/// guest memory as pcierc's topology is now; the kernel's entry point.
+fn load_images(
     machine: &Machine,
-    threads: &[std::thread::JoinHandle<()>],
-    rx: &mpsc::Receiver<(u8, vcpu::Outcome)>,
-) -> String {
-    use vmm_sys_util::signal::Killable;
-    machine.request_stop();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let mut position = None;
-    let mut stopped = 0;
-    while stopped < threads.len() && std::time::Instant::now() < deadline {
-        for t in threads {
-            let _ = t.kill(vmm_sys_util::signal::SIGRTMIN());
-        }
-        if let Ok((id, outcome)) = rx.recv_timeout(Duration::from_millis(10)) {
-            stopped += 1;
-            if let (0, Err(Error::Guest { detail, .. })) = (id, outcome) {
-                position = Some(format!("vCPU 0 {detail}"));
-            }
-        }
-    }
-    position.unwrap_or_else(|| "the vCPUs did not stop".into())
+    config: &Config,
+    kernel: &[u8],
+    initrd: Option<&[u8]>,
+) -> Result<GuestAddress, Error> {
+    let mem = &machine.mem;
+    cpu::write_boot_tables(mem)?;
+    let topology = machine
+        .pcie
+        .frontend()
+        .topology()
+        .map_err(|source| Error::Backend {
+            what: "GetTopology".into(),
+            source,
+        })?;
+    let rsdp = if config.acpi {
+        Some(acpi::write_tables(mem, config.cpus, &topology.ecam)?)
+    } else {
+        None
+    };
+    // As firmware does, so that Linux trusts MCFG: ECAM is reserved in the E820 map.
+    let ecam: Vec<(u64, u64)> = topology.ecam.iter().map(|e| (e.base, e.size)).collect();
+    boot::load(
+        mem,
+        &boot::BootImage {
+            kernel,
+            initrd,
+            cmdline: &config.cmdline,
+            mem_size: config.mem_mib << 20,
+            reserved: &ecam,
+            rsdp,
+        },
+    )
 }
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Feed what arrives on stdin to COM1's receiver, as QEMU's `-serial stdio` does, until stdin
 /// ends (at once when it is `/dev/null`). Bytes wait here while the guest has not drained the
@@ -539,7 +517,7 @@ fn console_input_loop(machine: &Machine) {
 
 /// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug
 /// events the control socket caused, layout changes made by other frontends) and apply them.
-fn notification_loop(machine: &Machine, fd: RawFd, tx: &mpsc::Sender<(u8, vcpu::Outcome)>) {
+fn notification_loop(machine: &Machine, fd: RawFd, tx: &mpsc::Sender<session::Report>) {
     loop {
         let mut pfd = libc::pollfd {
             fd,
@@ -552,7 +530,7 @@ fn notification_loop(machine: &Machine, fd: RawFd, tx: &mpsc::Sender<(u8, vcpu::
             return;
         }
         if let Err(e) = machine.drain_notifications() {
-            let _ = tx.send((u8::MAX, Err(e)));
+            let _ = tx.send((u8::MAX, Err(e), None));
             return;
         }
         if machine.pcie.channel_fd().is_none() {

@@ -28,7 +28,7 @@ enum Fatal {
 }
 
 /// Run `vcpu` until the guest stops or fails.
-pub fn run(machine: Arc<Machine>, mut vcpu: VcpuFd, id: u8) -> Outcome {
+pub fn run(machine: Arc<Machine>, vcpu: &mut VcpuFd, id: u8) -> Outcome {
     loop {
         let fatal = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -76,10 +76,10 @@ pub fn run(machine: Arc<Machine>, mut vcpu: VcpuFd, id: u8) -> Outcome {
                 })
             }
         };
-        let where_ = describe_position(&machine, &vcpu);
+        let where_ = describe_position(&machine, vcpu);
         let detail = match fatal {
             Fatal::Stopped => "stopped".to_string(),
-            Fatal::Internal => internal_error(&mut vcpu),
+            Fatal::Internal => internal_error(vcpu),
             Fatal::Shutdown => "triple fault (KVM_EXIT_SHUTDOWN)".to_string(),
             Fatal::FailEntry(reason) => {
                 format!("VM entry failed, hardware reason {reason:#x}")

@@ -407,6 +407,40 @@ impl Nested {
         Ok((uptime, start.elapsed()))
     }
 
+    /// Have L2 run `cmd`, which resets it (e.g. `reboot -f`), and wait until the VMM has
+    /// rebooted it and its shell is back; its uptime then and the wall time.
+    pub fn reboot_l2(&mut self, cmd: &str) -> Result<(f64, Duration), NestedError> {
+        let since = self.console.mark();
+        let start = Instant::now();
+        self.l1_ok(&format!("l2 {}", shell_quote(cmd)), Duration::from_secs(30))?;
+        let reset = self
+            .console
+            .wait_for(Source::Inner, since, L2_BOOT, "the VMM's reboot", |l| {
+                l.starts_with("vmm: guest reset; rebooting") || l.starts_with("@@vmm-exit")
+            })
+            .map_err(|e| self.diagnose(e.into()))?;
+        let ready = self
+            .console
+            .wait_for(
+                Source::Inner,
+                reset,
+                L2_BOOT,
+                "L2's shell after the reboot",
+                |l| l.starts_with("@@ready") || l.starts_with("@@vmm-exit"),
+            )
+            .map_err(|e| self.diagnose(e.into()))?;
+        let line = self.console.log()[ready].text.clone();
+        if line.starts_with("@@vmm-exit") {
+            self.l2_running = false;
+            return Err(NestedError::Step(format!(
+                "the VMM stopped instead of rebooting L2 ({line}):\n{}",
+                self.console.tail(40)
+            )));
+        }
+        let uptime = line["@@ready".len()..].trim().parse().unwrap_or(f64::NAN);
+        Ok((uptime, start.elapsed()))
+    }
+
     /// Run a command in L2's shell (through L1, which writes it to the VMM's console input).
     pub fn l2(&mut self, cmd: &str, timeout: Duration) -> Result<Output, NestedError> {
         let (id, line) = self.console.wrap(cmd);
