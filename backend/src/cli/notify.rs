@@ -162,14 +162,19 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// From `--pidfile` and `$NOTIFY_SOCKET` (read and removed from the environment now: call
-    /// this at start-up, before threads start).
-    pub fn from_env(pidfile: Option<PathBuf>) -> Readiness {
+    /// Notify `notifier` (if any) and write `pidfile` (if any) when ready.
+    pub fn new(notifier: Option<Notifier>, pidfile: Option<PathBuf>) -> Readiness {
         Readiness {
-            notifier: Notifier::from_env(),
+            notifier,
             pidfile_path: pidfile,
             pidfile: None,
         }
+    }
+
+    /// From `--pidfile` and `$NOTIFY_SOCKET` (read and removed from the environment now: call
+    /// this at start-up, before threads start).
+    pub fn from_env(pidfile: Option<PathBuf>) -> Readiness {
+        Readiness::new(Notifier::from_env(), pidfile)
     }
 
     /// The daemon is ready: write the pid file (an error if it cannot be written: a manager
