@@ -384,6 +384,46 @@ fn socket_activation_serves_both_sockets_as_systemd_passes_them() {
 }
 
 #[test]
+fn systemd_socket_activate_runs_pcierc() {
+    // systemd's own tool, where installed (it binds, then executes pcierc in its place on the
+    // first connection, with LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES set by systemd's code).
+    let tool = "systemd-socket-activate";
+    if !Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("\n*** SKIP: {tool} is not installed; this test did not run ***\n");
+        return;
+    }
+    let dir = ScratchDir::new("sd-activate");
+    let (sock, qmp_sock) = (dir.0.join("pcierc.sock"), dir.0.join("qmp.sock"));
+    let mut child = Command::new(tool)
+        .args([
+            "-l",
+            s(&sock),
+            "-l",
+            s(&qmp_sock),
+            "--fdname=pcierc:control",
+        ])
+        .arg(pcierc_bin())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_connectable(&mut child, &[&sock, &qmp_sock]);
+    let mut fe = Frontend::connect(&sock, FrontendOptions::tool("t-sd")).unwrap();
+    assert_eq!(fe.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
+    let mut qmp = QmpSocket::connect(&qmp_sock, Duration::from_secs(10)).unwrap();
+    kill(child.id(), libc::SIGTERM);
+    let ev = qmp.event("SHUTDOWN", Duration::from_secs(10)).unwrap();
+    assert_host_signal_shutdown(&ev.expect("SHUTDOWN"));
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
+
+#[test]
 fn sockets_from_a_manager_are_checked_and_variables_for_another_process_ignored() {
     let dir = ScratchDir::new("activation-bad");
     // A datagram socket where a listening stream socket belongs: one clear line, status 1.
