@@ -159,6 +159,8 @@ pub struct Readiness {
     notifier: Option<Notifier>,
     pidfile_path: Option<PathBuf>,
     pidfile: Option<PidFile>,
+    /// `READY=1` was sent (`STOPPING=1` only follows it).
+    ready: bool,
 }
 
 impl Readiness {
@@ -168,6 +170,7 @@ impl Readiness {
             notifier,
             pidfile_path: pidfile,
             pidfile: None,
+            ready: false,
         }
     }
 
@@ -185,12 +188,16 @@ impl Readiness {
             self.pidfile = Some(PidFile::write(p)?);
         }
         self.notify("READY=1");
+        self.ready = true;
         Ok(())
     }
 
-    /// The daemon is stopping: `STOPPING=1` to the manager. The pid file goes on drop.
+    /// The daemon is stopping: `STOPPING=1` to the manager (if it was told `READY=1`). The
+    /// pid file goes on drop.
     pub fn stopping(&self) {
-        self.notify("STOPPING=1");
+        if self.ready {
+            self.notify("STOPPING=1");
+        }
     }
 
     fn notify(&self, state: &str) {
