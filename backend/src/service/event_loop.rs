@@ -119,8 +119,9 @@ impl Sockets {
                 Some(l)
             }
             Some(ControlListen::Fd(fd)) => {
-                // SAFETY: checked to be a listening unix stream socket by whoever built the
-                // ControlListen (the CLI); we own it from now on.
+                crate::cli::activation::check_listening_unix_stream(*fd, "control socket")?;
+                // SAFETY: an open listening unix stream socket (checked just above) that the
+                // caller handed over; we own it from now on.
                 let l = unsafe { UnixListener::from_raw_fd(*fd) };
                 set_cloexec(*fd).map_err(io_err("control socket"))?;
                 Some(l)
@@ -213,7 +214,7 @@ impl Server {
 
     /// Run the loop until an unrecoverable epoll error, a `quit` on the control socket, SIGTERM
     /// or SIGINT (with [`Server::with_signals`]), or, with an inherited connected socket, until
-    /// that frontend disconnects. The sockets files are removed when it returns (if they are
+    /// that frontend disconnects. The socket files are removed when it returns (if they are
     /// still pcierc's).
     pub fn run(self) -> Result<()> {
         let single = matches!(self.source, Source::None);
