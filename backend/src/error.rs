@@ -11,6 +11,13 @@ pub enum Error {
     /// A saved state blob could not be restored.
     #[error("invalid device state: {0}")]
     State(String),
+    /// The command line (or the environment a service manager set) asks for something
+    /// impossible; the message says what.
+    #[error("{0}")]
+    Usage(String),
+    /// Sockets passed by a service manager (`LISTEN_FDS`, `--control-fd`) cannot be used.
+    #[error(transparent)]
+    Activation(#[from] crate::cli::activation::ActivationError),
     /// An I/O error at the edges (sockets, files).
     #[error("{context}: {source}")]
     Io {

@@ -1,15 +1,18 @@
 //! The `pcierc-xen-shim` command line: clap [`Args`] -> validated [`Config`] -> [`run`].
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use clap::Parser;
 use log::info;
+use pcierc_backend::cli::notify::Readiness;
+use pcierc_backend::service::signals::{self, ShutdownSignals};
 use pcierc_protocol::{Frontend, FrontendOptions};
 
 use crate::abi::dm_op::ioservid_t;
 use crate::hypervisor::linux::LinuxXen;
+use crate::hypervisor::Hypervisor;
 use crate::shim::{Shim, ShimConfig};
 use crate::DomId;
 
@@ -37,6 +40,10 @@ pub struct Args {
     /// QEMU it would take QEMU's ports).
     #[arg(long)]
     pub claim_config_ports: bool,
+    /// Write the shim's pid to FILE (atomically) once its ioreq server is serving; removed at
+    /// exit.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
 }
 
 /// A validated configuration.
@@ -48,6 +55,8 @@ pub struct Config {
     pub backend_socket: PathBuf,
     /// What the shim is told about routing.
     pub shim: ShimConfig,
+    /// `--pidfile`.
+    pub pidfile: Option<PathBuf>,
 }
 
 impl TryFrom<Args> for Config {
@@ -79,46 +88,51 @@ impl TryFrom<Args> for Config {
                 mmcfg_extension: a.mmcfg_extension,
                 config_ports: a.claim_config_ports,
             },
+            pidfile: a.pidfile,
         })
     }
 }
 
 /// Open the Xen devices (first: without them nothing else matters), connect to pcierc, set up
-/// the server and serve until SIGINT or SIGTERM; then tear down.
+/// the server, tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`) and serve
+/// until SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
+/// unbind, unmap its page). Both signals are blocked from the start, so one that arrives while
+/// setting up ends the shim cleanly as soon as it serves.
 pub fn run(cfg: Config) -> Result<(), String> {
+    let stop = ShutdownSignals::block().map_err(|e| format!("signal handling: {e}"))?;
+    let mut readiness = Readiness::from_env(cfg.pidfile.clone());
     let xen = LinuxXen::open(cfg.domid).map_err(|e| e.to_string())?;
     xen.restrict().map_err(|e| e.to_string())?;
     let pcierc = Frontend::connect(&cfg.backend_socket, FrontendOptions::vmm("xen-shim"))
         .map_err(|e| format!("{}: {e}", cfg.backend_socket.display()))?;
-    let stop = stop_on_signals().map_err(|e| format!("signal handling: {e}"))?;
-    let mut shim = Shim::start(xen, pcierc, cfg.shim).map_err(|e| e.to_string())?;
-    info!(
-        "serving domain {} as ioreq server {}",
-        cfg.domid,
-        shim.server_id()
-    );
-    let r = shim.run(stop.as_raw_fd()).map_err(|e| e.to_string());
-    shim.shutdown().map_err(|e| e.to_string())?;
+    let r = serve(xen, pcierc, cfg.shim, stop.as_raw_fd(), || {
+        readiness.ready().map_err(|e| e.to_string())
+    });
+    if let Some(signo) = stop.take() {
+        info!("{} received; stopped", signals::name(signo));
+    }
+    readiness.stopping();
     r
 }
 
-/// A descriptor that becomes readable on SIGINT or SIGTERM (a signalfd; the signals are
-/// blocked so they do not kill the process first).
-fn stop_on_signals() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: plain libc calls on a local sigset; the signalfd is new and owned here.
-    unsafe {
-        let mut set: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, core::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
-    }
+/// Start the shim for `hv`'s domain, call `on_ready` once it serves, serve until `stop` polls
+/// readable (a signalfd, or an eventfd in tests), then tear down. The teardown runs whether
+/// serving ended cleanly or not (also when `on_ready` fails); the first error is returned.
+pub fn serve<H: Hypervisor>(
+    hv: H,
+    pcierc: Frontend,
+    cfg: ShimConfig,
+    stop: RawFd,
+    on_ready: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let domid = hv.domid();
+    let mut shim = Shim::start(hv, pcierc, cfg).map_err(|e| e.to_string())?;
+    info!(
+        "serving domain {domid} as ioreq server {}",
+        shim.server_id()
+    );
+    let r = on_ready().and_then(|()| shim.run(stop).map_err(|e| e.to_string()));
+    let down = shim.shutdown().map_err(|e| e.to_string());
+    info!("ioreq server torn down");
+    r.and(down)
 }

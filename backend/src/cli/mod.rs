@@ -1,8 +1,12 @@
 //! The `pcierc` command line, following QEMU's vhost-user backend program conventions
-//! (`--socket-path`, `--fd`, `--print-capabilities`).
+//! (`--socket-path`, `--fd`, `--print-capabilities`), and what a service manager needs
+//! ([`activation`]: sockets passed by systemd or `--control-fd`; [`notify`]: `READY=1` and
+//! `--pidfile`; SIGTERM/SIGINT are handled by the service's event loop).
 
+pub mod activation;
 pub mod capabilities;
 pub mod dump;
+pub mod notify;
 pub mod qtest;
 
 use std::path::PathBuf;
@@ -10,7 +14,7 @@ use std::path::PathBuf;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
-use crate::service::{self, AccessConfig, AccessPolicy, Listen, ServiceConfig};
+use crate::service::{self, AccessConfig, AccessPolicy, ControlListen, Listen, ServiceConfig};
 use crate::topology::TopologySpec;
 use crate::{Error, Result};
 
@@ -27,8 +31,14 @@ pub struct Args {
     pub fd: Option<i32>,
     /// Also serve a QMP-compatible control socket (query-pci, device_add, device_del,
     /// pcie-aer-inject-error, ...) created at PATH.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "control_fd")]
     pub control_socket: Option<PathBuf>,
+    /// Serve the QMP control socket on an inherited listening unix stream socket.
+    #[arg(long, value_name = "N")]
+    pub control_fd: Option<i32>,
+    /// Write pcierc's pid to FILE (atomically) once it is ready; removed at exit.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Keep the guest-visible state in FILE: restored from it at start (if it exists), written
     /// atomically after every change, before the change is acknowledged.
     #[arg(long, value_name = "FILE")]
@@ -53,7 +63,8 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
-    /// Print a JSON description of the backend and its features, then exit.
+    /// Print a JSON description of the backend and its features, then exit (other options are
+    /// ignored, wrong ones included).
     #[arg(long)]
     pub print_capabilities: bool,
     /// Topology options.
@@ -141,33 +152,75 @@ pub fn run(args: Args) -> Result<()> {
             qtest::run(&connect, std::io::stdin().lock(), std::io::stdout().lock())
         }
         None => {
-            let spec = args.topology.load()?;
             if args.print_capabilities {
-                println!("{}", capabilities::json(&spec));
+                capabilities::print(Some(&args));
                 return Ok(());
             }
-            let listen = match (args.socket_path, args.fd) {
-                (Some(p), None) => Listen::Path(p),
-                (None, Some(fd)) => Listen::Fd(fd),
-                _ => {
-                    return Err(Error::Topology(
-                        "nothing to do: give --socket-path PATH or --fd N (or --print-capabilities, or a subcommand)".into(),
-                    ))
-                }
-            };
-            service::serve(ServiceConfig {
-                spec,
-                listen,
-                control_socket: args.control_socket,
-                state_file: args.state_file,
-                access: AccessConfig {
-                    socket_mode: args.socket_mode,
-                    policy: AccessPolicy::uids(args.allow_uid),
-                    max_connections: args.max_connections as usize,
+            // Before anything else, and before any thread exists: the variables are consumed.
+            let mut readiness = notify::Readiness::from_env(args.pidfile.clone());
+            let activated = activation::from_env()?.unwrap_or_default();
+            let spec = args.topology.load()?;
+            let (listen, control) = sockets(&args, activated)?;
+            let r = service::serve(
+                ServiceConfig {
+                    spec,
+                    listen,
+                    control,
+                    state_file: args.state_file,
+                    access: AccessConfig {
+                        socket_mode: args.socket_mode,
+                        policy: AccessPolicy::uids(args.allow_uid),
+                        max_connections: args.max_connections as usize,
+                    },
                 },
-            })
+                || readiness.ready(),
+            );
+            readiness.stopping();
+            r
         }
     }
+}
+
+/// Where the protocol and control sockets come from: the command line or socket activation,
+/// each from exactly one place.
+fn sockets(
+    args: &Args,
+    activated: activation::Activated,
+) -> Result<(Listen, Option<ControlListen>)> {
+    let listen = match (&args.socket_path, args.fd, activated.protocol) {
+        (Some(p), None, None) => Listen::Path(p.clone()),
+        (None, Some(fd), None) | (None, None, Some(fd)) => Listen::Fd(fd),
+        (None, None, None) => {
+            return Err(Error::Usage(
+                "nothing to do: give --socket-path PATH or --fd N, or start pcierc with socket activation (or --print-capabilities, or a subcommand)".into(),
+            ))
+        }
+        _ => {
+            return Err(Error::Usage(
+                "the protocol socket is given twice: by --socket-path or --fd and by socket activation (LISTEN_FDS)".into(),
+            ))
+        }
+    };
+    let control = match (&args.control_socket, args.control_fd, activated.control) {
+        (Some(p), None, None) => Some(ControlListen::Path(p.clone())),
+        (None, Some(fd), None) => {
+            if args.fd == Some(fd) {
+                return Err(Error::Usage(format!(
+                    "--fd and --control-fd are both {fd}: the two sockets must differ"
+                )));
+            }
+            activation::check_listening_unix_stream(fd, "--control-fd")?;
+            Some(ControlListen::Fd(fd))
+        }
+        (None, None, Some(fd)) => Some(ControlListen::Fd(fd)),
+        (None, None, None) => None,
+        _ => {
+            return Err(Error::Usage(
+                "the control socket is given twice: by --control-socket or --control-fd and by socket activation (LISTEN_FDS)".into(),
+            ))
+        }
+    };
+    Ok((listen, control))
 }
 
 #[cfg(test)]

@@ -15,11 +15,15 @@
 //! whose header announces more than [`MAX_PAYLOAD_SIZE`](pcierc_protocol::MAX_PAYLOAD_SIZE). A
 //! control client is dropped once
 //! [`MAX_PENDING_OUTPUT`](super::control_socket::MAX_PENDING_OUTPUT) bytes of output wait unread.
+//!
+//! SIGTERM and SIGINT arrive on the same loop through a signalfd ([`ShutdownSignals`]); they end
+//! it as `quit` does, after the requests already received are answered ([`shutdown`]).
+
+mod shutdown;
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use log::{debug, error, info, warn};
@@ -28,7 +32,8 @@ use vhost::vhost_user::Listener;
 
 use super::access::{self, AccessConfig, AccessPolicy, SocketFile};
 use super::control_socket::ControlConn;
-use super::{Listen, RootComplex};
+use super::signals::ShutdownSignals;
+use super::{ControlListen, Listen, RootComplex};
 use crate::control;
 use crate::{Error, Result};
 
@@ -36,6 +41,8 @@ use crate::{Error, Result};
 const LISTENER_TOKEN: u32 = 0;
 /// Token of the control socket's listener.
 const CONTROL_LISTENER_TOKEN: u32 = u32::MAX;
+/// Token of the shutdown signals' signalfd.
+const SIGNAL_TOKEN: u32 = u32::MAX - 1;
 
 /// Most control-socket clients served at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 16;
@@ -65,9 +72,15 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// Create or adopt the frontends' socket described by `listen`, and create the control
-    /// socket at `control` if given. Socket files get `socket_mode` ([`access::create_listener`]).
-    pub fn open(listen: &Listen, control: Option<&Path>, socket_mode: u32) -> Result<Self> {
+    /// Create or adopt the frontends' socket described by `listen`, and create or adopt the
+    /// control socket `control` if given. Socket files get `socket_mode`
+    /// ([`access::create_listener`]); inherited descriptors are taken over (close-on-exec set)
+    /// and their files, if any, are left to whoever made them.
+    pub fn open(
+        listen: &Listen,
+        control: Option<&ControlListen>,
+        socket_mode: u32,
+    ) -> Result<Self> {
         let mut pending = None;
         let mut files = Vec::new();
         let source = match listen {
@@ -77,13 +90,20 @@ impl Sockets {
                 Source::Listener(Listener::from(l))
             }
             Listen::Fd(fd) => {
-                if is_listening(*fd).map_err(io_err("inspecting --fd"))? {
-                    // SAFETY: the caller handed us this fd on the command line; we own it from now on.
+                let what = format!("--fd {fd}");
+                if is_listening(*fd).map_err(|source| Error::Io {
+                    context: format!("{what}: not a socket pcierc can serve"),
+                    source,
+                })? {
+                    // SAFETY: the caller handed us this fd (command line or socket
+                    // activation, checked there); we own it from now on.
                     let l = unsafe { UnixListener::from_raw_fd(*fd) };
+                    set_cloexec(*fd).map_err(io_err(&what))?;
                     Source::Listener(Listener::from(l))
                 } else {
                     // SAFETY: as above; it is a connected stream socket.
                     pending = Some(unsafe { UnixStream::from_raw_fd(*fd) });
+                    set_cloexec(*fd).map_err(io_err(&what))?;
                     Source::None
                 }
             }
@@ -93,15 +113,25 @@ impl Sockets {
                 .map_err(|e| Error::Topology(format!("listener: {e}")))?;
         }
         let control = match control {
-            Some(path) => {
+            Some(ControlListen::Path(path)) => {
                 let (l, file) = access::create_listener(path, socket_mode)?;
-                l.set_nonblocking(true)
-                    .map_err(io_err("control socket listener"))?;
                 files.push(file);
+                Some(l)
+            }
+            Some(ControlListen::Fd(fd)) => {
+                crate::cli::activation::check_listening_unix_stream(*fd, "control socket")?;
+                // SAFETY: an open listening unix stream socket (checked just above) that the
+                // caller handed over; we own it from now on.
+                let l = unsafe { UnixListener::from_raw_fd(*fd) };
+                set_cloexec(*fd).map_err(io_err("control socket"))?;
                 Some(l)
             }
             None => None,
         };
+        if let Some(l) = &control {
+            l.set_nonblocking(true)
+                .map_err(io_err("control socket listener"))?;
+        }
         Ok(Sockets {
             source,
             pending,
@@ -121,6 +151,8 @@ pub struct Server {
     control: Option<UnixListener>,
     controls: HashMap<u32, (ControlConn, EventSet)>,
     access: AccessConfig,
+    /// SIGTERM and SIGINT, when the server handles them.
+    signals: Option<ShutdownSignals>,
     quit: bool,
     /// Declared last: removed after the listeners are closed.
     _files: Vec<SocketFile>,
@@ -147,9 +179,17 @@ impl Server {
             control: sockets.control,
             controls: HashMap::new(),
             access,
+            signals: None,
             quit: false,
             _files: sockets.files,
         }
+    }
+
+    /// Stop cleanly on SIGTERM or SIGINT (read from `signals`), as on `quit`, with QEMU's
+    /// `SHUTDOWN` event `reason: "host-signal"`.
+    pub fn with_signals(mut self, signals: ShutdownSignals) -> Self {
+        self.signals = Some(signals);
+        self
     }
 
     /// The access policy in force.
@@ -163,6 +203,7 @@ impl Server {
             let t = self.next_token;
             self.next_token = self.next_token.wrapping_add(1).max(1);
             if t != CONTROL_LISTENER_TOKEN
+                && t != SIGNAL_TOKEN
                 && !self.conns.contains_key(&t)
                 && !self.controls.contains_key(&t)
             {
@@ -171,8 +212,10 @@ impl Server {
         }
     }
 
-    /// Run the loop until an unrecoverable epoll error, a `quit` on the control socket, or, with
-    /// an inherited connected socket, until that frontend disconnects.
+    /// Run the loop until an unrecoverable epoll error, a `quit` on the control socket, SIGTERM
+    /// or SIGINT (with [`Server::with_signals`]), or, with an inherited connected socket, until
+    /// that frontend disconnects. The socket files are removed when it returns (if they are
+    /// still pcierc's).
     pub fn run(self) -> Result<()> {
         let single = matches!(self.source, Source::None);
         let mut manager: EventManager<Server> =
@@ -183,7 +226,6 @@ impl Server {
                 .run()
                 .map_err(|e| Error::Topology(format!("event loop: {e}")))?;
             if manager.subscriber_mut(id).is_ok_and(|s| s.quit) {
-                info!("quit requested on the control socket; exiting");
                 return Ok(());
             }
             if single
@@ -254,7 +296,16 @@ impl Server {
     }
 
     fn process_event(&mut self, events: Events, ops: &mut EventOps) {
+        // Once stopping, the rest of the wake-up's events are left alone: no new peers, no
+        // new requests (those already received were answered on the way out).
+        if self.quit {
+            return;
+        }
         let token = events.data();
+        if token == SIGNAL_TOKEN {
+            self.signal_event(ops);
+            return;
+        }
         if token == LISTENER_TOKEN {
             self.accept_all(ops);
             return;
@@ -378,7 +429,8 @@ impl Server {
             return self.drop_control(token, ops, &e.to_string());
         }
         if c.quit_requested() {
-            return self.shutdown();
+            info!("quit requested on the control socket; exiting");
+            return self.shutdown(ops, "host-qmp-quit");
         }
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
             || (set.contains(EventSet::READ_HANG_UP) && !set.contains(EventSet::IN))
@@ -423,19 +475,6 @@ impl Server {
         }
     }
 
-    /// `quit`: tell every client (QEMU's `SHUTDOWN` event), flush, and stop the loop.
-    fn shutdown(&mut self) {
-        let line = control::event(
-            "SHUTDOWN",
-            Some(serde_json::json!({"guest": false, "reason": "host-qmp-quit"})),
-        );
-        for (c, _) in self.controls.values_mut() {
-            let _ = c.event(&line);
-            c.finish();
-        }
-        self.quit = true;
-    }
-
     fn init_events(&mut self, ops: &mut EventOps) {
         if let Source::Listener(l) = &self.source {
             if let Err(e) = ops.add(Events::with_data(l, LISTENER_TOKEN, EventSet::IN)) {
@@ -445,6 +484,11 @@ impl Server {
         if let Some(l) = &self.control {
             if let Err(e) = ops.add(Events::with_data(l, CONTROL_LISTENER_TOKEN, EventSet::IN)) {
                 error!("cannot watch the control socket: {e:?}");
+            }
+        }
+        if let Some(sig) = &self.signals {
+            if let Err(e) = ops.add(Events::with_data(sig, SIGNAL_TOKEN, EventSet::IN)) {
+                error!("cannot watch for SIGTERM and SIGINT: {e:?}");
             }
         }
         if let Some(s) = self.pending.take() {
@@ -469,6 +513,17 @@ fn control_interest(c: &ControlConn) -> EventSet {
     } else {
         EventSet::IN | EventSet::READ_HANG_UP
     }
+}
+
+/// Set close-on-exec on an inherited descriptor pcierc keeps.
+fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor this process owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Is `fd` a listening socket (SO_ACCEPTCONN)?

@@ -1,12 +1,13 @@
 //! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
 //! layout changes out to frontends; [`event_loop`] serves many frontends and the QMP control
 //! socket's clients ([`control_socket`]) on one event-manager loop; [`access`] decides who may
-//! connect.
+//! connect; [`signals`] turns SIGTERM and SIGINT into events of that loop.
 
 pub mod access;
 pub mod control_socket;
 pub mod event_loop;
 pub mod root_complex;
+pub mod signals;
 pub mod state_file;
 
 use std::os::fd::RawFd;
@@ -36,6 +37,16 @@ pub enum Listen {
     Fd(RawFd),
 }
 
+/// Where the QMP control socket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlListen {
+    /// Create a unix socket at this path (`--control-socket`), as for [`Listen::Path`].
+    Path(PathBuf),
+    /// An inherited listening unix stream socket (`--control-fd`, socket activation), already
+    /// checked to be one.
+    Fd(RawFd),
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -44,22 +55,29 @@ pub struct ServiceConfig {
     /// Where frontends connect.
     pub listen: Listen,
     /// The QMP-compatible control socket, if any.
-    pub control_socket: Option<PathBuf>,
+    pub control: Option<ControlListen>,
     /// Where the guest-visible state is persisted, if anywhere.
     pub state_file: Option<PathBuf>,
     /// Socket file mode, allowed peers, connection limit.
     pub access: AccessConfig,
 }
 
-/// Build the hierarchy, print it, and serve frontends until the process is stopped.
-pub fn serve(cfg: ServiceConfig) -> Result<()> {
+/// Build the hierarchy, print it, and serve frontends until `quit` on the control socket,
+/// SIGTERM or SIGINT (or, on an inherited connected socket, until its frontend leaves).
+/// `on_ready` runs once every socket listens and the state is restored, before the first peer
+/// is served (readiness notification, pid file); an error from it stops the service.
+///
+/// SIGTERM and SIGINT are blocked from the start (in this thread, inherited by any started
+/// later), so one that arrives while starting up is handled once the loop runs.
+pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Result<()> {
+    let signals = signals::ShutdownSignals::block().map_err(|source| crate::Error::Io {
+        context: "blocking SIGTERM and SIGINT for the event loop".into(),
+        source,
+    })?;
     // The sockets first: a pcierc started on another one's live socket stops here, before it
     // reads or writes the state file. Peers wait in the listen backlog until the loop runs.
-    let sockets = event_loop::Sockets::open(
-        &cfg.listen,
-        cfg.control_socket.as_deref(),
-        cfg.access.socket_mode,
-    )?;
+    let sockets =
+        event_loop::Sockets::open(&cfg.listen, cfg.control.as_ref(), cfg.access.socket_mode)?;
     let mut hierarchy = Hierarchy::new(cfg.spec)?;
     let state_file = match &cfg.state_file {
         Some(p) => Some(state_file::StateFile::open(p, &mut hierarchy)?),
@@ -70,14 +88,17 @@ pub fn serve(cfg: ServiceConfig) -> Result<()> {
     if let Some(f) = state_file {
         rc = rc.with_state_file(f);
     }
-    let server = event_loop::Server::new(sockets, rc, cfg.access);
-    if let Some(p) = &cfg.control_socket {
-        println!("control socket (QMP) on {}", p.display());
+    let server = event_loop::Server::new(sockets, rc, cfg.access).with_signals(signals);
+    match &cfg.control {
+        Some(ControlListen::Path(p)) => println!("control socket (QMP) on {}", p.display()),
+        Some(ControlListen::Fd(fd)) => println!("control socket (QMP) on inherited fd {fd}"),
+        None => {}
     }
     println!("pcierc {} serving:\n{tree}", env!("CARGO_PKG_VERSION"));
     match &cfg.listen {
         Listen::Path(p) => println!("listening on {}", p.display()),
         Listen::Fd(fd) => println!("serving on inherited fd {fd}"),
     }
+    on_ready()?;
     server.run()
 }

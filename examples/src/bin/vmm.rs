@@ -32,9 +32,10 @@ struct Args {
     /// Kernel command line.
     #[arg(long, default_value = "console=ttyS0 reboot=k panic=1")]
     cmdline: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 256)]
-    mem: u64,
+    /// Guest RAM, as QEMU's -m takes it: MiB (512), or a size with a suffix K, M, G or T
+    /// (512M, 2G, 1024K); a whole number of MiB.
+    #[arg(long, value_name = "SIZE", default_value = "256")]
+    mem: String,
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     cpus: u8,
@@ -81,6 +82,55 @@ struct Args {
     endpoint: Vec<String>,
 }
 
+/// `--mem`: a size as QEMU's `-m` takes it (`qemu_strtosz_MiB`): a plain number is MiB; a
+/// suffix B, K, M, G or T (either case, powers of 1024) gives the unit, and a decimal fraction
+/// is allowed (`1.5G`). The size must be a whole number of MiB. Returns MiB.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn parse_mem_mib(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a size (MiB, or with a suffix K, M, G or T: 512M, 2G)");
+    let (num, shift) = match s.as_bytes().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                b'B' => 0,
+                b'K' => 10,
+                b'M' => 20,
+                b'G' => 30,
+                b'T' => 40,
+                _ => return Err(bad()),
+            };
+            (&s[..s.len() - 1], shift)
+        }
+        _ => (s, 20),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || !digits(int) || !digits(frac) || (num.contains('.') && frac.is_empty()) {
+        return Err(bad());
+    }
+    let too_large = || format!("'{s}' is too large");
+    // Exact arithmetic: bytes = (int.frac) * 2^shift, in u128.
+    let int: u128 = int.parse().map_err(|_| too_large())?;
+    let frac_digits = u32::try_from(frac.len())
+        .ok()
+        .filter(|&n| n <= 18)
+        .ok_or_else(bad)?;
+    let frac: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let den = 10u128.pow(frac_digits);
+    let scaled = int
+        .checked_mul(den)
+        .and_then(|v| v.checked_add(frac))
+        .and_then(|v| v.checked_mul(1u128 << shift))
+        .ok_or_else(too_large)?;
+    if scaled % (den << 20) != 0 {
+        return Err(format!("'{s}' is not a whole number of MiB"));
+    }
+    u64::try_from(scaled / (den << 20)).map_err(|_| too_large())
+}
+
 fn guest_name(s: &str) -> Result<&'static str, String> {
     pcierc_examples::guest::ALL
         .iter()
@@ -98,6 +148,10 @@ fn main() {
 
     env_logger::init();
     let args = Args::parse();
+    let mem_mib = parse_mem_mib(&args.mem).unwrap_or_else(|e| {
+        eprintln!("vmm: --mem: {e}");
+        std::process::exit(2);
+    });
     let timeout = match args.timeout {
         Some(t) if !(t > 0.0 && t < 1e9) => {
             eprintln!("vmm: --timeout must be a positive number of seconds");
@@ -119,7 +173,7 @@ fn main() {
         },
         initrd: args.initrd,
         cmdline: args.cmdline,
-        mem_mib: args.mem,
+        mem_mib,
         cpus: args.cpus,
         backend: match args.backend_socket {
             Some(p) => BackendSource::Socket(p),
@@ -156,4 +210,55 @@ fn main() {
     let _ = Args::parse();
     eprintln!("vmm: only x86-64 hosts are supported");
     std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mem_mib;
+
+    #[test]
+    fn mem_sizes_are_read_as_qemu_reads_them() {
+        for (s, mib) in [
+            ("256", 256),
+            ("512M", 512),
+            ("512m", 512),
+            ("2G", 2048),
+            ("2g", 2048),
+            ("1024K", 1),
+            ("1T", 1 << 20),
+            ("1.5G", 1536),
+            ("0.5g", 512),
+            ("1048576k", 1024),
+            ("536870912B", 512),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_mem_mib(s), Ok(mib), "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_get_one_clear_line() {
+        for (s, why) in [
+            ("", "is not a size"),
+            ("M", "is not a size"),
+            ("512X", "is not a size"),
+            ("512MB", "is not a size"),
+            ("-1", "is not a size"),
+            ("1.", "is not a size"),
+            (".5G", "is not a size"),
+            ("1e3", "is not a size"),
+            (" 512", "is not a size"),
+            ("1000K", "is not a whole number of MiB"),
+            ("1.3M", "is not a whole number of MiB"),
+            (
+                "100000000000000000000000000000000000000000G",
+                "is too large",
+            ),
+            ("99999999999999999999T", "is too large"),
+        ] {
+            let e = parse_mem_mib(s).unwrap_err();
+            assert!(e.contains(why) && e.contains(&format!("'{s}'")), "{s}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
 }
