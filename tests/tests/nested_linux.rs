@@ -4,6 +4,7 @@
 //! pcierc's QMP events, and prints its duration. The cases share one L1 (booted once, behind a
 //! lock); each starts its own pcierc and L2.
 
+#[macro_use]
 mod nested_support;
 
 use nested_support::{cfg_bytes, cfg_space, expect, on_l1, qmp_events, resources, T};
@@ -19,7 +20,7 @@ use pcierc_tests::process::root_port_options;
 fn endpoint_hotplug_aer_and_pme_live() {
     on_l1("endpoint, hot-plug, AER, PME", |n, _| {
         let (uptime, wall) = expect(n.start_l2(&[], &["--mem", "512", "--endpoint", "rp1"]));
-        eprintln!(
+        report!(
             "nested: L2 (VMM over pcierc) in userspace at {uptime:.2} s of its uptime, {:.1} s wall",
             wall.as_secs_f64()
         );
@@ -75,7 +76,6 @@ fn endpoint_hotplug_aer_and_pme_live() {
             sent = bar0 + 0xc,
         );
         let out = expect(n.l2_ok(&msix, T));
-        eprintln!("{}", out.text());
         assert!(
             out.lines.iter().any(|l| l == "sent 0x00000001"),
             "{}",
@@ -134,7 +134,7 @@ fn hotplug(n: &mut pcierc_tests::nested::Nested) {
             res.text()
         );
     }
-    eprintln!(
+    report!(
         "nested: device_add -> 02:00.0 in L2's sysfs: {:.2} s of L2 time ({:.1} s wall)",
         waited(&seen),
         (add.elapsed + seen.elapsed).as_secs_f64()
@@ -165,7 +165,7 @@ fn hotplug(n: &mut pcierc_tests::nested::Nested) {
         "slot 2 powered off: {}",
         gone.text()
     );
-    eprintln!(
+    report!(
         "nested: device_del -> DEVICE_DELETED: {:.1} s wall (pciehp's 5 s wait included)",
         del.elapsed.as_secs_f64()
     );
@@ -180,7 +180,7 @@ fn hotplug(n: &mut pcierc_tests::nested::Nested) {
         &format!("waitfor 30 '{GONE_02}'; dmesg | grep -E 'Slot\\(2\\)'"),
         T,
     ));
-    eprintln!(
+    report!(
         "nested: surprise removal -> gone from L2's sysfs in {:.2} s of L2 time",
         waited(&gone)
     );
@@ -282,7 +282,7 @@ fn guest_reboot_resets_the_hierarchy_live() {
             let (uptime, wall) = expect(n.reboot_l2(&format!(
                 "echo {method} > /sys/kernel/reboot/type; reboot -f"
             )));
-            eprintln!(
+            report!(
                 "nested: reboot through {method}: L2 in userspace again at {uptime:.2} s, {:.1} s wall",
                 wall.as_secs_f64()
             );
@@ -310,6 +310,59 @@ fn guest_reboot_resets_the_hierarchy_live() {
     });
 }
 
+/// INTx: with `pci=nomsi` the root ports signal through INTA, which the VMM's `_PRT` routes to
+/// IOAPIC GSI 18 (slot 2, pin A): pciehp and AER work over it, and its count grows.
+#[test]
+fn root_ports_intx_without_msi_live() {
+    on_l1("INTx (pci=nomsi)", |n, _| {
+        expect(n.start_l2_with("pci=nomsi", &[], &["--mem", "512"]));
+        let irq = "grep '^ *18:' /proc/interrupts | awk '{ print \"count \" $2; print }'";
+        let ports = expect(n.l2_ok(
+            &format!("for f in 0 1 2 3; do echo \"irq $f $(cat /sys/bus/pci/devices/0000:00:02.$f/irq) $(ls /sys/bus/pci/devices/0000:00:02.$f/msi_irqs 2>/dev/null | wc -l)\"; done; facts; {irq}"),
+            T,
+        ));
+        for f in 0..4 {
+            assert!(
+                ports.lines.iter().any(|l| l == &format!("irq {f} 18 0")),
+                "00:02.{f} on GSI 18 without MSI: {}",
+                ports.text()
+            );
+        }
+        let pciehp = ports
+            .lines
+            .iter()
+            .filter(|l| l.ends_with("driver pciehp"))
+            .count();
+        assert_eq!(pciehp, 4, "{}", ports.text());
+        let count = |o: &pcierc_tests::nested::console::Output| -> u64 {
+            o.lines
+                .iter()
+                .find_map(|l| l.strip_prefix("count ")?.parse().ok())
+                .unwrap_or_else(|| panic!("no count for GSI 18: {}", o.text()))
+        };
+        let before = count(&ports);
+        let out = expect(n.qmp(&[EP2], T));
+        assert_eq!(out.status, 0, "{}", out.text());
+        expect(n.l2_ok(&format!("waitfor 60 '{AT_02}'"), T));
+        let port_err =
+            r#"{"execute":"pcie-aer-inject-error","arguments":{"id":"rp1","error":"RCVR"}}"#;
+        expect(n.qmp(&[port_err], T));
+        let after = expect(n.l2_ok(&format!("waitfor 30 'dmesg | grep -q RxErr'; {irq}"), T));
+        assert!(
+            count(&after) > before,
+            "GSI 18 counted the hot-plug and AER interrupts: {} -> {}",
+            before,
+            after.text()
+        );
+        report!(
+            "nested: INTx on GSI 18: {} -> {} interrupts over a hot-add and an AER report",
+            before,
+            count(&after)
+        );
+        assert_eq!(expect(n.stop_l2()), 0);
+    });
+}
+
 /// The `pci`, `service` and `slot` lines of a view.
 fn facts_of(lines: &[String]) -> Vec<&String> {
     lines
@@ -328,7 +381,7 @@ fn thirty_two_root_ports_hotplug_each_live() {
         rc.extend(root_port_options(PORTS));
         let rc: Vec<&str> = rc.iter().map(String::as_str).collect();
         let (uptime, wall) = expect(n.start_l2(&rc, &["--mem", "512"]));
-        eprintln!(
+        report!(
             "nested: L2 with {PORTS} root ports in userspace at {uptime:.2} s, {:.1} s wall",
             wall.as_secs_f64()
         );
@@ -367,7 +420,7 @@ fn thirty_two_root_ports_hotplug_each_live() {
             assert_eq!(out.status, 0, "rp{i}: {}", out.text());
             expect(n.l2_ok(&format!("waitfor 60 '[ ! -e {dev} ]'"), T));
         }
-        eprintln!(
+        report!(
             "nested: {PORTS} hot-add + surprise-removal cycles in {:.1} s",
             start.elapsed().as_secs_f64()
         );
@@ -391,14 +444,15 @@ fn linux_sees_the_same_hierarchy_as_under_qemu() {
         .collect();
     let start = std::time::Instant::now();
     let mut qemu = expect(ProbeVm::boot(&tools, &devices));
-    eprintln!(
+    report!(
         "nested: reference under QEMU q35/TCG in userspace at {:.2} s of its uptime, {:.1} s wall",
         qemu.boot_uptime,
         qemu.boot_wall.as_secs_f64()
     );
     let reference = expect(qemu.sh("cfg_all; facts", T));
+    qemu_hotplug_timings(&mut qemu);
     drop(qemu);
-    eprintln!(
+    report!(
         "nested: QEMU reference {:.1} s",
         start.elapsed().as_secs_f64()
     );
@@ -575,4 +629,48 @@ fn the_comparison_has_teeth() {
     let mut short = view(0x07);
     short.pop();
     assert_eq!(compare_views(&view(0x07), &short).len(), 1);
+}
+
+/// The reference figures for the live timings: an e1000e hot-added into rp2 and removed through
+/// QEMU's own QMP socket (with the project's `pcierc-qmp` client), timed as on the VMM.
+fn qemu_hotplug_timings(qemu: &mut ProbeVm) {
+    let qmp = expect(pcierc_tests::nested::release_binaries()).qmp;
+    let socket = qemu.qmp_socket.clone();
+    let run = |args: &[&str]| {
+        let start = std::time::Instant::now();
+        let out = std::process::Command::new(&qmp)
+            .arg(&socket)
+            .args(args)
+            .output()
+            .expect("running pcierc-qmp");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            start.elapsed(),
+        )
+    };
+    let add = r#"{"execute":"device_add","arguments":{"driver":"e1000e","id":"nic0","bus":"rp2"}}"#;
+    let (ok, out, add_wall) = run(&[add]);
+    assert!(ok, "QEMU device_add: {out}");
+    let seen = expect(qemu.sh(&format!("waitfor 60 '{AT_02}'"), T));
+    assert_eq!(seen.status, 0, "{}", seen.text());
+    // QEMU refuses device_del while pciehp still blinks the power indicator: retry.
+    let del = r#"{"execute":"device_del","arguments":{"id":"nic0"}}"#;
+    let mut result = (false, String::new(), std::time::Duration::ZERO);
+    for _ in 0..20 {
+        result = run(&["--wait", "DEVICE_DELETED", "--timeout", "60", del]);
+        if result.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(result.0, "QEMU device_del: {}", result.1);
+    expect(qemu.sh(&format!("waitfor 30 '{GONE_02}'"), T));
+    report!(
+        "nested: QEMU reference: device_add -> 02:00.0 in sysfs {:.2} s of guest time ({:.1} s wall); \
+         device_del -> DEVICE_DELETED {:.1} s wall",
+        waited(&seen),
+        (add_wall + seen.elapsed).as_secs_f64(),
+        result.2.as_secs_f64()
+    );
 }

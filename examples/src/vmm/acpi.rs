@@ -18,9 +18,9 @@ use acpi_tables::{aml, Aml};
 use pcierc_protocol::EcamWindow;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout;
 use super::machine::{PM1A_CNT, PM1A_EVT, RESET_CONTROL, RESET_CONTROL_RESET};
 use super::Error;
+use super::{irq, layout};
 
 const OEM_ID: [u8; 6] = *b"PCIERC";
 const OEM_TABLE_ID: [u8; 8] = *b"PCIERCVM";
@@ -98,6 +98,8 @@ fn dsdt(ecam: &[EcamWindow]) -> Vec<u8> {
         vec![&create_cdw1, &if_pci, &else_, &ret],
     );
 
+    let prt = aml::Name::new("_PRT".into(), &pci_routing_table());
+
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
     let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
     let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
@@ -107,7 +109,7 @@ fn dsdt(ecam: &[EcamWindow]) -> Vec<u8> {
     let crs = aml::Name::new("_CRS".into(), &crs);
     let pci0 = aml::Device::new(
         "PCI0".into(),
-        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc],
+        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc, &prt],
     );
     let sb = aml::Scope::new("\\_SB_".into(), vec![&pci0]);
     let s5 = aml::Name::new(
@@ -119,6 +121,23 @@ fn dsdt(ecam: &[EcamWindow]) -> Vec<u8> {
     dsdt.append_slice(&bytes(&sb));
     dsdt.append_slice(&bytes(&s5));
     dsdt.as_slice().to_vec()
+}
+
+/// `_PRT` for bus 0 (ACPI 6.5 §6.2.13): every device's INTA-INTD to the IOAPIC GSI the VMM
+/// raises for it ([`irq::intx_gsi`], the conventional swizzle onto GSIs 16-23), as static GSIs
+/// (Source 0): level-triggered, active low, as PCI interrupts are. Functions behind the root
+/// ports need no entries: the OS swizzles their pins up to the port's slot (PCI-to-PCI Bridge
+/// 1.2 §9.1), as the ports forward them.
+fn pci_routing_table() -> aml::PackageBuilder {
+    let mut table = aml::PackageBuilder::new();
+    for slot in 0..32u8 {
+        for pin in 0..4u8 {
+            let address = (u32::from(slot) << 16) | 0xffff;
+            let gsi = irq::intx_gsi(slot << 3, pin + 1);
+            table.add_element(&aml::Package::new(vec![&address, &pin, &aml::ZERO, &gsi]));
+        }
+    }
+    table
 }
 
 /// The MADT (ACPI 6.5 §5.2.12): one local APIC per vCPU, the IOAPIC, ISA IRQ 0 on GSI 2 and the

@@ -195,8 +195,8 @@ pub fn signal_msi(vm: &VmFd, m: &MsiMessage) -> Result<(), Error> {
     })
 }
 
-/// The IOAPIC GSI of a function's INTx pin: the conventional swizzle onto GSIs 16-23 (PIRQ E-H in
-/// the ICH9's default routing is not modelled; without an ACPI _PRT, guests must use MSI-X).
+/// The IOAPIC GSI of a bus-0 function's INTx pin (1-4): the conventional swizzle onto GSIs
+/// 16-23, which the DSDT's `_PRT` describes (the ICH9's PIRQ link devices are not modelled).
 pub fn intx_gsi(devfn: u8, pin: u8) -> u32 {
     16 + ((u32::from(devfn >> 3) + u32::from(pin.max(1)) - 1) % 4)
 }

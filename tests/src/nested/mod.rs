@@ -369,6 +369,20 @@ impl Nested {
         rc_args: &[&str],
         vmm_args: &[&str],
     ) -> Result<(f64, Duration), NestedError> {
+        self.start_l2_with("", rc_args, vmm_args)
+    }
+
+    /// [`Nested::start_l2`] with `extra` added to L2's kernel command line.
+    pub fn start_l2_with(
+        &mut self,
+        extra: &str,
+        rc_args: &[&str],
+        vmm_args: &[&str],
+    ) -> Result<(f64, Duration), NestedError> {
+        self.l1_ok(
+            &format!("L2_EXTRA={}", shell_quote(extra)),
+            Duration::from_secs(30),
+        )?;
         if self.l2_running {
             self.stop_l2()?;
         }

@@ -2,6 +2,15 @@
 //! output lines (`tests/nested/probe.sh`).
 
 use std::sync::{Mutex, PoisonError};
+
+/// A timing line on the test's real stderr: not captured by the test harness, so CI's log
+/// shows every case's figures whether it passes or not.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 use std::time::{Duration, Instant};
 
 use pcierc_tests::nested::{tools, Nested, NestedError, NestedOptions, Tools};
@@ -30,7 +39,7 @@ pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
     if !alive {
         let start = Instant::now();
         let n = expect(Nested::boot(&tools, &NestedOptions::default()));
-        eprintln!(
+        report!(
             "nested: L1 up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
             n.l1_boot.as_secs_f64(),
             start.elapsed().as_secs_f64()
@@ -40,7 +49,7 @@ pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
     let nested = guard.as_mut().expect("L1 booted above");
     let start = Instant::now();
     case(nested, &tools);
-    eprintln!(
+    report!(
         "nested: case {name}: {:.1} s",
         start.elapsed().as_secs_f64()
     );
