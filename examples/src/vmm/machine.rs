@@ -148,6 +148,9 @@ impl ExitStats {
 
 type ComPort = Serial<IrqLine, NoEvents, Box<dyn Write + Send>>;
 
+/// The INTx sources (segment, bus, devfn, pin) asserted on each GSI.
+type IntxLines = std::collections::BTreeMap<u32, std::collections::BTreeSet<(u16, u8, u8, u8)>>;
+
 /// Everything the vCPU threads share.
 pub struct Machine {
     /// The VM.
@@ -164,6 +167,10 @@ pub struct Machine {
     /// Exit statistics.
     pub stats: ExitStats,
     stop: AtomicBool,
+    /// The INTx sources asserted on each GSI: (segment, bus, devfn, pin). Functions share GSIs
+    /// (the swizzle maps four slots onto each), so a line is the wired OR of its sources
+    /// (PCI Local Bus 3.0 §2.2.6), as QEMU's `pci_bus_change_irq_level` counts them.
+    intx: Mutex<IntxLines>,
 }
 
 fn read_value(data: &[u8]) -> u64 {
@@ -211,6 +218,7 @@ impl Machine {
             devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
             stop: AtomicBool::new(false),
+            intx: Mutex::new(Default::default()),
         }
     }
 
@@ -262,6 +270,27 @@ impl Machine {
     /// Ask the vCPUs to stop at their next exit (see [`Machine::stop_requested`]).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Every INTx source deasserted and every line lowered (a platform reset).
+    pub fn lower_intx(&self) -> Result<(), Error> {
+        let lines: Vec<u32> = {
+            let mut intx = self.intx.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut *intx).into_keys().collect()
+        };
+        for gsi in lines {
+            self.set_line(gsi, false)?;
+        }
+        Ok(())
+    }
+
+    fn set_line(&self, gsi: u32, level: bool) -> Result<(), Error> {
+        self.vm
+            .set_irq_line(gsi, level)
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IRQ_LINE",
+                source,
+            })
     }
 
     /// Let the vCPUs run again after [`Machine::request_stop`] (a reboot).
@@ -485,12 +514,16 @@ impl Machine {
             }
             Notification::Intx(l) => {
                 let gsi = irq::intx_gsi(l.devfn, l.pin);
-                self.vm
-                    .set_irq_line(gsi, l.level != 0)
-                    .map_err(|source| Error::Kvm {
-                        what: "KVM_IRQ_LINE",
-                        source,
-                    })?;
+                let mut intx = self.intx.lock().unwrap_or_else(PoisonError::into_inner);
+                let sources = intx.entry(gsi).or_default();
+                let source = (l.segment, l.bus, l.devfn, l.pin);
+                if l.level != 0 {
+                    sources.insert(source);
+                } else {
+                    sources.remove(&source);
+                }
+                let level = !sources.is_empty();
+                self.set_line(gsi, level)?;
             }
             Notification::ChipsetMemoryChanged(c) => {
                 log::debug!("chipset memory routing {c:?} (no BIOS area to remap here)");

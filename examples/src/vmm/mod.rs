@@ -489,11 +489,14 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 
 /// Feed what arrives on stdin to COM1's receiver, as QEMU's `-serial stdio` does, until stdin
 /// ends (at once when it is `/dev/null`). Bytes wait here while the guest has not drained the
-/// 64-byte receive FIFO. stdin is read as it comes: a terminal stays in its own (line) mode.
+/// 64-byte receive FIFO. stdin is read unbuffered, as it comes: a terminal stays in its own
+/// (line) mode.
 fn console_input_loop(machine: &Machine) {
     use std::io::Read;
+    use std::os::fd::FromRawFd;
     let mut buf = [0u8; 256];
-    let mut stdin = std::io::stdin().lock();
+    // SAFETY: fd 0 is open for the process's life; ManuallyDrop never closes it.
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
     loop {
         let n = match stdin.read(&mut buf) {
             Ok(0) => return,

@@ -184,5 +184,6 @@ pub fn reset_platform(machine: &Machine, acpi: bool) -> Result<(), Error> {
         wiring::enable_ecam(&machine.pcie)?;
     }
     machine.devices().reset();
-    machine.drain_notifications()
+    machine.drain_notifications()?;
+    machine.lower_intx()
 }

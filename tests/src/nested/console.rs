@@ -111,15 +111,11 @@ impl ConsoleMachine {
             program: program.clone(),
             source,
         })?;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .map_err(|source| ConsoleError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(err);
+        let mut child = spawn_tied_to_process(cmd).map_err(|source| ConsoleError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.kill();
             return Err(ConsoleError::Spawn {
@@ -320,6 +316,40 @@ impl Drop for ConsoleMachine {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Spawn `cmd` so that it is killed when this process ends, however it ends: a machine kept in
+/// a `static` (the nested tests share one L1) is never dropped, and a test process that panics
+/// or is killed must not leave QEMU running. `PR_SET_PDEATHSIG` fires when the *thread* that
+/// forked the child exits, so the fork happens on a thread that parks for the rest of the
+/// process's life.
+fn spawn_tied_to_process(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2) and
+    // getppid(2), which are async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The spawning thread may already be gone (it is not, it parks): then exit now.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("qemu-parent".into())
+        .spawn(move || {
+            let _ = tx.send(cmd.spawn());
+            loop {
+                std::thread::park();
+            }
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the spawning thread died"))?
 }
 
 /// `s` quoted for the shell as one word.

@@ -19,7 +19,7 @@ use pcierc_tests::nested::{tools, Nested, NestedError, NestedOptions, Tools};
 static L1: Mutex<Option<Nested>> = Mutex::new(None);
 
 /// The default bound of one step in a guest.
-pub const T: Duration = Duration::from_secs(60);
+pub const T: Duration = Duration::from_secs(180);
 
 /// The value, or a panic with the harness's whole error (it carries the console's tail).
 pub fn expect<V>(r: Result<V, NestedError>) -> V {
