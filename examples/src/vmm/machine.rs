@@ -52,6 +52,25 @@ pub enum Stop {
     Reset,
 }
 
+/// COM1's receive FIFO (vm-superio's, a 16550A's).
+const CONSOLE_FIFO: usize = 64;
+/// 16550 registers (offsets from COM1) and bits the console watchdog reads.
+const IER: u8 = 1;
+const LCR: u8 = 3;
+const IER_RDA: u8 = 1 << 0;
+const IER_THRE: u8 = 1 << 1;
+const LCR_DLAB: u8 = 1 << 7;
+
+/// What COM1's driver waits for ([`Machine::console_state`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleState {
+    /// Received bytes not read yet, while the receive interrupt is enabled.
+    pub unread: Option<usize>,
+    /// Bytes transmitted so far, while the transmit interrupt is enabled (the driver has more
+    /// to send).
+    pub sent: Option<u64>,
+}
+
 /// COM1's interrupt: an eventfd registered as a KVM irqfd on GSI 4.
 pub struct IrqLine(pub EventFd);
 
@@ -171,6 +190,8 @@ pub struct Machine {
     /// (the swizzle maps four slots onto each), so a line is the wired OR of its sources
     /// (PCI Local Bus 3.0 §2.2.6), as QEMU's `pci_bus_change_irq_level` counts them.
     intx: Mutex<IntxLines>,
+    /// Bytes the guest wrote to COM1's transmitter.
+    console_sent: AtomicU64,
 }
 
 fn read_value(data: &[u8]) -> u64 {
@@ -219,6 +240,7 @@ impl Machine {
             stats: ExitStats::default(),
             stop: AtomicBool::new(false),
             intx: Mutex::new(Default::default()),
+            console_sent: AtomicU64::new(0),
         }
     }
 
@@ -236,6 +258,41 @@ impl Machine {
                 log::warn!("COM1 input: {e:?}");
                 0
             }
+        }
+    }
+
+    /// What COM1's driver is waiting for now: (bytes received and unread, with the receive
+    /// interrupt enabled; bytes sent so far, with the transmit interrupt enabled). `None` while
+    /// the divisor latch is selected (IER is not reachable then).
+    pub fn console_state(&self) -> Option<ConsoleState> {
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        if serial.read(LCR) & LCR_DLAB != 0 {
+            return None;
+        }
+        let ier = serial.read(IER);
+        Some(ConsoleState {
+            unread: (ier & IER_RDA != 0)
+                .then(|| CONSOLE_FIFO - serial.fifo_capacity())
+                .filter(|&n| n > 0),
+            sent: (ier & IER_THRE != 0).then(|| self.console_sent.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Raise COM1's interrupt again for a driver that waits on it: rewrite IER with its value
+    /// (vm-superio then presents the receive and transmit conditions again, as a 16550's level
+    /// output would) and signal the interrupt. A spurious interrupt is harmless to a 16550
+    /// driver: it reads IIR and finds nothing, or what it missed.
+    pub fn console_kick(&self) {
+        let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+        if serial.read(LCR) & LCR_DLAB != 0 {
+            return;
+        }
+        let ier = serial.read(IER);
+        if let Err(e) = serial.write(IER, ier) {
+            log::warn!("COM1: {e:?}");
+        }
+        if let Err(e) = serial.interrupt_evt().trigger() {
+            log::warn!("COM1 interrupt: {e}");
         }
     }
 
@@ -384,6 +441,9 @@ impl Machine {
         let kind = match port {
             COM1..=0x3ff => {
                 let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
+                if port == COM1 {
+                    self.console_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 for &b in data {
                     if let Err(e) = serial.write((port - COM1) as u8, b) {
                         log::warn!("COM1: {e:?}");
