@@ -44,7 +44,7 @@ pub struct Args {
     #[arg(long)]
     pub claim_config_ports: bool,
     /// Write the shim's pid to FILE (atomically) once its ioreq server is serving; removed at
-    /// exit.
+    /// exit (unless --chroot or --runas left the shim unable to).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
     /// Once set up (and ready), run as USER (its passwd uid and group), UID or UID:GID, as

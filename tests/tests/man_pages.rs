@@ -1,0 +1,94 @@
+//! The man pages under `man/` are what clap_mangen makes of the clap definitions now
+//! (`pcierc_backend::cli::command`, `pcierc_xen_shim::cli::command`) plus their extra sections
+//! (`pcierc_backend::cli::man::PCIERC`, `pcierc_xen_shim::cli::MAN_SECTIONS`). A page that
+//! differs fails this test; regenerate with
+//! `PCIERC_UPDATE_MAN=1 cargo test -p pcierc-tests --test man_pages` (see `man/README.md`).
+
+use std::path::{Path, PathBuf};
+
+use clap_mangen::roff::{bold, roman, Roff};
+use clap_mangen::Man;
+use pcierc_backend::cli::man::ManSection;
+
+/// The page: clap_mangen's sections, then the extra ones (before VERSION, as man pages order
+/// them).
+fn render(cmd: clap::Command, extra: &[ManSection]) -> String {
+    let man = Man::new(cmd.clone()).manual("pcierc manual");
+    let mut out = Vec::new();
+    let sections: [fn(&Man, &mut dyn std::io::Write) -> std::io::Result<()>; 4] = [
+        Man::render_title,
+        Man::render_name_section,
+        Man::render_synopsis_section,
+        Man::render_description_section,
+    ];
+    for s in sections {
+        s(&man, &mut out).expect("rendering");
+    }
+    man.render_options_section(&mut out).expect("rendering");
+    if cmd.has_subcommands() {
+        man.render_subcommands_section(&mut out).expect("rendering");
+    }
+    let mut roff = Roff::new();
+    for section in extra {
+        roff.control("SH", [section.title]);
+        for (term, text) in section.entries {
+            roff.control("TP", []);
+            roff.text([bold(*term)]);
+            roff.text([roman(*text)]);
+        }
+    }
+    roff.to_writer(&mut out).expect("rendering");
+    man.render_version_section(&mut out).expect("rendering");
+    String::from_utf8(out).expect("roff is text")
+}
+
+fn man_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../man")
+}
+
+fn check(name: &str, page: String) {
+    let path = man_dir().join(name);
+    if std::env::var_os("PCIERC_UPDATE_MAN").is_some() {
+        std::fs::write(&path, &page).expect("writing the man page");
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == page,
+        "{} is not what the clap definitions give: regenerate it with \
+         `PCIERC_UPDATE_MAN=1 cargo test -p pcierc-tests --test man_pages` and commit it",
+        path.display()
+    );
+}
+
+#[test]
+fn pcierc_1_is_current() {
+    let page = render(
+        pcierc_backend::cli::command(),
+        pcierc_backend::cli::man::PCIERC,
+    );
+    for want in ["--socket-path", "--log-level", "NOTIFY_SOCKET", "SIGTERM"] {
+        // roff writes a hyphen-minus as \-.
+        assert!(
+            page.contains(&want.replace('-', "\\-")),
+            "{want} missing from pcierc(1)"
+        );
+    }
+    check("pcierc.1", page);
+}
+
+#[test]
+fn pcierc_xen_shim_1_is_current() {
+    let page = render(
+        pcierc_xen_shim::cli::command(),
+        pcierc_xen_shim::cli::MAN_SECTIONS,
+    );
+    for want in ["--domid", "--runas", "--chroot", "--log-level", "SIGTERM"] {
+        assert!(
+            page.contains(&want.replace('-', "\\-")),
+            "{want} missing from pcierc-xen-shim(1)"
+        );
+    }
+    check("pcierc-xen-shim.1", page);
+}
