@@ -15,15 +15,10 @@ use pcierc_backend::cli::man::ManSection;
 fn render(cmd: clap::Command, extra: &[ManSection]) -> String {
     let man = Man::new(cmd.clone()).manual("pcierc manual");
     let mut out = Vec::new();
-    let sections: [fn(&Man, &mut dyn std::io::Write) -> std::io::Result<()>; 4] = [
-        Man::render_title,
-        Man::render_name_section,
-        Man::render_synopsis_section,
-        Man::render_description_section,
-    ];
-    for s in sections {
-        s(&man, &mut out).expect("rendering");
-    }
+    man.render_title(&mut out).expect("rendering");
+    man.render_name_section(&mut out).expect("rendering");
+    man.render_synopsis_section(&mut out).expect("rendering");
+    man.render_description_section(&mut out).expect("rendering");
     man.render_options_section(&mut out).expect("rendering");
     if cmd.has_subcommands() {
         man.render_subcommands_section(&mut out).expect("rendering");

@@ -273,6 +273,29 @@ mod tests {
     }
 
     #[test]
+    fn later_notifications_reach_the_socket_even_once_its_path_is_gone() {
+        // As after pcierc-xen-shim's --chroot: the path no longer leads to the socket.
+        let d = scratch("connected");
+        let path = d.join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(path.clone().into_os_string()).unwrap();
+        n.notify("READY=1").unwrap();
+        std::fs::rename(&path, d.join("moved")).unwrap();
+        n.notify("STOPPING=1").unwrap();
+        let mut buf = [0u8; 64];
+        for want in ["READY=1", "STOPPING=1"] {
+            let k = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..k], want.as_bytes());
+        }
+        // A fresh notifier resolves the path, which is gone.
+        assert!(Notifier::new(path.into_os_string())
+            .unwrap()
+            .notify("READY=1")
+            .is_err());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_pid_file_is_replaced_atomically_and_removed_only_if_still_ours() {
         let d = scratch("pid");
         let p = d.join("pcierc.pid");
