@@ -140,13 +140,22 @@ fn a_shim_that_fails_destroys_the_domain_and_stops_pcierc() {
     let out = l.script(&["start", "vm1", &l.cfg()], &[("FAKE_SHIM_FAIL", "1")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = text(&out);
-    assert!(err.contains("pcierc-xen-shim exited before it was ready"), "{err}");
-    assert!(err.contains("no /dev/xen here"), "the shim's log is shown: {err}");
+    assert!(
+        err.contains("pcierc-xen-shim exited before it was ready"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no /dev/xen here"),
+        "the shim's log is shown: {err}"
+    );
     let log = l.log();
     assert!(log.contains(&"xl destroy vm1".to_string()), "{log:?}");
     assert!(!log.iter().any(|l| l.starts_with("xl unpause")), "{log:?}");
     let vm = l.run.join("vm1");
     for f in ["pcierc.pid", "pcierc.sock", "qmp.sock"] {
-        assert!(!vm.join(f).exists(), "{f} left behind: pcierc still running?");
+        assert!(
+            !vm.join(f).exists(),
+            "{f} left behind: pcierc still running?"
+        );
     }
 }
