@@ -213,7 +213,9 @@ impl Session {
             );
         }
         // Unconsumed fds are closed here, when `fds` is dropped.
-        Ok(Reply::new(&header, answer))
+        let reply = Reply::new(&header, answer);
+        handler.request_done(self.conn, header.request, reply.status());
+        Ok(reply)
     }
 
     /// Tell the handler the connection is gone (once; later calls do nothing).

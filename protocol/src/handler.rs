@@ -135,6 +135,10 @@ pub trait BackendHandler {
     fn backend_channel(&mut self, _conn: ConnectionId, _sender: BackendChannelSender) {}
     /// The connection is gone: forget its channel and identity.
     fn disconnected(&mut self, _conn: ConnectionId) {}
+    /// A request from `conn` was answered with `status` (every request [`crate::Session::handle`]
+    /// replies to, refused ones included; `request` is the raw code, which may be unknown).
+    /// For accounting; default: nothing.
+    fn request_done(&mut self, _conn: ConnectionId, _request: u32, _status: Status) {}
 }
 
 /// The `&self` twin of [`BackendHandler`], for handlers shared between threads.
@@ -168,6 +172,7 @@ pub trait SharedBackendHandler {
     fn frontend_identified(&self, conn: ConnectionId, info: &FrontendIdentity);
     fn backend_channel(&self, conn: ConnectionId, sender: BackendChannelSender);
     fn disconnected(&self, conn: ConnectionId);
+    fn request_done(&self, conn: ConnectionId, request: u32, status: Status);
 }
 
 /// The handler methods, listed once and expanded for each forwarding impl.
@@ -268,6 +273,9 @@ macro_rules! forward_all {
         }
         fn disconnected($self_: $recv, conn: ConnectionId) {
             $target.disconnected(conn)
+        }
+        fn request_done($self_: $recv, conn: ConnectionId, request: u32, status: Status) {
+            $target.request_done(conn, request, status)
         }
     };
 }

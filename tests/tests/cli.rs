@@ -186,3 +186,38 @@ fn serves_on_an_inherited_listening_fd() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `pcierc --print-capabilities --bogus` logs one warning (the ignored option); its stderr.
+fn capabilities_warning(log_level: Option<&str>, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(pcierc_bin());
+    cmd.args(["--print-capabilities", "--bogus"]);
+    if let Some(l) = log_level {
+        cmd.args(["--log-level", l]);
+    }
+    cmd.env_remove("RUST_LOG").env_remove("RUST_LOG_STYLE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running pcierc");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn log_level_overrides_rust_log_and_piped_logs_have_no_colours() {
+    let warned = |s: &str| s.contains("WARN") && s.contains("ignoring the other options");
+    // Default: info, so the warning shows, without escape codes (stderr is a pipe here).
+    let err = capabilities_warning(None, &[]);
+    assert!(warned(&err), "{err}");
+    assert!(!err.contains('\x1b'), "colours in piped stderr: {err:?}");
+    // Colours can be forced, so the check above can see them.
+    let err = capabilities_warning(None, &[("RUST_LOG_STYLE", "always")]);
+    assert!(err.contains('\x1b'), "{err:?}");
+    // RUST_LOG applies without --log-level ...
+    assert!(!warned(&capabilities_warning(None, &[("RUST_LOG", "off")])));
+    // ... and --log-level wins over it, both ways.
+    let err = capabilities_warning(Some("warn"), &[("RUST_LOG", "off")]);
+    assert!(warned(&err), "{err}");
+    let err = capabilities_warning(Some("error"), &[("RUST_LOG", "trace")]);
+    assert!(!warned(&err), "{err}");
+}

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use log::info;
+use pcierc_backend::cli::logging::LogLevel;
+use pcierc_backend::cli::man::ManSection;
 use pcierc_backend::cli::notify::Readiness;
 use pcierc_backend::service::signals::{self, ShutdownSignals};
 use pcierc_protocol::{Frontend, FrontendOptions};
@@ -13,6 +15,7 @@ use pcierc_protocol::{Frontend, FrontendOptions};
 use crate::abi::dm_op::ioservid_t;
 use crate::hypervisor::linux::LinuxXen;
 use crate::hypervisor::Hypervisor;
+use crate::privileges::{self, RunAs};
 use crate::shim::{Shim, ShimConfig};
 use crate::DomId;
 
@@ -41,9 +44,40 @@ pub struct Args {
     #[arg(long)]
     pub claim_config_ports: bool,
     /// Write the shim's pid to FILE (atomically) once its ioreq server is serving; removed at
-    /// exit.
+    /// exit (unless --chroot or --runas left the shim unable to).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+    /// Once set up (and ready), run as USER (its passwd uid and group), UID or UID:GID, as
+    /// QEMU's -runas: supplementary groups dropped, root refused.
+    #[arg(long, value_name = "USER|UID[:GID]")]
+    pub runas: Option<String>,
+    /// Once set up (and ready), chroot into DIR (before --runas), as QEMU's -chroot.
+    #[arg(long, value_name = "DIR")]
+    pub chroot: Option<PathBuf>,
+    /// Log LEVEL and above to standard error (instead of RUST_LOG's filter; default info).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// The `pcierc-xen-shim` command line as clap describes it (for `--help`, man pages).
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// What privileges the shim gives up once it serves (`--chroot`, `--runas`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// `--chroot`.
+    pub chroot: Option<PathBuf>,
+    /// `--runas`, looked up.
+    pub runas: Option<RunAs>,
+}
+
+impl Confinement {
+    /// Chroot and change user as asked (nothing if nothing was asked).
+    pub fn apply(&self) -> Result<(), String> {
+        privileges::drop_privileges(self.chroot.as_deref(), self.runas).map_err(|e| e.to_string())
+    }
 }
 
 /// A validated configuration.
@@ -57,6 +91,8 @@ pub struct Config {
     pub shim: ShimConfig,
     /// `--pidfile`.
     pub pidfile: Option<PathBuf>,
+    /// `--chroot`, `--runas`.
+    pub confinement: Confinement,
 }
 
 impl TryFrom<Args> for Config {
@@ -80,6 +116,15 @@ impl TryFrom<Args> for Config {
             }
             peers.insert(owner.to_string(), id);
         }
+        let runas = a
+            .runas
+            .as_deref()
+            .map(RunAs::parse)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        if let Some(dir) = &a.chroot {
+            privileges::check_chroot_dir(dir).map_err(|e| e.to_string())?;
+        }
         Ok(Config {
             domid: a.domid,
             backend_socket: a.backend_socket,
@@ -89,13 +134,18 @@ impl TryFrom<Args> for Config {
                 config_ports: a.claim_config_ports,
             },
             pidfile: a.pidfile,
+            confinement: Confinement {
+                chroot: a.chroot,
+                runas,
+            },
         })
     }
 }
 
 /// Open the Xen devices (first: without them nothing else matters), connect to pcierc, set up
-/// the server, tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`) and serve
-/// until SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
+/// the server, tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`), give up
+/// root (`--chroot`, `--runas`: before the first guest request is served) and serve until
+/// SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
 /// unbind, unmap its page). Both signals are blocked from the start, so one that arrives while
 /// setting up ends the shim cleanly as soon as it serves.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -105,8 +155,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     xen.restrict().map_err(|e| e.to_string())?;
     let pcierc = Frontend::connect(&cfg.backend_socket, FrontendOptions::vmm("xen-shim"))
         .map_err(|e| format!("{}: {e}", cfg.backend_socket.display()))?;
+    let confinement = cfg.confinement;
     let r = serve(xen, pcierc, cfg.shim, stop.as_raw_fd(), || {
-        readiness.ready().map_err(|e| e.to_string())
+        readiness.ready().map_err(|e| e.to_string())?;
+        confinement.apply()
     });
     if let Some(signo) = stop.take() {
         info!("{} received; stopped", signals::name(signo));
@@ -114,6 +166,56 @@ pub fn run(cfg: Config) -> Result<(), String> {
     readiness.stopping();
     r
 }
+
+/// The extra sections of `pcierc-xen-shim(1)` (beside what clap describes).
+pub const MAN_SECTIONS: &[ManSection] = &[
+    ManSection {
+        title: "ENVIRONMENT",
+        entries: &[
+            (
+                "RUST_LOG",
+                "Log filter (env_logger syntax) when --log-level is not given; default info.",
+            ),
+            (
+                "RUST_LOG_STYLE",
+                "auto (default: colours only when standard error is a terminal), always or never.",
+            ),
+            (
+                "NOTIFY_SOCKET",
+                "systemd's notification socket: READY=1 once the ioreq server serves, STOPPING=1 \
+                 at exit. Removed from the environment.",
+            ),
+        ],
+    },
+    ManSection {
+        title: "SIGNALS",
+        entries: &[(
+            "SIGTERM, SIGINT",
+            "Tear down (ranges unmapped, ioreq server disabled and destroyed, event channels \
+             unbound, the ioreq page unmapped) and exit with status 0.",
+        )],
+    },
+    ManSection {
+        title: "EXIT STATUS",
+        entries: &[
+            ("0", "Stopped by a signal."),
+            (
+                "1",
+                "An error (no /dev/xen, pcierc unreachable, a failed dm_op, ...), one line on \
+                 standard error.",
+            ),
+            ("2", "The command line is wrong."),
+        ],
+    },
+    ManSection {
+        title: "SEE ALSO",
+        entries: &[(
+            "pcierc(1), xl(1)",
+            "docs/xen.md (message sequence, routing, the xl launch recipe in contrib/xen) and \
+             docs/service.md in pcierc's source.",
+        )],
+    },
+];
 
 /// Start the shim for `hv`'s domain, call `on_ready` once it serves, serve until `stop` polls
 /// readable (a signalfd, or an eventfd in tests), then tear down. The teardown runs whether

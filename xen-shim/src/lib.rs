@@ -9,6 +9,7 @@
 //! - [`ioreq_service`]: the pure part of the service loop: take a READY ioreq slot, classify it,
 //!   hand it to an [`ioreq_service::IoHandler`], write the answer back.
 //! - [`pci_config`], [`ecam`]: PCI_CONFIG requests and ECAM addresses as pcierc config accesses.
+//! - [`privileges`]: `--chroot` and `--runas`, root given up once the server is set up.
 //! - [`routing`]: pcierc's layout as the ranges each ioreq server must have mapped.
 //! - [`shim`]: the shim itself: pcierc's frontend, the translation, re-mapping on layout
 //!   changes, interrupts as dm_ops, and the event loop.
@@ -25,6 +26,7 @@ pub mod ecam;
 pub mod hypervisor;
 pub mod ioreq_service;
 pub mod pci_config;
+pub mod privileges;
 pub mod routing;
 pub mod server;
 pub mod shim;

@@ -1,11 +1,13 @@
 //! `pcierc-xen-shim --domid N --backend-socket PATH`: see [`pcierc_xen_shim::cli`].
 
 use clap::Parser;
+use pcierc_backend::cli::logging;
 use pcierc_xen_shim::cli::{run, Args, Config};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cfg = match Config::try_from(Args::parse()) {
+    let args = Args::parse();
+    logging::init(args.log_level);
+    let cfg = match Config::try_from(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pcierc-xen-shim: {e}");

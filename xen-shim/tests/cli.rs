@@ -64,4 +64,17 @@ fn arguments_are_validated() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("0 to 7"), "{err}");
+    let base = ["--domid", "3", "--backend-socket", "/x"];
+    let (code, err) = shim(&[&base[..], &["--runas", "0:0"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("would keep root's privileges"), "{err}");
+    let (code, err) = shim(&[&base[..], &["--runas", "no-such-user-pcierc"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("no such user"), "{err}");
+    let (code, err) = shim(&[&base[..], &["--chroot", "/nonexistent-jail"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("--chroot /nonexistent-jail"), "{err}");
+    let (code, err) = shim(&[&base[..], &["--log-level", "loud"]].concat());
+    assert_eq!(code, 2);
+    assert!(err.contains("--log-level"), "{err}");
 }

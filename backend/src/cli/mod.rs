@@ -6,12 +6,14 @@
 pub mod activation;
 pub mod capabilities;
 pub mod dump;
+pub mod logging;
+pub mod man;
 pub mod notify;
 pub mod qtest;
 
 use std::path::PathBuf;
 
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
 
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, AccessConfig, AccessPolicy, ControlListen, Listen, ServiceConfig};
@@ -67,12 +69,20 @@ pub struct Args {
     /// ignored, wrong ones included).
     #[arg(long)]
     pub print_capabilities: bool,
+    /// Log LEVEL and above to standard error (instead of RUST_LOG's filter; default info).
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<logging::LogLevel>,
     /// Topology options.
     #[command(flatten)]
     pub topology: TopologyArgs,
     /// Subcommands (tools).
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The `pcierc` command line as clap describes it (for `--help`, man pages, completions).
+pub fn command() -> clap::Command {
+    Args::command()
 }
 
 /// Where the hierarchy comes from: the embedded default (unless `--nodefaults`) or a TOML file,

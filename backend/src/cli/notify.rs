@@ -18,10 +18,15 @@ use crate::{Error, Result};
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// A service manager's notification socket (`$NOTIFY_SOCKET`).
-#[derive(Debug, Clone)]
+///
+/// The first notification connects a datagram socket to it, which later ones reuse: a process
+/// that has since chrooted or changed its uid (`pcierc-xen-shim --chroot/--runas`) can still
+/// send `STOPPING=1`, as the address was resolved and the permission checked at `connect()`.
+#[derive(Debug)]
 pub struct Notifier {
     addr: SocketAddr,
     name: OsString,
+    connected: std::sync::Mutex<Option<UnixDatagram>>,
 }
 
 impl Notifier {
@@ -59,13 +64,30 @@ impl Notifier {
                 ))
             }
         };
-        Ok(Notifier { addr, name })
+        Ok(Notifier {
+            addr,
+            name,
+            connected: std::sync::Mutex::new(None),
+        })
     }
 
     /// Send one notification, e.g. `READY=1` or `STOPPING=1` (newline-separated assignments).
     pub fn notify(&self, state: &str) -> io::Result<()> {
+        let mut connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The connected socket first; if it fails (the manager made a new socket), a new one.
+        if let Some(sock) = connected.as_ref() {
+            if sock.send(state.as_bytes()).is_ok() {
+                debug!("{} <- {state}", self.name.to_string_lossy());
+                return Ok(());
+            }
+        }
         let sock = UnixDatagram::unbound()?;
-        sock.send_to_addr(state.as_bytes(), &self.addr)?;
+        sock.connect_addr(&self.addr)?;
+        sock.send(state.as_bytes())?;
+        *connected = Some(sock);
         debug!("{} <- {state}", self.name.to_string_lossy());
         Ok(())
     }
@@ -247,6 +269,29 @@ mod tests {
         for bad in ["", "relative/path", "vsock:2:1234"] {
             assert!(Notifier::new(bad.into()).is_err(), "{bad:?}");
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn later_notifications_reach_the_socket_even_once_its_path_is_gone() {
+        // As after pcierc-xen-shim's --chroot: the path no longer leads to the socket.
+        let d = scratch("connected");
+        let path = d.join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::new(path.clone().into_os_string()).unwrap();
+        n.notify("READY=1").unwrap();
+        std::fs::rename(&path, d.join("moved")).unwrap();
+        n.notify("STOPPING=1").unwrap();
+        let mut buf = [0u8; 64];
+        for want in ["READY=1", "STOPPING=1"] {
+            let k = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..k], want.as_bytes());
+        }
+        // A fresh notifier resolves the path, which is gone.
+        assert!(Notifier::new(path.into_os_string())
+            .unwrap()
+            .notify("READY=1")
+            .is_err());
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -79,6 +79,14 @@ pub trait ControlOps {
     fn status(&mut self) -> String;
     /// `quit`: exit after the reply is sent (see [`QmpSession::quit_requested`]).
     fn quit(&mut self);
+    /// `x-pcierc-query-stats`: the operator's counters (`docs/control-socket.md`). Default:
+    /// none (an empty object).
+    fn query_stats(&mut self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    /// A command was answered, successfully (`ok`) or with an error. For accounting; default:
+    /// nothing.
+    fn command_done(&mut self, _ok: bool) {}
 }
 
 /// `device_add` arguments (QEMU's shape plus pcierc's `owner`).

@@ -5,7 +5,8 @@
 //!
 //! Commands: `qmp_capabilities`, `query-status`, `query-version`, `query-commands`, `query-pci`,
 //! `device_add`, `device_del`, `pcie-aer-inject-error`, `quit`, and pcierc's extensions
-//! `x-pcierc-inject-pme`, `x-pcierc-surprise-remove`, `x-pcierc-query-slots`.
+//! `x-pcierc-inject-pme`, `x-pcierc-surprise-remove`, `x-pcierc-query-slots`,
+//! `x-pcierc-query-stats`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +30,7 @@ pub const COMMANDS: &[&str] = &[
     "x-pcierc-inject-pme",
     "x-pcierc-surprise-remove",
     "x-pcierc-query-slots",
+    "x-pcierc-query-stats",
     "quit",
 ];
 
@@ -75,7 +77,9 @@ impl QmpSession {
             return error_reply(None, &QmpError::generic("QMP input must be a JSON object"));
         };
         let id = req.remove("id");
-        match self.dispatch(ops, req) {
+        let r = self.dispatch(ops, req);
+        ops.command_done(r.is_ok());
+        match r {
             Ok(ret) => {
                 let mut out = Map::new();
                 out.insert("return".into(), ret);
@@ -199,6 +203,10 @@ impl QmpSession {
                 args.finish()?;
                 serde_json::to_value(ops.query_slots())
                     .map_err(|e| QmpError::generic(format!("internal error: {e}")))
+            }
+            "x-pcierc-query-stats" => {
+                args.finish()?;
+                Ok(ops.query_stats())
             }
             "quit" => {
                 args.finish()?;

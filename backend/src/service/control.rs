@@ -13,6 +13,7 @@ use crate::control::{
 };
 use crate::pci::caps::slot::{SLTCTL_AIC, SLTCTL_PCC, SLTCTL_PIC, SLTSTA_PDS};
 use crate::pci::Effects;
+use crate::service::stats::HotplugStats;
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
 use crate::topology::DevFn;
@@ -104,6 +105,76 @@ impl ControlOps for RootComplex {
     }
 
     fn device_add(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
+        let r = self.device_add_inner(req);
+        self.count_hotplug(&r, |h| &mut h.device_add);
+        r
+    }
+
+    fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
+        let r = self.device_del_inner(id);
+        self.count_hotplug(&r, |h| &mut h.device_del);
+        r
+    }
+
+    fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError> {
+        self.inject_aer_inner(req)
+    }
+
+    fn inject_pme(&mut self, id: &str) -> Result<(), ControlError> {
+        info!("control: PME from {id}");
+        let r = self.hierarchy_mut().raise_pme(id);
+        self.control_result(r)
+    }
+
+    fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError> {
+        info!("control: surprise removal of {id}");
+        let r = self.hierarchy_mut().surprise_remove(id);
+        let r = self.control_result(r);
+        self.count_hotplug(&r, |h| &mut h.surprise_removals);
+        r
+    }
+
+    fn query_slots(&mut self) -> Vec<SlotInfo> {
+        self.slots_info()
+    }
+
+    fn status(&mut self) -> String {
+        "running".into()
+    }
+
+    fn quit(&mut self) {
+        info!("control: quit");
+    }
+
+    fn query_stats(&mut self) -> serde_json::Value {
+        let state_file = self.state_file.as_ref().map(|f| f.stats());
+        self.stats.to_json(state_file)
+    }
+
+    fn command_done(&mut self, ok: bool) {
+        let c = &mut self.stats.qmp_commands;
+        c.commands += 1;
+        if !ok {
+            c.errors += 1;
+        }
+    }
+}
+
+impl RootComplex {
+    /// Count a hot-plug command: in `field` when it succeeded, as refused otherwise.
+    fn count_hotplug(
+        &mut self,
+        r: &Result<(), ControlError>,
+        field: impl FnOnce(&mut HotplugStats) -> &mut u64,
+    ) {
+        let h = &mut self.stats.hotplug;
+        match r {
+            Ok(()) => *field(h) += 1,
+            Err(_) => h.refused += 1,
+        }
+    }
+
+    fn device_add_inner(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
         // QEMU's wording (qdev_set_parent_bus / qbus_find).
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
@@ -131,7 +202,7 @@ impl ControlOps for RootComplex {
         self.control_result(r)
     }
 
-    fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
+    fn device_del_inner(&mut self, id: &str) -> Result<(), ControlError> {
         if self.is_port(id) {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
@@ -154,7 +225,7 @@ impl ControlOps for RootComplex {
         Ok(())
     }
 
-    fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError> {
+    fn inject_aer_inner(&mut self, req: &AerInject) -> Result<(), ControlError> {
         if req.advisory_non_fatal {
             return Err(
                 "advisory-non-fatal is not supported: inject the Advisory Non-Fatal correctable \
@@ -181,19 +252,7 @@ impl ControlOps for RootComplex {
         self.control_result(r)
     }
 
-    fn inject_pme(&mut self, id: &str) -> Result<(), ControlError> {
-        info!("control: PME from {id}");
-        let r = self.hierarchy_mut().raise_pme(id);
-        self.control_result(r)
-    }
-
-    fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError> {
-        info!("control: surprise removal of {id}");
-        let r = self.hierarchy_mut().surprise_remove(id);
-        self.control_result(r)
-    }
-
-    fn query_slots(&mut self) -> Vec<SlotInfo> {
+    fn slots_info(&self) -> Vec<SlotInfo> {
         let h = &self.hierarchy;
         h.spec()
             .root_ports
@@ -224,13 +283,5 @@ impl ControlOps for RootComplex {
                     .collect(),
             })
             .collect()
-    }
-
-    fn status(&mut self) -> String {
-        "running".into()
-    }
-
-    fn quit(&mut self) {
-        info!("control: quit");
     }
 }

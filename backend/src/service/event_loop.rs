@@ -254,6 +254,9 @@ impl Server {
             return;
         }
         debug!("frontend connection {token} accepted");
+        self.handler
+            .stats_mut()
+            .frontend_accepted(ConnectionId(u64::from(token)));
         self.conns.insert(token, Conn { conn, interest });
     }
 
@@ -275,9 +278,11 @@ impl Server {
                 Ok(Some(s)) => {
                     // A refused peer is closed (dropped) before anything is read from it.
                     let Some(cred) = self.policy().admit(&s, "frontend") else {
+                        self.handler.stats_mut().frontend_connections.refused += 1;
                         continue;
                     };
                     if self.conns.len() >= self.access.max_connections {
+                        self.handler.stats_mut().frontend_connections.refused += 1;
                         warn!(
                             "refusing a frontend (pid {} uid {}): {} connections already (--max-connections)",
                             cred.pid, cred.uid, self.access.max_connections
@@ -379,9 +384,11 @@ impl Server {
             };
             // A refused client is closed before the greeting is sent or anything read.
             let Some(cred) = self.policy().admit(&stream, "control client") else {
+                self.handler.stats_mut().qmp_clients.refused += 1;
                 continue;
             };
             if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
+                self.handler.stats_mut().qmp_clients.refused += 1;
                 warn!(
                     "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
                     cred.pid, cred.uid
@@ -404,6 +411,9 @@ impl Server {
             }
             debug!("control client {token} connected");
             self.controls.insert(token, (conn, interest));
+            let q = &mut self.handler.stats_mut().qmp_clients;
+            q.accepted += 1;
+            q.current = self.controls.len() as u64;
         }
     }
 
@@ -411,6 +421,7 @@ impl Server {
         if let Some((c, interest)) = self.controls.remove(&token) {
             let _ = ops.remove(Events::with_data(&c, token, interest));
             debug!("control client {token} closed: {why}");
+            self.handler.stats_mut().qmp_clients.current = self.controls.len() as u64;
         }
     }
 

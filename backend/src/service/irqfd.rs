@@ -128,7 +128,7 @@ impl RootComplex {
             }
         }
         for (conn, route) in outgoing {
-            self.each_channel(|c, _| c == conn, |ch| ch.msi_route(&route));
+            self.each_channel("msi-route", |c, _| c == conn, |ch| ch.msi_route(&route));
         }
     }
 }

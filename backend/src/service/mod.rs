@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod root_complex;
 pub mod signals;
 pub mod state_file;
+pub mod stats;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use pcierc_protocol::{
 use vmm_sys_util::eventfd::EventFd;
 
 use super::state_file::StateFile;
+use super::stats::Stats;
 use super::BACKEND_FEATURES;
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
 use crate::topology::hierarchy::HierarchyEvent;
@@ -53,6 +54,8 @@ pub struct RootComplex {
     snapshots: BTreeMap<ConnectionId, pcierc_protocol::snapshot::SnapshotWriter>,
     /// The routing table they all hold.
     snapshot_routes: Option<Box<[u16; 65536]>>,
+    /// Counters for `x-pcierc-query-stats`.
+    stats: Stats,
 }
 
 impl RootComplex {
@@ -69,6 +72,7 @@ impl RootComplex {
             state_file: None,
             snapshots: BTreeMap::new(),
             snapshot_routes: None,
+            stats: Stats::default(),
         };
         rc.slot_events(); // the power-on state, reported as changes from here on
         rc
@@ -90,6 +94,11 @@ impl RootComplex {
         &mut self.hierarchy
     }
 
+    /// The operator's counters (the event loop counts connections here).
+    pub fn stats_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+
     /// Events for the control socket since the last call.
     pub fn take_control_events(&mut self) -> Vec<ControlEvent> {
         std::mem::take(&mut self.control_events)
@@ -104,17 +113,20 @@ impl RootComplex {
             .collect()
     }
 
-    /// Send `f` to every channel `pick` selects; channels that fail are dropped.
+    /// Send `f` (a notification of `kind`, counted) to every channel `pick` selects; channels
+    /// that fail are dropped.
     fn each_channel(
         &mut self,
+        kind: &'static str,
         pick: impl Fn(ConnectionId, &BackendChannelSender) -> bool,
         mut f: impl FnMut(&mut BackendChannelSender) -> pcierc_protocol::Result<()>,
     ) {
         let mut dead = Vec::new();
         for (conn, ch) in &mut self.channels {
             if pick(*conn, ch) {
-                if let Err(e) = f(ch) {
-                    dead.push((*conn, e));
+                match f(ch) {
+                    Ok(()) => self.stats.notified(*conn, kind),
+                    Err(e) => dead.push((*conn, e)),
                 }
             }
         }
@@ -143,6 +155,9 @@ impl RootComplex {
                 } => {
                     // Frontends with an eventfd for this vector get a write, not a message.
                     let by_fd = self.irqfds.signal(devfn, vector);
+                    for c in &by_fd {
+                        self.stats.notified(*c, "msi-eventfd");
+                    }
                     let m = MsiMessage {
                         address,
                         data,
@@ -156,6 +171,7 @@ impl RootComplex {
                         devfn & 7
                     );
                     self.each_channel(
+                        "msi",
                         |c, ch| ch.wants_interrupts() && !by_fd.contains(&c),
                         |ch| ch.msi(&m),
                     );
@@ -171,7 +187,7 @@ impl RootComplex {
                         level: u8::from(asserted),
                         ..Default::default()
                     };
-                    self.each_channel(|_, ch| ch.wants_interrupts(), |ch| ch.intx(&l));
+                    self.each_channel("intx", |_, ch| ch.wants_interrupts(), |ch| ch.intx(&l));
                 }
                 HierarchyEvent::FunctionAdded { endpoint } => {
                     changes |= LayoutChanges::FUNCTIONS;
@@ -181,7 +197,11 @@ impl RootComplex {
                         "{} hot-added behind {} (owner {})",
                         endpoint.id, endpoint.bus, endpoint.owner
                     );
-                    self.each_channel(|c, _| owners.contains(&c), |ch| ch.function_added(&rec));
+                    self.each_channel(
+                        "function-added",
+                        |c, _| owners.contains(&c),
+                        |ch| ch.function_added(&rec),
+                    );
                 }
                 HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
                     changes |= LayoutChanges::FUNCTIONS;
@@ -194,8 +214,13 @@ impl RootComplex {
                         endpoint.owner,
                         if surprise { ", surprise" } else { "" }
                     );
-                    self.each_channel(|c, _| owners.contains(&c), |ch| ch.function_removed(&rec));
+                    self.each_channel(
+                        "function-removed",
+                        |c, _| owners.contains(&c),
+                        |ch| ch.function_removed(&rec),
+                    );
                     self.unplug_requests.remove(&endpoint.id);
+                    self.stats.hotplug.device_deleted_events += 1;
                     self.control_events.push(ControlEvent {
                         name: "DEVICE_DELETED",
                         data: serde_json::json!({ "device": endpoint.id, "path": format!("/machine/peripheral/{}", endpoint.id) }),
@@ -240,19 +265,20 @@ impl RootComplex {
         if let Some(t) = &topology {
             debug!("layout generation {}: {changes:?}", t.generation);
         }
-        let chipset = effects.contains(Effects::CHIPSET_MEMORY);
-        self.each_channel(
-            |_, _| true,
-            |ch| {
-                if let Some(t) = &topology {
-                    ch.layout_changed(changes, t)?;
-                }
-                if chipset {
-                    ch.chipset_memory_changed(&memory)?;
-                }
-                Ok(())
-            },
-        );
+        if let Some(t) = &topology {
+            self.each_channel(
+                "layout-changed",
+                |_, _| true,
+                |ch| ch.layout_changed(changes, t),
+            );
+        }
+        if effects.contains(Effects::CHIPSET_MEMORY) {
+            self.each_channel(
+                "chipset-memory-changed",
+                |_, _| true,
+                |ch| ch.chipset_memory_changed(&memory),
+            );
+        }
     }
 }
 
@@ -391,6 +417,7 @@ impl BackendHandler for RootComplex {
     fn frontend_identified(&mut self, conn: ConnectionId, who: &FrontendIdentity) {
         info!("frontend {} ({:?}) connected", who.name, who.role);
         self.frontends.insert(conn, who.name.clone());
+        self.stats.frontend_named(conn, &who.name);
     }
 
     fn backend_channel(&mut self, conn: ConnectionId, sender: BackendChannelSender) {
@@ -404,6 +431,11 @@ impl BackendHandler for RootComplex {
         self.channels.remove(&conn);
         self.irqfds.drop_connection(conn);
         self.snapshots.remove(&conn);
+        self.stats.frontend_gone(conn);
+    }
+
+    fn request_done(&mut self, conn: ConnectionId, request: u32, status: Status) {
+        self.stats.request_done(conn, request, status);
     }
 
     fn set_config_snapshot(

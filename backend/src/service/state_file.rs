@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use log::{error, info};
 
+use super::stats::StateFileStats;
+
 use crate::topology::{state, Hierarchy};
 use crate::{Error, Result};
 
@@ -18,6 +20,8 @@ pub struct StateFile {
     tmp: PathBuf,
     /// The blob last written (writes that change nothing are skipped).
     last: Vec<u8>,
+    /// Writes and their latency, for `x-pcierc-query-stats`.
+    stats: StateFileStats,
 }
 
 impl StateFile {
@@ -31,6 +35,7 @@ impl StateFile {
             path: path.to_path_buf(),
             tmp: PathBuf::from(tmp),
             last: Vec::new(),
+            stats: StateFileStats::default(),
         };
         match std::fs::read(path) {
             Ok(bytes) => {
@@ -59,24 +64,37 @@ impl StateFile {
         }
     }
 
+    /// Its writes so far (the one at start included, when it wrote).
+    pub fn stats(&self) -> StateFileStats {
+        self.stats
+    }
+
     fn write(&mut self, h: &Hierarchy) -> std::io::Result<()> {
         let blob = state::save(h);
         if blob == self.last {
             return Ok(());
         }
+        let start = std::time::Instant::now();
+        let r = self.write_blob(&blob);
+        self.stats.record(r.is_ok(), start.elapsed());
+        r?;
+        self.last = blob;
+        Ok(())
+    }
+
+    fn write_blob(&self, blob: &[u8]) -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&self.tmp)?;
-        f.write_all(&blob)?;
+        f.write_all(blob)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&self.tmp, &self.path)?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
-        self.last = blob;
         Ok(())
     }
 }

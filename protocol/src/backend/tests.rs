@@ -12,6 +12,8 @@ struct Fake {
     disconnected: usize,
     bad_topology: bool,
     irqfds: Vec<(InterruptFd, bool)>,
+    /// `request_done` calls: (request code, status).
+    done: Vec<(u32, Status)>,
 }
 
 impl BackendHandler for Fake {
@@ -86,6 +88,9 @@ impl BackendHandler for Fake {
     }
     fn disconnected(&mut self, _: ConnectionId) {
         self.disconnected += 1;
+    }
+    fn request_done(&mut self, _: ConnectionId, request: u32, status: Status) {
+        self.done.push((request, status));
     }
 }
 
@@ -634,5 +639,29 @@ fn claims_need_an_identity_and_well_formed_names() {
     assert_eq!(
         run(&mut s, &mut h, ReleaseFunction, release.as_slice()).0,
         Status::Invalid
+    );
+}
+
+#[test]
+fn every_reply_is_reported_with_its_status_protocol_refusals_included() {
+    let (mut s, mut h) = (Session::new(ConnectionId(1)), Fake::default());
+    run(&mut s, &mut h, FrontendReq::ConfigRead, &cfg(0, 4, 0)); // before negotiation
+    let _ = s.handle(&mut h, msg(FrontendReq::GetFeatures, &[], Vec::new()));
+    let unknown = Message {
+        header: MsgHeader::request(999, 0, 7),
+        payload: Vec::new(),
+        fds: Vec::new(),
+    };
+    assert_eq!(
+        s.handle(&mut h, unknown).unwrap().status(),
+        Status::NotSupported
+    );
+    assert_eq!(
+        h.done,
+        [
+            (FrontendReq::ConfigRead as u32, Status::Protocol),
+            (FrontendReq::GetFeatures as u32, Status::Ok),
+            (999, Status::NotSupported),
+        ]
     );
 }
