@@ -18,6 +18,9 @@ pub enum Error {
     /// Sockets passed by a service manager (`LISTEN_FDS`, `--control-fd`) cannot be used.
     #[error(transparent)]
     Activation(#[from] crate::cli::activation::ActivationError),
+    /// The state file (`--state-file`) cannot be used.
+    #[error(transparent)]
+    StateFile(#[from] crate::service::state_file::StateFileError),
     /// An I/O error at the edges (sockets, files).
     #[error("{context}: {source}")]
     Io {

@@ -43,6 +43,10 @@ pub struct Args {
     /// atomically after every change, before the change is acknowledged.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+    /// Discard what the --state-file holds (logged) and start from the power-on state, instead
+    /// of refusing to start when it does not load.
+    #[arg(long, requires = "state_file")]
+    pub state_reset: bool,
     /// Permissions of the socket files pcierc creates (both sockets), in octal.
     #[arg(
         long,
@@ -167,6 +171,7 @@ pub fn run(args: Args) -> Result<()> {
                     listen,
                     control,
                     state_file: args.state_file,
+                    state_reset: args.state_reset,
                     access: AccessConfig {
                         socket_mode: args.socket_mode,
                         policy: AccessPolicy::uids(args.allow_uid),

@@ -58,6 +58,8 @@ pub struct ServiceConfig {
     pub control: Option<ControlListen>,
     /// Where the guest-visible state is persisted, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Discard what the state file holds instead of loading it (`--state-reset`).
+    pub state_reset: bool,
     /// Socket file mode, allowed peers, connection limit.
     pub access: AccessConfig,
 }
@@ -80,7 +82,11 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         event_loop::Sockets::open(&cfg.listen, cfg.control.as_ref(), cfg.access.socket_mode)?;
     let mut hierarchy = Hierarchy::new(cfg.spec)?;
     let state_file = match &cfg.state_file {
-        Some(p) => Some(state_file::StateFile::open(p, &mut hierarchy)?),
+        Some(p) => Some(state_file::StateFile::open(
+            p,
+            &mut hierarchy,
+            cfg.state_reset,
+        )?),
         None => None,
     };
     let tree = hierarchy.tree();
