@@ -21,6 +21,9 @@ pub enum Error {
     /// The state file (`--state-file`) cannot be used.
     #[error(transparent)]
     StateFile(#[from] crate::service::state_file::StateFileError),
+    /// The seccomp filter (`--seccomp`) could not be installed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// An I/O error at the edges (sockets, files).
     #[error("{context}: {source}")]
     Io {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
+use crate::sandbox::SeccompMode;
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, AccessConfig, AccessPolicy, ControlListen, Listen, ServiceConfig};
 use crate::topology::TopologySpec;
@@ -67,6 +68,10 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
+    /// System calls outside pcierc's allow-list, once it is set up: kill the process
+    /// (default), allow and have the kernel log them, or no filter at all.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
     /// Print a JSON description of the backend and its features, then exit (other options are
     /// ignored, wrong ones included).
     #[arg(long)]
@@ -177,6 +182,7 @@ pub fn run(args: Args) -> Result<()> {
                         policy: AccessPolicy::uids(args.allow_uid),
                         max_connections: args.max_connections as usize,
                     },
+                    seccomp: args.seccomp,
                 },
                 || readiness.ready(),
             );

@@ -62,12 +62,15 @@ pub struct ServiceConfig {
     pub state_reset: bool,
     /// Socket file mode, allowed peers, connection limit.
     pub access: AccessConfig,
+    /// The system call filter installed once everything is set up (`--seccomp`).
+    pub seccomp: crate::sandbox::SeccompMode,
 }
 
 /// Build the hierarchy, print it, and serve frontends until `quit` on the control socket,
 /// SIGTERM or SIGINT (or, on an inherited connected socket, until its frontend leaves).
-/// `on_ready` runs once every socket listens and the state is restored, before the first peer
-/// is served (readiness notification, pid file); an error from it stops the service.
+/// `on_ready` runs once every socket listens, the state is restored and the seccomp filter is
+/// installed, before the first peer is served (readiness notification, pid file); an error
+/// from it stops the service.
 ///
 /// SIGTERM and SIGINT are blocked from the start (in this thread, inherited by any started
 /// later), so one that arrives while starting up is handled once the loop runs.
@@ -105,6 +108,8 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         Listen::Path(p) => println!("listening on {}", p.display()),
         Listen::Fd(fd) => println!("serving on inherited fd {fd}"),
     }
+    // Set up: from here on only the system calls serving and exiting need.
+    crate::sandbox::apply(cfg.seccomp, &crate::sandbox::syscalls::pcierc(), "pcierc")?;
     on_ready()?;
     server.run()
 }
