@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use log::info;
 use pcierc_backend::cli::notify::Readiness;
+use pcierc_backend::sandbox::{self, SeccompMode};
 use pcierc_backend::service::signals::{self, ShutdownSignals};
 use pcierc_protocol::{Frontend, FrontendOptions};
 
@@ -40,6 +41,10 @@ pub struct Args {
     /// QEMU it would take QEMU's ports).
     #[arg(long)]
     pub claim_config_ports: bool,
+    /// System calls outside the shim's allow-list once it serves: kill the process (default),
+    /// allow and have the kernel log them, or no filter at all.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
     /// Write the shim's pid to FILE (atomically) once its ioreq server is serving; removed at
     /// exit.
     #[arg(long, value_name = "FILE")]
@@ -55,6 +60,8 @@ pub struct Config {
     pub backend_socket: PathBuf,
     /// What the shim is told about routing.
     pub shim: ShimConfig,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
     /// `--pidfile`.
     pub pidfile: Option<PathBuf>,
 }
@@ -88,13 +95,14 @@ impl TryFrom<Args> for Config {
                 mmcfg_extension: a.mmcfg_extension,
                 config_ports: a.claim_config_ports,
             },
+            seccomp: a.seccomp,
             pidfile: a.pidfile,
         })
     }
 }
 
 /// Open the Xen devices (first: without them nothing else matters), connect to pcierc, set up
-/// the server, tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`) and serve
+/// the server, install the seccomp filter (`--seccomp`), tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`) and serve
 /// until SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
 /// unbind, unmap its page). Both signals are blocked from the start, so one that arrives while
 /// setting up ends the shim cleanly as soon as it serves.
@@ -106,6 +114,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let pcierc = Frontend::connect(&cfg.backend_socket, FrontendOptions::vmm("xen-shim"))
         .map_err(|e| format!("{}: {e}", cfg.backend_socket.display()))?;
     let r = serve(xen, pcierc, cfg.shim, stop.as_raw_fd(), || {
+        // Set up: from here on only what serving and the teardown need.
+        sandbox::apply(
+            cfg.seccomp,
+            &sandbox::syscalls::xen_shim(),
+            "pcierc-xen-shim",
+        )
+        .map_err(|e| e.to_string())?;
         readiness.ready().map_err(|e| e.to_string())
     });
     if let Some(signo) = stop.take() {
