@@ -114,7 +114,7 @@ impl StateFile {
                 path: path.to_path_buf(),
                 reason,
             };
-            let legacy = try_load(h, &bytes).map_err(refused)?;
+            let legacy = load_bytes(h, &bytes).map_err(refused)?;
             if legacy {
                 warn!(
                     "state file {}: written by an older pcierc without a checksum; loaded, and rewritten with one",
@@ -192,9 +192,9 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     std::fs::read(path).map(Some).map_err(io("reading"))
 }
 
-/// Check the file and restore the state it holds into `h` (unchanged on error); whether it was
-/// a bare blob from before the header.
-fn try_load(h: &mut Hierarchy, bytes: &[u8]) -> Result<bool, Unloadable> {
+/// Check a state file's bytes and restore the state they hold into `h` (unchanged on error),
+/// as [`StateFile::open`] does at start; whether they were a bare blob from before the header.
+pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<bool, Unloadable> {
     let d = format::decode(bytes)?;
     state::load(h, d.blob).map_err(|e| Unloadable::State(e.to_string()))?;
     Ok(d.legacy)
