@@ -18,6 +18,12 @@ pub enum Error {
     /// Sockets passed by a service manager (`LISTEN_FDS`, `--control-fd`) cannot be used.
     #[error(transparent)]
     Activation(#[from] crate::cli::activation::ActivationError),
+    /// The state file (`--state-file`) cannot be used.
+    #[error(transparent)]
+    StateFile(#[from] crate::service::state_file::StateFileError),
+    /// The seccomp filter (`--seccomp`) could not be installed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// An I/O error at the edges (sockets, files).
     #[error("{context}: {source}")]
     Io {

@@ -14,7 +14,11 @@
 //! - `qtest`: lines for `pcierc qtest` (QEMU's qtest protocol) against the real
 //!   [`RootComplex`] served on a socket pair: one `OK`/`FAIL` line per line;
 //! - `xen`: Xen ioreq slots as a hostile hypervisor page could hold them, through the shim's
-//!   classification and PCI_CONFIG translation.
+//!   classification and PCI_CONFIG translation;
+//! - `state_file`: a real state file damaged as the input says (bits flipped, cut short, bytes
+//!   spliced in, or replaced whole) through what `pcierc --state-file` does at start: a file
+//!   that is not byte for byte the one written must be refused, and a refused load leaves the
+//!   hierarchy as it was.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -22,7 +26,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use pcierc_backend::control::QmpSession;
-use pcierc_backend::service::RootComplex;
+use pcierc_backend::service::{state_file, RootComplex};
 use pcierc_backend::topology::{Hierarchy, TopologySpec};
 use pcierc_protocol::{ConnectionId, FrameReader, MessageKind, Session};
 use pcierc_xen_shim::abi::ioreq::ioreq_t;
@@ -39,6 +43,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("qmp", qmp),
     ("qtest", qtest),
     ("xen", xen),
+    ("state_file", state_file),
 ];
 
 /// Where failing inputs are kept (and replayed from).
@@ -97,6 +102,8 @@ impl Inputs {
                     h
                 }
                 "qmp" => br#"{"execute":"qmp_capabilities"}{"execute":""#.to_vec(),
+                // A damage kind (see `state_file`), then its parameters.
+                "state_file" => vec![(self.next() % 4) as u8],
                 "qtest" => {
                     let cmds: [&[u8]; 6] = [
                         b"outl 0xcf8 ",
@@ -291,4 +298,62 @@ pub fn xen(input: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A state file as pcierc writes it, of a hierarchy a guest has programmed a little.
+fn valid_state_file() -> &'static [u8] {
+    static FILE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let spec = TopologySpec::embedded_default().expect("embedded topology");
+        let mut h = Hierarchy::new(spec).expect("embedded hierarchy");
+        let _ = h.pio_write(0xcf8, 4, 0x8000_0060);
+        let _ = h.pio_write(0xcfc, 4, 0xb000_0001);
+        let _ = h.mmio_write(0xb000_0000 + (0x10 << 12) + 0x18, 4, 0x0001_0100);
+        let _ = h.mmio_write(0xb000_0000 + (0x10 << 12) + 0x204, 4, 0x1234_5678);
+        state_file::format::encode(&pcierc_backend::topology::state::save(&h))
+    })
+}
+
+/// `state_file` target: byte 0 picks the damage (0: flip one or two bits the following bytes name,
+/// 1: cut at an offset, 2: splice the rest in at an offset, 3: the rest is the whole file).
+pub fn state_file(input: &[u8]) -> Result<(), String> {
+    let good = valid_state_file();
+    let (&kind, rest) = input.split_first().unwrap_or((&3, &[]));
+    let at = |b: &[u8]| -> usize {
+        let v = b
+            .iter()
+            .take(3)
+            .fold(0usize, |v, &x| (v << 8) | usize::from(x));
+        v % (good.len() + 1)
+    };
+    let file: Vec<u8> = match kind % 4 {
+        0 => {
+            // One or two single-bit flips: the damage most likely to leave valid JSON.
+            let mut f = good.to_vec();
+            for pair in rest.chunks(4).take(2) {
+                let i = at(pair) % good.len();
+                f[i] ^= 1 << (pair.get(3).copied().unwrap_or(0) % 8);
+            }
+            f
+        }
+        1 => good[..at(rest)].to_vec(),
+        2 => {
+            let i = at(rest);
+            [&good[..i], rest.get(3..).unwrap_or(&[]), &good[i..]].concat()
+        }
+        _ => rest.to_vec(),
+    };
+    let spec = TopologySpec::embedded_default().expect("embedded topology");
+    let mut h = Hierarchy::new(spec).expect("embedded hierarchy");
+    let before = pcierc_backend::topology::state::save(&h);
+    match state_file::load_bytes(&mut h, &file) {
+        Ok(false) if file.as_slice() != good => {
+            Err("a damaged state file with a header was loaded".into())
+        }
+        Ok(_) => Ok(()),
+        Err(_) if pcierc_backend::topology::state::save(&h) != before => {
+            Err("a refused state file changed the hierarchy".into())
+        }
+        Err(_) => Ok(()),
+    }
 }

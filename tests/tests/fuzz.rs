@@ -30,6 +30,7 @@ fn a_bounded_pass_of_every_target_finds_nothing() {
             "qmp" => 400,
             "qtest" => 300,
             "xen" => 20_000,
+            "state_file" => 300,
             _ => 1500,
         };
         let mut inputs = Inputs::new(0x5eed);

@@ -1,35 +1,49 @@
 //! Garbage on a live `pcierc`'s sockets while well-behaved frontends keep working: the garbage
 //! connections get an error or are closed, the others see no error and no state change, and
 //! the process survives.
+//!
+//! No timing is asserted: a connection that must be answered is waited on for as long as
+//! [`ANSWER_LIMIT`] (it returns as soon as pcierc answers). Under a loaded machine pcierc can
+//! take over 100 ms to get to a connection; the test used to give it 100 ms, failed, and its
+//! unwinding killed pcierc under the good frontends, which then reported `PeerClosed`: the
+//! "pcierc dead" failure of issue 18.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
 use pcierc_tests::process::Backend;
 
+/// How long a connection that must be answered may wait: far beyond any scheduling delay, so
+/// only a pcierc that never answers fails.
+const ANSWER_LIMIT: Duration = Duration::from_secs(20);
+/// How long a connection that may legitimately be left waiting (an incomplete message) is given.
+const GLANCE: Duration = Duration::from_millis(100);
+
 /// What the server did with a garbage connection.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    /// It answered (an error reply) and/or closed the connection.
-    Answered,
+    /// It answered (an error reply) and/or closed the connection, after this long.
+    Answered(Duration),
     /// It waited for more bytes (an incomplete message is not an error yet).
     Waiting,
 }
 
-/// Send `bytes` on a fresh connection and see what comes back within 100 ms.
-fn throw(path: &std::path::Path, bytes: &[u8]) -> Outcome {
+/// Send `bytes` on a fresh connection and see what comes back within `limit`.
+fn throw(path: &std::path::Path, bytes: &[u8], limit: Duration) -> Outcome {
+    let start = Instant::now();
     let mut s = UnixStream::connect(path).expect("the server still accepts connections");
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
     let _ = s.write_all(bytes);
     let mut buf = [0u8; 4096];
     match s.read(&mut buf) {
-        Ok(_) => Outcome::Answered, // data, or 0 = closed
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Outcome::Answered,
+        Ok(_) => Outcome::Answered(start.elapsed()), // data, or 0 = closed
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Outcome::Answered(start.elapsed())
+        }
         Err(_) => Outcome::Waiting,
     }
 }
@@ -83,10 +97,14 @@ fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
             .collect()
     };
     let control = b.control.clone().expect("control socket");
+    // Failures are collected, not panicked on, so the good frontends are stopped and joined
+    // (and pcierc checked alive) before the test reports them.
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
     for round in 0..6 {
         // Random bytes and a truncated header: answered, or waited on (incomplete).
-        throw(&b.socket, &random(1 + round * 37 % 300));
-        throw(&b.socket, &header(1, 0, 0, 1)[..10]);
+        throw(&b.socket, &random(1 + round * 37 % 300), GLANCE);
+        throw(&b.socket, &header(1, 0, 0, 1)[..10], GLANCE);
         // Complete but malformed messages: an error reply or a closed connection, never silence.
         for c in [
             header(8, 0, 0xffff_ffff, 2), // lying size, above the maximum
@@ -96,23 +114,38 @@ fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
             [header(7, 0, 64, 6), random(64)].concat(), // GetTopology with a payload
             [header(9, 0, 4096, 7), random(4096)].concat(),
         ] {
-            assert_eq!(throw(&b.socket, &c), Outcome::Answered, "{:?}", &c[..24]);
+            match throw(&b.socket, &c, ANSWER_LIMIT) {
+                Outcome::Answered(t) => slowest = slowest.max(t),
+                Outcome::Waiting => {
+                    failures.push(format!("no answer in {ANSWER_LIMIT:?} to {:?}", &c[..24]))
+                }
+            }
         }
         // QMP: bytes, bad JSON, huge strings, deep nesting, valid JSON that is not QMP.
         // (The greeting comes first, so every QMP client is "answered".)
-        throw(&control, &random(200));
-        throw(&control, b"{\"execute\":\x01\x02}\n[[[[[[[[[[[[");
-        throw(&control, format!("{}\n", "[".repeat(5000)).as_bytes());
-        throw(&control, format!("\"{}\"\n", "a".repeat(70_000)).as_bytes());
+        throw(&control, &random(200), GLANCE);
+        throw(&control, b"{\"execute\":\x01\x02}\n[[[[[[[[[[[[", GLANCE);
+        throw(
+            &control,
+            format!("{}\n", "[".repeat(5000)).as_bytes(),
+            GLANCE,
+        );
+        throw(
+            &control,
+            format!("\"{}\"\n", "a".repeat(70_000)).as_bytes(),
+            GLANCE,
+        );
         throw(
             &control,
             b"{\"execute\":\"qmp_capabilities\"}{\"execute\":\"device_add\",\"arguments\":{\"driver\":1}}",
+            GLANCE,
         );
     }
+    eprintln!("slowest answer to a malformed message: {slowest:?}");
     // A negotiated QMP client still gets answers after all that.
     let reply = {
         let mut s = UnixStream::connect(&control).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.set_read_timeout(Some(ANSWER_LIMIT)).unwrap();
         s.write_all(
             b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\",\"id\":9}\n",
         )
@@ -120,19 +153,26 @@ fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
         let mut all = String::new();
         let mut buf = [0u8; 4096];
         while !all.contains("\"id\":9") {
-            let n = s.read(&mut buf).expect("control answers");
-            assert!(n > 0, "control socket closed: {all}");
-            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => all.push_str(&String::from_utf8_lossy(&buf[..n])),
+                r => {
+                    failures.push(format!("control socket: {r:?} after {all}"));
+                    break;
+                }
+            }
         }
         all
     };
-    assert!(reply.contains("\"running\""), "{reply}");
+    if !reply.contains("\"running\"") {
+        failures.push(format!("query-status: {reply}"));
+    }
     stop.store(true, Ordering::Relaxed);
     for g in good {
         assert!(g.join().expect("a good frontend failed") > 0);
     }
     let mut b = b;
     assert!(b.alive(), "pcierc survived");
+    assert!(failures.is_empty(), "{failures:#?}");
     let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("after")).unwrap();
     assert_eq!(f.config_read(0, 0, 0, 0, 4).unwrap(), 0x29c0_8086);
 }

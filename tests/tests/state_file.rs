@@ -163,3 +163,173 @@ fn a_state_file_that_does_not_load_is_refused_and_kept() {
     );
     assert_eq!(std::fs::read(&state).unwrap(), bad, "never overwritten");
 }
+
+/// A state file as a real pcierc writes it, after a guest-like write to rp1's scratch dword.
+fn a_real_state_file(dir: &ScratchDir) -> Vec<u8> {
+    let state = dir.0.join("real.state");
+    let mut b = Backend::start(&["--state-file", state.to_str().expect("utf-8 path")]);
+    let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("t")).expect("frontend");
+    f.config_write(0, 0, 0x10, SCRATCH, 4, 0x5eed_1234).unwrap();
+    b.kill();
+    std::fs::read(&state).expect("the state file")
+}
+
+/// Run `pcierc --socket-path S --state-file F ARGS` with `RUST_LOG=warn`: its exit status (or
+/// `None` if it was still running after 10 s, then killed) and standard error.
+fn run_pcierc(
+    dir: &ScratchDir,
+    state: &std::path::Path,
+    args: &[&str],
+) -> (Option<std::process::ExitStatus>, String) {
+    let err_path = dir.0.join("stderr");
+    let mut child = std::process::Command::new(pcierc_tests::process::pcierc_bin())
+        .arg("--socket-path")
+        .arg(dir.0.join("s.sock"))
+        .arg("--state-file")
+        .arg(state)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("running pcierc");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, std::fs::read_to_string(&err_path).unwrap())
+}
+
+#[test]
+fn a_damaged_foreign_or_newer_state_file_is_refused_with_one_line_and_kept() {
+    let dir = ScratchDir::new("state-refused");
+    let good = a_real_state_file(&dir);
+    let text = String::from_utf8(good.clone()).expect("a text file");
+    let (header, blob) = text.split_once('\n').expect("a header line");
+    assert!(header.starts_with("pcierc-state-file 1 len="), "{header}");
+    let value_at = text.find("\"config_address\"").expect("a field to damage");
+    let mut flipped = good.clone();
+    flipped[value_at + 20] ^= 0x01;
+    let newer_blob = blob.replacen("\"version\":1", "\"version\":2", 1);
+    let newer_blob_file = format!(
+        "pcierc-state-file 1 len={} crc32={:08x}\n{newer_blob}",
+        newer_blob.len(),
+        pcierc_backend::service::state_file::format::crc32(newer_blob.as_bytes())
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "the file is empty"),
+        (
+            "truncated",
+            good[..good.len() * 2 / 3].to_vec(),
+            "truncated:",
+        ),
+        (
+            "truncated in its header",
+            good[..12].to_vec(),
+            "header line is damaged (cut short",
+        ),
+        ("bit flipped", flipped, "corrupted: the state's CRC-32"),
+        (
+            "another program's JSON",
+            br#"{"name":"my-app","version":"1.0.2","dependencies":{}}"#.to_vec(),
+            "JSON that is not a pcierc state",
+        ),
+        (
+            "another program's file",
+            b"\x7fELF\x02\x01\x01\0\0\0\0\0".to_vec(),
+            "not a pcierc state file",
+        ),
+        (
+            "a newer file version",
+            text.replacen("pcierc-state-file 1 ", "pcierc-state-file 2 ", 1)
+                .into_bytes(),
+            "state file version 2 is newer than this pcierc reads",
+        ),
+        (
+            "a newer state version",
+            newer_blob_file.into_bytes(),
+            "state version 2 is not supported",
+        ),
+    ];
+    let state = dir.0.join("pcierc.state");
+    for (what, bytes, expected) in cases {
+        std::fs::write(&state, &bytes).unwrap();
+        let (status, err) = run_pcierc(&dir, &state, &[]);
+        let status = status.unwrap_or_else(|| panic!("{what}: pcierc started from it"));
+        assert!(!status.success(), "{what}: exit status {status}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{what}: one line of error, got: {err}");
+        assert!(
+            lines[0].starts_with("pcierc: state file ")
+                && lines[0].contains(expected)
+                && lines[0].contains("refusing to start")
+                && lines[0].contains("--state-reset"),
+            "{what}: a clear error naming what is wrong ({expected}): {err}"
+        );
+        assert_eq!(std::fs::read(&state).unwrap(), bytes, "{what}: file kept");
+        eprintln!("{what}: {}", lines[0]);
+    }
+    // A directory is not a state file either.
+    let (status, err) = run_pcierc(&dir, &dir.0, &[]);
+    assert!(status.is_some_and(|s| !s.success()), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn state_reset_discards_a_damaged_file_with_a_warning_and_starts_fresh() {
+    let dir = ScratchDir::new("state-reset");
+    let good = a_real_state_file(&dir);
+    let state = dir.0.join("pcierc.state");
+    std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+    let state_arg = state.to_str().expect("utf-8 path");
+
+    // The intact file loads: rp1's scratch dword is what was written before the kill.
+    let intact = dir.0.join("intact.state");
+    std::fs::write(&intact, &good).unwrap();
+    let b = Backend::start(&["--state-file", intact.to_str().unwrap()]);
+    let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("t")).expect("frontend");
+    assert_eq!(f.config_read(0, 0, 0x10, SCRATCH, 4).unwrap(), 0x5eed_1234);
+    drop((f, b));
+
+    // The damaged one with --state-reset: power-on state, a warning, a sound file again.
+    let err_path = dir.0.join("reset.stderr");
+    let socket = dir.0.join("reset.sock");
+    let mut child = std::process::Command::new(pcierc_tests::process::pcierc_bin())
+        .arg("--socket-path")
+        .arg(&socket)
+        .args(["--state-file", state_arg, "--state-reset"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("running pcierc");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut f = loop {
+        if let Ok(f) = Frontend::connect(&socket, FrontendOptions::tool("t")) {
+            break f;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "pcierc exited");
+        assert!(std::time::Instant::now() < deadline, "pcierc did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(f.config_read(0, 0, 0x10, SCRATCH, 4).unwrap(), 0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(
+        err.contains("WARN") && err.contains("discarded as --state-reset asks (truncated:"),
+        "{err}"
+    );
+    let now = std::fs::read(&state).unwrap();
+    assert!(now.starts_with(b"pcierc-state-file 1 "), "rewritten whole");
+    // ... which loads without --state-reset.
+    let _b = Backend::start(&["--state-file", state_arg]);
+}

@@ -9,6 +9,7 @@ use log::info;
 use pcierc_backend::cli::logging::LogLevel;
 use pcierc_backend::cli::man::ManSection;
 use pcierc_backend::cli::notify::Readiness;
+use pcierc_backend::sandbox::{self, SeccompMode};
 use pcierc_backend::service::signals::{self, ShutdownSignals};
 use pcierc_protocol::{Frontend, FrontendOptions};
 
@@ -43,6 +44,10 @@ pub struct Args {
     /// QEMU it would take QEMU's ports).
     #[arg(long)]
     pub claim_config_ports: bool,
+    /// System calls outside the shim's allow-list once it serves: kill the process (default),
+    /// allow and have the kernel log them, or no filter at all.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
     /// Write the shim's pid to FILE (atomically) once its ioreq server is serving; removed at
     /// exit (unless --chroot or --runas left the shim unable to).
     #[arg(long, value_name = "FILE")]
@@ -89,6 +94,8 @@ pub struct Config {
     pub backend_socket: PathBuf,
     /// What the shim is told about routing.
     pub shim: ShimConfig,
+    /// `--seccomp`.
+    pub seccomp: SeccompMode,
     /// `--pidfile`.
     pub pidfile: Option<PathBuf>,
     /// `--chroot`, `--runas`.
@@ -133,6 +140,7 @@ impl TryFrom<Args> for Config {
                 mmcfg_extension: a.mmcfg_extension,
                 config_ports: a.claim_config_ports,
             },
+            seccomp: a.seccomp,
             pidfile: a.pidfile,
             confinement: Confinement {
                 chroot: a.chroot,
@@ -144,8 +152,9 @@ impl TryFrom<Args> for Config {
 
 /// Open the Xen devices (first: without them nothing else matters), connect to pcierc, set up
 /// the server, tell the service manager (`READY=1` on `$NOTIFY_SOCKET`, `--pidfile`), give up
-/// root (`--chroot`, `--runas`: before the first guest request is served) and serve until
-/// SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
+/// root (`--chroot`, `--runas`), install the seccomp filter (`--seccomp`; after the privilege
+/// drop, whose calls are not on the list), all before the first guest request is served, and
+/// serve until SIGINT or SIGTERM; then tear down (unmap the ranges, disable and destroy the server,
 /// unbind, unmap its page). Both signals are blocked from the start, so one that arrives while
 /// setting up ends the shim cleanly as soon as it serves.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -158,7 +167,14 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let confinement = cfg.confinement;
     let r = serve(xen, pcierc, cfg.shim, stop.as_raw_fd(), || {
         readiness.ready().map_err(|e| e.to_string())?;
-        confinement.apply()
+        confinement.apply()?;
+        // Set up: from here on only what serving and the teardown need.
+        sandbox::apply(
+            cfg.seccomp,
+            &sandbox::syscalls::xen_shim(),
+            "pcierc-xen-shim",
+        )
+        .map_err(|e| e.to_string())
     });
     if let Some(signo) = stop.take() {
         info!("{} received; stopped", signals::name(signo));

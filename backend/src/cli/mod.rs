@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
 
+use crate::sandbox::SeccompMode;
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, AccessConfig, AccessPolicy, ControlListen, Listen, ServiceConfig};
 use crate::topology::TopologySpec;
@@ -45,6 +46,10 @@ pub struct Args {
     /// atomically after every change, before the change is acknowledged.
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
+    /// Discard what the --state-file holds (logged) and start from the power-on state, instead
+    /// of refusing to start when it does not load.
+    #[arg(long, requires = "state_file")]
+    pub state_reset: bool,
     /// Permissions of the socket files pcierc creates (both sockets), in octal.
     #[arg(
         long,
@@ -65,6 +70,10 @@ pub struct Args {
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub max_connections: u32,
+    /// System calls outside pcierc's allow-list, once it is set up: kill the process
+    /// (default), allow and have the kernel log them, or no filter at all.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
     /// Print a JSON description of the backend and its features, then exit (other options are
     /// ignored, wrong ones included).
     #[arg(long)]
@@ -177,11 +186,13 @@ pub fn run(args: Args) -> Result<()> {
                     listen,
                     control,
                     state_file: args.state_file,
+                    state_reset: args.state_reset,
                     access: AccessConfig {
                         socket_mode: args.socket_mode,
                         policy: AccessPolicy::uids(args.allow_uid),
                         max_connections: args.max_connections as usize,
                     },
+                    seccomp: args.seccomp,
                 },
                 || readiness.ready(),
             );

@@ -16,6 +16,11 @@
 //! control client is dropped once
 //! [`MAX_PENDING_OUTPUT`](super::control_socket::MAX_PENDING_OUTPUT) bytes of output wait unread.
 //!
+//! Fairness under floods of connections: each wake-up accepts at most [`ACCEPT_BUDGET`]
+//! connections per listening socket, so the connections already established are served between
+//! two such batches whatever the rate of newcomers, and the sockets pcierc creates have a short
+//! [`LISTEN_BACKLOG`], so flooding peers wait in `connect()` instead of spinning.
+//!
 //! SIGTERM and SIGINT arrive on the same loop through a signalfd ([`ShutdownSignals`]); they end
 //! it as `quit` does, after the requests already received are answered ([`shutdown`]).
 
@@ -46,6 +51,20 @@ const SIGNAL_TOKEN: u32 = u32::MAX - 1;
 
 /// Most control-socket clients served at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 16;
+
+/// Connections taken from each listening socket per wake-up of the loop. The rest wait in the
+/// kernel's backlog: the listeners are level-triggered, so the next wake-up takes the next
+/// ones, after every connection that was ready in this one has been served. A flood of new
+/// connections thus costs the established frontends at most this many accepts (per socket)
+/// between two of their turns, and the flooders wait in `connect()` once the backlog is full.
+pub const ACCEPT_BUDGET: usize = 4;
+
+/// Connections the kernel queues on a socket pcierc creates before `connect()` blocks (or
+/// fails with `EAGAIN` when non-blocking). Short, so that peers flooding it with connections
+/// wait in `connect()` at the pace pcierc accepts them instead of spending the CPU the served
+/// frontends need; frontends connecting in a burst wait their turn the same way. Sockets a
+/// service manager passes keep the backlog it gave them.
+pub const LISTEN_BACKLOG: libc::c_int = 64;
 
 struct Conn {
     conn: Connection,
@@ -86,6 +105,7 @@ impl Sockets {
         let source = match listen {
             Listen::Path(p) => {
                 let (l, file) = access::create_listener(p, socket_mode)?;
+                set_backlog(&l);
                 files.push(file);
                 Source::Listener(Listener::from(l))
             }
@@ -115,6 +135,7 @@ impl Sockets {
         let control = match control {
             Some(ControlListen::Path(path)) => {
                 let (l, file) = access::create_listener(path, socket_mode)?;
+                set_backlog(&l);
                 files.push(file);
                 Some(l)
             }
@@ -269,7 +290,7 @@ impl Server {
     }
 
     fn accept_all(&mut self, ops: &mut EventOps) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let accepted = match &self.source {
                 Source::Listener(l) => l.accept(),
                 Source::None => return,
@@ -372,7 +393,7 @@ impl Server {
     }
 
     fn accept_controls(&mut self, ops: &mut EventOps) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(l) = &self.control else { return };
             let stream = match l.accept() {
                 Ok((s, _)) => s,
@@ -523,6 +544,17 @@ fn control_interest(c: &ControlConn) -> EventSet {
         EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP
     } else {
         EventSet::IN | EventSet::READ_HANG_UP
+    }
+}
+
+/// Give a socket pcierc created the [`LISTEN_BACKLOG`] (the standard library asks for the
+/// kernel's maximum, 4096 by default). Best effort: the kernel's own backlog stays otherwise.
+fn set_backlog(l: &UnixListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen() again on a socket this process owns and already listens on only
+    // changes its backlog; no memory is passed.
+    if unsafe { libc::listen(l.as_raw_fd(), LISTEN_BACKLOG) } < 0 {
+        debug!("listen backlog: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -59,14 +59,19 @@ pub struct ServiceConfig {
     pub control: Option<ControlListen>,
     /// Where the guest-visible state is persisted, if anywhere.
     pub state_file: Option<PathBuf>,
+    /// Discard what the state file holds instead of loading it (`--state-reset`).
+    pub state_reset: bool,
     /// Socket file mode, allowed peers, connection limit.
     pub access: AccessConfig,
+    /// The system call filter installed once everything is set up (`--seccomp`).
+    pub seccomp: crate::sandbox::SeccompMode,
 }
 
 /// Build the hierarchy, print it, and serve frontends until `quit` on the control socket,
 /// SIGTERM or SIGINT (or, on an inherited connected socket, until its frontend leaves).
-/// `on_ready` runs once every socket listens and the state is restored, before the first peer
-/// is served (readiness notification, pid file); an error from it stops the service.
+/// `on_ready` runs once every socket listens, the state is restored and the seccomp filter is
+/// installed, before the first peer is served (readiness notification, pid file); an error
+/// from it stops the service.
 ///
 /// SIGTERM and SIGINT are blocked from the start (in this thread, inherited by any started
 /// later), so one that arrives while starting up is handled once the loop runs.
@@ -81,7 +86,11 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         event_loop::Sockets::open(&cfg.listen, cfg.control.as_ref(), cfg.access.socket_mode)?;
     let mut hierarchy = Hierarchy::new(cfg.spec)?;
     let state_file = match &cfg.state_file {
-        Some(p) => Some(state_file::StateFile::open(p, &mut hierarchy)?),
+        Some(p) => Some(state_file::StateFile::open(
+            p,
+            &mut hierarchy,
+            cfg.state_reset,
+        )?),
         None => None,
     };
     let tree = hierarchy.tree();
@@ -100,6 +109,8 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         Listen::Path(p) => println!("listening on {}", p.display()),
         Listen::Fd(fd) => println!("serving on inherited fd {fd}"),
     }
+    // Set up: from here on only the system calls serving and exiting need.
+    crate::sandbox::apply(cfg.seccomp, &crate::sandbox::syscalls::pcierc(), "pcierc")?;
     on_ready()?;
     server.run()
 }

@@ -442,7 +442,8 @@ impl Machine {
             COM1..=0x3ff => {
                 let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
                 if port == COM1 {
-                    self.console_sent.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.console_sent
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 for &b in data {
                     if let Err(e) = serial.write((port - COM1) as u8, b) {
