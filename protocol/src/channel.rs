@@ -503,7 +503,8 @@ mod tests {
         );
         // An unknown reason is refused by the receiver.
         tx.set_reset_events(true);
-        tx.function_reset(&FunctionReset { reason: 9, ..r }).unwrap();
+        tx.function_reset(&FunctionReset { reason: 9, ..r })
+            .unwrap();
         assert!(rx.recv_timeout(t).is_err());
     }
 

@@ -478,9 +478,7 @@ pub struct FunctionReset {
 unsafe impl ByteValued for FunctionReset {}
 impl VhostUserMsgValidator for FunctionReset {
     fn is_valid(&self) -> bool {
-        self.function.is_valid()
-            && ResetReason::try_from(self.reason).is_ok()
-            && self.reserved == 0
+        self.function.is_valid() && ResetReason::try_from(self.reason).is_ok() && self.reserved == 0
     }
 }
 
