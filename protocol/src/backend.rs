@@ -459,6 +459,10 @@ impl Session {
             self.protocol_features
                 .contains(ProtocolFeatures::HOTPLUG_EVENTS),
         );
+        sender.set_reset_events(
+            self.protocol_features
+                .contains(ProtocolFeatures::RESET_EVENTS),
+        );
         h.backend_channel(self.conn, sender);
         Ok(Vec::new())
     }

@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::frame::{
     decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
-use crate::messages::{ChipsetMemory, IntxLevel, LayoutChange, MsiMessage, MsiRoute};
+use crate::messages::{
+    ChipsetMemory, FunctionReset, IntxLevel, LayoutChange, MsiMessage, MsiRoute,
+};
 use crate::topology::FunctionRecord;
 use crate::topology::Topology;
 use crate::wire::{BackendReq, MsgHeader, Status};
@@ -66,6 +68,9 @@ pub enum Notification {
     FunctionRemoved(FunctionRecord),
     /// The message of an MSI-X vector this frontend delivers through an eventfd.
     MsiRoute(MsiRoute),
+    /// A function this frontend owns was reset (Secondary Bus Reset, slot power-off, platform
+    /// reset): reset the device and the state kept for it.
+    FunctionReset(FunctionReset),
 }
 
 impl Notification {
@@ -101,6 +106,10 @@ impl Notification {
                 &msg.payload,
             )?)),
             BackendReq::MsiRoute => Ok(Notification::MsiRoute(decode_payload(code, &msg.payload)?)),
+            BackendReq::FunctionReset => Ok(Notification::FunctionReset(decode_payload(
+                code,
+                &msg.payload,
+            )?)),
         }
     }
 }
@@ -194,6 +203,7 @@ pub struct BackendChannelSender {
     layout_events: bool,
     interrupts: bool,
     hotplug_events: bool,
+    reset_events: bool,
 }
 
 impl BackendChannelSender {
@@ -218,6 +228,7 @@ impl BackendChannelSender {
             layout_events: true,
             interrupts: true,
             hotplug_events: true,
+            reset_events: true,
         })
     }
 
@@ -274,6 +285,11 @@ impl BackendChannelSender {
         self.hotplug_events = hotplug_events;
     }
 
+    /// Set whether the frontend negotiated `RESET_EVENTS` (`FunctionReset` is dropped otherwise).
+    pub(crate) fn set_reset_events(&mut self, on: bool) {
+        self.reset_events = on;
+    }
+
     /// Does the frontend take interrupt notifications?
     pub fn wants_interrupts(&self) -> bool {
         self.interrupts && !self.closed
@@ -306,6 +322,11 @@ impl BackendChannelSender {
             BackendReq::FunctionRemoved,
             f.as_slice(),
         )
+    }
+
+    /// Send `FunctionReset` (dropped unless `RESET_EVENTS` was negotiated).
+    pub fn function_reset(&mut self, r: &FunctionReset) -> Result<()> {
+        self.send_if(self.reset_events, BackendReq::FunctionReset, r.as_slice())
     }
 
     fn send_if(&mut self, enabled: bool, code: BackendReq, payload: &[u8]) -> Result<()> {
@@ -446,6 +467,44 @@ mod tests {
         let bad = IntxLevel { pin: 0, ..intx };
         tx.set_event_classes(true, true);
         tx.intx(&bad).unwrap();
+        assert!(rx.recv_timeout(t).is_err());
+    }
+
+    #[test]
+    fn function_reset_round_trips_honours_its_feature_and_is_validated() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let r = FunctionReset {
+            function: FunctionRecord {
+                kind: 3,
+                bus: 1,
+                id: crate::messages::encode_name("gpu0").unwrap(),
+                owner: crate::messages::encode_name("vmm").unwrap(),
+                ..Default::default()
+            },
+            reason: crate::messages::ResetReason::SecondaryBusReset as u32,
+            reserved: 0,
+        };
+        tx.function_reset(&r).unwrap();
+        assert_eq!(
+            rx.recv_timeout(t).unwrap(),
+            Some(Notification::FunctionReset(r))
+        );
+        // Not negotiated: dropped (the next message is what arrives).
+        tx.set_reset_events(false);
+        tx.function_reset(&r).unwrap();
+        tx.chipset_memory_changed(&ChipsetMemory::default())
+            .unwrap();
+        assert_eq!(
+            rx.recv_timeout(t).unwrap(),
+            Some(Notification::ChipsetMemoryChanged(ChipsetMemory::default()))
+        );
+        // An unknown reason is refused by the receiver.
+        tx.set_reset_events(true);
+        tx.function_reset(&FunctionReset { reason: 9, ..r })
+            .unwrap();
         assert!(rx.recv_timeout(t).is_err());
     }
 

@@ -91,6 +91,9 @@ bitflags::bitflags! {
         /// `SetConfigSnapshot`: configuration reads served from shared memory (the fast path;
         /// leave it out of the wanted features to turn it off).
         const CONFIG_SNAPSHOT = 1 << 8;
+        /// `FunctionReset` on the backend channel for functions this frontend owns (Secondary
+        /// Bus Reset, slot power-off, platform reset).
+        const RESET_EVENTS = 1 << 9;
     }
 }
 

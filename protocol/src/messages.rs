@@ -5,6 +5,8 @@
 use vhost::vhost_user::message::VhostUserMsgValidator;
 use vm_memory::ByteValued;
 
+use crate::topology::FunctionRecord;
+
 /// Size of a function's configuration space (PCIe Base 6.0 §7.2.2: 4 KiB per function).
 pub const CONFIG_SPACE_SIZE: u16 = 4096;
 
@@ -434,6 +436,59 @@ impl VhostUserMsgValidator for ErrorReport {
     }
 }
 
+/// Why the functions of a [`FunctionReset`] notification were reset.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ResetReason {
+    /// The guest set Secondary Bus Reset in the Bridge Control register of the root port above
+    /// the function (PCI-to-PCI Bridge 1.2 §3.2.5.18: a 0 -> 1 edge resets the secondary bus).
+    SecondaryBusReset = 1,
+    /// The guest turned the power of the function's slot off while the card stays in it
+    /// (Slot Control Power Controller Control = off, PCIe Base 6.0 §6.7.1.8 and §7.5.3.10).
+    SlotPowerOff = 2,
+    /// Platform reset (`Reset` request).
+    PlatformReset = 3,
+}
+
+impl TryFrom<u32> for ResetReason {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(ResetReason::SecondaryBusReset),
+            2 => Ok(ResetReason::SlotPowerOff),
+            3 => Ok(ResetReason::PlatformReset),
+            other => Err(other),
+        }
+    }
+}
+
+/// `FunctionReset` notification: a function this frontend owns was reset; its owner resets the
+/// device and the state it keeps for it (registers, DMA, interrupts) to the power-on state.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionReset {
+    /// The function (its record as in the topology, `bus`/`devfn` where it is).
+    pub function: FunctionRecord,
+    /// A [`ResetReason`] value.
+    pub reason: u32,
+    /// Reserved, must be 0.
+    pub reserved: u32,
+}
+// SAFETY: a padding-free record (88 bytes, 4-byte aligned) and two u32s, no padding.
+unsafe impl ByteValued for FunctionReset {}
+impl VhostUserMsgValidator for FunctionReset {
+    fn is_valid(&self) -> bool {
+        self.function.is_valid() && ResetReason::try_from(self.reason).is_ok() && self.reserved == 0
+    }
+}
+
+impl FunctionReset {
+    /// The reset's reason (always known in a notification that passed validation).
+    pub fn reason(&self) -> Option<ResetReason> {
+        ResetReason::try_from(self.reason).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +509,30 @@ mod tests {
         assert_eq!(std::mem::size_of::<FunctionRelease>(), 40);
         assert_eq!(std::mem::size_of::<IntxLevel>(), 8);
         assert_eq!(std::mem::size_of::<ErrorReport>(), 32);
+        assert_eq!(std::mem::size_of::<FunctionReset>(), 96);
+    }
+
+    #[test]
+    fn function_reset_validation() {
+        let ok = FunctionReset {
+            function: FunctionRecord {
+                kind: crate::topology::FunctionKind::Endpoint as u8,
+                owner: encode_name("vmm").unwrap(),
+                id: encode_name("ep0").unwrap(),
+                ..Default::default()
+            },
+            reason: ResetReason::SlotPowerOff as u32,
+            reserved: 0,
+        };
+        assert!(ok.is_valid());
+        assert_eq!(ok.reason(), Some(ResetReason::SlotPowerOff));
+        for reason in [0, 4, u32::MAX] {
+            assert!(!FunctionReset { reason, ..ok }.is_valid());
+        }
+        assert!(!FunctionReset { reserved: 1, ..ok }.is_valid());
+        let mut bad = ok;
+        bad.function.owner = [0; NAME_LEN];
+        assert!(!bad.is_valid(), "a record without an owner is refused");
     }
 
     #[test]

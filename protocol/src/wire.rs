@@ -243,6 +243,10 @@ pub enum BackendReq {
     /// vector this frontend registered an eventfd for, sent at registration and whenever the
     /// guest changes it, so the frontend can keep its interrupt routing (a KVM GSI route) right.
     MsiRoute = 7,
+    /// Payload: [`crate::messages::FunctionReset`]: a function this frontend owns was reset
+    /// (Secondary Bus Reset of the port above it, its slot powered off, platform reset); reset
+    /// the device and the state kept for it.
+    FunctionReset = 8,
 }
 
 impl TryFrom<u32> for BackendReq {
@@ -256,6 +260,7 @@ impl TryFrom<u32> for BackendReq {
             5 => Ok(BackendReq::FunctionAdded),
             6 => Ok(BackendReq::FunctionRemoved),
             7 => Ok(BackendReq::MsiRoute),
+            8 => Ok(BackendReq::FunctionReset),
             other => Err(other),
         }
     }

@@ -1298,13 +1298,58 @@ proptest! {
 
     /// Backend-channel notifications: any code and payload decode or fail, never panic.
     #[test]
-    fn notification_decode_is_total(code in 0u32..10, payload in vec(any::<u8>(), 0..160)) {
+    fn notification_decode_is_total(code in 0u32..12, payload in vec(any::<u8>(), 0..160)) {
         let msg = Message {
             header: MsgHeader::notification(code, false, payload.len() as u32, 1),
             payload,
             fds: Vec::new(),
         };
         let _ = Notification::decode(&msg);
+    }
+
+    /// `FunctionReset` with bytes edited, cut or extended: it decodes only to a validated
+    /// notification that encodes back to the same bytes, and never panics.
+    #[test]
+    fn function_reset_decode_validates(
+        edits in vec((any::<Index>(), any::<u8>()), 0..4),
+        cut in proptest::option::of(any::<Index>()),
+        extra in vec(any::<u8>(), 0..8),
+    ) {
+        let ok = FunctionReset {
+            function: topology::FunctionRecord {
+                kind: topology::FunctionKind::Endpoint as u8,
+                bus: 1,
+                id: encode_name("gpu0").unwrap(),
+                owner: encode_name("vmm").unwrap(),
+                ..Default::default()
+            },
+            reason: ResetReason::SecondaryBusReset as u32,
+            reserved: 0,
+        };
+        let mut payload = ok.as_slice().to_vec();
+        for (at, v) in edits {
+            let i = at.index(payload.len());
+            payload[i] = v;
+        }
+        if let Some(c) = cut {
+            payload.truncate(c.index(payload.len() + 1));
+        }
+        payload.extend_from_slice(&extra);
+        let msg = Message {
+            header: MsgHeader::notification(
+                wire::BackendReq::FunctionReset as u32, false, payload.len() as u32, 1,
+            ),
+            payload: payload.clone(),
+            fds: Vec::new(),
+        };
+        match Notification::decode(&msg) {
+            Ok(Notification::FunctionReset(r)) => {
+                prop_assert!(r.reason().is_some() && r.reserved == 0);
+                prop_assert_eq!(r.as_slice(), &payload[..]);
+            }
+            Ok(other) => prop_assert!(false, "decoded as {:?}", other),
+            Err(_) => {}
+        }
     }
 
     /// The frame assembler on a random byte stream: every message it returns has exactly the

@@ -515,6 +515,46 @@ mod tests {
     }
 
     #[test]
+    fn slot_power_off_with_the_card_in_reports_a_reset() {
+        let ctl = 0x54 + SLTCTL;
+        // PCIe Base 6.0 §7.5.3.10: PIC (bits 9:8) 01 on, 11 off; PCC (bit 10) 1 = power off.
+        let (pic_on, pic_off, pcc_off) = (0x0100, 0x0300, 0x0400);
+        let mut p = port("rp", 1, 1, false);
+        p.set_present();
+        assert!(!p
+            .config_write(ctl, 2, pic_on)
+            .contains(Effects::SLOT_POWER_OFF));
+        let fx = p.config_write(ctl, 2, pic_on | pcc_off);
+        assert!(
+            fx.contains(Effects::SLOT | Effects::SLOT_POWER_OFF),
+            "{fx:?}"
+        );
+        assert!(
+            p.slot_occupied(),
+            "the power indicator is on: the card stays"
+        );
+        assert!(
+            !p.config_write(ctl, 2, pic_on | pcc_off)
+                .contains(Effects::SLOT_POWER_OFF),
+            "only the on -> off edge"
+        );
+        assert!(!p
+            .config_write(ctl, 2, pic_on)
+            .contains(Effects::SLOT_POWER_OFF));
+        // Power and indicator off together detach the card: a removal, not a reset.
+        let fx = p.config_write(ctl, 2, pic_off | pcc_off);
+        assert!(!fx.contains(Effects::SLOT_POWER_OFF), "{fx:?}");
+        assert!(!p.slot_occupied());
+        assert_eq!(p.slot_events(), vec![SlotEvent::PoweredOff]);
+        // An empty slot powered off resets nothing.
+        let mut empty = port("rp", 1, 1, false);
+        empty.config_write(ctl, 2, pic_on);
+        assert!(!empty
+            .config_write(ctl, 2, pic_on | pcc_off)
+            .contains(Effects::SLOT_POWER_OFF));
+    }
+
+    #[test]
     fn slot_control_writes_complete_commands() {
         let mut p = port("rp", 1, 1, false);
         let (ctl, sta) = (0x54 + SLTCTL, 0x54 + SLTSTA);

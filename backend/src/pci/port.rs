@@ -494,7 +494,17 @@ impl PciePort {
         }
         // Slot Control written: power or indicators may have changed (Effects::SLOT).
         let slot_written = if header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
-            Effects::SLOT
+            // PCIe Base 6.0 §6.7.1.8 Power Controller: power removed from an occupied slot
+            // resets what is in it (QEMU's pcie_cap_update_power() -> pci_set_power(false) ->
+            // pci_device_reset()). PCC is writable only with a power controller (Slot
+            // Capabilities PCP), and a write that also detached the card is a removal.
+            let pcc_off = |ctl: u16| ctl & slot::SLTCTL_PCC != 0;
+            let now = self.space.word(exp + slot::SLTCTL);
+            if !pcc_off(slot_regs.0) && pcc_off(now) && self.slot_occupied() {
+                Effects::SLOT | Effects::SLOT_POWER_OFF
+            } else {
+                Effects::SLOT
+            }
         } else {
             Effects::empty()
         };

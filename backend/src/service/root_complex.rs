@@ -7,7 +7,7 @@ use log::{debug, info, warn};
 use pcierc_protocol::{
     BackendChannelSender, BackendHandler, ChipsetMemory, ConfigAddress, ConnectionId, ErrorReport,
     ErrorSeverityCode, Features, FrontendIdentity, FunctionAddress, FunctionClaim, FunctionRelease,
-    InterruptFd, IntxLevel, LayoutChanges, MsiMessage, Status, Topology,
+    FunctionReset, InterruptFd, IntxLevel, LayoutChanges, MsiMessage, Status, Topology,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -201,6 +201,26 @@ impl RootComplex {
                         "function-added",
                         |c, _| owners.contains(&c),
                         |ch| ch.function_added(&rec),
+                    );
+                }
+                HierarchyEvent::FunctionReset { endpoint, reason } => {
+                    let r = FunctionReset {
+                        function: self.hierarchy.endpoint_record(&endpoint),
+                        reason: reason as u32,
+                        reserved: 0,
+                    };
+                    let owners = self.owner_conns(&endpoint.owner);
+                    info!(
+                        "{} behind {} reset ({reason:?}; owner {}, {} connected)",
+                        endpoint.id,
+                        endpoint.bus,
+                        endpoint.owner,
+                        owners.len()
+                    );
+                    self.each_channel(
+                        "function-reset",
+                        |c, _| owners.contains(&c),
+                        |ch| ch.function_reset(&r),
                     );
                 }
                 HierarchyEvent::FunctionRemoved { endpoint, surprise } => {

@@ -2,7 +2,7 @@
 //! behind them. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the
 //! function models, applies their [`Effects`] and keeps the layout generation.
 
-use pcierc_protocol::{ChipsetMemory, Status};
+use pcierc_protocol::{ChipsetMemory, ResetReason, Status};
 
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
@@ -38,6 +38,14 @@ pub enum HierarchyEvent {
         endpoint: EndpointSpec,
         /// Surprise removal (no guest involvement).
         surprise: bool,
+    },
+    /// A function behind a port was reset: a Secondary Bus Reset of the port, its slot powered
+    /// off with the card in it, or a platform reset. Its owner resets the device.
+    FunctionReset {
+        /// The function.
+        endpoint: EndpointSpec,
+        /// Why.
+        reason: ResetReason,
     },
 }
 
@@ -196,6 +204,14 @@ impl Hierarchy {
         self.mark_all_changed();
         self.mch.reset();
         self.ports.iter_mut().for_each(PciFunction::reset);
+        // The functions other emulators serve are reset with the platform; their owners (a
+        // passthrough device model need not be the frontend that sent `Reset`) are told.
+        for endpoint in &self.spec.endpoints {
+            self.events.push(HierarchyEvent::FunctionReset {
+                endpoint: endpoint.clone(),
+                reason: ResetReason::PlatformReset,
+            });
+        }
         // Cards stay in their slots across a platform reset.
         for i in 0..self.ports.len() {
             if self.below[i].iter().any(Option::is_some) {

@@ -4,6 +4,7 @@
 //! functions, the routing tables and the events for the service in step with it. Functions
 //! arriving or leaving show up as [`HierarchyEvent`]s (the layout generation moves with them).
 
+use pcierc_protocol::ResetReason;
 use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
@@ -53,6 +54,24 @@ impl Hierarchy {
     pub(super) fn after_port(&mut self, port: usize, effects: Effects) -> Effects {
         self.mark_changed(super::Slot::Port(port as u16));
         let mut effects = effects;
+        // PCI-to-PCI Bridge 1.2 §3.2.5.18 (Secondary Bus Reset) and PCIe Base 6.0 §6.7.1.8
+        // (power removed from a slot): the functions below the port are reset.
+        let reason = if effects.contains(Effects::SECONDARY_BUS_RESET) {
+            Some(ResetReason::SecondaryBusReset)
+        } else if effects.contains(Effects::SLOT_POWER_OFF) {
+            Some(ResetReason::SlotPowerOff)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            let port_id = &self.spec.root_ports[port].config.id;
+            for endpoint in self.spec.endpoints.iter().filter(|e| &e.bus == port_id) {
+                self.events.push(HierarchyEvent::FunctionReset {
+                    endpoint: endpoint.clone(),
+                    reason,
+                });
+            }
+        }
         if effects.contains(Effects::SLOT) {
             let events = self.ports[port].slot_events();
             for ev in events {

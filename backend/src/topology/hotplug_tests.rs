@@ -590,3 +590,58 @@ fn overlapping_requests_never_wedge_the_slot() {
     h.hot_add(net("net1")).unwrap();
     assert_eq!(h.route(1, 0), Routed::Remote(0));
 }
+
+/// The functions reset and why, from the queued events (other events dropped).
+fn resets(h: &mut Hierarchy) -> Vec<(String, pcierc_protocol::ResetReason)> {
+    h.take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HierarchyEvent::FunctionReset { endpoint, reason } => Some((endpoint.id, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn secondary_bus_reset_slot_power_off_and_platform_reset_reset_the_functions_below() {
+    use pcierc_protocol::ResetReason::*;
+    let mut h = guest_ready();
+    h.cold_plug(net("net0")).unwrap();
+    h.cold_plug(EndpointSpec {
+        bus: "rp2".into(),
+        ..net("blk0")
+    })
+    .unwrap();
+    h.take_events();
+    // PCI-to-PCI Bridge 1.2 §3.2.5.18: the 0 -> 1 edge of Secondary Bus Reset, rp1 only.
+    h.mmio_write(RP1 + 0x3e, 2, 0x0040).unwrap();
+    assert_eq!(resets(&mut h), vec![("net0".into(), SecondaryBusReset)]);
+    h.mmio_write(RP1 + 0x3e, 2, 0x0040).unwrap();
+    assert_eq!(resets(&mut h), vec![], "SBR held: no edge");
+    h.mmio_write(RP1 + 0x3e, 2, 0).unwrap();
+    assert_eq!(resets(&mut h), vec![]);
+    // Power off with the power indicator on: the card stays, reset (PCIe Base 6.0 §6.7.1.8).
+    let base = 0x0029 | 0x00c0; // ABPE|PDCE|HPIE, attention indicator off
+    h.mmio_write(SLTCTL, 2, base | 0x0100 | 0x0400).unwrap();
+    let ev = h.take_events();
+    assert!(
+        ev.iter().any(|e| matches!(e,
+            HierarchyEvent::FunctionReset { endpoint, reason: SlotPowerOff } if endpoint.id == "net0")),
+        "{ev:?}"
+    );
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, HierarchyEvent::FunctionRemoved { .. })));
+    // Power indicator off too: the card is released, a removal and no reset.
+    h.mmio_write(SLTCTL, 2, base | 0x0300 | 0x0400).unwrap();
+    let ev = h.take_events();
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, HierarchyEvent::FunctionRemoved { .. })));
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, HierarchyEvent::FunctionReset { .. })));
+    // Platform reset: every function that is left, whatever its port.
+    h.reset();
+    assert_eq!(resets(&mut h), vec![("blk0".into(), PlatformReset)]);
+}

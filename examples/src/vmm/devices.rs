@@ -150,6 +150,14 @@ impl OwnDevices {
         }
     }
 
+    /// `FunctionReset`: the endpoint `record` names back to its power-on state (the guest reset
+    /// the bus below its port or powered its slot off); its id, or `None` if not served here.
+    pub fn reset_function(&mut self, record: &FunctionRecord) -> Option<&str> {
+        let ep = self.devices.get_mut(decode_name(&record.id)?)?;
+        ep.model = Endpoint::new(endpoint::serial_number(&ep.id));
+        Some(&ep.id)
+    }
+
     /// `FunctionRemoved`: drop the model; it is returned.
     pub fn remove(&mut self, record: &FunctionRecord) -> Option<OwnedEndpoint> {
         let ep = self.devices.remove(decode_name(&record.id)?)?;
@@ -374,7 +382,21 @@ mod tests {
         assert!(d.mmio_read(0xc020_1ffc, 4).is_some());
         assert_eq!(d.mmio_read(0xc020_2000, 4), None, "outside rp1's window");
 
+        // FunctionReset: the model is back to its power-on state (BAR0 and decode cleared).
         let rec = record("ep-rp1", "vmm", FunctionKind::Endpoint, 5, 0, 1);
+        assert_eq!(d.reset_function(&rec), Some("ep-rp1"));
+        assert_eq!(
+            d.mmio_read(0xc020_0000, 4),
+            None,
+            "decode off after the reset"
+        );
+        assert_eq!(
+            d.config_read(0, 5, 0, 0x10, 4).map(|v| v & !0xf),
+            Some(0),
+            "BAR0's address cleared"
+        );
+        let other = record("gpu0", "gpu-dm", FunctionKind::Endpoint, 2, 0, 1);
+        assert_eq!(d.reset_function(&other), None, "not served here");
         assert!(d.remove(&rec).is_some());
         assert!(d.is_empty());
         assert_eq!(d.config_read(0, 5, 0, 0, 4), None);

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
-use pcierc_protocol::{Notification, Status, Topology};
+use pcierc_protocol::{Notification, ResetReason, Status, Topology};
 use vm_memory::GuestMemoryMmap;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -602,6 +602,12 @@ impl Machine {
                     None => log::warn!("FunctionAdded for a function not served here: {f:?}"),
                 }
             }
+            // A platform reset is the VMM's own `Reset`: `reset_platform` resets every endpoint.
+            Notification::FunctionReset(r) if r.reason() == Some(ResetReason::PlatformReset) => {}
+            Notification::FunctionReset(r) => match self.devices().reset_function(&r.function) {
+                Some(id) => log::info!("endpoint {id} reset ({:?})", r.reason()),
+                None => log::warn!("FunctionReset for a function not served here: {r:?}"),
+            },
             Notification::FunctionRemoved(f) => {
                 let mut devices = self.devices();
                 match devices.remove(&f) {
