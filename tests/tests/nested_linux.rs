@@ -317,7 +317,11 @@ fn guest_reboot_resets_the_hierarchy_live() {
 #[test]
 fn root_ports_intx_without_msi_live() {
     on_l1("INTx (pci=nomsi)", |n, _| {
-        expect(n.start_l2_with("pci=nomsi pcie_ports=native", &[], &["--mem", "512"]));
+        expect(n.start_l2_with(
+            "pci=nomsi pcie_ports=native",
+            &[],
+            &["--mem", "512", "--endpoint", "rp1,intx"],
+        ));
         let irq = "grep '^ *18:' /proc/interrupts | awk '{ print \"count \" $2; print }'";
         let ports = expect(n.l2_ok(
             &format!("for f in 0 1 2 3; do echo \"irq $f $(cat /sys/bus/pci/devices/0000:00:02.$f/irq) $(ls /sys/bus/pci/devices/0000:00:02.$f/msi_irqs 2>/dev/null | wc -l)\"; done; facts; {irq}"),
@@ -380,6 +384,64 @@ fn root_ports_intx_without_msi_live() {
             "nested: INTx on GSI 18: {before} -> {after_add} interrupts over a hot-add, {} after a PME",
             count(&after)
         );
+
+        // The VMM's INTx-only endpoint behind rp1 (INTA of 01:00.0, through rp1's slot to GSI
+        // 18), taken by uio_pci_generic: the doorbell asserts it, the driver's handler finds
+        // Interrupt Status set and masks it with Interrupt Disable (PCI 3.0 §6.2.2), one event.
+        let ep = "0000:01:00.0";
+        let bind = expect(n.l2_ok(
+            &format!(
+                "insmod /lib/modules/uio.ko && insmod /lib/modules/uio_pci_generic.ko && \
+                 echo '1b36 0005' > /sys/bus/pci/drivers/uio_pci_generic/new_id && \
+                 waitfor 10 '[ -e /sys/bus/pci/devices/{ep}/driver ]' && \
+                 echo \"driver $(basename $(readlink /sys/bus/pci/devices/{ep}/driver)) irq $(cat /sys/bus/pci/devices/{ep}/irq) pin $(od -An -tu1 -j61 -N1 /sys/bus/pci/devices/{ep}/config)\"; res {ep}"
+            ),
+            T,
+        ));
+        assert!(
+            bind.lines
+                .iter()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["driver", "uio_pci_generic", "irq", "18", "pin", "1"]),
+            "01:00.0 bound to uio_pci_generic on GSI 18 with INTA: {}",
+            bind.text()
+        );
+        let (bar0, _) = resources(&bind.lines, ep, 0).expect("BAR0");
+        let events = "cat /sys/class/uio/uio0/event";
+        let before = expect(n.l2_ok(events, T));
+        let rung = expect(n.l2_ok(
+            &format!("devmem {:#x} 32 0; sleep 1; {events}; od -An -tx1 -j4 -N4 /sys/bus/pci/devices/{ep}/config", bar0 + 0x8),
+            T,
+        ));
+        let event_count = |o: &pcierc_tests::nested::console::Output| -> u64 {
+            o.lines
+                .iter()
+                .find_map(|l| l.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no uio event count: {}", o.text()))
+        };
+        assert_eq!(
+            event_count(&rung),
+            event_count(&before) + 1,
+            "one INTx event: {}",
+            rung.text()
+        );
+        // Command byte 1 has Interrupt Disable (bit 10) set by the handler; Status byte 0 has
+        // Interrupt Status (bit 3) until the device is acknowledged.
+        let cfg: Vec<u8> = rung
+            .lines
+            .last()
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|b| u8::from_str_radix(b, 16).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            cfg.len() == 4 && cfg[1] & 0x04 != 0 && cfg[2] & 0x08 != 0,
+            "Interrupt Disable and Interrupt Status after the event: {}",
+            rung.text()
+        );
+        report!("nested: the VMM's INTx endpoint: one uio_pci_generic event on GSI 18");
         assert_eq!(expect(n.stop_l2()), 0);
     });
 }

@@ -78,8 +78,9 @@ struct Args {
     /// Cold-plug the VMM's own test endpoint (1b36:0005: BAR0, MSI-X, Device Serial Number)
     /// behind root port PORT (repeatable); its function id is ep-PORT. Endpoints hot-added on
     /// pcierc's control socket with owner=<--name> are served as well.
-    #[arg(long, value_name = "PORT")]
-    endpoint: Vec<String>,
+    /// `,intx` makes it INTx-only (Interrupt Pin INTA, no MSI-X).
+    #[arg(long, value_name = "PORT[,intx]")]
+    endpoint: Vec<pcierc_examples::vmm::EndpointSpec>,
 }
 
 /// `--mem`: a size as QEMU's `-m` takes it (`qemu_strtosz_MiB`): a plain number is MiB; a

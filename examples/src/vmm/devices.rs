@@ -88,6 +88,8 @@ pub struct OwnDevices {
     name: String,
     topology: Topology,
     devices: BTreeMap<String, OwnedEndpoint>,
+    /// How endpoints with these ids signal (absent: MSI-X).
+    interrupts: BTreeMap<String, endpoint::Interrupts>,
     /// Counters.
     pub stats: DeviceStats,
 }
@@ -99,8 +101,19 @@ impl OwnDevices {
             name: name.to_string(),
             topology,
             devices: BTreeMap::new(),
+            interrupts: BTreeMap::new(),
             stats: DeviceStats::default(),
         }
+    }
+
+    /// The endpoint with function id `id`, when it is made, signals through `interrupts`.
+    pub fn set_interrupts(&mut self, id: &str, interrupts: endpoint::Interrupts) {
+        self.interrupts.insert(id.to_owned(), interrupts);
+    }
+
+    fn model(&self, id: &str) -> Endpoint {
+        let interrupts = self.interrupts.get(id).copied().unwrap_or_default();
+        Endpoint::with_interrupts(endpoint::serial_number(id), interrupts)
     }
 
     fn mine(&self, r: &FunctionRecord) -> bool {
@@ -130,7 +143,7 @@ impl OwnDevices {
             return None;
         }
         let mut ep = OwnedEndpoint {
-            model: Endpoint::new(endpoint::serial_number(&id)),
+            model: self.model(&id),
             id: id.clone(),
             record: *record,
             port: None,
@@ -146,7 +159,8 @@ impl OwnDevices {
     /// slots, as QEMU's system reset keeps its devices).
     pub fn reset(&mut self) {
         for ep in self.devices.values_mut() {
-            ep.model = Endpoint::new(endpoint::serial_number(&ep.id));
+            ep.model =
+                Endpoint::with_interrupts(endpoint::serial_number(&ep.id), ep.model.interrupts());
         }
     }
 
@@ -154,7 +168,8 @@ impl OwnDevices {
     /// the bus below its port or powered its slot off); its id, or `None` if not served here.
     pub fn reset_function(&mut self, record: &FunctionRecord) -> Option<&str> {
         let ep = self.devices.get_mut(decode_name(&record.id)?)?;
-        ep.model = Endpoint::new(endpoint::serial_number(&ep.id));
+        ep.model =
+            Endpoint::with_interrupts(endpoint::serial_number(&ep.id), ep.model.interrupts());
         Some(&ep.id)
     }
 

@@ -136,6 +136,11 @@ impl Machine {
             log::debug!("{lost} interrupt message(s) of an endpoint lost");
             self.devices().stats.lost += lost;
         }
+        if let (Some(level), Some((segment, bus, devfn))) = (fx.intx, port) {
+            // INTA of device 0 below the port reaches the port's slot as INTA (PCI-to-PCI
+            // Bridge 1.2 §9.1: pin (device + pin) mod 4) and the port forwards it upstream.
+            self.endpoint_intx((segment, bus, devfn), level)?;
+        }
         Ok(())
     }
 }

@@ -329,6 +329,26 @@ impl Machine {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// A source on `gsi` asserts or deasserts; the line is the OR of its sources.
+    fn intx_source(&self, gsi: u32, source: (u16, u8, u8, u8), level: bool) -> Result<(), Error> {
+        let mut intx = self.intx.lock().unwrap_or_else(PoisonError::into_inner);
+        let sources = intx.entry(gsi).or_default();
+        if level {
+            sources.insert(source);
+        } else {
+            sources.remove(&source);
+        }
+        let line = !sources.is_empty();
+        self.set_line(gsi, line)
+    }
+
+    /// INTA of the VMM's endpoint below the root port at `port` (segment, bus, devfn): the
+    /// port's slot's INTA line. Keyed apart from the port's own INTA (pin 0x81).
+    pub(super) fn endpoint_intx(&self, port: (u16, u8, u8), level: bool) -> Result<(), Error> {
+        let gsi = irq::intx_gsi(port.2, 1);
+        self.intx_source(gsi, (port.0, port.1, port.2, 0x81), level)
+    }
+
     /// Every INTx source deasserted and every line lowered (a platform reset).
     pub fn lower_intx(&self) -> Result<(), Error> {
         let lines: Vec<u32> = {
@@ -575,16 +595,7 @@ impl Machine {
             }
             Notification::Intx(l) => {
                 let gsi = irq::intx_gsi(l.devfn, l.pin);
-                let mut intx = self.intx.lock().unwrap_or_else(PoisonError::into_inner);
-                let sources = intx.entry(gsi).or_default();
-                let source = (l.segment, l.bus, l.devfn, l.pin);
-                if l.level != 0 {
-                    sources.insert(source);
-                } else {
-                    sources.remove(&source);
-                }
-                let level = !sources.is_empty();
-                self.set_line(gsi, level)?;
+                self.intx_source(gsi, (l.segment, l.bus, l.devfn, l.pin), l.level != 0)?;
             }
             Notification::ChipsetMemoryChanged(c) => {
                 log::debug!("chipset memory routing {c:?} (no BIOS area to remap here)");

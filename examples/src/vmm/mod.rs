@@ -169,9 +169,38 @@ pub struct Config {
     /// Reboot the guest when it resets (QEMU's default); off, a reset ends the run
     /// (`--no-reboot`).
     pub reboot: bool,
-    /// Root ports (ids) behind which the VMM cold-plugs one of its own endpoints before the
+    /// The endpoints the VMM cold-plugs, one behind each root port named, before the
     /// guest runs (`ClaimFunction` with `COLDPLUG`; the endpoint's id is [`endpoint_id`]).
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+/// `--endpoint PORT[,intx]`: the VMM's endpoint behind root port `port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// The root port's id.
+    pub port: String,
+    /// MSI-X (the default) or INTx only (`,intx`).
+    pub interrupts: endpoint::Interrupts,
+}
+
+impl std::str::FromStr for EndpointSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, interrupts) = match s.split_once(',') {
+            None => (s, endpoint::Interrupts::Msix),
+            Some((port, "intx")) => (port, endpoint::Interrupts::Intx),
+            Some((_, other)) => {
+                return Err(format!("unknown endpoint option {other:?} (known: intx)"))
+            }
+        };
+        if port.is_empty() {
+            return Err("a root port id is needed".into());
+        }
+        Ok(EndpointSpec {
+            port: port.to_owned(),
+            interrupts,
+        })
+    }
 }
 
 /// The function id of the endpoint `--endpoint PORT` cold-plugs behind `port`.
@@ -197,7 +226,7 @@ impl Config {
         if !(1..=MAX_CPUS).contains(&self.cpus) {
             return Err(Error::Config(format!("--cpus must be 1 to {MAX_CPUS}")));
         }
-        for port in &self.endpoints {
+        for EndpointSpec { port, .. } in &self.endpoints {
             if pcierc_protocol::encode_name(&endpoint_id(port)).is_none() {
                 return Err(Error::Config(format!(
                     "--endpoint {port:?}: not a root port id (at most {} printable characters)",
@@ -385,9 +414,14 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     if interrupts {
         wiring::register_msix_vectors(&machine)?;
     }
+    for e in &config.endpoints {
+        machine
+            .devices()
+            .set_interrupts(&endpoint_id(&e.port), e.interrupts);
+    }
     machine.adopt_endpoints();
-    for port in &config.endpoints {
-        wiring::claim_endpoint(&machine, &config.name, port, &topology)?;
+    for e in &config.endpoints {
+        wiring::claim_endpoint(&machine, &config.name, &e.port, &topology)?;
     }
     machine.drain_notifications()?;
     let entry = load_images(&machine, config, &kernel, initrd.as_deref())?;

@@ -53,13 +53,18 @@ pub enum ConsoleError {
     },
     /// The console closed (QEMU exited) before the awaited line came.
     #[error(
-        "the console closed (QEMU exited: {status}) while waiting for {what}; last lines:\n{tail}"
+        "the console closed ({reason}; QEMU: {status}) while waiting for {what}; QEMU's \
+         stderr: {stderr}; last lines:\n{tail}"
     )]
     Closed {
         /// What was awaited.
         what: String,
+        /// How the console ended (end of file, or the read error).
+        reason: String,
         /// QEMU's exit status, if known.
         status: String,
+        /// The end of QEMU's stderr.
+        stderr: String,
         /// The last lines seen.
         tail: String,
     },
@@ -97,6 +102,10 @@ pub struct ConsoleMachine {
     /// Lines of `Outer` without a relay prefix are `Outer`; with `relay`, `L2| ` lines are
     /// `Inner`. Without it (QEMU runs the probe guest itself) every line is `Outer`.
     relay: bool,
+    /// How the reader thread ended, when it did.
+    end: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// QEMU's stderr file.
+    stderr_log: std::path::PathBuf,
 }
 
 impl ConsoleMachine {
@@ -124,13 +133,23 @@ impl ConsoleMachine {
             });
         };
         let (tx, rx) = mpsc::channel();
+        let end = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let end_w = end.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut buf = Vec::new();
             loop {
                 buf.clear();
                 match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => {
+                    Ok(0) => {
+                        *end_w.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some("end of file on QEMU's stdout".into());
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Err(e) => {
+                        *end_w.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(format!("reading QEMU's stdout: {e}"));
                         let _ = tx.send(None);
                         return;
                     }
@@ -168,6 +187,8 @@ impl ConsoleMachine {
             closed: false,
             next_id: 0,
             relay,
+            end,
+            stderr_log: stderr_log.to_owned(),
         })
     }
 
@@ -224,13 +245,30 @@ impl ConsoleMachine {
         let deadline = Instant::now() + timeout;
         loop {
             if self.closed {
-                let status = match self.child.try_wait() {
-                    Ok(Some(s)) => s.to_string(),
-                    _ => "still running".into(),
-                };
+                // QEMU closes its stdout as it exits: give it a moment to be reaped.
+                let mut status = "still running".to_string();
+                for _ in 0..20 {
+                    if let Ok(Some(s)) = self.child.try_wait() {
+                        status = s.to_string();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let stderr = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+                let stderr: Vec<&str> = stderr
+                    .lines()
+                    .filter(|l| !l.contains("TCG doesn't support requested feature"))
+                    .collect();
                 return Err(ConsoleError::Closed {
                     what: what.to_owned(),
+                    reason: self
+                        .end
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                        .unwrap_or_else(|| "the reader stopped".into()),
                     status,
+                    stderr: stderr[stderr.len().saturating_sub(10)..].join(" | "),
                     tail: self.tail(40),
                 });
             }

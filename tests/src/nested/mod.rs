@@ -195,13 +195,16 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The probe guest's initramfs: busybox, `tests/nested/l2-init` and `probe.sh`.
+/// The probe guest's initramfs: busybox, `tests/nested/l2-init`, `probe.sh`, and the
+/// `uio_pci_generic` module with `uio` under `/lib/modules`.
 pub fn probe_initramfs(tools: &Tools) -> Result<Initramfs, NestedError> {
     let mut a = Initramfs::new();
     a.copy("bin/busybox", &tools.busybox, 0o755)?;
     a.symlink("bin/sh", "busybox");
     a.copy("init", &script("l2-init"), 0o755)?;
     a.copy("lib/probe.sh", &script("probe.sh"), 0o644)?;
+    // uio_pci_generic (with uio): a driver that takes a device's INTx, for the INTx tests.
+    a.kernel_module(&tools.release, "uio_pci_generic")?;
     Ok(a)
 }
 

@@ -52,11 +52,20 @@ pub const REG_SCRATCH: u64 = 0x4;
 pub const REG_DOORBELL: u64 = 0x8;
 /// BAR0 register: messages sent.
 pub const REG_SENT: u64 = 0xc;
+/// BAR0 register (INTx model): writing anything deasserts INTx (the device's interrupt
+/// condition is acknowledged).
+pub const REG_INTX_ACK: u64 = 0x10;
 
 /// Command register (PCI 3.0 §6.2.2).
 const COMMAND: u16 = 0x04;
 const COMMAND_MEMORY: u32 = 1 << 1;
 const COMMAND_BUS_MASTER: u32 = 1 << 2;
+/// Command.Interrupt Disable (PCI Local Bus 3.0 §6.2.2).
+const COMMAND_INTX_DISABLE: u32 = 1 << 10;
+/// Status.Interrupt Status (PCI Local Bus 3.0 §6.2.3).
+const STATUS_INTERRUPT: u32 = 1 << 3;
+const STATUS: u16 = 0x06;
+const INTERRUPT_PIN: u16 = 0x3d;
 const BAR0: u16 = 0x10;
 const BAR1: u16 = 0x14;
 /// Memory BAR, 64-bit (PCI 3.0 §6.2.5.1).
@@ -91,7 +100,7 @@ fn registers() -> Vec<Register> {
         Register::rw(BAR1, 4, 0, u32::MAX),
         Register::ro(0x2c, 2, 0x1af4),
         Register::ro(0x2e, 2, 0x1100),
-        Register::rw(0x3c, 1, 0, 0xff), // Interrupt Line (no Interrupt Pin: MSI-X only)
+        Register::rw(0x3c, 1, 0, 0xff), // Interrupt Line (Interrupt Pin: 0, INTA for the INTx model)
         // PCI Power Management (PCI PM 1.2 §3.2): version 3, no PME; PMCSR PowerState RW,
         // No_Soft_Reset.
         Register::ro(p + 2, 2, 0x0003),
@@ -130,6 +139,18 @@ pub fn serial_number(id: &str) -> u64 {
     })
 }
 
+/// How the endpoint signals its doorbell.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Interrupts {
+    /// MSI-X (4 vectors in BAR0), no Interrupt Pin.
+    #[default]
+    Msix,
+    /// INTx only (Interrupt Pin INTA, no MSI-X capability): the doorbell asserts INTA until
+    /// [`REG_INTX_ACK`] is written; Command.Interrupt Disable keeps the pin from being driven
+    /// and Status.Interrupt Status shows the condition either way.
+    Intx,
+}
+
 /// What an access asks of the VMM.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -140,6 +161,8 @@ pub struct Effects {
     pub messages: Vec<Message>,
     /// Messages dropped because Bus Master Enable is clear.
     pub blocked: u32,
+    /// INTA changed level (the INTx model): the new level.
+    pub intx: Option<bool>,
 }
 
 /// The test endpoint's state.
@@ -150,16 +173,32 @@ pub struct Endpoint {
     serial: u64,
     scratch: u32,
     sent: u32,
+    interrupts: Interrupts,
+    /// The INTx model's interrupt condition.
+    intx_pending: bool,
 }
 
 impl Endpoint {
     /// An endpoint after reset, with Device Serial Number `serial`.
     pub fn new(serial: u64) -> Endpoint {
+        Endpoint::with_interrupts(serial, Interrupts::Msix)
+    }
+
+    /// An endpoint after reset that signals through `interrupts`.
+    pub fn with_interrupts(serial: u64, interrupts: Interrupts) -> Endpoint {
         let mut config = ConfigSpace::default();
-        config.declare(&registers());
+        let msix = u16::from(MSIX_CAP);
+        let regs: Vec<Register> = registers()
+            .into_iter()
+            .filter(|r| interrupts == Interrupts::Msix || !(msix..msix + 12).contains(&r.offset))
+            .collect();
+        config.declare(&regs);
         config.add_capability(0x01, PM_CAP);
         config.add_capability(0x10, EXP_CAP);
-        config.add_capability(0x11, MSIX_CAP);
+        match interrupts {
+            Interrupts::Msix => config.add_capability(0x11, MSIX_CAP),
+            Interrupts::Intx => config.put(INTERRUPT_PIN, 1, 1),
+        }
         config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP);
         config.put(DSN_CAP + 4, 4, serial as u32);
         config.put(DSN_CAP + 8, 4, (serial >> 32) as u32);
@@ -169,6 +208,30 @@ impl Endpoint {
             serial,
             scratch: 0,
             sent: 0,
+            interrupts,
+            intx_pending: false,
+        }
+    }
+
+    /// How it signals.
+    pub fn interrupts(&self) -> Interrupts {
+        self.interrupts
+    }
+
+    /// The level it drives on INTA now.
+    pub fn intx_level(&self) -> bool {
+        self.intx_pending && self.command() & COMMAND_INTX_DISABLE == 0
+    }
+
+    /// Set the interrupt condition (Status.Interrupt Status follows it) and report a change of
+    /// the pin's level in `fx`.
+    fn set_intx(&mut self, pending: bool, before: bool, fx: &mut Effects) {
+        self.intx_pending = pending;
+        let status = self.config.read(STATUS, 2) & !STATUS_INTERRUPT;
+        let bit = if pending { STATUS_INTERRUPT } else { 0 };
+        self.config.put(STATUS, 2, status | bit);
+        if self.intx_level() != before {
+            fx.intx = Some(self.intx_level());
         }
     }
 
@@ -185,11 +248,16 @@ impl Endpoint {
     /// A configuration write.
     pub fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Effects {
         let (bar_before, msix_before) = (self.bar0(), self.msix_control());
+        let intx_before = self.intx_level();
         self.config.write(offset, width, value);
         let mut fx = Effects {
             bars_changed: self.bar0() != bar_before,
             ..Effects::default()
         };
+        // Interrupt Disable may have changed what the pin drives.
+        if self.intx_level() != intx_before {
+            fx.intx = Some(self.intx_level());
+        }
         let control = self.msix_control();
         if control != msix_before {
             let messages = self.msix.control_changed(control);
@@ -274,6 +342,14 @@ impl Endpoint {
         let control = self.msix_control();
         match offset {
             REG_SCRATCH => self.scratch = value,
+            REG_DOORBELL if self.interrupts == Interrupts::Intx => {
+                let before = self.intx_level();
+                self.set_intx(true, before, fx);
+            }
+            REG_INTX_ACK if self.interrupts == Interrupts::Intx => {
+                let before = self.intx_level();
+                self.set_intx(false, before, fx);
+            }
             REG_DOORBELL => {
                 let m = u16::try_from(value)
                     .ok()
@@ -302,6 +378,35 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intx_model_asserts_on_the_doorbell_until_acknowledged_and_honours_interrupt_disable() {
+        let mut ep = Endpoint::with_interrupts(1, Interrupts::Intx);
+        assert_eq!(ep.config_read(INTERRUPT_PIN, 1), 1, "INTA");
+        assert_eq!(caps(&ep), vec![(0x01, 0x40), (0x10, 0x48)], "no MSI-X");
+        ep.config_write(COMMAND, 2, COMMAND_MEMORY);
+        let fx = ep.bar_write(0, REG_DOORBELL, 4, 0);
+        assert_eq!(fx.intx, Some(true));
+        assert!(fx.messages.is_empty());
+        assert_ne!(ep.config_read(STATUS, 2) & STATUS_INTERRUPT, 0);
+        assert_eq!(
+            ep.bar_write(0, REG_DOORBELL, 4, 0).intx,
+            None,
+            "already asserted"
+        );
+        // Interrupt Disable: the pin goes low, the status stays; cleared again: high.
+        let fx = ep.config_write(COMMAND, 2, COMMAND_MEMORY | COMMAND_INTX_DISABLE);
+        assert_eq!(fx.intx, Some(false));
+        assert_ne!(ep.config_read(STATUS, 2) & STATUS_INTERRUPT, 0);
+        assert_eq!(ep.config_write(COMMAND, 2, COMMAND_MEMORY).intx, Some(true));
+        let fx = ep.bar_write(0, REG_INTX_ACK, 4, 1);
+        assert_eq!(fx.intx, Some(false));
+        assert_eq!(ep.config_read(STATUS, 2) & STATUS_INTERRUPT, 0);
+        // The MSI-X model ignores the acknowledge register and has no pin.
+        let mut m = Endpoint::new(1);
+        assert_eq!(m.config_read(INTERRUPT_PIN, 1), 0);
+        assert_eq!(m.bar_write(0, REG_INTX_ACK, 4, 1).intx, None);
+    }
 
     /// Walk the capability list as an OS does: (id, offset) pairs.
     fn caps(ep: &Endpoint) -> Vec<(u8, u16)> {
