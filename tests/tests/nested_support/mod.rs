@@ -1,6 +1,8 @@
 //! What the nested cases share: the one L1 of the test process and parsers for the probe's
 //! output lines (`tests/nested/probe.sh`).
 
+pub mod compare;
+
 use std::sync::{Mutex, PoisonError};
 
 /// A timing line on the test's real stderr: not captured by the test harness, so CI's log
