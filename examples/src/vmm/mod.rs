@@ -14,12 +14,13 @@
 //! map), [`cpu`] (64-bit entry state), [`boot`] (kernel loading and Linux's zero page), [`pcie`]
 //! (pcierc's claims and the forwarding link), [`wiring`] (what the VMM asks of pcierc before the
 //! guest runs), [`irq`] (GSI routing and irqfds), [`machine`] (what each exit reaches: pcierc,
-//! the VMM's endpoints, COM1, PM1a, all ones), [`vcpu`] (the loop) and [`backend`]
-//! (`--spawn-backend`).
+//! the VMM's endpoints, COM1, PM1a, all ones), [`vcpu`] (the loop), [`session`] (the vCPUs and
+//! reboots), [`console`] (COM1's stdout and stdin) and [`backend`] (`--spawn-backend`).
 
 pub mod acpi;
 pub mod backend;
 pub mod boot;
+pub mod console;
 pub mod cpu;
 pub mod devices;
 pub mod endpoint;
@@ -32,7 +33,6 @@ pub mod session;
 pub mod vcpu;
 pub mod wiring;
 
-use std::io::Write;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, PoisonError};
@@ -46,7 +46,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::backend::SpawnedBackend;
 pub use self::machine::Stop;
-use self::machine::{ConsoleState, Machine, MachineParts};
+use self::machine::{Machine, MachineParts};
 use self::pcie::PcieLink;
 
 /// Why the VMM could not start or the guest could not go on.
@@ -238,21 +238,6 @@ impl Config {
     }
 }
 
-/// stdout, flushed after every byte the guest sends (it may print prompts without newlines).
-struct Console;
-
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut out = std::io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
-}
-
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
@@ -404,7 +389,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         name: config.name.clone(),
         topology: topology.clone(),
         serial_irq,
-        console: Box::new(Console),
+        console: Box::new(console::Stdout),
     }));
     machine
         .irq
@@ -457,7 +442,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         let m = machine.clone();
         std::thread::Builder::new()
             .name("console-input".into())
-            .spawn(move || console_input_loop(&m))
+            .spawn(move || console::input_loop(&m))
             .map_err(|source| Error::Io {
                 what: "spawning the console input thread".into(),
                 source,
@@ -520,83 +505,6 @@ fn load_images(
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// Feed what arrives on stdin to COM1's receiver, as QEMU's `-serial stdio` does (bytes wait
-/// while the guest has not drained the 64-byte receive FIFO; stdin is read unbuffered, as it
-/// comes: a terminal stays in its own line mode), and see that the guest's driver does not
-/// wait on COM1 for ever.
-///
-/// COM1's interrupt is an edge (an irqfd) that vm-superio raises when a condition appears. In
-/// the nested tests (L2 with the root ports on INTx) a guest's shell was seen to wait with the
-/// end of a command line undelivered until the next input byte came, every time, and raising
-/// COM1's interrupt again cured it; where the edge goes is not established. So when the driver
-/// has waited [`CONSOLE_STALL`] with its receive interrupt enabled and input unread, or its
-/// transmit interrupt enabled and nothing sent, the interrupt is raised again (at most
-/// [`CONSOLE_KICKS`] times until something moves: a guest that never reads is left alone).
-fn console_input_loop(machine: &Machine) {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    let mut buf = [0u8; 256];
-    // Unbuffered: `poll` below must see every byte not yet taken (std's stdin would keep what
-    // it read ahead in its own buffer, out of poll's sight).
-    // SAFETY: fd 0 is open for the process's life; ManuallyDrop never closes it.
-    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
-    let mut pending: Vec<u8> = Vec::new();
-    let mut open = true;
-    // The state at the last change, when it was seen, and the kicks since.
-    let mut last: Option<(ConsoleState, std::time::Instant, u32)> = None;
-    loop {
-        if !pending.is_empty() {
-            let taken = machine.console_input(&pending);
-            pending.drain(..taken);
-        }
-        let state = machine.console_state();
-        let waiting = state.filter(|s| s.unread.is_some() || s.sent.is_some());
-        last = match (waiting, last) {
-            (Some(s), Some((was, since, kicks))) if s == was => {
-                if since.elapsed() >= CONSOLE_STALL && kicks < CONSOLE_KICKS {
-                    log::debug!("COM1: the guest waits ({s:?}); raising its interrupt again");
-                    machine.console_kick();
-                    Some((s, std::time::Instant::now(), kicks + 1))
-                } else {
-                    Some((was, since, kicks))
-                }
-            }
-            (Some(s), _) => Some((s, std::time::Instant::now(), 0)),
-            (None, _) => None,
-        };
-        let busy = !pending.is_empty() || waiting.is_some();
-        let wait_ms: libc::c_int = if busy { 5 } else { 100 };
-        if !open {
-            std::thread::sleep(Duration::from_millis(wait_ms as u64));
-            continue;
-        }
-        let mut pfd = libc::pollfd {
-            fd: libc::STDIN_FILENO,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
-        if r <= 0 || pending.len() >= 4096 {
-            continue;
-        }
-        match stdin.read(&mut buf) {
-            Ok(0) => open = false,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::warn!("console input: {e}");
-                open = false;
-            }
-        }
-    }
-}
-
-/// How long COM1's driver may wait on its interrupt before it is raised again.
-const CONSOLE_STALL: Duration = Duration::from_millis(50);
-/// How many times, while nothing moves.
-const CONSOLE_KICKS: u32 = 5;
 
 /// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug
 /// events the control socket caused, layout changes made by other frontends) and apply them.
