@@ -32,7 +32,8 @@ impl Write for Stdout {
 /// COM1's interrupt again cured it; where the edge goes is not established. So when the driver
 /// has waited [`CONSOLE_STALL`] with its receive interrupt enabled and input unread, or its
 /// transmit interrupt enabled and nothing sent, the interrupt is raised again (at most
-/// [`CONSOLE_KICKS`] times until something moves: a guest that never reads is left alone).
+/// [`CONSOLE_KICKS`] times for unread input until something moves: a guest that never reads
+/// is left alone; pending output, every [`CONSOLE_STALL`] until it moves).
 pub fn input_loop(machine: &Machine) {
     use std::io::Read;
     use std::os::fd::FromRawFd;
@@ -54,7 +55,10 @@ pub fn input_loop(machine: &Machine) {
         let waiting = state.filter(|s| s.unread.is_some() || s.sent.is_some());
         last = match (waiting, last) {
             (Some(s), Some((was, since, kicks))) if s == was => {
-                if since.elapsed() >= CONSOLE_STALL && kicks < CONSOLE_KICKS {
+                // Output pending is always worth a kick (the driver enables the transmit
+                // interrupt only while it has bytes to send); unread input only a few times.
+                let allowed = s.sent.is_some() || kicks < CONSOLE_KICKS;
+                if since.elapsed() >= CONSOLE_STALL && allowed {
                     log::debug!("COM1: the guest waits ({s:?}); raising its interrupt again");
                     machine.console_kick();
                     Some((s, std::time::Instant::now(), kicks + 1))

@@ -504,6 +504,11 @@ impl Nested {
             "the VMM's exit",
             |l| l.starts_with("@@vmm-exit"),
         );
+        if exit.is_err() {
+            // L2 did not power off (a failed case may leave it stuck): end the VMM, so the
+            // next case starts clean, and report the failure.
+            let _ = self.l1("kill -9 $(pidof vmm)", Duration::from_secs(30));
+        }
         let _ = self.l1(
             "kill $(cat /run/pcierc.pid); exec 7>&-",
             Duration::from_secs(30),
