@@ -89,7 +89,8 @@ pub struct Activated {
 const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
 
 /// The sockets passed to this process by socket activation, if any, each checked to be a
-/// listening unix stream socket and made close-on-exec. The variables are removed from the
+/// listening unix stream socket (the service makes them close-on-exec when it adopts them:
+/// `service::event_loop`). The variables are removed from the
 /// environment (call this at start-up, before threads start).
 pub fn from_env() -> Result<Option<Activated>, ActivationError> {
     let get = |v: &str| std::env::var_os(v).map(|s| s.to_string_lossy().into_owned());
@@ -110,8 +111,8 @@ pub fn from_env() -> Result<Option<Activated>, ActivationError> {
     };
     for (fd, name) in [(a.protocol, PROTOCOL_NAME), (a.control, CONTROL_NAME)] {
         if let Some(fd) = fd {
+            // Close-on-exec is set where the service adopts them (event_loop).
             check_listening_unix_stream(fd, &format!("socket activation ({name})"))?;
-            set_cloexec(fd);
         }
     }
     info!("socket activation: {a:?}");
@@ -216,7 +217,8 @@ pub fn check_listening_unix_stream(fd: RawFd, what: &str) -> Result<(), Activati
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return Err(not("not a socket".into()));
     }
-    let opt = |name| sockopt(fd, name).map_err(|e| not(e.to_string()));
+    let opt =
+        |name| crate::service::event_loop::socket_option(fd, name).map_err(|e| not(e.to_string()));
     let domain = opt(libc::SO_DOMAIN)?;
     if domain != libc::AF_UNIX {
         return Err(not(format!(
@@ -233,35 +235,6 @@ pub fn check_listening_unix_stream(fd: RawFd, what: &str) -> Result<(), Activati
         return Err(not("a stream socket that is not listening".into()));
     }
     Ok(())
-}
-
-fn sockopt(fd: RawFd, name: libc::c_int) -> std::io::Result<libc::c_int> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v)
-}
-
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor checked above to be an open socket; no memory passed.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFD);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -571,6 +571,11 @@ fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
 
 /// Is `fd` a listening socket (SO_ACCEPTCONN)?
 fn is_listening(fd: RawFd) -> std::io::Result<bool> {
+    Ok(socket_option(fd, libc::SO_ACCEPTCONN)? != 0)
+}
+
+/// An integer `SOL_SOCKET` option of `fd` (`SO_TYPE`, `SO_DOMAIN`, `SO_ACCEPTCONN`, ...).
+pub(crate) fn socket_option(fd: RawFd, name: libc::c_int) -> std::io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`, which lives for the call.
@@ -578,7 +583,7 @@ fn is_listening(fd: RawFd) -> std::io::Result<bool> {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
+            name,
             (&mut v as *mut libc::c_int).cast(),
             &mut len,
         )
@@ -586,5 +591,5 @@ fn is_listening(fd: RawFd) -> std::io::Result<bool> {
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(v != 0)
+    Ok(v)
 }
