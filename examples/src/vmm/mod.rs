@@ -368,13 +368,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
 
-    let topology = pcie
-        .frontend()
-        .topology()
-        .map_err(|source| Error::Backend {
-            what: "GetTopology".into(),
-            source,
-        })?;
+    let topology = pcie.topology()?;
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
         what: "eventfd".into(),
@@ -476,14 +470,7 @@ fn load_images(
 ) -> Result<GuestAddress, Error> {
     let mem = &machine.mem;
     cpu::write_boot_tables(mem)?;
-    let topology = machine
-        .pcie
-        .frontend()
-        .topology()
-        .map_err(|source| Error::Backend {
-            what: "GetTopology".into(),
-            source,
-        })?;
+    let topology = machine.pcie.topology()?;
     let rsdp = if config.acpi {
         Some(acpi::write_tables(mem, config.cpus, &topology.ecam)?)
     } else {

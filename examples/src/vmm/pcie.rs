@@ -176,6 +176,11 @@ impl PcieLink {
         lock(&self.frontend)
     }
 
+    /// pcierc's topology now (`GetTopology`).
+    pub fn topology(&self) -> Result<Topology, Error> {
+        self.frontend().topology().map_err(backend("GetTopology"))
+    }
+
     /// The backend channel's descriptor, for polling.
     pub fn channel_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;

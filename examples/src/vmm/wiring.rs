@@ -79,14 +79,7 @@ pub fn claim_endpoint(
 /// One irqfd per MSI-X vector of each root port pcierc emulates on the root bus (pcierc
 /// implements `SetInterruptFd` for those, one vector each).
 pub fn register_msix_vectors(machine: &Machine) -> Result<(), Error> {
-    let topology = machine
-        .pcie
-        .frontend()
-        .topology()
-        .map_err(|source| Error::Backend {
-            what: "GetTopology".into(),
-            source,
-        })?;
+    let topology = machine.pcie.topology()?;
     for f in &topology.functions {
         let is_port = f.kind == FunctionKind::RootPort as u8
             && f.flags & function_flags::EMULATED != 0
