@@ -14,6 +14,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("fault_exec_mmio.S", "fault-exec-mmio.elf"),
     ("fault_triple.S", "fault-triple.elf"),
     ("hang.S", "hang.elf"),
+    ("reboot_state.S", "reboot-state.elf"),
 ];
 
 /// Load address of the guests (1 MiB, above the VMM's boot structures).

@@ -634,30 +634,8 @@ print_bdf:
         call    putc
         ret
 
-# --- serial output ----------------------------------------------------------------------------
-
-# putc(al): wait for THRE, then send. Preserves every register but flags.
-putc:
-        push    rdx
-        push    rax
-1:      mov     dx, COM1_LSR
-        in      al, dx
-        test    al, LSR_THRE
-        jz      1b
-        pop     rax
-        mov     dx, COM1
-        out     dx, al
-        pop     rdx
-        ret
-
-# puts(rsi): a NUL-terminated string. Clobbers rsi, al.
-puts:
-        lodsb
-        test    al, al
-        jz      1f
-        call    putc
-        jmp     puts
-1:      ret
+# --- serial output (putc, puts, puthex: serial.inc) ------------------------------------------
+        .include "serial.inc"
 
 newline:
         mov     al, '\n'
@@ -678,26 +656,8 @@ putdec:
         jnz     1b
         jmp     puts
 
-# puthex(rdi value, ecx digits): the low ecx hex digits of rdi, most significant first.
-# Clobbers rax, rcx.
-puthex:
-        test    ecx, ecx
-        jz      2f
-        dec     ecx
-        mov     rax, rdi
-        push    rcx
-        shl     ecx, 2
-        shr     rax, cl
-        pop     rcx
-        and     eax, 0xf
-        lea     rax, [rax + hexdigits]
-        mov     al, [rax]
-        call    putc
-        jmp     puthex
-2:      ret
 
         .section .rodata
-hexdigits:      .ascii "0123456789abcdef"
 msg_hello:      .asciz "pcie-probe: 64-bit guest running\n"
 msg_pciexbar:   .asciz "PCIEXBAR "
 msg_mcfg:       .asciz "ACPI MCFG: ECAM "

@@ -17,10 +17,15 @@ pub const FAULT_TRIPLE_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fa
 /// `guest/hang.S`: `cli; hlt` forever.
 pub const HANG_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hang.elf"));
 
+/// `guest/reboot_state.S`: prints the vCPU, local APIC and IOAPIC state a kernel changes, changes
+/// it, resets through 0xCF9, and prints it again at the second boot (then powers off).
+pub const REBOOT_STATE_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reboot-state.elf"));
+
 /// Every built-in guest by name (`vmm --guest NAME`).
 pub const ALL: &[(&str, &[u8])] = &[
     ("pcie-probe", PCIE_PROBE_ELF),
     ("fault-exec-mmio", FAULT_EXEC_MMIO_ELF),
     ("fault-triple", FAULT_TRIPLE_ELF),
     ("hang", HANG_ELF),
+    ("reboot-state", REBOOT_STATE_ELF),
 ];

@@ -108,11 +108,16 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
+/// Give a new vCPU KVM's supported CPUID with its APIC id. Once, before it first runs: KVM
+/// refuses a changed CPUID after that (Documentation/virt/kvm/api.rst, KVM_SET_CPUID2).
+pub fn set_cpuid(vcpu: &VcpuFd, id: u8, supported: &CpuId) -> Result<(), Error> {
+    vcpu.set_cpuid2(&cpuid_for(supported, id))
+        .map_err(kvm("KVM_SET_CPUID2"))
+}
+
 /// Put a vCPU in 64-bit mode at `entry` with `rsi` = the zero page (the boot processor), or
 /// leave it waiting for INIT/SIPI (application processors: the in-kernel local APIC starts them).
-pub fn setup_vcpu(vcpu: &VcpuFd, id: u8, cpuid: &CpuId, entry: GuestAddress) -> Result<(), Error> {
-    vcpu.set_cpuid2(&cpuid_for(cpuid, id))
-        .map_err(kvm("KVM_SET_CPUID2"))?;
+pub fn setup_vcpu(vcpu: &VcpuFd, id: u8, entry: GuestAddress) -> Result<(), Error> {
     setup_msrs(vcpu)?;
     setup_lapic(vcpu)?;
     if id != 0 {

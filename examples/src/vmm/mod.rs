@@ -29,6 +29,7 @@ pub mod irq;
 pub mod layout;
 pub mod machine;
 pub mod pcie;
+pub mod power_on;
 pub mod session;
 pub mod vcpu;
 pub mod wiring;
@@ -334,6 +335,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    let platform = power_on::Platform::capture(&vm)?;
 
     let mem_size = config.mem_mib << 20;
     let ranges: Vec<_> = layout::ram_regions(mem_size)
@@ -417,10 +419,12 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
             .vm
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpus.push((id, vcpu));
+        cpu::set_cpuid(&vcpu, id, &cpuid)?;
+        let state = power_on::Vcpu::capture(&kvm, &vcpu)?;
+        vcpus.push((id, vcpu, state));
     }
-    let tsc_khz = vcpus.first().and_then(|(_, v)| v.get_tsc_khz().ok());
-    let mut session = session::Session::new(machine.clone(), cpuid, vcpus);
+    let tsc_khz = vcpus.first().and_then(|(_, v, _)| v.get_tsc_khz().ok());
+    let mut session = session::Session::new(machine.clone(), platform, vcpus);
 
     if let Some(fd) = machine.pcie.channel_fd() {
         let (m, tx) = (machine.clone(), session.reporter());

@@ -8,12 +8,12 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestAddress;
 
 use super::machine::{Machine, Stop};
-use super::{cpu, vcpu, wiring, Error};
+use super::{cpu, power_on, vcpu, wiring, Error};
 
 /// What a vCPU thread (or the notification thread, with no vCPU) reports when it ends.
 pub type Report = (u8, vcpu::Outcome, Option<VcpuFd>);
@@ -21,7 +21,8 @@ pub type Report = (u8, vcpu::Outcome, Option<VcpuFd>);
 /// The vCPUs and the channel their threads report on.
 pub struct Session {
     machine: Arc<Machine>,
-    cpuid: CpuId,
+    platform: power_on::Platform,
+    power_on: Vec<power_on::Vcpu>,
     idle: Vec<(u8, VcpuFd)>,
     threads: Vec<std::thread::JoinHandle<()>>,
     tx: Sender<Report>,
@@ -31,13 +32,23 @@ pub struct Session {
 }
 
 impl Session {
-    /// `vcpus` (created, not set up) for `machine`.
-    pub fn new(machine: Arc<Machine>, cpuid: CpuId, vcpus: Vec<(u8, VcpuFd)>) -> Session {
+    /// `vcpus` (created with their CPUID, not set up, ids 0..n in order) for `machine`, with the power-on state
+    /// of the VM's platform and of each vCPU that every reboot starts from again.
+    pub fn new(
+        machine: Arc<Machine>,
+        platform: power_on::Platform,
+        vcpus: Vec<(u8, VcpuFd, power_on::Vcpu)>,
+    ) -> Session {
         let (tx, rx) = mpsc::channel();
+        let (idle, power_on) = vcpus
+            .into_iter()
+            .map(|(id, fd, state)| ((id, fd), state))
+            .unzip();
         Session {
             machine,
-            cpuid,
-            idle: vcpus,
+            platform,
+            power_on,
+            idle,
             threads: Vec::new(),
             tx,
             rx,
@@ -51,10 +62,20 @@ impl Session {
     }
 
     /// Set every vCPU up for the entry point `entry` and start it: the BSP runs, the others
-    /// wait for INIT/SIPI.
+    /// wait for INIT/SIPI. After a reset each starts from its power-on state first.
     fn start(&mut self, entry: GuestAddress) -> Result<(), Error> {
         for (id, vcpu) in std::mem::take(&mut self.idle) {
-            cpu::setup_vcpu(&vcpu, id, &self.cpuid, entry)?;
+            if self.reboots > 0 {
+                let state = self
+                    .power_on
+                    .get(usize::from(id))
+                    .ok_or_else(|| Error::Config(format!("no power-on state for vCPU {id}")))?;
+                let refused = state.restore(&vcpu)?;
+                if refused > 0 {
+                    log::info!("reset: vCPU {id}: KVM refused {refused} power-on MSR values");
+                }
+            }
+            cpu::setup_vcpu(&vcpu, id, entry)?;
             let state = kvm_mp_state {
                 mp_state: if id == 0 {
                     KVM_MP_STATE_RUNNABLE
@@ -124,6 +145,7 @@ impl Session {
                     self.machine.clear_stop();
                     self.reboots += 1;
                     eprintln!("vmm: guest reset; rebooting (reboot {})", self.reboots);
+                    self.platform.restore(&self.machine.vm)?;
                     entry = reload(&self.machine)?;
                 }
                 (outcome, _) => return outcome,

@@ -28,8 +28,8 @@ pub fn expect<V>(r: Result<V, NestedError>) -> V {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Run `case` on the shared L1 (booting it first if needed) and print its duration. A dead L1
-/// (a case failed badly) is booted again.
+/// Run `case` on the shared L1 (booting it first if needed) and print its duration. A case that
+/// fails takes its L1 with it (the next case boots a new one), and a dead L1 is booted again.
 pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
     let Some(tools) = tools() else {
         return;
@@ -50,7 +50,14 @@ pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
     }
     let nested = guard.as_mut().expect("L1 booted above");
     let start = Instant::now();
-    case(nested, &tools);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(nested, &tools)));
+    if let Err(panic) = outcome {
+        // A failed case may leave L1 in any state (an L2 that cannot be killed, a VMM still
+        // writing to the console): the next case boots a new L1 rather than inherit it.
+        report!("nested: case {name} failed; its L1 is shut down");
+        *guard = None;
+        std::panic::resume_unwind(panic);
+    }
     report!(
         "nested: case {name}: {:.1} s",
         start.elapsed().as_secs_f64()
