@@ -28,7 +28,7 @@ use pcierc_config_space::header::{
     INTERRUPT_LINE, INTERRUPT_PIN, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, STATUS,
     SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
 };
-use pcierc_config_space::{ConfigSpace, Register};
+use pcierc_config_space::{CapabilityError, ConfigSpace, Register};
 
 /// Vendor ID: Red Hat, Inc. (QEMU's devices).
 pub const VENDOR_ID: u16 = 0x1b36;
@@ -190,6 +190,11 @@ impl Endpoint {
 
     /// An endpoint after reset that signals through `interrupts`.
     pub fn with_interrupts(serial: u64, interrupts: Interrupts) -> Endpoint {
+        // The layout is fixed (the tests build both models), never guest input.
+        Self::build(serial, interrupts).expect("test endpoint capability layout")
+    }
+
+    fn build(serial: u64, interrupts: Interrupts) -> Result<Endpoint, CapabilityError> {
         let mut config = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
         let id = Identity {
             vendor_id: VENDOR_ID,
@@ -201,21 +206,20 @@ impl Endpoint {
         config.declare(&header_registers());
         header::register_memory_bar64(&mut config, 0, BAR0_SIZE, false);
         // Each capability added becomes the head of the list: add them last to first so that
-        // the list runs PM (0x40), PCI Express (0x48), MSI-X (0x90). The offsets are fixed and
-        // free, so adding them cannot fail.
+        // the list runs PM (0x40), PCI Express (0x48), MSI-X (0x90).
         let msix = match interrupts {
-            Interrupts::Msix => Msix::new(&mut config, MSIX_LAYOUT).ok(),
+            Interrupts::Msix => Some(Msix::new(&mut config, MSIX_LAYOUT)?),
             Interrupts::Intx => {
                 config.set_byte(INTERRUPT_PIN, 1);
                 None
             }
         };
-        let _ = config.add_capability(CAP_ID_EXP, Some(EXP_CAP), EXP_CAP_LENGTH);
-        let _ = config.add_capability(CAP_ID_PM, Some(PM_CAP), PM_CAP_LENGTH);
+        config.add_capability(CAP_ID_EXP, Some(EXP_CAP), EXP_CAP_LENGTH)?;
+        config.add_capability(CAP_ID_PM, Some(PM_CAP), PM_CAP_LENGTH)?;
         config.declare(&capability_registers());
-        let _ = config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP, DSN_CAP_LENGTH);
+        config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP, DSN_CAP_LENGTH)?;
         config.set_qword(DSN_CAP + 4, serial);
-        Endpoint {
+        Ok(Endpoint {
             config,
             msix,
             serial,
@@ -223,7 +227,7 @@ impl Endpoint {
             sent: 0,
             interrupts,
             intx_pending: false,
-        }
+        })
     }
 
     /// How it signals.
@@ -467,6 +471,39 @@ mod tests {
             p = ep.config_read(p + 1, 1) as u16 & 0xfc;
         }
         v
+    }
+
+    #[test]
+    fn both_models_build() {
+        for i in [Interrupts::Msix, Interrupts::Intx] {
+            assert!(Endpoint::build(1, i).is_ok(), "{i:?}");
+        }
+    }
+
+    #[test]
+    fn msix_table_entries_keep_the_defined_bits_and_narrow_writes_merge() {
+        let mut ep = Endpoint::new(1);
+        ep.bar_write(0, MSIX_TABLE, 4, 0xfee0_0003);
+        assert_eq!(
+            ep.bar_read(0, MSIX_TABLE, 4),
+            0xfee0_0000,
+            "Message Address 1:0"
+        );
+        ep.bar_write(0, MSIX_TABLE + 12, 4, 0xffff_fffe);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 12, 4), 0, "Vector Control 31:1");
+        ep.bar_write(0, MSIX_TABLE + 12, 1, 1);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 12, 4), 1, "a byte write masks");
+        ep.bar_write(0, MSIX_TABLE + 9, 1, 0x12);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 8, 4), 0x1200);
+        assert_eq!(ep.bar_read(0, MSIX_PBA, 8), 0);
+        ep.bar_write(0, MSIX_PBA, 4, u64::MAX);
+        assert_eq!(ep.bar_read(0, MSIX_PBA, 4), 0, "the PBA is read-only");
+        let intx = Endpoint::with_interrupts(1, Interrupts::Intx);
+        assert_eq!(
+            intx.bar_read(0, MSIX_TABLE + 12, 4),
+            0,
+            "no MSI-X structures in the INTx model"
+        );
     }
 
     #[test]
