@@ -1,16 +1,21 @@
-//! The configuration-space engine: functions are data (register values, write masks,
-//! write-1-to-clear masks, capability lists), and writes return [`Effects`] for the owner to apply.
+//! pcierc's PCI functions: functions are data (register values, write masks, write-1-to-clear
+//! masks, capability lists), and writes return [`Effects`] for the hierarchy to apply.
+//!
+//! The engine itself (configuration space, the predefined header, BAR sizing, capability chains,
+//! MSI-X) is the `pcierc-config-space` crate, which device emulators use without the rest of
+//! pcierc; it is re-exported here under its own module names ([`config_space`], [`header`],
+//! [`caps::msix`]). What is specific to pcierc's hierarchy stays here: the type 1 header
+//! ([`bridge`]), the PCI Express port ([`port`]) and its capabilities ([`caps`]), the
+//! [`PciFunction`] trait and its [`Effects`].
 
 pub mod bridge;
 pub mod caps;
-pub mod config_space;
-pub mod header;
 pub mod port;
 #[cfg(test)]
 pub(crate) mod reference;
 
 pub use bridge::BridgeWindows;
-pub use config_space::ConfigSpace;
+pub use pcierc_config_space::{config_space, header, BarMapping, ConfigSpace, Width};
 
 bitflags::bitflags! {
     /// What a write changed, for the hierarchy to re-derive and report. Device models do no I/O.
@@ -39,20 +44,6 @@ bitflags::bitflags! {
         /// resets the functions in the slot). Not set when the same write detached the card.
         const SLOT_POWER_OFF = 1 << 8;
     }
-}
-
-/// An access width in bytes: 1, 2 or 4 for configuration space, also 8 for BARs.
-pub type Width = u8;
-
-/// A memory BAR currently decoded by a function: where the guest put it and how big it is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct BarMapping {
-    /// BAR index (0-5).
-    pub index: u8,
-    /// Guest-physical base.
-    pub base: u64,
-    /// Size in bytes (a power of two).
-    pub size: u64,
 }
 
 /// One PCI function that pcierc emulates. Pure: no I/O, no sockets, no clocks.

@@ -16,7 +16,7 @@ use super::caps::msix::Delivery;
 use super::caps::msix::{Msix, MsixState};
 use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
 use super::caps::{acs, express};
-use super::config_space::{ConfigSpace, SpaceImage};
+use super::config_space::{ConfigSpace, SpaceImage, StateError};
 use super::header::{self, valid_access};
 use super::{AerError, BarMapping, Effects, ErrorSeverity, Interrupt, SlotError, SlotEvent, Width};
 
@@ -576,7 +576,7 @@ impl PciePort {
 
     /// Load state made by [`PciePort::state`] of a port with the same layout; nothing changes
     /// on error.
-    pub fn load_state(&mut self, s: &PortState) -> Result<(), String> {
+    pub fn load_state(&mut self, s: &PortState) -> Result<(), StateError> {
         let mut space = self.space.clone();
         space.load_image(&s.space)?;
         let mut msix = self.msix.clone();

@@ -20,11 +20,15 @@
 //! BAR0 registers (dwords): 0x0 `ID` (RO, [`REG_ID_VALUE`]), 0x4 `SCRATCH` (RW), 0x8 `DOORBELL`
 //! (WO: writing N fires MSI-X vector N), 0xc `SENT` (RO: messages sent so far).
 
-pub mod config;
-pub mod msix;
-
-use self::config::{ConfigSpace, Register};
-use self::msix::{Control, Message, MsixTable};
+use pcierc_config_space::caps::msix::{Delivery, EntryBits, Message, Msix, MsixLayout};
+use pcierc_config_space::caps::{CAP_ID_EXP, CAP_ID_PM, EXT_CAP_ID_DSN};
+use pcierc_config_space::config_space::PCIE_CONFIG_SPACE_SIZE;
+use pcierc_config_space::header::{
+    self, valid_access, Identity, CACHE_LINE_SIZE, COMMAND, COMMAND_INTX_DISABLE, COMMAND_MASTER,
+    INTERRUPT_LINE, INTERRUPT_PIN, QEMU_SUBSYSTEM_ID, QEMU_SUBSYSTEM_VENDOR_ID, STATUS,
+    SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID,
+};
+use pcierc_config_space::{CapabilityError, ConfigSpace, Register};
 
 /// Vendor ID: Red Hat, Inc. (QEMU's devices).
 pub const VENDOR_ID: u16 = 0x1b36;
@@ -56,51 +60,43 @@ pub const REG_SENT: u64 = 0xc;
 /// condition is acknowledged).
 pub const REG_INTX_ACK: u64 = 0x10;
 
-/// Command register (PCI 3.0 §6.2.2).
-const COMMAND: u16 = 0x04;
-const COMMAND_MEMORY: u32 = 1 << 1;
-const COMMAND_BUS_MASTER: u32 = 1 << 2;
-/// Command.Interrupt Disable (PCI Local Bus 3.0 §6.2.2).
-const COMMAND_INTX_DISABLE: u32 = 1 << 10;
-/// Status.Interrupt Status (PCI Local Bus 3.0 §6.2.3).
-const STATUS_INTERRUPT: u32 = 1 << 3;
-const STATUS: u16 = 0x06;
-const INTERRUPT_PIN: u16 = 0x3d;
-const BAR0: u16 = 0x10;
-const BAR1: u16 = 0x14;
-/// Memory BAR, 64-bit (PCI 3.0 §6.2.5.1).
-const BAR_MEM64: u32 = 0b100;
 const PM_CAP: u8 = 0x40;
+/// PCI Power Management capability length (PCI Bus Power Management Interface 1.2 §3.2).
+const PM_CAP_LENGTH: u8 = 8;
 const EXP_CAP: u8 = 0x48;
+/// PCI Express capability length, version 2, no slot or root registers used (PCIe Base 6.0
+/// §7.5.3).
+const EXP_CAP_LENGTH: u8 = 0x3c;
 const MSIX_CAP: u8 = 0x90;
-/// Message Control of the MSI-X capability.
-const MSIX_CONTROL: u16 = MSIX_CAP as u16 + 2;
-const MSIX_ENABLE: u32 = 1 << 15;
-const MSIX_FUNCTION_MASK: u32 = 1 << 14;
 /// Device Serial Number extended capability (PCIe Base 6.0 §7.9.3).
 pub const DSN_CAP: u16 = 0x100;
 /// Extended capability id of the DSN.
-pub const DSN_CAP_ID: u16 = 0x0003;
+pub const DSN_CAP_ID: u16 = EXT_CAP_ID_DSN;
+/// Device Serial Number capability length: header and the two serial number dwords.
+const DSN_CAP_LENGTH: u16 = 12;
 
-/// The registers of the configuration space, as data.
-fn registers() -> Vec<Register> {
+/// The header registers this model implements beyond identity and BAR0 (which
+/// [`header::init_identity`] and [`header::register_memory_bar64`] declare).
+fn header_registers() -> [Register; 6] {
+    [
+        // Command (PCI Local Bus 3.0 §6.2.2): Memory Space, Bus Master, Parity Error Response,
+        // SERR#, Interrupt Disable.
+        Register::rw(COMMAND, 2, 0, 0x0546),
+        // Status (PCI Local Bus 3.0 §6.2.3): the error bits are RW1C (never set by this device).
+        Register::w1c(STATUS, 2, 0, 0xf900),
+        Register::rw(CACHE_LINE_SIZE, 1, 0, 0xff),
+        Register::ro(SUBSYSTEM_VENDOR_ID, 2, QEMU_SUBSYSTEM_VENDOR_ID as u32),
+        Register::ro(SUBSYSTEM_ID, 2, QEMU_SUBSYSTEM_ID as u32),
+        // Interrupt Line (Interrupt Pin: 0, INTA for the INTx model).
+        Register::rw(INTERRUPT_LINE, 1, 0, 0xff),
+    ]
+}
+
+/// The registers of the Power Management and PCI Express capabilities.
+fn capability_registers() -> Vec<Register> {
     let e = u16::from(EXP_CAP);
-    let m = u16::from(MSIX_CAP);
     let p = u16::from(PM_CAP);
     vec![
-        Register::ro(0x00, 2, u32::from(VENDOR_ID)),
-        Register::ro(0x02, 2, u32::from(DEVICE_ID)),
-        // Command: Memory Space, Bus Master, Parity Error Response, SERR#, Interrupt Disable.
-        Register::rw(COMMAND, 2, 0, 0x0546),
-        // Status: the error bits are RW1C (never set by this device).
-        Register::w1c(0x06, 2, 0, 0xf900),
-        Register::ro(0x08, 4, CLASS_CODE << 8 | 0x01),
-        Register::rw(0x0c, 1, 0, 0xff), // Cache Line Size
-        Register::rw(BAR0, 4, BAR_MEM64, !(BAR0_SIZE as u32 - 1)),
-        Register::rw(BAR1, 4, 0, u32::MAX),
-        Register::ro(0x2c, 2, 0x1af4),
-        Register::ro(0x2e, 2, 0x1100),
-        Register::rw(0x3c, 1, 0, 0xff), // Interrupt Line (Interrupt Pin: 0, INTA for the INTx model)
         // PCI Power Management (PCI PM 1.2 §3.2): version 3, no PME; PMCSR PowerState RW,
         // No_Soft_Reset.
         Register::ro(p + 2, 2, 0x0003),
@@ -123,13 +119,20 @@ fn registers() -> Vec<Register> {
         // Link Capabilities 2: supported speeds 2.5 GT/s; Link Control 2: target 2.5 GT/s.
         Register::ro(e + 0x2c, 4, 1 << 1),
         Register::rw(e + 0x30, 2, 0x0001, 0x000f),
-        // MSI-X (PCIe Base 6.0 §7.7.2): table size, Enable and Function Mask RW; table and PBA in
-        // BAR0 (BIR 0).
-        Register::rw(MSIX_CONTROL, 2, u32::from(VECTORS - 1), 0xc000),
-        Register::ro(m + 0x04, 4, MSIX_TABLE as u32),
-        Register::ro(m + 0x08, 4, MSIX_PBA as u32),
     ]
 }
+
+/// MSI-X (PCIe Base 6.0 §7.7.2): the table and PBA in BAR0 beside the registers, entries
+/// keeping only the bits the specification defines.
+const MSIX_LAYOUT: MsixLayout = MsixLayout {
+    cap: Some(MSIX_CAP),
+    entries: VECTORS,
+    table_bar: 0,
+    table_offset: MSIX_TABLE as u32,
+    pba_bar: 0,
+    pba_offset: MSIX_PBA as u32,
+    entry_bits: EntryBits::Defined,
+};
 
 /// FNV-1a (64-bit): the serial number the VMM gives the endpoint with id `id` (unique per id,
 /// the same on every run).
@@ -169,7 +172,8 @@ pub struct Effects {
 #[derive(Clone)]
 pub struct Endpoint {
     config: ConfigSpace,
-    msix: MsixTable,
+    /// The MSI-X model's table and PBA (`None` for the INTx model).
+    msix: Option<Msix>,
     serial: u64,
     scratch: u32,
     sent: u32,
@@ -186,31 +190,44 @@ impl Endpoint {
 
     /// An endpoint after reset that signals through `interrupts`.
     pub fn with_interrupts(serial: u64, interrupts: Interrupts) -> Endpoint {
-        let mut config = ConfigSpace::default();
-        let msix = u16::from(MSIX_CAP);
-        let regs: Vec<Register> = registers()
-            .into_iter()
-            .filter(|r| interrupts == Interrupts::Msix || !(msix..msix + 12).contains(&r.offset))
-            .collect();
-        config.declare(&regs);
-        config.add_capability(0x01, PM_CAP);
-        config.add_capability(0x10, EXP_CAP);
-        match interrupts {
-            Interrupts::Msix => config.add_capability(0x11, MSIX_CAP),
-            Interrupts::Intx => config.put(INTERRUPT_PIN, 1, 1),
-        }
-        config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP);
-        config.put(DSN_CAP + 4, 4, serial as u32);
-        config.put(DSN_CAP + 8, 4, (serial >> 32) as u32);
-        Endpoint {
+        // The layout is fixed (the tests build both models), never guest input.
+        Self::build(serial, interrupts).expect("test endpoint capability layout")
+    }
+
+    fn build(serial: u64, interrupts: Interrupts) -> Result<Endpoint, CapabilityError> {
+        let mut config = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        let id = Identity {
+            vendor_id: VENDOR_ID,
+            device_id: DEVICE_ID,
+            revision: 0x01,
+            class_code: CLASS_CODE,
+        };
+        header::init_identity(&mut config, id, false);
+        config.declare(&header_registers());
+        header::register_memory_bar64(&mut config, 0, BAR0_SIZE, false);
+        // Each capability added becomes the head of the list: add them last to first so that
+        // the list runs PM (0x40), PCI Express (0x48), MSI-X (0x90).
+        let msix = match interrupts {
+            Interrupts::Msix => Some(Msix::new(&mut config, MSIX_LAYOUT)?),
+            Interrupts::Intx => {
+                config.set_byte(INTERRUPT_PIN, 1);
+                None
+            }
+        };
+        config.add_capability(CAP_ID_EXP, Some(EXP_CAP), EXP_CAP_LENGTH)?;
+        config.add_capability(CAP_ID_PM, Some(PM_CAP), PM_CAP_LENGTH)?;
+        config.declare(&capability_registers());
+        config.add_ext_capability(DSN_CAP_ID, 1, DSN_CAP, DSN_CAP_LENGTH)?;
+        config.set_qword(DSN_CAP + 4, serial);
+        Ok(Endpoint {
             config,
-            msix: MsixTable::new(VECTORS),
+            msix,
             serial,
             scratch: 0,
             sent: 0,
             interrupts,
             intx_pending: false,
-        }
+        })
     }
 
     /// How it signals.
@@ -227,9 +244,7 @@ impl Endpoint {
     /// the pin's level in `fx`.
     fn set_intx(&mut self, pending: bool, before: bool, fx: &mut Effects) {
         self.intx_pending = pending;
-        let status = self.config.read(STATUS, 2) & !STATUS_INTERRUPT;
-        let bit = if pending { STATUS_INTERRUPT } else { 0 };
-        self.config.put(STATUS, 2, status | bit);
+        header::set_interrupt_status(&mut self.config, pending);
         if self.intx_level() != before {
             fx.intx = Some(self.intx_level());
         }
@@ -242,13 +257,18 @@ impl Endpoint {
 
     /// A configuration read (1, 2 or 4 naturally aligned bytes; all ones otherwise).
     pub fn config_read(&self, offset: u16, width: u8) -> u32 {
+        if !valid_access(offset, width) {
+            return u32::MAX;
+        }
         self.config.read(offset, width)
     }
 
-    /// A configuration write.
+    /// A configuration write (1, 2 or 4 naturally aligned bytes; dropped otherwise).
     pub fn config_write(&mut self, offset: u16, width: u8, value: u32) -> Effects {
-        let (bar_before, msix_before) = (self.bar0(), self.msix_control());
-        let intx_before = self.intx_level();
+        if !valid_access(offset, width) {
+            return Effects::default();
+        }
+        let (bar_before, intx_before) = (self.bar0(), self.intx_level());
         self.config.write(offset, width, value);
         let mut fx = Effects {
             bars_changed: self.bar0() != bar_before,
@@ -258,35 +278,23 @@ impl Endpoint {
         if self.intx_level() != intx_before {
             fx.intx = Some(self.intx_level());
         }
-        let control = self.msix_control();
-        if control != msix_before {
-            let messages = self.msix.control_changed(control);
+        // MSI-X Enable or Function Mask may have let pending messages out.
+        if let Some(m) = self.msix.as_mut() {
+            let (_, fired) = m.write_config(&self.config, offset, width);
+            let messages = messages(m, fired);
             self.send(messages, &mut fx);
         }
         fx
     }
 
-    fn command(&self) -> u32 {
-        self.config.read(COMMAND, 2)
-    }
-
-    fn msix_control(&self) -> Control {
-        let c = self.config.read(MSIX_CONTROL, 2);
-        Control {
-            enabled: c & MSIX_ENABLE != 0,
-            function_masked: c & MSIX_FUNCTION_MASK != 0,
-        }
+    fn command(&self) -> u16 {
+        self.config.word(COMMAND)
     }
 
     /// BAR0 as (base, size) while it decodes: Memory Space enabled and an address assigned (0,
     /// or a range past the end of the address space, is unmapped, as in QEMU).
     pub fn bar0(&self) -> Option<(u64, u64)> {
-        if self.command() & COMMAND_MEMORY == 0 {
-            return None;
-        }
-        let base = u64::from(self.config.read(BAR0, 4) & !0xf)
-            | u64::from(self.config.read(BAR1, 4)) << 32;
-        (base != 0 && base.checked_add(BAR0_SIZE).is_some()).then_some((base, BAR0_SIZE))
+        header::memory_bar64(&self.config, 0, BAR0_SIZE).map(|base| (base, BAR0_SIZE))
     }
 
     /// A read of `width` (1, 2, 4 or 8) bytes at `offset` in BAR `bar`.
@@ -303,17 +311,29 @@ impl Endpoint {
         v & (u64::MAX >> (64 - 8 * u32::from(width)))
     }
 
+    /// Where `offset` of BAR0 falls in the MSI-X table or PBA: the offset in it.
+    fn msix_region(&self, offset: u64) -> Option<(&Msix, MsixRegion)> {
+        let m = self.msix.as_ref()?;
+        let in_table = offset
+            .checked_sub(MSIX_TABLE)
+            .filter(|&o| o < u64::from(m.table_len()));
+        let in_pba = offset
+            .checked_sub(MSIX_PBA)
+            .filter(|&o| o < u64::from(m.pba_len()));
+        match (in_table, in_pba) {
+            (Some(o), _) => Some((m, MsixRegion::Table(o as u32))),
+            (None, Some(o)) => Some((m, MsixRegion::Pba(o as u32))),
+            (None, None) => None,
+        }
+    }
+
     fn read32(&self, offset: u64) -> u32 {
-        match offset {
-            REG_ID => REG_ID_VALUE,
-            REG_SCRATCH => self.scratch,
-            REG_SENT => self.sent,
-            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
-                self.msix.table_read32(o - MSIX_TABLE)
-            }
-            o if (MSIX_PBA..MSIX_PBA + self.msix.pba_size()).contains(&o) => {
-                self.msix.pba_read32(o - MSIX_PBA)
-            }
+        match (offset, self.msix_region(offset)) {
+            (REG_ID, _) => REG_ID_VALUE,
+            (REG_SCRATCH, _) => self.scratch,
+            (REG_SENT, _) => self.sent,
+            (_, Some((m, MsixRegion::Table(o)))) => m.table_read32(o),
+            (_, Some((m, MsixRegion::Pba(o)))) => m.pba_read32(o),
             _ => 0,
         }
     }
@@ -339,26 +359,32 @@ impl Endpoint {
     }
 
     fn write32(&mut self, offset: u64, value: u32, fx: &mut Effects) {
-        let control = self.msix_control();
-        match offset {
-            REG_SCRATCH => self.scratch = value,
-            REG_DOORBELL if self.interrupts == Interrupts::Intx => {
+        let table = match self.msix_region(offset) {
+            Some((_, MsixRegion::Table(o))) => Some(o),
+            _ => None,
+        };
+        match (offset, self.msix.as_mut()) {
+            (REG_SCRATCH, _) => self.scratch = value,
+            (REG_DOORBELL, _) if self.interrupts == Interrupts::Intx => {
                 let before = self.intx_level();
                 self.set_intx(true, before, fx);
             }
-            REG_INTX_ACK if self.interrupts == Interrupts::Intx => {
+            (REG_INTX_ACK, _) if self.interrupts == Interrupts::Intx => {
                 let before = self.intx_level();
                 self.set_intx(false, before, fx);
             }
-            REG_DOORBELL => {
-                let m = u16::try_from(value)
-                    .ok()
-                    .and_then(|v| self.msix.fire(v, control));
-                self.send(m.into_iter().collect(), fx);
+            (REG_DOORBELL, Some(m)) => {
+                let fired =
+                    u16::try_from(value).map_or(Delivery::Dropped, |v| m.notify(&self.config, v));
+                let messages = messages(m, vec![fired]);
+                self.send(messages, fx);
             }
-            o if (MSIX_TABLE..MSIX_TABLE + self.msix.table_size()).contains(&o) => {
-                let m = self.msix.table_write32(o - MSIX_TABLE, value, control);
-                self.send(m.into_iter().collect(), fx);
+            (_, Some(m)) => {
+                if let Some(o) = table {
+                    let fired = m.table_write32(&self.config, o, value);
+                    let messages = messages(m, vec![fired]);
+                    self.send(messages, fx);
+                }
             }
             _ => {} // ID, SENT, the PBA: read-only
         }
@@ -366,7 +392,7 @@ impl Endpoint {
 
     /// Messages leave only with Bus Master Enable (PCI 3.0 §6.2.2): otherwise they are lost.
     fn send(&mut self, messages: Vec<Message>, fx: &mut Effects) {
-        if self.command() & COMMAND_BUS_MASTER == 0 {
+        if self.command() & COMMAND_MASTER == 0 {
             fx.blocked += messages.len() as u32;
             return;
         }
@@ -375,9 +401,37 @@ impl Endpoint {
     }
 }
 
+/// A place in BAR0's MSI-X structures.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum MsixRegion {
+    /// Byte offset in the table.
+    Table(u32),
+    /// Byte offset in the PBA.
+    Pba(u32),
+}
+
+/// The messages of the vectors in `fired` that were sent.
+fn messages(m: &Msix, fired: Vec<Delivery>) -> Vec<Message> {
+    fired
+        .into_iter()
+        .filter_map(|d| match d {
+            Delivery::Sent(v) => m.message(v),
+            Delivery::Dropped | Delivery::Pending => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pcierc_config_space::caps::msix;
+
+    const COMMAND_MEMORY: u32 = header::COMMAND_MEMORY as u32;
+    const COMMAND_INTX_DISABLE: u32 = header::COMMAND_INTX_DISABLE as u32;
+    const STATUS_INTERRUPT: u32 = header::STATUS_INTERRUPT as u32;
+    const MSIX_CONTROL: u16 = MSIX_CAP as u16 + msix::FLAGS;
+    const MSIX_ENABLE: u32 = msix::CONTROL_ENABLE as u32;
+    const MSIX_FUNCTION_MASK: u32 = msix::CONTROL_FUNCTION_MASK as u32;
 
     #[test]
     fn intx_model_asserts_on_the_doorbell_until_acknowledged_and_honours_interrupt_disable() {
@@ -417,6 +471,39 @@ mod tests {
             p = ep.config_read(p + 1, 1) as u16 & 0xfc;
         }
         v
+    }
+
+    #[test]
+    fn both_models_build() {
+        for i in [Interrupts::Msix, Interrupts::Intx] {
+            assert!(Endpoint::build(1, i).is_ok(), "{i:?}");
+        }
+    }
+
+    #[test]
+    fn msix_table_entries_keep_the_defined_bits_and_narrow_writes_merge() {
+        let mut ep = Endpoint::new(1);
+        ep.bar_write(0, MSIX_TABLE, 4, 0xfee0_0003);
+        assert_eq!(
+            ep.bar_read(0, MSIX_TABLE, 4),
+            0xfee0_0000,
+            "Message Address 1:0"
+        );
+        ep.bar_write(0, MSIX_TABLE + 12, 4, 0xffff_fffe);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 12, 4), 0, "Vector Control 31:1");
+        ep.bar_write(0, MSIX_TABLE + 12, 1, 1);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 12, 4), 1, "a byte write masks");
+        ep.bar_write(0, MSIX_TABLE + 9, 1, 0x12);
+        assert_eq!(ep.bar_read(0, MSIX_TABLE + 8, 4), 0x1200);
+        assert_eq!(ep.bar_read(0, MSIX_PBA, 8), 0);
+        ep.bar_write(0, MSIX_PBA, 4, u64::MAX);
+        assert_eq!(ep.bar_read(0, MSIX_PBA, 4), 0, "the PBA is read-only");
+        let intx = Endpoint::with_interrupts(1, Interrupts::Intx);
+        assert_eq!(
+            intx.bar_read(0, MSIX_TABLE + 12, 4),
+            0,
+            "no MSI-X structures in the INTx model"
+        );
     }
 
     #[test]

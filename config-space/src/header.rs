@@ -148,6 +148,26 @@ pub fn register_memory_bar32(cs: &mut ConfigSpace, index: u8, size: u32) {
     cs.set_dword(reg, 0);
 }
 
+// PCI Local Bus 3.0 §6.2.5.1 Base Address Registers: bits 0-3 of a memory BAR.
+/// Memory BAR type: 64-bit (bits 2:1 = 10b; the next BAR holds the upper 32 bits).
+pub const BAR_MEM_TYPE_64: u32 = 0b100;
+/// Memory BAR: prefetchable.
+pub const BAR_MEM_PREFETCH: u32 = 0b1000;
+/// The read-only low bits of a memory BAR (space indicator, type, prefetchable).
+pub const BAR_MEM_FLAGS: u32 = 0xf;
+
+/// Register a 64-bit memory BAR of `size` bytes (a power of two, at least 16) at BAR `index`
+/// and `index + 1`, as QEMU's `pci_register_bar()`: the type bits are read-only, the address
+/// bits above the size are writable, so a guest that writes all ones reads back the size
+/// (PCI Local Bus 3.0 §6.2.5.1, "sizing a BAR").
+pub fn register_memory_bar64(cs: &mut ConfigSpace, index: u8, size: u64, prefetchable: bool) {
+    let reg = BAR0 + 4 * u16::from(index);
+    let mask = !(size.max(16) - 1) & !u64::from(BAR_MEM_FLAGS);
+    let flags = BAR_MEM_TYPE_64 | if prefetchable { BAR_MEM_PREFETCH } else { 0 };
+    cs.set_wmask(reg, 8, mask);
+    cs.set_qword(reg, flags.into());
+}
+
 /// The generic part of a device reset, QEMU's `pci_do_device_reset()` without MSI-X: writable
 /// Command bits, Status bits, Interrupt Line and Cache Line Size are cleared and BARs return to
 /// their type bits (`bars` lists the BAR indices the function implements).
@@ -186,6 +206,17 @@ pub fn memory_bar32(cs: &ConfigSpace, index: u8, size: u32) -> Option<u64> {
     (base != 0 && last < u64::from(u32::MAX)).then_some(base)
 }
 
+/// Where a 64-bit memory BAR (at `index` and `index + 1`) of `size` bytes is decoded now, as
+/// QEMU's `pci_bar_address()`: `None` unless Memory Space is enabled and the BAR holds a non-zero
+/// address whose range does not reach the end of the 64-bit address space.
+pub fn memory_bar64(cs: &ConfigSpace, index: u8, size: u64) -> Option<u64> {
+    if cs.word(COMMAND) & COMMAND_MEMORY == 0 || size == 0 {
+        return None;
+    }
+    let base = cs.qword(BAR0 + 4 * u16::from(index)) & !(size - 1) & !u64::from(BAR_MEM_FLAGS);
+    (base != 0 && base.checked_add(size).is_some()).then_some(base)
+}
+
 /// Does `[offset, offset + len)` overlap `[start, start + n)`? (QEMU's `ranges_overlap()`.)
 pub fn overlaps(offset: u16, len: u8, start: u16, n: u16) -> bool {
     let (a0, a1) = (u32::from(offset), u32::from(offset) + u32::from(len));
@@ -203,7 +234,7 @@ pub fn valid_access(offset: u16, width: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::config_space::PCI_CONFIG_SPACE_SIZE;
+    use crate::config_space::PCI_CONFIG_SPACE_SIZE;
 
     #[test]
     fn type0_defaults_match_qemu() {
@@ -252,6 +283,28 @@ mod tests {
         assert_eq!(memory_bar32(&cs, 0, 4096), Some(0xfe00_0000));
         cs.write(BAR0, 4, 0);
         assert_eq!(memory_bar32(&cs, 0, 4096), None);
+    }
+
+    #[test]
+    fn bar64_sizing_and_decode() {
+        let mut cs = ConfigSpace::new(PCI_CONFIG_SPACE_SIZE);
+        init_masks(&mut cs);
+        register_memory_bar64(&mut cs, 0, 0x4000, false);
+        assert_eq!(cs.dword(BAR0), 0b100, "64-bit, non-prefetchable");
+        cs.write(BAR0, 4, u32::MAX);
+        cs.write(BAR0 + 4, 4, u32::MAX);
+        assert_eq!(cs.dword(BAR0), 0xffff_c004);
+        assert_eq!(cs.dword(BAR0 + 4), u32::MAX);
+        cs.write(COMMAND, 2, COMMAND_MEMORY.into());
+        assert_eq!(memory_bar64(&cs, 0, 0x4000), None, "reaches 2^64");
+        cs.write(BAR0 + 4, 4, 1);
+        assert_eq!(memory_bar64(&cs, 0, 0x4000), Some(0x1_ffff_c000));
+        cs.write(BAR0, 4, 0);
+        cs.write(BAR0 + 4, 4, 0);
+        assert_eq!(memory_bar64(&cs, 0, 0x4000), None);
+        register_memory_bar64(&mut cs, 2, 1 << 33, true);
+        assert_eq!(cs.dword(BAR0 + 8), 0b1100);
+        assert_eq!(cs.wmask(BAR0 + 8, 8), 0xffff_fffe_0000_0000);
     }
 
     #[test]

@@ -54,6 +54,80 @@ pub enum CapabilityError {
     },
 }
 
+/// Why a saved image or state could not be loaded (the state is unchanged).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// The image is of a space of another size.
+    #[error("configuration space size {found:#x}, expected {expected:#x}")]
+    Size {
+        /// Size in the image.
+        found: u16,
+        /// Size of this space.
+        expected: u16,
+    },
+    /// A per-byte plane is not lowercase hex of the space's size.
+    #[error("bad '{0}' plane")]
+    Plane(&'static str),
+    /// The MSI-X table is not hex of the table's size.
+    #[error("bad MSI-X table")]
+    MsixTable,
+    /// The MSI-X Pending Bit Array is not hex of its size.
+    #[error("bad MSI-X PBA")]
+    MsixPba,
+}
+
+/// One register as data: where it is, how wide, its value after reset, the bits software may
+/// write and the bits a write of 1 clears (RW1C). [`ConfigSpace::declare`] installs a list of them;
+/// bits in neither mask are read-only (RO, or RsvdP/RsvdZ reading as the reset value).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Register {
+    /// Offset in configuration space.
+    pub offset: u16,
+    /// 1, 2 or 4 bytes.
+    pub width: u8,
+    /// Value after reset.
+    pub reset: u32,
+    /// Read-write bits.
+    pub writable: u32,
+    /// Write-1-to-clear bits.
+    pub w1c: u32,
+}
+
+impl Register {
+    /// A read-only register holding `value`.
+    pub const fn ro(offset: u16, width: u8, value: u32) -> Register {
+        Register {
+            offset,
+            width,
+            reset: value,
+            writable: 0,
+            w1c: 0,
+        }
+    }
+
+    /// A register whose bits `writable` software may write.
+    pub const fn rw(offset: u16, width: u8, reset: u32, writable: u32) -> Register {
+        Register {
+            offset,
+            width,
+            reset,
+            writable,
+            w1c: 0,
+        }
+    }
+
+    /// A status register whose bits `w1c` a write of 1 clears.
+    pub const fn w1c(offset: u16, width: u8, reset: u32, w1c: u32) -> Register {
+        Register {
+            offset,
+            width,
+            reset,
+            writable: 0,
+            w1c,
+        }
+    }
+}
+
 /// One function's configuration space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigSpace {
@@ -162,6 +236,18 @@ impl ConfigSpace {
             if let Some(b) = bytes.get_mut(usize::from(offset) + i) {
                 *b = (v >> (8 * i)) as u8;
             }
+        }
+    }
+
+    /// Install `registers`: each one's reset value, write mask and W1C mask (the whole width of
+    /// each; bytes no register names keep theirs). Declare a capability's registers after adding
+    /// the capability, which makes its bytes read-only.
+    pub fn declare(&mut self, registers: &[Register]) {
+        for r in registers {
+            let n = usize::from(r.width.min(4));
+            self.put(Plane::Value, r.offset, n, r.reset.into());
+            self.put(Plane::Write, r.offset, n, r.writable.into());
+            self.put(Plane::W1c, r.offset, n, r.w1c.into());
         }
     }
 
@@ -393,17 +479,17 @@ impl ConfigSpace {
 
     /// Load an image made by [`ConfigSpace::image`] of a space with the same size. On error
     /// nothing changes. The capability allocation map is the model's and is kept.
-    pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), String> {
+    pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), StateError> {
         if image.size != self.size {
-            return Err(format!(
-                "configuration space size {:#x}, expected {:#x}",
-                image.size, self.size
-            ));
+            return Err(StateError::Size {
+                found: image.size,
+                expected: self.size,
+            });
         }
         let n = usize::from(self.size);
-        let value = unhex(&image.value, n).ok_or("bad 'value' plane")?;
-        let wmask = unhex(&image.wmask, n).ok_or("bad 'wmask' plane")?;
-        let w1cmask = unhex(&image.w1cmask, n).ok_or("bad 'w1cmask' plane")?;
+        let value = unhex(&image.value, n).ok_or(StateError::Plane("value"))?;
+        let wmask = unhex(&image.wmask, n).ok_or(StateError::Plane("wmask"))?;
+        let w1cmask = unhex(&image.w1cmask, n).ok_or(StateError::Plane("w1cmask"))?;
         self.value[..n].copy_from_slice(&value);
         self.wmask[..n].copy_from_slice(&wmask);
         self.w1cmask[..n].copy_from_slice(&w1cmask);
@@ -425,11 +511,13 @@ pub struct SpaceImage {
     pub w1cmask: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hex (the saved form of per-byte state).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(s: &str, n: usize) -> Option<Vec<u8>> {
+/// `n` bytes from the hex made by [`hex`]; `None` unless `s` is exactly that.
+pub(crate) fn unhex(s: &str, n: usize) -> Option<Vec<u8>> {
     if s.len() != 2 * n || !s.is_ascii() {
         return None;
     }
@@ -461,6 +549,25 @@ mod tests {
         cs.write(0x44, 2, 0xffff);
         assert_eq!(cs.read(0x44, 4), 0x00ff_000f);
         assert_eq!(cs.read(0x46, 1), 0xff);
+    }
+
+    #[test]
+    fn declared_registers_take_value_and_both_masks() {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        cs.declare(&[
+            Register::ro(0x00, 4, 0x0005_1b36),
+            Register::rw(0x04, 2, 0, 0x0006),
+            Register::w1c(0x06, 2, 0x8010, 0xf900),
+        ]);
+        cs.write(0, 4, 0);
+        assert_eq!(cs.read(0, 4), 0x0005_1b36, "read-only");
+        cs.write(4, 2, 0xffff);
+        assert_eq!(cs.read(4, 2), 0x0006);
+        cs.write(6, 2, 0x8000);
+        assert_eq!(cs.read(6, 2), 0x0010, "RW1C cleared, RO kept");
+        cs.write(4, 1, 0x02);
+        assert_eq!(cs.read(4, 4), 0x0010_0002, "byte writes touch one byte");
+        assert_eq!((cs.wmask(6, 2), cs.w1cmask(6, 2)), (0, 0xf900));
     }
 
     #[test]
@@ -538,6 +645,6 @@ mod tests {
             .is_err());
         bad = img;
         bad.wmask.pop();
-        assert!(other.load_image(&bad).is_err());
+        assert_eq!(other.load_image(&bad), Err(StateError::Plane("wmask")));
     }
 }

@@ -1,40 +1,99 @@
-//! MSI-X capability, table and Pending Bit Array (PCI Local Bus 3.0 §6.8.2) in an exclusive
-//! memory BAR, as QEMU 7.2's `hw/pci/msix.c` (`msix_init_exclusive_bar()`, `msix_write_config()`,
-//! the table and PBA MMIO ops, `msix_notify()`, `msix_reset()`).
+//! MSI-X capability, table and Pending Bit Array (PCIe Base 6.0 §7.7.2; PCI Local Bus 3.0
+//! §6.8.2), as QEMU 7.2's `hw/pci/msix.c` (`msix_init()`, `msix_init_exclusive_bar()`,
+//! `msix_write_config()`, the table and PBA MMIO ops, `msix_notify()`, `msix_reset()`).
 //!
-//! BAR accesses follow QEMU's memory core: an access is split at region boundaries and into
-//! naturally aligned pieces of at most 8 bytes; table and PBA pieces smaller than 4 bytes are
-//! invalid (read 0, write dropped), 8-byte pieces become two dword accesses, and the holes
-//! between the regions read 0. Message delivery itself is not modelled yet: a message QEMU would
-//! send leaves no trace here, a masked one sets its pending bit exactly as in QEMU.
+//! The model keeps the table and the PBA; the capability's registers live in the function's
+//! [`ConfigSpace`], which every call that needs them takes. Two ways to reach the table:
+//! - dword accesses relative to the table and the PBA ([`Msix::table_read32`],
+//!   [`Msix::table_write32`], [`Msix::pba_read32`]), for an emulator that decodes its BAR itself
+//!   (the table beside registers of its own);
+//! - [`Msix::bar_read`] and [`Msix::bar_write`] for a BAR that holds only table and PBA, which
+//!   follow QEMU's memory core: an access is split at region boundaries and into naturally
+//!   aligned pieces of at most 8 bytes; table and PBA pieces smaller than 4 bytes are invalid
+//!   (read 0, write dropped), 8-byte pieces become two dword accesses, and the holes between the
+//!   regions read 0.
+//!
+//! What a vector does when it fires is a [`Delivery`]: dropped (MSI-X disabled), pending
+//! (masked: its pending bit is set, and it is sent when unmasked) or sent; the message itself is
+//! [`Msix::message`].
 
 use serde::{Deserialize, Serialize};
 
-use crate::pci::config_space::{CapabilityError, ConfigSpace};
-use crate::pci::header::{overlaps, register_memory_bar32};
+use crate::config_space::{hex, unhex, CapabilityError, ConfigSpace, StateError};
+use crate::header::{overlaps, register_memory_bar32};
 
 use super::CAP_ID_MSIX;
 
-// PCI Local Bus 3.0 §6.8.2.3 Message Control.
+// PCIe Base 6.0 §7.7.2.2 Message Control Register for MSI-X.
 /// Message Control (offset in the capability).
 pub const FLAGS: u16 = 0x02;
-// PCI Local Bus 3.0 §6.8.2.4 Table Offset/Table BIR.
+// PCIe Base 6.0 §7.7.2.3 Table Offset/Table BIR Register for MSI-X.
 /// Table Offset / BIR.
 pub const TABLE: u16 = 0x04;
-// PCI Local Bus 3.0 §6.8.2.5 PBA Offset/PBA BIR.
+// PCIe Base 6.0 §7.7.2.4 PBA Offset/PBA BIR Register for MSI-X.
 /// PBA Offset / BIR.
 pub const PBA: u16 = 0x08;
 /// Size of the capability.
 pub const CAP_LENGTH: u8 = 12;
 /// The byte of Message Control holding MSI-X Enable (bit 7) and Function Mask (bit 6).
 pub const CONTROL_BYTE: u16 = FLAGS + 1;
+/// Message Control: MSI-X Enable (bit 15 of the register).
+pub const CONTROL_ENABLE: u16 = 1 << 15;
+/// Message Control: Function Mask (bit 14 of the register).
+pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 const ENABLE: u8 = 0x80;
 const MASKALL: u8 = 0x40;
-// PCI Local Bus 3.0 §6.8.2.6-§6.8.2.9 table entry: address, upper address, data, vector control.
+// PCIe Base 6.0 §7.7.2.5-§7.7.2.8 table entry: Message Address, Message Upper Address, Message
+// Data, Vector Control.
 /// Size of one table entry.
 pub const ENTRY_SIZE: u32 = 16;
 const ENTRY_VECTOR_CTRL: usize = 12;
+// PCIe Base 6.0 §7.7.2.8 Vector Control for MSI-X Table Entries: bit 0 Mask Bit.
 const ENTRY_CTRL_MASKBIT: u8 = 1;
+/// Most vectors a function has (Table Size is 11 bits, PCIe Base 6.0 §7.7.2.2).
+pub const MAX_VECTORS: u16 = 2048;
+
+/// Which bits of a table entry keep what software writes.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum EntryBits {
+    /// Every bit, as QEMU 7.2 stores them (`msix_table_mmio_write()`).
+    #[default]
+    All,
+    /// Only the bits the specification defines: Message Address bits 1:0 (PCIe Base 6.0 §7.7.2.5)
+    /// and Vector Control bits 31:1 (§7.7.2.8, RsvdP) read as zero.
+    Defined,
+}
+
+impl EntryBits {
+    /// The write mask of the table dword at byte `offset` of an entry (0, 4, 8 or 12).
+    fn mask(self, offset: usize) -> u32 {
+        match (self, offset % ENTRY_SIZE as usize) {
+            (EntryBits::All, _) => u32::MAX,
+            (EntryBits::Defined, 0) => !3,
+            (EntryBits::Defined, 12) => u32::from(ENTRY_CTRL_MASKBIT),
+            (EntryBits::Defined, _) => u32::MAX,
+        }
+    }
+}
+
+/// Where a function's MSI-X capability, table and PBA are.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct MsixLayout {
+    /// Offset of the capability, or `None` for the first free gap from 0x40.
+    pub cap: Option<u8>,
+    /// Number of vectors (1 to [`MAX_VECTORS`]; clamped into that range).
+    pub entries: u16,
+    /// BAR (BIR) holding the table.
+    pub table_bar: u8,
+    /// Offset of the table in its BAR (8-byte aligned: the low 3 bits are the BIR).
+    pub table_offset: u32,
+    /// BAR (BIR) holding the PBA.
+    pub pba_bar: u8,
+    /// Offset of the PBA in its BAR (8-byte aligned).
+    pub pba_offset: u32,
+    /// Which table bits keep what software writes.
+    pub entry_bits: EntryBits,
+}
 
 /// One function's MSI-X state outside configuration space.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +103,7 @@ pub struct Msix {
     table_offset: u32,
     pba_offset: u32,
     bar_size: u32,
+    entry_bits: EntryBits,
     table: Vec<u8>,
     pba: Vec<u8>,
     /// QEMU's `msix_function_masked`, updated on writes to Message Control only.
@@ -69,11 +129,52 @@ pub enum Delivery {
     Dropped,
     /// Masked: the pending bit is set.
     Pending,
-    /// A message is sent.
+    /// A message is sent: the vector's [`Msix::message`].
     Sent(u16),
 }
 
+/// An MSI-X message: a dword memory write of `data` to `address` (PCIe Base 6.0 §6.1.4).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Message Address and Message Upper Address (0xfeex_xxxx for an x86 local APIC).
+    pub address: u64,
+    /// Message Data.
+    pub data: u32,
+}
+
 impl Msix {
+    /// QEMU's `msix_init()`: the capability at `layout.cap` (or in the first free gap) with
+    /// Table Size, Table Offset/BIR and PBA Offset/BIR set, MSI-X Enable and Function Mask
+    /// writable, and every vector masked. The BARs are the caller's to register.
+    pub fn new(cs: &mut ConfigSpace, layout: MsixLayout) -> Result<Msix, CapabilityError> {
+        let entries = layout.entries.clamp(1, MAX_VECTORS);
+        let table_len = u32::from(entries) * ENTRY_SIZE;
+        let pba_len = u32::from(entries).div_ceil(64) * 8;
+        let cap = u16::from(cs.add_capability(CAP_ID_MSIX, layout.cap, CAP_LENGTH)?);
+        cs.set_word(cap + FLAGS, entries - 1);
+        cs.set_dword(
+            cap + TABLE,
+            layout.table_offset | u32::from(layout.table_bar & 7),
+        );
+        cs.set_dword(cap + PBA, layout.pba_offset | u32::from(layout.pba_bar & 7));
+        cs.or_wmask(cap + CONTROL_BYTE, 1, (ENABLE | MASKALL).into());
+        let span = (layout.table_offset.saturating_add(table_len))
+            .max(layout.pba_offset.saturating_add(pba_len));
+        let mut m = Msix {
+            cap,
+            entries,
+            table_offset: layout.table_offset,
+            pba_offset: layout.pba_offset,
+            bar_size: span.checked_next_power_of_two().unwrap_or(0),
+            entry_bits: layout.entry_bits,
+            table: vec![0; table_len as usize],
+            pba: vec![0; pba_len as usize],
+            function_masked: true,
+        };
+        m.mask_all(cs);
+        Ok(m)
+    }
+
     /// QEMU's `msix_init_exclusive_bar()`: the capability in the first free gap, `entries`
     /// vectors in a BAR of its own (4 KiB for up to 128 vectors: table at 0, PBA at 2 KiB),
     /// every vector masked, and the BAR registered as 32-bit memory.
@@ -82,27 +183,22 @@ impl Msix {
         entries: u16,
         bar: u8,
     ) -> Result<Msix, CapabilityError> {
-        let entries = entries.clamp(1, 2048);
+        let entries = entries.clamp(1, MAX_VECTORS);
         let pba_size = u32::from(entries).div_ceil(64) * 8;
         let pba_offset = (u32::from(entries) * ENTRY_SIZE).max(2048);
         let bar_size = (pba_offset + pba_size).max(4096).next_power_of_two();
-        let cap = u16::from(cs.add_capability(CAP_ID_MSIX, None, CAP_LENGTH)?);
-        cs.set_word(cap + FLAGS, entries - 1);
-        cs.set_dword(cap + TABLE, u32::from(bar));
-        cs.set_dword(cap + PBA, pba_offset | u32::from(bar));
-        cs.or_wmask(cap + CONTROL_BYTE, 1, (ENABLE | MASKALL).into());
-        register_memory_bar32(cs, bar, bar_size);
-        let mut m = Msix {
-            cap,
+        let layout = MsixLayout {
+            cap: None,
             entries,
+            table_bar: bar,
             table_offset: 0,
+            pba_bar: bar,
             pba_offset,
-            bar_size,
-            table: vec![0; usize::from(entries) * ENTRY_SIZE as usize],
-            pba: vec![0; pba_size as usize],
-            function_masked: true,
+            entry_bits: EntryBits::All,
         };
-        m.mask_all(cs);
+        let mut m = Msix::new(cs, layout)?;
+        m.bar_size = bar_size;
+        register_memory_bar32(cs, bar, bar_size);
         Ok(m)
     }
 
@@ -111,9 +207,30 @@ impl Msix {
         self.cap
     }
 
-    /// Size of the BAR holding table and PBA.
+    /// Size of the BAR holding table and PBA: the exclusive BAR of [`Msix::init_exclusive_bar`],
+    /// or for a layout of the caller's the smallest power of two that reaches the end of both.
     pub fn bar_size(&self) -> u32 {
         self.bar_size
+    }
+
+    /// Offset of the table in its BAR.
+    pub fn table_offset(&self) -> u32 {
+        self.table_offset
+    }
+
+    /// Size of the table in bytes ([`ENTRY_SIZE`] per vector).
+    pub fn table_len(&self) -> u32 {
+        self.table.len() as u32
+    }
+
+    /// Offset of the PBA in its BAR.
+    pub fn pba_offset(&self) -> u32 {
+        self.pba_offset
+    }
+
+    /// Size of the PBA in bytes (whole qwords, PCIe Base 6.0 §7.7.2.9).
+    pub fn pba_len(&self) -> u32 {
+        self.pba.len() as u32
     }
 
     /// MSI-X Enable.
@@ -139,16 +256,64 @@ impl Msix {
         self.entries
     }
 
-    /// The message `vector` sends now (PCIe Base 6.0 §7.7.2.4: its table entry's address and
-    /// data) and whether it cannot fire (masked, or MSI-X disabled); `None` past the table.
+    /// The message `vector` sends now (PCIe Base 6.0 §7.7.2.5-§7.7.2.7: its table entry's
+    /// address and data) and whether it cannot fire (masked, or MSI-X disabled); `None` past the
+    /// table.
     pub fn route(&self, vector: u16) -> Option<(u64, u32, bool)> {
         if vector >= self.entries {
             return None;
         }
-        let entry = u64::from(vector) * u64::from(ENTRY_SIZE);
-        let address = self.bar_read(entry, 8);
-        let data = self.bar_read(entry + 8, 4) as u32;
+        let entry = u32::from(vector) * ENTRY_SIZE;
+        let address =
+            u64::from(self.table_read32(entry)) | u64::from(self.table_read32(entry + 4)) << 32;
+        let data = self.table_read32(entry + 8);
         Some((address, data, self.is_masked(vector)))
+    }
+
+    /// The table dword at byte `offset` of the table (rounded down to a dword); all ones past
+    /// the table.
+    pub fn table_read32(&self, offset: u32) -> u32 {
+        let at = (offset & !3) as usize;
+        self.table
+            .get(at..at + 4)
+            .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// Software writes the table dword at byte `offset` of the table (rounded down to a dword):
+    /// the entry's bits that keep writes ([`EntryBits`]) take `value`, and a vector this
+    /// unmasks with its pending bit set fires (QEMU's `msix_handle_mask_update()`). Writes past
+    /// the table are dropped.
+    pub fn table_write32(&mut self, cs: &ConfigSpace, offset: u32, value: u32) -> Delivery {
+        let at = (offset & !3) as usize;
+        let Ok(vector) = u16::try_from(at / ENTRY_SIZE as usize) else {
+            return Delivery::Dropped;
+        };
+        if vector >= self.entries {
+            return Delivery::Dropped;
+        }
+        let was = self.is_masked(vector);
+        let mask = self.entry_bits.mask(at);
+        if let Some(slot) = self.table.get_mut(at..at + 4) {
+            let old = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+            slot.copy_from_slice(&(old & !mask | value & mask).to_le_bytes());
+        }
+        self.handle_mask_update(cs, vector, was)
+    }
+
+    /// The PBA dword at byte `offset` of the PBA (rounded down to a dword); all ones past the
+    /// PBA. The PBA is read-only (PCIe Base 6.0 §7.7.2.9).
+    pub fn pba_read32(&self, offset: u32) -> u32 {
+        let at = (offset & !3) as usize;
+        self.pba
+            .get(at..at + 4)
+            .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The message `vector` sends now (its table entry's address and data); `None` past the
+    /// table.
+    pub fn message(&self, vector: u16) -> Option<Message> {
+        self.route(vector)
+            .map(|(address, data, _)| Message { address, data })
     }
 
     /// Is `vector` masked (by the function or by its own mask bit)?
@@ -304,7 +469,8 @@ impl Msix {
     }
 
     /// A write of `width` bytes of `value` at `offset` in the BAR: table dwords are stored
-    /// whole (QEMU keeps every bit of Vector Control), the PBA is read-only.
+    /// through [`Msix::table_write32`] (with [`EntryBits::All`], QEMU's, every bit of Vector
+    /// Control is kept), the PBA is read-only.
     pub fn bar_write(
         &mut self,
         cs: &ConfigSpace,
@@ -319,14 +485,8 @@ impl Msix {
             }
             let shift = 8 * (off + u64::from(self.table_offset) - offset);
             for dword in (0..len).step_by(4) {
-                let at = (off + dword) as usize;
-                let vector = (at / ENTRY_SIZE as usize) as u16;
-                let was = self.is_masked(vector);
                 let data = (value >> (shift + 8 * dword)) as u32;
-                if let Some(slot) = self.table.get_mut(at..at + 4) {
-                    slot.copy_from_slice(&data.to_le_bytes());
-                }
-                fired.push(self.handle_mask_update(cs, vector, was));
+                fired.push(self.table_write32(cs, (off + dword) as u32, data));
             }
         }
         fired
@@ -334,7 +494,6 @@ impl Msix {
 
     /// The dynamic state for saving.
     pub fn state(&self) -> MsixState {
-        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect();
         MsixState {
             table: hex(&self.table),
             pba: hex(&self.pba),
@@ -343,20 +502,9 @@ impl Msix {
     }
 
     /// Load state made by [`Msix::state`] of the same layout; nothing changes on error.
-    pub fn load_state(&mut self, s: &MsixState) -> Result<(), String> {
-        let unhex = |h: &str, n: usize| -> Option<Vec<u8>> {
-            if h.len() != 2 * n || !h.is_ascii() {
-                return None;
-            }
-            (0..n)
-                .map(|i| {
-                    h.get(2 * i..2 * i + 2)
-                        .and_then(|x| u8::from_str_radix(x, 16).ok())
-                })
-                .collect()
-        };
-        let table = unhex(&s.table, self.table.len()).ok_or("bad MSI-X table")?;
-        let pba = unhex(&s.pba, self.pba.len()).ok_or("bad MSI-X PBA")?;
+    pub fn load_state(&mut self, s: &MsixState) -> Result<(), StateError> {
+        let table = unhex(&s.table, self.table.len()).ok_or(StateError::MsixTable)?;
+        let pba = unhex(&s.pba, self.pba.len()).ok_or(StateError::MsixPba)?;
         self.table = table;
         self.pba = pba;
         self.function_masked = s.function_masked;
@@ -375,8 +523,8 @@ fn offset_of_region(m: &Msix, region: u8) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::config_space::PCIE_CONFIG_SPACE_SIZE;
-    use crate::pci::header::init_masks;
+    use crate::config_space::PCIE_CONFIG_SPACE_SIZE;
+    use crate::header::init_masks;
 
     fn setup() -> (ConfigSpace, Msix) {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
@@ -450,5 +598,85 @@ mod tests {
         m.reset(&mut cs);
         assert_eq!(cs.byte(0x4b), 0);
         assert_eq!(m.bar_read(0xc, 4), 1);
+    }
+
+    /// The layout of an emulator's own BAR: table and PBA beside other registers.
+    fn shared_bar() -> (ConfigSpace, Msix) {
+        let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        let layout = MsixLayout {
+            cap: Some(0x90),
+            entries: 4,
+            table_bar: 2,
+            table_offset: 0x2000,
+            pba_bar: 2,
+            pba_offset: 0x3000,
+            entry_bits: EntryBits::Defined,
+        };
+        let m = Msix::new(&mut cs, layout).unwrap();
+        (cs, m)
+    }
+
+    #[test]
+    fn a_layout_of_the_callers_is_described_in_the_capability() {
+        let (cs, m) = shared_bar();
+        assert_eq!(cs.capabilities(), vec![(CAP_ID_MSIX, 0x90)]);
+        assert_eq!(cs.word(0x92), 3, "Table Size is N - 1");
+        assert_eq!(cs.dword(0x94), 0x2002);
+        assert_eq!(cs.dword(0x98), 0x3002);
+        assert_eq!(cs.wmask(0x92, 2), 0xc000);
+        assert_eq!(cs.wmask(0x10, 4), 0, "the BARs are the caller's");
+        assert_eq!((m.table_len(), m.pba_len()), (64, 8));
+        assert_eq!(
+            (m.table_offset(), m.pba_offset(), m.bar_size()),
+            (0x2000, 0x3000, 0x4000)
+        );
+        assert_eq!(m.table_read32(12), 1, "masked after reset");
+        assert_eq!(m.table_read32(64), u32::MAX, "past the table");
+        assert_eq!(m.pba_read32(8), u32::MAX, "past the PBA");
+    }
+
+    #[test]
+    fn defined_entry_bits_drop_reserved_ones_and_pending_vectors_fire_on_unmask() {
+        let (mut cs, mut m) = shared_bar();
+        assert_eq!(m.table_write32(&cs, 16, 0xfee0_0003), Delivery::Dropped);
+        assert_eq!(
+            m.table_read32(16),
+            0xfee0_0000,
+            "Message Address[1:0] read 0"
+        );
+        m.table_write32(&cs, 24, 0x41);
+        m.table_write32(&cs, 28, 0xffff_fffe);
+        assert_eq!(
+            m.table_read32(28),
+            0,
+            "Vector Control[31:1] reads 0, unmasked"
+        );
+        assert_eq!(m.notify(&cs, 1), Delivery::Dropped, "MSI-X disabled");
+        cs.write(0x92, 2, 0xc000);
+        assert_eq!(m.write_config(&cs, 0x92, 2), (true, vec![]));
+        assert_eq!(m.notify(&cs, 1), Delivery::Pending, "Function Mask");
+        assert_eq!(m.pba_read32(0), 0b10);
+        cs.write(0x92, 2, 0x8000);
+        let (_, fired) = m.write_config(&cs, 0x92, 2);
+        assert_eq!(fired[1], Delivery::Sent(1));
+        assert_eq!(
+            m.message(1),
+            Some(Message {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        assert_eq!(m.pba_read32(0), 0);
+        m.table_write32(&cs, 28, 1);
+        assert_eq!(m.notify(&cs, 1), Delivery::Pending, "vector masked");
+        assert_eq!(m.table_write32(&cs, 28, 0), Delivery::Sent(1));
+        assert_eq!(m.notify(&cs, 4), Delivery::Dropped, "no such vector");
+        assert_eq!(m.table_write32(&cs, 64, 0), Delivery::Dropped);
+        let mut other = shared_bar().1;
+        other.load_state(&m.state()).unwrap();
+        assert_eq!(other, m);
+        let mut bad = m.state();
+        bad.pba.pop();
+        assert_eq!(other.load_state(&bad), Err(StateError::MsixPba));
     }
 }
