@@ -64,6 +64,13 @@ pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
     );
 }
 
+/// Run `f` while no nested case runs (holding the L1 lock, without booting L1): a reference
+/// QEMU under TCG beside L1 on this 2-CPU machine would slow both and skew the timings compared.
+pub fn alone<R>(f: impl FnOnce() -> R) -> R {
+    let _guard = L1.lock().unwrap_or_else(PoisonError::into_inner);
+    f()
+}
+
 /// `len` bytes at `offset` of `bdf`'s configuration space from `cfg` lines
 /// (`cfg BDF OFFSET xx xx ...`, 32 bytes a line); `None` if sysfs did not give them.
 pub fn cfg_bytes(lines: &[String], bdf: &str, offset: usize, len: usize) -> Option<Vec<u8>> {
