@@ -81,6 +81,12 @@ struct Args {
     /// `,intx` makes it INTx-only (Interrupt Pin INTA, no MSI-X).
     #[arg(long, value_name = "PORT[,intx]")]
     endpoint: Vec<pcierc_examples::vmm::EndpointSpec>,
+    /// Pass host PCI function SBDF (bound to vfio-pci) through behind root port ID (default:
+    /// the first root port with an empty slot) at D.F of the port's bus (default: device 0 and
+    /// the host function's number). Repeatable; the functions of one IOMMU group go together.
+    /// docs/passthrough.md.
+    #[arg(long, value_name = "SBDF[,port=ID][,addr=D.F]")]
+    vfio: Vec<pcierc_examples::vmm::vfio::VfioSpec>,
 }
 
 /// `--mem`: a size as QEMU's `-m` takes it (`qemu_strtosz_MiB`): a plain number is MiB; a
@@ -189,6 +195,7 @@ fn main() {
         config_snapshot: !args.no_config_snapshot,
         acpi: !args.no_acpi,
         endpoints: args.endpoint,
+        vfio: args.vfio,
         reboot: !args.no_reboot,
     };
     match vmm::run(&config) {

@@ -17,6 +17,7 @@ use pcierc_protocol::{
 };
 
 use super::endpoint::{self, Effects, Endpoint};
+use super::vfio::{function::Changes, Assigned};
 
 /// A root port as a configuration request names it: (segment, bus, devfn).
 pub type PortAddress = (u16, u8, u8);
@@ -28,6 +29,16 @@ pub struct WriteOutcome {
     pub effects: Effects,
     /// The root port above the endpoint (its messages go upstream through it).
     pub port: Option<PortAddress>,
+    /// For a passed-through function: its index and what its interrupts need.
+    pub assigned: Option<(u32, Changes)>,
+}
+
+/// A function this VMM serves.
+pub enum Model {
+    /// The VMM's test endpoint.
+    Emulated(Endpoint),
+    /// A host function passed through (`--vfio`).
+    Assigned(Box<Assigned>),
 }
 
 /// One endpoint and where pcierc says it is.
@@ -35,7 +46,7 @@ pub struct OwnedEndpoint {
     /// Its id in pcierc's hierarchy.
     pub id: String,
     /// The device model.
-    pub model: Endpoint,
+    pub model: Model,
     /// Its record in the latest topology (bus, devfn, present, parent).
     pub record: FunctionRecord,
     /// The root port above it, if behind one.
@@ -45,13 +56,33 @@ pub struct OwnedEndpoint {
 }
 
 impl OwnedEndpoint {
-    /// The offset of `addr` in BAR0 if a memory request to it reaches this endpoint: BAR0
-    /// decodes it and, behind a root port, one of the port's memory windows holds it.
-    pub fn bar0_offset(&self, addr: u64) -> Option<u64> {
-        let (base, size) = self.model.bar0()?;
+    /// The BAR and offset in it that a memory request to `addr` reaches: a memory BAR decodes
+    /// it and, behind a root port, one of the port's memory windows holds it.
+    pub fn bar_offset(&self, addr: u64) -> Option<(u8, u64)> {
         let inside = |&(b, s): &(u64, u64)| addr >= b && addr - b < s;
-        (inside(&(base, size)) && (self.port.is_none() || self.windows.iter().any(inside)))
-            .then_some(addr - base)
+        if self.port.is_some() && !self.windows.iter().any(inside) {
+            return None;
+        }
+        match &self.model {
+            Model::Emulated(e) => {
+                let (base, size) = e.bar0()?;
+                inside(&(base, size)).then_some((0, addr - base))
+            }
+            Model::Assigned(a) => a
+                .view
+                .decoded()
+                .into_iter()
+                .find(|(bar, base)| !bar.io && inside(&(*base, bar.size)))
+                .map(|(bar, base)| (bar.index, addr - base)),
+        }
+    }
+
+    /// The test endpoint's model, if this is one.
+    pub fn emulated(&self) -> Option<&Endpoint> {
+        match &self.model {
+            Model::Emulated(e) => Some(e),
+            Model::Assigned(_) => None,
+        }
     }
 
     /// "BB:DD.F" where it is now.
@@ -90,6 +121,9 @@ pub struct OwnDevices {
     devices: BTreeMap<String, OwnedEndpoint>,
     /// How endpoints with these ids signal (absent: MSI-X).
     interrupts: BTreeMap<String, endpoint::Interrupts>,
+    /// Passed-through functions opened at start, by function id, waiting for their
+    /// `FunctionAdded` (and again after their `FunctionRemoved`).
+    assigned: BTreeMap<String, Box<Assigned>>,
     /// Counters.
     pub stats: DeviceStats,
 }
@@ -102,6 +136,7 @@ impl OwnDevices {
             topology,
             devices: BTreeMap::new(),
             interrupts: BTreeMap::new(),
+            assigned: BTreeMap::new(),
             stats: DeviceStats::default(),
         }
     }
@@ -111,9 +146,20 @@ impl OwnDevices {
         self.interrupts.insert(id.to_owned(), interrupts);
     }
 
-    fn model(&self, id: &str) -> Endpoint {
+    /// A passed-through function, served once pcierc adds it under its id.
+    pub fn add_assigned(&mut self, a: Assigned) {
+        self.assigned.insert(a.id(), Box::new(a));
+    }
+
+    fn model(&mut self, id: &str) -> Model {
+        if let Some(a) = self.assigned.remove(id) {
+            return Model::Assigned(a);
+        }
         let interrupts = self.interrupts.get(id).copied().unwrap_or_default();
-        Endpoint::with_interrupts(endpoint::serial_number(id), interrupts)
+        Model::Emulated(Endpoint::with_interrupts(
+            endpoint::serial_number(id),
+            interrupts,
+        ))
     }
 
     fn mine(&self, r: &FunctionRecord) -> bool {
@@ -142,8 +188,9 @@ impl OwnDevices {
         if !self.mine(record) || self.devices.contains_key(&id) {
             return None;
         }
+        let model = self.model(&id);
         let mut ep = OwnedEndpoint {
-            model: self.model(&id),
+            model,
             id: id.clone(),
             record: *record,
             port: None,
@@ -157,27 +204,57 @@ impl OwnDevices {
 
     /// A platform reset: every endpoint back to its power-on state (the cards stay in their
     /// slots, as QEMU's system reset keeps its devices).
-    pub fn reset(&mut self) {
-        for ep in self.devices.values_mut() {
-            ep.model =
-                Endpoint::with_interrupts(endpoint::serial_number(&ep.id), ep.model.interrupts());
+    /// Passed-through functions' changes (routes to drop, MSI-X to disable) for the caller.
+    pub fn reset(&mut self) -> Vec<(u32, Changes)> {
+        self.devices
+            .values_mut()
+            .filter_map(|ep| Self::reset_model(&ep.id, &mut ep.model))
+            .collect()
+    }
+
+    fn reset_model(id: &str, model: &mut Model) -> Option<(u32, Changes)> {
+        match model {
+            Model::Emulated(e) => {
+                *e = Endpoint::with_interrupts(endpoint::serial_number(id), e.interrupts());
+                None
+            }
+            Model::Assigned(a) => {
+                // VFIO_DEVICE_RESET (FLR, PM or bus reset as the host kernel can), then the
+                // guest's view back to its reset state.
+                a.view.io().reset();
+                Some((a.index, a.view.reset()))
+            }
         }
     }
 
     /// `FunctionReset`: the endpoint `record` names back to its power-on state (the guest reset
-    /// the bus below its port or powered its slot off); its id, or `None` if not served here.
-    pub fn reset_function(&mut self, record: &FunctionRecord) -> Option<&str> {
+    /// the bus below its port or powered its slot off): its id, and for a passed-through
+    /// function what its interrupts need; `None` if not served here.
+    pub fn reset_function(
+        &mut self,
+        record: &FunctionRecord,
+    ) -> Option<(String, Option<(u32, Changes)>)> {
         let ep = self.devices.get_mut(decode_name(&record.id)?)?;
-        ep.model =
-            Endpoint::with_interrupts(endpoint::serial_number(&ep.id), ep.model.interrupts());
-        Some(&ep.id)
+        let changes = Self::reset_model(&ep.id, &mut ep.model);
+        Some((ep.id.clone(), changes))
     }
 
-    /// `FunctionRemoved`: drop the model; it is returned.
-    pub fn remove(&mut self, record: &FunctionRecord) -> Option<OwnedEndpoint> {
+    /// `FunctionRemoved`: drop the model (a passed-through function waits to be added again);
+    /// its id, and for a passed-through function its index (its vectors are to be dropped).
+    pub fn remove(&mut self, record: &FunctionRecord) -> Option<(String, Option<u32>)> {
         let ep = self.devices.remove(decode_name(&record.id)?)?;
         self.stats.removed += 1;
-        Some(ep)
+        let index = match ep.model {
+            Model::Emulated(_) => None,
+            Model::Assigned(mut a) => {
+                let index = a.index;
+                a.view.io().reset();
+                a.view.reset();
+                self.assigned.insert(ep.id.clone(), a);
+                Some(index)
+            }
+        };
+        Some((ep.id, index))
     }
 
     /// `LayoutChanged`: bus numbers, presence and windows as they are now.
@@ -242,10 +319,10 @@ impl OwnDevices {
         offset: u16,
         width: u8,
     ) -> Option<u32> {
-        let v = self
-            .at(segment, bus, devfn)?
-            .model
-            .config_read(offset, width);
+        let v = match &self.at(segment, bus, devfn)?.model {
+            Model::Emulated(e) => e.config_read(offset, width),
+            Model::Assigned(a) => a.view.config_read(offset, width),
+        };
         self.stats.config_accesses += 1;
         Some(v)
     }
@@ -261,31 +338,51 @@ impl OwnDevices {
         value: u32,
     ) -> Option<WriteOutcome> {
         let ep = self.at(segment, bus, devfn)?;
-        let fx = ep.model.config_write(offset, width, value);
-        if fx.bars_changed {
-            log::info!(
-                "endpoint {} ({}): BAR0 {:x?}",
-                ep.id,
-                ep.bdf(),
-                ep.model.bar0()
-            );
-        }
         let port = ep.port;
+        let outcome = match &mut ep.model {
+            Model::Emulated(e) => WriteOutcome {
+                effects: e.config_write(offset, width, value),
+                port,
+                assigned: None,
+            },
+            Model::Assigned(a) => WriteOutcome {
+                effects: Effects::default(),
+                port,
+                assigned: Some((a.index, a.view.config_write(offset, width, value))),
+            },
+        };
+        let bars =
+            outcome.effects.bars_changed || outcome.assigned.as_ref().is_some_and(|(_, c)| c.bars);
+        if bars {
+            let now = match &ep.model {
+                Model::Emulated(e) => format!("BAR0 {:x?}", e.bar0()),
+                Model::Assigned(a) => format!("BARs {:x?}", a.view.decoded()),
+            };
+            log::info!("endpoint {} ({}): {now}", ep.id, ep.bdf());
+        }
         self.stats.config_accesses += 1;
-        Some(WriteOutcome { effects: fx, port })
+        Some(outcome)
     }
 
-    /// The endpoint a memory request to `addr` reaches, and the offset in its BAR0.
-    fn bar_at(&mut self, addr: u64) -> Option<(&mut OwnedEndpoint, u64)> {
+    /// The endpoint a memory request to `addr` reaches, its BAR and the offset in it.
+    fn bar_at(&mut self, addr: u64) -> Option<(&mut OwnedEndpoint, u8, u64)> {
         self.devices
             .values_mut()
-            .find_map(|ep| ep.bar0_offset(addr).map(|offset| (ep, offset)))
+            .find_map(|ep| ep.bar_offset(addr).map(|(bar, offset)| (ep, bar, offset)))
     }
 
     /// An MMIO read in one of this VMM's endpoints' BARs; `None` if none decodes it.
     pub fn mmio_read(&mut self, addr: u64, width: u8) -> Option<u64> {
-        let (ep, offset) = self.bar_at(addr)?;
-        let v = ep.model.bar_read(0, offset, width);
+        let (ep, bar, offset) = self.bar_at(addr)?;
+        let v = match &ep.model {
+            Model::Emulated(e) => e.bar_read(bar, offset, width),
+            Model::Assigned(a) => {
+                let mut buf = [0u8; 8];
+                let n = usize::from(width.min(8));
+                a.view.bar_read(bar, offset, &mut buf[..n]);
+                u64::from_le_bytes(buf)
+            }
+        };
         self.stats.bar_accesses += 1;
         Some(v)
     }
@@ -293,11 +390,55 @@ impl OwnDevices {
     /// An MMIO write in one of this VMM's endpoints' BARs: its effects and the root port above
     /// the endpoint; `None` if none decodes it.
     pub fn mmio_write(&mut self, addr: u64, width: u8, value: u64) -> Option<WriteOutcome> {
-        let (ep, offset) = self.bar_at(addr)?;
-        let fx = ep.model.bar_write(0, offset, width, value);
+        let (ep, bar, offset) = self.bar_at(addr)?;
         let port = ep.port;
+        let outcome = match &mut ep.model {
+            Model::Emulated(e) => WriteOutcome {
+                effects: e.bar_write(bar, offset, width, value),
+                port,
+                assigned: None,
+            },
+            Model::Assigned(a) => {
+                let n = usize::from(width.min(8));
+                let changes = a.view.bar_write(bar, offset, &value.to_le_bytes()[..n]);
+                WriteOutcome {
+                    effects: Effects::default(),
+                    port,
+                    assigned: Some((a.index, changes)),
+                }
+            }
+        };
         self.stats.bar_accesses += 1;
-        Some(WriteOutcome { effects: fx, port })
+        Some(outcome)
+    }
+
+    /// The passed-through function whose MSI-X PBA a memory read of `addr` reaches: its index
+    /// and number of vectors.
+    pub fn assigned_pba_at(&mut self, addr: u64) -> Option<(u32, u16)> {
+        let (ep, bar, offset) = self.bar_at(addr)?;
+        let Model::Assigned(a) = &ep.model else {
+            return None;
+        };
+        let place = a.view.msix_place()?;
+        let pba_len = u64::from(place.vectors).div_ceil(64) * 8;
+        (place.pba.0 == bar && offset >= place.pba.1 && offset < place.pba.1 + pba_len)
+            .then_some((a.index, place.vectors))
+    }
+
+    /// The passed-through function with index `index`, served or waiting.
+    pub fn assigned_mut(&mut self, index: u32) -> Option<&mut Assigned> {
+        let served = self
+            .devices
+            .values_mut()
+            .find_map(|ep| match &mut ep.model {
+                Model::Assigned(a) if a.index == index => Some(a),
+                _ => None,
+            });
+        match served {
+            Some(a) => Some(a),
+            None => self.assigned.values_mut().find(|a| a.index == index),
+        }
+        .map(|a| &mut **a)
     }
 
     /// The segment of pcierc's hierarchy (its host bridge's), which configuration mechanism #1
@@ -399,7 +540,7 @@ mod tests {
 
         // FunctionReset: the model is back to its power-on state (BAR0 and decode cleared).
         let rec = record("ep-rp1", "vmm", FunctionKind::Endpoint, 5, 0, 1);
-        assert_eq!(d.reset_function(&rec), Some("ep-rp1"));
+        assert_eq!(d.reset_function(&rec), Some(("ep-rp1".into(), None)));
         assert_eq!(
             d.mmio_read(0xc020_0000, 4),
             None,
@@ -412,7 +553,7 @@ mod tests {
         );
         let other = record("gpu0", "gpu-dm", FunctionKind::Endpoint, 2, 0, 1);
         assert_eq!(d.reset_function(&other), None, "not served here");
-        assert!(d.remove(&rec).is_some());
+        assert_eq!(d.remove(&rec), Some(("ep-rp1".into(), None)));
         assert!(d.is_empty());
         assert_eq!(d.config_read(0, 5, 0, 0, 4), None);
         assert_eq!(

@@ -3,13 +3,18 @@
 //! it) and the interrupt messages the endpoints send, delivered as a root port forwards them.
 //! BAR accesses are decoded in [`Machine::mmio_read`] and [`Machine::mmio_write`].
 
+use std::sync::PoisonError;
+
+use pcierc_config_space::Message;
 use pcierc_protocol::MsiMessage;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::devices::PortAddress;
 use super::endpoint::Effects;
 use super::irq;
 use super::machine::Machine;
 use super::pcie::{ConfigAddress, CONFIG_DATA_PORT};
+use super::vfio::{function::Changes, VfioError};
 use super::Error;
 
 /// The local APIC's MSI address range (Intel SDM Vol. 3A §11.11.1).
@@ -98,7 +103,11 @@ impl Machine {
                 .devices()
                 .config_write(f.segment, f.bus, f.devfn, f.offset, width, value);
             if let Some(o) = r {
-                return self.deliver(o.effects, o.port);
+                self.deliver(o.effects, o.port)?;
+                if let Some((index, changes)) = o.assigned {
+                    self.apply_assigned(index, changes)?;
+                }
+                return Ok(());
             }
             if attempt == 0 {
                 self.drain_notifications()?;
@@ -141,6 +150,104 @@ impl Machine {
             // Bridge 1.2 §9.1: pin (device + pin) mod 4) and the port forwards it upstream.
             self.endpoint_intx((segment, bus, devfn), level)?;
         }
+        Ok(())
+    }
+
+    /// Apply what a guest access to passed-through function `index` changed: MSI-X enabled or
+    /// disabled in the host driver (one eventfd per vector, `VFIO_DEVICE_SET_IRQS`), each
+    /// vector's irqfd attached with the guest's message or detached while masked (a vector that
+    /// fired while detached is delivered as it is attached: it was pending), and pending messages
+    /// the unmasking released.
+    pub(super) fn apply_assigned(&self, index: u32, changes: Changes) -> Result<(), Error> {
+        if let Some(on) = changes.msix_enabled {
+            let vectors = self
+                .devices()
+                .assigned_mut(index)
+                .and_then(|a| a.view.msix_place())
+                .map_or(0, |p| p.vectors);
+            let fds = if on {
+                let mut irq = self.irq.lock().unwrap_or_else(PoisonError::into_inner);
+                (0..vectors)
+                    .map(|v| {
+                        irq.device_vector((index, v))?
+                            .try_clone()
+                            .map_err(|source| Error::Io {
+                                what: "eventfd".into(),
+                                source,
+                            })
+                    })
+                    .collect::<Result<Vec<EventFd>, Error>>()?
+            } else {
+                Vec::new()
+            };
+            let mut devices = self.devices();
+            if let Some(a) = devices.assigned_mut(index) {
+                let sbdf = a.host.sbdf;
+                let r = if on {
+                    a.view.io().enable_msix(fds.iter().collect())
+                } else {
+                    a.view.io().disable_msix()
+                };
+                r.map_err(|source| VfioError::Vfio {
+                    sbdf,
+                    what: if on {
+                        "enabling MSI-X (VFIO_DEVICE_SET_IRQS)"
+                    } else {
+                        "disabling MSI-X (VFIO_DEVICE_SET_IRQS)"
+                    },
+                    source,
+                })?;
+                log::info!(
+                    "{sbdf}: MSI-X {} ({vectors} vectors)",
+                    if on { "enabled" } else { "disabled" }
+                );
+            }
+        }
+        for (v, route) in changes.routes {
+            let mut irq = self.irq.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(m) = route {
+                if irq.take_fired((index, v)) {
+                    self.send_message(m)?;
+                }
+            }
+            irq.route_device_vector(&self.vm, (index, v), route.map(|m| (m.address, m.data)))?;
+        }
+        for (_, m) in changes.send {
+            self.send_message(m)?;
+        }
+        Ok(())
+    }
+
+    /// A read of a passed-through function's PBA: first learn which detached (masked) vectors
+    /// fired since, so their pending bits are right.
+    pub(super) fn poll_assigned_pba(&self, addr: u64) -> Result<(), Error> {
+        let Some((index, vectors)) = self.devices().assigned_pba_at(addr) else {
+            return Ok(());
+        };
+        let fired: Vec<u16> = {
+            let irq = self.irq.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..vectors)
+                .filter(|&v| irq.take_fired((index, v)))
+                .collect()
+        };
+        let mut send = Vec::new();
+        if let Some(a) = self.devices().assigned_mut(index) {
+            send.extend(fired.into_iter().filter_map(|v| a.view.vector_fired(v)));
+        }
+        for m in send {
+            self.send_message(m)?;
+        }
+        Ok(())
+    }
+
+    fn send_message(&self, m: Message) -> Result<(), Error> {
+        let msg = MsiMessage {
+            address: m.address,
+            data: m.data,
+            ..Default::default()
+        };
+        irq::signal_msi(&self.vm, &msg)?;
+        self.devices().stats.messages += 1;
         Ok(())
     }
 }

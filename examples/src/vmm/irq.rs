@@ -5,6 +5,11 @@
 //! cascade, GSI 0-23 to the IOAPIC with IRQ 0 on pin 2) plus one MSI route per vector pcierc
 //! delivers through an eventfd, updated from `MsiRoute` notifications. pcierc writes the eventfd;
 //! KVM injects the message: no VMM thread and no socket message sits on the interrupt path.
+//!
+//! Device vectors ([`DeviceVector`]) are the same path for a passed-through function's MSI-X
+//! vectors: the host kernel's VFIO driver writes the eventfd. The VMM emulates their mask bits,
+//! so a device vector's irqfd is attached only while the vector may fire; while it is masked the
+//! eventfd keeps counting, and the VMM reads it to learn the vector is pending.
 
 use std::collections::BTreeMap;
 
@@ -44,9 +49,21 @@ struct MsiVector {
     route: Option<MsiRoute>,
 }
 
+/// A passed-through function's MSI-X vector: the function's index among the VMM's
+/// passed-through functions, and the vector.
+pub type DeviceVector = (u32, u16);
+
+/// A device vector: its GSI and eventfd, attached to KVM while it has a route.
+struct DeviceMsi {
+    gsi: u32,
+    eventfd: EventFd,
+    route: Option<(u64, u32)>,
+}
+
 /// The GSI routing table and the irqfds behind it.
 pub struct IrqRouting {
     vectors: BTreeMap<VectorId, MsiVector>,
+    devices: BTreeMap<DeviceVector, DeviceMsi>,
     next_gsi: u32,
 }
 
@@ -102,6 +119,7 @@ impl Default for IrqRouting {
     fn default() -> Self {
         IrqRouting {
             vectors: BTreeMap::new(),
+            devices: BTreeMap::new(),
             next_gsi: IOAPIC_PINS,
         }
     }
@@ -116,6 +134,11 @@ impl IrqRouting {
                 .as_ref()
                 .map(|r| msi_entry(v.gsi, r.address, r.data))
         }));
+        entries.extend(
+            self.devices
+                .values()
+                .filter_map(|v| v.route.map(|(a, d)| msi_entry(v.gsi, a, d))),
+        );
         KvmIrqRouting::from_entries(&entries)
             .map_err(|e| Error::Config(format!("GSI routing table: {e:?}")))
     }
@@ -177,6 +200,95 @@ impl IrqRouting {
     /// The GSI of a registered vector.
     pub fn gsi(&self, id: &VectorId) -> Option<u32> {
         self.vectors.get(id).map(|v| v.gsi)
+    }
+
+    /// The eventfd of device vector `id` (made, with a GSI, on first use; not attached to KVM
+    /// until it has a route), for the host driver to signal.
+    pub fn device_vector(&mut self, id: DeviceVector) -> Result<&EventFd, Error> {
+        if !self.devices.contains_key(&id) {
+            let eventfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Error::Io {
+                what: "eventfd".into(),
+                source: e,
+            })?;
+            let gsi = self.next_gsi;
+            self.next_gsi += 1;
+            self.devices.insert(
+                id,
+                DeviceMsi {
+                    gsi,
+                    eventfd,
+                    route: None,
+                },
+            );
+        }
+        self.devices
+            .get(&id)
+            .map(|v| &v.eventfd)
+            .ok_or_else(|| Error::Config("device vector vanished".into()))
+    }
+
+    /// Route device vector `id` to `message` (attaching its irqfd), or detach it (`None`: it is
+    /// masked; its eventfd keeps counting for [`IrqRouting::take_fired`]).
+    pub fn route_device_vector(
+        &mut self,
+        vm: &VmFd,
+        id: DeviceVector,
+        message: Option<(u64, u32)>,
+    ) -> Result<(), Error> {
+        self.device_vector(id)?;
+        let Some(v) = self.devices.get_mut(&id) else {
+            return Ok(());
+        };
+        let kvm = |what: &'static str| move |source| Error::Kvm { what, source };
+        match (v.route, message) {
+            (old, new) if old == new => return Ok(()),
+            (None, Some(_)) => {
+                v.route = message;
+                let (gsi, fd) = (
+                    v.gsi,
+                    v.eventfd.try_clone().map_err(|e| Error::Io {
+                        what: "eventfd".into(),
+                        source: e,
+                    })?,
+                );
+                self.apply(vm)?;
+                vm.register_irqfd(&fd, gsi).map_err(kvm("KVM_IRQFD"))?;
+            }
+            (Some(_), None) => {
+                vm.unregister_irqfd(&v.eventfd, v.gsi)
+                    .map_err(kvm("KVM_IRQFD (deassign)"))?;
+                v.route = None;
+                self.apply(vm)?;
+            }
+            (Some(_), Some(_)) => {
+                v.route = message;
+                self.apply(vm)?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// Did detached device vector `id` fire since the last call? (Reads its eventfd.)
+    pub fn take_fired(&self, id: DeviceVector) -> bool {
+        self.devices
+            .get(&id)
+            .is_some_and(|v| v.route.is_none() && v.eventfd.read().is_ok_and(|n| n > 0))
+    }
+
+    /// Forget every device vector of function `index` (its irqfds detached).
+    pub fn remove_device(&mut self, vm: &VmFd, index: u32) -> Result<(), Error> {
+        let ids: Vec<DeviceVector> = self
+            .devices
+            .keys()
+            .filter(|(i, _)| *i == index)
+            .copied()
+            .collect();
+        for id in ids {
+            self.route_device_vector(vm, id, None)?;
+            self.devices.remove(&id);
+        }
+        Ok(())
     }
 }
 

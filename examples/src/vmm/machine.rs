@@ -517,6 +517,7 @@ impl Machine {
                 Forwarded::NotMine(_) => {}
             }
         }
+        self.poll_assigned_pba(addr)?;
         if let Some(v) = self.devices().mmio_read(addr, width) {
             fill(data, v);
             self.stats.record(ExitKind::EndpointBar, start);
@@ -554,6 +555,9 @@ impl Machine {
         let outcome = self.devices().mmio_write(addr, width, value);
         if let Some(o) = outcome {
             self.deliver(o.effects, o.port)?;
+            if let Some((index, changes)) = o.assigned {
+                self.apply_assigned(index, changes)?;
+            }
             self.stats.record(ExitKind::EndpointBar, start);
             return Ok(());
         }
@@ -615,19 +619,37 @@ impl Machine {
             }
             // A platform reset is the VMM's own `Reset`: `reset_platform` resets every endpoint.
             Notification::FunctionReset(r) if r.reason() == Some(ResetReason::PlatformReset) => {}
-            Notification::FunctionReset(r) => match self.devices().reset_function(&r.function) {
-                Some(id) => log::info!("endpoint {id} reset ({:?})", r.reason()),
-                None => log::warn!("FunctionReset for a function not served here: {r:?}"),
-            },
+            Notification::FunctionReset(r) => {
+                let reset = self.devices().reset_function(&r.function);
+                match reset {
+                    Some((id, assigned)) => {
+                        log::info!("endpoint {id} reset ({:?})", r.reason());
+                        if let Some((index, changes)) = assigned {
+                            self.apply_assigned(index, changes)?;
+                        }
+                    }
+                    None => log::warn!("FunctionReset for a function not served here: {r:?}"),
+                }
+            }
             Notification::FunctionRemoved(f) => {
                 let mut devices = self.devices();
                 match devices.remove(&f) {
-                    Some(ep) => log::info!(
-                        "endpoint {} removed from {}; {} served",
-                        ep.id,
-                        ep.bdf(),
-                        devices.len()
-                    ),
+                    Some((id, assigned)) => {
+                        log::info!(
+                            "endpoint {id} removed from {:02x}:{:02x}.{}; {} served",
+                            f.bus,
+                            f.devfn >> 3,
+                            f.devfn & 7,
+                            devices.len()
+                        );
+                        drop(devices);
+                        if let Some(index) = assigned {
+                            self.irq
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .remove_device(&self.vm, index)?;
+                        }
+                    }
                     None => log::warn!("FunctionRemoved for a function not served here: {f:?}"),
                 }
             }

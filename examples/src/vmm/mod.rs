@@ -32,6 +32,7 @@ pub mod pcie;
 pub mod power_on;
 pub mod session;
 pub mod vcpu;
+pub mod vfio;
 pub mod wiring;
 
 use std::os::fd::RawFd;
@@ -53,6 +54,9 @@ use self::pcie::PcieLink;
 /// Why the VMM could not start or the guest could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A function could not be passed through (`--vfio`).
+    #[error(transparent)]
+    Vfio(#[from] vfio::VfioError),
     /// A KVM ioctl failed.
     #[error("KVM {what}: {source}")]
     Kvm {
@@ -173,6 +177,9 @@ pub struct Config {
     /// The endpoints the VMM cold-plugs, one behind each root port named, before the
     /// guest runs (`ClaimFunction` with `COLDPLUG`; the endpoint's id is [`endpoint_id`]).
     pub endpoints: Vec<EndpointSpec>,
+    /// Host PCI functions passed through (`--vfio`), claimed behind their root ports before the
+    /// guest runs.
+    pub vfio: Vec<vfio::VfioSpec>,
 }
 
 /// `--endpoint PORT[,intx]`: the VMM's endpoint behind root port `port`.
@@ -404,6 +411,20 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     for e in &config.endpoints {
         wiring::claim_endpoint(&machine, &config.name, &e.port, &topology)?;
     }
+    // Kept open until the VMM exits: the container holds the groups and the DMA mappings.
+    let _vfio = if config.vfio.is_empty() {
+        None
+    } else {
+        let (container, assigned) = vfio::open_all(
+            &machine.vm,
+            &machine.mem,
+            &config.vfio,
+            std::path::Path::new("/sys"),
+        )?;
+        let taken: Vec<&str> = config.endpoints.iter().map(|e| e.port.as_str()).collect();
+        wiring::claim_assigned(&machine, assigned, &taken, &machine.pcie.topology()?)?;
+        Some(container)
+    };
     machine.drain_notifications()?;
     let entry = load_images(&machine, config, &kernel, initrd.as_deref())?;
 

@@ -205,7 +205,10 @@ pub fn reset_platform(machine: &Machine, acpi: bool) -> Result<(), Error> {
     if acpi {
         wiring::enable_ecam(&machine.pcie)?;
     }
-    machine.devices().reset();
+    let assigned = machine.devices().reset();
+    for (index, changes) in assigned {
+        machine.apply_assigned(index, changes)?;
+    }
     machine.drain_notifications()?;
     machine.lower_intx()
 }

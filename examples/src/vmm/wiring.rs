@@ -9,6 +9,7 @@ use pcierc_protocol::{decode_name, function_flags, FunctionKind, Status, Topolog
 
 use super::machine::Machine;
 use super::pcie::{self, PcieLink};
+use super::vfio::Assigned;
 use super::{endpoint, endpoint_id, irq, layout, Error};
 
 /// Firmware's part: enable ECAM through the MCH's PCIEXBAR (Q35: 00:00.0 offset 0x60, base |
@@ -74,6 +75,96 @@ pub fn claim_endpoint(
             source,
         }),
     }
+}
+
+/// `--vfio`: claim each passed-through function behind its root port (`spec.port`, else the
+/// first root port with an empty slot and not in `taken`; the functions of one host device
+/// share a port) at `spec.addr` (else device 0 and the host function's number), cold-plugged,
+/// function 0 first and with the multi-function flag when it has siblings there; the models
+/// wait in the VMM's devices for their `FunctionAdded`.
+pub fn claim_assigned(
+    machine: &Machine,
+    assigned: Vec<Assigned>,
+    taken: &[&str],
+    topology: &Topology,
+) -> Result<(), Error> {
+    let ports: Vec<String> = topology
+        .functions
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind == FunctionKind::RootPort as u8)
+        .filter(|(i, _)| {
+            // An empty slot: no function has this port as its parent.
+            !topology
+                .functions
+                .iter()
+                .any(|c| usize::from(c.parent) == *i && c.parent != NO_PARENT)
+        })
+        .filter_map(|(_, f)| decode_name(&f.id).map(str::to_owned))
+        .collect();
+    let mut used: Vec<String> = taken.iter().map(|s| s.to_string()).collect();
+    // (port, devfn, function) for each, in claim order: function 0 of each slot first.
+    let mut plan = Vec::new();
+    for a in &assigned {
+        let sibling_port = plan
+            .iter()
+            .find_map(|(p, _, other): &(String, u8, &Assigned)| {
+                let (x, y) = (other.host.sbdf, a.host.sbdf);
+                ((x.segment, x.bus, x.device) == (y.segment, y.bus, y.device)).then(|| p.clone())
+            });
+        let port = match (&a.spec.port, sibling_port) {
+            (Some(p), _) => p.clone(),
+            (None, Some(p)) => p,
+            (None, None) => ports
+                .iter()
+                .find(|p| !used.contains(p))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{}: no root port with an empty slot left (give port=ID)",
+                        a.host.sbdf
+                    ))
+                })?,
+        };
+        used.push(port.clone());
+        let (d, f) = a.spec.addr.unwrap_or((0, a.host.sbdf.function));
+        plan.push((port, d << 3 | f, a));
+    }
+    plan.sort_by_key(|(port, devfn, _)| (port.clone(), *devfn));
+    let claims: Vec<(String, u8, bool, String)> = plan
+        .iter()
+        .map(|(port, devfn, a)| {
+            let siblings = plan
+                .iter()
+                .filter(|(p, d, _)| p == port && d >> 3 == devfn >> 3)
+                .count();
+            (
+                port.clone(),
+                *devfn,
+                *devfn & 7 == 0 && siblings > 1,
+                a.id(),
+            )
+        })
+        .collect();
+    for a in assigned {
+        machine.devices().add_assigned(a);
+    }
+    for (port, devfn, multifunction, id) in claims {
+        machine
+            .pcie
+            .frontend()
+            .claim_function(&port, &id, "vfio-pci", devfn, true, multifunction)
+            .map_err(|source| Error::Backend {
+                what: format!("ClaimFunction {id} behind {port}"),
+                source,
+            })?;
+        log::info!(
+            "claimed {id} behind {port} at device {:02x}.{}",
+            devfn >> 3,
+            devfn & 7
+        );
+    }
+    Ok(())
 }
 
 /// One irqfd per MSI-X vector of each root port pcierc emulates on the root bus (pcierc
