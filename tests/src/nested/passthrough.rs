@@ -112,7 +112,7 @@ pub fn qemu_args(devices: &[PassthroughDevice]) -> Vec<String> {
     args
 }
 
-/// L1's kernel parameters for `devices`: the IOMMU on, and the root ports whose functions
+/// L1's kernel parameters for `devices`: the IOMMU on, no timer check, and the root ports whose functions
 /// `tests/nested/l1-init` binds to vfio-pci (`nested_vfio=PORT,PORT`). Empty when there is
 /// nothing to pass through.
 pub fn l1_cmdline(devices: &[PassthroughDevice]) -> String {
@@ -120,7 +120,13 @@ pub fn l1_cmdline(devices: &[PassthroughDevice]) -> String {
         return String::new();
     }
     let ports: Vec<String> = (0..devices.len()).map(l1_port).collect();
-    format!("intel_iommu=on nested_vfio={}", ports.join(","))
+    // no_timer_check: with interrupt remapping, Linux panics when its early check that the
+    // timer ticks through the IO-APIC fails ("timer doesn't work through Interrupt-remapped
+    // IO-APIC"), and under TCG on a loaded host the check's busy-wait is too short (seen here).
+    format!(
+        "intel_iommu=on no_timer_check nested_vfio={}",
+        ports.join(",")
+    )
 }
 
 /// A function L1 bound to vfio-pci, ready for the VMM's `--vfio`.
@@ -311,7 +317,7 @@ mod tests {
         assert!(a.ends_with("e1000e,id=mf1,netdev=mf1-net,bus=pt-rp1,addr=0.1"));
         assert_eq!(
             l1_cmdline(&d),
-            "intel_iommu=on nested_vfio=0000:00:10.0,0000:00:11.0"
+            "intel_iommu=on no_timer_check nested_vfio=0000:00:10.0,0000:00:11.0"
         );
         assert!(qemu_args(&[]).is_empty() && l1_cmdline(&[]).is_empty());
     }
