@@ -7,12 +7,17 @@
 #[allow(dead_code)] // the probe's parsers are for the other nested cases
 mod nested_support;
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nested_support::{expect, on_l1, on_l1_with, T};
 use pcierc_tests::nested::passthrough::PassthroughDevice;
 use pcierc_tests::nested::{passthrough_tools, NestedOptions, ProbeVm};
 use serde_json::{json, Value};
+
+/// One machine at a time, so the boot times compare (with 2 cores, a probe VM booting beside
+/// L1 doubles L1's boot time).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// An e1000e alone in its slot and a two-function device in another.
 fn options() -> NestedOptions {
@@ -39,6 +44,7 @@ fn pci_functions(v: &Value, out: &mut Vec<Value>) {
 
 #[test]
 fn l1_binds_the_passthrough_devices_to_vfio_pci() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     on_l1_with("passthrough: L1 binds to vfio-pci", &options(), |n, _| {
         report!(
             "nested: L1 with passthrough (intel-iommu, 3 e1000e functions) up in {:.1} s",
@@ -229,6 +235,7 @@ fn device_status(sbdf: &str) -> String {
 /// L1 booted without passthrough, for the boot time's comparison.
 #[test]
 fn l1_boot_time_without_passthrough() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     on_l1("L1 without passthrough (boot time reference)", |n, _| {
         report!(
             "nested: L1 without passthrough up in {:.1} s",
@@ -245,6 +252,7 @@ fn the_probe_image_drives_an_e1000e() {
     let Some(tools) = passthrough_tools() else {
         return;
     };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let devices = [
         "pcie-root-port,id=rp1,chassis=1,slot=1,bus=pcie.0,addr=0x2.0".to_owned(),
         "e1000e,id=nic0,bus=rp1,mac=52:54:00:12:34:56".to_owned(),
