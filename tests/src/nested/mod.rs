@@ -18,6 +18,7 @@
 
 pub mod console;
 pub mod initramfs;
+pub mod passthrough;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use console::{shell_quote, ConsoleError, ConsoleMachine, Output, Source};
 use initramfs::{Initramfs, InitramfsError};
+use passthrough::{L0Qmp, PassthroughDevice, VfioFunction};
 
 use crate::process::ScratchDir;
 
@@ -195,8 +197,9 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The probe guest's initramfs: busybox, `tests/nested/l2-init`, `probe.sh`, and the
-/// `uio_pci_generic` module with `uio` under `/lib/modules`.
+/// The probe guest's initramfs: busybox, `tests/nested/l2-init`, `probe.sh`, the
+/// `uio_pci_generic` module with `uio` under `/lib/modules`, and `e1000e` (listed in
+/// `/lib/modules/boot-load`, which `l2-init` loads at boot).
 pub fn probe_initramfs(tools: &Tools) -> Result<Initramfs, NestedError> {
     let mut a = Initramfs::new();
     a.copy("bin/busybox", &tools.busybox, 0o755)?;
@@ -205,6 +208,11 @@ pub fn probe_initramfs(tools: &Tools) -> Result<Initramfs, NestedError> {
     a.copy("lib/probe.sh", &script("probe.sh"), 0o644)?;
     // uio_pci_generic (with uio): a driver that takes a device's INTx, for the INTx tests.
     a.kernel_module(&tools.release, "uio_pci_generic")?;
+    // e1000e, loaded at boot when present: the driver of the NIC passed through to L2
+    // (NestedOptions::passthrough). A kernel without it only loses the passthrough cases.
+    if let Ok(modules) = a.kernel_module(&tools.release, "e1000e") {
+        a.file("lib/modules/boot-load", modules.join("\n") + "\n", 0o644);
+    }
     Ok(a)
 }
 
@@ -225,14 +233,73 @@ pub fn l1_initramfs(tools: &Tools, bins: &Binaries) -> Result<Initramfs, NestedE
     Ok(a)
 }
 
+/// The modules L1 needs for passthrough (VFIO with the type1 IOMMU and vfio-pci, with their
+/// dependencies) under `lib/modules/`, and `lib/modules/vfio-load-order`: their file names in
+/// load order, without those `load-order` (KVM's) already loads.
+pub fn vfio_modules(a: &mut Initramfs, tools: &Tools) -> Result<(), NestedError> {
+    let kvm = a.kernel_module(&tools.release, "kvm-amd")?;
+    let mut order: Vec<String> = Vec::new();
+    for m in ["vfio_iommu_type1", "vfio-pci"] {
+        for f in a.kernel_module(&tools.release, m)? {
+            if !kvm.contains(&f) && !order.contains(&f) {
+                order.push(f);
+            }
+        }
+    }
+    a.file(
+        "lib/modules/vfio-load-order",
+        order.join("\n") + "\n",
+        0o644,
+    );
+    Ok(())
+}
+
+/// [`tools`], and what passthrough needs besides: L0's QEMU with `intel-iommu`, `e1000e` and
+/// user-mode networking, the kernel's VFIO modules and e1000e; `None` after saying loudly what
+/// is missing.
+pub fn passthrough_tools() -> Option<Tools> {
+    let tools = tools()?;
+    let help = |what: &[&str]| {
+        Command::new(&tools.qemu)
+            .args(what)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let devices = help(&["-M", "q35", "-device", "help"]);
+    for d in ["\"intel-iommu\"", "\"e1000e\"", "\"pcie-root-port\""] {
+        if !devices.contains(d) {
+            return missing(&format!("{} has no -device {d}", tools.qemu));
+        }
+    }
+    if !help(&["-netdev", "help"])
+        .lines()
+        .any(|l| l.trim() == "user")
+    {
+        return missing(&format!(
+            "{} has no user-mode networking (-netdev user)",
+            tools.qemu
+        ));
+    }
+    for m in ["vfio_iommu_type1", "vfio-pci", "e1000e"] {
+        if let Err(e) = Initramfs::new().kernel_module(&tools.release, m) {
+            return missing(&e.to_string());
+        }
+    }
+    Some(tools)
+}
+
 /// How L1 is run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NestedOptions {
     /// L1's vCPUs. Measured: QEMU 7.2 with one vCPU sometimes never wakes L1's vCPU after
     /// start (3 of 9 runs); with two, every run came up (8 of 8).
     pub l1_cpus: u8,
     /// L1's RAM in MiB.
     pub l1_mem_mib: u32,
+    /// PCIe devices L0 gives L1 to pass through ([`passthrough`]): when there are any, L0 has
+    /// an IOMMU and L1 boots with it on and binds them to vfio-pci ([`Nested::vfio`]).
+    pub passthrough: Vec<PassthroughDevice>,
 }
 
 impl Default for NestedOptions {
@@ -240,6 +307,7 @@ impl Default for NestedOptions {
         NestedOptions {
             l1_cpus: 2,
             l1_mem_mib: 2048,
+            passthrough: Vec::new(),
         }
     }
 }
@@ -251,6 +319,9 @@ pub struct Nested {
     l2_running: bool,
     /// Wall-clock time from QEMU's start to L1's shell.
     pub l1_boot: Duration,
+    /// The functions L1 bound to vfio-pci, one per function of
+    /// [`NestedOptions::passthrough`] (empty without passthrough).
+    pub vfio: Vec<VfioFunction>,
 }
 
 impl Nested {
@@ -260,25 +331,31 @@ impl Nested {
         let bins = release_binaries()?;
         let dir = ScratchDir::new("nested");
         let initrd = dir.0.join("l1.cpio");
-        l1_initramfs(tools, &bins)?.write(&initrd)?;
+        let mut image = l1_initramfs(tools, &bins)?;
+        if !options.passthrough.is_empty() {
+            vfio_modules(&mut image, tools)?;
+        }
+        image.write(&initrd)?;
         match Self::start(tools, options, dir.0.clone(), &initrd) {
-            Ok((console, l1_boot)) => Ok(Nested {
+            Ok((console, l1_boot, vfio)) => Ok(Nested {
                 console,
                 dir,
                 l2_running: false,
                 l1_boot,
+                vfio,
             }),
             Err(NestedError::Console(e @ ConsoleError::Timeout { .. })) => {
                 eprintln!(
                     "\n*** nested: L1 did not come up ({e}); QEMU's TCG vCPU stalled at start, \
                      retrying once ***\n"
                 );
-                let (console, l1_boot) = Self::start(tools, options, dir.0.clone(), &initrd)?;
+                let (console, l1_boot, vfio) = Self::start(tools, options, dir.0.clone(), &initrd)?;
                 Ok(Nested {
                     console,
                     dir,
                     l2_running: false,
                     l1_boot,
+                    vfio,
                 })
             }
             Err(e) => Err(e),
@@ -290,7 +367,13 @@ impl Nested {
         options: &NestedOptions,
         dir: PathBuf,
         initrd: &Path,
-    ) -> Result<(ConsoleMachine, Duration), NestedError> {
+    ) -> Result<(ConsoleMachine, Duration, Vec<VfioFunction>), NestedError> {
+        let qmp = passthrough::l0_qmp_socket(&dir);
+        let _ = std::fs::remove_file(&qmp);
+        let cmdline = format!(
+            "console=ttyS0 quiet panic=-1 {}",
+            passthrough::l1_cmdline(&options.passthrough)
+        );
         let mut cmd = Command::new(&tools.qemu);
         cmd.args(["-M", "q35", "-accel", "tcg", "-cpu", "EPYC,+svm,+npt"])
             .arg("-smp")
@@ -303,7 +386,11 @@ impl Nested {
             .arg(&tools.kernel)
             .arg("-initrd")
             .arg(initrd)
-            .args(["-append", "console=ttyS0 quiet panic=-1"]);
+            .arg("-append")
+            .arg(cmdline.trim_end())
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(passthrough::qemu_args(&options.passthrough));
         let start = Instant::now();
         let mut console = ConsoleMachine::spawn(cmd, true, &dir.join("qemu-l1.stderr"))?;
         let kvm = console.wait_for(Source::Outer, 0, L1_BOOT, "L1's KVM check", |l| {
@@ -313,10 +400,25 @@ impl Nested {
         if !kvm_line.starts_with("nested-l1: kvm") {
             return Err(NestedError::NoKvm(console.tail(30)));
         }
-        console.wait_for(Source::Outer, kvm, L1_BOOT, "L1's shell", |l| {
+        let ready = console.wait_for(Source::Outer, kvm, L1_BOOT, "L1's shell", |l| {
             l == "@@ready"
         })?;
-        Ok((console, start.elapsed()))
+        let elapsed = start.elapsed();
+        let mut vfio = Vec::new();
+        if !options.passthrough.is_empty() {
+            let lines: Vec<&str> = console.log()[kvm..ready]
+                .iter()
+                .filter(|l| l.source == Source::Outer)
+                .map(|l| l.text.as_str())
+                .collect();
+            vfio = passthrough::parse_vfio_lines(&lines, &options.passthrough).map_err(|e| {
+                NestedError::Step(format!(
+                    "L1 did not bind the passthrough devices to vfio-pci ({e}):\n{}",
+                    console.tail(40)
+                ))
+            })?;
+        }
+        Ok((console, elapsed, vfio))
     }
 
     /// The console, for waits and its log.
@@ -324,7 +426,16 @@ impl Nested {
         &mut self.console
     }
 
-    /// The scratch directory (QEMU's stderr is in `qemu-l1.stderr`).
+    /// A QMP connection to L0's QEMU (e.g. `query-pci`, or `human-monitor-command` with
+    /// `pcie_aer_inject_error ID POISON_TLP` into a passthrough device), negotiated within
+    /// `timeout`.
+    pub fn l0_qmp(&self, timeout: Duration) -> Result<L0Qmp, NestedError> {
+        L0Qmp::connect(&passthrough::l0_qmp_socket(self.dir()), timeout)
+            .map_err(|e| NestedError::Step(format!("L0's QMP: {e}")))
+    }
+
+    /// The scratch directory (QEMU's stderr is in `qemu-l1.stderr`, L0's QMP socket is
+    /// `qmp-l0.sock`).
     pub fn dir(&self) -> &Path {
         &self.dir.0
     }

@@ -1,5 +1,5 @@
-//! What the nested cases share: the one L1 of the test process and parsers for the probe's
-//! output lines (`tests/nested/probe.sh`).
+//! What the nested cases share: the one L1 of the test process (booted with the options the
+//! case asks for) and parsers for the probe's output lines (`tests/nested/probe.sh`).
 
 pub mod compare;
 
@@ -15,10 +15,12 @@ macro_rules! report {
 }
 use std::time::{Duration, Instant};
 
-use pcierc_tests::nested::{tools, Nested, NestedError, NestedOptions, Tools};
+use pcierc_tests::nested::{passthrough_tools, tools, Nested, NestedError, NestedOptions, Tools};
 
-/// The one L1 of this test process, booted by the first case that needs it.
-static L1: Mutex<Option<Nested>> = Mutex::new(None);
+/// The one L1 of this test process, booted by the first case that needs it, with the options
+/// it was booted with: a case asking for other options (passthrough) shuts it down and boots
+/// its own, so only one L1 runs at a time.
+static L1: Mutex<Option<(NestedOptions, Nested)>> = Mutex::new(None);
 
 /// The default bound of one step in a guest.
 pub const T: Duration = Duration::from_secs(180);
@@ -31,24 +33,41 @@ pub fn expect<V>(r: Result<V, NestedError>) -> V {
 /// Run `case` on the shared L1 (booting it first if needed) and print its duration. A case that
 /// fails takes its L1 with it (the next case boots a new one), and a dead L1 is booted again.
 pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
-    let Some(tools) = tools() else {
+    on_l1_with(name, &NestedOptions::default(), case)
+}
+
+/// [`on_l1`] on an L1 booted with `options`: the shared L1 if it was booted with the same ones,
+/// else a new one (the previous L1 is shut down first). Passthrough options also need what
+/// [`passthrough_tools`] checks.
+pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl FnOnce(&mut Nested, &Tools)) {
+    let tools = if options.passthrough.is_empty() {
+        tools()
+    } else {
+        passthrough_tools()
+    };
+    let Some(tools) = tools else {
         return;
     };
     let mut guard = L1.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard.as_ref().is_some_and(|(o, _)| o != options) {
+        *guard = None;
+    }
     let alive = guard
         .as_mut()
-        .is_some_and(|n| n.l1("true", Duration::from_secs(30)).is_ok());
+        .is_some_and(|(_, n)| n.l1("true", Duration::from_secs(30)).is_ok());
     if !alive {
+        *guard = None;
         let start = Instant::now();
-        let n = expect(Nested::boot(&tools, &NestedOptions::default()));
+        let n = expect(Nested::boot(&tools, options));
         report!(
-            "nested: L1 up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
+            "nested: L1{} up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
+            if options.passthrough.is_empty() { "" } else { " with passthrough" },
             n.l1_boot.as_secs_f64(),
             start.elapsed().as_secs_f64()
         );
-        *guard = Some(n);
+        *guard = Some((options.clone(), n));
     }
-    let nested = guard.as_mut().expect("L1 booted above");
+    let (_, nested) = guard.as_mut().expect("L1 booted above");
     let start = Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(nested, &tools)));
     if let Err(panic) = outcome {
