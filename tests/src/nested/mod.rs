@@ -11,6 +11,8 @@
 //! with a prefix. [`Nested::l1`], [`Nested::l2`] and [`Nested::qmp`] run one command and return
 //! its output and status; every wait is bounded and a failure carries the last console lines.
 //! [`ProbeVm`] boots the same probe initramfs directly under QEMU's q35, the live reference.
+//! With [`NestedOptions::passthrough`], L0 has an IOMMU and PCIe devices that L1 binds to
+//! vfio-pci for the VMM ([`passthrough`], [`Nested::vfio`], [`Nested::l0_qmp`]).
 //!
 //! Prerequisites: `qemu-system-x86_64`, Debian's kernel in /boot with its modules, and
 //! busybox-static ([`tools`]); without them tests skip loudly, or fail under
