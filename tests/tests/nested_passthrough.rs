@@ -280,3 +280,88 @@ fn the_probe_image_drives_an_e1000e() {
         out.text()
     );
 }
+
+/// The VMM passes L1's e1000e (bound to vfio-pci behind L0's emulated IOMMU) through to L2
+/// behind pcierc's rp1: L2 finds it at 01:00.0 with its extended capabilities through ECAM,
+/// binds e1000e with the MAC L0 gave it, and takes its MSI-X interrupts (the link-up interrupt
+/// once the interface is up).
+#[test]
+fn the_vmm_passes_an_e1000e_through_to_l2_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    on_l1_with("passthrough: e1000e to L2", &options(), |n, _| {
+        let nic = n
+            .vfio
+            .iter()
+            .find(|v| v.l0_id == "nic0")
+            .expect("nic0 bound to vfio-pci in L1")
+            .clone();
+        let mut qmp = expect(n.l0_qmp(Duration::from_secs(30)));
+        let network = qmp
+            .hmp("info network", Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("L0 HMP: {e}"));
+        let mac = network
+            .lines()
+            .find(|l| l.contains("nic0:"))
+            .and_then(|l| l.split("macaddr=").nth(1))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_else(|| panic!("no MAC for nic0 in L0's `info network`:\n{network}"));
+
+        let vfio = format!("{},port=rp1", nic.sbdf);
+        let (uptime, wall) = expect(n.start_l2(&[], &["--mem", "512", "--vfio", &vfio]));
+        report!(
+            "nested: L2 with the e1000e passed through in userspace at {uptime:.2} s, {:.1} s wall",
+            wall.as_secs_f64()
+        );
+        let dev = "/sys/bus/pci/devices/0000:01:00.0";
+        let out = expect(n.l2_ok(
+            &format!(
+                "echo \"id $(cat {dev}/vendor):$(cat {dev}/device) driver $(basename $(readlink {dev}/driver))\"; \
+                 echo \"mac $(cat {dev}/net/*/address)\"; \
+                 echo \"ext $(od -An -tx4 -j256 -N4 {dev}/config)\"; \
+                 i=$(ls {dev}/net); ip link set $i up; \
+                 n=0; while ! dmesg | grep -q 'NIC Link is Up'; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done; \
+                 dmesg | grep -E 'e1000e|NIC Link' | sed 's/^/dmesg /'; \
+                 grep \"$i\" /proc/interrupts | sed 's/^/irq /'"
+            ),
+            T,
+        ));
+        let has = |p: &str| out.lines.iter().any(|l| l.starts_with(p));
+        assert!(
+            has("id 0x8086:0x10d3 driver e1000e"),
+            "e1000e bound in L2:\n{}",
+            out.text()
+        );
+        assert!(
+            out.lines.iter().any(|l| l == &format!("mac {mac}")),
+            "L2's MAC is L0's {mac}:\n{}",
+            out.text()
+        );
+        // AER, the first extended capability of QEMU's e1000e (PCIe Base 6.0 §7.8.4.1: ID 1).
+        let ext = out
+            .lines
+            .iter()
+            .find_map(|l| l.strip_prefix("ext "))
+            .and_then(|h| u32::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no ext line:\n{}", out.text()));
+        assert_eq!(
+            ext & 0xffff,
+            1,
+            "AER at 0x100 through ECAM:\n{}",
+            out.text()
+        );
+        assert!(
+            out.lines.iter().any(|l| l.contains("NIC Link is Up")),
+            "the link-up interrupt reached L2:\n{}",
+            out.text()
+        );
+        let msix: u64 = out
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("irq ") && l.contains("MSI"))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .sum();
+        assert!(msix > 0, "MSI-X interrupts counted in L2:\n{}", out.text());
+        report!("nested: L2's e1000e took {msix} MSI-X interrupt(s); MAC {mac}");
+        assert_eq!(expect(n.stop_l2()), 0);
+    });
+}

@@ -425,6 +425,37 @@ impl OwnDevices {
             .then_some((a.index, place.vectors))
     }
 
+    /// The error report of served passed-through function `index` (its AER registers, at its
+    /// place in the guest's hierarchy), after reading its error eventfd; `None` if it is not
+    /// served now (not present: nothing to report to the guest).
+    pub fn assigned_error(&mut self, index: u32) -> Option<pcierc_protocol::ErrorReport> {
+        self.devices.values_mut().find_map(|ep| match &ep.model {
+            Model::Assigned(a) if a.index == index => {
+                if let Some(fd) = &a.error {
+                    let _ = fd.read();
+                }
+                let r = &ep.record;
+                Some(super::vfio::errors::report(
+                    &a.view, r.segment, r.bus, r.devfn,
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    /// The error eventfds of the passed-through functions (index, fd), for the VMM to poll.
+    pub fn assigned_error_fds(&self) -> Vec<(u32, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd;
+        let served = self.devices.values().filter_map(|ep| match &ep.model {
+            Model::Assigned(a) => Some(&**a),
+            Model::Emulated(_) => None,
+        });
+        served
+            .chain(self.assigned.values().map(|a| &**a))
+            .filter_map(|a| a.error.as_ref().map(|fd| (a.index, fd.as_raw_fd())))
+            .collect()
+    }
+
     /// The passed-through function with index `index`, served or waiting.
     pub fn assigned_mut(&mut self, index: u32) -> Option<&mut Assigned> {
         let served = self

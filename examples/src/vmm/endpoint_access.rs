@@ -240,6 +240,28 @@ impl Machine {
         Ok(())
     }
 
+    /// Passed-through function `index`'s error eventfd fired: send pcierc what its AER registers
+    /// say (`ReportError`), so the guest's root port logs and signals it. A refusal is logged:
+    /// the device stays the guest's.
+    pub(super) fn report_assigned_error(&self, index: u32) {
+        let Some(report) = self.devices().assigned_error(index) else {
+            log::warn!("an error of passed-through function {index}, not in the guest now");
+            return;
+        };
+        match self.pcie.frontend().report_error(&report) {
+            Ok(()) => log::warn!(
+                "passed-through function at {:02x}:{:02x}.{}: error reported to the guest \
+                 (severity {}, status {:#010x})",
+                report.bus,
+                report.devfn >> 3,
+                report.devfn & 7,
+                report.severity,
+                report.status
+            ),
+            Err(e) => log::warn!("ReportError for passed-through function {index}: {e}"),
+        }
+    }
+
     fn send_message(&self, m: Message) -> Result<(), Error> {
         let msg = MsiMessage {
             address: m.address,

@@ -451,7 +451,10 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         let (m, tx) = (machine.clone(), session.reporter());
         std::thread::Builder::new()
             .name("pcierc-events".into())
-            .spawn(move || notification_loop(&m, fd, &tx))
+            .spawn(move || {
+                let errors = m.devices().assigned_error_fds();
+                notification_loop(&m, fd, &errors, &tx)
+            })
             .map_err(|source| Error::Io {
                 what: "spawning the notification thread".into(),
                 source,
@@ -520,17 +523,30 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 
 /// Wait for notifications pcierc sends while no vCPU is forwarding (interrupts from hot-plug
 /// events the control socket caused, layout changes made by other frontends) and apply them.
-fn notification_loop(machine: &Machine, fd: RawFd, tx: &mpsc::Sender<session::Report>) {
+fn notification_loop(
+    machine: &Machine,
+    fd: RawFd,
+    errors: &[(u32, RawFd)],
+    tx: &mpsc::Sender<session::Report>,
+) {
     loop {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, 200) };
+        let mut pfds: Vec<libc::pollfd> = std::iter::once(fd)
+            .chain(errors.iter().map(|&(_, e)| e))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds for the duration of the call.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
         if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return;
+        }
+        for (p, &(index, _)) in pfds[1..].iter().zip(errors) {
+            if p.revents & libc::POLLIN != 0 {
+                machine.report_assigned_error(index);
+            }
         }
         if let Err(e) = machine.drain_notifications() {
             let _ = tx.send((u8::MAX, Err(e), None));

@@ -8,6 +8,7 @@
 //! missing, not bound to vfio-pci or sharing its IOMMU group ends the VMM at start, one line).
 
 pub mod container;
+pub mod errors;
 pub mod function;
 pub mod host;
 
@@ -158,6 +159,9 @@ pub struct Assigned {
     pub index: u32,
     /// Configuration space and BARs as the guest sees them.
     pub view: function::Passthrough<vfio_ioctls::VfioDevice>,
+    /// Signalled by the host's vfio-pci when the host's AER driver saw an error of the device
+    /// (`VFIO_PCI_ERR_IRQ_INDEX`); `None` when the device offers no error interrupt.
+    pub error: Option<vmm_sys_util::eventfd::EventFd>,
 }
 
 impl Assigned {
@@ -174,6 +178,32 @@ pub fn function_id(sbdf: Sbdf) -> String {
         "vfio-{:04x}-{:02x}-{:02x}.{}",
         sbdf.segment, sbdf.bus, sbdf.device, sbdf.function
     )
+}
+
+/// An eventfd on the device's error interrupt, if it has one.
+fn error_eventfd(
+    device: &vfio_ioctls::VfioDevice,
+    sbdf: Sbdf,
+) -> Result<Option<vmm_sys_util::eventfd::EventFd>, VfioError> {
+    let index = vfio_bindings::bindings::vfio::VFIO_PCI_ERR_IRQ_INDEX;
+    if device.get_irq_info(index).is_none_or(|i| i.count == 0) {
+        return Ok(None);
+    }
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
+        VfioError::Sysfs {
+            sbdf,
+            path: "eventfd".into(),
+            source,
+        }
+    })?;
+    device
+        .enable_irq(index, vec![&fd])
+        .map_err(|source| VfioError::Vfio {
+            sbdf,
+            what: "registering the error eventfd (VFIO_PCI_ERR_IRQ_INDEX)",
+            source,
+        })?;
+    Ok(Some(fd))
 }
 
 /// Check every `--vfio` function under the sysfs at `sysfs_root`, then open them all in one
@@ -197,6 +227,7 @@ pub fn open_all(
     for (i, (spec, host)) in specs.iter().zip(hosts).enumerate() {
         let device = container.open(&host, mem, i == 0)?;
         let sizes: [u64; 6] = std::array::from_fn(|bar| device.get_region_size(bar as u32));
+        let error = error_eventfd(&device, host.sbdf)?;
         let view = function::Passthrough::new(device, sizes);
         log::info!(
             "{}: IOMMU group {}, BARs {:?}, MSI-X {:?}, MSI {}",
@@ -215,6 +246,7 @@ pub fn open_all(
             host,
             index: i as u32,
             view,
+            error,
         });
     }
     Ok((container, assigned))
