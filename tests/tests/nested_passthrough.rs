@@ -362,6 +362,90 @@ fn the_vmm_passes_an_e1000e_through_to_l2_live() {
             .sum();
         assert!(msix > 0, "MSI-X interrupts counted in L2:\n{}", out.text());
         report!("nested: L2's e1000e took {msix} MSI-X interrupt(s); MAC {mac}");
+
+        // A Secondary Bus Reset of rp1 (Linux's bus reset method): pcierc tells the VMM
+        // (FunctionReset), which resets the device through VFIO and its view of it; Linux
+        // restores the function's configuration, and the NIC comes up again with its interrupts.
+        let reset = expect(n.l2_ok(
+            &format!(
+                "i=$(ls {dev}/net); echo bus > {dev}/reset_method; echo 1 > {dev}/reset; echo \"reset $?\"; \
+                 ip link set $i down; ip link set $i up; \
+                 n=0; while [ $(dmesg | grep -c 'NIC Link is Up') -lt 2 ]; do n=$((n+1)); [ $n -gt 100 ] && break; sleep 0.1; done; \
+                 echo \"links $(dmesg | grep -c 'NIC Link is Up')\"; \
+                 echo \"id $(cat {dev}/vendor):$(cat {dev}/device) driver $(basename $(readlink {dev}/driver))\"; \
+                 grep \"$i\" /proc/interrupts | sed 's/^/irq /'"
+            ),
+            T,
+        ));
+        assert!(
+            reset.lines.iter().any(|l| l == "reset 0"),
+            "the bus reset of rp1:\n{}",
+            reset.text()
+        );
+        assert!(
+            reset.lines.iter().any(|l| l == "links 2"),
+            "the link came up again after the reset:\n{}",
+            reset.text()
+        );
+        let after: u64 = reset
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("irq ") && l.contains("MSI"))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .sum();
+        assert!(
+            after > msix,
+            "interrupts after the reset ({after} > {msix}):\n{}",
+            reset.text()
+        );
+        report!("nested: after rp1's bus reset the e1000e came up again ({after} MSI-X interrupts)");
+        assert_eq!(expect(n.stop_l2()), 0);
+    });
+}
+
+/// Two functions of one multi-function device (one IOMMU group in L1), given to one root port:
+/// L2 sees them grouped in one slot, with their function numbers and function 0's
+/// multi-function bit, each bound to e1000e.
+#[test]
+fn a_multi_function_device_passes_through_grouped_live() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    on_l1_with("passthrough: multi-function device to L2", &options(), |n, _| {
+        let sbdf = |id: &str| {
+            n.vfio
+                .iter()
+                .find(|v| v.l0_id == id)
+                .unwrap_or_else(|| panic!("{id} bound to vfio-pci in L1"))
+                .sbdf
+                .clone()
+        };
+        let (f0, f1) = (sbdf("mf0"), sbdf("mf1"));
+        let (a, b) = (format!("{f0},port=rp2"), format!("{f1},port=rp2"));
+        let (uptime, wall) = expect(n.start_l2(&[], &["--mem", "512", "--vfio", &a, "--vfio", &b]));
+        report!(
+            "nested: L2 with a two-function device passed through in userspace at {uptime:.2} s, {:.1} s wall",
+            wall.as_secs_f64()
+        );
+        let out = expect(n.l2_ok(
+            "for f in 0 1; do d=/sys/bus/pci/devices/0000:02:00.$f; \
+             echo \"fn $f $(cat $d/vendor):$(cat $d/device) driver $(basename $(readlink $d/driver)) header $(od -An -tx1 -j14 -N1 $d/config)\"; done; \
+             ls /sys/bus/pci/devices | sed 's/^/dev /'",
+            T,
+        ));
+        for f in 0..2 {
+            let mf = if f == 0 { "80" } else { "00" };
+            assert!(
+                out.lines.iter().any(|l| l.starts_with(&format!(
+                    "fn {f} 0x8086:0x10d3 driver e1000e header  {mf}"
+                ))),
+                "function {f} in L2:\n{}",
+                out.text()
+            );
+        }
+        assert!(
+            !out.lines.iter().any(|l| l.starts_with("dev 0000:01:")),
+            "nothing behind rp1:\n{}",
+            out.text()
+        );
         assert_eq!(expect(n.stop_l2()), 0);
     });
 }
