@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use pcierc_tests::linux_images::{busybox_initramfs, kernel};
 use pcierc_tests::process::{pcierc_bin, tool_available, ScratchDir};
 use vmm_support::{kvm_available, run_for, run_vmm_for, text};
 
@@ -41,57 +42,10 @@ fn linux_timeout() -> Duration {
         .map_or(LINUX_TIMEOUT, Duration::from_secs)
 }
 
-/// Skip (loudly) for a missing prerequisite, or fail under `PCIERC_REQUIRE_TOOLS`.
-fn missing(what: &str) {
-    assert!(
-        std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
-        "{what} (PCIERC_REQUIRE_TOOLS is set)"
-    );
-    eprintln!("\n*** SKIP: {what}; this test did not run ***\n");
-}
-
-/// The kernel: `PCIERC_LINUX_KERNEL`, else the newest /boot/vmlinuz-*.
-fn kernel() -> Option<PathBuf> {
-    if let Some(k) = std::env::var_os("PCIERC_LINUX_KERNEL") {
-        return Some(PathBuf::from(k));
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    let k = found.pop();
-    if k.is_none() {
-        missing("no /boot/vmlinuz-* (apt-get install linux-image-amd64)");
-    }
-    k
-}
-
-/// Build the initramfs with the repository's script.
+/// The initramfs: busybox-static and `tests/vmm-linux/init`.
 fn initramfs(dir: &ScratchDir) -> Option<PathBuf> {
-    if !Path::new("/bin/busybox").exists() {
-        missing("no /bin/busybox (apt-get install busybox-static)");
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vmm-linux/make-initramfs.sh");
-    let out = dir.0.join("initramfs.cpio.gz");
-    let r = Command::new("sh")
-        .arg(&script)
-        .arg(&out)
-        .output()
-        .expect("running make-initramfs.sh");
-    assert!(
-        r.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        text(&r.stderr)
-    );
-    Some(out)
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("vmm-linux/init");
+    busybox_initramfs(&init, &dir.0.join("initramfs.cpio"))
 }
 
 /// The kernel command line: serial console from the first instruction on, and a panic powers

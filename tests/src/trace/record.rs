@@ -27,7 +27,7 @@ use crate::qtest::QEMU;
 pub struct RecordOptions {
     /// The kernel (bzImage), e.g. `/boot/vmlinuz-6.1.0-*-amd64`.
     pub kernel: PathBuf,
-    /// The initramfs built by `tests/linux/build-initramfs.sh`.
+    /// The busybox initramfs with `tests/linux/init` (`pcierc_tests::linux_images::busybox_initramfs`).
     pub initrd: PathBuf,
     /// A scratch directory: trace log, QMP socket, QEMU's stderr.
     pub work_dir: PathBuf,
