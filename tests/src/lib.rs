@@ -10,8 +10,9 @@ pub mod initramfs;
 pub mod linux_facts;
 pub mod linux_images;
 pub mod nested;
-pub mod process;
 pub mod qmp;
 pub mod qtest;
 pub mod qtest_target;
 pub mod trace;
+
+pub use pcierc_testkit::{process, qmp_socket};

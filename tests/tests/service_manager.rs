@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use pcierc_protocol::{Frontend, FrontendOptions, FrontendReq, Status};
 use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
 use pcierc_tests::qmp::{qemu_qmp_available, QmpClient};
-use pcierc_tests::trace::qmp_socket::QmpSocket;
+use pcierc_tests::qmp_socket::QmpSocket;
 use serde_json::{json, Value};
 
 /// rp1 (00:02.0) and its Secondary Bus Number register: a guest-visible change to persist.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::qmp_socket::QmpSocket;
 use super::{parse_qemu_log, port_devfn, Control, Recording, RemoteFunction, TRACE_EVENTS};
+use crate::qmp_socket::QmpSocket;
 use crate::qtest::QEMU;
 
 /// What to boot and where to put the files.

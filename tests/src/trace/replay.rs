@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use pcierc_protocol::{Frontend, FrontendOptions, Notification, Status};
 use serde_json::json;
 
-use super::qmp_socket::QmpSocket;
 use super::{Access, Control, Decoder, Msi, Recording, Space, Step, Target};
 use crate::differential::{Deviation, Kind, DEVIATIONS};
 use crate::process::Backend;
+use crate::qmp_socket::QmpSocket;
 
 /// Bit-precise allowed differences a replay reaches beyond the register differential's
 /// [`DEVIATIONS`] (a hot-plug sequence changes link state; `docs/qemu-compat.md`).
