@@ -10,17 +10,7 @@ mod vmm_support;
 use pcierc_examples::vmm::endpoint::serial_number;
 use pcierc_protocol::{decode_name, Frontend, FrontendOptions};
 use pcierc_tests::process::{pcierc_bin, Backend};
-use vmm_support::{kvm_available, run_vmm, text};
-
-fn assert_lines(stdout: &str, expected: &[String]) {
-    let lines: Vec<&str> = stdout.lines().collect();
-    for e in expected {
-        assert!(
-            lines.contains(&e.as_str()),
-            "missing {e:?} in the guest's output:\n{stdout}"
-        );
-    }
-}
+use vmm_support::{assert_lines, kvm_available, run_vmm, run_vmm_ok, text};
 
 /// What the probe guest prints for the test endpoint at `bus`:00.0 with function id `id`.
 fn endpoint_lines(bus: u8, id: &str) -> Vec<String> {
@@ -68,13 +58,7 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
             "20",
         ];
         args.extend_from_slice(extra);
-        let out = run_vmm(&args);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(
-            out.status.success(),
-            "vmm {args:?} failed ({}):\n{stdout}\n{stderr}",
-            out.status
-        );
+        let (stdout, stderr) = run_vmm_ok(&args);
         let mut expected = endpoint_lines(1, "ep-rp1");
         expected.extend(endpoint_lines(3, "ep-rp3"));
         expected.extend(rp1_demo_lines());
@@ -136,10 +120,8 @@ fn endpoints_are_pcierc_functions_owned_by_the_vmm() {
     expected.push("pcie-probe: functions 06 last bus 04".into());
     // Twice: the second run finds its claim from the first (a VMM that restarts under the same
     // name serves its functions again) and serves it.
-    for run in 0..2 {
-        let out = run_vmm(&args);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "run {run}: {stdout}\n{stderr}");
+    for _ in 0..2 {
+        let (stdout, _) = run_vmm_ok(&args);
         assert_lines(&stdout, &expected);
         assert!(
             !stdout.contains("03:00.0"),
