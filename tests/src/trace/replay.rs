@@ -21,7 +21,7 @@ use pcierc_protocol::{Frontend, FrontendOptions, Notification, Status};
 use serde_json::json;
 
 use super::{Access, Control, Decoder, Msi, Recording, Space, Step, Target};
-use crate::differential::{Deviation, Kind, DEVIATIONS};
+use crate::differential::{assert_no_mismatches, Deviation, Kind, DEVIATIONS};
 use crate::process::Backend;
 use crate::qmp_socket::QmpSocket;
 
@@ -157,21 +157,13 @@ impl ReplayReport {
 
     /// Panic listing the mismatches (the first 60) if there are any.
     pub fn assert_clean(&self) {
-        if self.mismatches.is_empty() {
-            return;
-        }
-        let list: Vec<String> = self
-            .mismatches
-            .iter()
-            .take(60)
-            .map(|m| format!("  {m}"))
-            .collect();
-        panic!(
-            "{} differences from QEMU: {}\n{}",
-            self.mismatches.len(),
-            self.summary(),
-            list.join("\n")
-        );
+        assert_no_mismatches(&self.mismatches, || {
+            format!(
+                "{} differences from QEMU: {}",
+                self.mismatches.len(),
+                self.summary()
+            )
+        });
     }
 }
 
