@@ -9,8 +9,10 @@ mod vmm_support;
 
 use pcierc_examples::vmm::endpoint::serial_number;
 use pcierc_protocol::{decode_name, Frontend, FrontendOptions};
-use pcierc_tests::process::{pcierc_bin, Backend};
-use vmm_support::{assert_lines, kvm_available, run_vmm, run_vmm_ok, text};
+use pcierc_tests::process::Backend;
+use vmm_support::{
+    assert_lines, kvm_available, run_vmm, run_vmm_ok, spawn_backend, stats_lines, text,
+};
 
 /// What the probe guest prints for the test endpoint at `bus`:00.0 with function id `id`.
 fn endpoint_lines(bus: u8, id: &str) -> Vec<String> {
@@ -36,15 +38,11 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
     if !kvm_available() {
         return;
     }
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     // With the configuration snapshot (pcierc's functions read from shared memory, the VMM's
     // after one EREMOTE round trip) and without it (every access a message).
     for extra in [&[][..], &["--no-config-snapshot", "--no-acpi"][..]] {
-        let mut args = vec![
-            "--spawn-backend",
-            "--pcierc",
-            &pcierc,
+        let mut args = spawn_backend().to_vec();
+        args.extend([
             "--guest",
             "pcie-probe",
             "--endpoint",
@@ -56,7 +54,7 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
             "--stats",
             "--timeout",
             "20",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let (stdout, stderr) = run_vmm_ok(&args);
         let mut expected = endpoint_lines(1, "ep-rp1");
@@ -83,11 +81,7 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
         );
         eprintln!(
             "vmm {extra:?}:\n{}",
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("vmm: exits endpoint") || l.starts_with("vmm: endpoints"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
+            stats_lines(&stderr, &["vmm: exits endpoint", "vmm: endpoints"])
         );
     }
 }

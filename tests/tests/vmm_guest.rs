@@ -11,12 +11,12 @@ mod vmm_support;
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
-use pcierc_tests::process::{pcierc_bin, tool_available, Backend, ScratchDir};
+use pcierc_tests::process::{tool_available, Backend, ScratchDir};
 use pcierc_tests::qmp_socket::QmpSocket;
 use serde_json::json;
 use vmm_support::{
-    assert_lines, kvm_available, probe_image, qmp, run_for, run_vmm, run_vmm_ok, text, RunningVmm,
-    RUN_LIMIT,
+    assert_lines, kvm_available, probe_image, qmp, run_for, run_vmm, run_vmm_ok, spawn_backend,
+    stats_lines, text, RunningVmm, RUN_LIMIT,
 };
 
 /// What the probe guest must print for pcierc's default topology (and for QEMU's q35 with four
@@ -70,8 +70,6 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
     }
     let dir = ScratchDir::new("vmm");
     let kernel = probe_image(&dir);
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     // As firmware (ECAM enabled, ACPI tables) with pcierc's shared configuration snapshot (reads
     // without a message); then with neither: the guest enables ECAM through CF8/CFC and every
     // configuration read is a message.
@@ -82,10 +80,8 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
             "no ACPI MCFG: enabling ECAM through PCIEXBAR",
         ),
     ] {
-        let mut args = vec![
-            "--spawn-backend",
-            "--pcierc",
-            &pcierc,
+        let mut args = spawn_backend().to_vec();
+        args.extend([
             "--kernel",
             &kernel,
             "--mem",
@@ -93,7 +89,7 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
             "--stats",
             "--timeout",
             "20",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let (stdout, stderr) = run_vmm_ok(&args);
         check_enumeration(&stdout);
@@ -113,11 +109,7 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
         eprintln!(
             "vmm {extra:?}: guest-measured time per access (trivial exit vs forwarded):\n{}{}",
             latency_report(&stdout, &stderr),
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("vmm: exits"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
+            stats_lines(&stderr, &["vmm: exits"])
         );
     }
 }
@@ -164,8 +156,6 @@ fn guest_failures_end_the_vmm_with_a_clear_error() {
     if !kvm_available() {
         return;
     }
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     for (guest, extra, expect) in [
         (
             "fault-exec-mmio",
@@ -179,7 +169,8 @@ fn guest_failures_end_the_vmm_with_a_clear_error() {
             "the guest did not stop within 1s",
         ),
     ] {
-        let mut args = vec!["--spawn-backend", "--pcierc", &pcierc, "--guest", guest];
+        let mut args = spawn_backend().to_vec();
+        args.extend(["--guest", guest]);
         args.extend_from_slice(extra);
         let start = Instant::now();
         let out = run_vmm(&args);

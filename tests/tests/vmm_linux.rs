@@ -21,8 +21,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pcierc_tests::linux_images::{busybox_initramfs, kernel};
-use pcierc_tests::process::{pcierc_bin, tool_available, ScratchDir};
-use vmm_support::{kvm_available, run_for, run_vmm_for, text};
+use pcierc_tests::process::{tool_available, ScratchDir};
+use vmm_support::{kvm_available, run_for, run_vmm_for, spawn_backend, stats_lines, text};
 
 /// The VMM's own limit for the Linux boot (`--timeout`); `PCIERC_LINUX_TIMEOUT` (seconds)
 /// overrides it.
@@ -151,34 +151,30 @@ fn linux_on_the_vmm() {
     let Some(initrd) = initramfs(&dir) else {
         return;
     };
-    let pcierc = pcierc_bin();
     let timeout = linux_timeout();
     let seconds = timeout.as_secs().to_string();
-    let (kernel_s, initrd_s, pcierc_s) = (
-        kernel.to_string_lossy(),
-        initrd.to_string_lossy(),
-        pcierc.to_string_lossy(),
-    );
+    let (kernel_s, initrd_s) = (kernel.to_string_lossy(), initrd.to_string_lossy());
     let args = [
-        "--spawn-backend",
-        "--pcierc",
-        &pcierc_s,
-        "--kernel",
-        &kernel_s,
-        "--initrd",
-        &initrd_s,
-        "--cmdline",
-        CMDLINE,
-        "--mem",
-        "512",
-        "--endpoint",
-        "rp1",
-        "--stats",
-        // A panic (panic=-1) resets: the test wants the VMM to stop then, not to reboot.
-        "--no-reboot",
-        "--timeout",
-        &seconds,
-    ];
+        &spawn_backend()[..],
+        &[
+            "--kernel",
+            &kernel_s,
+            "--initrd",
+            &initrd_s,
+            "--cmdline",
+            CMDLINE,
+            "--mem",
+            "512",
+            "--endpoint",
+            "rp1",
+            "--stats",
+            // A panic (panic=-1) resets: the test wants the VMM to stop then, not to reboot.
+            "--no-reboot",
+            "--timeout",
+            &seconds,
+        ],
+    ]
+    .concat();
     let start = Instant::now();
     let out = run_vmm_for(&args, timeout + Duration::from_secs(15));
     let elapsed = start.elapsed();
@@ -229,10 +225,6 @@ fn linux_on_the_vmm() {
         kernel.display(),
         elapsed.as_secs_f64(),
         kernel_time(&console).unwrap_or(f64::NAN),
-        stderr
-            .lines()
-            .filter(|l| l.starts_with("vmm: exits") || l.starts_with("vmm: endpoints"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        stats_lines(&stderr, &["vmm: exits", "vmm: endpoints"])
     );
 }

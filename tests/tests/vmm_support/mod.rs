@@ -47,6 +47,13 @@ pub fn vmm_bin() -> PathBuf {
         .clone()
 }
 
+/// `--spawn-backend --pcierc PCIERC`: the VMM starts this build's `pcierc` itself.
+pub fn spawn_backend() -> [&'static str; 3] {
+    static PCIERC: OnceLock<String> = OnceLock::new();
+    let pcierc = PCIERC.get_or_init(|| pcierc_bin().to_string_lossy().into_owned());
+    ["--spawn-backend", "--pcierc", pcierc]
+}
+
 /// Run the VMM to completion (killed after [`RUN_LIMIT`]).
 pub fn run_vmm(args: &[&str]) -> Output {
     run_vmm_for(args, RUN_LIMIT)
@@ -121,6 +128,16 @@ pub fn run_for(mut cmd: Command, limit: Duration) -> Output {
 /// Bytes a process printed, as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The lines of the VMM's `stderr` that start with one of `prefixes` (its `--stats` report),
+/// each indented, for the test's own report.
+pub fn stats_lines(stderr: &str, prefixes: &[&str]) -> String {
+    stderr
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .map(|l| format!("  {l}\n"))
+        .collect()
 }
 
 /// Check that the guest printed each of the `expected` lines.
