@@ -12,6 +12,7 @@ use pcierc_protocol::{decode_name, Frontend, FrontendOptions};
 use pcierc_tests::process::Backend;
 use vmm_support::{
     assert_lines, kvm_available, run_vmm, run_vmm_ok, spawn_backend, stats_lines, text,
+    PROBE_LIMITS,
 };
 
 /// What the probe guest prints for the test endpoint at `bus`:00.0 with function id `id`.
@@ -49,13 +50,8 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
             "rp1",
             "--endpoint",
             "rp3",
-            "--mem",
-            "64",
-            "--stats",
-            "--timeout",
-            "20",
         ]);
-        args.extend_from_slice(extra);
+        args.extend(["--stats"].iter().chain(&PROBE_LIMITS).chain(extra));
         let (stdout, stderr) = run_vmm_ok(&args);
         let mut expected = endpoint_lines(1, "ep-rp1");
         expected.extend(endpoint_lines(3, "ep-rp3"));
@@ -98,18 +94,8 @@ fn endpoints_are_pcierc_functions_owned_by_the_vmm() {
     let mut gpu = Frontend::connect(&backend.socket, FrontendOptions::vmm("gpu-dm")).unwrap();
     gpu.claim_function("rp3", "gpu0", "vfio-pci", 0, true, false)
         .unwrap();
-    let args = [
-        "--backend-socket",
-        &socket,
-        "--guest",
-        "pcie-probe",
-        "--endpoint",
-        "rp2",
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ];
+    let mut args = vec!["--backend-socket", &socket, "--guest", "pcie-probe"];
+    args.extend(["--endpoint", "rp2"].iter().chain(&PROBE_LIMITS));
     let mut expected = endpoint_lines(2, "ep-rp2");
     expected.push("pcie-probe: functions 06 last bus 04".into());
     // Twice: the second run finds its claim from the first (a VMM that restarts under the same

@@ -16,7 +16,7 @@ use pcierc_tests::qmp_socket::QmpSocket;
 use serde_json::json;
 use vmm_support::{
     assert_lines, kvm_available, probe_image, qmp, run_for, run_vmm, run_vmm_ok, spawn_backend,
-    stats_lines, text, RunningVmm, RUN_LIMIT,
+    stats_lines, text, RunningVmm, PROBE_LIMITS, RUN_LIMIT,
 };
 
 /// What the probe guest must print for pcierc's default topology (and for QEMU's q35 with four
@@ -81,16 +81,8 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
         ),
     ] {
         let mut args = spawn_backend().to_vec();
-        args.extend([
-            "--kernel",
-            &kernel,
-            "--mem",
-            "64",
-            "--stats",
-            "--timeout",
-            "20",
-        ]);
-        args.extend_from_slice(extra);
+        args.extend(["--kernel", &kernel, "--stats"]);
+        args.extend(PROBE_LIMITS.iter().chain(extra));
         let (stdout, stderr) = run_vmm_ok(&args);
         check_enumeration(&stdout);
         // pcierc-bench's guest group parses this line (bench/src/guest/probe.rs).
@@ -123,16 +115,9 @@ fn guest_programming_lands_in_a_running_pcierc() {
     let dir = ScratchDir::new("vmm");
     let kernel = probe_image(&dir);
     let socket = backend.socket.to_string_lossy().into_owned();
-    let (stdout, _) = run_vmm_ok(&[
-        "--backend-socket",
-        &socket,
-        "--kernel",
-        &kernel,
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ]);
+    let mut args = vec!["--backend-socket", &socket, "--kernel", &kernel];
+    args.extend(PROBE_LIMITS);
+    let (stdout, _) = run_vmm_ok(&args);
     check_enumeration(&stdout);
     // What the guest wrote through CF8/CFC and ECAM is pcierc's state now.
     let mut fe = Frontend::connect(&backend.socket, FrontendOptions::tool("check"))
@@ -210,19 +195,13 @@ fn guest_takes_hot_add_and_removal_with_the_config_snapshot() {
 fn probe_guest_on_pcierc(cmdline: &str, extra: &[&str]) -> (Backend, RunningVmm, QmpSocket) {
     let backend = Backend::start_with_control(&[]);
     let socket = backend.socket.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--backend-socket",
-        &socket,
-        "--guest",
-        "pcie-probe",
-        "--cmdline",
-        cmdline,
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ];
-    args.extend_from_slice(extra);
+    let mut args = vec!["--backend-socket", &socket, "--guest", "pcie-probe"];
+    args.extend(
+        ["--cmdline", cmdline]
+            .iter()
+            .chain(&PROBE_LIMITS)
+            .chain(extra),
+    );
     let vmm = RunningVmm::start(&args);
     let qmp = qmp(backend.control.as_deref().expect("control socket"));
     (backend, vmm, qmp)

@@ -47,6 +47,10 @@ pub fn vmm_bin() -> PathBuf {
         .clone()
 }
 
+/// The probe guest's VMM options: 64 MiB of RAM and the VMM's own 20 s limit (within
+/// [`RUN_LIMIT`]).
+pub const PROBE_LIMITS: [&str; 4] = ["--mem", "64", "--timeout", "20"];
+
 /// `--spawn-backend --pcierc PCIERC`: the VMM starts this build's `pcierc` itself.
 pub fn spawn_backend() -> [&'static str; 3] {
     static PCIERC: OnceLock<String> = OnceLock::new();
