@@ -55,6 +55,21 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The names in directory `d`, sorted (what a process left in its socket directory).
+pub fn dir_entries(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", d.display()))
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A running `pcierc --socket-path`, killed on drop.
 pub struct Backend {
     child: Child,
