@@ -399,6 +399,21 @@ impl<'a> Differential<'a> {
         }
     }
 
+    /// Run every access ([`Differential::run_all`]), print what was compared as `what` with the
+    /// time since `started`, and [`Differential::assert_clean`].
+    pub fn run_all_and_check(&mut self, what: &str, started: std::time::Instant) {
+        self.run_all();
+        eprintln!(
+            "{what}: {} accesses, {} reads compared, {} mismatches, {} allowed, {:.2?}",
+            self.ops(),
+            self.compared(),
+            self.mismatches().len(),
+            self.allowed(),
+            started.elapsed()
+        );
+        self.assert_clean();
+    }
+
     /// Panic listing the mismatches (the first 60) if there are any.
     pub fn assert_clean(&self) {
         assert_no_mismatches(&self.mismatches, || {

@@ -15,4 +15,4 @@ pub mod qtest;
 pub mod qtest_target;
 pub mod trace;
 
-pub use pcierc_testkit::{process, qmp_socket};
+pub use pcierc_testkit::{noise, process, qmp_socket};
