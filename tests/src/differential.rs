@@ -399,23 +399,30 @@ impl<'a> Differential<'a> {
         }
     }
 
+    /// Run every access ([`Differential::run_all`]), print what was compared as `what` with the
+    /// time since `started`, and [`Differential::assert_clean`].
+    pub fn run_all_and_check(&mut self, what: &str, started: std::time::Instant) {
+        self.run_all();
+        eprintln!(
+            "{what}: {} accesses, {} reads compared, {} mismatches, {} allowed, {:.2?}",
+            self.ops(),
+            self.compared(),
+            self.mismatches().len(),
+            self.allowed(),
+            started.elapsed()
+        );
+        self.assert_clean();
+    }
+
     /// Panic listing the mismatches (the first 60) if there are any.
     pub fn assert_clean(&self) {
-        if self.mismatches.is_empty() {
-            return;
-        }
-        let list: Vec<String> = self
-            .mismatches
-            .iter()
-            .take(60)
-            .map(|m| format!("  {m}"))
-            .collect();
-        panic!(
-            "{} of {} reads differ from QEMU:\n{}",
-            self.mismatches.len(),
-            self.compared,
-            list.join("\n")
-        );
+        assert_no_mismatches(&self.mismatches, || {
+            format!(
+                "{} of {} reads differ from QEMU",
+                self.mismatches.len(),
+                self.compared
+            )
+        });
     }
 
     /// Everything, in an order that keeps both sides addressable: reset values, mechanism #1,
@@ -645,6 +652,23 @@ impl<'a> Differential<'a> {
         self.ours.platform_reset();
         self.reset_values("after platform reset");
     }
+}
+
+/// Panic with `headline` and the first 60 of `mismatches`, one an indented line, if there are
+/// any: the failure of every comparison against QEMU (register reads, replayed traces).
+pub fn assert_no_mismatches<T: std::fmt::Display>(
+    mismatches: &[T],
+    headline: impl FnOnce() -> String,
+) {
+    if mismatches.is_empty() {
+        return;
+    }
+    let list: Vec<String> = mismatches
+        .iter()
+        .take(60)
+        .map(|m| format!("  {m}"))
+        .collect();
+    panic!("{}:\n{}", headline(), list.join("\n"));
 }
 
 #[cfg(test)]

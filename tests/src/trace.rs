@@ -25,7 +25,6 @@
 //! wall-clock times were. Removal needs no alignment: QEMU and pcierc both remove the function
 //! inside the guest's Slot Control write that powers the slot off.
 
-pub mod qmp_socket;
 pub mod record;
 pub mod replay;
 

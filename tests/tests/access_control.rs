@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{read_obj, Frontend, FrontendOptions, FrontendReq, MsgHeader, HEADER_SIZE};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
+use pcierc_tests::process::{dir_entries, pcierc_bin, Backend, ScratchDir};
 use vm_memory::ByteValued;
 
 /// The effective uid of this test process (what SO_PEERCRED reports for our connections).
@@ -36,15 +36,6 @@ fn other_uid() -> u32 {
 
 fn mode_of(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
-}
-
-fn entries(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 /// Run pcierc with `args` until it exits (it is expected to refuse to start): its status and
@@ -169,7 +160,7 @@ fn socket_files_are_0600_by_default_or_the_socket_mode_given() {
     assert_eq!(mode_of(&b.socket), 0o600);
     assert_eq!(mode_of(&control), 0o600);
     assert_eq!(
-        entries(b.socket.parent().unwrap()),
+        dir_entries(b.socket.parent().unwrap()),
         ["control.sock", "pcierc.sock"],
         "no private directory left behind"
     );
@@ -216,7 +207,7 @@ fn a_bad_socket_mode_or_connection_limit_is_a_clear_cli_error() {
     ]);
     assert_eq!(st.code(), Some(2), "{err}");
     assert!(err.contains("--allow-uid"), "{err}");
-    assert!(entries(&d.0).is_empty(), "nothing created");
+    assert!(dir_entries(&d.0).is_empty(), "nothing created");
 }
 
 #[test]
@@ -247,7 +238,7 @@ fn a_file_that_is_not_a_socket_is_never_replaced() {
         "{err}"
     );
     assert_eq!(std::fs::read(&data).unwrap(), b"precious");
-    assert_eq!(entries(&d.0), ["data.sock"]);
+    assert_eq!(dir_entries(&d.0), ["data.sock"]);
 }
 
 #[test]
@@ -282,7 +273,7 @@ fn a_second_pcierc_does_not_steal_a_live_socket_but_replaces_a_dead_one() {
         )),
         "{err}"
     );
-    assert!(entries(&d.0).is_empty(), "{:?}", entries(&d.0));
+    assert!(dir_entries(&d.0).is_empty(), "{:?}", dir_entries(&d.0));
 
     // The first one still has its sockets and serves on them.
     assert_eq!(std::fs::metadata(&b.socket).unwrap().ino(), ino);

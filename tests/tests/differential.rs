@@ -53,16 +53,7 @@ fn pcierc_through_its_socket_matches_qemu() {
         });
     }
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
-    diff.run_all();
-    eprintln!(
-        "pcierc (socket) vs QEMU: {} accesses, {} reads compared, {} mismatches, {} allowed, {:.2?}",
-        diff.ops(),
-        diff.compared(),
-        diff.mismatches().len(),
-        diff.allowed(),
-        started.elapsed()
-    );
-    diff.assert_clean();
+    diff.run_all_and_check("pcierc (socket) vs QEMU", started);
 }
 
 #[test]

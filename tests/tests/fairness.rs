@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
+use pcierc_tests::noise::Noise;
 use pcierc_tests::process::{Backend, ScratchDir};
 
 /// How long each slice measures.
@@ -49,17 +50,8 @@ fn flood(
     stop: Arc<AtomicBool>,
     made: Arc<AtomicU64>,
 ) {
-    let mut x = seed | 1;
-    let mut garbage = move || -> Vec<u8> {
-        (0..64)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
+    let mut noise = Noise::new(seed | 1);
+    let mut garbage = move || noise.bytes(64);
     let throw = |path: &Path, bytes: &[u8]| {
         if let Ok(mut s) = UnixStream::connect(path) {
             let _ = s.set_nonblocking(true);

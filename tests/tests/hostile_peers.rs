@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
+use pcierc_tests::noise::Noise;
 use pcierc_tests::process::Backend;
 
 /// How long a connection that must be answered may wait: far beyond any scheduling delay, so
@@ -85,17 +86,8 @@ fn garbage_on_both_sockets_leaves_other_frontends_untouched() {
         })
         .collect();
 
-    let mut x = 0x1234_5678u32;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    };
+    let mut noise = Noise::new(0x1234_5678);
+    let mut random = |n: usize| noise.bytes(n);
     let control = b.control.clone().expect("control socket");
     // Failures are collected, not panicked on, so the good frontends are stopped and joined
     // (and pcierc checked alive) before the test reports them.

@@ -29,6 +29,15 @@ fn next(
     }
 }
 
+/// Firmware: ECAM, bus 1 behind rp1, rp1's MSI-X BAR, memory decode.
+fn firmware(vmm: &mut Frontend) {
+    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
+    vmm.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
+    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
+    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+}
+
 #[test]
 fn msi_reaches_the_vmm_and_slot_power_off_releases_the_function_to_its_owner() {
     let b = Backend::start(&["--device", "virtio-net-pci,id=net0,bus=rp1,owner=qemu"]);
@@ -37,12 +46,7 @@ fn msi_reaches_the_vmm_and_slot_power_off_releases_the_function_to_its_owner() {
     let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
     let mut irqs = vmm.take_backend_channel().expect("vmm channel");
 
-    // Firmware: ECAM, bus 1 behind rp1, MSI-X BAR, memory decode.
-    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
-    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
-    vmm.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
-    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
-    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+    firmware(&mut vmm);
     // The declared function is present from power-on.
     assert_ne!(
         vmm.mmio_read(SLTSTA, 2).unwrap() & 0x40,
@@ -111,11 +115,7 @@ fn owner_reports_an_error_and_a_pme_and_the_vmm_gets_the_root_port_interrupts() 
     let mut owner = Frontend::connect(&b.socket, FrontendOptions::vmm("qemu")).expect("owner");
     let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
     let mut irqs = vmm.take_backend_channel().expect("vmm channel");
-    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
-    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
-    vmm.mmio_write(RP1 + 0x18, 4, 0x0001_0100).unwrap();
-    vmm.mmio_write(RP1 + 0x10, 4, TABLE).unwrap();
-    vmm.mmio_write(RP1 + 4, 2, 0x6).unwrap();
+    firmware(&mut vmm);
     vmm.mmio_write(TABLE, 8, 0xfee0_3000).unwrap();
     vmm.mmio_write(TABLE + 8, 4, 0x4077).unwrap();
     vmm.mmio_write(TABLE + 12, 4, 0).unwrap();

@@ -13,75 +13,15 @@
 //! `PCIERC_LINUX_TRACE_OUT=FILE` keeps the recording, `PCIERC_LINUX_TRACE=FILE` replays a kept
 //! one instead of recording.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 
+use pcierc_tests::linux_images::{busybox_initramfs, kernel};
 use pcierc_tests::process::{tool_available, Backend, ScratchDir};
 use pcierc_tests::qtest::QEMU;
 use pcierc_tests::trace::record::{default_root_ports, default_scenario};
 use pcierc_tests::trace::replay::{backend_args, ReadPath, SCOPED_DEVIATIONS};
 use pcierc_tests::trace::{record, replay, Control, RecordOptions, Recording, Step};
-
-/// Skip loudly, or fail when `PCIERC_REQUIRE_TOOLS` is set.
-fn missing(what: &str) -> bool {
-    assert!(
-        std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
-        "{what} (PCIERC_REQUIRE_TOOLS is set)"
-    );
-    eprintln!("\n*** SKIP: {what}; the Linux replay test did not run ***\n");
-    true
-}
-
-/// `PCIERC_LINUX_KERNEL`, else the newest readable /boot/vmlinuz-*.
-fn kernel() -> Option<PathBuf> {
-    if let Some(k) = std::env::var_os("PCIERC_LINUX_KERNEL") {
-        return Some(k.into());
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    match found.pop() {
-        None => {
-            missing("no kernel in /boot (apt-get install linux-image-amd64)");
-            None
-        }
-        Some(k) if std::fs::File::open(&k).is_err() => {
-            missing(&format!(
-                "{} is not readable (Debian's are root-only)",
-                k.display()
-            ));
-            None
-        }
-        Some(k) => Some(k),
-    }
-}
-
-fn build_initramfs(out: &Path) -> bool {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux/build-initramfs.sh");
-    let o = Command::new("sh")
-        .arg(&script)
-        .arg(out)
-        .output()
-        .expect("running sh");
-    if !o.status.success() {
-        missing(&format!(
-            "building the initramfs failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ));
-        return false;
-    }
-    true
-}
 
 /// Record a boot (or load `PCIERC_LINUX_TRACE`); `None` when skipping.
 fn recording(dir: &ScratchDir) -> Option<Recording> {
@@ -93,10 +33,8 @@ fn recording(dir: &ScratchDir) -> Option<Recording> {
         return None;
     }
     let kernel = kernel()?;
-    let initrd = dir.0.join("initrd.cpio");
-    if !build_initramfs(&initrd) {
-        return None;
-    }
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("linux/init");
+    let initrd = busybox_initramfs(&init, &dir.0.join("initrd.cpio"))?;
     let opts = RecordOptions {
         kernel,
         initrd,

@@ -142,17 +142,7 @@ fn compare(ports: Vec<(u8, String, RootPort)>) {
     }
     let mut ours = ModelTarget::new(ports.into_iter().map(|(d, _, p)| (d, p)).collect());
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
-    diff.run_all();
-    eprintln!(
-        "models vs QEMU ({}): {} accesses, {} reads compared, {} mismatches, {} allowed, {:.2?}",
-        args.join(" "),
-        diff.ops(),
-        diff.compared(),
-        diff.mismatches().len(),
-        diff.allowed(),
-        started.elapsed()
-    );
-    diff.assert_clean();
+    diff.run_all_and_check(&format!("models vs QEMU ({})", args.join(" ")), started);
 }
 
 fn config(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPortConfig {

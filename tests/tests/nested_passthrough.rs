@@ -398,7 +398,9 @@ fn the_vmm_passes_an_e1000e_through_to_l2_live() {
             "interrupts after the reset ({after} > {msix}):\n{}",
             reset.text()
         );
-        report!("nested: after rp1's bus reset the e1000e came up again ({after} MSI-X interrupts)");
+        report!(
+            "nested: after rp1's bus reset the e1000e came up again ({after} MSI-X interrupts)"
+        );
         assert_eq!(expect(n.stop_l2()), 0);
     });
 }
@@ -409,43 +411,47 @@ fn the_vmm_passes_an_e1000e_through_to_l2_live() {
 #[test]
 fn a_multi_function_device_passes_through_grouped_live() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-    on_l1_with("passthrough: multi-function device to L2", &options(), |n, _| {
-        let sbdf = |id: &str| {
-            n.vfio
-                .iter()
-                .find(|v| v.l0_id == id)
-                .unwrap_or_else(|| panic!("{id} bound to vfio-pci in L1"))
-                .sbdf
-                .clone()
-        };
-        let (f0, f1) = (sbdf("mf0"), sbdf("mf1"));
-        let (a, b) = (format!("{f0},port=rp2"), format!("{f1},port=rp2"));
-        let (uptime, wall) = expect(n.start_l2(&[], &["--mem", "512", "--vfio", &a, "--vfio", &b]));
-        report!(
+    on_l1_with(
+        "passthrough: multi-function device to L2",
+        &options(),
+        |n, _| {
+            let sbdf = |id: &str| {
+                n.vfio
+                    .iter()
+                    .find(|v| v.l0_id == id)
+                    .unwrap_or_else(|| panic!("{id} bound to vfio-pci in L1"))
+                    .sbdf
+                    .clone()
+            };
+            let (f0, f1) = (sbdf("mf0"), sbdf("mf1"));
+            let (a, b) = (format!("{f0},port=rp2"), format!("{f1},port=rp2"));
+            let (uptime, wall) =
+                expect(n.start_l2(&[], &["--mem", "512", "--vfio", &a, "--vfio", &b]));
+            report!(
             "nested: L2 with a two-function device passed through in userspace at {uptime:.2} s, {:.1} s wall",
             wall.as_secs_f64()
         );
-        let out = expect(n.l2_ok(
+            let out = expect(n.l2_ok(
             "for f in 0 1; do d=/sys/bus/pci/devices/0000:02:00.$f; \
              echo \"fn $f $(cat $d/vendor):$(cat $d/device) driver $(basename $(readlink $d/driver)) header $(od -An -tx1 -j14 -N1 $d/config)\"; done; \
              ls /sys/bus/pci/devices | sed 's/^/dev /'",
             T,
         ));
-        for f in 0..2 {
-            let mf = if f == 0 { "80" } else { "00" };
+            for f in 0..2 {
+                let mf = if f == 0 { "80" } else { "00" };
+                assert!(
+                    out.lines.iter().any(|l| l
+                        .starts_with(&format!("fn {f} 0x8086:0x10d3 driver e1000e header  {mf}"))),
+                    "function {f} in L2:\n{}",
+                    out.text()
+                );
+            }
             assert!(
-                out.lines.iter().any(|l| l.starts_with(&format!(
-                    "fn {f} 0x8086:0x10d3 driver e1000e header  {mf}"
-                ))),
-                "function {f} in L2:\n{}",
+                !out.lines.iter().any(|l| l.starts_with("dev 0000:01:")),
+                "nothing behind rp1:\n{}",
                 out.text()
             );
-        }
-        assert!(
-            !out.lines.iter().any(|l| l.starts_with("dev 0000:01:")),
-            "nothing behind rp1:\n{}",
-            out.text()
-        );
-        assert_eq!(expect(n.stop_l2()), 0);
-    });
+            assert_eq!(expect(n.stop_l2()), 0);
+        },
+    );
 }

@@ -3,29 +3,12 @@
 //! end-to-end test runs under the default. That a call outside the list kills the process
 //! (`kill`) or goes through (`log`, `off`) is shown in `backend/src/sandbox/tests.rs`.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use pcierc_protocol::{Frontend, FrontendOptions};
 use pcierc_tests::process::Backend;
-
-/// A QMP command on a raw connection (negotiates first); the reply line.
-fn qmp(path: &std::path::Path, cmd: &str) -> String {
-    let s = UnixStream::connect(path).expect("control socket");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap(); // greeting
-    let mut w = s;
-    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, "{cmd}").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    line
-}
+use pcierc_tests::qmp_socket::QmpSocket;
+use serde_json::{json, Value};
 
 /// The `Seccomp:` field of the process's status: 0 none, 2 a filter.
 fn seccomp_field(pid: u32) -> String {
@@ -54,12 +37,16 @@ fn pcierc_serves_under_its_filter_in_kill_and_log_modes_and_without_one_when_off
         assert_eq!(f.config_read(0, 0, 0x10, 0x204, 4).unwrap(), 0x1234_5678);
         assert!(f.topology().is_ok());
         let control = b.control.clone().expect("control socket");
-        for cmd in [
-            r#"{"execute":"query-pci"}"#,
-            r#"{"execute":"device_add","arguments":{"driver":"e1000e","id":"net0","bus":"rp2","owner":"qemu"}}"#,
+        for (cmd, arguments) in [
+            ("query-pci", Value::Null),
+            (
+                "device_add",
+                json!({"driver": "e1000e", "id": "net0", "bus": "rp2", "owner": "qemu"}),
+            ),
         ] {
-            let reply = qmp(&control, cmd);
-            assert!(reply.contains("\"return\""), "{args:?} {cmd}: {reply}");
+            let mut qmp = QmpSocket::connect(&control, Duration::from_secs(10)).expect("QMP");
+            let reply = qmp.execute(cmd, arguments).expect("QMP reply");
+            assert!(reply.is_ok(), "{args:?} {cmd}: {reply:?}");
         }
         assert_eq!(seccomp_field(b.pid()), want, "{args:?}");
         drop(f);

@@ -14,9 +14,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions, FrontendReq, Status};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
+use pcierc_tests::process::{dir_entries, pcierc_bin, Backend, ScratchDir};
 use pcierc_tests::qmp::{qemu_qmp_available, QmpClient};
-use pcierc_tests::trace::qmp_socket::QmpSocket;
+use pcierc_tests::qmp_socket::QmpSocket;
 use serde_json::{json, Value};
 
 /// rp1 (00:02.0) and its Secondary Bus Number register: a guest-visible change to persist.
@@ -65,15 +65,6 @@ fn wait_exit(child: &mut Child) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn entries(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn assert_host_signal_shutdown(ev: &Value) {
@@ -128,7 +119,7 @@ fn sigterm_and_sigint_end_pcierc_cleanly() {
         let st = wait_exit(&mut child);
         assert_eq!(st.code(), Some(0), "signal {sig}: {st}");
         assert_eq!(
-            entries(&dir.0),
+            dir_entries(&dir.0),
             ["vm.state"],
             "sockets removed, no temporary or private files left"
         );
@@ -237,7 +228,7 @@ fn ready_is_notified_once_listening_and_the_pidfile_lives_as_long_as_pcierc() {
         assert_eq!(wait_exit(&mut child).code(), Some(0));
         assert_eq!(recv(&rx), "STOPPING=1");
         assert!(!pidfile.exists(), "pid file removed at exit");
-        let left: Vec<String> = entries(&dir.0);
+        let left: Vec<String> = dir_entries(&dir.0);
         assert!(left.iter().all(|e| e == "notify"), "{left:?}");
     }
 }

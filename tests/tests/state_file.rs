@@ -2,36 +2,19 @@
 //! restarted from its state file presents the same configuration space, slot state, hot-added
 //! functions and layout generation, and no acknowledged write is lost.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pcierc_protocol::{Frontend, FrontendOptions};
 use pcierc_tests::process::{Backend, ScratchDir};
+use pcierc_tests::qmp_socket::QmpSocket;
+use serde_json::json;
 
 const ECAM: u64 = 0xb000_0000;
 const RP1: u64 = ECAM + (0x10 << 12);
 /// Free writable dword after rp1's capabilities (QEMU leaves those bytes writable).
 const SCRATCH: u16 = 0x200;
-
-/// A QMP command on a raw connection (negotiates first); the reply line.
-fn qmp(path: &std::path::Path, cmd: &str) -> String {
-    let s = UnixStream::connect(path).expect("control socket");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap(); // greeting
-    let mut w = s;
-    writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    writeln!(w, "{cmd}").unwrap();
-    line.clear();
-    r.read_line(&mut line).unwrap();
-    line
-}
 
 /// Every dword of every function pcierc emulates, and rp1's MSI-X table entry.
 fn snapshot(f: &mut Frontend) -> Vec<(String, u16, u32)> {
@@ -79,11 +62,15 @@ fn sigkill_mid_workload_then_restart_loses_no_acknowledged_write() {
     f.mmio_write(RP1 + 0x6c, 2, 0x1039 | 0x00c0 | 0x0100)
         .unwrap();
     let control = b.control.clone().expect("control socket");
-    let reply = qmp(
-        &control,
-        r#"{"execute":"device_add","arguments":{"driver":"e1000e","id":"net0","bus":"rp1","owner":"qemu"}}"#,
-    );
-    assert!(reply.contains("\"return\""), "{reply}");
+    let mut qmp = QmpSocket::connect(&control, Duration::from_secs(5)).expect("QMP");
+    let reply = qmp
+        .execute(
+            "device_add",
+            json!({"driver": "e1000e", "id": "net0", "bus": "rp1", "owner": "qemu"}),
+        )
+        .expect("QMP reply");
+    assert!(reply.is_ok(), "{reply:?}");
+    drop(qmp);
     let generation = f.topology().unwrap().generation;
     let before = snapshot(&mut f);
 

@@ -9,18 +9,11 @@ mod vmm_support;
 
 use pcierc_examples::vmm::endpoint::serial_number;
 use pcierc_protocol::{decode_name, Frontend, FrontendOptions};
-use pcierc_tests::process::{pcierc_bin, Backend};
-use vmm_support::{kvm_available, run_vmm, text};
-
-fn assert_lines(stdout: &str, expected: &[String]) {
-    let lines: Vec<&str> = stdout.lines().collect();
-    for e in expected {
-        assert!(
-            lines.contains(&e.as_str()),
-            "missing {e:?} in the guest's output:\n{stdout}"
-        );
-    }
-}
+use pcierc_tests::process::Backend;
+use vmm_support::{
+    assert_lines, kvm_available, run_vmm, run_vmm_ok, spawn_backend, stats_lines, text,
+    PROBE_LIMITS,
+};
 
 /// What the probe guest prints for the test endpoint at `bus`:00.0 with function id `id`.
 fn endpoint_lines(bus: u8, id: &str) -> Vec<String> {
@@ -46,35 +39,20 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
     if !kvm_available() {
         return;
     }
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     // With the configuration snapshot (pcierc's functions read from shared memory, the VMM's
     // after one EREMOTE round trip) and without it (every access a message).
     for extra in [&[][..], &["--no-config-snapshot", "--no-acpi"][..]] {
-        let mut args = vec![
-            "--spawn-backend",
-            "--pcierc",
-            &pcierc,
+        let mut args = spawn_backend().to_vec();
+        args.extend([
             "--guest",
             "pcie-probe",
             "--endpoint",
             "rp1",
             "--endpoint",
             "rp3",
-            "--mem",
-            "64",
-            "--stats",
-            "--timeout",
-            "20",
-        ];
-        args.extend_from_slice(extra);
-        let out = run_vmm(&args);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(
-            out.status.success(),
-            "vmm {args:?} failed ({}):\n{stdout}\n{stderr}",
-            out.status
-        );
+        ]);
+        args.extend(["--stats"].iter().chain(&PROBE_LIMITS).chain(extra));
+        let (stdout, stderr) = run_vmm_ok(&args);
         let mut expected = endpoint_lines(1, "ep-rp1");
         expected.extend(endpoint_lines(3, "ep-rp3"));
         expected.extend(rp1_demo_lines());
@@ -99,11 +77,7 @@ fn cold_plugged_endpoints_are_enumerated_with_their_serial_numbers() {
         );
         eprintln!(
             "vmm {extra:?}:\n{}",
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("vmm: exits endpoint") || l.starts_with("vmm: endpoints"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
+            stats_lines(&stderr, &["vmm: exits endpoint", "vmm: endpoints"])
         );
     }
 }
@@ -120,26 +94,14 @@ fn endpoints_are_pcierc_functions_owned_by_the_vmm() {
     let mut gpu = Frontend::connect(&backend.socket, FrontendOptions::vmm("gpu-dm")).unwrap();
     gpu.claim_function("rp3", "gpu0", "vfio-pci", 0, true, false)
         .unwrap();
-    let args = [
-        "--backend-socket",
-        &socket,
-        "--guest",
-        "pcie-probe",
-        "--endpoint",
-        "rp2",
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ];
+    let mut args = vec!["--backend-socket", &socket, "--guest", "pcie-probe"];
+    args.extend(["--endpoint", "rp2"].iter().chain(&PROBE_LIMITS));
     let mut expected = endpoint_lines(2, "ep-rp2");
     expected.push("pcie-probe: functions 06 last bus 04".into());
     // Twice: the second run finds its claim from the first (a VMM that restarts under the same
     // name serves its functions again) and serves it.
-    for run in 0..2 {
-        let out = run_vmm(&args);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(out.status.success(), "run {run}: {stdout}\n{stderr}");
+    for _ in 0..2 {
+        let (stdout, _) = run_vmm_ok(&args);
         assert_lines(&stdout, &expected);
         assert!(
             !stdout.contains("03:00.0"),

@@ -8,12 +8,16 @@
 
 mod vmm_support;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
+use pcierc_tests::process::{tool_available, Backend, ScratchDir};
+use pcierc_tests::qmp_socket::QmpSocket;
 use serde_json::json;
-use vmm_support::{kvm_available, probe_image, run_for, run_vmm, text, Qmp, RunningVmm, RUN_LIMIT};
+use vmm_support::{
+    assert_lines, kvm_available, probe_image, qmp, run_for, run_vmm, run_vmm_ok, spawn_backend,
+    stats_lines, text, RunningVmm, PROBE_LIMITS, RUN_LIMIT,
+};
 
 /// What the probe guest must print for pcierc's default topology (and for QEMU's q35 with four
 /// `pcie-root-port`s laid out the same): QEMU's ids for the Q35 MCH and the root ports, each
@@ -34,18 +38,8 @@ const ENUMERATION: &[&str] = &[
 
 /// [`ENUMERATION`] with the VMM's function count (pcierc has the MCH and the root ports only).
 fn check_enumeration(stdout: &str) {
-    check_lines(stdout, ENUMERATION);
-    check_lines(stdout, &["pcie-probe: functions 05 last bus 04"]);
-}
-
-fn check_lines(stdout: &str, expected: &[&str]) {
-    let lines: Vec<&str> = stdout.lines().collect();
-    for &e in expected {
-        assert!(
-            lines.contains(&e),
-            "missing {e:?} in the guest's output:\n{stdout}"
-        );
-    }
+    assert_lines(stdout, ENUMERATION);
+    assert_lines(stdout, &["pcie-probe: functions 05 last bus 04"]);
 }
 
 /// The guest's exit-latency lines converted with the TSC frequency the VMM printed.
@@ -76,8 +70,6 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
     }
     let dir = ScratchDir::new("vmm");
     let kernel = probe_image(&dir);
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     // As firmware (ECAM enabled, ACPI tables) with pcierc's shared configuration snapshot (reads
     // without a message); then with neither: the guest enables ECAM through CF8/CFC and every
     // configuration read is a message.
@@ -88,26 +80,10 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
             "no ACPI MCFG: enabling ECAM through PCIEXBAR",
         ),
     ] {
-        let mut args = vec![
-            "--spawn-backend",
-            "--pcierc",
-            &pcierc,
-            "--kernel",
-            &kernel,
-            "--mem",
-            "64",
-            "--stats",
-            "--timeout",
-            "20",
-        ];
-        args.extend_from_slice(extra);
-        let out = run_vmm(&args);
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert!(
-            out.status.success(),
-            "vmm {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
-            out.status
-        );
+        let mut args = spawn_backend().to_vec();
+        args.extend(["--kernel", &kernel, "--stats"]);
+        args.extend(PROBE_LIMITS.iter().chain(extra));
+        let (stdout, stderr) = run_vmm_ok(&args);
         check_enumeration(&stdout);
         // pcierc-bench's guest group parses this line (bench/src/guest/probe.rs).
         assert!(
@@ -125,11 +101,7 @@ fn probe_guest_enumerates_pcierc_through_the_vmm() {
         eprintln!(
             "vmm {extra:?}: guest-measured time per access (trivial exit vs forwarded):\n{}{}",
             latency_report(&stdout, &stderr),
-            stderr
-                .lines()
-                .filter(|l| l.starts_with("vmm: exits"))
-                .map(|l| format!("  {l}\n"))
-                .collect::<String>()
+            stats_lines(&stderr, &["vmm: exits"])
         );
     }
 }
@@ -143,18 +115,9 @@ fn guest_programming_lands_in_a_running_pcierc() {
     let dir = ScratchDir::new("vmm");
     let kernel = probe_image(&dir);
     let socket = backend.socket.to_string_lossy().into_owned();
-    let out = run_vmm(&[
-        "--backend-socket",
-        &socket,
-        "--kernel",
-        &kernel,
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    let mut args = vec!["--backend-socket", &socket, "--kernel", &kernel];
+    args.extend(PROBE_LIMITS);
+    let (stdout, _) = run_vmm_ok(&args);
     check_enumeration(&stdout);
     // What the guest wrote through CF8/CFC and ECAM is pcierc's state now.
     let mut fe = Frontend::connect(&backend.socket, FrontendOptions::tool("check"))
@@ -178,8 +141,6 @@ fn guest_failures_end_the_vmm_with_a_clear_error() {
     if !kvm_available() {
         return;
     }
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
     for (guest, extra, expect) in [
         (
             "fault-exec-mmio",
@@ -193,7 +154,8 @@ fn guest_failures_end_the_vmm_with_a_clear_error() {
             "the guest did not stop within 1s",
         ),
     ] {
-        let mut args = vec!["--spawn-backend", "--pcierc", &pcierc, "--guest", guest];
+        let mut args = spawn_backend().to_vec();
+        args.extend(["--guest", guest]);
         args.extend_from_slice(extra);
         let start = Instant::now();
         let out = run_vmm(&args);
@@ -228,39 +190,40 @@ fn guest_takes_hot_add_and_removal_with_the_config_snapshot() {
     hot_add_and_removal(&[]);
 }
 
+/// A running pcierc with its control socket, the probe guest started on the VMM against it with
+/// kernel command line `cmdline` and the VMM options `extra`, and a QMP session.
+fn probe_guest_on_pcierc(cmdline: &str, extra: &[&str]) -> (Backend, RunningVmm, QmpSocket) {
+    let backend = Backend::start_with_control(&[]);
+    let socket = backend.socket.to_string_lossy().into_owned();
+    let mut args = vec!["--backend-socket", &socket, "--guest", "pcie-probe"];
+    args.extend(
+        ["--cmdline", cmdline]
+            .iter()
+            .chain(&PROBE_LIMITS)
+            .chain(extra),
+    );
+    let vmm = RunningVmm::start(&args);
+    let qmp = qmp(backend.control.as_deref().expect("control socket"));
+    (backend, vmm, qmp)
+}
+
 fn hot_add_and_removal(extra: &[&str]) {
     if !kvm_available() {
         return;
     }
-    let backend = Backend::start_with_control(&[]);
-    let control = backend.control.clone().expect("control socket");
-    let socket = backend.socket.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--backend-socket",
-        &socket,
-        "--guest",
-        "pcie-probe",
-        "--cmdline",
-        "pcie-probe.hotplug",
-        "--mem",
-        "64",
-        "--stats",
-        "--timeout",
-        "20",
-    ];
-    args.extend_from_slice(extra);
-    let mut vmm = RunningVmm::start(&args);
+    let extra = [extra, &["--stats"]].concat();
+    let (_backend, mut vmm, mut qmp) = probe_guest_on_pcierc("pcie-probe.hotplug", &extra);
     vmm.expect_line("pcie-probe: MSI-X on 00:02.0: table at c0000000, vector 40");
     vmm.expect_line("pcie-probe: waiting for hot-add on 00:02.0");
 
     // Hot-add of the VMM's own endpoint: pcierc raises the slot's MSI-X vector by writing the
     // VMM's irqfd (KVM injects it) and tells the VMM (`FunctionAdded`), which makes the model.
-    let mut qmp = Qmp::connect(&control);
     let sent = Instant::now();
-    qmp.execute(
+    qmp.ok(
         "device_add",
         json!({"driver": "pcierc-testdev", "id": "ep0", "bus": "rp1", "owner": "vmm"}),
-    );
+    )
+    .unwrap();
     let (seen, irq) = vmm.expect_line("pcie-probe: hot-plug interrupt, slot status");
     let status = u16::from_str_radix(irq.rsplit(' ').next().unwrap_or_default(), 16).unwrap();
     assert_eq!(
@@ -281,14 +244,17 @@ fn hot_add_and_removal(extra: &[&str]) {
 
     // Removal: the attention button interrupt, the guest powers the slot off, pcierc completes
     // and tells the VMM (`FunctionRemoved`), which drops the model.
-    qmp.execute("device_del", json!({"id": "ep0"}));
+    qmp.ok("device_del", json!({"id": "ep0"})).unwrap();
     let (_, irq) = vmm.expect_line("pcie-probe: hot-plug interrupt, slot status");
     let status = u16::from_str_radix(irq.rsplit(' ').next().unwrap_or_default(), 16).unwrap();
     assert_eq!(status & 1, 1, "Attention Button Pressed: {irq}");
     vmm.expect_line("pcie-probe: attention button: powering 00:02.0 off");
     vmm.expect_line("pcie-probe: hot-remove: 00:02.0 is empty");
     vmm.expect_line("pcie-probe: after removal 01:00.0 ffffffff");
-    let deleted = qmp.event("DEVICE_DELETED").expect("DEVICE_DELETED");
+    let deleted = qmp
+        .event("DEVICE_DELETED", Duration::from_secs(10))
+        .unwrap()
+        .expect("DEVICE_DELETED");
     assert_eq!(deleted["data"]["device"], "ep0");
     vmm.expect_line("pcie-probe: power off");
     let (status, stderr) = vmm.finish();
@@ -360,29 +326,14 @@ fn aer_and_pme(extra: &[&str]) {
     if !kvm_available() {
         return;
     }
-    let backend = Backend::start_with_control(&[]);
-    let control = backend.control.clone().expect("control socket");
-    let socket = backend.socket.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--backend-socket",
-        &socket,
-        "--guest",
-        "pcie-probe",
-        "--cmdline",
-        "pcie-probe.hotplug pcie-probe.aer",
-        "--mem",
-        "64",
-        "--timeout",
-        "20",
-    ];
-    args.extend_from_slice(extra);
-    let mut vmm = RunningVmm::start(&args);
+    let (_backend, mut vmm, mut qmp) =
+        probe_guest_on_pcierc("pcie-probe.hotplug pcie-probe.aer", extra);
     vmm.expect_line("pcie-probe: waiting for hot-add on 00:02.0");
-    let mut qmp = Qmp::connect(&control);
-    qmp.execute(
+    qmp.ok(
         "device_add",
         json!({"driver": "pcierc-testdev", "id": "ep0", "bus": "rp1", "owner": "vmm"}),
-    );
+    )
+    .unwrap();
     vmm.expect_line("pcie-probe: hot-added 01:00.0 1b36:0005");
     vmm.expect_line("pcie-probe: AER and PME interrupts enabled on 00:02.0");
 
@@ -391,10 +342,11 @@ fn aer_and_pme(extra: &[&str]) {
     const UE_NONFATAL_RECEIVED: u32 = 1 << 2 | 1 << 5;
     // rp1's own Unsupported Request (§7.8.4.2 bit 20, non-fatal by default severity): logged
     // in its Uncorrectable Error Status, reported with itself (00:02.0) as the source.
-    qmp.execute(
+    qmp.ok(
         "pcie-aer-inject-error",
         json!({"id": "rp1", "error": "UNSUP"}),
-    );
+    )
+    .unwrap();
     let (_, own) = vmm.expect_line("aer: root-status");
     assert_eq!(field(&own, "root-status"), UE_NONFATAL_RECEIVED, "{own}");
     assert_eq!(field(&own, "source"), 0x0010 << 16, "{own}");
@@ -402,10 +354,11 @@ fn aer_and_pme(extra: &[&str]) {
 
     // A Completion Timeout (bit 14) of the endpoint behind rp1: an error message received from
     // 01:00.0; the endpoint logs it itself, rp1's own status stays clear (docs/hotplug-aer.md).
-    qmp.execute(
+    qmp.ok(
         "pcie-aer-inject-error",
         json!({"id": "ep0", "error": "COMP_TIME"}),
-    );
+    )
+    .unwrap();
     let (_, below) = vmm.expect_line("aer: root-status");
     assert_eq!(
         field(&below, "root-status"),
@@ -416,13 +369,13 @@ fn aer_and_pme(extra: &[&str]) {
     assert_eq!(field(&below, "uncor"), 0, "{below}");
 
     // A PME from the endpoint: Root Status PME Requester ID 01:00.0 (§7.5.3.14).
-    qmp.execute("x-pcierc-inject-pme", json!({"id": "ep0"}));
+    qmp.ok("x-pcierc-inject-pme", json!({"id": "ep0"})).unwrap();
     let (_, pme) = vmm.expect_line("pme: requester 0x0100");
     vmm.expect_line("pcie-probe: AER and PME reports taken");
 
     // The card leaves as in the hot-plug test, and the guest powers off.
     vmm.expect_line("pcie-probe: waiting for hot-remove on 00:02.0");
-    qmp.execute("device_del", json!({"id": "ep0"}));
+    qmp.ok("device_del", json!({"id": "ep0"})).unwrap();
     vmm.expect_line("pcie-probe: hot-remove: 00:02.0 is empty");
     vmm.expect_line("pcie-probe: power off");
     let (status, stderr) = vmm.finish();
@@ -438,12 +391,7 @@ fn aer_and_pme(extra: &[&str]) {
 /// (fails under `PCIERC_REQUIRE_TOOLS`).
 #[test]
 fn probe_guest_boots_under_qemu_through_its_pvh_note() {
-    if !pcierc_tests::process::tool_available("qemu-system-x86_64") {
-        assert!(
-            std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
-            "qemu-system-x86_64 is missing (PCIERC_REQUIRE_TOOLS is set)"
-        );
-        eprintln!("\n*** SKIP: qemu-system-x86_64 is missing; this test did not run ***\n");
+    if !tool_available("qemu-system-x86_64") {
         return;
     }
     let dir = ScratchDir::new("vmm-qemu");
@@ -472,8 +420,8 @@ fn probe_guest_boots_under_qemu_through_its_pvh_note() {
             "QEMU ({accel}) failed ({}):\n{stdout}\n{stderr}",
             out.status
         );
-        check_lines(&stdout, ENUMERATION);
-        check_lines(
+        assert_lines(&stdout, ENUMERATION);
+        assert_lines(
             &stdout,
             &[
                 "pcie-probe: 64-bit guest running",
@@ -501,15 +449,7 @@ fn reboot_starts_from_the_power_on_state() {
     if !kvm_available() {
         return;
     }
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
-    let out = run_vmm(&[
-        "--spawn-backend",
-        "--pcierc",
-        &pcierc,
-        "--guest",
-        "reboot-state",
-    ]);
+    let out = run_vmm(&[spawn_backend().as_slice(), &["--guest", "reboot-state"]].concat());
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{stderr}\n{stdout}");
     let section = |from: &str, to: Option<&str>, prefix: &str| -> Vec<(String, String)> {

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pcierc_tests::process::{pcierc_bin, tool_available, ScratchDir};
-use vmm_support::{kvm_available, run_for, run_vmm_for, text};
+use pcierc_tests::linux_images::{busybox_initramfs, kernel};
+use pcierc_tests::process::{tool_available, ScratchDir};
+use vmm_support::{kvm_available, run_for, run_vmm_for, spawn_backend, stats_lines, text};
 
 /// The VMM's own limit for the Linux boot (`--timeout`); `PCIERC_LINUX_TIMEOUT` (seconds)
 /// overrides it.
@@ -41,57 +42,10 @@ fn linux_timeout() -> Duration {
         .map_or(LINUX_TIMEOUT, Duration::from_secs)
 }
 
-/// Skip (loudly) for a missing prerequisite, or fail under `PCIERC_REQUIRE_TOOLS`.
-fn missing(what: &str) {
-    assert!(
-        std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
-        "{what} (PCIERC_REQUIRE_TOOLS is set)"
-    );
-    eprintln!("\n*** SKIP: {what}; this test did not run ***\n");
-}
-
-/// The kernel: `PCIERC_LINUX_KERNEL`, else the newest /boot/vmlinuz-*.
-fn kernel() -> Option<PathBuf> {
-    if let Some(k) = std::env::var_os("PCIERC_LINUX_KERNEL") {
-        return Some(PathBuf::from(k));
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("vmlinuz-"))
-        })
-        .collect();
-    found.sort();
-    let k = found.pop();
-    if k.is_none() {
-        missing("no /boot/vmlinuz-* (apt-get install linux-image-amd64)");
-    }
-    k
-}
-
-/// Build the initramfs with the repository's script.
+/// The initramfs: busybox-static and `tests/vmm-linux/init`.
 fn initramfs(dir: &ScratchDir) -> Option<PathBuf> {
-    if !Path::new("/bin/busybox").exists() {
-        missing("no /bin/busybox (apt-get install busybox-static)");
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vmm-linux/make-initramfs.sh");
-    let out = dir.0.join("initramfs.cpio.gz");
-    let r = Command::new("sh")
-        .arg(&script)
-        .arg(&out)
-        .output()
-        .expect("running make-initramfs.sh");
-    assert!(
-        r.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        text(&r.stderr)
-    );
-    Some(out)
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("vmm-linux/init");
+    busybox_initramfs(&init, &dir.0.join("initramfs.cpio"))
 }
 
 /// The kernel command line: serial console from the first instruction on, and a panic powers
@@ -197,34 +151,30 @@ fn linux_on_the_vmm() {
     let Some(initrd) = initramfs(&dir) else {
         return;
     };
-    let pcierc = pcierc_bin();
     let timeout = linux_timeout();
     let seconds = timeout.as_secs().to_string();
-    let (kernel_s, initrd_s, pcierc_s) = (
-        kernel.to_string_lossy(),
-        initrd.to_string_lossy(),
-        pcierc.to_string_lossy(),
-    );
+    let (kernel_s, initrd_s) = (kernel.to_string_lossy(), initrd.to_string_lossy());
     let args = [
-        "--spawn-backend",
-        "--pcierc",
-        &pcierc_s,
-        "--kernel",
-        &kernel_s,
-        "--initrd",
-        &initrd_s,
-        "--cmdline",
-        CMDLINE,
-        "--mem",
-        "512",
-        "--endpoint",
-        "rp1",
-        "--stats",
-        // A panic (panic=-1) resets: the test wants the VMM to stop then, not to reboot.
-        "--no-reboot",
-        "--timeout",
-        &seconds,
-    ];
+        &spawn_backend()[..],
+        &[
+            "--kernel",
+            &kernel_s,
+            "--initrd",
+            &initrd_s,
+            "--cmdline",
+            CMDLINE,
+            "--mem",
+            "512",
+            "--endpoint",
+            "rp1",
+            "--stats",
+            // A panic (panic=-1) resets: the test wants the VMM to stop then, not to reboot.
+            "--no-reboot",
+            "--timeout",
+            &seconds,
+        ],
+    ]
+    .concat();
     let start = Instant::now();
     let out = run_vmm_for(&args, timeout + Duration::from_secs(15));
     let elapsed = start.elapsed();
@@ -275,10 +225,6 @@ fn linux_on_the_vmm() {
         kernel.display(),
         elapsed.as_secs_f64(),
         kernel_time(&console).unwrap_or(f64::NAN),
-        stderr
-            .lines()
-            .filter(|l| l.starts_with("vmm: exits") || l.starts_with("vmm: endpoints"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        stats_lines(&stderr, &["vmm: exits", "vmm: endpoints"])
     );
 }

@@ -4,23 +4,11 @@
 
 mod vmm_support;
 
-use pcierc_tests::process::pcierc_bin;
-use vmm_support::{kvm_available, run_vmm, text};
+use vmm_support::{kvm_available, run_vmm, spawn_backend, text};
 
 fn refused(vfio: &str) -> String {
-    let pcierc = pcierc_bin();
-    let pcierc = pcierc.to_string_lossy();
-    let out = run_vmm(&[
-        "--spawn-backend",
-        "--pcierc",
-        &pcierc,
-        "--guest",
-        "hang",
-        "--timeout",
-        "10",
-        "--vfio",
-        vfio,
-    ]);
+    let args = ["--guest", "hang", "--timeout", "10", "--vfio", vfio];
+    let out = run_vmm(&[spawn_backend().as_slice(), &args].concat());
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "--vfio {vfio}: {stderr}");
     stderr

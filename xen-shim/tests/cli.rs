@@ -36,45 +36,29 @@ fn without_dev_xen_it_names_what_is_missing() {
     );
 }
 
+/// `args` are refused as a usage error (exit 2) whose message contains `says`.
+fn refused(args: &[&str], says: &str) {
+    let (code, err) = shim(args);
+    assert_eq!(code, 2, "{args:?}: {err}");
+    assert!(err.contains(says), "{args:?}: {err}");
+}
+
 #[test]
 fn arguments_are_validated() {
-    let (code, err) = shim(&["--backend-socket", "/x"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("--domid"), "{err}");
-    let (code, err) = shim(&["--domid", "0", "--backend-socket", "/x"]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not a guest domain id"), "{err}");
-    let (code, err) = shim(&[
-        "--domid",
-        "3",
-        "--backend-socket",
-        "/x",
-        "--peer-server",
-        "qemu",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("OWNER=ID"), "{err}");
-    let (code, err) = shim(&[
-        "--domid",
-        "3",
-        "--backend-socket",
-        "/x",
-        "--peer-server",
-        "qemu=9",
-    ]);
-    assert_eq!(code, 2);
-    assert!(err.contains("0 to 7"), "{err}");
+    refused(&["--backend-socket", "/x"], "--domid");
+    refused(
+        &["--domid", "0", "--backend-socket", "/x"],
+        "not a guest domain id",
+    );
     let base = ["--domid", "3", "--backend-socket", "/x"];
-    let (code, err) = shim(&[&base[..], &["--runas", "0:0"]].concat());
-    assert_eq!(code, 2);
-    assert!(err.contains("would keep root's privileges"), "{err}");
-    let (code, err) = shim(&[&base[..], &["--runas", "no-such-user-pcierc"]].concat());
-    assert_eq!(code, 2);
-    assert!(err.contains("no such user"), "{err}");
-    let (code, err) = shim(&[&base[..], &["--chroot", "/nonexistent-jail"]].concat());
-    assert_eq!(code, 2);
-    assert!(err.contains("--chroot /nonexistent-jail"), "{err}");
-    let (code, err) = shim(&[&base[..], &["--log-level", "loud"]].concat());
-    assert_eq!(code, 2);
-    assert!(err.contains("--log-level"), "{err}");
+    let with = |extra: &[&'static str]| [&base[..], extra].concat();
+    refused(&with(&["--peer-server", "qemu"]), "OWNER=ID");
+    refused(&with(&["--peer-server", "qemu=9"]), "0 to 7");
+    refused(&with(&["--runas", "0:0"]), "would keep root's privileges");
+    refused(&with(&["--runas", "no-such-user-pcierc"]), "no such user");
+    refused(
+        &with(&["--chroot", "/nonexistent-jail"]),
+        "--chroot /nonexistent-jail",
+    );
+    refused(&with(&["--log-level", "loud"]), "--log-level");
 }

@@ -364,7 +364,7 @@ fn hot_add_and_remove_through_the_control_socket_update_routing_and_interrupts()
 
     // QEMU's NIC hot-added behind rp2: mapped to QEMU's server, the guest told by MSI.
     let mut qmp = w.pcierc.qmp();
-    qmp.execute(
+    qmp.ok(
         "device_add",
         json!({"driver": "e1000e", "id": "net1", "bus": "rp2", "owner": "qemu"}),
     )
@@ -384,7 +384,7 @@ fn hot_add_and_remove_through_the_control_socket_update_routing_and_interrupts()
 
     // Another behind rp3: INTA of device 2 on bus 0, asserted, then deasserted when the guest
     // clears Presence Detect Changed.
-    qmp.execute(
+    qmp.ok(
         "device_add",
         json!({"driver": "e1000e", "id": "net2", "bus": "rp3", "owner": "qemu"}),
     )
@@ -410,7 +410,7 @@ fn hot_add_and_remove_through_the_control_socket_update_routing_and_interrupts()
     );
 
     // Surprise removal: unmapped at once.
-    qmp.execute("x-pcierc-surprise-remove", json!({"id": "net1"}))
+    qmp.ok("x-pcierc-surprise-remove", json!({"id": "net1"}))
         .unwrap();
     w.shim.wait_generation(w.pcierc.generation());
     assert_eq!(
@@ -421,7 +421,7 @@ fn hot_add_and_remove_through_the_control_socket_update_routing_and_interrupts()
     // Orderly removal of net0: device_del presses the attention button, the guest powers the
     // slot off (Power Controller Control, indicators off), and the function is gone before
     // that write completes.
-    qmp.execute("device_del", json!({"id": "net0"})).unwrap();
+    qmp.ok("device_del", json!({"id": "net0"})).unwrap();
     let sltctl = g.config_read(cf8, 0, RP1, SLOT_CONTROL, 2).unwrap().0;
     g.config_write(cf8, 0, RP1, SLOT_CONTROL, 2, sltctl | 0x0400 | 0x0300)
         .unwrap();

@@ -41,6 +41,14 @@ fn guest_ready() -> Hierarchy {
     h
 }
 
+/// Take the queued events and assert that `want` is among them; all of them, for more checks.
+#[track_caller]
+fn assert_took(h: &mut Hierarchy, want: &HierarchyEvent) -> Vec<HierarchyEvent> {
+    let ev = h.take_events();
+    assert!(ev.contains(want), "{want:?} not in {ev:?}");
+    ev
+}
+
 fn msis(h: &mut Hierarchy) -> usize {
     h.take_events()
         .iter()
@@ -64,12 +72,11 @@ fn msis(h: &mut Hierarchy) -> usize {
 fn hot_add_then_orderly_removal_as_pciehp_does_it() {
     let mut h = guest_ready();
     h.hot_add(net("net0")).unwrap();
-    let ev = h.take_events();
-    assert!(
-        ev.contains(&HierarchyEvent::FunctionAdded {
-            endpoint: net("net0")
-        }),
-        "{ev:?}"
+    let ev = assert_took(
+        &mut h,
+        &HierarchyEvent::FunctionAdded {
+            endpoint: net("net0"),
+        },
     );
     assert!(
         ev.iter().any(|e| matches!(
@@ -133,13 +140,12 @@ fn hot_add_then_orderly_removal_as_pciehp_does_it() {
     );
     h.mmio_write(SLTCTL, 2, 0x0029 | 0x0400 | 0x0300 | 0x00c0)
         .unwrap();
-    let ev = h.take_events();
-    assert!(
-        ev.contains(&HierarchyEvent::FunctionRemoved {
+    assert_took(
+        &mut h,
+        &HierarchyEvent::FunctionRemoved {
             endpoint: net("net0"),
-            surprise: false
-        }),
-        "{ev:?}"
+            surprise: false,
+        },
     );
     assert_eq!(h.endpoint("net0"), None);
     assert_eq!(h.route(1, 0), Routed::Absent);
@@ -155,27 +161,28 @@ fn surprise_removal_and_intx_when_msix_is_off() {
     h.mmio_write(SLTCTL, 2, 0x0028).unwrap(); // PDCE|HPIE, no MSI-X: INTx
     h.take_events();
     h.hot_add(net("net0")).unwrap();
-    let ev = h.take_events();
-    assert!(
-        ev.contains(&HierarchyEvent::Interrupt {
+    assert_took(
+        &mut h,
+        &HierarchyEvent::Interrupt {
             devfn: 0x10,
-            interrupt: Interrupt::Intx { asserted: true }
-        }),
-        "{ev:?}"
+            interrupt: Interrupt::Intx { asserted: true },
+        },
     );
     h.mmio_write(SLTSTA, 2, 0x18).unwrap(); // clear PDC (and CC): INTx drops
-    assert!(h.take_events().contains(&HierarchyEvent::Interrupt {
-        devfn: 0x10,
-        interrupt: Interrupt::Intx { asserted: false }
-    }));
+    assert_took(
+        &mut h,
+        &HierarchyEvent::Interrupt {
+            devfn: 0x10,
+            interrupt: Interrupt::Intx { asserted: false },
+        },
+    );
     h.surprise_remove("net0").unwrap();
-    let ev = h.take_events();
-    assert!(
-        ev.contains(&HierarchyEvent::FunctionRemoved {
+    let ev = assert_took(
+        &mut h,
+        &HierarchyEvent::FunctionRemoved {
             endpoint: net("net0"),
-            surprise: true
-        }),
-        "{ev:?}"
+            surprise: true,
+        },
     );
     assert!(ev.iter().any(|e| matches!(
         e,
@@ -354,13 +361,12 @@ fn aer_messages_from_below_set_only_the_root_registers() {
     h.mmio_write(RP1 + 0x4a, 2, 0).unwrap();
     h.take_events();
     h.mmio_write(ROOT_CMD, 4, 0x1).unwrap();
-    let ev = h.take_events();
-    assert!(
-        ev.contains(&HierarchyEvent::Interrupt {
+    assert_took(
+        &mut h,
+        &HierarchyEvent::Interrupt {
             devfn: 0x10,
-            interrupt: Interrupt::Intx { asserted: true }
-        }),
-        "{ev:?}"
+            interrupt: Interrupt::Intx { asserted: true },
+        },
     );
 }
 

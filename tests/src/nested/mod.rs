@@ -19,7 +19,6 @@
 //! `PCIERC_REQUIRE_TOOLS` (CI). `PCIERC_NESTED_QEMU` names another QEMU binary for L0.
 
 pub mod console;
-pub mod initramfs;
 pub mod passthrough;
 
 use std::path::{Path, PathBuf};
@@ -27,11 +26,11 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use console::{shell_quote, ConsoleError, ConsoleMachine, Output, Source};
-use initramfs::{Initramfs, InitramfsError};
-use passthrough::{L0Qmp, PassthroughDevice, VfioFunction};
-
+use crate::initramfs::{Initramfs, InitramfsError};
+use crate::linux_images::static_busybox;
 use crate::process::ScratchDir;
+use console::{shell_quote, ConsoleError, ConsoleMachine, Output, Source};
+use passthrough::{L0Qmp, PassthroughDevice, VfioFunction};
 
 /// How long L1 may take from QEMU's start to its shell (about 5 s measured here).
 const L1_BOOT: Duration = Duration::from_secs(120);
@@ -130,14 +129,10 @@ pub fn tools() -> Option<Tools> {
             "no readable /boot/vmlinuz-* with its modules (apt-get install linux-image-amd64)",
         );
     };
-    let busybox = PathBuf::from("/bin/busybox");
-    let is_static = Command::new("ldd")
-        .arg(&busybox)
-        .output()
-        .is_ok_and(|o| !o.status.success());
-    if !busybox.exists() || !is_static {
-        return missing("no static /bin/busybox (apt-get install busybox-static)");
-    }
+    let busybox = match static_busybox() {
+        Ok(b) => b,
+        Err(what) => return missing(&what),
+    };
     Some(Tools {
         qemu,
         kernel,
@@ -203,10 +198,7 @@ fn script(name: &str) -> PathBuf {
 /// `uio_pci_generic` module with `uio` under `/lib/modules`, and `e1000e` (listed in
 /// `/lib/modules/boot-load`, which `l2-init` loads at boot).
 pub fn probe_initramfs(tools: &Tools) -> Result<Initramfs, NestedError> {
-    let mut a = Initramfs::new();
-    a.copy("bin/busybox", &tools.busybox, 0o755)?;
-    a.symlink("bin/sh", "busybox");
-    a.copy("init", &script("l2-init"), 0o755)?;
+    let mut a = Initramfs::busybox(&tools.busybox, &script("l2-init"))?;
     a.copy("lib/probe.sh", &script("probe.sh"), 0o644)?;
     // uio_pci_generic (with uio): a driver that takes a device's INTx, for the INTx tests.
     a.kernel_module(&tools.release, "uio_pci_generic")?;
@@ -221,10 +213,7 @@ pub fn probe_initramfs(tools: &Tools) -> Result<Initramfs, NestedError> {
 /// L1's initramfs: busybox, `tests/nested/l1-init`, KVM's modules, the binaries with their
 /// libraries, and L2's kernel and initramfs under `/l2`.
 pub fn l1_initramfs(tools: &Tools, bins: &Binaries) -> Result<Initramfs, NestedError> {
-    let mut a = Initramfs::new();
-    a.copy("bin/busybox", &tools.busybox, 0o755)?;
-    a.symlink("bin/sh", "busybox");
-    a.copy("init", &script("l1-init"), 0o755)?;
+    let mut a = Initramfs::busybox(&tools.busybox, &script("l1-init"))?;
     let modules = a.kernel_module(&tools.release, "kvm-amd")?;
     a.file("lib/modules/load-order", modules.join("\n") + "\n", 0o644);
     a.binary("bin/pcierc", &bins.pcierc)?;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::qmp_socket::QmpSocket;
 use super::{parse_qemu_log, port_devfn, Control, Recording, RemoteFunction, TRACE_EVENTS};
+use crate::qmp_socket::QmpSocket;
 use crate::qtest::QEMU;
 
 /// What to boot and where to put the files.
@@ -27,7 +27,7 @@ use crate::qtest::QEMU;
 pub struct RecordOptions {
     /// The kernel (bzImage), e.g. `/boot/vmlinuz-6.1.0-*-amd64`.
     pub kernel: PathBuf,
-    /// The initramfs built by `tests/linux/build-initramfs.sh`.
+    /// The busybox initramfs with `tests/linux/init` (`pcierc_tests::linux_images::busybox_initramfs`).
     pub initrd: PathBuf,
     /// A scratch directory: trace log, QMP socket, QEMU's stderr.
     pub work_dir: PathBuf,

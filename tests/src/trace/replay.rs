@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use pcierc_protocol::{Frontend, FrontendOptions, Notification, Status};
 use serde_json::json;
 
-use super::qmp_socket::QmpSocket;
 use super::{Access, Control, Decoder, Msi, Recording, Space, Step, Target};
-use crate::differential::{Deviation, Kind, DEVIATIONS};
+use crate::differential::{assert_no_mismatches, Deviation, Kind, DEVIATIONS};
 use crate::process::Backend;
+use crate::qmp_socket::QmpSocket;
 
 /// Bit-precise allowed differences a replay reaches beyond the register differential's
 /// [`DEVIATIONS`] (a hot-plug sequence changes link state; `docs/qemu-compat.md`).
@@ -157,21 +157,13 @@ impl ReplayReport {
 
     /// Panic listing the mismatches (the first 60) if there are any.
     pub fn assert_clean(&self) {
-        if self.mismatches.is_empty() {
-            return;
-        }
-        let list: Vec<String> = self
-            .mismatches
-            .iter()
-            .take(60)
-            .map(|m| format!("  {m}"))
-            .collect();
-        panic!(
-            "{} differences from QEMU: {}\n{}",
-            self.mismatches.len(),
-            self.summary(),
-            list.join("\n")
-        );
+        assert_no_mismatches(&self.mismatches, || {
+            format!(
+                "{} differences from QEMU: {}",
+                self.mismatches.len(),
+                self.summary()
+            )
+        });
     }
 }
 

@@ -1,17 +1,16 @@
 //! Helpers shared by the VMM's end-to-end tests (`vmm_*.rs`): the `vmm` binary of this build,
-//! running it with a time limit, following its console line by line, and a small QMP client for
-//! pcierc's control socket.
+//! running it with a time limit (and checking what the guest printed), following its console line
+//! by line, and a QMP session on pcierc's control socket.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use pcierc_tests::process::{pcierc_bin, ScratchDir};
-use serde_json::{json, Value};
+use pcierc_tests::qmp_socket::QmpSocket;
 
 /// Longest a VMM run may take before the test kills it and fails (a hang is a bug).
 pub const RUN_LIMIT: Duration = Duration::from_secs(25);
@@ -48,9 +47,33 @@ pub fn vmm_bin() -> PathBuf {
         .clone()
 }
 
+/// The probe guest's VMM options: 64 MiB of RAM and the VMM's own 20 s limit (within
+/// [`RUN_LIMIT`]).
+pub const PROBE_LIMITS: [&str; 4] = ["--mem", "64", "--timeout", "20"];
+
+/// `--spawn-backend --pcierc PCIERC`: the VMM starts this build's `pcierc` itself.
+pub fn spawn_backend() -> [&'static str; 3] {
+    static PCIERC: OnceLock<String> = OnceLock::new();
+    let pcierc = PCIERC.get_or_init(|| pcierc_bin().to_string_lossy().into_owned());
+    ["--spawn-backend", "--pcierc", pcierc]
+}
+
 /// Run the VMM to completion (killed after [`RUN_LIMIT`]).
 pub fn run_vmm(args: &[&str]) -> Output {
     run_vmm_for(args, RUN_LIMIT)
+}
+
+/// Run the VMM to completion (killed after [`RUN_LIMIT`]), which must succeed; its stdout and
+/// stderr.
+pub fn run_vmm_ok(args: &[&str]) -> (String, String) {
+    let out = run_vmm(args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vmm {args:?} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
 }
 
 /// Run the VMM to completion (killed after `limit`: a test failure).
@@ -111,6 +134,33 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The lines of the VMM's `stderr` that start with one of `prefixes` (its `--stats` report),
+/// each indented, for the test's own report.
+pub fn stats_lines(stderr: &str, prefixes: &[&str]) -> String {
+    stderr
+        .lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .map(|l| format!("  {l}\n"))
+        .collect()
+}
+
+/// Check that the guest printed each of the `expected` lines.
+pub fn assert_lines(stdout: &str, expected: &[impl AsRef<str>]) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    for e in expected {
+        let e = e.as_ref();
+        assert!(
+            lines.contains(&e),
+            "missing {e:?} in the guest's output:\n{stdout}"
+        );
+    }
+}
+
+/// A QMP session on pcierc's control socket (docs/control-socket.md).
+pub fn qmp(control: &Path) -> QmpSocket {
+    QmpSocket::connect(control, Duration::from_secs(10)).expect("connecting to the control socket")
+}
+
 /// The probe guest's image in a file, so `--kernel` (linux-loader's ELF path) is what runs.
 pub fn probe_image(dir: &ScratchDir) -> String {
     let path = dir.0.join("pcie-probe.elf");
@@ -121,67 +171,6 @@ pub fn probe_image(dir: &ScratchDir) -> String {
     );
     std::fs::write(&path, bytes).expect("writing the guest image");
     path.to_string_lossy().into_owned()
-}
-
-/// A minimal QMP client on pcierc's control socket (docs/control-socket.md).
-pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    /// Events read while waiting for replies.
-    pub events: Vec<Value>,
-}
-
-impl Qmp {
-    /// Connect and negotiate (`qmp_capabilities`).
-    pub fn connect(path: &Path) -> Qmp {
-        let s = UnixStream::connect(path).expect("connecting to the control socket");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-            events: Vec::new(),
-        };
-        let greeting = q.read().expect("QMP greeting");
-        assert!(greeting.get("QMP").is_some(), "{greeting}");
-        q.execute("qmp_capabilities", json!({}));
-        q
-    }
-
-    /// The next JSON line (reply or event), or `None` at EOF or after the read timeout.
-    pub fn read(&mut self) -> Option<Value> {
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(n) if n > 0 => Some(serde_json::from_str(&line).expect("QMP sends JSON")),
-            _ => None,
-        }
-    }
-
-    /// Run a command that must succeed; events read meanwhile are kept.
-    pub fn execute(&mut self, cmd: &str, args: Value) -> Value {
-        let msg = json!({"execute": cmd, "arguments": args});
-        writeln!(self.writer, "{msg}").expect("writing to the control socket");
-        loop {
-            let v = self.read().unwrap_or_else(|| panic!("no reply to {msg}"));
-            if let Some(r) = v.get("return") {
-                return r.clone();
-            }
-            assert!(v.get("error").is_none(), "{msg}: {v}");
-            self.events.push(v);
-        }
-    }
-
-    /// The next event called `name` (within the socket's 10 s read timeout).
-    pub fn event(&mut self, name: &str) -> Option<Value> {
-        if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
-            return Some(self.events.remove(i));
-        }
-        while let Some(v) = self.read() {
-            if v["event"] == name {
-                return Some(v);
-            }
-        }
-        None
-    }
 }
 
 /// A VMM whose stdout arrives line by line, stamped.

@@ -1,99 +1,29 @@
-//! Shared by the simulated-Xen tests: the real `pcierc` process, a QMP client for its control
-//! socket, a QEMU stand-in ioreq server, and the shim on its own thread.
+//! Shared by the simulated-Xen tests: the real `pcierc` process (`pcierc-testkit`'s, with its QMP
+//! client), a QEMU stand-in ioreq server, and the shim on its own thread.
 #![allow(dead_code)]
 
 pub mod qemu;
 
-use std::io::{BufRead, BufReader, Write};
+use std::ops::Deref;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{Frontend, FrontendOptions};
+use pcierc_testkit::process::Backend;
+use pcierc_testkit::qmp_socket::QmpSocket;
 use pcierc_xen_shim::shim::{Shim, ShimConfig, ShimStatus};
 use pcierc_xen_shim::sim::SimXen;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// The `pcierc` binary of this build, built once per test process (like pcierc-tests does).
-pub fn pcierc_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-q", "-p", "pcierc-backend", "--bin", "pcierc"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().expect("cargo build").success(),
-                "building pcierc failed"
-            );
-            profile_dir.join("pcierc")
-        })
-        .clone()
-}
-
-/// A running `pcierc` with a control socket, killed on drop.
-pub struct Pcierc {
-    child: Child,
-    dir: PathBuf,
-    /// Its protocol socket.
-    pub socket: PathBuf,
-    /// Its QMP control socket.
-    pub control: PathBuf,
-}
+/// A running `pcierc` with a control socket (the shared [`Backend`]), killed on drop.
+pub struct Pcierc(Backend);
 
 impl Pcierc {
     /// Start with extra arguments and wait until both sockets accept connections.
     pub fn start(extra: &[&str]) -> Pcierc {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pcierc-xen-shim-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let socket = dir.join("pcierc.sock");
-        let control = dir.join("qmp.sock");
-        let child = Command::new(pcierc_bin())
-            .arg("--socket-path")
-            .arg(&socket)
-            .arg("--control-socket")
-            .arg(&control)
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning pcierc");
-        let mut p = Pcierc {
-            child,
-            dir,
-            socket,
-            control,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while UnixStream::connect(&p.socket).is_err() || UnixStream::connect(&p.control).is_err() {
-            if let Ok(Some(st)) = p.child.try_wait() {
-                panic!("pcierc exited early: {st}");
-            }
-            assert!(Instant::now() < deadline, "pcierc did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        p
+        Pcierc(Backend::start_with_control(extra))
     }
 
     /// A tool connection (for the current layout generation).
@@ -106,64 +36,21 @@ impl Pcierc {
         self.tool().topology().expect("topology").generation
     }
 
-    /// A negotiated QMP session.
-    pub fn qmp(&self) -> Qmp {
-        Qmp::connect(&self.control)
+    /// A negotiated QMP session on the control socket.
+    pub fn qmp(&self) -> QmpSocket {
+        let control = self
+            .control
+            .as_deref()
+            .expect("started with a control socket");
+        QmpSocket::connect(control, Duration::from_secs(10)).expect("QMP session")
     }
 }
 
-impl Drop for Pcierc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+impl Deref for Pcierc {
+    type Target = Backend;
 
-/// A minimal QMP client.
-pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn connect(path: &Path) -> Qmp {
-        let s = UnixStream::connect(path).expect("control socket");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut q = Qmp {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        };
-        let greeting = q.line();
-        assert!(greeting.get("QMP").is_some(), "greeting: {greeting}");
-        q.execute("qmp_capabilities", serde_json::json!({}))
-            .expect("negotiation");
-        q
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut l = String::new();
-        self.reader.read_line(&mut l).expect("QMP line");
-        serde_json::from_str(&l).unwrap_or_else(|e| panic!("QMP: {e}: {l}"))
-    }
-
-    /// Run a command: its `return`, or its `error` as `Err`. Events are skipped.
-    pub fn execute(
-        &mut self,
-        cmd: &str,
-        args: serde_json::Value,
-    ) -> Result<serde_json::Value, serde_json::Value> {
-        let req = serde_json::json!({"execute": cmd, "arguments": args});
-        writeln!(self.writer, "{req}").expect("QMP write");
-        loop {
-            let v = self.line();
-            if let Some(r) = v.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(e.clone());
-            }
-        }
+    fn deref(&self) -> &Backend {
+        &self.0
     }
 }
 

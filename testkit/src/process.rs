@@ -55,6 +55,21 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The names in directory `d`, sorted (what a process left in its socket directory).
+pub fn dir_entries(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", d.display()))
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A running `pcierc --socket-path`, killed on drop.
 pub struct Backend {
     child: Child,
@@ -200,7 +215,7 @@ pub fn root_port_options(n: usize) -> Vec<String> {
 }
 
 /// Is an external tool present? When `PCIERC_REQUIRE_TOOLS=1` (CI) its absence is a failure;
-/// otherwise the caller skips, and this says so loudly.
+/// otherwise the caller skips, and this says so loudly ([`skip_loudly`]).
 pub fn tool_available(name: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
@@ -208,11 +223,17 @@ pub fn tool_available(name: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(
-            std::env::var("PCIERC_REQUIRE_TOOLS").is_err(),
-            "{name} is required (PCIERC_REQUIRE_TOOLS is set) but not installed"
-        );
-        eprintln!("\n*** SKIP: {name} is not installed; this test did not run ***\n");
+        skip_loudly(&format!("{name} is not installed"));
     }
     found
+}
+
+/// Say loudly that the calling test skips because `what` is missing, or fail with `what` when
+/// `PCIERC_REQUIRE_TOOLS` is set (CI, where every prerequisite is installed).
+pub fn skip_loudly(what: &str) {
+    assert!(
+        std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
+        "{what} (PCIERC_REQUIRE_TOOLS is set)"
+    );
+    eprintln!("\n*** SKIP: {what}; this test did not run ***\n");
 }

@@ -1,8 +1,9 @@
-//! An initramfs builder: an uncompressed newc cpio archive (the format Linux unpacks into its
-//! rootfs, `Documentation/driver-api/early-userspace/buffer-format.rst`), built in memory from
-//! files, host binaries with the shared libraries they load, and kernel modules with their
-//! dependencies. No root rights and no external tool are needed (`objcopy`, when present, strips
-//! debug information from the binaries to keep the archive small).
+//! The initramfs builder of every test that boots Linux: an uncompressed newc cpio archive (the
+//! format Linux unpacks into its rootfs, `Documentation/driver-api/early-userspace/buffer-format.rst`),
+//! built in memory from files, host binaries with the shared libraries they load, and kernel
+//! modules with their dependencies. No root rights and no external tool are needed (`objcopy`,
+//! when present, strips debug information from the binaries to keep the archive small).
+//! [`Initramfs::busybox`] is the common start: busybox-static and a shell script as `/init`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,17 @@ impl Initramfs {
             a.dir(d);
         }
         a
+    }
+
+    /// An archive that runs the shell script `init` under busybox: the mount points of
+    /// [`Initramfs::new`], the statically linked `busybox` at `/bin/busybox` with `/bin/sh` linked
+    /// to it, and `init` at `/init`.
+    pub fn busybox(busybox: &Path, init: &Path) -> Result<Self, InitramfsError> {
+        let mut a = Initramfs::new();
+        a.copy("bin/busybox", busybox, 0o755)?;
+        a.symlink("bin/sh", "busybox");
+        a.copy("init", init, 0o755)?;
+        Ok(a)
     }
 
     fn parents(&mut self, path: &str) {

@@ -1,6 +1,7 @@
 //! A minimal QMP client over a unix socket (`docs/interop/qmp-spec.rst` in QEMU): greeting,
 //! `qmp_capabilities`, then one command at a time, events set aside. It talks to QEMU's `-qmp`
-//! socket while recording and to pcierc's `--control-socket` while replaying.
+//! socket (recording Linux on QEMU) and to pcierc's `--control-socket` (replays, the service and
+//! seccomp tests, the VMM's hot-plug tests, the Xen shim's simulated-Xen tests).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
