@@ -21,7 +21,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -67,10 +67,11 @@ fn setup<T, E: std::fmt::Display>(r: Result<T, E>) -> CaseResult<T> {
 // ---------------------------------------------------------------------------------------------
 // The backend under test.
 
-/// A small handler: answers what it is asked, records the connections that went away.
-#[derive(Default)]
+/// A small handler: answers what it is asked, records the connections that went away. Each
+/// serving thread has its own clone; the clones share the record.
+#[derive(Clone, Default)]
 struct Probe {
-    disconnected: Vec<ConnectionId>,
+    disconnected: Arc<Mutex<Vec<ConnectionId>>>,
     /// Size of the `SaveState` blob (0: [`BLOB`]).
     state_size: usize,
 }
@@ -152,11 +153,12 @@ impl BackendHandler for Probe {
         Ok(())
     }
     fn disconnected(&mut self, conn: ConnectionId) {
-        self.disconnected.push(conn);
+        self.disconnected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
     }
 }
-
-type Shared = Arc<Mutex<Probe>>;
 
 fn next_id() -> ConnectionId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -166,19 +168,19 @@ fn next_id() -> ConnectionId {
 /// One connection served by [`Connection::serve`] on its own thread.
 struct Served {
     id: ConnectionId,
-    handler: Shared,
+    handler: Probe,
     done: mpsc::Receiver<Result<(), String>>,
     thread: JoinHandle<()>,
 }
 
 /// Serve `stream` with `handler`; the client gets the other end (blocking, bounded timeouts).
-fn serve(handler: &Shared) -> CaseResult<(UnixStream, Served)> {
+fn serve(handler: &Probe) -> CaseResult<(UnixStream, Served)> {
     let (client, backend) = setup(UnixStream::pair())?;
     setup(client.set_read_timeout(Some(WAIT)))?;
     setup(client.set_write_timeout(Some(WAIT)))?;
     let (tx, done) = mpsc::channel();
     let id = next_id();
-    let mut h = Arc::clone(handler);
+    let mut h = handler.clone();
     let thread = thread::spawn(move || {
         let r = Connection::new(backend, id).and_then(|c| c.serve(&mut h));
         // `serve` only gives up on errors that must drop the connection.
@@ -187,7 +189,7 @@ fn serve(handler: &Shared) -> CaseResult<(UnixStream, Served)> {
     });
     let served = Served {
         id,
-        handler: Arc::clone(handler),
+        handler: handler.clone(),
         done,
         thread,
     };
@@ -213,8 +215,9 @@ impl Served {
         }
         let gone = self
             .handler
+            .disconnected
             .lock()
-            .map(|h| h.disconnected.iter().filter(|&&c| c == self.id).count())
+            .map(|d| d.iter().filter(|&&c| c == self.id).count())
             .unwrap_or(0);
         prop_assert_eq!(gone, 1, "`disconnected` must be called once per connection");
         Ok(outcome)
@@ -222,7 +225,7 @@ impl Served {
 }
 
 /// A well-formed exchange on a fresh connection to the same handler.
-fn fresh_connection_works(handler: &Shared) -> CaseResult {
+fn fresh_connection_works(handler: &Probe) -> CaseResult {
     let (client, served) = serve(handler)?;
     // Without the shared-memory read path: every read must be a message the backend answers.
     let opts = FrontendOptions {
@@ -381,7 +384,7 @@ fn check_reply(h: &MsgHeader, payload: &[u8]) -> CaseResult<Answer> {
         h
     );
     prop_assert!(validate_header(h, MessageKind::Reply).is_ok(), "{:?}", h);
-    let Ok(status) = Status::from_raw(h.status) else {
+    let Ok(status) = Status::try_from(h.status) else {
         return fail(format!("unknown status in {h:?}"));
     };
     prop_assert!(
@@ -808,7 +811,7 @@ proptest! {
         negotiate in any::<bool>(),
         sends in vec(hostile_send(), 0..8),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         let mut peers = Vec::new();
         let first = if negotiate { handshake() } else { Vec::new() };
@@ -853,7 +856,7 @@ proptest! {
         bad in vec(bad_request(), 1..8),
         too_many in proptest::option::of(vec(fd_kind(), MAX_FDS + 1..=MAX_FDS + 4)),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         for (i, b) in bad.iter().enumerate() {
@@ -903,7 +906,7 @@ proptest! {
         ],
         trailer in any::<bool>(),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         let access = ConfigAccess { width: 4, ..Default::default() };
@@ -944,7 +947,7 @@ proptest! {
     /// and other connections are served meanwhile.
     #[test]
     fn truncated_headers_wait_or_close_cleanly(cut in 0usize..HEADER_SIZE, close in any::<bool>()) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         let msg = request(FrontendReq::GetFeatures as u32, 1, &[]);
         setup(send(&client, &msg[..cut], &[]))?;
@@ -970,7 +973,7 @@ proptest! {
         kinds in vec(0u8..3, 1..8),
         count in 15_000usize..25_000,
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         let read = ConfigAccess { width: 1, ..Default::default() };
@@ -1017,10 +1020,10 @@ proptest! {
 /// peer a reply whose header announced more bytes than ever arrived.)
 #[test]
 fn half_closed_peer_gets_every_reply() -> CaseResult {
-    let handler = Arc::new(Mutex::new(Probe {
+    let handler = Probe {
         state_size: 1 << 20,
         ..Probe::default()
-    }));
+    };
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     let save = request(FrontendReq::SaveState as u32, 1, &[]);
@@ -1042,7 +1045,7 @@ fn half_closed_peer_gets_every_reply() -> CaseResult {
 /// succeeds, so each malformed variant fails because of its defect.
 #[test]
 fn valid_form_of_every_request_succeeds() -> CaseResult {
-    let handler = Shared::default();
+    let handler = Probe::default();
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     for (i, code) in known_codes().into_iter().enumerate() {
@@ -1073,7 +1076,7 @@ fn valid_form_of_every_request_succeeds() -> CaseResult {
 /// one connection that survives all of them.
 #[test]
 fn every_code_rejects_every_wrong_size() -> CaseResult {
-    let handler = Shared::default();
+    let handler = Probe::default();
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     let mut id = 0;
