@@ -12,7 +12,7 @@
 //! ECAM to the same registers and always describes a valid topology. Failing cases are persisted
 //! in `tests/proptest-regressions/config_properties.txt`.
 
-use pcierc_backend::devices::{Mch, RootPort, RootPortConfig};
+use pcierc_backend::devices::{Mch, PortFunction, RootPort, RootPortConfig};
 use pcierc_backend::pci::caps::{aer, express, slot};
 use pcierc_backend::pci::{AerError, ErrorSeverity, PciFunction};
 use pcierc_backend::topology::{Hierarchy, Routed, TopologySpec};

@@ -7,6 +7,7 @@ use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
 use crate::devices::{Mch, RootPort};
+use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::spec::EndpointSpec;
 
