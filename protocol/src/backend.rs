@@ -98,6 +98,12 @@ fn empty(p: &[u8]) -> std::result::Result<(), Status> {
     }
 }
 
+/// The reply to a request without payload that answers with a [`U64`].
+fn u64_reply(p: &[u8], value: impl FnOnce() -> u64) -> Answer {
+    empty(p)?;
+    Ok(U64 { value: value() }.as_slice().to_vec())
+}
+
 /// A config access: size, width, reserved, offset range (ERANGE), alignment, data.
 fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
     let a: ConfigAccess = read_obj(p).ok_or(Status::Invalid)?;
@@ -272,13 +278,7 @@ impl Session {
         }
         let none = |()| Vec::new();
         match req {
-            GetFeatures => empty(p).map(|()| {
-                U64 {
-                    value: h.features().bits(),
-                }
-                .as_slice()
-                .to_vec()
-            }),
+            GetFeatures => u64_reply(p, || h.features().bits()),
             SetFeatures => {
                 let v = payload::<U64>(p)?.value;
                 let f = Features::from_bits(v)
@@ -287,13 +287,7 @@ impl Session {
                 self.features = f;
                 Ok(Vec::new())
             }
-            GetProtocolFeatures => empty(p).map(|()| {
-                U64 {
-                    value: h.protocol_features().bits(),
-                }
-                .as_slice()
-                .to_vec()
-            }),
+            GetProtocolFeatures => u64_reply(p, || h.protocol_features().bits()),
             SetProtocolFeatures => {
                 if self.stage == Stage::Negotiated {
                     return Err(Status::Protocol);

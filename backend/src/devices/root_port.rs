@@ -104,7 +104,9 @@ impl RootPortConfig {
     }
 }
 
-/// A PCIe root port compatible with QEMU 7.2's `pcie-root-port`.
+/// A PCIe root port compatible with QEMU 7.2's `pcie-root-port`: QEMU's capability layout on a
+/// [`PciePort`], whose behaviour (bus numbers, windows, slot, AER, PME, and the whole
+/// [`crate::pci::PciFunction`]) it has through [`PortFunction`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootPort {
     config: RootPortConfig,
