@@ -104,8 +104,9 @@ fn u64_reply(p: &[u8], value: impl FnOnce() -> u64) -> Answer {
     Ok(U64 { value: value() }.as_slice().to_vec())
 }
 
-/// A config access: size, width, reserved, offset range (ERANGE), alignment, data.
-fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
+/// A config access: size, width, reserved, offset range (ERANGE), alignment, data; with the
+/// address it names.
+fn config_access(p: &[u8]) -> std::result::Result<(ConfigAccess, ConfigAddress), Status> {
     let a: ConfigAccess = read_obj(p).ok_or(Status::Invalid)?;
     AccessKind::Config.check_width(a.width)?;
     if a.reserved != 0 {
@@ -117,7 +118,13 @@ fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
     if !a.is_valid() {
         return Err(Status::Invalid);
     }
-    Ok(a)
+    let addr = ConfigAddress {
+        segment: a.segment,
+        bus: a.bus,
+        devfn: a.devfn,
+        offset: a.offset,
+    };
+    Ok((a, addr))
 }
 
 /// A trapped access of `kind` (`Pio` or `Mmio`): size, width, reserved, data (EINVAL), address
@@ -311,24 +318,12 @@ impl Session {
                 Ok(topo.encode())
             }
             ConfigRead => {
-                let a = config_access(p)?;
-                let addr = ConfigAddress {
-                    segment: a.segment,
-                    bus: a.bus,
-                    devfn: a.devfn,
-                    offset: a.offset,
-                };
+                let (a, addr) = config_access(p)?;
                 let data = u64::from(h.config_read(addr, a.width)?) & width_mask(a.width);
                 Ok(ConfigAccess { data, ..a }.as_slice().to_vec())
             }
             ConfigWrite => {
-                let a = config_access(p)?;
-                let addr = ConfigAddress {
-                    segment: a.segment,
-                    bus: a.bus,
-                    devfn: a.devfn,
-                    offset: a.offset,
-                };
+                let (a, addr) = config_access(p)?;
                 h.config_write(addr, a.width, a.data as u32).map(none)
             }
             PioRead | MmioRead => {
