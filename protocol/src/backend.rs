@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::frame::{read_obj, validate_header, Message, MessageKind};
 use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 use crate::messages::{
-    decode_name, valid_config_width, valid_guest_width, ConfigAccess, ErrorReport, FrontendInfo,
+    decode_name, fits_width, width_mask, AccessKind, ConfigAccess, ErrorReport, FrontendInfo,
     FrontendRole, FunctionAddress, FunctionClaim, FunctionRelease, GuestAccess, InterruptFd,
     CONFIG_SPACE_SIZE, U64,
 };
@@ -59,7 +59,7 @@ impl Reply {
 
     /// The reply's status.
     pub fn status(&self) -> Status {
-        Status::from_raw(self.header.status).unwrap_or(Status::Io)
+        Status::try_from(self.header.status).unwrap_or(Status::Io)
     }
 
     /// Header and payload, ready to write.
@@ -98,18 +98,18 @@ fn empty(p: &[u8]) -> std::result::Result<(), Status> {
     }
 }
 
-fn mask(value: u64, width: u8) -> u64 {
-    if width >= 8 {
-        value
-    } else {
-        value & ((1u64 << (8 * u32::from(width))) - 1)
-    }
+/// The reply to a request without payload that answers with a [`U64`].
+fn u64_reply(p: &[u8], value: impl FnOnce() -> u64) -> Answer {
+    empty(p)?;
+    Ok(U64 { value: value() }.as_slice().to_vec())
 }
 
-/// A config access: size, width, reserved, offset range (ERANGE), alignment, data.
-fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
+/// A config access: size, width, reserved, offset range (ERANGE), alignment, data; with the
+/// address it names.
+fn config_access(p: &[u8]) -> std::result::Result<(ConfigAccess, ConfigAddress), Status> {
     let a: ConfigAccess = read_obj(p).ok_or(Status::Invalid)?;
-    if !valid_config_width(a.width) || a.reserved != 0 {
+    AccessKind::Config.check_width(a.width)?;
+    if a.reserved != 0 {
         return Err(Status::Invalid);
     }
     if a.offset >= CONFIG_SPACE_SIZE {
@@ -118,30 +118,43 @@ fn config_access(p: &[u8]) -> std::result::Result<ConfigAccess, Status> {
     if !a.is_valid() {
         return Err(Status::Invalid);
     }
-    Ok(a)
+    let addr = ConfigAddress {
+        segment: a.segment,
+        bus: a.bus,
+        devfn: a.devfn,
+        offset: a.offset,
+    };
+    Ok((a, addr))
 }
 
-/// A trapped access: size, width, reserved, data (EINVAL), address range (ERANGE).
-fn guest_access(p: &[u8], pio: bool) -> std::result::Result<GuestAccess, Status> {
+/// A trapped access of `kind` (`Pio` or `Mmio`): size, width, reserved, data (EINVAL), address
+/// range (ERANGE).
+fn guest_access(p: &[u8], kind: AccessKind) -> std::result::Result<GuestAccess, Status> {
     let a: GuestAccess = read_obj(p).ok_or(Status::Invalid)?;
-    if !valid_guest_width(a.width)
-        || (pio && a.width == 8)
-        || a.reserved != [0; 7]
-        || mask(a.data, a.width) != a.data
-    {
+    kind.check_width(a.width)?;
+    if a.reserved != [0; 7] || !fits_width(a.data, a.width) {
         return Err(Status::Invalid);
     }
     let end = a
         .addr
         .checked_add(u64::from(a.width) - 1)
         .ok_or(Status::OutOfRange)?;
-    if pio && end >= PIO_SPACE_SIZE {
+    if kind == AccessKind::Pio && end >= PIO_SPACE_SIZE {
         return Err(Status::OutOfRange);
     }
     if !a.is_valid() {
         return Err(Status::Invalid);
     }
     Ok(a)
+}
+
+/// The kind of a trapped-access request.
+fn kind_of(req: FrontendReq) -> AccessKind {
+    if matches!(req, FrontendReq::PioRead | FrontendReq::PioWrite) {
+        AccessKind::Pio
+    } else {
+        AccessKind::Mmio
+    }
 }
 
 impl Session {
@@ -200,8 +213,8 @@ impl Session {
         let answer = match FrontendReq::try_from(header.request) {
             // Only a hand-built Message can disagree with its header; FrameReader's never do.
             _ if header.payload_len() != payload.len() => Err(Status::Invalid),
-            Err(code) => {
-                debug!("{}: unknown request code {code}", self.conn);
+            Err(e) => {
+                debug!("{}: {e}", self.conn);
                 Err(Status::NotSupported)
             }
             Ok(req) => self.dispatch(handler, req, &payload, &mut fds),
@@ -272,13 +285,7 @@ impl Session {
         }
         let none = |()| Vec::new();
         match req {
-            GetFeatures => empty(p).map(|()| {
-                U64 {
-                    value: h.features().bits(),
-                }
-                .as_slice()
-                .to_vec()
-            }),
+            GetFeatures => u64_reply(p, || h.features().bits()),
             SetFeatures => {
                 let v = payload::<U64>(p)?.value;
                 let f = Features::from_bits(v)
@@ -287,13 +294,7 @@ impl Session {
                 self.features = f;
                 Ok(Vec::new())
             }
-            GetProtocolFeatures => empty(p).map(|()| {
-                U64 {
-                    value: h.protocol_features().bits(),
-                }
-                .as_slice()
-                .to_vec()
-            }),
+            GetProtocolFeatures => u64_reply(p, || h.protocol_features().bits()),
             SetProtocolFeatures => {
                 if self.stage == Stage::Negotiated {
                     return Err(Status::Protocol);
@@ -317,44 +318,32 @@ impl Session {
                 Ok(topo.encode())
             }
             ConfigRead => {
-                let a = config_access(p)?;
-                let addr = ConfigAddress {
-                    segment: a.segment,
-                    bus: a.bus,
-                    devfn: a.devfn,
-                    offset: a.offset,
-                };
-                let data = mask(u64::from(h.config_read(addr, a.width)?), a.width);
+                let (a, addr) = config_access(p)?;
+                let data = u64::from(h.config_read(addr, a.width)?) & width_mask(a.width);
                 Ok(ConfigAccess { data, ..a }.as_slice().to_vec())
             }
             ConfigWrite => {
-                let a = config_access(p)?;
-                let addr = ConfigAddress {
-                    segment: a.segment,
-                    bus: a.bus,
-                    devfn: a.devfn,
-                    offset: a.offset,
-                };
+                let (a, addr) = config_access(p)?;
                 h.config_write(addr, a.width, a.data as u32).map(none)
             }
             PioRead | MmioRead => {
-                let a = guest_access(p, req == PioRead)?;
+                let a = guest_access(p, kind_of(req))?;
                 let v = if req == PioRead {
                     h.pio_read(a.addr, a.width)?
                 } else {
                     h.mmio_read(a.addr, a.width)?
                 };
                 Ok(GuestAccess {
-                    data: mask(v, a.width),
+                    data: v & width_mask(a.width),
                     ..a
                 }
                 .as_slice()
                 .to_vec())
             }
-            PioWrite => guest_access(p, true)
+            PioWrite => guest_access(p, AccessKind::Pio)
                 .and_then(|a| h.pio_write(a.addr, a.width, a.data))
                 .map(none),
-            MmioWrite => guest_access(p, false)
+            MmioWrite => guest_access(p, AccessKind::Mmio)
                 .and_then(|a| h.mmio_write(a.addr, a.width, a.data))
                 .map(none),
             Reset => empty(p).and_then(|()| h.reset()).map(none),

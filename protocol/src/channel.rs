@@ -77,7 +77,7 @@ impl Notification {
     /// Decode a backend-channel message (header already validated as a request).
     pub fn decode(msg: &Message) -> Result<Notification> {
         let code = msg.header.request;
-        match BackendReq::try_from(code).map_err(Error::UnknownRequest)? {
+        match BackendReq::try_from(code).map_err(|e| Error::UnknownRequest(e.raw))? {
             BackendReq::LayoutChanged => {
                 let n = std::mem::size_of::<LayoutChange>();
                 let head = msg.payload.get(..n).ok_or(Error::PayloadSize {

@@ -270,9 +270,9 @@ impl Frontend {
     /// Wait for the reply to request `id`: its status and payload (not checked against the code).
     pub fn wait(&mut self, id: u64) -> Result<(Status, Vec<u8>)> {
         let m = self.wait_message(id)?;
-        let status = Status::from_raw(m.header.status).map_err(|raw| Error::UnknownStatus {
+        let status = Status::try_from(m.header.status).map_err(|e| Error::UnknownStatus {
             request: m.header.request,
-            raw,
+            raw: e.raw,
         })?;
         Ok((status, m.payload))
     }

@@ -1,6 +1,7 @@
 //! pcierc's socket protocol: framing, payloads, and both ends.
 //!
-//! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads.
+//! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads; the
+//!   code enums are declared with [`wire_enum!`] ([`codes`]).
 //! - [`frame`]: header validation, the non-blocking [`FrameReader`] / [`FrameWriter`], blocking
 //!   send/receive with timeouts; [`error`]: the [`Error`] type and its classification.
 //! - Frontend side: [`Frontend`] (blocking client with the handshake), [`BackendChannel`]
@@ -23,6 +24,7 @@
 
 pub mod backend;
 pub mod channel;
+pub mod codes;
 pub mod connection;
 pub mod error;
 pub mod frame;
@@ -36,6 +38,7 @@ pub mod wire;
 
 pub use backend::{Reply, Session, Stage, PIO_SPACE_SIZE};
 pub use channel::{BackendChannel, BackendChannelSender, Notification};
+pub use codes::UnknownCode;
 pub use connection::Connection;
 pub use error::{Error, Result};
 pub use frame::{
@@ -43,9 +46,7 @@ pub use frame::{
     FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
 pub use frontend::{Frontend, FrontendOptions, DEFAULT_TIMEOUT};
-pub use handler::{
-    BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity, SharedBackendHandler,
-};
+pub use handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 pub use messages::*;
 pub use resume::{ResumableFrontend, Resumed};
 pub use topology::*;

@@ -6,6 +6,7 @@ use vhost::vhost_user::message::VhostUserMsgValidator;
 use vm_memory::ByteValued;
 
 use crate::topology::FunctionRecord;
+use crate::wire::Status;
 
 /// Size of a function's configuration space (PCIe Base 6.0 §7.2.2: 4 KiB per function).
 pub const CONFIG_SPACE_SIZE: u16 = 4096;
@@ -21,30 +22,17 @@ pub struct U64 {
 unsafe impl ByteValued for U64 {}
 impl VhostUserMsgValidator for U64 {}
 
-/// What a frontend is, sent with `SetFrontendInfo`.
-#[repr(u32)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum FrontendRole {
-    /// A VMM that runs the guest and forwards its trapped accesses.
-    Vmm = 1,
-    /// A hypervisor shim (e.g. the Xen ioreq server) forwarding accesses.
-    HypervisorShim = 2,
-    /// A device emulator that owns functions behind the ports.
-    DeviceEmulator = 3,
-    /// A tool (dump, qtest, monitoring).
-    Tool = 4,
-}
-
-impl TryFrom<u32> for FrontendRole {
-    type Error = u32;
-    fn try_from(v: u32) -> Result<Self, u32> {
-        match v {
-            1 => Ok(Self::Vmm),
-            2 => Ok(Self::HypervisorShim),
-            3 => Ok(Self::DeviceEmulator),
-            4 => Ok(Self::Tool),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// What a frontend is, sent with `SetFrontendInfo`.
+    pub enum FrontendRole: u32 {
+        /// A VMM that runs the guest and forwards its trapped accesses.
+        Vmm = 1,
+        /// A hypervisor shim (e.g. the Xen ioreq server) forwarding accesses.
+        HypervisorShim = 2,
+        /// A device emulator that owns functions behind the ports.
+        DeviceEmulator = 3,
+        /// A tool (dump, qtest, monitoring).
+        Tool = 4,
     }
 }
 
@@ -91,9 +79,41 @@ impl VhostUserMsgValidator for FrontendInfo {
     }
 }
 
-/// Is `width` a valid configuration access width (1, 2 or 4 bytes)?
-pub fn valid_config_width(width: u8) -> bool {
-    matches!(width, 1 | 2 | 4)
+/// What an access addresses; each kind allows its own widths (`docs/protocol.md`, section 8).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AccessKind {
+    /// Configuration space ([`ConfigAccess`], ECAM and CONFIG_DATA reads): 1, 2 or 4 bytes.
+    Config,
+    /// Trapped port I/O ([`GuestAccess`] of `PioRead`/`PioWrite`): 1, 2 or 4 bytes.
+    Pio,
+    /// Trapped MMIO ([`GuestAccess`] of `MmioRead`/`MmioWrite`): 1, 2, 4 or 8 bytes.
+    Mmio,
+}
+
+impl AccessKind {
+    /// The width rule, in one place for the payload checks, the backend's [`crate::Session`],
+    /// the configuration snapshot and pcierc's hierarchy: `Ok` if an access of this kind may be
+    /// `width` bytes wide, else [`Status::Invalid`] (`EINVAL`).
+    pub fn check_width(self, width: u8) -> Result<(), Status> {
+        match (self, width) {
+            (_, 1 | 2 | 4) | (AccessKind::Mmio, 8) => Ok(()),
+            _ => Err(Status::Invalid),
+        }
+    }
+}
+
+/// The low `width` bytes set: the part of a `u64` an access of `width` bytes carries (all of it
+/// from 8 bytes on).
+pub fn width_mask(width: u8) -> u64 {
+    match width {
+        0..=7 => (1u64 << (8 * u32::from(width))) - 1,
+        _ => u64::MAX,
+    }
+}
+
+/// Does `data` fit in `width` bytes (no bit set above them)?
+pub fn fits_width(data: u64, width: u8) -> bool {
+    data & !width_mask(width) == 0
 }
 
 /// A configuration read or write addressed by (segment, bus, device/function, offset, width).
@@ -121,17 +141,12 @@ pub struct ConfigAccess {
 unsafe impl ByteValued for ConfigAccess {}
 impl VhostUserMsgValidator for ConfigAccess {
     fn is_valid(&self) -> bool {
-        valid_config_width(self.width)
+        AccessKind::Config.check_width(self.width).is_ok()
             && self.reserved == 0
             && self.offset.is_multiple_of(u16::from(self.width))
             && self.offset < CONFIG_SPACE_SIZE
-            && (self.width == 8 || self.data >> (8 * u32::from(self.width)) == 0)
+            && fits_width(self.data, self.width)
     }
-}
-
-/// Is `width` a valid trapped-access width (1, 2, 4 or 8 bytes)?
-pub fn valid_guest_width(width: u8) -> bool {
-    matches!(width, 1 | 2 | 4 | 8)
 }
 
 /// A raw guest access a VMM trapped (port I/O or MMIO), forwarded without decoding.
@@ -151,10 +166,11 @@ pub struct GuestAccess {
 unsafe impl ByteValued for GuestAccess {}
 impl VhostUserMsgValidator for GuestAccess {
     fn is_valid(&self) -> bool {
-        valid_guest_width(self.width)
+        // The widest kind: port I/O's narrower rule is the session's (it knows the request).
+        AccessKind::Mmio.check_width(self.width).is_ok()
             && self.reserved == [0; 7]
             && self.addr.checked_add(u64::from(self.width) - 1).is_some()
-            && (self.width == 8 || self.data >> (8 * u32::from(self.width)) == 0)
+            && fits_width(self.data, self.width)
     }
 }
 
@@ -379,27 +395,15 @@ impl VhostUserMsgValidator for IntxLevel {
     }
 }
 
-/// Severity of a reported error (PCIe Base 6.0 §6.2.2).
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ErrorSeverityCode {
-    /// Correctable (ERR_COR).
-    Correctable = 0,
-    /// Uncorrectable, non-fatal (ERR_NONFATAL).
-    NonFatal = 1,
-    /// Uncorrectable, fatal (ERR_FATAL).
-    Fatal = 2,
-}
-
-impl TryFrom<u8> for ErrorSeverityCode {
-    type Error = u8;
-    fn try_from(v: u8) -> Result<Self, u8> {
-        match v {
-            0 => Ok(Self::Correctable),
-            1 => Ok(Self::NonFatal),
-            2 => Ok(Self::Fatal),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// Severity of a reported error (PCIe Base 6.0 §6.2.2).
+    pub enum ErrorSeverityCode: u8 {
+        /// Correctable (ERR_COR).
+        Correctable = 0,
+        /// Uncorrectable, non-fatal (ERR_NONFATAL).
+        NonFatal = 1,
+        /// Uncorrectable, fatal (ERR_FATAL).
+        Fatal = 2,
     }
 }
 
@@ -436,29 +440,17 @@ impl VhostUserMsgValidator for ErrorReport {
     }
 }
 
-/// Why the functions of a [`FunctionReset`] notification were reset.
-#[repr(u32)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ResetReason {
-    /// The guest set Secondary Bus Reset in the Bridge Control register of the root port above
-    /// the function (PCI-to-PCI Bridge 1.2 §3.2.5.18: a 0 -> 1 edge resets the secondary bus).
-    SecondaryBusReset = 1,
-    /// The guest turned the power of the function's slot off while the card stays in it
-    /// (Slot Control Power Controller Control = off, PCIe Base 6.0 §6.7.1.8 and §7.5.3.10).
-    SlotPowerOff = 2,
-    /// Platform reset (`Reset` request).
-    PlatformReset = 3,
-}
-
-impl TryFrom<u32> for ResetReason {
-    type Error = u32;
-    fn try_from(v: u32) -> Result<Self, u32> {
-        match v {
-            1 => Ok(ResetReason::SecondaryBusReset),
-            2 => Ok(ResetReason::SlotPowerOff),
-            3 => Ok(ResetReason::PlatformReset),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// Why the functions of a [`FunctionReset`] notification were reset.
+    pub enum ResetReason: u32 {
+        /// The guest set Secondary Bus Reset in the Bridge Control register of the root port above
+        /// the function (PCI-to-PCI Bridge 1.2 §3.2.5.18: a 0 -> 1 edge resets the secondary bus).
+        SecondaryBusReset = 1,
+        /// The guest turned the power of the function's slot off while the card stays in it
+        /// (Slot Control Power Controller Control = off, PCIe Base 6.0 §6.7.1.8 and §7.5.3.10).
+        SlotPowerOff = 2,
+        /// Platform reset (`Reset` request).
+        PlatformReset = 3,
     }
 }
 
@@ -565,6 +557,20 @@ mod tests {
             ..ok
         }
         .is_valid());
+    }
+
+    #[test]
+    fn width_rules() {
+        let widths =
+            |k: AccessKind| -> Vec<u8> { (0..=16).filter(|&w| k.check_width(w).is_ok()).collect() };
+        assert_eq!(widths(AccessKind::Config), [1, 2, 4]);
+        assert_eq!(widths(AccessKind::Pio), [1, 2, 4]);
+        assert_eq!(widths(AccessKind::Mmio), [1, 2, 4, 8]);
+        assert_eq!(AccessKind::Pio.check_width(8), Err(Status::Invalid));
+        assert_eq!(width_mask(1), 0xff);
+        assert_eq!(width_mask(4), 0xffff_ffff);
+        assert_eq!(width_mask(8), u64::MAX);
+        assert!(fits_width(0xffff, 2) && !fits_width(0x1_0000, 2) && fits_width(u64::MAX, 8));
     }
 
     #[test]

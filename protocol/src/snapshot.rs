@@ -15,6 +15,7 @@ use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
+use crate::messages::AccessKind;
 use crate::wire::Status;
 
 /// `magic` of the header: "PCIERCSN" little-endian.
@@ -269,7 +270,7 @@ impl SnapshotReader {
     ) -> Option<ReadResult> {
         // The backend's own checks (misaligned or too wide: EINVAL, past 4 KiB: ERANGE) stay
         // with the backend.
-        if !matches!(width, 1 | 2 | 4)
+        if AccessKind::Config.check_width(width).is_err()
             || !offset.is_multiple_of(u16::from(width))
             || usize::from(offset) + usize::from(width) > IMAGE_SIZE
         {
@@ -288,7 +289,8 @@ impl SnapshotReader {
     /// for a function another emulator serves; `None` outside the window or when the backend
     /// must answer.
     pub fn ecam_read(&self, addr: u64, width: u8) -> Option<Result<u64, Status>> {
-        if !matches!(width, 1 | 2 | 4) || !addr.is_multiple_of(u64::from(width)) {
+        if AccessKind::Config.check_width(width).is_err() || !addr.is_multiple_of(u64::from(width))
+        {
             return None;
         }
         self.consistent(|| {
@@ -308,7 +310,7 @@ impl SnapshotReader {
     /// disabled, unaligned).
     pub fn config_data_read(&self, port: u64, width: u8) -> Option<Result<u64, Status>> {
         let byte = port.checked_sub(0xcfc)?;
-        if byte >= 4 || !matches!(width, 1 | 2 | 4) || byte + u64::from(width) > 4 {
+        if byte >= 4 || AccessKind::Pio.check_width(width).is_err() || byte + u64::from(width) > 4 {
             return None;
         }
         self.consistent(|| {

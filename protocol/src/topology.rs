@@ -41,27 +41,15 @@ impl VhostUserMsgValidator for TopologyHeader {
     }
 }
 
-/// What a function is.
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum FunctionKind {
-    /// The host bridge (Q35 MCH).
-    HostBridge = 1,
-    /// A PCIe root port (type 1 header).
-    RootPort = 2,
-    /// An endpoint behind a port, served by another emulator.
-    Endpoint = 3,
-}
-
-impl TryFrom<u8> for FunctionKind {
-    type Error = u8;
-    fn try_from(v: u8) -> Result<Self, u8> {
-        match v {
-            1 => Ok(Self::HostBridge),
-            2 => Ok(Self::RootPort),
-            3 => Ok(Self::Endpoint),
-            other => Err(other),
-        }
+crate::wire_enum! {
+    /// What a function is.
+    pub enum FunctionKind: u8 {
+        /// The host bridge (Q35 MCH).
+        HostBridge = 1,
+        /// A PCIe root port (type 1 header).
+        RootPort = 2,
+        /// An endpoint behind a port, served by another emulator.
+        Endpoint = 3,
     }
 }
 
@@ -155,47 +143,31 @@ impl VhostUserMsgValidator for EcamWindow {
     }
 }
 
-/// Address space of an [`AddressRange`].
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum AddressSpace {
-    /// x86 port I/O.
-    Pio = 1,
-    /// Memory.
-    Mmio = 2,
+crate::wire_enum! {
+    /// Address space of an [`AddressRange`].
+    pub enum AddressSpace: u8 {
+        /// x86 port I/O.
+        Pio = 1,
+        /// Memory.
+        Mmio = 2,
+    }
 }
 
-/// What an [`AddressRange`] is.
-#[repr(u8)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum RangeKind {
-    /// CONFIG_ADDRESS (0xCF8, dword accesses only): the backend claims it.
-    ConfigAddress = 1,
-    /// CONFIG_DATA (0xCFC-0xCFF): the backend claims it.
-    ConfigData = 2,
-    /// A BAR of a function pcierc emulates (e.g. a root port's MSI-X BAR): the backend claims it.
-    Bar = 3,
-    /// A port's I/O window (informational: routes to whoever owns the functions behind it).
-    IoWindow = 4,
-    /// A port's non-prefetchable memory window (informational).
-    MemWindow = 5,
-    /// A port's prefetchable memory window (informational).
-    PrefMemWindow = 6,
-}
-
-impl TryFrom<u8> for RangeKind {
-    type Error = u8;
-    fn try_from(v: u8) -> Result<Self, u8> {
-        use RangeKind::*;
-        Ok(match v {
-            1 => ConfigAddress,
-            2 => ConfigData,
-            3 => Bar,
-            4 => IoWindow,
-            5 => MemWindow,
-            6 => PrefMemWindow,
-            other => return Err(other),
-        })
+crate::wire_enum! {
+    /// What an [`AddressRange`] is.
+    pub enum RangeKind: u8 {
+        /// CONFIG_ADDRESS (0xCF8, dword accesses only): the backend claims it.
+        ConfigAddress = 1,
+        /// CONFIG_DATA (0xCFC-0xCFF): the backend claims it.
+        ConfigData = 2,
+        /// A BAR of a function pcierc emulates (e.g. a root port's MSI-X BAR): the backend claims it.
+        Bar = 3,
+        /// A port's I/O window (informational: routes to whoever owns the functions behind it).
+        IoWindow = 4,
+        /// A port's non-prefetchable memory window (informational).
+        MemWindow = 5,
+        /// A port's prefetchable memory window (informational).
+        PrefMemWindow = 6,
     }
 }
 
@@ -226,9 +198,7 @@ pub struct AddressRange {
 unsafe impl ByteValued for AddressRange {}
 impl VhostUserMsgValidator for AddressRange {
     fn is_valid(&self) -> bool {
-        let space_ok =
-            self.space == AddressSpace::Pio as u8 || self.space == AddressSpace::Mmio as u8;
-        space_ok
+        AddressSpace::try_from(self.space).is_ok()
             && RangeKind::try_from(self.kind).is_ok()
             && self.reserved == 0
             && (self.bar == 0 || (self.kind == RangeKind::Bar as u8 && self.bar < 6))

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pcierc_protocol::*;
@@ -203,7 +203,7 @@ fn start_backend(name: &str) -> (SocketPath, Arc<Mutex<Fake>>) {
 }
 
 /// The event loop a backend service runs: one thread, every connection non-blocking.
-fn serve(listener: UnixListener, mut handler: Arc<Mutex<Fake>>) {
+fn serve(listener: UnixListener, handler: Arc<Mutex<Fake>>) {
     let mut conns: Vec<Connection> = Vec::new();
     let mut next = 0;
     loop {
@@ -229,16 +229,18 @@ fn serve(listener: UnixListener, mut handler: Arc<Mutex<Fake>>) {
                 conns.push(Connection::new(s, ConnectionId(next)).unwrap());
             }
         }
+        // The handler itself serves (`&mut Fake`), locked while this thread works with it.
+        let mut fake = handler.lock().unwrap_or_else(PoisonError::into_inner);
         let mut i = 0;
         for pfd in &fds[1..] {
             let c = &mut conns[i];
             let r = if pfd.revents != 0 {
-                c.process(&mut handler).and_then(|()| c.flush().map(drop))
+                c.process(&mut *fake).and_then(|()| c.flush().map(drop))
             } else {
                 Ok(())
             };
             if r.is_err() {
-                conns.remove(i).close(&mut handler);
+                conns.remove(i).close(&mut *fake);
             } else {
                 i += 1;
             }

@@ -6,7 +6,7 @@
 //! xen/include/public/hvm/ioreq.h). `reg` is therefore unaligned when the guest used an unaligned
 //! data port; the protocol requires aligned accesses, so those are split into byte accesses.
 
-use pcierc_protocol::ConfigAccess;
+use pcierc_protocol::{width_mask, AccessKind, ConfigAccess};
 use thiserror::Error;
 
 /// Why an ioreq cannot be translated.
@@ -20,14 +20,21 @@ pub enum TranslateError {
     OutOfRange(u32, u32),
 }
 
+/// The protocol's width rule ([`AccessKind::check_width`]) for an ioreq of `size` bytes.
+fn check_size(size: u32, kind: AccessKind) -> Result<(), TranslateError> {
+    u8::try_from(size)
+        .ok()
+        .filter(|&w| kind.check_width(w).is_ok())
+        .map(drop)
+        .ok_or(TranslateError::BadSize(size))
+}
+
 /// Translate a PCI_CONFIG ioreq (`addr`, `size`, and for writes `data`) into one aligned access,
 /// or several byte accesses when `reg` is not aligned to `size`. Byte `i` of the guest's value
 /// is byte `i` of the data; for reads, the caller assembles the replies in the same order
 /// ([`assemble`]).
 pub fn translate(addr: u64, size: u32, data: u64) -> Result<Vec<ConfigAccess>, TranslateError> {
-    if !matches!(size, 1 | 2 | 4) {
-        return Err(TranslateError::BadSize(size));
-    }
+    check_size(size, AccessKind::Config)?;
     let sbdf = (addr >> 32) as u32;
     split(
         (sbdf >> 16) as u16,
@@ -50,9 +57,8 @@ pub fn split(
     size: u32,
     data: u64,
 ) -> Result<Vec<ConfigAccess>, TranslateError> {
-    if !matches!(size, 1 | 2 | 4 | 8) {
-        return Err(TranslateError::BadSize(size));
-    }
+    // ECAM is memory: 8-byte accesses are MMIO's.
+    check_size(size, AccessKind::Mmio)?;
     if reg.checked_add(size).is_none_or(|end| end > 4096) {
         return Err(TranslateError::OutOfRange(reg, size));
     }
@@ -65,7 +71,7 @@ pub fn split(
     let piece = |off: u32, width: u32| ConfigAccess {
         offset: (reg + off) as u16,
         width: width as u8,
-        data: (data >> (8 * off)) & (u64::MAX >> (64 - 8 * width)),
+        data: (data >> (8 * off)) & width_mask(width as u8),
         ..base
     };
     Ok(if size <= 4 && reg.is_multiple_of(size) {

@@ -3,5 +3,8 @@
 pub mod mch;
 pub mod root_port;
 
+/// The port behaviour [`RootPort`] has (bus numbers, windows, slot, AER, PME): bring it into
+/// scope with the model.
+pub use crate::pci::port::PortFunction;
 pub use mch::Mch;
 pub use root_port::{RootPort, RootPortConfig};

@@ -7,8 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pci::bridge::{self, BridgeWindows};
-use crate::pci::caps::aer::InjectError;
+use crate::pci::bridge;
 use crate::pci::caps::express::{self, LinkConfig};
 use crate::pci::caps::msix::Msix;
 use crate::pci::caps::resource_reserve::{self, Reserve};
@@ -16,9 +15,7 @@ use crate::pci::caps::slot::{self, SlotConfig};
 use crate::pci::caps::{acs, aer, ssvid};
 use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, Identity};
-use crate::pci::port::{PciePort, PortLayout, PortState};
-use crate::pci::{AerError, Interrupt, SlotError, SlotEvent};
-use crate::pci::{BarMapping, Effects, PciFunction, Width};
+use crate::pci::port::{PciePort, PortFunction, PortLayout};
 use crate::Error;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
@@ -107,18 +104,13 @@ impl RootPortConfig {
     }
 }
 
-/// A PCIe root port compatible with QEMU 7.2's `pcie-root-port`.
+/// A PCIe root port compatible with QEMU 7.2's `pcie-root-port`: QEMU's capability layout on a
+/// [`PciePort`], whose behaviour (bus numbers, windows, slot, AER, PME, and the whole
+/// [`crate::pci::PciFunction`]) it has through [`PortFunction`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootPort {
     config: RootPortConfig,
     port: PciePort,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RootPortState {
-    config: RootPortConfig,
-    port: PortState,
 }
 
 impl RootPort {
@@ -186,146 +178,25 @@ impl RootPort {
     pub fn config(&self) -> &RootPortConfig {
         &self.config
     }
-
-    /// Primary Bus Number.
-    pub fn primary_bus(&self) -> u8 {
-        self.port.primary_bus()
-    }
-
-    /// Secondary Bus Number.
-    pub fn secondary_bus(&self) -> u8 {
-        self.port.secondary_bus()
-    }
-
-    /// Subordinate Bus Number.
-    pub fn subordinate_bus(&self) -> u8 {
-        self.port.subordinate_bus()
-    }
-
-    /// The I/O, memory and prefetchable windows the port forwards now.
-    pub fn windows(&self) -> BridgeWindows {
-        self.port.windows()
-    }
-
-    /// Interrupts generated since the last call (after an operation returned
-    /// `Effects::INTERRUPT`).
-    pub fn take_interrupts(&mut self) -> Vec<Interrupt> {
-        self.port.take_interrupts()
-    }
-
-    /// Slot events since the last call (after an operation returned `Effects::SLOT`).
-    pub fn slot_events(&mut self) -> Vec<SlotEvent> {
-        self.port.take_slot_events()
-    }
-
-    /// Is a card present in the slot?
-    pub fn slot_occupied(&self) -> bool {
-        self.port.slot_occupied()
-    }
-
-    /// Mark the slot occupied from power-on (no change event).
-    pub fn set_present(&mut self) {
-        self.port.set_present()
-    }
-
-    /// Record and signal an error: `own` for the port's own, else from a function below. See
-    /// [`PciePort::inject_error`].
-    pub fn inject_error(&mut self, e: &AerError, own: bool) -> Result<Effects, InjectError> {
-        self.port.inject_error(e, own)
-    }
-
-    /// The MSI-X message `vector` sends now and whether it is masked.
-    pub fn msi_route(&self, vector: u16) -> Option<(u64, u32, bool)> {
-        self.port.msi_route(vector)
-    }
-
-    /// Slot Status (PCIe Base 6.0 §7.5.3.11).
-    pub fn slot_status(&self) -> u16 {
-        self.config_read(u16::from(EXP_OFFSET) + slot::SLTSTA, 2) as u16
-    }
-
-    /// Slot Control (PCIe Base 6.0 §7.5.3.10).
-    pub fn slot_control(&self) -> u16 {
-        self.config_read(u16::from(EXP_OFFSET) + slot::SLTCTL, 2) as u16
-    }
-
-    /// A PME from `requester` below the port. See [`PciePort::raise_pme`].
-    pub fn raise_pme(&mut self, requester: u16) -> Effects {
-        self.port.raise_pme(requester)
-    }
-
-    /// A card is inserted. See [`PciePort::hot_add`].
-    pub fn hot_add(&mut self) -> Result<Effects, SlotError> {
-        self.port.hot_add()
-    }
-
-    /// The attention button is pressed. See [`PciePort::attention_button`].
-    pub fn attention_button(&mut self) -> Result<Effects, SlotError> {
-        self.port.attention_button()
-    }
-
-    /// The card is gone. See [`PciePort::removed`].
-    pub fn removed(&mut self) -> Result<Effects, SlotError> {
-        self.port.removed()
-    }
-
-    /// Is the port asserting INTx (Status.Interrupt Status)?
-    pub fn intx_asserted(&self) -> bool {
-        self.port.intx_asserted()
-    }
 }
 
-impl PciFunction for RootPort {
-    fn config_read(&self, offset: u16, width: Width) -> u32 {
-        self.port.config_read(offset, width)
+impl PortFunction for RootPort {
+    type Properties = RootPortConfig;
+
+    fn port(&self) -> &PciePort {
+        &self.port
     }
 
-    fn config_image(&self) -> Vec<u8> {
-        self.port.space().image_4k()
+    fn port_mut(&mut self) -> &mut PciePort {
+        &mut self.port
     }
 
-    fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
-        self.port.config_write(offset, width, value)
+    fn properties(&self) -> &RootPortConfig {
+        &self.config
     }
 
-    fn bars(&self) -> Vec<BarMapping> {
-        self.port.bars()
-    }
-
-    fn bar_read(&mut self, bar: u8, offset: u64, width: Width) -> u64 {
-        self.port.bar_read(bar, offset, width)
-    }
-
-    fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
-        self.port.bar_write(bar, offset, width, value)
-    }
-
-    /// See [`PciePort::reset`].
-    fn reset(&mut self) {
-        self.port.reset();
-    }
-
-    fn save(&self) -> serde_json::Value {
-        let s = RootPortState {
-            config: self.config.clone(),
-            port: self.port.state(),
-        };
-        serde_json::to_value(s).unwrap_or_default()
-    }
-
-    fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
-        let id = &self.config.id;
-        let s =
-            RootPortState::deserialize(state).map_err(|e| Error::State(format!("{id}: {e}")))?;
-        if s.config != self.config {
-            let other = &s.config;
-            return Err(Error::State(format!(
-                "{id}: state is for a port with other properties: {other:?}"
-            )));
-        }
-        self.port
-            .load_state(&s.port)
-            .map_err(|e| Error::State(format!("{id}: {e}")))
+    fn id(&self) -> &str {
+        &self.config.id
     }
 }
 
@@ -334,6 +205,7 @@ mod tests {
     use super::*;
     use crate::pci::caps::slot::{SLTCTL, SLTSTA};
     use crate::pci::reference::{first_difference, load_dump, read_all};
+    use crate::pci::{BarMapping, BridgeWindows, Effects, PciFunction, SlotEvent};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
         RootPort::new(RootPortConfig {

@@ -34,10 +34,10 @@ bitflags::bitflags! {
         /// Bridge Control Secondary Bus Reset went from 0 to 1 (PCI-to-PCI Bridge 1.2 §3.2.5.18
         /// Bridge Control Register): the functions below the bridge are reset.
         const SECONDARY_BUS_RESET = 1 << 5;
-        /// The function has interrupts to deliver: drain them (e.g. `RootPort::take_interrupts`).
+        /// The function has interrupts to deliver: drain them (e.g. `PortFunction::take_interrupts`).
         const INTERRUPT = 1 << 6;
         /// Slot state changed: presence, Slot Control (power, indicators) or events the
-        /// hierarchy acts on (drain `RootPort::slot_events`).
+        /// hierarchy acts on (drain `PortFunction::slot_events`).
         const SLOT = 1 << 7;
         /// Slot Control Power Controller Control went from on to off while the card stays in
         /// the slot (PCIe Base 6.0 §7.5.3.10 Slot Control Register; §6.7.1.8: removing power

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::bridge::{self, BridgeWindows};
@@ -18,7 +19,10 @@ use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
 use super::caps::{acs, express};
 use super::config_space::{ConfigSpace, SpaceImage, StateError};
 use super::header::{self, valid_access};
-use super::{AerError, BarMapping, Effects, ErrorSeverity, Interrupt, SlotError, SlotEvent, Width};
+use super::{
+    AerError, BarMapping, Effects, ErrorSeverity, Interrupt, PciFunction, SlotError, SlotEvent,
+    Width,
+};
 
 /// Where a port's capabilities are and how its slot is built.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -587,5 +591,179 @@ impl PciePort {
         self.intx = s.intx;
         self.pme_queue = s.pme_queue.iter().copied().take(PME_QUEUE_MAX).collect();
         Ok(())
+    }
+}
+
+/// A function model made of a [`PciePort`]: pcierc's root port now, a switch's downstream port
+/// later. A model gives its port ([`PortFunction::port`], [`PortFunction::port_mut`]) and the
+/// properties it was built with; the port's behaviour is the model's through the default methods
+/// here, and its [`PciFunction`] implementation (configuration space, BARs, reset, state) is the
+/// one below, so no model forwards calls of its own.
+pub trait PortFunction: Send {
+    /// The properties the model was built with, saved with its state (a state only loads into a
+    /// model with the same properties).
+    type Properties: Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned;
+
+    /// The port.
+    fn port(&self) -> &PciePort;
+
+    /// The port, to change.
+    fn port_mut(&mut self) -> &mut PciePort;
+
+    /// The properties the model was built with.
+    fn properties(&self) -> &Self::Properties;
+
+    /// The model's id (topology name), for messages.
+    fn id(&self) -> &str;
+
+    /// Primary Bus Number.
+    fn primary_bus(&self) -> u8 {
+        self.port().primary_bus()
+    }
+
+    /// Secondary Bus Number.
+    fn secondary_bus(&self) -> u8 {
+        self.port().secondary_bus()
+    }
+
+    /// Subordinate Bus Number.
+    fn subordinate_bus(&self) -> u8 {
+        self.port().subordinate_bus()
+    }
+
+    /// The I/O, memory and prefetchable windows the port forwards now.
+    fn windows(&self) -> BridgeWindows {
+        self.port().windows()
+    }
+
+    /// Interrupts generated since the last call (after an operation returned
+    /// `Effects::INTERRUPT`).
+    fn take_interrupts(&mut self) -> Vec<Interrupt> {
+        self.port_mut().take_interrupts()
+    }
+
+    /// Slot events since the last call (after an operation returned `Effects::SLOT`).
+    fn slot_events(&mut self) -> Vec<SlotEvent> {
+        self.port_mut().take_slot_events()
+    }
+
+    /// Is a card present in the slot? See [`PciePort::slot_occupied`].
+    fn slot_occupied(&self) -> bool {
+        self.port().slot_occupied()
+    }
+
+    /// Mark the slot occupied from power-on (no change event). See [`PciePort::set_present`].
+    fn set_present(&mut self) {
+        self.port_mut().set_present()
+    }
+
+    /// Record and signal an error: `own` for the port's own, else from a function below. See
+    /// [`PciePort::inject_error`].
+    fn inject_error(&mut self, e: &AerError, own: bool) -> Result<Effects, aer::InjectError> {
+        self.port_mut().inject_error(e, own)
+    }
+
+    /// The MSI-X message `vector` sends now and whether it is masked.
+    fn msi_route(&self, vector: u16) -> Option<(u64, u32, bool)> {
+        self.port().msi_route(vector)
+    }
+
+    /// Slot Status (PCIe Base 6.0 §7.5.3.11).
+    fn slot_status(&self) -> u16 {
+        let p = self.port();
+        p.config_read(p.layout.exp + slot::SLTSTA, 2) as u16
+    }
+
+    /// Slot Control (PCIe Base 6.0 §7.5.3.10).
+    fn slot_control(&self) -> u16 {
+        let p = self.port();
+        p.config_read(p.layout.exp + slot::SLTCTL, 2) as u16
+    }
+
+    /// A PME from `requester` below the port. See [`PciePort::raise_pme`].
+    fn raise_pme(&mut self, requester: u16) -> Effects {
+        self.port_mut().raise_pme(requester)
+    }
+
+    /// A card is inserted. See [`PciePort::hot_add`].
+    fn hot_add(&mut self) -> Result<Effects, SlotError> {
+        self.port_mut().hot_add()
+    }
+
+    /// The attention button is pressed. See [`PciePort::attention_button`].
+    fn attention_button(&mut self) -> Result<Effects, SlotError> {
+        self.port_mut().attention_button()
+    }
+
+    /// The card is gone. See [`PciePort::removed`].
+    fn removed(&mut self) -> Result<Effects, SlotError> {
+        self.port_mut().removed()
+    }
+
+    /// Is the port asserting INTx (Status.Interrupt Status)?
+    fn intx_asserted(&self) -> bool {
+        self.port().intx_asserted()
+    }
+}
+
+/// A port model's saved state: its properties and its port's state.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortFunctionState<P> {
+    config: P,
+    port: PortState,
+}
+
+impl<T: PortFunction> PciFunction for T {
+    fn config_read(&self, offset: u16, width: Width) -> u32 {
+        self.port().config_read(offset, width)
+    }
+
+    fn config_image(&self) -> Vec<u8> {
+        self.port().space().image_4k()
+    }
+
+    fn config_write(&mut self, offset: u16, width: Width, value: u32) -> Effects {
+        self.port_mut().config_write(offset, width, value)
+    }
+
+    fn bars(&self) -> Vec<BarMapping> {
+        self.port().bars()
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, width: Width) -> u64 {
+        self.port_mut().bar_read(bar, offset, width)
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
+        self.port_mut().bar_write(bar, offset, width, value)
+    }
+
+    /// See [`PciePort::reset`].
+    fn reset(&mut self) {
+        self.port_mut().reset();
+    }
+
+    fn save(&self) -> serde_json::Value {
+        let s = PortFunctionState {
+            config: self.properties().clone(),
+            port: self.port().state(),
+        };
+        serde_json::to_value(s).unwrap_or_default()
+    }
+
+    fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error> {
+        let id = self.id().to_string();
+        let s = PortFunctionState::<T::Properties>::deserialize(state)
+            .map_err(|e| crate::Error::State(format!("{id}: {e}")))?;
+        if &s.config != self.properties() {
+            let other = &s.config;
+            return Err(crate::Error::State(format!(
+                "{id}: state is for a port with other properties: {other:?}"
+            )));
+        }
+        self.port_mut()
+            .load_state(&s.port)
+            .map_err(|e| crate::Error::State(format!("{id}: {e}")))
     }
 }

@@ -12,6 +12,7 @@ use crate::control::{
     AerInject, ControlError, ControlOps, DeviceAdd, DeviceState, SlotDevice, SlotInfo,
 };
 use crate::pci::caps::slot::{SLTCTL_AIC, SLTCTL_PCC, SLTCTL_PIC, SLTSTA_PDS};
+use crate::pci::port::PortFunction;
 use crate::pci::Effects;
 use crate::service::stats::HotplugStats;
 use crate::topology::hierarchy::HotplugError;

@@ -189,10 +189,12 @@ impl Stats {
         f.requests += 1;
         if status != Status::Ok {
             let request = match FrontendReq::try_from(request) {
-                Ok(r) => format!("{r:?}"),
-                Err(code) => format!("unknown({code})"),
+                Ok(r) => r.name().to_string(),
+                Err(e) => format!("unknown({})", e.raw),
             };
-            *f.refusals.entry((request, errno_name(status))).or_default() += 1;
+            *f.refusals
+                .entry((request, status.errno_name()))
+                .or_default() += 1;
         }
     }
 
@@ -222,25 +224,6 @@ impl Stats {
             "qmp-clients": self.qmp_clients,
             "qmp-commands": self.qmp_commands,
         })
-    }
-}
-
-/// A status as the errno name `docs/protocol.md` gives it.
-pub fn errno_name(s: Status) -> &'static str {
-    match s {
-        Status::Ok => "OK",
-        Status::Io => "EIO",
-        Status::TooBig => "E2BIG",
-        Status::Busy => "EBUSY",
-        Status::NoDevice => "ENODEV",
-        Status::Invalid => "EINVAL",
-        Status::OutOfRange => "ERANGE",
-        Status::NotSupported => "ENOSYS",
-        Status::Remote => "EREMOTE",
-        Status::Protocol => "EPROTO",
-        Status::BadMessage => "EBADMSG",
-        Status::Permission => "EACCES",
-        Status::Exists => "EEXIST",
     }
 }
 

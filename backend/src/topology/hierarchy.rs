@@ -2,11 +2,12 @@
 //! behind them. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the
 //! function models, applies their [`Effects`] and keeps the layout generation.
 
-use pcierc_protocol::{ChipsetMemory, ResetReason, Status};
+use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status};
 
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
 use crate::devices::{Mch, RootPort};
+use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::spec::EndpointSpec;
 
@@ -385,7 +386,7 @@ impl Hierarchy {
     /// A trapped port-I/O read. `Err(NoDevice)` for ports pcierc does not claim, including
     /// non-dword accesses to 0xCF8-0xCFB (0xCF9 is the ICH9 reset control register).
     pub fn pio_read(&self, port: u64, width: Width) -> Result<u64, Status> {
-        check_pio(width)?;
+        AccessKind::Pio.check_width(width)?;
         if (CONFIG_ADDRESS_PORT..CONFIG_DATA_PORT).contains(&port) {
             return if port == CONFIG_ADDRESS_PORT && width == 4 {
                 Ok(u64::from(self.config_address))
@@ -413,7 +414,7 @@ impl Hierarchy {
 
     /// A trapped port-I/O write.
     pub fn pio_write(&mut self, port: u64, width: Width, value: u64) -> Result<Effects, Status> {
-        check_pio(width)?;
+        AccessKind::Pio.check_width(width)?;
         if (CONFIG_ADDRESS_PORT..CONFIG_DATA_PORT).contains(&port) {
             if port == CONFIG_ADDRESS_PORT && width == 4 {
                 // QEMU keeps all 32 bits; bits 30:24 and 1:0 are ignored when decoding.
@@ -472,7 +473,7 @@ impl Hierarchy {
 
     /// A trapped MMIO read: ECAM, or a BAR of a function pcierc emulates.
     pub fn mmio_read(&mut self, addr: u64, width: Width) -> Result<u64, Status> {
-        check_mmio(width)?;
+        AccessKind::Mmio.check_width(width)?;
         if let Some((bus, devfn, off)) = self.ecam_decode(addr) {
             // 8-byte ECAM accesses are split into two dword accesses, as QEMU's memory core does.
             if off as usize + usize::from(width) > 4096 {
@@ -497,7 +498,7 @@ impl Hierarchy {
 
     /// A trapped MMIO write.
     pub fn mmio_write(&mut self, addr: u64, width: Width, value: u64) -> Result<Effects, Status> {
-        check_mmio(width)?;
+        AccessKind::Mmio.check_width(width)?;
         if let Some((bus, devfn, off)) = self.ecam_decode(addr) {
             if off as usize + usize::from(width) > 4096 {
                 return Err(Status::OutOfRange);
@@ -572,38 +573,17 @@ impl Hierarchy {
     }
 }
 
+/// All ones in a configuration read of `width` bytes (1, 2 or 4: checked before).
 fn ones(width: Width) -> u32 {
-    if width >= 4 {
-        u32::MAX
-    } else {
-        (1u32 << (8 * u32::from(width))) - 1
-    }
+    width_mask(width) as u32
 }
 
 fn check_config(offset: u16, width: Width) -> Result<(), Status> {
-    if !matches!(width, 1 | 2 | 4) {
-        return Err(Status::Invalid);
-    }
+    AccessKind::Config.check_width(width)?;
     if usize::from(offset) + usize::from(width) > 4096 {
         return Err(Status::OutOfRange);
     }
     Ok(())
-}
-
-fn check_pio(width: Width) -> Result<(), Status> {
-    if matches!(width, 1 | 2 | 4) {
-        Ok(())
-    } else {
-        Err(Status::Invalid)
-    }
-}
-
-fn check_mmio(width: Width) -> Result<(), Status> {
-    if matches!(width, 1 | 2 | 4 | 8) {
-        Ok(())
-    } else {
-        Err(Status::Invalid)
-    }
 }
 
 /// Byte offset of `port` within CONFIG_DATA, if it is one of 0xCFC-0xCFF.

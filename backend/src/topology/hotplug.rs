@@ -8,6 +8,7 @@ use pcierc_protocol::ResetReason;
 use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
+use crate::pci::port::PortFunction;
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
 

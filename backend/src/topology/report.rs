@@ -9,6 +9,7 @@ use pcierc_protocol::{
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::spec::{EndpointSpec, PCIERC_OWNER, ROOT_BUS};
+use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 /// Identity registers of an emulated function: (vendor, device, class code, multifunction).

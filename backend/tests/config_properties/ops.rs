@@ -2,7 +2,7 @@
 //! platform events (hot-plug, PME, AER), and applying them with the checks a single access
 //! promises.
 
-use pcierc_backend::devices::{RootPort, RootPortConfig};
+use pcierc_backend::devices::{PortFunction, RootPort, RootPortConfig};
 use pcierc_backend::pci::caps::aer;
 use pcierc_backend::pci::{AerError, ErrorSeverity, PciFunction};
 use proptest::prelude::*;

@@ -2,7 +2,7 @@
 //! W1C status registers (AER, Device Status, Slot Status with QEMU's work-around) clear on 1
 //! and keep on 0.
 
-use pcierc_backend::devices::{Mch, RootPort, RootPortConfig};
+use pcierc_backend::devices::{Mch, PortFunction, RootPort, RootPortConfig};
 use pcierc_backend::pci::caps::{aer, express, slot};
 use pcierc_backend::pci::PciFunction;
 use proptest::collection::vec;

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
-use pcierc_protocol::{Notification, ResetReason, Status, Topology};
+use pcierc_protocol::{AccessKind, Notification, ResetReason, Status, Topology};
 use vm_memory::GuestMemoryMmap;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -380,16 +380,20 @@ impl Machine {
         self.stop.load(Ordering::SeqCst)
     }
 
-    fn width(len: usize, max: usize) -> Option<u8> {
-        matches!(len, 1 | 2 | 4 | 8)
-            .then_some(len as u8)
-            .filter(|&w| usize::from(w) <= max)
+    /// The width of an exit of `len` bytes, if the protocol carries such an access of `kind`.
+    fn width(len: usize, kind: AccessKind) -> Option<u8> {
+        u8::try_from(len)
+            .ok()
+            .filter(|&w| kind.check_width(w).is_ok())
     }
 
     /// `in` from `port`.
     pub fn pio_in(&self, port: u16, data: &mut [u8]) -> Result<(), Error> {
         let start = Instant::now();
-        if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
+        if let (Some(width), true) = (
+            Self::width(data.len(), AccessKind::Pio),
+            self.pcie.claims_pio(port),
+        ) {
             match self.pcie.forward(Access::PioRead { port, width })? {
                 Forwarded::Done(v) => {
                     fill(data, v);
@@ -439,7 +443,10 @@ impl Machine {
     pub fn pio_out(&self, port: u16, data: &[u8]) -> Result<Option<Stop>, Error> {
         let start = Instant::now();
         let value = read_value(data);
-        if let (Some(width), true) = (Self::width(data.len(), 4), self.pcie.claims_pio(port)) {
+        if let (Some(width), true) = (
+            Self::width(data.len(), AccessKind::Pio),
+            self.pcie.claims_pio(port),
+        ) {
             let access = Access::PioWrite { port, width, value };
             match self.pcie.forward(access)? {
                 Forwarded::Done(_) => {
@@ -496,7 +503,7 @@ impl Machine {
     /// An MMIO read outside RAM.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), Error> {
         let start = Instant::now();
-        let Some(width) = Self::width(data.len(), 8) else {
+        let Some(width) = Self::width(data.len(), AccessKind::Mmio) else {
             fill(data, u64::MAX);
             self.stats.record(ExitKind::LocalMmio, start);
             return Ok(());
@@ -531,7 +538,7 @@ impl Machine {
     /// An MMIO write outside RAM.
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), Error> {
         let start = Instant::now();
-        let Some(width) = Self::width(data.len(), 8) else {
+        let Some(width) = Self::width(data.len(), AccessKind::Mmio) else {
             self.stats.record(ExitKind::LocalMmio, start);
             return Ok(());
         };

@@ -145,7 +145,7 @@ pub(crate) fn check_reply(h: &MsgHeader, payload: &[u8]) -> CaseResult<Answer> {
         h
     );
     prop_assert!(validate_header(h, MessageKind::Reply).is_ok(), "{:?}", h);
-    let Ok(status) = Status::from_raw(h.status) else {
+    let Ok(status) = Status::try_from(h.status) else {
         return fail(format!("unknown status in {h:?}"));
     };
     prop_assert!(

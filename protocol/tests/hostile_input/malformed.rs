@@ -11,7 +11,7 @@ use crate::{
         closed, fd_kind, handshake_done, parse_replies, read_one, read_to_close, request, send, Fds,
     },
     config, fail,
-    probe::{fresh_connection_works, serve, Shared},
+    probe::{fresh_connection_works, serve, Probe},
     requests::{bad_request, expected, known_codes, payload_size, valid_fds, valid_payload},
     setup, CaseResult,
 };
@@ -27,7 +27,7 @@ proptest! {
         bad in vec(bad_request(), 1..8),
         too_many in proptest::option::of(vec(fd_kind(), MAX_FDS + 1..=MAX_FDS + 4)),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         for (i, b) in bad.iter().enumerate() {
@@ -67,7 +67,7 @@ proptest! {
 /// succeeds, so each malformed variant fails because of its defect.
 #[test]
 fn valid_form_of_every_request_succeeds() -> CaseResult {
-    let handler = Shared::default();
+    let handler = Probe::default();
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     for (i, code) in known_codes().into_iter().enumerate() {
@@ -98,7 +98,7 @@ fn valid_form_of_every_request_succeeds() -> CaseResult {
 /// one connection that survives all of them.
 #[test]
 fn every_code_rejects_every_wrong_size() -> CaseResult {
-    let handler = Shared::default();
+    let handler = Probe::default();
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     let mut id = 0;

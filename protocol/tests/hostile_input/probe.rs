@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use pcierc_protocol::*;
@@ -14,10 +14,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::{fail, setup, CaseResult, WAIT};
 
-/// A small handler: answers what it is asked, records the connections that went away.
-#[derive(Default)]
+/// A small handler: answers what it is asked, records the connections that went away. Each
+/// serving thread has its own clone; the clones share the record.
+#[derive(Clone, Default)]
 pub(crate) struct Probe {
-    pub(crate) disconnected: Vec<ConnectionId>,
+    pub(crate) disconnected: Arc<Mutex<Vec<ConnectionId>>>,
     /// Size of the `SaveState` blob (0: [`BLOB`]).
     pub(crate) state_size: usize,
 }
@@ -99,11 +100,12 @@ impl BackendHandler for Probe {
         Ok(())
     }
     fn disconnected(&mut self, conn: ConnectionId) {
-        self.disconnected.push(conn);
+        self.disconnected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(conn);
     }
 }
-
-pub(crate) type Shared = Arc<Mutex<Probe>>;
 
 pub(crate) fn next_id() -> ConnectionId {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -113,19 +115,19 @@ pub(crate) fn next_id() -> ConnectionId {
 /// One connection served by [`Connection::serve`] on its own thread.
 pub(crate) struct Served {
     id: ConnectionId,
-    handler: Shared,
+    handler: Probe,
     done: mpsc::Receiver<Result<(), String>>,
     thread: JoinHandle<()>,
 }
 
 /// Serve `stream` with `handler`; the client gets the other end (blocking, bounded timeouts).
-pub(crate) fn serve(handler: &Shared) -> CaseResult<(UnixStream, Served)> {
+pub(crate) fn serve(handler: &Probe) -> CaseResult<(UnixStream, Served)> {
     let (client, backend) = setup(UnixStream::pair())?;
     setup(client.set_read_timeout(Some(WAIT)))?;
     setup(client.set_write_timeout(Some(WAIT)))?;
     let (tx, done) = mpsc::channel();
     let id = next_id();
-    let mut h = Arc::clone(handler);
+    let mut h = handler.clone();
     let thread = thread::spawn(move || {
         let r = Connection::new(backend, id).and_then(|c| c.serve(&mut h));
         // `serve` only gives up on errors that must drop the connection.
@@ -134,7 +136,7 @@ pub(crate) fn serve(handler: &Shared) -> CaseResult<(UnixStream, Served)> {
     });
     let served = Served {
         id,
-        handler: Arc::clone(handler),
+        handler: handler.clone(),
         done,
         thread,
     };
@@ -160,8 +162,9 @@ impl Served {
         }
         let gone = self
             .handler
+            .disconnected
             .lock()
-            .map(|h| h.disconnected.iter().filter(|&&c| c == self.id).count())
+            .map(|d| d.iter().filter(|&&c| c == self.id).count())
             .unwrap_or(0);
         prop_assert_eq!(gone, 1, "`disconnected` must be called once per connection");
         Ok(outcome)
@@ -169,7 +172,7 @@ impl Served {
 }
 
 /// A well-formed exchange on a fresh connection to the same handler.
-pub(crate) fn fresh_connection_works(handler: &Shared) -> CaseResult {
+pub(crate) fn fresh_connection_works(handler: &Probe) -> CaseResult {
     let (client, served) = serve(handler)?;
     // Without the shared-memory read path: every read must be a message the backend answers.
     let opts = FrontendOptions {

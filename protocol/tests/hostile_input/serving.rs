@@ -1,7 +1,6 @@
 //! Properties of the serving side under broken framing and flow: hostile byte streams, lying
 //! sizes, truncated headers, pipelined floods and a half-closed peer.
 
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::{
     },
     config, fail,
     frames::hostile_send,
-    probe::{fresh_connection_works, serve, Probe, Shared},
+    probe::{fresh_connection_works, serve, Probe},
     setup, CaseResult,
 };
 
@@ -32,7 +31,7 @@ proptest! {
         negotiate in any::<bool>(),
         sends in vec(hostile_send(), 0..8),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         let mut peers = Vec::new();
         let first = if negotiate { handshake() } else { Vec::new() };
@@ -84,7 +83,7 @@ proptest! {
         ],
         trailer in any::<bool>(),
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         let access = ConfigAccess { width: 4, ..Default::default() };
@@ -125,7 +124,7 @@ proptest! {
     /// and other connections are served meanwhile.
     #[test]
     fn truncated_headers_wait_or_close_cleanly(cut in 0usize..HEADER_SIZE, close in any::<bool>()) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         let msg = request(FrontendReq::GetFeatures as u32, 1, &[]);
         setup(send(&client, &msg[..cut], &[]))?;
@@ -151,7 +150,7 @@ proptest! {
         kinds in vec(0u8..3, 1..8),
         count in 15_000usize..25_000,
     ) {
-        let handler = Shared::default();
+        let handler = Probe::default();
         let (client, served) = serve(&handler)?;
         handshake_done(&client)?;
         let read = ConfigAccess { width: 1, ..Default::default() };
@@ -198,10 +197,10 @@ proptest! {
 /// peer a reply whose header announced more bytes than ever arrived.)
 #[test]
 fn half_closed_peer_gets_every_reply() -> CaseResult {
-    let handler = Arc::new(Mutex::new(Probe {
+    let handler = Probe {
         state_size: 1 << 20,
         ..Probe::default()
-    }));
+    };
     let (client, served) = serve(&handler)?;
     handshake_done(&client)?;
     let save = request(FrontendReq::SaveState as u32, 1, &[]);
