@@ -401,6 +401,39 @@ fn the_vmm_passes_an_e1000e_through_to_l2_live() {
         report!(
             "nested: after rp1's bus reset the e1000e came up again ({after} MSI-X interrupts)"
         );
+
+        // An uncorrectable error of the device, as L1's AER driver sees it (through aer_inject:
+        // QEMU 7.2's e1000e has read-only error reporting enables in Device Control, so an error
+        // injected into it in L0 never leaves it): vfio-pci signals the VMM's error eventfd, the
+        // VMM sends pcierc ReportError from the device's AER registers, and L2's AER driver takes
+        // it from rp1 with 01:00.0 as the source.
+        let inject = aer_inject_bytes(&nic.sbdf, 1 << 12); // Poisoned TLP (§7.8.4.2, bit 12)
+        let start = std::time::Instant::now();
+        expect(n.l1_ok(&format!("printf '{inject}' > /dev/aer_inject"), T));
+        let aer = expect(n.l2_ok(
+            "n=0; while ! dmesg | grep -q 'received from 0000:01:00.0'; do n=$((n+1)); [ $n -gt 150 ] && break; sleep 0.1; done; \
+             dmesg | grep -i 'aer' | sed 's/^/dmesg /'",
+            T,
+        ));
+        let received = aer
+            .lines
+            .iter()
+            .find(|l| l.contains("0000:00:02.0") && l.contains("received from 0000:01:00.0"));
+        assert!(
+            received.is_some_and(|l| l.contains("Uncorrected")),
+            "L2's AER driver took the device's error from rp1:\n{}",
+            aer.text()
+        );
+        report!(
+            "nested: an AER error of the passed-through e1000e in L1 reached L2's rp1 in {:.1} s wall:\n{}",
+            start.elapsed().as_secs_f64(),
+            aer.lines
+                .iter()
+                .filter(|l| l.contains("0000:01:00.0") || l.contains("0000:00:02.0"))
+                .map(|l| format!("  {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         assert_eq!(expect(n.stop_l2()), 0);
     });
 }
@@ -454,4 +487,21 @@ fn a_multi_function_device_passes_through_grouped_live() {
             assert_eq!(expect(n.stop_l2()), 0);
         },
     );
+}
+
+/// What L1's `/dev/aer_inject` takes (Linux's `struct aer_error_inj`, drivers/pci/pcie/
+/// aer_inject.c: bus, dev, fn bytes, padding, uncor_status, cor_status, header_log0-3, domain,
+/// each u32 little-endian) for an uncorrectable error `uncor` of function `sbdf`, as `printf`
+/// octal escapes.
+fn aer_inject_bytes(sbdf: &str, uncor: u32) -> String {
+    let field = |i: usize| {
+        let parts: Vec<&str> = sbdf.split([':', '.']).collect();
+        u32::from_str_radix(parts[i], 16).unwrap_or_else(|e| panic!("{sbdf}: {e}"))
+    };
+    let (domain, bus, dev, func) = (field(0), field(1), field(2), field(3));
+    let mut b = vec![bus as u8, dev as u8, func as u8, 0];
+    for v in [uncor, 0, 0, 0, 0, 0, domain] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.iter().map(|x| format!("\\{x:03o}")).collect()
 }

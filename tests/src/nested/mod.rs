@@ -225,12 +225,13 @@ pub fn l1_initramfs(tools: &Tools, bins: &Binaries) -> Result<Initramfs, NestedE
 }
 
 /// The modules L1 needs for passthrough (VFIO with the type1 IOMMU and vfio-pci, with their
-/// dependencies) under `lib/modules/`, and `lib/modules/vfio-load-order`: their file names in
+/// dependencies, and `aer_inject`, through which a test makes L1's AER driver see an error of
+/// a passed-through device) under `lib/modules/`, and `lib/modules/vfio-load-order`: their file names in
 /// load order, without those `load-order` (KVM's) already loads.
 pub fn vfio_modules(a: &mut Initramfs, tools: &Tools) -> Result<(), NestedError> {
     let kvm = a.kernel_module(&tools.release, "kvm-amd")?;
     let mut order: Vec<String> = Vec::new();
-    for m in ["vfio_iommu_type1", "vfio-pci"] {
+    for m in ["vfio_iommu_type1", "vfio-pci", "aer_inject"] {
         for f in a.kernel_module(&tools.release, m)? {
             if !kvm.contains(&f) && !order.contains(&f) {
                 order.push(f);
@@ -272,7 +273,7 @@ pub fn passthrough_tools() -> Option<Tools> {
             tools.qemu
         ));
     }
-    for m in ["vfio_iommu_type1", "vfio-pci", "e1000e"] {
+    for m in ["vfio_iommu_type1", "vfio-pci", "e1000e", "aer_inject"] {
         if let Err(e) = Initramfs::new().kernel_module(&tools.release, m) {
             return missing(&e.to_string());
         }
