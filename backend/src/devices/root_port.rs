@@ -19,6 +19,7 @@ use crate::pci::header::{self, Identity};
 use crate::pci::port::{PciePort, PortLayout, PortState};
 use crate::pci::{AerError, Interrupt, SlotError, SlotEvent};
 use crate::pci::{BarMapping, Effects, PciFunction, Width};
+use crate::topology::{StateError, TopologyError};
 use crate::Error;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
@@ -69,12 +70,12 @@ pub struct RootPortConfig {
 
 impl RootPortConfig {
     /// The combinations QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`), with its messages.
-    pub fn validate(&self) -> crate::Result<()> {
-        let err = |m: &str| {
-            Err(Error::Topology(format!(
-                "{}: PCI resource reserve cap: {m}",
-                self.id
-            )))
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let err = |reason| {
+            Err(TopologyError::ResourceReserve {
+                id: self.id.clone(),
+                reason,
+            })
         };
         if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
             return err("PREF32 and PREF64 conflict");
@@ -131,7 +132,7 @@ impl RootPort {
     }
 
     /// [`RootPort::new`] for a configuration QEMU accepts; otherwise QEMU's error.
-    pub fn try_new(config: RootPortConfig) -> crate::Result<Self> {
+    pub fn try_new(config: RootPortConfig) -> Result<Self, TopologyError> {
         config.validate()?;
         Ok(Self::new(config))
     }
@@ -315,17 +316,24 @@ impl PciFunction for RootPort {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
         let id = &self.config.id;
-        let s =
-            RootPortState::deserialize(state).map_err(|e| Error::State(format!("{id}: {e}")))?;
+        let s = RootPortState::deserialize(state).map_err(|source| StateError::Function {
+            id: id.clone(),
+            source,
+        })?;
         if s.config != self.config {
-            let other = &s.config;
-            return Err(Error::State(format!(
-                "{id}: state is for a port with other properties: {other:?}"
-            )));
+            return Err(StateError::PortProperties {
+                id: id.clone(),
+                other: Box::new(s.config),
+            }
+            .into());
         }
-        self.port
-            .load_state(&s.port)
-            .map_err(|e| Error::State(format!("{id}: {e}")))
+        self.port.load_state(&s.port).map_err(|reason| {
+            StateError::Registers {
+                id: id.clone(),
+                reason,
+            }
+            .into()
+        })
     }
 }
 

@@ -20,14 +20,19 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Most frontends served at once when `--max-connections` is not given.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
+/// A `--socket-mode` that is not an octal file mode of at most `0777`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an octal file mode of at most 0777 (e.g. 0600, 0660)")]
+pub struct SocketModeError(pub String);
+
 /// Parse `--socket-mode`: octal digits (`0600`, `660`, `0o660`), at most `0777`.
-pub fn parse_socket_mode(s: &str) -> std::result::Result<u32, String> {
+pub fn parse_socket_mode(s: &str) -> std::result::Result<u32, SocketModeError> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     Some(digits)
         .filter(|d| !d.is_empty() && d.bytes().all(|b| (b'0'..=b'7').contains(&b)))
         .and_then(|d| u32::from_str_radix(d, 8).ok())
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("'{s}' is not an octal file mode of at most 0777 (e.g. 0600, 0660)"))
+        .ok_or_else(|| SocketModeError(s.to_string()))
 }
 
 /// Who may connect, and how many frontends at once: `--socket-mode`, `--allow-uid`,
@@ -382,7 +387,11 @@ mod tests {
             " 600",
             "99999999999999",
         ] {
-            assert!(parse_socket_mode(bad).is_err(), "{bad:?}");
+            assert_eq!(
+                parse_socket_mode(bad),
+                Err(SocketModeError(bad.to_string())),
+                "{bad:?}"
+            );
         }
     }
 

@@ -20,7 +20,12 @@ fn status(e: &HotplugError) -> Status {
             source: SlotError::Occupied,
             ..
         } => Status::Busy,
-        HotplugError::Slot { .. } | HotplugError::Invalid(_) => Status::Invalid,
+        HotplugError::Slot { .. }
+        | HotplugError::InvalidOwner(_)
+        | HotplugError::FunctionZeroFirst { .. }
+        | HotplugError::Topology(_)
+        | HotplugError::NoFunction { .. }
+        | HotplugError::Inject(_) => Status::Invalid,
     }
 }
 

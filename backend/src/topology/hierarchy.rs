@@ -9,6 +9,7 @@ use super::spec::{TopologySpec, ROOT_BUS};
 use crate::devices::{Mch, RootPort};
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::spec::EndpointSpec;
+use crate::topology::StateError;
 
 #[path = "hotplug.rs"]
 mod hotplug;
@@ -546,14 +547,15 @@ impl Hierarchy {
             .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
         if expected != got {
-            return Err(crate::Error::State(format!(
-                "state is for functions {got:?}, this topology has {expected:?}"
-            )));
+            return Err(StateError::Functions {
+                got: got.into_iter().map(String::from).collect(),
+                expected: expected.into_iter().map(String::from).collect(),
+            }
+            .into());
         }
         let mut spec = self.spec.clone();
         spec.endpoints = endpoints;
-        spec.validate()
-            .map_err(|e| crate::Error::State(e.to_string()))?;
+        spec.validate().map_err(StateError::Topology)?;
         // Restore into copies first so a bad entry leaves the running state untouched.
         let mut mch = self.mch.clone();
         mch.restore(&functions[0].1)?;
