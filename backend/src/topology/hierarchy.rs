@@ -11,9 +11,7 @@ use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::spec::EndpointSpec;
 use crate::topology::StateError;
 
-#[path = "hotplug.rs"]
 mod hotplug;
-#[path = "snapshot.rs"]
 mod snapshot;
 pub use hotplug::HotplugError;
 
@@ -622,5 +620,4 @@ fn decode_config_address(ca: u32) -> (u8, u8, u16) {
 }
 
 #[cfg(test)]
-#[path = "hierarchy_tests.rs"]
 mod tests;

@@ -243,7 +243,6 @@ fn every_access_shape_is_answered_without_panicking() {
     assert_eq!(h.config_read(0, 0, 0, 4), Ok(0x29c0_8086));
 }
 
-#[path = "hotplug_tests.rs"]
 mod hotplug;
 
 #[test]
