@@ -42,6 +42,9 @@ pub enum Error {
     /// The seccomp filter (`--seccomp`) could not be installed.
     #[error(transparent)]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    /// A socket file could not be created (`--socket-path`, `--control-socket`).
+    #[error(transparent)]
+    Socket(#[from] crate::service::access::SocketError),
     /// The protocol socket's listener could not be set up.
     #[error("listener: {0}")]
     Listener(#[source] vhost::vhost_user::Error),

@@ -11,8 +11,16 @@ use crate::devices::RootPortConfig;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopologyError {
     /// The TOML file does not parse (or has unknown keys or wrong types).
-    #[error("{0}")]
-    Toml(#[from] toml::de::Error),
+    #[error(
+        "{}{message}",
+        location.map(|(line, column)| format!("line {line}, column {column}: ")).unwrap_or_default()
+    )]
+    Toml {
+        /// Line and column (from 1) where the parser stopped, when it says.
+        location: Option<(usize, usize)>,
+        /// The parser's message.
+        message: String,
+    },
     /// A `--device` option that starts with a property other than `driver=`.
     #[error("'{opt}': the driver name comes first")]
     DriverNotFirst {
@@ -233,6 +241,21 @@ pub enum TopologyError {
         /// The bus.
         bus: String,
     },
+}
+
+impl TopologyError {
+    /// The error of parsing `text` as TOML, on one line (the parser's own rendering quotes the
+    /// offending line with a caret under it).
+    pub fn toml(text: &str, e: &toml::de::Error) -> Self {
+        let location = e.span().and_then(|span| {
+            let before = text.get(..span.start)?;
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            Some((line, column))
+        });
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        TopologyError::Toml { location, message }
+    }
 }
 
 /// Why saved state (`LoadState`, the state file) cannot be restored.

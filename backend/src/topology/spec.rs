@@ -207,7 +207,7 @@ impl TopologySpec {
 
     /// Parse and validate a TOML topology file's contents.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let repr: FileRepr = toml::from_str(text)?;
+        let repr: FileRepr = toml::from_str(text).map_err(|e| TopologyError::toml(text, &e))?;
         let mut spec = TopologySpec {
             segment: repr.segment.unwrap_or(0),
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
@@ -666,8 +666,11 @@ mod tests {
     fn toml_rejects_unknown_keys_and_bad_values() {
         use TopologyError as E;
         let e = TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\ncolour=1\n").unwrap_err();
-        assert!(matches!(&e, E::Toml(_)), "{e:?}");
-        assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+        assert!(
+            matches!(&e, E::Toml { location: Some((4, 1)), message } if message.contains("unknown field `colour`")),
+            "{e:?}"
+        );
+        assert!(!e.to_string().contains('\n'), "one line: {e}");
         let e = TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\nport=300\n").unwrap_err();
         assert!(
             matches!(&e, E::OutOfRange { id, property: "port", value: 300, .. } if id == "a"),
