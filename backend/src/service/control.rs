@@ -247,3 +247,63 @@ impl ControlPlane {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    fn add(id: &str, bus: &str) -> DeviceAdd {
+        DeviceAdd {
+            driver: "virtio-net-pci".into(),
+            id: id.into(),
+            bus: bus.into(),
+            addr: None,
+            multifunction: false,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn commands_refused_with_qemus_errors_and_pending_unplugs_tracked() {
+        let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
+        let mut c = ControlPlane::default();
+        c.slot_events(&h);
+        assert!(
+            c.take_events().is_empty(),
+            "the first call records the power-on state"
+        );
+        assert_eq!(
+            c.device_add(&mut h, &add("net0", ROOT_BUS)),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
+        assert_eq!(
+            c.device_add(&mut h, &add("net0", "rp9")),
+            Err(ControlError::Generic("Bus 'rp9' not found".into()))
+        );
+        assert_eq!(
+            c.device_del(&mut h, "net0"),
+            Err(ControlError::DeviceNotFound("net0".into()))
+        );
+        assert!(c.device_add(&mut h, &add("net0", "rp1")).is_ok());
+        c.slot_events(&h);
+        assert_eq!(c.take_events()[0].name, "X_PCIERC_SLOT_CHANGED");
+        assert!(c.device_del(&mut h, "net0").is_ok());
+        c.unplug_requested("net0");
+        assert_eq!(
+            c.device_del(&mut h, "net0"),
+            Err(ControlError::Generic(
+                "Device net0 is already in the process of unplug".into()
+            ))
+        );
+        let pending = |c: &ControlPlane, h: &Hierarchy| c.slots(h)[0].devices[0].state;
+        assert_eq!(pending(&c, &h), DeviceState::UnplugPending);
+        c.device_deleted("net0");
+        assert_eq!(pending(&c, &h), DeviceState::Present);
+        let ev = c.take_events();
+        assert_eq!(ev[0].name, "DEVICE_DELETED");
+        assert_eq!(ev[0].data["device"], "net0");
+    }
+}

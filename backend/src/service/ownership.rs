@@ -135,3 +135,77 @@ impl Ownership {
         res.map_err(|e| status(&e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pcierc_protocol::encode_name;
+
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
+        encode_name(s).expect("a valid name")
+    }
+
+    fn claim(id: &str, port: &str) -> FunctionClaim {
+        FunctionClaim {
+            port: name(port),
+            id: name(id),
+            driver: name("virtio-net-pci"),
+            devfn: 0,
+            flags: FunctionClaim::COLDPLUG,
+            reserved: [0; 6],
+        }
+    }
+
+    fn release(id: &str) -> FunctionRelease {
+        FunctionRelease {
+            id: name(id),
+            flags: FunctionRelease::SURPRISE,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn functions_belong_to_the_name_that_claimed_them() {
+        let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
+        let mut o = Ownership::default();
+        let (vmm, other) = (ConnectionId(1), ConnectionId(2));
+        // Unidentified: a protocol error (the session lets no such claim through).
+        assert_eq!(
+            o.claim(&mut h, vmm, &claim("net0", "rp1")),
+            Err(Status::Protocol)
+        );
+        o.identify(vmm, "vmm");
+        o.identify(other, "qemu");
+        assert!(o.claim(&mut h, vmm, &claim("net0", "rp1")).is_ok());
+        assert_eq!(h.endpoint("net0").map(|e| e.owner.as_str()), Some("vmm"));
+        assert_eq!(o.connections_of("vmm"), [vmm]);
+        assert!(o.is_owner(vmm, "vmm") && !o.is_owner(other, "vmm"));
+        // Refusals carry the status that says why.
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net0", "rp2")),
+            Err(Status::Exists)
+        );
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net1", "rp1")),
+            Err(Status::Busy)
+        );
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net1", "pcie.0")),
+            Err(Status::NoDevice)
+        );
+        assert_eq!(
+            o.release(&mut h, other, &release("net0")),
+            Err(Status::Permission)
+        );
+        assert_eq!(
+            o.release(&mut h, vmm, &release("net9")),
+            Err(Status::NoDevice)
+        );
+        assert!(o.release(&mut h, vmm, &release("net0")).is_ok());
+        assert!(h.endpoint("net0").is_none());
+        assert_eq!(o.forget(vmm).as_deref(), Some("vmm"));
+        assert!(o.connections_of("vmm").is_empty());
+    }
+}
