@@ -16,7 +16,6 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::channel::BackendChannel;
 
-#[path = "frontend_platform.rs"]
 mod platform;
 use crate::error::{Error, Result};
 use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};

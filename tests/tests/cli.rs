@@ -139,13 +139,25 @@ fn bad_topologies_are_refused_at_start_naming_the_item() {
         assert!(!out.status.success(), "{args:?} was accepted");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{args:?}: '{err}' should name '{want}'");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "{args:?}: one line per failure: '{err}'"
+        );
     }
     let dir = ScratchDir::new("toml");
     let file = dir.0.join("t.toml");
     std::fs::write(&file, "[[root-port]]\nid = 'a'\naddr = '0x3'\nchasis = 1\n").unwrap();
     let out = pcierc(&["dump", "--topology", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `chasis`"));
+    // One line, with where in the file (not the TOML parser's multi-line rendering).
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "pcierc: invalid topology: {}: line 4, column 1: unknown field `chasis`",
+        file.display()
+    );
+    assert!(err.starts_with(&want), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 #[test]

@@ -73,8 +73,34 @@ pub enum ActivationError {
         /// The descriptor.
         fd: RawFd,
         /// What it is instead.
-        is: String,
+        is: NotServable,
     },
+}
+
+/// What a descriptor that is not a listening unix stream socket is instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotServable {
+    /// `fstat` or `getsockopt` on it failed with this errno (e.g. `EBADF`: not open).
+    #[error("{}", std::io::Error::from_raw_os_error(*.0))]
+    Unreadable(i32),
+    /// Not a socket at all.
+    #[error("not a socket")]
+    NotASocket,
+    /// A socket of another address family.
+    #[error("a socket of address family {0}, not AF_UNIX")]
+    Family(i32),
+    /// A datagram socket.
+    #[error("a datagram socket")]
+    Datagram,
+    /// A seqpacket socket.
+    #[error("a seqpacket socket")]
+    SeqPacket,
+    /// A socket of another type.
+    #[error("a socket of type {0}")]
+    Type(i32),
+    /// A stream socket that is connected, or not listening yet.
+    #[error("a stream socket that is not listening")]
+    NotListening,
 }
 
 /// The sockets a service manager passed, by role.
@@ -203,7 +229,7 @@ pub fn parse(
 /// Fail unless `fd` is a listening (`SO_ACCEPTCONN`) `AF_UNIX` `SOCK_STREAM` socket; the error
 /// says what it is instead. `what` names where the descriptor came from.
 pub fn check_listening_unix_stream(fd: RawFd, what: &str) -> Result<(), ActivationError> {
-    let not = |is: String| ActivationError::NotListening {
+    let not = |is: NotServable| ActivationError::NotListening {
         what: what.to_string(),
         fd,
         is,
@@ -212,29 +238,32 @@ pub fn check_listening_unix_stream(fd: RawFd, what: &str) -> Result<(), Activati
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(not(std::io::Error::last_os_error().to_string()));
+        return Err(not(unreadable(&std::io::Error::last_os_error())));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
-        return Err(not("not a socket".into()));
+        return Err(not(NotServable::NotASocket));
     }
     let opt =
-        |name| crate::service::event_loop::socket_option(fd, name).map_err(|e| not(e.to_string()));
+        |name| crate::service::event_loop::socket_option(fd, name).map_err(|e| not(unreadable(&e)));
     let domain = opt(libc::SO_DOMAIN)?;
     if domain != libc::AF_UNIX {
-        return Err(not(format!(
-            "a socket of address family {domain}, not AF_UNIX"
-        )));
+        return Err(not(NotServable::Family(domain)));
     }
     match opt(libc::SO_TYPE)? {
         libc::SOCK_STREAM => {}
-        libc::SOCK_DGRAM => return Err(not("a datagram socket".into())),
-        libc::SOCK_SEQPACKET => return Err(not("a seqpacket socket".into())),
-        t => return Err(not(format!("a socket of type {t}"))),
+        libc::SOCK_DGRAM => return Err(not(NotServable::Datagram)),
+        libc::SOCK_SEQPACKET => return Err(not(NotServable::SeqPacket)),
+        t => return Err(not(NotServable::Type(t))),
     }
     if opt(libc::SO_ACCEPTCONN)? == 0 {
-        return Err(not("a stream socket that is not listening".into()));
+        return Err(not(NotServable::NotListening));
     }
     Ok(())
+}
+
+/// A failed `fstat` or `getsockopt` (always an OS error; `EIO` should one not say).
+fn unreadable(e: &std::io::Error) -> NotServable {
+    NotServable::Unreadable(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]
@@ -336,14 +365,16 @@ mod tests {
             )
         );
         let g = UnixDatagram::unbound().unwrap();
-        let e = check_listening_unix_stream(g.as_raw_fd(), "t").unwrap_err();
-        assert!(e.to_string().contains("a datagram socket"), "{e}");
+        let is = |fd| match check_listening_unix_stream(fd, "t") {
+            Err(ActivationError::NotListening { is, .. }) => is,
+            r => panic!("fd {fd}: {r:?}"),
+        };
+        assert_eq!(is(g.as_raw_fd()), NotServable::Datagram);
         let f = std::fs::File::open("/dev/null").unwrap();
-        let e = check_listening_unix_stream(f.as_raw_fd(), "t").unwrap_err();
-        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(is(f.as_raw_fd()), NotServable::NotASocket);
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let e = check_listening_unix_stream(tcp.as_raw_fd(), "t").unwrap_err();
-        assert!(e.to_string().contains("not AF_UNIX"), "{e}");
+        assert_eq!(is(tcp.as_raw_fd()), NotServable::Family(libc::AF_INET));
+        assert_eq!(is(9999), NotServable::Unreadable(libc::EBADF));
         let e = check_listening_unix_stream(9999, "t").unwrap_err();
         assert!(e.to_string().contains("Bad file descriptor"), "{e}");
         let _ = std::fs::remove_dir_all(&d);

@@ -50,7 +50,11 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
     for (devfn, name) in fns {
         write_function(out, 0, devfn, &name, &mut |off| {
             h.config_read(0, devfn, off, 4)
-                .map_err(|s| Error::Topology(format!("reading {devfn:#x}+{off:#x}: {s}")))
+                .map_err(|status| Error::ConfigRead {
+                    devfn,
+                    offset: off,
+                    status,
+                })
         })?;
     }
     Ok(())
@@ -58,11 +62,17 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
 
 /// Dump every function a running backend emulates.
 pub fn dump_remote(path: &Path, out: &mut dyn Write) -> Result<()> {
-    let mut fe = Frontend::connect(path, FrontendOptions::tool("pcierc-dump"))
-        .map_err(|e| Error::Topology(format!("connecting to {}: {e}", path.display())))?;
-    let topo = fe
-        .topology()
-        .map_err(|e| Error::Topology(format!("topology: {e}")))?;
+    let mut fe =
+        Frontend::connect(path, FrontendOptions::tool("pcierc-dump")).map_err(|source| {
+            Error::Connect {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    let topo = fe.topology().map_err(|source| Error::Request {
+        context: "topology".into(),
+        source,
+    })?;
     for f in topo
         .functions
         .iter()
@@ -72,7 +82,10 @@ pub fn dump_remote(path: &Path, out: &mut dyn Write) -> Result<()> {
         let (seg, bus, devfn) = (f.segment, f.bus, f.devfn);
         write_function(out, bus, devfn, &name, &mut |off| {
             fe.config_read(seg, bus, devfn, off, 4)
-                .map_err(|e| Error::Topology(format!("reading {name}+{off:#x}: {e}")))
+                .map_err(|source| Error::Request {
+                    context: format!("reading {name}+{off:#x}"),
+                    source,
+                })
         })?;
     }
     Ok(())

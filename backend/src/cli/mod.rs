@@ -14,6 +14,7 @@ pub mod qtest;
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
+use thiserror::Error as ThisError;
 
 use crate::sandbox::SeccompMode;
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
@@ -118,12 +119,9 @@ impl TopologyArgs {
                     context: format!("reading {}", path.display()),
                     source,
                 })?;
-                TopologySpec::from_toml(&text).map_err(|e| {
-                    Error::Topology(format!(
-                        "{}: {}",
-                        path.display(),
-                        e.to_string().trim_start_matches("invalid topology: ")
-                    ))
+                TopologySpec::from_toml(&text).map_err(|source| Error::TopologyFile {
+                    path: path.clone(),
+                    source,
                 })?
             }
             None if self.nodefaults => TopologySpec::empty(),
@@ -134,6 +132,30 @@ impl TopologyArgs {
         }
         Ok(spec)
     }
+}
+
+/// A command line (with the environment a service manager set) that asks for something
+/// impossible.
+#[derive(Debug, Clone, PartialEq, Eq, ThisError)]
+pub enum UsageError {
+    /// No socket to serve and no tool to run.
+    #[error(
+        "nothing to do: give --socket-path PATH or --fd N, or start pcierc with socket activation (or --print-capabilities, or a subcommand)"
+    )]
+    NothingToDo,
+    /// The protocol socket comes from the command line and from socket activation.
+    #[error(
+        "the protocol socket is given twice: by --socket-path or --fd and by socket activation (LISTEN_FDS)"
+    )]
+    ProtocolSocketTwice,
+    /// The control socket comes from the command line and from socket activation.
+    #[error(
+        "the control socket is given twice: by --control-socket or --control-fd and by socket activation (LISTEN_FDS)"
+    )]
+    ControlSocketTwice,
+    /// `--fd` and `--control-fd` name one descriptor.
+    #[error("--fd and --control-fd are both {0}: the two sockets must differ")]
+    SameFd(i32),
 }
 
 /// Tools built into `pcierc`.
@@ -211,35 +233,21 @@ fn sockets(
     let listen = match (&args.socket_path, args.fd, activated.protocol) {
         (Some(p), None, None) => Listen::Path(p.clone()),
         (None, Some(fd), None) | (None, None, Some(fd)) => Listen::Fd(fd),
-        (None, None, None) => {
-            return Err(Error::Usage(
-                "nothing to do: give --socket-path PATH or --fd N, or start pcierc with socket activation (or --print-capabilities, or a subcommand)".into(),
-            ))
-        }
-        _ => {
-            return Err(Error::Usage(
-                "the protocol socket is given twice: by --socket-path or --fd and by socket activation (LISTEN_FDS)".into(),
-            ))
-        }
+        (None, None, None) => return Err(UsageError::NothingToDo.into()),
+        _ => return Err(UsageError::ProtocolSocketTwice.into()),
     };
     let control = match (&args.control_socket, args.control_fd, activated.control) {
         (Some(p), None, None) => Some(ControlListen::Path(p.clone())),
         (None, Some(fd), None) => {
             if args.fd == Some(fd) {
-                return Err(Error::Usage(format!(
-                    "--fd and --control-fd are both {fd}: the two sockets must differ"
-                )));
+                return Err(UsageError::SameFd(fd).into());
             }
             activation::check_listening_unix_stream(fd, "--control-fd")?;
             Some(ControlListen::Fd(fd))
         }
         (None, None, Some(fd)) => Some(ControlListen::Fd(fd)),
         (None, None, None) => None,
-        _ => {
-            return Err(Error::Usage(
-                "the control socket is given twice: by --control-socket or --control-fd and by socket activation (LISTEN_FDS)".into(),
-            ))
-        }
+        _ => return Err(UsageError::ControlSocketTwice.into()),
     };
     Ok((listen, control))
 }

@@ -149,8 +149,12 @@ pub fn answer(fe: &mut Frontend, line: &str) -> String {
 
 /// Serve qtest lines from `input` until EOF.
 pub fn run(path: &Path, input: impl BufRead, mut output: impl Write) -> Result<()> {
-    let fe = Frontend::connect(path, FrontendOptions::tool("pcierc-qtest"))
-        .map_err(|e| Error::Topology(format!("connecting to {}: {e}", path.display())))?;
+    let fe = Frontend::connect(path, FrontendOptions::tool("pcierc-qtest")).map_err(|source| {
+        Error::Connect {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     let mut machine = Machine::new(fe);
     let io = |source| Error::Io {
         context: "qtest stdio".into(),

@@ -209,13 +209,14 @@ mod tests {
 
     use super::*;
 
-    fn parse(v: Value) -> Result<AerInject, String> {
+    /// The command's arguments, or the QMP error description (the user-visible contract).
+    fn parse(v: Value) -> Result<AerInject, QmpError> {
         let Value::Object(m) = v else {
-            return Err("not an object".into());
+            panic!("arguments must be an object");
         };
         let mut a = Args::new(m);
-        let r = AerInject::from_args(&mut a).map_err(|e| e.desc)?;
-        a.finish().map_err(|e| e.desc)?;
+        let r = AerInject::from_args(&mut a)?;
+        a.finish()?;
         Ok(r)
     }
 
@@ -314,7 +315,10 @@ mod tests {
             ),
         ];
         for (args, want) in cases {
-            let got = parse(args.clone()).err().unwrap_or_default();
+            let got = parse(args.clone())
+                .err()
+                .map(|e| e.desc)
+                .unwrap_or_default();
             assert!(got.contains(want), "{args}: got '{got}', want '{want}'");
         }
     }

@@ -330,5 +330,4 @@ pub fn event(name: &str, data: Option<Value>) -> String {
 }
 
 #[cfg(test)]
-#[path = "qmp_tests.rs"]
 mod tests;

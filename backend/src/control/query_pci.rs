@@ -567,5 +567,4 @@ fn bar_address(r: &Regs, index: u8, reg: u16, kind: BarKind, size: u64) -> Optio
 }
 
 #[cfg(test)]
-#[path = "query_pci_tests.rs"]
 mod tests;

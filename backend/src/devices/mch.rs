@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::pci::config_space::{ConfigSpace, SpaceImage, PCI_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, overlaps, valid_access, Identity};
 use crate::pci::{Effects, PciFunction, Width};
+use crate::topology::StateError;
 use crate::Error;
 
 // 316966-002 §5.1.1-§5.1.6: VID 8086, DID 29C0 (82P35/G33 DRAM controller), RID 0, class 060000.
@@ -254,10 +255,17 @@ impl PciFunction for Mch {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
-        let s = MchState::deserialize(state).map_err(|e| Error::State(format!("mch: {e}")))?;
-        self.space
-            .load_image(&s.space)
-            .map_err(|e| Error::State(format!("mch: {e}")))
+        let s = MchState::deserialize(state).map_err(|source| StateError::Function {
+            id: "mch".into(),
+            source,
+        })?;
+        self.space.load_image(&s.space).map_err(|source| {
+            StateError::Registers {
+                id: "mch".into(),
+                source,
+            }
+            .into()
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use crate::pci::caps::{acs, aer, ssvid};
 use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, Identity};
 use crate::pci::port::{PciePort, PortFunction, PortLayout};
-use crate::Error;
+use crate::topology::TopologyError;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
 pub const IDENTITY: Identity = Identity {
@@ -66,12 +66,12 @@ pub struct RootPortConfig {
 
 impl RootPortConfig {
     /// The combinations QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`), with its messages.
-    pub fn validate(&self) -> crate::Result<()> {
-        let err = |m: &str| {
-            Err(Error::Topology(format!(
-                "{}: PCI resource reserve cap: {m}",
-                self.id
-            )))
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let err = |reason| {
+            Err(TopologyError::ResourceReserve {
+                id: self.id.clone(),
+                reason,
+            })
         };
         if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
             return err("PREF32 and PREF64 conflict");
@@ -123,7 +123,7 @@ impl RootPort {
     }
 
     /// [`RootPort::new`] for a configuration QEMU accepts; otherwise QEMU's error.
-    pub fn try_new(config: RootPortConfig) -> crate::Result<Self> {
+    pub fn try_new(config: RootPortConfig) -> Result<Self, TopologyError> {
         config.validate()?;
         Ok(Self::new(config))
     }

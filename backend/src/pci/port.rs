@@ -753,17 +753,23 @@ impl<T: PortFunction> PciFunction for T {
     }
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error> {
+        use crate::topology::StateError;
         let id = self.id().to_string();
-        let s = PortFunctionState::<T::Properties>::deserialize(state)
-            .map_err(|e| crate::Error::State(format!("{id}: {e}")))?;
+        let s = PortFunctionState::<T::Properties>::deserialize(state).map_err(|source| {
+            StateError::Function {
+                id: id.clone(),
+                source,
+            }
+        })?;
         if &s.config != self.properties() {
-            let other = &s.config;
-            return Err(crate::Error::State(format!(
-                "{id}: state is for a port with other properties: {other:?}"
-            )));
+            return Err(StateError::PortProperties {
+                id,
+                other: format!("{:?}", s.config),
+            }
+            .into());
         }
         self.port_mut()
             .load_state(&s.port)
-            .map_err(|e| crate::Error::State(format!("{id}: {e}")))
+            .map_err(|source| StateError::Registers { id, source }.into())
     }
 }

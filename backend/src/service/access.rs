@@ -11,8 +11,78 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use log::warn;
+use thiserror::Error;
 
-use crate::{Error, Result};
+type Result<T, E = SocketError> = std::result::Result<T, E>;
+
+/// Why a socket file could not be created (`--socket-path`, `--control-socket`).
+#[derive(Debug, Error)]
+pub enum SocketError {
+    /// Something other than a socket is at the path; it is left alone.
+    #[error("creating socket {}: exists and is not a socket; not replacing it", path.display())]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Another process listens on the socket at the path; it is left alone.
+    #[error(
+        "creating socket {}: another process is listening on it; not replacing it (stop that process or choose another path)",
+        path.display()
+    )]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Whether another process listens on the socket at the path cannot be told.
+    #[error(
+        "creating socket {}: cannot tell whether another process listens on it ({source}); not replacing it",
+        path.display()
+    )]
+    Probe {
+        /// The socket path.
+        path: PathBuf,
+        /// What connecting to it said.
+        #[source]
+        source: io::Error,
+    },
+    /// A file appeared at the path while the socket was being created; it is left alone.
+    #[error(
+        "creating socket {}: a file appeared there while the socket was being created; not replacing it",
+        path.display()
+    )]
+    Appeared {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// No name for the private directory beside the path was free.
+    #[error("creating socket {}: no free private directory name in {}", path.display(), dir.display())]
+    NoPrivateDir {
+        /// The socket path.
+        path: PathBuf,
+        /// The directory tried.
+        dir: PathBuf,
+    },
+    /// A step of creating the socket failed.
+    #[error("creating socket {}: {}{source}", path.display(), step.as_deref().map(|s| format!("{s}: ")).unwrap_or_default())]
+    Io {
+        /// The socket path.
+        path: PathBuf,
+        /// The step, when it is not the placing of the file at the path itself.
+        step: Option<String>,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// `SocketError::Io` for `path`, at `step` if given.
+fn socket_io(path: &Path, step: Option<String>) -> impl FnOnce(io::Error) -> SocketError + '_ {
+    move |source| SocketError::Io {
+        path: path.to_path_buf(),
+        step,
+        source,
+    }
+}
 
 /// Mode of the socket files when `--socket-mode` is not given: the owner only.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
@@ -20,14 +90,19 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 /// Most frontends served at once when `--max-connections` is not given.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
+/// A `--socket-mode` that is not an octal file mode of at most `0777`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an octal file mode of at most 0777 (e.g. 0600, 0660)")]
+pub struct SocketModeError(pub String);
+
 /// Parse `--socket-mode`: octal digits (`0600`, `660`, `0o660`), at most `0777`.
-pub fn parse_socket_mode(s: &str) -> std::result::Result<u32, String> {
+pub fn parse_socket_mode(s: &str) -> std::result::Result<u32, SocketModeError> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     Some(digits)
         .filter(|d| !d.is_empty() && d.bytes().all(|b| (b'0'..=b'7').contains(&b)))
         .and_then(|d| u32::from_str_radix(d, 8).ok())
         .filter(|m| *m <= 0o777)
-        .ok_or_else(|| format!("'{s}' is not an octal file mode of at most 0777 (e.g. 0600, 0660)"))
+        .ok_or_else(|| SocketModeError(s.to_string()))
 }
 
 /// Who may connect, and how many frontends at once: `--socket-mode`, `--allow-uid`,
@@ -153,13 +228,6 @@ impl AccessPolicy {
     }
 }
 
-fn socket_error(path: &Path, kind: ErrorKind, why: impl Into<String>) -> Error {
-    Error::Io {
-        context: format!("creating socket {}", path.display()),
-        source: io::Error::new(kind, why.into()),
-    }
-}
-
 /// What is at a socket path before pcierc creates its socket there.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Existing {
@@ -179,27 +247,22 @@ fn check_existing(path: &Path) -> Result<Existing> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Existing::Nothing),
-        Err(e) => return Err(socket_error(path, e.kind(), e.to_string())),
+        Err(e) => return Err(socket_io(path, None)(e)),
     };
     if !meta.file_type().is_socket() {
-        return Err(socket_error(
-            path,
-            ErrorKind::AlreadyExists,
-            "exists and is not a socket; not replacing it",
-        ));
+        return Err(SocketError::NotASocket {
+            path: path.to_path_buf(),
+        });
     }
     match UnixStream::connect(path) {
-        Ok(_) => Err(socket_error(
-            path,
-            ErrorKind::AddrInUse,
-            "another process is listening on it; not replacing it (stop that process or choose another path)",
-        )),
+        Ok(_) => Err(SocketError::InUse {
+            path: path.to_path_buf(),
+        }),
         Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Ok(Existing::DeadSocket),
-        Err(e) => Err(socket_error(
-            path,
-            e.kind(),
-            format!("cannot tell whether another process listens on it ({e}); not replacing it"),
-        )),
+        Err(source) => Err(SocketError::Probe {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -220,26 +283,21 @@ impl PrivateDir {
                 Ok(()) => {
                     let d = PrivateDir(dir);
                     // The umask may have taken bits away; never added any.
-                    std::fs::set_permissions(&d.0, Permissions::from_mode(0o700)).map_err(|e| {
-                        socket_error(path, e.kind(), format!("{}: {e}", d.0.display()))
-                    })?;
+                    std::fs::set_permissions(&d.0, Permissions::from_mode(0o700))
+                        .map_err(socket_io(path, Some(d.0.display().to_string())))?;
                     return Ok(d);
                 }
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(socket_error(
-                        path,
-                        e.kind(),
-                        format!("creating a private directory in {}: {e}", parent.display()),
-                    ))
+                    let step = format!("creating a private directory in {}", parent.display());
+                    return Err(socket_io(path, Some(step))(e));
                 }
             }
         }
-        Err(socket_error(
-            path,
-            ErrorKind::AlreadyExists,
-            format!("no free private directory name in {}", parent.display()),
-        ))
+        Err(SocketError::NoPrivateDir {
+            path: path.to_path_buf(),
+            dir: parent.to_path_buf(),
+        })
     }
 }
 
@@ -299,23 +357,18 @@ pub fn create_listener(path: &Path, mode: u32) -> Result<(UnixListener, SocketFi
     let dir = PrivateDir::beside(path)?;
     let tmp = dir.0.join("s");
     let listener = UnixListener::bind(&tmp)
-        .map_err(|e| socket_error(path, e.kind(), format!("binding {}: {e}", tmp.display())))?;
+        .map_err(socket_io(path, Some(format!("binding {}", tmp.display()))))?;
     std::fs::set_permissions(&tmp, Permissions::from_mode(mode))
-        .map_err(|e| socket_error(path, e.kind(), format!("chmod {}: {e}", tmp.display())))?;
-    let meta =
-        std::fs::symlink_metadata(&tmp).map_err(|e| socket_error(path, e.kind(), e.to_string()))?;
+        .map_err(socket_io(path, Some(format!("chmod {}", tmp.display()))))?;
+    let meta = std::fs::symlink_metadata(&tmp).map_err(socket_io(path, None))?;
     let placed = match existing {
         Existing::Nothing => std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => socket_error(
-                path,
-                ErrorKind::AlreadyExists,
-                "a file appeared there while the socket was being created; not replacing it",
-            ),
-            _ => socket_error(path, e.kind(), e.to_string()),
+            ErrorKind::AlreadyExists => SocketError::Appeared {
+                path: path.to_path_buf(),
+            },
+            _ => socket_io(path, None)(e),
         }),
-        Existing::DeadSocket => {
-            std::fs::rename(&tmp, path).map_err(|e| socket_error(path, e.kind(), e.to_string()))
-        }
+        Existing::DeadSocket => std::fs::rename(&tmp, path).map_err(socket_io(path, None)),
     };
     placed?;
     drop(dir);
@@ -382,7 +435,11 @@ mod tests {
             " 600",
             "99999999999999",
         ] {
-            assert!(parse_socket_mode(bad).is_err(), "{bad:?}");
+            assert_eq!(
+                parse_socket_mode(bad),
+                Err(SocketModeError(bad.to_string())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -414,9 +471,13 @@ mod tests {
         let (_l, f) = create_listener(&p, 0o600).unwrap();
         assert_eq!(mode_of(&p), 0o600);
         // Live: refused, and the first owner keeps its file.
-        let e = create_listener(&p, 0o600).unwrap_err().to_string();
+        let e = create_listener(&p, 0o600).unwrap_err();
         assert!(
-            e.contains("another process is listening") && e.contains("s.sock"),
+            matches!(&e, SocketError::InUse { path } if path == &p),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("another process is listening"),
             "{e}"
         );
         assert!(UnixStream::connect(&p).is_ok());
@@ -424,8 +485,11 @@ mod tests {
         assert!(!p.exists(), "the owner removes its socket file on drop");
         // Not a socket: refused, untouched.
         std::fs::write(&p, b"data").unwrap();
-        let e = create_listener(&p, 0o600).unwrap_err().to_string();
-        assert!(e.contains("is not a socket") && e.contains("s.sock"), "{e}");
+        let e = create_listener(&p, 0o600).unwrap_err();
+        assert!(
+            matches!(&e, SocketError::NotASocket { path } if path == &p),
+            "{e:?}"
+        );
         assert_eq!(std::fs::read(&p).unwrap(), b"data");
         std::fs::remove_file(&p).unwrap();
         std::os::unix::fs::symlink("/nonexistent", &p).unwrap();

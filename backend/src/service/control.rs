@@ -1,23 +1,21 @@
-//! The control plane's operations on the root complex: what `device_add`, `device_del`,
-//! `pcie-aer-inject-error` and the other QMP commands do to the hierarchy. Each operation ends
-//! with [`RootComplex::report`], so frontends hear about it exactly as about a guest access.
+//! The control plane's side of the root complex: what `device_add`, `device_del`,
+//! `pcie-aer-inject-error` and the other QMP commands do to the hierarchy, the requests still
+//! pending, and the events the control socket's sessions receive. Each operation returns the
+//! hierarchy's [`Effects`]; the [`RootComplex`](super::RootComplex) reports them, so frontends
+//! hear about it exactly as about a guest access.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use log::info;
 
-use super::RootComplex;
-use crate::control::query_pci::query_pci;
-use crate::control::{
-    AerInject, ControlError, ControlOps, DeviceAdd, DeviceState, SlotDevice, SlotInfo,
-};
+use crate::control::{AerInject, ControlError, DeviceAdd, DeviceState, SlotDevice, SlotInfo};
 use crate::pci::caps::slot::{SLTCTL_AIC, SLTCTL_PCC, SLTCTL_PIC, SLTSTA_PDS};
 use crate::pci::port::PortFunction;
 use crate::pci::Effects;
-use crate::service::stats::HotplugStats;
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
-use crate::topology::DevFn;
+use crate::topology::{DevFn, Hierarchy};
 
 /// The root bus's name, as QEMU's Q35 calls it.
 const ROOT_BUS: &str = "pcie.0";
@@ -26,10 +24,19 @@ const ROOT_BUS: &str = "pcie.0";
 /// `pending_deleted_expires_ms` for PCIe native hot-plug: pciehp waits 5 s after the button).
 const UNPLUG_PENDING: Duration = Duration::from_secs(5);
 
+/// An event for the control socket's sessions (QMP `event` name and `data`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ControlEvent {
+    /// QMP event name, e.g. `DEVICE_DELETED`.
+    pub name: &'static str,
+    /// Its `data` member.
+    pub data: serde_json::Value,
+}
+
 /// What the control socket reports of a slot: power, indicators and presence (PCIe Base 6.0
 /// §7.5.3.10 Slot Control, §7.5.3.11 Slot Status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct SlotView {
+struct SlotView {
     ctl: u16,
     present: bool,
 }
@@ -46,12 +53,40 @@ impl SlotView {
     }
 }
 
-impl RootComplex {
-    /// `X_PCIERC_SLOT_CHANGED` events for every slot whose power, indicators or presence
-    /// changed since the last call (the guest driving pciehp, a card arriving or leaving).
-    pub(super) fn slot_events(&mut self) {
-        let views: Vec<SlotView> = self
-            .hierarchy
+/// The control plane's state: events not yet taken, `device_del` requests the guest has not
+/// completed, and each root port's slot as last reported.
+#[derive(Default)]
+pub struct ControlPlane {
+    events: Vec<ControlEvent>,
+    /// `device_del` requests the guest has not completed, and when they were made.
+    unplug_requests: BTreeMap<String, Instant>,
+    /// Each root port's slot as last reported on the control socket.
+    slots: Vec<SlotView>,
+}
+
+/// The QMP error for a refused hierarchy operation.
+fn control_error(e: HotplugError) -> ControlError {
+    match e {
+        HotplugError::UnknownId(id) => ControlError::DeviceNotFound(id),
+        e => ControlError::Generic(e.to_string()),
+    }
+}
+
+fn is_port(h: &Hierarchy, id: &str) -> bool {
+    h.spec().root_ports.iter().any(|p| p.config.id == id)
+}
+
+impl ControlPlane {
+    /// Events for the control socket since the last call.
+    pub fn take_events(&mut self) -> Vec<ControlEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// `X_PCIERC_SLOT_CHANGED` events for every slot of `h` whose power, indicators or
+    /// presence changed since the last call (the guest driving pciehp, a card arriving or
+    /// leaving).
+    pub fn slot_events(&mut self, h: &Hierarchy) {
+        let views: Vec<SlotView> = h
             .ports()
             .iter()
             .map(|p| SlotView {
@@ -64,8 +99,8 @@ impl RootComplex {
                 if old == new {
                     continue;
                 }
-                let port = &self.hierarchy.spec().root_ports[i].config.id;
-                self.control_events.push(super::ControlEvent {
+                let port = &h.spec().root_ports[i].config.id;
+                self.events.push(ControlEvent {
                     name: "X_PCIERC_SLOT_CHANGED",
                     data: serde_json::json!({
                         "port": port,
@@ -80,113 +115,28 @@ impl RootComplex {
         self.slots = views;
     }
 
-    fn control_result(&mut self, r: Result<Effects, HotplugError>) -> Result<(), ControlError> {
-        match r {
-            Ok(fx) => {
-                self.report(fx);
-                Ok(())
-            }
-            Err(HotplugError::UnknownId(id)) => Err(ControlError::DeviceNotFound(id)),
-            Err(e) => Err(ControlError::Generic(e.to_string())),
-        }
+    /// Function `id` is gone: its `device_del` (if any) is complete; `DEVICE_DELETED`.
+    pub fn device_deleted(&mut self, id: &str) {
+        self.unplug_requests.remove(id);
+        self.events.push(ControlEvent {
+            name: "DEVICE_DELETED",
+            data: serde_json::json!({ "device": id, "path": format!("/machine/peripheral/{id}") }),
+        });
     }
 
-    fn is_port(&self, id: &str) -> bool {
-        self.hierarchy()
-            .spec()
-            .root_ports
-            .iter()
-            .any(|p| p.config.id == id)
-    }
-}
-
-impl ControlOps for RootComplex {
-    fn query_pci(&mut self) -> serde_json::Value {
-        query_pci(self.hierarchy())
-    }
-
-    fn device_add(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
-        let r = self.device_add_inner(req);
-        self.count_hotplug(&r, |h| &mut h.device_add);
-        r
-    }
-
-    fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
-        let r = self.device_del_inner(id);
-        self.count_hotplug(&r, |h| &mut h.device_del);
-        r
-    }
-
-    fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError> {
-        self.inject_aer_inner(req)
-    }
-
-    fn inject_pme(&mut self, id: &str) -> Result<(), ControlError> {
-        info!("control: PME from {id}");
-        let r = self.hierarchy_mut().raise_pme(id);
-        self.control_result(r)
-    }
-
-    fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError> {
-        info!("control: surprise removal of {id}");
-        let r = self.hierarchy_mut().surprise_remove(id);
-        let r = self.control_result(r);
-        self.count_hotplug(&r, |h| &mut h.surprise_removals);
-        r
-    }
-
-    fn query_slots(&mut self) -> Vec<SlotInfo> {
-        self.slots_info()
-    }
-
-    fn status(&mut self) -> String {
-        "running".into()
-    }
-
-    fn quit(&mut self) {
-        info!("control: quit");
-    }
-
-    fn query_stats(&mut self) -> serde_json::Value {
-        let state_file = self.state_file.as_ref().map(|f| f.stats());
-        self.stats.to_json(state_file)
-    }
-
-    fn command_done(&mut self, ok: bool) {
-        let c = &mut self.stats.qmp_commands;
-        c.commands += 1;
-        if !ok {
-            c.errors += 1;
-        }
-    }
-}
-
-impl RootComplex {
-    /// Count a hot-plug command: in `field` when it succeeded, as refused otherwise.
-    fn count_hotplug(
-        &mut self,
-        r: &Result<(), ControlError>,
-        field: impl FnOnce(&mut HotplugStats) -> &mut u64,
-    ) {
-        let h = &mut self.stats.hotplug;
-        match r {
-            Ok(()) => *field(h) += 1,
-            Err(_) => h.refused += 1,
-        }
-    }
-
-    fn device_add_inner(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
+    /// `device_add`: hot-add the function to `h`.
+    pub fn device_add(&self, h: &mut Hierarchy, req: &DeviceAdd) -> Result<Effects, ControlError> {
         // QEMU's wording (qdev_set_parent_bus / qbus_find).
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
-        if !self.is_port(&req.bus) {
+        if !is_port(h, &req.bus) {
             return Err(format!("Bus '{}' not found", req.bus).into());
         }
         let owner = req
             .owner
             .clone()
-            .unwrap_or_else(|| self.hierarchy().spec().default_owner.clone());
+            .unwrap_or_else(|| h.spec().default_owner.clone());
         let endpoint = EndpointSpec {
             id: req.id.clone(),
             driver: req.driver.clone(),
@@ -199,15 +149,17 @@ impl RootComplex {
             "control: device_add {} ({}) on {} for {}",
             endpoint.id, endpoint.driver, endpoint.bus, endpoint.owner
         );
-        let r = self.hierarchy_mut().hot_add(endpoint);
-        self.control_result(r)
+        h.hot_add(endpoint).map_err(control_error)
     }
 
-    fn device_del_inner(&mut self, id: &str) -> Result<(), ControlError> {
-        if self.is_port(id) {
+    /// `device_del`: ask the guest to release function `id` of `h` (attention button). Once
+    /// the effects are reported, the caller records the request with
+    /// [`ControlPlane::unplug_requested`].
+    pub fn device_del(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
+        if is_port(h, id) {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
-        if self.hierarchy().endpoint(id).is_none() {
+        if h.endpoint(id).is_none() {
             return Err(ControlError::DeviceNotFound(id.into()));
         }
         // qdev_unplug(): a request still pending is not repeated (a second attention-button
@@ -220,13 +172,16 @@ impl RootComplex {
             return Err(format!("Device {id} is already in the process of unplug").into());
         }
         info!("control: device_del {id}");
-        let r = self.hierarchy_mut().request_removal(id);
-        self.control_result(r)?;
-        self.unplug_requests.insert(id.to_string(), Instant::now());
-        Ok(())
+        h.request_removal(id).map_err(control_error)
     }
 
-    fn inject_aer_inner(&mut self, req: &AerInject) -> Result<(), ControlError> {
+    /// A `device_del` of `id` was made now (pending until the function is gone).
+    pub fn unplug_requested(&mut self, id: &str) {
+        self.unplug_requests.insert(id.to_string(), Instant::now());
+    }
+
+    /// `pcie-aer-inject-error` into `h`.
+    pub fn inject_aer(&self, h: &mut Hierarchy, req: &AerInject) -> Result<Effects, ControlError> {
         if req.advisory_non_fatal {
             return Err(
                 "advisory-non-fatal is not supported: inject the Advisory Non-Fatal correctable \
@@ -234,7 +189,7 @@ impl RootComplex {
                     .into(),
             );
         }
-        if !self.is_port(&req.id) && self.hierarchy().endpoint(&req.id).is_none() {
+        if !is_port(h, &req.id) && h.endpoint(&req.id).is_none() {
             return Err(ControlError::DeviceNotFound(req.id.clone()));
         }
         info!(
@@ -244,17 +199,24 @@ impl RootComplex {
         // TLP prefixes are accepted and not logged: the root ports, like QEMU's, have no TLP
         // Prefix Log (AER Capabilities bit 11 clear).
         let header = req.header.unwrap_or([0; 4]);
-        let r = self.hierarchy_mut().inject_error_logged(
-            &req.id,
-            req.severity(),
-            req.status_bits,
-            header,
-        );
-        self.control_result(r)
+        h.inject_error_logged(&req.id, req.severity(), req.status_bits, header)
+            .map_err(control_error)
     }
 
-    fn slots_info(&self) -> Vec<SlotInfo> {
-        let h = &self.hierarchy;
+    /// A PME from function `id` of `h`.
+    pub fn inject_pme(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
+        info!("control: PME from {id}");
+        h.raise_pme(id).map_err(control_error)
+    }
+
+    /// Surprise removal of function `id` from `h`.
+    pub fn surprise_remove(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
+        info!("control: surprise removal of {id}");
+        h.surprise_remove(id).map_err(control_error)
+    }
+
+    /// Every root port's slot of `h` and the functions behind it.
+    pub fn slots(&self, h: &Hierarchy) -> Vec<SlotInfo> {
         h.spec()
             .root_ports
             .iter()
@@ -284,5 +246,65 @@ impl RootComplex {
                     .collect(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    fn add(id: &str, bus: &str) -> DeviceAdd {
+        DeviceAdd {
+            driver: "virtio-net-pci".into(),
+            id: id.into(),
+            bus: bus.into(),
+            addr: None,
+            multifunction: false,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn commands_refused_with_qemus_errors_and_pending_unplugs_tracked() {
+        let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
+        let mut c = ControlPlane::default();
+        c.slot_events(&h);
+        assert!(
+            c.take_events().is_empty(),
+            "the first call records the power-on state"
+        );
+        assert_eq!(
+            c.device_add(&mut h, &add("net0", ROOT_BUS)),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
+        assert_eq!(
+            c.device_add(&mut h, &add("net0", "rp9")),
+            Err(ControlError::Generic("Bus 'rp9' not found".into()))
+        );
+        assert_eq!(
+            c.device_del(&mut h, "net0"),
+            Err(ControlError::DeviceNotFound("net0".into()))
+        );
+        assert!(c.device_add(&mut h, &add("net0", "rp1")).is_ok());
+        c.slot_events(&h);
+        assert_eq!(c.take_events()[0].name, "X_PCIERC_SLOT_CHANGED");
+        assert!(c.device_del(&mut h, "net0").is_ok());
+        c.unplug_requested("net0");
+        assert_eq!(
+            c.device_del(&mut h, "net0"),
+            Err(ControlError::Generic(
+                "Device net0 is already in the process of unplug".into()
+            ))
+        );
+        let pending = |c: &ControlPlane, h: &Hierarchy| c.slots(h)[0].devices[0].state;
+        assert_eq!(pending(&c, &h), DeviceState::UnplugPending);
+        c.device_deleted("net0");
+        assert_eq!(pending(&c, &h), DeviceState::Present);
+        let ev = c.take_events();
+        assert_eq!(ev[0].name, "DEVICE_DELETED");
+        assert_eq!(ev[0].data["device"], "net0");
     }
 }

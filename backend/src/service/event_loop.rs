@@ -129,8 +129,7 @@ impl Sockets {
             }
         };
         if let Source::Listener(l) = &source {
-            l.set_nonblocking(true)
-                .map_err(|e| Error::Topology(format!("listener: {e}")))?;
+            l.set_nonblocking(true).map_err(Error::Listener)?;
         }
         let control = match control {
             Some(ControlListen::Path(path)) => {
@@ -240,12 +239,16 @@ impl Server {
     pub fn run(self) -> Result<()> {
         let single = matches!(self.source, Source::None);
         let mut manager: EventManager<Server> =
-            EventManager::new().map_err(|e| Error::Topology(format!("event manager: {e}")))?;
+            EventManager::new().map_err(|source| Error::EventLoop {
+                context: "event manager",
+                source,
+            })?;
         let id = manager.add_subscriber(self);
         loop {
-            manager
-                .run()
-                .map_err(|e| Error::Topology(format!("event loop: {e}")))?;
+            manager.run().map_err(|source| Error::EventLoop {
+                context: "event loop",
+                source,
+            })?;
             if manager.subscriber_mut(id).is_ok_and(|s| s.quit) {
                 return Ok(());
             }

@@ -9,26 +9,26 @@ use log::warn;
 use pcierc_protocol::{ConnectionId, InterruptFd, MsiRoute, Status};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::RootComplex;
+use crate::topology::Hierarchy;
 
 /// One frontend's eventfd for one vector.
-pub(super) struct Irqfd {
+struct Irqfd {
     conn: ConnectionId,
     fd: EventFd,
     /// The route last reported to the frontend.
     sent: Option<MsiRoute>,
 }
 
-/// Registrations by (devfn on the root bus, vector).
+/// The interrupt eventfds frontends registered, by (devfn on the root bus, vector).
 #[derive(Default)]
-pub(super) struct Irqfds(BTreeMap<(u8, u16), Vec<Irqfd>>);
+pub struct Irqfds(BTreeMap<(u8, u16), Vec<Irqfd>>);
 
 /// Most eventfds one frontend may register (every vector of 256 root ports, and more).
 const MAX_PER_CONNECTION: usize = 4096;
 
 impl Irqfds {
     /// Signal the eventfds registered for (`devfn`, `vector`); the connections that took it.
-    pub(super) fn signal(&self, devfn: u8, vector: u16) -> Vec<ConnectionId> {
+    pub fn signal(&self, devfn: u8, vector: u16) -> Vec<ConnectionId> {
         let Some(regs) = self.0.get(&(devfn, vector)) else {
             return Vec::new();
         };
@@ -43,7 +43,7 @@ impl Irqfds {
     }
 
     /// Forget everything `conn` registered.
-    pub(super) fn drop_connection(&mut self, conn: ConnectionId) {
+    pub fn drop_connection(&mut self, conn: ConnectionId) {
         for regs in self.0.values_mut() {
             regs.retain(|r| r.conn != conn);
         }
@@ -57,29 +57,25 @@ impl Irqfds {
             .filter(|r| r.conn == conn)
             .count()
     }
-}
 
-impl RootComplex {
-    /// `SetInterruptFd` for frontend `conn`.
-    pub(super) fn register_irqfd(
+    /// `SetInterruptFd` for frontend `conn`: register `fd` for a vector of a function of `h`
+    /// (or, without one, unregister). The caller then sends [`Irqfds::stale_routes`].
+    pub fn register(
         &mut self,
+        h: &Hierarchy,
         conn: ConnectionId,
         req: &InterruptFd,
         fd: Option<EventFd>,
     ) -> Result<(), Status> {
-        if req.segment != self.hierarchy.spec().segment || req.bus != 0 {
+        if req.segment != h.spec().segment || req.bus != 0 {
             // Only pcierc's own functions (the root ports, on the root bus) send MSI-X here.
             return Err(Status::NoDevice);
         }
-        if self
-            .hierarchy
-            .msi_route(req.bus, req.devfn, req.vector)
-            .is_none()
-        {
+        if h.msi_route(req.bus, req.devfn, req.vector).is_none() {
             return Err(Status::NoDevice);
         }
         let key = (req.devfn, req.vector);
-        let regs = self.irqfds.0.entry(key).or_default();
+        let regs = self.0.entry(key).or_default();
         regs.retain(|r| r.conn != conn);
         if let Some(fd) = fd {
             regs.push(Irqfd {
@@ -87,27 +83,23 @@ impl RootComplex {
                 fd,
                 sent: None,
             });
-            if self.irqfds.count(conn) > MAX_PER_CONNECTION {
-                self.irqfds
-                    .0
-                    .entry(key)
-                    .or_default()
-                    .retain(|r| r.conn != conn);
+            if self.count(conn) > MAX_PER_CONNECTION {
+                self.0.entry(key).or_default().retain(|r| r.conn != conn);
                 return Err(Status::TooBig);
             }
         }
-        self.irqfds.0.retain(|_, regs| !regs.is_empty());
-        self.sync_msi_routes();
+        self.0.retain(|_, regs| !regs.is_empty());
         Ok(())
     }
 
-    /// Send `MsiRoute` to every registered frontend whose vector's message or mask changed
-    /// since it was last told (and at registration).
-    pub(super) fn sync_msi_routes(&mut self) {
-        let segment = self.hierarchy.spec().segment;
+    /// The `MsiRoute` notifications to send: for every registration whose vector's message or
+    /// mask in `h` changed since its frontend was last told (and at registration). They count
+    /// as told from here on.
+    pub fn stale_routes(&mut self, h: &Hierarchy) -> Vec<(ConnectionId, MsiRoute)> {
+        let segment = h.spec().segment;
         let mut outgoing = Vec::new();
-        for (&(devfn, vector), regs) in self.irqfds.0.iter_mut() {
-            let Some((address, data, masked)) = self.hierarchy.msi_route(0, devfn, vector) else {
+        for (&(devfn, vector), regs) in self.0.iter_mut() {
+            let Some((address, data, masked)) = h.msi_route(0, devfn, vector) else {
                 continue;
             };
             let route = MsiRoute {
@@ -127,8 +119,6 @@ impl RootComplex {
                 }
             }
         }
-        for (conn, route) in outgoing {
-            self.each_channel("msi-route", |c, _| c == conn, |ch| ch.msi_route(&route));
-        }
+        outgoing
     }
 }

@@ -1,13 +1,20 @@
 //! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
-//! layout changes out to frontends; [`event_loop`] serves many frontends and the QMP control
-//! socket's clients ([`control_socket`]) on one event-manager loop; [`access`] decides who may
-//! connect; [`signals`] turns SIGTERM and SIGINT into events of that loop.
+//! layout changes out to frontends, with the components it owns: [`ownership`] (frontends'
+//! names, claimed functions), [`irqfd`] (interrupt eventfds), [`snapshot`] (shared
+//! configuration snapshots), [`state_file`] (persistence), [`control`] (what QMP commands do)
+//! and [`stats`] (counters). [`event_loop`] serves many frontends and the QMP control socket's
+//! clients ([`control_socket`]) on one event-manager loop; [`access`] decides who may connect;
+//! [`signals`] turns SIGTERM and SIGINT into events of that loop.
 
 pub mod access;
+pub mod control;
 pub mod control_socket;
 pub mod event_loop;
+pub mod irqfd;
+pub mod ownership;
 pub mod root_complex;
 pub mod signals;
+pub mod snapshot;
 pub mod state_file;
 pub mod stats;
 

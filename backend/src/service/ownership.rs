@@ -1,15 +1,17 @@
-//! Functions emulators plug in and take out themselves (`ClaimFunction` / `ReleaseFunction`):
-//! each function has one owner, the frontend whose name claimed it; conflicting claims are
+//! Who owns what: the name each connection identified itself with, and the functions emulators
+//! plug in and take out themselves (`ClaimFunction` / `ReleaseFunction`). Each function has one
+//! owner, the frontend whose name claimed it (or the topology named); conflicting claims are
 //! refused with a status that says why.
+
+use std::collections::BTreeMap;
 
 use log::info;
 use pcierc_protocol::{decode_name, ConnectionId, FunctionClaim, FunctionRelease, Status};
 
-use super::RootComplex;
-use crate::pci::SlotError;
+use crate::pci::{Effects, SlotError};
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
-use crate::topology::DevFn;
+use crate::topology::{DevFn, Hierarchy};
 
 /// The protocol status for a refused hot-plug operation.
 fn status(e: &HotplugError) -> Status {
@@ -20,14 +22,60 @@ fn status(e: &HotplugError) -> Status {
             source: SlotError::Occupied,
             ..
         } => Status::Busy,
-        HotplugError::Slot { .. } | HotplugError::Invalid(_) => Status::Invalid,
+        HotplugError::Slot { .. }
+        | HotplugError::InvalidOwner(_)
+        | HotplugError::FunctionZeroFirst { .. }
+        | HotplugError::Topology(_)
+        | HotplugError::NoFunction { .. }
+        | HotplugError::Inject(_) => Status::Invalid,
     }
 }
 
-impl RootComplex {
-    /// `ClaimFunction` from frontend `conn` (identified: the session checked it).
-    pub(super) fn claim(&mut self, conn: ConnectionId, c: &FunctionClaim) -> Result<(), Status> {
-        let owner = self.frontends.get(&conn).cloned().ok_or(Status::Protocol)?;
+/// The identified frontends by connection: a function's `owner` is one of these names.
+#[derive(Default)]
+pub struct Ownership {
+    names: BTreeMap<ConnectionId, String>,
+}
+
+impl Ownership {
+    /// Connection `conn` identified itself as `name`.
+    pub fn identify(&mut self, conn: ConnectionId, name: &str) {
+        self.names.insert(conn, name.to_string());
+    }
+
+    /// Connection `conn` is gone; the name it had, if it identified itself.
+    pub fn forget(&mut self, conn: ConnectionId) -> Option<String> {
+        self.names.remove(&conn)
+    }
+
+    /// The name connection `conn` identified itself with.
+    pub fn name(&self, conn: ConnectionId) -> Option<&str> {
+        self.names.get(&conn).map(String::as_str)
+    }
+
+    /// Does connection `conn` speak for `owner`?
+    pub fn is_owner(&self, conn: ConnectionId, owner: &str) -> bool {
+        self.name(conn) == Some(owner)
+    }
+
+    /// The connections of the frontends named `owner`.
+    pub fn connections_of(&self, owner: &str) -> Vec<ConnectionId> {
+        self.names
+            .iter()
+            .filter(|(_, n)| n.as_str() == owner)
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// `ClaimFunction` from frontend `conn` (identified: the session checked it): plug the
+    /// function into `h`; what changed.
+    pub fn claim(
+        &self,
+        h: &mut Hierarchy,
+        conn: ConnectionId,
+        c: &FunctionClaim,
+    ) -> Result<Effects, Status> {
+        let owner = self.name(conn).ok_or(Status::Protocol)?.to_string();
         let name = |raw| decode_name(raw).map(str::to_string).ok_or(Status::Invalid);
         let endpoint = EndpointSpec {
             id: name(&c.id)?,
@@ -50,31 +98,27 @@ impl RootComplex {
             }
         );
         let r = if cold {
-            self.hierarchy.cold_plug(endpoint)
+            h.cold_plug(endpoint)
         } else {
-            self.hierarchy.hot_add(endpoint)
+            h.hot_add(endpoint)
         };
-        match r {
-            Ok(fx) => {
-                self.report(fx);
-                Ok(())
-            }
-            Err(e) => {
-                info!("claim refused: {e}");
-                Err(status(&e))
-            }
-        }
+        r.map_err(|e| {
+            info!("claim refused: {e}");
+            status(&e)
+        })
     }
 
-    /// `ReleaseFunction` from frontend `conn`: only the owner may release a function.
-    pub(super) fn release(
-        &mut self,
+    /// `ReleaseFunction` from frontend `conn`: only the owner may release a function; what
+    /// changed.
+    pub fn release(
+        &self,
+        h: &mut Hierarchy,
         conn: ConnectionId,
         r: &FunctionRelease,
-    ) -> Result<(), Status> {
+    ) -> Result<Effects, Status> {
         let id = decode_name(&r.id).ok_or(Status::Invalid)?.to_string();
-        let e = self.hierarchy.endpoint(&id).ok_or(Status::NoDevice)?;
-        if self.frontends.get(&conn) != Some(&e.owner) {
+        let e = h.endpoint(&id).ok_or(Status::NoDevice)?;
+        if !self.is_owner(conn, &e.owner) {
             return Err(Status::Permission);
         }
         let surprise = r.flags & FunctionRelease::SURPRISE != 0;
@@ -84,12 +128,84 @@ impl RootComplex {
             if surprise { " at once" } else { "" }
         );
         let res = if surprise {
-            self.hierarchy.surprise_remove(&id)
+            h.surprise_remove(&id)
         } else {
-            self.hierarchy.request_removal(&id)
+            h.request_removal(&id)
         };
-        let fx = res.map_err(|e| status(&e))?;
-        self.report(fx);
-        Ok(())
+        res.map_err(|e| status(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pcierc_protocol::encode_name;
+
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
+        encode_name(s).expect("a valid name")
+    }
+
+    fn claim(id: &str, port: &str) -> FunctionClaim {
+        FunctionClaim {
+            port: name(port),
+            id: name(id),
+            driver: name("virtio-net-pci"),
+            devfn: 0,
+            flags: FunctionClaim::COLDPLUG,
+            reserved: [0; 6],
+        }
+    }
+
+    fn release(id: &str) -> FunctionRelease {
+        FunctionRelease {
+            id: name(id),
+            flags: FunctionRelease::SURPRISE,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn functions_belong_to_the_name_that_claimed_them() {
+        let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
+        let mut o = Ownership::default();
+        let (vmm, other) = (ConnectionId(1), ConnectionId(2));
+        // Unidentified: a protocol error (the session lets no such claim through).
+        assert_eq!(
+            o.claim(&mut h, vmm, &claim("net0", "rp1")),
+            Err(Status::Protocol)
+        );
+        o.identify(vmm, "vmm");
+        o.identify(other, "qemu");
+        assert!(o.claim(&mut h, vmm, &claim("net0", "rp1")).is_ok());
+        assert_eq!(h.endpoint("net0").map(|e| e.owner.as_str()), Some("vmm"));
+        assert_eq!(o.connections_of("vmm"), [vmm]);
+        assert!(o.is_owner(vmm, "vmm") && !o.is_owner(other, "vmm"));
+        // Refusals carry the status that says why.
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net0", "rp2")),
+            Err(Status::Exists)
+        );
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net1", "rp1")),
+            Err(Status::Busy)
+        );
+        assert_eq!(
+            o.claim(&mut h, other, &claim("net1", "pcie.0")),
+            Err(Status::NoDevice)
+        );
+        assert_eq!(
+            o.release(&mut h, other, &release("net0")),
+            Err(Status::Permission)
+        );
+        assert_eq!(
+            o.release(&mut h, vmm, &release("net9")),
+            Err(Status::NoDevice)
+        );
+        assert!(o.release(&mut h, vmm, &release("net0")).is_ok());
+        assert!(h.endpoint("net0").is_none());
+        assert_eq!(o.forget(vmm).as_deref(), Some("vmm"));
+        assert!(o.connections_of("vmm").is_empty());
     }
 }

@@ -1,7 +1,10 @@
 //! The protocol handler: answers requests from the [`Hierarchy`] and reports what changed.
+//! What it keeps besides the hierarchy lives in components of their own, which it owns:
+//! [`Ownership`] (who identified as whom, claims and releases), [`Irqfds`] (interrupt eventfds),
+//! [`Snapshots`] (shared configuration snapshots), [`StateFile`] (persistence) and
+//! [`ControlPlane`] (the QMP operations, pending requests and events); [`Stats`] counts.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use log::{debug, info, warn};
 use pcierc_protocol::{
@@ -11,49 +14,34 @@ use pcierc_protocol::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::control::ControlEvent;
+use super::control::ControlPlane;
+use super::irqfd::Irqfds;
+use super::ownership::Ownership;
+use super::snapshot::Snapshots;
 use super::state_file::StateFile;
-use super::stats::Stats;
+use super::stats::{HotplugStats, Stats};
 use super::BACKEND_FEATURES;
+use crate::control::query_pci::query_pci;
+use crate::control::{AerInject, ControlError, ControlOps, DeviceAdd, SlotInfo};
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
 use crate::topology::hierarchy::HierarchyEvent;
 use crate::topology::{state, Hierarchy};
 
-#[path = "control.rs"]
-mod control;
-#[path = "irqfd.rs"]
-mod irqfd;
-#[path = "ownership.rs"]
-mod ownership;
-#[path = "snapshot.rs"]
-mod snapshot;
-
-/// An event for the control socket's sessions (QMP `event` name and `data`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ControlEvent {
-    /// QMP event name, e.g. `DEVICE_DELETED`.
-    pub name: &'static str,
-    /// Its `data` member.
-    pub data: serde_json::Value,
-}
-
 /// The root complex as the protocol sees it.
 pub struct RootComplex {
     hierarchy: Hierarchy,
-    frontends: BTreeMap<ConnectionId, String>,
+    /// The names frontends identified with; functions' owners.
+    ownership: Ownership,
     channels: BTreeMap<ConnectionId, BackendChannelSender>,
-    control_events: Vec<ControlEvent>,
-    /// `device_del` requests the guest has not completed, and when they were made.
-    unplug_requests: BTreeMap<String, Instant>,
+    /// The QMP control plane's state and events.
+    control: ControlPlane,
     /// Interrupt eventfds frontends registered (`SetInterruptFd`).
-    irqfds: irqfd::Irqfds,
-    /// Each root port's slot as last reported on the control socket.
-    slots: Vec<control::SlotView>,
+    irqfds: Irqfds,
     /// Where the state is persisted (`--state-file`).
     state_file: Option<StateFile>,
     /// Frontends' configuration snapshots (`SetConfigSnapshot`).
-    snapshots: BTreeMap<ConnectionId, pcierc_protocol::snapshot::SnapshotWriter>,
-    /// The routing table they all hold.
-    snapshot_routes: Option<Box<[u16; 65536]>>,
+    snapshots: Snapshots,
     /// Counters for `x-pcierc-query-stats`.
     stats: Stats,
 }
@@ -63,18 +51,16 @@ impl RootComplex {
     pub fn new(hierarchy: Hierarchy) -> Self {
         let mut rc = RootComplex {
             hierarchy,
-            frontends: BTreeMap::new(),
+            ownership: Ownership::default(),
             channels: BTreeMap::new(),
-            control_events: Vec::new(),
-            unplug_requests: BTreeMap::new(),
-            irqfds: irqfd::Irqfds::default(),
-            slots: Vec::new(),
+            control: ControlPlane::default(),
+            irqfds: Irqfds::default(),
             state_file: None,
-            snapshots: BTreeMap::new(),
-            snapshot_routes: None,
+            snapshots: Snapshots::default(),
             stats: Stats::default(),
         };
-        rc.slot_events(); // the power-on state, reported as changes from here on
+        // The power-on state, reported as changes from here on.
+        rc.control.slot_events(&rc.hierarchy);
         rc
     }
 
@@ -101,16 +87,7 @@ impl RootComplex {
 
     /// Events for the control socket since the last call.
     pub fn take_control_events(&mut self) -> Vec<ControlEvent> {
-        std::mem::take(&mut self.control_events)
-    }
-
-    /// The connections of the frontends named `owner`.
-    fn owner_conns(&self, owner: &str) -> Vec<ConnectionId> {
-        self.frontends
-            .iter()
-            .filter(|(_, n)| n.as_str() == owner)
-            .map(|(c, _)| *c)
-            .collect()
+        self.control.take_events()
     }
 
     /// Send `f` (a notification of `kind`, counted) to every channel `pick` selects; channels
@@ -131,7 +108,7 @@ impl RootComplex {
             }
         }
         for (conn, e) in dead {
-            let name = self.frontends.get(&conn).map_or("?", String::as_str);
+            let name = self.ownership.name(conn).unwrap_or("?");
             warn!("frontend {name}: backend channel failed ({e}); no more notifications to it");
             self.channels.remove(&conn);
         }
@@ -192,7 +169,7 @@ impl RootComplex {
                 HierarchyEvent::FunctionAdded { endpoint } => {
                     changes |= LayoutChanges::FUNCTIONS;
                     let rec = self.hierarchy.endpoint_record(&endpoint);
-                    let owners = self.owner_conns(&endpoint.owner);
+                    let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} hot-added behind {} (owner {})",
                         endpoint.id, endpoint.bus, endpoint.owner
@@ -209,7 +186,7 @@ impl RootComplex {
                         reason: reason as u32,
                         reserved: 0,
                     };
-                    let owners = self.owner_conns(&endpoint.owner);
+                    let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} behind {} reset ({reason:?}; owner {}, {} connected)",
                         endpoint.id,
@@ -226,7 +203,7 @@ impl RootComplex {
                 HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
                     changes |= LayoutChanges::FUNCTIONS;
                     let rec = self.hierarchy.endpoint_record(&endpoint);
-                    let owners = self.owner_conns(&endpoint.owner);
+                    let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} removed from {} (owner {}{})",
                         endpoint.id,
@@ -239,12 +216,8 @@ impl RootComplex {
                         |c, _| owners.contains(&c),
                         |ch| ch.function_removed(&rec),
                     );
-                    self.unplug_requests.remove(&endpoint.id);
                     self.stats.hotplug.device_deleted_events += 1;
-                    self.control_events.push(ControlEvent {
-                        name: "DEVICE_DELETED",
-                        data: serde_json::json!({ "device": endpoint.id, "path": format!("/machine/peripheral/{}", endpoint.id) }),
-                    });
+                    self.control.device_deleted(&endpoint.id);
                 }
             }
         }
@@ -257,11 +230,11 @@ impl RootComplex {
         // Order matters: the snapshots and MSI routes first, so a guest's interrupt handler
         // (woken by the eventfd or message below) and a frontend woken by a notification read
         // the state after the change, never before it.
-        self.sync_snapshots();
+        self.snapshots.sync(&mut self.hierarchy);
         self.sync_msi_routes();
         let mut changes = self.deliver_events();
         if effects.contains(Effects::SLOT) || changes.contains(LayoutChanges::FUNCTIONS) {
-            self.slot_events();
+            self.control.slot_events(&self.hierarchy);
         }
         // Before the reply to the request that changed it is sent.
         if let Some(f) = &mut self.state_file {
@@ -298,6 +271,97 @@ impl RootComplex {
                 |_, _| true,
                 |ch| ch.chipset_memory_changed(&memory),
             );
+        }
+    }
+
+    /// Send `MsiRoute` to every registered frontend whose vector's message or mask changed
+    /// since it was last told (and at registration).
+    fn sync_msi_routes(&mut self) {
+        for (conn, route) in self.irqfds.stale_routes(&self.hierarchy) {
+            self.each_channel("msi-route", |c, _| c == conn, |ch| ch.msi_route(&route));
+        }
+    }
+
+    /// Report the effects of an operation that succeeded.
+    fn reported<E>(&mut self, r: Result<Effects, E>) -> Result<(), E> {
+        r.map(|fx| self.report(fx))
+    }
+
+    /// Count a hot-plug command: in `field` when it succeeded, as refused otherwise.
+    fn count_hotplug(
+        &mut self,
+        r: &Result<(), ControlError>,
+        field: impl FnOnce(&mut HotplugStats) -> &mut u64,
+    ) {
+        let h = &mut self.stats.hotplug;
+        match r {
+            Ok(()) => *field(h) += 1,
+            Err(_) => h.refused += 1,
+        }
+    }
+}
+
+impl ControlOps for RootComplex {
+    fn query_pci(&mut self) -> serde_json::Value {
+        query_pci(&self.hierarchy)
+    }
+
+    fn device_add(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
+        let r = self.control.device_add(&mut self.hierarchy, req);
+        let r = self.reported(r);
+        self.count_hotplug(&r, |h| &mut h.device_add);
+        r
+    }
+
+    fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
+        let r = self.control.device_del(&mut self.hierarchy, id);
+        let r = self.reported(r);
+        if r.is_ok() {
+            self.control.unplug_requested(id);
+        }
+        self.count_hotplug(&r, |h| &mut h.device_del);
+        r
+    }
+
+    fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError> {
+        let r = self.control.inject_aer(&mut self.hierarchy, req);
+        self.reported(r)
+    }
+
+    fn inject_pme(&mut self, id: &str) -> Result<(), ControlError> {
+        let r = self.control.inject_pme(&mut self.hierarchy, id);
+        self.reported(r)
+    }
+
+    fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError> {
+        let r = self.control.surprise_remove(&mut self.hierarchy, id);
+        let r = self.reported(r);
+        self.count_hotplug(&r, |h| &mut h.surprise_removals);
+        r
+    }
+
+    fn query_slots(&mut self) -> Vec<SlotInfo> {
+        self.control.slots(&self.hierarchy)
+    }
+
+    fn status(&mut self) -> String {
+        "running".into()
+    }
+
+    fn quit(&mut self) {
+        info!("control: quit");
+    }
+
+    fn query_stats(&mut self) -> serde_json::Value {
+        let state_file = self.state_file.as_ref().map(|f| f.stats());
+        self.stats.to_json(state_file)
+    }
+
+    fn command_done(&mut self, ok: bool) {
+        let c = &mut self.stats.qmp_commands;
+        c.commands += 1;
+        if !ok {
+            c.errors += 1;
         }
     }
 }
@@ -388,7 +452,7 @@ impl BackendHandler for RootComplex {
             .hierarchy
             .endpoint_at(r.bus, r.devfn)
             .ok_or(Status::NoDevice)?;
-        if self.frontends.get(&conn).map(String::as_str) != Some(e.owner.as_str()) {
+        if !self.ownership.is_owner(conn, &e.owner) {
             return Err(Status::Permission);
         }
         let severity = match ErrorSeverityCode::try_from(r.severity) {
@@ -422,7 +486,7 @@ impl BackendHandler for RootComplex {
             .hierarchy
             .endpoint_at(a.bus, a.devfn)
             .ok_or(Status::NoDevice)?;
-        if self.frontends.get(&conn).map(String::as_str) != Some(e.owner.as_str()) {
+        if !self.ownership.is_owner(conn, &e.owner) {
             return Err(Status::Permission);
         }
         let id = e.id.clone();
@@ -436,7 +500,7 @@ impl BackendHandler for RootComplex {
 
     fn frontend_identified(&mut self, conn: ConnectionId, who: &FrontendIdentity) {
         info!("frontend {} ({:?}) connected", who.name, who.role);
-        self.frontends.insert(conn, who.name.clone());
+        self.ownership.identify(conn, &who.name);
         self.stats.frontend_named(conn, &who.name);
     }
 
@@ -445,12 +509,12 @@ impl BackendHandler for RootComplex {
     }
 
     fn disconnected(&mut self, conn: ConnectionId) {
-        if let Some(name) = self.frontends.remove(&conn) {
+        if let Some(name) = self.ownership.forget(conn) {
             info!("frontend {name} disconnected");
         }
         self.channels.remove(&conn);
         self.irqfds.drop_connection(conn);
-        self.snapshots.remove(&conn);
+        self.snapshots.remove(conn);
         self.stats.frontend_gone(conn);
     }
 
@@ -463,7 +527,7 @@ impl BackendHandler for RootComplex {
         conn: ConnectionId,
         file: std::fs::File,
     ) -> Result<(), Status> {
-        self.add_snapshot(conn, file)
+        self.snapshots.add(&self.hierarchy, conn, file)
     }
 
     fn set_interrupt_fd(
@@ -472,14 +536,18 @@ impl BackendHandler for RootComplex {
         req: &InterruptFd,
         fd: Option<EventFd>,
     ) -> Result<(), Status> {
-        self.register_irqfd(conn, req, fd)
+        self.irqfds.register(&self.hierarchy, conn, req, fd)?;
+        self.sync_msi_routes();
+        Ok(())
     }
 
     fn claim_function(&mut self, conn: ConnectionId, c: &FunctionClaim) -> Result<(), Status> {
-        self.claim(conn, c)
+        let r = self.ownership.claim(&mut self.hierarchy, conn, c);
+        self.reported(r)
     }
 
     fn release_function(&mut self, conn: ConnectionId, r: &FunctionRelease) -> Result<(), Status> {
-        self.release(conn, r)
+        let r = self.ownership.release(&mut self.hierarchy, conn, r);
+        self.reported(r)
     }
 }

@@ -2,51 +2,63 @@
 //! writer per frontend, refreshed before the reply to every request that changed anything, so
 //! a frontend that reads from it after a reply sees what the backend would answer.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 
 use log::{debug, warn};
 use pcierc_protocol::snapshot::SnapshotWriter;
 use pcierc_protocol::{ConnectionId, Status};
 
-use super::RootComplex;
+use crate::topology::Hierarchy;
 
-impl RootComplex {
-    /// `SetConfigSnapshot` from `conn`: adopt and fill the region.
-    pub(super) fn add_snapshot(&mut self, conn: ConnectionId, file: File) -> Result<(), Status> {
-        let functions = self.hierarchy.snapshot_functions();
+/// Every frontend's snapshot writer, and the routing table they all hold.
+#[derive(Default)]
+pub struct Snapshots {
+    writers: BTreeMap<ConnectionId, SnapshotWriter>,
+    /// The routing table last written (every snapshot holds the same one).
+    routes: Option<Box<[u16; 65536]>>,
+}
+
+impl Snapshots {
+    /// `SetConfigSnapshot` from `conn`: adopt the region and fill it from `h`.
+    pub fn add(&mut self, h: &Hierarchy, conn: ConnectionId, file: File) -> Result<(), Status> {
+        let functions = h.snapshot_functions();
         let w = SnapshotWriter::new(file, functions).inspect_err(|s| {
             warn!("{conn}: configuration snapshot refused: {s}");
         })?;
         w.begin();
         for n in 0..functions {
-            w.set_image(n, &self.hierarchy.snapshot_image(n));
+            w.set_image(n, &h.snapshot_image(n));
         }
-        let routes = self.hierarchy.snapshot_routes();
+        let routes = h.snapshot_routes();
         w.set_routes(&routes);
-        w.set_header(&self.hierarchy.snapshot_header());
+        w.set_header(&h.snapshot_header());
         w.end();
-        self.snapshot_routes = Some(routes);
+        self.routes = Some(routes);
         debug!("{conn}: configuration snapshot of {functions} functions");
-        self.snapshots.insert(conn, w);
+        self.writers.insert(conn, w);
         Ok(())
     }
 
-    /// Bring every snapshot up to date with the hierarchy.
-    pub(super) fn sync_snapshots(&mut self) {
-        let (changed, routes) = self.hierarchy.take_snapshot_changes();
-        if self.snapshots.is_empty() {
+    /// Connection `conn` is gone: its snapshot is no longer written.
+    pub fn remove(&mut self, conn: ConnectionId) {
+        self.writers.remove(&conn);
+    }
+
+    /// Bring every snapshot up to date with `h` (taking its record of what changed).
+    pub fn sync(&mut self, h: &mut Hierarchy) {
+        let (changed, routes) = h.take_snapshot_changes();
+        if self.writers.is_empty() {
             return;
         }
-        let images: Vec<(usize, Vec<u8>)> = changed
-            .iter()
-            .map(|&n| (n, self.hierarchy.snapshot_image(n)))
-            .collect();
+        let images: Vec<(usize, Vec<u8>)> =
+            changed.iter().map(|&n| (n, h.snapshot_image(n))).collect();
         // Only the routing entries that changed are written (every snapshot holds the same
         // table: a new one is filled whole when it is added).
         let mut route_changes = Vec::new();
         if routes {
-            let table = self.hierarchy.snapshot_routes();
-            match &self.snapshot_routes {
+            let table = h.snapshot_routes();
+            match &self.routes {
                 Some(old) => route_changes.extend(
                     table
                         .iter()
@@ -57,10 +69,10 @@ impl RootComplex {
                 ),
                 None => route_changes.extend(table.iter().copied().enumerate()),
             }
-            self.snapshot_routes = Some(table);
+            self.routes = Some(table);
         }
-        let header = self.hierarchy.snapshot_header();
-        for w in self.snapshots.values() {
+        let header = h.snapshot_header();
+        for w in self.writers.values() {
             w.begin();
             for (n, image) in &images {
                 w.set_image(*n, image);

@@ -34,7 +34,7 @@ pub enum Unloadable {
     Format(#[from] FormatError),
     /// The state inside does not fit this pcierc (another topology, a newer state version, ...).
     #[error("{0}")]
-    State(String),
+    State(#[source] Box<crate::Error>),
     /// Not a regular file (a directory, a FIFO, a device).
     #[error("not a regular file")]
     NotAFile,
@@ -214,6 +214,6 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
 /// as [`StateFile::open`] does at start; whether they were a bare blob from before the header.
 pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<bool, Unloadable> {
     let d = format::decode(bytes)?;
-    state::load(h, d.blob).map_err(|e| Unloadable::State(e.to_string()))?;
+    state::load(h, d.blob).map_err(|e| Unloadable::State(Box::new(e)))?;
     Ok(d.legacy)
 }

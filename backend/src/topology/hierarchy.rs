@@ -10,10 +10,9 @@ use crate::devices::{Mch, RootPort};
 use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::spec::EndpointSpec;
+use crate::topology::StateError;
 
-#[path = "hotplug.rs"]
 mod hotplug;
-#[path = "snapshot.rs"]
 mod snapshot;
 pub use hotplug::HotplugError;
 
@@ -547,14 +546,15 @@ impl Hierarchy {
             .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
         if expected != got {
-            return Err(crate::Error::State(format!(
-                "state is for functions {got:?}, this topology has {expected:?}"
-            )));
+            return Err(StateError::Functions {
+                got: got.into_iter().map(String::from).collect(),
+                expected: expected.into_iter().map(String::from).collect(),
+            }
+            .into());
         }
         let mut spec = self.spec.clone();
         spec.endpoints = endpoints;
-        spec.validate()
-            .map_err(|e| crate::Error::State(e.to_string()))?;
+        spec.validate().map_err(StateError::Topology)?;
         // Restore into copies first so a bad entry leaves the running state untouched.
         let mut mch = self.mch.clone();
         mch.restore(&functions[0].1)?;
@@ -600,5 +600,4 @@ fn decode_config_address(ca: u32) -> (u8, u8, u16) {
 }
 
 #[cfg(test)]
-#[path = "hierarchy_tests.rs"]
 mod tests;

@@ -1,12 +1,14 @@
 //! The hierarchy: how it is described ([`spec`]), how accesses are routed ([`hierarchy`]), how it
-//! is reported to frontends ([`report`]) and saved ([`state`]).
+//! is reported to frontends ([`report`]) and saved ([`state`]); what goes wrong ([`error`]).
 
 pub mod addr;
+pub mod error;
 pub mod hierarchy;
 pub mod report;
 pub mod spec;
 pub mod state;
 
 pub use addr::DevFn;
+pub use error::{StateError, TopologyError};
 pub use hierarchy::{Hierarchy, Routed, Slot};
 pub use spec::{EndpointSpec, PortSpec, TopologySpec};

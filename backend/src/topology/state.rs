@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::hierarchy::Hierarchy;
 use super::spec::EndpointSpec;
 use super::DevFn;
-use crate::{Error, Result};
+use super::StateError;
+use crate::Result;
 
 /// The `format` field of every blob.
 pub const STATE_FORMAT: &str = "pcierc-state";
@@ -87,21 +88,14 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
         format: String,
         version: u32,
     }
-    let probe: Probe = serde_json::from_slice(bytes)
-        .map_err(|e| Error::State(format!("not a pcierc state blob: {e}")))?;
+    let probe: Probe = serde_json::from_slice(bytes).map_err(StateError::NotABlob)?;
     if probe.format != STATE_FORMAT {
-        return Err(Error::State(format!(
-            "format '{}' is not '{STATE_FORMAT}'",
-            probe.format
-        )));
+        return Err(StateError::Format(probe.format).into());
     }
     if probe.version != STATE_VERSION {
-        return Err(Error::State(format!(
-            "state version {} is not supported (this pcierc reads version {STATE_VERSION})",
-            probe.version
-        )));
+        return Err(StateError::Version(probe.version).into());
     }
-    let blob: Blob = serde_json::from_slice(bytes).map_err(|e| Error::State(e.to_string()))?;
+    let blob: Blob = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
     let functions: Vec<_> = blob
         .functions
         .into_iter()

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use super::*;
 use crate::control::{ControlError, SlotInfo};
 
-const TRANSCRIPT: &str = include_str!("../../../tests/qmp/fixtures/qemu-7.2-qmp-transcript.json");
+const TRANSCRIPT: &str =
+    include_str!("../../../../tests/qmp/fixtures/qemu-7.2-qmp-transcript.json");
 
 /// Records what the session asked for; answers like QEMU's `-S` machine for the transcript.
 #[derive(Default)]

@@ -8,9 +8,11 @@ use pcierc_protocol::ResetReason;
 use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
+use crate::pci::caps::aer::InjectError;
 use crate::pci::port::PortFunction;
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
+use crate::topology::TopologyError;
 
 /// Why a hot-plug, error or PME request was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -24,9 +26,31 @@ pub enum HotplugError {
     /// A function or port already has this id.
     #[error("id '{0}' is already in use")]
     Duplicate(String),
+    /// The owner is not a valid emulator name.
+    #[error("owner '{0}' is not a valid emulator name")]
+    InvalidOwner(String),
+    /// A function other than 0 added to an empty slot.
+    #[error("{id}: add function 0 of the slot first (function {function} would not be seen)")]
+    FunctionZeroFirst {
+        /// The function.
+        id: String,
+        /// Its function number.
+        function: u8,
+    },
     /// The request contradicts the topology (address in use, bad name, ...).
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    /// No function another emulator serves is at this address.
+    #[error("no function at {bus:02x}:{:02x}.{}", devfn >> 3, devfn & 7)]
+    NoFunction {
+        /// Bus number.
+        bus: u8,
+        /// Device and function.
+        devfn: u8,
+    },
+    /// The root port refused the error (not one it can log).
+    #[error(transparent)]
+    Inject(#[from] InjectError),
     /// The slot state machine refused it.
     #[error("slot of {port}: {source}")]
     Slot {
@@ -131,10 +155,7 @@ impl Hierarchy {
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
         if !valid_name(&endpoint.owner) {
-            return Err(HotplugError::Invalid(format!(
-                "owner '{}' is not a valid emulator name",
-                endpoint.owner
-            )));
+            return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
         if self.endpoint(&endpoint.id).is_some() || self.port_index(&endpoint.id).is_some() {
             return Err(HotplugError::Duplicate(endpoint.id));
@@ -147,16 +168,14 @@ impl Hierarchy {
             });
         }
         if !occupied && endpoint.addr.function() != 0 {
-            return Err(HotplugError::Invalid(format!(
-                "{}: add function 0 of the slot first (function {} would not be seen)",
-                endpoint.id,
-                endpoint.addr.function()
-            )));
+            return Err(HotplugError::FunctionZeroFirst {
+                function: endpoint.addr.function(),
+                id: endpoint.id,
+            });
         }
         let mut spec = self.spec.clone();
         spec.endpoints.push(endpoint.clone());
-        spec.validate()
-            .map_err(|e| HotplugError::Invalid(e.to_string().replace("invalid topology: ", "")))?;
+        spec.validate()?;
         let fx = match (occupied, cold) {
             (true, _) => Effects::empty(),
             (false, false) => self.ports[port].hot_add().map_err(self.slot_err(port))?,
@@ -252,9 +271,7 @@ impl Hierarchy {
             requester,
             header_log,
         };
-        let fx = self.ports[port]
-            .inject_error(&err, own)
-            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        let fx = self.ports[port].inject_error(&err, own)?;
         Ok(self.after_port(port, fx))
     }
 
@@ -267,21 +284,13 @@ impl Hierarchy {
         err: AerError,
     ) -> Result<Effects, HotplugError> {
         let id = self.endpoint_at(bus, devfn).map(|e| e.id.clone());
-        let id = id.ok_or_else(|| {
-            HotplugError::Invalid(format!(
-                "no function at {bus:02x}:{:02x}.{}",
-                devfn >> 3,
-                devfn & 7
-            ))
-        })?;
+        let id = id.ok_or(HotplugError::NoFunction { bus, devfn })?;
         let port = self.port_of(&id)?;
         let err = AerError {
             requester: u16::from(bus) << 8 | u16::from(devfn),
             ..err
         };
-        let fx = self.ports[port]
-            .inject_error(&err, false)
-            .map_err(|e| HotplugError::Invalid(e.to_string()))?;
+        let fx = self.ports[port].inject_error(&err, false)?;
         Ok(self.after_port(port, fx))
     }
 

@@ -232,11 +232,13 @@ fn refusals_name_the_problem() {
         addr: DevFn(1),
         ..net("x")
     };
-    assert!(h
-        .hot_add(f1)
-        .unwrap_err()
-        .to_string()
-        .contains("add function 0"));
+    assert_eq!(
+        h.hot_add(f1),
+        Err(HotplugError::FunctionZeroFirst {
+            id: "x".into(),
+            function: 1
+        })
+    );
     assert!(matches!(
         h.request_removal("rp1"),
         Err(HotplugError::UnknownId(_))

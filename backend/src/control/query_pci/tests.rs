@@ -9,9 +9,10 @@ use crate::topology::addr::DevFn;
 use crate::topology::spec::TopologySpec;
 use pcierc_protocol::Status;
 
-const DEFAULT: &str = include_str!("../../../tests/qmp/fixtures/qemu-7.2-query-pci-default.json");
+const DEFAULT: &str =
+    include_str!("../../../../tests/qmp/fixtures/qemu-7.2-query-pci-default.json");
 const PROGRAMMED: &str =
-    include_str!("../../../tests/qmp/fixtures/qemu-7.2-query-pci-programmed.json");
+    include_str!("../../../../tests/qmp/fixtures/qemu-7.2-query-pci-programmed.json");
 
 /// tests/qmp/capture_qemu_fixtures.py's PROGRAMMED_RP1: (offset, dword) to rp1 (00:02.0).
 const PROGRAMMED_RP1: [(u16, u32); 9] = [

@@ -1,0 +1,315 @@
+//! Errors of the topology layer: a description that does not validate ([`TopologyError`]) and
+//! saved state that does not restore ([`StateError`]). Each message names the offending item.
+
+use thiserror::Error;
+
+use super::addr::{DevFn, ParseError};
+use super::spec::ROOT_BUS;
+
+/// Why a topology (embedded, TOML or `--device`) is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TopologyError {
+    /// The TOML file does not parse (or has unknown keys or wrong types).
+    #[error(
+        "{}{message}",
+        location.map(|(line, column)| format!("line {line}, column {column}: ")).unwrap_or_default()
+    )]
+    Toml {
+        /// Line and column (from 1) where the parser stopped, when it says.
+        location: Option<(usize, usize)>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A `--device` option that starts with a property other than `driver=`.
+    #[error("'{opt}': the driver name comes first")]
+    DriverNotFirst {
+        /// The option as given.
+        opt: String,
+    },
+    /// A `--device` option with an empty driver name.
+    #[error("'{opt}': missing driver name")]
+    MissingDriver {
+        /// The option as given.
+        opt: String,
+    },
+    /// A `--device` property without `=`.
+    #[error("'{opt}': '{part}' is not key=value")]
+    NotKeyValue {
+        /// The option as given.
+        opt: String,
+        /// The offending property.
+        part: String,
+    },
+    /// A `--device` property given twice.
+    #[error("'{opt}': '{key}' given twice")]
+    DuplicateProperty {
+        /// The option as given.
+        opt: String,
+        /// The property.
+        key: String,
+    },
+    /// A `--device` option without `id=`.
+    #[error("'{opt}': missing id=")]
+    MissingId {
+        /// The option as given.
+        opt: String,
+    },
+    /// A property the driver does not have.
+    #[error("{id}: unknown property '{key}' for {driver}")]
+    UnknownProperty {
+        /// The function.
+        id: String,
+        /// The property.
+        key: String,
+        /// Its driver.
+        driver: String,
+    },
+    /// A boolean property that is not on/off.
+    #[error("{id}: {key}='{value}' is not on/off")]
+    NotOnOff {
+        /// The function.
+        id: String,
+        /// The property.
+        key: String,
+        /// The value given.
+        value: String,
+    },
+    /// A required property is missing (`addr=` of a root port, `bus=` of a function).
+    #[error("{id}: {property}= is required")]
+    MissingProperty {
+        /// The function.
+        id: String,
+        /// The property.
+        property: &'static str,
+    },
+    /// A root port declared as a `[[device]]`.
+    #[error("{id}: declare root ports as [[root-port]]")]
+    PortAsDevice {
+        /// The port.
+        id: String,
+    },
+    /// A root port on a bus other than the root bus.
+    #[error("{id}: root ports sit on {ROOT_BUS}, not '{bus}'")]
+    PortBus {
+        /// The port.
+        id: String,
+        /// The bus given.
+        bus: String,
+    },
+    /// An `addr` that does not parse.
+    #[error("{id}: {source}")]
+    Address {
+        /// The function.
+        id: String,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+    /// A numeric or size property that does not parse.
+    #[error("{id}: {property}: {source}")]
+    Value {
+        /// The function.
+        id: String,
+        /// The property.
+        property: &'static str,
+        /// Why.
+        #[source]
+        source: ParseError,
+    },
+    /// A numeric property beyond its range.
+    #[error("{id}: {property}={value} is out of range (0-{max})")]
+    OutOfRange {
+        /// The function.
+        id: String,
+        /// The property.
+        property: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// A root port's reserve properties QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`).
+    #[error("{id}: PCI resource reserve cap: {reason}")]
+    ResourceReserve {
+        /// The port.
+        id: String,
+        /// QEMU's message.
+        reason: &'static str,
+    },
+    /// A segment other than 0.
+    #[error("segment {0} is not supported: Q35 has segment 0 only")]
+    Segment(u16),
+    /// A `default-owner` that is not a valid emulator name.
+    #[error("default-owner '{0}' is not a valid emulator name")]
+    DefaultOwner(String),
+    /// A function's `owner` that is not a valid emulator name.
+    #[error("{id}: owner '{owner}' is not a valid emulator name")]
+    Owner {
+        /// The function.
+        id: String,
+        /// The owner given.
+        owner: String,
+    },
+    /// An id that is not a valid name.
+    #[error(
+        "id '{0}' must start with a letter and hold at most 32 letters, digits, '-', '.', '_'"
+    )]
+    InvalidId(String),
+    /// An id used twice.
+    #[error("id '{0}' is used twice")]
+    DuplicateId(String),
+    /// A function at 00.0 of the root bus, the host bridge's address.
+    #[error("{id}: 00.0 is the host bridge")]
+    HostBridgeAddress {
+        /// The function.
+        id: String,
+    },
+    /// Two root ports at one address.
+    #[error("{id}: address {addr} is already used by {other}")]
+    PortAddressInUse {
+        /// The port.
+        id: String,
+        /// The address.
+        addr: DevFn,
+        /// The port already there.
+        other: String,
+    },
+    /// Two root ports with one chassis and slot number.
+    #[error("{id}: chassis {chassis} slot {slot} is already used by {other}")]
+    ChassisSlotInUse {
+        /// The port.
+        id: String,
+        /// Chassis number.
+        chassis: u8,
+        /// Slot number.
+        slot: u16,
+        /// The port that has them.
+        other: String,
+    },
+    /// A function on a bus that is neither the root bus nor a root port.
+    #[error("{id}: bus '{bus}' is neither {ROOT_BUS} nor a root port id")]
+    UnknownBus {
+        /// The function.
+        id: String,
+        /// The bus given.
+        bus: String,
+    },
+    /// A function behind a root port at a device number other than 0 (PCIe Base 6.0 §2.2.6.2).
+    #[error("{id}: behind root port {port} only device 0 exists")]
+    DeviceBehindPort {
+        /// The function.
+        id: String,
+        /// The port.
+        port: String,
+    },
+    /// Two functions at one address of a bus.
+    #[error("{id}: address {addr} on {bus} is already used by {other}")]
+    AddressInUse {
+        /// The function.
+        id: String,
+        /// The address.
+        addr: DevFn,
+        /// The bus.
+        bus: String,
+        /// The function already there.
+        other: String,
+    },
+    /// A function other than 0 whose function 0 is not multifunction.
+    #[error(
+        "{id}: function {function} needs multifunction=on on {function0} (function 0 of slot {device:02x})"
+    )]
+    NeedsMultifunction {
+        /// The function.
+        id: String,
+        /// Its function number.
+        function: u8,
+        /// Function 0 of its slot.
+        function0: String,
+        /// The slot's device number.
+        device: u8,
+    },
+    /// A function other than 0 without a function 0.
+    #[error("{id}: function {function} of slot {device:02x} on {bus} has no function 0")]
+    NoFunctionZero {
+        /// The function.
+        id: String,
+        /// Its function number.
+        function: u8,
+        /// The slot's device number.
+        device: u8,
+        /// The bus.
+        bus: String,
+    },
+}
+
+impl TopologyError {
+    /// The error of parsing `text` as TOML, on one line (the parser's own rendering quotes the
+    /// offending line with a caret under it).
+    pub fn toml(text: &str, e: &toml::de::Error) -> Self {
+        let location = e.span().and_then(|span| {
+            let before = text.get(..span.start)?;
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            Some((line, column))
+        });
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        TopologyError::Toml { location, message }
+    }
+}
+
+/// Why saved state (`LoadState`, the state file) cannot be restored.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// Not JSON with a format and a version.
+    #[error("not a pcierc state blob: {0}")]
+    NotABlob(#[source] serde_json::Error),
+    /// Another program's JSON.
+    #[error("format '{0}' is not '{format}'", format = super::state::STATE_FORMAT)]
+    Format(String),
+    /// A version this pcierc does not read.
+    #[error(
+        "state version {0} is not supported (this pcierc reads version {version})",
+        version = super::state::STATE_VERSION
+    )]
+    Version(u32),
+    /// The right format and version, but the contents do not decode.
+    #[error("{0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The state is for other functions than this topology's.
+    #[error("state is for functions {got:?}, this topology has {expected:?}")]
+    Functions {
+        /// The functions in the state.
+        got: Vec<String>,
+        /// The functions of the running hierarchy.
+        expected: Vec<String>,
+    },
+    /// The functions other emulators serve, as saved, do not fit the topology.
+    #[error("invalid topology: {0}")]
+    Topology(#[source] TopologyError),
+    /// A function's state does not decode.
+    #[error("{id}: {source}")]
+    Function {
+        /// The function.
+        id: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A port's state was saved with other properties.
+    #[error("{id}: state is for a port with other properties: {other}")]
+    PortProperties {
+        /// The port.
+        id: String,
+        /// The properties in the state, as `Debug` prints them.
+        other: String,
+    },
+    /// A function's registers do not restore (the configuration-space engine's reason).
+    #[error("{id}: {source}")]
+    Registers {
+        /// The function.
+        id: String,
+        /// Why.
+        #[source]
+        source: pcierc_config_space::StateError,
+    },
+}
