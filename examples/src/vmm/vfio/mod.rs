@@ -1,8 +1,9 @@
 //! Host PCI functions passed through to the guest behind pcierc's root ports, with rust-vmm's
 //! `vfio-ioctls` as cloud-hypervisor does: the function's IOMMU group joins a VFIO container
-//! (type 1 v2 IOMMU) that maps guest RAM for DMA, its BARs are mapped into the guest where
-//! the region allows, and its configuration space is the device's own except for what a VMM
-//! must virtualise (docs/passthrough.md).
+//! (type 1 v2 IOMMU) that maps guest RAM for DMA, its BAR accesses are forwarded to the
+//! device's regions (trapped; mapping them into the guest is not done yet), and its
+//! configuration space is the device's own except for what a VMM must virtualise
+//! (docs/passthrough.md).
 //!
 //! [`host`]: the checks sysfs allows before anything is opened (`--vfio` with a device that is
 //! missing, not bound to vfio-pci or sharing its IOMMU group ends the VMM at start, one line).
@@ -63,6 +64,14 @@ pub enum VfioError {
         /// What was read.
         path: PathBuf,
         /// Why it failed.
+        source: std::io::Error,
+    },
+    /// An eventfd could not be made.
+    #[error("{sbdf}: eventfd: {source}")]
+    Eventfd {
+        /// The function.
+        sbdf: Sbdf,
+        /// Why.
         source: std::io::Error,
     },
     /// A KVM operation failed.
@@ -189,13 +198,8 @@ fn error_eventfd(
     if device.get_irq_info(index).is_none_or(|i| i.count == 0) {
         return Ok(None);
     }
-    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).map_err(|source| {
-        VfioError::Sysfs {
-            sbdf,
-            path: "eventfd".into(),
-            source,
-        }
-    })?;
+    let fd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+        .map_err(|source| VfioError::Eventfd { sbdf, source })?;
     device
         .enable_irq(index, vec![&fd])
         .map_err(|source| VfioError::Vfio {
