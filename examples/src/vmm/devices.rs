@@ -248,6 +248,13 @@ impl OwnDevices {
             Model::Emulated(_) => None,
             Model::Assigned(mut a) => {
                 let index = a.index;
+                // Out of the guest: its interrupts off in the host driver (the caller drops its
+                // irqfds) and the device reset, ready to be added again.
+                if a.view.msix_place().is_some() {
+                    if let Err(e) = a.view.io().disable_msix() {
+                        log::debug!("{}: disabling MSI-X: {e}", a.host.sbdf);
+                    }
+                }
                 a.view.io().reset();
                 a.view.reset();
                 self.assigned.insert(ep.id.clone(), a);
