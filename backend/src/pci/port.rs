@@ -680,6 +680,15 @@ pub trait PortFunction: Send {
         p.config_read(p.layout.exp + slot::SLTCTL, 2) as u16
     }
 
+    /// Is the slot powered? Without a power controller (Slot Capabilities Power Controller
+    /// Present, PCIe Base 6.0 §7.5.3.9) always; with one, while Slot Control Power Controller
+    /// Control is 0 (on, §7.5.3.10), as QEMU's `pcie_cap_update_power()` decides.
+    fn slot_powered(&self) -> bool {
+        let p = self.port();
+        let cap = p.config_read(p.layout.exp + slot::SLTCAP, 4);
+        cap & slot::SLTCAP_PCP == 0 || self.slot_control() & slot::SLTCTL_PCC == 0
+    }
+
     /// A PME from `requester` below the port. See [`PciePort::raise_pme`].
     fn raise_pme(&mut self, requester: u16) -> Effects {
         self.port_mut().raise_pme(requester)

@@ -260,8 +260,29 @@ impl Hierarchy {
         }
     }
 
-    /// Route a configuration access to (bus, devfn) in O(1).
+    /// Route a configuration access to (bus, devfn) in O(1): [`Hierarchy::locate`], except
+    /// that a card in a slot the guest keeps powered off does not answer: QEMU 7.2 takes power
+    /// from the functions on the port's secondary bus (`pcie_cap_update_power()`) and reads of
+    /// an unpowered function return all ones (`pci_host_config_read_common()`).
     pub fn route(&self, bus: u8, devfn: u8) -> Routed {
+        let r = self.locate(bus, devfn);
+        if let (Routed::Remote(_), Some(port)) = (r, self.port_of_secondary(bus)) {
+            if !port.slot_powered() {
+                return Routed::Absent;
+            }
+        }
+        r
+    }
+
+    /// The root port whose secondary bus is `bus`, if any.
+    fn port_of_secondary(&self, bus: u8) -> Option<&RootPort> {
+        let owner = usize::from(*self.bus_owner.get(usize::from(bus))?);
+        let port = self.ports.get(owner.checked_sub(1)?)?;
+        (bus != 0 && port.secondary_bus() == bus).then_some(port)
+    }
+
+    /// Which function (bus, devfn) names in the hierarchy, powered or not, in O(1).
+    pub fn locate(&self, bus: u8, devfn: u8) -> Routed {
         if bus == 0 {
             return match self.root[usize::from(devfn)] {
                 Slot::Empty => Routed::Absent,
@@ -373,6 +394,10 @@ impl Hierarchy {
             self.rebuild_bus_map();
         } else if effects.contains(Effects::BARS) {
             self.rebuild_bar_map();
+        }
+        if effects.contains(Effects::SLOT) {
+            // Slot power decides whether the functions below answer (`route`).
+            self.routes_changed = true;
         }
         if effects
             .intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS)

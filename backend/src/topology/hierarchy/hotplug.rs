@@ -230,7 +230,7 @@ impl Hierarchy {
 
     /// The function served by another emulator at (bus, devfn) now, if any.
     pub fn endpoint_at(&self, bus: u8, devfn: u8) -> Option<&EndpointSpec> {
-        match self.route(bus, devfn) {
+        match self.locate(bus, devfn) {
             super::Routed::Remote(i) => self.spec.endpoints.get(usize::from(i)),
             _ => None,
         }
@@ -306,7 +306,7 @@ impl Hierarchy {
     /// The MSI-X message `vector` of pcierc's function at (`bus`, `devfn`) sends now, and
     /// whether it is masked; `None` if no such function or vector.
     pub fn msi_route(&self, bus: u8, devfn: u8, vector: u16) -> Option<(u64, u32, bool)> {
-        match self.route(bus, devfn) {
+        match self.locate(bus, devfn) {
             super::Routed::Local(super::Slot::Port(i)) => {
                 self.ports.get(usize::from(i))?.msi_route(vector)
             }
