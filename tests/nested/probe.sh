@@ -26,11 +26,16 @@ facts() {
     done
 }
 
-# Every byte of a function's configuration space as sysfs gives it (4 KiB when Linux reaches
-# the extended space), 32 bytes a line: "cfg BDF OFFSET xx xx ...".
+# A function's configuration space as sysfs gives it (4 KiB when Linux reaches the extended
+# space), 32 bytes a line: "cfg BDF OFFSET xx xx ...", lines of zeros left out but the first,
+# then "cfgsize BDF SIZE" (hex): a fifth of the serial output of a full dump.
 cfg() {
     od -An -v -tx1 -w32 "/sys/bus/pci/devices/$1/config" |
-        awk -v bdf="$1" '{ printf "cfg %s %03x %s\n", bdf, (NR - 1) * 32, substr($0, 2) }'
+        awk -v bdf="$1" '{
+            line = substr($0, 2)
+            if (NR == 1 || line !~ /^(00 )*00$/) printf "cfg %s %03x %s\n", bdf, (NR - 1) * 32, line
+            n = NR
+        } END { printf "cfgsize %s %x\n", bdf, n * 32 }'
 }
 
 # cfg of every function.

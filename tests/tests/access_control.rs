@@ -416,18 +416,68 @@ fn a_frontend_that_does_not_read_is_back_pressured_alone() {
     assert!(b.alive());
 }
 
+/// A process holding control clients (python3): connects until it holds `n` greeted ones or
+/// 5 s pass, prints how many it holds, and keeps them until its stdin closes.
+fn holder(control: &Path, n: usize) -> (Child, usize) {
+    const SCRIPT: &str = r#"
+import socket, sys, time
+path, want = sys.argv[1], int(sys.argv[2])
+held, deadline = [], time.time() + 5
+while len(held) < want and time.time() < deadline:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.settimeout(5)
+    try:
+        d = s.recv(4096)
+    except OSError:
+        d = b""
+    if d.startswith(b'{"QMP"'):
+        held.append(s)
+    else:
+        s.close()
+        time.sleep(0.02)
+print(len(held), flush=True)
+sys.stdin.read()
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(control)
+        .arg(n.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    let mut out = child.stdout.take().expect("stdout");
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0] as char);
+    }
+    let held = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("holder said {line:?}"));
+    (child, held)
+}
+
 #[test]
-fn control_clients_past_sixteen_are_closed_and_one_that_does_not_read_is_dropped() {
+fn control_clients_past_sixteen_or_four_per_process_are_closed_and_one_that_does_not_read_is_dropped(
+) {
+    if !pcierc_tests::process::tool_available("python3") {
+        eprintln!("\n*** SKIP: python3 is absent: control-client limits across processes not tested ***\n");
+        return;
+    }
     let b = Logged::start(&[]);
     let greeted = |s: &mut UnixStream| {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 4096];
         matches!(s.read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"{\"QMP\""))
     };
-    // MAX_CONTROL_CONNECTIONS = 16 (the readiness probe may still be counted for a moment).
+    // MAX_CONTROL_CONNECTIONS_PER_PEER = 4 from this process (the readiness probe may still be
+    // counted for a moment), then a fifth is closed.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut clients: Vec<UnixStream> = Vec::new();
-    while clients.len() < 16 {
+    while clients.len() < 4 {
         let mut s = UnixStream::connect(&b.control).unwrap();
         if greeted(&mut s) {
             clients.push(s);
@@ -436,12 +486,32 @@ fn control_clients_past_sixteen_are_closed_and_one_that_does_not_read_is_dropped
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    assert_eq!(qmp_first_bytes(&b.control), "", "a 17th client is closed");
+    assert_eq!(
+        qmp_first_bytes(&b.control),
+        "",
+        "a fifth client of one process is closed"
+    );
+    // Other processes get theirs: three more hold 4 each, 16 in all (MAX_CONTROL_CONNECTIONS);
+    // then a 17th is closed, whichever process asks.
+    let mut holders: Vec<Child> = (0..3)
+        .map(|i| {
+            let (c, held) = holder(&b.control, 4);
+            assert_eq!(held, 4, "holder {i}");
+            c
+        })
+        .collect();
+    let (extra, held) = holder(&b.control, 1);
+    holders.push(extra);
+    assert_eq!(held, 0, "a 17th client (another process) is closed");
     drop(clients.pop());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !greeted(&mut UnixStream::connect(&b.control).unwrap()) {
         assert!(Instant::now() < deadline, "a freed place is not reused");
         std::thread::sleep(Duration::from_millis(20));
+    }
+    for mut h in holders {
+        drop(h.stdin.take());
+        let _ = h.wait();
     }
 
     // A client that sends commands and never reads: dropped once 4 MiB of replies wait for it.

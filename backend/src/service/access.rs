@@ -10,7 +10,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use log::warn;
+use super::throttle::REFUSALS;
+
 use thiserror::Error;
 
 type Result<T, E = SocketError> = std::result::Result<T, E>;
@@ -214,14 +215,18 @@ impl AccessPolicy {
         match PeerCred::of(stream) {
             Ok(cred) if self.allows(&cred) => Some(cred),
             Ok(cred) => {
-                warn!(
-                    "refusing a {what}: pid {} uid {} gid {} is not allowed (allowed uids: {:?}; see --allow-uid)",
-                    cred.pid, cred.uid, cred.gid, self.allowed_uids
-                );
+                REFUSALS.warn(|| {
+                    format!(
+                        "refusing a {what}: pid {} uid {} gid {} is not allowed (allowed uids: {:?}; see --allow-uid)",
+                        cred.pid, cred.uid, cred.gid, self.allowed_uids
+                    )
+                });
                 None
             }
             Err(e) => {
-                warn!("refusing a {what}: its credentials are unknown (SO_PEERCRED: {e})");
+                REFUSALS.warn(|| {
+                    format!("refusing a {what}: its credentials are unknown (SO_PEERCRED: {e})")
+                });
                 None
             }
         }

@@ -5,8 +5,9 @@
 //! it; a refused one is closed at once.
 //!
 //! Limits, each an error to the one peer that exceeds it: at most `max_connections` frontends
-//! (`--max-connections`) and [`MAX_CONTROL_CONNECTIONS`] control clients; more are closed at
-//! accept. Per frontend, the protocol's [`Connection`] bounds what a peer can make pcierc hold:
+//! (`--max-connections`) and [`MAX_CONTROL_CONNECTIONS`] control clients, at most
+//! [`MAX_CONTROL_CONNECTIONS_PER_PEER`] of them from one process; more are closed at accept,
+//! and the warnings about refusals are rate-limited ([`super::throttle`]). Per frontend, the protocol's [`Connection`] bounds what a peer can make pcierc hold:
 //! it stops reading requests while
 //! [`BACKPRESSURE_BYTES`](pcierc_protocol::connection::BACKPRESSURE_BYTES) of replies wait
 //! unread (this loop then waits for writability only, so further requests stay in the kernel's
@@ -38,6 +39,7 @@ use vhost::vhost_user::Listener;
 use super::access::{self, AccessConfig, AccessPolicy, SocketFile};
 use super::control_socket::ControlConn;
 use super::signals::ShutdownSignals;
+use super::throttle::REFUSALS;
 use super::{ControlListen, Listen, RootComplex};
 use crate::control;
 use crate::{Error, Result};
@@ -51,6 +53,10 @@ const SIGNAL_TOKEN: u32 = u32::MAX - 1;
 
 /// Most control-socket clients served at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 16;
+
+/// Most control-socket clients one process (`SO_PEERCRED` pid) holds at once, so that one peer
+/// cannot take every slot; other processes, of the same uid or not, still get theirs.
+pub const MAX_CONTROL_CONNECTIONS_PER_PEER: usize = 4;
 
 /// Connections taken from each listening socket per wake-up of the loop. The rest wait in the
 /// kernel's backlog: the listeners are level-triggered, so the next wake-up takes the next
@@ -169,7 +175,8 @@ pub struct Server {
     next_token: u32,
     pending: Option<UnixStream>,
     control: Option<UnixListener>,
-    controls: HashMap<u32, (ControlConn, EventSet)>,
+    /// Control clients: the connection, its epoll interest, and the peer's pid.
+    controls: HashMap<u32, (ControlConn, EventSet, i32)>,
     access: AccessConfig,
     /// SIGTERM and SIGINT, when the server handles them.
     signals: Option<ShutdownSignals>,
@@ -307,10 +314,13 @@ impl Server {
                     };
                     if self.conns.len() >= self.access.max_connections {
                         self.handler.stats_mut().frontend_connections.refused += 1;
-                        warn!(
-                            "refusing a frontend (pid {} uid {}): {} connections already (--max-connections)",
-                            cred.pid, cred.uid, self.access.max_connections
-                        );
+                        let max = self.access.max_connections;
+                        REFUSALS.warn(|| {
+                            format!(
+                                "refusing a frontend (pid {} uid {}): {max} connections already (--max-connections)",
+                                cred.pid, cred.uid
+                            )
+                        });
                         continue;
                     }
                     self.add_connection(s, ops);
@@ -413,10 +423,24 @@ impl Server {
             };
             if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
                 self.handler.stats_mut().qmp_clients.refused += 1;
-                warn!(
-                    "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
-                    cred.pid, cred.uid
-                );
+                REFUSALS.warn(|| {
+                    format!(
+                        "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
+                        cred.pid, cred.uid
+                    )
+                });
+                continue;
+            }
+            let of_peer = self.controls.values().filter(|c| c.2 == cred.pid).count();
+            if of_peer >= MAX_CONTROL_CONNECTIONS_PER_PEER {
+                self.handler.stats_mut().qmp_clients.refused += 1;
+                REFUSALS.warn(|| {
+                    format!(
+                        "refusing a control client (pid {} uid {}): that process has \
+                         {MAX_CONTROL_CONNECTIONS_PER_PEER} connected already",
+                        cred.pid, cred.uid
+                    )
+                });
                 continue;
             }
             let mut conn = match ControlConn::new(stream) {
@@ -434,7 +458,7 @@ impl Server {
                 continue;
             }
             debug!("control client {token} connected");
-            self.controls.insert(token, (conn, interest));
+            self.controls.insert(token, (conn, interest, cred.pid));
             let q = &mut self.handler.stats_mut().qmp_clients;
             q.accepted += 1;
             q.current = self.controls.len() as u64;
@@ -442,7 +466,7 @@ impl Server {
     }
 
     fn drop_control(&mut self, token: u32, ops: &mut EventOps, why: &str) {
-        if let Some((c, interest)) = self.controls.remove(&token) {
+        if let Some((c, interest, _)) = self.controls.remove(&token) {
             let _ = ops.remove(Events::with_data(&c, token, interest));
             debug!("control client {token} closed: {why}");
             self.handler.stats_mut().qmp_clients.current = self.controls.len() as u64;
@@ -450,7 +474,7 @@ impl Server {
     }
 
     fn control_event(&mut self, token: u32, set: EventSet, ops: &mut EventOps) {
-        let Some((c, _)) = self.controls.get_mut(&token) else {
+        let Some((c, _, _)) = self.controls.get_mut(&token) else {
             return;
         };
         let mut result = Ok(());
@@ -476,7 +500,7 @@ impl Server {
     }
 
     fn update_control_interest(&mut self, token: u32, ops: &mut EventOps) {
-        if let Some((c, interest)) = self.controls.get_mut(&token) {
+        if let Some((c, interest, _)) = self.controls.get_mut(&token) {
             let want = control_interest(c);
             if want != *interest && ops.modify(Events::with_data(&*c, token, want)).is_ok() {
                 *interest = want;
@@ -496,7 +520,7 @@ impl Server {
             .collect();
         let tokens: Vec<u32> = self.controls.keys().copied().collect();
         for token in tokens {
-            let Some((c, _)) = self.controls.get_mut(&token) else {
+            let Some((c, _, _)) = self.controls.get_mut(&token) else {
                 continue;
             };
             let r = lines

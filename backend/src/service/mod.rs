@@ -17,6 +17,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod state_file;
 pub mod stats;
+pub mod throttle;
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

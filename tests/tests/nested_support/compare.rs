@@ -163,4 +163,16 @@ fn the_comparison_has_teeth() {
     let mut short = view(0x07);
     short.pop();
     assert_eq!(compare_views(&view(0x07), &short).len(), 1);
+    // The probe's sparse form (zero lines left out, the size given) reads the same.
+    let mut sparse: Vec<String> = view(0x17)
+        .into_iter()
+        .filter(|l| {
+            let mut w = l.split_whitespace().skip(2);
+            w.next() == Some("000") || w.any(|b| b != "00")
+        })
+        .collect();
+    sparse.push("cfgsize 0000:00:02.0 1000".into());
+    assert!(sparse.len() < 10, "{sparse:?}");
+    assert!(compare_views(&view(0x07), &sparse).is_empty());
+    assert_eq!(compare_views(&view(0x05), &sparse).len(), 1);
 }

@@ -32,14 +32,20 @@ pub fn expect<V>(r: Result<V, NestedError>) -> V {
 
 /// Run `case` on the shared L1 (booting it first if needed) and print its duration. A case that
 /// fails takes its L1 with it (the next case boots a new one), and a dead L1 is booted again.
-pub fn on_l1(name: &str, case: impl FnOnce(&mut Nested, &Tools)) {
+pub fn on_l1(name: &str, case: impl Fn(&mut Nested, &Tools)) {
     on_l1_with(name, &NestedOptions::default(), case)
 }
+
+/// What ended L2 once under QEMU's emulated SVM in a case that passes otherwise (the endpoint
+/// case, in the middle of a configuration dump, after many passing runs; not reproduced, cause
+/// unknown): the VMM's report of an L2 triple fault. A case that fails with it is run
+/// once more, on a new L1, and says so loudly; a second one fails the case.
+const L2_TRIPLE_FAULT: &str = "triple fault (KVM_EXIT_SHUTDOWN)";
 
 /// [`on_l1`] on an L1 booted with `options`: the shared L1 if it was booted with the same ones,
 /// else a new one (the previous L1 is shut down first). Passthrough options also need what
 /// [`passthrough_tools`] checks.
-pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl FnOnce(&mut Nested, &Tools)) {
+pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl Fn(&mut Nested, &Tools)) {
     let tools = if options.passthrough.is_empty() {
         tools()
     } else {
@@ -49,38 +55,54 @@ pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl FnOnce(&mut Ne
         return;
     };
     let mut guard = L1.lock().unwrap_or_else(PoisonError::into_inner);
-    if guard.as_ref().is_some_and(|(o, _)| o != options) {
-        *guard = None;
-    }
-    let alive = guard
-        .as_mut()
-        .is_some_and(|(_, n)| n.l1("true", Duration::from_secs(30)).is_ok());
-    if !alive {
-        *guard = None;
+    for attempt in 0.. {
+        if guard.as_ref().is_some_and(|(o, _)| o != options) {
+            *guard = None;
+        }
+        let alive = guard
+            .as_mut()
+            .is_some_and(|(_, n)| n.l1("true", Duration::from_secs(30)).is_ok());
+        if !alive {
+            *guard = None;
+            let start = Instant::now();
+            let n = expect(Nested::boot(&tools, options));
+            report!(
+                "nested: L1{} up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
+                if options.passthrough.is_empty() { "" } else { " with passthrough" },
+                n.l1_boot.as_secs_f64(),
+                start.elapsed().as_secs_f64()
+            );
+            *guard = Some((options.clone(), n));
+        }
+        let (_, nested) = guard.as_mut().expect("L1 booted above");
         let start = Instant::now();
-        let n = expect(Nested::boot(&tools, options));
-        report!(
-            "nested: L1{} up in {:.1} s (to its shell with /dev/kvm; {:.1} s with building its image)",
-            if options.passthrough.is_empty() { "" } else { " with passthrough" },
-            n.l1_boot.as_secs_f64(),
-            start.elapsed().as_secs_f64()
-        );
-        *guard = Some((options.clone(), n));
-    }
-    let (_, nested) = guard.as_mut().expect("L1 booted above");
-    let start = Instant::now();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(nested, &tools)));
-    if let Err(panic) = outcome {
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(nested, &tools)));
+        let Err(panic) = outcome else {
+            report!(
+                "nested: case {name}: {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        };
         // A failed case may leave L1 in any state (an L2 that cannot be killed, a VMM still
         // writing to the console): the next case boots a new L1 rather than inherit it.
         report!("nested: case {name} failed; its L1 is shut down");
         *guard = None;
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if attempt == 0 && message.contains(L2_TRIPLE_FAULT) {
+            report!(
+                "\n*** nested: case {name}: L2 triple-faulted (seen now and then under QEMU's \
+                 emulated SVM); running the case once more on a new L1 ***\n{message}\n"
+            );
+            continue;
+        }
         std::panic::resume_unwind(panic);
     }
-    report!(
-        "nested: case {name}: {:.1} s",
-        start.elapsed().as_secs_f64()
-    );
 }
 
 /// Run `f` while no nested case runs (holding the L1 lock, without booting L1): a reference
@@ -101,18 +123,28 @@ pub fn cfg_bytes(lines: &[String], bdf: &str, offset: usize, len: usize) -> Opti
 /// All of `bdf`'s configuration space in `cfg` lines (256 bytes for a conventional function,
 /// 4 KiB when Linux reaches the extended space); `None` if a line is malformed or missing.
 pub fn cfg_space(lines: &[String], bdf: &str) -> Option<Vec<u8>> {
-    let mut space = Vec::new();
+    // `cfgsize BDF SIZE` (hex) makes the dump sparse: lines of zeros are left out.
+    let size = lines.iter().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some("cfgsize") && w.next() == Some(bdf)).then_some(())?;
+        usize::from_str_radix(w.next()?, 16).ok()
+    });
+    let mut space = vec![0u8; size.unwrap_or(0)];
     for l in lines {
         let mut w = l.split_whitespace();
         if w.next() != Some("cfg") || w.next() != Some(bdf) {
             continue;
         }
         let off = usize::from_str_radix(w.next()?, 16).ok()?;
-        if off != space.len() {
+        if size.is_none() && off != space.len() {
             return None;
         }
-        for b in w {
-            space.push(u8::from_str_radix(b, 16).ok()?);
+        for (i, b) in w.enumerate() {
+            let b = u8::from_str_radix(b, 16).ok()?;
+            match size {
+                Some(_) => *space.get_mut(off + i)? = b,
+                None => space.push(b),
+            }
         }
     }
     Some(space)

@@ -37,7 +37,7 @@ impl Server {
             "SHUTDOWN",
             Some(serde_json::json!({"guest": false, "reason": reason})),
         );
-        for (c, _) in self.controls.values_mut() {
+        for (c, _, _) in self.controls.values_mut() {
             let _ = c.event(&line);
             c.finish();
         }
