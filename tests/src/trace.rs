@@ -1,7 +1,7 @@
 //! Real Linux against pcierc without KVM: record the configuration-mechanism accesses SeaBIOS and
 //! Linux make on QEMU 7.2's `q35` under TCG, then replay them against a real `pcierc`.
 //!
-//! - [`record`] boots a kernel with the busybox initramfs of `tests/linux/` on QEMU with
+//! - [`record`](mod@record) boots a kernel with the busybox initramfs of `tests/linux/` on QEMU with
 //!   pcierc's default root ports, traces every `memory_region_ops_read/write`, and drives a
 //!   native hot-add, a hot-remove and AER injections through QMP while the guest runs;
 //! - [`parse_qemu_log`] keeps what pcierc is asked in a real machine: CONFIG_ADDRESS/CONFIG_DATA
@@ -9,7 +9,7 @@
 //!   (`msix-table`, `msix-pba`), plus the root ports' MSIs (`apic-msi` writes by no CPU whose
 //!   message is a root port's MSI-X entry) and, at the exact point in the stream where the host
 //!   acted, the QMP command (see "Alignment" below);
-//! - [`replay`] runs the stream in order against `pcierc` through the protocol, compares every
+//! - [`replay`](mod@replay) runs the stream in order against `pcierc` through the protocol, compares every
 //!   read pcierc answers with QEMU's value (bit-precise deviations: [`replay::replay_deviations`])
 //!   and the MSIs pcierc sends with those QEMU sent, at the same step.
 //!

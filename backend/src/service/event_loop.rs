@@ -23,7 +23,7 @@
 //! [`LISTEN_BACKLOG`], so flooding peers wait in `connect()` instead of spinning.
 //!
 //! SIGTERM and SIGINT arrive on the same loop through a signalfd ([`ShutdownSignals`]); they end
-//! it as `quit` does, after the requests already received are answered ([`shutdown`]).
+//! it as `quit` does, after the requests already received are answered (`shutdown`).
 
 mod shutdown;
 

@@ -3,7 +3,7 @@
 //! its reply is sent (so an acknowledged write is never lost, even to SIGKILL), atomically: the
 //! file goes to `PATH.tmp`, is fsync'ed, renamed over `PATH`, and the directory is fsync'ed.
 //!
-//! At start a file that is there must load whole ([`format`]: header, length and CRC-32, then
+//! At start a file that is there must load whole ([`format`](mod@format): header, length and CRC-32, then
 //! the state blob, which must match the topology): anything else (empty, truncated, a flipped
 //! bit, another program's file, a newer version) is one [`StateFileError::Refused`] and pcierc
 //! does not start, leaving the file as it is. Guest-visible state is never reset silently: only

@@ -30,10 +30,10 @@ impl Write for Stdout {
 /// the nested tests (L2 with the root ports on INTx) a guest's shell was seen to wait with the
 /// end of a command line undelivered until the next input byte came, every time, and raising
 /// COM1's interrupt again cured it; where the edge goes is not established. So when the driver
-/// has waited [`CONSOLE_STALL`] with its receive interrupt enabled and input unread, or its
+/// has waited `CONSOLE_STALL` with its receive interrupt enabled and input unread, or its
 /// transmit interrupt enabled and nothing sent, the interrupt is raised again (at most
-/// [`CONSOLE_KICKS`] times for unread input until something moves: a guest that never reads
-/// is left alone; pending output, every [`CONSOLE_STALL`] until it moves).
+/// `CONSOLE_KICKS` times for unread input until something moves: a guest that never reads
+/// is left alone; pending output, every `CONSOLE_STALL` until it moves).
 pub fn input_loop(machine: &Machine) {
     use std::io::Read;
     use std::os::fd::FromRawFd;
