@@ -36,12 +36,19 @@ pub fn on_l1(name: &str, case: impl Fn(&mut Nested, &Tools)) {
     on_l1_with(name, &NestedOptions::default(), case)
 }
 
-/// What ends a case now and then under QEMU's emulated SVM although it passes otherwise, each
-/// seen once in the full runs of this session, neither reproduced, causes unknown: the VMM's
-/// report of an L2 triple fault (the endpoint case, in the middle of a configuration dump), and
-/// L1 itself stalling (its shell silent; the reboot case, as L2 started). A case that fails with
-/// one of them is run once more, on a new L1, and says so loudly; a second failure fails it.
-const EMULATION_FAILURES: [&str; 2] = ["triple fault (KVM_EXIT_SHUTDOWN)", "L1 stalled:"];
+/// What ends a case now and then under QEMU's emulated SVM although it passes otherwise (each
+/// seen in the full runs of one session, none reproduced on purpose, causes unknown): the
+/// VMM's report of an L2 triple fault (the endpoint case, in the middle of a configuration
+/// dump); L1 itself stalling (its shell silent; as the first L2 of a new L1 started); L2 stuck
+/// in early boot right after "Unable to read current time from RTC" (first boot and reboot; once
+/// it went on after 176 s, with L1 reporting a soft lockup of the VMM's vCPU thread). A case that
+/// fails with one of them is run once more, on a new L1, and says so loudly; a second failure
+/// fails it, so a fault of ours that always shows still fails the suite.
+const EMULATION_FAILURES: [&str; 3] = [
+    "triple fault (KVM_EXIT_SHUTDOWN)",
+    "L1 stalled:",
+    "waiting for L2's shell",
+];
 
 /// [`on_l1`] on an L1 booted with `options`: the shared L1 if it was booted with the same ones,
 /// else a new one (the previous L1 is shut down first). Passthrough options also need what
@@ -97,8 +104,9 @@ pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl Fn(&mut Nested
             .unwrap_or_default();
         if attempt == 0 && EMULATION_FAILURES.iter().any(|f| message.contains(f)) {
             report!(
-                "\n*** nested: case {name}: L2 triple-faulted or L1 stalled (seen now and then \
-                 under QEMU's emulated SVM); running the case once more on a new L1 ***\n{message}\n"
+                "\n*** nested: case {name}: L2 triple-faulted, L1 stalled or L2 did not boot (seen \
+                 now and then under QEMU's emulated SVM); running the case once more on a new L1 \
+                 ***\n{message}\n"
             );
             continue;
         }
