@@ -273,20 +273,27 @@ impl<D: DeviceIo> Passthrough<D> {
         let n = u16::from(width.min(4));
         let bytes = value.to_le_bytes();
         let mut changes = Changes::default();
-        let msix_before = self.msix_routes();
+        // Routes change only with MSI-X Enable or Function Mask (the capability's Message
+        // Control): other writes need not compare every vector's route.
+        let control = self
+            .msix
+            .as_ref()
+            .is_some_and(|(_, p)| header::overlaps(offset, width, p.cap + 2, 2));
+        let msix_before = if control {
+            self.msix_routes()
+        } else {
+            Vec::new()
+        };
         let enabled_before = self
             .msix
             .as_ref()
             .is_some_and(|(m, _)| m.enabled(&self.shadow));
-        for i in 0..n {
-            let at = offset + i;
-            let b = bytes[usize::from(i)];
-            if self.virtual_bytes.get(usize::from(at)) == Some(&true) {
-                self.shadow.write(at, 1, u32::from(b));
-                changes.bars |= (BAR0..BAR0 + 24).contains(&at);
-            } else if !self.in_hidden_msi(at) {
-                self.io.config_write(at, &[b]);
-            }
+        let is_virtual = |at: u16| self.virtual_bytes.get(usize::from(at)) == Some(&true);
+        if (offset..offset + n).all(|at| !is_virtual(at) && !self.in_hidden_msi(at)) {
+            // All the device's: one write of the whole access, as the guest made it.
+            self.io.config_write(offset, &bytes[..usize::from(n)]);
+        } else {
+            self.write_mixed(offset, &bytes[..usize::from(n)], &mut changes);
         }
         changes.bars |= header::overlaps(offset, width, COMMAND, 1);
         if let Some((m, _)) = &mut self.msix {
@@ -303,8 +310,24 @@ impl<D: DeviceIo> Passthrough<D> {
                 }
             }
         }
-        changes.routes = diff_routes(&msix_before, &self.msix_routes());
+        if control {
+            changes.routes = diff_routes(&msix_before, &self.msix_routes());
+        }
         changes
+    }
+
+    /// A write that touches virtualised bytes: byte by byte, each to the shadow or the device
+    /// (bytes of the hidden MSI capability go nowhere).
+    fn write_mixed(&mut self, offset: u16, bytes: &[u8], changes: &mut Changes) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = offset + i as u16;
+            if self.virtual_bytes.get(usize::from(at)) == Some(&true) {
+                self.shadow.write(at, 1, u32::from(b));
+                changes.bars |= (BAR0..BAR0 + 24).contains(&at);
+            } else if !self.in_hidden_msi(at) {
+                self.io.config_write(at, &[b]);
+            }
+        }
     }
 
     fn in_hidden_msi(&self, at: u16) -> bool {
@@ -369,6 +392,15 @@ impl<D: DeviceIo> Passthrough<D> {
     /// the rest to the device.
     pub fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Changes {
         let mut changes = Changes::default();
+        let in_msix = self
+            .msix
+            .as_ref()
+            .is_some_and(|(_, place)| msix_access(place, bar, offset, data.len()).is_some());
+        if !in_msix {
+            // The device's own registers: the hot path, straight to the device.
+            self.io.bar_write(bar, offset, data);
+            return changes;
+        }
         let before = self.msix_routes();
         if let Some((m, place)) = &mut self.msix {
             if let Some(part) = msix_access(place, bar, offset, data.len()) {
