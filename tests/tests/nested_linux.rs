@@ -32,6 +32,22 @@ fn endpoint_hotplug_aer_and_pme_live() {
         if let Err(e) = check_default_topology(&lines, true) {
             panic!("{e}\n{}", facts.text());
         }
+        // The VMM's CMOS clock: Linux read the date at boot (without it, it polls Update-In-
+        // Progress until it gives up and starts in 1970).
+        let clock = expect(n.l2_ok(
+            "dmesg | grep -c 'Unable to read current time from RTC'; date -u +%s",
+            T,
+        ));
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("host clock after 1970")
+            .as_secs() as i64;
+        let numbers: Vec<i64> = clock.lines.iter().filter_map(|l| l.trim().parse().ok()).collect();
+        assert!(
+            matches!(numbers[..], [0, t] if (t - host).abs() < 3600),
+            "L2 read its date from the RTC (no failure in dmesg, within an hour of the host's {host}):\n{}",
+            clock.text()
+        );
         // Each port's full 4 KiB is readable through sysfs, AER at 0x100 (PCIe Base 6.0
         // §7.8.4.1: capability ID 0x0001).
         let cfg = expect(n.l2_ok("cfg_all", T));

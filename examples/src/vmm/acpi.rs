@@ -193,6 +193,8 @@ fn fadt(dsdt: u64, facs: u64) -> Vec<u8> {
     f.pm1_evt_len = 4;
     f.pm1a_cnt_blk = u32::from(PM1A_CNT).into();
     f.pm1_cnt_len = 2;
+    // The RTC's century byte, where QEMU's q35 keeps it.
+    f.century = super::cmos::CENTURY;
     // IA-PC boot architecture: legacy devices present (COM1), an 8042 (the reset line).
     f.iapc_boot_arch = 0x3u16.into();
     bytes(&f.finalize())

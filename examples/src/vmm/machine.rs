@@ -1,7 +1,7 @@
 //! The platform behind the vCPUs' exits: pcierc's ranges (forwarded), the VMM's own endpoints
 //! behind pcierc's root ports (configuration accesses pcierc answers `EREMOTE`, their BARs),
-//! COM1 (vm-superio), the ACPI PM1a registers at 0x600 (power-off), the i8042 reset line, and
-//! all-ones for everything else.
+//! COM1 (vm-superio), the CMOS real-time clock, the ACPI PM1a registers at 0x600 (power-off), the
+//! i8042 reset line, and all-ones for everything else.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +15,7 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::cmos::{self, Cmos, CMOS_DATA, CMOS_INDEX};
 use super::devices::OwnDevices;
 use super::irq::{self, IrqRouting};
 use super::pcie::{Access, Claims, Forwarded, PcieLink};
@@ -100,7 +101,7 @@ pub enum ExitKind {
     ForwardedMmio,
     /// COM1.
     Serial,
-    /// Port I/O nobody decodes (all ones) or the VMM's PM/i8042 registers.
+    /// Port I/O nobody decodes (all ones) or the VMM's PM/i8042/CMOS registers.
     LocalPio,
     /// MMIO nobody decodes (all ones).
     LocalMmio,
@@ -181,6 +182,8 @@ pub struct Machine {
     /// GSI routing and irqfds.
     pub irq: Mutex<IrqRouting>,
     serial: Mutex<ComPort>,
+    /// The real-time clock (battery-backed: kept across reboots).
+    cmos: Mutex<Cmos>,
     /// The endpoints this VMM serves behind pcierc's root ports.
     pub devices: Mutex<OwnDevices>,
     /// Exit statistics.
@@ -236,6 +239,7 @@ impl Machine {
             pcie: p.pcie,
             irq: Mutex::new(IrqRouting::default()),
             serial: Mutex::new(Serial::new(IrqLine(p.serial_irq), p.console)),
+            cmos: Mutex::new(Cmos::default()),
             devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
             stop: AtomicBool::new(false),
@@ -422,6 +426,14 @@ impl Machine {
                 fill(data, u64::from(v));
                 ExitKind::Serial
             }
+            CMOS_INDEX | CMOS_DATA => {
+                let mut cmos = self.cmos.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = cmos::host_now();
+                for d in data.iter_mut() {
+                    *d = cmos.read(port, now);
+                }
+                ExitKind::LocalPio
+            }
             PM1A_EVT..=0x603 | RESET_CONTROL => {
                 fill(data, 0);
                 ExitKind::LocalPio
@@ -478,6 +490,14 @@ impl Machine {
                     }
                 }
                 ExitKind::Serial
+            }
+            CMOS_INDEX | CMOS_DATA => {
+                let mut cmos = self.cmos.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = cmos::host_now();
+                for &b in data {
+                    cmos.write(port, b, now);
+                }
+                ExitKind::LocalPio
             }
             PM1A_CNT if value & PM1_SLP_EN != 0 => {
                 match (value & PM1_SLP_TYP) >> 10 {

@@ -20,6 +20,7 @@
 pub mod acpi;
 pub mod backend;
 pub mod boot;
+pub mod cmos;
 pub mod console;
 pub mod cpu;
 pub mod devices;
