@@ -1,6 +1,7 @@
 //! The randomized robustness targets (`pcierc_tests::fuzz`) in the normal suite: every input
 //! `pcierc-fuzz` ever kept under `tests/fuzz-regressions/` is replayed, then each target gets
-//! a short bounded pass with a fixed seed. Longer runs: `cargo run --release -p pcierc-tests
+//! a short bounded pass with a fixed seed, and the AFL++ seed corpora (`fuzz/corpus/TARGET/`,
+//! minimised from the coverage-guided runs of docs/security.md) are replayed. Longer runs: `cargo run --release -p pcierc-tests
 //! --bin pcierc-fuzz -- --seconds 600`.
 
 use pcierc_tests::fuzz::{regression_dir, run_one, Inputs, TARGETS};
@@ -21,6 +22,25 @@ fn kept_failing_inputs_stay_fixed() {
         }
     }
     eprintln!("fuzz regressions replayed: {replayed}");
+}
+
+#[test]
+fn the_afl_corpora_replay_clean() {
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let mut replayed = 0;
+    for (name, target) in TARGETS {
+        let dir = std::fs::read_dir(corpus.join(name))
+            .unwrap_or_else(|e| panic!("fuzz/corpus/{name}: {e} (every target has seeds)"));
+        for entry in dir.flatten() {
+            let input = std::fs::read(entry.path()).expect("reading a seed");
+            if let Err(why) = run_one(*target, &input) {
+                panic!("{name}: seed {} fails: {why}", entry.path().display());
+            }
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= TARGETS.len(), "only {replayed} seeds found");
+    eprintln!("AFL++ seeds replayed: {replayed}");
 }
 
 #[test]

@@ -42,7 +42,11 @@ fn endpoint_hotplug_aer_and_pme_live() {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("host clock after 1970")
             .as_secs() as i64;
-        let numbers: Vec<i64> = clock.lines.iter().filter_map(|l| l.trim().parse().ok()).collect();
+        let numbers: Vec<i64> = clock
+            .lines
+            .iter()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         assert!(
             matches!(numbers[..], [0, t] if (t - host).abs() < 3600),
             "L2 read its date from the RTC (no failure in dmesg, within an hour of the host's {host}):\n{}",

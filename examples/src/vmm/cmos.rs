@@ -199,7 +199,11 @@ impl Cmos {
             MINUTES => to_mode((secs / 60 % 60) as u8, b),
             HOURS if b & B_24H != 0 => to_mode(hours, b),
             HOURS => {
-                let h12 = if hours.is_multiple_of(12) { 12 } else { hours % 12 };
+                let h12 = if hours.is_multiple_of(12) {
+                    12
+                } else {
+                    hours % 12
+                };
                 to_mode(h12, b) | if hours >= 12 { HOURS_PM } else { 0 }
             }
             // 1 = Sunday; 1970-01-01 was a Thursday.
