@@ -19,6 +19,7 @@
 //! `PCIERC_REQUIRE_TOOLS` (CI). `PCIERC_NESTED_QEMU` names another QEMU binary for L0.
 
 pub mod console;
+pub mod dmesg;
 pub mod passthrough;
 
 use std::path::{Path, PathBuf};
