@@ -144,4 +144,28 @@ mod tests {
         assert_eq!(vector(&p), 0, "and again on the next write");
         assert_eq!(p.config_read(0x60, 4), 0x0102_4005);
     }
+
+    #[test]
+    fn save_restore_round_trips_without_msix_state() {
+        let mut p = port("rp", 1, 1, false);
+        p.config_write(0x64, 4, 0xfee0_0000);
+        p.config_write(0x6c, 4, 1);
+        p.config_write(0x62, 2, 0x0011);
+        p.config_write(0x90 + SLTCTL, 2, 0x0030);
+        let saved = p.save();
+        assert!(saved["port"].get("msix").is_none(), "{saved}");
+        assert_eq!(saved["config"]["model"], "ioh3420");
+        let mut q = port("rp", 1, 1, false);
+        q.restore(&saved).unwrap();
+        assert_eq!(q, p);
+        let mut generic = RootPort::new(RootPortConfig {
+            id: "rp".into(),
+            chassis: 1,
+            slot: 1,
+            ..Default::default()
+        });
+        assert!(generic.restore(&saved).is_err(), "another model");
+        assert!(q.restore(&generic.save()).is_err());
+        assert_eq!(q, p, "a failed restore changes nothing");
+    }
 }
