@@ -16,8 +16,9 @@
 //!   identity, QEMU's default masks and device reset, BAR registration (the write mask is what
 //!   makes BAR sizing work: a guest writes all ones and reads the size back) and decoding
 //!   ([`header::memory_bar32`], [`header::memory_bar64`]), INTx status, access validation.
-//! - [`caps`]: capability IDs and [`caps::msix`], the MSI-X table and Pending Bit Array with
-//!   masking, pending bits and QEMU's delivery rules.
+//! - [`caps`]: capability IDs, [`caps::msix`], the MSI-X table and Pending Bit Array with
+//!   masking, pending bits and QEMU's delivery rules, and [`caps::msi`], MSI with per-vector
+//!   masking as QEMU's `msi.c` delivers it.
 //!
 //! pcierc's backend builds its Q35 host bridge and root ports on this crate and re-exports it
 //! as `pcierc_backend::pci`; an emulator depends on this crate alone.

@@ -120,6 +120,24 @@ pub enum Kind {
     Mch,
     /// A `pcie-root-port`.
     RootPort,
+    /// An `ioh3420` root port (MSI, capabilities at other offsets).
+    Ioh3420,
+}
+
+impl Kind {
+    /// Is it a root port (a type 1 function whose bus numbers the tests put back)?
+    pub fn is_port(self) -> bool {
+        matches!(self, Kind::RootPort | Kind::Ioh3420)
+    }
+
+    /// The model a QEMU `-device` argument (`DRIVER,...`) names, if the tests know it.
+    pub fn of_device(arg: &str) -> Option<Kind> {
+        match arg.split(',').next()? {
+            "pcie-root-port" => Some(Kind::RootPort),
+            "ioh3420" => Some(Kind::Ioh3420),
+            _ => None,
+        }
+    }
 }
 
 /// A function both targets have on bus 0.
@@ -176,6 +194,20 @@ pub const DEVIATIONS: &[Deviation] = &[
         kind: Kind::RootPort,
         // Slot Control: 0x54 + 0x18.
         offsets: 0x6c..0x6e,
+        bits: 1 << 12,
+        reason: "Slot Control DLL State Changed Enable is writable: pcierc reports link changes",
+    },
+    Deviation {
+        kind: Kind::Ioh3420,
+        // Root Control: the PCI Express capability at 0x90 + 0x1c.
+        offsets: 0xac..0xae,
+        bits: 1 << 3,
+        reason: "Root Control PME Interrupt Enable is writable: pcierc implements PME",
+    },
+    Deviation {
+        kind: Kind::Ioh3420,
+        // Slot Control: 0x90 + 0x18.
+        offsets: 0xa8..0xaa,
         bits: 1 << 12,
         reason: "Slot Control DLL State Changed Enable is writable: pcierc reports link changes",
     },
@@ -312,6 +344,40 @@ const HOTPLUG_SEQUENCE: [(&str, u16, u8, u32); 12] = [
     ("vector mask", 0xffff, 0, 1), ("sltctl hpie only", 0x6c, 2, 0x0020), ("msix off", 0x48, 4, 0),
     ("clear cc again", 0x6e, 2, 0x0010), ("sltctl intx", 0x6c, 4, 0x0000_0030),
 ];
+
+/// Hot-plug events against an `ioh3420`'s MSI state: (step, config offset, width, value). Its
+/// MSI capability is at 0x60 (flags 0x62, address 0x64, data 0x68, mask bits 0x6c, pending bits
+/// 0x70), Slot Control/Status at 0xa8/0xaa. Masked vectors pend in the pending bits; unmasking
+/// with MSI enabled delivers them; with MSI off, INTx (Status bit 3) is what QEMU shows, and
+/// enabling MSI drops it.
+#[rustfmt::skip]
+const MSI_HOTPLUG_SEQUENCE: [(&str, u16, u8, u32); 16] = [
+    ("msi address", 0x64, 4, 0xfee0_0000), ("msi data", 0x68, 2, 0x4041),
+    ("vector 0 masked", 0x6c, 4, 1), ("msi on, two vectors", 0x62, 2, 0x0011),
+    ("sltctl hpie+ccie", 0xa8, 2, 0x0030), ("vector unmask", 0x6c, 4, 0),
+    ("clear cc", 0xaa, 2, 0x0010), ("both masked", 0x6c, 4, 3), ("sltctl again", 0xa8, 2, 0x0030),
+    ("eight vectors while on", 0x62, 2, 0x0031), ("msi off", 0x62, 2, 0),
+    ("clear cc again", 0xaa, 2, 0x0010), ("sltctl intx", 0xa8, 4, 0x0000_0030),
+    ("msi on with intx up", 0x62, 2, 0x0001), ("vector 1 unmasked", 0x6c, 1, 1),
+    ("msi off, one vector", 0x62, 1, 0),
+];
+
+/// Would this write make QEMU 7.2 abort? `ioh3420_aer_vector()` aborts when Multiple Message
+/// Enable says more than two vectors while MSI is off (it is clamped only while MSI is on); see
+/// docs/qemu-compat.md. Such writes are left out of the patterns.
+fn aborts_qemu(kind: Kind, offset: u16, width: u8, value: u32) -> bool {
+    if kind != Kind::Ioh3420 {
+        return false;
+    }
+    // The bytes written to Message Control (0x62, 0x63).
+    let flags = (0..u16::from(width))
+        .filter(|b| (0x62..0x64).contains(&(offset + b)))
+        .fold(0u16, |f, b| {
+            f | (((value >> (8 * b)) & 0xff) as u16) << (8 * (offset + b - 0x62))
+        });
+    let touches = (0..u16::from(width)).any(|b| offset + b == 0x62);
+    touches && flags & 1 == 0 && (flags >> 4) & 7 > 1
+}
 
 impl<'a> Differential<'a> {
     /// Compare `ours` against `qemu` on `functions`, tolerating `deviations`.
@@ -509,7 +575,7 @@ impl<'a> Differential<'a> {
         let port = self
             .functions
             .iter()
-            .find(|f| f.kind == Kind::RootPort)
+            .find(|f| f.kind.is_port())
             .map_or(0, |f| f.devfn);
         let mut s = Script::new("pciexbar");
         for (lo, hi) in PCIEXBAR_STATES {
@@ -531,9 +597,11 @@ impl<'a> Differential<'a> {
 
     /// After a write, re-read the dword it landed in; bus numbers are put back to 0 after.
     fn write_and_check(&self, s: &mut Script, f: usize, off: u16, width: u8, value: u32) {
-        self.write(s, f, off, width, value);
+        if !aborts_qemu(self.functions[f].kind, off, width, value) {
+            self.write(s, f, off, width, value);
+        }
         self.read(s, f, off & !3, 4);
-        if self.functions[f].kind == Kind::RootPort && (0x18..0x1c).contains(&off) {
+        if self.functions[f].kind.is_port() && (0x18..0x1c).contains(&off) {
             self.write(s, f, 0x18, 4, 0);
         }
     }
@@ -590,7 +658,8 @@ impl<'a> Differential<'a> {
     }
 
     /// Each root port's BAR0 (MSI-X table and PBA) at every width and alignment, writes to the
-    /// table and PBA, and the hot-plug/MSI-X interplay QEMU shows in the PBA and Status.
+    /// table and PBA, and the hot-plug/MSI-X interplay QEMU shows in the PBA and Status; for each
+    /// `ioh3420`, the hot-plug/MSI interplay in its pending bits and Status.
     pub fn msix_bars(&mut self) {
         self.qemu.platform_reset();
         self.ours.platform_reset();
@@ -636,6 +705,15 @@ impl<'a> Differential<'a> {
             self.write(&mut s, f, 0x04, 2, 0);
             s.push(Op::MemRead(bar + 0xc, 4), None, bar + 0xc);
         }
+        for f in (0..self.functions.len()).filter(|&f| self.functions[f].kind == Kind::Ioh3420) {
+            for (name, off, width, value) in MSI_HOTPLUG_SEQUENCE {
+                s.step(name);
+                self.write(&mut s, f, off, width, value);
+                for r in [0x04u16, 0x60, 0x64, 0x68, 0x6c, 0x70, 0xa8, 0x130] {
+                    self.read(&mut s, f, r, 4);
+                }
+            }
+        }
         self.run(s);
     }
 
@@ -674,6 +752,24 @@ pub fn assert_no_mismatches<T: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_that_abort_qemu_are_recognised() {
+        assert!(aborts_qemu(Kind::Ioh3420, 0x60, 4, 0x5a5a_5a5a));
+        assert!(aborts_qemu(Kind::Ioh3420, 0x62, 2, 0x0020));
+        assert!(aborts_qemu(Kind::Ioh3420, 0x62, 1, 0x70));
+        assert!(
+            !aborts_qemu(Kind::Ioh3420, 0x60, 4, 0xa5a5_a5a5),
+            "MSI on: clamped"
+        );
+        assert!(!aborts_qemu(Kind::Ioh3420, 0x60, 4, 0xffff_ffff));
+        assert!(!aborts_qemu(Kind::Ioh3420, 0x62, 2, 0x0010), "two vectors");
+        assert!(
+            !aborts_qemu(Kind::Ioh3420, 0x63, 1, 0xff),
+            "not Multiple Message Enable"
+        );
+        assert!(!aborts_qemu(Kind::RootPort, 0x60, 4, 0x5a5a_5a5a));
+    }
 
     #[test]
     fn a_deviation_excuses_only_its_bits() {

@@ -11,9 +11,10 @@ use pcierc_tests::process::{pcierc_bin, Backend};
 use pcierc_tests::qtest::{qemu_q35, Qtest};
 
 /// (devfn, the `-device` option, used verbatim by QEMU and by pcierc).
-const PORTS: [(u8, &str); 2] = [
+const PORTS: [(u8, &str); 3] = [
     (0xe0, "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0,multifunction=on"),
     (0xe1, "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=0x1c.1,bus-reserve=2,mem-reserve=1M"),
+    (0xe8, "ioh3420,id=rp3,bus=pcie.0,chassis=3,slot=3,addr=0x1d.0,port=3"),
 ];
 
 #[test]
@@ -48,7 +49,7 @@ fn pcierc_through_its_socket_matches_qemu() {
             .unwrap_or("?");
         functions.push(Function {
             name: format!("00:{:02x}.{} {id}", devfn >> 3, devfn & 7),
-            kind: Kind::RootPort,
+            kind: Kind::of_device(d).expect("a root port model"),
             devfn,
         });
     }

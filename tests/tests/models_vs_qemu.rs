@@ -1,10 +1,10 @@
-//! pcierc's function models against QEMU 7.2, register by register: the MCH and two
-//! `pcie-root-port`s in QEMU's `q35` machine on one side, the same functions as in-process
-//! models on the other, every read compared (see `pcierc_tests::differential`).
+//! pcierc's function models against QEMU 7.2, register by register: the MCH, `pcie-root-port`s
+//! and `ioh3420`s in QEMU's `q35` machine on one side, the same functions as in-process models on
+//! the other, every read compared (see `pcierc_tests::differential`).
 
 use std::time::Instant;
 
-use pcierc_backend::devices::{Mch, RootPort, RootPortConfig};
+use pcierc_backend::devices::{Mch, RootPort, RootPortConfig, RootPortModel};
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{
     ConfigTarget, Differential, Function, Kind, QtestTarget, DEVIATIONS, ECAM_BASE,
@@ -101,7 +101,8 @@ impl ConfigTarget for ModelTarget {
 /// A root port as the QEMU command line describes it: (devfn, `-device` argument, config).
 fn port(addr: (u8, u8), qemu_extra: &str, config: RootPortConfig) -> (u8, String, RootPort) {
     let arg = format!(
-        "pcie-root-port,id={},bus=pcie.0,chassis={},slot={},addr={:#x}.{}{}{qemu_extra}",
+        "{},id={},bus=pcie.0,chassis={},slot={},addr={:#x}.{}{}{qemu_extra}",
+        config.model.driver(),
         config.id,
         config.chassis,
         config.slot,
@@ -134,9 +135,13 @@ fn compare(ports: Vec<(u8, String, RootPort)>) {
     }];
     for (devfn, _, p) in &ports {
         let name = format!("00:{:02x}.{} {}", devfn >> 3, devfn & 7, p.config().id);
+        let kind = match p.config().model {
+            RootPortModel::PcieRootPort => Kind::RootPort,
+            RootPortModel::Ioh3420 => Kind::Ioh3420,
+        };
         functions.push(Function {
             name,
-            kind: Kind::RootPort,
+            kind,
             devfn: *devfn,
         });
     }
@@ -187,5 +192,25 @@ fn resource_reserve_root_ports_match_qemu() {
             rp1,
         ),
         port((0x1c, 1), ",bus-reserve=0,io-reserve=0,pref32-reserve=0x1000000", rp2),
+    ]);
+}
+
+#[test]
+fn ioh3420_root_ports_match_qemu() {
+    let ioh = |id, chassis, slot, multifunction| RootPortConfig {
+        model: RootPortModel::Ioh3420,
+        ..config(id, chassis, slot, multifunction)
+    };
+    compare(vec![
+        port((0x1c, 0), "", ioh("rp1", 1, 1, true)),
+        port(
+            (0x1c, 1),
+            ",port=0x11",
+            RootPortConfig {
+                port: 0x11,
+                ..ioh("rp2", 2, 0x1fff, false)
+            },
+        ),
+        port((0x1c, 2), "", config("rp3", 3, 3, false)),
     ]);
 }

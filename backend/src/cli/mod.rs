@@ -105,7 +105,8 @@ pub struct TopologyArgs {
     /// Start from the host bridge alone instead of the embedded default's four root ports.
     #[arg(long, short = 'n')]
     pub nodefaults: bool,
-    /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0`.
+    /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0` (or
+    /// `ioh3420,...`; docs/topology.md).
     #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
     pub device: Vec<String>,
 }

@@ -7,4 +7,4 @@ pub mod root_port;
 /// scope with the model.
 pub use crate::pci::port::PortFunction;
 pub use mch::Mch;
-pub use root_port::{RootPort, RootPortConfig};
+pub use root_port::{RootPort, RootPortConfig, RootPortModel};

@@ -3,7 +3,8 @@
 //! layout QEMU builds (SSVID 0x40, MSI-X 0x48 with one vector in a 4 KiB BAR0, PCI Express v2
 //! with a hot-plug slot at 0x54, the resource-reserve capability at 0x90 when any reservation is
 //! given, AER v2 at 0x100, ACS at 0x148), every mask and reset value, and the guest-visible part
-//! of QEMU's write hooks (`rp_write_config()`).
+//! of QEMU's write hooks (`rp_write_config()`). The same port built as QEMU's `ioh3420`
+//! ([`RootPortModel::Ioh3420`]) has that device's identity and capability layout ([`ioh3420`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,8 @@ use crate::pci::config_space::{CapabilityError, ConfigSpace, PCIE_CONFIG_SPACE_S
 use crate::pci::header::{self, Identity};
 use crate::pci::port::{PciePort, PortFunction, PortLayout};
 use crate::topology::TopologyError;
+
+pub mod ioh3420;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
 pub const IDENTITY: Identity = Identity {
@@ -37,6 +40,39 @@ pub const ACS_OFFSET: u16 = AER_OFFSET + aer::SIZEOF;
 pub const MSIX_VECTORS: u16 = 1;
 const MSIX_BAR: u8 = 0;
 
+/// Which QEMU root port device a port is: the QEMU driver name, as in `-device`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RootPortModel {
+    /// `pcie-root-port` (1b36:000c): MSI-X, ACS, resource reservations, 16 GT/s x32.
+    #[default]
+    PcieRootPort,
+    /// `ioh3420` (8086:3420): MSI, no ACS, no reservations, 2.5 GT/s x1 ([`ioh3420`]).
+    Ioh3420,
+}
+
+impl RootPortModel {
+    /// Every model, for parsers.
+    pub const ALL: [RootPortModel; 2] = [RootPortModel::PcieRootPort, RootPortModel::Ioh3420];
+
+    /// QEMU's driver name (`-device NAME`).
+    pub fn driver(self) -> &'static str {
+        match self {
+            RootPortModel::PcieRootPort => "pcie-root-port",
+            RootPortModel::Ioh3420 => "ioh3420",
+        }
+    }
+
+    /// The model QEMU's driver `name` is, if it is a root port pcierc emulates.
+    pub fn from_driver(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.driver() == name)
+    }
+
+    fn is_default(&self) -> bool {
+        *self == RootPortModel::default()
+    }
+}
+
 /// A root port's properties, with the meaning and defaults of QEMU's `pcie-root-port`
 /// properties of the same names (`None` = not given).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +80,9 @@ const MSIX_BAR: u8 = 0;
 pub struct RootPortConfig {
     /// Device id (`id=`), used to address the port in the topology.
     pub id: String,
+    /// The QEMU device the port is (`pcie-root-port` unless given).
+    #[serde(default, skip_serializing_if = "RootPortModel::is_default")]
+    pub model: RootPortModel,
     /// Chassis number (`chassis=`); QEMU only uses it to keep (chassis, slot) unique.
     pub chassis: u8,
     /// Physical Slot Number in Slot Capabilities (`slot=`).
@@ -73,6 +112,24 @@ impl RootPortConfig {
                 reason,
             })
         };
+        if self.model == RootPortModel::Ioh3420 {
+            // gen_rp_realize() alone has the reservation properties: QEMU's `ioh3420` refuses
+            // them as unknown.
+            let given = [
+                ("bus-reserve", self.bus_reserve.is_some()),
+                ("io-reserve", self.io_reserve.is_some()),
+                ("mem-reserve", self.mem_reserve.is_some()),
+                ("pref32-reserve", self.pref32_reserve.is_some()),
+                ("pref64-reserve", self.pref64_reserve.is_some()),
+            ];
+            if let Some((key, _)) = given.into_iter().find(|(_, set)| *set) {
+                return Err(TopologyError::UnknownProperty {
+                    id: self.id.clone(),
+                    key: key.to_string(),
+                    driver: self.model.driver().to_string(),
+                });
+            }
+        }
         if self.pref32_reserve.is_some() && self.pref64_reserve.is_some() {
             return err("PREF32 and PREF64 conflict");
         }
@@ -129,24 +186,12 @@ impl RootPort {
     }
 
     fn build(config: RootPortConfig) -> Result<Self, CapabilityError> {
+        if config.model == RootPortModel::Ioh3420 {
+            let port = ioh3420::build(&config)?;
+            return Ok(RootPort { config, port });
+        }
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
-        // do_pci_register_device() + rp_realize(): pin INTA, bridge header, PCIe port status.
-        bridge::init_type1(&mut cs, IDENTITY, config.multifunction);
-        cs.set_byte(header::INTERRUPT_PIN, 1);
-        // pcie_port_init_reg(): no 66 MHz / fast back-to-back, bits that do not apply to PCIe.
-        cs.set_word(header::STATUS, 0);
-        cs.set_word(bridge::SEC_STATUS, 0);
-        cs.clear_wmask(
-            bridge::BRIDGE_CONTROL,
-            2,
-            (bridge::BRIDGE_CTL_MASTER_ABORT
-                | bridge::BRIDGE_CTL_FAST_BACK
-                | bridge::BRIDGE_CTL_DISCARD
-                | bridge::BRIDGE_CTL_SEC_DISCARD
-                | bridge::BRIDGE_CTL_DISCARD_STATUS
-                | bridge::BRIDGE_CTL_DISCARD_SERR)
-                .into(),
-        );
+        init_port_header(&mut cs, IDENTITY, config.multifunction);
         ssvid::init(&mut cs, SSVID_OFFSET, IDENTITY.vendor_id, 0)?;
         let msix = Msix::init_exclusive_bar(&mut cs, MSIX_VECTORS, MSIX_BAR)?;
         let exp =
@@ -164,7 +209,7 @@ impl RootPort {
         let layout = PortLayout {
             exp,
             aer: AER_OFFSET,
-            acs: ACS_OFFSET,
+            acs: Some(ACS_OFFSET),
             msix_bar: MSIX_BAR,
             slot: config.slot(),
         };
@@ -178,6 +223,27 @@ impl RootPort {
     pub fn config(&self) -> &RootPortConfig {
         &self.config
     }
+}
+
+/// The header every root port model starts from: do_pci_register_device() + rp_realize() (pin
+/// INTA, bridge header) and pcie_port_init_reg() (no 66 MHz / fast back-to-back, bits that do
+/// not apply to PCIe).
+fn init_port_header(cs: &mut ConfigSpace, identity: Identity, multifunction: bool) {
+    bridge::init_type1(cs, identity, multifunction);
+    cs.set_byte(header::INTERRUPT_PIN, 1);
+    cs.set_word(header::STATUS, 0);
+    cs.set_word(bridge::SEC_STATUS, 0);
+    cs.clear_wmask(
+        bridge::BRIDGE_CONTROL,
+        2,
+        (bridge::BRIDGE_CTL_MASTER_ABORT
+            | bridge::BRIDGE_CTL_FAST_BACK
+            | bridge::BRIDGE_CTL_DISCARD
+            | bridge::BRIDGE_CTL_SEC_DISCARD
+            | bridge::BRIDGE_CTL_DISCARD_STATUS
+            | bridge::BRIDGE_CTL_DISCARD_SERR)
+            .into(),
+    );
 }
 
 impl PortFunction for RootPort {

@@ -1,5 +1,5 @@
-//! The core of a PCI Express port: a type 1 header with MSI-X, a PCI Express capability with a
-//! hot-plug slot, AER and ACS, and QEMU 7.2's configuration-write pipeline for such ports
+//! The core of a PCI Express port: a type 1 header with MSI-X or MSI, a PCI Express capability
+//! with a hot-plug slot, AER and optionally ACS, and QEMU 7.2's configuration-write pipeline for such ports
 //! (`rp_write_config()` in `hw/pci-bridge/pcie_root_port.c`: masks, `msix_write_config()`,
 //! `pcie_cap_slot_write_config()`, `pcie_aer_write_config()`, `pcie_aer_root_write_config()`)
 //! and their reset. Root ports build their capability layout and wrap this; switch downstream
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::bridge::{self, BridgeWindows};
 use super::caps::aer::{self, RootSignal};
 use super::caps::express::{RTCTL_PMEIE, RTSTA_PME_PENDING, RTSTA_PME_STATUS};
+use super::caps::msi::Msi;
 use super::caps::msix::Delivery;
 use super::caps::msix::{Msix, MsixState};
 use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
@@ -31,19 +32,41 @@ pub struct PortLayout {
     pub exp: u16,
     /// AER extended capability.
     pub aer: u16,
-    /// ACS extended capability.
-    pub acs: u16,
-    /// BAR holding the MSI-X table and PBA.
+    /// ACS extended capability, if the port has one.
+    pub acs: Option<u16>,
+    /// BAR holding the MSI-X table and PBA (unused by a port with MSI).
     pub msix_bar: u8,
     /// The slot.
     pub slot: SlotConfig,
+}
+
+/// How a port sends its interrupt messages (PCIe Base 6.0 §6.1.4): MSI-X with its table and PBA
+/// in a BAR (`pcie-root-port`), or MSI in configuration space (`ioh3420`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Messages {
+    /// MSI-X (PCIe Base 6.0 §7.7.2).
+    Msix(Msix),
+    /// MSI (PCIe Base 6.0 §7.7.1).
+    Msi(Msi),
+}
+
+impl From<Msix> for Messages {
+    fn from(m: Msix) -> Self {
+        Messages::Msix(m)
+    }
+}
+
+impl From<Msi> for Messages {
+    fn from(m: Msi) -> Self {
+        Messages::Msi(m)
+    }
 }
 
 /// A PCI Express port's complete state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciePort {
     space: ConfigSpace,
-    msix: Msix,
+    messages: Messages,
     layout: PortLayout,
     slot: HotplugSlot,
     /// INTx level (QEMU's `irq_state`), mirrored in Status.Interrupt Status.
@@ -68,8 +91,9 @@ pub const PME_QUEUE_MAX: usize = 16;
 pub struct PortState {
     /// Configuration space, masks included.
     pub space: SpaceImage,
-    /// MSI-X table and PBA.
-    pub msix: MsixState,
+    /// MSI-X table and PBA (a port with MSI has none: its state is all in `space`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msix: Option<MsixState>,
     /// Slot state outside registers.
     pub slot: HotplugSlot,
     /// INTx level.
@@ -129,10 +153,10 @@ impl Watched {
 
 impl PciePort {
     /// Take over a built configuration space and reset it to its power-on state.
-    pub fn new(space: ConfigSpace, msix: Msix, layout: PortLayout) -> Self {
+    pub fn new(space: ConfigSpace, messages: impl Into<Messages>, layout: PortLayout) -> Self {
         let mut p = PciePort {
             space,
-            msix,
+            messages: messages.into(),
             layout,
             slot: HotplugSlot::default(),
             intx: false,
@@ -185,23 +209,55 @@ impl PciePort {
         header::set_interrupt_status(&mut self.space, level);
     }
 
-    /// Queue the message of an MSI-X vector that fired, as the guest programmed its table entry.
+    /// Queue the message of a vector that fired, as the guest programmed its MSI-X table entry
+    /// or its MSI capability.
     fn deliver(&mut self, d: Delivery) {
         if let Delivery::Sent(v) = d {
-            let entry = u64::from(v) * 16;
-            let address = self.msix.bar_read(entry, 8);
-            let data = self.msix.bar_read(entry + 8, 4) as u32;
-            self.interrupts.push(Interrupt::Msi {
-                vector: v,
-                address,
-                data,
-            });
+            if let Some((address, data, _)) = self.msi_route(v) {
+                self.interrupts.push(Interrupt::Msi {
+                    vector: v,
+                    address,
+                    data,
+                });
+            }
         }
     }
 
-    /// The MSI-X message `vector` sends now and whether it is masked (see [`Msix::route`]).
+    /// The message `vector` sends now and whether it cannot fire (see [`Msix::route`] and
+    /// [`Msi::route`]).
     pub fn msi_route(&self, vector: u16) -> Option<(u64, u32, bool)> {
-        self.msix.route(vector)
+        match &self.messages {
+            Messages::Msix(m) => m.route(vector),
+            Messages::Msi(m) => m.route(&self.space, vector),
+        }
+    }
+
+    /// Is MSI-X or MSI enabled (QEMU's `msix_enabled() || msi_enabled()`)?
+    fn messages_enabled(&self) -> bool {
+        match &self.messages {
+            Messages::Msix(m) => m.enabled(&self.space),
+            Messages::Msi(m) => m.enabled(&self.space),
+        }
+    }
+
+    /// Fire `vector` (QEMU's `msix_notify()` or `msi_notify()`), with messages enabled.
+    fn notify(&mut self, vector: u16) {
+        let d = match &mut self.messages {
+            Messages::Msix(m) => m.notify(&self.space, vector),
+            Messages::Msi(m) if m.notify(&mut self.space, vector) => Delivery::Sent(vector),
+            Messages::Msi(_) => Delivery::Pending,
+        };
+        self.deliver(d);
+    }
+
+    /// The Advanced Error Interrupt Message Number (PCIe Base 6.0 §7.8.4.10): 0 with MSI-X
+    /// (QEMU's `pcie-root-port`); with MSI, the last allocated vector of at most two (QEMU's
+    /// `ioh3420_aer_vector()`, which aborts for more than two: see docs/qemu-compat.md).
+    fn aer_vector(&self) -> u8 {
+        match &self.messages {
+            Messages::Msix(_) => 0,
+            Messages::Msi(m) => m.allocated(&self.space).min(2) - 1,
+        }
     }
 
     /// Interrupts generated since the last call.
@@ -354,13 +410,10 @@ impl PciePort {
             self.space
                 .set_bits(bridge::SEC_STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
         }
-        let msi = self.msix.enabled(&self.space);
+        let msi = self.messages_enabled();
         match aer::root_signal(&self.space, at, old, msi) {
             RootSignal::Intx(level) => self.set_intx(level),
-            RootSignal::Msi(vector) => {
-                let d = self.msix.notify(&self.space, vector);
-                self.deliver(d);
-            }
+            RootSignal::Msi(vector) => self.notify(vector),
             RootSignal::None => {}
         }
         Ok(self.queued())
@@ -406,10 +459,9 @@ impl PciePort {
         if !enabled || self.root_status() & RTSTA_PME_STATUS == 0 {
             return;
         }
-        if self.msix.enabled(&self.space) {
+        if self.messages_enabled() {
             let vector = express::interrupt_message_number(&self.space, self.layout.exp);
-            let d = self.msix.notify(&self.space, vector);
-            self.deliver(d);
+            self.notify(vector);
         } else {
             self.set_intx(true);
         }
@@ -423,7 +475,7 @@ impl PciePort {
         if old_status & RTSTA_PME_STATUS != 0 && status & RTSTA_PME_STATUS == 0 {
             match self.pme_queue.pop_front() {
                 Some(next) => self.present_pme(next),
-                None if !self.msix.enabled(&self.space) && self.intx && ctl & RTCTL_PMEIE != 0 => {
+                None if !self.messages_enabled() && self.intx && ctl & RTCTL_PMEIE != 0 => {
                     self.set_intx(false)
                 }
                 None => {}
@@ -436,12 +488,11 @@ impl PciePort {
     /// Turn a slot signal into INTx or MSI-X as QEMU's `hotplug_event_notify()` /
     /// `hotplug_event_clear()` do.
     fn signal(&mut self, s: Signal) {
-        let msix = self.msix.enabled(&self.space);
+        let msix = self.messages_enabled();
         match s {
             Signal::Notify(_) if msix => {
                 let vector = express::interrupt_message_number(&self.space, self.layout.exp);
-                let d = self.msix.notify(&self.space, vector);
-                self.deliver(d);
+                self.notify(vector);
             }
             Signal::Notify(level) => self.set_intx(level),
             Signal::Clear(level) if !msix && !level => self.set_intx(false),
@@ -467,14 +518,22 @@ impl PciePort {
         let was_occupied = self.slot_occupied();
         let (old_rtsta, old_rtctl) = (self.root_status(), self.space.word(exp + express::RTCTL));
         self.space.write(offset, width, value);
-        let (deassert, sent) = self.msix.write_config(&self.space, offset, width);
+        let (deassert, sent) = match &mut self.messages {
+            Messages::Msix(m) => m.write_config(&self.space, offset, width),
+            Messages::Msi(m) => {
+                let (deassert, sent) = m.write_config(&mut self.space, offset, width);
+                (deassert, sent.into_iter().map(Delivery::Sent).collect())
+            }
+        };
         for d in sent {
             self.deliver(d);
         }
         if deassert {
             self.set_intx(false);
         }
-        aer::root_set_vector(&mut self.space, aer, 0);
+        // QEMU's rp_aer_vector_update().
+        let vector = self.aer_vector();
+        aer::root_set_vector(&mut self.space, aer, vector);
         for s in self
             .slot
             .write_config(&mut self.space, exp, slot_regs, offset, width, value)
@@ -482,13 +541,10 @@ impl PciePort {
             self.signal(s);
         }
         aer::write_config(&mut self.space, aer);
-        let msi = self.msix.enabled(&self.space);
+        let msi = self.messages_enabled();
         match aer::root_write_config(&self.space, aer, root_cmd, msi) {
             RootSignal::Intx(level) => self.set_intx(level),
-            RootSignal::Msi(vector) => {
-                let d = self.msix.notify(&self.space, vector);
-                self.deliver(d);
-            }
+            RootSignal::Msi(vector) => self.notify(vector),
             RootSignal::None => {}
         }
         self.pme_after_write(old_rtsta, old_rtctl);
@@ -515,9 +571,12 @@ impl PciePort {
         watched.effects(&self.space, self.layout.msix_bar) | self.queued() | slot_written
     }
 
-    /// The MSI-X BAR when it decodes.
+    /// The MSI-X BAR when it decodes (none with MSI).
     pub fn bars(&self) -> Vec<BarMapping> {
-        let (index, size) = (self.layout.msix_bar, self.msix.bar_size());
+        let Messages::Msix(msix) = &self.messages else {
+            return Vec::new();
+        };
+        let (index, size) = (self.layout.msix_bar, msix.bar_size());
         header::memory_bar32(&self.space, index, size)
             .map(|base| BarMapping {
                 index,
@@ -530,17 +589,19 @@ impl PciePort {
 
     /// A read of the MSI-X BAR (all ones for BARs the port does not have).
     pub fn bar_read(&mut self, bar: u8, offset: u64, width: Width) -> u64 {
-        if bar != self.layout.msix_bar {
-            return u64::MAX;
+        match &self.messages {
+            Messages::Msix(m) if bar == self.layout.msix_bar => m.bar_read(offset, width),
+            _ => u64::MAX,
         }
-        self.msix.bar_read(offset, width)
     }
 
     /// A write to the MSI-X BAR.
     pub fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
-        if bar == self.layout.msix_bar {
-            for d in self.msix.bar_write(&self.space, offset, width, value) {
-                self.deliver(d);
+        if let Messages::Msix(m) = &mut self.messages {
+            if bar == self.layout.msix_bar {
+                for d in m.bar_write(&self.space, offset, width, value) {
+                    self.deliver(d);
+                }
             }
         }
         self.queued()
@@ -554,15 +615,29 @@ impl PciePort {
     /// bytes after the capabilities.
     pub fn reset(&mut self) {
         let l = self.layout;
+        // QEMU resets the device (rp_reset_hold(), whose rp_aer_vector_update() reads the MSI
+        // allocation) before pci_do_device_reset() resets MSI: the AER message number keeps
+        // the allocation from before the reset until the next configuration write.
+        let aer_vector = self.aer_vector();
         self.set_intx(false);
         self.pme_queue.clear();
-        header::device_reset(&mut self.space, &[l.msix_bar]);
-        self.msix.reset(&mut self.space);
-        aer::root_set_vector(&mut self.space, l.aer, 0);
+        match &mut self.messages {
+            Messages::Msix(m) => {
+                header::device_reset(&mut self.space, &[l.msix_bar]);
+                m.reset(&mut self.space);
+            }
+            Messages::Msi(m) => {
+                header::device_reset(&mut self.space, &[]);
+                m.reset(&mut self.space);
+            }
+        }
+        aer::root_set_vector(&mut self.space, l.aer, aer_vector);
         express::reset_root_port(&mut self.space, l.exp);
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
         self.slot.reset(&mut self.space, l.exp, l.slot, false);
-        acs::reset(&mut self.space, l.acs);
+        if let Some(acs) = l.acs {
+            acs::reset(&mut self.space, acs);
+        }
         aer::root_reset(&mut self.space, l.aer);
         bridge::reset(&mut self.space);
     }
@@ -571,7 +646,10 @@ impl PciePort {
     pub fn state(&self) -> PortState {
         PortState {
             space: self.space.image(),
-            msix: self.msix.state(),
+            msix: match &self.messages {
+                Messages::Msix(m) => Some(m.state()),
+                Messages::Msi(_) => None,
+            },
             slot: self.slot,
             intx: self.intx,
             pme_queue: self.pme_queue.iter().copied().collect(),
@@ -583,10 +661,15 @@ impl PciePort {
     pub fn load_state(&mut self, s: &PortState) -> Result<(), StateError> {
         let mut space = self.space.clone();
         space.load_image(&s.space)?;
-        let mut msix = self.msix.clone();
-        msix.load_state(&s.msix)?;
+        let mut messages = self.messages.clone();
+        match (&mut messages, &s.msix) {
+            (Messages::Msix(m), Some(state)) => m.load_state(state)?,
+            (Messages::Msi(_), None) => {}
+            // An MSI-X state for a port with MSI, or none for one with MSI-X.
+            _ => return Err(StateError::MsixTable),
+        }
         self.space = space;
-        self.msix = msix;
+        self.messages = messages;
         self.slot = s.slot;
         self.intx = s.intx;
         self.pme_queue = s.pme_queue.iter().copied().take(PME_QUEUE_MAX).collect();

@@ -82,6 +82,14 @@ pub enum TopologyError {
         /// The property.
         property: &'static str,
     },
+    /// A `[[root-port]]` whose `driver` is not a root port pcierc emulates.
+    #[error("{id}: '{driver}' is not a root port pcierc emulates (pcie-root-port, ioh3420)")]
+    PortDriver {
+        /// The port.
+        id: String,
+        /// The driver given.
+        driver: String,
+    },
     /// A root port declared as a `[[device]]`.
     #[error("{id}: declare root ports as [[root-port]]")]
     PortAsDevice {

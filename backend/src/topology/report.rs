@@ -197,10 +197,11 @@ impl Hierarchy {
             let c = &ps.config;
             let _ = writeln!(
                 out,
-                "{} 00:{} {:<13} [{v:04x}:{d:04x}] pcie-root-port chassis {} slot {} port {:#x} (pcierc)",
+                "{} 00:{} {:<13} [{v:04x}:{d:04x}] {} chassis {} slot {} port {:#x} (pcierc)",
                 if last { "└──" } else { "├──" },
                 ps.addr,
                 c.id,
+                c.model.driver(),
                 c.chassis,
                 c.slot,
                 c.port

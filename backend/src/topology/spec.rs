@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::addr::{parse_devfn, parse_size, parse_uint, DevFn, ParseError};
 use super::error::TopologyError;
-use crate::devices::RootPortConfig;
+use crate::devices::{RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
 
@@ -25,7 +25,7 @@ pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
 pub struct PortSpec {
     /// Device/function on the root bus.
     pub addr: DevFn,
-    /// The QEMU `pcie-root-port` properties.
+    /// The QEMU `pcie-root-port` (or `ioh3420`) properties.
     pub config: RootPortConfig,
 }
 
@@ -97,6 +97,8 @@ struct FileRepr {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct PortRepr {
     id: String,
+    /// `pcie-root-port` (the default) or `ioh3420`.
+    driver: Option<String>,
     addr: String,
     bus: Option<String>,
     chassis: Option<NumOrStr>,
@@ -173,7 +175,15 @@ impl PortRepr {
             .map(|v| bounded("bus-reserve", &id, Some(v), u64::from(u32::MAX - 1)))
             .transpose()?
             .map(|n| n as u32);
+        let model = match &self.driver {
+            None => RootPortModel::default(),
+            Some(d) => RootPortModel::from_driver(d).ok_or_else(|| TopologyError::PortDriver {
+                id: id.clone(),
+                driver: d.clone(),
+            })?,
+        };
         let config = RootPortConfig {
+            model,
             chassis: bounded("chassis", &id, self.chassis.as_ref(), 0xff)? as u8,
             slot: bounded("slot", &id, self.slot.as_ref(), 0x1fff)? as u16,
             port: bounded("port", &id, self.port.as_ref(), 0xff)? as u8,
@@ -277,9 +287,10 @@ impl TopologySpec {
                 value: v.to_string(),
             }),
         };
-        if driver == "pcie-root-port" {
+        if RootPortModel::from_driver(&driver).is_some() {
             let mut r = PortRepr {
                 id: id.clone(),
+                driver: Some(driver.clone()),
                 ..Default::default()
             };
             for (k, v) in kv {
@@ -330,7 +341,7 @@ impl TopologySpec {
 
     fn push_device(&mut self, d: DeviceRepr) -> Result<()> {
         let id = d.id;
-        if d.driver == "pcie-root-port" {
+        if RootPortModel::from_driver(&d.driver).is_some() {
             return Err(TopologyError::PortAsDevice { id });
         }
         let Some(bus) = d.bus else {
@@ -532,6 +543,52 @@ mod tests {
         assert_eq!(s.root_ports[1].config.mem_reserve, Some(64 << 20));
         assert_eq!(s.endpoints[0].owner, "qemu");
         assert_eq!(s.endpoints[0].addr, DevFn(0));
+    }
+
+    #[test]
+    fn ioh3420_root_ports_from_options_and_files() {
+        use TopologyError as E;
+        let mut s = TopologySpec::empty();
+        s.add_device_option("ioh3420,id=rp1,chassis=1,slot=1,addr=0x1c.0,port=3")
+            .unwrap();
+        s.add_device_option("virtio-net-pci,id=net0,bus=rp1")
+            .unwrap();
+        assert_eq!(s.root_ports[0].config.model, RootPortModel::Ioh3420);
+        assert_eq!(s.root_ports[0].config.port, 3);
+        let chassis = s
+            .clone()
+            .add_device_option("pcie-root-port,id=rp2,chassis=1,slot=1,addr=0x1c.1")
+            .unwrap_err();
+        assert!(
+            matches!(&chassis, E::ChassisSlotInUse { other, .. } if other == "rp1"),
+            "one chassis/slot namespace across models: {chassis:?}"
+        );
+        let e = s
+            .clone()
+            .add_device_option("ioh3420,id=rp2,chassis=2,slot=2,addr=0x1c.1,bus-reserve=1")
+            .unwrap_err();
+        assert!(
+            matches!(&e, E::UnknownProperty { key, driver, .. } if key == "bus-reserve" && driver == "ioh3420"),
+            "{e:?}"
+        );
+        let f = TopologySpec::from_toml(
+            "[[root-port]]\nid='a'\ndriver='ioh3420'\naddr='3'\n[[root-port]]\nid='b'\naddr='4'\nslot=2\n",
+        )
+        .unwrap();
+        let models: Vec<_> = f.root_ports.iter().map(|p| p.config.model).collect();
+        assert_eq!(
+            models,
+            [RootPortModel::Ioh3420, RootPortModel::PcieRootPort]
+        );
+        let e = TopologySpec::from_toml("[[root-port]]\nid='a'\ndriver='x3130'\naddr='3'\n")
+            .unwrap_err();
+        assert!(
+            matches!(&e, E::PortDriver { id, driver } if id == "a" && driver == "x3130"),
+            "{e:?}"
+        );
+        let e = TopologySpec::from_toml("[[device]]\nid='a'\ndriver='ioh3420'\nbus='pcie.0'\n")
+            .unwrap_err();
+        assert!(matches!(&e, E::PortAsDevice { id } if id == "a"), "{e:?}");
     }
 
     #[test]

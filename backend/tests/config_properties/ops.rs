@@ -2,7 +2,7 @@
 //! platform events (hot-plug, PME, AER), and applying them with the checks a single access
 //! promises.
 
-use pcierc_backend::devices::{PortFunction, RootPort, RootPortConfig};
+use pcierc_backend::devices::{PortFunction, RootPort, RootPortConfig, RootPortModel};
 use pcierc_backend::pci::caps::aer;
 use pcierc_backend::pci::{AerError, ErrorSeverity, PciFunction};
 use proptest::prelude::*;
@@ -30,11 +30,17 @@ pub(crate) fn value() -> impl Strategy<Value = u32> {
     prop_oneof![Just(0), Just(u32::MAX), any::<u32>()]
 }
 
-/// A root port's properties, any of them, including combinations QEMU refuses.
+/// A root port's properties, any of them (either model), including combinations QEMU refuses.
 pub(crate) fn port_config() -> impl Strategy<Value = RootPortConfig> {
     let size = prop_oneof![Just(None), Just(Some(0)), any::<u64>().prop_map(Some)];
     (
-        (any::<u8>(), any::<u16>(), any::<u8>(), any::<bool>()),
+        (
+            any::<u8>(),
+            any::<u16>(),
+            any::<u8>(),
+            any::<bool>(),
+            prop::sample::select(RootPortModel::ALL.to_vec()),
+        ),
         (
             proptest::option::of(any::<u32>()),
             size.clone(),
@@ -43,9 +49,10 @@ pub(crate) fn port_config() -> impl Strategy<Value = RootPortConfig> {
         (size.clone(), size),
     )
         .prop_map(
-            |((chassis, slot, port, multifunction), (bus, io, mem), (pref32, pref64))| {
+            |((chassis, slot, port, multifunction, model), (bus, io, mem), (pref32, pref64))| {
                 RootPortConfig {
                     id: "rp".into(),
+                    model,
                     chassis,
                     slot,
                     port,

@@ -34,17 +34,20 @@ proptest! {
         check_writes(&mut mch, 0x100, &[(0x50, 2), (0x9c, 3)], &writes)?;
     }
 
-    /// The same for root ports, outside the registers with write hooks (MSI-X Message Control,
-    /// Slot Control/Status, Root Control/Status): no platform events, so no hook fires.
+    /// The same for root ports of either model, outside the registers with write hooks (MSI-X or
+    /// MSI Message Control, Slot Control/Status, Root Control/Status): no platform events, so no
+    /// hook fires.
     #[test]
     fn root_port_writes_follow_the_masks(
         cfg in port_config(),
         writes in vec((offset(), width(), value()), 1..48),
     ) {
         let mut port = RootPort::new(cfg);
-        let exp = u32::from(pcierc_backend::devices::root_port::EXP_OFFSET);
+        let exp = find_capability(&port, 0x10).map_or(0, u32::from);
         let msix = find_capability(&port, 0x11).map_or(0, u32::from);
-        check_writes(&mut port, 0x1000, &[(msix + 2, 2), (exp + 0x18, 0x0c)], &writes)?;
+        let msi = find_capability(&port, 0x05).map_or(0, u32::from);
+        let hooked = [(msix + 2, 2), (msi + 2, 2), (exp + 0x18, 0x0c)];
+        check_writes(&mut port, 0x1000, &hooked, &writes)?;
     }
 
     /// AER Uncorrectable/Correctable/Root Error Status and Device Status error bits, with

@@ -2,8 +2,10 @@
 //! [`ConfigSpace::add_capability`](crate::ConfigSpace::add_capability) or
 //! [`ConfigSpace::add_ext_capability`](crate::ConfigSpace::add_ext_capability), which link it into
 //! its chain; its registers are then declared like any others. MSI-X, whose table and PBA live
-//! outside configuration space, has its own model in [`msix`].
+//! outside configuration space, has its own model in [`msix`]; MSI's delivery rules are in
+//! [`msi`].
 
+pub mod msi;
 pub mod msix;
 
 // PCI Code and ID Assignment 1.11 §2 Capability IDs.

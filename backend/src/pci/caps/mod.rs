@@ -11,5 +11,6 @@ pub mod slot;
 pub mod ssvid;
 
 pub use pcierc_config_space::caps::{
-    msix, CAP_ID_EXP, CAP_ID_MSIX, CAP_ID_SSVID, CAP_ID_VENDOR, EXT_CAP_ID_ACS, EXT_CAP_ID_AER,
+    msi, msix, CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_SSVID, CAP_ID_VENDOR, EXT_CAP_ID_ACS,
+    EXT_CAP_ID_AER,
 };
