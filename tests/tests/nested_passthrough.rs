@@ -128,8 +128,7 @@ fn l1_binds_the_passthrough_devices_to_vfio_pci() {
         // L0's QMP: query-pci lists the functions under the ids the tests will inject into.
         let mut qmp = expect(n.l0_qmp(Duration::from_secs(30)));
         let pci = qmp
-            .execute("query-pci", json!({}), Duration::from_secs(30))
-            .and_then(|r| r)
+            .ok("query-pci", json!({}))
             .unwrap_or_else(|e| panic!("L0 query-pci: {e}"));
         let mut functions = Vec::new();
         pci_functions(&pci, &mut functions);
@@ -176,10 +175,7 @@ fn l1_binds_the_passthrough_devices_to_vfio_pci() {
             set.text()
         );
         let said = qmp
-            .hmp(
-                "pcie_aer_inject_error nic0 POISON_TLP",
-                Duration::from_secs(30),
-            )
+            .hmp("pcie_aer_inject_error nic0 POISON_TLP")
             .unwrap_or_else(|e| panic!("L0 HMP: {e}"));
         assert!(
             said.starts_with("OK id: nic0 "),
@@ -297,7 +293,7 @@ fn the_vmm_passes_an_e1000e_through_to_l2_live() {
             .clone();
         let mut qmp = expect(n.l0_qmp(Duration::from_secs(30)));
         let network = qmp
-            .hmp("info network", Duration::from_secs(30))
+            .hmp("info network")
             .unwrap_or_else(|e| panic!("L0 HMP: {e}"));
         let mac = network
             .lines()

@@ -31,7 +31,8 @@ use crate::initramfs::{Initramfs, InitramfsError};
 use crate::linux_images::static_busybox;
 use crate::process::ScratchDir;
 use console::{shell_quote, ConsoleError, ConsoleMachine, Output, Source};
-use passthrough::{L0Qmp, PassthroughDevice, VfioFunction};
+use passthrough::{PassthroughDevice, VfioFunction};
+use pcierc_testkit::qmp_socket::QmpSocket;
 
 /// How long L1 may take from QEMU's start to its shell (about 5 s measured here).
 const L1_BOOT: Duration = Duration::from_secs(120);
@@ -422,8 +423,8 @@ impl Nested {
     /// A QMP connection to L0's QEMU (e.g. `query-pci`, or `human-monitor-command` with
     /// `pcie_aer_inject_error ID POISON_TLP` into a passthrough device), negotiated within
     /// `timeout`.
-    pub fn l0_qmp(&self, timeout: Duration) -> Result<L0Qmp, NestedError> {
-        L0Qmp::connect(&passthrough::l0_qmp_socket(self.dir()), timeout)
+    pub fn l0_qmp(&self, timeout: Duration) -> Result<QmpSocket, NestedError> {
+        QmpSocket::connect(&passthrough::l0_qmp_socket(self.dir()), timeout)
             .map_err(|e| NestedError::Step(format!("L0's QMP: {e}")))
     }
 

@@ -12,14 +12,10 @@
 //! ```
 //!
 //! Every L0 device has a QEMU `id`, so a test can inject AER errors into it through L0's QMP
-//! socket ([`L0Qmp`], `human-monitor-command` `pcie_aer_inject_error ID POISON_TLP`).
+//! socket (testkit's `QmpSocket`, `human-monitor-command` `pcie_aer_inject_error ID POISON_TLP`).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
 
 /// The PCI slot of L0's root port for the first passthrough device (`00:10.0`); the next
 /// devices take the following slots.
@@ -194,102 +190,6 @@ pub fn parse_vfio_lines(
         Ok(found)
     } else {
         Err(problems.join("; "))
-    }
-}
-
-/// A QMP connection to L0's QEMU (its `-qmp unix:` socket), negotiated; std only. Every read is
-/// bounded by the deadline given to each call.
-pub struct L0Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    /// The events that arrived while waiting for replies, in order.
-    pub events: Vec<Value>,
-}
-
-impl L0Qmp {
-    /// Connect to `socket` and negotiate capabilities, within `timeout`.
-    pub fn connect(socket: &Path, timeout: Duration) -> Result<L0Qmp, String> {
-        let deadline = Instant::now() + timeout;
-        let stream = loop {
-            match UnixStream::connect(socket) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(format!("connecting to {}: {e}", socket.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        let mut qmp = L0Qmp {
-            reader: BufReader::new(stream),
-            writer,
-            events: Vec::new(),
-        };
-        let greeting = qmp.next(deadline)?;
-        if greeting.get("QMP").is_none() {
-            return Err(format!("not a QMP greeting: {greeting}"));
-        }
-        qmp.execute("qmp_capabilities", json!({}), timeout)
-            .and_then(|r| r.map_err(|e| format!("qmp_capabilities: {e}")))?;
-        Ok(qmp)
-    }
-
-    fn next(&mut self, deadline: Instant) -> Result<Value, String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("timed out waiting for L0's QMP".into());
-        }
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(left))
-            .map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Err("L0's QMP closed the connection".into()),
-            Ok(_) => serde_json::from_str(&line).map_err(|e| format!("{e}: {line}")),
-            Err(e) => Err(format!("reading L0's QMP: {e}")),
-        }
-    }
-
-    /// Run `command` with `arguments`: the outer `Err` when the exchange failed (timeout,
-    /// closed socket), the inner one with QMP's error description when QEMU refused it.
-    pub fn execute(
-        &mut self,
-        command: &str,
-        arguments: Value,
-        timeout: Duration,
-    ) -> Result<Result<Value, String>, String> {
-        let deadline = Instant::now() + timeout;
-        let msg = json!({ "execute": command, "arguments": arguments });
-        writeln!(self.writer, "{msg}").map_err(|e| format!("writing to L0's QMP: {e}"))?;
-        loop {
-            let v = self.next(deadline)?;
-            if v.get("event").is_some() {
-                self.events.push(v);
-                continue;
-            }
-            if let Some(r) = v.get("return") {
-                return Ok(Ok(r.clone()));
-            }
-            if let Some(e) = v.get("error") {
-                return Ok(Err(format!(
-                    "{}: {}",
-                    e["class"].as_str().unwrap_or("?"),
-                    e["desc"].as_str().unwrap_or("?")
-                )));
-            }
-        }
-    }
-
-    /// A monitor (HMP) command through `human-monitor-command`, e.g. `pcie_aer_inject_error
-    /// nic0 POISON_TLP`; its output (HMP reports its own errors as output text).
-    pub fn hmp(&mut self, command_line: &str, timeout: Duration) -> Result<String, String> {
-        self.execute(
-            "human-monitor-command",
-            json!({ "command-line": command_line }),
-            timeout,
-        )?
-        .map(|v| v.as_str().unwrap_or_default().to_owned())
     }
 }
 
