@@ -152,6 +152,12 @@ impl SnapshotWriter {
         }
     }
 
+    /// Routing may have changed in ways the table does not show (a bridge's bus numbers, which
+    /// decide the pages [`pages`] leaves to trap): [`Self::end`] moves `routing_epoch` on.
+    pub fn mark_routing_changed(&self) {
+        self.routing_changed.store(true, Ordering::Relaxed);
+    }
+
     /// Set the whole routing table (`routes[bus * 256 + devfn]`).
     pub fn set_routes(&self, routes: &[u16; 65536]) {
         for (i, r) in routes.iter().enumerate() {
