@@ -52,6 +52,8 @@ pub struct EcamMapStats {
 struct State {
     /// The host reservation: (address, length).
     host: Option<(usize, usize)>,
+    /// The layout the slots were added for (`None`: no slot).
+    layout: Option<EcamLayout>,
     /// KVM slots installed.
     slots: Vec<u32>,
     stats: EcamMapStats,
@@ -123,6 +125,7 @@ impl EcamMap {
             forbidden,
             state: Mutex::new(State {
                 host: None,
+                layout: None,
                 slots: Vec::new(),
                 stats: EcamMapStats::default(),
             }),
@@ -149,15 +152,33 @@ impl EcamMap {
         if epoch == self.installed.load(Ordering::Acquire) {
             return Ok(());
         }
-        remove_slots(vm, &mut st)?;
-        match self.reader.ecam_layout() {
-            Some(layout) => match self.install(vm, &mut st, &layout) {
+        let layout = self.reader.ecam_layout();
+        let st = &mut *st;
+        if let (Some(new), Some(old), Some((host, _))) = (&layout, &st.layout, st.host) {
+            if new.base == old.base && new.mapped_runs() == old.mapped_runs() {
+                // The same slots: only pages whose contents moved are replaced (KVM's MMU
+                // notifier drops the old pages from the guest's page tables).
+                match self.remap_changed(host, old, new) {
+                    Ok(()) => {
+                        count_pages(&mut st.stats, new);
+                        st.layout = Some(new.clone());
+                        st.stats.rebuilds += 1;
+                        self.installed.store(epoch, Ordering::Release);
+                        return Ok(());
+                    }
+                    Err(e) => log::warn!("--ecam-map: {e}; rebuilding the window"),
+                }
+            }
+        }
+        remove_slots(vm, st)?;
+        match layout {
+            Some(layout) => match self.install(vm, st, &layout) {
                 Ok(()) => {}
                 Err(e @ Error::Kvm { .. }) => return Err(e),
                 // A host mapping failed (e.g. vm.max_map_count): no slot was added for it.
                 Err(e) => {
                     log::warn!("--ecam-map: {e}; the window's reads exit");
-                    remove_slots(vm, &mut st)?;
+                    remove_slots(vm, st)?;
                 }
             },
             None => log::debug!("--ecam-map: no consistent layout at epoch {epoch}; reads exit"),
@@ -221,14 +242,9 @@ impl EcamMap {
             }
             st.slots.push(slot);
         }
-        for p in &layout.pages {
-            match p {
-                EcamPage::Image(_) => st.stats.images += 1,
-                EcamPage::AllOnes => st.stats.all_ones += 1,
-                EcamPage::Trap => st.stats.trapped += 1,
-            }
-        }
+        count_pages(&mut st.stats, layout);
         st.stats.slots = st.slots.len();
+        st.layout = (!st.slots.is_empty()).then(|| layout.clone());
         log::debug!(
             "--ecam-map: epoch {}: window {:#x}+{len:#x}, {:?}",
             layout.routing_epoch,
@@ -268,15 +284,36 @@ impl EcamMap {
         Ok(addr as usize)
     }
 
+    /// Replace the pages of `old` whose backing differs in `new` (same size).
+    fn remap_changed(&self, host: usize, old: &EcamLayout, new: &EcamLayout) -> Result<(), Error> {
+        for (i, (a, b)) in old.pages.iter().zip(&new.pages).enumerate() {
+            if a != b {
+                self.map_pages_from(host, new, i, i + 1)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Map every page of `layout` at `host`: images from the snapshot, the rest all ones.
     fn map_pages(&self, host: usize, layout: &EcamLayout) -> Result<(), Error> {
+        self.map_pages_from(host, layout, 0, layout.pages.len())
+    }
+
+    /// Map pages `from..to` of `layout` at `host`.
+    fn map_pages_from(
+        &self,
+        host: usize,
+        layout: &EcamLayout,
+        from: usize,
+        to: usize,
+    ) -> Result<(), Error> {
         let page = PAGE_SIZE as usize;
-        let mut i = 0;
-        while i < layout.pages.len() {
+        let mut i = from;
+        while i < to {
             let (fd, offset, n) = match layout.pages[i] {
                 EcamPage::Image(off) => (self.reader.file().as_raw_fd(), off, 1),
                 _ => {
-                    let n = layout.pages[i..]
+                    let n = layout.pages[i..to]
                         .iter()
                         .take(ONES_PAGES)
                         .take_while(|p| !matches!(p, EcamPage::Image(_)))
@@ -305,6 +342,14 @@ impl EcamMap {
     }
 }
 
+/// Count `layout`'s pages of each kind into `stats`.
+fn count_pages(stats: &mut EcamMapStats, layout: &EcamLayout) {
+    let kind = |k: fn(&EcamPage) -> bool| layout.pages.iter().filter(|p| k(p)).count();
+    stats.images = kind(|p| matches!(p, EcamPage::Image(_)));
+    stats.all_ones = kind(|p| *p == EcamPage::AllOnes);
+    stats.trapped = kind(|p| *p == EcamPage::Trap);
+}
+
 /// Remove every slot of the map (memory_size 0 deletes a slot).
 fn remove_slots(vm: &VmFd, st: &mut State) -> Result<(), Error> {
     for slot in st.slots.drain(..) {
@@ -319,5 +364,6 @@ fn remove_slots(vm: &VmFd, st: &mut State) -> Result<(), Error> {
         })?;
     }
     st.stats.slots = 0;
+    st.layout = None;
     Ok(())
 }
