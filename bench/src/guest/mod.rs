@@ -144,7 +144,12 @@ fn print_mapped(rep: &mut Reporter, m: &Measurements, qemu_read: Option<f64>) {
                 "ECAM read with pcierc's snapshot mapped read-only into the guest's ECAM window                  (--ecam-map on, the default: no VM exit), {} runs (run means {range} ns),                  against QEMU's ECAM read above (issue 17 item 7's target: <= {MAPPED_TARGET}x)",
                 m.mapped.len()
             ));
-            rep.figure("guest_ecam_read_mapped_ns", mapped.median(), "ns", Ratio::Of(q));
+            rep.figure(
+                "guest_ecam_read_mapped_ns",
+                mapped.median(),
+                "ns",
+                Ratio::Of(q),
+            );
         }
         None => {
             let floor = m
@@ -562,7 +567,12 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
             m.mapped.len(),
             range(&mapped)
         ));
-        rep.figure(&name("ecam_read_mapped"), mapped.median(), "ns", Ratio::Of(f));
+        rep.figure(
+            &name("ecam_read_mapped"),
+            mapped.median(),
+            "ns",
+            Ratio::Of(f),
+        );
     }
     for (stem, s) in [
         ("ecam_read_snapshot", &ecam_snapshot),

@@ -89,8 +89,8 @@ impl SnapshotReader {
                 });
             }
             let buses = h.ecam_size >> 20;
-            if h.ecam_base % PAGE_SIZE != 0
-                || h.ecam_size % (1 << 20) != 0
+            if !h.ecam_base.is_multiple_of(PAGE_SIZE)
+                || !h.ecam_size.is_multiple_of(1 << 20)
                 || h.ecam_size > MAX_WINDOW
                 || u64::from(h.ecam_buses.0) + buses > 256
             {
@@ -99,7 +99,12 @@ impl SnapshotReader {
             let mut hot = [false; 256];
             for n in 0..self.functions {
                 let image = IMAGES_OFFSET + n * IMAGE_SIZE;
-                let byte = |off: usize| self.region.get_ref::<u8>(image + off).ok().map(|b| b.load());
+                let byte = |off: usize| {
+                    self.region
+                        .get_ref::<u8>(image + off)
+                        .ok()
+                        .map(|b| b.load())
+                };
                 if byte(HEADER_TYPE)? & 0x7f == 1 {
                     let sec = byte(SECONDARY_BUS)?;
                     if sec != 0 {
@@ -111,11 +116,9 @@ impl SnapshotReader {
                 .map(|page| {
                     let bus = usize::from(h.ecam_buses.0) + (page >> 8);
                     let devfn = page & 0xff;
-                    let route = atomic::<AtomicU16>(
-                        &self.region,
-                        ROUTES_OFFSET + 2 * (bus << 8 | devfn),
-                    )
-                    .load(Ordering::Relaxed);
+                    let route =
+                        atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * (bus << 8 | devfn))
+                            .load(Ordering::Relaxed);
                     match route {
                         ROUTE_ABSENT if hot[bus] && devfn < 8 => EcamPage::Trap,
                         ROUTE_ABSENT => EcamPage::AllOnes,
@@ -168,7 +171,10 @@ mod tests {
         assert_eq!(l.base, 0xb000_0000);
         assert_eq!(l.pages.len(), 512);
         assert_eq!(l.pages[0], EcamPage::Image(IMAGES_OFFSET as u64));
-        assert_eq!(l.pages[0x10], EcamPage::Image((IMAGES_OFFSET + 4096) as u64));
+        assert_eq!(
+            l.pages[0x10],
+            EcamPage::Image((IMAGES_OFFSET + 4096) as u64)
+        );
         assert_eq!(l.pages[0x08], EcamPage::AllOnes);
         assert_eq!(
             l.pages[256],
