@@ -28,9 +28,9 @@ pub const LOOP: &str = "loop-x10";
 pub const FORWARDED_MMIO: &str = "forwarded-mmio";
 
 /// The VMM's own limit for a run (`--timeout`, seconds).
-const VMM_TIMEOUT_S: &str = "20";
+const VMM_TIMEOUT_S: &str = "60";
 /// The bench's: past it the VMM is killed (it should have stopped itself before).
-const KILL_AFTER: Duration = Duration::from_secs(30);
+const KILL_AFTER: Duration = Duration::from_secs(75);
 
 /// Wait for `child` to end, killing it after `limit` (status `None` then), with both pipes
 /// drained on threads so a full pipe never stalls it: its status, stdout and stderr.
