@@ -162,6 +162,11 @@ main64:                                     # both entries meet here, in long mo
         lea     rsi, [rip + msg_bench_loop]
         lea     rdi, [rip + bench_loop]
         call    bench
+        # The bench loop alone (call, ret, dec, jnz): what every figure above contains besides
+        # its access.
+        lea     rsi, [rip + msg_bench_empty]
+        lea     rdi, [rip + bench_empty]
+        call    bench
 
         # With "pcie-probe.hotplug" on the command line: take rp1's hot-plug interrupts.
         lea     rdi, [rip + str_hotplug_flag]
@@ -255,6 +260,9 @@ bench_loop:                             # no exit: what the CPU (or emulator) do
 1:      add     rax, 1
         dec     ecx
         jnz     1b
+        ret
+
+bench_empty:                            # nothing: the loop's own cost
         ret
 
 bench_cf8:                              # the same through CF8/CFC: two forwarded exits
@@ -718,6 +726,7 @@ msg_bench_ecam: .asciz "ecam-read "
 msg_bench_cf8:  .asciz "cf8-cfc-read "
 msg_bench_ecam_write: .asciz "ecam-write "
 msg_bench_loop: .asciz "loop-x10 "
+msg_bench_empty: .asciz "empty "
 msg_cycles:     .asciz " TSC cycles per access\n"
 
         .section .data

@@ -8,6 +8,8 @@
 //!
 //! Configuration reads of the functions pcierc emulates have no side effects, so every register
 //! may be served from the copy; the MSI-X table and PBA live in BAR space and are never in it.
+//! Function images are page-aligned in the memfd, so a frontend may also map them read-only
+//! into its guest's ECAM window ([`pages`]); `routing_epoch` (version 2) tells it when to remap.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};

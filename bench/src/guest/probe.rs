@@ -23,6 +23,8 @@ pub const CF8_CFC_READ: &str = "cf8-cfc-read";
 pub const ECAM_WRITE: &str = "ecam-write";
 /// Ten iterations of a three-instruction register loop: no exit, the guest alone.
 pub const LOOP: &str = "loop-x10";
+/// The bench loop with an empty routine (call, ret, dec, jnz): every figure's overhead.
+pub const EMPTY: &str = "empty";
 
 /// The `--stats` exit kind of MMIO forwarded to pcierc (its mean handling time in the VMM).
 pub const FORWARDED_MMIO: &str = "forwarded-mmio";

@@ -203,7 +203,7 @@ impl EcamMap {
             .iter()
             .find(|&&(b, s)| layout.base < b.saturating_add(s) && b < end)
         {
-            log::info!(
+            log::debug!(
                 "--ecam-map: ECAM window {:#x}+{len:#x} overlaps {b:#x}+{s:#x}; its reads exit",
                 layout.base
             );
