@@ -19,7 +19,9 @@
 # If the VMM's test endpoint sits behind rp1 it then opens rp1's memory window, places the
 # endpoint's BAR0, points MSI-X vector 0 at the local APIC, rings the endpoint's doorbell and
 # waits for the interrupt. With "pcie-probe.hotplug" on the command line it then drives rp1's
-# slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives;
+# slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives
+# (with "pcie-probe.ecam-move", before the timing loops, it renumbers rp1's buses and moves ECAM,
+# reading through ECAM after each step);
 # with "pcie-probe.aer" as well, while that card is in, it enables rp1's AER (Root Error Command)
 # and PME (Root Control) interrupts and reports three of them ("aer: root-status ... source ...
 # uncor ...", "pme: requester ...") before it waits for the removal.
@@ -125,6 +127,14 @@ main64:                                     # both entries meet here, in long mo
         mov     edi, eax
         call    endpoint_demo
 
+        # With "pcie-probe.ecam-move" on the command line: ECAM reads across a bus renumbering
+        # and an ECAM move (pcie_probe_ecam_move.inc).
+        lea     rdi, [rip + str_ecam_move_flag]
+        call    cmdline_has
+        test    eax, eax
+        jz      1f
+        call    ecam_move_demo
+1:
         # Exit latency as the guest sees it: BENCH_ROUNDS accesses of each kind, timed with the
         # TSC (the VMM prints the TSC frequency with --stats).
         lea     rsi, [rip + msg_bench_pio]
@@ -152,6 +162,11 @@ main64:                                     # both entries meet here, in long mo
         lea     rsi, [rip + msg_bench_loop]
         lea     rdi, [rip + bench_loop]
         call    bench
+        # The bench loop alone (call, ret, dec, jnz): what every figure above contains besides
+        # its access.
+        lea     rsi, [rip + msg_bench_empty]
+        lea     rdi, [rip + bench_empty]
+        call    bench
 
         # With "pcie-probe.hotplug" on the command line: take rp1's hot-plug interrupts.
         lea     rdi, [rip + str_hotplug_flag]
@@ -171,6 +186,8 @@ power_off:
 
 # Hot-plug (rp1's slot driver) and the VMM's test endpoint (BAR0, MSI-X, serial number).
         .include "pcie_probe_devices.inc"
+# ECAM reads across a bus renumbering and an ECAM move.
+        .include "pcie_probe_ecam_move.inc"
 
 # --- exit latency ---------------------------------------------------------------------------
 
@@ -243,6 +260,9 @@ bench_loop:                             # no exit: what the CPU (or emulator) do
 1:      add     rax, 1
         dec     ecx
         jnz     1b
+        ret
+
+bench_empty:                            # nothing: the loop's own cost
         ret
 
 bench_cf8:                              # the same through CF8/CFC: two forwarded exits
@@ -706,6 +726,7 @@ msg_bench_ecam: .asciz "ecam-read "
 msg_bench_cf8:  .asciz "cf8-cfc-read "
 msg_bench_ecam_write: .asciz "ecam-write "
 msg_bench_loop: .asciz "loop-x10 "
+msg_bench_empty: .asciz "empty "
 msg_cycles:     .asciz " TSC cycles per access\n"
 
         .section .data

@@ -205,6 +205,12 @@ impl Frontend {
         self.snapshot.is_some()
     }
 
+    /// The shared snapshot, when negotiated (to map its pages into a guest:
+    /// [`SnapshotReader::ecam_layout`], [`SnapshotReader::try_clone`]).
+    pub fn snapshot(&self) -> Option<&SnapshotReader> {
+        self.snapshot.as_ref()
+    }
+
     /// The snapshot, when nothing is in flight (so a read never overtakes a pipelined write).
     fn fast(&self) -> Option<&SnapshotReader> {
         self.snapshot

@@ -8,20 +8,26 @@
 //!
 //! Configuration reads of the functions pcierc emulates have no side effects, so every register
 //! may be served from the copy; the MSI-X table and PBA live in BAR space and are never in it.
+//! Function images are page-aligned in the memfd, so a frontend may also map them read-only
+//! into its guest's ECAM window ([`pages`]); `routing_epoch` (version 2) tells it when to remap.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
 
 use crate::messages::AccessKind;
 use crate::wire::Status;
 
+pub mod pages;
+
 /// `magic` of the header: "PCIERCSN" little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PCIERCSN");
-/// Layout version.
-pub const VERSION: u32 = 1;
+/// Layout version. Version 2 added `routing_epoch` (header offset 56, zero in version 1), so a
+/// frontend that maps the images into a guest ([`pages`]) learns when to remap; readers of
+/// version 1 regions are unaffected (the field was reserved).
+pub const VERSION: u32 = 2;
 /// The routing table: 256 buses x 256 devfns of `u16`.
 pub const ROUTES_OFFSET: usize = 64;
 /// First function image (4 KiB each).
@@ -44,6 +50,7 @@ const H_ECAM_SIZE: usize = 40;
 const H_CONFIG_ADDRESS: usize = 48;
 const H_SEGMENT: usize = 52;
 const H_ECAM_BUSES: usize = 54;
+const H_ROUTING_EPOCH: usize = 56;
 
 /// Tries before a reader gives up on a region the backend keeps rewriting.
 const READ_TRIES: usize = 64;
@@ -87,6 +94,9 @@ fn atomic<T: vm_memory::AtomicInteger>(r: &MmapRegion, off: usize) -> &T {
 pub struct SnapshotWriter {
     region: MmapRegion,
     functions: usize,
+    /// A routing entry or the ECAM window changed in this update: [`Self::end`] moves
+    /// `routing_epoch` on.
+    routing_changed: AtomicBool,
 }
 
 impl SnapshotWriter {
@@ -107,7 +117,11 @@ impl SnapshotWriter {
         }
         let region =
             map(&file, want, libc::PROT_READ | libc::PROT_WRITE).map_err(|_| Status::Io)?;
-        let w = SnapshotWriter { region, functions };
+        let w = SnapshotWriter {
+            region,
+            functions,
+            routing_changed: AtomicBool::new(true),
+        };
         atomic::<AtomicU64>(&w.region, H_MAGIC).store(MAGIC, Ordering::Relaxed);
         atomic::<AtomicU32>(&w.region, H_VERSION).store(VERSION, Ordering::Relaxed);
         atomic::<AtomicU32>(&w.region, H_FUNCTIONS).store(functions as u32, Ordering::Relaxed);
@@ -120,8 +134,12 @@ impl SnapshotWriter {
         fence(Ordering::Release);
     }
 
-    /// Finish an update.
+    /// Finish an update; `routing_epoch` moves on first if a routing entry or the ECAM window
+    /// changed.
     pub fn end(&self) {
+        if self.routing_changed.swap(false, Ordering::Relaxed) {
+            atomic::<AtomicU64>(&self.region, H_ROUTING_EPOCH).fetch_add(1, Ordering::Relaxed);
+        }
         atomic::<AtomicU64>(&self.region, H_SEQ).fetch_add(1, Ordering::Release);
     }
 
@@ -136,6 +154,12 @@ impl SnapshotWriter {
         }
     }
 
+    /// Routing may have changed in ways the table does not show (a bridge's bus numbers, which
+    /// decide the pages [`pages`] leaves to trap): [`Self::end`] moves `routing_epoch` on.
+    pub fn mark_routing_changed(&self) {
+        self.routing_changed.store(true, Ordering::Relaxed);
+    }
+
     /// Set the whole routing table (`routes[bus * 256 + devfn]`).
     pub fn set_routes(&self, routes: &[u16; 65536]) {
         for (i, r) in routes.iter().enumerate() {
@@ -146,8 +170,10 @@ impl SnapshotWriter {
     /// Set one routing entry (`bus * 256 + devfn`).
     pub fn set_route(&self, i: usize, route: u16) {
         if i < 65536 {
-            atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * i)
-                .store(route, Ordering::Relaxed);
+            let entry = atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * i);
+            if entry.swap(route, Ordering::Relaxed) != route {
+                self.routing_changed.store(true, Ordering::Relaxed);
+            }
         }
     }
 
@@ -155,12 +181,16 @@ impl SnapshotWriter {
     pub fn set_header(&self, h: &SnapshotHeader) {
         let r = &self.region;
         atomic::<AtomicU64>(r, H_GENERATION).store(h.generation, Ordering::Relaxed);
-        atomic::<AtomicU64>(r, H_ECAM_BASE).store(h.ecam_base, Ordering::Relaxed);
-        atomic::<AtomicU64>(r, H_ECAM_SIZE).store(h.ecam_size, Ordering::Relaxed);
+        let buses = u16::from(h.ecam_buses.0) | u16::from(h.ecam_buses.1) << 8;
+        // Every field is written (no short circuit); any change moves the epoch.
+        let base = atomic::<AtomicU64>(r, H_ECAM_BASE).swap(h.ecam_base, Ordering::Relaxed);
+        let size = atomic::<AtomicU64>(r, H_ECAM_SIZE).swap(h.ecam_size, Ordering::Relaxed);
+        let old_buses = atomic::<AtomicU16>(r, H_ECAM_BUSES).swap(buses, Ordering::Relaxed);
+        if (base, size, old_buses) != (h.ecam_base, h.ecam_size, buses) {
+            self.routing_changed.store(true, Ordering::Relaxed);
+        }
         atomic::<AtomicU32>(r, H_CONFIG_ADDRESS).store(h.config_address, Ordering::Relaxed);
         atomic::<AtomicU16>(r, H_SEGMENT).store(h.segment, Ordering::Relaxed);
-        let buses = u16::from(h.ecam_buses.0) | u16::from(h.ecam_buses.1) << 8;
-        atomic::<AtomicU16>(r, H_ECAM_BUSES).store(buses, Ordering::Relaxed);
     }
 }
 
@@ -168,6 +198,8 @@ impl SnapshotWriter {
 pub struct SnapshotReader {
     region: MmapRegion,
     functions: usize,
+    /// The memfd itself, for a frontend that maps its pages elsewhere ([`pages`]).
+    file: File,
 }
 
 impl std::fmt::Debug for SnapshotReader {
@@ -212,7 +244,46 @@ impl SnapshotReader {
             return Err(std::io::Error::last_os_error());
         }
         let region = map(&file, size, libc::PROT_READ)?;
-        Ok((SnapshotReader { region, functions }, file))
+        let own = file.try_clone()?;
+        Ok((
+            SnapshotReader {
+                region,
+                functions,
+                file: own,
+            },
+            file,
+        ))
+    }
+
+    /// Another reader of the same region (its own read-only mapping), e.g. for a thread that
+    /// must not wait for the frontend's lock.
+    pub fn try_clone(&self) -> std::io::Result<SnapshotReader> {
+        let file = self.file.try_clone()?;
+        let region = map(&file, size_for(self.functions), libc::PROT_READ)?;
+        Ok(SnapshotReader {
+            region,
+            functions: self.functions,
+            file,
+        })
+    }
+
+    /// The shared memfd (to map function images elsewhere read-only; [`pages`]).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The layout version the backend wrote (0 before it wrote anything).
+    pub fn version(&self) -> u32 {
+        if atomic::<AtomicU64>(&self.region, H_MAGIC).load(Ordering::Relaxed) != MAGIC {
+            return 0;
+        }
+        atomic::<AtomicU32>(&self.region, H_VERSION).load(Ordering::Relaxed)
+    }
+
+    /// `routing_epoch`: moves on whenever a routing entry or the ECAM window changes (version
+    /// 2; always 0 in version 1). One load, no seqlock: a change is what matters.
+    pub fn routing_epoch(&self) -> u64 {
+        atomic::<AtomicU64>(&self.region, H_ROUTING_EPOCH).load(Ordering::Acquire)
     }
 
     fn seq(&self) -> &AtomicU64 {

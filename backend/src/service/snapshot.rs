@@ -80,6 +80,11 @@ impl Snapshots {
             for &(i, r) in &route_changes {
                 w.set_route(i, r);
             }
+            if routes {
+                // Bus numbers or slot power changed: a frontend that maps the snapshot's pages
+                // re-reads its layout even when no entry changed.
+                w.mark_routing_changed();
+            }
             w.set_header(&header);
             w.end();
         }

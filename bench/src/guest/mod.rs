@@ -19,7 +19,7 @@ use crate::error::{Context, Error, Result};
 use crate::pingpong::{EchoPeer, GUEST_READ_REPLY, GUEST_REQUEST, GUEST_WRITE_REPLY};
 use crate::report::{Ratio, Reporter, Samples};
 
-use self::probe::ProbeRun;
+use self::probe::{Mode, ProbeRun};
 
 /// Where the probe guest's ECAM read goes: 00:00.0 offset 0 at the ECAM base it programs
 /// (QEMU's q35 address, as the VMM's MCFG says).
@@ -36,6 +36,8 @@ const WRITE_TARGET: f64 = 1.3;
 pub const FIGURES: &[&str] = &[
     "guest_exit_floor_ns",
     "guest_unclaimed_mmio_ns",
+    "guest_ecam_read_mapped_ns",
+    "guest_ecam_read_mapped_above_loop_ns",
     "guest_ecam_read_snapshot_ns",
     "guest_ecam_read_forwarded_ns",
     "guest_cf8_cfc_read_snapshot_ns",
@@ -47,6 +49,7 @@ pub const FIGURES: &[&str] = &[
     "guest_ecam_write_ns",
     "guest_exit_floor_cross_cpu_ns",
     "guest_unclaimed_mmio_cross_cpu_ns",
+    "guest_ecam_read_mapped_cross_cpu_ns",
     "guest_ecam_read_snapshot_cross_cpu_ns",
     "guest_ecam_read_forwarded_cross_cpu_ns",
     "guest_cf8_cfc_read_snapshot_cross_cpu_ns",
@@ -71,11 +74,13 @@ pub const FIGURES: &[&str] = &[
 
 /// Issue 7: pcierc through the VMM within this many times QEMU's in-process root ports.
 const QEMU_TARGET: f64 = 1.2;
+/// Issue 17 item 7: an ECAM read from the mapped snapshot at most this many of QEMU's.
+const MAPPED_TARGET: f64 = 0.1;
 
 /// How much to measure per placement.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
-    /// VMM runs of each mode (configuration snapshot on, off), interleaved.
+    /// VMM runs of each mode (snapshot mapped into ECAM, snapshot, forwarded), interleaved.
     pub runs: usize,
     /// Ping-pongs of each size after each pair of runs.
     pub pings: usize,
@@ -102,7 +107,7 @@ pub fn run(
         }
     };
     rep.note(format!("guest: /dev/kvm is {}", kvm_kind()));
-    let mut main: Option<(Box<Measurements>, Placement)> = None;
+    let mut first = true;
     for &(placement, suffix) in placements {
         match measure(pcierc, vmm, plan, placement)? {
             Measured::CannotRun(why) => {
@@ -113,16 +118,85 @@ pub fn run(
             }
             Measured::Done(m) => {
                 print(rep, &m, plan, placement, suffix);
-                if main.is_none() {
-                    main = Some((m, placement));
+                // QEMU right after the main placement, so its comparison (and the mapped read's
+                // ratio against it) does not depend on the other placements.
+                if first {
+                    let qemu = compare_with_qemu(rep, &m, plan, placement)?;
+                    print_mapped(rep, &m, qemu);
+                    first = false;
                 }
             }
         }
     }
-    if let Some((m, placement)) = main {
-        compare_with_qemu(rep, &m, plan, placement)?;
-    }
     Ok(())
+}
+
+/// QEMU's figures the mapped read is set against: its ECAM read and, if the guest printed
+/// it, its empty bench loop (ns).
+struct QemuRead {
+    read: f64,
+    empty: Option<f64>,
+}
+
+/// Issue 17 item 7: the main placement's ECAM read from the mapped snapshot, against QEMU's
+/// ECAM read measured in the same run (or, without QEMU, against the floor); and the same
+/// without the bench loop's own cost, where both guests timed it.
+fn print_mapped(rep: &mut Reporter, m: &Measurements, qemu: Option<QemuRead>) {
+    let Some(mapped) = m.mapped_label(probe::ECAM_READ) else {
+        rep.note("missing: guest_ecam_read_mapped_ns: no --ecam-map run printed an ECAM read");
+        return;
+    };
+    let range = format!("{:.0}-{:.0}", mapped.min(), mapped.max());
+    match qemu {
+        Some(QemuRead { read: q, empty }) => {
+            rep.note(format!(
+                "ECAM read with pcierc's snapshot mapped read-only into the guest's ECAM window \
+                 (--ecam-map on, the default: no VM exit), {} runs (run means {range} ns), \
+                 against QEMU's ECAM read above (issue 17 item 7's target: <= {MAPPED_TARGET}x)",
+                m.mapped.len()
+            ));
+            rep.figure(
+                "guest_ecam_read_mapped_ns",
+                mapped.median(),
+                "ns",
+                Ratio::Of(q),
+            );
+            let own = m.mapped_label(probe::EMPTY).map(|e| e.median());
+            if let (Some(own), Some(qe)) = (own, empty) {
+                let (v, qv) = (mapped.median() - own, q - qe);
+                rep.note(format!(
+                    "the same without the bench loop (`bench: {}`: call, ret, dec, jnz, no \
+                     access; {own:.0} ns here, {qe:.0} ns under QEMU), i.e. the access alone: \
+                     on this PVM every guest instruction is emulated, so the loop dominates a \
+                     read that no longer exits",
+                    probe::EMPTY
+                ));
+                rep.figure(
+                    "guest_ecam_read_mapped_above_loop_ns",
+                    v,
+                    "ns",
+                    Ratio::Of(qv),
+                );
+            }
+        }
+        None => {
+            let floor = m
+                .mapped_label(probe::FLOOR)
+                .map_or(f64::NAN, |f| f.median());
+            rep.note(format!(
+                "ECAM read with the snapshot mapped (--ecam-map on), {} runs (run means {range} \
+                 ns); QEMU could not run, so its ratio is against the same runs' exit floor \
+                 (issue 17 item 7's target, <= {MAPPED_TARGET}x QEMU's ECAM read, not measured)",
+                m.mapped.len()
+            ));
+            rep.figure(
+                "guest_ecam_read_mapped_ns",
+                mapped.median(),
+                "ns",
+                Ratio::Of(floor),
+            );
+        }
+    }
 }
 
 /// The same guest under `qemu-system-x86_64 -M q35 -accel kvm` (QEMU's own root ports), in the
@@ -132,7 +206,7 @@ fn compare_with_qemu(
     m: &Measurements,
     plan: Plan,
     placement: Placement,
-) -> Result<()> {
+) -> Result<Option<QemuRead>> {
     let missing = |why: String| {
         rep.note(format!(
             "missing: guest_qemu_*: the same guest on {} -M q35 -accel kvm, target within \
@@ -142,17 +216,18 @@ fn compare_with_qemu(
     };
     if let Err(why) = image::qemu_entry(pcierc_examples::guest::PCIE_PROBE_ELF) {
         missing(why);
-        return Ok(());
+        return Ok(None);
     }
     if !qemu::available() {
         missing(format!("{} is not on PATH", qemu::QEMU));
-        return Ok(());
+        return Ok(None);
     }
     // The guest's TSC under KVM is the host's, as under the VMM: its --stats frequency.
     let khz = Samples::new(
         m.snapshot
             .iter()
             .chain(&m.forwarded)
+            .chain(&m.mapped)
             .map(|r| r.tsc_khz)
             .collect(),
     )
@@ -170,7 +245,7 @@ fn compare_with_qemu(
             Err(e) if run == 0 => {
                 drop(pinned);
                 missing(format!("the boot failed: {e}"));
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e),
         }
@@ -235,7 +310,7 @@ fn compare_with_qemu(
         .expect("every run has a floor line (checked by probe::run)")
         .median();
     rep.note(format!(
-        "pcierc (through the example VMM, configuration snapshot on, the default) against QEMU's \
+        "pcierc (through the example VMM, configuration snapshot on, --ecam-map off) against QEMU's \
          in-process root ports, ratio = pcierc / QEMU (issue 7's target: within {QEMU_TARGET}x); \
          the floors differ (the example VMM's exit path against QEMU's), so each access also \
          as (figure - its floor), pcierc's over QEMU's, where both are positive"
@@ -286,7 +361,11 @@ fn compare_with_qemu(
             fwd.median() / q_read.median()
         ));
     }
-    Ok(())
+    let q_empty = ns(probe::EMPTY);
+    Ok(Some(QemuRead {
+        read: q_read.median(),
+        empty: (q_empty.len() > 0).then(|| q_empty.median()),
+    }))
 }
 
 /// `/dev/kvm` can be opened for reading and writing, as the VMM does.
@@ -320,6 +399,9 @@ enum Measured {
 
 /// Everything measured in one placement.
 struct Measurements {
+    /// `--ecam-map on` (the default).
+    mapped: Vec<ProbeRun>,
+    /// `--ecam-map off`.
     snapshot: Vec<ProbeRun>,
     forwarded: Vec<ProbeRun>,
     ping_read: Samples,
@@ -337,6 +419,16 @@ impl Measurements {
             .filter(|_| snapshot)
             .chain(self.forwarded.iter().filter(|_| forwarded));
         let v: Vec<f64> = runs.filter_map(|r| r.ns.get(label).copied()).collect();
+        (!v.is_empty()).then(|| Samples::new(v))
+    }
+
+    /// A label's ns per access over the `--ecam-map on` runs.
+    fn mapped_label(&self, label: &str) -> Option<Samples> {
+        let v: Vec<f64> = self
+            .mapped
+            .iter()
+            .filter_map(|r| r.ns.get(label).copied())
+            .collect();
         (!v.is_empty()).then(|| Samples::new(v))
     }
 
@@ -361,7 +453,7 @@ fn measure(pcierc: &Path, vmm: &Path, plan: Plan, placement: Placement) -> Resul
             EchoPeer::spawn(GUEST_REQUEST, GUEST_WRITE_REPLY)?,
         ))
     })?;
-    let first = match probe::run(vmm, rc.socket(), false) {
+    let first = match probe::run(vmm, rc.socket(), Mode::Snapshot) {
         Ok(r) => r,
         Err(e) => return Ok(Measured::CannotRun(e.to_string())),
     };
@@ -387,14 +479,16 @@ fn measure(pcierc: &Path, vmm: &Path, plan: Plan, placement: Placement) -> Resul
         mmio_read()?;
     }
     let mut snapshot = vec![first];
+    let mut mapped = Vec::with_capacity(plan.runs);
     let mut forwarded = Vec::with_capacity(plan.runs);
     // Batch means, as the guest measures (one TSC reading around 2000 accesses).
     let mut means: [Vec<f64>; 3] = std::array::from_fn(|_| Vec::with_capacity(plan.runs));
     for run in 0..plan.runs {
         if run > 0 {
-            snapshot.push(probe::run(vmm, rc.socket(), false)?);
+            snapshot.push(probe::run(vmm, rc.socket(), Mode::Snapshot)?);
         }
-        forwarded.push(probe::run(vmm, rc.socket(), true)?);
+        mapped.push(probe::run(vmm, rc.socket(), Mode::Mapped)?);
+        forwarded.push(probe::run(vmm, rc.socket(), Mode::Forwarded)?);
         means[0].push(batch_mean(plan.pings, || ping_read.round_trip())?);
         means[1].push(batch_mean(plan.pings, || ping_write.round_trip())?);
         means[2].push(batch_mean(plan.pings, &mut mmio_read)?);
@@ -402,6 +496,7 @@ fn measure(pcierc: &Path, vmm: &Path, plan: Plan, placement: Placement) -> Resul
     drop(pinned);
     let [ping_read, ping_write, frontend_read] = means.map(Samples::new);
     Ok(Measured::Done(Box::new(Measurements {
+        mapped,
         snapshot,
         forwarded,
         ping_read,
@@ -421,7 +516,7 @@ fn batch_mean(n: usize, mut op: impl FnMut() -> Result<()>) -> Result<f64> {
 
 fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement, suffix: &str) {
     let name = |stem: &str| format!("guest_{stem}{suffix}_ns");
-    let all_runs = || m.snapshot.iter().chain(&m.forwarded);
+    let all_runs = || m.snapshot.iter().chain(&m.forwarded).chain(&m.mapped);
     let khz: BTreeMap<u64, usize> = all_runs().fold(BTreeMap::new(), |mut acc, r| {
         *acc.entry(r.tsc_khz as u64).or_default() += 1;
         acc
@@ -447,8 +542,9 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
          the probe guest (examples/guest/pcie_probe.S) against one pcierc process (default \
          topology); the guest times 2000 accesses of each kind with rdtsc and prints their mean, \
          converted to ns with the TSC frequency of --stats ({} kHz); {} runs with pcierc's \
-         configuration snapshot, {} with --no-config-snapshot, interleaved with the ping-pongs; \
-         medians over runs",
+         configuration snapshot (--ecam-map off), {} with --no-config-snapshot, {} with the \
+         snapshot mapped into the ECAM window (--ecam-map on, the default), interleaved with \
+         the ping-pongs; medians over runs",
         if suffix.is_empty() {
             String::new()
         } else {
@@ -458,6 +554,7 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
         khz.join("/"),
         m.snapshot.len(),
         m.forwarded.len(),
+        m.mapped.len(),
     ));
     if let Some(lp) = m.label(probe::LOOP, true, true) {
         rep.note(format!(
@@ -497,6 +594,21 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
          two exits (an `out` always forwarded as PioWrite, an `in` served from the snapshot or \
          forwarded as PioRead); ratios against the floor"
     ));
+    // The main placement's mapped read is printed against QEMU's (print_mapped).
+    if let (false, Some(mapped)) = (suffix.is_empty(), m.mapped_label(probe::ECAM_READ)) {
+        rep.note(format!(
+            "ECAM read with the snapshot mapped into the guest's ECAM window (--ecam-map on, \
+             no VM exit), {} runs (run means {}); ratio against the floor",
+            m.mapped.len(),
+            range(&mapped)
+        ));
+        rep.figure(
+            &name("ecam_read_mapped"),
+            mapped.median(),
+            "ns",
+            Ratio::Of(f),
+        );
+    }
     for (stem, s) in [
         ("ecam_read_snapshot", &ecam_snapshot),
         ("ecam_read_forwarded", &ecam_forwarded),

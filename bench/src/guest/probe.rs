@@ -23,14 +23,16 @@ pub const CF8_CFC_READ: &str = "cf8-cfc-read";
 pub const ECAM_WRITE: &str = "ecam-write";
 /// Ten iterations of a three-instruction register loop: no exit, the guest alone.
 pub const LOOP: &str = "loop-x10";
+/// The bench loop with an empty routine (call, ret, dec, jnz): every figure's overhead.
+pub const EMPTY: &str = "empty";
 
 /// The `--stats` exit kind of MMIO forwarded to pcierc (its mean handling time in the VMM).
 pub const FORWARDED_MMIO: &str = "forwarded-mmio";
 
 /// The VMM's own limit for a run (`--timeout`, seconds).
-const VMM_TIMEOUT_S: &str = "20";
+const VMM_TIMEOUT_S: &str = "60";
 /// The bench's: past it the VMM is killed (it should have stopped itself before).
-const KILL_AFTER: Duration = Duration::from_secs(30);
+const KILL_AFTER: Duration = Duration::from_secs(75);
 
 /// Wait for `child` to end, killing it after `limit` (status `None` then), with both pipes
 /// drained on threads so a full pipe never stalls it: its status, stdout and stderr.
@@ -80,17 +82,31 @@ pub struct ProbeRun {
     pub handling_ns: BTreeMap<String, f64>,
 }
 
-/// Boot the probe guest under `vmm` connected to the pcierc listening on `socket`, with pcierc's
-/// configuration snapshot (`forwarded: false`) or without it (every read a message).
-pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
+/// How the VMM serves the guest's configuration reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The default: pcierc's snapshot mapped into the ECAM window (`--ecam-map on`), ECAM
+    /// reads of pcierc's functions without an exit.
+    Mapped,
+    /// Every read exits; the VMM answers it from the snapshot (`--ecam-map off`).
+    Snapshot,
+    /// Every read exits and is a message (`--no-config-snapshot --ecam-map off`).
+    Forwarded,
+}
+
+/// Boot the probe guest under `vmm` connected to the pcierc listening on `socket`, its reads
+/// served as `mode` says.
+pub fn run(vmm: &Path, socket: &Path, mode: Mode) -> Result<ProbeRun> {
     let mut cmd = Command::new(vmm);
     cmd.arg("--backend-socket")
         .arg(socket)
         .args(["--guest", "pcie-probe", "--mem", "64", "--stats"])
         .args(["--timeout", VMM_TIMEOUT_S]);
-    if forwarded {
-        cmd.arg("--no-config-snapshot");
-    }
+    match mode {
+        Mode::Mapped => cmd.args(["--ecam-map", "on"]),
+        Mode::Snapshot => cmd.args(["--ecam-map", "off"]),
+        Mode::Forwarded => cmd.args(["--no-config-snapshot", "--ecam-map", "off"]),
+    };
     let child = cmd
         .env(
             "RUST_LOG",
@@ -102,10 +118,10 @@ pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
         .spawn()
         .context(format!("spawning {}", vmm.display()))?;
     let (status, stdout, stderr) = run_bounded(child, "the vmm", KILL_AFTER)?;
-    let what = if forwarded {
-        "the probe guest with --no-config-snapshot"
-    } else {
-        "the probe guest"
+    let what = match mode {
+        Mode::Mapped => "the probe guest",
+        Mode::Snapshot => "the probe guest with --ecam-map off",
+        Mode::Forwarded => "the probe guest with --no-config-snapshot",
     };
     let Some(status) = status else {
         return Err(Error::Other(format!(
@@ -125,6 +141,18 @@ pub fn run(vmm: &Path, socket: &Path, forwarded: bool) -> Result<ProbeRun> {
             last_lines(&stderr)
         ))
     })?;
+    // The mapped figures are only what they say if the VMM did map the window.
+    let mapped = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("vmm: ecam map: "))
+        .is_some_and(|l| !l.starts_with("off") && !l.starts_with("0 image pages"));
+    if (mode == Mode::Mapped) != mapped {
+        return Err(Error::Other(format!(
+            "{what}: the VMM's ECAM map is {} (its --stats line \"vmm: ecam map: ...\"){}",
+            if mapped { "on" } else { "off or empty" },
+            last_lines(&stderr)
+        )));
+    }
     let cycles = parse_bench(&stdout);
     for label in [FLOOR, UNCLAIMED_MMIO, ECAM_READ, CF8_CFC_READ] {
         if !cycles.contains_key(label) {

@@ -75,6 +75,12 @@ struct Args {
     /// Do not use pcierc's shared configuration snapshot: every forwarded read is a message.
     #[arg(long)]
     no_config_snapshot: bool,
+    /// Map pcierc's configuration snapshot read-only into the guest's ECAM window, so ECAM reads
+    /// of pcierc's functions complete without a VM exit (writes still exit). `on` (the default)
+    /// falls back to exits, with one log line, when KVM lacks read-only memory slots or when
+    /// there is no snapshot (--no-config-snapshot).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    ecam_map: bool,
     /// Cold-plug the VMM's own test endpoint (1b36:0005: BAR0, MSI-X, Device Serial Number)
     /// behind root port PORT (repeatable); its function id is ep-PORT. Endpoints hot-added on
     /// pcierc's control socket with owner=<--name> are served as well.
@@ -138,6 +144,15 @@ fn parse_mem_mib(s: &str) -> Result<u64, String> {
     u64::try_from(scaled / (den << 20)).map_err(|_| too_large())
 }
 
+/// `on` or `off`.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("on or off".into()),
+    }
+}
+
 fn guest_name(s: &str) -> Result<&'static str, String> {
     pcierc_examples::guest::ALL
         .iter()
@@ -193,6 +208,7 @@ fn main() {
         stats: args.stats,
         name: args.name,
         config_snapshot: !args.no_config_snapshot,
+        ecam_map: args.ecam_map,
         acpi: !args.no_acpi,
         endpoints: args.endpoint,
         vfio: args.vfio,

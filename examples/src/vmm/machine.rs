@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::cmos::{self, Cmos, CMOS_DATA, CMOS_INDEX};
 use super::devices::OwnDevices;
+use super::ecam_map::EcamMap;
 use super::irq::{self, IrqRouting};
 use super::pcie::{Access, Claims, Forwarded, PcieLink};
 use super::Error;
@@ -188,6 +189,8 @@ pub struct Machine {
     pub devices: Mutex<OwnDevices>,
     /// Exit statistics.
     pub stats: ExitStats,
+    /// pcierc's configuration pages in the guest's ECAM window (`--ecam-map`).
+    pub ecam_map: Option<EcamMap>,
     stop: AtomicBool,
     /// The INTx sources asserted on each GSI: (segment, bus, devfn, pin). Functions share GSIs
     /// (the swizzle maps four slots onto each), so a line is the wired OR of its sources
@@ -223,6 +226,8 @@ pub struct MachineParts {
     pub name: String,
     /// pcierc's topology when the machine is assembled.
     pub topology: Topology,
+    /// The ECAM map, if the VMM maps the snapshot into the guest.
+    pub ecam_map: Option<EcamMap>,
     /// COM1's interrupt (an eventfd registered as an irqfd).
     pub serial_irq: EventFd,
     /// Where COM1's output goes.
@@ -242,6 +247,7 @@ impl Machine {
             cmos: Mutex::new(Cmos::default()),
             devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
+            ecam_map: p.ecam_map,
             stop: AtomicBool::new(false),
             intx: Mutex::new(Default::default()),
             console_sent: AtomicU64::new(0),
@@ -307,8 +313,18 @@ impl Machine {
     /// Everything `--stats` prints: exits, interrupts, the VMM's endpoints.
     pub fn report(&self) -> String {
         let d = self.devices();
+        let ecam = match &self.ecam_map {
+            Some(m) => {
+                let s = m.stats();
+                format!(
+                    "vmm: ecam map: {} image pages, {} all-ones pages, {} trapped pages in {} slots; {} layouts installed\n",
+                    s.images, s.all_ones, s.trapped, s.slots, s.rebuilds
+                )
+            }
+            None => "vmm: ecam map: off\n".to_string(),
+        };
         format!(
-            "{}vmm: endpoints: {} added, {} removed, {} served; {} configuration accesses, {} BAR accesses, {} MSI-X messages sent, {} lost\n",
+            "{}{ecam}vmm: endpoints: {} added, {} removed, {} served; {} configuration accesses, {} BAR accesses, {} MSI-X messages sent, {} lost\n",
             self.stats.report(),
             d.stats.added,
             d.stats.removed,
@@ -592,9 +608,15 @@ impl Machine {
         Ok(())
     }
 
-    /// Apply every notification waiting on pcierc's backend channel.
+    /// Apply every notification waiting on pcierc's backend channel, then bring the ECAM map
+    /// up to date with pcierc's routing (called after every forwarded write, before the vCPU
+    /// resumes, so a guest write that moves ECAM or renumbers buses is followed at once).
     pub fn drain_notifications(&self) -> Result<(), Error> {
-        self.pcie.drain(|n| self.apply(n))
+        self.pcie.drain(|n| self.apply(n))?;
+        match &self.ecam_map {
+            Some(m) => m.sync(&self.vm),
+            None => Ok(()),
+        }
     }
 
     fn apply(&self, n: Notification) -> Result<(), Error> {

@@ -24,6 +24,7 @@ pub mod cmos;
 pub mod console;
 pub mod cpu;
 pub mod devices;
+pub mod ecam_map;
 pub mod endpoint;
 mod endpoint_access;
 pub mod irq;
@@ -172,6 +173,10 @@ pub struct Config {
     /// Let configuration reads be served from pcierc's shared snapshot when it offers one
     /// (`CONFIG_SNAPSHOT`); off, every forwarded read is a socket round trip.
     pub config_snapshot: bool,
+    /// Map the snapshot's configuration pages read-only into the guest's ECAM window
+    /// ([`ecam_map`]): ECAM reads of pcierc's functions without a VM exit. Needs
+    /// `config_snapshot` and KVM_CAP_READONLY_MEM; otherwise reads exit as before.
+    pub ecam_map: bool,
     /// Reboot the guest when it resets (QEMU's default); off, a reset ends the run
     /// (`--no-reboot`).
     pub reboot: bool,
@@ -379,6 +384,11 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     }
 
     let topology = pcie.topology()?;
+    let ecam_map = if config.ecam_map {
+        open_ecam_map(&vm, &pcie, &ranges)?
+    } else {
+        None
+    };
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| Error::Io {
         what: "eventfd".into(),
@@ -392,6 +402,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         pcie,
         name: config.name.clone(),
         topology: topology.clone(),
+        ecam_map,
         serial_irq,
         console: Box::new(console::Stdout),
     }));
@@ -487,6 +498,31 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         eprint!("{}", machine.report());
     }
     outcome
+}
+
+/// The ECAM map (`--ecam-map on`) when pcierc shares its configuration snapshot and KVM has
+/// read-only slots; `None` (reads exit) otherwise, said once in the log.
+fn open_ecam_map(
+    vm: &kvm_ioctls::VmFd,
+    pcie: &PcieLink,
+    ram: &[(GuestAddress, usize)],
+) -> Result<Option<ecam_map::EcamMap>, Error> {
+    let reader = match pcie.frontend().snapshot().map(|r| r.try_clone()) {
+        Some(Ok(r)) => r,
+        Some(Err(source)) => {
+            return Err(Error::Io {
+                what: "mapping pcierc's configuration snapshot".into(),
+                source,
+            })
+        }
+        None => {
+            log::info!("--ecam-map: no configuration snapshot from pcierc; ECAM reads exit");
+            return Ok(None);
+        }
+    };
+    let mut forbidden: Vec<(u64, u64)> = ram.iter().map(|&(a, s)| (a.0, s as u64)).collect();
+    forbidden.push((layout::IOAPIC, (1 << 32) - layout::IOAPIC));
+    ecam_map::EcamMap::new(vm, reader, forbidden)
 }
 
 /// Write the boot tables, ACPI tables (with `config.acpi`) and the kernel and initrd into
