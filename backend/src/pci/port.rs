@@ -31,12 +31,24 @@ pub struct PortLayout {
     pub exp: u16,
     /// AER extended capability.
     pub aer: u16,
-    /// ACS extended capability.
-    pub acs: u16,
+    /// ACS extended capability, when the port has one.
+    pub acs: Option<u16>,
     /// BAR holding the MSI-X table and PBA.
     pub msix_bar: u8,
     /// The slot.
     pub slot: SlotConfig,
+    /// Link Status Data Link Layer Link Active is set while a card is present (PCIe Base 6.0
+    /// §7.5.3.8; QEMU's `x-pcie-lnksta-dllla`, or a link faster than 2.5 GT/s).
+    pub link_active: bool,
+}
+
+/// What a removal request does to an occupied slot ([`PciePort::unplug_request`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum UnplugRequest {
+    /// The slot is powered off with its power indicator off: the card goes at once.
+    Now,
+    /// The attention button is pressed; the card goes when the guest powers the slot off.
+    AttentionButton,
 }
 
 /// A PCI Express port's complete state.
@@ -251,8 +263,7 @@ impl PciePort {
         let exp = self.layout.exp;
         self.space
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
-        self.space
-            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        self.link_up();
         if self.layout.slot.power_controller {
             self.space.clear_bits(
                 exp + slot::SLTCTL,
@@ -273,13 +284,74 @@ impl PciePort {
         let exp = self.layout.exp;
         self.space
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
-        self.space
-            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        let link = self.link_up();
         // QEMU's pcie_cap_slot_plug_cb(): Presence Detect Changed and Attention Button Pressed,
         // so a guest that enables only ABPE (Linux pciehp on a slot with a button) hears of it;
         // and the link came up (§6.7.3.3, which QEMU does not model).
         // Effects::SLOT: presence changed.
-        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | self.dllsc()) | Effects::SLOT)
+        let dllsc = if link { self.dllsc() } else { 0 };
+        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | dllsc) | Effects::SLOT)
+    }
+
+    /// A card arrived: Data Link Layer Link Active set when the port reports it
+    /// ([`PortLayout::link_active`]). Whether it changed.
+    fn link_up(&mut self) -> bool {
+        if !self.layout.link_active {
+            return false;
+        }
+        let at = self.layout.exp + express::LNKSTA;
+        self.space.set_bits(at, 2, slot::LNKSTA_DLLLA.into()) == 0
+    }
+
+    /// Slot Capabilities (PCIe Base 6.0 §7.5.3.9).
+    fn slot_capabilities(&self) -> u32 {
+        self.space.dword(self.layout.exp + slot::SLTCAP)
+    }
+
+    /// QEMU 7.2's `pcie_cap_slot_pre_plug_cb()`: may a card be hot-added now? Not into a slot
+    /// that is not hot-plug capable (Slot Capabilities Hot-Plug Capable, §7.5.3.9), nor while
+    /// the electromechanical interlock is engaged (Slot Status, §7.5.3.11).
+    pub fn may_hot_add(&self) -> Result<(), SlotError> {
+        if self.slot_capabilities() & slot::SLTCAP_HPC == 0 {
+            return Err(SlotError::HotPlugUnsupported);
+        }
+        if self.slot_status() & slot::SLTSTA_EIS != 0 {
+            return Err(SlotError::Interlocked);
+        }
+        Ok(())
+    }
+
+    /// QEMU 7.2's `pcie_cap_slot_unplug_request_cb()`: what a removal request does now. Refused
+    /// when the slot is not hot-plug capable, while the interlock is engaged, and while the
+    /// power indicator blinks (the guest is busy with the slot, §6.7.1.1.1); a slot the guest
+    /// keeps powered off with its indicator off gives the card up at once; otherwise the
+    /// attention button is pressed (§6.7.1.5).
+    pub fn unplug_request(&self) -> Result<UnplugRequest, SlotError> {
+        let ctl = self.space.word(self.layout.exp + slot::SLTCTL);
+        if self.slot_capabilities() & slot::SLTCAP_HPC == 0 {
+            return Err(SlotError::HotUnplugUnsupported);
+        }
+        if self.slot_status() & slot::SLTSTA_EIS != 0 {
+            return Err(SlotError::Interlocked);
+        }
+        match ctl & slot::SLTCTL_PIC {
+            slot::SLTCTL_PIC_BLINK => Err(SlotError::PowerIndicatorBlinking),
+            slot::SLTCTL_PIC_OFF if ctl & slot::SLTCTL_PCC != 0 => Ok(UnplugRequest::Now),
+            _ => Ok(UnplugRequest::AttentionButton),
+        }
+    }
+
+    /// A card leaves a slot the guest keeps powered off (QEMU's fast path of
+    /// `pcie_cap_slot_unplug_request_cb()`): [`PciePort::removed`], then Attention Button
+    /// Pressed cleared, as QEMU does after its event.
+    pub fn unplugged_while_off(&mut self) -> Result<Effects, SlotError> {
+        let fx = self.removed()?;
+        self.space.clear_bits(
+            self.layout.exp + slot::SLTSTA,
+            2,
+            slot::SLTSTA_ABP.into(),
+        );
+        Ok(fx)
     }
 
     /// The operator presses the attention button (PCIe Base 6.0 §6.7.1.5): Attention Button
@@ -562,7 +634,9 @@ impl PciePort {
         express::reset_root_port(&mut self.space, l.exp);
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
         self.slot.reset(&mut self.space, l.exp, l.slot, false);
-        acs::reset(&mut self.space, l.acs);
+        if let Some(acs) = l.acs {
+            acs::reset(&mut self.space, acs);
+        }
         aer::root_reset(&mut self.space, l.aer);
         bridge::reset(&mut self.space);
     }
@@ -702,6 +776,21 @@ pub trait PortFunction: Send {
     /// The attention button is pressed. See [`PciePort::attention_button`].
     fn attention_button(&mut self) -> Result<Effects, SlotError> {
         self.port_mut().attention_button()
+    }
+
+    /// May a card be hot-added now? See [`PciePort::may_hot_add`].
+    fn may_hot_add(&self) -> Result<(), SlotError> {
+        self.port().may_hot_add()
+    }
+
+    /// What a removal request does now. See [`PciePort::unplug_request`].
+    fn unplug_request(&self) -> Result<UnplugRequest, SlotError> {
+        self.port().unplug_request()
+    }
+
+    /// The card leaves a powered-off slot. See [`PciePort::unplugged_while_off`].
+    fn unplugged_while_off(&mut self) -> Result<Effects, SlotError> {
+        self.port_mut().unplugged_while_off()
     }
 
     /// The card is gone. See [`PciePort::removed`].

@@ -21,7 +21,12 @@ fn status(e: &HotplugError) -> Status {
         HotplugError::Slot {
             source: SlotError::Occupied,
             ..
-        } => Status::Busy,
+        }
+        | HotplugError::Interlocked(_)
+        | HotplugError::PowerIndicatorBlinking(_) => Status::Busy,
+        HotplugError::HotPlugUnsupported(_) | HotplugError::HotUnplugUnsupported(_) => {
+            Status::Permission
+        }
         HotplugError::Slot { .. }
         | HotplugError::InvalidOwner(_)
         | HotplugError::FunctionZeroFirst { .. }
