@@ -105,7 +105,9 @@ pub struct TopologyArgs {
     /// Start from the host bridge alone instead of the embedded default's four root ports.
     #[arg(long, short = 'n')]
     pub nodefaults: bool,
-    /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0`.
+    /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0`; a root
+    /// port takes every property QEMU 7.2's `pcie-root-port` has (e.g. `hotplug=off`,
+    /// `x-speed=8`, `disable-acs=on`).
     #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
     pub device: Vec<String>,
 }
