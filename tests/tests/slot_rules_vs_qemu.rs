@@ -58,8 +58,14 @@ fn steps() -> Vec<(&'static str, Step)> {
     let add = |id: &str, bus: &str| json!({"driver": "virtio-net-pci", "id": id, "bus": bus});
     let del = |id: &str| json!({ "id": id });
     vec![
-        ("add to a slot the guest left off", Qmp("device_add", add("n1", "rp1"))),
-        ("del of a slot the guest left off", Qmp("device_del", del("n1"))),
+        (
+            "add to a slot the guest left off",
+            Qmp("device_add", add("n1", "rp1")),
+        ),
+        (
+            "del of a slot the guest left off",
+            Qmp("device_del", del("n1")),
+        ),
         ("del of what is gone", Qmp("device_del", del("n1"))),
         (
             "guest powers the slot on",
@@ -93,8 +99,14 @@ fn steps() -> Vec<(&'static str, Step)> {
             "guest powers the slot off",
             Guest(&[(0, SLTSTA, 0x1f), (0, SLTCTL, ENABLES | 0x700)]),
         ),
-        ("del after the guest released it", Qmp("device_del", del("n2"))),
-        ("add to a hotplug=off port", Qmp("device_add", add("n4", "rp2"))),
+        (
+            "del after the guest released it",
+            Qmp("device_del", del("n2")),
+        ),
+        (
+            "add to a hotplug=off port",
+            Qmp("device_add", add("n4", "rp2")),
+        ),
         ("del from a hotplug=off port", Qmp("device_del", del("n9"))),
         ("del of a port", Qmp("device_del", del("rp1"))),
     ]

@@ -346,11 +346,8 @@ impl PciePort {
     /// Pressed cleared, as QEMU does after its event.
     pub fn unplugged_while_off(&mut self) -> Result<Effects, SlotError> {
         let fx = self.removed()?;
-        self.space.clear_bits(
-            self.layout.exp + slot::SLTSTA,
-            2,
-            slot::SLTSTA_ABP.into(),
-        );
+        self.space
+            .clear_bits(self.layout.exp + slot::SLTSTA, 2, slot::SLTSTA_ABP.into());
         Ok(fx)
     }
 

@@ -191,7 +191,11 @@ pub fn toml_value(id: &str, key: &str, v: &toml::Value) -> Result<String> {
 
 /// The static name of a known property (for error values), or "value".
 fn static_name(key: &str) -> &'static str {
-    PROPERTIES.iter().find(|p| **p == key).copied().unwrap_or("value")
+    PROPERTIES
+        .iter()
+        .find(|p| **p == key)
+        .copied()
+        .unwrap_or("value")
 }
 
 #[cfg(test)]
@@ -234,10 +238,16 @@ mod tests {
         assert!(!c.hotplug && !c.native_hotplug && !c.power_controller_present);
         assert!(c.disable_acs && !c.lnksta_dllla && !c.extcap_init && !c.migrate_msix);
         assert_eq!((c.aer_log_max, c.speed, c.width), (0, LinkSpeed::Gt2_5, 12));
-        assert_eq!((c.acpi_index, c.rombar, c.romsize), (16383, 0, Some(0x10000)));
+        assert_eq!(
+            (c.acpi_index, c.rombar, c.romsize),
+            (16383, 0, Some(0x10000))
+        );
         assert_eq!((c.io_reserve, c.bus_reserve), (Some(4096), None));
         // Every listed property except the placement ones is known to the parser.
-        for p in PROPERTIES.iter().filter(|p| !["id", "bus", "addr"].contains(p)) {
+        for p in PROPERTIES
+            .iter()
+            .filter(|p| !["id", "bus", "addr"].contains(p))
+        {
             let mut c = RootPortConfig::default();
             let e = set_property(&mut c, p, "zz");
             assert!(
@@ -274,10 +284,16 @@ mod tests {
             msg(&[("failover_pair_id", "n1")]),
             "rp: failover primary device is not an Ethernet device"
         );
-        assert_eq!(msg(&[("hotplug", "maybe")]), "rp: hotplug='maybe' is not on/off");
+        assert_eq!(
+            msg(&[("hotplug", "maybe")]),
+            "rp: hotplug='maybe' is not on/off"
+        );
         assert!(matches!(
             port(&[("romfile", "efi.rom")]),
-            Err(TopologyError::Unsupported { property: "romfile", .. })
+            Err(TopologyError::Unsupported {
+                property: "romfile",
+                ..
+            })
         ));
         assert!(matches!(
             port(&[("colour", "red")]),

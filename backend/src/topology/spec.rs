@@ -94,7 +94,12 @@ struct DeviceRepr {
 }
 
 /// Build a port from its placement and QEMU-syntax properties.
-fn port_spec(id: String, addr: &str, bus: Option<&str>, props: &[(String, String)]) -> Result<PortSpec> {
+fn port_spec(
+    id: String,
+    addr: &str,
+    bus: Option<&str>,
+    props: &[(String, String)],
+) -> Result<PortSpec> {
     if let Some(bus) = bus {
         if bus != ROOT_BUS {
             return Err(TopologyError::PortBus {

@@ -672,7 +672,8 @@ fn removal_requests_follow_qemus_slot_rules() {
     );
     assert_eq!(h.mmio_read(SLTSTA, 2).unwrap() & 0x01, 0, "no button press");
     // The interlock engaged (EIC toggles EIS): removal and hot-add refused, as QEMU's EBUSY.
-    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800).unwrap();
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800)
+        .unwrap();
     assert_ne!(h.mmio_read(SLTSTA, 2).unwrap() & 0x80, 0, "EIS");
     let locked = || HotplugError::Interlocked("rp1".into());
     assert_eq!(h.request_removal("net0"), Err(locked()));
@@ -683,7 +684,8 @@ fn removal_requests_follow_qemus_slot_rules() {
         locked().to_string(),
         "slot is electromechanically locked: Device or resource busy"
     );
-    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800).unwrap();
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800)
+        .unwrap();
     h.take_events();
     // Released: the button is pressed; the function stays until the guest powers off.
     h.request_removal("net0").unwrap();
@@ -757,6 +759,10 @@ fn link_active_follows_x_pcie_lnksta_dllla_at_2_5_gt() {
         let mut e = net("net0");
         e.bus = "rp9".into();
         h.hot_add(e).unwrap();
-        assert_eq!(h.mmio_read(RP9 + 0x66, 2).unwrap() & 0x2000, dllla, "{opts}");
+        assert_eq!(
+            h.mmio_read(RP9 + 0x66, 2).unwrap() & 0x2000,
+            dllla,
+            "{opts}"
+        );
     }
 }
