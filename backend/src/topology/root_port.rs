@@ -42,6 +42,41 @@ pub const PROPERTIES: [&str; 27] = [
     "id",
 ];
 
+/// A property name from [`PROPERTIES`], as a topology file key: any other name fails while the
+/// file is parsed (with its line and column).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PropertyName(&'static str);
+
+impl PropertyName {
+    /// The name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PropertyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for PropertyName {
+    fn borrow(&self) -> &str {
+        self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PropertyName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        PROPERTIES
+            .iter()
+            .find(|p| **p == s)
+            .map(|p| PropertyName(p))
+            .ok_or_else(|| serde::de::Error::unknown_field(&s, &PROPERTIES))
+    }
+}
+
 /// QEMU's boolean syntax (`qapi_bool_parse()`): on/yes/true/y and off/no/false/n.
 pub fn parse_bool(s: &str) -> Option<bool> {
     match s {

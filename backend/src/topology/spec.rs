@@ -71,16 +71,11 @@ struct FileRepr {
     device: Vec<DeviceRepr>,
 }
 
-/// A `[[root-port]]` table: placement, then any `pcie-root-port` property by QEMU's name
-/// (checked by [`root_port::set_property`], which refuses unknown names).
+/// A `[[root-port]]` table: `id`, `addr`, optional `bus`, then any `pcie-root-port` property by
+/// QEMU's name. Names QEMU does not list fail while parsing, with their line and column.
 #[derive(Deserialize, Debug, Default)]
-struct PortRepr {
-    id: String,
-    addr: String,
-    bus: Option<String>,
-    #[serde(flatten)]
-    properties: BTreeMap<String, toml::Value>,
-}
+#[serde(transparent)]
+struct PortRepr(BTreeMap<root_port::PropertyName, toml::Value>);
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -124,12 +119,34 @@ fn port_spec(
 
 impl PortRepr {
     fn into_spec(self) -> Result<PortSpec> {
+        let text = |key: &str| match self.0.get(key) {
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            None => Ok(None),
+            Some(other) => Err(TopologyError::Toml {
+                location: None,
+                message: format!("root-port {key}: expected a string, found {other}"),
+            }),
+        };
+        let Some(id) = text("id")? else {
+            return Err(TopologyError::Toml {
+                location: None,
+                message: "a [[root-port]] without id".into(),
+            });
+        };
+        let Some(addr) = text("addr")? else {
+            return Err(TopologyError::MissingProperty {
+                id,
+                property: "addr",
+            });
+        };
+        let bus = text("bus")?;
         let props = self
-            .properties
+            .0
             .iter()
-            .map(|(k, v)| Ok((k.clone(), root_port::toml_value(&self.id, k, v)?)))
+            .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
+            .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
             .collect::<Result<Vec<_>>>()?;
-        port_spec(self.id, &self.addr, self.bus.as_deref(), &props)
+        port_spec(id, &addr, bus.as_deref(), &props)
     }
 }
 
@@ -604,7 +621,25 @@ mod tests {
         use TopologyError as E;
         let e = TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\ncolour=1\n").unwrap_err();
         assert!(
-            matches!(&e, E::UnknownProperty { id, key, .. } if id == "a" && key == "colour"),
+            matches!(&e, E::Toml { location: Some((4, 1)), message } if message.contains("unknown field `colour`")),
+            "{e:?}"
+        );
+        let s = TopologySpec::from_toml(
+            "[[root-port]]\nid='a'\naddr='3'\nhotplug=false\nx-speed='8'\naer_log_max=0\n",
+        )
+        .unwrap();
+        let c = &s.root_ports[0].config;
+        assert_eq!((c.hotplug, c.aer_log_max), (false, 0));
+        let e =
+            TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\nx-width=3\n").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                E::PortProperty {
+                    property: "x-width",
+                    ..
+                }
+            ),
             "{e:?}"
         );
         let e = TopologySpec::from_toml("[[device]]\ndriver='x'\nid='a'\nbus='rp'\ncolour=1\n")
