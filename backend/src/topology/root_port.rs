@@ -141,13 +141,8 @@ pub fn set_property(cfg: &mut RootPortConfig, key: &str, value: &str) -> Result<
             cfg.bus_reserve = (n != u32::MAX).then_some(n);
         }
         "io-reserve" | "mem-reserve" | "pref32-reserve" | "pref64-reserve" => {
-            let property = match key {
-                "io-reserve" => "io-reserve",
-                "mem-reserve" => "mem-reserve",
-                "pref32-reserve" => "pref32-reserve",
-                _ => "pref64-reserve",
-            };
-            let n = size(&id, property, value)?;
+            // QEMU's default (u64::MAX) means "not given".
+            let n = size(&id, static_name(key), value)?;
             let v = (n != u64::MAX).then_some(n);
             match key {
                 "io-reserve" => cfg.io_reserve = v,
