@@ -25,13 +25,17 @@ use pcierc_tests::qmp_socket::QmpSocket;
 use pcierc_tests::qtest::{qemu_q35_with, Qtest};
 use serde_json::{json, Value};
 
-/// rp1 (00:02.0) is a default port; rp2 (00:03.0) has `hotplug=off` and a card from power-on.
-const DEVICES: [&str; 3] = [
+/// rp1 (00:02.0) is a default port; rp2 (00:03.0) has `hotplug=off` and a card from power-on;
+/// rp3 (00:04.0) has no power controller and a 2.5 GT/s link without Data Link Layer Link
+/// Active reporting.
+const DEVICES: [&str; 4] = [
     "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x2.0",
     "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=0x3.0,hotplug=off",
     "virtio-net-pci,id=n9,bus=rp2",
+    "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3,addr=0x4.0,power_controller_present=off,\
+     x-speed=2_5,x-pcie-lnksta-dllla=off",
 ];
-const PORTS: [u8; 2] = [0x10, 0x18];
+const PORTS: [u8; 3] = [0x10, 0x18, 0x20];
 /// The PCI Express capability of both ports is at 0x54 (QEMU's layout).
 const SLTCTL: u16 = 0x54 + 0x18;
 const SLTSTA: u16 = 0x54 + 0x1a;
@@ -109,6 +113,14 @@ fn steps() -> Vec<(&'static str, Step)> {
         ),
         ("del from a hotplug=off port", Qmp("device_del", del("n9"))),
         ("del of a port", Qmp("device_del", del("rp1"))),
+        (
+            "add to a port without power controller or DLLLA",
+            Qmp("device_add", add("n5", "rp3")),
+        ),
+        (
+            "del from a port without power controller",
+            Qmp("device_del", del("n5")),
+        ),
     ]
 }
 

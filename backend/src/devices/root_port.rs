@@ -83,8 +83,9 @@ pub struct RootPortConfig {
     pub speed: LinkSpeed,
     /// Maximum link width (`x-width=`: 1, 2, 4, 8, 12, 16, 32; default 32).
     pub width: u8,
-    /// Link Status Data Link Layer Link Active follows presence even at 2.5 GT/s
-    /// (`x-pcie-lnksta-dllla=`, default on; faster links always report it).
+    /// `x-pcie-lnksta-dllla=` (default on): accepted and stored. In QEMU 7.2 it is a property
+    /// of the device *plugged into* a slot (`pcie_cap_slot_plug_cb()` tests the plugged
+    /// device's flag), so a root port's own value changes nothing a guest sees of it.
     pub lnksta_dllla: bool,
     /// `x-pcie-extcap-init=` (default on): accepted and stored; no effect on a root port.
     pub extcap_init: bool,
@@ -296,9 +297,6 @@ impl RootPort {
             acs,
             msix_bar: MSIX_BAR,
             slot: config.slot(),
-            // pcie_cap_slot_plug_cb(): Data Link Layer Link Active with a card present when
-            // `x-pcie-lnksta-dllla` is on or the link reports it (faster than 2.5 GT/s).
-            link_active: config.lnksta_dllla || config.speed > LinkSpeed::Gt2_5,
         };
         Ok(RootPort {
             config,

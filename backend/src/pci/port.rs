@@ -37,9 +37,6 @@ pub struct PortLayout {
     pub msix_bar: u8,
     /// The slot.
     pub slot: SlotConfig,
-    /// Link Status Data Link Layer Link Active is set while a card is present (PCIe Base 6.0
-    /// §7.5.3.8; QEMU's `x-pcie-lnksta-dllla`, or a link faster than 2.5 GT/s).
-    pub link_active: bool,
 }
 
 /// What a removal request does to an occupied slot ([`PciePort::unplug_request`]).
@@ -293,12 +290,11 @@ impl PciePort {
         Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | dllsc) | Effects::SLOT)
     }
 
-    /// A card arrived: Data Link Layer Link Active set when the port reports it
-    /// ([`PortLayout::link_active`]). Whether it changed.
+    /// A card arrived: Data Link Layer Link Active set (PCIe Base 6.0 §7.5.3.8). QEMU 7.2 sets
+    /// it when the port reports link activity or the *plugged device* has
+    /// `x-pcie-lnksta-dllla` (on by default); pcierc does not know the device's properties and
+    /// takes the default. Whether it changed.
     fn link_up(&mut self) -> bool {
-        if !self.layout.link_active {
-            return false;
-        }
         let at = self.layout.exp + express::LNKSTA;
         self.space.set_bits(at, 2, slot::LNKSTA_DLLLA.into()) == 0
     }

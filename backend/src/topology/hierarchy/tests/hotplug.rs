@@ -744,13 +744,16 @@ fn ports_without_hot_plug_refuse_add_and_removal() {
     }
 }
 
+/// QEMU 7.2 sets Data Link Layer Link Active on a plug when the plugged device has
+/// `x-pcie-lnksta-dllla` (its default) or the port reports link activity: a root port's own
+/// `x-pcie-lnksta-dllla=off` changes nothing (compared with QEMU in `slot_rules_vs_qemu`).
 #[test]
-fn link_active_follows_x_pcie_lnksta_dllla_at_2_5_gt() {
+fn link_comes_up_on_plug_whatever_the_ports_lnksta_dllla() {
     const RP9: u64 = 0xb000_0000 + (0x20 << 12);
-    for (opts, dllla) in [
-        ("x-speed=2_5,x-pcie-lnksta-dllla=off", 0),
-        ("x-speed=2_5", 0x2000),
-        ("x-pcie-lnksta-dllla=off", 0x2000),
+    for opts in [
+        "x-speed=2_5,x-pcie-lnksta-dllla=off",
+        "x-speed=2_5",
+        "x-pcie-lnksta-dllla=off",
     ] {
         let mut h = hierarchy(&[&format!(
             "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,{opts}"
@@ -761,7 +764,7 @@ fn link_active_follows_x_pcie_lnksta_dllla_at_2_5_gt() {
         h.hot_add(e).unwrap();
         assert_eq!(
             h.mmio_read(RP9 + 0x66, 2).unwrap() & 0x2000,
-            dllla,
+            0x2000,
             "{opts}"
         );
     }
