@@ -96,6 +96,28 @@ impl QmpSocket {
         Ok(out.as_str().unwrap_or_default().to_string())
     }
 
+    /// Every event received so far and arriving until none has come for `quiet`.
+    pub fn drain_events(&mut self, quiet: Duration) -> io::Result<Vec<Value>> {
+        loop {
+            self.writer.set_read_timeout(Some(quiet))?;
+            let r = self.line();
+            self.writer
+                .set_read_timeout(Some(Duration::from_secs(30)))?;
+            match r {
+                Ok(v) => self.events.push(v),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(std::mem::take(&mut self.events))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Wait up to `timeout` for the event `name` (events already received count).
     pub fn event(&mut self, name: &str, timeout: Duration) -> io::Result<Option<Value>> {
         let deadline = Instant::now() + timeout;

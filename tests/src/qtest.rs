@@ -202,6 +202,12 @@ fn require(name: &str) -> bool {
 /// (e.g. `pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0`). `None` only when
 /// qemu-system-x86_64 is not installed; any other failure to start is a panic (a test failure).
 pub fn qemu_q35(root_ports: &[&str]) -> Option<Qtest> {
+    let args: Vec<&str> = root_ports.iter().flat_map(|d| ["-device", d]).collect();
+    qemu_q35_with(&args)
+}
+
+/// [`qemu_q35`] with arbitrary extra arguments (`-device` options, `-qmp`, `-global`).
+pub fn qemu_q35_with(extra: &[&str]) -> Option<Qtest> {
     if !require(QEMU) {
         return None;
     }
@@ -216,9 +222,7 @@ pub fn qemu_q35(root_ports: &[&str]) -> Option<Qtest> {
         "stdio",
         "-S",
     ]);
-    for d in root_ports {
-        cmd.args(["-device", d]);
-    }
+    cmd.args(extra);
     let mut q = match Qtest::spawn(cmd) {
         Ok(q) => q,
         Err(e) => panic!("starting {QEMU}: {e}"),

@@ -1,7 +1,8 @@
 //! The whole stack against QEMU 7.2: QEMU's `q35` on one side; on the other, the real `pcierc`
 //! process with the same root ports, driven through its unix socket by `pcierc qtest` with the
 //! same qtest lines. Every read is compared (see `pcierc_tests::differential`); only the
-//! documented deviations (docs/qemu-compat.md) may differ.
+//! documented deviations (docs/qemu-compat.md) may differ. Two hierarchies: libvirt's usual
+//! ports, and one port per value of every register-changing `pcie-root-port` property.
 
 use std::process::Command;
 use std::time::Instant;
@@ -19,11 +20,55 @@ const PORTS: [(u8, &str); 3] = [
 
 #[test]
 fn pcierc_through_its_socket_matches_qemu() {
-    let Some(qemu) = qemu_q35(&PORTS.map(|p| p.1)) else {
+    let ports: Vec<(u8, String)> = PORTS.iter().map(|(f, d)| (*f, d.to_string())).collect();
+    run_against_qemu("pcierc (socket) vs QEMU", &PORTS.map(|p| p.1), &ports);
+}
+
+/// One port per value of every `pcie-root-port` property QEMU 7.2 has that changes registers,
+/// and one with all those that do not (accepted, stored, no register effect); then the ones
+/// `ioh3420` shares. At most 12 `pcie-root-port`s: the engine puts their MSI-X BARs one MiB
+/// apart below QEMU's IOAPIC (an `ioh3420` has no BAR).
+const PROPERTY_VARIANTS: [(&str, &str); 13] = [
+    ("pcie-root-port", "hotplug=off"),
+    ("pcie-root-port", "x-native-hotplug=off"),
+    ("pcie-root-port", "power_controller_present=off"),
+    ("pcie-root-port", "disable-acs=on"),
+    ("pcie-root-port", "aer_log_max=0"),
+    ("pcie-root-port", "x-speed=2_5,x-pcie-lnksta-dllla=off,x-width=16"),
+    ("pcie-root-port", "x-speed=5,x-width=1"),
+    ("pcie-root-port", "x-speed=8,x-width=12"),
+    ("pcie-root-port", "hotplug=off,power_controller_present=off,x-width=2,aer_log_max=128,x-speed=16"),
+    ("pcie-root-port", "x-native-hotplug=off,io-reserve=0,x-width=4"),
+    ("pcie-root-port", "acpi-index=3,rombar=0,romsize=65536,romfile=,x-migrate-msix=off,x-pcie-extcap-init=off,x-width=8"),
+    ("ioh3420", "hotplug=off,aer_log_max=0,disable-acs=on"),
+    ("ioh3420", "power_controller_present=off,x-native-hotplug=off,acpi-index=7"),
+];
+
+/// Every register-changing root port property against QEMU 7.2, in one QEMU process and one
+/// pcierc process: the same `-device` options on both sides, every read compared.
+#[test]
+fn root_port_properties_match_qemu() {
+    let devices: Vec<(u8, String)> = PROPERTY_VARIANTS
+        .iter()
+        .enumerate()
+        .map(|(i, (driver, props))| {
+            let n = i + 3;
+            let d =
+                format!("{driver},id=p{n},bus=pcie.0,chassis={n},slot={n},addr={n:#x}.0,{props}");
+            ((n as u8) << 3, d)
+        })
+        .collect();
+    let options: Vec<&str> = devices.iter().map(|(_, d)| d.as_str()).collect();
+    run_against_qemu("root port properties vs QEMU", &options, &devices);
+}
+
+/// Start QEMU and pcierc with the same root port `-device` options and compare everything.
+fn run_against_qemu(what: &str, options: &[&str], ports: &[(u8, String)]) {
+    let Some(qemu) = qemu_q35(options) else {
         return;
     };
     let mut args = vec!["-n"];
-    for (_, d) in PORTS {
+    for d in options {
         args.extend(["--device", d]);
     }
     let backend = Backend::start(&args);
@@ -33,7 +78,6 @@ fn pcierc_through_its_socket_matches_qemu() {
         .arg(&backend.socket)
         .env("RUST_LOG", "warn");
     let ours = Qtest::spawn(cmd).expect("starting pcierc qtest");
-
     let started = Instant::now();
     let mut qemu = QtestTarget::new(qemu).expect("enabling ECAM in QEMU");
     let mut ours = QtestTarget::new(ours).expect("enabling ECAM through pcierc");
@@ -42,19 +86,16 @@ fn pcierc_through_its_socket_matches_qemu() {
         kind: Kind::Mch,
         devfn: 0,
     }];
-    for (devfn, d) in PORTS {
-        let id = d
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("id="))
-            .unwrap_or("?");
+    for (devfn, d) in ports {
+        let props = d.split_once("addr=").map_or("", |(_, rest)| rest);
         functions.push(Function {
-            name: format!("00:{:02x}.{} {id}", devfn >> 3, devfn & 7),
+            name: format!("00:{:02x}.{} {props}", devfn >> 3, devfn & 7),
             kind: Kind::of_device(d).expect("a root port model"),
-            devfn,
+            devfn: *devfn,
         });
     }
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
-    diff.run_all_and_check("pcierc (socket) vs QEMU", started);
+    diff.run_all_and_check(what, started);
 }
 
 #[test]

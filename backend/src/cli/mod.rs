@@ -106,7 +106,8 @@ pub struct TopologyArgs {
     #[arg(long, short = 'n')]
     pub nodefaults: bool,
     /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0` (or
-    /// `ioh3420,...`; docs/topology.md).
+    /// `ioh3420,...`; docs/topology.md); a root port takes every property QEMU 7.2's
+    /// `pcie-root-port` has (e.g. `hotplug=off`, `x-speed=8`, `disable-acs=on`).
     #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
     pub device: Vec<String>,
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pci::bridge;
-use crate::pci::caps::express::{self, LinkConfig};
+use crate::pci::caps::express::{self, LinkConfig, LinkSpeed};
 use crate::pci::caps::msix::Msix;
 use crate::pci::caps::resource_reserve::{self, Reserve};
 use crate::pci::caps::slot::{self, SlotConfig};
@@ -73,10 +73,12 @@ impl RootPortModel {
     }
 }
 
-/// A root port's properties, with the meaning and defaults of QEMU's `pcie-root-port`
-/// properties of the same names (`None` = not given).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A root port's properties, with the meaning and defaults of QEMU 7.2's `pcie-root-port`
+/// properties of the same names (`qemu-system-x86_64 -device pcie-root-port,help`; the table in
+/// docs/qemu-compat.md says what each changes). `None` = not given. A saved state written before
+/// a property existed loads with QEMU's default for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RootPortConfig {
     /// Device id (`id=`), used to address the port in the topology.
     pub id: String,
@@ -101,10 +103,85 @@ pub struct RootPortConfig {
     pub pref32_reserve: Option<u64>,
     /// Prefetchable 64-bit memory bytes to reserve (`pref64-reserve=`).
     pub pref64_reserve: Option<u64>,
+    /// The slot is hot-plug capable (`hotplug=`, default on): Slot Capabilities Hot-Plug
+    /// Capable and Hot-Plug Surprise; off refuses `device_add`/`device_del` on the port.
+    pub hotplug: bool,
+    /// Native (PCIe) hot-plug is offered (`x-native-hotplug=`, default on); off hides it as
+    /// `hotplug=off` does and reserves 4 KiB of I/O unless `io-reserve` is given (QEMU expects
+    /// ACPI hot-plug then, which pcierc does not provide).
+    pub native_hotplug: bool,
+    /// A power controller is present (`power_controller_present=`, default on): Slot
+    /// Capabilities Power Controller Present and a writable Power Controller Control.
+    pub power_controller_present: bool,
+    /// No ACS extended capability (`disable-acs=`, default off).
+    pub disable_acs: bool,
+    /// AER error log entries (`aer_log_max=`, default 8, at most 128); 0 clears AER Multiple
+    /// Header Recording Capable.
+    pub aer_log_max: u16,
+    /// Maximum link speed (`x-speed=`: 2_5, 5, 8, 16; default 16).
+    pub speed: LinkSpeed,
+    /// Maximum link width (`x-width=`: 1, 2, 4, 8, 12, 16, 32; default 32).
+    pub width: u8,
+    /// `x-pcie-lnksta-dllla=` (default on): accepted and stored. In QEMU 7.2 it is a property
+    /// of the device *plugged into* a slot (`pcie_cap_slot_plug_cb()` tests the plugged
+    /// device's flag), so a root port's own value changes nothing a guest sees of it.
+    pub lnksta_dllla: bool,
+    /// `x-pcie-extcap-init=` (default on): accepted and stored; no effect on a root port.
+    pub extcap_init: bool,
+    /// `x-migrate-msix=` (default on): accepted and stored; pcierc always saves MSI-X state.
+    pub migrate_msix: bool,
+    /// `acpi-index=` (default 0, at most 16383, unique): accepted and stored; pcierc builds no
+    /// ACPI tables.
+    pub acpi_index: u32,
+    /// `rombar=` (default 1): accepted and stored; without a ROM file there is no ROM BAR.
+    pub rombar: u32,
+    /// `romsize=` (a power of two): accepted and stored; without a ROM file there is no ROM.
+    pub romsize: Option<u32>,
 }
 
+impl Default for RootPortConfig {
+    /// QEMU 7.2's defaults.
+    fn default() -> Self {
+        RootPortConfig {
+            id: String::new(),
+            model: RootPortModel::default(),
+            chassis: 0,
+            slot: 0,
+            port: 0,
+            multifunction: false,
+            bus_reserve: None,
+            io_reserve: None,
+            mem_reserve: None,
+            pref32_reserve: None,
+            pref64_reserve: None,
+            hotplug: true,
+            native_hotplug: true,
+            power_controller_present: true,
+            disable_acs: false,
+            aer_log_max: aer::LOG_MAX_DEFAULT,
+            speed: LinkSpeed::Gt16,
+            width: 32,
+            lnksta_dllla: true,
+            extcap_init: true,
+            migrate_msix: true,
+            acpi_index: 0,
+            rombar: 1,
+            romsize: None,
+        }
+    }
+}
+
+/// Most `acpi-index` QEMU accepts (`ONBOARD_INDEX_MAX`).
+pub const ACPI_INDEX_MAX: u32 = 16 * 1024 - 1;
+/// The widths QEMU's `x-width` accepts (`PCIELinkWidth`).
+pub const LINK_WIDTHS: [u8; 7] = [1, 2, 4, 8, 12, 16, 32];
+/// I/O QEMU reserves for a port with `x-native-hotplug=off` (`gen_rp_realize()`: ACPI hot-plug
+/// needs I/O behind the port).
+pub const ACPI_HOTPLUG_IO_RESERVE: u64 = 0x1000;
+
 impl RootPortConfig {
-    /// The combinations QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`), with its messages.
+    /// The values and combinations QEMU refuses (`pci_bridge_qemu_reserve_cap_init()`,
+    /// `pcie_aer_init()`, `pci_qdev_realize()`), with its messages.
     pub fn validate(&self) -> Result<(), TopologyError> {
         let err = |reason| {
             Err(TopologyError::ResourceReserve {
@@ -139,13 +216,55 @@ impl RootPortConfig {
         if self.pref32_reserve.is_some_and(|m| m >= 1 << 32) {
             return err("pref32-reserve must be less than 4G");
         }
+        let refuse = |property, reason: String| {
+            Err(TopologyError::PortProperty {
+                id: self.id.clone(),
+                property,
+                reason,
+            })
+        };
+        if self.aer_log_max > aer::LOG_MAX_LIMIT {
+            return refuse(
+                "aer_log_max",
+                format!(
+                    "Invalid aer_log_max {}. The max number of aer log is {}",
+                    self.aer_log_max,
+                    aer::LOG_MAX_LIMIT
+                ),
+            );
+        }
+        if self.acpi_index > ACPI_INDEX_MAX {
+            return refuse(
+                "acpi-index",
+                format!("acpi-index should be less or equal to {ACPI_INDEX_MAX}"),
+            );
+        }
+        if let Some(size) = self.romsize.filter(|s| !s.is_power_of_two()) {
+            return refuse("romsize", format!("ROM size {size} is not a power of two"));
+        }
+        if !LINK_WIDTHS.contains(&self.width) {
+            return refuse(
+                "x-width",
+                format!("Parameter 'x-width' does not accept value '{}'", self.width),
+            );
+        }
         Ok(())
     }
 
+    /// Is native hot-plug offered (`hotplug` and `x-native-hotplug`)?
+    pub fn hotplug_capable(&self) -> bool {
+        self.hotplug && self.native_hotplug
+    }
+
     fn reserve(&self) -> Reserve {
+        // gen_rp_realize(): a port left to ACPI hot-plug gets I/O for the devices to come.
+        let io = match self.io_reserve {
+            None if self.hotplug && !self.native_hotplug => ACPI_HOTPLUG_IO_RESERVE,
+            io => io.unwrap_or(u64::MAX),
+        };
         Reserve {
             bus: self.bus_reserve.unwrap_or(u32::MAX),
-            io: self.io_reserve.unwrap_or(u64::MAX),
+            io,
             mem: self.mem_reserve.unwrap_or(u64::MAX),
             pref32: self.pref32_reserve.unwrap_or(u64::MAX),
             pref64: self.pref64_reserve.unwrap_or(u64::MAX),
@@ -155,8 +274,16 @@ impl RootPortConfig {
     fn slot(&self) -> SlotConfig {
         SlotConfig {
             number: self.slot,
-            hotplug: true,
-            power_controller: true,
+            hotplug: self.hotplug_capable(),
+            power_controller: self.power_controller_present,
+        }
+    }
+
+    fn link(&self) -> LinkConfig {
+        LinkConfig {
+            port: self.port,
+            speed: self.speed,
+            width: self.width,
         }
     }
 }
@@ -194,22 +321,26 @@ impl RootPort {
         init_port_header(&mut cs, IDENTITY, config.multifunction);
         ssvid::init(&mut cs, SSVID_OFFSET, IDENTITY.vendor_id, 0)?;
         let msix = Msix::init_exclusive_bar(&mut cs, MSIX_VECTORS, MSIX_BAR)?;
-        let exp =
-            express::init_root_port(&mut cs, EXP_OFFSET, LinkConfig::qemu_root_port(config.port))?;
+        let exp = express::init_root_port(&mut cs, EXP_OFFSET, config.link())?;
         slot::init(&mut cs, exp, config.slot());
-        aer::init_root_port(&mut cs, AER_OFFSET)?;
+        aer::init_root_port(&mut cs, AER_OFFSET, config.aer_log_max > 0)?;
         aer::root_set_vector(&mut cs, AER_OFFSET, 0);
-        acs::init(&mut cs, ACS_OFFSET)?;
+        // rp_realize(): ACS unless `disable-acs`.
+        let acs = if config.disable_acs {
+            None
+        } else {
+            Some(acs::init(&mut cs, ACS_OFFSET)?)
+        };
         // gen_rp_realize(): the reservations firmware reads, and io-reserve=0 turns I/O off.
         resource_reserve::init(&mut cs, config.reserve())?;
-        if config.io_reserve == Some(0) {
+        if config.reserve().io == 0 {
             cs.clear_wmask(header::COMMAND, 2, header::COMMAND_IO.into());
             cs.set_wmask(bridge::IO_BASE, 2, 0);
         }
         let layout = PortLayout {
             exp,
             aer: AER_OFFSET,
-            acs: Some(ACS_OFFSET),
+            acs,
             msix_bar: MSIX_BAR,
             slot: config.slot(),
         };

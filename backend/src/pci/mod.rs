@@ -122,6 +122,18 @@ pub enum SlotError {
     /// No card is present.
     #[error("the slot is empty")]
     Empty,
+    /// The slot is not hot-plug capable (Slot Capabilities Hot-Plug Capable clear): no hot-add.
+    #[error("the slot is not hot-plug capable")]
+    HotPlugUnsupported,
+    /// The slot is not hot-plug capable: no removal request.
+    #[error("the slot is not hot-plug capable")]
+    HotUnplugUnsupported,
+    /// The electromechanical interlock is engaged (Slot Status EIS).
+    #[error("the slot is electromechanically locked")]
+    Interlocked,
+    /// The power indicator blinks: the guest is busy with the slot.
+    #[error("the power indicator is blinking")]
+    PowerIndicatorBlinking,
 }
 
 /// Severity of an error (PCIe Base 6.0 §6.2.2).

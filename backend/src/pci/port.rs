@@ -62,6 +62,15 @@ impl From<Msi> for Messages {
     }
 }
 
+/// What a removal request does to an occupied slot ([`PciePort::unplug_request`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum UnplugRequest {
+    /// The slot is powered off with its power indicator off: the card goes at once.
+    Now,
+    /// The attention button is pressed; the card goes when the guest powers the slot off.
+    AttentionButton,
+}
+
 /// A PCI Express port's complete state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PciePort {
@@ -307,8 +316,7 @@ impl PciePort {
         let exp = self.layout.exp;
         self.space
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
-        self.space
-            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        self.link_up();
         if self.layout.slot.power_controller {
             self.space.clear_bits(
                 exp + slot::SLTCTL,
@@ -329,13 +337,70 @@ impl PciePort {
         let exp = self.layout.exp;
         self.space
             .set_bits(exp + slot::SLTSTA, 2, slot::SLTSTA_PDS.into());
-        self.space
-            .set_bits(exp + express::LNKSTA, 2, slot::LNKSTA_DLLLA.into());
+        let link = self.link_up();
         // QEMU's pcie_cap_slot_plug_cb(): Presence Detect Changed and Attention Button Pressed,
         // so a guest that enables only ABPE (Linux pciehp on a slot with a button) hears of it;
         // and the link came up (§6.7.3.3, which QEMU does not model).
         // Effects::SLOT: presence changed.
-        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | self.dllsc()) | Effects::SLOT)
+        let dllsc = if link { self.dllsc() } else { 0 };
+        Ok(self.slot_event(slot::SLTSTA_PDC | slot::SLTSTA_ABP | dllsc) | Effects::SLOT)
+    }
+
+    /// A card arrived: Data Link Layer Link Active set (PCIe Base 6.0 §7.5.3.8). QEMU 7.2 sets
+    /// it when the port reports link activity or the *plugged device* has
+    /// `x-pcie-lnksta-dllla` (on by default); pcierc does not know the device's properties and
+    /// takes the default. Whether it changed.
+    fn link_up(&mut self) -> bool {
+        let at = self.layout.exp + express::LNKSTA;
+        self.space.set_bits(at, 2, slot::LNKSTA_DLLLA.into()) == 0
+    }
+
+    /// Slot Capabilities (PCIe Base 6.0 §7.5.3.9).
+    fn slot_capabilities(&self) -> u32 {
+        self.space.dword(self.layout.exp + slot::SLTCAP)
+    }
+
+    /// QEMU 7.2's `pcie_cap_slot_pre_plug_cb()`: may a card be hot-added now? Not into a slot
+    /// that is not hot-plug capable (Slot Capabilities Hot-Plug Capable, §7.5.3.9), nor while
+    /// the electromechanical interlock is engaged (Slot Status, §7.5.3.11).
+    pub fn may_hot_add(&self) -> Result<(), SlotError> {
+        if self.slot_capabilities() & slot::SLTCAP_HPC == 0 {
+            return Err(SlotError::HotPlugUnsupported);
+        }
+        if self.slot_status() & slot::SLTSTA_EIS != 0 {
+            return Err(SlotError::Interlocked);
+        }
+        Ok(())
+    }
+
+    /// QEMU 7.2's `pcie_cap_slot_unplug_request_cb()`: what a removal request does now. Refused
+    /// when the slot is not hot-plug capable, while the interlock is engaged, and while the
+    /// power indicator blinks (the guest is busy with the slot, §6.7.1.1.1); a slot the guest
+    /// keeps powered off with its indicator off gives the card up at once; otherwise the
+    /// attention button is pressed (§6.7.1.5).
+    pub fn unplug_request(&self) -> Result<UnplugRequest, SlotError> {
+        let ctl = self.space.word(self.layout.exp + slot::SLTCTL);
+        if self.slot_capabilities() & slot::SLTCAP_HPC == 0 {
+            return Err(SlotError::HotUnplugUnsupported);
+        }
+        if self.slot_status() & slot::SLTSTA_EIS != 0 {
+            return Err(SlotError::Interlocked);
+        }
+        match ctl & slot::SLTCTL_PIC {
+            slot::SLTCTL_PIC_BLINK => Err(SlotError::PowerIndicatorBlinking),
+            slot::SLTCTL_PIC_OFF if ctl & slot::SLTCTL_PCC != 0 => Ok(UnplugRequest::Now),
+            _ => Ok(UnplugRequest::AttentionButton),
+        }
+    }
+
+    /// A card leaves a slot the guest keeps powered off (QEMU's fast path of
+    /// `pcie_cap_slot_unplug_request_cb()`): [`PciePort::removed`], then Attention Button
+    /// Pressed cleared, as QEMU does after its event.
+    pub fn unplugged_while_off(&mut self) -> Result<Effects, SlotError> {
+        let fx = self.removed()?;
+        self.space
+            .clear_bits(self.layout.exp + slot::SLTSTA, 2, slot::SLTSTA_ABP.into());
+        Ok(fx)
     }
 
     /// The operator presses the attention button (PCIe Base 6.0 §6.7.1.5): Attention Button
@@ -785,6 +850,21 @@ pub trait PortFunction: Send {
     /// The attention button is pressed. See [`PciePort::attention_button`].
     fn attention_button(&mut self) -> Result<Effects, SlotError> {
         self.port_mut().attention_button()
+    }
+
+    /// May a card be hot-added now? See [`PciePort::may_hot_add`].
+    fn may_hot_add(&self) -> Result<(), SlotError> {
+        self.port().may_hot_add()
+    }
+
+    /// What a removal request does now. See [`PciePort::unplug_request`].
+    fn unplug_request(&self) -> Result<UnplugRequest, SlotError> {
+        self.port().unplug_request()
+    }
+
+    /// The card leaves a powered-off slot. See [`PciePort::unplugged_while_off`].
+    fn unplugged_while_off(&mut self) -> Result<Effects, SlotError> {
+        self.port_mut().unplugged_while_off()
     }
 
     /// The card is gone. See [`PciePort::removed`].

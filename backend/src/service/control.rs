@@ -291,6 +291,11 @@ mod tests {
         assert!(c.device_add(&mut h, &add("net0", "rp1")).is_ok());
         c.slot_events(&h);
         assert_eq!(c.take_events()[0].name, "X_PCIERC_SLOT_CHANGED");
+        // The guest powers the slot on (ECAM at 0xb0000000; rp1's Slot Control at 0x6c):
+        // removal goes through the attention button and stays pending.
+        h.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+        h.pio_write(0xcfc, 4, 0xb000_0001).unwrap();
+        h.mmio_write(0xb001_006c, 2, 0x01c0).unwrap();
         assert!(c.device_del(&mut h, "net0").is_ok());
         c.unplug_requested("net0");
         assert_eq!(

@@ -21,7 +21,12 @@ fn status(e: &HotplugError) -> Status {
         HotplugError::Slot {
             source: SlotError::Occupied,
             ..
-        } => Status::Busy,
+        }
+        | HotplugError::Interlocked(_)
+        | HotplugError::PowerIndicatorBlinking(_) => Status::Busy,
+        HotplugError::HotPlugUnsupported(_) | HotplugError::HotUnplugUnsupported(_) => {
+            Status::Permission
+        }
         HotplugError::Slot { .. }
         | HotplugError::InvalidOwner(_)
         | HotplugError::FunctionZeroFirst { .. }
@@ -164,6 +169,37 @@ mod tests {
             flags: FunctionRelease::SURPRISE,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn slot_rules_give_their_status() {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.add_device_option("pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,hotplug=off")
+            .unwrap();
+        let mut h = Hierarchy::new(spec).unwrap();
+        let mut o = Ownership::default();
+        let vmm = ConnectionId(1);
+        o.identify(vmm, "vmm");
+        let hot = |id: &str, port: &str| FunctionClaim {
+            flags: 0,
+            ..claim(id, port)
+        };
+        // A port without hot-plug takes cards present from power-on, not hot-added ones.
+        assert_eq!(
+            o.claim(&mut h, vmm, &hot("net0", "rp9")),
+            Err(Status::Permission)
+        );
+        assert!(o.claim(&mut h, vmm, &claim("net0", "rp9")).is_ok());
+        let orderly = FunctionRelease {
+            flags: 0,
+            ..release("net0")
+        };
+        assert_eq!(o.release(&mut h, vmm, &orderly), Err(Status::Permission));
+        // The guest engages rp1's interlock (EIC toggles EIS): busy.
+        h.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+        h.pio_write(0xcfc, 4, 0xb000_0001).unwrap();
+        h.mmio_write(0xb001_006c, 2, 0x0800).unwrap();
+        assert_eq!(o.claim(&mut h, vmm, &hot("net1", "rp1")), Err(Status::Busy));
     }
 
     #[test]

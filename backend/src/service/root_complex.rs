@@ -316,7 +316,9 @@ impl ControlOps for RootComplex {
     fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
         let r = self.control.device_del(&mut self.hierarchy, id);
         let r = self.reported(r);
-        if r.is_ok() {
+        // A slot the guest kept powered off gave the function up at once (DEVICE_DELETED is
+        // already queued): nothing is pending then.
+        if r.is_ok() && self.hierarchy.endpoint(id).is_some() {
             self.control.unplug_requested(id);
         }
         self.count_hotplug(&r, |h| &mut h.device_del);

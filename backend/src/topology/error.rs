@@ -144,6 +144,36 @@ pub enum TopologyError {
         /// QEMU's message.
         reason: &'static str,
     },
+    /// A root port property value QEMU 7.2 refuses, with QEMU's message (`aer_log_max` above
+    /// 128, `acpi-index` above 16383, a `romsize` that is not a power of two, an `x-speed` or
+    /// `x-width` outside QEMU's lists, `failover_pair_id` on a port).
+    #[error("{id}: {reason}")]
+    PortProperty {
+        /// The port.
+        id: String,
+        /// The property.
+        property: &'static str,
+        /// QEMU's message.
+        reason: String,
+    },
+    /// A root port property QEMU accepts that pcierc cannot honour (an option ROM file).
+    #[error("{id}: {property}: {reason}")]
+    Unsupported {
+        /// The port.
+        id: String,
+        /// The property.
+        property: &'static str,
+        /// Why pcierc cannot apply it.
+        reason: &'static str,
+    },
+    /// Two root ports with one `acpi-index` (QEMU requires it unique).
+    #[error("{id}: a PCI device with acpi-index = {index} already exist")]
+    AcpiIndexInUse {
+        /// The port.
+        id: String,
+        /// The index.
+        index: u32,
+    },
     /// A segment other than 0.
     #[error("segment {0} is not supported: Q35 has segment 0 only")]
     Segment(u16),

@@ -1,12 +1,13 @@
 //! What the hierarchy looks like: the embedded default, a TOML file (`--topology FILE`) and
 //! QEMU-syntax `--device` options, validated before anything starts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 
-use super::addr::{parse_devfn, parse_size, parse_uint, DevFn, ParseError};
+use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
+use super::root_port;
 use crate::devices::{RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -59,29 +60,6 @@ pub struct TopologySpec {
     pub endpoints: Vec<EndpointSpec>,
 }
 
-/// A number or a string in a topology file (`port = 0x10` or `mem-reserve = "64M"`).
-#[derive(Deserialize, Clone, Debug)]
-#[serde(untagged)]
-enum NumOrStr {
-    Num(u64),
-    Str(String),
-}
-
-impl NumOrStr {
-    fn as_uint(&self) -> Result<u64, ParseError> {
-        match self {
-            NumOrStr::Num(n) => Ok(*n),
-            NumOrStr::Str(s) => parse_uint(s),
-        }
-    }
-    fn as_size(&self) -> Result<u64, ParseError> {
-        match self {
-            NumOrStr::Num(n) => Ok(*n),
-            NumOrStr::Str(s) => parse_size(s),
-        }
-    }
-}
-
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileRepr {
@@ -93,24 +71,11 @@ struct FileRepr {
     device: Vec<DeviceRepr>,
 }
 
+/// A `[[root-port]]` table: `id`, `addr`, optional `bus` and `driver` (`pcie-root-port`, the
+/// default, or `ioh3420`), then any property of that QEMU device by QEMU's name. Names QEMU does not list fail while parsing, with their line and column.
 #[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct PortRepr {
-    id: String,
-    /// `pcie-root-port` (the default) or `ioh3420`.
-    driver: Option<String>,
-    addr: String,
-    bus: Option<String>,
-    chassis: Option<NumOrStr>,
-    slot: Option<NumOrStr>,
-    port: Option<NumOrStr>,
-    multifunction: Option<bool>,
-    bus_reserve: Option<NumOrStr>,
-    io_reserve: Option<NumOrStr>,
-    mem_reserve: Option<NumOrStr>,
-    pref32_reserve: Option<NumOrStr>,
-    pref64_reserve: Option<NumOrStr>,
-}
+#[serde(transparent)]
+struct PortRepr(BTreeMap<root_port::PropertyName, toml::Value>);
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -123,79 +88,74 @@ struct DeviceRepr {
     multifunction: Option<bool>,
 }
 
-fn bounded(property: &'static str, id: &str, v: Option<&NumOrStr>, max: u64) -> Result<u64> {
-    let n = v
-        .map(NumOrStr::as_uint)
-        .transpose()
-        .map_err(|source| TopologyError::Value {
-            id: id.to_string(),
-            property,
-            source,
-        })?
-        .unwrap_or(0);
-    if n > max {
-        return Err(TopologyError::OutOfRange {
-            id: id.to_string(),
-            property,
-            value: n,
-            max,
-        });
+/// Build a port from its placement and QEMU-syntax properties.
+fn port_spec(
+    id: String,
+    model: RootPortModel,
+    addr: &str,
+    bus: Option<&str>,
+    props: &[(String, String)],
+) -> Result<PortSpec> {
+    if let Some(bus) = bus {
+        if bus != ROOT_BUS {
+            return Err(TopologyError::PortBus {
+                id,
+                bus: bus.to_string(),
+            });
+        }
     }
-    Ok(n)
+    let addr = parse_devfn(addr).map_err(|source| TopologyError::Address {
+        id: id.clone(),
+        source,
+    })?;
+    let mut config = RootPortConfig {
+        id,
+        model,
+        ..Default::default()
+    };
+    for (k, v) in props {
+        root_port::set_property(&mut config, k, v)?;
+    }
+    Ok(PortSpec { addr, config })
 }
 
 impl PortRepr {
     fn into_spec(self) -> Result<PortSpec> {
-        let id = self.id;
-        if let Some(bus) = &self.bus {
-            if bus != ROOT_BUS {
-                return Err(TopologyError::PortBus {
-                    id,
-                    bus: bus.clone(),
-                });
-            }
-        }
-        let addr = parse_devfn(&self.addr).map_err(|source| TopologyError::Address {
-            id: id.clone(),
-            source,
-        })?;
-        let size = |property: &'static str, v: &Option<NumOrStr>| {
-            v.as_ref()
-                .map(NumOrStr::as_size)
-                .transpose()
-                .map_err(|source| TopologyError::Value {
-                    id: id.clone(),
-                    property,
-                    source,
-                })
+        let text = |key: &str| match self.0.get(key) {
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            None => Ok(None),
+            Some(other) => Err(TopologyError::Toml {
+                location: None,
+                message: format!("root-port {key}: expected a string, found {other}"),
+            }),
         };
-        let bus_reserve = self
-            .bus_reserve
-            .as_ref()
-            .map(|v| bounded("bus-reserve", &id, Some(v), u64::from(u32::MAX - 1)))
-            .transpose()?
-            .map(|n| n as u32);
-        let model = match &self.driver {
+        let Some(id) = text("id")? else {
+            return Err(TopologyError::Toml {
+                location: None,
+                message: "a [[root-port]] without id".into(),
+            });
+        };
+        let Some(addr) = text("addr")? else {
+            return Err(TopologyError::MissingProperty {
+                id,
+                property: "addr",
+            });
+        };
+        let bus = text("bus")?;
+        let model = match text("driver")? {
             None => RootPortModel::default(),
-            Some(d) => RootPortModel::from_driver(d).ok_or_else(|| TopologyError::PortDriver {
+            Some(d) => RootPortModel::from_driver(&d).ok_or_else(|| TopologyError::PortDriver {
                 id: id.clone(),
-                driver: d.clone(),
+                driver: d,
             })?,
         };
-        let config = RootPortConfig {
-            model,
-            chassis: bounded("chassis", &id, self.chassis.as_ref(), 0xff)? as u8,
-            slot: bounded("slot", &id, self.slot.as_ref(), 0x1fff)? as u16,
-            port: bounded("port", &id, self.port.as_ref(), 0xff)? as u8,
-            multifunction: self.multifunction.unwrap_or(false),
-            bus_reserve,
-            io_reserve: size("io-reserve", &self.io_reserve)?,
-            mem_reserve: size("mem-reserve", &self.mem_reserve)?,
-            pref32_reserve: size("pref32-reserve", &self.pref32_reserve)?,
-            pref64_reserve: size("pref64-reserve", &self.pref64_reserve)?,
-            id,
-        };
-        Ok(PortSpec { addr, config })
+        let props = self
+            .0
+            .iter()
+            .filter(|(k, _)| !["id", "addr", "bus", "driver"].contains(&k.as_str()))
+            .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        port_spec(id, model, &addr, bus.as_deref(), &props)
     }
 }
 
@@ -278,46 +238,28 @@ impl TopologySpec {
             key: k.to_string(),
             driver: driver.clone(),
         };
-        let boolean = |k: &str, v: &str| match v {
-            "on" | "true" | "yes" => Ok(true),
-            "off" | "false" | "no" => Ok(false),
-            _ => Err(TopologyError::NotOnOff {
+        let boolean = |k: &str, v: &str| {
+            root_port::parse_bool(v).ok_or_else(|| TopologyError::NotOnOff {
                 id: id.clone(),
                 key: k.to_string(),
                 value: v.to_string(),
-            }),
+            })
         };
-        if RootPortModel::from_driver(&driver).is_some() {
-            let mut r = PortRepr {
-                id: id.clone(),
-                driver: Some(driver.clone()),
-                ..Default::default()
-            };
-            for (k, v) in kv {
-                let s = Some(NumOrStr::Str(v.clone()));
-                match k.as_str() {
-                    "id" => {}
-                    "addr" => r.addr = v,
-                    "bus" => r.bus = Some(v),
-                    "chassis" => r.chassis = s,
-                    "slot" => r.slot = s,
-                    "port" => r.port = s,
-                    "multifunction" => r.multifunction = Some(boolean(&k, &v)?),
-                    "bus-reserve" => r.bus_reserve = s,
-                    "io-reserve" => r.io_reserve = s,
-                    "mem-reserve" => r.mem_reserve = s,
-                    "pref32-reserve" => r.pref32_reserve = s,
-                    "pref64-reserve" => r.pref64_reserve = s,
-                    other => return Err(bad(other)),
-                }
-            }
-            if r.addr.is_empty() {
+        if let Some(model) = RootPortModel::from_driver(&driver) {
+            let field = |name: &str| kv.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let Some(addr) = field("addr") else {
                 return Err(TopologyError::MissingProperty {
                     id,
                     property: "addr",
                 });
-            }
-            self.root_ports.push(r.into_spec()?);
+            };
+            let props: Vec<(String, String)> = kv
+                .iter()
+                .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
+                .cloned()
+                .collect();
+            let port = port_spec(id.clone(), model, addr, field("bus"), &props)?;
+            self.root_ports.push(port);
         } else {
             let mut d = DeviceRepr {
                 driver: driver.clone(),
@@ -394,9 +336,18 @@ impl TopologySpec {
         // (bus name, devfn) -> (id, multifunction)
         let mut slots: HashMap<(&str, DevFn), (&str, bool)> = HashMap::new();
         let mut chassis_slots = HashMap::new();
+        let mut acpi_indexes = HashSet::new();
         for p in &self.root_ports {
             let id = p.config.id.as_str();
             p.config.validate()?;
+            // pci_qdev_realize(): acpi-index is unique among the machine's devices.
+            let index = p.config.acpi_index;
+            if index != 0 && !acpi_indexes.insert(index) {
+                return Err(E::AcpiIndexInUse {
+                    id: id.to_string(),
+                    index,
+                });
+            }
             if p.addr == DevFn(0) {
                 return Err(E::HostBridgeAddress { id: id.to_string() });
             }
@@ -497,6 +448,7 @@ pub fn valid_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::addr::ParseError;
 
     #[test]
     fn embedded_default_is_four_ports_in_one_multifunction_slot() {
@@ -725,6 +677,30 @@ mod tests {
         let e = TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\ncolour=1\n").unwrap_err();
         assert!(
             matches!(&e, E::Toml { location: Some((4, 1)), message } if message.contains("unknown field `colour`")),
+            "{e:?}"
+        );
+        let s = TopologySpec::from_toml(
+            "[[root-port]]\nid='a'\naddr='3'\nhotplug=false\nx-speed='8'\naer_log_max=0\n",
+        )
+        .unwrap();
+        let c = &s.root_ports[0].config;
+        assert_eq!((c.hotplug, c.aer_log_max), (false, 0));
+        let e =
+            TopologySpec::from_toml("[[root-port]]\nid='a'\naddr='3'\nx-width=3\n").unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                E::PortProperty {
+                    property: "x-width",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let e = TopologySpec::from_toml("[[device]]\ndriver='x'\nid='a'\nbus='rp'\ncolour=1\n")
+            .unwrap_err();
+        assert!(
+            matches!(&e, E::Toml { location: Some((5, 1)), message } if message.contains("unknown field `colour`")),
             "{e:?}"
         );
         assert!(!e.to_string().contains('\n'), "one line: {e}");

@@ -2,8 +2,10 @@
 //! platform events (hot-plug, PME, AER), and applying them with the checks a single access
 //! promises.
 
+use pcierc_backend::devices::root_port::LINK_WIDTHS;
 use pcierc_backend::devices::{PortFunction, RootPort, RootPortConfig, RootPortModel};
 use pcierc_backend::pci::caps::aer;
+use pcierc_backend::pci::caps::express::LinkSpeed;
 use pcierc_backend::pci::{AerError, ErrorSeverity, PciFunction};
 use proptest::prelude::*;
 
@@ -47,9 +49,25 @@ pub(crate) fn port_config() -> impl Strategy<Value = RootPortConfig> {
             size.clone(),
         ),
         (size.clone(), size),
+        (
+            any::<[bool; 5]>(),
+            any::<u16>(),
+            prop::sample::select(vec![
+                LinkSpeed::Gt2_5,
+                LinkSpeed::Gt5,
+                LinkSpeed::Gt8,
+                LinkSpeed::Gt16,
+            ]),
+            prop::sample::select(LINK_WIDTHS.to_vec()),
+        ),
     )
         .prop_map(
-            |((chassis, slot, port, multifunction, model), (bus, io, mem), (pref32, pref64))| {
+            |(
+                (chassis, slot, port, multifunction, model),
+                (bus, io, mem),
+                (pref32, pref64),
+                (flags, aer_log_max, speed, width),
+            )| {
                 RootPortConfig {
                     id: "rp".into(),
                     model,
@@ -62,6 +80,15 @@ pub(crate) fn port_config() -> impl Strategy<Value = RootPortConfig> {
                     mem_reserve: mem,
                     pref32_reserve: pref32,
                     pref64_reserve: pref64,
+                    hotplug: flags[0],
+                    native_hotplug: flags[1],
+                    power_controller_present: flags[2],
+                    disable_acs: flags[3],
+                    lnksta_dllla: flags[4],
+                    aer_log_max,
+                    speed,
+                    width,
+                    ..Default::default()
                 }
             },
         )

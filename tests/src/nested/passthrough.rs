@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 /// The PCI slot of L0's root port for the first passthrough device (`00:10.0`); the next
 /// devices take the following slots.
 pub const FIRST_PORT_SLOT: u8 = 0x10;

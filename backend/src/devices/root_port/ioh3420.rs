@@ -52,7 +52,7 @@ pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError
     let msi = Msi::init(&mut cs, MSI_OFFSET, MSI_VECTORS, false, true)?;
     let exp = express::init_root_port(&mut cs, EXP_OFFSET, link(config.port))?;
     slot::init(&mut cs, exp, config.slot());
-    aer::init_root_port(&mut cs, AER_OFFSET)?;
+    aer::init_root_port(&mut cs, AER_OFFSET, config.aer_log_max > 0)?;
     let layout = PortLayout {
         exp,
         aer: AER_OFFSET,

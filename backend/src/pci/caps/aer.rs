@@ -95,9 +95,20 @@ pub enum RootSignal {
     Msi(u16),
 }
 
-/// Add AER at `offset` as QEMU's `pcie_aer_init()` for a port (multiple header recording
-/// capable, since QEMU's default log holds 8 entries) and `pcie_aer_root_init()`.
-pub fn init_root_port(cs: &mut ConfigSpace, offset: u16) -> Result<u16, CapabilityError> {
+/// QEMU's default error log size (`aer_log_max`, `PCIE_AER_LOG_MAX_DEFAULT`).
+pub const LOG_MAX_DEFAULT: u16 = 8;
+/// The largest error log QEMU accepts (`PCIE_AER_LOG_MAX_LIMIT`).
+pub const LOG_MAX_LIMIT: u16 = 128;
+
+/// Add AER at `offset` as QEMU's `pcie_aer_init()` for a port and `pcie_aer_root_init()`.
+/// `multiple_headers`: an error log of more than zero entries (QEMU's `aer_log_max`, 8 by
+/// default) makes the port Multiple Header Recording Capable (PCIe Base 6.0 §7.8.4.7) with
+/// a writable Multiple Header Recording Enable.
+pub fn init_root_port(
+    cs: &mut ConfigSpace,
+    offset: u16,
+    multiple_headers: bool,
+) -> Result<u16, CapabilityError> {
     let at = cs.add_ext_capability(EXT_CAP_ID_AER, VERSION, offset, SIZEOF)?;
     cs.set_w1cmask(at + UNCOR_STATUS, 4, UNC_SUPPORTED.into());
     cs.set_dword(at + UNCOR_SEVER, UNC_SEVERITY_DEFAULT);
@@ -105,12 +116,13 @@ pub fn init_root_port(cs: &mut ConfigSpace, offset: u16) -> Result<u16, Capabili
     cs.or_w1cmask(at + COR_STATUS, 4, COR_SUPPORTED.into());
     cs.set_dword(at + COR_MASK, COR_MASK_DEFAULT);
     cs.set_wmask(at + COR_MASK, 4, COR_SUPPORTED.into());
-    cs.set_dword(at + CAP, CAP_ECRC_GENC | CAP_ECRC_CHKC | CAP_MHRC);
-    cs.set_wmask(
-        at + CAP,
-        4,
-        (CAP_ECRC_GENE | CAP_ECRC_CHKE | CAP_MHRE).into(),
-    );
+    let (mhrc, mhre) = if multiple_headers {
+        (CAP_MHRC, CAP_MHRE)
+    } else {
+        (0, 0)
+    };
+    cs.set_dword(at + CAP, CAP_ECRC_GENC | CAP_ECRC_CHKC | mhrc);
+    cs.set_wmask(at + CAP, 4, (CAP_ECRC_GENE | CAP_ECRC_CHKE | mhre).into());
     // Ports forward errors with Bridge Control SERR# Enable. (QEMU also sets this dword mask
     // at Status, where it only repeats Signaled System Error.)
     cs.or_wmask(BRIDGE_CONTROL, 2, BRIDGE_CTL_SERR.into());

@@ -3,6 +3,8 @@
 //! `pcie_cap_deverr_init()`, `pcie_cap_root_init()` and their resets in `hw/pci/pcie.c`.
 //! The slot registers and their write hook live in [`super::slot`].
 
+use serde::{Deserialize, Serialize};
+
 use crate::pci::config_space::{CapabilityError, ConfigSpace};
 
 use super::CAP_ID_EXP;
@@ -88,17 +90,35 @@ const DEVCAP2_EETLPP: u32 = 1 << 21;
 const DEVCTL2_ARI: u16 = 1 << 5;
 const DEVCTL2_EETLPPB: u16 = 1 << 15;
 
-/// Link speed encodings (PCIe Base 6.0 §7.5.3.18 Supported Link Speeds Vector bit positions).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// Link speed encodings (PCIe Base 6.0 §7.5.3.18 Supported Link Speeds Vector bit positions),
+/// named in saved state as QEMU's `x-speed` values.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum LinkSpeed {
     /// 2.5 GT/s.
+    #[serde(rename = "2_5")]
     Gt2_5 = 1,
     /// 5.0 GT/s.
+    #[serde(rename = "5")]
     Gt5 = 2,
     /// 8.0 GT/s.
+    #[serde(rename = "8")]
     Gt8 = 3,
     /// 16.0 GT/s (QEMU's `pcie-root-port` default `x-speed`).
+    #[serde(rename = "16")]
     Gt16 = 4,
+}
+
+impl LinkSpeed {
+    /// QEMU's `x-speed` value (`PCIELinkSpeed`): `2_5`, `5`, `8`, `16`.
+    pub fn from_qemu(s: &str) -> Option<Self> {
+        match s {
+            "2_5" => Some(LinkSpeed::Gt2_5),
+            "5" => Some(LinkSpeed::Gt5),
+            "8" => Some(LinkSpeed::Gt8),
+            "16" => Some(LinkSpeed::Gt16),
+            _ => None,
+        }
+    }
 }
 
 /// What a root port's link looks like: QEMU's `x-speed`, `x-width` and `port` properties.

@@ -64,6 +64,8 @@ pub const SLTCTL_PIC: u16 = 3 << 8;
 pub const SLTCTL_PIC_OFF: u16 = 3 << 8;
 /// Power Indicator Control = On.
 pub const SLTCTL_PIC_ON: u16 = 1 << 8;
+/// Power Indicator Control = Blink.
+pub const SLTCTL_PIC_BLINK: u16 = 2 << 8;
 /// Power Controller Control (1 = power off).
 pub const SLTCTL_PCC: u16 = 1 << 10;
 /// Electromechanical Interlock Control (write 1 to toggle the interlock; reads 0).

@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
 use crate::pci::caps::aer::InjectError;
-use crate::pci::port::PortFunction;
+use crate::pci::port::{PortFunction, UnplugRequest};
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
 use crate::topology::TopologyError;
@@ -51,6 +51,19 @@ pub enum HotplugError {
     /// The root port refused the error (not one it can log).
     #[error(transparent)]
     Inject(#[from] InjectError),
+    /// The port is not hot-plug capable (`hotplug=off`, `x-native-hotplug=off`): QEMU 7.2's
+    /// `pcie_cap_slot_pre_plug_cb()` message.
+    #[error("Hot-plug failed: unsupported by the port device '{0}'")]
+    HotPlugUnsupported(String),
+    /// The port is not hot-plug capable: QEMU 7.2's `pcie_cap_slot_unplug_request_cb()` message.
+    #[error("Hot-unplug failed: unsupported by the port device '{0}'")]
+    HotUnplugUnsupported(String),
+    /// The slot's electromechanical interlock is engaged (QEMU's `EBUSY` message).
+    #[error("slot is electromechanically locked: Device or resource busy")]
+    Interlocked(String),
+    /// The guest is busy with the slot (its power indicator blinks).
+    #[error("Hot-unplug failed: guest is busy (power indicator blinking)")]
+    PowerIndicatorBlinking(String),
     /// The slot state machine refused it.
     #[error("slot of {port}: {source}")]
     Slot {
@@ -62,15 +75,32 @@ pub enum HotplugError {
     },
 }
 
+/// How the functions behind a port leave it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Removal {
+    /// The guest powered the slot off (the registers already show it).
+    GuestPoweredOff,
+    /// The card is pulled without asking (PCIe Base 6.0 §6.7.6).
+    Surprise,
+    /// A removal request for a slot the guest keeps powered off (QEMU 7.2's fast unplug).
+    WhileOff,
+}
+
 impl Hierarchy {
     fn port_index(&self, id: &str) -> Option<usize> {
         self.spec.root_ports.iter().position(|p| p.config.id == id)
     }
 
     fn slot_err(&self, port: usize) -> impl Fn(SlotError) -> HotplugError + '_ {
-        move |source| HotplugError::Slot {
-            port: self.spec.root_ports[port].config.id.clone(),
-            source,
+        move |source| {
+            let port = self.spec.root_ports[port].config.id.clone();
+            match source {
+                SlotError::HotPlugUnsupported => HotplugError::HotPlugUnsupported(port),
+                SlotError::HotUnplugUnsupported => HotplugError::HotUnplugUnsupported(port),
+                SlotError::Interlocked => HotplugError::Interlocked(port),
+                SlotError::PowerIndicatorBlinking => HotplugError::PowerIndicatorBlinking(port),
+                SlotError::Occupied | SlotError::Empty => HotplugError::Slot { port, source },
+            }
         }
     }
 
@@ -101,7 +131,7 @@ impl Hierarchy {
             let events = self.ports[port].slot_events();
             for ev in events {
                 if ev == SlotEvent::PoweredOff && self.below[port].iter().any(Option::is_some) {
-                    effects |= self.remove_behind(port, false, false);
+                    effects |= self.remove_behind(port, Removal::GuestPoweredOff);
                 }
             }
         }
@@ -115,9 +145,8 @@ impl Hierarchy {
         effects
     }
 
-    /// Remove every function behind `port`; with `unplug`, the card leaves the slot now
-    /// (surprise removal) rather than having been powered off by the guest.
-    fn remove_behind(&mut self, port: usize, surprise: bool, unplug: bool) -> Effects {
+    /// Remove every function behind `port`, in the way `how` says.
+    fn remove_behind(&mut self, port: usize, how: Removal) -> Effects {
         let port_id = self.spec.root_ports[port].config.id.clone();
         let (gone, kept): (Vec<EndpointSpec>, Vec<EndpointSpec>) =
             std::mem::take(&mut self.spec.endpoints)
@@ -125,11 +154,12 @@ impl Hierarchy {
                 .partition(|e| e.bus == port_id);
         self.spec.endpoints = kept;
         self.rebuild_slots();
-        let fx = if unplug {
-            self.ports[port].removed().unwrap_or_default()
-        } else {
-            Effects::empty()
+        let fx = match how {
+            Removal::GuestPoweredOff => Effects::empty(),
+            Removal::Surprise => self.ports[port].removed().unwrap_or_default(),
+            Removal::WhileOff => self.ports[port].unplugged_while_off().unwrap_or_default(),
         };
+        let surprise = how == Removal::Surprise;
         for endpoint in gone {
             self.events
                 .push(HierarchyEvent::FunctionRemoved { endpoint, surprise });
@@ -159,6 +189,12 @@ impl Hierarchy {
         }
         if self.endpoint(&endpoint.id).is_some() || self.port_index(&endpoint.id).is_some() {
             return Err(HotplugError::Duplicate(endpoint.id));
+        }
+        if !cold {
+            // QEMU 7.2 checks the slot (pcie_cap_slot_pre_plug_cb()) before the address.
+            self.ports[port]
+                .may_hot_add()
+                .map_err(self.slot_err(port))?;
         }
         let occupied = self.below[port].iter().any(Option::is_some);
         if occupied && endpoint.addr.function() == 0 {
@@ -191,14 +227,26 @@ impl Hierarchy {
         Ok(self.after_port(port, fx))
     }
 
-    /// Ask for the removal of a function behind a port: the slot's attention button is pressed;
-    /// the function is gone once the guest powers the slot off (a `FunctionRemoved` event).
+    /// Ask for the removal of a function behind a port, by QEMU 7.2's rules
+    /// ([`PciePort::unplug_request`](crate::pci::port::PciePort::unplug_request)): refused when
+    /// the slot is not hot-plug capable, is interlocked or its power indicator blinks; a slot
+    /// the guest keeps powered off gives its functions up at once; otherwise the attention
+    /// button is pressed and they are gone once the guest powers the slot off. Either way a
+    /// `FunctionRemoved` event says when.
     pub fn request_removal(&mut self, id: &str) -> Result<Effects, HotplugError> {
         let port = self.port_of(id)?;
-        let fx = self.ports[port]
-            .attention_button()
-            .map_err(self.slot_err(port))?;
-        Ok(self.after_port(port, fx))
+        match self.ports[port]
+            .unplug_request()
+            .map_err(self.slot_err(port))?
+        {
+            UnplugRequest::Now => Ok(self.remove_behind(port, Removal::WhileOff)),
+            UnplugRequest::AttentionButton => {
+                let fx = self.ports[port]
+                    .attention_button()
+                    .map_err(self.slot_err(port))?;
+                Ok(self.after_port(port, fx))
+            }
+        }
     }
 
     /// Surprise removal: the card is pulled without asking (Slot Capabilities Hot-Plug Surprise,
@@ -211,7 +259,7 @@ impl Hierarchy {
                 source: SlotError::Empty,
             });
         }
-        Ok(self.remove_behind(port, true, true))
+        Ok(self.remove_behind(port, Removal::Surprise))
     }
 
     /// The root port a function sits behind.

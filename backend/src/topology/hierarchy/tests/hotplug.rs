@@ -653,3 +653,119 @@ fn secondary_bus_reset_slot_power_off_and_platform_reset_reset_the_functions_bel
     h.reset();
     assert_eq!(resets(&mut h), vec![("blk0".into(), PlatformReset)]);
 }
+
+/// QEMU 7.2's `pcie_cap_slot_pre_plug_cb()` and `pcie_cap_slot_unplug_request_cb()`, in its
+/// order: hot-plug capability, interlock, blinking power indicator, then a slot the guest keeps
+/// powered off gives the card up at once, else the attention button.
+#[test]
+fn removal_requests_follow_qemus_slot_rules() {
+    let mut h = guest_ready();
+    h.hot_add(net("net0")).unwrap();
+    let sta = h.mmio_read(SLTSTA, 2).unwrap();
+    h.mmio_write(SLTSTA, 2, sta & 0x1f).unwrap();
+    // The guest blinks the power indicator while it works on the slot: refused, nothing set.
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0200 | 0x00c0).unwrap();
+    h.mmio_write(SLTSTA, 2, 0x10).unwrap();
+    assert_eq!(
+        h.request_removal("net0"),
+        Err(HotplugError::PowerIndicatorBlinking("rp1".into()))
+    );
+    assert_eq!(h.mmio_read(SLTSTA, 2).unwrap() & 0x01, 0, "no button press");
+    // The interlock engaged (EIC toggles EIS): removal and hot-add refused, as QEMU's EBUSY.
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800)
+        .unwrap();
+    assert_ne!(h.mmio_read(SLTSTA, 2).unwrap() & 0x80, 0, "EIS");
+    let locked = || HotplugError::Interlocked("rp1".into());
+    assert_eq!(h.request_removal("net0"), Err(locked()));
+    let mut f1 = net("net1");
+    f1.addr = DevFn(1);
+    assert_eq!(h.hot_add(f1), Err(locked()));
+    assert_eq!(
+        locked().to_string(),
+        "slot is electromechanically locked: Device or resource busy"
+    );
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0100 | 0x00c0 | 0x0800)
+        .unwrap();
+    h.take_events();
+    // Released: the button is pressed; the function stays until the guest powers off.
+    h.request_removal("net0").unwrap();
+    assert_ne!(h.mmio_read(SLTSTA, 2).unwrap() & 0x01, 0, "ABP");
+    assert!(h.endpoint("net0").is_some());
+    h.mmio_write(SLTCTL, 2, 0x0029 | 0x0400 | 0x03c0).unwrap();
+    assert_eq!(h.endpoint("net0"), None);
+    h.mmio_write(SLTSTA, 2, 0x1f).unwrap();
+    // A card added to the slot the guest left powered off (PCC set, indicator off) leaves at
+    // once on request: presence and link down, Presence Detect Changed, no button press.
+    h.hot_add(net("net2")).unwrap();
+    h.take_events();
+    h.request_removal("net2").unwrap();
+    assert_eq!(h.endpoint("net2"), None);
+    assert_took(
+        &mut h,
+        &HierarchyEvent::FunctionRemoved {
+            endpoint: net("net2"),
+            surprise: false,
+        },
+    );
+    assert_eq!(h.mmio_read(SLTSTA, 2).unwrap() & 0x4f, 0x08, "PDC only");
+    assert_eq!(h.mmio_read(LNKSTA, 2).unwrap() & 0x2000, 0, "DLLLA down");
+}
+
+#[test]
+fn ports_without_hot_plug_refuse_add_and_removal() {
+    for opt in ["hotplug=off", "x-native-hotplug=off"] {
+        let mut h = hierarchy(&[
+            &format!("pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,{opt}"),
+            "virtio-net-pci,id=cold,bus=rp9,owner=qemu",
+        ]);
+        let mut e = net("net0");
+        e.bus = "rp9".into();
+        assert_eq!(
+            h.hot_add(e.clone()),
+            Err(HotplugError::HotPlugUnsupported("rp9".into())),
+            "{opt}"
+        );
+        assert_eq!(
+            h.request_removal("cold"),
+            Err(HotplugError::HotUnplugUnsupported("rp9".into())),
+            "{opt}"
+        );
+        assert_eq!(
+            HotplugError::HotUnplugUnsupported("rp9".into()).to_string(),
+            "Hot-unplug failed: unsupported by the port device 'rp9'"
+        );
+        // An emulator claiming a function before the guest runs is not a hot-plug.
+        e.id = "net1".into();
+        e.bus = "rp9".into();
+        let mut h2 = hierarchy(&[&format!(
+            "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,{opt}"
+        )]);
+        assert!(h2.cold_plug(e).is_ok(), "{opt}");
+    }
+}
+
+/// QEMU 7.2 sets Data Link Layer Link Active on a plug when the plugged device has
+/// `x-pcie-lnksta-dllla` (its default) or the port reports link activity: a root port's own
+/// `x-pcie-lnksta-dllla=off` changes nothing (compared with QEMU in `slot_rules_vs_qemu`).
+#[test]
+fn link_comes_up_on_plug_whatever_the_ports_lnksta_dllla() {
+    const RP9: u64 = 0xb000_0000 + (0x20 << 12);
+    for opts in [
+        "x-speed=2_5,x-pcie-lnksta-dllla=off",
+        "x-speed=2_5",
+        "x-pcie-lnksta-dllla=off",
+    ] {
+        let mut h = hierarchy(&[&format!(
+            "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,{opts}"
+        )]);
+        enable_ecam(&mut h, 0xb000_0000);
+        let mut e = net("net0");
+        e.bus = "rp9".into();
+        h.hot_add(e).unwrap();
+        assert_eq!(
+            h.mmio_read(RP9 + 0x66, 2).unwrap() & 0x2000,
+            0x2000,
+            "{opts}"
+        );
+    }
+}
