@@ -64,13 +64,13 @@ fn random_op(rng: &mut Rng) -> (u64, u64, u8, u64) {
         0xcf8u64, 0xcf8, 0xcf8, 0xcf9, 0xcfa, 0xcfb, 0xcfc, 0xcfc, 0xcfd, 0xcfe, 0xcff,
     ]);
     let width = rng.pick(&[1u8, 2, 4, 4, 4, 8]);
-    let write = rng.next() % 3 == 0;
+    let write = rng.next().is_multiple_of(3);
     let value = if port == 0xcf8 && width == 4 {
         config_address(rng)
     } else {
         // Writes to CONFIG_DATA: bus numbers, windows, command bits, anything; now and then a
         // value wider than the access (refused).
-        let mask = if width == 8 || rng.next() % 8 == 0 {
+        let mask = if width == 8 || rng.next().is_multiple_of(8) {
             u64::MAX
         } else {
             (1u64 << (8 * u32::from(width))) - 1
