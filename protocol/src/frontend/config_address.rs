@@ -81,7 +81,12 @@ impl Frontend {
     /// segment of the backend's host bridge.
     pub(super) fn start_latching(&mut self, segment: u16) -> Result<()> {
         let value = if self.negotiated.1.contains(ProtocolFeatures::GUEST_ACCESS) {
-            self.guest_read(FrontendReq::PioRead, CONFIG_ADDRESS, 4)? as u32
+            match self.guest_read(FrontendReq::PioRead, CONFIG_ADDRESS, 4) {
+                Ok(v) => v as u32,
+                // A backend without configuration mechanism #1 (`ENODEV`): from power-on.
+                Err(Error::Status { .. }) => 0,
+                Err(e) => return Err(e),
+            }
         } else {
             0
         };
