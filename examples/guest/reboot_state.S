@@ -4,7 +4,8 @@
 # Each boot prints the state a previous kernel could leave behind in KVM, one `state NAME HEX`
 # line each: CR0, CR4, PAT, the KVM paravirtual MSRs the CPUID offers (kvmclock, steal time,
 # PV EOI: KVM keeps writing guest memory at their addresses while they are set), the local
-# APIC's TPR, SVR, LVT timer and initial count, and IOAPIC redirection entry 1. The first boot
+# APIC's TPR, SVR, LVT timer and initial count, IOAPIC redirection entry 1, and CONFIG_ADDRESS
+# (0xCF8, which the VMM latches itself) with the CONFIG_DATA dword it selects. The first boot
 # then changes every one of them, prints them again (`changed NAME HEX`, so the test can see
 # the changes took), leaves a marker in RAM (RAM survives a reset; the VMM reloads only the
 # image) and resets through ICH9's Reset Control register (0xCF9). The second boot prints its
@@ -111,6 +112,9 @@ change_state:
         mov     rbx, IOAPIC
         mov     dword ptr [rbx], 0x12               # IOREGSEL: redirection entry 1, low half
         mov     dword ptr [rbx + 0x10], 0x41        # vector 0x41, fixed, edge, unmasked
+        mov     dx, 0xcf8                   # CONFIG_ADDRESS: 00:02.0 (rp1) register 0x08
+        mov     eax, 0x80001008
+        out     dx, eax
         ret
 
 # kvm_features: eax = CPUID 0x40000001 EAX when leaf 0x40000000 says "KVMKVMKVM", else 0.
@@ -178,6 +182,16 @@ print_state:
         lea     r13, [rip + name_ioredir1]
         mov     edi, [rbx + 0x10]
         call    print_one
+        mov     dx, 0xcf8                   # CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2)
+        in      eax, dx
+        lea     r13, [rip + name_cf8]
+        mov     edi, eax
+        call    print_one
+        mov     dx, 0xcfc                   # CONFIG_DATA: all ones while bit 31 is clear
+        in      eax, dx
+        lea     r13, [rip + name_cfc]
+        mov     edi, eax
+        call    print_one
         ret
 
 # print_msr(ecx = MSR, r12 = prefix, r13 = name)
@@ -217,6 +231,8 @@ name_svr:       .asciz "lapic-svr "
 name_lvtt:      .asciz "lapic-lvt-timer "
 name_tmict:     .asciz "lapic-initial-count "
 name_ioredir1:  .asciz "ioapic-redir1 "
+name_cf8:       .asciz "config-address "
+name_cfc:       .asciz "config-data "
 
         .section .bss
         .balign 16

@@ -16,6 +16,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::channel::BackendChannel;
 
+mod config_address;
 mod platform;
 use crate::error::{Error, Result};
 use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};
@@ -47,13 +48,14 @@ pub struct FrontendOptions {
 }
 
 impl FrontendOptions {
-    /// Everything the backend offers, no backend channel.
+    /// Everything the backend offers except `CONFIG_ADDRESS_LATCH` (who owns CONFIG_ADDRESS
+    /// is the frontend's choice: add it to `protocol_features`), no backend channel.
     pub fn new(name: impl Into<String>, role: FrontendRole) -> Self {
         FrontendOptions {
             name: name.into(),
             role,
             features: Features::all(),
-            protocol_features: ProtocolFeatures::all(),
+            protocol_features: ProtocolFeatures::all() - ProtocolFeatures::CONFIG_ADDRESS_LATCH,
             backend_channel: false,
         }
     }
@@ -89,6 +91,8 @@ pub struct Frontend {
     broken: bool,
     /// The configuration snapshot reads are served from, when negotiated.
     snapshot: Option<SnapshotReader>,
+    /// CONFIG_ADDRESS as this frontend latched it, when `CONFIG_ADDRESS_LATCH` was negotiated.
+    latch: Option<config_address::Latch>,
 }
 
 impl Frontend {
@@ -119,6 +123,7 @@ impl Frontend {
             channel: None,
             broken: false,
             snapshot: None,
+            latch: None,
         })
     }
 
@@ -171,6 +176,15 @@ impl Frontend {
         }
         if pf.contains(ProtocolFeatures::CONFIG_SNAPSHOT) {
             self.enable_snapshot()?;
+        }
+        if pf.contains(ProtocolFeatures::CONFIG_ADDRESS_LATCH) {
+            let topology = self.topology()?;
+            let segment = topology
+                .functions
+                .iter()
+                .find(|f| f.kind == FunctionKind::HostBridge as u8)
+                .map_or(0, |f| f.segment);
+            self.start_latching(segment)?;
         }
         Ok(())
     }
@@ -357,8 +371,13 @@ impl Frontend {
             .map(drop)
     }
 
-    /// `PioRead`: a trapped port-I/O read.
+    /// `PioRead`: a trapped port-I/O read. With `CONFIG_ADDRESS_LATCH`, a dword read of 0xCF8
+    /// answers the latch and a CONFIG_DATA read is the `ConfigRead` it selects (no message
+    /// when the snapshot serves it).
     pub fn pio_read(&mut self, port: u64, width: u8) -> Result<u64> {
+        if let Some(r) = self.latched_pio_read(port, width) {
+            return r;
+        }
         if let Some(r) = self.fast().and_then(|s| s.config_data_read(port, width)) {
             return r.map_err(|status| Error::Status {
                 request: FrontendReq::PioRead as u32,
@@ -368,8 +387,12 @@ impl Frontend {
         self.guest_read(FrontendReq::PioRead, port, width)
     }
 
-    /// `PioWrite`: a trapped port-I/O write.
+    /// `PioWrite`: a trapped port-I/O write. With `CONFIG_ADDRESS_LATCH`, a dword write to
+    /// 0xCF8 only latches (no message) and a CONFIG_DATA write is the `ConfigWrite` it selects.
     pub fn pio_write(&mut self, port: u64, width: u8, value: u64) -> Result<()> {
+        if let Some(r) = self.latched_pio_write(port, width, value) {
+            return r;
+        }
         self.guest_write(FrontendReq::PioWrite, port, width, value)
     }
 
@@ -389,9 +412,12 @@ impl Frontend {
         self.guest_write(FrontendReq::MmioWrite, addr, width, value)
     }
 
-    /// `Reset`: platform reset of the hierarchy.
+    /// `Reset`: platform reset of the hierarchy. A CONFIG_ADDRESS this frontend latches
+    /// resets to 0 with it, as the backend's own register does.
     pub fn reset(&mut self) -> Result<()> {
-        self.call(FrontendReq::Reset, &[], &[], Some(0)).map(drop)
+        self.call(FrontendReq::Reset, &[], &[], Some(0))?;
+        self.set_config_address_latch(0);
+        Ok(())
     }
 
     /// `SaveState`: the backend's device state blob.

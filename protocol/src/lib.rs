@@ -95,6 +95,11 @@ bitflags::bitflags! {
         /// `FunctionReset` on the backend channel for functions this frontend owns (Secondary
         /// Bus Reset, slot power-off, platform reset).
         const RESET_EVENTS = 1 << 9;
+        /// The frontend latches CONFIG_ADDRESS (0xCF8) itself and sends CONFIG_DATA accesses
+        /// as the `ConfigRead` / `ConfigWrite` they select; the backend's register stays for
+        /// frontends that did not negotiate it. Not asked for by default
+        /// ([`FrontendOptions::new`](crate::FrontendOptions::new)).
+        const CONFIG_ADDRESS_LATCH = 1 << 10;
     }
 }
 

@@ -1,6 +1,7 @@
 //! A frontend that survives its connection: [`ResumableFrontend`] remembers what it set up on
-//! the backend (the handshake options and the interrupt eventfds it registered) and the layout
-//! generation it last saw, so after a disconnect, or a backend restarted from its state file,
+//! the backend (the handshake options and the interrupt eventfds it registered), the layout
+//! generation it last saw and CONFIG_ADDRESS when it latches it, so after a disconnect, or a
+//! backend restarted from its state file,
 //! [`ResumableFrontend::resume`] reconnects, repeats the handshake, re-sends the backend channel
 //! and the eventfds, and says whether the layout moved on meanwhile.
 //!
@@ -125,6 +126,11 @@ impl ResumableFrontend {
         };
         for r in &self.irqfds {
             fe.set_interrupt_fd(r.segment, r.bus, r.devfn, r.vector, Some(&r.fd))?;
+        }
+        // A CONFIG_ADDRESS this frontend latches is its own state, not the backend's: it
+        // carries over whatever the backend (restarted from its state file, perhaps) holds.
+        if let Some(latch) = self.fe.config_address_latch() {
+            fe.set_config_address_latch(latch);
         }
         let topology = fe.topology()?;
         let layout_changed = topology.generation != self.generation;

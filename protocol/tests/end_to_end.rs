@@ -270,7 +270,11 @@ fn handshake_config_and_guest_accesses() {
     let (path, shared) = start_backend("basic");
     let mut fe = connect(&path, FrontendOptions::tool("dump"));
     assert_eq!(fe.features(), Features::all());
-    assert_eq!(fe.protocol_features(), ProtocolFeatures::all());
+    assert_eq!(
+        fe.protocol_features(),
+        ProtocolFeatures::all() - ProtocolFeatures::CONFIG_ADDRESS_LATCH,
+        "everything but the latch, which a frontend asks for itself"
+    );
     assert!(fe.take_backend_channel().is_none());
     assert_eq!(
         shared.lock().unwrap().identified[0],
@@ -456,7 +460,9 @@ fn backend_channel_delivers_notifications() {
         .is_none());
     // A channel without LAYOUT_EVENTS gets no layout notifications.
     let quiet_opts = FrontendOptions {
-        protocol_features: ProtocolFeatures::all() - ProtocolFeatures::LAYOUT_EVENTS,
+        protocol_features: ProtocolFeatures::all()
+            - ProtocolFeatures::LAYOUT_EVENTS
+            - ProtocolFeatures::CONFIG_ADDRESS_LATCH,
         ..FrontendOptions::vmm("quiet")
     };
     let mut quiet = connect(&path, quiet_opts);

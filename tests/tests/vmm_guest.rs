@@ -440,7 +440,8 @@ fn probe_guest_boots_under_qemu_through_its_pvh_note() {
 
 /// A reboot starts from the power-on state, as QEMU's system reset does: the `reboot-state`
 /// guest changes what a kernel sets up (CR0/CR4 bits, PAT, KVM's kvmclock, steal-time and PV
-/// EOI MSRs, the local APIC's TPR, SVR and a running periodic timer, an unmasked IOAPIC entry)
+/// EOI MSRs, the local APIC's TPR, SVR and a running periodic timer, an unmasked IOAPIC entry,
+/// CONFIG_ADDRESS, which the VMM latches itself, and so what CONFIG_DATA reads)
 /// and resets through 0xCF9; its second boot must print the first boot's state. (Regression: the
 /// VMM kept KVM's vCPU and irqchip state across reboots, so a rebooted Linux inherited the old
 /// kernel's kvmclock and PV EOI areas and an enabled APIC.)

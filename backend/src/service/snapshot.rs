@@ -54,22 +54,24 @@ impl Snapshots {
         let images: Vec<(usize, Vec<u8>)> =
             changed.iter().map(|&n| (n, h.snapshot_image(n))).collect();
         // Only the routing entries that changed are written (every snapshot holds the same
-        // table: a new one is filled whole when it is added).
+        // table: a new one is filled whole when it is added), and only the buses the hierarchy
+        // says may have changed are looked at.
         let mut route_changes = Vec::new();
-        if routes {
-            let table = h.snapshot_routes();
-            match &self.routes {
-                Some(old) => route_changes.extend(
-                    table
-                        .iter()
-                        .zip(old.iter())
-                        .enumerate()
-                        .filter(|(_, (new, old))| new != old)
-                        .map(|(i, (new, _))| (i, *new)),
-                ),
-                None => route_changes.extend(table.iter().copied().enumerate()),
+        let table = self.routes.get_or_insert_with(|| h.snapshot_routes());
+        for bus in routes.iter() {
+            let row = h.snapshot_route_row(bus);
+            let base = usize::from(bus) << 8;
+            let old = &mut table[base..][..256];
+            if old[..] == row[..] {
+                // Most recorded buses did not change (a range opened over empty buses).
+                continue;
             }
-            self.routes = Some(table);
+            for (devfn, (new, old)) in row.iter().zip(old.iter_mut()).enumerate() {
+                if new != old {
+                    *old = *new;
+                    route_changes.push((base | devfn, *new));
+                }
+            }
         }
         let header = h.snapshot_header();
         for w in self.writers.values() {

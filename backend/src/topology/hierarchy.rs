@@ -13,8 +13,10 @@ use crate::topology::spec::EndpointSpec;
 use crate::topology::StateError;
 
 mod hotplug;
+mod routing;
 mod snapshot;
 pub use hotplug::HotplugError;
+pub use routing::BusSet;
 
 /// Something the service must deliver after an operation: interrupts to the frontends that
 /// inject them, and functions arriving or leaving to their owners (and the control socket).
@@ -91,14 +93,16 @@ pub struct Hierarchy {
     below: Vec<[Option<u16>; 8]>,
     /// Bus number -> the port whose secondary..=subordinate range holds it (0 = none, else index+1).
     bus_owner: [u16; 256],
+    /// Per port: the (secondary, subordinate) bus numbers `bus_owner` was built from.
+    port_buses: Vec<(u8, u8)>,
     config_address: u32,
     generation: u64,
     /// Undelivered events, drained by [`Hierarchy::take_events`].
     events: Vec<HierarchyEvent>,
     /// Functions (0 = MCH, 1 + i = port i) whose registers may have changed since the last
-    /// [`Hierarchy::take_snapshot_changes`], and whether routing did.
+    /// [`Hierarchy::take_snapshot_changes`], and the buses whose routing may have.
     changed: Vec<bool>,
-    routes_changed: bool,
+    dirty_buses: BusSet,
     /// Decoding BARs of the functions pcierc emulates, sorted by base: (base, size, port, BAR).
     bar_map: Vec<(u64, u64, u16, u8)>,
     /// Some of them overlap (a guest's mistake): look up by scanning, lowest port first.
@@ -121,11 +125,12 @@ impl Hierarchy {
             ports,
             root: [Slot::Empty; 256],
             bus_owner: [0; 256],
+            port_buses: Vec::new(),
             config_address: 0,
             generation: 1,
             events: Vec::new(),
             changed: Vec::new(),
-            routes_changed: true,
+            dirty_buses: BusSet::ALL,
             bar_map: Vec::new(),
             bars_overlap: false,
         };
@@ -137,7 +142,7 @@ impl Hierarchy {
                 h.ports[i].set_present();
             }
         }
-        h.rebuild_bus_map();
+        h.rebuild_routing();
         Ok(h)
     }
 
@@ -219,45 +224,13 @@ impl Hierarchy {
             }
         }
         self.config_address = 0;
-        self.rebuild_bus_map();
+        self.rebuild_routing();
         self.generation += 1;
         Effects::ECAM
             | Effects::BUS_NUMBERS
             | Effects::WINDOWS
             | Effects::BARS
             | Effects::CHIPSET_MEMORY
-    }
-
-    /// Rebuild the bus -> port table from the ports' bus-number registers. A bus claimed by two
-    /// ports (a guest bug) routes to the first port in topology order, as a scan would find it.
-    /// Rebuild the BAR lookup: O(log n) per MMIO access, whatever the number of ports.
-    fn rebuild_bar_map(&mut self) {
-        self.bar_map.clear();
-        for (i, p) in self.ports.iter().enumerate() {
-            for b in p.bars() {
-                self.bar_map.push((b.base, b.size, i as u16, b.index));
-            }
-        }
-        self.bar_map.sort_unstable();
-        self.bars_overlap = self
-            .bar_map
-            .windows(2)
-            .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0);
-    }
-
-    fn rebuild_bus_map(&mut self) {
-        self.rebuild_bar_map();
-        self.routes_changed = true;
-        self.bus_owner = [0; 256];
-        for (i, p) in self.ports.iter().enumerate().rev() {
-            let (sec, sub) = (p.secondary_bus(), p.subordinate_bus());
-            if sec == 0 || sec > sub {
-                continue;
-            }
-            for b in sec..=sub {
-                self.bus_owner[usize::from(b)] = i as u16 + 1;
-            }
-        }
     }
 
     /// Route a configuration access to (bus, devfn) in O(1): [`Hierarchy::locate`], except
@@ -388,17 +361,10 @@ impl Hierarchy {
         Ok(self.apply(effects))
     }
 
-    /// Apply a model's effects to the routing state.
+    /// Count a guest-visible routing change in the layout generation. The routing tables
+    /// themselves were updated by [`Hierarchy::after_port`] for the port that changed (only
+    /// ports have bus numbers, windows and BARs; the MCH changes only the ECAM window).
     fn apply(&mut self, effects: Effects) -> Effects {
-        if effects.contains(Effects::BUS_NUMBERS) {
-            self.rebuild_bus_map();
-        } else if effects.contains(Effects::BARS) {
-            self.rebuild_bar_map();
-        }
-        if effects.contains(Effects::SLOT) {
-            // Slot power decides whether the functions below answer (`route`).
-            self.routes_changed = true;
-        }
         if effects
             .intersects(Effects::ECAM | Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS)
         {
@@ -592,7 +558,7 @@ impl Hierarchy {
         self.ports = ports;
         self.config_address = config_address;
         self.rebuild_slots(); // marks every function changed
-        self.rebuild_bus_map();
+        self.rebuild_routing();
         self.generation = (self.generation + 1).max(generation);
         Ok(())
     }

@@ -478,7 +478,9 @@ impl Machine {
             let access = Access::PioWrite { port, width, value };
             match self.pcie.forward(access)? {
                 Forwarded::Done(_) => {
-                    self.drain_notifications()?;
+                    if !self.pcie.is_local_write(port, width) {
+                        self.drain_notifications()?;
+                    }
                     self.stats.record(ExitKind::ForwardedPio, start);
                     return Ok(None);
                 }

@@ -305,6 +305,8 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         }
     };
     let mut opts = FrontendOptions::vmm(config.name.clone());
+    // CONFIG_ADDRESS lives here: a CONFIG_ADDRESS write is no round trip (docs/vmm.md).
+    opts.protocol_features |= ProtocolFeatures::CONFIG_ADDRESS_LATCH;
     if !config.config_snapshot {
         opts.protocol_features -= ProtocolFeatures::CONFIG_SNAPSHOT;
     }

@@ -137,6 +137,8 @@ pub struct PcieLink {
     frontend: Mutex<Frontend>,
     channel: Mutex<Option<BackendChannel>>,
     claims: RwLock<Claims>,
+    /// The frontend latches CONFIG_ADDRESS (`CONFIG_ADDRESS_LATCH` negotiated).
+    latches_config_address: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +167,7 @@ impl PcieLink {
         let topology = frontend.topology().map_err(backend("GetTopology"))?;
         let channel = frontend.take_backend_channel();
         Ok(PcieLink {
+            latches_config_address: frontend.config_address_latch().is_some(),
             claims: RwLock::new(Claims::from_topology(&topology)),
             frontend: Mutex::new(frontend),
             channel: Mutex::new(channel),
@@ -245,8 +248,14 @@ impl PcieLink {
         }
     }
 
-    /// CONFIG_ADDRESS as pcierc latched it (to decode a CONFIG_DATA access it answered
-    /// `EREMOTE`).
+    /// Is this port write handled without a message to pcierc (a dword CONFIG_ADDRESS write
+    /// the frontend latches), so no notification can have been queued by it?
+    pub fn is_local_write(&self, port: u16, width: u8) -> bool {
+        self.latches_config_address && u64::from(port) == CONFIG_ADDRESS_PORT && width == 4
+    }
+
+    /// CONFIG_ADDRESS as the frontend latched it, or as pcierc did for a frontend that does
+    /// not latch it (to decode a CONFIG_DATA access pcierc answered `EREMOTE`).
     pub fn config_address(&self) -> Result<u32, Error> {
         lock(&self.frontend)
             .pio_read(CONFIG_ADDRESS_PORT, 4)

@@ -108,6 +108,16 @@ impl Hierarchy {
     /// guest powering a slot off completes the removal of the functions behind it.
     pub(super) fn after_port(&mut self, port: usize, effects: Effects) -> Effects {
         self.mark_changed(super::Slot::Port(port as u16));
+        // The routing tables, for what this port changed only.
+        if effects.contains(Effects::BUS_NUMBERS) {
+            self.update_bus_map();
+        }
+        if effects.contains(Effects::BARS) {
+            self.update_port_bars(port);
+        }
+        if effects.contains(Effects::SLOT) {
+            self.slot_power_changed(port);
+        }
         let mut effects = effects;
         // PCI-to-PCI Bridge 1.2 §3.2.5.18 (Secondary Bus Reset) and PCIe Base 6.0 §6.7.1.8
         // (power removed from a slot): the functions below the port are reset.

@@ -5,7 +5,8 @@
 
 use pcierc_protocol::snapshot::{SnapshotHeader, ROUTE_ABSENT, ROUTE_REMOTE};
 
-use super::{Hierarchy, Routed, Slot};
+use super::{BusSet, Hierarchy, Slot};
+use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
@@ -27,19 +28,19 @@ impl Hierarchy {
 
     pub(super) fn mark_all_changed(&mut self) {
         self.changed = vec![true; self.snapshot_functions()];
-        self.routes_changed = true;
+        self.dirty_buses = BusSet::ALL;
     }
 
-    /// The functions whose registers may have changed, and whether routing did, since the last
-    /// call; clears both.
-    pub fn take_snapshot_changes(&mut self) -> (Vec<usize>, bool) {
+    /// The functions whose registers may have changed, and the buses whose routing may have
+    /// (see [`Hierarchy::snapshot_route_row`]), since the last call; clears both.
+    pub fn take_snapshot_changes(&mut self) -> (Vec<usize>, BusSet) {
         let changed = self
             .changed
             .iter_mut()
             .enumerate()
             .filter_map(|(i, c)| std::mem::take(c).then_some(i))
             .collect();
-        (changed, std::mem::take(&mut self.routes_changed))
+        (changed, std::mem::take(&mut self.dirty_buses))
     }
 
     /// Function `n`'s whole configuration space as a guest read would see it.
@@ -51,27 +52,52 @@ impl Hierarchy {
         f.map(PciFunction::config_image).unwrap_or_default()
     }
 
-    /// Every (bus, devfn): absent, another emulator's, or snapshot function `n` (as `n + 1`).
-    /// The same answers as [`Hierarchy::route`], one bus at a time: a bus no port owns is
-    /// absent as a whole, so this costs the owned buses, not 65536 lookups.
+    /// Every (bus, devfn): absent, another emulator's, or snapshot function `n` (as `n + 1`),
+    /// built from scratch (a new snapshot; and what the incremental updates must equal).
     pub fn snapshot_routes(&self) -> Box<[u16; 65536]> {
         let mut t = Box::new([ROUTE_ABSENT; 65536]);
-        let entry = |r: Routed| match r {
-            Routed::Local(Slot::Mch) => 1,
-            Routed::Local(Slot::Port(p)) => p + 2,
-            Routed::Remote(_) => ROUTE_REMOTE,
-            _ => ROUTE_ABSENT,
-        };
         for bus in 0..=255u8 {
             if bus != 0 && self.bus_owner[usize::from(bus)] == 0 {
                 continue;
             }
-            let row = &mut t[usize::from(bus) << 8..][..256];
-            for (devfn, e) in row.iter_mut().enumerate() {
-                *e = entry(self.route(bus, devfn as u8));
-            }
+            t[usize::from(bus) << 8..][..256].copy_from_slice(&self.snapshot_route_row(bus));
         }
         t
+    }
+
+    /// The routing entries of one bus (`routes[bus * 256 ..][..256]`): the same answers as
+    /// [`Hierarchy::route`], without asking it 256 times. A bus no port owns is absent as a
+    /// whole; one below a port's secondary bus belongs as a whole to whoever emulates function
+    /// 0 behind the port (a switch); on a secondary bus only device 0 answers (PCIe Base 6.0
+    /// §7.3.1), and only while the slot is powered.
+    pub fn snapshot_route_row(&self, bus: u8) -> [u16; 256] {
+        let mut row = [ROUTE_ABSENT; 256];
+        let remote = |e: Option<u16>| e.map_or(ROUTE_ABSENT, |_| ROUTE_REMOTE);
+        if bus == 0 {
+            for (devfn, e) in row.iter_mut().enumerate() {
+                *e = match self.root[devfn] {
+                    Slot::Mch => 1,
+                    Slot::Port(p) => p + 2,
+                    Slot::Endpoint(_) => ROUTE_REMOTE,
+                    Slot::Empty => ROUTE_ABSENT,
+                };
+            }
+            return row;
+        }
+        let Some(port) = usize::from(self.bus_owner[usize::from(bus)]).checked_sub(1) else {
+            return row;
+        };
+        let (Some(p), Some(below)) = (self.ports.get(port), self.below.get(port)) else {
+            return row;
+        };
+        if bus != p.secondary_bus() {
+            row.fill(remote(below[0]));
+        } else if p.slot_powered() {
+            for (e, f) in row.iter_mut().zip(below) {
+                *e = remote(*f);
+            }
+        }
+        row
     }
 
     /// The snapshot header's routing fields.

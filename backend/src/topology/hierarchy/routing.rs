@@ -1,0 +1,162 @@
+//! The hierarchy's routing tables, kept up to date by what a write changed rather than rebuilt:
+//! the bus -> port table (with the buses whose routing may have moved, for the configuration
+//! snapshot) and the sorted map of the BARs pcierc's functions decode.
+//!
+//! Routing of a bus `b` (see [`Hierarchy::locate`] and [`Hierarchy::route`]) depends only on
+//! the port that owns it (`bus_owner[b]`), whether `b` is that port's secondary bus, what sits
+//! behind the port and whether its slot is powered. So a write that changes port `i`'s bus
+//! numbers can only move the routing of buses whose owner changed and of `i`'s old and new
+//! secondary buses; a slot power change only that of the port's secondary bus.
+
+use super::Hierarchy;
+use crate::pci::port::PortFunction;
+use crate::pci::PciFunction;
+
+/// A set of bus numbers (256 bits).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BusSet([u64; 4]);
+
+impl BusSet {
+    /// Every bus.
+    pub const ALL: BusSet = BusSet([u64::MAX; 4]);
+
+    /// Add `bus`.
+    pub fn insert(&mut self, bus: u8) {
+        self.0[usize::from(bus >> 6)] |= 1 << (bus & 63);
+    }
+
+    /// Is `bus` in the set?
+    pub fn contains(&self, bus: u8) -> bool {
+        self.0[usize::from(bus >> 6)] & 1 << (bus & 63) != 0
+    }
+
+    /// No bus at all?
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    /// The buses in the set, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=255u8).filter(|&b| self.contains(b))
+    }
+}
+
+/// The bus range a port with these Secondary and Subordinate Bus Numbers forwards Type 1
+/// configuration cycles to, if any (PCI-to-PCI Bridge 1.2 §3.2.5.3; secondary bus 0 or a
+/// subordinate below it forwards nothing).
+fn bus_range(sec: u8, sub: u8) -> Option<std::ops::RangeInclusive<u8>> {
+    (sec != 0 && sec <= sub).then_some(sec..=sub)
+}
+
+impl Hierarchy {
+    /// Bring the bus -> port table up to date with the ports' bus-number registers, and record
+    /// the buses whose routing may have changed. A bus claimed by two ports (a guest bug)
+    /// routes to the first port in topology order, as a scan would find it. The table is 256
+    /// entries and is refilled from the ports' ranges (O(ports + buses)); the expensive part,
+    /// the snapshot's 65536 routes, is then refreshed only for the buses recorded here.
+    pub(super) fn update_bus_map(&mut self) {
+        let mut owner = [0u16; 256];
+        for (i, p) in self.ports.iter().enumerate().rev() {
+            for b in bus_range(p.secondary_bus(), p.subordinate_bus())
+                .into_iter()
+                .flatten()
+            {
+                owner[usize::from(b)] = i as u16 + 1;
+            }
+        }
+        for (b, (new, old)) in owner.iter().zip(&self.bus_owner).enumerate() {
+            if new != old {
+                self.dirty_buses.insert(b as u8);
+            }
+        }
+        self.bus_owner = owner;
+        self.port_buses.resize(self.ports.len(), (0, 0));
+        for (p, cached) in self.ports.iter().zip(self.port_buses.iter_mut()) {
+            let now = (p.secondary_bus(), p.subordinate_bus());
+            if now.0 != cached.0 {
+                // Whether a bus is the port's secondary one (Type 0 cycles, device 0 only) or
+                // one further down (Type 1, whoever emulates the switch) moved for these two.
+                // (Bus 0 is the root bus: its routing never depends on a port.)
+                for b in [cached.0, now.0].into_iter().filter(|&b| b != 0) {
+                    self.dirty_buses.insert(b);
+                }
+            }
+            *cached = now;
+        }
+    }
+
+    /// Port `port`'s slot power may have changed: whether the functions on its secondary bus
+    /// answer does (see [`Hierarchy::route`]).
+    pub(super) fn slot_power_changed(&mut self, port: usize) {
+        if let Some(p) = self.ports.get(port) {
+            self.dirty_buses.insert(p.secondary_bus());
+        }
+    }
+
+    /// Replace port `port`'s entries in the BAR map with the BARs it decodes now: O(BARs) to
+    /// remove and insert in the sorted map, instead of collecting and sorting every port's.
+    pub(super) fn update_port_bars(&mut self, port: usize) {
+        let Some(p) = self.ports.get(port) else {
+            return;
+        };
+        let tag = port as u16;
+        self.bar_map.retain(|&(.., owner, _)| owner != tag);
+        for b in p.bars() {
+            let entry = (b.base, b.size, tag, b.index);
+            let at = self.bar_map.partition_point(|e| *e < entry);
+            self.bar_map.insert(at, entry);
+        }
+        self.bars_overlap = overlapping(&self.bar_map);
+    }
+
+    /// The BAR map built from scratch (power-on, reset, restore; and what the incremental
+    /// updates must always equal).
+    pub(super) fn full_bar_map(&self) -> Vec<(u64, u64, u16, u8)> {
+        let mut map = Vec::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            for b in p.bars() {
+                map.push((b.base, b.size, i as u16, b.index));
+            }
+        }
+        map.sort_unstable();
+        map
+    }
+
+    /// Rebuild every routing table from the registers (power-on, platform reset, restore).
+    pub(super) fn rebuild_routing(&mut self) {
+        self.bar_map = self.full_bar_map();
+        self.bars_overlap = overlapping(&self.bar_map);
+        self.update_bus_map();
+        self.dirty_buses = BusSet::ALL;
+    }
+}
+
+/// Do any two BARs of a sorted map overlap?
+fn overlapping(map: &[(u64, u64, u16, u8)]) -> bool {
+    map.windows(2)
+        .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_sets_hold_every_bus_number() {
+        let mut s = BusSet::default();
+        assert!(s.is_empty());
+        for b in [0u8, 63, 64, 127, 128, 255] {
+            s.insert(b);
+        }
+        assert_eq!(s.iter().collect::<Vec<_>>(), [0, 63, 64, 127, 128, 255]);
+        assert!(!s.contains(1) && s.contains(255));
+        assert_eq!(BusSet::ALL.iter().count(), 256);
+    }
+
+    #[test]
+    fn only_valid_ranges_forward() {
+        assert_eq!(bus_range(0, 5), None);
+        assert_eq!(bus_range(3, 2), None);
+        assert_eq!(bus_range(2, 2), Some(2..=2));
+    }
+}
