@@ -82,8 +82,8 @@ impl Snapshots {
             for &(i, r) in &route_changes {
                 w.set_route(i, r);
             }
-            if routes {
-                // Bus numbers or slot power changed: a frontend that maps the snapshot's pages
+            if !routes.is_empty() {
+                // Bus numbers, slot power or ownership changed: a frontend that maps the snapshot's pages
                 // re-reads its layout even when no entry changed.
                 w.mark_routing_changed();
             }
