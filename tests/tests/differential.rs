@@ -1,14 +1,14 @@
-//! The whole stack against QEMU 7.2: QEMU's `q35` on one side; on the other, the real `pcierc`
-//! process with the same root ports, driven through its unix socket by `pcierc qtest` with the
-//! same qtest lines. Every read is compared (see `pcierc_tests::differential`); only the
-//! documented deviations (docs/qemu-compat.md) may differ.
+//! The whole stack against QEMU: QEMU 7.2's `q35` (and QEMU 10.0's `pc-q35-10.0`) on one side; on
+//! the other, the real `pcierc` process with the same root ports (and `--machine`), driven through
+//! its unix socket by `pcierc qtest` with the same qtest lines. Every read is compared (see
+//! `pcierc_tests::differential`); only the documented deviations (docs/qemu-compat.md) may differ.
 
 use std::process::Command;
 use std::time::Instant;
 
 use pcierc_tests::differential::{Differential, Function, Kind, QtestTarget, DEVIATIONS};
 use pcierc_tests::process::{pcierc_bin, Backend};
-use pcierc_tests::qtest::{qemu_q35, Qtest};
+use pcierc_tests::qtest::{qemu_machine, qemu_q35, Qemu, Qtest};
 
 /// (devfn, the `-device` option, used verbatim by QEMU and by pcierc).
 const PORTS: [(u8, &str); 3] = [
@@ -22,7 +22,38 @@ fn pcierc_through_its_socket_matches_qemu() {
     let Some(qemu) = qemu_q35(&PORTS.map(|p| p.1)) else {
         return;
     };
-    let mut args = vec!["-n"];
+    compare(qemu, &[], "pcierc (socket) vs QEMU");
+}
+
+/// QEMU 10.0's newest machine type against `pcierc --machine pc-q35-10.0`: the compat-property
+/// changes since 7.2 (docs/qemu-compat.md, "Machine types") with the same documented deviations.
+#[test]
+fn pcierc_pc_q35_10_0_matches_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let qemu = qemu_machine(&q10, "pc-q35-10.0", &PORTS.map(|p| p.1));
+    compare(
+        qemu,
+        &["--machine", "pc-q35-10.0"],
+        "pcierc --machine pc-q35-10.0 (socket) vs QEMU 10.0 pc-q35-10.0",
+    );
+}
+
+/// QEMU 10.0 running the old machine type reads as QEMU 7.2 does: its compat properties restore
+/// 7.2's registers, and pcierc's default machine type matches it too.
+#[test]
+fn pcierc_pc_q35_7_2_matches_qemu_10_0_running_pc_q35_7_2() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let qemu = qemu_machine(&q10, "pc-q35-7.2", &PORTS.map(|p| p.1));
+    compare(qemu, &[], "pcierc (socket) vs QEMU 10.0 pc-q35-7.2");
+}
+
+fn compare(qemu: Qtest, machine: &[&str], what: &str) {
+    let mut args = machine.to_vec();
+    args.push("-n");
     for (_, d) in PORTS {
         args.extend(["--device", d]);
     }
@@ -54,7 +85,7 @@ fn pcierc_through_its_socket_matches_qemu() {
         });
     }
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
-    diff.run_all_and_check("pcierc (socket) vs QEMU", started);
+    diff.run_all_and_check(what, started);
 }
 
 #[test]

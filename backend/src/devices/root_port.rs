@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::machine::{MachineType, PortCompat};
 use crate::pci::bridge;
 use crate::pci::caps::express::{self, LinkConfig};
 use crate::pci::caps::msix::Msix;
@@ -175,8 +176,14 @@ impl RootPort {
     /// [`RootPortConfig::validate`]; an invalid reservation is encoded as given (QEMU refuses
     /// to create such a port). See [`RootPort::try_new`].
     pub fn new(config: RootPortConfig) -> Self {
+        Self::on_machine(config, MachineType::default())
+    }
+
+    /// [`RootPort::new`] with the register behaviour of `machine` (QEMU's compat properties,
+    /// [`PortCompat`]).
+    pub fn on_machine(config: RootPortConfig, machine: MachineType) -> Self {
         // The layout is QEMU's and fixed; it cannot fail for any configuration (unit-tested).
-        Self::build(config).expect("pcie-root-port capability layout")
+        Self::build(config, machine.port_compat()).expect("pcie-root-port capability layout")
     }
 
     /// [`RootPort::new`] for a configuration QEMU accepts; otherwise QEMU's error.
@@ -185,9 +192,9 @@ impl RootPort {
         Ok(Self::new(config))
     }
 
-    fn build(config: RootPortConfig) -> Result<Self, CapabilityError> {
+    fn build(config: RootPortConfig, compat: PortCompat) -> Result<Self, CapabilityError> {
         if config.model == RootPortModel::Ioh3420 {
-            let port = ioh3420::build(&config)?;
+            let port = ioh3420::build(&config, compat)?;
             return Ok(RootPort { config, port });
         }
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
@@ -212,6 +219,7 @@ impl RootPort {
             acs: Some(ACS_OFFSET),
             msix_bar: MSIX_BAR,
             slot: config.slot(),
+            compat,
         };
         Ok(RootPort {
             config,

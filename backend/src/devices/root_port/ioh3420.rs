@@ -7,6 +7,7 @@
 //! slot, AER, PME and reset behaviour are the shared [`PciePort`]'s.
 
 use super::{init_port_header, RootPortConfig};
+use crate::devices::machine::PortCompat;
 use crate::pci::bridge;
 use crate::pci::caps::express::{self, LinkConfig, LinkSpeed};
 use crate::pci::caps::msi::Msi;
@@ -44,7 +45,10 @@ pub fn link(port: u8) -> LinkConfig {
 }
 
 /// Build the port in its power-on state (`rp_realize()` with the `ioh3420` class hooks).
-pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError> {
+pub(super) fn build(
+    config: &RootPortConfig,
+    compat: PortCompat,
+) -> Result<PciePort, CapabilityError> {
     let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
     init_port_header(&mut cs, IDENTITY, config.multifunction);
     ssvid::init(&mut cs, SSVID_OFFSET, IDENTITY.vendor_id, 0)?;
@@ -59,6 +63,7 @@ pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError
         acs: None,
         msix_bar: 0,
         slot: config.slot(),
+        compat,
     };
     Ok(PciePort::new(cs, msi, layout))
 }
