@@ -460,6 +460,49 @@ mod tests {
         assert_eq!(p.bar_read(0, 0xc, 4), 1);
     }
 
+    /// QEMU 10.0.2's reads (`-M pc-q35-10.0` against `-M pc-q35-7.2`, same binary, and QEMU 7.2):
+    /// each compat flag's register, at reset and after writing all ones.
+    #[test]
+    fn pc_q35_10_0_has_qemu_10_0s_compat_registers() {
+        let cfg = || RootPortConfig {
+            id: "rp".into(),
+            chassis: 1,
+            slot: 1,
+            ..Default::default()
+        };
+        let mut old = RootPort::new(cfg());
+        let mut new = RootPort::on_machine(cfg(), MachineType::PcQ35V10_0);
+        assert_eq!(old, RootPort::on_machine(cfg(), MachineType::PcQ35V7_2));
+        // (offset, 7.2 reset, 7.2 after all ones, 10.0 reset, 10.0 after all ones)
+        for (off, r7, w7, r10, w10) in [
+            // Primary/Secondary/Subordinate Bus and Secondary Latency Timer (0x1b).
+            (0x18, 0, 0xffff_ffff, 0, 0x00ff_ffff),
+            // Device Capabilities: Extended Tag Field Supported (bit 5).
+            (0x58, 0x8000, 0x8000, 0x8020, 0x8020),
+            // AER Uncorrectable Error Mask.
+            (0x108, 0, 0, 0x0240_0000, 0x03ff_f030),
+        ] {
+            assert_eq!(old.config_read(off, 4), r7, "7.2 {off:#x}");
+            assert_eq!(new.config_read(off, 4), r10, "10.0 {off:#x}");
+            old.config_write(off, 4, u32::MAX);
+            new.config_write(off, 4, u32::MAX);
+            assert_eq!(old.config_read(off, 4), w7, "7.2 {off:#x}");
+            assert_eq!(new.config_read(off, 4), w10, "10.0 {off:#x}");
+        }
+        // A card present from power-on: QEMU 7.2 reads Slot Control 0x1c0 (power indicator
+        // on), QEMU 10.0 0x3c0 (off), under either machine type of the 10.0 binary.
+        let mut old = RootPort::new(cfg());
+        let mut new = RootPort::on_machine(cfg(), MachineType::PcQ35V10_0);
+        old.set_present();
+        new.set_present();
+        assert_eq!(old.config_read(0x54 + SLTCTL, 2), 0x01c0);
+        assert_eq!(new.config_read(0x54 + SLTCTL, 2), 0x03c0);
+        // The UNC mask keeps its value over a reset, as QEMU's (pcie_aer_init() sets it once).
+        new.config_write(0x108, 4, 0x1000);
+        new.reset();
+        assert_eq!(new.config_read(0x108, 4), 0x1000);
+    }
+
     #[test]
     fn slot_power_off_with_the_card_in_reports_a_reset() {
         let ctl = 0x54 + SLTCTL;

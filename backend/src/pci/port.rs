@@ -20,11 +20,11 @@ use super::caps::slot::{self, HotplugSlot, Signal, SlotConfig};
 use super::caps::{acs, express};
 use super::config_space::{ConfigSpace, SpaceImage, StateError};
 use super::header::{self, valid_access};
-use crate::devices::machine::PortCompat;
 use super::{
     AerError, BarMapping, Effects, ErrorSeverity, Interrupt, PciFunction, SlotError, SlotEvent,
     Width,
 };
+use crate::devices::machine::PortCompat;
 
 /// Where a port's capabilities are and how its slot is built.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -168,7 +168,11 @@ fn apply_compat(cs: &mut ConfigSpace, layout: &PortLayout) {
     if c.ext_tag {
         // PCIe Base 6.0 §7.5.3.3 Device Capabilities: Extended Tag Field Supported
         // (QEMU's pcie_cap_v1_fill() with x-pcie-ext-tag).
-        cs.set_bits(layout.exp + express::DEVCAP, 4, express::DEVCAP_EXT_TAG.into());
+        cs.set_bits(
+            layout.exp + express::DEVCAP,
+            4,
+            express::DEVCAP_EXT_TAG.into(),
+        );
     }
     if c.err_unc_mask {
         // PCIe Base 6.0 §7.8.4.3 Uncorrectable Error Mask (QEMU's pcie_aer_init() with
