@@ -278,7 +278,7 @@ impl PortFunction for RootPort {
 mod tests {
     use super::*;
     use crate::pci::caps::slot::{SLTCTL, SLTSTA};
-    use crate::pci::reference::{first_difference, load_dump, read_all};
+    use crate::pci::reference::{first_difference, load_dump, load_dump_from, read_all};
     use crate::pci::{BarMapping, BridgeWindows, Effects, PciFunction, SlotEvent};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
@@ -298,6 +298,18 @@ mod tests {
             (port("rp2", 2, 2, false), "pcie_root_port_00_1c.1.xxxx"),
         ] {
             let want = load_dump(dump);
+            assert_eq!(first_difference(&read_all(&p), &want), None, "{dump}");
+        }
+    }
+
+    #[test]
+    fn pc_q35_10_0_reset_state_matches_qemu_10_0_dumps() {
+        for (p, dump) in [
+            (port("rp1", 1, 1, true), "pcie_root_port_00_1c.0.xxxx"),
+            (port("rp2", 2, 2, false), "pcie_root_port_00_1c.1.xxxx"),
+        ] {
+            let p = RootPort::on_machine(p.config().clone(), MachineType::PcQ35V10_0);
+            let want = load_dump_from("qemu-10.0", dump);
             assert_eq!(first_difference(&read_all(&p), &want), None, "{dump}");
         }
     }

@@ -72,9 +72,10 @@ pub(super) fn build(
 mod tests {
     use super::*;
     use crate::devices::root_port::{RootPort, RootPortModel};
+    use crate::devices::MachineType;
     use crate::pci::caps::slot::SLTCTL;
     use crate::pci::port::PortFunction;
-    use crate::pci::reference::{first_difference, load_dump, read_all};
+    use crate::pci::reference::{first_difference, load_dump, load_dump_from, read_all};
     use crate::pci::{Effects, Interrupt, PciFunction};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
@@ -92,6 +93,14 @@ mod tests {
     fn reset_state_matches_the_qemu_dump() {
         let want = load_dump("ioh3420_00_1c.0.xxxx");
         let p = port("rp1", 1, 1, true);
+        assert_eq!(first_difference(&read_all(&p), &want), None);
+    }
+
+    #[test]
+    fn pc_q35_10_0_reset_state_matches_the_qemu_10_0_dump() {
+        let want = load_dump_from("qemu-10.0", "ioh3420_00_1c.0.xxxx");
+        let p = port("rp1", 1, 1, true);
+        let p = RootPort::on_machine(p.config().clone(), MachineType::PcQ35V10_0);
         assert_eq!(first_difference(&read_all(&p), &want), None);
     }
 
