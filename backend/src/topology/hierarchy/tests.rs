@@ -390,3 +390,39 @@ fn state_records_the_machine_type_and_refuses_another() {
     state::load(&mut other10, &blob).unwrap();
     assert_eq!(other10.config_read(0, 0x10, 0x108, 4), Ok(0x0000_1000));
 }
+
+#[test]
+fn pc_q35_10_0_masks_uncorrectable_internal_errors_until_the_guest_unmasks_them() {
+    // rp1 (00:02.0) through ECAM: AER at 0x100.
+    const RP1: u64 = 0xb001_0000;
+    let (mask, status, root_status) = (RP1 + 0x108, RP1 + 0x104, RP1 + 0x130);
+    let internal: u32 = 1 << 22; // Uncorrectable Internal Error (PCIe Base 6.0 §7.8.4.2)
+    for (machine, reported) in [
+        (MachineType::PcQ35V7_2, true),
+        (MachineType::PcQ35V10_0, false),
+    ] {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.machine = machine;
+        let mut h = Hierarchy::new(spec).unwrap();
+        enable_ecam(&mut h, 0xb000_0000);
+        h.inject_error("rp1", ErrorSeverity::NonFatal, internal)
+            .unwrap();
+        assert_eq!(
+            h.mmio_read(status, 4).unwrap(),
+            u64::from(internal),
+            "{machine}: recorded"
+        );
+        assert_eq!(
+            h.mmio_read(root_status, 4).unwrap() & 0x7f != 0,
+            reported,
+            "{machine}: reported to the root unless masked (§6.2.3.2.2)"
+        );
+        if machine == MachineType::PcQ35V10_0 {
+            h.mmio_write(status, 4, internal.into()).unwrap(); // RW1C
+            h.mmio_write(mask, 4, 0).unwrap();
+            h.inject_error("rp1", ErrorSeverity::NonFatal, internal)
+                .unwrap();
+            assert_ne!(h.mmio_read(root_status, 4).unwrap() & 0x7f, 0, "unmasked");
+        }
+    }
+}
