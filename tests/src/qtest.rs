@@ -198,6 +198,53 @@ fn require(name: &str) -> bool {
     found
 }
 
+/// Where the tests look for QEMU 10.0 (`fixtures/qemu-10.0/install.sh` unpacks it there):
+/// `$PCIERC_QEMU10_DIR`, else this directory. Its `run` wrapper sets the libraries, modules and
+/// firmware paths.
+pub const QEMU10_DIR: &str = "/opt/qemu-10.0";
+
+/// A QEMU binary the differential tests can compare against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Qemu {
+    /// `qemu-system-x86_64` on `PATH` (Debian bookworm's 7.2).
+    System,
+    /// QEMU 10.0 unpacked beside it: the path of its `run` wrapper.
+    V10_0(std::path::PathBuf),
+}
+
+impl Qemu {
+    /// QEMU 10.0, if unpacked (see [`QEMU10_DIR`]). When it is not and `PCIERC_REQUIRE_TOOLS` is
+    /// set (CI), that is a test failure; otherwise the caller skips, and this says so loudly.
+    pub fn v10_0() -> Option<Qemu> {
+        let dir = std::env::var_os("PCIERC_QEMU10_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| QEMU10_DIR.into());
+        let run = dir.join("run");
+        if run.is_file() {
+            return Some(Qemu::V10_0(run));
+        }
+        assert!(
+            std::env::var_os("PCIERC_REQUIRE_TOOLS").is_none(),
+            "QEMU 10.0 is required (PCIERC_REQUIRE_TOOLS is set) but {} is missing: run \
+             fixtures/qemu-10.0/install.sh as root",
+            run.display()
+        );
+        eprintln!(
+            "\n*** SKIP: QEMU 10.0 is not unpacked at {} (fixtures/qemu-10.0/install.sh); this \
+             test did not run ***\n",
+            dir.display()
+        );
+        None
+    }
+
+    fn command(&self) -> Command {
+        match self {
+            Qemu::System => Command::new(QEMU),
+            Qemu::V10_0(run) => Command::new(run),
+        }
+    }
+}
+
 /// QEMU 7.2's `q35` machine, stopped (`-S`), with one `-device` per entry of `root_ports`
 /// (e.g. `pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0`). `None` only when
 /// qemu-system-x86_64 is not installed; any other failure to start is a panic (a test failure).
@@ -211,10 +258,22 @@ pub fn qemu_q35_with(extra: &[&str]) -> Option<Qtest> {
     if !require(QEMU) {
         return None;
     }
-    let mut cmd = Command::new(QEMU);
+    Some(qemu_machine_with(&Qemu::System, "q35", extra))
+}
+
+/// `qemu`'s machine type `machine` (e.g. `pc-q35-10.0`), stopped, with `root_ports` as in
+/// [`qemu_q35`]. A failure to start is a panic (a test failure).
+pub fn qemu_machine(qemu: &Qemu, machine: &str, root_ports: &[&str]) -> Qtest {
+    let args: Vec<&str> = root_ports.iter().flat_map(|d| ["-device", d]).collect();
+    qemu_machine_with(qemu, machine, &args)
+}
+
+/// [`qemu_machine`] with arbitrary extra arguments.
+pub fn qemu_machine_with(qemu: &Qemu, machine: &str, extra: &[&str]) -> Qtest {
+    let mut cmd = qemu.command();
     cmd.args([
         "-M",
-        "q35",
+        machine,
         "-nodefaults",
         "-display",
         "none",
@@ -225,15 +284,15 @@ pub fn qemu_q35_with(extra: &[&str]) -> Option<Qtest> {
     cmd.args(extra);
     let mut q = match Qtest::spawn(cmd) {
         Ok(q) => q,
-        Err(e) => panic!("starting {QEMU}: {e}"),
+        Err(e) => panic!("starting {qemu:?}: {e}"),
     };
     match q.command("endianness") {
-        Ok(r) if r.starts_with("OK") => Some(q),
+        Ok(r) if r.starts_with("OK") => q,
         Ok(r) => panic!(
-            "{QEMU} answered '{r}' to the handshake; stderr:\n{}",
+            "{qemu:?} answered '{r}' to the handshake; stderr:\n{}",
             q.stderr()
         ),
-        Err(e) => panic!("{QEMU} did not start: {e}"),
+        Err(e) => panic!("{qemu:?} did not start: {e}"),
     }
 }
 

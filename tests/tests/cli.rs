@@ -233,3 +233,58 @@ fn log_level_overrides_rust_log_and_piped_logs_have_no_colours() {
     let err = capabilities_warning(Some("error"), &[("RUST_LOG", "trace")]);
     assert!(!warned(&err), "{err}");
 }
+
+/// rp1's dump line at 0x050 (Device Capabilities at 0x58): Extended Tag Field Supported (0x20)
+/// on pc-q35-10.0 only.
+fn rp1_devcap_line(args: &[&str]) -> String {
+    let mut all = vec!["dump"];
+    all.extend_from_slice(args);
+    let out = pcierc(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rp1 = text.split("00:02.0 rp1\n").nth(1).expect("rp1 in the dump");
+    let line = rp1
+        .lines()
+        .find(|l| l.starts_with("050:"))
+        .expect("line 050");
+    line.to_string()
+}
+
+#[test]
+fn machine_type_from_the_command_line_or_the_topology_file() {
+    let devcap_7_2 = "050: 00 08 00 00 10 48 42 01 00 80 00 00 00 00 00 00";
+    let devcap_10_0 = "050: 00 08 00 00 10 48 42 01 20 80 00 00 00 00 00 00";
+    assert_eq!(rp1_devcap_line(&[]), devcap_7_2);
+    assert_eq!(rp1_devcap_line(&["--machine", "pc-q35-7.2"]), devcap_7_2);
+    assert_eq!(rp1_devcap_line(&["--machine", "pc-q35-10.0"]), devcap_10_0);
+    assert_eq!(
+        rp1_devcap_line(&["-M", "q35"]),
+        devcap_10_0,
+        "q35 is the newest"
+    );
+    let dir = ScratchDir::new("machine");
+    let file = dir.0.join("t.toml");
+    let topology = pcierc_backend::topology::spec::DEFAULT_TOPOLOGY;
+    std::fs::write(&file, format!("machine = \"pc-q35-10.0\"\n{topology}")).unwrap();
+    let path = file.to_str().unwrap();
+    assert_eq!(rp1_devcap_line(&["--topology", path]), devcap_10_0);
+    assert_eq!(
+        rp1_devcap_line(&["--topology", path, "--machine", "pc-q35-7.2"]),
+        devcap_7_2,
+        "--machine overrides the file"
+    );
+    let out = pcierc(&["dump", "--machine", "pc-q35-9.2"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown machine type 'pc-q35-9.2'"), "{err}");
+    std::fs::write(&file, format!("machine = \"pc\"\n{topology}")).unwrap();
+    let out = pcierc(&["dump", "--topology", path]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown machine type 'pc'"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -1,15 +1,16 @@
-//! The whole stack against QEMU 7.2: QEMU's `q35` on one side; on the other, the real `pcierc`
-//! process with the same root ports, driven through its unix socket by `pcierc qtest` with the
-//! same qtest lines. Every read is compared (see `pcierc_tests::differential`); only the
-//! documented deviations (docs/qemu-compat.md) may differ. Two hierarchies: libvirt's usual
-//! ports, and one port per value of every register-changing `pcie-root-port` property.
+//! The whole stack against QEMU: QEMU 7.2's `q35` (and QEMU 10.0's `pc-q35-10.0`) on one side; on
+//! the other, the real `pcierc` process with the same root ports (and `--machine`), driven through
+//! its unix socket by `pcierc qtest` with the same qtest lines. Every read is compared (see
+//! `pcierc_tests::differential`); only the documented deviations (docs/qemu-compat.md) may differ.
+//! Two hierarchies: libvirt's usual ports (under every machine type), and one port per value of
+//! every register-changing root port property.
 
 use std::process::Command;
 use std::time::Instant;
 
 use pcierc_tests::differential::{Differential, Function, Kind, QtestTarget, DEVIATIONS};
 use pcierc_tests::process::{pcierc_bin, Backend};
-use pcierc_tests::qtest::{qemu_q35, Qtest};
+use pcierc_tests::qtest::{qemu_machine, qemu_q35, Qemu, Qtest};
 
 /// (devfn, the `-device` option, used verbatim by QEMU and by pcierc).
 const PORTS: [(u8, &str); 3] = [
@@ -20,8 +21,47 @@ const PORTS: [(u8, &str); 3] = [
 
 #[test]
 fn pcierc_through_its_socket_matches_qemu() {
-    let ports: Vec<(u8, String)> = PORTS.iter().map(|(f, d)| (*f, d.to_string())).collect();
-    run_against_qemu("pcierc (socket) vs QEMU", &PORTS.map(|p| p.1), &ports);
+    let Some(qemu) = qemu_q35(&PORTS.map(|p| p.1)) else {
+        return;
+    };
+    compare(qemu, &[], &default_ports(), "pcierc (socket) vs QEMU");
+}
+
+/// [`PORTS`] as owned options.
+fn default_ports() -> Vec<(u8, String)> {
+    PORTS.iter().map(|(f, d)| (*f, d.to_string())).collect()
+}
+
+/// QEMU 10.0's newest machine type against `pcierc --machine pc-q35-10.0`: the compat-property
+/// changes since 7.2 (docs/qemu-compat.md, "Machine types") with the same documented deviations.
+#[test]
+fn pcierc_pc_q35_10_0_matches_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let qemu = qemu_machine(&q10, "pc-q35-10.0", &PORTS.map(|p| p.1));
+    compare(
+        qemu,
+        &["--machine", "pc-q35-10.0"],
+        &default_ports(),
+        "pcierc --machine pc-q35-10.0 (socket) vs QEMU 10.0 pc-q35-10.0",
+    );
+}
+
+/// QEMU 10.0 running the old machine type reads as QEMU 7.2 does: its compat properties restore
+/// 7.2's registers, and pcierc's default machine type matches it too.
+#[test]
+fn pcierc_pc_q35_7_2_matches_qemu_10_0_running_pc_q35_7_2() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let qemu = qemu_machine(&q10, "pc-q35-7.2", &PORTS.map(|p| p.1));
+    compare(
+        qemu,
+        &[],
+        &default_ports(),
+        "pcierc (socket) vs QEMU 10.0 pc-q35-7.2",
+    );
 }
 
 /// One port per value of every `pcie-root-port` property QEMU 7.2 has that changes registers,
@@ -59,17 +99,19 @@ fn root_port_properties_match_qemu() {
         })
         .collect();
     let options: Vec<&str> = devices.iter().map(|(_, d)| d.as_str()).collect();
-    run_against_qemu("root port properties vs QEMU", &options, &devices);
-}
-
-/// Start QEMU and pcierc with the same root port `-device` options and compare everything.
-fn run_against_qemu(what: &str, options: &[&str], ports: &[(u8, String)]) {
-    let Some(qemu) = qemu_q35(options) else {
+    let Some(qemu) = qemu_q35(&options) else {
         return;
     };
-    let mut args = vec!["-n"];
-    for d in options {
-        args.extend(["--device", d]);
+    compare(qemu, &[], &devices, "root port properties vs QEMU");
+}
+
+/// Start pcierc with `machine` arguments and the same root port `-device` options as the QEMU
+/// given, and compare everything.
+fn compare(qemu: Qtest, machine: &[&str], ports: &[(u8, String)], what: &str) {
+    let mut args = machine.to_vec();
+    args.push("-n");
+    for (_, d) in ports {
+        args.extend(["--device", d.as_str()]);
     }
     let backend = Backend::start(&args);
     let mut cmd = Command::new(pcierc_bin());

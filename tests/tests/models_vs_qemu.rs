@@ -1,15 +1,16 @@
 //! pcierc's function models against QEMU 7.2, register by register: the MCH, `pcie-root-port`s
 //! and `ioh3420`s in QEMU's `q35` machine on one side, the same functions as in-process models on
-//! the other, every read compared (see `pcierc_tests::differential`).
+//! the other, every read compared (see `pcierc_tests::differential`). The same against QEMU 10.0's
+//! `pc-q35-10.0` with the models built for that machine type.
 
 use std::time::Instant;
 
-use pcierc_backend::devices::{Mch, RootPort, RootPortConfig, RootPortModel};
+use pcierc_backend::devices::{MachineType, Mch, RootPort, RootPortConfig, RootPortModel};
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{
     ConfigTarget, Differential, Function, Kind, QtestTarget, DEVIATIONS, ECAM_BASE,
 };
-use pcierc_tests::qtest::qemu_q35;
+use pcierc_tests::qtest::{qemu_machine, qemu_q35, Qemu, Qtest};
 
 /// pcierc's models in-process, placed on bus 0 like QEMU's machine: the MCH at 00:00.0 and
 /// root ports at their devfns. ECAM decodes through the MCH's PCIEXBAR and BAR0s through the
@@ -126,6 +127,10 @@ fn compare(ports: Vec<(u8, String, RootPort)>) {
     let Some(qt) = qemu_q35(&args.iter().map(String::as_str).collect::<Vec<_>>()) else {
         return;
     };
+    compare_with(qt, ports, &args);
+}
+
+fn compare_with(qt: Qtest, ports: Vec<(u8, String, RootPort)>, args: &[String]) {
     let started = Instant::now();
     let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
     let mut functions = vec![Function {
@@ -213,4 +218,41 @@ fn ioh3420_root_ports_match_qemu() {
         ),
         port((0x1c, 2), "", config("rp3", 3, 3, false)),
     ]);
+}
+
+#[test]
+fn root_ports_on_pc_q35_10_0_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let on_10_0 = |(devfn, arg, p): (u8, String, RootPort)| {
+        let p = RootPort::on_machine(p.config().clone(), MachineType::PcQ35V10_0);
+        (devfn, arg, p)
+    };
+    let ioh = RootPortConfig {
+        model: RootPortModel::Ioh3420,
+        ..config("rp3", 3, 3, false)
+    };
+    let ports: Vec<_> = [
+        port((0x1c, 0), "", config("rp1", 1, 1, true)),
+        port(
+            (0x1c, 1),
+            ",bus-reserve=2",
+            RootPortConfig {
+                bus_reserve: Some(2),
+                ..config("rp2", 2, 2, false)
+            },
+        ),
+        port((0x1d, 0), "", ioh),
+    ]
+    .into_iter()
+    .map(on_10_0)
+    .collect();
+    let args: Vec<String> = ports.iter().map(|(_, a, _)| a.clone()).collect();
+    let qt = qemu_machine(
+        &q10,
+        "pc-q35-10.0",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    compare_with(qt, ports, &args);
 }

@@ -320,3 +320,43 @@ fn state_reset_discards_a_damaged_file_with_a_warning_and_starts_fresh() {
     // ... which loads without --state-reset.
     let _b = Backend::start(&["--state-file", state_arg]);
 }
+
+#[test]
+fn a_state_file_from_another_machine_type_is_refused_with_one_line() {
+    let dir = ScratchDir::new("state-machine");
+    let state = dir.0.join("pcierc.state");
+    let mut b = Backend::start(&[
+        "--machine",
+        "pc-q35-10.0",
+        "--state-file",
+        state.to_str().expect("utf-8 path"),
+    ]);
+    let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("t")).expect("frontend");
+    f.config_write(0, 0, 0x10, SCRATCH, 4, 0x5eed_1234).unwrap();
+    b.kill();
+    let saved = std::fs::read(&state).expect("the state file");
+    assert!(
+        String::from_utf8_lossy(&saved).contains("\"machine\":\"pc-q35-10.0\""),
+        "the file records the machine type"
+    );
+    let (status, err) = run_pcierc(&dir, &state, &[]);
+    let status = status.expect("pcierc exits");
+    assert!(!status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {err}");
+    assert!(
+        lines[0].contains("saved under machine type pc-q35-10.0, this pcierc runs pc-q35-7.2")
+            && lines[0].contains("refusing to start"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), saved, "file kept");
+    // The same machine type restores it (`q35` names the newest, pc-q35-10.0).
+    let b = Backend::start(&[
+        "--machine",
+        "q35",
+        "--state-file",
+        state.to_str().expect("utf-8 path"),
+    ]);
+    let mut f = Frontend::connect(&b.socket, FrontendOptions::tool("t")).expect("frontend");
+    assert_eq!(f.config_read(0, 0, 0x10, SCRATCH, 4).unwrap(), 0x5eed_1234);
+}

@@ -11,6 +11,7 @@ use pcierc_protocol::{Features, ProtocolFeatures, PROTOCOL_VERSION};
 use serde_json::json;
 
 use super::Args;
+use crate::devices::MachineType;
 use crate::service::{BACKEND_FEATURES, BACKEND_PROTOCOL_FEATURES};
 use crate::topology::TopologySpec;
 
@@ -81,10 +82,12 @@ pub fn json(spec: Option<&TopologySpec>) -> String {
         "features": features,
         "protocol-features": names::<ProtocolFeatures>(BACKEND_PROTOCOL_FEATURES),
         "machine": "q35",
+        "machine-types": MachineType::ALL.map(MachineType::name),
         "host-bridge": {"vendor-id": 0x8086, "device-id": 0x29c0, "addr": "00.0"},
         "devices": ["pcie-root-port"],
     });
     if let Some(spec) = spec {
+        v["machine-type"] = spec.machine.name().into();
         v["root-ports"] = spec
             .root_ports
             .iter()
@@ -124,8 +127,17 @@ mod tests {
             .iter()
             .any(|f| f == "systemd-notify"));
         assert!(v.get("root-ports").is_none());
-        let spec = TopologySpec::embedded_default().unwrap();
+        assert!(v.get("machine-type").is_none());
+        assert_eq!(
+            v["machine-types"],
+            serde_json::json!(["pc-q35-7.2", "pc-q35-10.0"])
+        );
+        let mut spec = TopologySpec::embedded_default().unwrap();
         let v: serde_json::Value = serde_json::from_str(&json(Some(&spec))).unwrap();
         assert_eq!(v["root-ports"].as_array().map(Vec::len), Some(4));
+        assert_eq!(v["machine-type"], "pc-q35-7.2");
+        spec.machine = MachineType::PcQ35V10_0;
+        let v: serde_json::Value = serde_json::from_str(&json(Some(&spec))).unwrap();
+        assert_eq!(v["machine-type"], "pc-q35-10.0");
     }
 }

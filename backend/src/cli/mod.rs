@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
 use thiserror::Error as ThisError;
 
+use crate::devices::MachineType;
 use crate::sandbox::SeccompMode;
 use crate::service::access::{self, DEFAULT_MAX_CONNECTIONS};
 use crate::service::{self, AccessConfig, AccessPolicy, ControlListen, Listen, ServiceConfig};
@@ -110,6 +111,11 @@ pub struct TopologyArgs {
     /// `pcie-root-port` has (e.g. `hotplug=off`, `x-speed=8`, `disable-acs=on`).
     #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
     pub device: Vec<String>,
+    /// The machine type whose register behaviour the root ports have, by QEMU's name:
+    /// pc-q35-7.2 (the default), pc-q35-10.0, or q35 for the newest (as in QEMU). Overrides the
+    /// topology file's `machine`.
+    #[arg(long, short = 'M', value_name = "TYPE")]
+    pub machine: Option<MachineType>,
 }
 
 impl TopologyArgs {
@@ -129,6 +135,9 @@ impl TopologyArgs {
             None if self.nodefaults => TopologySpec::empty(),
             None => TopologySpec::embedded_default()?,
         };
+        if let Some(m) = self.machine {
+            spec.machine = m;
+        }
         for d in &self.device {
             spec.add_device_option(d)?;
         }

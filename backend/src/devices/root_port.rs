@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::machine::{MachineType, PortCompat};
 use crate::pci::bridge;
 use crate::pci::caps::express::{self, LinkConfig, LinkSpeed};
 use crate::pci::caps::msix::Msix;
@@ -302,8 +303,14 @@ impl RootPort {
     /// [`RootPortConfig::validate`]; an invalid reservation is encoded as given (QEMU refuses
     /// to create such a port). See [`RootPort::try_new`].
     pub fn new(config: RootPortConfig) -> Self {
+        Self::on_machine(config, MachineType::default())
+    }
+
+    /// [`RootPort::new`] with the register behaviour of `machine` (QEMU's compat properties,
+    /// [`PortCompat`]).
+    pub fn on_machine(config: RootPortConfig, machine: MachineType) -> Self {
         // The layout is QEMU's and fixed; it cannot fail for any configuration (unit-tested).
-        Self::build(config).expect("pcie-root-port capability layout")
+        Self::build(config, machine.port_compat()).expect("pcie-root-port capability layout")
     }
 
     /// [`RootPort::new`] for a configuration QEMU accepts; otherwise QEMU's error.
@@ -312,9 +319,9 @@ impl RootPort {
         Ok(Self::new(config))
     }
 
-    fn build(config: RootPortConfig) -> Result<Self, CapabilityError> {
+    fn build(config: RootPortConfig, compat: PortCompat) -> Result<Self, CapabilityError> {
         if config.model == RootPortModel::Ioh3420 {
-            let port = ioh3420::build(&config)?;
+            let port = ioh3420::build(&config, compat)?;
             return Ok(RootPort { config, port });
         }
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
@@ -343,6 +350,7 @@ impl RootPort {
             acs,
             msix_bar: MSIX_BAR,
             slot: config.slot(),
+            compat,
         };
         Ok(RootPort {
             config,
@@ -401,7 +409,7 @@ impl PortFunction for RootPort {
 mod tests {
     use super::*;
     use crate::pci::caps::slot::{SLTCTL, SLTSTA};
-    use crate::pci::reference::{first_difference, load_dump, read_all};
+    use crate::pci::reference::{first_difference, load_dump, load_dump_from, read_all};
     use crate::pci::{BarMapping, BridgeWindows, Effects, PciFunction, SlotEvent};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
@@ -421,6 +429,18 @@ mod tests {
             (port("rp2", 2, 2, false), "pcie_root_port_00_1c.1.xxxx"),
         ] {
             let want = load_dump(dump);
+            assert_eq!(first_difference(&read_all(&p), &want), None, "{dump}");
+        }
+    }
+
+    #[test]
+    fn pc_q35_10_0_reset_state_matches_qemu_10_0_dumps() {
+        for (p, dump) in [
+            (port("rp1", 1, 1, true), "pcie_root_port_00_1c.0.xxxx"),
+            (port("rp2", 2, 2, false), "pcie_root_port_00_1c.1.xxxx"),
+        ] {
+            let p = RootPort::on_machine(p.config().clone(), MachineType::PcQ35V10_0);
+            let want = load_dump_from("qemu-10.0", dump);
             assert_eq!(first_difference(&read_all(&p), &want), None, "{dump}");
         }
     }
@@ -581,6 +601,49 @@ mod tests {
         p.reset();
         assert!(p.bars().is_empty());
         assert_eq!(p.bar_read(0, 0xc, 4), 1);
+    }
+
+    /// QEMU 10.0.2's reads (`-M pc-q35-10.0` against `-M pc-q35-7.2`, same binary, and QEMU 7.2):
+    /// each compat flag's register, at reset and after writing all ones.
+    #[test]
+    fn pc_q35_10_0_has_qemu_10_0s_compat_registers() {
+        let cfg = || RootPortConfig {
+            id: "rp".into(),
+            chassis: 1,
+            slot: 1,
+            ..Default::default()
+        };
+        let mut old = RootPort::new(cfg());
+        let mut new = RootPort::on_machine(cfg(), MachineType::PcQ35V10_0);
+        assert_eq!(old, RootPort::on_machine(cfg(), MachineType::PcQ35V7_2));
+        // (offset, 7.2 reset, 7.2 after all ones, 10.0 reset, 10.0 after all ones)
+        for (off, r7, w7, r10, w10) in [
+            // Primary/Secondary/Subordinate Bus and Secondary Latency Timer (0x1b).
+            (0x18, 0, 0xffff_ffff, 0, 0x00ff_ffff),
+            // Device Capabilities: Extended Tag Field Supported (bit 5).
+            (0x58, 0x8000, 0x8000, 0x8020, 0x8020),
+            // AER Uncorrectable Error Mask.
+            (0x108, 0, 0, 0x0240_0000, 0x03ff_f030),
+        ] {
+            assert_eq!(old.config_read(off, 4), r7, "7.2 {off:#x}");
+            assert_eq!(new.config_read(off, 4), r10, "10.0 {off:#x}");
+            old.config_write(off, 4, u32::MAX);
+            new.config_write(off, 4, u32::MAX);
+            assert_eq!(old.config_read(off, 4), w7, "7.2 {off:#x}");
+            assert_eq!(new.config_read(off, 4), w10, "10.0 {off:#x}");
+        }
+        // A card present from power-on: QEMU 7.2 reads Slot Control 0x1c0 (power indicator
+        // on), QEMU 10.0 0x3c0 (off), under either machine type of the 10.0 binary.
+        let mut old = RootPort::new(cfg());
+        let mut new = RootPort::on_machine(cfg(), MachineType::PcQ35V10_0);
+        old.set_present();
+        new.set_present();
+        assert_eq!(old.config_read(0x54 + SLTCTL, 2), 0x01c0);
+        assert_eq!(new.config_read(0x54 + SLTCTL, 2), 0x03c0);
+        // The UNC mask keeps its value over a reset, as QEMU's (pcie_aer_init() sets it once).
+        new.config_write(0x108, 4, 0x1000);
+        new.reset();
+        assert_eq!(new.config_read(0x108, 4), 0x1000);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::{
     AerError, BarMapping, Effects, ErrorSeverity, Interrupt, PciFunction, SlotError, SlotEvent,
     Width,
 };
+use crate::devices::machine::PortCompat;
 
 /// Where a port's capabilities are and how its slot is built.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -38,6 +39,8 @@ pub struct PortLayout {
     pub msix_bar: u8,
     /// The slot.
     pub slot: SlotConfig,
+    /// The machine type's register behaviour ([`crate::devices::machine`]).
+    pub compat: PortCompat,
 }
 
 /// How a port sends its interrupt messages (PCIe Base 6.0 §6.1.4): MSI-X with its table and PBA
@@ -160,9 +163,39 @@ impl Watched {
     }
 }
 
+/// The register differences of the machine type, on a port whose capabilities are laid out
+/// (QEMU applies them in the same realize functions, by compat property; see
+/// [`PortCompat`] for each flag's QEMU property and spec section).
+fn apply_compat(cs: &mut ConfigSpace, layout: &PortLayout) {
+    let c = layout.compat;
+    if c.slt_read_only {
+        // PCIe Base 6.0 §7.5.1.3.5: Secondary Latency Timer does not apply to PCIe, RO zero
+        // (QEMU's pci_init_mask_bridge() without x-pci-express-writeable-slt-bug).
+        cs.set_wmask(bridge::SEC_LATENCY_TIMER, 1, 0);
+        cs.set_byte(bridge::SEC_LATENCY_TIMER, 0);
+    }
+    if c.ext_tag {
+        // PCIe Base 6.0 §7.5.3.3 Device Capabilities: Extended Tag Field Supported
+        // (QEMU's pcie_cap_v1_fill() with x-pcie-ext-tag).
+        cs.set_bits(
+            layout.exp + express::DEVCAP,
+            4,
+            express::DEVCAP_EXT_TAG.into(),
+        );
+    }
+    if c.err_unc_mask {
+        // PCIe Base 6.0 §7.8.4.3 Uncorrectable Error Mask (QEMU's pcie_aer_init() with
+        // x-pcie-err-unc-mask): writable for the supported errors, with a default.
+        cs.set_dword(layout.aer + aer::UNCOR_MASK, aer::UNC_MASK_DEFAULT);
+        cs.set_wmask(layout.aer + aer::UNCOR_MASK, 4, aer::UNC_SUPPORTED.into());
+    }
+}
+
 impl PciePort {
-    /// Take over a built configuration space and reset it to its power-on state.
-    pub fn new(space: ConfigSpace, messages: impl Into<Messages>, layout: PortLayout) -> Self {
+    /// Take over a built configuration space, give it the machine type's differences
+    /// ([`PortLayout::compat`]) and reset it to its power-on state.
+    pub fn new(mut space: ConfigSpace, messages: impl Into<Messages>, layout: PortLayout) -> Self {
+        apply_compat(&mut space, &layout);
         let mut p = PciePort {
             space,
             messages: messages.into(),
@@ -311,7 +344,8 @@ impl PciePort {
     /// A card present since power-on (declared in the topology, or cold-plugged before the guest
     /// runs): Presence Detect State and Data Link Layer Link Active set without a change event,
     /// and, with a power controller, the slot powered with its power indicator on, as QEMU's
-    /// `pcie_cap_slot_reset()` leaves a populated slot.
+    /// `pcie_cap_slot_reset()` leaves a populated slot (off under
+    /// [`PortCompat::populated_power_indicator_off`], as QEMU 10.0's).
     pub fn set_present(&mut self) {
         let exp = self.layout.exp;
         self.space
@@ -323,8 +357,12 @@ impl PciePort {
                 2,
                 (slot::SLTCTL_PCC | slot::SLTCTL_PIC).into(),
             );
-            self.space
-                .set_bits(exp + slot::SLTCTL, 2, slot::SLTCTL_PIC_ON.into());
+            let pic = if self.layout.compat.populated_power_indicator_off {
+                slot::SLTCTL_PIC_OFF
+            } else {
+                slot::SLTCTL_PIC_ON
+            };
+            self.space.set_bits(exp + slot::SLTCTL, 2, pic.into());
         }
     }
 

@@ -1,12 +1,20 @@
-//! Test support: QEMU 7.2's reference dumps (`lspci -xxxx` format) in `fixtures/qemu-7.2/`
-//! (how they were made: `fixtures/README.md`).
+//! Test support: QEMU 7.2's reference dumps (`lspci -xxxx` format) in `fixtures/qemu-7.2/`, and
+//! QEMU 10.0's `pc-q35-10.0` ones in `fixtures/qemu-10.0/` (how they were made:
+//! `fixtures/README.md`).
 
 use std::path::PathBuf;
 
-/// The 4 KiB a dump file holds. Panics (this is test code) if the file is missing or malformed.
+/// The 4 KiB a QEMU 7.2 dump file holds. Panics (this is test code) if the file is missing or
+/// malformed.
 pub fn load_dump(name: &str) -> Vec<u8> {
+    load_dump_from("qemu-7.2", name)
+}
+
+/// The 4 KiB dump `name` in `fixtures/DIR` holds (`qemu-7.2` or `qemu-10.0`).
+pub fn load_dump_from(dir: &str, name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/qemu-7.2")
+        .join("../fixtures")
+        .join(dir)
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut bytes = vec![0u8; 4096];

@@ -9,6 +9,9 @@ use super::spec::ROOT_BUS;
 /// Why a topology (embedded, TOML or `--device`) is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TopologyError {
+    /// A machine type pcierc does not reproduce.
+    #[error(transparent)]
+    Machine(#[from] crate::devices::machine::UnknownMachine),
     /// The TOML file does not parse (or has unknown keys or wrong types).
     #[error(
         "{}{message}",
@@ -313,6 +316,15 @@ pub enum StateError {
     /// The right format and version, but the contents do not decode.
     #[error("{0}")]
     Malformed(#[source] serde_json::Error),
+    /// The state was saved under another machine type: its registers have that machine's
+    /// behaviour (masks included), so it is not loaded.
+    #[error("state was saved under machine type {saved}, this pcierc runs {running}")]
+    Machine {
+        /// The machine type in the state (`pc-q35-7.2` for state from before it was recorded).
+        saved: crate::devices::MachineType,
+        /// The running machine type.
+        running: crate::devices::MachineType,
+    },
     /// The state is for other functions than this topology's.
     #[error("state is for functions {got:?}, this topology has {expected:?}")]
     Functions {

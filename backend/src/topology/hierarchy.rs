@@ -116,7 +116,7 @@ impl Hierarchy {
         let ports: Vec<RootPort> = spec
             .root_ports
             .iter()
-            .map(|p| RootPort::new(p.config.clone()))
+            .map(|p| RootPort::on_machine(p.config.clone(), spec.machine))
             .collect();
         let mut h = Hierarchy {
             below: vec![[None; 8]; ports.len()],

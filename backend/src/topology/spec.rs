@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
-use crate::devices::{RootPortConfig, RootPortModel};
+use crate::devices::{MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
 
@@ -50,6 +50,9 @@ pub struct EndpointSpec {
 /// A complete, validated hierarchy description.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopologySpec {
+    /// The machine type whose register behaviour the functions have (`machine = "..."` in a
+    /// topology file, `--machine` on the command line; `pc-q35-7.2` unless given).
+    pub machine: MachineType,
     /// PCI segment group (Q35 has one: 0).
     pub segment: u16,
     /// The emulator that serves functions declared without an `owner`.
@@ -63,6 +66,7 @@ pub struct TopologySpec {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileRepr {
+    machine: Option<String>,
     segment: Option<u16>,
     default_owner: Option<String>,
     #[serde(default)]
@@ -168,6 +172,7 @@ impl TopologySpec {
     /// An empty hierarchy (the MCH alone), as QEMU's `-nodefaults`.
     pub fn empty() -> Self {
         TopologySpec {
+            machine: MachineType::default(),
             segment: 0,
             default_owner: "vmm".into(),
             root_ports: Vec::new(),
@@ -178,7 +183,12 @@ impl TopologySpec {
     /// Parse and validate a TOML topology file's contents.
     pub fn from_toml(text: &str) -> Result<Self> {
         let repr: FileRepr = toml::from_str(text).map_err(|e| TopologyError::toml(text, &e))?;
+        let machine = match &repr.machine {
+            Some(m) => m.parse().map_err(TopologyError::Machine)?,
+            None => MachineType::default(),
+        };
         let mut spec = TopologySpec {
+            machine,
             segment: repr.segment.unwrap_or(0),
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
             ..Self::empty()

@@ -1,11 +1,12 @@
 //! The versioned device-state blob (`SaveState` / `LoadState`).
 //!
-//! A JSON document: `{"format": "pcierc-state", "version": 1, "config_address": N,
-//! "generation": N,
+//! A JSON document: `{"format": "pcierc-state", "version": 1, "machine": "pc-q35-7.2",
+//! "config_address": N, "generation": N,
 //! "functions": [{"id": "mch", "state": {...}}, ...], "endpoints": [{"id", "driver", "bus",
 //! "addr", "owner", "multifunction"}, ...]}` (endpoints: the functions other emulators serve,
 //! including hot-added ones). Loading checks the format, refuses versions
-//! newer than this build understands, and requires the same functions as the running topology.
+//! newer than this build understands, and requires the same machine type (`pc-q35-7.2` when the
+//! blob has none: it predates machine types) and the same functions as the running topology.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +14,7 @@ use super::hierarchy::Hierarchy;
 use super::spec::EndpointSpec;
 use super::DevFn;
 use super::StateError;
+use crate::devices::MachineType;
 use crate::Result;
 
 /// The `format` field of every blob.
@@ -43,6 +45,10 @@ struct EndpointState {
 struct Blob {
     format: String,
     version: u32,
+    /// The machine type the registers behave as (absent in blobs from before machine types:
+    /// those are `pc-q35-7.2`).
+    #[serde(default)]
+    machine: MachineType,
     config_address: u32,
     /// The layout generation when saved (absent in blobs from before it was recorded).
     #[serde(default)]
@@ -56,6 +62,7 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
     let blob = Blob {
         format: STATE_FORMAT.into(),
         version: STATE_VERSION,
+        machine: h.spec().machine,
         config_address: h.config_address(),
         generation: h.generation(),
         functions: h
@@ -96,6 +103,14 @@ pub fn load(h: &mut Hierarchy, bytes: &[u8]) -> Result<()> {
         return Err(StateError::Version(probe.version).into());
     }
     let blob: Blob = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
+    let running = h.spec().machine;
+    if blob.machine != running {
+        return Err(StateError::Machine {
+            saved: blob.machine,
+            running,
+        }
+        .into());
+    }
     let functions: Vec<_> = blob
         .functions
         .into_iter()

@@ -7,6 +7,7 @@
 //! slot, AER, PME and reset behaviour are the shared [`PciePort`]'s.
 
 use super::{init_port_header, RootPortConfig};
+use crate::devices::machine::PortCompat;
 use crate::pci::bridge;
 use crate::pci::caps::express::{self, LinkConfig, LinkSpeed};
 use crate::pci::caps::msi::Msi;
@@ -44,7 +45,10 @@ pub fn link(port: u8) -> LinkConfig {
 }
 
 /// Build the port in its power-on state (`rp_realize()` with the `ioh3420` class hooks).
-pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError> {
+pub(super) fn build(
+    config: &RootPortConfig,
+    compat: PortCompat,
+) -> Result<PciePort, CapabilityError> {
     let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
     init_port_header(&mut cs, IDENTITY, config.multifunction);
     ssvid::init(&mut cs, SSVID_OFFSET, IDENTITY.vendor_id, 0)?;
@@ -59,6 +63,7 @@ pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError
         acs: None,
         msix_bar: 0,
         slot: config.slot(),
+        compat,
     };
     Ok(PciePort::new(cs, msi, layout))
 }
@@ -67,9 +72,10 @@ pub(super) fn build(config: &RootPortConfig) -> Result<PciePort, CapabilityError
 mod tests {
     use super::*;
     use crate::devices::root_port::{RootPort, RootPortModel};
+    use crate::devices::MachineType;
     use crate::pci::caps::slot::SLTCTL;
     use crate::pci::port::PortFunction;
-    use crate::pci::reference::{first_difference, load_dump, read_all};
+    use crate::pci::reference::{first_difference, load_dump, load_dump_from, read_all};
     use crate::pci::{Effects, Interrupt, PciFunction};
 
     fn port(id: &str, chassis: u8, slot: u16, multifunction: bool) -> RootPort {
@@ -87,6 +93,14 @@ mod tests {
     fn reset_state_matches_the_qemu_dump() {
         let want = load_dump("ioh3420_00_1c.0.xxxx");
         let p = port("rp1", 1, 1, true);
+        assert_eq!(first_difference(&read_all(&p), &want), None);
+    }
+
+    #[test]
+    fn pc_q35_10_0_reset_state_matches_the_qemu_10_0_dump() {
+        let want = load_dump_from("qemu-10.0", "ioh3420_00_1c.0.xxxx");
+        let p = port("rp1", 1, 1, true);
+        let p = RootPort::on_machine(p.config().clone(), MachineType::PcQ35V10_0);
         assert_eq!(first_difference(&read_all(&p), &want), None);
     }
 

@@ -14,7 +14,8 @@ use super::EXT_CAP_ID_AER;
 // PCIe Base 6.0 §7.8.4.2 Uncorrectable Error Status Register.
 /// Uncorrectable Error Status.
 pub const UNCOR_STATUS: u16 = 0x04;
-// PCIe Base 6.0 §7.8.4.3 Uncorrectable Error Mask Register (read-only zero in QEMU 7.2).
+// PCIe Base 6.0 §7.8.4.3 Uncorrectable Error Mask Register (read-only zero in QEMU 7.2; writable
+// with a default from pc-q35-8.0 on, `PortCompat::err_unc_mask`).
 /// Uncorrectable Error Mask.
 pub const UNCOR_MASK: u16 = 0x08;
 // PCIe Base 6.0 §7.8.4.4 Uncorrectable Error Severity Register.
@@ -55,6 +56,9 @@ pub const UNC_SUPPORTED: u32 = 0x03ff_f030;
 /// Default severity (`PCI_ERR_UNC_SEVERITY_DEFAULT`): Data Link Protocol, Surprise Down, Flow
 /// Control Protocol, Receiver Overflow, Malformed TLP and Uncorrectable Internal Error are fatal.
 pub const UNC_SEVERITY_DEFAULT: u32 = 0x0046_2030;
+/// Default uncorrectable mask when it is writable (`PCI_ERR_UNC_MASK_DEFAULT`, QEMU 8.0 and
+/// later): Uncorrectable Internal Error and TLP Prefix Blocked are masked.
+pub const UNC_MASK_DEFAULT: u32 = 1 << 22 | 1 << 25;
 /// Correctable errors QEMU 7.2 supports (`PCI_ERR_COR_SUPPORTED`).
 pub const COR_SUPPORTED: u32 = 0x0000_f1c1;
 /// Default correctable mask (`PCI_ERR_COR_MASK_DEFAULT`): Advisory Non-Fatal, Corrected

@@ -62,6 +62,8 @@ pub const TYPE_ROOT_PORT: u16 = 0x4;
 /// Slot Implemented.
 pub const FLAGS_SLOT: u16 = 1 << 8;
 // PCIe Base 6.0 §7.5.3.3: Role-Based Error Reporting.
+/// Device Capabilities Extended Tag Field Supported (PCIe Base 6.0 §7.5.3.3 bit 5).
+pub const DEVCAP_EXT_TAG: u32 = 1 << 5;
 const DEVCAP_RBER: u32 = 1 << 15;
 // PCIe Base 6.0 §7.5.3.4: Correctable/Non-Fatal/Fatal/Unsupported Request Reporting Enable.
 const DEVCTL_ERR_REPORTING: u16 = 0x000f;

@@ -2,6 +2,7 @@
 //! functions and BARs, driven through the same entry points the service uses.
 
 use super::*;
+use crate::devices::MachineType;
 use crate::pci::{ErrorSeverity, SlotError};
 use crate::topology::state;
 use crate::Error;
@@ -335,4 +336,98 @@ fn msix_bars_are_found_by_address_and_overlaps_resolve_to_the_lowest_port() {
     // Memory decode off: rp1's BAR no longer decodes, rp2 answers there now.
     h.mmio_write(0xb001_0004, 2, 0).unwrap();
     assert_eq!(h.mmio_read(0xfe00_0008, 4), Ok(0x101));
+}
+
+#[test]
+fn state_records_the_machine_type_and_refuses_another() {
+    let on = |machine| {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.machine = machine;
+        Hierarchy::new(spec).unwrap()
+    };
+    let mut h10 = on(MachineType::PcQ35V10_0);
+    enable_ecam(&mut h10, 0xb000_0000);
+    // rp1 at 00:02.0: AER Uncorrectable Error Mask (0x108) is writable on pc-q35-10.0 only.
+    h10.mmio_write(0xb001_0108, 4, 0x0000_1000).unwrap();
+    assert_eq!(h10.config_read(0, 0x10, 0x108, 4), Ok(0x0000_1000));
+    let blob = state::save(&h10);
+    let json: serde_json::Value = serde_json::from_slice(&blob).unwrap();
+    assert_eq!(json["machine"], "pc-q35-10.0");
+
+    let mut h7 = on(MachineType::PcQ35V7_2);
+    assert_eq!(
+        h7.config_read(0, 0x10, 0x108, 4),
+        Ok(0),
+        "read-only zero on 7.2"
+    );
+    let e = state::load(&mut h7, &blob).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::State(StateError::Machine {
+                saved: MachineType::PcQ35V10_0,
+                running: MachineType::PcQ35V7_2
+            })
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("pc-q35-10.0"), "{e}");
+    assert_eq!(h7.ecam(), None, "a refused load changes nothing");
+
+    // Blobs from before machine types were recorded are pc-q35-7.2's.
+    let mut old: serde_json::Value = serde_json::from_slice(&state::save(&h7)).unwrap();
+    old.as_object_mut().unwrap().remove("machine");
+    let old = serde_json::to_vec(&old).unwrap();
+    state::load(&mut h7, &old).unwrap();
+    let e = state::load(&mut h10, &old).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::State(StateError::Machine {
+                saved: MachineType::PcQ35V7_2,
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    // The same machine type loads.
+    let mut other10 = on(MachineType::PcQ35V10_0);
+    state::load(&mut other10, &blob).unwrap();
+    assert_eq!(other10.config_read(0, 0x10, 0x108, 4), Ok(0x0000_1000));
+}
+
+#[test]
+fn pc_q35_10_0_masks_uncorrectable_internal_errors_until_the_guest_unmasks_them() {
+    // rp1 (00:02.0) through ECAM: AER at 0x100.
+    const RP1: u64 = 0xb001_0000;
+    let (mask, status, root_status) = (RP1 + 0x108, RP1 + 0x104, RP1 + 0x130);
+    let internal: u32 = 1 << 22; // Uncorrectable Internal Error (PCIe Base 6.0 §7.8.4.2)
+    for (machine, reported) in [
+        (MachineType::PcQ35V7_2, true),
+        (MachineType::PcQ35V10_0, false),
+    ] {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.machine = machine;
+        let mut h = Hierarchy::new(spec).unwrap();
+        enable_ecam(&mut h, 0xb000_0000);
+        h.inject_error("rp1", ErrorSeverity::NonFatal, internal)
+            .unwrap();
+        assert_eq!(
+            h.mmio_read(status, 4).unwrap(),
+            u64::from(internal),
+            "{machine}: recorded"
+        );
+        assert_eq!(
+            h.mmio_read(root_status, 4).unwrap() & 0x7f != 0,
+            reported,
+            "{machine}: reported to the root unless masked (§6.2.3.2.2)"
+        );
+        if machine == MachineType::PcQ35V10_0 {
+            h.mmio_write(status, 4, internal.into()).unwrap(); // RW1C
+            h.mmio_write(mask, 4, 0).unwrap();
+            h.inject_error("rp1", ErrorSeverity::NonFatal, internal)
+                .unwrap();
+            assert_ne!(h.mmio_read(root_status, 4).unwrap() & 0x7f, 0, "unmasked");
+        }
+    }
 }
