@@ -365,8 +365,9 @@ impl Session {
                 out.extend_from_slice(reply.as_slice());
                 Ok(())
             }
-            PioWrite => guest_access(p, AccessKind::Pio)
-                .and_then(|a| h.pio_write(a.addr, a.width, a.data)),
+            PioWrite => {
+                guest_access(p, AccessKind::Pio).and_then(|a| h.pio_write(a.addr, a.width, a.data))
+            }
             MmioWrite => guest_access(p, AccessKind::Mmio)
                 .and_then(|a| h.mmio_write(a.addr, a.width, a.data)),
             Reset => empty(p).and_then(|()| h.reset()),
@@ -414,11 +415,7 @@ impl Session {
         .map(none)
     }
 
-    fn set_frontend_info<H: BackendHandler + ?Sized>(
-        &mut self,
-        h: &mut H,
-        p: &[u8],
-    ) -> Answer {
+    fn set_frontend_info<H: BackendHandler + ?Sized>(&mut self, h: &mut H, p: &[u8]) -> Answer {
         if self.identity.is_some() {
             return Err(Status::Protocol);
         }

@@ -477,7 +477,9 @@ impl Frontend {
     /// [`Frontend::call`] for a request whose reply has no payload (nothing allocated).
     fn call_empty(&mut self, req: FrontendReq, payload: &[u8], fds: &[RawFd]) -> Result<()> {
         let id = self.submit(req as u32, payload, fds)?;
-        self.wait_with(id, |status, p| successful(req, status, p, Some(0)).map(drop))
+        self.wait_with(id, |status, p| {
+            successful(req, status, p, Some(0)).map(drop)
+        })
     }
 
     fn usable(&self) -> Result<()> {
@@ -635,7 +637,12 @@ fn reply_status(header: &MsgHeader) -> Result<Status> {
 
 /// The payload of a successful reply to `req` (of `len` bytes when given); an error status is
 /// [`Error::Status`].
-fn successful(req: FrontendReq, status: Status, payload: &[u8], len: Option<usize>) -> Result<&[u8]> {
+fn successful(
+    req: FrontendReq,
+    status: Status,
+    payload: &[u8],
+    len: Option<usize>,
+) -> Result<&[u8]> {
     let request = req as u32;
     match (status, len) {
         (Status::Ok, Some(expected)) if payload.len() != expected => Err(Error::PayloadSize {

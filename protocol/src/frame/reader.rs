@@ -219,12 +219,9 @@ impl FrameReader {
         let flags = if block { 0 } else { libc::MSG_DONTWAIT };
         let mut received: Vec<File> = Vec::new();
         loop {
-            let r = sys::recv(
-                stream.as_raw_fd(),
-                &mut self.buf[self.end..],
-                flags,
-                |f| received.push(f),
-            );
+            let r = sys::recv(stream.as_raw_fd(), &mut self.buf[self.end..], flags, |f| {
+                received.push(f)
+            });
             match r {
                 Ok(r) if r.bytes == 0 => return Err(Error::PeerClosed),
                 Ok(r) => {

@@ -261,7 +261,9 @@ fn several_messages_in_one_read() {
     let got = drain(&mut r);
     assert_eq!(
         got,
-        want.into_iter().map(|(id, p)| (id, p, 0)).collect::<Vec<_>>()
+        want.into_iter()
+            .map(|(id, p)| (id, p, 0))
+            .collect::<Vec<_>>()
     );
     assert!(!r.has_partial() && !r.has_frame());
     assert_eq!(r.fill(&b, false).unwrap(), Fill::Empty);
@@ -303,7 +305,10 @@ fn fds_with_partial_messages() {
     let m3 = encode(MsgHeader::request(1, 0, 3), b"three").unwrap();
     let m4 = encode(MsgHeader::request(6, 0, 4), b"four").unwrap();
     let send = |bytes: &[u8], fds: &[RawFd]| {
-        assert_eq!(sys::send(a.as_raw_fd(), bytes, fds, 0).unwrap(), bytes.len());
+        assert_eq!(
+            sys::send(a.as_raw_fd(), bytes, fds, 0).unwrap(),
+            bytes.len()
+        );
     };
     let mut r = FrameReader::new(MessageKind::Request);
     // m1 in two pieces; m2 (with two fds) sent behind the second piece: one read takes the end

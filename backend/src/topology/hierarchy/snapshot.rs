@@ -30,6 +30,13 @@ impl Hierarchy {
         self.routes_changed = true;
     }
 
+    /// Forget what changed since the last call (no snapshot to bring up to date: nothing is
+    /// collected, nothing allocated).
+    pub fn discard_snapshot_changes(&mut self) {
+        self.changed.fill(false);
+        self.routes_changed = false;
+    }
+
     /// The functions whose registers may have changed, and whether routing did, since the last
     /// call; clears both.
     pub fn take_snapshot_changes(&mut self) -> (Vec<usize>, bool) {
