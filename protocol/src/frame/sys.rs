@@ -61,8 +61,11 @@ pub(crate) fn recv(
         let (level, kind, len) =
             unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
         if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // `cmsg_len` is a size_t with glibc, a u32 with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let len = len as usize;
             // SAFETY: CMSG_LEN only computes a length.
-            let data_len = (len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
+            let data_len = len.saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: the data of an SCM_RIGHTS message holds `data_len / 4` ints.
             let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
             for i in 0..data_len / std::mem::size_of::<RawFd>() {
