@@ -41,7 +41,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory, guest).
+    /// ping_pong, enumeration, rss, memory, instance, guest).
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
