@@ -13,6 +13,7 @@ mod affinity;
 mod backend;
 mod error;
 mod guest;
+mod instances;
 mod machine;
 mod memory;
 mod pingpong;
@@ -40,7 +41,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory, guest).
+    /// ping_pong, enumeration, rss, memory, instance, guest).
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
@@ -75,14 +76,17 @@ enum Group {
     Rss,
     /// Guest-visible latency through the example KVM VMM.
     Guest,
+    /// Start-to-listening time and memory of one instance, and of a fleet started together.
+    Instances,
 }
 
 impl Group {
-    const ALL: [Group; 5] = [
+    const ALL: [Group; 6] = [
         Group::RoundTrip,
         Group::Memory,
         Group::Enumeration,
         Group::Rss,
+        Group::Instances,
         Group::Guest,
     ];
 
@@ -122,6 +126,7 @@ impl Group {
             ],
             Group::Rss => &["rss_kib", "rss_248_ports_kib"],
             Group::Guest => guest::FIGURES,
+            Group::Instances => instances::FIGURES,
         }
     }
 }
@@ -219,6 +224,20 @@ fn run(args: &Args) -> Result<()> {
                 scale::enumeration(&mut rep, bin()?, if args.quick { 1 } else { 5 }, same)?
             }
             Group::Rss => scale::rss(&mut rep, bin()?, same)?,
+            Group::Instances => {
+                let plan = if args.quick {
+                    instances::Plan {
+                        starts: 15,
+                        fleet: 50,
+                    }
+                } else {
+                    instances::Plan {
+                        starts: 50,
+                        fleet: 200,
+                    }
+                };
+                instances::run(&mut rep, bin()?, plan)?
+            }
             Group::Guest => {
                 let vmm = backend::vmm_binary(args.vmm.as_deref()).map_err(|e| e.to_string());
                 let plan = guest::Plan {

@@ -24,6 +24,12 @@ impl Samples {
         self.sorted[self.sorted.len() / 2]
     }
 
+    /// The 90th percentile (nearest rank).
+    pub fn p90(&self) -> f64 {
+        let rank = (self.sorted.len() * 9).div_ceil(10).max(1);
+        self.sorted[rank - 1]
+    }
+
     /// The 99th percentile (nearest rank).
     pub fn p99(&self) -> f64 {
         let rank = (self.sorted.len() * 99).div_ceil(100).max(1);
@@ -118,6 +124,7 @@ mod tests {
         let s = Samples::new((1..=1000).rev().map(f64::from).collect());
         assert_eq!(s.median(), 501.0);
         assert_eq!(s.p99(), 990.0);
+        assert_eq!(s.p90(), 900.0);
         assert_eq!((s.min(), s.max(), s.len()), (1.0, 1000.0, 1000));
         let one = Samples::new(vec![7.0]);
         assert_eq!((one.median(), one.p99()), (7.0, 7.0));

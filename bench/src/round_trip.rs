@@ -1,5 +1,6 @@
 //! Config reads and writes through the socket against a real pcierc process, next to raw socket
-//! ping-pongs of the same sizes measured in the same run (issue 7: at most 1.3x the ping-pong).
+//! ping-pongs of the same sizes measured in the same run (issue 17: at most 1.15x the ping-pong,
+//! on one CPU and across CPUs; issue 7 asked for 1.3x).
 
 use std::path::Path;
 
@@ -18,8 +19,8 @@ const RP1_DEVFN: u8 = 2 << 3;
 const IO_BASE_LIMIT: u16 = 0x1c;
 /// I/O window 0x1000-0x2fff (16-bit decode).
 const IO_WINDOW: u32 = 0x2010;
-/// The target of issue 7 for both ratios.
-pub const TARGET: f64 = 1.3;
+/// The target of issue 17 for both ratios (issue 7's was 1.3).
+pub const TARGET: f64 = 1.15;
 
 /// How many round trips to time.
 #[derive(Clone, Copy, Debug)]

@@ -12,14 +12,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::channel::{is_unix_stream, BackendChannelSender};
 use crate::error::Result;
-use crate::frame::{read_obj, validate_header, Message, MessageKind};
+use crate::frame::{read_obj, validate_header, Frame, Message, MessageKind};
 use crate::handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
 use crate::messages::{
     decode_name, fits_width, width_mask, AccessKind, ConfigAccess, ErrorReport, FrontendInfo,
     FrontendRole, FunctionAddress, FunctionClaim, FunctionRelease, GuestAccess, InterruptFd,
     CONFIG_SPACE_SIZE, U64,
 };
-use crate::wire::{FrontendReq, MsgHeader, Status, MAX_PAYLOAD_SIZE};
+use crate::wire::{FrontendReq, MsgHeader, Status, HEADER_SIZE, MAX_PAYLOAD_SIZE};
 use crate::{Features, ProtocolFeatures};
 
 /// Size of the x86 port-I/O space.
@@ -44,19 +44,6 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(request: &MsgHeader, result: std::result::Result<Vec<u8>, Status>) -> Self {
-        let (status, payload) = match result {
-            Ok(p) if p.len() > MAX_PAYLOAD_SIZE => (Status::TooBig, Vec::new()),
-            Ok(p) => (Status::Ok, p),
-            Err(Status::Ok) => (Status::Io, Vec::new()),
-            Err(s) => (s, Vec::new()),
-        };
-        Reply {
-            header: request.reply(status, payload.len() as u32),
-            payload,
-        }
-    }
-
     /// The reply's status.
     pub fn status(&self) -> Status {
         Status::try_from(self.header.status).unwrap_or(Status::Io)
@@ -70,7 +57,8 @@ impl Reply {
     }
 }
 
-type Answer = std::result::Result<Vec<u8>, Status>;
+/// A request's outcome; on success its reply payload has been appended to the output.
+type Answer = std::result::Result<(), Status>;
 
 /// Per-connection protocol state: handshake stage, negotiated features, the frontend's identity.
 #[derive(Debug)]
@@ -99,9 +87,10 @@ fn empty(p: &[u8]) -> std::result::Result<(), Status> {
 }
 
 /// The reply to a request without payload that answers with a [`U64`].
-fn u64_reply(p: &[u8], value: impl FnOnce() -> u64) -> Answer {
+fn u64_reply(p: &[u8], out: &mut Vec<u8>, value: impl FnOnce() -> u64) -> Answer {
     empty(p)?;
-    Ok(U64 { value: value() }.as_slice().to_vec())
+    out.extend_from_slice(U64 { value: value() }.as_slice());
+    Ok(())
 }
 
 /// A config access: size, width, reserved, offset range (ERANGE), alignment, data; with the
@@ -204,12 +193,35 @@ impl Session {
         handler: &mut H,
         msg: Message,
     ) -> Result<Reply> {
-        validate_header(&msg.header, MessageKind::Request)?;
-        let Message {
+        let frame = Frame {
+            header: msg.header,
+            payload: &msg.payload,
+            fds: msg.fds,
+        };
+        let mut out = Vec::new();
+        self.handle_into(handler, frame, &mut out)?;
+        let payload = out.split_off(HEADER_SIZE);
+        let header = read_obj(&out).ok_or(crate::Error::InvalidPayload("reply header"))?;
+        Ok(Reply { header, payload })
+    }
+
+    /// As [`Session::handle`], for a request borrowed from a [`crate::FrameReader`]'s buffer,
+    /// with the encoded reply (header and payload) appended to `out`: nothing is allocated for a
+    /// request whose reply has a fixed size once `out` has room. Returns the reply's status.
+    pub fn handle_into<H: BackendHandler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        frame: Frame<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Status> {
+        validate_header(&frame.header, MessageKind::Request)?;
+        let Frame {
             header,
             payload,
             mut fds,
-        } = msg;
+        } = frame;
+        let at = out.len();
+        out.extend_from_slice(&[0; HEADER_SIZE]);
         let answer = match FrontendReq::try_from(header.request) {
             // Only a hand-built Message can disagree with its header; FrameReader's never do.
             _ if header.payload_len() != payload.len() => Err(Status::Invalid),
@@ -217,18 +229,28 @@ impl Session {
                 debug!("{}: {e}", self.conn);
                 Err(Status::NotSupported)
             }
-            Ok(req) => self.dispatch(handler, req, &payload, &mut fds),
+            Ok(req) => self.dispatch(handler, req, payload, &mut fds, out),
         };
-        if let Err(s) = &answer {
+        // Unconsumed fds are closed here, before the reply goes out.
+        drop(fds);
+        let len = out.len() - at - HEADER_SIZE;
+        let status = match answer {
+            Ok(()) if len > MAX_PAYLOAD_SIZE => Status::TooBig,
+            Ok(()) => Status::Ok,
+            Err(Status::Ok) => Status::Io,
+            Err(s) => s,
+        };
+        if status != Status::Ok {
             debug!(
-                "{}: request {} (id {}) failed: {s}",
+                "{}: request {} (id {}) failed: {status}",
                 self.conn, header.request, header.id
             );
+            out.truncate(at + HEADER_SIZE);
         }
-        // Unconsumed fds are closed here, when `fds` is dropped.
-        let reply = Reply::new(&header, answer);
-        handler.request_done(self.conn, header.request, reply.status());
-        Ok(reply)
+        let size = (out.len() - at - HEADER_SIZE) as u32;
+        out[at..at + HEADER_SIZE].copy_from_slice(header.reply(status, size).as_slice());
+        handler.request_done(self.conn, header.request, status);
+        Ok(status)
     }
 
     /// Tell the handler the connection is gone (once; later calls do nothing).
@@ -245,6 +267,7 @@ impl Session {
         req: FrontendReq,
         p: &[u8],
         fds: &mut Vec<File>,
+        out: &mut Vec<u8>,
     ) -> Answer {
         use FrontendReq::*;
         let needs = match req {
@@ -278,23 +301,23 @@ impl Session {
                 return Err(Status::Invalid);
             }
             let file = fds.pop().ok_or(Status::Invalid)?;
-            return h.set_config_snapshot(self.conn, file).map(|()| Vec::new());
+            return h.set_config_snapshot(self.conn, file);
         }
         if !fds.is_empty() {
             return Err(Status::Invalid);
         }
-        let none = |()| Vec::new();
+        let none = |()| ();
         match req {
-            GetFeatures => u64_reply(p, || h.features().bits()),
+            GetFeatures => u64_reply(p, out, || h.features().bits()),
             SetFeatures => {
                 let v = payload::<U64>(p)?.value;
                 let f = Features::from_bits(v)
                     .filter(|f| h.features().contains(*f))
                     .ok_or(Status::Invalid)?;
                 self.features = f;
-                Ok(Vec::new())
+                Ok(())
             }
-            GetProtocolFeatures => u64_reply(p, || h.protocol_features().bits()),
+            GetProtocolFeatures => u64_reply(p, out, || h.protocol_features().bits()),
             SetProtocolFeatures => {
                 if self.stage == Stage::Negotiated {
                     return Err(Status::Protocol);
@@ -305,9 +328,9 @@ impl Session {
                     .filter(|f| offered.contains(*f))
                     .ok_or(Status::Invalid)?;
                 self.stage = Stage::Negotiated;
-                Ok(Vec::new())
+                Ok(())
             }
-            SetFrontendInfo => self.set_frontend_info(h, p).map(none),
+            SetFrontendInfo => self.set_frontend_info(h, p),
             GetTopology => {
                 empty(p)?;
                 let topo = h.topology();
@@ -315,16 +338,18 @@ impl Session {
                     error!("{}: the handler's topology is invalid: {e}", self.conn);
                     Status::Io
                 })?;
-                Ok(topo.encode())
+                out.extend_from_slice(&topo.encode());
+                Ok(())
             }
             ConfigRead => {
                 let (a, addr) = config_access(p)?;
                 let data = u64::from(h.config_read(addr, a.width)?) & width_mask(a.width);
-                Ok(ConfigAccess { data, ..a }.as_slice().to_vec())
+                out.extend_from_slice(ConfigAccess { data, ..a }.as_slice());
+                Ok(())
             }
             ConfigWrite => {
                 let (a, addr) = config_access(p)?;
-                h.config_write(addr, a.width, a.data as u32).map(none)
+                h.config_write(addr, a.width, a.data as u32)
             }
             PioRead | MmioRead => {
                 let a = guest_access(p, kind_of(req))?;
@@ -333,22 +358,25 @@ impl Session {
                 } else {
                     h.mmio_read(a.addr, a.width)?
                 };
-                Ok(GuestAccess {
+                let reply = GuestAccess {
                     data: v & width_mask(a.width),
                     ..a
-                }
-                .as_slice()
-                .to_vec())
+                };
+                out.extend_from_slice(reply.as_slice());
+                Ok(())
             }
-            PioWrite => guest_access(p, AccessKind::Pio)
-                .and_then(|a| h.pio_write(a.addr, a.width, a.data))
-                .map(none),
+            PioWrite => {
+                guest_access(p, AccessKind::Pio).and_then(|a| h.pio_write(a.addr, a.width, a.data))
+            }
             MmioWrite => guest_access(p, AccessKind::Mmio)
-                .and_then(|a| h.mmio_write(a.addr, a.width, a.data))
-                .map(none),
-            Reset => empty(p).and_then(|()| h.reset()).map(none),
-            SaveState => empty(p).and_then(|()| h.save_state()),
-            LoadState => h.load_state(p).map(none),
+                .and_then(|a| h.mmio_write(a.addr, a.width, a.data)),
+            Reset => empty(p).and_then(|()| h.reset()),
+            SaveState => {
+                empty(p)?;
+                out.extend_from_slice(&h.save_state()?);
+                Ok(())
+            }
+            LoadState => h.load_state(p),
             GetChipsetMemory => {
                 empty(p)?;
                 let mem = h.chipset_memory();
@@ -359,15 +387,16 @@ impl Session {
                     );
                     return Err(Status::Io);
                 }
-                Ok(mem.as_slice().to_vec())
+                out.extend_from_slice(mem.as_slice());
+                Ok(())
             }
             ReportError => {
                 let r = payload::<ErrorReport>(p)?;
-                h.report_error(self.conn, &r).map(none)
+                h.report_error(self.conn, &r)
             }
             RaisePme => {
                 let a = payload::<FunctionAddress>(p)?;
-                h.raise_pme(self.conn, &a).map(none)
+                h.raise_pme(self.conn, &a)
             }
             ClaimFunction | ReleaseFunction if self.identity.is_none() => {
                 // Ownership is by name: a frontend must say who it is first.
@@ -375,21 +404,18 @@ impl Session {
             }
             ClaimFunction => {
                 let c = payload::<FunctionClaim>(p)?;
-                h.claim_function(self.conn, &c).map(none)
+                h.claim_function(self.conn, &c)
             }
             ReleaseFunction => {
                 let r = payload::<FunctionRelease>(p)?;
-                h.release_function(self.conn, &r).map(none)
+                h.release_function(self.conn, &r)
             }
             SetBackendReqFd | SetInterruptFd | SetConfigSnapshot => Err(Status::Protocol), // above
         }
+        .map(none)
     }
 
-    fn set_frontend_info<H: BackendHandler + ?Sized>(
-        &mut self,
-        h: &mut H,
-        p: &[u8],
-    ) -> std::result::Result<(), Status> {
+    fn set_frontend_info<H: BackendHandler + ?Sized>(&mut self, h: &mut H, p: &[u8]) -> Answer {
         if self.identity.is_some() {
             return Err(Status::Protocol);
         }
@@ -423,7 +449,7 @@ impl Session {
             // SAFETY: the fd is an eventfd (checked above) that we own; EventFd takes it over.
             Some(unsafe { EventFd::from_raw_fd(file.into_raw_fd()) })
         };
-        h.set_interrupt_fd(self.conn, &req, fd).map(|()| Vec::new())
+        h.set_interrupt_fd(self.conn, &req, fd)
     }
 
     fn set_backend_channel<H: BackendHandler + ?Sized>(
@@ -453,7 +479,7 @@ impl Session {
                 .contains(ProtocolFeatures::RESET_EVENTS),
         );
         h.backend_channel(self.conn, sender);
-        Ok(Vec::new())
+        Ok(())
     }
 }
 

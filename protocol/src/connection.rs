@@ -9,7 +9,7 @@ use log::{debug, warn};
 
 use crate::backend::Session;
 use crate::error::{Error, Result};
-use crate::frame::{wait_fd, FrameReader, FrameWriter, MessageKind, DEFAULT_WRITE_LIMIT};
+use crate::frame::{wait_fd, Fill, FrameReader, FrameWriter, MessageKind, DEFAULT_WRITE_LIMIT};
 use crate::handler::{BackendHandler, ConnectionId};
 
 /// Requests handled per [`Connection::process`] call, so one busy frontend cannot starve others.
@@ -69,31 +69,79 @@ impl Connection {
         self.writer.pending() > 0
     }
 
-    /// Handle the complete requests available now (at most [`MAX_REQUESTS_PER_CALL`]) and send
-    /// their replies as far as the socket takes them. Any `Err` means: close this connection
-    /// with [`Connection::close`]. When the frontend shuts its sending side down (end of file),
-    /// every request that arrived whole is still answered (§4): the connection stops reading and
-    /// [`Connection::finished`] says when the last reply is out; `Err(PeerClosed)` comes at
-    /// once only when nothing is left to send.
+    /// Are whole requests waiting in the connection's buffer (read with earlier requests, left
+    /// for the next call by [`MAX_REQUESTS_PER_CALL`] or back-pressure)? The socket's readiness
+    /// does not show them: an event loop must call [`Connection::process_ready`] again, e.g. by
+    /// waiting for writability too (the socket is writable unless replies pile up, and then
+    /// those requests must wait anyway).
+    pub fn has_buffered_requests(&self) -> bool {
+        !self.read_closed && self.reader.has_frame()
+    }
+
+    /// [`Connection::process_ready`] for a socket that may be readable.
     pub fn process<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) -> Result<()> {
-        for _ in 0..MAX_REQUESTS_PER_CALL {
-            if !self.wants_read() {
-                break;
-            }
-            let msg = match self.reader.poll_message(&self.stream) {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(Error::PeerClosed) if self.writer.pending() > 0 => {
-                    self.read_closed = true;
-                    break;
-                }
-                Err(e) => return Err(e),
-            };
-            let reply = self.session.handle(handler, msg)?;
-            self.writer.queue(&reply.encode())?;
-            self.writer.flush(&self.stream)?;
+        self.process_ready(handler, true)
+    }
+
+    /// Handle the complete requests available now (at most [`MAX_REQUESTS_PER_CALL`]) and send
+    /// their replies as far as the socket takes them. `readable`: the socket was reported
+    /// readable (otherwise only requests already buffered are handled). Each `recvmsg` takes
+    /// whatever the socket holds, several requests at a time; the socket is read again only
+    /// while the last read may have left bytes behind (it filled its space or stopped at
+    /// descriptors), so a request that was read whole costs no read that returns `EAGAIN`
+    /// (the event loop is level-triggered: bytes that arrive later wake it again). Replies are
+    /// sent once per batch read.
+    ///
+    /// Any `Err` means: close this connection with [`Connection::close`]. When the frontend
+    /// shuts its sending side down (end of file), every request that arrived whole is still
+    /// answered (§4): the connection stops reading and [`Connection::finished`] says when the
+    /// last reply is out; `Err(PeerClosed)` comes at once only when nothing is left to send.
+    pub fn process_ready<H: BackendHandler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        readable: bool,
+    ) -> Result<()> {
+        if let Err(e) = self.handle_available(handler, readable) {
+            // The replies to the requests before the one that broke the stream still go out.
+            let _ = self.writer.flush(&self.stream);
+            return Err(e);
         }
         self.writer.flush(&self.stream).map(drop)
+    }
+
+    /// The loop of [`Connection::process_ready`], leaving the last replies queued.
+    fn handle_available<H: BackendHandler + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        readable: bool,
+    ) -> Result<()> {
+        let mut may_read = readable && !self.read_closed;
+        let mut handled = 0;
+        while handled < MAX_REQUESTS_PER_CALL && self.wants_read() {
+            let Some(frame) = self.reader.next_frame()? else {
+                if !may_read {
+                    break;
+                }
+                // Send what this batch produced before waiting on the peer's next bytes.
+                self.writer.flush(&self.stream)?;
+                match self.reader.fill(&self.stream, false) {
+                    Ok(Fill::Data { more }) => may_read = more,
+                    Ok(Fill::Empty) => break,
+                    Ok(Fill::Interrupted) => {}
+                    Err(Error::PeerClosed) if self.writer.pending() > 0 => {
+                        self.read_closed = true;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let session = &mut self.session;
+            self.writer
+                .append(|out| session.handle_into(handler, frame, out))??;
+            handled += 1;
+        }
+        Ok(())
     }
 
     /// Send queued replies without blocking; `Ok(true)` when none are left.
@@ -118,10 +166,14 @@ impl Connection {
             if self.wants_write() {
                 events |= libc::POLLOUT;
             }
-            if let Err(e) = wait_fd(self.stream.as_raw_fd(), events, None) {
-                break Err(Error::Socket(e));
+            // Requests already buffered are handled without waiting.
+            let buffered = self.has_buffered_requests() && self.wants_read();
+            if !buffered {
+                if let Err(e) = wait_fd(self.stream.as_raw_fd(), events, None) {
+                    break Err(Error::Socket(e));
+                }
             }
-            if let Err(e) = self.process(handler) {
+            if let Err(e) = self.process_ready(handler, !buffered) {
                 break Err(e);
             }
             if self.finished() {

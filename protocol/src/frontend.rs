@@ -12,14 +12,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vm_memory::ByteValued;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::channel::BackendChannel;
 
 mod config_address;
 mod platform;
 use crate::error::{Error, Result};
-use crate::frame::{decode_payload, encode, wait_fd, FrameReader, Message, MessageKind};
+use crate::frame::{decode_payload, sys, wait_fd, Fill, Frame, FrameReader, Message, MessageKind};
 use crate::messages::{
     encode_name, ChipsetMemory, ConfigAccess, FrontendInfo, FrontendRole, GuestAccess, U64,
 };
@@ -75,11 +74,20 @@ impl FrontendOptions {
 }
 
 /// A connection to a backend's main socket.
+///
+/// A request costs one `sendmsg` and, for its reply, one blocking `recvmsg` into the reader's
+/// buffer (the socket is in blocking mode with the frontend's timeout as its receive timeout;
+/// sends and reads that must not wait pass `MSG_DONTWAIT`); nothing is allocated for requests
+/// and replies of a fixed size.
 #[derive(Debug)]
 pub struct Frontend {
     stream: UnixStream,
     reader: FrameReader,
+    /// The request being sent, encoded (kept for its capacity).
+    out: Vec<u8>,
     timeout: Option<Duration>,
+    /// The receive timeout (`SO_RCVTIMEO`) set on the socket, once set.
+    receive_timeout: Option<Option<Duration>>,
     next_id: u64,
     /// Request code of every request sent and not yet answered, by id.
     outstanding: HashMap<u64, u32>,
@@ -110,11 +118,13 @@ impl Frontend {
 
     /// Wrap a connected stream without any handshake (tests that send requests out of order).
     pub fn unnegotiated(stream: UnixStream) -> Result<Self> {
-        stream.set_nonblocking(true).map_err(Error::Socket)?;
+        stream.set_nonblocking(false).map_err(Error::Socket)?;
         Ok(Frontend {
             stream,
             reader: FrameReader::new(MessageKind::Reply),
+            out: Vec::new(),
             timeout: Some(DEFAULT_TIMEOUT),
+            receive_timeout: None,
             next_id: 1,
             outstanding: HashMap::new(),
             arrived: HashMap::new(),
@@ -267,7 +277,8 @@ impl Frontend {
         self.channel.take()
     }
 
-    /// The underlying socket (non-blocking), for tests that write raw bytes.
+    /// The underlying socket, for tests that write raw bytes. It is in blocking mode (with a
+    /// receive timeout); the frontend passes `MSG_DONTWAIT` where it must not wait.
     pub fn stream(&self) -> &UnixStream {
         &self.stream
     }
@@ -275,10 +286,18 @@ impl Frontend {
     /// Send a request without waiting for its reply; returns its id for [`Frontend::wait`].
     pub fn submit(&mut self, code: u32, payload: &[u8], fds: &[RawFd]) -> Result<u64> {
         self.usable()?;
+        if payload.len() > crate::wire::MAX_PAYLOAD_SIZE {
+            return Err(Error::PayloadTooBig(payload.len() as u64));
+        }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let bytes = encode(MsgHeader::request(code, 0, id), payload)?;
-        if let Err(e) = self.send(&bytes, fds) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        out.extend_from_slice(MsgHeader::request(code, payload.len() as u32, id).as_slice());
+        out.extend_from_slice(payload);
+        let sent = self.send(&out, fds);
+        self.out = out;
+        if let Err(e) = sent {
             self.broken |= e.should_disconnect();
             return Err(e);
         }
@@ -288,12 +307,7 @@ impl Frontend {
 
     /// Wait for the reply to request `id`: its status and payload (not checked against the code).
     pub fn wait(&mut self, id: u64) -> Result<(Status, Vec<u8>)> {
-        let m = self.wait_message(id)?;
-        let status = Status::try_from(m.header.status).map_err(|e| Error::UnknownStatus {
-            request: m.header.request,
-            raw: e.raw,
-        })?;
-        Ok((status, m.payload))
+        self.wait_with(id, |status, payload| Ok((status, payload.to_vec())))
     }
 
     /// Send a request and wait for its reply (any code, payload and fds, for tests).
@@ -367,8 +381,7 @@ impl Frontend {
             reserved: 0,
             data: u64::from(value),
         };
-        self.call(FrontendReq::ConfigWrite, req.as_slice(), &[], Some(0))
-            .map(drop)
+        self.call_empty(FrontendReq::ConfigWrite, req.as_slice(), &[])
     }
 
     /// `PioRead`: a trapped port-I/O read. With `CONFIG_ADDRESS_LATCH`, a dword read of 0xCF8
@@ -415,7 +428,7 @@ impl Frontend {
     /// `Reset`: platform reset of the hierarchy. A CONFIG_ADDRESS this frontend latches
     /// resets to 0 with it, as the backend's own register does.
     pub fn reset(&mut self) -> Result<()> {
-        self.call(FrontendReq::Reset, &[], &[], Some(0))?;
+        self.call_empty(FrontendReq::Reset, &[], &[])?;
         self.set_config_address_latch(0);
         Ok(())
     }
@@ -427,8 +440,7 @@ impl Frontend {
 
     /// `LoadState`: restore a blob from `save_state`.
     pub fn load_state(&mut self, blob: &[u8]) -> Result<()> {
-        self.call(FrontendReq::LoadState, blob, &[], Some(0))
-            .map(drop)
+        self.call_empty(FrontendReq::LoadState, blob, &[])
     }
 
     /// `GetChipsetMemory`: the MCH's PAM/SMRAM routing.
@@ -459,20 +471,24 @@ impl Frontend {
             width,
             reserved: [0; 7],
         };
-        self.call(req, access.as_slice(), &[], Some(0)).map(drop)
+        self.call_empty(req, access.as_slice(), &[])
     }
 
     fn get_u64(&mut self, req: FrontendReq) -> Result<u64> {
         Ok(self.call_obj::<U64>(req, &[])?.value)
     }
 
+    /// Request and a fixed-size reply, decoded straight out of the reader's buffer.
     fn call_obj<T: vhost::vhost_user::message::VhostUserMsgValidator + Default>(
         &mut self,
         req: FrontendReq,
         payload: &[u8],
     ) -> Result<T> {
-        let reply = self.call(req, payload, &[], Some(std::mem::size_of::<T>()))?;
-        decode_payload(req as u32, &reply)
+        let id = self.submit(req as u32, payload, &[])?;
+        self.wait_with(id, |status, p| {
+            let p = successful(req, status, p, Some(std::mem::size_of::<T>()))?;
+            decode_payload(req as u32, p)
+        })
     }
 
     /// Request and reply; a non-zero status becomes [`Error::Status`], a successful reply's size
@@ -484,18 +500,18 @@ impl Frontend {
         fds: &[RawFd],
         reply_len: Option<usize>,
     ) -> Result<Vec<u8>> {
-        let request = req as u32;
-        match self.request(request, payload, fds)? {
-            (Status::Ok, p) => match reply_len {
-                Some(expected) if p.len() != expected => Err(Error::PayloadSize {
-                    request,
-                    expected,
-                    got: p.len(),
-                }),
-                _ => Ok(p),
-            },
-            (status, _) => Err(Error::Status { request, status }),
-        }
+        let id = self.submit(req as u32, payload, fds)?;
+        self.wait_with(id, |status, p| {
+            successful(req, status, p, reply_len).map(<[u8]>::to_vec)
+        })
+    }
+
+    /// [`Frontend::call`] for a request whose reply has no payload (nothing allocated).
+    fn call_empty(&mut self, req: FrontendReq, payload: &[u8], fds: &[RawFd]) -> Result<()> {
+        let id = self.submit(req as u32, payload, fds)?;
+        self.wait_with(id, |status, p| {
+            successful(req, status, p, Some(0)).map(drop)
+        })
     }
 
     fn usable(&self) -> Result<()> {
@@ -508,45 +524,82 @@ impl Frontend {
         Ok(())
     }
 
-    fn wait_message(&mut self, id: u64) -> Result<Message> {
+    /// Wait for the reply to request `id` and hand its status and payload to `reply`: straight
+    /// out of the reader's buffer when it is read now, or from the replies filed while waiting
+    /// for others. Replies to other requests that arrive first are checked and filed.
+    fn wait_with<R>(
+        &mut self,
+        id: u64,
+        reply: impl FnOnce(Status, &[u8]) -> Result<R>,
+    ) -> Result<R> {
         self.usable()?;
+        if let Some(m) = self.arrived.remove(&id) {
+            return reply(reply_status(&m.header)?, &m.payload);
+        }
+        if !self.outstanding.contains_key(&id) {
+            return Err(Error::InvalidArgument(
+                "no request with this id is outstanding",
+            ));
+        }
         let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut blocking_read = self.timeout != Some(Duration::ZERO);
         loop {
-            if let Some(m) = self.arrived.remove(&id) {
-                return Ok(m);
+            loop {
+                let frame = match self.reader.next_frame() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.broken |= e.should_disconnect();
+                        return Err(e);
+                    }
+                };
+                if let Err(e) = check_reply(&mut self.outstanding, &frame) {
+                    self.broken |= e.should_disconnect();
+                    return Err(e);
+                }
+                if frame.header.id == id {
+                    return reply(reply_status(&frame.header)?, frame.payload);
+                }
+                self.arrived.insert(frame.header.id, frame.to_message());
             }
-            if !self.outstanding.contains_key(&id) {
-                return Err(Error::InvalidArgument(
-                    "no request with this id is outstanding",
-                ));
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let r = match self.reader.recv_after_wait(&self.stream, left) {
-                Ok(Some(m)) => self.accept_reply(m),
-                Ok(None) => return Err(Error::Timeout), // nothing lost: the reply may still come
-                Err(e) => Err(e),
+            let filled = if std::mem::take(&mut blocking_read) {
+                // The common case: one blocking read brings the whole reply.
+                self.set_receive_timeout()
+                    .and_then(|()| self.reader.fill(&self.stream, true))
+            } else {
+                // A reply arriving in pieces, or a read interrupted by a signal: wait for the
+                // rest until the deadline.
+                match wait_fd(self.stream.as_raw_fd(), libc::POLLIN, deadline) {
+                    Ok(true) => self.reader.fill(&self.stream, false),
+                    Ok(false) => Ok(Fill::Empty),
+                    Err(e) => Err(Error::Socket(e)),
+                }
             };
-            if let Err(e) = r {
-                self.broken |= e.should_disconnect();
-                return Err(e);
+            match filled {
+                Ok(Fill::Data { .. }) => {}
+                Ok(Fill::Interrupted) => {}
+                Ok(Fill::Empty) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    // Nothing lost: the reply may still come.
+                    return Err(Error::Timeout);
+                }
+                Ok(Fill::Empty) => {}
+                Err(e) => {
+                    self.broken |= e.should_disconnect();
+                    return Err(e);
+                }
             }
         }
     }
 
-    /// File a received reply under its request, checking id, code and fds.
-    fn accept_reply(&mut self, m: Message) -> Result<()> {
-        let (id, got) = (m.header.id, m.header.request);
-        let expected = self
-            .outstanding
-            .remove(&id)
-            .ok_or(Error::UnexpectedReply { request: got, id })?;
-        if expected != got {
-            return Err(Error::ReplyMismatch { id, expected, got });
+    /// Make the socket's receive timeout the frontend's timeout (a system call only when it
+    /// changed).
+    fn set_receive_timeout(&mut self) -> Result<()> {
+        if self.receive_timeout != Some(self.timeout) {
+            self.stream
+                .set_read_timeout(self.timeout)
+                .map_err(Error::Socket)?;
+            self.receive_timeout = Some(self.timeout);
         }
-        if !m.fds.is_empty() {
-            return Err(Error::TooManyFds(m.fds.len()));
-        }
-        self.arrived.insert(id, m);
         Ok(())
     }
 
@@ -557,11 +610,12 @@ impl Frontend {
         let mut sent = 0;
         while sent < bytes.len() {
             let with = if sent == 0 { fds } else { &[] };
-            match self
-                .stream
-                .send_with_fds(&[&bytes[sent..]], with)
-                .map_err(io::Error::from)
-            {
+            match sys::send(
+                self.stream.as_raw_fd(),
+                &bytes[sent..],
+                with,
+                libc::MSG_DONTWAIT,
+            ) {
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -571,14 +625,65 @@ impl Frontend {
                     {
                         return Err(Error::Timeout);
                     }
-                    while let Some(m) = self.reader.poll_message(&self.stream)? {
-                        self.accept_reply(m)?;
+                    loop {
+                        while let Some(frame) = self.reader.next_frame()? {
+                            check_reply(&mut self.outstanding, &frame)?;
+                            self.arrived.insert(frame.header.id, frame.to_message());
+                        }
+                        match self.reader.fill(&self.stream, false)? {
+                            Fill::Data { .. } | Fill::Interrupted => {}
+                            Fill::Empty => break,
+                        }
                     }
                 }
                 Err(e) => return Err(Error::io(e)),
             }
         }
         Ok(())
+    }
+}
+
+/// Check a received reply against the requests outstanding (id, code; replies carry no fds)
+/// and take its request off the list.
+fn check_reply(outstanding: &mut HashMap<u64, u32>, frame: &Frame<'_>) -> Result<()> {
+    let (id, got) = (frame.header.id, frame.header.request);
+    let expected = outstanding
+        .remove(&id)
+        .ok_or(Error::UnexpectedReply { request: got, id })?;
+    if expected != got {
+        return Err(Error::ReplyMismatch { id, expected, got });
+    }
+    if !frame.fds.is_empty() {
+        return Err(Error::TooManyFds(frame.fds.len()));
+    }
+    Ok(())
+}
+
+/// The status of a reply, which must be one the protocol defines.
+fn reply_status(header: &MsgHeader) -> Result<Status> {
+    Status::try_from(header.status).map_err(|e| Error::UnknownStatus {
+        request: header.request,
+        raw: e.raw,
+    })
+}
+
+/// The payload of a successful reply to `req` (of `len` bytes when given); an error status is
+/// [`Error::Status`].
+fn successful(
+    req: FrontendReq,
+    status: Status,
+    payload: &[u8],
+    len: Option<usize>,
+) -> Result<&[u8]> {
+    let request = req as u32;
+    match (status, len) {
+        (Status::Ok, Some(expected)) if payload.len() != expected => Err(Error::PayloadSize {
+            request,
+            expected,
+            got: payload.len(),
+        }),
+        (Status::Ok, _) => Ok(payload),
+        (status, _) => Err(Error::Status { request, status }),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The read fast path (`SetConfigSnapshot`): on by default, off when left out of the
 //! features, served with no message, and coherent with writes from any frontend.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use pcierc_protocol::{Frontend, FrontendOptions, ProtocolFeatures, Status};
@@ -54,9 +54,10 @@ fn reads_come_from_the_snapshot_and_follow_every_write() {
     }
     // A read never tears while another frontend keeps writing.
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU32::new(0));
     let writer = {
         let socket = b.socket.clone();
-        let stop = stop.clone();
+        let (stop, written) = (stop.clone(), written.clone());
         std::thread::spawn(move || {
             let mut w = Frontend::connect(&socket, FrontendOptions::tool("writer")).unwrap();
             let mut n = 0u32;
@@ -64,15 +65,26 @@ fn reads_come_from_the_snapshot_and_follow_every_write() {
                 let v = if n & 1 == 0 { 0x1111_1111 } else { 0xeeee_eeee };
                 w.config_write(0, 0, RP1, 0x200, 4, v).unwrap();
                 n += 1;
+                written.store(n, Ordering::Relaxed);
             }
             n
         })
     };
-    for _ in 0..200_000 {
+    // At least 200,000 reads, and until the writer has written 1,000 times (in a release build
+    // 200,000 reads from the snapshot can end before the writer's handshake does).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut reads = 0u32;
+    while reads < 200_000 || written.load(Ordering::Relaxed) < 1_000 {
         let v = fast.config_read(0, 0, RP1, 0x200, 4).unwrap();
         assert!(
             matches!(v, 0 | 0x1111_1111 | 0xeeee_eeee),
             "torn read {v:#x}"
+        );
+        reads += 1;
+        assert!(
+            std::time::Instant::now() < deadline || reads < 200_000,
+            "the writer made {} writes in 60 s",
+            written.load(Ordering::Relaxed)
         );
     }
     stop.store(true, Ordering::Relaxed);

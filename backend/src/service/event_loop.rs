@@ -369,7 +369,8 @@ impl Server {
         };
         let set = events.event_set();
         let result = if set.intersects(EventSet::IN | EventSet::OUT) {
-            c.conn.process(&mut self.handler)
+            c.conn
+                .process_ready(&mut self.handler, set.contains(EventSet::IN))
         } else {
             Ok(())
         };
@@ -397,7 +398,9 @@ impl Server {
         if c.conn.wants_read() {
             want |= EventSet::IN;
         }
-        if c.conn.wants_write() {
+        // Requests left in the connection's buffer (its per-call budget) wake the loop again
+        // through writability, after the other ready peers had their turn.
+        if c.conn.wants_write() || c.conn.has_buffered_requests() {
             want |= EventSet::OUT;
         }
         if want != c.interest && ops.modify(Events::with_data(&c.conn, token, want)).is_ok() {

@@ -47,10 +47,11 @@ impl Snapshots {
 
     /// Bring every snapshot up to date with `h` (taking its record of what changed).
     pub fn sync(&mut self, h: &mut Hierarchy) {
-        let (changed, routes) = h.take_snapshot_changes();
         if self.writers.is_empty() {
+            h.discard_snapshot_changes();
             return;
         }
+        let (changed, routes) = h.take_snapshot_changes();
         let images: Vec<(usize, Vec<u8>)> =
             changed.iter().map(|&n| (n, h.snapshot_image(n))).collect();
         // Only the routing entries that changed are written (every snapshot holds the same

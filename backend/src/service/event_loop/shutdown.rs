@@ -79,18 +79,21 @@ impl Server {
                 let Some(c) = self.conns.get_mut(t) else {
                     continue;
                 };
-                if p.revents == 0 {
+                // Requests read with earlier ones wait in the connection, not in the socket.
+                let buffered = c.conn.has_buffered_requests();
+                if p.revents == 0 && !buffered {
                     if c.conn.wants_write() {
                         next.push(*t);
                     }
                     continue;
                 }
-                if let Err(e) = c.conn.process(&mut self.handler) {
+                let readable = p.revents & !libc::POLLOUT != 0;
+                if let Err(e) = c.conn.process_ready(&mut self.handler, readable) {
                     debug!("frontend connection {t} while stopping: {e}");
                     self.drop_connection(*t, ops, "closed while stopping");
                     continue;
                 }
-                if c.conn.wants_read() || c.conn.wants_write() {
+                if c.conn.wants_read() || c.conn.wants_write() || c.conn.has_buffered_requests() {
                     next.push(*t);
                 }
             }

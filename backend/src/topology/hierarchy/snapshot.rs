@@ -31,6 +31,13 @@ impl Hierarchy {
         self.dirty_buses = BusSet::ALL;
     }
 
+    /// Forget what changed since the last call (no snapshot to bring up to date: nothing is
+    /// collected, nothing allocated).
+    pub fn discard_snapshot_changes(&mut self) {
+        self.changed.fill(false);
+        self.dirty_buses = BusSet::default();
+    }
+
     /// The functions whose registers may have changed, and the buses whose routing may have
     /// (see [`Hierarchy::snapshot_route_row`]), since the last call; clears both.
     pub fn take_snapshot_changes(&mut self) -> (Vec<usize>, BusSet) {
