@@ -20,6 +20,7 @@ mod report;
 mod round_trip;
 mod scale;
 mod scan;
+mod state_file;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,13 +41,17 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory, guest).
+    /// ping_pong, enumeration, rss, memory, guest, state_file).
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
     /// CPU, plus the socket round trips again across two CPUs; see BENCHMARKS.md).
     #[arg(long)]
     no_pin: bool,
+    /// The directory the state-file figures write in (default: the system temp directory);
+    /// give one on the disk whose fdatasync matters.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// The pcierc binary to measure (default: the one of this build's profile, rebuilt if stale).
     #[arg(long, value_name = "PATH")]
     pcierc: Option<PathBuf>,
@@ -75,14 +80,17 @@ enum Group {
     Rss,
     /// Guest-visible latency through the example KVM VMM.
     Guest,
+    /// `--state-file`: a persisted write against an append + fdatasync, and the file's size.
+    StateFile,
 }
 
 impl Group {
-    const ALL: [Group; 5] = [
+    const ALL: [Group; 6] = [
         Group::RoundTrip,
         Group::Memory,
         Group::Enumeration,
         Group::Rss,
+        Group::StateFile,
         Group::Guest,
     ];
 
@@ -122,6 +130,15 @@ impl Group {
             ],
             Group::Rss => &["rss_kib", "rss_248_ports_kib"],
             Group::Guest => guest::FIGURES,
+            Group::StateFile => &[
+                "state_file_append_fdatasync_ns",
+                "state_file_persisted_write_ns",
+                "state_file_setup_without_ms",
+                "state_file_setup_ms",
+                "state_blob_bytes",
+                "state_file_after_setup_bytes",
+                "state_file_base_after_setup_bytes",
+            ],
         }
     }
 }
@@ -219,6 +236,25 @@ fn run(args: &Args) -> Result<()> {
                 scale::enumeration(&mut rep, bin()?, if args.quick { 1 } else { 5 }, same)?
             }
             Group::Rss => scale::rss(&mut rep, bin()?, same)?,
+            Group::StateFile => {
+                let plan = if args.quick {
+                    state_file::Plan {
+                        warmup: 50,
+                        rounds: 10,
+                        per_round: 20,
+                        setups: 2,
+                    }
+                } else {
+                    state_file::Plan {
+                        warmup: 200,
+                        rounds: 40,
+                        per_round: 25,
+                        setups: 5,
+                    }
+                };
+                let dir = args.state_dir.clone().unwrap_or_else(std::env::temp_dir);
+                state_file::run(&mut rep, bin()?, &dir, plan, same)?
+            }
             Group::Guest => {
                 let vmm = backend::vmm_binary(args.vmm.as_deref()).map_err(|e| e.to_string());
                 let plan = guest::Plan {

@@ -53,7 +53,19 @@ struct Blob {
 
 /// Serialize the hierarchy's complete guest-visible state.
 pub fn save(h: &Hierarchy) -> Vec<u8> {
-    let blob = Blob {
+    // Serializing plain data with string keys into memory cannot fail.
+    serde_json::to_vec(&blob(h)).unwrap_or_default()
+}
+
+/// The state [`save`] serializes, as a JSON value (what the state file's journal compares and
+/// patches); [`load`] takes its serialization.
+pub fn save_value(h: &Hierarchy) -> serde_json::Value {
+    // Plain data with string keys always converts.
+    serde_json::to_value(blob(h)).unwrap_or_default()
+}
+
+fn blob(h: &Hierarchy) -> Blob {
+    Blob {
         format: STATE_FORMAT.into(),
         version: STATE_VERSION,
         config_address: h.config_address(),
@@ -76,9 +88,7 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
                 multifunction: e.multifunction,
             })
             .collect(),
-    };
-    // Serializing plain data with string keys into memory cannot fail.
-    serde_json::to_vec(&blob).unwrap_or_default()
+    }
 }
 
 /// Restore a blob produced by [`save`]; the running state is unchanged on error.
