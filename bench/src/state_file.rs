@@ -138,10 +138,12 @@ pub fn run(
             after_setup = size().context("the state file")?;
         }
     }
+    let _ = std::fs::copy(&state, "/tmp/pj_journal.state");
     drop((vmm, rc));
     // A restart writes a new base: the state that differs from power-on, alone.
     let rc = pinned.spawn_peers(|| Pcierc::start(bin, &args))?;
     let base_after_setup = size().context("the state file")?;
+    let _ = std::fs::copy(&state, "/tmp/pj_base.state");
 
     // Persisted writes against the disk's own append + fdatasync of a record's size.
     let mut vmm = rc.connect("bench")?;

@@ -323,11 +323,22 @@ fn a_damaged_foreign_or_newer_state_file_is_refused_with_one_line_and_kept() {
     two.extend_from_slice(&journal[base..]);
     let mut record_flipped = two.clone();
     record_flipped[journal.len() - 4] ^= 0x01;
-    let mut another_power_on = journal.clone();
-    let at = text_find(&journal, b"power-on=") + 9;
-    another_power_on[at] = if journal[at] == b'0' { b'1' } else { b'0' };
-    // The header's CRC-32 does not cover the header: a changed power-on field is caught by
-    // comparing it with this pcierc's.
+    // Another pcierc's power-on state: the header rewritten as that one would (its check too).
+    let header_end = text_find(&journal, b"\n");
+    let header = std::str::from_utf8(&journal[..header_end]).unwrap();
+    let (head, _) = header.split_once(" check=").expect("a check field");
+    let at = head.find("power-on=").expect("a power-on field") + 9;
+    let other = format!(
+        "{}{:08x}",
+        &head[..at],
+        u32::from_str_radix(&head[at..], 16).unwrap() ^ 1
+    );
+    let check = pcierc_backend::service::state_file::format::crc32(other.as_bytes());
+    let another_power_on = [
+        format!("{other} check={check:08x}").as_bytes(),
+        &journal[header_end..],
+    ]
+    .concat();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", Vec::new(), "the file is empty"),
         (

@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use super::stats::StateFileStats;
 
-use crate::topology::{state, Hierarchy};
+use crate::topology::{state, Hierarchy, SavedModels};
 use format::{Decoded, FormatError, TornTail};
 use patch::PatchError;
 
@@ -131,8 +131,10 @@ pub struct StateFile {
     power_on: Value,
     /// Its CRC-32, in the base's header.
     power_on_crc: u32,
-    /// The state the file holds.
+    /// The state the file holds (or, after a failed write, the one the next base will hold).
     current: Value,
+    /// The function models `current` was saved from.
+    models: SavedModels,
     /// Bytes of the base (header included) and of the records after it.
     base_len: u64,
     journal_len: u64,
@@ -154,6 +156,7 @@ impl StateFile {
             tmp: PathBuf::from(tmp),
             file: None,
             current: power_on.clone(),
+            models: SavedModels::default(),
             power_on,
             power_on_crc,
             base_len: 0,
@@ -214,38 +217,80 @@ impl StateFile {
                 loaded.records
             );
         }
-        let now = state::save_value(h);
+        f.current = state::save_value(h);
+        h.save_changed_functions(&mut f.models);
         let start = std::time::Instant::now();
-        let r = f.write_base(&now);
+        let r = f.write_base();
         f.stats.record(r.is_ok(), start.elapsed());
         r.map_err(|source| StateFileError::Io {
             path: path.to_path_buf(),
             context: "writing",
             source,
         })?;
-        f.current = now;
         Ok(f)
     }
 
     /// Persist `h` if it changed since the last write: one record appended and `fdatasync`'ed,
-    /// or a new base when the journal is past its bound. Errors are logged: the guest keeps
-    /// running, but a restart would lose what could not be written.
+    /// or a new base when the journal is past its bound (or a write failed before). Errors are
+    /// logged: the guest keeps running, but a restart would lose what could not be written.
     pub fn persist(&mut self, h: &Hierarchy) {
-        let now = state::save_value(h);
-        let Some(change) = patch::diff(&self.current, &now) else {
+        let change = self.update(h);
+        if change.is_none() && self.file.is_some() {
             return;
-        };
+        }
         let start = std::time::Instant::now();
-        let r = self.write(&now, &change);
+        let r = match change {
+            Some(c) => self.write(&c),
+            None => self.write_base(),
+        };
         self.stats.record(r.is_ok(), start.elapsed());
-        match r {
-            Ok(()) => self.current = now,
-            Err(e) => {
-                // Whatever part of a record reached the file is cut off by the next base.
-                self.file = None;
-                error!("state file {}: {e}", self.path.display());
+        if let Err(e) = r {
+            // The next call writes a new base holding `current`, which also cuts off whatever
+            // part of a record reached the file.
+            self.file = None;
+            error!("state file {}: {e}", self.path.display());
+        }
+    }
+
+    /// Bring `current` up to date with `h` and return the patch from the old one, `None` if
+    /// nothing changed. Only the functions whose model changed are serialized and compared.
+    fn update(&mut self, h: &Hierarchy) -> Option<Value> {
+        let top = state::save_value_without_functions(h);
+        let changed = h.save_changed_functions(&mut self.models);
+        let mut patch = serde_json::Map::new();
+        let (Value::Object(top), Value::Object(cur)) = (top, &mut self.current) else {
+            // Both are serialized structs: objects.
+            return None;
+        };
+        for (k, v) in top {
+            if k == "functions" {
+                continue;
+            }
+            let p = match cur.get(&k) {
+                Some(old) => patch::diff(old, &v),
+                None => Some(serde_json::json!({ "set": v })),
+            };
+            if let Some(p) = p {
+                patch.insert(k.clone(), p);
+                cur.insert(k, v);
             }
         }
+        let mut items = Vec::new();
+        if let Some(Value::Array(functions)) = cur.get_mut("functions") {
+            for (i, new) in changed {
+                let Some(slot) = functions.get_mut(i).and_then(|f| f.get_mut("state")) else {
+                    continue;
+                };
+                if let Some(p) = patch::diff(slot, &new) {
+                    items.push(serde_json::json!([i, { "obj": { "state": p } }]));
+                    *slot = new;
+                }
+            }
+        }
+        if !items.is_empty() {
+            patch.insert("functions".into(), serde_json::json!({ "arr": items }));
+        }
+        (!patch.is_empty()).then(|| serde_json::json!({ "obj": patch }))
     }
 
     /// Its writes so far (the base at start included).
@@ -259,7 +304,7 @@ impl StateFile {
         MIN_JOURNAL_BOUND.max(JOURNAL_BASE_FACTOR * self.base_len)
     }
 
-    fn write(&mut self, now: &Value, change: &Value) -> std::io::Result<()> {
+    fn write(&mut self, change: &Value) -> std::io::Result<()> {
         let record = format::encode_record(&to_bytes(change));
         let fits = self.journal_len + record.len() as u64 <= self.journal_bound();
         match &mut self.file {
@@ -270,14 +315,15 @@ impl StateFile {
                 self.journal_len += record.len() as u64;
                 Ok(())
             }
-            _ => self.write_base(now),
+            _ => self.write_base(),
         }
     }
 
-    /// Replace the file, atomically, by a base holding `now` and no records.
-    fn write_base(&mut self, now: &Value) -> std::io::Result<()> {
+    /// Replace the file, atomically, by a base holding `current` and no records.
+    fn write_base(&mut self) -> std::io::Result<()> {
         self.file = None;
-        let base = patch::diff(&self.power_on, now).unwrap_or_else(|| serde_json::json!({"obj": {}}));
+        let base = patch::diff(&self.power_on, &self.current)
+            .unwrap_or_else(|| serde_json::json!({"obj": {}}));
         let bytes = format::encode_base(self.power_on_crc, &to_bytes(&base));
         let mut f = OpenOptions::new()
             .write(true)
@@ -373,5 +419,105 @@ pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable>
                 torn: j.torn,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    const RP1_ECAM: u64 = 0xb000_0000 + (0x10 << 12);
+
+    fn hierarchy() -> Hierarchy {
+        Hierarchy::new(TopologySpec::embedded_default().expect("topology")).expect("hierarchy")
+    }
+
+    /// Map ECAM at 0xb0000000 (PCIEXBAR through CF8/CFC).
+    fn enable_ecam(h: &mut Hierarchy) {
+        let _ = h.pio_write(0xcf8, 4, 0x8000_0060);
+        let _ = h.pio_write(0xcfc, 4, 0xb000_0001);
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pcierc-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    #[test]
+    fn each_change_is_one_record_and_the_file_reloads_to_the_same_state() {
+        let dir = scratch("journal");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        let base = std::fs::metadata(&path).expect("written").len();
+        enable_ecam(&mut h);
+        f.persist(&h);
+        for (off, v) in [(0x18, 0x0001_0100), (0x200, 7), (0x3c, 0x0b), (0x200, 8)] {
+            let _ = h.mmio_write(RP1_ECAM + off, 4, v);
+            f.persist(&h);
+            // Incremental: the state kept equals a whole save.
+            assert_eq!(f.current, state::save_value(&h));
+        }
+        // A request that changes nothing writes nothing.
+        f.persist(&h);
+        let bytes = std::fs::read(&path).expect("file");
+        let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
+            panic!("not a journal");
+        };
+        assert_eq!(j.records.len(), 5, "one per persisted change (CF8+CFC, four writes)");
+        assert!(bytes.len() as u64 - base < 2000, "records are small");
+        assert_eq!(f.stats().writes, 6, "the base and five records");
+        let mut again = hierarchy();
+        let loaded = load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(loaded.records, 5);
+        assert_eq!(again.save_functions(), h.save_functions());
+        assert_eq!(again.config_address(), h.config_address());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn past_its_bound_the_journal_becomes_a_new_base() {
+        let dir = scratch("compact");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        let mut compacted = false;
+        for i in 0..2000u64 {
+            let _ = h.mmio_write(RP1_ECAM + 0x200, 4, i);
+            let before = f.journal_len;
+            f.persist(&h);
+            compacted |= f.journal_len < before;
+            assert!(f.journal_len <= f.journal_bound());
+        }
+        // The first write (0) leaves the dword as it was: nothing to write.
+        assert_eq!(f.stats().writes, 2001, "the first base, CF8+CFC, 1999 writes");
+        assert!(compacted, "a compaction in 2000 writes");
+        let bytes = std::fs::read(&path).expect("file");
+        assert!(bytes.len() as u64 <= f.base_len + f.journal_bound());
+        let mut again = hierarchy();
+        load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(again.save_functions(), h.save_functions());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_of_another_power_on_state_is_refused() {
+        let dir = scratch("power-on");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        f.persist(&h);
+        let bytes = std::fs::read(&path).expect("file");
+        let mut other = Hierarchy::new(TopologySpec::empty()).expect("MCH alone");
+        assert!(matches!(
+            load_bytes(&mut other, &bytes),
+            Err(Unloadable::PowerOn { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

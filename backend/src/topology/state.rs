@@ -64,17 +64,31 @@ pub fn save_value(h: &Hierarchy) -> serde_json::Value {
     serde_json::to_value(blob(h)).unwrap_or_default()
 }
 
+/// [`save_value`] with an empty `functions` list: the rest of the state, cheap to take.
+/// `functions[i].state` of [`save_value`] is state `i` of
+/// [`Hierarchy::save_changed_functions`].
+pub fn save_value_without_functions(h: &Hierarchy) -> serde_json::Value {
+    serde_json::to_value(blob_without_functions(h)).unwrap_or_default()
+}
+
 fn blob(h: &Hierarchy) -> Blob {
     Blob {
-        format: STATE_FORMAT.into(),
-        version: STATE_VERSION,
-        config_address: h.config_address(),
-        generation: h.generation(),
         functions: h
             .save_functions()
             .into_iter()
             .map(|(id, state)| FunctionState { id, state })
             .collect(),
+        ..blob_without_functions(h)
+    }
+}
+
+fn blob_without_functions(h: &Hierarchy) -> Blob {
+    Blob {
+        format: STATE_FORMAT.into(),
+        version: STATE_VERSION,
+        config_address: h.config_address(),
+        generation: h.generation(),
+        functions: Vec::new(),
         endpoints: h
             .spec()
             .endpoints

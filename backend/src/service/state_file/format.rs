@@ -3,7 +3,7 @@
 //! it (both [`patch`](super::patch)es of the `topology::state` JSON):
 //!
 //! ```text
-//! pcierc-state-file 2 len=57 crc32=89abcdef power-on=01234567\n
+//! pcierc-state-file 2 len=57 crc32=89abcdef power-on=01234567 check=fedcba98\n
 //! {"obj":{"config_address":{"set":2147483744},...}}\n
 //! record len=40 crc32=76543210 check=0badf00d\n
 //! {"obj":{"functions":{"arr":[[1,...]]}}}\n
@@ -11,9 +11,9 @@
 //! ```
 //!
 //! `power-on` is the CRC-32 of the power-on state the base was taken against: a file loads only
-//! into a pcierc with the same power-on state (same topology, same reset values). Each record
-//! has its own length and CRC-32, and `check`, the CRC-32 of its header line before ` check=`,
-//! so a damaged length is never mistaken for a short write. A record a crash or power loss cut
+//! into a pcierc with the same power-on state (same topology, same reset values). `check` is the
+//! CRC-32 of the header line before ` check=`. Each record has its own length, CRC-32 and
+//! `check`, so a damaged length is never mistaken for a short write. A record a crash or power loss cut
 //! (the write never acknowledged) can only be the last one: it is reported as [`TornTail`] and
 //! dropped; any other damage, in the base or in a record followed by another, is an error.
 //!
@@ -167,7 +167,9 @@ pub fn encode_record(payload: &[u8]) -> Vec<u8> {
 }
 
 fn base_header(len: u64, crc: u32, power_on: u32) -> String {
-    format!("{MAGIC} {FILE_VERSION} len={len} crc32={crc:08x} power-on={power_on:08x}")
+    let head = format!("{MAGIC} {FILE_VERSION} len={len} crc32={crc:08x} power-on={power_on:08x}");
+    let check = crc32(head.as_bytes());
+    format!("{head} check={check:08x}")
 }
 
 fn record_header(len: u64, crc: u32) -> String {
