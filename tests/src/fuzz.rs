@@ -429,7 +429,9 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(_) if state::save(&h) != before => Err("a refused state file changed the hierarchy".into()),
+        Err(_) if state::save(&h) != before => {
+            Err("a refused state file changed the hierarchy".into())
+        }
         Err(_) => Ok(()),
     }
 }

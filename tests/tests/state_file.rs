@@ -172,7 +172,10 @@ fn a_real_state_file(dir: &ScratchDir) -> Vec<u8> {
 
 /// Where the base of a version 2 file ends (after its closing end of line).
 fn base_end(file: &[u8]) -> usize {
-    let nl = file.iter().position(|&b| b == b'\n').expect("a header line");
+    let nl = file
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("a header line");
     let header = std::str::from_utf8(&file[..nl]).expect("text");
     let len: usize = header
         .split(' ')

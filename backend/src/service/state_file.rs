@@ -410,7 +410,8 @@ pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable>
                     what: what.clone(),
                     reason: PatchError::Malformed(format!("not JSON: {e}")),
                 })?;
-                patch::apply(&mut value, &p).map_err(|reason| Unloadable::Patch { what, reason })?;
+                patch::apply(&mut value, &p)
+                    .map_err(|reason| Unloadable::Patch { what, reason })?;
             }
             state::load(h, &to_bytes(&value)).map_err(state_err)?;
             Ok(Loaded {
@@ -467,7 +468,11 @@ mod tests {
         let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
             panic!("not a journal");
         };
-        assert_eq!(j.records.len(), 5, "one per persisted change (CF8+CFC, four writes)");
+        assert_eq!(
+            j.records.len(),
+            5,
+            "one per persisted change (CF8+CFC, four writes)"
+        );
         assert!(bytes.len() as u64 - base < 2000, "records are small");
         assert_eq!(f.stats().writes, 6, "the base and five records");
         let mut again = hierarchy();
@@ -494,7 +499,11 @@ mod tests {
             assert!(f.journal_len <= f.journal_bound());
         }
         // The first write (0) leaves the dword as it was: nothing to write.
-        assert_eq!(f.stats().writes, 2001, "the first base, CF8+CFC, 1999 writes");
+        assert_eq!(
+            f.stats().writes,
+            2001,
+            "the first base, CF8+CFC, 1999 writes"
+        );
         assert!(compacted, "a compaction in 2000 writes");
         let bytes = std::fs::read(&path).expect("file");
         assert!(bytes.len() as u64 <= f.base_len + f.journal_bound());

@@ -83,7 +83,9 @@ pub enum FormatError {
     #[error("corrupted: no end of line after the {0} bytes of its base")]
     BaseEnd(u64),
     /// A record that is not the last one is damaged (version 2).
-    #[error("corrupted: record {index} (at byte {offset}) is damaged ({what}) and is not the last one")]
+    #[error(
+        "corrupted: record {index} (at byte {offset}) is damaged ({what}) and is not the last one"
+    )]
     Record {
         /// The record's number, from 1.
         index: usize,
@@ -288,11 +290,7 @@ enum Next<'a> {
 }
 
 /// The records of `bytes` from `start` on.
-#[allow(clippy::type_complexity)]
-fn records(
-    bytes: &[u8],
-    mut start: usize,
-) -> Result<(Vec<&[u8]>, Option<TornTail>), FormatError> {
+fn records(bytes: &[u8], mut start: usize) -> Result<(Vec<&[u8]>, Option<TornTail>), FormatError> {
     let mut out = Vec::new();
     while start < bytes.len() {
         let rest = &bytes[start..];
@@ -636,7 +634,10 @@ mod tests {
         let (journal, starts) = journal_file();
         let mut no_end = journal[..starts[0]].to_vec();
         no_end[starts[0] - 1] = b' ';
-        assert_eq!(decode(&no_end), Err(FormatError::BaseEnd(BASE.len() as u64)));
+        assert_eq!(
+            decode(&no_end),
+            Err(FormatError::BaseEnd(BASE.len() as u64))
+        );
         let mut bad_record = journal.clone();
         bad_record[starts[1] - 3] ^= 0x01;
         assert!(matches!(

@@ -137,7 +137,8 @@ fn apply_at(
                 at.push('.');
                 at.push_str(k);
                 if p.get("del").is_some() && p.as_object().is_some_and(|m| m.len() == 1) {
-                    obj.remove(k).ok_or_else(|| PatchError::OutOfRange(path(at)))?;
+                    obj.remove(k)
+                        .ok_or_else(|| PatchError::OutOfRange(path(at)))?;
                 } else if p.get("set").is_some() && !obj.contains_key(k) {
                     // A key the old state did not have.
                     let mut v = Value::Null;
@@ -286,4 +287,3 @@ mod tests {
         );
     }
 }
-
