@@ -107,8 +107,13 @@ pub struct ScratchDir(PathBuf);
 impl ScratchDir {
     /// A fresh, empty directory.
     pub fn new(tag: &str) -> Result<Self> {
+        Self::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A fresh, empty directory in `parent`.
+    pub fn new_in(parent: &Path, tag: &str) -> Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let d = std::env::temp_dir().join(format!(
+        let d = parent.join(format!(
             "pcierc-bench-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)

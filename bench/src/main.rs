@@ -21,6 +21,7 @@ mod report;
 mod round_trip;
 mod scale;
 mod scan;
+mod state_file;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,13 +42,17 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory, instance, guest).
+    /// ping_pong, enumeration, rss, memory, instance, guest, state_file).
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
     /// CPU, plus the socket round trips again across two CPUs; see BENCHMARKS.md).
     #[arg(long)]
     no_pin: bool,
+    /// The directory the state-file figures write in (default: the system temp directory);
+    /// give one on the disk whose fdatasync matters.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// The pcierc binary to measure (default: the one of this build's profile, rebuilt if stale).
     #[arg(long, value_name = "PATH")]
     pcierc: Option<PathBuf>,
@@ -78,15 +83,18 @@ enum Group {
     Guest,
     /// Start-to-listening time and memory of one instance, and of a fleet started together.
     Instances,
+    /// `--state-file`: a persisted write against an append + fdatasync, and the file's size.
+    StateFile,
 }
 
 impl Group {
-    const ALL: [Group; 6] = [
+    const ALL: [Group; 7] = [
         Group::RoundTrip,
         Group::Memory,
         Group::Enumeration,
         Group::Rss,
         Group::Instances,
+        Group::StateFile,
         Group::Guest,
     ];
 
@@ -127,6 +135,15 @@ impl Group {
             Group::Rss => &["rss_kib", "rss_248_ports_kib"],
             Group::Guest => guest::FIGURES,
             Group::Instances => instances::FIGURES,
+            Group::StateFile => &[
+                "state_file_append_fdatasync_ns",
+                "state_file_persisted_write_ns",
+                "state_file_setup_without_ms",
+                "state_file_setup_ms",
+                "state_blob_bytes",
+                "state_file_after_setup_bytes",
+                "state_file_base_after_setup_bytes",
+            ],
         }
     }
 }
@@ -237,6 +254,25 @@ fn run(args: &Args) -> Result<()> {
                     }
                 };
                 instances::run(&mut rep, bin()?, plan)?
+            }
+            Group::StateFile => {
+                let plan = if args.quick {
+                    state_file::Plan {
+                        warmup: 50,
+                        rounds: 10,
+                        per_round: 20,
+                        setups: 2,
+                    }
+                } else {
+                    state_file::Plan {
+                        warmup: 200,
+                        rounds: 40,
+                        per_round: 25,
+                        setups: 5,
+                    }
+                };
+                let dir = args.state_dir.clone().unwrap_or_else(std::env::temp_dir);
+                state_file::run(&mut rep, bin()?, &dir, plan, same)?
             }
             Group::Guest => {
                 let vmm = backend::vmm_binary(args.vmm.as_deref()).map_err(|e| e.to_string());

@@ -46,6 +46,11 @@ impl Samples {
         self.sorted[self.sorted.len() - 1]
     }
 
+    /// The mean (rare slow samples included, unlike the median).
+    pub fn mean(&self) -> f64 {
+        self.sorted.iter().sum::<f64>() / self.sorted.len() as f64
+    }
+
     /// How many samples there are.
     pub fn len(&self) -> usize {
         self.sorted.len()

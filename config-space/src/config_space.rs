@@ -513,7 +513,14 @@ pub struct SpaceImage {
 
 /// `bytes` as lowercase hex (the saved form of per-byte state).
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // A table, not `format!` per byte: saved on every persisted write (`--state-file`).
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// `n` bytes from the hex made by [`hex`]; `None` unless `s` is exactly that.

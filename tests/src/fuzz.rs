@@ -15,10 +15,11 @@
 //!   [`RootComplex`] served on a socket pair: one `OK`/`FAIL` line per line;
 //! - `xen`: Xen ioreq slots as a hostile hypervisor page could hold them, through the shim's
 //!   classification and PCI_CONFIG translation;
-//! - `state_file`: a real state file damaged as the input says (bits flipped, cut short, bytes
-//!   spliced in, or replaced whole) through what `pcierc --state-file` does at start: a file
-//!   that is not byte for byte the one written must be refused, and a refused load leaves the
-//!   hierarchy as it was.
+//! - `state_file`: a real state file (a journal: base and records, or the whole state of
+//!   version 1) damaged as the input says (bits flipped, cut short, bytes spliced in, or
+//!   replaced whole) through what `pcierc --state-file` does at start: a flipped bit or a cut
+//!   loads only the state after some whole records (only a cut last record is dropped), a
+//!   damaged version 1 file is refused, and a refused load leaves the hierarchy as it was.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -103,7 +104,7 @@ impl Inputs {
                 }
                 "qmp" => br#"{"execute":"qmp_capabilities"}{"execute":""#.to_vec(),
                 // A damage kind (see `state_file`), then its parameters.
-                "state_file" => vec![(self.next() % 4) as u8],
+                "state_file" => vec![(self.next() % 8) as u8],
                 "qtest" => {
                     let cmds: [&[u8]; 6] = [
                         b"outl 0xcf8 ",
@@ -300,25 +301,76 @@ pub fn xen(input: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// A state file as pcierc writes it, of a hierarchy a guest has programmed a little.
-fn valid_state_file() -> &'static [u8] {
-    static FILE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-    FILE.get_or_init(|| {
-        let spec = TopologySpec::embedded_default().expect("embedded topology");
-        let mut h = Hierarchy::new(spec).expect("embedded hierarchy");
+/// State files as pcierc writes them, of a hierarchy a guest has programmed a little.
+struct ValidStateFiles {
+    /// Version 2: a base, then records.
+    journal: Vec<u8>,
+    /// Where each record of `journal` starts, and its end.
+    bounds: Vec<usize>,
+    /// `state::save` of a power-on hierarchy loaded from the journal's base and its first k
+    /// records, for each k.
+    states: Vec<Vec<u8>>,
+    /// Version 1: the whole state.
+    whole: Vec<u8>,
+}
+
+fn fresh_hierarchy() -> Hierarchy {
+    let spec = TopologySpec::embedded_default().expect("embedded topology");
+    Hierarchy::new(spec).expect("embedded hierarchy")
+}
+
+fn valid_state_files() -> &'static ValidStateFiles {
+    use pcierc_backend::topology::state;
+    use state_file::{format, patch};
+    static FILES: std::sync::OnceLock<ValidStateFiles> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let mut h = fresh_hierarchy();
+        let power_on = state::save_value(&h);
+        let power_on_crc = format::crc32(&serde_json::to_vec(&power_on).expect("JSON"));
         let _ = h.pio_write(0xcf8, 4, 0x8000_0060);
         let _ = h.pio_write(0xcfc, 4, 0xb000_0001);
         let _ = h.mmio_write(0xb000_0000 + (0x10 << 12) + 0x18, 4, 0x0001_0100);
-        let _ = h.mmio_write(0xb000_0000 + (0x10 << 12) + 0x204, 4, 0x1234_5678);
-        state_file::format::encode(&pcierc_backend::topology::state::save(&h))
+        let mut last = state::save_value(&h);
+        let base = patch::diff(&power_on, &last).expect("a programmed hierarchy");
+        let mut journal =
+            format::encode_base(power_on_crc, &serde_json::to_vec(&base).expect("JSON"));
+        let mut bounds = vec![journal.len()];
+        for (off, v) in [(0x204, 0x1234_5678), (0x3c, 0x0b), (0x204, 0x5678)] {
+            let _ = h.mmio_write(0xb000_0000 + (0x10 << 12) + off, 4, v);
+            let now = state::save_value(&h);
+            let change = patch::diff(&last, &now).expect("a change");
+            journal.extend(format::encode_record(
+                &serde_json::to_vec(&change).expect("JSON"),
+            ));
+            bounds.push(journal.len());
+            last = now;
+        }
+        let states = bounds
+            .iter()
+            .map(|&end| {
+                let mut h = fresh_hierarchy();
+                state_file::load_bytes(&mut h, &journal[..end]).expect("a valid prefix");
+                state::save(&h)
+            })
+            .collect();
+        ValidStateFiles {
+            journal,
+            bounds,
+            states,
+            whole: format::encode_whole(&state::save(&h)),
+        }
     })
 }
 
-/// `state_file` target: byte 0 picks the damage (0: flip one or two bits the following bytes name,
-/// 1: cut at an offset, 2: splice the rest in at an offset, 3: the rest is the whole file).
+/// `state_file` target: byte 0 picks the file (bit 2: version 1, else the journal) and the
+/// damage (bits 1-0; 0: flip one or two bits the following bytes name, 1: cut at an offset, 2:
+/// splice the rest in at an offset, 3: the rest is the whole file).
 pub fn state_file(input: &[u8]) -> Result<(), String> {
-    let good = valid_state_file();
+    use pcierc_backend::topology::state;
+    let files = valid_state_files();
     let (&kind, rest) = input.split_first().unwrap_or((&3, &[]));
+    let whole = kind & 4 != 0;
+    let good: &[u8] = if whole { &files.whole } else { &files.journal };
     let at = |b: &[u8]| -> usize {
         let v = b
             .iter()
@@ -326,7 +378,8 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
             .fold(0usize, |v, &x| (v << 8) | usize::from(x));
         v % (good.len() + 1)
     };
-    let file: Vec<u8> = match kind % 4 {
+    let damage = kind % 4;
+    let file: Vec<u8> = match damage {
         0 => {
             // One or two single-bit flips: the damage most likely to leave valid JSON.
             let mut f = good.to_vec();
@@ -343,15 +396,40 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
         }
         _ => rest.to_vec(),
     };
-    let spec = TopologySpec::embedded_default().expect("embedded topology");
-    let mut h = Hierarchy::new(spec).expect("embedded hierarchy");
-    let before = pcierc_backend::topology::state::save(&h);
+    let mut h = fresh_hierarchy();
+    let before = state::save(&h);
     match state_file::load_bytes(&mut h, &file) {
-        Ok(false) if file.as_slice() != good => {
-            Err("a damaged state file with a header was loaded".into())
+        Ok(_) if damage < 2 && whole && file.as_slice() != good => {
+            Err("a damaged version 1 state file was loaded".into())
+        }
+        Ok(loaded) if damage < 2 && !whole => {
+            // Only whole records, the original ones: the state after some prefix of them.
+            let expected = files.states.get(loaded.records);
+            if expected != Some(&state::save(&h)) {
+                return Err(format!(
+                    "a damaged journal loaded a state that is not the one after its first {} records",
+                    loaded.records
+                ));
+            }
+            let records = files.bounds.len() - 1;
+            let cut_to = if damage == 1 { file.len() } else { good.len() };
+            let whole_records = files.bounds.iter().filter(|&&b| b <= cut_to).count() - 1;
+            // A flip may drop only the last record; a cut, only what it cut.
+            let least = if damage == 0 && file.as_slice() != good {
+                records - 1
+            } else {
+                whole_records
+            };
+            if loaded.records < least {
+                return Err(format!(
+                    "{} of {records} records loaded from a file with {whole_records} whole ones",
+                    loaded.records
+                ));
+            }
+            Ok(())
         }
         Ok(_) => Ok(()),
-        Err(_) if pcierc_backend::topology::state::save(&h) != before => {
+        Err(_) if state::save(&h) != before => {
             Err("a refused state file changed the hierarchy".into())
         }
         Err(_) => Ok(()),

@@ -1,30 +1,49 @@
 //! `--state-file PATH`: the guest-visible state kept on disk so a restarted pcierc presents the
-//! same hierarchy, byte for byte. Written after every request that changed something and before
-//! its reply is sent (so an acknowledged write is never lost, even to SIGKILL), atomically: the
-//! file goes to `PATH.tmp`, is fsync'ed, renamed over `PATH`, and the directory is fsync'ed.
+//! same hierarchy, byte for byte. The file is a base (the state that differs from power-on) and
+//! a journal of records appended after it, one per request that changed something (the
+//! difference from the state before; [`format`](mod@format), [`patch`]).
 //!
-//! At start a file that is there must load whole ([`format`](mod@format): header, length and CRC-32, then
-//! the state blob, which must match the topology): anything else (empty, truncated, a flipped
-//! bit, another program's file, a newer version) is one [`StateFileError::Refused`] and pcierc
-//! does not start, leaving the file as it is. Guest-visible state is never reset silently: only
-//! `--state-reset` discards a file, with a warning that says what it held.
+//! Durability, in this order (so an acknowledged write is never lost, even to SIGKILL or power
+//! loss):
+//! - a base is written whole to `PATH.tmp`, fsync'ed, renamed over `PATH`, and the directory is
+//!   fsync'ed: at start, and when the journal has grown past [`StateFile::journal_bound`]
+//!   (compaction); a crash in between leaves the old file whole;
+//! - every other change is one record appended with one `write` and `fdatasync`'ed before the
+//!   reply to the request that made it is sent. A crash during the append leaves a cut last
+//!   record, which the next start drops with a warning (its write was never acknowledged).
+//!
+//! At start a file that is there must load whole (header, lengths and CRC-32s, then a state that
+//! matches the topology): anything else (empty, truncated base, a flipped bit, a damaged record
+//! that is not the last, another program's file, a newer version, another power-on state) is
+//! one [`StateFileError::Refused`] and pcierc does not start, leaving the file as it is.
+//! Guest-visible state is never reset silently: only `--state-reset` discards a file, with a
+//! warning that says what it held. Files of version 1 (the whole state) and bare blobs still
+//! load, and are rewritten as version 2.
 
 pub mod format;
+pub mod patch;
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use log::{error, info, warn};
+use serde_json::Value;
 use thiserror::Error;
 
 use super::stats::StateFileStats;
 
-use crate::topology::{state, Hierarchy};
-use format::FormatError;
+use crate::devices::MachineType;
+use crate::topology::{state, Hierarchy, SavedModels};
+use format::{Decoded, FormatError, TornTail};
+use patch::PatchError;
 
 /// Largest state file read (a state blob is at most 16 MiB, the `LoadState` limit).
 pub const MAX_STATE_FILE: u64 = 64 << 20;
+/// The journal may always grow to this many bytes before a compaction.
+pub const MIN_JOURNAL_BOUND: u64 = 64 << 10;
+/// ... and to this many times the base.
+pub const JOURNAL_BASE_FACTOR: u64 = 4;
 
 /// Why a state file cannot be loaded.
 #[derive(Debug, Error)]
@@ -35,6 +54,35 @@ pub enum Unloadable {
     /// The state inside does not fit this pcierc (another topology, a newer state version, ...).
     #[error("{0}")]
     State(#[source] Box<crate::Error>),
+    /// The base was taken against another power-on state (another topology or another build's
+    /// reset values), so the differences it holds do not apply here.
+    #[error(
+        "written against another power-on state (CRC-32 {file:08x}, this pcierc's is \
+         {this:08x}: another topology or another build's reset values)"
+    )]
+    PowerOn {
+        /// The file's.
+        file: u32,
+        /// This pcierc's.
+        this: u32,
+    },
+    /// The base was taken against the power-on state of this topology under another machine
+    /// type (docs/qemu-compat.md, "Machine types").
+    #[error("state was saved under machine type {saved}, this pcierc runs {running}")]
+    Machine {
+        /// The machine type whose power-on state the file's matches.
+        saved: MachineType,
+        /// The running machine type.
+        running: MachineType,
+    },
+    /// The base or a record is not a difference that applies to the state before it.
+    #[error("{what} does not apply: {reason}")]
+    Patch {
+        /// "the base" or "record N".
+        what: String,
+        /// Why.
+        reason: PatchError,
+    },
     /// Not a regular file (a directory, a FIFO, a device).
     #[error("not a regular file")]
     NotAFile,
@@ -71,27 +119,58 @@ pub enum StateFileError {
     },
 }
 
+/// What a file that loaded held.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Loaded {
+    /// The file version (0: a bare blob from before the header).
+    pub version: u32,
+    /// Records applied after the base (version 2).
+    pub records: usize,
+    /// A cut last record, dropped (its write was never acknowledged).
+    pub torn: Option<TornTail>,
+}
+
 /// The state file and what it holds now.
 pub struct StateFile {
     path: PathBuf,
     tmp: PathBuf,
-    /// The blob last written (writes that change nothing are skipped).
-    last: Vec<u8>,
+    /// The file, positioned at its end for the next record; `None` after a failed append, so
+    /// the next change writes a new base.
+    file: Option<File>,
+    /// The power-on state, which the base is the difference from.
+    power_on: Value,
+    /// Its CRC-32, in the base's header.
+    power_on_crc: u32,
+    /// The state the file holds (or, after a failed write, the one the next base will hold).
+    current: Value,
+    /// The function models `current` was saved from.
+    models: SavedModels,
+    /// Bytes of the base (header included) and of the records after it.
+    base_len: u64,
+    journal_len: u64,
     /// Writes and their latency, for `x-pcierc-query-stats`.
     stats: StateFileStats,
 }
 
 impl StateFile {
-    /// Use `path`: if a file is there, load it into `h` (a file that does not load is
-    /// [`StateFileError::Refused`], never overwritten), or with `reset` discard it (logged at
-    /// warn); then make sure the file holds the current state.
+    /// Use `path` for `h`, which is at power-on: if a file is there, load it into `h` (a file
+    /// that does not load is [`StateFileError::Refused`], never overwritten), or with `reset`
+    /// discard it (logged at warn); then write a new base holding the current state.
     pub fn open(path: &Path, h: &mut Hierarchy, reset: bool) -> Result<Self, StateFileError> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
+        let power_on = state::save_value(h);
+        let power_on_crc = format::crc32(&to_bytes(&power_on));
         let mut f = StateFile {
             path: path.to_path_buf(),
             tmp: PathBuf::from(tmp),
-            last: Vec::new(),
+            file: None,
+            current: power_on.clone(),
+            models: SavedModels::default(),
+            power_on,
+            power_on_crc,
+            base_len: 0,
+            journal_len: 0,
             stats: StateFileStats::default(),
         };
         let existing = read(path);
@@ -119,20 +198,41 @@ impl StateFile {
                 path: path.to_path_buf(),
                 reason,
             };
-            let legacy = load_bytes(h, &bytes).map_err(refused)?;
-            if legacy {
+            let loaded = load_bytes(h, &bytes).map_err(refused)?;
+            if let Some(t) = &loaded.torn {
                 warn!(
+                    "state file {}: its last record ({} bytes at byte {}) is {}: a write cut by a \
+                     crash or power loss, never acknowledged; dropped",
+                    path.display(),
+                    t.len,
+                    t.offset,
+                    t.what
+                );
+            }
+            match loaded.version {
+                0 => warn!(
                     "state file {}: written by an older pcierc without a checksum; loaded, and rewritten with one",
                     path.display()
-                );
-            } else {
-                f.last = format::decode(&bytes)
-                    .map(|d| d.blob.to_vec())
-                    .unwrap_or_default();
+                ),
+                format::WHOLE_VERSION => info!(
+                    "state file {}: version 1 (the whole state); loaded, and rewritten as version {}",
+                    path.display(),
+                    format::FILE_VERSION
+                ),
+                _ => {}
             }
-            info!("state restored from {}", path.display());
+            info!(
+                "state restored from {} ({} records after its base)",
+                path.display(),
+                loaded.records
+            );
         }
-        f.write(h).map_err(|source| StateFileError::Io {
+        f.current = state::save_value(h);
+        h.save_changed_functions(&mut f.models);
+        let start = std::time::Instant::now();
+        let r = f.write_base();
+        f.stats.record(r.is_ok(), start.elapsed());
+        r.map_err(|source| StateFileError::Io {
             path: path.to_path_buf(),
             context: "writing",
             source,
@@ -140,47 +240,123 @@ impl StateFile {
         Ok(f)
     }
 
-    /// Persist `h` if it changed since the last write. Errors are logged: the guest keeps
-    /// running, but a restart would lose what could not be written.
+    /// Persist `h` if it changed since the last write: one record appended and `fdatasync`'ed,
+    /// or a new base when the journal is past its bound (or a write failed before). Errors are
+    /// logged: the guest keeps running, but a restart would lose what could not be written.
     pub fn persist(&mut self, h: &Hierarchy) {
-        if let Err(e) = self.write(h) {
+        let change = self.update(h);
+        if change.is_none() && self.file.is_some() {
+            return;
+        }
+        let start = std::time::Instant::now();
+        let r = match change {
+            Some(c) => self.write(&c),
+            None => self.write_base(),
+        };
+        self.stats.record(r.is_ok(), start.elapsed());
+        if let Err(e) = r {
+            // The next call writes a new base holding `current`, which also cuts off whatever
+            // part of a record reached the file.
+            self.file = None;
             error!("state file {}: {e}", self.path.display());
         }
     }
 
-    /// Its writes so far (the one at start included, when it wrote).
+    /// Bring `current` up to date with `h` and return the patch from the old one, `None` if
+    /// nothing changed. Only the functions whose model changed are serialized and compared.
+    fn update(&mut self, h: &Hierarchy) -> Option<Value> {
+        let top = state::save_value_without_functions(h);
+        let changed = h.save_changed_functions(&mut self.models);
+        let mut patch = serde_json::Map::new();
+        let (Value::Object(top), Value::Object(cur)) = (top, &mut self.current) else {
+            // Both are serialized structs: objects.
+            return None;
+        };
+        for (k, v) in top {
+            if k == "functions" {
+                continue;
+            }
+            let p = match cur.get(&k) {
+                Some(old) => patch::diff(old, &v),
+                None => Some(serde_json::json!({ "set": v })),
+            };
+            if let Some(p) = p {
+                patch.insert(k.clone(), p);
+                cur.insert(k, v);
+            }
+        }
+        let mut items = Vec::new();
+        if let Some(Value::Array(functions)) = cur.get_mut("functions") {
+            for (i, new) in changed {
+                let Some(slot) = functions.get_mut(i).and_then(|f| f.get_mut("state")) else {
+                    continue;
+                };
+                if let Some(p) = patch::diff(slot, &new) {
+                    items.push(serde_json::json!([i, { "obj": { "state": p } }]));
+                    *slot = new;
+                }
+            }
+        }
+        if !items.is_empty() {
+            patch.insert("functions".into(), serde_json::json!({ "arr": items }));
+        }
+        (!patch.is_empty()).then(|| serde_json::json!({ "obj": patch }))
+    }
+
+    /// Its writes so far (the base at start included).
     pub fn stats(&self) -> StateFileStats {
         self.stats
     }
 
-    fn write(&mut self, h: &Hierarchy) -> std::io::Result<()> {
-        let blob = state::save(h);
-        if blob == self.last {
-            return Ok(());
-        }
-        let start = std::time::Instant::now();
-        let r = self.write_blob(&blob);
-        self.stats.record(r.is_ok(), start.elapsed());
-        r?;
-        self.last = blob;
-        Ok(())
+    /// Bytes of records after which the next change writes a new base instead: the larger of
+    /// [`MIN_JOURNAL_BOUND`] and [`JOURNAL_BASE_FACTOR`] times the base.
+    pub fn journal_bound(&self) -> u64 {
+        MIN_JOURNAL_BOUND.max(JOURNAL_BASE_FACTOR * self.base_len)
     }
 
-    fn write_blob(&self, blob: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, change: &Value) -> std::io::Result<()> {
+        let record = format::encode_record(&to_bytes(change));
+        let fits = self.journal_len + record.len() as u64 <= self.journal_bound();
+        match &mut self.file {
+            Some(file) if fits => {
+                // One write, so a crash leaves at most this record cut, at the end.
+                file.write_all(&record)?;
+                file.sync_data()?;
+                self.journal_len += record.len() as u64;
+                Ok(())
+            }
+            _ => self.write_base(),
+        }
+    }
+
+    /// Replace the file, atomically, by a base holding `current` and no records.
+    fn write_base(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        let base = patch::diff(&self.power_on, &self.current)
+            .unwrap_or_else(|| serde_json::json!({"obj": {}}));
+        let bytes = format::encode_base(self.power_on_crc, &to_bytes(&base));
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&self.tmp)?;
-        f.write_all(&format::encode(blob))?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
-        drop(f);
         std::fs::rename(&self.tmp, &self.path)?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
+        // The handle follows the file through the rename; records go after the base.
+        self.file = Some(f);
+        self.base_len = bytes.len() as u64;
+        self.journal_len = 0;
         Ok(())
     }
+}
+
+/// A state or a patch serialized (in memory: cannot fail).
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 /// The file's bytes, `None` if there is no file; only regular files of plausible size are read.
@@ -210,10 +386,174 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     std::fs::read(path).map(Some).map_err(io("reading"))
 }
 
-/// Check a state file's bytes and restore the state they hold into `h` (unchanged on error),
-/// as [`StateFile::open`] does at start; whether they were a bare blob from before the header.
-pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<bool, Unloadable> {
-    let d = format::decode(bytes)?;
-    state::load(h, d.blob).map_err(|e| Unloadable::State(Box::new(e)))?;
-    Ok(d.legacy)
+/// If `power_on` (a journal's power-on CRC) is this topology's power-on state under another
+/// machine type, the error that names it: the base holds only what differs from power-on, so
+/// the machine type itself is not in the file.
+fn other_machine(h: &Hierarchy, power_on: u32) -> Option<Unloadable> {
+    let running = h.spec().machine;
+    MachineType::ALL
+        .into_iter()
+        .filter(|&m| m != running)
+        .find(|&m| {
+            let mut spec = h.spec().clone();
+            spec.machine = m;
+            Hierarchy::new(spec)
+                .is_ok_and(|other| format::crc32(&to_bytes(&state::save_value(&other))) == power_on)
+        })
+        .map(|saved| Unloadable::Machine { saved, running })
+}
+
+/// Check a state file's bytes and restore the state they hold into `h`, which must be at
+/// power-on (a journal's base is the difference from it), as [`StateFile::open`] does at start;
+/// `h` is unchanged on error.
+pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable> {
+    let state_err = |e| Unloadable::State(Box::new(e));
+    match format::decode(bytes)? {
+        Decoded::Whole { blob, legacy } => {
+            state::load(h, blob).map_err(state_err)?;
+            Ok(Loaded {
+                version: if legacy { 0 } else { format::WHOLE_VERSION },
+                records: 0,
+                torn: None,
+            })
+        }
+        Decoded::Journal(j) => {
+            let mut value = state::save_value(h);
+            let this = format::crc32(&to_bytes(&value));
+            if j.power_on != this {
+                return Err(other_machine(h, j.power_on).unwrap_or(Unloadable::PowerOn {
+                    file: j.power_on,
+                    this,
+                }));
+            }
+            let parts = std::iter::once(("the base".to_string(), j.base)).chain(
+                j.records
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("record {}", i + 1), *r)),
+            );
+            for (what, bytes) in parts {
+                let p: Value = serde_json::from_slice(bytes).map_err(|e| Unloadable::Patch {
+                    what: what.clone(),
+                    reason: PatchError::Malformed(format!("not JSON: {e}")),
+                })?;
+                patch::apply(&mut value, &p)
+                    .map_err(|reason| Unloadable::Patch { what, reason })?;
+            }
+            state::load(h, &to_bytes(&value)).map_err(state_err)?;
+            Ok(Loaded {
+                version: format::FILE_VERSION,
+                records: j.records.len(),
+                torn: j.torn,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::TopologySpec;
+
+    const RP1_ECAM: u64 = 0xb000_0000 + (0x10 << 12);
+
+    fn hierarchy() -> Hierarchy {
+        Hierarchy::new(TopologySpec::embedded_default().expect("topology")).expect("hierarchy")
+    }
+
+    /// Map ECAM at 0xb0000000 (PCIEXBAR through CF8/CFC).
+    fn enable_ecam(h: &mut Hierarchy) {
+        let _ = h.pio_write(0xcf8, 4, 0x8000_0060);
+        let _ = h.pio_write(0xcfc, 4, 0xb000_0001);
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pcierc-unit-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch dir");
+        d
+    }
+
+    #[test]
+    fn each_change_is_one_record_and_the_file_reloads_to_the_same_state() {
+        let dir = scratch("journal");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        let base = std::fs::metadata(&path).expect("written").len();
+        enable_ecam(&mut h);
+        f.persist(&h);
+        for (off, v) in [(0x18, 0x0001_0100), (0x200, 7), (0x3c, 0x0b), (0x200, 8)] {
+            let _ = h.mmio_write(RP1_ECAM + off, 4, v);
+            f.persist(&h);
+            // Incremental: the state kept equals a whole save.
+            assert_eq!(f.current, state::save_value(&h));
+        }
+        // A request that changes nothing writes nothing.
+        f.persist(&h);
+        let bytes = std::fs::read(&path).expect("file");
+        let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
+            panic!("not a journal");
+        };
+        assert_eq!(
+            j.records.len(),
+            5,
+            "one per persisted change (CF8+CFC, four writes)"
+        );
+        assert!(bytes.len() as u64 - base < 2000, "records are small");
+        assert_eq!(f.stats().writes, 6, "the base and five records");
+        let mut again = hierarchy();
+        let loaded = load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(loaded.records, 5);
+        assert_eq!(again.save_functions(), h.save_functions());
+        assert_eq!(again.config_address(), h.config_address());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn past_its_bound_the_journal_becomes_a_new_base() {
+        let dir = scratch("compact");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        let mut compacted = false;
+        for i in 0..2000u64 {
+            let _ = h.mmio_write(RP1_ECAM + 0x200, 4, i);
+            let before = f.journal_len;
+            f.persist(&h);
+            compacted |= f.journal_len < before;
+            assert!(f.journal_len <= f.journal_bound());
+        }
+        // The first write (0) leaves the dword as it was: nothing to write.
+        assert_eq!(
+            f.stats().writes,
+            2001,
+            "the first base, CF8+CFC, 1999 writes"
+        );
+        assert!(compacted, "a compaction in 2000 writes");
+        let bytes = std::fs::read(&path).expect("file");
+        assert!(bytes.len() as u64 <= f.base_len + f.journal_bound());
+        let mut again = hierarchy();
+        load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(again.save_functions(), h.save_functions());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_journal_of_another_power_on_state_is_refused() {
+        let dir = scratch("power-on");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        f.persist(&h);
+        let bytes = std::fs::read(&path).expect("file");
+        let mut other = Hierarchy::new(TopologySpec::empty()).expect("MCH alone");
+        assert!(matches!(
+            load_bytes(&mut other, &bytes),
+            Err(Unloadable::PowerOn { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

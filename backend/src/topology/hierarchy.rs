@@ -521,6 +521,29 @@ impl Hierarchy {
         v
     }
 
+    /// [`Hierarchy::save_functions`]'s states of only the functions whose model differs from
+    /// the copy in `since` (all of them the first time), as (index in that list, state);
+    /// `since` is brought up to date. A model equal to its copy saves to the same state, so a
+    /// caller that keeps the last states has them all for the cost of the changed ones.
+    pub fn save_changed_functions(
+        &self,
+        since: &mut SavedModels,
+    ) -> Vec<(usize, serde_json::Value)> {
+        let mut out = Vec::new();
+        if since.mch.as_ref() != Some(&self.mch) {
+            out.push((0, self.mch.save()));
+            since.mch = Some(self.mch.clone());
+        }
+        since.ports.resize(self.ports.len(), None);
+        for (i, (p, copy)) in self.ports.iter().zip(&mut since.ports).enumerate() {
+            if copy.as_ref() != Some(p) {
+                out.push((1 + i, p.save()));
+                *copy = Some(p.clone());
+            }
+        }
+        out
+    }
+
     /// Restore state saved by [`Hierarchy::save_functions`] and the functions other emulators
     /// serve; all or nothing. The layout generation moves past both the current one and the
     /// saved `generation`, so a frontend that saw either resynchronises, and a backend restarted
@@ -562,6 +585,14 @@ impl Hierarchy {
         self.generation = (self.generation + 1).max(generation);
         Ok(())
     }
+}
+
+/// Copies of the function models a state was last saved from
+/// ([`Hierarchy::save_changed_functions`]).
+#[derive(Clone, Debug, Default)]
+pub struct SavedModels {
+    mch: Option<Mch>,
+    ports: Vec<Option<RootPort>>,
 }
 
 /// All ones in a configuration read of `width` bytes (1, 2 or 4: checked before).

@@ -59,17 +59,43 @@ struct Blob {
 
 /// Serialize the hierarchy's complete guest-visible state.
 pub fn save(h: &Hierarchy) -> Vec<u8> {
-    let blob = Blob {
-        format: STATE_FORMAT.into(),
-        version: STATE_VERSION,
-        machine: h.spec().machine,
-        config_address: h.config_address(),
-        generation: h.generation(),
+    // Serializing plain data with string keys into memory cannot fail.
+    serde_json::to_vec(&blob(h)).unwrap_or_default()
+}
+
+/// The state [`save`] serializes, as a JSON value (what the state file's journal compares and
+/// patches); [`load`] takes its serialization.
+pub fn save_value(h: &Hierarchy) -> serde_json::Value {
+    // Plain data with string keys always converts.
+    serde_json::to_value(blob(h)).unwrap_or_default()
+}
+
+/// [`save_value`] with an empty `functions` list: the rest of the state, cheap to take.
+/// `functions[i].state` of [`save_value`] is state `i` of
+/// [`Hierarchy::save_changed_functions`].
+pub fn save_value_without_functions(h: &Hierarchy) -> serde_json::Value {
+    serde_json::to_value(blob_without_functions(h)).unwrap_or_default()
+}
+
+fn blob(h: &Hierarchy) -> Blob {
+    Blob {
         functions: h
             .save_functions()
             .into_iter()
             .map(|(id, state)| FunctionState { id, state })
             .collect(),
+        ..blob_without_functions(h)
+    }
+}
+
+fn blob_without_functions(h: &Hierarchy) -> Blob {
+    Blob {
+        format: STATE_FORMAT.into(),
+        version: STATE_VERSION,
+        machine: h.spec().machine,
+        config_address: h.config_address(),
+        generation: h.generation(),
+        functions: Vec::new(),
         endpoints: h
             .spec()
             .endpoints
@@ -83,9 +109,7 @@ pub fn save(h: &Hierarchy) -> Vec<u8> {
                 multifunction: e.multifunction,
             })
             .collect(),
-    };
-    // Serializing plain data with string keys into memory cannot fail.
-    serde_json::to_vec(&blob).unwrap_or_default()
+    }
 }
 
 /// Restore a blob produced by [`save`]; the running state is unchanged on error.
