@@ -213,8 +213,14 @@ fn serve(listener: UnixListener, handler: Arc<Mutex<Fake>>) {
             revents: 0,
         }];
         for c in &conns {
+            // Requests left buffered by the per-call budget come back through writability
+            // (`Connection::has_buffered_requests`).
             let events = if c.wants_read() { libc::POLLIN } else { 0 }
-                | if c.wants_write() { libc::POLLOUT } else { 0 };
+                | if c.wants_write() || c.has_buffered_requests() {
+                    libc::POLLOUT
+                } else {
+                    0
+                };
             fds.push(libc::pollfd {
                 fd: c.as_raw_fd(),
                 events,
@@ -235,7 +241,8 @@ fn serve(listener: UnixListener, handler: Arc<Mutex<Fake>>) {
         for pfd in &fds[1..] {
             let c = &mut conns[i];
             let r = if pfd.revents != 0 {
-                c.process(&mut *fake).and_then(|()| c.flush().map(drop))
+                c.process_ready(&mut *fake, pfd.revents & libc::POLLIN != 0)
+                    .and_then(|()| c.flush().map(drop))
             } else {
                 Ok(())
             };
