@@ -39,21 +39,24 @@ fn child() {
     let sim = SimXen::new(SimConfig::default());
     let dm = sim.device_model(0);
     let (tx, tid) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
     let shim = std::thread::spawn(move || {
         let stop = ShutdownSignals::block().unwrap();
         // SAFETY: gettid has no preconditions.
         tx.send(unsafe { libc::gettid() }).unwrap();
         let fe = Frontend::connect(socket, FrontendOptions::vmm("xen-shim")).unwrap();
         cli::serve(dm, fe, ShimConfig::default(), stop.as_raw_fd(), || {
-            sandbox::apply(mode, &sandbox::syscalls::xen_shim(), "pcierc-xen-shim")
-                .map_err(|e| e.to_string())
+            let applied = sandbox::apply(mode, &sandbox::syscalls::xen_shim(), "pcierc-xen-shim")
+                .map_err(|e| e.to_string());
+            let _ = ready_tx.send(());
+            applied
         })
     });
     let tid = tid.recv().unwrap();
-    // Wait until the server is enabled (the filter is installed before that is reported).
-    while !sim.servers().first().is_some_and(|s| s.enabled) {
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    // Wait until the shim is ready: its server enabled, its ranges mapped (Xen routes nothing
+    // to it before that: a guest access would read all ones) and the filter installed.
+    ready.recv().expect("the shim got ready");
+    assert!(sim.servers().first().is_some_and(|s| s.enabled));
     let guest = Guest::new(sim.vcpu(0));
     // rp1's memory base/limit (writable bits 0xfff0_fff0).
     for n in 0..50u64 {
