@@ -223,21 +223,15 @@ fn files_of_the_older_formats_still_load_and_are_rewritten_as_journals() {
     }
 }
 
-#[test]
-fn a_cut_last_record_is_dropped_with_a_warning() {
-    let dir = ScratchDir::new("state-torn");
-    let good = a_real_state_file(&dir);
-    let state = dir.0.join("pcierc.state");
-    // The last record cut: the write to the scratch dword never acknowledged.
-    let cut = good.len() - 7;
-    std::fs::write(&state, &good[..cut]).unwrap();
-    let err_path = dir.0.join("torn.stderr");
-    let socket = dir.0.join("torn.sock");
+/// Start `pcierc` in `dir` with `args` (logging warnings to a file named after `name`), check
+/// that it serves and rp1's scratch dword reads its power-on 0, stop it; its stderr.
+fn serve_power_on_scratch(dir: &ScratchDir, name: &str, args: &[&str]) -> String {
+    let err_path = dir.0.join(format!("{name}.stderr"));
+    let socket = dir.0.join(format!("{name}.sock"));
     let mut child = std::process::Command::new(pcierc_tests::process::pcierc_bin())
         .arg("--socket-path")
         .arg(&socket)
-        .arg("--state-file")
-        .arg(&state)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&err_path).unwrap())
@@ -255,7 +249,19 @@ fn a_cut_last_record_is_dropped_with_a_warning() {
     assert_eq!(f.config_read(0, 0, 0x10, SCRATCH, 4).unwrap(), 0);
     let _ = child.kill();
     let _ = child.wait();
-    let err = std::fs::read_to_string(&err_path).unwrap();
+    std::fs::read_to_string(&err_path).unwrap()
+}
+
+#[test]
+fn a_cut_last_record_is_dropped_with_a_warning() {
+    let dir = ScratchDir::new("state-torn");
+    let good = a_real_state_file(&dir);
+    let state = dir.0.join("pcierc.state");
+    // The last record cut: the write to the scratch dword never acknowledged.
+    let cut = good.len() - 7;
+    std::fs::write(&state, &good[..cut]).unwrap();
+    let state_arg = state.to_str().expect("utf-8 path");
+    let err = serve_power_on_scratch(&dir, "torn", &["--state-file", state_arg]);
     assert!(
         err.contains("WARN") && err.contains("its last record") && err.contains("dropped"),
         "{err}"
@@ -438,30 +444,7 @@ fn state_reset_discards_a_damaged_file_with_a_warning_and_starts_fresh() {
     drop((f, b));
 
     // The damaged one with --state-reset: power-on state, a warning, a sound file again.
-    let err_path = dir.0.join("reset.stderr");
-    let socket = dir.0.join("reset.sock");
-    let mut child = std::process::Command::new(pcierc_tests::process::pcierc_bin())
-        .arg("--socket-path")
-        .arg(&socket)
-        .args(["--state-file", state_arg, "--state-reset"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("running pcierc");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut f = loop {
-        if let Ok(f) = Frontend::connect(&socket, FrontendOptions::tool("t")) {
-            break f;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "pcierc exited");
-        assert!(std::time::Instant::now() < deadline, "pcierc did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(f.config_read(0, 0, 0x10, SCRATCH, 4).unwrap(), 0);
-    let _ = child.kill();
-    let _ = child.wait();
-    let err = std::fs::read_to_string(&err_path).unwrap();
+    let err = serve_power_on_scratch(&dir, "reset", &["--state-file", state_arg, "--state-reset"]);
     assert!(
         err.contains("WARN") && err.contains("discarded as --state-reset asks (truncated:"),
         "{err}"
