@@ -67,28 +67,27 @@ fn a_journal_decodes_to_its_base_and_records() {
 fn every_single_bit_flip_and_every_truncation_is_refused() {
     let base_only = encode_base(7, BASE);
     for file in [encode_whole(BLOB), base_only] {
-        for i in 0..file.len() {
-            for bit in 0..8 {
-                let mut f = file.clone();
-                f[i] ^= 1 << bit;
-                assert!(decode(&f).is_err(), "bit {bit} of byte {i} flipped loaded");
-            }
-            assert!(decode(&file[..i]).is_err(), "cut to {i} bytes loaded");
+        assert_flips_and_cuts_refused(&file, file.len());
+    }
+}
+
+/// Every single-bit flip of the first `upto` bytes of `file`, and every cut of it to fewer than
+/// `upto` bytes, is refused.
+fn assert_flips_and_cuts_refused(file: &[u8], upto: usize) {
+    for i in 0..upto {
+        for bit in 0..8 {
+            let mut f = file.to_vec();
+            f[i] ^= 1 << bit;
+            assert!(decode(&f).is_err(), "bit {bit} of byte {i} flipped loaded");
         }
+        assert!(decode(&file[..i]).is_err(), "cut to {i} bytes loaded");
     }
 }
 
 #[test]
 fn every_bit_flip_and_truncation_of_the_base_of_a_journal_is_refused() {
     let (file, starts) = journal_file();
-    for i in 0..starts[0] {
-        for bit in 0..8 {
-            let mut f = file.clone();
-            f[i] ^= 1 << bit;
-            assert!(decode(&f).is_err(), "bit {bit} of byte {i} flipped loaded");
-        }
-        assert!(decode(&file[..i]).is_err(), "cut to {i} bytes loaded");
-    }
+    assert_flips_and_cuts_refused(&file, starts[0]);
 }
 
 #[test]
