@@ -81,6 +81,12 @@ struct Args {
     /// there is no snapshot (--no-config-snapshot).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     ecam_map: bool,
+    /// Let KVM record writes to CONFIG_ADDRESS (0xCF8-0xCFB) and the CMOS index port (0x70) in
+    /// its coalesced I/O ring instead of exiting (KVM_CAP_COALESCED_PIO); the VMM applies them,
+    /// in order, before it handles the next exit. `on` (the default) falls back to exits, with
+    /// one log line, when KVM lacks the capability.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    coalesce_pio: bool,
     /// Cold-plug the VMM's own test endpoint (1b36:0005: BAR0, MSI-X, Device Serial Number)
     /// behind root port PORT (repeatable); its function id is ep-PORT. Endpoints hot-added on
     /// pcierc's control socket with owner=<--name> are served as well.
@@ -209,6 +215,7 @@ fn main() {
         name: args.name,
         config_snapshot: !args.no_config_snapshot,
         ecam_map: args.ecam_map,
+        coalesce_pio: args.coalesce_pio,
         acpi: !args.no_acpi,
         endpoints: args.endpoint,
         vfio: args.vfio,

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
@@ -16,6 +16,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::cmos::{self, Cmos, CMOS_DATA, CMOS_INDEX};
+use super::coalesced::CoalescedPio;
 use super::devices::OwnDevices;
 use super::ecam_map::EcamMap;
 use super::irq::{self, IrqRouting};
@@ -91,6 +92,10 @@ pub struct ExitStats {
     msi_signalled: AtomicU64,
     /// `MsiRoute` notifications applied to the GSI routing table.
     msi_routes: AtomicU64,
+    /// Port writes KVM coalesced (no exit), applied from its ring.
+    coalesced: AtomicU64,
+    /// Of those, the ones the watcher thread applied (no exit came within its period).
+    coalesced_by_watcher: AtomicU64,
 }
 
 /// What an exit was.
@@ -163,6 +168,13 @@ impl ExitStats {
             self.msi_routes.load(Ordering::Relaxed),
             self.msi_signalled.load(Ordering::Relaxed)
         );
+        let coalesced = self.coalesced.load(Ordering::Relaxed);
+        if coalesced > 0 {
+            s += &format!(
+                "vmm: coalesced port writes {coalesced} (no exit), {} applied by the watcher\n",
+                self.coalesced_by_watcher.load(Ordering::Relaxed)
+            );
+        }
         s
     }
 }
@@ -191,6 +203,9 @@ pub struct Machine {
     pub stats: ExitStats,
     /// pcierc's configuration pages in the guest's ECAM window (`--ecam-map`).
     pub ecam_map: Option<EcamMap>,
+    /// KVM's ring of coalesced port writes (CONFIG_ADDRESS, the CMOS index), once vCPU 0
+    /// exists to map it through.
+    pub coalesced: OnceLock<CoalescedPio>,
     stop: AtomicBool,
     /// The INTx sources asserted on each GSI: (segment, bus, devfn, pin). Functions share GSIs
     /// (the swizzle maps four slots onto each), so a line is the wired OR of its sources
@@ -248,6 +263,7 @@ impl Machine {
             devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
             ecam_map: p.ecam_map,
+            coalesced: OnceLock::new(),
             stop: AtomicBool::new(false),
             intx: Mutex::new(Default::default()),
             console_sent: AtomicU64::new(0),
@@ -469,7 +485,46 @@ impl Machine {
 
     /// `out` to `port`; `Some` when the guest asked to stop.
     pub fn pio_out(&self, port: u16, data: &[u8]) -> Result<Option<Stop>, Error> {
+        self.port_write(port, data, true)
+    }
+
+    /// Apply the port writes KVM coalesced (see [`super::coalesced`]), in order, before the
+    /// exit at hand is handled; `Some` when one of them asked to stop (a reset through 0xCF9).
+    pub fn drain_coalesced(&self) -> Result<Option<Stop>, Error> {
+        match self.coalesced.get() {
+            Some(ring) => ring.drain(|port, data| self.coalesced_write(port, data)),
+            None => Ok(None),
+        }
+    }
+
+    /// The watcher's turn (every [`super::coalesced::WATCH_PERIOD`]): apply entries no exit has
+    /// applied since the last turn.
+    pub fn drain_stale_coalesced(&self) -> Result<Option<Stop>, Error> {
+        match self.coalesced.get() {
+            Some(ring) => ring.drain_if_stale(|port, data| {
+                self.stats
+                    .coalesced_by_watcher
+                    .fetch_add(1, Ordering::Relaxed);
+                self.coalesced_write(port, data)
+            }),
+            None => Ok(None),
+        }
+    }
+
+    fn coalesced_write(&self, port: u16, data: &[u8]) -> Result<Option<Stop>, Error> {
+        self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+        self.port_write(port, data, false)
+    }
+
+    /// A port write, from an exit (`exit`: counted in the exit statistics) or from KVM's
+    /// coalesced ring (handled the same way, counted apart).
+    fn port_write(&self, port: u16, data: &[u8], exit: bool) -> Result<Option<Stop>, Error> {
         let start = Instant::now();
+        let record = |kind: ExitKind| {
+            if exit {
+                self.stats.record(kind, start);
+            }
+        };
         let value = read_value(data);
         if let (Some(width), true) = (
             Self::width(data.len(), AccessKind::Pio),
@@ -481,14 +536,14 @@ impl Machine {
                     if !self.pcie.is_local_write(port, width) {
                         self.drain_notifications()?;
                     }
-                    self.stats.record(ExitKind::ForwardedPio, start);
+                    record(ExitKind::ForwardedPio);
                     return Ok(None);
                 }
                 Forwarded::NotMine(Status::Remote) => {
                     if let Some(f) = self.config_data_function(port)? {
                         self.endpoint_config_write(f, width, value as u32)?;
                     }
-                    self.stats.record(ExitKind::EndpointConfig, start);
+                    record(ExitKind::EndpointConfig);
                     return Ok(None);
                 }
                 Forwarded::NotMine(_) => {}
@@ -534,7 +589,7 @@ impl Machine {
             }
             _ => ExitKind::LocalPio,
         };
-        self.stats.record(kind, start);
+        record(kind);
         Ok(stop)
     }
 

@@ -21,6 +21,7 @@ pub mod acpi;
 pub mod backend;
 pub mod boot;
 pub mod cmos;
+pub mod coalesced;
 pub mod console;
 pub mod cpu;
 pub mod devices;
@@ -177,6 +178,9 @@ pub struct Config {
     /// ([`ecam_map`]): ECAM reads of pcierc's functions without a VM exit. Needs
     /// `config_snapshot` and KVM_CAP_READONLY_MEM; otherwise reads exit as before.
     pub ecam_map: bool,
+    /// Coalesce port writes to CONFIG_ADDRESS and the CMOS index ([`coalesced`]): no exit for
+    /// them. Needs KVM_CAP_COALESCED_PIO; otherwise they exit as before.
+    pub coalesce_pio: bool,
     /// Reboot the guest when it resets (QEMU's default); off, a reset ends the run
     /// (`--no-reboot`).
     pub reboot: bool,
@@ -458,8 +462,30 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
         let state = power_on::Vcpu::capture(&kvm, &vcpu)?;
         vcpus.push((id, vcpu, state));
     }
+    if let (true, Some((_, vcpu0, _))) = (config.coalesce_pio, vcpus.first()) {
+        // CONFIG_ADDRESS only while the VMM latches it: otherwise its writes are messages to
+        // pcierc, and nothing is saved by deferring them.
+        let mut zones = vec![coalesced::CMOS_INDEX_ZONE];
+        if machine.pcie.latches_config_address() {
+            zones.push(coalesced::CONFIG_ADDRESS_ZONE);
+        }
+        if let Some(ring) = coalesced::CoalescedPio::open(&machine.vm, vcpu0, &zones)? {
+            log::debug!("coalesced port writes: {:x?}", ring.zones());
+            let _ = machine.coalesced.set(ring);
+        }
+    }
     let tsc_khz = vcpus.first().and_then(|(_, v, _)| v.get_tsc_khz().ok());
     let mut session = session::Session::new(machine.clone(), platform, vcpus);
+    if machine.coalesced.get().is_some() {
+        let (m, tx) = (machine.clone(), session.reporter());
+        std::thread::Builder::new()
+            .name("coalesced-pio".into())
+            .spawn(move || coalesced_watch_loop(&m, &tx))
+            .map_err(|source| Error::Io {
+                what: "spawning the coalesced I/O watcher".into(),
+                source,
+            })?;
+    }
 
     if let Some(fd) = machine.pcie.channel_fd() {
         let (m, tx) = (machine.clone(), session.reporter());
@@ -556,6 +582,27 @@ fn load_images(
             rsdp,
         },
     )
+}
+
+/// Apply coalesced port writes that waited in KVM's ring for a whole period, because the guest
+/// made no exit since (a reset request through 0xCF9 followed by a halt or a spin); a reset is
+/// reported to the session as a vCPU would report it.
+fn coalesced_watch_loop(machine: &Machine, tx: &mpsc::Sender<session::Report>) {
+    loop {
+        std::thread::sleep(coalesced::WATCH_PERIOD);
+        match machine.drain_stale_coalesced() {
+            Ok(None) => {}
+            Ok(Some(stop)) => {
+                if tx.send((u8::MAX, Ok(stop), None)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send((u8::MAX, Err(e), None));
+                return;
+            }
+        }
+    }
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}

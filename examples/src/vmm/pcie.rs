@@ -248,6 +248,11 @@ impl PcieLink {
         }
     }
 
+    /// Does the frontend latch CONFIG_ADDRESS (`CONFIG_ADDRESS_LATCH` negotiated)?
+    pub fn latches_config_address(&self) -> bool {
+        self.latches_config_address
+    }
+
     /// Is this port write handled without a message to pcierc (a dword CONFIG_ADDRESS write
     /// the frontend latches), so no notification can have been queued by it?
     pub fn is_local_write(&self, port: u16, width: u8) -> bool {

@@ -194,6 +194,10 @@ impl Session {
 /// The platform part of a reset: pcierc's hierarchy (then ECAM enabled again, as firmware
 /// would), the VMM's endpoints, and the notifications that follow.
 pub fn reset_platform(machine: &Machine, acpi: bool) -> Result<(), Error> {
+    // Port writes the guest made after its reset request (other vCPUs) go with the old state.
+    if let Some(ring) = machine.coalesced.get() {
+        ring.discard();
+    }
     machine
         .pcie
         .frontend()

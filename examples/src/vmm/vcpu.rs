@@ -30,7 +30,13 @@ enum Fatal {
 /// Run `vcpu` until the guest stops or fails.
 pub fn run(machine: Arc<Machine>, vcpu: &mut VcpuFd, id: u8) -> Outcome {
     loop {
-        let fatal = match vcpu.run() {
+        let exit = vcpu.run();
+        // Port writes KVM coalesced since the last exit come first, in order: the access that
+        // exited may depend on them (CONFIG_DATA on CONFIG_ADDRESS, 0x71 on the CMOS index).
+        if let Some(stop) = machine.drain_coalesced()? {
+            return Ok(stop);
+        }
+        let fatal = match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 machine.pio_in(port, data)?;
                 continue;
