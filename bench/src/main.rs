@@ -16,6 +16,7 @@ mod guest;
 mod instances;
 mod machine;
 mod memory;
+mod nested;
 mod pingpong;
 mod report;
 mod round_trip;
@@ -42,7 +43,8 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only the groups that print a figure whose name contains NAME (e.g. config_read,
-    /// ping_pong, enumeration, rss, memory, instance, guest, state_file).
+    /// ping_pong, enumeration, rss, memory, instance, guest, state_file). `nested` (or a
+    /// `guest_l2` figure's name) selects the nested group, which nothing else runs.
     #[arg(long, value_name = "NAME")]
     filter: Option<String>,
     /// Let the scheduler place the measuring thread and its peers (default: pin them, all on one
@@ -85,10 +87,12 @@ enum Group {
     Instances,
     /// `--state-file`: a persisted write against an append + fdatasync, and the file's size.
     StateFile,
+    /// The ECAM read from mapped pages in a nested L2 against L1's QEMU (opt-in: minutes).
+    Nested,
 }
 
 impl Group {
-    const ALL: [Group; 7] = [
+    const ALL: [Group; 8] = [
         Group::RoundTrip,
         Group::Memory,
         Group::Enumeration,
@@ -96,7 +100,16 @@ impl Group {
         Group::Instances,
         Group::StateFile,
         Group::Guest,
+        Group::Nested,
     ];
+
+    /// Does `filter` (none: a full run) select the group? The nested group only by name.
+    fn selected(self, filter: Option<&str>) -> bool {
+        match self {
+            Group::Nested => nested::selected(filter),
+            _ => filter.is_none_or(|f| self.figures().iter().any(|n| n.contains(f))),
+        }
+    }
 
     /// The figures the group prints.
     fn figures(self) -> &'static [&'static str] {
@@ -134,6 +147,7 @@ impl Group {
             ],
             Group::Rss => &["rss_kib", "rss_248_ports_kib"],
             Group::Guest => guest::FIGURES,
+            Group::Nested => nested::FIGURES,
             Group::Instances => instances::FIGURES,
             Group::StateFile => &[
                 "state_file_append_fdatasync_ns",
@@ -169,11 +183,7 @@ fn placements(no_pin: bool) -> Result<(Placement, Option<Placement>)> {
 fn run(args: &Args) -> Result<()> {
     let groups: Vec<Group> = Group::ALL
         .into_iter()
-        .filter(|g| {
-            args.filter
-                .as_deref()
-                .is_none_or(|f| g.figures().iter().any(|n| n.contains(f)))
-        })
+        .filter(|g| g.selected(args.filter.as_deref()))
         .collect();
     if groups.is_empty() {
         let names: Vec<&str> = Group::ALL
@@ -213,8 +223,14 @@ fn run(args: &Args) -> Result<()> {
             (None, true) => String::new(),
         }
     ));
+    if !groups.contains(&Group::Nested) && !groups.is_empty() && args.filter.is_none() {
+        rep.note(
+            "skipped: guest_l2_*: opt-in (--filter nested): boots a nested L1 under TCG, minutes",
+        );
+    }
     for g in groups {
         match g {
+            Group::Nested => nested::run(&mut rep)?,
             Group::Memory => memory::run(
                 &mut rep,
                 if args.quick { 200 } else { 2000 },

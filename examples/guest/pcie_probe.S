@@ -135,6 +135,20 @@ main64:                                     # both entries meet here, in long mo
         jz      1f
         call    ecam_move_demo
 1:
+        # With "pcie-probe.ordering": CF8/CFC and the CMOS index across coalesced port writes
+        # (pcie_probe_ordering.inc); with "pcie-probe.cf9-halt": reset and halt.
+        lea     rdi, [rip + str_ordering_flag]
+        call    cmdline_has
+        test    eax, eax
+        jz      1f
+        call    ordering_check
+1:
+        lea     rdi, [rip + str_cf9_flag]
+        call    cmdline_has
+        test    eax, eax
+        jz      1f
+        jmp     cf9_reset_halt
+1:
         # Exit latency as the guest sees it: BENCH_ROUNDS accesses of each kind, timed with the
         # TSC (the VMM prints the TSC frequency with --stats).
         lea     rsi, [rip + msg_bench_pio]
@@ -188,6 +202,8 @@ power_off:
         .include "pcie_probe_devices.inc"
 # ECAM reads across a bus renumbering and an ECAM move.
         .include "pcie_probe_ecam_move.inc"
+# CF8/CFC and the CMOS index across coalesced port writes; a reset through 0xCF9.
+        .include "pcie_probe_ordering.inc"
 
 # --- exit latency ---------------------------------------------------------------------------
 

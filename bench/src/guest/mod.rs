@@ -4,8 +4,8 @@
 //! against a raw socket ping-pong of the same message sizes measured in the same run.
 
 mod image;
-mod probe;
-mod qemu;
+pub(crate) mod probe;
+pub(crate) mod qemu;
 
 use std::collections::BTreeMap;
 use std::path::Path;

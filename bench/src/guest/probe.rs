@@ -186,7 +186,7 @@ pub(super) fn last_lines(stderr: &str) -> String {
 }
 
 /// `bench: <label> <cycles> TSC cycles per access` lines: cycles per access by label.
-pub(super) fn parse_bench(stdout: &str) -> BTreeMap<String, u64> {
+pub(crate) fn parse_bench(stdout: &str) -> BTreeMap<String, u64> {
     stdout
         .lines()
         .filter_map(|l| l.strip_prefix("bench: "))
@@ -200,7 +200,7 @@ pub(super) fn parse_bench(stdout: &str) -> BTreeMap<String, u64> {
 }
 
 /// `vmm: guest TSC <kHz> kHz`.
-fn parse_tsc_khz(stderr: &str) -> Option<f64> {
+pub(crate) fn parse_tsc_khz(stderr: &str) -> Option<f64> {
     stderr
         .lines()
         .find_map(|l| l.strip_prefix("vmm: guest TSC "))

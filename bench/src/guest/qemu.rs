@@ -24,17 +24,28 @@ pub fn available() -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(QEMU).is_file()))
 }
 
+/// `-device` values of four `pcie-root-port`s laid out as pcierc's default topology (00:02.0-3,
+/// chassis and slot 1-4).
+pub fn root_ports() -> Vec<String> {
+    (0..4)
+        .zip(1..)
+        .map(|(f, n)| {
+            let mf = if f == 0 { ",multifunction=on" } else { "" };
+            format!(
+                "pcie-root-port,id=rp{n},chassis={n},slot={n},port=0x1{f},bus=pcie.0,addr=0x2.{f}{mf}"
+            )
+        })
+        .collect()
+}
+
 /// Boot the guest image at `kernel` once; its `bench:` lines as cycles per access by label.
 pub fn run(kernel: &Path) -> Result<BTreeMap<String, u64>> {
     let mut cmd = Command::new(QEMU);
     cmd.args(["-M", "q35", "-accel", "kvm", "-m", "128", "-nodefaults"])
         .args(["-display", "none", "-monitor", "none", "-serial", "stdio"])
         .arg("-no-reboot");
-    for (f, n) in (0..4).zip(1..) {
-        let mf = if f == 0 { ",multifunction=on" } else { "" };
-        cmd.arg("-device").arg(format!(
-            "pcie-root-port,id=rp{n},chassis={n},slot={n},port=0x1{f},bus=pcie.0,addr=0x2.{f}{mf}"
-        ));
+    for d in root_ports() {
+        cmd.arg("-device").arg(d);
     }
     cmd.arg("-kernel").arg(kernel);
     let child = cmd

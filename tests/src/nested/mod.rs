@@ -161,10 +161,13 @@ pub fn release_binaries() -> Result<Binaries, NestedError> {
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-            // target/<profile>/deps/<test> -> target/
-            let target = exe
+            // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (pcierc-bench)
+            // -> target/
+            let profile = exe
                 .parent()
-                .and_then(Path::parent)
+                .map(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+                .ok_or("no target directory")?;
+            let target = profile
                 .and_then(Path::parent)
                 .ok_or("no target directory")?
                 .to_owned();
@@ -294,6 +297,64 @@ pub struct NestedOptions {
     /// PCIe devices L0 gives L1 to pass through ([`passthrough`]): when there are any, L0 has
     /// an IOMMU and L1 boots with it on and binds them to vfio-pci ([`Nested::vfio`]).
     pub passthrough: Vec<PassthroughDevice>,
+    /// Put L0's QEMU in L1 as well (`/bin/qemu-system-x86_64` with its libraries, and the
+    /// firmware a q35 machine with `-kernel` loads in `/share/qemu`, for `-L /share/qemu`), so
+    /// L1 can run a guest under QEMU with its KVM beside the VMM ([`L1_QEMU_DATA`]).
+    pub l1_qemu: bool,
+    /// More files for L1's initramfs: (path in L1, host file), e.g. a guest image.
+    pub l1_files: Vec<(String, PathBuf)>,
+}
+
+/// Where [`NestedOptions::l1_qemu`] puts QEMU's firmware in L1 (`-L` takes it).
+pub const L1_QEMU_DATA: &str = "/share/qemu";
+
+/// The firmware QEMU's q35 loads with `-kernel` and no other devices: SeaBIOS, the option ROMs
+/// of a direct kernel boot (PVH and Linux) and the TPR-patching ROM KVM guests get.
+const QEMU_FIRMWARE: &[&str] = &[
+    "bios-256k.bin",
+    "pvh.bin",
+    "linuxboot_dma.bin",
+    "linuxboot.bin",
+    "kvmvapic.bin",
+];
+
+/// `program` as a path: itself if it names one, else the first match on `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Put `tools.qemu` and the firmware it loads ([`QEMU_FIRMWARE`], looked up in the
+/// directories `qemu -L help` lists) into `a` ([`NestedOptions::l1_qemu`]).
+pub fn l1_qemu(a: &mut Initramfs, tools: &Tools) -> Result<(), NestedError> {
+    let qemu = find_program(&tools.qemu)
+        .ok_or_else(|| NestedError::Step(format!("{} is not on PATH", tools.qemu)))?;
+    a.binary("bin/qemu-system-x86_64", &qemu)?;
+    let help = Command::new(&qemu)
+        .args(["-L", "help"])
+        .output()
+        .map_err(|e| NestedError::Step(format!("{} -L help: {e}", qemu.display())))?;
+    let dirs: Vec<PathBuf> = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    for f in QEMU_FIRMWARE {
+        let from = dirs
+            .iter()
+            .map(|d| d.join(f))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                NestedError::Step(format!("QEMU's firmware {f} is in none of {dirs:?}"))
+            })?;
+        let real = std::fs::canonicalize(&from).unwrap_or(from);
+        a.copy(&format!("{}/{f}", &L1_QEMU_DATA[1..]), &real, 0o644)?;
+    }
+    Ok(())
 }
 
 impl Default for NestedOptions {
@@ -302,6 +363,8 @@ impl Default for NestedOptions {
             l1_cpus: 2,
             l1_mem_mib: 2048,
             passthrough: Vec::new(),
+            l1_qemu: false,
+            l1_files: Vec::new(),
         }
     }
 }
@@ -328,6 +391,12 @@ impl Nested {
         let mut image = l1_initramfs(tools, &bins)?;
         if !options.passthrough.is_empty() {
             vfio_modules(&mut image, tools)?;
+        }
+        if options.l1_qemu {
+            l1_qemu(&mut image, tools)?;
+        }
+        for (path, from) in &options.l1_files {
+            image.copy(path, from, 0o644)?;
         }
         image.write(&initrd)?;
         match Self::start(tools, options, dir.0.clone(), &initrd) {
