@@ -161,10 +161,9 @@ pub fn run(rep: &mut Reporter) -> Result<()> {
         2000,
         started.elapsed().as_secs_f64()
     ));
-    let (Some(floor), Some(snapshot)) = (
-        ns(&trapped, probe::FLOOR),
-        ns(&trapped, probe::ECAM_READ),
-    ) else {
+    let (Some(floor), Some(snapshot)) =
+        (ns(&trapped, probe::FLOOR), ns(&trapped, probe::ECAM_READ))
+    else {
         rep.note("missing: guest_l2_*: the VMM's run printed no floor or ECAM read");
         return Ok(());
     };
@@ -194,8 +193,18 @@ pub fn run(rep: &mut Reporter) -> Result<()> {
         "the same probe under L1's QEMU 7.2 (-M q35 -accel kvm, four pcie-root-ports as pcierc's \
          default topology): its floor and its ECAM read (an exit to its in-process root ports)",
     );
-    rep.figure("guest_l2_qemu_exit_floor_ns", q_floor, "ns", Ratio::Baseline);
-    rep.figure("guest_l2_qemu_ecam_read_ns", q_read, "ns", Ratio::Of(q_floor));
+    rep.figure(
+        "guest_l2_qemu_exit_floor_ns",
+        q_floor,
+        "ns",
+        Ratio::Baseline,
+    );
+    rep.figure(
+        "guest_l2_qemu_ecam_read_ns",
+        q_read,
+        "ns",
+        Ratio::Of(q_floor),
+    );
     let Some(read) = ns(&mapped, probe::ECAM_READ) else {
         rep.note("missing: guest_l2_ecam_read_mapped_ns: the --ecam-map on run printed none");
         return Ok(());
@@ -204,7 +213,12 @@ pub fn run(rep: &mut Reporter) -> Result<()> {
         "L2 under the VMM with --ecam-map on (no exit) against QEMU's ECAM read above (issue 17 \
          item 7's target: <= {MAPPED_TARGET}x)"
     ));
-    rep.figure("guest_l2_ecam_read_mapped_ns", read, "ns", Ratio::Of(q_read));
+    rep.figure(
+        "guest_l2_ecam_read_mapped_ns",
+        read,
+        "ns",
+        Ratio::Of(q_read),
+    );
     if let (Some(own), Some(q_own)) = (ns(&mapped, probe::EMPTY), ns(&q, probe::EMPTY)) {
         rep.note(format!(
             "the same without the bench loop (`bench: empty`: {own:.0} ns under the VMM, \

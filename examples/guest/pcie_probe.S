@@ -22,6 +22,8 @@
 # slot like pciehp (hot-add, attention button, power off) and reports the endpoint that arrives
 # (with "pcie-probe.ecam-move", before the timing loops, it renumbers rp1's buses and moves ECAM,
 # reading through ECAM after each step);
+# with "pcie-probe.ordering" it checks CF8/CFC and the CMOS index across the VMM's coalesced port
+# writes, and with "pcie-probe.cf9-halt" it resets through 0xCF9 and halts (pcie_probe_ordering.inc);
 # with "pcie-probe.aer" as well, while that card is in, it enables rp1's AER (Root Error Command)
 # and PME (Root Control) interrupts and reports three of them ("aer: root-status ... source ...
 # uncor ...", "pme: requester ...") before it waits for the removal.

@@ -638,7 +638,10 @@ fn coalesced_port_writes_apply_in_order_before_the_next_exit() {
             // per CMOS byte: the index of the fill, the decoy and the index of the read.
             let at_least = 5 * 64 * 4 + 32 * 3;
             let n = coalesced.unwrap_or_else(|| panic!("nothing coalesced:\n{stderr}"));
-            assert!(n >= at_least, "{n} coalesced writes, expected {at_least}:\n{stderr}");
+            assert!(
+                n >= at_least,
+                "{n} coalesced writes, expected {at_least}:\n{stderr}"
+            );
         } else {
             assert_eq!(coalesced, None, "--coalesce-pio off coalesced:\n{stderr}");
         }

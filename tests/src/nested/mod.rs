@@ -165,7 +165,13 @@ pub fn release_binaries() -> Result<Binaries, NestedError> {
             // -> target/
             let profile = exe
                 .parent()
-                .map(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+                .map(|d| {
+                    if d.ends_with("deps") {
+                        d.parent()
+                    } else {
+                        Some(d)
+                    }
+                })
                 .ok_or("no target directory")?;
             let target = profile
                 .and_then(Path::parent)
