@@ -99,8 +99,9 @@ impl Reporter {
             Ratio::Of(base) => value / base,
         };
         println!(
-            "bench {name} {} {unit} ratio={ratio:.2}",
-            format_value(value)
+            "bench {name} {} {unit} ratio={}",
+            format_value(value),
+            format_ratio(ratio)
         );
         self.figures += 1;
     }
@@ -108,6 +109,17 @@ impl Reporter {
     /// How many figures were printed.
     pub fn figures(&self) -> usize {
         self.figures
+    }
+}
+
+/// Two decimals, or two significant digits below 0.01 (a ratio far under its target, such as
+/// an access that no longer exits against one that does, would read 0.00).
+fn format_ratio(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.01 && r.is_finite() {
+        let decimals = (-r.abs().log10().floor()) as usize + 1;
+        format!("{r:.decimals$}")
+    } else {
+        format!("{r:.2}")
     }
 }
 
@@ -123,6 +135,14 @@ fn format_value(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(format_ratio(1.0), "1.00");
+        assert_eq!(format_ratio(0.0123), "0.01");
+        assert_eq!(format_ratio(0.00108), "0.0011");
+        assert_eq!(format_ratio(0.0), "0.00");
+    }
 
     #[test]
     fn percentiles() {
