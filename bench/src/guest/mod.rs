@@ -591,9 +591,9 @@ fn print(rep: &mut Reporter, m: &Measurements, plan: Plan, placement: Placement,
         "ECAM read: 4 bytes of 00:00.0 (vendor/device id) at the MCFG base, served from pcierc's \
          configuration snapshot (target <= {READ_TARGET}x the floor) or forwarded as MmioRead \
          (--no-config-snapshot); CF8/CFC read: the same through CONFIG_ADDRESS and CONFIG_DATA, \
-         two exits (an `out` the VMM latches itself, CONFIG_ADDRESS_LATCH, and an `in` sent as \
-         the ConfigRead it selects: served from the snapshot, or forwarded); ratios against the \
-         floor"
+         one exit (the `out` is coalesced by KVM, --coalesce-pio on, and latched by the VMM, \
+         CONFIG_ADDRESS_LATCH, before the `in` exits; the `in` is sent as the ConfigRead it \
+         selects: served from the snapshot, or forwarded); ratios against the floor"
     ));
     // The main placement's mapped read is printed against QEMU's (print_mapped).
     if let (false, Some(mapped)) = (suffix.is_empty(), m.mapped_label(probe::ECAM_READ)) {
