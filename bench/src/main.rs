@@ -230,7 +230,12 @@ fn run(args: &Args) -> Result<()> {
     }
     for g in groups {
         match g {
-            Group::Nested => nested::run(&mut rep)?,
+            Group::Nested => nested::run(
+                &mut rep,
+                nested::Plan {
+                    runs: if args.quick { 1 } else { 3 },
+                },
+            )?,
             Group::Memory => memory::run(
                 &mut rep,
                 if args.quick { 200 } else { 2000 },
