@@ -335,8 +335,8 @@ fn find_program(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Put `tools.qemu` and the firmware it loads ([`QEMU_FIRMWARE`], looked up in the
-/// directories `qemu -L help` lists) into `a` ([`NestedOptions::l1_qemu`]).
+/// Put `tools.qemu` and the firmware it loads (SeaBIOS and the direct-boot option ROMs, looked
+/// up in the directories `qemu -L help` lists) into `a` ([`NestedOptions::l1_qemu`]).
 pub fn l1_qemu(a: &mut Initramfs, tools: &Tools) -> Result<(), NestedError> {
     let qemu = find_program(&tools.qemu)
         .ok_or_else(|| NestedError::Step(format!("{} is not on PATH", tools.qemu)))?;
