@@ -238,3 +238,138 @@ fn io_error(what: &str) -> Error {
         source: std::io::Error::last_os_error(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring on an anonymous page, as KVM lays it out.
+    fn ring() -> CoalescedPio {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a new anonymous mapping of one page.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        CoalescedPio {
+            ring: NonNull::new(addr.cast()).expect("mapped"),
+            page_size,
+            zones: Vec::new(),
+            drain: Mutex::new(u32::MAX),
+        }
+    }
+
+    /// What KVM's `coalesced_mmio_write` does: the entry, then `last`.
+    fn push(r: &CoalescedPio, port: u16, data: &[u8]) {
+        let last = r.last().load(Ordering::Relaxed);
+        let mut e = kvm_coalesced_mmio {
+            phys_addr: u64::from(port),
+            len: data.len() as u32,
+            ..Default::default()
+        };
+        e.data[..data.len()].copy_from_slice(data);
+        e.__bindgen_anon_1.pio = 1;
+        // SAFETY: `last` < capacity, inside the page.
+        unsafe {
+            r.ring
+                .as_ptr()
+                .cast::<u8>()
+                .add(std::mem::size_of::<kvm_coalesced_mmio_ring>())
+                .cast::<kvm_coalesced_mmio>()
+                .add(last as usize)
+                .write_volatile(e)
+        };
+        r.last().store((last + 1) % r.capacity(), Ordering::Release);
+    }
+
+    fn collect(r: &CoalescedPio) -> (Vec<(u16, Vec<u8>)>, Option<Stop>) {
+        let mut seen = Vec::new();
+        let stop = r
+            .drain(|port, data| {
+                seen.push((port, data.to_vec()));
+                Ok(None)
+            })
+            .expect("drain");
+        (seen, stop)
+    }
+
+    #[test]
+    fn entries_are_applied_in_order_across_the_wrap() {
+        let r = ring();
+        assert_eq!(r.capacity(), ((r.page_size - 8) / 24) as u32);
+        let mut expected = Vec::new();
+        // Three times round the ring, draining every 50 entries.
+        for i in 0..(3 * r.capacity() as usize) {
+            let v = (i as u32).to_le_bytes();
+            push(&r, 0xcf8, &v);
+            expected.push((0xcf8u16, v.to_vec()));
+            if i % 50 == 49 {
+                let (seen, stop) = collect(&r);
+                assert_eq!(stop, None);
+                assert_eq!(seen, expected.drain(..).collect::<Vec<_>>());
+            }
+        }
+        let (seen, _) = collect(&r);
+        assert_eq!(seen, expected);
+        assert_eq!(collect(&r).0, Vec::new(), "the ring is empty afterwards");
+    }
+
+    #[test]
+    fn a_reset_request_drops_the_entries_after_it() {
+        let r = ring();
+        push(&r, 0xcf8, &0x8000_0000u32.to_le_bytes());
+        push(&r, 0xcf9, &[0x06]);
+        push(&r, 0x70, &[0x0f]);
+        let mut seen = Vec::new();
+        let stop = r
+            .drain(|port, data| {
+                seen.push(port);
+                Ok((port == 0xcf9 && data == [0x06]).then_some(Stop::Reset))
+            })
+            .expect("drain");
+        assert_eq!(stop, Some(Stop::Reset));
+        assert_eq!(seen, [0xcf8, 0xcf9]);
+        assert_eq!(collect(&r).0, Vec::new());
+    }
+
+    #[test]
+    fn the_watcher_takes_only_entries_that_waited_a_whole_period() {
+        let r = ring();
+        let apply = |_: u16, _: &[u8]| Ok(None);
+        push(&r, 0x70, &[0x10]);
+        // First look: the entry is new.
+        assert_eq!(r.drain_if_stale(apply).expect("watch"), None);
+        assert_ne!(
+            r.first().load(Ordering::Relaxed),
+            r.last().load(Ordering::Relaxed)
+        );
+        // A vCPU drains it and a new one arrives: still not stale.
+        collect(&r);
+        push(&r, 0x70, &[0x11]);
+        assert_eq!(r.drain_if_stale(apply).expect("watch"), None);
+        assert_ne!(
+            r.first().load(Ordering::Relaxed),
+            r.last().load(Ordering::Relaxed)
+        );
+        // Nobody drained it in a whole period: the watcher applies it.
+        let mut seen = Vec::new();
+        r.drain_if_stale(|port, data| {
+            seen.push((port, data.to_vec()));
+            Ok(None)
+        })
+        .expect("watch");
+        assert_eq!(seen, [(0x70, vec![0x11])]);
+        r.discard();
+        push(&r, 0xcf9, &[0x06]);
+        r.discard();
+        assert_eq!(collect(&r).0, Vec::new(), "discarded");
+    }
+}
