@@ -314,7 +314,7 @@ mod tests {
             if i % 50 == 49 {
                 let (seen, stop) = collect(&r);
                 assert_eq!(stop, None);
-                assert_eq!(seen, expected.drain(..).collect::<Vec<_>>());
+                assert_eq!(seen, std::mem::take(&mut expected));
             }
         }
         let (seen, _) = collect(&r);
