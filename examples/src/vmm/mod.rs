@@ -14,7 +14,8 @@
 //! map), [`cpu`] (64-bit entry state), [`boot`] (kernel loading and Linux's zero page), [`pcie`]
 //! (pcierc's claims and the forwarding link), [`wiring`] (what the VMM asks of pcierc before the
 //! guest runs), [`irq`] (GSI routing and irqfds), [`machine`] (what each exit reaches: pcierc,
-//! the VMM's endpoints, COM1, PM1a, all ones), [`vcpu`] (the loop), [`session`] (the vCPUs and
+//! the VMM's endpoints, COM1, PM1a, all ones), [`coalesced`] (port writes KVM records without
+//! an exit: CONFIG_ADDRESS, the CMOS index), [`vcpu`] (the loop), [`session`] (the vCPUs and
 //! reboots), [`console`] (COM1's stdout and stdin) and [`backend`] (`--spawn-backend`).
 
 pub mod acpi;
