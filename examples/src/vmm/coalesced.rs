@@ -1,13 +1,15 @@
 //! Coalesced port I/O (`KVM_CAP_COALESCED_PIO`): writes to CONFIG_ADDRESS (0xCF8) and to the
 //! CMOS index port (0x70) are recorded by KVM in a ring page shared with the VMM instead of
-//! exiting, as QEMU coalesces them. A port write in such a zone only sets a register (the VMM's
-//! CONFIG_ADDRESS latch, the CMOS index), whose value matters at the next access that exits, so
+//! exiting (QEMU's `mc146818rtc` coalesces the CMOS index likewise). A port write in such a zone
+//! only sets a register (the VMM's CONFIG_ADDRESS latch, PCI Local Bus 3.0 §3.2.2.3.2; the
+//! MC146818A's address register), whose value matters at the next access that exits, so
 //! the VMM applies the ring's entries, in the order the guest wrote them, before it handles any
 //! exit (Linux `Documentation/virt/kvm/api.rst`, `KVM_REGISTER_COALESCED_MMIO`).
 //!
 //! A zone is a port range, and KVM records every write that falls wholly inside it, whatever its
 //! width. The CONFIG_ADDRESS zone has to be 0xCF8-0xCFB to take a dword write, so it also takes
-//! byte and word writes to 0xCF8-0xCFB, among them ICH9's Reset Control at 0xCF9: each entry is
+//! byte and word writes to 0xCF8-0xCFB, among them ICH9's Reset Control at 0xCF9 (ICH9
+//! datasheet §13.7.5 RST_CNT): each entry is
 //! handled exactly as the exit would have been (`Machine::pio_out`: a dword at 0xCF8 latches,
 //! anything else goes where it always went), so a reset request is a reset, only later. How
 //! much later is bounded: a guest that writes 0xCF9 and then spins or halts without another
