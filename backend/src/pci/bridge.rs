@@ -149,6 +149,22 @@ pub fn init_type1(cs: &mut ConfigSpace, id: Identity, multifunction: bool) {
     cs.set_word(SEC_STATUS, header::STATUS_66MHZ | header::STATUS_FAST_BACK);
 }
 
+/// QEMU's `pci_bridge_reset()` alone (`pcie-pci-bridge`): bus numbers, Secondary Latency
+/// Timer and Bridge Control cleared, and the base and limit address bits of every window zeroed,
+/// which leaves the bottom 4 KiB of I/O and 1 MiB of each memory window open (PCI-to-PCI Bridge
+/// 1.2 §3.2.5.6-§3.2.5.9 leave their reset values to the implementation).
+pub fn reset_zeroed(cs: &mut ConfigSpace) {
+    cs.set_dword(PRIMARY_BUS, 0);
+    cs.clear_bits(IO_BASE, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(IO_LIMIT, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_BASE, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_LIMIT, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_BASE, 2, PREF_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_LIMIT, 2, PREF_RANGE_MASK.into());
+    cs.set_qword(PREF_BASE_UPPER32, 0);
+    cs.set_word(BRIDGE_CONTROL, 0);
+}
+
 /// QEMU's `pci_bridge_reset()` followed by `pci_bridge_disable_base_limit()`: bus numbers and
 /// Bridge Control cleared, every window closed (base above limit).
 pub fn reset(cs: &mut ConfigSpace) {
