@@ -532,7 +532,7 @@ impl Shpc {
     /// slot reads empty, MRL Sensor Changed and Card Presence Changed are latched, and the
     /// card's device number is returned (QEMU unplugs it; `shpc_free_devices_in_slot()`).
     fn slot_command(&mut self, target: u8, state: u8, power: u8, attn: u8) -> Option<u8> {
-        if target < 1 || target > NSLOTS_MAX {
+        if !(1..=NSLOTS_MAX).contains(&target) {
             self.invalid_command();
             return None;
         }
