@@ -182,7 +182,7 @@ pub enum ShpcUnplug {
     /// and the slot reads empty).
     Now,
     /// The attention button was pressed; the card goes when the guest disables the slot with
-    /// its power indicator off (see [`Shpc::write`]).
+    /// its power indicator off (see [`Shpc::bar_write`]).
     AttentionButton,
 }
 
