@@ -796,11 +796,14 @@ impl<'a> Differential<'a> {
     /// Status, MSI pending bits), the capability's DWORD Select/Data window, and the BAR with
     /// memory decode off. Every step reads the registers it can change.
     pub fn shpc_bars(&mut self) {
-        self.qemu.platform_reset();
-        self.ours.platform_reset();
         let bridges: Vec<usize> = (0..self.functions.len())
             .filter(|&f| self.functions[f].kind == Kind::PciePciBridge)
             .collect();
+        if bridges.is_empty() {
+            return;
+        }
+        self.qemu.platform_reset();
+        self.ours.platform_reset();
         let mut s = Script::new("shpc");
         for (i, &f) in bridges.iter().enumerate() {
             let bar = BAR_BASE + ((i as u64) << 20);
