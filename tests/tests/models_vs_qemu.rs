@@ -319,3 +319,46 @@ fn pcie_pci_bridges_match_qemu() {
     ];
     compare_functions(qt, functions, &args);
 }
+
+/// The same bridges built for `pc-q35-10.0` against QEMU 10.0's: Device Capabilities Extended
+/// Tag and the writable AER Uncorrectable Error Mask are the differences.
+#[test]
+fn pcie_pci_bridges_on_pc_q35_10_0_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let bridge = |id: &str, msi| {
+        let cfg = PciePciBridgeConfig {
+            id: id.into(),
+            msi,
+            ..Default::default()
+        };
+        Box::new(PciePciBridge::on_machine(cfg, MachineType::PcQ35V10_0)) as Box<dyn PciFunction>
+    };
+    let args: Vec<String> = [
+        "pcie-pci-bridge,id=br1,bus=pcie.0,addr=0x2",
+        "pcie-pci-bridge,id=br2,bus=pcie.0,addr=0x3,msi=off",
+    ]
+    .map(String::from)
+    .to_vec();
+    let qt = qemu_machine(
+        &q10,
+        "pc-q35-10.0",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let functions = vec![
+        (
+            0x10,
+            "br1".into(),
+            Kind::PciePciBridge,
+            bridge("br1", OnOffAuto::Auto),
+        ),
+        (
+            0x18,
+            "br2".into(),
+            Kind::PciePciBridge,
+            bridge("br2", OnOffAuto::Off),
+        ),
+    ];
+    compare_functions(qt, functions, &args);
+}

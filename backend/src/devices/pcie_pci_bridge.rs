@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::machine::{MachineType, PortCompat};
 use crate::pci::bridge::{self, BridgeWindows};
 use crate::pci::caps::msi::Msi;
 use crate::pci::caps::shpc::{self, Shpc, ShpcError, ShpcState, ShpcUnplug};
@@ -180,24 +181,48 @@ impl Watched {
 }
 
 impl PciePciBridge {
-    /// A bridge in its power-on state with no card on its secondary bus.
+    /// A bridge in its power-on state with no card on its secondary bus (`pc-q35-7.2`).
     pub fn new(config: PciePciBridgeConfig) -> Self {
-        // The layout is QEMU's and fixed; it cannot fail for any configuration (unit-tested).
-        Self::build(config).expect("pcie-pci-bridge capability layout")
+        Self::on_machine(config, MachineType::default())
     }
 
-    fn build(config: PciePciBridgeConfig) -> Result<Self, CapabilityError> {
+    /// [`PciePciBridge::new`] with the register behaviour of `machine`. Of QEMU's compat
+    /// properties ([`PortCompat`]) two reach this bridge (measured against QEMU 10.0.2):
+    /// `x-pcie-ext-tag` (Device Capabilities Extended Tag Field Supported, PCIe Base 6.0
+    /// §7.5.3.3) and `x-pcie-err-unc-mask` (AER Uncorrectable Error Mask writable with a
+    /// default, §7.8.4.3); the Secondary Latency Timer stays writable (QEMU 10.0 makes it
+    /// read-only on PCI Express ports only).
+    pub fn on_machine(config: PciePciBridgeConfig, machine: MachineType) -> Self {
+        // The layout is QEMU's and fixed; it cannot fail for any configuration (unit-tested).
+        Self::build(config, machine.port_compat()).expect("pcie-pci-bridge capability layout")
+    }
+
+    fn build(config: PciePciBridgeConfig, compat: PortCompat) -> Result<Self, CapabilityError> {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
         // pci_bridge_initfn(): the type 1 header with 66 MHz and fast back-to-back in Status and
         // Secondary Status; Interrupt Pin INTA (the SHPC's interrupt without MSI).
         bridge::init_type1(&mut cs, IDENTITY, config.multifunction);
         cs.set_byte(header::INTERRUPT_PIN, 1);
-        let shpc = Shpc::init(&mut cs, SHPC_OFFSET, 0)?;
-        express::init_pci_bridge(&mut cs, EXP_OFFSET)?;
+        // QEMU 10.0's shpc_reset() also turns the attention indicators off (a binary change,
+        // like PortCompat::populated_power_indicator_off, whose flag it follows).
+        let shpc = Shpc::init(
+            &mut cs,
+            SHPC_OFFSET,
+            0,
+            compat.populated_power_indicator_off,
+        )?;
+        let exp = express::init_pci_bridge(&mut cs, EXP_OFFSET)?;
+        if compat.ext_tag {
+            cs.set_bits(exp + express::DEVCAP, 4, express::DEVCAP_EXT_TAG.into());
+        }
         let pm = cs.add_capability(CAP_ID_PM, Some(PM_OFFSET), PM_SIZEOF)?;
         cs.set_word(u16::from(pm) + 2, PM_PMC);
         // pcie_aer_init() with no error log (the bridge has no aer_log_max property).
-        aer::init(&mut cs, AER_OFFSET, false)?;
+        let aer_at = aer::init(&mut cs, AER_OFFSET, false)?;
+        if compat.err_unc_mask {
+            cs.set_dword(aer_at + aer::UNCOR_MASK, aer::UNC_MASK_DEFAULT);
+            cs.set_wmask(aer_at + aer::UNCOR_MASK, 4, aer::UNC_SUPPORTED.into());
+        }
         let msi = if config.has_msi() {
             Some(Msi::init(&mut cs, MSI_OFFSET, 1, true, true)?)
         } else {

@@ -196,6 +196,9 @@ pub struct Shpc {
     occupied: u32,
     /// The level last signalled by MSI (QEMU's `msi_requested`).
     msi_requested: bool,
+    /// The reset turns every attention indicator off (QEMU 10.0's `shpc_reset()`; QEMU 7.2
+    /// leaves the field at 0).
+    attention_off_on_reset: bool,
 }
 
 /// Serialized [`Shpc`] state.
@@ -247,7 +250,12 @@ impl Shpc {
     /// Add the SHPC capability at `offset` (QEMU's `shpc_cap_add_config()`: DWORD Select and
     /// DWORD Data writable) and build the register set in its power-on state with the cards in
     /// `occupied` (bit n = device n) present.
-    pub fn init(cs: &mut ConfigSpace, offset: u8, occupied: u32) -> Result<Shpc, CapabilityError> {
+    pub fn init(
+        cs: &mut ConfigSpace,
+        offset: u8,
+        occupied: u32,
+        attention_off_on_reset: bool,
+    ) -> Result<Shpc, CapabilityError> {
         let at = u16::from(cs.add_capability(CAP_ID_SHPC, Some(offset), CAP_SIZEOF)?);
         cs.set_wmask(at + CAP_DWORD_SELECT, 1, 0xff);
         cs.set_wmask(at + CAP_DWORD_DATA, 4, 0xffff_ffff);
@@ -256,6 +264,7 @@ impl Shpc {
             regs: [0; SIZEOF as usize],
             occupied,
             msi_requested: false,
+            attention_off_on_reset,
         };
         s.reset();
         s.update_dword(cs);
@@ -338,6 +347,9 @@ impl Shpc {
                 self.set_status(i, 1, SLOT_STATUS_MRL_OPEN);
                 self.set_status(i, PRSNT_EMPTY, SLOT_STATUS_PRSNT_MASK);
                 self.set_status(i, LED_OFF, SLOT_PWR_LED_MASK);
+            }
+            if self.attention_off_on_reset {
+                self.set_status(i, LED_OFF, SLOT_ATTN_LED_MASK);
             }
         }
         self.msi_requested = false;
@@ -737,7 +749,7 @@ mod tests {
 
     fn shpc(occupied: u32) -> (ConfigSpace, Shpc) {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
-        let s = Shpc::init(&mut cs, 0x40, occupied).unwrap();
+        let s = Shpc::init(&mut cs, 0x40, occupied, false).unwrap();
         (cs, s)
     }
 
