@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::pci::caps::shpc::{CMD_CODE, INT_LOCATOR, SERR_INT, SLOT_REGS};
-use crate::pci::reference::{first_difference, load_dump, read_all};
+use crate::pci::reference::{first_difference, load_dump, load_dump_from, read_all};
 
 fn bridge(msi: OnOffAuto) -> PciePciBridge {
     PciePciBridge::new(PciePciBridgeConfig {
@@ -46,6 +46,31 @@ fn reset_state_matches_qemu_dumps() {
         let want = load_dump(dump);
         assert_eq!(first_difference(&read_all(&b), &want), None, "{dump}");
     }
+}
+
+#[test]
+fn pc_q35_10_0_reset_state_matches_qemu_10_0_dumps() {
+    for (msi, dump) in [
+        (OnOffAuto::Auto, "pcie_pci_bridge_00_02.0.xxxx"),
+        (OnOffAuto::On, "pcie_pci_bridge_01_00.0.xxxx"),
+        (OnOffAuto::Off, "pcie_pci_bridge_msi_off_00_02.0.xxxx"),
+    ] {
+        let b = PciePciBridge::on_machine(bridge(msi).config().clone(), MachineType::PcQ35V10_0);
+        let want = load_dump_from("qemu-10.0", dump);
+        assert_eq!(first_difference(&read_all(&b), &want), None, "{dump}");
+    }
+    let mut b = PciePciBridge::on_machine(
+        bridge(OnOffAuto::Auto).config().clone(),
+        MachineType::PcQ35V10_0,
+    );
+    b.set_present(3).unwrap();
+    b.reset();
+    let got: Vec<u8> = (0..256u64)
+        .step_by(4)
+        .flat_map(|o| (b.bar_read(0, o, 4) as u32).to_le_bytes())
+        .collect();
+    let want = load_dump_from("qemu-10.0", "pcie_pci_bridge_00_02.0.shpc")[..256].to_vec();
+    assert_eq!(first_difference(&got, &want), None);
 }
 
 #[test]
