@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::machine::{MachineType, PortCompat};
-use crate::pci::bridge::{self, BridgeWindows};
+use crate::pci::bridge::{self, BridgeWindows, Watched};
 use crate::pci::caps::msi::Msi;
 use crate::pci::caps::shpc::{self, Shpc, ShpcError, ShpcState, ShpcUnplug};
 use crate::pci::caps::{aer, express, CAP_ID_PM};
@@ -41,6 +41,8 @@ pub const MSI_OFFSET: u8 = 0x8c;
 pub const AER_OFFSET: u16 = 0x100;
 /// The BAR holding the SHPC Working Register Set.
 pub const SHPC_BAR: u8 = 0;
+/// BAR0 as the write effects watch it.
+const WATCHED_BAR: bridge::Bar = bridge::Bar::Bits64(SHPC_BAR);
 /// Power Management Capabilities as QEMU sets them: version 3 (PCI PM 1.2), nothing else; the
 /// whole capability is read-only in QEMU 7.2 (no power states).
 const PM_PMC: u16 = 0x3;
@@ -130,54 +132,6 @@ struct BridgeState {
     space: SpaceImage,
     shpc: ShpcState,
     intx: bool,
-}
-
-/// Registers whose change a write reports.
-struct Watched {
-    bus: u32,
-    windows: [u32; 5],
-    command: u16,
-    bar: u64,
-    bridge_control: u16,
-}
-
-impl Watched {
-    fn of(cs: &ConfigSpace) -> Self {
-        Watched {
-            bus: cs.dword(bridge::PRIMARY_BUS) & 0x00ff_ffff,
-            windows: [
-                cs.word(bridge::IO_BASE).into(),
-                cs.dword(bridge::MEMORY_BASE),
-                cs.dword(bridge::PREF_MEMORY_BASE),
-                cs.dword(bridge::PREF_BASE_UPPER32),
-                cs.dword(bridge::PREF_LIMIT_UPPER32),
-            ],
-            command: cs.word(header::COMMAND),
-            bar: cs.qword(header::BAR0),
-            bridge_control: cs.word(bridge::BRIDGE_CONTROL),
-        }
-    }
-
-    fn effects(&self, cs: &ConfigSpace) -> Effects {
-        let now = Watched::of(cs);
-        let mut e = Effects::empty();
-        if now.bus != self.bus {
-            e |= Effects::BUS_NUMBERS;
-        }
-        let decode = |c: u16| c & (header::COMMAND_IO | header::COMMAND_MEMORY);
-        if now.windows != self.windows || decode(now.command) != decode(self.command) {
-            e |= Effects::WINDOWS;
-        }
-        let mem = |c: u16| c & header::COMMAND_MEMORY;
-        if now.bar != self.bar || mem(now.command) != mem(self.command) {
-            e |= Effects::BARS;
-        }
-        // PCI-to-PCI Bridge 1.2 §3.2.5.18: Secondary Bus Reset 0 -> 1 resets the secondary bus.
-        if !self.bridge_control & now.bridge_control & bridge::BRIDGE_CTL_BUS_RESET != 0 {
-            e |= Effects::SECONDARY_BUS_RESET;
-        }
-        e
-    }
 }
 
 impl PciePciBridge {
@@ -420,7 +374,7 @@ impl PciFunction for PciePciBridge {
         if !valid_access(offset, width) {
             return Effects::empty();
         }
-        let watched = Watched::of(&self.space);
+        let watched = Watched::of(&self.space, WATCHED_BAR);
         let intx_disabled =
             |cs: &ConfigSpace| cs.word(header::COMMAND) & header::COMMAND_INTX_DISABLE != 0;
         let was_disabled = intx_disabled(&self.space);
@@ -450,7 +404,7 @@ impl PciFunction for PciePciBridge {
         }
         let r = self.shpc.write_config(&mut self.space, offset, width);
         self.after_shpc(r);
-        watched.effects(&self.space) | self.queued()
+        watched.effects(&self.space, WATCHED_BAR) | self.queued()
     }
 
     fn bars(&self) -> Vec<BarMapping> {
