@@ -141,6 +141,21 @@ pub fn parse(id: &str, properties: &[(&str, &str)]) -> Result<PciePciBridgeConfi
 mod tests {
     use super::*;
 
+    /// [`PROPERTIES`] is what QEMU 7.2 lists (`fixtures/qemu-7.2/pcie_pci_bridge.help`, made by
+    /// `-device pcie-pci-bridge,help`) plus `bus`, `id` and `driver`.
+    #[test]
+    fn properties_are_the_ones_qemu_lists() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/qemu-7.2/pcie_pci_bridge.help");
+        let text = std::fs::read_to_string(&path).expect("the help fixture");
+        let listed: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.trim().split(['=', ' ']).next())
+            .collect();
+        assert_eq!(listed, PROPERTIES[..PROPERTIES.len() - 3]);
+    }
+
     /// The messages are QEMU 7.2's for the same `-device pcie-pci-bridge,...` arguments.
     #[test]
     fn properties_parse_and_refuse_as_qemu() {
