@@ -394,7 +394,7 @@ enum Shpc {
 /// address 0x90, data 0x98, mask 0x9c, pending 0xa0); a bridge with `msi=off` ignores those
 /// writes, as the free bytes there are written through.
 #[rustfmt::skip]
-const SHPC_SEQUENCE: [(&str, Shpc, u8, u32); 36] = [
+const SHPC_SEQUENCE: [(&str, Shpc, u8, u32); 39] = [
     ("serr-int unmask all", Shpc::Bar(0x20), 4, 0x0003_0000),
     ("slot 1 events unmasked", Shpc::Bar(0x27), 1, 0),
     ("power-only slot 1", Shpc::Bar(0x14), 2, 0x0105),
@@ -431,6 +431,9 @@ const SHPC_SEQUENCE: [(&str, Shpc, u8, u32); 36] = [
     ("dword data write", Shpc::Config(0x44), 4, 0xdead_beef),
     ("dword select 9 (slot 1)", Shpc::Config(0x40), 4, 0x0009_0000),
     ("msi off, intx", Shpc::Config(0x8e), 2, 0),
+    ("command with intx", Shpc::Bar(0x14), 2, 0x0308),
+    ("intx disabled, level up", Shpc::Config(0x04), 2, 0x0402),
+    ("intx enabled again", Shpc::Config(0x04), 2, 0x0002),
 ];
 
 /// Would this write make QEMU 7.2 abort? `ioh3420_aer_vector()` aborts when Multiple Message

@@ -377,3 +377,26 @@ fn arbitrary_accesses_never_panic() {
     b.bar_read(0, u64::MAX - 2, 8);
     b.bar_write(0, u64::MAX - 2, 8, 0);
 }
+
+#[test]
+fn interrupt_disable_moves_the_pin_but_not_the_status() {
+    let mut b = bridge(OnOffAuto::Off);
+    b.bar_write(0, SERR_INT.into(), 4, 0xa);
+    command(&mut b, 1, 0x0c);
+    assert_eq!(
+        b.take_interrupts(),
+        vec![Interrupt::Intx { asserted: true }]
+    );
+    // PCI Local Bus 3.0 §6.2.2: Interrupt Disable deasserts the pin; Interrupt Status stays.
+    b.config_write(0x04, 2, 0x0400);
+    assert_eq!(
+        b.take_interrupts(),
+        vec![Interrupt::Intx { asserted: false }]
+    );
+    assert_eq!(b.config_read(0x06, 2) & 0x8, 0x8);
+    b.config_write(0x04, 2, 0);
+    assert_eq!(
+        b.take_interrupts(),
+        vec![Interrupt::Intx { asserted: true }]
+    );
+}
