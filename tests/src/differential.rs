@@ -122,12 +122,14 @@ pub enum Kind {
     RootPort,
     /// An `ioh3420` root port (MSI, capabilities at other offsets).
     Ioh3420,
+    /// A `pcie-pci-bridge` (SHPC in BAR0, MSI at 0x8c unless `msi=off`).
+    PciePciBridge,
 }
 
 impl Kind {
-    /// Is it a root port (a type 1 function whose bus numbers the tests put back)?
+    /// Is it a type 1 function (a root port or a bridge) whose bus numbers the tests put back?
     pub fn is_port(self) -> bool {
-        matches!(self, Kind::RootPort | Kind::Ioh3420)
+        matches!(self, Kind::RootPort | Kind::Ioh3420 | Kind::PciePciBridge)
     }
 
     /// The model a QEMU `-device` argument (`DRIVER,...`) names, if the tests know it.
@@ -135,6 +137,7 @@ impl Kind {
         match arg.split(',').next()? {
             "pcie-root-port" => Some(Kind::RootPort),
             "ioh3420" => Some(Kind::Ioh3420),
+            "pcie-pci-bridge" => Some(Kind::PciePciBridge),
             _ => None,
         }
     }
@@ -362,6 +365,77 @@ const MSI_HOTPLUG_SEQUENCE: [(&str, u16, u8, u32); 16] = [
     ("msi off, one vector", 0x62, 1, 0),
 ];
 
+/// SHPC BAR offsets also read at widths 1, 2 and 8: unaligned, straddling, the register set's
+/// end (0xa0) and the BAR's.
+#[rustfmt::skip]
+const SHPC_ODD_OFFSETS: [u64; 14] = [0, 1, 2, 3, 0xd, 0xe, 0x13, 0x15, 0x17, 0x1f, 0x26, 0x9e, 0x9f, 0xf8];
+
+/// SHPC BAR writes (offset, width, value): unaligned and straddling accesses over the command
+/// and mask registers (a write reaching the command byte runs the command), 8-byte writes.
+#[rustfmt::skip]
+const SHPC_WRITES: [(u64, u8, u64); 10] = [
+    (0x13, 2, 0x0cff), (0x15, 1, 0x02), (0x12, 4, 0x0102_0300), (0x10, 8, 0x0000_0301_0000_0000),
+    (0x17, 1, 0xff), (0x1e, 4, 0x0001_0000), (0x22, 2, 0x0003), (0x26, 2, 0x0707),
+    (0x9c, 8, u64::MAX), (0xa0, 4, 0xffff_ffff),
+];
+
+/// Where an SHPC sequence step writes.
+#[derive(Copy, Clone, Debug)]
+enum Shpc {
+    /// An offset in BAR0.
+    Bar(u64),
+    /// A configuration offset.
+    Config(u16),
+}
+
+/// Slot and controller commands (the Command register at 0x14 takes code | target << 8), event
+/// masks, MSI and the capability's DWORD Select (0x42) / Data (0x44), in an order that shows
+/// the interrupt: (step, where, width, value). The MSI capability is at 0x8c (flags 0x8e,
+/// address 0x90, data 0x98, mask 0x9c, pending 0xa0); a bridge with `msi=off` ignores those
+/// writes, as the free bytes there are written through.
+#[rustfmt::skip]
+const SHPC_SEQUENCE: [(&str, Shpc, u8, u32); 39] = [
+    ("serr-int unmask all", Shpc::Bar(0x20), 4, 0x0003_0000),
+    ("slot 1 events unmasked", Shpc::Bar(0x27), 1, 0),
+    ("power-only slot 1", Shpc::Bar(0x14), 2, 0x0105),
+    ("enable slot 1", Shpc::Bar(0x14), 2, 0x0106),
+    ("enabled to power-only", Shpc::Bar(0x14), 2, 0x0105),
+    ("blink slot 1", Shpc::Bar(0x14), 2, 0x0108),
+    ("attention on slot 1", Shpc::Bar(0x14), 2, 0x0110),
+    ("disable slot 1, indicators off", Shpc::Bar(0x14), 2, 0x013f),
+    ("clear slot 1 latch", Shpc::Bar(0x26), 1, 0x1f),
+    ("slot 31", Shpc::Bar(0x14), 2, 0x1f0d),
+    ("slot 32 invalid", Shpc::Bar(0x14), 2, 0x200d),
+    ("target 0", Shpc::Bar(0x14), 2, 0x0006),
+    ("power-only all", Shpc::Bar(0x14), 2, 0x0048),
+    ("enable all", Shpc::Bar(0x14), 2, 0x0049),
+    ("speed 33", Shpc::Bar(0x14), 2, 0x0040),
+    ("speed 66", Shpc::Bar(0x14), 2, 0x0041),
+    ("speed 0x47", Shpc::Bar(0x14), 2, 0x0047),
+    ("code 0x4a", Shpc::Bar(0x14), 2, 0x004a),
+    ("code 0xff", Shpc::Bar(0x14), 2, 0x00ff),
+    ("clear command detected", Shpc::Bar(0x20), 4, 0x0001_0000),
+    ("command interrupt masked", Shpc::Bar(0x20), 4, 0x0000_0004),
+    ("command again", Shpc::Bar(0x14), 2, 0x0203),
+    ("global mask", Shpc::Bar(0x20), 4, 0x0001_0001),
+    ("msi address", Shpc::Config(0x90), 4, 0xfee0_0000),
+    ("msi data", Shpc::Config(0x98), 2, 0x4041),
+    ("msi on", Shpc::Config(0x8e), 2, 0x0001),
+    ("unmask, command", Shpc::Bar(0x20), 4, 0x0001_0000),
+    ("command, same level", Shpc::Bar(0x14), 2, 0x0308),
+    ("msi vector masked", Shpc::Config(0x9c), 4, 1),
+    ("clear, falling edge", Shpc::Bar(0x20), 4, 0x0001_0000),
+    ("command while masked", Shpc::Bar(0x14), 2, 0x030c),
+    ("msi vector unmasked", Shpc::Config(0x9c), 4, 0),
+    ("dword select command", Shpc::Config(0x42), 1, 5),
+    ("dword data write", Shpc::Config(0x44), 4, 0xdead_beef),
+    ("dword select 9 (slot 1)", Shpc::Config(0x40), 4, 0x0009_0000),
+    ("msi off, intx", Shpc::Config(0x8e), 2, 0),
+    ("command with intx", Shpc::Bar(0x14), 2, 0x0308),
+    ("intx disabled, level up", Shpc::Config(0x04), 2, 0x0402),
+    ("intx enabled again", Shpc::Config(0x04), 2, 0x0002),
+];
+
 /// Would this write make QEMU 7.2 abort? `ioh3420_aer_vector()` aborts when Multiple Message
 /// Enable says more than two vectors while MSI is off (it is clamped only while MSI is on); see
 /// docs/qemu-compat.md. Such writes are left out of the patterns.
@@ -499,6 +573,7 @@ impl<'a> Differential<'a> {
         self.pciexbar();
         self.write_patterns();
         self.msix_bars();
+        self.shpc_bars();
         self.reset_after_writes();
     }
 
@@ -713,6 +788,72 @@ impl<'a> Differential<'a> {
                     self.read(&mut s, f, r, 4);
                 }
             }
+        }
+        self.run(s);
+    }
+
+    /// Each `pcie-pci-bridge`'s SHPC Working Register Set (BAR0, 64-bit, placed at
+    /// [`BAR_BASE`] + 1 MiB per bridge): every dword and the odd widths at reset, all-ones and
+    /// all-zeros written everywhere, unaligned and straddling accesses, the slot and controller
+    /// commands with their status, the Interrupt Locator and the interrupt (Status.Interrupt
+    /// Status, MSI pending bits), the capability's DWORD Select/Data window, and the BAR with
+    /// memory decode off. Every step reads the registers it can change.
+    pub fn shpc_bars(&mut self) {
+        let bridges: Vec<usize> = (0..self.functions.len())
+            .filter(|&f| self.functions[f].kind == Kind::PciePciBridge)
+            .collect();
+        if bridges.is_empty() {
+            return;
+        }
+        self.qemu.platform_reset();
+        self.ours.platform_reset();
+        let mut s = Script::new("shpc");
+        for (i, &f) in bridges.iter().enumerate() {
+            let bar = BAR_BASE + ((i as u64) << 20);
+            self.write(&mut s, f, 0x10, 4, bar as u32);
+            self.write(&mut s, f, 0x14, 4, (bar >> 32) as u32);
+            self.write(&mut s, f, 0x04, 2, 0x0002);
+            let regs = |d: &Self, s: &mut Script| {
+                for off in (0..0x100u64).step_by(4) {
+                    s.push(Op::MemRead(bar + off, 4), None, bar + off);
+                }
+                for r in [0x04u16, 0x40, 0x44, 0x8c, 0x9c, 0xa0] {
+                    d.read(s, f, r, 4);
+                }
+            };
+            s.step("shpc reset");
+            regs(self, &mut s);
+            for off in SHPC_ODD_OFFSETS {
+                for width in [1u8, 2, 8] {
+                    s.push(Op::MemRead(bar + off, width), None, bar + off);
+                }
+            }
+            for (name, value) in [("ones", u64::MAX), ("zeros", 0)] {
+                s.step(&format!("shpc dwords {name}"));
+                for off in (0..0x100u64).step_by(4) {
+                    s.push(Op::MemWrite(bar + off, 4, value), None, bar + off);
+                    s.push(Op::MemRead(bar + off, 4), None, bar + off);
+                }
+                regs(self, &mut s);
+            }
+            for (off, width, value) in SHPC_WRITES {
+                s.step(&format!("shpc write{width} {off:#x}={value:#x}"));
+                s.push(Op::MemWrite(bar + off, width, value), None, bar + off);
+                regs(self, &mut s);
+            }
+            for (name, off, width, value) in SHPC_SEQUENCE {
+                s.step(name);
+                match off {
+                    Shpc::Bar(o) => {
+                        s.push(Op::MemWrite(bar + o, width, value.into()), None, bar + o)
+                    }
+                    Shpc::Config(o) => self.write(&mut s, f, o, width, value),
+                }
+                regs(self, &mut s);
+            }
+            s.step("shpc memory decode off");
+            self.write(&mut s, f, 0x04, 2, 0);
+            s.push(Op::MemRead(bar + 0x14, 4), None, bar + 0x14);
         }
         self.run(s);
     }

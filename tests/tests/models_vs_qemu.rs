@@ -1,11 +1,14 @@
-//! pcierc's function models against QEMU 7.2, register by register: the MCH, `pcie-root-port`s
-//! and `ioh3420`s in QEMU's `q35` machine on one side, the same functions as in-process models on
+//! pcierc's function models against QEMU 7.2, register by register: the MCH, `pcie-root-port`s,
+//! `ioh3420`s and `pcie-pci-bridge`s in QEMU's `q35` machine on one side, the same functions as in-process models on
 //! the other, every read compared (see `pcierc_tests::differential`). The same against QEMU 10.0's
 //! `pc-q35-10.0` with the models built for that machine type.
 
 use std::time::Instant;
 
-use pcierc_backend::devices::{MachineType, Mch, RootPort, RootPortConfig, RootPortModel};
+use pcierc_backend::devices::pcie_pci_bridge::OnOffAuto;
+use pcierc_backend::devices::{
+    MachineType, Mch, PciePciBridge, PciePciBridgeConfig, RootPort, RootPortConfig, RootPortModel,
+};
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{
     ConfigTarget, Differential, Function, Kind, QtestTarget, DEVIATIONS, ECAM_BASE,
@@ -13,16 +16,16 @@ use pcierc_tests::differential::{
 use pcierc_tests::qtest::{qemu_machine, qemu_q35, Qemu, Qtest};
 
 /// pcierc's models in-process, placed on bus 0 like QEMU's machine: the MCH at 00:00.0 and
-/// root ports at their devfns. ECAM decodes through the MCH's PCIEXBAR and BAR0s through the
-/// ports; every other address reads 0, as unassigned memory does in QEMU.
+/// root ports and bridges at their devfns. ECAM decodes through the MCH's PCIEXBAR and BARs
+/// through the functions; every other address reads 0, as unassigned memory does in QEMU.
 struct ModelTarget {
     mch: Mch,
-    ports: Vec<(u8, RootPort)>,
+    ports: Vec<(u8, Box<dyn PciFunction>)>,
 }
 
 impl ModelTarget {
     /// ECAM enabled at [`ECAM_BASE`], as `QtestTarget::new` does.
-    fn new(ports: Vec<(u8, RootPort)>) -> Self {
+    fn new(ports: Vec<(u8, Box<dyn PciFunction>)>) -> Self {
         let mut t = ModelTarget {
             mch: Mch::new(),
             ports,
@@ -38,7 +41,7 @@ impl ModelTarget {
                 .ports
                 .iter_mut()
                 .find(|(f, _)| *f == d)
-                .map(|(_, p)| p as &mut dyn PciFunction),
+                .map(|(_, p)| p.as_mut() as &mut dyn PciFunction),
             _ => None,
         }
     }
@@ -131,27 +134,44 @@ fn compare(ports: Vec<(u8, String, RootPort)>) {
 }
 
 fn compare_with(qt: Qtest, ports: Vec<(u8, String, RootPort)>, args: &[String]) {
+    let functions = ports
+        .into_iter()
+        .map(|(devfn, _, p)| {
+            let kind = match p.config().model {
+                RootPortModel::PcieRootPort => Kind::RootPort,
+                RootPortModel::Ioh3420 => Kind::Ioh3420,
+            };
+            let name = p.config().id.clone();
+            (devfn, name, kind, Box::new(p) as Box<dyn PciFunction>)
+        })
+        .collect();
+    compare_functions(qt, functions, args);
+}
+
+/// Compare the MCH and `functions` (devfn, name, kind, model) against QEMU's machine.
+fn compare_functions(
+    qt: Qtest,
+    functions: Vec<(u8, String, Kind, Box<dyn PciFunction>)>,
+    args: &[String],
+) {
     let started = Instant::now();
     let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
-    let mut functions = vec![Function {
+    let mut names = vec![Function {
         name: "00:00.0 mch".into(),
         kind: Kind::Mch,
         devfn: 0,
     }];
-    for (devfn, _, p) in &ports {
-        let name = format!("00:{:02x}.{} {}", devfn >> 3, devfn & 7, p.config().id);
-        let kind = match p.config().model {
-            RootPortModel::PcieRootPort => Kind::RootPort,
-            RootPortModel::Ioh3420 => Kind::Ioh3420,
-        };
-        functions.push(Function {
-            name,
+    let mut models = Vec::new();
+    for (devfn, id, kind, f) in functions {
+        names.push(Function {
+            name: format!("00:{:02x}.{} {id}", devfn >> 3, devfn & 7),
             kind,
-            devfn: *devfn,
+            devfn,
         });
+        models.push((devfn, f));
     }
-    let mut ours = ModelTarget::new(ports.into_iter().map(|(d, _, p)| (d, p)).collect());
-    let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
+    let mut ours = ModelTarget::new(models);
+    let mut diff = Differential::new(&mut qemu, &mut ours, names, DEVIATIONS);
     diff.run_all_and_check(&format!("models vs QEMU ({})", args.join(" ")), started);
 }
 
@@ -255,4 +275,90 @@ fn root_ports_on_pc_q35_10_0_match_qemu_10_0() {
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     compare_with(qt, ports, &args);
+}
+
+/// Two `pcie-pci-bridge`s on pcie.0 (QEMU accepts them there; behind a root port the registers
+/// are the same, as the fixtures show), one with `msi=off`, beside a root port: every register,
+/// the SHPC BAR and its commands, MSI and INTx.
+#[test]
+fn pcie_pci_bridges_match_qemu() {
+    let bridge = |id: &str, msi| PciePciBridgeConfig {
+        id: id.into(),
+        msi,
+        ..Default::default()
+    };
+    let args: Vec<String> = [
+        "pcie-pci-bridge,id=br1,bus=pcie.0,addr=0x2",
+        "pcie-pci-bridge,id=br2,bus=pcie.0,addr=0x3,msi=off",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let Some(qt) = qemu_q35(&args.iter().map(String::as_str).collect::<Vec<_>>()) else {
+        return;
+    };
+    let functions: Vec<(u8, String, Kind, Box<dyn PciFunction>)> = vec![
+        (
+            0x10,
+            "br1".into(),
+            Kind::PciePciBridge,
+            Box::new(PciePciBridge::new(bridge("br1", OnOffAuto::Auto))),
+        ),
+        (
+            0x18,
+            "br2".into(),
+            Kind::PciePciBridge,
+            Box::new(PciePciBridge::new(bridge("br2", OnOffAuto::Off))),
+        ),
+        (
+            0xe0,
+            "rp1".into(),
+            Kind::RootPort,
+            Box::new(RootPort::new(config("rp1", 1, 1, false))),
+        ),
+    ];
+    compare_functions(qt, functions, &args);
+}
+
+/// The same bridges built for `pc-q35-10.0` against QEMU 10.0's: Device Capabilities Extended
+/// Tag and the writable AER Uncorrectable Error Mask are the differences.
+#[test]
+fn pcie_pci_bridges_on_pc_q35_10_0_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let bridge = |id: &str, msi| {
+        let cfg = PciePciBridgeConfig {
+            id: id.into(),
+            msi,
+            ..Default::default()
+        };
+        Box::new(PciePciBridge::on_machine(cfg, MachineType::PcQ35V10_0)) as Box<dyn PciFunction>
+    };
+    let args: Vec<String> = [
+        "pcie-pci-bridge,id=br1,bus=pcie.0,addr=0x2",
+        "pcie-pci-bridge,id=br2,bus=pcie.0,addr=0x3,msi=off",
+    ]
+    .map(String::from)
+    .to_vec();
+    let qt = qemu_machine(
+        &q10,
+        "pc-q35-10.0",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let functions = vec![
+        (
+            0x10,
+            "br1".into(),
+            Kind::PciePciBridge,
+            bridge("br1", OnOffAuto::Auto),
+        ),
+        (
+            0x18,
+            "br2".into(),
+            Kind::PciePciBridge,
+            bridge("br2", OnOffAuto::Off),
+        ),
+    ];
+    compare_functions(qt, functions, &args);
 }

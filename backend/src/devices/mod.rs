@@ -2,6 +2,7 @@
 
 pub mod machine;
 pub mod mch;
+pub mod pcie_pci_bridge;
 pub mod root_port;
 
 /// The port behaviour [`RootPort`] has (bus numbers, windows, slot, AER, PME): bring it into
@@ -9,4 +10,5 @@ pub mod root_port;
 pub use crate::pci::port::PortFunction;
 pub use machine::{MachineType, PortCompat};
 pub use mch::Mch;
+pub use pcie_pci_bridge::{PciePciBridge, PciePciBridgeConfig};
 pub use root_port::{RootPort, RootPortConfig, RootPortModel};

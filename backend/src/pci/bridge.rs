@@ -5,6 +5,7 @@
 
 use super::config_space::ConfigSpace;
 use super::header::{self, Identity};
+use super::Effects;
 
 // PCI-to-PCI Bridge 1.2 §3.2.5.2 Primary, Secondary and Subordinate Bus Number registers.
 /// Primary Bus Number.
@@ -149,6 +150,22 @@ pub fn init_type1(cs: &mut ConfigSpace, id: Identity, multifunction: bool) {
     cs.set_word(SEC_STATUS, header::STATUS_66MHZ | header::STATUS_FAST_BACK);
 }
 
+/// QEMU's `pci_bridge_reset()` alone (`pcie-pci-bridge`): bus numbers, Secondary Latency
+/// Timer and Bridge Control cleared, and the base and limit address bits of every window zeroed,
+/// which leaves the bottom 4 KiB of I/O and 1 MiB of each memory window open (PCI-to-PCI Bridge
+/// 1.2 §3.2.5.6-§3.2.5.9 leave their reset values to the implementation).
+pub fn reset_zeroed(cs: &mut ConfigSpace) {
+    cs.set_dword(PRIMARY_BUS, 0);
+    cs.clear_bits(IO_BASE, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(IO_LIMIT, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_BASE, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_LIMIT, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_BASE, 2, PREF_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_LIMIT, 2, PREF_RANGE_MASK.into());
+    cs.set_qword(PREF_BASE_UPPER32, 0);
+    cs.set_word(BRIDGE_CONTROL, 0);
+}
+
 /// QEMU's `pci_bridge_reset()` followed by `pci_bridge_disable_base_limit()`: bus numbers and
 /// Bridge Control cleared, every window closed (base above limit).
 pub fn reset(cs: &mut ConfigSpace) {
@@ -213,6 +230,71 @@ pub fn windows(cs: &ConfigSpace) -> BridgeWindows {
         io: open(cmd & header::COMMAND_IO != 0, io_range(cs)),
         mem: open(cmd & header::COMMAND_MEMORY != 0, mem_range(cs)),
         pref: open(cmd & header::COMMAND_MEMORY != 0, pref_range(cs)),
+    }
+}
+
+/// The BAR whose moves a [`Watched`] reports.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Bar {
+    /// A 32-bit BAR at this index.
+    Bits32(u8),
+    /// A 64-bit BAR at this index and the next.
+    Bits64(u8),
+}
+
+/// The registers of a type 1 function whose change a configuration write reports as
+/// [`Effects`]: bus numbers, windows, decode enables, one BAR and Bridge Control's Secondary
+/// Bus Reset edge. Taken before the write, compared after it.
+pub struct Watched {
+    bus: u32,
+    windows: [u32; 6],
+    command: u16,
+    bar: u64,
+    bridge_control: u16,
+}
+
+impl Watched {
+    /// The watched registers now.
+    pub fn of(cs: &ConfigSpace, bar: Bar) -> Self {
+        Watched {
+            bus: cs.dword(PRIMARY_BUS) & 0x00ff_ffff,
+            windows: [
+                cs.word(IO_BASE).into(),
+                cs.dword(MEMORY_BASE),
+                cs.dword(PREF_MEMORY_BASE),
+                cs.dword(PREF_BASE_UPPER32),
+                cs.dword(PREF_LIMIT_UPPER32),
+                cs.dword(IO_BASE_UPPER16),
+            ],
+            command: cs.word(header::COMMAND),
+            bar: match bar {
+                Bar::Bits32(i) => cs.dword(header::BAR0 + 4 * u16::from(i)).into(),
+                Bar::Bits64(i) => cs.qword(header::BAR0 + 4 * u16::from(i)),
+            },
+            bridge_control: cs.word(BRIDGE_CONTROL),
+        }
+    }
+
+    /// What changed between `self` and `cs` now.
+    pub fn effects(&self, cs: &ConfigSpace, bar: Bar) -> Effects {
+        let now = Watched::of(cs, bar);
+        let mut e = Effects::empty();
+        if now.bus != self.bus {
+            e |= Effects::BUS_NUMBERS;
+        }
+        let decode = |c: u16| c & (header::COMMAND_IO | header::COMMAND_MEMORY);
+        if now.windows != self.windows || decode(now.command) != decode(self.command) {
+            e |= Effects::WINDOWS;
+        }
+        let mem = |c: u16| c & header::COMMAND_MEMORY;
+        if now.bar != self.bar || mem(now.command) != mem(self.command) {
+            e |= Effects::BARS;
+        }
+        // PCI-to-PCI Bridge 1.2 §3.2.5.18: Secondary Bus Reset 0 -> 1 resets the secondary bus.
+        if !self.bridge_control & now.bridge_control & BRIDGE_CTL_BUS_RESET != 0 {
+            e |= Effects::SECONDARY_BUS_RESET;
+        }
+        e
     }
 }
 

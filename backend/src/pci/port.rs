@@ -115,54 +115,6 @@ pub struct PortState {
     pub pme_queue: Vec<u16>,
 }
 
-/// Registers whose change a write reports.
-struct Watched {
-    bus: u32,
-    windows: [u32; 6],
-    command: u16,
-    bar: u32,
-    bridge_control: u16,
-}
-
-impl Watched {
-    fn of(cs: &ConfigSpace, bar: u8) -> Self {
-        Watched {
-            bus: cs.dword(bridge::PRIMARY_BUS) & 0x00ff_ffff,
-            windows: [
-                cs.word(bridge::IO_BASE).into(),
-                cs.dword(bridge::MEMORY_BASE),
-                cs.dword(bridge::PREF_MEMORY_BASE),
-                cs.dword(bridge::PREF_BASE_UPPER32),
-                cs.dword(bridge::PREF_LIMIT_UPPER32),
-                cs.dword(bridge::IO_BASE_UPPER16),
-            ],
-            command: cs.word(header::COMMAND),
-            bar: cs.dword(header::BAR0 + 4 * u16::from(bar)),
-            bridge_control: cs.word(bridge::BRIDGE_CONTROL),
-        }
-    }
-
-    fn effects(&self, cs: &ConfigSpace, bar: u8) -> Effects {
-        let now = Watched::of(cs, bar);
-        let mut e = Effects::empty();
-        if now.bus != self.bus {
-            e |= Effects::BUS_NUMBERS;
-        }
-        let decode = |c: u16| c & (header::COMMAND_IO | header::COMMAND_MEMORY);
-        if now.windows != self.windows || decode(now.command) != decode(self.command) {
-            e |= Effects::WINDOWS;
-        }
-        let mem = |c: u16| c & header::COMMAND_MEMORY;
-        if now.bar != self.bar || mem(now.command) != mem(self.command) {
-            e |= Effects::BARS;
-        }
-        if !self.bridge_control & now.bridge_control & bridge::BRIDGE_CTL_BUS_RESET != 0 {
-            e |= Effects::SECONDARY_BUS_RESET;
-        }
-        e
-    }
-}
-
 /// The register differences of the machine type, on a port whose capabilities are laid out
 /// (QEMU applies them in the same realize functions, by compat property; see
 /// [`PortCompat`] for each flag's QEMU property and spec section).
@@ -615,7 +567,8 @@ impl PciePort {
             return Effects::empty();
         }
         let (exp, aer) = (self.layout.exp, self.layout.aer);
-        let watched = Watched::of(&self.space, self.layout.msix_bar);
+        let bar = bridge::Bar::Bits32(self.layout.msix_bar);
+        let watched = bridge::Watched::of(&self.space, bar);
         let root_cmd = self.space.dword(aer + aer::ROOT_COMMAND);
         let slot_regs = HotplugSlot::snapshot(&self.space, exp);
         let was_occupied = self.slot_occupied();
@@ -671,7 +624,7 @@ impl PciePort {
         } else {
             Effects::empty()
         };
-        watched.effects(&self.space, self.layout.msix_bar) | self.queued() | slot_written
+        watched.effects(&self.space, bar) | self.queued() | slot_written
     }
 
     /// The MSI-X BAR when it decodes (none with MSI).

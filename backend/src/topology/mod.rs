@@ -1,10 +1,12 @@
 //! The hierarchy: how it is described ([`spec`]), how accesses are routed ([`hierarchy`]), how it
 //! is reported to frontends ([`report`]) and saved ([`state`]); the `pcie-root-port` properties
-//! ([`root_port`]); what goes wrong ([`error`]).
+//! ([`root_port`]) and the `pcie-pci-bridge` ones ([`pcie_pci_bridge`]); what goes wrong
+//! ([`error`]).
 
 pub mod addr;
 pub mod error;
 pub mod hierarchy;
+pub mod pcie_pci_bridge;
 pub mod report;
 pub mod root_port;
 pub mod spec;

@@ -102,7 +102,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// An integer property of at most `max`.
-fn bounded(id: &str, property: &'static str, value: &str, max: u64) -> Result<u64> {
+pub(super) fn bounded(id: &str, property: &'static str, value: &str, max: u64) -> Result<u64> {
     let n = parse_uint(value).map_err(|source| TopologyError::Value {
         id: id.to_string(),
         property,

@@ -59,6 +59,8 @@ const FLAGS_VER2: u16 = 2;
 const FLAGS_TYPE_SHIFT: u16 = 4;
 /// Device/Port Type: Root Port of PCI Express Root Complex.
 pub const TYPE_ROOT_PORT: u16 = 0x4;
+/// Device/Port Type: PCI Express to PCI/PCI-X Bridge.
+pub const TYPE_PCI_BRIDGE: u16 = 0x7;
 /// Slot Implemented.
 pub const FLAGS_SLOT: u16 = 1 << 8;
 // PCIe Base 6.0 §7.5.3.3: Role-Based Error Reporting.
@@ -191,6 +193,25 @@ pub fn init_root_port(
     // Enable (RW) and §7.5.3.14 Root Status PME Status (RW1C).
     cs.set_wmask(at + RTCTL, 2, (RTCTL_SERR_ENABLES | RTCTL_PMEIE).into());
     cs.set_w1cmask(at + RTSTA, 4, RTSTA_PME_STATUS.into());
+    Ok(at)
+}
+
+/// Add the capability at `offset` for a PCI Express to PCI/PCI-X bridge, as QEMU 7.2's
+/// `pcie_cap_init(d, 0, PCI_EXP_TYPE_PCI_BRIDGE, 0)` followed by `pcie_cap_arifwd_init()` and
+/// `pcie_cap_deverr_init()` (`pcie-pci-bridge`): no slot, no root registers, a 2.5 GT/s x1
+/// link (Link Capabilities with L0s, Link Status showing the same speed and width) and port 0.
+pub fn init_pci_bridge(cs: &mut ConfigSpace, offset: u8) -> Result<u16, CapabilityError> {
+    let at = u16::from(cs.add_capability(CAP_ID_EXP, Some(offset), VER2_SIZEOF)?);
+    cs.set_word(at + FLAGS, TYPE_PCI_BRIDGE << FLAGS_TYPE_SHIFT | FLAGS_VER2);
+    // pcie_cap_v1_fill(): Role-Based Error Reporting, x1 at 2.5 GT/s, ASPM L0s.
+    cs.set_dword(at + DEVCAP, DEVCAP_RBER);
+    let lnkcap = LNKCAP_ASPM_L0S | 1 << 4 | LinkSpeed::Gt2_5 as u32;
+    cs.set_dword(at + LNKCAP, lnkcap);
+    cs.set_word(at + LNKSTA, (lnkcap & 0x3ff) as u16);
+    cs.set_dword(at + DEVCAP2, DEVCAP2_EFF | DEVCAP2_EETLPP | DEVCAP2_ARI);
+    cs.set_wmask(at + DEVCTL2, 2, (DEVCTL2_EETLPPB | DEVCTL2_ARI).into());
+    cs.or_wmask(at + DEVCTL, 2, DEVCTL_ERR_REPORTING.into());
+    cs.or_w1cmask(at + DEVSTA, 2, DEVSTA_ERR_DETECTED.into());
     Ok(at)
 }
 

@@ -7,10 +7,11 @@ pub mod acs;
 pub mod aer;
 pub mod express;
 pub mod resource_reserve;
+pub mod shpc;
 pub mod slot;
 pub mod ssvid;
 
 pub use pcierc_config_space::caps::{
-    msi, msix, CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_SSVID, CAP_ID_VENDOR, EXT_CAP_ID_ACS,
-    EXT_CAP_ID_AER,
+    msi, msix, CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, CAP_ID_PM, CAP_ID_SSVID, CAP_ID_VENDOR,
+    EXT_CAP_ID_ACS, EXT_CAP_ID_AER,
 };
