@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::frame::{
     decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
+use crate::frontend::Frontend;
+use crate::layout_delta::{LayoutDelta, LayoutNotice};
 use crate::messages::{
     ChipsetMemory, FunctionReset, IntxLevel, LayoutChange, MsiMessage, MsiRoute,
 };
@@ -49,12 +51,23 @@ pub(crate) fn is_unix_stream(fd: RawFd) -> bool {
 /// A backend-initiated message, decoded and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notification {
-    /// The guest changed routing: what changed and the whole new topology.
+    /// The guest changed routing: what changed and the whole new topology (sent whole, or
+    /// rebuilt by [`BackendChannel`] from a `LayoutDelta` and the topology it had).
     LayoutChanged {
         /// What changed.
         changes: LayoutChanges,
         /// The topology after the change.
         topology: Topology,
+    },
+    /// A `LayoutDelta` arrived that the channel cannot apply: it does not hold the topology the
+    /// delta starts from (an earlier layout notification was refused). The layout the frontend
+    /// knows is stale: it MUST NOT act on it, and fetches the topology (`GetTopology`), e.g.
+    /// with [`BackendChannel::resync`].
+    LayoutResync {
+        /// What changed.
+        changes: LayoutChanges,
+        /// The generation of the layout the delta produced.
+        generation: u64,
     },
     /// The guest reprogrammed the MCH's PAM/SMRAM registers.
     ChipsetMemoryChanged(ChipsetMemory),
@@ -74,24 +87,22 @@ pub enum Notification {
 }
 
 impl Notification {
-    /// Decode a backend-channel message (header already validated as a request).
+    /// Decode a backend-channel message (header already validated as a request). A
+    /// `LayoutDelta` needs the topology it applies to, which only a [`BackendChannel`] holds:
+    /// here it is refused (`InvalidTopology`).
     pub fn decode(msg: &Message) -> Result<Notification> {
         let code = msg.header.request;
         match BackendReq::try_from(code).map_err(|e| Error::UnknownRequest(e.raw))? {
             BackendReq::LayoutChanged => {
-                let n = std::mem::size_of::<LayoutChange>();
-                let head = msg.payload.get(..n).ok_or(Error::PayloadSize {
-                    request: code,
-                    expected: n,
-                    got: msg.payload.len(),
-                })?;
-                let lc: LayoutChange = decode_payload(code, head)?;
-                let changes = LayoutChanges::from_bits_retain(lc.changes);
+                let (changes, rest) = layout_head(code, &msg.payload)?;
                 Ok(Notification::LayoutChanged {
                     changes,
-                    topology: Topology::decode(&msg.payload[n..])?,
+                    topology: Topology::decode(rest)?,
                 })
             }
+            BackendReq::LayoutDelta => Err(Error::InvalidTopology(
+                "a layout delta without the topology it applies to",
+            )),
             BackendReq::ChipsetMemoryChanged => Ok(Notification::ChipsetMemoryChanged(
                 decode_payload(code, &msg.payload)?,
             )),
@@ -114,12 +125,29 @@ impl Notification {
     }
 }
 
+/// The `LayoutChange` head of a layout notification, and the bytes after it.
+fn layout_head(code: u32, payload: &[u8]) -> Result<(LayoutChanges, &[u8])> {
+    let n = std::mem::size_of::<LayoutChange>();
+    let head = payload.get(..n).ok_or(Error::PayloadSize {
+        request: code,
+        expected: n,
+        got: payload.len(),
+    })?;
+    let lc: LayoutChange = decode_payload(code, head)?;
+    Ok((LayoutChanges::from_bits_retain(lc.changes), &payload[n..]))
+}
+
 /// The frontend's end of the backend channel.
+///
+/// It keeps the last topology a layout notification gave it, to rebuild whole topologies from
+/// `LayoutDelta`s. A layout notification that does not decode or apply drops it, so the next
+/// delta yields [`Notification::LayoutResync`] instead of a layout built on a stale base.
 #[derive(Debug)]
 pub struct BackendChannel {
     stream: UnixStream,
     reader: FrameReader,
     writer: FrameWriter,
+    layout: Option<Topology>,
 }
 
 impl BackendChannel {
@@ -130,7 +158,33 @@ impl BackendChannel {
             stream,
             reader: FrameReader::new(MessageKind::Request),
             writer: FrameWriter::default(),
+            layout: None,
         })
+    }
+
+    /// The topology of the last layout notification (or [`BackendChannel::set_layout`]), if
+    /// the channel holds one.
+    pub fn layout(&self) -> Option<&Topology> {
+        self.layout.as_ref()
+    }
+
+    /// Give the channel the topology `GetTopology` returned, the base for later deltas.
+    /// Deltas that end at or before its generation are then skipped (it is newer).
+    pub fn set_layout(&mut self, topology: Topology) {
+        self.layout = Some(topology);
+    }
+
+    /// Answer a [`Notification::LayoutResync`]: fetch the topology from `frontend`
+    /// (`GetTopology`), keep it as the base for later deltas and return it as the
+    /// `LayoutChanged` to act on.
+    pub fn resync(
+        &mut self,
+        frontend: &mut Frontend,
+        changes: LayoutChanges,
+    ) -> Result<Notification> {
+        let topology = frontend.topology()?;
+        self.layout = Some(topology.clone());
+        Ok(Notification::LayoutChanged { changes, topology })
     }
 
     /// Wait for the next notification.
@@ -158,13 +212,33 @@ impl BackendChannel {
     /// fails validation is answered with an error status and returned as a non-fatal error.
     fn recv_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Notification>> {
         self.writer.flush(&self.stream)?;
-        let Some(msg) = self.reader.recv_timeout(&self.stream, timeout)? else {
-            return Ok(None);
-        };
-        let decoded = if msg.fds.is_empty() {
-            Notification::decode(&msg)
-        } else {
+        loop {
+            let Some(msg) = self.reader.recv_timeout(&self.stream, timeout)? else {
+                return Ok(None);
+            };
+            if let Some(n) = self.handle(msg)? {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    /// Decode (with the layout held for deltas), answer if asked; `None` for a delta that
+    /// ends at or before the layout held (already known after a resync).
+    fn handle(&mut self, msg: Message) -> Result<Option<Notification>> {
+        let code = msg.header.request;
+        let decoded = if !msg.fds.is_empty() {
             Err(Error::InvalidPayload("fds"))
+        } else if code == BackendReq::LayoutDelta as u32 {
+            self.apply_delta(code, &msg.payload)
+        } else {
+            let n = Notification::decode(&msg);
+            if code == BackendReq::LayoutChanged as u32 {
+                self.layout = match &n {
+                    Ok(Notification::LayoutChanged { topology, .. }) => Some(topology.clone()),
+                    _ => None,
+                };
+            }
+            n.map(Some)
         };
         if msg.header.needs_reply() {
             let status = match &decoded {
@@ -176,7 +250,49 @@ impl BackendChannel {
                 .queue(&encode(msg.header.reply(status, 0), &[])?)?;
             self.writer.flush(&self.stream)?;
         }
-        decoded.map(Some)
+        decoded
+    }
+
+    /// A `LayoutDelta` applied to the layout held. Whatever fails (a malformed delta, one that
+    /// does not fit the base) drops the layout, so nothing is ever built on a stale base.
+    fn apply_delta(&mut self, code: u32, payload: &[u8]) -> Result<Option<Notification>> {
+        let decoded = layout_head(code, payload).and_then(|(c, rest)| {
+            LayoutDelta::decode(rest).map(|d| (c, d))
+        });
+        let (changes, delta) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                self.layout = None;
+                return Err(e);
+            }
+        };
+        let Some(layout) = self.layout.as_mut() else {
+            return Ok(Some(Notification::LayoutResync {
+                changes,
+                generation: delta.generation,
+            }));
+        };
+        if layout.generation != delta.base_generation {
+            if delta.generation <= layout.generation {
+                // A resync fetched this layout or a newer one already.
+                return Ok(None);
+            }
+            self.layout = None;
+            return Ok(Some(Notification::LayoutResync {
+                changes,
+                generation: delta.generation,
+            }));
+        }
+        match delta.apply(layout) {
+            Ok(()) => Ok(Some(Notification::LayoutChanged {
+                changes,
+                topology: layout.clone(),
+            })),
+            Err(e) => {
+                self.layout = None;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -204,6 +320,10 @@ pub struct BackendChannelSender {
     interrupts: bool,
     hotplug_events: bool,
     reset_events: bool,
+    layout_delta: bool,
+    /// The serial of the last [`LayoutNotice`] sent (its topology is what the frontend holds);
+    /// `None` before the first one and after a whole topology sent outside notices.
+    layout_serial: Option<u64>,
 }
 
 impl BackendChannelSender {
@@ -229,6 +349,8 @@ impl BackendChannelSender {
             interrupts: true,
             hotplug_events: true,
             reset_events: true,
+            layout_delta: false,
+            layout_serial: None,
         })
     }
 
@@ -247,8 +369,37 @@ impl BackendChannelSender {
         self.layout_events = enabled;
     }
 
+    /// Set whether the frontend negotiated `LAYOUT_DELTA` (false for a new sender).
+    pub fn set_layout_delta(&mut self, on: bool) {
+        self.layout_delta = on;
+    }
+
     /// Send `LayoutChanged`: what changed and the whole new topology.
     pub fn layout_changed(&mut self, changes: LayoutChanges, topology: &Topology) -> Result<()> {
+        self.layout_serial = None;
+        self.send_layout(changes, BackendReq::LayoutChanged, &topology.encode())
+    }
+
+    /// Send one layout change: as `LayoutDelta` when the frontend negotiated `LAYOUT_DELTA`,
+    /// the notice has a delta and this channel was sent the notice before it; otherwise as
+    /// `LayoutChanged` with the whole topology (the first layout notification on a channel is
+    /// always whole).
+    pub fn layout_notice(&mut self, notice: &LayoutNotice<'_>) -> Result<()> {
+        let follows = self.layout_serial.is_some_and(|s| s.wrapping_add(1) == notice.serial);
+        self.layout_serial = Some(notice.serial);
+        match notice.delta {
+            Some(delta) if self.layout_delta && follows => {
+                self.send_layout(notice.changes, BackendReq::LayoutDelta, delta)
+            }
+            _ => self.send_layout(
+                notice.changes,
+                BackendReq::LayoutChanged,
+                &notice.topology.encode(),
+            ),
+        }
+    }
+
+    fn send_layout(&mut self, changes: LayoutChanges, code: BackendReq, body: &[u8]) -> Result<()> {
         if !self.layout_events {
             return if self.closed {
                 Err(Error::ChannelClosed)
@@ -256,14 +407,14 @@ impl BackendChannelSender {
                 Ok(())
             };
         }
-        let mut payload = LayoutChange {
+        let head = LayoutChange {
             changes: changes.bits(),
             reserved: 0,
-        }
-        .as_slice()
-        .to_vec();
-        payload.extend_from_slice(&topology.encode());
-        self.send(BackendReq::LayoutChanged, &payload)
+        };
+        let mut payload = Vec::with_capacity(head.as_slice().len() + body.len());
+        payload.extend_from_slice(head.as_slice());
+        payload.extend_from_slice(body);
+        self.send(code, &payload)
     }
 
     /// Send `ChipsetMemoryChanged` with the new PAM/SMRAM routing.

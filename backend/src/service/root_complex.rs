@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use super::control::ControlEvent;
 use super::control::ControlPlane;
 use super::irqfd::Irqfds;
+use super::layout::LayoutTracker;
 use super::ownership::Ownership;
 use super::snapshot::Snapshots;
 use super::state_file::StateFile;
@@ -44,6 +45,8 @@ pub struct RootComplex {
     snapshots: Snapshots,
     /// Counters for `x-pcierc-query-stats`.
     stats: Stats,
+    /// The layout last sent, for `LayoutDelta`s.
+    layout: LayoutTracker,
 }
 
 impl RootComplex {
@@ -58,6 +61,7 @@ impl RootComplex {
             state_file: None,
             snapshots: Snapshots::default(),
             stats: Stats::default(),
+            layout: LayoutTracker::default(),
         };
         // The power-on state, reported as changes from here on.
         rc.control.slot_events(&rc.hierarchy);
@@ -255,15 +259,16 @@ impl RootComplex {
         }
         let topology = (!changes.is_empty()).then(|| self.hierarchy.describe());
         let memory = self.hierarchy.chipset_memory();
-        if let Some(t) = &topology {
+        if let Some(t) = topology {
             debug!("layout generation {}: {changes:?}", t.generation);
-        }
-        if let Some(t) = &topology {
+            let mut delta = Vec::new();
+            let notice = self.layout.notice(changes, &t, &mut delta);
             self.each_channel(
                 "layout-changed",
                 |_, _| true,
-                |ch| ch.layout_changed(changes, t),
+                |ch| ch.layout_notice(&notice),
             );
+            self.layout.sent(t);
         }
         if effects.contains(Effects::CHIPSET_MEMORY) {
             self.each_channel(
