@@ -257,7 +257,11 @@ impl RootComplex {
         if changes.is_empty() && !effects.contains(Effects::CHIPSET_MEMORY) {
             return;
         }
-        let topology = (!changes.is_empty()).then(|| self.hierarchy.describe());
+        let topology = (!changes.is_empty()).then(|| self.hierarchy.describe_changed());
+        #[cfg(debug_assertions)]
+        if let Some(t) = &topology {
+            debug_assert_eq!(t, &self.hierarchy.describe(), "incremental topology differs");
+        }
         let memory = self.hierarchy.chipset_memory();
         if let Some(t) = topology {
             debug!("layout generation {}: {changes:?}", t.generation);

@@ -25,93 +25,100 @@ fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
     encode_name(s).unwrap_or_default()
 }
 
+/// [`Hierarchy::describe`] kept up to date by parts: the MCH's record and each root port's
+/// record and ranges, rebuilt only for the functions whose registers may have changed (the
+/// ones the configuration snapshot is told about, [`Hierarchy::mark_changed`]), so a layout
+/// change costs what changed plus copying the records out, not re-reading every port.
+#[derive(Debug, Default)]
+pub struct DescribeCache {
+    /// 0 = MCH, 1 + i = port i: rebuild before use.
+    stale: Vec<bool>,
+    mch: FunctionRecord,
+    ports: Vec<(FunctionRecord, Vec<AddressRange>)>,
+}
+
+impl DescribeCache {
+    /// Mark function `n` (0 = MCH, 1 + i = port i) for rebuilding.
+    pub fn mark(&mut self, n: usize) {
+        if let Some(s) = self.stale.get_mut(n) {
+            *s = true;
+        }
+    }
+
+    /// Mark every function of a hierarchy with `functions` of them for rebuilding.
+    pub fn mark_all(&mut self, functions: usize) {
+        self.stale = vec![true; functions];
+    }
+}
+
+/// The claimed configuration-mechanism ports.
+fn config_ranges() -> [AddressRange; 2] {
+    [
+        AddressRange {
+            base: CONFIG_ADDRESS_PORT,
+            size: 4,
+            space: AddressSpace::Pio as u8,
+            kind: RangeKind::ConfigAddress as u8,
+            ..Default::default()
+        },
+        AddressRange {
+            base: CONFIG_DATA_PORT,
+            size: 4,
+            space: AddressSpace::Pio as u8,
+            kind: RangeKind::ConfigData as u8,
+            ..Default::default()
+        },
+    ]
+}
+
 impl Hierarchy {
     /// The topology record frontends receive (`GetTopology`, `LayoutChanged`).
     pub fn describe(&self) -> Topology {
         let spec = self.spec();
         let mut functions = Vec::with_capacity(1 + spec.root_ports.len() + spec.endpoints.len());
-        let emulated = function_flags::PRESENT | function_flags::EMULATED;
-        let (v, d, c, mf) = identity(self.mch());
-        functions.push(FunctionRecord {
-            vendor_id: v,
-            device_id: d,
-            class_code: c,
-            kind: FunctionKind::HostBridge as u8,
-            flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent: NO_PARENT,
-            id: name("mch"),
-            owner: name(PCIERC_OWNER),
-            ..Default::default()
-        });
-        let mut ranges = vec![
-            AddressRange {
-                base: CONFIG_ADDRESS_PORT,
-                size: 4,
-                space: AddressSpace::Pio as u8,
-                kind: RangeKind::ConfigAddress as u8,
-                ..Default::default()
-            },
-            AddressRange {
-                base: CONFIG_DATA_PORT,
-                size: 4,
-                space: AddressSpace::Pio as u8,
-                kind: RangeKind::ConfigData as u8,
-                ..Default::default()
-            },
-        ];
-        for (p, ps) in self.ports().iter().zip(&spec.root_ports) {
-            let (v, d, c, mf) = identity(p);
-            functions.push(FunctionRecord {
-                devfn: ps.addr.0,
-                vendor_id: v,
-                device_id: d,
-                class_code: c,
-                kind: FunctionKind::RootPort as u8,
-                flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
-                parent: NO_PARENT,
-                secondary_bus: p.secondary_bus(),
-                subordinate_bus: p.subordinate_bus(),
-                id: name(&ps.config.id),
-                owner: name(PCIERC_OWNER),
-                ..Default::default()
-            });
-            let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| {
-                AddressRange {
-                    base,
-                    size,
-                    space: space as u8,
-                    kind: kind as u8,
-                    devfn: ps.addr.0,
-                    bar,
-                    ..Default::default()
+        functions.push(self.mch_record());
+        let mut ranges = config_ranges().to_vec();
+        for i in 0..self.ports().len() {
+            let (record, port_ranges) = self.port_description(i);
+            functions.push(record);
+            ranges.extend(port_ranges);
+        }
+        self.finish_description(functions, ranges)
+    }
+
+    /// [`Hierarchy::describe`], rebuilding only the parts of `cache` marked stale.
+    pub(super) fn describe_cached(&self, cache: &mut DescribeCache) -> Topology {
+        let n = 1 + self.ports().len();
+        if cache.stale.len() != n || cache.ports.len() + 1 != n {
+            cache.stale = vec![true; n];
+            cache.ports = vec![Default::default(); n - 1];
+        }
+        for (i, stale) in cache.stale.iter_mut().enumerate() {
+            if std::mem::take(stale) {
+                match i {
+                    0 => cache.mch = self.mch_record(),
+                    _ => cache.ports[i - 1] = self.port_description(i - 1),
                 }
-            };
-            for b in p.bars() {
-                ranges.push(at(
-                    b.base,
-                    b.size,
-                    AddressSpace::Mmio,
-                    RangeKind::Bar,
-                    b.index,
-                ));
-            }
-            let w = p.windows();
-            if let Some((base, size)) = w.io {
-                ranges.push(at(base, size, AddressSpace::Pio, RangeKind::IoWindow, 0));
-            }
-            if let Some((base, size)) = w.mem {
-                ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::MemWindow, 0));
-            }
-            if let Some((base, size)) = w.pref {
-                ranges.push(at(
-                    base,
-                    size,
-                    AddressSpace::Mmio,
-                    RangeKind::PrefMemWindow,
-                    0,
-                ));
             }
         }
+        let spec = self.spec();
+        let mut functions = Vec::with_capacity(n + spec.endpoints.len());
+        functions.push(cache.mch);
+        functions.extend(cache.ports.iter().map(|(r, _)| *r));
+        let mut ranges = Vec::with_capacity(2 + cache.ports.iter().map(|p| p.1.len()).sum::<usize>());
+        ranges.extend(config_ranges());
+        cache.ports.iter().for_each(|(_, r)| ranges.extend_from_slice(r));
+        self.finish_description(functions, ranges)
+    }
+
+    /// The endpoints' records, the ECAM window and the generation after the emulated
+    /// functions' records and ranges.
+    fn finish_description(
+        &self,
+        mut functions: Vec<FunctionRecord>,
+        ranges: Vec<AddressRange>,
+    ) -> Topology {
+        let spec = self.spec();
         functions.extend(spec.endpoints.iter().map(|e| self.endpoint_record(e)));
         let ecam = self
             .ecam()
@@ -131,6 +138,79 @@ impl Hierarchy {
             ecam,
             ranges,
         }
+    }
+
+    fn mch_record(&self) -> FunctionRecord {
+        let (v, d, c, mf) = identity(self.mch());
+        FunctionRecord {
+            vendor_id: v,
+            device_id: d,
+            class_code: c,
+            kind: FunctionKind::HostBridge as u8,
+            flags: function_flags::PRESENT
+                | function_flags::EMULATED
+                | if mf { function_flags::MULTIFUNCTION } else { 0 },
+            parent: NO_PARENT,
+            id: name("mch"),
+            owner: name(PCIERC_OWNER),
+            ..Default::default()
+        }
+    }
+
+    /// Root port `i`'s record and ranges (BARs, then its I/O, memory and prefetchable
+    /// windows).
+    fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
+        let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
+        let (v, d, c, mf) = identity(p);
+        let record = FunctionRecord {
+            devfn: ps.addr.0,
+            vendor_id: v,
+            device_id: d,
+            class_code: c,
+            kind: FunctionKind::RootPort as u8,
+            flags: function_flags::PRESENT
+                | function_flags::EMULATED
+                | if mf { function_flags::MULTIFUNCTION } else { 0 },
+            parent: NO_PARENT,
+            secondary_bus: p.secondary_bus(),
+            subordinate_bus: p.subordinate_bus(),
+            id: name(&ps.config.id),
+            owner: name(PCIERC_OWNER),
+            ..Default::default()
+        };
+        let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| {
+            AddressRange {
+                base,
+                size,
+                space: space as u8,
+                kind: kind as u8,
+                devfn: ps.addr.0,
+                bar,
+                ..Default::default()
+            }
+        };
+        let mut ranges: Vec<AddressRange> = p
+            .bars()
+            .into_iter()
+            .map(|b| at(b.base, b.size, AddressSpace::Mmio, RangeKind::Bar, b.index))
+            .collect();
+        let w = p.windows();
+        if let Some((base, size)) = w.io {
+            ranges.push(at(base, size, AddressSpace::Pio, RangeKind::IoWindow, 0));
+        }
+        if let Some((base, size)) = w.mem {
+            ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::MemWindow, 0));
+        }
+        if let Some((base, size)) = w.pref {
+            ranges.push(at(
+                base,
+                size,
+                AddressSpace::Mmio,
+                RangeKind::PrefMemWindow,
+                0,
+            ));
+        }
+        (record, ranges)
     }
 
     /// The record of a function another emulator serves (also for one that just left: its

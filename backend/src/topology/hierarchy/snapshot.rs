@@ -24,11 +24,22 @@ impl Hierarchy {
         if let Some(c) = self.changed.get_mut(i) {
             *c = true;
         }
+        self.described.mark(i);
     }
 
     pub(super) fn mark_all_changed(&mut self) {
         self.changed = vec![true; self.snapshot_functions()];
         self.dirty_buses = BusSet::ALL;
+        self.described.mark_all(self.snapshot_functions());
+    }
+
+    /// [`Hierarchy::describe`], rebuilt only for the functions whose registers may have changed
+    /// since the last call (those [`Hierarchy::take_snapshot_changes`] reports, tracked apart).
+    pub fn describe_changed(&mut self) -> pcierc_protocol::Topology {
+        let mut cache = std::mem::take(&mut self.described);
+        let t = self.describe_cached(&mut cache);
+        self.described = cache;
+        t
     }
 
     /// Forget what changed since the last call (no snapshot to bring up to date: nothing is
