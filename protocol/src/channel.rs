@@ -380,22 +380,37 @@ impl BackendChannelSender {
         self.send_layout(changes, BackendReq::LayoutChanged, &topology.encode())
     }
 
+    /// Does this channel need the whole topology for notice `serial` (it takes layout events,
+    /// and did not negotiate `LAYOUT_DELTA` or was not sent notice `serial - 1`)?
+    pub fn needs_whole_layout(&self, serial: u64) -> bool {
+        !self.closed && self.layout_events && !self.follows(serial)
+    }
+
+    fn follows(&self, serial: u64) -> bool {
+        self.layout_delta && self.layout_serial.is_some_and(|s| s.wrapping_add(1) == serial)
+    }
+
     /// Send one layout change: as `LayoutDelta` when the frontend negotiated `LAYOUT_DELTA`,
     /// the notice has a delta and this channel was sent the notice before it; otherwise as
     /// `LayoutChanged` with the whole topology (the first layout notification on a channel is
-    /// always whole).
+    /// always whole). A notice without the topology a channel needs is refused
+    /// (`InvalidArgument`) and the channel gets whole topologies from then on.
     pub fn layout_notice(&mut self, notice: &LayoutNotice<'_>) -> Result<()> {
-        let follows = self.layout_serial.is_some_and(|s| s.wrapping_add(1) == notice.serial);
+        if self.closed {
+            return Err(Error::ChannelClosed);
+        }
+        let follows = self.follows(notice.serial);
         self.layout_serial = Some(notice.serial);
-        match notice.delta {
-            Some(delta) if self.layout_delta && follows => {
+        match (notice.delta, notice.topology) {
+            (Some(delta), _) if follows => {
                 self.send_layout(notice.changes, BackendReq::LayoutDelta, delta)
             }
-            _ => self.send_layout(
-                notice.changes,
-                BackendReq::LayoutChanged,
-                &notice.topology.encode(),
-            ),
+            (_, Some(t)) => self.send_layout(notice.changes, BackendReq::LayoutChanged, &t.encode()),
+            (_, None) if !self.layout_events => self.send_layout(notice.changes, BackendReq::LayoutChanged, &[]),
+            (_, None) => {
+                self.layout_serial = None;
+                Err(Error::InvalidArgument("layout notice without the whole topology"))
+            }
         }
     }
 

@@ -280,19 +280,19 @@ impl LayoutDelta {
 }
 
 /// One layout change as a backend sends it to every channel
-/// ([`crate::BackendChannelSender::layout_notice`]): the whole new topology, and the delta from
-/// the previous notice for the channels that have it and negotiated `LAYOUT_DELTA`.
+/// ([`crate::BackendChannelSender::layout_notice`]): the delta from the previous notice, for the
+/// channels that were sent it and negotiated `LAYOUT_DELTA`, and the whole topology for the
+/// others ([`crate::BackendChannelSender::needs_whole_layout`] says which).
 #[derive(Clone, Copy, Debug)]
 pub struct LayoutNotice<'a> {
     /// What changed.
     pub changes: crate::LayoutChanges,
-    /// The topology after the change.
-    pub topology: &'a Topology,
+    /// The topology after the change; may be left out when no channel needs it.
+    pub topology: Option<&'a Topology>,
     /// The sender's count of notices: a channel gets the delta only if the last notice it was
     /// sent is `serial - 1`.
     pub serial: u64,
-    /// The encoded [`LayoutDelta`] from notice `serial - 1`'s topology to `topology`, when it
-    /// is worth sending.
+    /// The encoded [`LayoutDelta`] from notice `serial - 1`'s topology to this one's.
     pub delta: Option<&'a [u8]>,
 }
 

@@ -257,22 +257,25 @@ impl RootComplex {
         if changes.is_empty() && !effects.contains(Effects::CHIPSET_MEMORY) {
             return;
         }
-        let topology = (!changes.is_empty()).then(|| self.hierarchy.describe_changed());
-        #[cfg(debug_assertions)]
-        if let Some(t) = &topology {
-            debug_assert_eq!(t, &self.hierarchy.describe(), "incremental topology differs");
-        }
         let memory = self.hierarchy.chipset_memory();
-        if let Some(t) = topology {
-            debug!("layout generation {}: {changes:?}", t.generation);
-            let mut delta = Vec::new();
-            let notice = self.layout.notice(changes, &t, &mut delta);
+        if !changes.is_empty() {
+            let delta = self.hierarchy.layout_delta();
+            debug!("layout generation {}: {changes:?}", delta.generation);
+            #[cfg(debug_assertions)]
+            self.layout.check(&delta, self.hierarchy.describe());
+            let serial = self.layout.next_serial();
+            let whole = self
+                .channels
+                .values()
+                .any(|ch| ch.needs_whole_layout(serial))
+                .then(|| self.hierarchy.describe());
+            let encoded = delta.encode();
+            let notice = self.layout.notice(changes, &encoded, whole.as_ref());
             self.each_channel(
                 "layout-changed",
                 |_, _| true,
                 |ch| ch.layout_notice(&notice),
             );
-            self.layout.sent(t);
         }
         if effects.contains(Effects::CHIPSET_MEMORY) {
             self.each_channel(

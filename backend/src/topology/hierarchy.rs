@@ -108,7 +108,7 @@ pub struct Hierarchy {
     bar_map: Vec<(u64, u64, u16, u8)>,
     /// Some of them overlap (a guest's mistake): look up by scanning, lowest port first.
     bars_overlap: bool,
-    /// The topology by parts, rebuilt for the functions in `changed` ([`Hierarchy::describe_changed`]).
+    /// The topology by parts, for the functions in `changed` ([`Hierarchy::layout_delta`]).
     described: DescribeCache,
 }
 

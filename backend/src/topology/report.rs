@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use pcierc_protocol::{
     encode_name, function_flags, AddressRange, AddressSpace, EcamWindow, FunctionKind,
-    FunctionRecord, RangeKind, Topology, NO_PARENT,
+    FunctionRecord, FunctionUpdate, LayoutDelta, RangeKind, Topology, NO_PARENT,
 };
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
@@ -25,27 +25,30 @@ fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
     encode_name(s).unwrap_or_default()
 }
 
-/// [`Hierarchy::describe`] kept up to date by parts: the MCH's record and each root port's
-/// record and ranges, rebuilt only for the functions whose registers may have changed (the
-/// ones the configuration snapshot is told about, [`Hierarchy::mark_changed`]), so a layout
-/// change costs what changed plus copying the records out, not re-reading every port.
+/// The topology by parts, as the last [`Hierarchy::layout_delta`] described it: the MCH's record,
+/// each root port's record and ranges, the endpoints' records. Only the functions whose
+/// registers may have changed (the ones the configuration snapshot is told about,
+/// `Hierarchy::mark_changed`) are described again, and only what differs goes into the delta,
+/// so a layout change costs what changed, not a walk over every port.
 #[derive(Debug, Default)]
 pub struct DescribeCache {
-    /// 0 = MCH, 1 + i = port i: rebuild before use.
+    /// 0 = MCH, 1 + i = port i: describe again before use.
     stale: Vec<bool>,
+    generation: u64,
     mch: FunctionRecord,
     ports: Vec<(FunctionRecord, Vec<AddressRange>)>,
+    endpoints: Vec<FunctionRecord>,
 }
 
 impl DescribeCache {
-    /// Mark function `n` (0 = MCH, 1 + i = port i) for rebuilding.
+    /// Mark function `n` (0 = MCH, 1 + i = port i) to be described again.
     pub fn mark(&mut self, n: usize) {
         if let Some(s) = self.stale.get_mut(n) {
             *s = true;
         }
     }
 
-    /// Mark every function of a hierarchy with `functions` of them for rebuilding.
+    /// Mark every function of a hierarchy with `functions` of them to be described again.
     pub fn mark_all(&mut self, functions: usize) {
         self.stale = vec![true; functions];
     }
@@ -86,29 +89,98 @@ impl Hierarchy {
         self.finish_description(functions, ranges)
     }
 
-    /// [`Hierarchy::describe`], rebuilding only the parts of `cache` marked stale.
-    pub(super) fn describe_cached(&self, cache: &mut DescribeCache) -> Topology {
+    /// What changed in [`Hierarchy::describe`] since the last call with `cache`: a delta from
+    /// that call's topology (generation `base_generation`) to the current one. Only the parts
+    /// of `cache` marked stale are described again. The first call's delta (from an empty
+    /// cache) is not a delta of any topology a frontend holds; its caller sends the whole one.
+    pub(super) fn layout_delta_cached(&self, cache: &mut DescribeCache) -> LayoutDelta {
         let n = 1 + self.ports().len();
         if cache.stale.len() != n || cache.ports.len() + 1 != n {
             cache.stale = vec![true; n];
             cache.ports = vec![Default::default(); n - 1];
         }
+        let mut updates = Vec::new();
+        let update = |index: usize, record: FunctionRecord| FunctionUpdate {
+            index: index as u32,
+            reserved: 0,
+            record,
+        };
+        // The ports whose ranges changed: the first and the last.
+        let mut moved: Option<(usize, usize)> = None;
         for (i, stale) in cache.stale.iter_mut().enumerate() {
-            if std::mem::take(stale) {
-                match i {
-                    0 => cache.mch = self.mch_record(),
-                    _ => cache.ports[i - 1] = self.port_description(i - 1),
+            if !std::mem::take(stale) {
+                continue;
+            }
+            if i == 0 {
+                let r = self.mch_record();
+                if r != cache.mch {
+                    updates.push(update(0, r));
+                    cache.mch = r;
                 }
+                continue;
+            }
+            let (r, ranges) = self.port_description(i - 1);
+            let old = &mut cache.ports[i - 1];
+            if r != old.0 {
+                updates.push(update(i, r));
+            }
+            if ranges != old.1 {
+                moved = Some(moved.map_or((i - 1, i - 1), |(f, _)| (f, i - 1)));
+            }
+            *old = (r, ranges);
+        }
+        let endpoints: Vec<FunctionRecord> = self
+            .spec()
+            .endpoints
+            .iter()
+            .map(|e| self.endpoint_record(e))
+            .collect();
+        for (k, r) in endpoints.iter().enumerate() {
+            if cache.endpoints.get(k) != Some(r) {
+                updates.push(update(n + k, *r));
             }
         }
-        let spec = self.spec();
-        let mut functions = Vec::with_capacity(n + spec.endpoints.len());
-        functions.push(cache.mch);
-        functions.extend(cache.ports.iter().map(|(r, _)| *r));
-        let mut ranges = Vec::with_capacity(2 + cache.ports.iter().map(|p| p.1.len()).sum::<usize>());
-        ranges.extend(config_ranges());
-        cache.ports.iter().for_each(|(_, r)| ranges.extend_from_slice(r));
-        self.finish_description(functions, ranges)
+        cache.endpoints = endpoints;
+        // The ranges: the two config ports, then each port's; the ports outside first..=last
+        // kept theirs.
+        let len = |p: &[(FunctionRecord, Vec<AddressRange>)]| p.iter().map(|p| p.1.len()).sum();
+        let (front, back, ranges) = match moved {
+            Some((first, last)) => (
+                2 + len(&cache.ports[..first]),
+                len(&cache.ports[last + 1..]),
+                cache.ports[first..=last]
+                    .iter()
+                    .flat_map(|p| p.1.iter().copied())
+                    .collect(),
+            ),
+            None => (2 + len(&cache.ports), 0, Vec::new()),
+        };
+        let generation = self.generation();
+        let base_generation = std::mem::replace(&mut cache.generation, generation);
+        LayoutDelta {
+            base_generation,
+            generation,
+            num_functions: (n + cache.endpoints.len()) as u32,
+            updates,
+            ecam: self.ecam_windows(),
+            ranges_kept_front: front as u32,
+            ranges_kept_back: back as u32,
+            ranges,
+        }
+    }
+
+    fn ecam_windows(&self) -> Vec<EcamWindow> {
+        self.ecam()
+            .map(|(base, size, end_bus)| EcamWindow {
+                base,
+                size,
+                segment: self.spec().segment,
+                start_bus: 0,
+                end_bus,
+                reserved: 0,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// The endpoints' records, the ECAM window and the generation after the emulated
@@ -118,24 +190,11 @@ impl Hierarchy {
         mut functions: Vec<FunctionRecord>,
         ranges: Vec<AddressRange>,
     ) -> Topology {
-        let spec = self.spec();
-        functions.extend(spec.endpoints.iter().map(|e| self.endpoint_record(e)));
-        let ecam = self
-            .ecam()
-            .map(|(base, size, end_bus)| EcamWindow {
-                base,
-                size,
-                segment: spec.segment,
-                start_bus: 0,
-                end_bus,
-                reserved: 0,
-            })
-            .into_iter()
-            .collect();
+        functions.extend(self.spec().endpoints.iter().map(|e| self.endpoint_record(e)));
         Topology {
             generation: self.generation(),
             functions,
-            ecam,
+            ecam: self.ecam_windows(),
             ranges,
         }
     }

@@ -33,13 +33,15 @@ impl Hierarchy {
         self.described.mark_all(self.snapshot_functions());
     }
 
-    /// [`Hierarchy::describe`], rebuilt only for the functions whose registers may have changed
-    /// since the last call (those [`Hierarchy::take_snapshot_changes`] reports, tracked apart).
-    pub fn describe_changed(&mut self) -> pcierc_protocol::Topology {
+    /// What changed in the topology ([`Hierarchy::describe`]) since the last call: the records
+    /// and ranges of the functions whose registers changed (the ones
+    /// [`Hierarchy::take_snapshot_changes`] reports, tracked apart), as a delta from the
+    /// topology of the last call.
+    pub fn layout_delta(&mut self) -> pcierc_protocol::LayoutDelta {
         let mut cache = std::mem::take(&mut self.described);
-        let t = self.describe_cached(&mut cache);
+        let d = self.layout_delta_cached(&mut cache);
         self.described = cache;
-        t
+        d
     }
 
     /// Forget what changed since the last call (no snapshot to bring up to date: nothing is
