@@ -148,6 +148,7 @@ pub struct BackendChannel {
     reader: FrameReader,
     writer: FrameWriter,
     layout: Option<Topology>,
+    layout_bytes: u64,
 }
 
 impl BackendChannel {
@@ -159,6 +160,7 @@ impl BackendChannel {
             reader: FrameReader::new(MessageKind::Request),
             writer: FrameWriter::default(),
             layout: None,
+            layout_bytes: 0,
         })
     }
 
@@ -166,6 +168,12 @@ impl BackendChannel {
     /// the channel holds one.
     pub fn layout(&self) -> Option<&Topology> {
         self.layout.as_ref()
+    }
+
+    /// Payload bytes of the layout notifications received so far (`LayoutChanged`,
+    /// `LayoutDelta`), whole or delta as they came.
+    pub fn layout_bytes(&self) -> u64 {
+        self.layout_bytes
     }
 
     /// Give the channel the topology `GetTopology` returned, the base for later deltas.
@@ -226,6 +234,9 @@ impl BackendChannel {
     /// ends at or before the layout held (already known after a resync).
     fn handle(&mut self, msg: Message) -> Result<Option<Notification>> {
         let code = msg.header.request;
+        if code == BackendReq::LayoutDelta as u32 || code == BackendReq::LayoutChanged as u32 {
+            self.layout_bytes += msg.payload.len() as u64;
+        }
         let decoded = if !msg.fds.is_empty() {
             Err(Error::InvalidPayload("fds"))
         } else if code == BackendReq::LayoutDelta as u32 {
@@ -702,6 +713,188 @@ mod tests {
             .recv_timeout(Duration::from_millis(10))
             .unwrap()
             .is_none());
+    }
+
+    /// A notice of `t` after `last` (serial `serial`), with its delta and the whole topology.
+    fn notice_of(
+        tx: &mut BackendChannelSender,
+        last: &Topology,
+        t: &Topology,
+        serial: u64,
+    ) -> Result<()> {
+        let delta = LayoutDelta::between(last, t).encode();
+        tx.layout_notice(&LayoutNotice {
+            changes: LayoutChanges::BUS_NUMBERS,
+            topology: Some(t),
+            serial,
+            delta: Some(&delta),
+        })
+    }
+
+    fn next(t: &Topology, bus: u8) -> Topology {
+        let mut n = t.clone();
+        n.functions[1].secondary_bus = bus;
+        n.functions[1].subordinate_bus = bus;
+        n.generation += 1;
+        n
+    }
+
+    fn layout(n: Option<Notification>) -> Topology {
+        match n {
+            Some(Notification::LayoutChanged { topology, .. }) => topology,
+            other => panic!("expected LayoutChanged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn layout_deltas_rebuild_the_whole_topology() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        // The first notice on a channel is whole, even with a delta at hand.
+        assert!(tx.needs_whole_layout(1));
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        let whole = rx.layout_bytes();
+        let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
+        assert!(!tx.needs_whole_layout(2));
+        notice_of(&mut tx, &t0, &t1, 2).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t1);
+        let delta = rx.layout_bytes() - whole;
+        assert!(delta < whole, "delta {delta} bytes, whole {whole}");
+        // A delta needs no whole topology from the sender.
+        let d = LayoutDelta::between(&t1, &t2).encode();
+        tx.layout_notice(&LayoutNotice {
+            changes: LayoutChanges::BUS_NUMBERS,
+            topology: None,
+            serial: 3,
+            delta: Some(&d),
+        })
+        .unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t2);
+        assert_eq!(rx.layout(), Some(&t2));
+        // A sender that skipped a notice (serial 4 never sent here) sends the whole form.
+        let t3 = next(&t2, 4);
+        assert!(tx.needs_whole_layout(5));
+        notice_of(&mut tx, &t2, &t3, 5).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t3);
+        // Without LAYOUT_DELTA every notice is whole.
+        tx.set_layout_delta(false);
+        assert!(tx.needs_whole_layout(6));
+        let t4 = next(&t3, 5);
+        notice_of(&mut tx, &t3, &t4, 6).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t4);
+    }
+
+    #[test]
+    fn a_missed_layout_forces_a_resync() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        // The frontend misses t1 (here: a delta from t1 to t2 reaches it while it holds t0).
+        let (c, d) = UnixStream::pair().unwrap();
+        let mut other = BackendChannelSender::new(c).unwrap();
+        other.set_layout_delta(true);
+        let mut other_rx = BackendChannel::new(d).unwrap();
+        notice_of(&mut other, &t0, &t1, 7).unwrap();
+        notice_of(&mut other, &t1, &t2, 8).unwrap();
+        assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t1);
+        other_rx.set_layout(t0.clone());
+        assert_eq!(
+            other_rx.recv_timeout(t).unwrap(),
+            Some(Notification::LayoutResync {
+                changes: LayoutChanges::BUS_NUMBERS,
+                generation: t2.generation
+            })
+        );
+        assert_eq!(other_rx.layout(), None, "the stale layout is dropped");
+        // Until it resynchronises, later deltas are not applied either.
+        let t3 = next(&t2, 4);
+        notice_of(&mut other, &t2, &t3, 9).unwrap();
+        assert!(matches!(
+            other_rx.recv_timeout(t).unwrap(),
+            Some(Notification::LayoutResync { .. })
+        ));
+        // After a resync to t3 (GetTopology), deltas that end at or before it are skipped and
+        // the next one applies.
+        other_rx.set_layout(t3.clone());
+        let t4 = next(&t3, 5);
+        let mut stale = LayoutDelta::between(&t1, &t2).encode();
+        let mut payload = LayoutChange {
+            changes: LayoutChanges::BUS_NUMBERS.bits(),
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        payload.append(&mut stale);
+        other.send(BackendReq::LayoutDelta, &payload).unwrap();
+        notice_of(&mut other, &t3, &t4, 10).unwrap();
+        assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t4);
+    }
+
+    #[test]
+    fn malformed_layout_deltas_are_refused_and_drop_the_layout() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        let t1 = next(&t0, 2);
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        let head = |c: u32| {
+            LayoutChange {
+                changes: c,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec()
+        };
+        let good = LayoutDelta::between(&t0, &t1).encode();
+        let mut hostile = Vec::new();
+        // Cut short, unknown change bits, an update index past the functions, a parent that
+        // is not a port, kept ranges the base does not have.
+        hostile.push([head(2), good[..good.len() - 1].to_vec()].concat());
+        hostile.push([head(1 << 20), good.clone()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.updates[0].index = 1000;
+        hostile.push([head(2), d.encode()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.updates[0].record.kind = crate::topology::FunctionKind::Endpoint as u8;
+        hostile.push([head(2), d.encode()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.ranges_kept_front = 100;
+        hostile.push([head(2), d.encode()].concat());
+        for payload in hostile {
+            rx.set_layout(t0.clone());
+            tx.send(BackendReq::LayoutDelta, &payload).unwrap();
+            let e = rx.recv_timeout(t).unwrap_err();
+            assert!(!e.should_disconnect(), "{e}");
+            assert_eq!(rx.layout(), None, "a refused delta drops the layout");
+        }
+        // The channel still works: a whole topology, then deltas again.
+        tx.layout_changed(LayoutChanges::BUS_NUMBERS, &t0).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        tx.send(BackendReq::LayoutDelta, &[head(2), good].concat())
+            .unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t1);
+        // Stateless decoding refuses a delta.
+        let msg = Message {
+            header: MsgHeader::notification(BackendReq::LayoutDelta as u32, false, 0, 1),
+            payload: head(2),
+            fds: Vec::new(),
+        };
+        assert!(Notification::decode(&msg).is_err());
     }
 
     #[test]
