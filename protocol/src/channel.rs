@@ -267,9 +267,8 @@ impl BackendChannel {
     /// A `LayoutDelta` applied to the layout held. Whatever fails (a malformed delta, one that
     /// does not fit the base) drops the layout, so nothing is ever built on a stale base.
     fn apply_delta(&mut self, code: u32, payload: &[u8]) -> Result<Option<Notification>> {
-        let decoded = layout_head(code, payload).and_then(|(c, rest)| {
-            LayoutDelta::decode(rest).map(|d| (c, d))
-        });
+        let decoded = layout_head(code, payload)
+            .and_then(|(c, rest)| LayoutDelta::decode(rest).map(|d| (c, d)));
         let (changes, delta) = match decoded {
             Ok(d) => d,
             Err(e) => {
@@ -398,7 +397,10 @@ impl BackendChannelSender {
     }
 
     fn follows(&self, serial: u64) -> bool {
-        self.layout_delta && self.layout_serial.is_some_and(|s| s.wrapping_add(1) == serial)
+        self.layout_delta
+            && self
+                .layout_serial
+                .is_some_and(|s| s.wrapping_add(1) == serial)
     }
 
     /// Send one layout change: as `LayoutDelta` when the frontend negotiated `LAYOUT_DELTA`,
@@ -416,11 +418,17 @@ impl BackendChannelSender {
             (Some(delta), _) if follows => {
                 self.send_layout(notice.changes, BackendReq::LayoutDelta, delta)
             }
-            (_, Some(t)) => self.send_layout(notice.changes, BackendReq::LayoutChanged, &t.encode()),
-            (_, None) if !self.layout_events => self.send_layout(notice.changes, BackendReq::LayoutChanged, &[]),
+            (_, Some(t)) => {
+                self.send_layout(notice.changes, BackendReq::LayoutChanged, &t.encode())
+            }
+            (_, None) if !self.layout_events => {
+                self.send_layout(notice.changes, BackendReq::LayoutChanged, &[])
+            }
             (_, None) => {
                 self.layout_serial = None;
-                Err(Error::InvalidArgument("layout notice without the whole topology"))
+                Err(Error::InvalidArgument(
+                    "layout notice without the whole topology",
+                ))
             }
         }
     }

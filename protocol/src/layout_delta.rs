@@ -270,8 +270,7 @@ impl LayoutDelta {
             return Err(bad("parent is not the index of a port"));
         }
         let tail = topo.ranges.len() - back;
-        topo.ranges
-            .splice(front..tail, self.ranges.iter().copied());
+        topo.ranges.splice(front..tail, self.ranges.iter().copied());
         topo.functions = functions;
         topo.ecam.clone_from(&self.ecam);
         topo.generation = self.generation;

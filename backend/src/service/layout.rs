@@ -5,9 +5,9 @@
 //! would build and write, and every frontend decode and validate, after each guest write that
 //! moves a bus number, window, BAR or the ECAM window; the delta is usually one record.
 
-use pcierc_protocol::{LayoutChanges, LayoutNotice, Topology};
 #[cfg(debug_assertions)]
 use pcierc_protocol::LayoutDelta;
+use pcierc_protocol::{LayoutChanges, LayoutNotice, Topology};
 
 /// The serial of layout notices, and in debug builds the topology of the last one, against
 /// which every delta is checked.

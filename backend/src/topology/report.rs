@@ -190,7 +190,12 @@ impl Hierarchy {
         mut functions: Vec<FunctionRecord>,
         ranges: Vec<AddressRange>,
     ) -> Topology {
-        functions.extend(self.spec().endpoints.iter().map(|e| self.endpoint_record(e)));
+        functions.extend(
+            self.spec()
+                .endpoints
+                .iter()
+                .map(|e| self.endpoint_record(e)),
+        );
         Topology {
             generation: self.generation(),
             functions,
@@ -237,8 +242,8 @@ impl Hierarchy {
             owner: name(PCIERC_OWNER),
             ..Default::default()
         };
-        let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| {
-            AddressRange {
+        let at =
+            |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| AddressRange {
                 base,
                 size,
                 space: space as u8,
@@ -246,8 +251,7 @@ impl Hierarchy {
                 devfn: ps.addr.0,
                 bar,
                 ..Default::default()
-            }
-        };
+            };
         let mut ranges: Vec<AddressRange> = p
             .bars()
             .into_iter()

@@ -293,7 +293,10 @@ impl PcieLink {
                 // A layout delta the channel could not apply: the layout it knows is stale;
                 // fetch it (lock order: channel, then frontend; nothing takes them the other
                 // way round).
-                Ok(Some(Notification::LayoutResync { changes, generation })) => {
+                Ok(Some(Notification::LayoutResync {
+                    changes,
+                    generation,
+                })) => {
                     log::warn!("pcierc layout {generation}: resynchronising (GetTopology)");
                     let n = c
                         .resync(&mut lock(&self.frontend), changes)

@@ -37,7 +37,10 @@ fn steps() -> Vec<Topology> {
         t.functions.truncate(2);
         t.ranges.truncate(1);
     });
-    push(&mut |t| t.ranges.extend([range(0x1000, RangeKind::Bar), range(0x1000, RangeKind::Bar)]));
+    push(&mut |t| {
+        t.ranges
+            .extend([range(0x1000, RangeKind::Bar), range(0x1000, RangeKind::Bar)])
+    });
     out
 }
 
@@ -78,10 +81,7 @@ fn a_delta_for_another_generation_changes_nothing() {
     let steps = steps();
     let d = LayoutDelta::between(&steps[1], &steps[2]);
     let mut held = steps[0].clone();
-    assert!(matches!(
-        d.apply(&mut held),
-        Err(Error::InvalidTopology(_))
-    ));
+    assert!(matches!(d.apply(&mut held), Err(Error::InvalidTopology(_))));
     assert_eq!(held, steps[0]);
 }
 

@@ -31,7 +31,10 @@ impl<H: Hypervisor> Translator<'_, H> {
                 self.routing.apply(self.hv, topology);
                 self.status.set_generation(self.routing.generation());
             }
-            Notification::LayoutResync { changes, generation } => {
+            Notification::LayoutResync {
+                changes,
+                generation,
+            } => {
                 // A delta that did not fit the layout held: never route by a stale layout.
                 warn!("pcierc layout {generation}: resynchronising (GetTopology)");
                 match self.channel.resync(self.pcierc, changes) {
