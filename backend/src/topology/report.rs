@@ -34,6 +34,8 @@ fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
 pub struct DescribeCache {
     /// 0 = MCH, 1 + i = port i: describe again before use.
     stale: Vec<bool>,
+    /// Everything may have changed (functions came or left): describe the endpoints again too.
+    all: bool,
     generation: u64,
     mch: FunctionRecord,
     ports: Vec<(FunctionRecord, Vec<AddressRange>)>,
@@ -51,6 +53,7 @@ impl DescribeCache {
     /// Mark every function of a hierarchy with `functions` of them to be described again.
     pub fn mark_all(&mut self, functions: usize) {
         self.stale = vec![true; functions];
+        self.all = true;
     }
 }
 
@@ -107,9 +110,13 @@ impl Hierarchy {
         };
         // The ports whose ranges changed: the first and the last.
         let mut moved: Option<(usize, usize)> = None;
+        let mut stale_ports = Vec::new();
         for (i, stale) in cache.stale.iter_mut().enumerate() {
             if !std::mem::take(stale) {
                 continue;
+            }
+            if i > 0 {
+                stale_ports.push(i - 1);
             }
             if i == 0 {
                 let r = self.mch_record();
@@ -129,18 +136,31 @@ impl Hierarchy {
             }
             *old = (r, ranges);
         }
-        let endpoints: Vec<FunctionRecord> = self
-            .spec()
-            .endpoints
-            .iter()
-            .map(|e| self.endpoint_record(e))
-            .collect();
-        for (k, r) in endpoints.iter().enumerate() {
-            if cache.endpoints.get(k) != Some(r) {
-                updates.push(update(n + k, *r));
+        // An endpoint's record follows the spec and the port it sits behind: all of them after
+        // functions came or left, else those behind the ports described again.
+        let endpoints = &self.spec().endpoints;
+        if std::mem::take(&mut cache.all) || cache.endpoints.len() != endpoints.len() {
+            let records: Vec<FunctionRecord> =
+                endpoints.iter().map(|e| self.endpoint_record(e)).collect();
+            for (k, r) in records.iter().enumerate() {
+                if cache.endpoints.get(k) != Some(r) {
+                    updates.push(update(n + k, *r));
+                }
+            }
+            cache.endpoints = records;
+        } else {
+            let mut behind: Vec<(usize, FunctionRecord)> = stale_ports
+                .iter()
+                .flat_map(|&p| self.endpoints_below(p).map(move |k| (p, k)))
+                .filter_map(|(p, k)| Some((k, self.endpoint_record_at(endpoints.get(k)?, Some(p)))))
+                .filter(|(k, r)| cache.endpoints.get(*k) != Some(r))
+                .collect();
+            behind.sort_by_key(|(k, _)| *k);
+            for (k, r) in behind {
+                cache.endpoints[k] = r;
+                updates.push(update(n + k, r));
             }
         }
-        cache.endpoints = endpoints;
         // The ranges: the two config ports, then each port's; the ports outside first..=last
         // kept theirs.
         let len = |p: &[(FunctionRecord, Vec<AddressRange>)]| p.iter().map(|p| p.1.len()).sum();
@@ -279,17 +299,25 @@ impl Hierarchy {
     /// The record of a function another emulator serves (also for one that just left: its
     /// address is where it was).
     pub fn endpoint_record(&self, e: &EndpointSpec) -> FunctionRecord {
-        let spec = self.spec();
-        let (bus, present, parent) = if e.bus == ROOT_BUS {
-            (0, true, NO_PARENT)
-        } else {
-            let pi = spec
+        let port = (e.bus != ROOT_BUS).then(|| {
+            self.spec()
                 .root_ports
                 .iter()
                 .position(|p| p.config.id == e.bus)
-                .unwrap_or(0);
-            let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
-            (sec, sec != 0, pi as u16 + 1)
+                .unwrap_or(0)
+        });
+        self.endpoint_record_at(e, port)
+    }
+
+    /// [`Hierarchy::endpoint_record`] of an endpoint behind root port `port` (index), or on the
+    /// root bus (`None`).
+    fn endpoint_record_at(&self, e: &EndpointSpec, port: Option<usize>) -> FunctionRecord {
+        let (bus, present, parent) = match port {
+            None => (0, true, NO_PARENT),
+            Some(pi) => {
+                let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
+                (sec, sec != 0, pi as u16 + 1)
+            }
         };
         FunctionRecord {
             bus,

@@ -33,6 +33,15 @@ impl Hierarchy {
         self.described.mark_all(self.snapshot_functions());
     }
 
+    /// The endpoints (spec indices) on root port `port`'s secondary bus.
+    pub(crate) fn endpoints_below(&self, port: usize) -> impl Iterator<Item = usize> + '_ {
+        self.below
+            .get(port)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.map(usize::from))
+    }
+
     /// What changed in the topology ([`Hierarchy::describe`]) since the last call: the records
     /// and ranges of the functions whose registers changed (the ones
     /// [`Hierarchy::take_snapshot_changes`] reports, tracked apart), as a delta from the
