@@ -234,10 +234,16 @@ impl BackendChannel {
     /// ends at or before the layout held (already known after a resync).
     fn handle(&mut self, msg: Message) -> Result<Option<Notification>> {
         let code = msg.header.request;
-        if code == BackendReq::LayoutDelta as u32 || code == BackendReq::LayoutChanged as u32 {
+        let layout =
+            code == BackendReq::LayoutDelta as u32 || code == BackendReq::LayoutChanged as u32;
+        if layout {
             self.layout_bytes += msg.payload.len() as u64;
         }
         let decoded = if !msg.fds.is_empty() {
+            if layout {
+                // A layout change refused: the layout held no longer follows.
+                self.layout = None;
+            }
             Err(Error::InvalidPayload("fds"))
         } else if code == BackendReq::LayoutDelta as u32 {
             self.apply_delta(code, &msg.payload)
