@@ -1,7 +1,8 @@
 //! pcierc's socket protocol: framing, payloads, and both ends.
 //!
 //! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads; the
-//!   code enums are declared with [`wire_enum!`] ([`codes`]).
+//!   code enums are declared with [`wire_enum!`] ([`codes`]). [`layout_delta`]: a topology
+//!   change as what changed (`LAYOUT_DELTA`).
 //! - [`frame`]: header validation, the non-blocking [`FrameReader`] / [`FrameWriter`], blocking
 //!   send/receive with timeouts; [`error`]: the [`Error`] type and its classification.
 //! - Frontend side: [`Frontend`] (blocking client with the handshake), [`BackendChannel`]
