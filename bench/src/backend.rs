@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pcierc_examples::socket_bus::SocketBus;
-use pcierc_protocol::{Frontend, FrontendOptions, LayoutChange, Notification, ProtocolFeatures};
+use pcierc_protocol::{Frontend, FrontendOptions, ProtocolFeatures};
 
 use crate::error::{Context, Error, Result};
 
@@ -216,15 +216,9 @@ impl Pcierc {
             std::thread::spawn(move || {
                 loop {
                     match ch.recv() {
-                        Ok(n) => {
-                            let bytes = match &n {
-                                Notification::LayoutChanged { topology, .. } => {
-                                    topology.encoded_len() + std::mem::size_of::<LayoutChange>()
-                                }
-                                _ => 0,
-                            };
+                        Ok(_) => {
                             stats.received.fetch_add(1, Ordering::Relaxed);
-                            stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                            stats.bytes.store(ch.layout_bytes(), Ordering::Relaxed);
                         }
                         Err(e) if e.should_disconnect() => break,
                         Err(_) => {}
@@ -270,7 +264,8 @@ pub struct Vmm {
 #[derive(Debug, Default)]
 struct ChannelStats {
     received: AtomicU64,
-    /// Payload bytes of `LayoutChanged` notifications (changes + encoded topology).
+    /// Payload bytes of layout notifications (`LayoutChanged` with the whole topology,
+    /// `LayoutDelta` with what changed).
     bytes: AtomicU64,
     /// The backend closed the channel.
     closed: AtomicBool,
@@ -287,12 +282,12 @@ impl Vmm {
         &mut self.bus
     }
 
-    /// The backend channel so far (notifications, LayoutChanged payload bytes), and
+    /// The backend channel so far (notifications, layout notification payload bytes), and
     /// whether the backend closed it while this connection was up (its reader fell behind).
     pub fn channel_summary(&self) -> String {
         let c = &self.channel;
         format!(
-            "{} backend-channel notifications ({:.2} MiB of LayoutChanged payload){}",
+            "{} backend-channel notifications ({:.2} MiB of layout notification payload){}",
             c.received.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed) as f64 / f64::from(1 << 20),
             if c.closed.load(Ordering::Relaxed) {

@@ -159,7 +159,8 @@ pub fn enumeration(
     );
     rep.note(
         "firmware setup alone (each write that changes the layout makes the backend send a \
-         LayoutChanged carrying the whole topology)",
+         layout notification: with LAYOUT_DELTA, as this frontend negotiates, the records and \
+         ranges that changed; target: ratio <= 1.2, issue 17 item 3)",
     );
     rep.figure(
         "firmware_setup_ms",

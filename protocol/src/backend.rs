@@ -478,6 +478,10 @@ impl Session {
             self.protocol_features
                 .contains(ProtocolFeatures::RESET_EVENTS),
         );
+        sender.set_layout_delta(
+            self.protocol_features
+                .contains(ProtocolFeatures::LAYOUT_DELTA),
+        );
         h.backend_channel(self.conn, sender);
         Ok(())
     }

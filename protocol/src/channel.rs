@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 use crate::frame::{
     decode_payload, encode, FrameReader, FrameWriter, Message, MessageKind, DEFAULT_WRITE_LIMIT,
 };
+use crate::frontend::Frontend;
+use crate::layout_delta::{LayoutDelta, LayoutNotice};
 use crate::messages::{
     ChipsetMemory, FunctionReset, IntxLevel, LayoutChange, MsiMessage, MsiRoute,
 };
@@ -49,12 +51,23 @@ pub(crate) fn is_unix_stream(fd: RawFd) -> bool {
 /// A backend-initiated message, decoded and validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notification {
-    /// The guest changed routing: what changed and the whole new topology.
+    /// The guest changed routing: what changed and the whole new topology (sent whole, or
+    /// rebuilt by [`BackendChannel`] from a `LayoutDelta` and the topology it had).
     LayoutChanged {
         /// What changed.
         changes: LayoutChanges,
         /// The topology after the change.
         topology: Topology,
+    },
+    /// A `LayoutDelta` arrived that the channel cannot apply: it does not hold the topology the
+    /// delta starts from (an earlier layout notification was refused). The layout the frontend
+    /// knows is stale: it MUST NOT act on it, and fetches the topology (`GetTopology`), e.g.
+    /// with [`BackendChannel::resync`].
+    LayoutResync {
+        /// What changed.
+        changes: LayoutChanges,
+        /// The generation of the layout the delta produced.
+        generation: u64,
     },
     /// The guest reprogrammed the MCH's PAM/SMRAM registers.
     ChipsetMemoryChanged(ChipsetMemory),
@@ -74,24 +87,22 @@ pub enum Notification {
 }
 
 impl Notification {
-    /// Decode a backend-channel message (header already validated as a request).
+    /// Decode a backend-channel message (header already validated as a request). A
+    /// `LayoutDelta` needs the topology it applies to, which only a [`BackendChannel`] holds:
+    /// here it is refused (`InvalidTopology`).
     pub fn decode(msg: &Message) -> Result<Notification> {
         let code = msg.header.request;
         match BackendReq::try_from(code).map_err(|e| Error::UnknownRequest(e.raw))? {
             BackendReq::LayoutChanged => {
-                let n = std::mem::size_of::<LayoutChange>();
-                let head = msg.payload.get(..n).ok_or(Error::PayloadSize {
-                    request: code,
-                    expected: n,
-                    got: msg.payload.len(),
-                })?;
-                let lc: LayoutChange = decode_payload(code, head)?;
-                let changes = LayoutChanges::from_bits_retain(lc.changes);
+                let (changes, rest) = layout_head(code, &msg.payload)?;
                 Ok(Notification::LayoutChanged {
                     changes,
-                    topology: Topology::decode(&msg.payload[n..])?,
+                    topology: Topology::decode(rest)?,
                 })
             }
+            BackendReq::LayoutDelta => Err(Error::InvalidTopology(
+                "a layout delta without the topology it applies to",
+            )),
             BackendReq::ChipsetMemoryChanged => Ok(Notification::ChipsetMemoryChanged(
                 decode_payload(code, &msg.payload)?,
             )),
@@ -114,12 +125,30 @@ impl Notification {
     }
 }
 
+/// The `LayoutChange` head of a layout notification, and the bytes after it.
+fn layout_head(code: u32, payload: &[u8]) -> Result<(LayoutChanges, &[u8])> {
+    let n = std::mem::size_of::<LayoutChange>();
+    let head = payload.get(..n).ok_or(Error::PayloadSize {
+        request: code,
+        expected: n,
+        got: payload.len(),
+    })?;
+    let lc: LayoutChange = decode_payload(code, head)?;
+    Ok((LayoutChanges::from_bits_retain(lc.changes), &payload[n..]))
+}
+
 /// The frontend's end of the backend channel.
+///
+/// It keeps the last topology a layout notification gave it, to rebuild whole topologies from
+/// `LayoutDelta`s. A layout notification that does not decode or apply drops it, so the next
+/// delta yields [`Notification::LayoutResync`] instead of a layout built on a stale base.
 #[derive(Debug)]
 pub struct BackendChannel {
     stream: UnixStream,
     reader: FrameReader,
     writer: FrameWriter,
+    layout: Option<Topology>,
+    layout_bytes: u64,
 }
 
 impl BackendChannel {
@@ -130,7 +159,40 @@ impl BackendChannel {
             stream,
             reader: FrameReader::new(MessageKind::Request),
             writer: FrameWriter::default(),
+            layout: None,
+            layout_bytes: 0,
         })
+    }
+
+    /// The topology of the last layout notification (or [`BackendChannel::set_layout`]), if
+    /// the channel holds one.
+    pub fn layout(&self) -> Option<&Topology> {
+        self.layout.as_ref()
+    }
+
+    /// Payload bytes of the layout notifications received so far (`LayoutChanged`,
+    /// `LayoutDelta`), whole or delta as they came.
+    pub fn layout_bytes(&self) -> u64 {
+        self.layout_bytes
+    }
+
+    /// Give the channel the topology `GetTopology` returned, the base for later deltas.
+    /// Deltas that end at or before its generation are then skipped (it is newer).
+    pub fn set_layout(&mut self, topology: Topology) {
+        self.layout = Some(topology);
+    }
+
+    /// Answer a [`Notification::LayoutResync`]: fetch the topology from `frontend`
+    /// (`GetTopology`), keep it as the base for later deltas and return it as the
+    /// `LayoutChanged` to act on.
+    pub fn resync(
+        &mut self,
+        frontend: &mut Frontend,
+        changes: LayoutChanges,
+    ) -> Result<Notification> {
+        let topology = frontend.topology()?;
+        self.layout = Some(topology.clone());
+        Ok(Notification::LayoutChanged { changes, topology })
     }
 
     /// Wait for the next notification.
@@ -158,13 +220,42 @@ impl BackendChannel {
     /// fails validation is answered with an error status and returned as a non-fatal error.
     fn recv_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Notification>> {
         self.writer.flush(&self.stream)?;
-        let Some(msg) = self.reader.recv_timeout(&self.stream, timeout)? else {
-            return Ok(None);
-        };
-        let decoded = if msg.fds.is_empty() {
-            Notification::decode(&msg)
-        } else {
+        loop {
+            let Some(msg) = self.reader.recv_timeout(&self.stream, timeout)? else {
+                return Ok(None);
+            };
+            if let Some(n) = self.handle(msg)? {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    /// Decode (with the layout held for deltas), answer if asked; `None` for a delta that
+    /// ends at or before the layout held (already known after a resync).
+    fn handle(&mut self, msg: Message) -> Result<Option<Notification>> {
+        let code = msg.header.request;
+        let layout =
+            code == BackendReq::LayoutDelta as u32 || code == BackendReq::LayoutChanged as u32;
+        if layout {
+            self.layout_bytes += msg.payload.len() as u64;
+        }
+        let decoded = if !msg.fds.is_empty() {
+            if layout {
+                // A layout change refused: the layout held no longer follows.
+                self.layout = None;
+            }
             Err(Error::InvalidPayload("fds"))
+        } else if code == BackendReq::LayoutDelta as u32 {
+            self.apply_delta(code, &msg.payload)
+        } else {
+            let n = Notification::decode(&msg);
+            if code == BackendReq::LayoutChanged as u32 {
+                self.layout = match &n {
+                    Ok(Notification::LayoutChanged { topology, .. }) => Some(topology.clone()),
+                    _ => None,
+                };
+            }
+            n.map(Some)
         };
         if msg.header.needs_reply() {
             let status = match &decoded {
@@ -176,7 +267,48 @@ impl BackendChannel {
                 .queue(&encode(msg.header.reply(status, 0), &[])?)?;
             self.writer.flush(&self.stream)?;
         }
-        decoded.map(Some)
+        decoded
+    }
+
+    /// A `LayoutDelta` applied to the layout held. Whatever fails (a malformed delta, one that
+    /// does not fit the base) drops the layout, so nothing is ever built on a stale base.
+    fn apply_delta(&mut self, code: u32, payload: &[u8]) -> Result<Option<Notification>> {
+        let decoded = layout_head(code, payload)
+            .and_then(|(c, rest)| LayoutDelta::decode(rest).map(|d| (c, d)));
+        let (changes, delta) = match decoded {
+            Ok(d) => d,
+            Err(e) => {
+                self.layout = None;
+                return Err(e);
+            }
+        };
+        let Some(layout) = self.layout.as_mut() else {
+            return Ok(Some(Notification::LayoutResync {
+                changes,
+                generation: delta.generation,
+            }));
+        };
+        if layout.generation != delta.base_generation {
+            if delta.generation <= layout.generation {
+                // A resync fetched this layout or a newer one already.
+                return Ok(None);
+            }
+            self.layout = None;
+            return Ok(Some(Notification::LayoutResync {
+                changes,
+                generation: delta.generation,
+            }));
+        }
+        match delta.apply(layout) {
+            Ok(()) => Ok(Some(Notification::LayoutChanged {
+                changes,
+                topology: layout.clone(),
+            })),
+            Err(e) => {
+                self.layout = None;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -204,6 +336,10 @@ pub struct BackendChannelSender {
     interrupts: bool,
     hotplug_events: bool,
     reset_events: bool,
+    layout_delta: bool,
+    /// The serial of the last [`LayoutNotice`] sent (its topology is what the frontend holds);
+    /// `None` before the first one and after a whole topology sent outside notices.
+    layout_serial: Option<u64>,
 }
 
 impl BackendChannelSender {
@@ -229,6 +365,8 @@ impl BackendChannelSender {
             interrupts: true,
             hotplug_events: true,
             reset_events: true,
+            layout_delta: false,
+            layout_serial: None,
         })
     }
 
@@ -247,8 +385,61 @@ impl BackendChannelSender {
         self.layout_events = enabled;
     }
 
+    /// Set whether the frontend negotiated `LAYOUT_DELTA` (false for a new sender).
+    pub fn set_layout_delta(&mut self, on: bool) {
+        self.layout_delta = on;
+    }
+
     /// Send `LayoutChanged`: what changed and the whole new topology.
     pub fn layout_changed(&mut self, changes: LayoutChanges, topology: &Topology) -> Result<()> {
+        self.layout_serial = None;
+        self.send_layout(changes, BackendReq::LayoutChanged, &topology.encode())
+    }
+
+    /// Does this channel need the whole topology for notice `serial` (it takes layout events,
+    /// and did not negotiate `LAYOUT_DELTA` or was not sent notice `serial - 1`)?
+    pub fn needs_whole_layout(&self, serial: u64) -> bool {
+        !self.closed && self.layout_events && !self.follows(serial)
+    }
+
+    fn follows(&self, serial: u64) -> bool {
+        self.layout_delta
+            && self
+                .layout_serial
+                .is_some_and(|s| s.wrapping_add(1) == serial)
+    }
+
+    /// Send one layout change: as `LayoutDelta` when the frontend negotiated `LAYOUT_DELTA`,
+    /// the notice has a delta and this channel was sent the notice before it; otherwise as
+    /// `LayoutChanged` with the whole topology (the first layout notification on a channel is
+    /// always whole). A notice without the topology a channel needs is refused
+    /// (`InvalidArgument`) and the channel gets whole topologies from then on.
+    pub fn layout_notice(&mut self, notice: &LayoutNotice<'_>) -> Result<()> {
+        if self.closed {
+            return Err(Error::ChannelClosed);
+        }
+        let follows = self.follows(notice.serial);
+        self.layout_serial = Some(notice.serial);
+        match (notice.delta, notice.topology) {
+            (Some(delta), _) if follows => {
+                self.send_layout(notice.changes, BackendReq::LayoutDelta, delta)
+            }
+            (_, Some(t)) => {
+                self.send_layout(notice.changes, BackendReq::LayoutChanged, &t.encode())
+            }
+            (_, None) if !self.layout_events => {
+                self.send_layout(notice.changes, BackendReq::LayoutChanged, &[])
+            }
+            (_, None) => {
+                self.layout_serial = None;
+                Err(Error::InvalidArgument(
+                    "layout notice without the whole topology",
+                ))
+            }
+        }
+    }
+
+    fn send_layout(&mut self, changes: LayoutChanges, code: BackendReq, body: &[u8]) -> Result<()> {
         if !self.layout_events {
             return if self.closed {
                 Err(Error::ChannelClosed)
@@ -256,14 +447,14 @@ impl BackendChannelSender {
                 Ok(())
             };
         }
-        let mut payload = LayoutChange {
+        let head = LayoutChange {
             changes: changes.bits(),
             reserved: 0,
-        }
-        .as_slice()
-        .to_vec();
-        payload.extend_from_slice(&topology.encode());
-        self.send(BackendReq::LayoutChanged, &payload)
+        };
+        let mut payload = Vec::with_capacity(head.as_slice().len() + body.len());
+        payload.extend_from_slice(head.as_slice());
+        payload.extend_from_slice(body);
+        self.send(code, &payload)
     }
 
     /// Send `ChipsetMemoryChanged` with the new PAM/SMRAM routing.
@@ -536,6 +727,188 @@ mod tests {
             .recv_timeout(Duration::from_millis(10))
             .unwrap()
             .is_none());
+    }
+
+    /// A notice of `t` after `last` (serial `serial`), with its delta and the whole topology.
+    fn notice_of(
+        tx: &mut BackendChannelSender,
+        last: &Topology,
+        t: &Topology,
+        serial: u64,
+    ) -> Result<()> {
+        let delta = LayoutDelta::between(last, t).encode();
+        tx.layout_notice(&LayoutNotice {
+            changes: LayoutChanges::BUS_NUMBERS,
+            topology: Some(t),
+            serial,
+            delta: Some(&delta),
+        })
+    }
+
+    fn next(t: &Topology, bus: u8) -> Topology {
+        let mut n = t.clone();
+        n.functions[1].secondary_bus = bus;
+        n.functions[1].subordinate_bus = bus;
+        n.generation += 1;
+        n
+    }
+
+    fn layout(n: Option<Notification>) -> Topology {
+        match n {
+            Some(Notification::LayoutChanged { topology, .. }) => topology,
+            other => panic!("expected LayoutChanged, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn layout_deltas_rebuild_the_whole_topology() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        // The first notice on a channel is whole, even with a delta at hand.
+        assert!(tx.needs_whole_layout(1));
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        let whole = rx.layout_bytes();
+        let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
+        assert!(!tx.needs_whole_layout(2));
+        notice_of(&mut tx, &t0, &t1, 2).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t1);
+        let delta = rx.layout_bytes() - whole;
+        assert!(delta < whole, "delta {delta} bytes, whole {whole}");
+        // A delta needs no whole topology from the sender.
+        let d = LayoutDelta::between(&t1, &t2).encode();
+        tx.layout_notice(&LayoutNotice {
+            changes: LayoutChanges::BUS_NUMBERS,
+            topology: None,
+            serial: 3,
+            delta: Some(&d),
+        })
+        .unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t2);
+        assert_eq!(rx.layout(), Some(&t2));
+        // A sender that skipped a notice (serial 4 never sent here) sends the whole form.
+        let t3 = next(&t2, 4);
+        assert!(tx.needs_whole_layout(5));
+        notice_of(&mut tx, &t2, &t3, 5).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t3);
+        // Without LAYOUT_DELTA every notice is whole.
+        tx.set_layout_delta(false);
+        assert!(tx.needs_whole_layout(6));
+        let t4 = next(&t3, 5);
+        notice_of(&mut tx, &t3, &t4, 6).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t4);
+    }
+
+    #[test]
+    fn a_missed_layout_forces_a_resync() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        // The frontend misses t1 (here: a delta from t1 to t2 reaches it while it holds t0).
+        let (c, d) = UnixStream::pair().unwrap();
+        let mut other = BackendChannelSender::new(c).unwrap();
+        other.set_layout_delta(true);
+        let mut other_rx = BackendChannel::new(d).unwrap();
+        notice_of(&mut other, &t0, &t1, 7).unwrap();
+        notice_of(&mut other, &t1, &t2, 8).unwrap();
+        assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t1);
+        other_rx.set_layout(t0.clone());
+        assert_eq!(
+            other_rx.recv_timeout(t).unwrap(),
+            Some(Notification::LayoutResync {
+                changes: LayoutChanges::BUS_NUMBERS,
+                generation: t2.generation
+            })
+        );
+        assert_eq!(other_rx.layout(), None, "the stale layout is dropped");
+        // Until it resynchronises, later deltas are not applied either.
+        let t3 = next(&t2, 4);
+        notice_of(&mut other, &t2, &t3, 9).unwrap();
+        assert!(matches!(
+            other_rx.recv_timeout(t).unwrap(),
+            Some(Notification::LayoutResync { .. })
+        ));
+        // After a resync to t3 (GetTopology), deltas that end at or before it are skipped and
+        // the next one applies.
+        other_rx.set_layout(t3.clone());
+        let t4 = next(&t3, 5);
+        let mut stale = LayoutDelta::between(&t1, &t2).encode();
+        let mut payload = LayoutChange {
+            changes: LayoutChanges::BUS_NUMBERS.bits(),
+            reserved: 0,
+        }
+        .as_slice()
+        .to_vec();
+        payload.append(&mut stale);
+        other.send(BackendReq::LayoutDelta, &payload).unwrap();
+        notice_of(&mut other, &t3, &t4, 10).unwrap();
+        assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t4);
+    }
+
+    #[test]
+    fn malformed_layout_deltas_are_refused_and_drop_the_layout() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut tx = BackendChannelSender::new(a).unwrap();
+        tx.set_layout_delta(true);
+        let mut rx = BackendChannel::new(b).unwrap();
+        let t = Duration::from_secs(5);
+        let t0 = sample();
+        let t1 = next(&t0, 2);
+        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        let head = |c: u32| {
+            LayoutChange {
+                changes: c,
+                reserved: 0,
+            }
+            .as_slice()
+            .to_vec()
+        };
+        let good = LayoutDelta::between(&t0, &t1).encode();
+        let mut hostile = Vec::new();
+        // Cut short, unknown change bits, an update index past the functions, a parent that
+        // is not a port, kept ranges the base does not have.
+        hostile.push([head(2), good[..good.len() - 1].to_vec()].concat());
+        hostile.push([head(1 << 20), good.clone()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.updates[0].index = 1000;
+        hostile.push([head(2), d.encode()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.updates[0].record.kind = crate::topology::FunctionKind::Endpoint as u8;
+        hostile.push([head(2), d.encode()].concat());
+        let mut d = LayoutDelta::between(&t0, &t1);
+        d.ranges_kept_front = 100;
+        hostile.push([head(2), d.encode()].concat());
+        for payload in hostile {
+            rx.set_layout(t0.clone());
+            tx.send(BackendReq::LayoutDelta, &payload).unwrap();
+            let e = rx.recv_timeout(t).unwrap_err();
+            assert!(!e.should_disconnect(), "{e}");
+            assert_eq!(rx.layout(), None, "a refused delta drops the layout");
+        }
+        // The channel still works: a whole topology, then deltas again.
+        tx.layout_changed(LayoutChanges::BUS_NUMBERS, &t0).unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        tx.send(BackendReq::LayoutDelta, &[head(2), good].concat())
+            .unwrap();
+        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t1);
+        // Stateless decoding refuses a delta.
+        let msg = Message {
+            header: MsgHeader::notification(BackendReq::LayoutDelta as u32, false, 0, 1),
+            payload: head(2),
+            fds: Vec::new(),
+        };
+        assert!(Notification::decode(&msg).is_err());
     }
 
     #[test]

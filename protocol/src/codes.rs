@@ -158,8 +158,9 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, c)| c.raw() as usize == i + 1));
-        assert_eq!(BackendReq::ALL.len(), 8);
+        assert_eq!(BackendReq::ALL.len(), 9);
         assert_eq!(u32::from(BackendReq::FunctionReset), 8);
+        assert_eq!(u32::from(BackendReq::LayoutDelta), 9);
         assert_eq!(Status::Invalid.raw(), libc::EINVAL);
         assert_eq!(Status::Exists.errno_name(), "EEXIST");
         assert_eq!(Status::Ok.errno_name(), "OK");

@@ -1,7 +1,8 @@
 //! pcierc's socket protocol: framing, payloads, and both ends.
 //!
 //! - [`wire`], [`messages`], [`topology`]: the header, request and status codes, payloads; the
-//!   code enums are declared with [`wire_enum!`] ([`codes`]).
+//!   code enums are declared with [`wire_enum!`] ([`codes`]). [`layout_delta`]: a topology
+//!   change as what changed (`LAYOUT_DELTA`).
 //! - [`frame`]: header validation, the non-blocking [`FrameReader`] / [`FrameWriter`], blocking
 //!   send/receive with timeouts; [`error`]: the [`Error`] type and its classification.
 //! - Frontend side: [`Frontend`] (blocking client with the handshake), [`BackendChannel`]
@@ -30,6 +31,7 @@ pub mod error;
 pub mod frame;
 pub mod frontend;
 pub mod handler;
+pub mod layout_delta;
 pub mod messages;
 pub mod resume;
 pub mod snapshot;
@@ -47,6 +49,7 @@ pub use frame::{
 };
 pub use frontend::{Frontend, FrontendOptions, DEFAULT_TIMEOUT};
 pub use handler::{BackendHandler, ConfigAddress, ConnectionId, FrontendIdentity};
+pub use layout_delta::{FunctionUpdate, LayoutDelta, LayoutDeltaHeader, LayoutNotice};
 pub use messages::*;
 pub use resume::{ResumableFrontend, Resumed};
 pub use topology::*;
@@ -100,6 +103,11 @@ bitflags::bitflags! {
         /// frontends that did not negotiate it. Not asked for by default
         /// ([`FrontendOptions::new`](crate::FrontendOptions::new)).
         const CONFIG_ADDRESS_LATCH = 1 << 10;
+        /// Layout changes may come as `LayoutDelta` (the function records, ECAM windows and
+        /// ranges that changed since the previous layout notification on the channel) instead
+        /// of `LayoutChanged` with the whole topology. [`BackendChannel`] applies them and
+        /// hands out whole topologies either way.
+        const LAYOUT_DELTA = 1 << 11;
     }
 }
 

@@ -204,6 +204,10 @@ crate::wire_enum! {
         /// (Secondary Bus Reset of the port above it, its slot powered off, platform reset); reset
         /// the device and the state kept for it.
         FunctionReset = 8,
+        /// Payload: [`crate::messages::LayoutChange`] followed by an encoded
+        /// [`crate::layout_delta::LayoutDelta`]: what changed since the previous layout
+        /// notification on this channel (only with `LAYOUT_DELTA`).
+        LayoutDelta = 9,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
 //! layout changes out to frontends, with the components it owns: [`ownership`] (frontends'
-//! names, claimed functions), [`irqfd`] (interrupt eventfds), [`snapshot`] (shared
+//! names, claimed functions), [`irqfd`] (interrupt eventfds), [`layout`] (the layout last sent,
+//! for deltas), [`snapshot`] (shared
 //! configuration snapshots), [`state_file`] (persistence), [`control`] (what QMP commands do)
 //! and [`stats`] (counters). [`event_loop`] serves many frontends and the QMP control socket's
 //! clients ([`control_socket`]) on one event-manager loop; [`access`] decides who may connect;
@@ -11,6 +12,7 @@ pub mod control;
 pub mod control_socket;
 pub mod event_loop;
 pub mod irqfd;
+pub mod layout;
 pub mod ownership;
 pub mod root_complex;
 pub mod signals;

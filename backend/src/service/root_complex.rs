@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use super::control::ControlEvent;
 use super::control::ControlPlane;
 use super::irqfd::Irqfds;
+use super::layout::LayoutTracker;
 use super::ownership::Ownership;
 use super::snapshot::Snapshots;
 use super::state_file::StateFile;
@@ -44,6 +45,8 @@ pub struct RootComplex {
     snapshots: Snapshots,
     /// Counters for `x-pcierc-query-stats`.
     stats: Stats,
+    /// The layout last sent, for `LayoutDelta`s.
+    layout: LayoutTracker,
 }
 
 impl RootComplex {
@@ -58,6 +61,7 @@ impl RootComplex {
             state_file: None,
             snapshots: Snapshots::default(),
             stats: Stats::default(),
+            layout: LayoutTracker::default(),
         };
         // The power-on state, reported as changes from here on.
         rc.control.slot_events(&rc.hierarchy);
@@ -253,16 +257,24 @@ impl RootComplex {
         if changes.is_empty() && !effects.contains(Effects::CHIPSET_MEMORY) {
             return;
         }
-        let topology = (!changes.is_empty()).then(|| self.hierarchy.describe());
         let memory = self.hierarchy.chipset_memory();
-        if let Some(t) = &topology {
-            debug!("layout generation {}: {changes:?}", t.generation);
-        }
-        if let Some(t) = &topology {
+        if !changes.is_empty() {
+            let delta = self.hierarchy.layout_delta();
+            debug!("layout generation {}: {changes:?}", delta.generation);
+            #[cfg(debug_assertions)]
+            self.layout.check(&delta, self.hierarchy.describe());
+            let serial = self.layout.next_serial();
+            let whole = self
+                .channels
+                .values()
+                .any(|ch| ch.needs_whole_layout(serial))
+                .then(|| self.hierarchy.describe());
+            let encoded = delta.encode();
+            let notice = self.layout.notice(changes, &encoded, whole.as_ref());
             self.each_channel(
                 "layout-changed",
                 |_, _| true,
-                |ch| ch.layout_changed(changes, t),
+                |ch| ch.layout_notice(&notice),
             );
         }
         if effects.contains(Effects::CHIPSET_MEMORY) {

@@ -9,6 +9,7 @@ use super::spec::{TopologySpec, ROOT_BUS};
 use crate::devices::{Mch, RootPort};
 use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
+use crate::topology::report::DescribeCache;
 use crate::topology::spec::EndpointSpec;
 use crate::topology::StateError;
 
@@ -107,6 +108,8 @@ pub struct Hierarchy {
     bar_map: Vec<(u64, u64, u16, u8)>,
     /// Some of them overlap (a guest's mistake): look up by scanning, lowest port first.
     bars_overlap: bool,
+    /// The topology by parts, for the functions in `changed` ([`Hierarchy::layout_delta`]).
+    described: DescribeCache,
 }
 
 impl Hierarchy {
@@ -133,6 +136,7 @@ impl Hierarchy {
             dirty_buses: BusSet::ALL,
             bar_map: Vec::new(),
             bars_overlap: false,
+            described: DescribeCache::default(),
         };
         h.mark_all_changed();
         h.rebuild_slots();

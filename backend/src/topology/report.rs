@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use pcierc_protocol::{
     encode_name, function_flags, AddressRange, AddressSpace, EcamWindow, FunctionKind,
-    FunctionRecord, RangeKind, Topology, NO_PARENT,
+    FunctionRecord, FunctionUpdate, LayoutDelta, RangeKind, Topology, NO_PARENT,
 };
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
@@ -25,128 +25,299 @@ fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
     encode_name(s).unwrap_or_default()
 }
 
+/// The topology by parts, as the last [`Hierarchy::layout_delta`] described it: the MCH's record,
+/// each root port's record and ranges, the endpoints' records. Only the functions whose
+/// registers may have changed (the ones the configuration snapshot is told about,
+/// `Hierarchy::mark_changed`) are described again, and only what differs goes into the delta,
+/// so a layout change costs what changed, not a walk over every port.
+#[derive(Debug, Default)]
+pub struct DescribeCache {
+    /// 0 = MCH, 1 + i = port i: describe again before use.
+    stale: Vec<bool>,
+    /// Everything may have changed (functions came or left): describe the endpoints again too.
+    all: bool,
+    generation: u64,
+    mch: FunctionRecord,
+    ports: Vec<(FunctionRecord, Vec<AddressRange>)>,
+    endpoints: Vec<FunctionRecord>,
+}
+
+impl DescribeCache {
+    /// Mark function `n` (0 = MCH, 1 + i = port i) to be described again.
+    pub fn mark(&mut self, n: usize) {
+        if let Some(s) = self.stale.get_mut(n) {
+            *s = true;
+        }
+    }
+
+    /// Mark every function of a hierarchy with `functions` of them to be described again.
+    pub fn mark_all(&mut self, functions: usize) {
+        self.stale = vec![true; functions];
+        self.all = true;
+    }
+}
+
+/// The claimed configuration-mechanism ports.
+fn config_ranges() -> [AddressRange; 2] {
+    [
+        AddressRange {
+            base: CONFIG_ADDRESS_PORT,
+            size: 4,
+            space: AddressSpace::Pio as u8,
+            kind: RangeKind::ConfigAddress as u8,
+            ..Default::default()
+        },
+        AddressRange {
+            base: CONFIG_DATA_PORT,
+            size: 4,
+            space: AddressSpace::Pio as u8,
+            kind: RangeKind::ConfigData as u8,
+            ..Default::default()
+        },
+    ]
+}
+
 impl Hierarchy {
     /// The topology record frontends receive (`GetTopology`, `LayoutChanged`).
     pub fn describe(&self) -> Topology {
         let spec = self.spec();
         let mut functions = Vec::with_capacity(1 + spec.root_ports.len() + spec.endpoints.len());
-        let emulated = function_flags::PRESENT | function_flags::EMULATED;
-        let (v, d, c, mf) = identity(self.mch());
-        functions.push(FunctionRecord {
-            vendor_id: v,
-            device_id: d,
-            class_code: c,
-            kind: FunctionKind::HostBridge as u8,
-            flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent: NO_PARENT,
-            id: name("mch"),
-            owner: name(PCIERC_OWNER),
-            ..Default::default()
-        });
-        let mut ranges = vec![
-            AddressRange {
-                base: CONFIG_ADDRESS_PORT,
-                size: 4,
-                space: AddressSpace::Pio as u8,
-                kind: RangeKind::ConfigAddress as u8,
-                ..Default::default()
-            },
-            AddressRange {
-                base: CONFIG_DATA_PORT,
-                size: 4,
-                space: AddressSpace::Pio as u8,
-                kind: RangeKind::ConfigData as u8,
-                ..Default::default()
-            },
-        ];
-        for (p, ps) in self.ports().iter().zip(&spec.root_ports) {
-            let (v, d, c, mf) = identity(p);
-            functions.push(FunctionRecord {
-                devfn: ps.addr.0,
-                vendor_id: v,
-                device_id: d,
-                class_code: c,
-                kind: FunctionKind::RootPort as u8,
-                flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
-                parent: NO_PARENT,
-                secondary_bus: p.secondary_bus(),
-                subordinate_bus: p.subordinate_bus(),
-                id: name(&ps.config.id),
-                owner: name(PCIERC_OWNER),
-                ..Default::default()
-            });
-            let at = |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| {
-                AddressRange {
-                    base,
-                    size,
-                    space: space as u8,
-                    kind: kind as u8,
-                    devfn: ps.addr.0,
-                    bar,
-                    ..Default::default()
+        functions.push(self.mch_record());
+        let mut ranges = config_ranges().to_vec();
+        for i in 0..self.ports().len() {
+            let (record, port_ranges) = self.port_description(i);
+            functions.push(record);
+            ranges.extend(port_ranges);
+        }
+        self.finish_description(functions, ranges)
+    }
+
+    /// What changed in [`Hierarchy::describe`] since the last call with `cache`: a delta from
+    /// that call's topology (generation `base_generation`) to the current one. Only the parts
+    /// of `cache` marked stale are described again. The first call's delta (from an empty
+    /// cache) is not a delta of any topology a frontend holds; its caller sends the whole one.
+    pub(super) fn layout_delta_cached(&self, cache: &mut DescribeCache) -> LayoutDelta {
+        let n = 1 + self.ports().len();
+        if cache.stale.len() != n || cache.ports.len() + 1 != n {
+            cache.stale = vec![true; n];
+            cache.ports = vec![Default::default(); n - 1];
+        }
+        let mut updates = Vec::new();
+        let update = |index: usize, record: FunctionRecord| FunctionUpdate {
+            index: index as u32,
+            reserved: 0,
+            record,
+        };
+        // The ports whose ranges changed: the first and the last.
+        let mut moved: Option<(usize, usize)> = None;
+        let mut stale_ports = Vec::new();
+        for (i, stale) in cache.stale.iter_mut().enumerate() {
+            if !std::mem::take(stale) {
+                continue;
+            }
+            if i > 0 {
+                stale_ports.push(i - 1);
+            }
+            if i == 0 {
+                let r = self.mch_record();
+                if r != cache.mch {
+                    updates.push(update(0, r));
+                    cache.mch = r;
                 }
-            };
-            for b in p.bars() {
-                ranges.push(at(
-                    b.base,
-                    b.size,
-                    AddressSpace::Mmio,
-                    RangeKind::Bar,
-                    b.index,
-                ));
+                continue;
             }
-            let w = p.windows();
-            if let Some((base, size)) = w.io {
-                ranges.push(at(base, size, AddressSpace::Pio, RangeKind::IoWindow, 0));
+            let (r, ranges) = self.port_description(i - 1);
+            let old = &mut cache.ports[i - 1];
+            if r != old.0 {
+                updates.push(update(i, r));
             }
-            if let Some((base, size)) = w.mem {
-                ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::MemWindow, 0));
+            if ranges != old.1 {
+                moved = Some(moved.map_or((i - 1, i - 1), |(f, _)| (f, i - 1)));
             }
-            if let Some((base, size)) = w.pref {
-                ranges.push(at(
-                    base,
-                    size,
-                    AddressSpace::Mmio,
-                    RangeKind::PrefMemWindow,
-                    0,
-                ));
+            *old = (r, ranges);
+        }
+        // An endpoint's record follows the spec and the port it sits behind: all of them after
+        // functions came or left, else those behind the ports described again.
+        let endpoints = &self.spec().endpoints;
+        if std::mem::take(&mut cache.all) || cache.endpoints.len() != endpoints.len() {
+            let records: Vec<FunctionRecord> =
+                endpoints.iter().map(|e| self.endpoint_record(e)).collect();
+            for (k, r) in records.iter().enumerate() {
+                if cache.endpoints.get(k) != Some(r) {
+                    updates.push(update(n + k, *r));
+                }
+            }
+            cache.endpoints = records;
+        } else {
+            let mut behind: Vec<(usize, FunctionRecord)> = stale_ports
+                .iter()
+                .flat_map(|&p| self.endpoints_below(p).map(move |k| (p, k)))
+                .filter_map(|(p, k)| Some((k, self.endpoint_record_at(endpoints.get(k)?, Some(p)))))
+                .filter(|(k, r)| cache.endpoints.get(*k) != Some(r))
+                .collect();
+            behind.sort_by_key(|(k, _)| *k);
+            for (k, r) in behind {
+                cache.endpoints[k] = r;
+                updates.push(update(n + k, r));
             }
         }
-        functions.extend(spec.endpoints.iter().map(|e| self.endpoint_record(e)));
-        let ecam = self
-            .ecam()
+        // The ranges: the two config ports, then each port's; the ports outside first..=last
+        // kept theirs.
+        let len = |p: &[(FunctionRecord, Vec<AddressRange>)]| p.iter().map(|p| p.1.len()).sum();
+        let (front, back, ranges) = match moved {
+            Some((first, last)) => (
+                2 + len(&cache.ports[..first]),
+                len(&cache.ports[last + 1..]),
+                cache.ports[first..=last]
+                    .iter()
+                    .flat_map(|p| p.1.iter().copied())
+                    .collect(),
+            ),
+            None => (2 + len(&cache.ports), 0, Vec::new()),
+        };
+        let generation = self.generation();
+        let base_generation = std::mem::replace(&mut cache.generation, generation);
+        LayoutDelta {
+            base_generation,
+            generation,
+            num_functions: (n + cache.endpoints.len()) as u32,
+            updates,
+            ecam: self.ecam_windows(),
+            ranges_kept_front: front as u32,
+            ranges_kept_back: back as u32,
+            ranges,
+        }
+    }
+
+    fn ecam_windows(&self) -> Vec<EcamWindow> {
+        self.ecam()
             .map(|(base, size, end_bus)| EcamWindow {
                 base,
                 size,
-                segment: spec.segment,
+                segment: self.spec().segment,
                 start_bus: 0,
                 end_bus,
                 reserved: 0,
             })
             .into_iter()
-            .collect();
+            .collect()
+    }
+
+    /// The endpoints' records, the ECAM window and the generation after the emulated
+    /// functions' records and ranges.
+    fn finish_description(
+        &self,
+        mut functions: Vec<FunctionRecord>,
+        ranges: Vec<AddressRange>,
+    ) -> Topology {
+        functions.extend(
+            self.spec()
+                .endpoints
+                .iter()
+                .map(|e| self.endpoint_record(e)),
+        );
         Topology {
             generation: self.generation(),
             functions,
-            ecam,
+            ecam: self.ecam_windows(),
             ranges,
         }
+    }
+
+    fn mch_record(&self) -> FunctionRecord {
+        let (v, d, c, mf) = identity(self.mch());
+        FunctionRecord {
+            vendor_id: v,
+            device_id: d,
+            class_code: c,
+            kind: FunctionKind::HostBridge as u8,
+            flags: function_flags::PRESENT
+                | function_flags::EMULATED
+                | if mf { function_flags::MULTIFUNCTION } else { 0 },
+            parent: NO_PARENT,
+            id: name("mch"),
+            owner: name(PCIERC_OWNER),
+            ..Default::default()
+        }
+    }
+
+    /// Root port `i`'s record and ranges (BARs, then its I/O, memory and prefetchable
+    /// windows).
+    fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
+        let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
+        let (v, d, c, mf) = identity(p);
+        let record = FunctionRecord {
+            devfn: ps.addr.0,
+            vendor_id: v,
+            device_id: d,
+            class_code: c,
+            kind: FunctionKind::RootPort as u8,
+            flags: function_flags::PRESENT
+                | function_flags::EMULATED
+                | if mf { function_flags::MULTIFUNCTION } else { 0 },
+            parent: NO_PARENT,
+            secondary_bus: p.secondary_bus(),
+            subordinate_bus: p.subordinate_bus(),
+            id: name(&ps.config.id),
+            owner: name(PCIERC_OWNER),
+            ..Default::default()
+        };
+        let at =
+            |base: u64, size: u64, space: AddressSpace, kind: RangeKind, bar: u8| AddressRange {
+                base,
+                size,
+                space: space as u8,
+                kind: kind as u8,
+                devfn: ps.addr.0,
+                bar,
+                ..Default::default()
+            };
+        let mut ranges: Vec<AddressRange> = p
+            .bars()
+            .into_iter()
+            .map(|b| at(b.base, b.size, AddressSpace::Mmio, RangeKind::Bar, b.index))
+            .collect();
+        let w = p.windows();
+        if let Some((base, size)) = w.io {
+            ranges.push(at(base, size, AddressSpace::Pio, RangeKind::IoWindow, 0));
+        }
+        if let Some((base, size)) = w.mem {
+            ranges.push(at(base, size, AddressSpace::Mmio, RangeKind::MemWindow, 0));
+        }
+        if let Some((base, size)) = w.pref {
+            ranges.push(at(
+                base,
+                size,
+                AddressSpace::Mmio,
+                RangeKind::PrefMemWindow,
+                0,
+            ));
+        }
+        (record, ranges)
     }
 
     /// The record of a function another emulator serves (also for one that just left: its
     /// address is where it was).
     pub fn endpoint_record(&self, e: &EndpointSpec) -> FunctionRecord {
-        let spec = self.spec();
-        let (bus, present, parent) = if e.bus == ROOT_BUS {
-            (0, true, NO_PARENT)
-        } else {
-            let pi = spec
+        let port = (e.bus != ROOT_BUS).then(|| {
+            self.spec()
                 .root_ports
                 .iter()
                 .position(|p| p.config.id == e.bus)
-                .unwrap_or(0);
-            let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
-            (sec, sec != 0, pi as u16 + 1)
+                .unwrap_or(0)
+        });
+        self.endpoint_record_at(e, port)
+    }
+
+    /// [`Hierarchy::endpoint_record`] of an endpoint behind root port `port` (index), or on the
+    /// root bus (`None`).
+    fn endpoint_record_at(&self, e: &EndpointSpec, port: Option<usize>) -> FunctionRecord {
+        let (bus, present, parent) = match port {
+            None => (0, true, NO_PARENT),
+            Some(pi) => {
+                let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
+                (sec, sec != 0, pi as u16 + 1)
+            }
         };
         FunctionRecord {
             bus,

@@ -707,6 +707,10 @@ impl Machine {
                 let gsi = irq::intx_gsi(l.devfn, l.pin);
                 self.intx_source(gsi, (l.segment, l.bus, l.devfn, l.pin), l.level != 0)?;
             }
+            Notification::LayoutResync { generation, .. } => {
+                // PcieLink::drain answers it with GetTopology before it gets here.
+                log::warn!("pcierc layout {generation}: stale layout notification ignored");
+            }
             Notification::ChipsetMemoryChanged(c) => {
                 log::debug!("chipset memory routing {c:?} (no BIOS area to remap here)");
             }

@@ -295,6 +295,19 @@ impl PcieLink {
                 return Ok(());
             };
             match c.try_recv() {
+                // A layout delta the channel could not apply: the layout it knows is stale;
+                // fetch it (lock order: channel, then frontend; nothing takes them the other
+                // way round).
+                Ok(Some(Notification::LayoutResync {
+                    changes,
+                    generation,
+                })) => {
+                    log::warn!("pcierc layout {generation}: resynchronising (GetTopology)");
+                    let n = c
+                        .resync(&mut lock(&self.frontend), changes)
+                        .map_err(backend("GetTopology"))?;
+                    apply(n)?
+                }
                 Ok(Some(n)) => apply(n)?,
                 Ok(None) => return Ok(()),
                 Err(e) if e.should_disconnect() => {

@@ -184,6 +184,66 @@ proptest! {
         }
     }
 
+    /// Layout deltas with bytes edited, cut or extended: decoding never panics, what it accepts
+    /// re-encodes to the same bytes, and applying it to the base either gives a topology that
+    /// validates or fails leaving the base unchanged.
+    #[test]
+    fn layout_delta_decode_and_apply_are_total(
+        functions in 1usize..5,
+        ranges in 0usize..5,
+        edits in vec((any::<Index>(), any::<u8>()), 0..6),
+        cut in proptest::option::of(any::<Index>()),
+        noise in vec(any::<u8>(), 0..16),
+    ) {
+        let name = |s| encode_name(s).unwrap_or_default();
+        let port = FunctionRecord {
+            kind: FunctionKind::RootPort as u8,
+            parent: NO_PARENT,
+            id: name("rp"),
+            owner: name("pcierc"),
+            ..Default::default()
+        };
+        let range = |base| AddressRange {
+            base,
+            size: 4,
+            space: AddressSpace::Pio as u8,
+            kind: RangeKind::ConfigAddress as u8,
+            ..Default::default()
+        };
+        let base = Topology {
+            generation: 9,
+            functions: vec![port; functions],
+            ecam: Vec::new(),
+            ranges: (0..ranges as u64).map(range).collect(),
+        };
+        let mut new = base.clone();
+        new.generation = 10;
+        new.functions[0].secondary_bus = 1;
+        new.functions.push(FunctionRecord { kind: FunctionKind::Endpoint as u8, parent: 0, ..port });
+        new.ranges.insert(ranges / 2, range(0x100));
+        let delta = LayoutDelta::between(&base, &new);
+        let mut bytes = delta.encode();
+        let mut applied = base.clone();
+        prop_assert!(LayoutDelta::decode(&bytes).and_then(|d| d.apply(&mut applied)).is_ok());
+        prop_assert_eq!(&applied, &new);
+        for (at, v) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = v;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len() + 1));
+        }
+        bytes.extend_from_slice(&noise);
+        if let Ok(d) = LayoutDelta::decode(&bytes) {
+            prop_assert_eq!(d.encode(), bytes);
+            let mut t = base.clone();
+            match d.apply(&mut t) {
+                Ok(()) => prop_assert!(t.validate().is_ok()),
+                Err(_) => prop_assert_eq!(&t, &base),
+            }
+        }
+    }
+
     /// Backend-channel notifications: any code and payload decode or fail, never panic.
     #[test]
     fn notification_decode_is_total(code in 0u32..12, payload in vec(any::<u8>(), 0..160)) {

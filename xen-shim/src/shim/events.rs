@@ -31,6 +31,17 @@ impl<H: Hypervisor> Translator<'_, H> {
                 self.routing.apply(self.hv, topology);
                 self.status.set_generation(self.routing.generation());
             }
+            Notification::LayoutResync {
+                changes,
+                generation,
+            } => {
+                // A delta that did not fit the layout held: never route by a stale layout.
+                warn!("pcierc layout {generation}: resynchronising (GetTopology)");
+                match self.channel.resync(self.pcierc, changes) {
+                    Ok(n) => self.notification(n),
+                    Err(e) => warn!("resynchronising pcierc's layout: {e}"),
+                }
+            }
             Notification::Msi(m) => {
                 match dm_op(self.hv, xen_dm_op::inject_msi(m.address, m.data)) {
                     Ok(_) => ShimStatus::bump(&self.status.msis),

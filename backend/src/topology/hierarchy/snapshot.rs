@@ -24,11 +24,33 @@ impl Hierarchy {
         if let Some(c) = self.changed.get_mut(i) {
             *c = true;
         }
+        self.described.mark(i);
     }
 
     pub(super) fn mark_all_changed(&mut self) {
         self.changed = vec![true; self.snapshot_functions()];
         self.dirty_buses = BusSet::ALL;
+        self.described.mark_all(self.snapshot_functions());
+    }
+
+    /// The endpoints (spec indices) on root port `port`'s secondary bus.
+    pub(crate) fn endpoints_below(&self, port: usize) -> impl Iterator<Item = usize> + '_ {
+        self.below
+            .get(port)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.map(usize::from))
+    }
+
+    /// What changed in the topology ([`Hierarchy::describe`]) since the last call: the records
+    /// and ranges of the functions whose registers changed (the ones
+    /// [`Hierarchy::take_snapshot_changes`] reports, tracked apart), as a delta from the
+    /// topology of the last call.
+    pub fn layout_delta(&mut self) -> pcierc_protocol::LayoutDelta {
+        let mut cache = std::mem::take(&mut self.described);
+        let d = self.layout_delta_cached(&mut cache);
+        self.described = cache;
+        d
     }
 
     /// Forget what changed since the last call (no snapshot to bring up to date: nothing is

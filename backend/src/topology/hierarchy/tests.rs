@@ -246,6 +246,7 @@ fn every_access_shape_is_answered_without_panicking() {
 
 mod hotplug;
 mod ioh3420;
+mod layout_delta;
 mod routing;
 
 #[test]

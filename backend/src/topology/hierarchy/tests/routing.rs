@@ -12,7 +12,7 @@ const PORTS: [u8; 4] = [0x10, 0x11, 0x12, 0x13];
 
 /// One guest write to a root port's register (offset, width) with a value.
 #[derive(Clone, Debug)]
-enum Write {
+pub(super) enum Write {
     /// Primary, secondary, subordinate bus numbers (PCI-to-PCI Bridge 1.2 §3.2.5.3).
     Buses { port: usize, sec: u8, sub: u8 },
     /// Subordinate alone, as firmware closes a range after scanning below it.
@@ -25,7 +25,7 @@ enum Write {
     SlotPower { port: usize, on: bool },
 }
 
-fn write() -> impl Strategy<Value = Write> {
+pub(super) fn write() -> impl Strategy<Value = Write> {
     let port = 0..PORTS.len();
     prop_oneof![
         (port.clone(), 0..8u8, 0..8u8).prop_map(|(port, sec, sub)| Write::Buses { port, sec, sub }),
@@ -37,7 +37,7 @@ fn write() -> impl Strategy<Value = Write> {
     ]
 }
 
-fn apply(h: &mut Hierarchy, w: &Write) {
+pub(super) fn apply(h: &mut Hierarchy, w: &Write) {
     let cfg = |port: usize| PORTS[port];
     let r = match *w {
         Write::Buses { port, sec, sub } => h.config_write(
@@ -75,7 +75,7 @@ fn follow(h: &mut Hierarchy, table: &mut [u16; 65536]) {
     }
 }
 
-fn with_card() -> Hierarchy {
+pub(super) fn with_card() -> Hierarchy {
     let mut spec = TopologySpec::embedded_default().unwrap();
     spec.endpoints.push(EndpointSpec {
         id: "ep".into(),
