@@ -759,6 +759,24 @@ impl PciePort {
         }
     }
 
+    /// How [`PciePort::state`] differs from `old`'s (a copy of this port taken earlier) when
+    /// only register values changed: see [`ConfigSpace::value_changes`]. `None` when anything
+    /// else it saves differs.
+    pub fn value_changes<'a>(
+        &'a self,
+        old: &PciePort,
+        gap: usize,
+    ) -> Option<Vec<(usize, &'a [u8])>> {
+        if self.messages != old.messages
+            || self.slot != old.slot
+            || self.intx != old.intx
+            || self.pme_queue != old.pme_queue
+        {
+            return None;
+        }
+        self.space.value_changes(&old.space, gap)
+    }
+
     /// Load state made by [`PciePort::state`] of a port with the same layout; nothing changes
     /// on error.
     pub fn load_state(&mut self, s: &PortState) -> Result<(), StateError> {
@@ -915,6 +933,10 @@ pub trait PortFunction: Send {
         self.port().intx_asserted()
     }
 }
+
+/// Where a port model's register values are in its saved state ([`PciFunction::save`]): the
+/// hex string of [`ConfigSpace::image`]'s `value`, under `port` and `space`.
+pub const SAVED_VALUES_PATH: [&str; 3] = ["port", "space", "value"];
 
 /// A port model's saved state: its properties and its port's state.
 #[derive(Serialize, Deserialize)]
