@@ -551,6 +551,45 @@ mod tests {
     }
 
     #[test]
+    fn a_register_write_is_recorded_from_the_bytes_it_changed() {
+        let dir = scratch("values");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        f.persist(&h);
+        let mut copy = SavedModels::default();
+        let _ = h.save_changed_functions(&mut copy, patch::RUN_GAP / 2);
+        let _ = h.mmio_write(RP1_ECAM + 0x200, 4, 0x1234_5678);
+        // The hierarchy gives rp1's changed bytes, not its state.
+        let changed = h.save_changed_functions(&mut copy, patch::RUN_GAP / 2);
+        assert_eq!(
+            changed,
+            vec![(
+                1,
+                FunctionChange::Values(vec![(0x200, &[0x78, 0x56, 0x34, 0x12][..])])
+            )]
+        );
+        f.persist(&h);
+        assert_eq!(f.current, state::save_value(&h));
+        let bytes = std::fs::read(&path).expect("file");
+        let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
+            panic!("not a journal");
+        };
+        let last: Value = serde_json::from_slice(j.records[j.records.len() - 1]).expect("JSON");
+        assert_eq!(
+            last,
+            serde_json::json!({"obj": {"functions": {"arr": [[1, {"obj": {"state": {"obj":
+                {"port": {"obj": {"space": {"obj": {"value":
+                    {"str": [[0x400, "78563412"]]}}}}}}}}}]]}}})
+        );
+        let mut again = hierarchy();
+        load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(again.save_functions(), h.save_functions());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn past_its_bound_the_journal_becomes_a_new_base() {
         let dir = scratch("compact");
         let path = dir.join("s.state");
