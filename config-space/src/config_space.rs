@@ -511,6 +511,19 @@ impl ConfigSpace {
         Some(runs.into_iter().map(|(s, e)| (s, &new[s..e])).collect())
     }
 
+    /// Overwrite register values with `runs` as [`ConfigSpace::value_changes`] gave them
+    /// (offset, bytes), masks untouched; bytes past the size are dropped. Brings a copy up to
+    /// date with the space the runs came from without cloning it whole.
+    pub fn set_values(&mut self, runs: &[(usize, &[u8])]) {
+        let n = usize::from(self.size);
+        for &(at, bytes) in runs {
+            let end = at.saturating_add(bytes.len()).min(n);
+            if at < end {
+                self.value[at..end].copy_from_slice(&bytes[..end - at]);
+            }
+        }
+    }
+
     /// Load an image made by [`ConfigSpace::image`] of a space with the same size. On error
     /// nothing changes. The capability allocation map is the model's and is kept.
     pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), StateError> {
@@ -720,6 +733,10 @@ mod tests {
             value[2 * at..2 * (at + bytes.len())].copy_from_slice(hex(bytes).as_bytes());
         }
         assert_eq!(String::from_utf8(value).unwrap(), cs.image().value);
+        // ... and set on a copy of the old space, they make it equal.
+        let mut copy = old.clone();
+        copy.set_values(&runs);
+        assert_eq!(copy, cs);
         // A mask or the size changing is not a values-only change.
         let mut masked = cs.clone();
         masked.set_w1cmask(0x06, 2, 0xf900);

@@ -777,6 +777,12 @@ impl PciePort {
         self.space.value_changes(&old.space, gap)
     }
 
+    /// Overwrite register values with `runs` from [`PciePort::value_changes`] of another port
+    /// (see [`ConfigSpace::set_values`]); nothing else changes.
+    pub fn set_values(&mut self, runs: &[(usize, &[u8])]) {
+        self.space.set_values(runs);
+    }
+
     /// Load state made by [`PciePort::state`] of a port with the same layout; nothing changes
     /// on error.
     pub fn load_state(&mut self, s: &PortState) -> Result<(), StateError> {

@@ -541,15 +541,23 @@ impl Hierarchy {
         since.ports.resize(self.ports.len(), None);
         for (i, (p, copy)) in self.ports.iter().zip(&mut since.ports).enumerate() {
             let change = match copy {
-                None => FunctionChange::State(p.save()),
                 Some(c) if c == p => continue,
                 Some(c) => match p.port().value_changes(c.port(), gap) {
-                    Some(runs) => FunctionChange::Values(runs),
+                    Some(runs) => {
+                        // The copy's saved state is brought up to date in place; what it does
+                        // not save (pending interrupts, say) may stay behind, which only
+                        // sends the next call here again instead of to the equality above.
+                        c.port_mut().set_values(&runs);
+                        FunctionChange::Values(runs)
+                    }
                     None => FunctionChange::State(p.save()),
                 },
+                None => FunctionChange::State(p.save()),
             };
+            if let FunctionChange::State(_) = change {
+                *copy = Some(p.clone());
+            }
             out.push((1 + i, change));
-            *copy = Some(p.clone());
         }
         out
     }
