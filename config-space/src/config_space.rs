@@ -477,6 +477,53 @@ impl ConfigSpace {
         }
     }
 
+    /// How [`ConfigSpace::image`] differs from `old`'s when only register values changed: the
+    /// changed bytes of `value` as `(offset, new bytes)`, runs closer than `gap` equal bytes
+    /// merged into one; empty when the images are equal. `None` when the size or a mask
+    /// differs (take a whole image then). Cheaper than comparing two images: a persisted write
+    /// (`--state-file`) asks this after every change.
+    pub fn value_changes(&self, old: &ConfigSpace, gap: usize) -> Option<Vec<(usize, &[u8])>> {
+        let n = usize::from(self.size);
+        if self.size != old.size
+            || self.wmask[..n] != old.wmask[..n]
+            || self.w1cmask[..n] != old.w1cmask[..n]
+        {
+            return None;
+        }
+        // Equal blocks are skipped with one compare each: a write changes a few registers.
+        const BLOCK: usize = 32;
+        let (new, old) = (&self.value[..n], &old.value[..n]);
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (b, (o, v)) in old.chunks(BLOCK).zip(new.chunks(BLOCK)).enumerate() {
+            if o == v {
+                continue;
+            }
+            for i in (0..v.len())
+                .filter(|&i| o[i] != v[i])
+                .map(|i| b * BLOCK + i)
+            {
+                match runs.last_mut() {
+                    Some((_, end)) if i - *end <= gap => *end = i + 1,
+                    _ => runs.push((i, i + 1)),
+                }
+            }
+        }
+        Some(runs.into_iter().map(|(s, e)| (s, &new[s..e])).collect())
+    }
+
+    /// Overwrite register values with `runs` as [`ConfigSpace::value_changes`] gave them
+    /// (offset, bytes), masks untouched; bytes past the size are dropped. Brings a copy up to
+    /// date with the space the runs came from without cloning it whole.
+    pub fn set_values(&mut self, runs: &[(usize, &[u8])]) {
+        let n = usize::from(self.size);
+        for &(at, bytes) in runs {
+            let end = at.saturating_add(bytes.len()).min(n);
+            if at < end {
+                self.value[at..end].copy_from_slice(&bytes[..end - at]);
+            }
+        }
+    }
+
     /// Load an image made by [`ConfigSpace::image`] of a space with the same size. On error
     /// nothing changes. The capability allocation map is the model's and is kept.
     pub fn load_image(&mut self, image: &SpaceImage) -> Result<(), StateError> {
@@ -512,15 +559,17 @@ pub struct SpaceImage {
 }
 
 /// `bytes` as lowercase hex (the saved form of per-byte state).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    // A table, not `format!` per byte: saved on every persisted write (`--state-file`).
+pub fn hex(bytes: &[u8]) -> String {
+    // A table into a byte buffer, not `format!` or `String::push` per byte: saved on every
+    // persisted write (`--state-file`), 12 KiB of registers and masks per port.
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * bytes.len());
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    let mut out = vec![0u8; 2 * bytes.len()];
+    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    s
+    // Only ASCII digits were written: this never fails.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// `n` bytes from the hex made by [`hex`]; `None` unless `s` is exactly that.
@@ -653,5 +702,57 @@ mod tests {
         bad = img;
         bad.wmask.pop();
         assert_eq!(other.load_image(&bad), Err(StateError::Plane("wmask")));
+    }
+
+    #[test]
+    fn value_changes_are_the_bytes_that_differ_in_the_image() {
+        let mut old = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+        old.fill_wmask(0x40..0x1000);
+        let mut cs = old.clone();
+        assert_eq!(cs.value_changes(&old, 4), Some(vec![]));
+        // Two bytes 4 apart merge; one byte 5 past the end of that run does not; a change
+        // across the 32-byte block boundary and the last byte are found.
+        cs.write(0x40, 1, 0x11);
+        cs.write(0x45, 1, 0x22);
+        cs.write(0x4b, 1, 0x33);
+        cs.write(0x5f, 2, 0x4455);
+        cs.write(0xfff, 1, 0x66);
+        let runs = cs.value_changes(&old, 4).expect("values only");
+        assert_eq!(
+            runs,
+            vec![
+                (0x40, &[0x11, 0, 0, 0, 0, 0x22][..]),
+                (0x4b, &[0x33][..]),
+                (0x5f, &[0x55, 0x44][..]),
+                (0xfff, &[0x66][..]),
+            ]
+        );
+        // Applied to the old image's hex, the runs give the new image.
+        let mut value = old.image().value.into_bytes();
+        for (at, bytes) in &runs {
+            value[2 * at..2 * (at + bytes.len())].copy_from_slice(hex(bytes).as_bytes());
+        }
+        assert_eq!(String::from_utf8(value).unwrap(), cs.image().value);
+        // ... and set on a copy of the old space, they make it equal.
+        let mut copy = old.clone();
+        copy.set_values(&runs);
+        assert_eq!(copy, cs);
+        // A mask or the size changing is not a values-only change.
+        let mut masked = cs.clone();
+        masked.set_w1cmask(0x06, 2, 0xf900);
+        assert_eq!(masked.value_changes(&old, 4), None);
+        assert_eq!(
+            ConfigSpace::new(PCI_CONFIG_SPACE_SIZE).value_changes(&old, 4),
+            None
+        );
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_unhex_inverts_it() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let h = hex(&bytes);
+        assert_eq!(&h[..8], "00010203");
+        assert_eq!(&h[h.len() - 4..], "feff");
+        assert_eq!(unhex(&h, 256), Some(bytes));
     }
 }

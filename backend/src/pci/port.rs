@@ -712,6 +712,30 @@ impl PciePort {
         }
     }
 
+    /// How [`PciePort::state`] differs from `old`'s (a copy of this port taken earlier) when
+    /// only register values changed: see [`ConfigSpace::value_changes`]. `None` when anything
+    /// else it saves differs.
+    pub fn value_changes<'a>(
+        &'a self,
+        old: &PciePort,
+        gap: usize,
+    ) -> Option<Vec<(usize, &'a [u8])>> {
+        if self.messages != old.messages
+            || self.slot != old.slot
+            || self.intx != old.intx
+            || self.pme_queue != old.pme_queue
+        {
+            return None;
+        }
+        self.space.value_changes(&old.space, gap)
+    }
+
+    /// Overwrite register values with `runs` from [`PciePort::value_changes`] of another port
+    /// (see [`ConfigSpace::set_values`]); nothing else changes.
+    pub fn set_values(&mut self, runs: &[(usize, &[u8])]) {
+        self.space.set_values(runs);
+    }
+
     /// Load state made by [`PciePort::state`] of a port with the same layout; nothing changes
     /// on error.
     pub fn load_state(&mut self, s: &PortState) -> Result<(), StateError> {
@@ -868,6 +892,10 @@ pub trait PortFunction: Send {
         self.port().intx_asserted()
     }
 }
+
+/// Where a port model's register values are in its saved state ([`PciFunction::save`]): the
+/// hex string of [`ConfigSpace::image`]'s `value`, under `port` and `space`.
+pub const SAVED_VALUES_PATH: [&str; 3] = ["port", "space", "value"];
 
 /// A port model's saved state: its properties and its port's state.
 #[derive(Serialize, Deserialize)]

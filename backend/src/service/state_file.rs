@@ -34,9 +34,11 @@ use thiserror::Error;
 use super::stats::StateFileStats;
 
 use crate::devices::MachineType;
-use crate::topology::{state, Hierarchy, SavedModels};
+use crate::pci::port::SAVED_VALUES_PATH;
+use crate::topology::{state, FunctionChange, Hierarchy, SavedModels};
 use format::{Decoded, FormatError, TornTail};
 use patch::PatchError;
+use pcierc_config_space::config_space::hex;
 
 /// Largest state file read (a state blob is at most 16 MiB, the `LoadState` limit).
 pub const MAX_STATE_FILE: u64 = 64 << 20;
@@ -228,7 +230,7 @@ impl StateFile {
             );
         }
         f.current = state::save_value(h);
-        h.save_changed_functions(&mut f.models);
+        h.save_changed_functions(&mut f.models, patch::RUN_GAP / 2);
         let start = std::time::Instant::now();
         let r = f.write_base();
         f.stats.record(r.is_ok(), start.elapsed());
@@ -266,7 +268,7 @@ impl StateFile {
     /// nothing changed. Only the functions whose model changed are serialized and compared.
     fn update(&mut self, h: &Hierarchy) -> Option<Value> {
         let top = state::save_value_without_functions(h);
-        let changed = h.save_changed_functions(&mut self.models);
+        let changed = h.save_changed_functions(&mut self.models, patch::RUN_GAP / 2);
         let mut patch = serde_json::Map::new();
         let (Value::Object(top), Value::Object(cur)) = (top, &mut self.current) else {
             // Both are serialized structs: objects.
@@ -287,13 +289,33 @@ impl StateFile {
         }
         let mut items = Vec::new();
         if let Some(Value::Array(functions)) = cur.get_mut("functions") {
-            for (i, new) in changed {
+            for (i, change) in changed {
                 let Some(slot) = functions.get_mut(i).and_then(|f| f.get_mut("state")) else {
                     continue;
                 };
-                if let Some(p) = patch::diff(slot, &new) {
+                let p = match change {
+                    FunctionChange::State(new) => {
+                        let p = patch::diff(slot, &new);
+                        *slot = new;
+                        p
+                    }
+                    FunctionChange::Values(runs) => {
+                        let p = values_patch(&runs);
+                        if let Some(p) = &p {
+                            if let Err(e) = patch::apply(slot, p) {
+                                // Cannot happen (the state is the same model's save); if it
+                                // did, `current` is taken whole again and written as a base.
+                                error!("state file: register patch of function {i}: {e}");
+                                self.file = None;
+                                self.current = state::save_value(h);
+                                return None;
+                            }
+                        }
+                        p
+                    }
+                };
+                if let Some(p) = p {
                     items.push(serde_json::json!([i, { "obj": { "state": p } }]));
-                    *slot = new;
                 }
             }
         }
@@ -352,6 +374,24 @@ impl StateFile {
         self.journal_len = 0;
         Ok(())
     }
+}
+
+/// The patch of a function's state for register values that changed (offset, new bytes):
+/// runs of the hex string at [`SAVED_VALUES_PATH`], as [`patch::diff`] of the two states
+/// would give them; `None` if there are none.
+fn values_patch(runs: &[(usize, &[u8])]) -> Option<Value> {
+    if runs.is_empty() {
+        return None;
+    }
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|&(at, bytes)| serde_json::json!([2 * at, hex(bytes)]))
+        .collect();
+    let mut p = serde_json::json!({ "str": runs });
+    for key in SAVED_VALUES_PATH.iter().rev() {
+        p = serde_json::json!({ "obj": { *key: p } });
+    }
+    Some(p)
 }
 
 /// A state or a patch serialized (in memory: cannot fail).
@@ -507,6 +547,45 @@ mod tests {
         assert_eq!(loaded.records, 5);
         assert_eq!(again.save_functions(), h.save_functions());
         assert_eq!(again.config_address(), h.config_address());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_register_write_is_recorded_from_the_bytes_it_changed() {
+        let dir = scratch("values");
+        let path = dir.join("s.state");
+        let mut h = hierarchy();
+        let mut f = StateFile::open(&path, &mut h, false).expect("open");
+        enable_ecam(&mut h);
+        f.persist(&h);
+        let mut copy = SavedModels::default();
+        let _ = h.save_changed_functions(&mut copy, patch::RUN_GAP / 2);
+        let _ = h.mmio_write(RP1_ECAM + 0x200, 4, 0x1234_5678);
+        // The hierarchy gives rp1's changed bytes, not its state.
+        let changed = h.save_changed_functions(&mut copy, patch::RUN_GAP / 2);
+        assert_eq!(
+            changed,
+            vec![(
+                1,
+                FunctionChange::Values(vec![(0x200, &[0x78, 0x56, 0x34, 0x12][..])])
+            )]
+        );
+        f.persist(&h);
+        assert_eq!(f.current, state::save_value(&h));
+        let bytes = std::fs::read(&path).expect("file");
+        let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
+            panic!("not a journal");
+        };
+        let last: Value = serde_json::from_slice(j.records[j.records.len() - 1]).expect("JSON");
+        assert_eq!(
+            last,
+            serde_json::json!({"obj": {"functions": {"arr": [[1, {"obj": {"state": {"obj":
+                {"port": {"obj": {"space": {"obj": {"value":
+                    {"str": [[0x400, "78563412"]]}}}}}}}}}]]}}})
+        );
+        let mut again = hierarchy();
+        load_bytes(&mut again, &bytes).expect("loads");
+        assert_eq!(again.save_functions(), h.save_functions());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -526,24 +526,42 @@ impl Hierarchy {
     }
 
     /// [`Hierarchy::save_functions`]'s states of only the functions whose model differs from
-    /// the copy in `since` (all of them the first time), as (index in that list, state);
+    /// the copy in `since` (all of them the first time), as (index in that list, change);
     /// `since` is brought up to date. A model equal to its copy saves to the same state, so a
-    /// caller that keeps the last states has them all for the cost of the changed ones.
+    /// caller that keeps the last states has them all for the cost of the changed ones. A root
+    /// port whose register values alone changed gives those bytes
+    /// ([`FunctionChange::Values`], runs closer than `gap` equal bytes merged), not its state:
+    /// serializing a port's whole state is most of the cost of a persisted write.
     pub fn save_changed_functions(
         &self,
         since: &mut SavedModels,
-    ) -> Vec<(usize, serde_json::Value)> {
+        gap: usize,
+    ) -> Vec<(usize, FunctionChange<'_>)> {
         let mut out = Vec::new();
         if since.mch.as_ref() != Some(&self.mch) {
-            out.push((0, self.mch.save()));
+            out.push((0, FunctionChange::State(self.mch.save())));
             since.mch = Some(self.mch.clone());
         }
         since.ports.resize(self.ports.len(), None);
         for (i, (p, copy)) in self.ports.iter().zip(&mut since.ports).enumerate() {
-            if copy.as_ref() != Some(p) {
-                out.push((1 + i, p.save()));
+            let change = match copy {
+                Some(c) if c == p => continue,
+                Some(c) => match p.port().value_changes(c.port(), gap) {
+                    Some(runs) => {
+                        // The copy's saved state is brought up to date in place; what it does
+                        // not save (pending interrupts, say) may stay behind, which only
+                        // sends the next call here again instead of to the equality above.
+                        c.port_mut().set_values(&runs);
+                        FunctionChange::Values(runs)
+                    }
+                    None => FunctionChange::State(p.save()),
+                },
+                None => FunctionChange::State(p.save()),
+            };
+            if let FunctionChange::State(_) = change {
                 *copy = Some(p.clone());
             }
+            out.push((1 + i, change));
         }
         out
     }
@@ -589,6 +607,17 @@ impl Hierarchy {
         self.generation = (self.generation + 1).max(generation);
         Ok(())
     }
+}
+
+/// How a function's saved state changed ([`Hierarchy::save_changed_functions`]).
+#[derive(Debug, PartialEq)]
+pub enum FunctionChange<'a> {
+    /// Its whole state ([`PciFunction::save`]).
+    State(serde_json::Value),
+    /// Only register values changed: these bytes (offset, new bytes) of the register values
+    /// whose hex is the string at [`crate::pci::port::SAVED_VALUES_PATH`] in its state; nothing else of the state
+    /// changed.
+    Values(Vec<(usize, &'a [u8])>),
 }
 
 /// Copies of the function models a state was last saved from

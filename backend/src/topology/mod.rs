@@ -14,5 +14,5 @@ pub mod state;
 
 pub use addr::DevFn;
 pub use error::{StateError, TopologyError};
-pub use hierarchy::{Hierarchy, Routed, SavedModels, Slot};
+pub use hierarchy::{FunctionChange, Hierarchy, Routed, SavedModels, Slot};
 pub use spec::{EndpointSpec, PortSpec, TopologySpec};

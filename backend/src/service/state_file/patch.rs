@@ -20,7 +20,7 @@ use serde_json::{json, Map, Value};
 use thiserror::Error;
 
 /// Equal bytes between two changed runs of a string below which the runs are written as one.
-const RUN_GAP: usize = 8;
+pub const RUN_GAP: usize = 8;
 /// Nesting accepted when applying (states are a few levels deep).
 const MAX_DEPTH: usize = 32;
 
@@ -95,11 +95,26 @@ pub fn diff(old: &Value, new: &Value) -> Option<Value> {
 
 /// Runs where `new` differs from `old` (same length, ASCII), merged across short equal gaps.
 fn string_runs(old: &[u8], new: &[u8]) -> Vec<(usize, String)> {
+    // Equal blocks are skipped whole (one compare each): a persisted write changes a few
+    // registers of a port's 8 KiB of hex, and this runs on every one.
+    const BLOCK: usize = 32;
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for i in (0..new.len()).filter(|&i| old[i] != new[i]) {
-        match runs.last_mut() {
-            Some((_, end)) if i - *end <= RUN_GAP => *end = i + 1,
-            _ => runs.push((i, i + 1)),
+    let (old, new) = (
+        &old[..old.len().min(new.len())],
+        &new[..old.len().min(new.len())],
+    );
+    for (b, (o, n)) in old.chunks(BLOCK).zip(new.chunks(BLOCK)).enumerate() {
+        if o == n {
+            continue;
+        }
+        for i in (0..n.len())
+            .filter(|&i| o[i] != n[i])
+            .map(|i| b * BLOCK + i)
+        {
+            match runs.last_mut() {
+                Some((_, end)) if i - *end <= RUN_GAP => *end = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
         }
     }
     runs.into_iter()
@@ -243,6 +258,28 @@ mod tests {
                 {"str": [[0x40, "beef"]]}}}}}]]}}})
         );
         assert!(p.to_string().len() < 100);
+    }
+
+    #[test]
+    fn string_runs_skip_equal_blocks_but_find_every_change() {
+        // One byte at a time and in pairs, at and around every 32-byte block boundary.
+        let old = "0".repeat(200);
+        for i in 0..200 {
+            for j in [i, (i + 1).min(199), (i + 9).min(199), (i + 10).min(199)] {
+                let mut new = old.clone().into_bytes();
+                new[i] = b'f';
+                new[j] = b'e';
+                let naive: Vec<usize> = (0..200).filter(|&k| new[k] != b'0').collect();
+                let runs = string_runs(old.as_bytes(), &new);
+                let found: Vec<usize> = runs
+                    .iter()
+                    .flat_map(|(at, t)| (*at..at + t.len()).filter(|&k| new[k] != b'0'))
+                    .collect();
+                assert_eq!(found, naive, "changes at {i} and {j}");
+                // Merged across at most RUN_GAP equal bytes.
+                assert_eq!(runs.len(), if j - i > RUN_GAP + 1 { 2 } else { 1 });
+            }
+        }
     }
 
     #[test]
