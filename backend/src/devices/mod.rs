@@ -9,4 +9,4 @@ pub mod root_port;
 pub use crate::pci::port::PortFunction;
 pub use machine::{MachineType, PortCompat};
 pub use mch::Mch;
-pub use root_port::{RootPort, RootPortConfig, RootPortModel};
+pub use root_port::{BridgeKind, RootPort, RootPortConfig, RootPortModel};

@@ -241,6 +241,11 @@ impl PciePort {
     }
 
     fn set_intx(&mut self, level: bool) {
+        // A function without an Interrupt Pin (a switch port) has no INTx: QEMU's
+        // hotplug_event_notify() skips pci_set_irq() when pci_intx() is -1.
+        if self.space.byte(header::INTERRUPT_PIN) == 0 {
+            return;
+        }
         // PCI Local Bus 3.0 §6.2.2: with Interrupt Disable set the pin is not driven, but
         // Interrupt Status still shows the condition.
         let disabled = self.space.word(header::COMMAND) & header::COMMAND_INTX_DISABLE != 0;
@@ -326,6 +331,32 @@ impl PciePort {
 
     fn slot_status(&self) -> u16 {
         self.space.word(self.layout.exp + slot::SLTSTA)
+    }
+
+    /// Does the port implement a slot (PCI Express Capabilities Slot Implemented, PCIe Base 6.0
+    /// §7.5.3.2)? A switch's upstream port has none.
+    fn has_slot(&self) -> bool {
+        self.space.word(self.layout.exp + express::FLAGS) & express::FLAGS_SLOT != 0
+    }
+
+    /// Set Link Status Current Link Speed and Negotiated Link Width (bits 9:0) to those of the
+    /// link partner's `lnksta`, clamped to this port's Link Capabilities: QEMU's
+    /// `pcie_sync_bridge_lnk()` for a slot holding a function pcierc emulates (a switch's upstream
+    /// port), whose Link Status it can read.
+    pub fn sync_link(&mut self, lnksta: u16) {
+        let at = self.layout.exp + express::LNKSTA;
+        let cap = self.space.dword(self.layout.exp + express::LNKCAP);
+        let (max_width, max_speed) = ((cap >> 4 & 0x3f) as u16, (cap & 0xf) as u16);
+        let mut width = (lnksta >> 4 & 0x3f).min(max_width);
+        let mut speed = (lnksta & 0xf).min(max_speed);
+        if width == 0 {
+            width = 1;
+        }
+        if speed == 0 {
+            speed = 1;
+        }
+        let now = self.space.word(at) & !0x3ff;
+        self.space.set_word(at, now | width << 4 | speed);
     }
 
     /// Is a card present (Slot Status Presence Detect State, PCIe Base 6.0 §7.5.3.11)?
@@ -637,10 +668,13 @@ impl PciePort {
         // QEMU's rp_aer_vector_update().
         let vector = self.aer_vector();
         aer::root_set_vector(&mut self.space, aer, vector);
-        for s in self
-            .slot
-            .write_config(&mut self.space, exp, slot_regs, offset, width, value)
-        {
+        let slot_signals = if self.has_slot() {
+            self.slot
+                .write_config(&mut self.space, exp, slot_regs, offset, width, value)
+        } else {
+            Vec::new()
+        };
+        for s in slot_signals {
             self.signal(s);
         }
         aer::write_config(&mut self.space, aer);
@@ -656,22 +690,35 @@ impl PciePort {
             self.slot_events.push(SlotEvent::PoweredOff);
         }
         // Slot Control written: power or indicators may have changed (Effects::SLOT).
-        let slot_written = if header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
-            // PCIe Base 6.0 §6.7.1.8 Power Controller: power removed from an occupied slot
-            // resets what is in it (QEMU's pcie_cap_update_power() -> pci_set_power(false) ->
-            // pci_device_reset()). PCC is writable only with a power controller (Slot
-            // Capabilities PCP), and a write that also detached the card is a removal.
-            let pcc_off = |ctl: u16| ctl & slot::SLTCTL_PCC != 0;
-            let now = self.space.word(exp + slot::SLTCTL);
-            if !pcc_off(slot_regs.0) && pcc_off(now) && self.slot_occupied() {
-                Effects::SLOT | Effects::SLOT_POWER_OFF
+        let slot_written =
+            if self.has_slot() && header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
+                // PCIe Base 6.0 §6.7.1.8 Power Controller: power removed from an occupied slot
+                // resets what is in it (QEMU's pcie_cap_update_power() -> pci_set_power(false) ->
+                // pci_device_reset()). PCC is writable only with a power controller (Slot
+                // Capabilities PCP), and a write that also detached the card is a removal.
+                let pcc_off = |ctl: u16| ctl & slot::SLTCTL_PCC != 0;
+                let now = self.space.word(exp + slot::SLTCTL);
+                if !pcc_off(slot_regs.0) && pcc_off(now) && self.slot_occupied() {
+                    Effects::SLOT | Effects::SLOT_POWER_OFF
+                } else {
+                    Effects::SLOT
+                }
             } else {
-                Effects::SLOT
-            }
+                Effects::empty()
+            };
+        // PCIe Base 6.0 §7.5.3.4 Device Control Initiate Function Level Reset (writable only on
+        // a port with Function Level Reset Capability): the bit reads 0 and the function resets
+        // (QEMU's pcie_cap_flr_write_config()).
+        let devctl = exp + express::DEVCTL;
+        let flr = if self.space.word(devctl) & express::DEVCTL_BCR_FLR != 0 {
+            self.space
+                .clear_bits(devctl, 2, express::DEVCTL_BCR_FLR.into());
+            self.reset();
+            Effects::FUNCTION_LEVEL_RESET
         } else {
             Effects::empty()
         };
-        watched.effects(&self.space, self.layout.msix_bar) | self.queued() | slot_written
+        watched.effects(&self.space, self.layout.msix_bar) | self.queued() | slot_written | flr
     }
 
     /// The MSI-X BAR when it decodes (none with MSI).
@@ -737,12 +784,19 @@ impl PciePort {
         aer::root_set_vector(&mut self.space, l.aer, aer_vector);
         express::reset_root_port(&mut self.space, l.exp);
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
-        self.slot.reset(&mut self.space, l.exp, l.slot, false);
+        if self.has_slot() {
+            self.slot.reset(&mut self.space, l.exp, l.slot, false);
+        }
         if let Some(acs) = l.acs {
             acs::reset(&mut self.space, acs);
         }
         aer::root_reset(&mut self.space, l.aer);
         bridge::reset(&mut self.space);
+        if self.space.word(l.exp + express::FLAGS) >> 4 & 0xf != express::TYPE_ROOT_PORT {
+            // A switch port's windows reset to zero, not disabled (QEMU's xio3130 reset hooks
+            // call pci_bridge_reset() alone).
+            bridge::zero_base_limit(&mut self.space);
+        }
     }
 
     /// The state for saving.

@@ -32,7 +32,8 @@ fn status(e: &HotplugError) -> Status {
         | HotplugError::FunctionZeroFirst { .. }
         | HotplugError::Topology(_)
         | HotplugError::NoFunction { .. }
-        | HotplugError::Inject(_) => Status::Invalid,
+        | HotplugError::Inject(_)
+        | HotplugError::SwitchPortError(_) => Status::Invalid,
     }
 }
 

@@ -85,8 +85,11 @@ pub enum TopologyError {
         /// The property.
         property: &'static str,
     },
-    /// A `[[root-port]]` whose `driver` is not a root port pcierc emulates.
-    #[error("{id}: '{driver}' is not a root port pcierc emulates (pcie-root-port, ioh3420)")]
+    /// A `[[root-port]]` or `[[switch-port]]` whose `driver` is not a port pcierc emulates.
+    #[error(
+        "{id}: '{driver}' is not a port pcierc emulates \
+         (pcie-root-port, ioh3420, x3130-upstream, xio3130-downstream)"
+    )]
     PortDriver {
         /// The port.
         id: String,
@@ -98,6 +101,18 @@ pub enum TopologyError {
     PortAsDevice {
         /// The port.
         id: String,
+    },
+    /// A switch port or function placed where it cannot sit: an upstream port not at device 0
+    /// below a root or downstream port, a downstream port not on an upstream port's bus, a
+    /// function on a switch's internal bus, or a chain of parents that never reaches the root bus.
+    #[error("{id}: cannot sit on bus '{bus}': {reason}")]
+    Placement {
+        /// The port or function.
+        id: String,
+        /// The bus (parent id) given.
+        bus: String,
+        /// Why not.
+        reason: &'static str,
     },
     /// A root port on a bus other than the root bus.
     #[error("{id}: root ports sit on {ROOT_BUS}, not '{bus}'")]

@@ -9,6 +9,7 @@ use pcierc_protocol::{
 
 use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::spec::{EndpointSpec, PCIERC_OWNER, ROOT_BUS};
+use crate::devices::BridgeKind;
 use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
@@ -59,7 +60,13 @@ impl Hierarchy {
                 ..Default::default()
             },
         ];
+        // Protocol version 1 lists root ports only (kinds 1-3, parents are root ports): switch
+        // ports pcierc emulates are left out, and a function behind one names the root port
+        // above it (docs/protocol.md section 10). Their buses are inside the root port's range.
         for (p, ps) in self.ports().iter().zip(&spec.root_ports) {
+            if p.kind() != BridgeKind::RootPort {
+                continue;
+            }
             let (v, d, c, mf) = identity(p);
             functions.push(FunctionRecord {
                 devfn: ps.addr.0,
@@ -146,7 +153,10 @@ impl Hierarchy {
                 .position(|p| p.config.id == e.bus)
                 .unwrap_or(0);
             let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
-            (sec, sec != 0, pi as u16 + 1)
+            // Reachable: the cycle for its bus gets to the port it sits behind (through a
+            // switch, every port above must forward it).
+            let reachable = sec != 0 && self.bus_claimed_by(sec, pi);
+            (sec, reachable, self.root_record_index(pi))
         };
         FunctionRecord {
             bus,
@@ -165,6 +175,19 @@ impl Hierarchy {
             owner: name(&e.owner),
             ..Default::default()
         }
+    }
+
+    /// The record index (in [`Hierarchy::describe`]) of the root port above port `i`: the MCH
+    /// is record 0, then the root ports in topology order.
+    fn root_record_index(&self, i: usize) -> u16 {
+        let root = self.root_port_of(i);
+        let before = self
+            .ports()
+            .iter()
+            .take(root)
+            .filter(|p| p.kind() == BridgeKind::RootPort)
+            .count();
+        before as u16 + 1
     }
 
     /// The hierarchy as a tree, for the start-up banner.
@@ -190,36 +213,15 @@ impl Hierarchy {
             .iter()
             .filter(|e| e.bus == ROOT_BUS)
             .collect();
-        let n = spec.root_ports.len() + root_eps.len();
-        for (i, (p, ps)) in self.ports().iter().zip(&spec.root_ports).enumerate() {
-            let last = i + 1 == n;
-            let (v, d, _, _) = identity(p);
-            let c = &ps.config;
-            let _ = writeln!(
-                out,
-                "{} 00:{} {:<13} [{v:04x}:{d:04x}] {} chassis {} slot {} port {:#x} (pcierc)",
-                if last { "└──" } else { "├──" },
-                ps.addr,
-                c.id,
-                c.model.driver(),
-                c.chassis,
-                c.slot,
-                c.port
-            );
-            for e in spec.endpoints.iter().filter(|e| e.bus == c.id) {
-                let _ = writeln!(
-                    out,
-                    "{}   └── {}  {:<13} {} (owner {})",
-                    if last { " " } else { "│" },
-                    e.addr,
-                    e.id,
-                    e.driver,
-                    e.owner
-                );
-            }
+        let tops: Vec<usize> = (0..self.ports().len())
+            .filter(|&i| self.port_parent(i).is_none())
+            .collect();
+        let n = tops.len() + root_eps.len();
+        for (k, &i) in tops.iter().enumerate() {
+            self.tree_port(&mut out, i, "", k + 1 == n, true);
         }
         for (i, e) in root_eps.iter().enumerate() {
-            let last = spec.root_ports.len() + i + 1 == n;
+            let last = tops.len() + i + 1 == n;
             let _ = writeln!(
                 out,
                 "{} 00:{} {:<13} {} (owner {})",
@@ -231,5 +233,57 @@ impl Hierarchy {
             );
         }
         out
+    }
+
+    /// Port `i` and what is below it, for [`Hierarchy::tree`].
+    fn tree_port(&self, out: &mut String, i: usize, indent: &str, last: bool, root: bool) {
+        let spec = self.spec();
+        let (Some(p), Some(ps)) = (self.ports().get(i), spec.root_ports.get(i)) else {
+            return;
+        };
+        let (v, d, _, _) = identity(p);
+        let c = &ps.config;
+        let place = if root {
+            format!("00:{}", ps.addr)
+        } else {
+            ps.addr.to_string()
+        };
+        let slot = if c.model.kind().has_slot() {
+            format!(" chassis {} slot {}", c.chassis, c.slot)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} {place} {:<13} [{v:04x}:{d:04x}] {}{slot} port {:#x} (pcierc)",
+            if last { "└──" } else { "├──" },
+            c.id,
+            c.model.driver(),
+            c.port
+        );
+        let inner = format!("{indent}{}   ", if last { " " } else { "│" });
+        let kids: Vec<usize> = (0..self.ports().len())
+            .filter(|&j| self.port_parent(j) == Some(i))
+            .collect();
+        let eps: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.bus == c.id).collect();
+        let n = kids.len() + eps.len();
+        for (k, &j) in kids.iter().enumerate() {
+            self.tree_port(out, j, &inner, k + 1 == n, false);
+        }
+        for (k, e) in eps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{inner}{} {}  {:<13} {} (owner {})",
+                if kids.len() + k + 1 == n {
+                    "└──"
+                } else {
+                    "├──"
+                },
+                e.addr,
+                e.id,
+                e.driver,
+                e.owner
+            );
+        }
     }
 }

@@ -113,6 +113,20 @@ pub fn init_root_port(
     offset: u16,
     multiple_headers: bool,
 ) -> Result<u16, CapabilityError> {
+    let at = init_port(cs, offset, multiple_headers)?;
+    // pcie_aer_root_init()
+    cs.set_wmask(at + ROOT_COMMAND, 4, ROOT_CMD_EN_MASK.into());
+    cs.set_w1cmask(at + ROOT_STATUS, 4, ROOT_STATUS_REPORT_MASK.into());
+    Ok(at)
+}
+
+/// Add AER at `offset` as QEMU's `pcie_aer_init()` for a port that is not a root port (a
+/// switch port): [`init_root_port`] without the Root Error registers, which stay read-only 0.
+pub fn init_port(
+    cs: &mut ConfigSpace,
+    offset: u16,
+    multiple_headers: bool,
+) -> Result<u16, CapabilityError> {
     let at = cs.add_ext_capability(EXT_CAP_ID_AER, VERSION, offset, SIZEOF)?;
     cs.set_w1cmask(at + UNCOR_STATUS, 4, UNC_SUPPORTED.into());
     cs.set_dword(at + UNCOR_SEVER, UNC_SEVERITY_DEFAULT);
@@ -131,9 +145,6 @@ pub fn init_root_port(
     // at Status, where it only repeats Signaled System Error.)
     cs.or_wmask(BRIDGE_CONTROL, 2, BRIDGE_CTL_SERR.into());
     cs.or_w1cmask(STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
-    // pcie_aer_root_init()
-    cs.set_wmask(at + ROOT_COMMAND, 4, ROOT_CMD_EN_MASK.into());
-    cs.set_w1cmask(at + ROOT_STATUS, 4, ROOT_STATUS_REPORT_MASK.into());
     Ok(at)
 }
 

@@ -10,7 +10,7 @@ use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
-    /// Functions the snapshot holds: the MCH and every root port.
+    /// Functions the snapshot holds: the MCH and every port (root and switch ports).
     pub fn snapshot_functions(&self) -> usize {
         1 + self.ports.len()
     }
@@ -94,14 +94,23 @@ impl Hierarchy {
         let Some(port) = usize::from(self.bus_owner[usize::from(bus)]).checked_sub(1) else {
             return row;
         };
-        let (Some(p), Some(below)) = (self.ports.get(port), self.below.get(port)) else {
+        let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
             return row;
         };
+        let entry = |s: &Slot| match s {
+            Slot::Port(j) => j + 2,
+            Slot::Endpoint(_) => ROUTE_REMOTE,
+            Slot::Empty | Slot::Mch => ROUTE_ABSENT,
+        };
         if bus != p.secondary_bus() {
-            row.fill(remote(below[0]));
-        } else if p.slot_powered() {
-            for (e, f) in row.iter_mut().zip(below) {
-                *e = remote(*f);
+            row.fill(remote(match children[0] {
+                Slot::Endpoint(e) => Some(e),
+                _ => None,
+            }));
+        } else if !p.kind().has_slot() || p.slot_powered() {
+            let devices = if p.kind().device0_only() { 8 } else { 256 };
+            for (e, s) in row.iter_mut().zip(children.iter()).take(devices) {
+                *e = entry(s);
             }
         }
         row
