@@ -136,6 +136,7 @@ fn compare_with(qt: Qtest, ports: Vec<(u8, String, RootPort)>, args: &[String]) 
     let mut functions = vec![Function {
         name: "00:00.0 mch".into(),
         kind: Kind::Mch,
+        bus: 0,
         devfn: 0,
     }];
     for (devfn, _, p) in &ports {
@@ -143,10 +144,13 @@ fn compare_with(qt: Qtest, ports: Vec<(u8, String, RootPort)>, args: &[String]) 
         let kind = match p.config().model {
             RootPortModel::PcieRootPort => Kind::RootPort,
             RootPortModel::Ioh3420 => Kind::Ioh3420,
+            RootPortModel::X3130Upstream => Kind::X3130Upstream,
+            RootPortModel::Xio3130Downstream => Kind::Xio3130Downstream,
         };
         functions.push(Function {
             name,
             kind,
+            bus: 0,
             devfn: *devfn,
         });
     }

@@ -333,6 +333,12 @@ impl PciePort {
         self.space.word(self.layout.exp + slot::SLTSTA)
     }
 
+    /// Is the port a Root Port (PCI Express Capabilities Device/Port Type, PCIe Base 6.0
+    /// §7.5.3.2), with Root Control/Status and AER's Root Error registers?
+    fn is_root_port(&self) -> bool {
+        self.space.word(self.layout.exp + express::FLAGS) >> 4 & 0xf == express::TYPE_ROOT_PORT
+    }
+
     /// Does the port implement a slot (PCI Express Capabilities Slot Implemented, PCIe Base 6.0
     /// §7.5.3.2)? A switch's upstream port has none.
     fn has_slot(&self) -> bool {
@@ -665,9 +671,12 @@ impl PciePort {
         if deassert {
             self.set_intx(false);
         }
-        // QEMU's rp_aer_vector_update().
-        let vector = self.aer_vector();
-        aer::root_set_vector(&mut self.space, aer, vector);
+        // QEMU's rp_aer_vector_update() (root ports only: a switch port has no Root Error
+        // Status).
+        if self.is_root_port() {
+            let vector = self.aer_vector();
+            aer::root_set_vector(&mut self.space, aer, vector);
+        }
         let slot_signals = if self.has_slot() {
             self.slot
                 .write_config(&mut self.space, exp, slot_regs, offset, width, value)
@@ -781,7 +790,9 @@ impl PciePort {
                 m.reset(&mut self.space);
             }
         }
-        aer::root_set_vector(&mut self.space, l.aer, aer_vector);
+        if self.is_root_port() {
+            aer::root_set_vector(&mut self.space, l.aer, aer_vector);
+        }
         express::reset_root_port(&mut self.space, l.exp);
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
         if self.has_slot() {
@@ -792,7 +803,7 @@ impl PciePort {
         }
         aer::root_reset(&mut self.space, l.aer);
         bridge::reset(&mut self.space);
-        if self.space.word(l.exp + express::FLAGS) >> 4 & 0xf != express::TYPE_ROOT_PORT {
+        if !self.is_root_port() {
             // A switch port's windows reset to zero, not disabled (QEMU's xio3130 reset hooks
             // call pci_bridge_reset() alone).
             bridge::zero_base_limit(&mut self.space);

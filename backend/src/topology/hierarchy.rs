@@ -104,6 +104,8 @@ pub struct Hierarchy {
     bus_owner: [u16; 256],
     /// Per port: the (secondary, subordinate) bus numbers `bus_owner` was built from.
     port_buses: Vec<(u8, u8)>,
+    /// Per port: whether Bridge Control Secondary Bus Reset was held when `bus_owner` was built.
+    port_sbr: Vec<bool>,
     config_address: u32,
     generation: u64,
     /// Undelivered events, drained by [`Hierarchy::take_events`].
@@ -136,6 +138,7 @@ impl Hierarchy {
             root: [Slot::Empty; 256],
             bus_owner: [0; 256],
             port_buses: Vec::new(),
+            port_sbr: Vec::new(),
             config_address: 0,
             generation: 1,
             events: Vec::new(),

@@ -133,7 +133,11 @@ impl Hierarchy {
         if let Some(reason) = reason {
             effects |= self.reset_below(port, reason);
         }
-        // The routing tables, for what this port (and a reset below it) changed only.
+        // The routing tables, for what this port (and a reset below it) changed only. Secondary
+        // Bus Reset held or released changes what the port forwards.
+        if self.sbr_changed(port) {
+            effects |= Effects::BUS_NUMBERS;
+        }
         if effects.contains(Effects::BUS_NUMBERS) {
             self.update_bus_map();
         }

@@ -13,6 +13,7 @@
 use std::ops::RangeInclusive;
 
 use super::Hierarchy;
+use crate::pci::bridge;
 use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
@@ -75,6 +76,7 @@ impl Hierarchy {
             }
         }
         self.bus_owner = owner;
+        self.port_sbr = self.ports.iter().map(sbr_held).collect();
         self.port_buses.resize(self.ports.len(), (0, 0));
         for (p, cached) in self.ports.iter().zip(self.port_buses.iter_mut()) {
             let now = (p.secondary_bus(), p.subordinate_bus());
@@ -110,6 +112,18 @@ impl Hierarchy {
             if lo > hi {
                 continue;
             }
+            // While Bridge Control Secondary Bus Reset is held the port takes Type 0 cycles for
+            // its secondary bus but forwards nothing beyond it (PCI-to-PCI Bridge 1.2
+            // §3.2.5.18 holds the secondary interface in reset; QEMU's
+            // pci_secondary_bus_in_range() does not walk a bus in reset).
+            let hi = if sbr_held(p) {
+                hi.min(p.secondary_bus())
+            } else {
+                hi
+            };
+            if lo > hi {
+                continue;
+            }
             for b in lo..=hi {
                 owner[usize::from(b)] = i as u16 + 1;
             }
@@ -132,6 +146,13 @@ impl Hierarchy {
                 }
             }
         }
+    }
+
+    /// Did port `port`'s Secondary Bus Reset change since the bus map was built (so what it
+    /// forwards did)?
+    pub(super) fn sbr_changed(&self, port: usize) -> bool {
+        let now = self.ports.get(port).is_some_and(sbr_held);
+        self.port_sbr.get(port).copied().unwrap_or(false) != now
     }
 
     /// Port `port`'s slot power may have changed: whether the functions on its secondary bus
@@ -181,6 +202,11 @@ impl Hierarchy {
         self.update_bus_map();
         self.dirty_buses = BusSet::ALL;
     }
+}
+
+/// Is Bridge Control Secondary Bus Reset set (PCI-to-PCI Bridge 1.2 §3.2.5.18)?
+fn sbr_held(p: &crate::devices::RootPort) -> bool {
+    p.config_read(bridge::BRIDGE_CONTROL, 2) as u16 & bridge::BRIDGE_CTL_BUS_RESET != 0
 }
 
 /// Do any two BARs of a sorted map overlap?
