@@ -95,7 +95,7 @@ pub struct Hierarchy {
     root: [Slot; 256],
     /// Per port: devfn on its secondary bus -> what sits there (switch ports pcierc emulates,
     /// functions other emulators serve). Below a root or downstream port only device 0 is used.
-    children: Vec<Box<[Slot; 256]>>,
+    children: Vec<[Slot; 256]>,
     /// Per port: the index of the port it sits behind (`None` on the root bus).
     parents: Vec<Option<u16>>,
     /// Bus number -> the port that claims it (0 = none, else index+1): the deepest port whose
@@ -163,7 +163,7 @@ impl Hierarchy {
         self.root = [Slot::Empty; 256];
         self.root[0] = Slot::Mch;
         let n = self.ports.len();
-        self.children = vec![Box::new([Slot::Empty; 256]); n];
+        self.children = vec![[Slot::Empty; 256]; n];
         let index = |id: &str| {
             self.spec
                 .root_ports
@@ -193,7 +193,7 @@ impl Hierarchy {
             let table = match parent {
                 None => &mut self.root,
                 Some(pi) => match self.children.get_mut(usize::from(pi)) {
-                    Some(t) => &mut **t,
+                    Some(t) => t,
                     None => continue,
                 },
             };

@@ -150,8 +150,16 @@ impl Hierarchy {
         if effects.contains(Effects::SLOT) {
             let events = self.ports[port].slot_events();
             for ev in events {
-                if ev == SlotEvent::PoweredOff && self.holds_endpoints(port) {
+                if ev != SlotEvent::PoweredOff {
+                    continue;
+                }
+                if self.holds_endpoints(port) {
                     effects |= self.remove_behind(port, Removal::GuestPoweredOff);
+                } else if !self.ports_below(port).is_empty() {
+                    // A switch pcierc emulates stays (QEMU 7.2 deletes it: docs/qemu-compat.md)
+                    // but loses power: it is reset like the functions in a powered-off slot.
+                    effects |= self.reset_below(port, ResetReason::SlotPowerOff);
+                    self.update_bus_map();
                 }
             }
         }
@@ -245,6 +253,10 @@ impl Hierarchy {
         let port = self
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
+        // A switch's upstream port has no slot: only root and downstream ports take cards.
+        if !self.ports[port].kind().has_slot() {
+            return Err(HotplugError::NotHotpluggable(endpoint.bus));
+        }
         if !valid_name(&endpoint.owner) {
             return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
@@ -256,9 +268,6 @@ impl Hierarchy {
             self.ports[port]
                 .may_hot_add()
                 .map_err(self.slot_err(port))?;
-        }
-        if !self.ports[port].kind().has_slot() {
-            return Err(HotplugError::NotHotpluggable(endpoint.bus.clone()));
         }
         let occupied = self.occupied(port);
         if occupied && endpoint.addr.function() == 0 {

@@ -247,6 +247,7 @@ fn every_access_shape_is_answered_without_panicking() {
 mod hotplug;
 mod ioh3420;
 mod routing;
+mod switch;
 
 #[test]
 fn snapshot_images_and_routes_agree_with_guest_reads() {
