@@ -255,6 +255,17 @@ impl Hierarchy {
         }
     }
 
+    /// What sits on port `i`'s secondary bus, by devfn: switch ports pcierc emulates and
+    /// functions other emulators serve.
+    pub fn children_of(&self, i: usize) -> impl Iterator<Item = (u8, Slot)> + '_ {
+        self.children
+            .get(i)
+            .into_iter()
+            .flat_map(|c| c.iter().enumerate())
+            .filter(|(_, s)| **s != Slot::Empty)
+            .map(|(devfn, s)| (devfn as u8, *s))
+    }
+
     /// The index of the port port `i` sits behind, if it is a switch port.
     pub fn port_parent(&self, i: usize) -> Option<usize> {
         self.parents.get(i).copied().flatten().map(usize::from)
