@@ -7,9 +7,8 @@ use pcierc_protocol::{
     FunctionRecord, RangeKind, Topology, NO_PARENT,
 };
 
-use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
+use super::hierarchy::{Hierarchy, Routed, Slot, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::spec::{EndpointSpec, PCIERC_OWNER, ROOT_BUS};
-use crate::devices::BridgeKind;
 use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
@@ -60,22 +59,37 @@ impl Hierarchy {
                 ..Default::default()
             },
         ];
-        // Protocol version 1 lists root ports only (kinds 1-3, parents are root ports): switch
-        // ports pcierc emulates are left out, and a function behind one names the root port
-        // above it (docs/protocol.md section 10). Their buses are inside the root port's range.
-        for (p, ps) in self.ports().iter().zip(&spec.root_ports) {
-            if p.kind() != BridgeKind::RootPort {
-                continue;
-            }
+        // Every port pcierc emulates is a `RootPort` record (kind 2: a PCI Express port with a
+        // type 1 header); a switch port names the port it sits behind as `parent` and sits on
+        // that port's secondary bus, `PRESENT` while configuration cycles reach it
+        // (docs/protocol.md section 10). Record 1 + i is port i.
+        for (i, (p, ps)) in self.ports().iter().zip(&spec.root_ports).enumerate() {
             let (v, d, c, mf) = identity(p);
+            let (bus, parent) = match self.port_parent(i) {
+                None => (0, NO_PARENT),
+                Some(up) => (self.port_bus(i), up as u16 + 1),
+            };
+            let reachable = parent == NO_PARENT
+                || matches!(
+                    self.route(bus, ps.addr.0),
+                    Routed::Local(Slot::Port(j)) if usize::from(j) == i
+                );
+            let present = if reachable {
+                function_flags::PRESENT
+            } else {
+                0
+            };
             functions.push(FunctionRecord {
+                bus,
                 devfn: ps.addr.0,
                 vendor_id: v,
                 device_id: d,
                 class_code: c,
                 kind: FunctionKind::RootPort as u8,
-                flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
-                parent: NO_PARENT,
+                flags: function_flags::EMULATED
+                    | present
+                    | if mf { function_flags::MULTIFUNCTION } else { 0 },
+                parent,
                 secondary_bus: p.secondary_bus(),
                 subordinate_bus: p.subordinate_bus(),
                 id: name(&ps.config.id),
@@ -88,6 +102,7 @@ impl Hierarchy {
                     size,
                     space: space as u8,
                     kind: kind as u8,
+                    bus,
                     devfn: ps.addr.0,
                     bar,
                     ..Default::default()
@@ -156,7 +171,7 @@ impl Hierarchy {
             // Reachable: the cycle for its bus gets to the port it sits behind (through a
             // switch, every port above must forward it).
             let reachable = sec != 0 && self.bus_claimed_by(sec, pi);
-            (sec, reachable, self.root_record_index(pi))
+            (sec, reachable, pi as u16 + 1)
         };
         FunctionRecord {
             bus,
@@ -175,19 +190,6 @@ impl Hierarchy {
             owner: name(&e.owner),
             ..Default::default()
         }
-    }
-
-    /// The record index (in [`Hierarchy::describe`]) of the root port above port `i`: the MCH
-    /// is record 0, then the root ports in topology order.
-    fn root_record_index(&self, i: usize) -> u16 {
-        let root = self.root_port_of(i);
-        let before = self
-            .ports()
-            .iter()
-            .take(root)
-            .filter(|p| p.kind() == BridgeKind::RootPort)
-            .count();
-        before as u16 + 1
     }
 
     /// The hierarchy as a tree, for the start-up banner.
