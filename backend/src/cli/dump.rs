@@ -42,11 +42,12 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
     let h = Hierarchy::new(spec)?;
     // Named by id, as `dump --connect` names them from the topology.
     write_function(out, 0, 0, "mch", &mut |off| {
-        h.config_read(0, 0, off, 4).map_err(|status| Error::ConfigRead {
-            devfn: 0,
-            offset: off,
-            status,
-        })
+        h.config_read(0, 0, off, 4)
+            .map_err(|status| Error::ConfigRead {
+                devfn: 0,
+                offset: off,
+                status,
+            })
     })?;
     for (i, (p, ps)) in h.ports().iter().zip(&h.spec().root_ports).enumerate() {
         let name = match h.port_parent(i) {
