@@ -96,8 +96,8 @@ pub enum TopologyError {
         /// The driver given.
         driver: String,
     },
-    /// A root port declared as a `[[device]]`.
-    #[error("{id}: declare root ports as [[root-port]]")]
+    /// A port pcierc emulates declared as a `[[device]]` (or hot-plugged).
+    #[error("{id}: declare ports as [[root-port]] or [[switch-port]] when pcierc starts")]
     PortAsDevice {
         /// The port.
         id: String,

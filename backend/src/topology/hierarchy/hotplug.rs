@@ -253,6 +253,11 @@ impl Hierarchy {
         let port = self
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
+        // Ports pcierc emulates are declared when it starts, not hot-plugged (QEMU's driver
+        // names of its port models are not functions another emulator serves).
+        if crate::devices::RootPortModel::from_driver(&endpoint.driver).is_some() {
+            return Err(TopologyError::PortAsDevice { id: endpoint.id }.into());
+        }
         // A switch's upstream port has no slot: only root and downstream ports take cards.
         if !self.ports[port].kind().has_slot() {
             return Err(HotplugError::NotHotpluggable(endpoint.bus));

@@ -260,6 +260,14 @@ fn hot_add_below_a_downstream_port_signals_its_msi() {
     let sta = h.ports()[DP2].slot_status();
     assert_eq!(sta & (SLTSTA_PDS | SLTSTA_PDC), SLTSTA_PDS | SLTSTA_PDC);
     assert_eq!(h.endpoint_at(4, 0).map(|e| e.id.as_str()), Some("n2"));
+    // Switch ports are not hot-plugged.
+    let mut port = ep.clone();
+    port.id = "up9".into();
+    port.driver = "x3130-upstream".into();
+    assert!(matches!(
+        h.hot_add(port),
+        Err(HotplugError::Topology(TopologyError::PortAsDevice { .. }))
+    ));
     // The upstream port has no slot.
     let mut other = ep;
     other.id = "n3".into();
