@@ -32,8 +32,7 @@ fn status(e: &HotplugError) -> Status {
         | HotplugError::FunctionZeroFirst { .. }
         | HotplugError::Topology(_)
         | HotplugError::NoFunction { .. }
-        | HotplugError::Inject(_)
-        | HotplugError::SwitchPortError(_) => Status::Invalid,
+        | HotplugError::Inject(_) => Status::Invalid,
     }
 }
 

@@ -65,10 +65,6 @@ pub enum HotplugError {
     /// The guest is busy with the slot (its power indicator blinks).
     #[error("Hot-unplug failed: guest is busy (power indicator blinking)")]
     PowerIndicatorBlinking(String),
-    /// Errors detected by a switch port itself are not modelled yet (errors and PMEs of the
-    /// functions below a switch are: the root port above receives them).
-    #[error("{0}: injecting an error a switch port detected itself is not supported yet")]
-    SwitchPortError(String),
     /// The slot state machine refused it.
     #[error("slot of {port}: {source}")]
     Slot {
@@ -384,7 +380,24 @@ impl Hierarchy {
     ) -> Result<Effects, HotplugError> {
         let (port, requester, own) = match self.port_index(id) {
             Some(p) if self.ports[p].kind() != BridgeKind::RootPort => {
-                return Err(HotplugError::SwitchPortError(id.to_string()))
+                // A switch port's own error: logged in its AER capability, the message received
+                // by the root port above it (QEMU's pcie_aer_inject_error() + pcie_aer_msg()).
+                let requester =
+                    u16::from(self.port_bus(p)) << 8 | u16::from(self.spec.root_ports[p].addr.0);
+                let err = AerError {
+                    severity,
+                    status,
+                    requester,
+                    header_log,
+                };
+                let msg = self.ports[p].port_mut().record_error(&err)?;
+                self.mark_changed(super::Slot::Port(p as u16));
+                let Some(msg) = msg else {
+                    return Ok(Effects::empty());
+                };
+                let root = self.root_port_of(p);
+                let fx = self.ports[root].inject_error(&msg, false)?;
+                return Ok(self.after_port(root, fx));
             }
             Some(p) => (p, u16::from(self.spec.root_ports[p].addr.0), true),
             None => {

@@ -292,10 +292,31 @@ fn pmes_and_errors_below_a_switch_reach_the_root_port() {
     h.inject_error("n1", ErrorSeverity::Correctable, 1).unwrap();
     // Error Source Identification (0x100 + 0x34): the correctable source is 03:00.0.
     assert_eq!(h.ports()[0].config_read(0x134, 4) & 0xffff, 0x0300);
+    // dp1 (02:00.0) detects an uncorrectable error itself: logged in its AER capability (0x100:
+    // Uncorrectable Error Status 0x104, First Error Pointer in 0x118) and Device Status, the
+    // message received by rp1 with dp1's id; masked, it is logged only.
+    let h_before = h.ports()[0].config_read(0x130, 4);
+    h.inject_error_logged("dp1", ErrorSeverity::NonFatal, 1 << 14, [1, 2, 3, 4])
+        .unwrap();
+    let dp1 = &h.ports()[DP1];
+    assert_eq!(dp1.config_read(0x104, 4), 1 << 14);
+    assert_eq!(dp1.config_read(0x118, 4) & 0x1f, 14);
+    assert_eq!(dp1.config_read(0x11c, 4), 1);
+    assert_ne!(dp1.config_read(0x9a, 2) & 2, 0, "Non-Fatal Error Detected");
     assert_eq!(
-        h.inject_error("dp1", ErrorSeverity::Correctable, 1),
-        Err(HotplugError::SwitchPortError("dp1".into()))
+        dp1.config_read(0x130, 4),
+        0,
+        "no Root Error Status on a switch port"
     );
+    assert_eq!(h.ports()[0].config_read(0x134, 4) >> 16, 0x0200);
+    assert_ne!(h.ports()[0].config_read(0x130, 4), h_before);
+    // Correctable Error Mask (0x114; the uncorrectable mask is read-only under pc-q35-7.2).
+    h.config_write(2, 0, 0x114, 4, 1).unwrap();
+    let root = h.ports()[0].config_read(0x130, 4);
+    h.inject_error("dp1", ErrorSeverity::Correctable, 1)
+        .unwrap();
+    assert_eq!(h.ports()[DP1].config_read(0x110, 4), 1, "logged");
+    assert_eq!(h.ports()[0].config_read(0x130, 4), root, "masked: not sent");
 }
 
 #[test]
