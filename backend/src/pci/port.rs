@@ -2,8 +2,10 @@
 //! with a hot-plug slot, AER and optionally ACS, and QEMU 7.2's configuration-write pipeline for such ports
 //! (`rp_write_config()` in `hw/pci-bridge/pcie_root_port.c`: masks, `msix_write_config()`,
 //! `pcie_cap_slot_write_config()`, `pcie_aer_write_config()`, `pcie_aer_root_write_config()`)
-//! and their reset. Root ports build their capability layout and wrap this; switch downstream
-//! ports can reuse it, so hot-plug, AER and PME behaviour live once.
+//! and their reset. Root ports and switch ports (`devices::root_port::xio3130`) build their
+//! capability layout and wrap this, so hot-plug, AER and PME behaviour live once; what differs by
+//! port type (slot, Root Error registers, Function Level Reset) follows the PCI Express
+//! capability the model built.
 
 use std::collections::VecDeque;
 
@@ -717,22 +719,27 @@ impl PciePort {
             self.slot_events.push(SlotEvent::PoweredOff);
         }
         // Slot Control written: power or indicators may have changed (Effects::SLOT).
-        let slot_written =
-            if self.has_slot() && header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
-                // PCIe Base 6.0 §6.7.1.8 Power Controller: power removed from an occupied slot
-                // resets what is in it (QEMU's pcie_cap_update_power() -> pci_set_power(false) ->
-                // pci_device_reset()). PCC is writable only with a power controller (Slot
-                // Capabilities PCP), and a write that also detached the card is a removal.
-                let pcc_off = |ctl: u16| ctl & slot::SLTCTL_PCC != 0;
-                let now = self.space.word(exp + slot::SLTCTL);
-                if !pcc_off(slot_regs.0) && pcc_off(now) && self.slot_occupied() {
-                    Effects::SLOT | Effects::SLOT_POWER_OFF
-                } else {
-                    Effects::SLOT
-                }
+        let slot_written = if header::overlaps(offset, width, exp + slot::SLTCTL, 2) {
+            // PCIe Base 6.0 §6.7.1.8 Power Controller: power removed from an occupied slot
+            // resets what is in it (QEMU's pcie_cap_update_power() -> pci_set_power(false) ->
+            // pci_device_reset()). PCC is writable only with a power controller (Slot
+            // Capabilities PCP), and a write that also detached the card is a removal.
+            let pcc_off = |ctl: u16| ctl & slot::SLTCTL_PCC != 0;
+            let now = self.space.word(exp + slot::SLTCTL);
+            if !pcc_off(slot_regs.0) && pcc_off(now) && self.slot_occupied() {
+                Effects::SLOT | Effects::SLOT_POWER_OFF
             } else {
-                Effects::empty()
-            };
+                Effects::SLOT
+            }
+        } else {
+            Effects::empty()
+        };
+        // A port without a slot (a switch's upstream port) has no Slot Control to write.
+        let slot_written = if self.has_slot() {
+            slot_written
+        } else {
+            Effects::empty()
+        };
         // PCIe Base 6.0 §7.5.3.4 Device Control Initiate Function Level Reset (writable only on
         // a port with Function Level Reset Capability): the bit reads 0 and the function resets
         // (QEMU's pcie_cap_flr_write_config()).
@@ -863,9 +870,9 @@ impl PciePort {
     }
 }
 
-/// A function model made of a [`PciePort`]: pcierc's root port now, a switch's downstream port
-/// later. A model gives its port ([`PortFunction::port`], [`PortFunction::port_mut`]) and the
-/// properties it was built with; the port's behaviour is the model's through the default methods
+/// A function model made of a [`PciePort`]: pcierc's root ports and switch ports. A model gives
+/// its port ([`PortFunction::port`], [`PortFunction::port_mut`]) and the properties it was built
+/// with; the port's behaviour is the model's through the default methods
 /// here, and its [`PciFunction`] implementation (configuration space, BARs, reset, state) is the
 /// one below, so no model forwards calls of its own.
 pub trait PortFunction: Send {
