@@ -98,6 +98,10 @@ pub struct Hierarchy {
     children: Vec<[Slot; 256]>,
     /// Per port: the index of the port it sits behind (`None` on the root bus).
     parents: Vec<Option<u16>>,
+    /// The ports on the root bus, then per port the ports on its secondary bus, in topology
+    /// order (the tree `routing::update_bus_map` walks).
+    top_ports: Vec<usize>,
+    child_ports: Vec<Vec<usize>>,
     /// Bus number -> the port that claims it (0 = none, else index+1): the deepest port whose
     /// secondary..=subordinate range holds it among those the cycle reaches (see
     /// `routing::update_bus_map`).
@@ -132,6 +136,8 @@ impl Hierarchy {
         let mut h = Hierarchy {
             children: Vec::new(),
             parents: Vec::new(),
+            top_ports: Vec::new(),
+            child_ports: Vec::new(),
             spec,
             mch: Mch::new(),
             ports,
@@ -177,6 +183,14 @@ impl Hierarchy {
             .iter()
             .map(|p| (p.bus != ROOT_BUS).then(|| index(&p.bus)).flatten())
             .collect();
+        self.top_ports = Vec::new();
+        self.child_ports = vec![Vec::new(); n];
+        for (i, parent) in self.parents.iter().enumerate() {
+            match parent.and_then(|up| self.child_ports.get_mut(usize::from(up))) {
+                Some(kids) => kids.push(i),
+                None => self.top_ports.push(i),
+            }
+        }
         let place = |bus: &str| (bus != ROOT_BUS).then(|| index(bus)).flatten();
         let mut placed: Vec<(Option<u16>, u8, Slot)> = Vec::new();
         for (i, p) in self.spec.root_ports.iter().enumerate() {
@@ -273,18 +287,13 @@ impl Hierarchy {
 
     /// Every port below port `i` (its subtree, `i` excluded), parents before children.
     pub fn ports_below(&self, i: usize) -> Vec<usize> {
-        let mut out = Vec::new();
+        let mut out: Vec<usize> = self.child_ports.get(i).cloned().unwrap_or_default();
         let mut at = 0;
-        let mut frontier = vec![i];
-        while at < frontier.len() {
-            let p = frontier[at];
+        // Each port is some port's child once (the spec has no cycles), so this ends.
+        while at < out.len() && out.len() <= self.ports.len() {
+            let p = out[at];
             at += 1;
-            for (j, parent) in self.parents.iter().enumerate() {
-                if *parent == Some(p as u16) {
-                    out.push(j);
-                    frontier.push(j);
-                }
-            }
+            out.extend(self.child_ports.get(p).into_iter().flatten().copied());
         }
         out
     }

@@ -66,10 +66,7 @@ impl Hierarchy {
     /// snapshot's 65536 routes, is then refreshed only for the buses recorded here.
     pub(super) fn update_bus_map(&mut self) {
         let mut owner = [0u16; 256];
-        let tops: Vec<usize> = (0..self.ports.len())
-            .filter(|&i| self.port_parent(i).is_none())
-            .collect();
-        self.claim(&mut owner, &tops, 1..=255);
+        self.claim(&mut owner, &self.top_ports, 1..=255);
         for (b, (new, old)) in owner.iter().zip(&self.bus_owner).enumerate() {
             if new != old {
                 self.dirty_buses.insert(b as u8);
@@ -129,20 +126,8 @@ impl Hierarchy {
             }
             // Type 1 cycles beyond the secondary bus go to the ports on it.
             if let Some(first) = p.secondary_bus().checked_add(1).filter(|&f| f <= hi) {
-                let kids: Vec<usize> = self
-                    .children
-                    .get(i)
-                    .into_iter()
-                    .flat_map(|c| c.iter())
-                    .filter_map(|s| match s {
-                        super::Slot::Port(j) => Some(usize::from(*j)),
-                        _ => None,
-                    })
-                    .collect();
-                let mut kids = kids;
-                kids.sort_unstable();
-                if !kids.is_empty() {
-                    self.claim(owner, &kids, first.max(lo)..=hi);
+                if let Some(kids) = self.child_ports.get(i).filter(|k| !k.is_empty()) {
+                    self.claim(owner, kids, first.max(lo)..=hi);
                 }
             }
         }
