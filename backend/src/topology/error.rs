@@ -243,7 +243,7 @@ pub enum TopologyError {
         other: String,
     },
     /// A function on a bus that is neither the root bus nor a root port.
-    #[error("{id}: bus '{bus}' is neither {ROOT_BUS} nor a root port id")]
+    #[error("{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port")]
     UnknownBus {
         /// The function.
         id: String,
