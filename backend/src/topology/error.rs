@@ -242,8 +242,11 @@ pub enum TopologyError {
         /// The port that has them.
         other: String,
     },
-    /// A function on a bus that is neither the root bus nor a root port.
-    #[error("{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port")]
+    /// A function or switch port on a bus that is neither the root bus nor a port with a slot
+    /// (or no port at all).
+    #[error(
+        "{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port"
+    )]
     UnknownBus {
         /// The function.
         id: String,

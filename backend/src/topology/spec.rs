@@ -527,6 +527,9 @@ impl TopologySpec {
         if kind == BridgeKind::RootPort {
             return Ok(());
         }
+        if p.bus == ROOT_BUS {
+            return refuse("a switch port sits below a root port or another switch's port");
+        }
         let Some(parent) = self.port(&p.bus) else {
             return Err(TopologyError::UnknownBus {
                 id: p.config.id.clone(),
