@@ -275,6 +275,17 @@ impl Walker<'_> {
             4,
             u32::from(bus) | u32::from(secondary) << 8 | 0xff << 16,
         )?;
+        // Windows: what the functions below need, at least 4 KiB of I/O, 2 MiB of memory and
+        // 2 MiB of 64-bit prefetchable memory per bridge. A bridge forwards only its windows
+        // (PCI-to-PCI Bridge 1.2 §4.1-§4.3), so the BARs and windows of everything below it
+        // (a switch's ports, their devices) are allocated inside them: the pools are aligned
+        // before the scan and the windows span what the scan took.
+        let io = align_up(u64::from(self.io), 0x1000) as u32;
+        self.io = io;
+        let mem = align_up(self.mem32, 1 << 20);
+        self.mem32 = mem;
+        let pref = align_up(self.mem64, 1 << 20);
+        self.mem64 = pref;
         self.scan_bus(secondary)?;
         let bus_reserve = match reserve {
             Some(cap) => self.rd(bus, devfn, cap + 4, 4)?,
@@ -286,28 +297,26 @@ impl Walker<'_> {
         }
         let subordinate = self.next_bus;
         self.wr(bus, devfn, 0x1a, 1, u32::from(subordinate))?;
-        // Windows: 4 KiB of I/O, 2 MiB of memory, 2 MiB of 64-bit prefetchable memory per port.
-        let io = align_up(u64::from(self.io), 0x1000) as u32;
-        self.io = io + 0x1000;
+        let io_end = align_up(u64::from(self.io.max(io + 0x1000)), 0x1000) as u32;
+        self.io = io_end;
         self.wr(
             bus,
             devfn,
             0x1c,
             2,
-            (io >> 8 & 0xf0) | ((io + 0xfff) & 0xf000),
+            (io >> 8 & 0xf0) | ((io_end - 1) & 0xf000),
         )?;
-        let mem = align_up(self.mem32, 1 << 20);
-        self.mem32 = mem + (2 << 20);
+        let mem_end = align_up(self.mem32.max(mem + (2 << 20)), 1 << 20);
+        self.mem32 = mem_end;
         self.wr(
             bus,
             devfn,
             0x20,
             4,
-            (mem >> 16) as u32 & 0xfff0 | ((mem + (2 << 20) - 1) as u32 & 0xfff0_0000),
+            (mem >> 16) as u32 & 0xfff0 | ((mem_end - 1) as u32 & 0xfff0_0000),
         )?;
-        let pref = align_up(self.mem64, 1 << 20);
-        self.mem64 = pref + (2 << 20);
-        let pref_end = pref + (2 << 20) - 1;
+        let pref_end = align_up(self.mem64.max(pref + (2 << 20)), 1 << 20) - 1;
+        self.mem64 = pref_end + 1;
         self.wr(
             bus,
             devfn,

@@ -11,6 +11,9 @@ records:
 * qemu-7.2-query-pci-programmed.json: `query-pci` after firmware-style qtest writes (rp1's bus
   numbers, windows, BAR0, interrupt line and Command; an e1000e `net0` behind rp1 with BAR0
   mapped), which shows the nested `pci_bridge.devices` shape;
+* qemu-7.2-query-pci-switch.json: `query-pci` with a switch behind rp1 (`x3130-upstream` up1,
+  `xio3130-downstream` dp1 and dp2, an e1000e `net1` behind dp1) after the bus numbers are
+  programmed (rp1 1-4, up1 2-4, dp1 3, dp2 4), which shows `pci_bridge.devices` nested twice;
 * qemu-7.2-qmp-transcript.json: protocol-level requests (negotiation, malformed input, bad
   arguments) with QEMU's exact replies, replayed against pcierc's QmpSession by unit tests.
 """
@@ -134,7 +137,17 @@ def transcript(tmp):
         p.wait()
 
 
-def query_pci(tmp, programmed):
+SWITCH = [
+    "x3130-upstream,id=up1,bus=rp1",
+    "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1",
+    "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2",
+    "e1000e,id=net1,bus=dp1",
+]
+# (bus, device, dword at 0x18) for the switch: rp1 1-4, up1 2-4, dp1 3, dp2 4.
+SWITCH_NUMBERS = [(0, 2, 0x00040100), (1, 0, 0x00040201), (2, 0, 0x00030302), (2, 1, 0x00040402)]
+
+
+def query_pci(tmp, programmed, switch=False):
     qt_path = os.path.join(tmp, "qt.sock")
     qmp_path = os.path.join(tmp, "q.sock")
     qt = socket.socket(socket.AF_UNIX)
@@ -146,6 +159,9 @@ def query_pci(tmp, programmed):
         args += ["-device", d]
     if programmed:
         args += ["-device", "e1000e,id=net0,bus=rp1"]
+    if switch:
+        for d in SWITCH:
+            args += ["-device", d]
     p = subprocess.Popen(args, stderr=subprocess.DEVNULL)
     try:
         c, _ = qt.accept()
@@ -166,6 +182,9 @@ def query_pci(tmp, programmed):
                 cfg_write(0, 2, 0, off, val)
             for off, val in PROGRAMMED_NET0:
                 cfg_write(1, 0, 0, off, val)
+        if switch:
+            for bus, dev, val in SWITCH_NUMBERS:
+                cfg_write(bus, dev, 0, 0x18, val)
         s = connect(qmp_path)
         f = s.makefile("rb")
         f.readline()
@@ -200,6 +219,8 @@ def main():
         }
     with tempfile.TemporaryDirectory() as tmp:
         fixtures["qemu-7.2-query-pci-programmed.json"] = query_pci(tmp, True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fixtures["qemu-7.2-query-pci-switch.json"] = query_pci(tmp, False, switch=True)
     with tempfile.TemporaryDirectory() as tmp:
         fixtures["qemu-7.2-qmp-transcript.json"] = transcript(tmp)
     for name, value in fixtures.items():

@@ -124,12 +124,16 @@ pub enum Kind {
     Ioh3420,
     /// A `pcie-pci-bridge` (SHPC in BAR0, MSI at 0x8c unless `msi=off`).
     PciePciBridge,
+    /// A switch's `x3130-upstream` port.
+    X3130Upstream,
+    /// A switch's `xio3130-downstream` port.
+    Xio3130Downstream,
 }
 
 impl Kind {
-    /// Is it a type 1 function (a root port or a bridge) whose bus numbers the tests put back?
+    /// Is it a type 1 function (a port or a bridge) whose bus numbers the tests put back?
     pub fn is_port(self) -> bool {
-        matches!(self, Kind::RootPort | Kind::Ioh3420 | Kind::PciePciBridge)
+        !matches!(self, Kind::Mch)
     }
 
     /// The model a QEMU `-device` argument (`DRIVER,...`) names, if the tests know it.
@@ -138,18 +142,31 @@ impl Kind {
             "pcie-root-port" => Some(Kind::RootPort),
             "ioh3420" => Some(Kind::Ioh3420),
             "pcie-pci-bridge" => Some(Kind::PciePciBridge),
+            "x3130-upstream" => Some(Kind::X3130Upstream),
+            "xio3130-downstream" => Some(Kind::Xio3130Downstream),
             _ => None,
+        }
+    }
+
+    /// The dword holding the port's Slot Control, if it has a slot.
+    fn slot_control(self) -> Option<u16> {
+        match self {
+            Kind::RootPort => Some(0x6c),
+            Kind::Ioh3420 | Kind::Xio3130Downstream => Some(0xa8),
+            Kind::Mch | Kind::X3130Upstream | Kind::PciePciBridge => None,
         }
     }
 }
 
-/// A function both targets have on bus 0.
+/// A function both targets have.
 #[derive(Clone, Debug)]
 pub struct Function {
     /// Name in reports.
     pub name: String,
     /// Model.
     pub kind: Kind,
+    /// Bus it sits on once the bus numbers are programmed ([`Differential::with_bus_numbers`]).
+    pub bus: u8,
     /// Device and function.
     pub devfn: u8,
 }
@@ -209,6 +226,13 @@ pub const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         kind: Kind::Ioh3420,
+        // Slot Control: 0x90 + 0x18.
+        offsets: 0xa8..0xaa,
+        bits: 1 << 12,
+        reason: "Slot Control DLL State Changed Enable is writable: pcierc reports link changes",
+    },
+    Deviation {
+        kind: Kind::Xio3130Downstream,
         // Slot Control: 0x90 + 0x18.
         offsets: 0xa8..0xaa,
         bits: 1 << 12,
@@ -304,6 +328,10 @@ pub struct Differential<'a> {
     allowed: usize,
     ops: usize,
     mismatches: Vec<Mismatch>,
+    /// (bus, devfn, dword at 0x18) programmed so that functions behind ports are reachable.
+    numbering: Vec<(u8, u8, u32)>,
+    /// Ports whose slot holds a switch: their Slot Control is not written (see `protected`).
+    switch_slots: Vec<u8>,
 }
 
 /// The dword patterns written everywhere.
@@ -436,6 +464,19 @@ const SHPC_SEQUENCE: [(&str, Shpc, u8, u32); 39] = [
     ("intx enabled again", Shpc::Config(0x04), 2, 0x0002),
 ];
 
+/// Hot-plug events against an `xio3130-downstream`'s MSI (one 64-bit vector, no masking, at
+/// 0x70: flags 0x72, address 0x74/0x78, data 0x7c; Slot Control/Status at 0xa8/0xaa): with MSI
+/// on, slot events send it; with MSI off the port has no INTx (Interrupt Pin 0) and Status shows
+/// nothing.
+#[rustfmt::skip]
+const SWITCH_MSI_HOTPLUG_SEQUENCE: [(&str, u16, u8, u32); 9] = [
+    ("msi address", 0x74, 4, 0xfee0_0000), ("msi address high", 0x78, 4, 0),
+    ("msi data", 0x7c, 2, 0x4041), ("msi on", 0x72, 2, 0x0001),
+    ("sltctl hpie+ccie", 0xa8, 2, 0x0030), ("clear cc", 0xaa, 2, 0x0010),
+    ("msi off", 0x72, 2, 0), ("sltctl intx?", 0xa8, 4, 0x0000_0030),
+    ("clear cc again", 0xaa, 2, 0x0010),
+];
+
 /// Would this write make QEMU 7.2 abort? `ioh3420_aer_vector()` aborts when Multiple Message
 /// Enable says more than two vectors while MSI is off (it is clamped only while MSI is on); see
 /// docs/qemu-compat.md. Such writes are left out of the patterns.
@@ -470,7 +511,37 @@ impl<'a> Differential<'a> {
             allowed: 0,
             ops: 0,
             mismatches: Vec::new(),
+            numbering: Vec::new(),
+            switch_slots: Vec::new(),
         }
+    }
+
+    /// Program these Primary/Secondary/Subordinate Bus Number dwords, (bus, devfn, value) in
+    /// order, before the comparison, after each platform reset, and after every write that may
+    /// have changed or reset them (bus numbers, Bridge Control, Device Control's Function Level
+    /// Reset), so that the functions behind ports stay reachable. The ports at (bus, devfn) in
+    /// `switch_slots` hold a switch in their slot: their Slot Control is never written (a
+    /// guest powering such a slot off makes QEMU 7.2 delete the switch, docs/qemu-compat.md).
+    pub fn with_bus_numbers(mut self, numbering: &[(u8, u8, u32)], switch_slots: &[u8]) -> Self {
+        self.numbering = numbering.to_vec();
+        self.switch_slots = switch_slots.to_vec();
+        self
+    }
+
+    /// Append the bus-number writes of [`Differential::with_bus_numbers`] to `s`.
+    fn renumber(&self, s: &mut Script) {
+        for &(bus, devfn, value) in &self.numbering {
+            s.push(Op::Write(Reg::new(bus, devfn, 0x18, 4), value), None, 0x18);
+        }
+    }
+
+    /// A platform reset on both sides, then the bus numbers programmed again.
+    fn platform_reset(&mut self) {
+        self.qemu.platform_reset();
+        self.ours.platform_reset();
+        let mut s = Script::new("renumber");
+        self.renumber(&mut s);
+        self.run(s);
     }
 
     /// Reads compared so far.
@@ -491,7 +562,8 @@ impl<'a> Differential<'a> {
     }
 
     fn reg(&self, f: usize, offset: u16, width: u8) -> Reg {
-        Reg::new(0, self.functions[f].devfn, offset, width)
+        let func = &self.functions[f];
+        Reg::new(func.bus, func.devfn, offset, width)
     }
     fn read(&self, s: &mut Script, f: usize, offset: u16, width: u8) {
         s.push(Op::Read(self.reg(f, offset, width)), Some(f), offset.into());
@@ -568,6 +640,9 @@ impl<'a> Differential<'a> {
     /// Everything, in an order that keeps both sides addressable: reset values, mechanism #1,
     /// PCIEXBAR moves, write patterns, MSI-X BARs, and a platform reset after writes.
     pub fn run_all(&mut self) {
+        let mut s = Script::new("renumber");
+        self.renumber(&mut s);
+        self.run(s);
         self.reset_values("reset");
         self.mechanism1();
         self.pciexbar();
@@ -676,15 +751,29 @@ impl<'a> Differential<'a> {
             self.write(s, f, off, width, value);
         }
         self.read(s, f, off & !3, 4);
-        if self.functions[f].kind.is_port() && (0x18..0x1c).contains(&off) {
-            self.write(s, f, 0x18, 4, 0);
+        let kind = self.functions[f].kind;
+        if self.numbering.is_empty() {
+            if kind.is_port() && (0x18..0x1c).contains(&off) {
+                self.write(s, f, 0x18, 4, 0);
+            }
+        } else if kind.is_port() && [0x18, 0x3c, 0x98, 0x5c].contains(&(off & !3)) {
+            // Bus numbers, Secondary Bus Reset, Function Level Reset (switch ports' Device
+            // Control at 0x98; a root port's at 0x5c cannot reset): put the numbering back.
+            self.renumber(s);
         }
     }
 
     /// Registers never written through ECAM: the MCH's PCIEXBAR (it moves ECAM itself, and the
     /// reserved length aborts QEMU) — see [`Differential::pciexbar`].
     fn protected(&self, f: usize, off: u16) -> bool {
-        self.functions[f].kind == Kind::Mch && (0x60..0x68).contains(&off)
+        let func = &self.functions[f];
+        let switch_slot = func.bus == 0
+            && self.switch_slots.contains(&func.devfn)
+            && func
+                .kind
+                .slot_control()
+                .is_some_and(|at| (at..at + 4).contains(&off));
+        (func.kind == Kind::Mch && (0x60..0x68).contains(&off)) || switch_slot
     }
 
     /// Dword patterns at every dword, then every word and every byte written 1s and 0s; each
@@ -736,8 +825,7 @@ impl<'a> Differential<'a> {
     /// table and PBA, and the hot-plug/MSI-X interplay QEMU shows in the PBA and Status; for each
     /// `ioh3420`, the hot-plug/MSI interplay in its pending bits and Status.
     pub fn msix_bars(&mut self) {
-        self.qemu.platform_reset();
-        self.ours.platform_reset();
+        self.platform_reset();
         let ports: Vec<usize> = (0..self.functions.len())
             .filter(|&f| self.functions[f].kind == Kind::RootPort)
             .collect();
@@ -779,6 +867,17 @@ impl<'a> Differential<'a> {
             s.step("memory decode off");
             self.write(&mut s, f, 0x04, 2, 0);
             s.push(Op::MemRead(bar + 0xc, 4), None, bar + 0xc);
+        }
+        for f in
+            (0..self.functions.len()).filter(|&f| self.functions[f].kind == Kind::Xio3130Downstream)
+        {
+            for (name, off, width, value) in SWITCH_MSI_HOTPLUG_SEQUENCE {
+                s.step(name);
+                self.write(&mut s, f, off, width, value);
+                for r in [0x04u16, 0x70, 0x74, 0x78, 0x7c, 0xa8] {
+                    self.read(&mut s, f, r, 4);
+                }
+            }
         }
         for f in (0..self.functions.len()).filter(|&f| self.functions[f].kind == Kind::Ioh3420) {
             for (name, off, width, value) in MSI_HOTPLUG_SEQUENCE {
@@ -867,8 +966,7 @@ impl<'a> Differential<'a> {
             }
         }
         self.run(s);
-        self.qemu.platform_reset();
-        self.ours.platform_reset();
+        self.platform_reset();
         self.reset_values("after platform reset");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use pcierc_tests::differential::{Differential, Function, Kind, QtestTarget, DEVIATIONS};
 use pcierc_tests::process::{pcierc_bin, Backend};
-use pcierc_tests::qtest::{qemu_machine, qemu_q35, Qemu, Qtest};
+use pcierc_tests::qtest::{qemu_machine, qemu_q35, qemu_q35_with, Qemu, Qtest};
 
 /// (devfn, the `-device` option, used verbatim by QEMU and by pcierc).
 const PORTS: [(u8, &str); 3] = [
@@ -126,6 +126,7 @@ fn compare(qemu: Qtest, machine: &[&str], ports: &[(u8, String)], what: &str) {
     let mut functions = vec![Function {
         name: "00:00.0 mch".into(),
         kind: Kind::Mch,
+        bus: 0,
         devfn: 0,
     }];
     for (devfn, d) in ports {
@@ -133,11 +134,91 @@ fn compare(qemu: Qtest, machine: &[&str], ports: &[(u8, String)], what: &str) {
         functions.push(Function {
             name: format!("00:{:02x}.{} {props}", devfn >> 3, devfn & 7),
             kind: Kind::of_device(d).expect("a root port model"),
+            bus: 0,
             devfn: *devfn,
         });
     }
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS);
     diff.run_all_and_check(what, started);
+}
+
+/// A PCI Express switch behind a root port: (bus, devfn once numbered, `-device` option).
+const SWITCH: [(u8, u8, &str); 4] = [
+    (
+        0,
+        0xe0,
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0",
+    ),
+    (1, 0x00, "x3130-upstream,id=up1,bus=rp1"),
+    (
+        2,
+        0x00,
+        "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1,addr=0.0",
+    ),
+    (
+        2,
+        0x08,
+        "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2,addr=1.0,port=7",
+    ),
+];
+/// The bus numbers firmware would give it: rp1 1-4, up1 2-4, dp1 3, dp2 4.
+const SWITCH_NUMBERING: [(u8, u8, u32); 4] = [
+    (0, 0xe0, 0x04_0100),
+    (1, 0x00, 0x04_0201),
+    (2, 0x00, 0x03_0302),
+    (2, 0x08, 0x04_0402),
+];
+
+/// A root port -> `x3130-upstream` -> two `xio3130-downstream` against QEMU 7.2, register for
+/// register (every pattern, mechanism #1, resets) with the buses numbered so the switch is
+/// reachable; Secondary Bus Reset of a port and Function Level Reset of a switch port reset
+/// what is below on both sides. QEMU runs with native PCIe hot-plug (q35's ACPI hot-plug off),
+/// as pcierc models every slot, so the root port shows the switch present in its slot.
+#[test]
+fn switch_matches_qemu() {
+    let mut args = vec![
+        "-global",
+        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+    ];
+    args.extend(SWITCH.iter().flat_map(|(_, _, d)| ["-device", *d]));
+    let Some(qemu) = qemu_q35_with(&args) else {
+        return;
+    };
+    let mut pcierc_args = vec!["-n"];
+    pcierc_args.extend(SWITCH.iter().flat_map(|(_, _, d)| ["--device", *d]));
+    let backend = Backend::start(&pcierc_args);
+    let mut cmd = Command::new(pcierc_bin());
+    cmd.arg("qtest")
+        .arg("--connect")
+        .arg(&backend.socket)
+        .env("RUST_LOG", "warn");
+    let ours = Qtest::spawn(cmd).expect("starting pcierc qtest");
+    let started = Instant::now();
+    let mut qemu = QtestTarget::new(qemu).expect("enabling ECAM in QEMU");
+    let mut ours = QtestTarget::new(ours).expect("enabling ECAM through pcierc");
+    let mut functions = vec![Function {
+        name: "00:00.0 mch".into(),
+        kind: Kind::Mch,
+        bus: 0,
+        devfn: 0,
+    }];
+    for (bus, devfn, d) in SWITCH {
+        let id = d.split("id=").nth(1).and_then(|r| r.split(',').next());
+        functions.push(Function {
+            name: format!(
+                "{bus:02x}:{:02x}.{} {}",
+                devfn >> 3,
+                devfn & 7,
+                id.unwrap_or(d)
+            ),
+            kind: Kind::of_device(d).expect("a port model"),
+            bus,
+            devfn,
+        });
+    }
+    let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS)
+        .with_bus_numbers(&SWITCH_NUMBERING, &[0xe0]);
+    diff.run_all_and_check("switch vs QEMU", started);
 }
 
 #[test]

@@ -140,6 +140,8 @@ fn compare_with(qt: Qtest, ports: Vec<(u8, String, RootPort)>, args: &[String]) 
             let kind = match p.config().model {
                 RootPortModel::PcieRootPort => Kind::RootPort,
                 RootPortModel::Ioh3420 => Kind::Ioh3420,
+                RootPortModel::X3130Upstream => Kind::X3130Upstream,
+                RootPortModel::Xio3130Downstream => Kind::Xio3130Downstream,
             };
             let name = p.config().id.clone();
             (devfn, name, kind, Box::new(p) as Box<dyn PciFunction>)
@@ -159,6 +161,7 @@ fn compare_functions(
     let mut names = vec![Function {
         name: "00:00.0 mch".into(),
         kind: Kind::Mch,
+        bus: 0,
         devfn: 0,
     }];
     let mut models = Vec::new();
@@ -166,6 +169,7 @@ fn compare_functions(
         names.push(Function {
             name: format!("00:{:02x}.{} {id}", devfn >> 3, devfn & 7),
             kind,
+            bus: 0,
             devfn,
         });
         models.push((devfn, f));

@@ -349,3 +349,107 @@ fn query_pci_of_the_default_topology_is_qemus() {
     assert_eq!(qemu[0]["devices"].as_array().map(Vec::len), Some(5));
     assert_eq!(ours, qemu);
 }
+
+/// A switch behind rp1 (up1, its downstream ports dp1 and dp2), numbered by the guest: rp1
+/// 1-4, up1 2-4, dp1 3, dp2 4.
+const SWITCH: [&str; 6] = [
+    "--device",
+    "x3130-upstream,id=up1,bus=rp1",
+    "--device",
+    "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1",
+    "--device",
+    "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2",
+];
+const UP1: u64 = ECAM + (1 << 20);
+const DP1: u64 = ECAM + (2 << 20);
+
+/// Hot-add below a switch's downstream port through QMP: dp1's slot sees the card (its MSI,
+/// from 02:00.0), the owner is told where the function is (03:00.0), `query-pci` nests it below
+/// rp1 -> up1 -> dp1, and `device_del` completes when the guest powers dp1's slot off.
+#[test]
+fn hot_add_below_a_switch_downstream_port_through_qmp() {
+    if !qemu_qmp_available() {
+        return;
+    }
+    let b = Backend::start_with_control(&SWITCH);
+    let mut owner = Frontend::connect(&b.socket, FrontendOptions::vmm("qemu")).expect("owner");
+    let mut owner_ch = owner.take_backend_channel().expect("owner channel");
+    let mut vmm = Frontend::connect(&b.socket, FrontendOptions::vmm("vmm")).expect("vmm");
+    let mut irqs = vmm.take_backend_channel().expect("vmm channel");
+    vmm.pio_write(0xcf8, 4, 0x8000_0060).unwrap();
+    vmm.pio_write(0xcfc, 4, ECAM | 1).unwrap();
+    let mut w = |addr: u64, width: u8, v: u64| vmm.mmio_write(addr, width, v).unwrap();
+    w(RP1 + 0x18, 4, 0x0004_0100);
+    w(UP1 + 0x18, 4, 0x0004_0201);
+    w(DP1 + 0x18, 4, 0x0003_0302);
+    // dp1's MSI (0x70: address 0x74, data 0x7c, enable in 0x72), hot-plug interrupts on, its
+    // empty slot powered off (Slot Control at 0x90 + 0x18).
+    w(DP1 + 0x74, 4, 0xfee0_4000);
+    w(DP1 + 0x7c, 2, 0x4099);
+    w(DP1 + 0x72, 2, 1);
+    w(DP1 + 0xa8, 2, SLTCTL_OFF);
+    // pciehp acknowledges the Command Completed it saw (writing bits that are not set would be
+    // reverted, as QEMU does).
+    let events = vmm.mmio_read(DP1 + 0xaa, 2).unwrap() & 0x1f;
+    assert_eq!(events, CC);
+    vmm.mmio_write(DP1 + 0xaa, 2, events).unwrap();
+    while let Ok(Some(_)) = irqs.recv_timeout(Duration::from_millis(200)) {}
+    assert_eq!(vmm.mmio_read(UP1, 4).unwrap(), 0x8232_104c);
+
+    let mut qmp = QmpClient::connect(b.control.as_deref().expect("control socket"));
+    let net = json!({"driver": "virtio-net-pci", "id": "net0", "bus": "dp1", "owner": "qemu"});
+    assert_eq!(qmp.ok("device_add", net), json!({}));
+    let msi = loop {
+        match irqs.recv_timeout(Duration::from_secs(5)) {
+            Ok(Some(Notification::Msi(m))) => break m,
+            Ok(Some(_)) => continue,
+            other => panic!("expected dp1's MSI, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        msi,
+        MsiMessage {
+            address: 0xfee0_4000,
+            data: 0x4099,
+            segment: 0,
+            bus: 2,
+            devfn: 0
+        }
+    );
+    let sta = vmm.mmio_read(DP1 + 0xaa, 2).unwrap();
+    assert_eq!(sta & (PDS | PDC), PDS | PDC, "dp1's Slot Status {sta:#x}");
+    assert_eq!(owner_event(&mut owner_ch), (true, "net0".into(), 3, 0));
+    let ev = qmp
+        .event("X_PCIERC_SLOT_CHANGED", 5.0)
+        .expect("slot event on hot-add");
+    assert_eq!(ev["data"]["port"], "dp1");
+    assert_eq!(ev["data"]["present"], true);
+    let pci = qmp.ok("query-pci", Value::Null);
+    let up1 = &pci[0]["devices"][1]["pci_bridge"]["devices"][0];
+    assert_eq!(up1["qdev_id"], "up1");
+    let dp1 = &up1["pci_bridge"]["devices"][0];
+    assert_eq!((&dp1["qdev_id"], &dp1["bus"]), (&json!("dp1"), &json!(2)));
+    assert_eq!(dp1["pci_bridge"]["devices"][0]["qdev_id"], "net0");
+    let slots = qmp.ok("x-pcierc-query-slots", Value::Null);
+    let ports: Vec<&str> = slots
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["port"].as_str())
+        .collect();
+    assert_eq!(
+        ports,
+        ["rp1", "rp2", "rp3", "rp4", "dp1", "dp2"],
+        "no slot on up1"
+    );
+
+    // pciehp powers the slot on; orderly removal: the attention button, then the guest powers
+    // dp1's slot off.
+    vmm.mmio_write(DP1 + 0xa8, 2, SLTCTL_ON).unwrap();
+    assert_eq!(qmp.ok("device_del", json!({"id": "net0"})), json!({}));
+    assert_ne!(vmm.mmio_read(DP1 + 0xaa, 2).unwrap() & ABP, 0);
+    vmm.mmio_write(DP1 + 0xa8, 2, SLTCTL_OFF).unwrap();
+    assert_eq!(owner_event(&mut owner_ch), (false, "net0".into(), 3, 0));
+    let ev = qmp.event("DEVICE_DELETED", 5.0).expect("DEVICE_DELETED");
+    assert_eq!(ev["data"]["device"], "net0");
+}

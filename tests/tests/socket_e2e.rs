@@ -271,3 +271,83 @@ fn save_reset_load_round_trip() {
     );
     assert_eq!(fe.config_read(0, 0, 0x11, 0x18, 4).unwrap(), 0x0005_0500);
 }
+
+/// The example firmware through a switch: root port rp1 -> x3130-upstream -> two
+/// xio3130-downstream, a function another emulator serves behind dp1. The firmware numbers
+/// buses depth first through the switch and nests each bridge's windows in its parent's; the
+/// topology lists the switch ports behind rp1 at the buses they sit on.
+#[test]
+fn firmware_enumerates_a_switch() {
+    let b = Backend::start(&[
+        "--device",
+        "x3130-upstream,id=up1,bus=rp1",
+        "--device",
+        "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1",
+        "--device",
+        "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2",
+        "--device",
+        "virtio-net-pci,id=net0,bus=dp1,owner=qemu",
+    ]);
+    let mut fe = connect(&b, "t-switch");
+    let mut bus = SocketBus(connect(&b, "t-switch-fw"));
+    let e = enumerate(&mut bus, Layout::default()).expect("enumeration");
+    let mut found: Vec<_> = e
+        .functions
+        .iter()
+        .filter(|f| f.header_type == 1)
+        .map(|f| (f.bus, f.devfn, f.vendor, f.device, f.buses))
+        .collect();
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        [
+            (0, 0x10, 0x1b36, 0x000c, Some((0, 1, 4))),
+            (0, 0x11, 0x1b36, 0x000c, Some((0, 5, 5))),
+            (0, 0x12, 0x1b36, 0x000c, Some((0, 6, 6))),
+            (0, 0x13, 0x1b36, 0x000c, Some((0, 7, 7))),
+            (1, 0x00, 0x104c, 0x8232, Some((1, 2, 4))),
+            (2, 0x00, 0x104c, 0x8233, Some((2, 3, 3))),
+            (2, 0x08, 0x104c, 0x8233, Some((2, 4, 4))),
+        ]
+    );
+    assert_eq!(e.remote, vec![(3, 0)], "net0 behind dp1");
+    // Every bridge's windows lie inside its parent's.
+    let window = |bus: u8, devfn: u8| {
+        e.functions
+            .iter()
+            .find(|f| (f.bus, f.devfn) == (bus, devfn))
+            .and_then(|f| f.windows)
+            .expect("windows")
+    };
+    for (child, parent) in [((1, 0), (0, 0x10)), ((2, 0), (1, 0)), ((2, 8), (1, 0))] {
+        let (c, p) = (window(child.0, child.1), window(parent.0, parent.1));
+        for (cw, pw) in c.iter().zip(&p) {
+            assert!(
+                pw.0 <= cw.0 && cw.1 <= pw.1,
+                "{child:?} {cw:x?} outside {parent:?} {pw:x?}"
+            );
+        }
+    }
+    // The topology: switch ports as ports behind rp1 (record 1), at the buses they sit on.
+    let t = fe.topology().unwrap();
+    let port = |id: &str| {
+        t.functions
+            .iter()
+            .position(|f| pcierc_protocol::decode_name(&f.id) == Some(id))
+            .expect(id)
+    };
+    let rec = |id: &str| t.functions[port(id)];
+    let (up1, dp1) = (rec("up1"), rec("dp1"));
+    assert_eq!(
+        (up1.kind, up1.bus, up1.devfn, usize::from(up1.parent)),
+        (FunctionKind::RootPort as u8, 1, 0, port("rp1"))
+    );
+    assert_eq!((dp1.bus, usize::from(dp1.parent)), (2, port("up1")));
+    assert_eq!(
+        (dp1.secondary_bus, dp1.flags & function_flags::PRESENT),
+        (3, function_flags::PRESENT)
+    );
+    let net0 = rec("net0");
+    assert_eq!((net0.bus, usize::from(net0.parent)), (3, port("dp1")));
+    assert_ne!(net0.flags & function_flags::PRESENT, 0);
+}

@@ -136,6 +136,52 @@ fn guest_programming_lands_in_a_running_pcierc() {
     assert_eq!(topo.ecam[0].base, 0xb000_0000);
 }
 
+/// The probe guest's firmware-style scan through a switch behind rp1 (`x3130-upstream` with two
+/// `xio3130-downstream`s): it numbers the buses depth first through the switch, as SeaBIOS
+/// would, and pcierc routes every cycle down the tree.
+#[test]
+fn probe_guest_enumerates_a_switch() {
+    if !kvm_available() {
+        return;
+    }
+    let backend = Backend::start(&[
+        "--device",
+        "x3130-upstream,id=up1,bus=rp1",
+        "--device",
+        "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1",
+        "--device",
+        "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2",
+    ]);
+    let dir = ScratchDir::new("vmm");
+    let kernel = probe_image(&dir);
+    let socket = backend.socket.to_string_lossy().into_owned();
+    let mut args = vec!["--backend-socket", &socket, "--kernel", &kernel];
+    args.extend(PROBE_LIMITS);
+    let (stdout, _) = run_vmm_ok(&args);
+    assert_lines(
+        &stdout,
+        &[
+            "00:02.0 buses 00/01/04",
+            "01:00.0 104c:8232 class 060400 type 01",
+            "01:00.0 buses 01/02/04",
+            "02:00.0 104c:8233 class 060400 type 01",
+            "02:00.0 buses 02/03/03",
+            "02:01.0 104c:8233 class 060400 type 01",
+            "02:01.0 buses 02/04/04",
+            "00:02.1 buses 00/05/05",
+            "00:02.3 buses 00/07/07",
+            "pcie-probe: functions 08 last bus 07",
+        ],
+    );
+    let mut fe = Frontend::connect(&backend.socket, FrontendOptions::tool("check"))
+        .expect("connecting to pcierc");
+    assert_eq!(
+        fe.config_read(0, 2, 8, 0x18, 4).unwrap() & 0xff_ffff,
+        0x04_0402,
+        "dp2 as the guest numbered it"
+    );
+}
+
 #[test]
 fn guest_failures_end_the_vmm_with_a_clear_error() {
     if !kvm_available() {

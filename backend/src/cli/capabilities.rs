@@ -13,6 +13,7 @@ use serde_json::json;
 use super::Args;
 use crate::devices::MachineType;
 use crate::service::{BACKEND_FEATURES, BACKEND_PROTOCOL_FEATURES};
+use crate::topology::spec::ROOT_BUS;
 use crate::topology::TopologySpec;
 
 /// The option.
@@ -88,9 +89,11 @@ pub fn json(spec: Option<&TopologySpec>) -> String {
     });
     if let Some(spec) = spec {
         v["machine-type"] = spec.machine.name().into();
+        let root = |p: &&crate::topology::spec::PortSpec| p.bus == ROOT_BUS;
         v["root-ports"] = spec
             .root_ports
             .iter()
+            .filter(root)
             .map(|p| {
                 json!({
                     "id": p.config.id, "addr": p.addr.to_string(), "chassis": p.config.chassis,
@@ -98,6 +101,20 @@ pub fn json(spec: Option<&TopologySpec>) -> String {
                 })
             })
             .collect();
+        let switch: Vec<serde_json::Value> = spec
+            .root_ports
+            .iter()
+            .filter(|p| !root(p))
+            .map(|p| {
+                json!({
+                    "id": p.config.id, "driver": p.config.model.driver(), "bus": p.bus,
+                    "addr": p.addr.to_string(), "port": p.config.port,
+                })
+            })
+            .collect();
+        if !switch.is_empty() {
+            v["switch-ports"] = switch.into();
+        }
     }
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }

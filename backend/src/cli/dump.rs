@@ -36,25 +36,26 @@ fn write_function(
     writeln!(out).map_err(&e)
 }
 
-/// Dump the power-on state of `spec`.
+/// Dump the power-on state of `spec`. A switch port is read from its model and shown at the
+/// bus it sits on now (0 while its parent is unnumbered, as at power-on) with the port above it.
 pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
     let h = Hierarchy::new(spec)?;
     // Named by id, as `dump --connect` names them from the topology.
-    let mut fns = vec![(0u8, "mch".to_string())];
-    fns.extend(
-        h.spec()
-            .root_ports
-            .iter()
-            .map(|p| (p.addr.0, p.config.id.clone())),
-    );
-    for (devfn, name) in fns {
-        write_function(out, 0, devfn, &name, &mut |off| {
-            h.config_read(0, devfn, off, 4)
-                .map_err(|status| Error::ConfigRead {
-                    devfn,
-                    offset: off,
-                    status,
-                })
+    write_function(out, 0, 0, "mch", &mut |off| {
+        h.config_read(0, 0, off, 4)
+            .map_err(|status| Error::ConfigRead {
+                devfn: 0,
+                offset: off,
+                status,
+            })
+    })?;
+    for (i, (p, ps)) in h.ports().iter().zip(&h.spec().root_ports).enumerate() {
+        let name = match h.port_parent(i) {
+            None => ps.config.id.clone(),
+            Some(_) => format!("{} (behind {})", ps.config.id, ps.bus),
+        };
+        write_function(out, h.port_bus(i), ps.addr.0, &name, &mut |off| {
+            Ok(crate::pci::PciFunction::config_read(p, off, 4))
         })?;
     }
     Ok(())

@@ -248,7 +248,8 @@ pub fn to_json(info: &[PciInfo]) -> serde_json::Value {
 }
 
 /// The `query-pci` result for the hierarchy: bus 0 with the functions on it by devfn, and behind
-/// each root port whose Secondary Bus Number is non-zero the functions on its secondary bus.
+/// each port whose Secondary Bus Number is non-zero the functions on its secondary bus (a
+/// switch's ports nested below the root port, as QEMU nests them).
 ///
 /// The MCH and the root ports are decoded from their configuration space exactly as QEMU does.
 ///
@@ -272,32 +273,41 @@ pub fn from_hierarchy(h: &Hierarchy) -> Vec<PciInfo> {
     let devices = (0..=255u8)
         .filter_map(|devfn| match h.route(0, devfn) {
             Routed::Local(Slot::Mch) => Some(emulated(h.mch(), 0, devfn, "")),
-            Routed::Local(Slot::Port(i)) => {
-                let (port, ps) = (
-                    h.ports().get(usize::from(i))?,
-                    spec.root_ports.get(usize::from(i))?,
-                );
-                let mut info = emulated(port, 0, devfn, &ps.config.id);
-                if let Some(bridge) = info.pci_bridge.as_mut() {
-                    let secondary = bridge.bus.secondary;
-                    if secondary != 0 {
-                        let mut below: Vec<&EndpointSpec> = spec
-                            .endpoints
-                            .iter()
-                            .filter(|e| e.bus == ps.config.id)
-                            .collect();
-                        below.sort_by_key(|e| e.addr.0);
-                        bridge.devices =
-                            Some(below.into_iter().map(|e| remote(e, secondary)).collect());
-                    }
-                }
-                Some(info)
-            }
+            Routed::Local(Slot::Port(i)) => port(h, usize::from(i), 0, devfn, 0),
             Routed::Remote(e) => spec.endpoints.get(usize::from(e)).map(|e| remote(e, 0)),
             Routed::Local(_) | Routed::Absent => None,
         })
         .collect();
     vec![PciInfo { bus: 0, devices }]
+}
+
+/// Port `i` at (`bus`, `devfn`) with, when its Secondary Bus Number is non-zero, what sits on
+/// its secondary bus: the switch ports pcierc emulates (nested in turn, as QEMU's
+/// `qmp_query_pci_bridge()` nests `pci_bridge.devices`) and the functions other emulators
+/// serve, by devfn. `depth` bounds the recursion by the number of ports (the spec has no
+/// cycles; the bound only guards a broken one).
+fn port(h: &Hierarchy, i: usize, bus: u8, devfn: u8, depth: usize) -> Option<PciDeviceInfo> {
+    let spec = h.spec();
+    let (p, ps) = (h.ports().get(i)?, spec.root_ports.get(i)?);
+    let mut info = emulated(p, bus, devfn, &ps.config.id);
+    if let Some(bridge) = info.pci_bridge.as_mut() {
+        let secondary = bridge.bus.secondary;
+        if secondary != 0 && depth <= h.ports().len() {
+            let below = h
+                .children_of(i)
+                .filter_map(|(devfn, slot)| match slot {
+                    Slot::Port(j) => port(h, usize::from(j), secondary, devfn, depth + 1),
+                    Slot::Endpoint(e) => spec
+                        .endpoints
+                        .get(usize::from(e))
+                        .map(|e| remote(e, secondary)),
+                    Slot::Mch | Slot::Empty => None,
+                })
+                .collect();
+            bridge.devices = Some(below);
+        }
+    }
+    Some(info)
 }
 
 /// A function served by another emulator: see [`from_hierarchy`].

@@ -11,4 +11,4 @@ pub use crate::pci::port::PortFunction;
 pub use machine::{MachineType, PortCompat};
 pub use mch::Mch;
 pub use pcie_pci_bridge::{PciePciBridge, PciePciBridgeConfig};
-pub use root_port::{RootPort, RootPortConfig, RootPortModel};
+pub use root_port::{BridgeKind, RootPort, RootPortConfig, RootPortModel};

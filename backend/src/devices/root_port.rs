@@ -21,6 +21,7 @@ use crate::pci::port::{PciePort, PortFunction, PortLayout};
 use crate::topology::TopologyError;
 
 pub mod ioh3420;
+pub mod xio3130;
 
 /// The port's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_RP`, revision 0.
 pub const IDENTITY: Identity = Identity {
@@ -50,17 +51,66 @@ pub enum RootPortModel {
     PcieRootPort,
     /// `ioh3420` (8086:3420): MSI, no ACS, no reservations, 2.5 GT/s x1 ([`ioh3420`]).
     Ioh3420,
+    /// `x3130-upstream` (104c:8232): a switch's upstream port ([`xio3130`]), behind a root port
+    /// or a switch downstream port.
+    X3130Upstream,
+    /// `xio3130-downstream` (104c:8233): a switch's downstream port with a hot-plug slot
+    /// ([`xio3130`]), on an upstream port's secondary bus.
+    Xio3130Downstream,
+}
+
+/// What a port model is in a hierarchy (PCIe Base 6.0 §7.5.3.2 Device/Port Type), which decides
+/// where it sits and which devices its secondary bus forwards Type 0 cycles to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum BridgeKind {
+    /// A Root Port of the Root Complex, on the root bus.
+    RootPort,
+    /// A switch's Upstream Port: at device 0 below a root or downstream port; its secondary bus
+    /// is the switch's internal bus, holding its downstream ports at any device number.
+    SwitchUpstream,
+    /// A switch's Downstream Port, on an upstream port's secondary bus.
+    SwitchDownstream,
+}
+
+impl BridgeKind {
+    /// Does a Type 0 configuration cycle on the secondary bus reach device 0 only? True for
+    /// Downstream Ports, root ports included (PCIe Base 6.0 §7.3.1, §2.2.6.2); the internal bus
+    /// of a switch has every device number.
+    pub fn device0_only(self) -> bool {
+        self != BridgeKind::SwitchUpstream
+    }
+
+    /// Does the port have a slot (root and switch downstream ports)?
+    pub fn has_slot(self) -> bool {
+        self != BridgeKind::SwitchUpstream
+    }
 }
 
 impl RootPortModel {
     /// Every model, for parsers.
-    pub const ALL: [RootPortModel; 2] = [RootPortModel::PcieRootPort, RootPortModel::Ioh3420];
+    pub const ALL: [RootPortModel; 4] = [
+        RootPortModel::PcieRootPort,
+        RootPortModel::Ioh3420,
+        RootPortModel::X3130Upstream,
+        RootPortModel::Xio3130Downstream,
+    ];
 
     /// QEMU's driver name (`-device NAME`).
     pub fn driver(self) -> &'static str {
         match self {
             RootPortModel::PcieRootPort => "pcie-root-port",
             RootPortModel::Ioh3420 => "ioh3420",
+            RootPortModel::X3130Upstream => "x3130-upstream",
+            RootPortModel::Xio3130Downstream => "xio3130-downstream",
+        }
+    }
+
+    /// Where the model sits in a hierarchy.
+    pub fn kind(self) -> BridgeKind {
+        match self {
+            RootPortModel::PcieRootPort | RootPortModel::Ioh3420 => BridgeKind::RootPort,
+            RootPortModel::X3130Upstream => BridgeKind::SwitchUpstream,
+            RootPortModel::Xio3130Downstream => BridgeKind::SwitchDownstream,
         }
     }
 
@@ -190,9 +240,9 @@ impl RootPortConfig {
                 reason,
             })
         };
-        if self.model == RootPortModel::Ioh3420 {
-            // gen_rp_realize() alone has the reservation properties: QEMU's `ioh3420` refuses
-            // them as unknown.
+        if self.model != RootPortModel::PcieRootPort {
+            // gen_rp_realize() alone has the reservation properties: QEMU's `ioh3420` and
+            // switch ports refuse them as unknown.
             let given = [
                 ("bus-reserve", self.bus_reserve.is_some()),
                 ("io-reserve", self.io_reserve.is_some()),
@@ -320,9 +370,16 @@ impl RootPort {
     }
 
     fn build(config: RootPortConfig, compat: PortCompat) -> Result<Self, CapabilityError> {
-        if config.model == RootPortModel::Ioh3420 {
-            let port = ioh3420::build(&config, compat)?;
-            return Ok(RootPort { config, port });
+        match config.model {
+            RootPortModel::PcieRootPort => {}
+            RootPortModel::Ioh3420 => {
+                let port = ioh3420::build(&config, compat)?;
+                return Ok(RootPort { config, port });
+            }
+            RootPortModel::X3130Upstream | RootPortModel::Xio3130Downstream => {
+                let port = xio3130::build(&config, compat)?;
+                return Ok(RootPort { config, port });
+            }
         }
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
         init_port_header(&mut cs, IDENTITY, config.multifunction);
@@ -361,6 +418,11 @@ impl RootPort {
     /// The properties the port was built with.
     pub fn config(&self) -> &RootPortConfig {
         &self.config
+    }
+
+    /// What the port is in a hierarchy (root port, switch upstream or downstream port).
+    pub fn kind(&self) -> BridgeKind {
+        self.config.model.kind()
     }
 }
 

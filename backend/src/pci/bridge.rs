@@ -180,6 +180,18 @@ pub fn reset(cs: &mut ConfigSpace) {
     cs.set_word(BRIDGE_CONTROL, 0);
 }
 
+/// QEMU's `pci_bridge_reset()` without the root ports' `pci_bridge_disable_base_limit()`: the
+/// base and limit fields of the three windows zeroed (PCI-to-PCI Bridge 1.2 §3.2.5.6, §3.2.5.8
+/// and §3.2.5.9 leave their reset values to the implementation; QEMU's switch ports zero them).
+pub fn zero_base_limit(cs: &mut ConfigSpace) {
+    cs.clear_bits(IO_BASE, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(IO_LIMIT, 1, IO_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_BASE, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(MEMORY_LIMIT, 2, MEMORY_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_BASE, 2, PREF_RANGE_MASK.into());
+    cs.clear_bits(PREF_MEMORY_LIMIT, 2, PREF_RANGE_MASK.into());
+}
+
 /// The I/O window as QEMU decodes it (`pci_config_get_io_base()`): (base, limit).
 fn io_range(cs: &ConfigSpace) -> (u64, u64) {
     let part = |reg: u16, upper: u16| {

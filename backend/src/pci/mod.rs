@@ -43,6 +43,10 @@ bitflags::bitflags! {
         /// the slot (PCIe Base 6.0 §7.5.3.10 Slot Control Register; §6.7.1.8: removing power
         /// resets the functions in the slot). Not set when the same write detached the card.
         const SLOT_POWER_OFF = 1 << 8;
+        /// The function reset itself through Device Control Initiate Function Level Reset
+        /// (PCIe Base 6.0 §6.6.2, §7.5.3.4): a bridge's FLR resets what is below it too (QEMU's
+        /// `pcie_cap_flr_write_config()` -> `pci_device_reset()` resets its secondary bus).
+        const FUNCTION_LEVEL_RESET = 1 << 9;
     }
 }
 

@@ -2,8 +2,10 @@
 //! with a hot-plug slot, AER and optionally ACS, and QEMU 7.2's configuration-write pipeline for such ports
 //! (`rp_write_config()` in `hw/pci-bridge/pcie_root_port.c`: masks, `msix_write_config()`,
 //! `pcie_cap_slot_write_config()`, `pcie_aer_write_config()`, `pcie_aer_root_write_config()`)
-//! and their reset. Root ports build their capability layout and wrap this; switch downstream
-//! ports can reuse it, so hot-plug, AER and PME behaviour live once.
+//! and their reset. Root ports and switch ports (`devices::root_port::xio3130`) build their
+//! capability layout and wrap this, so hot-plug, AER and PME behaviour live once; what differs by
+//! port type (slot, Root Error registers, Function Level Reset) follows the PCI Express
+//! capability the model built.
 
 use std::collections::VecDeque;
 
@@ -193,6 +195,11 @@ impl PciePort {
     }
 
     fn set_intx(&mut self, level: bool) {
+        // A function without an Interrupt Pin (a switch port) has no INTx: QEMU's
+        // hotplug_event_notify() skips pci_set_irq() when pci_intx() is -1.
+        if self.space.byte(header::INTERRUPT_PIN) == 0 {
+            return;
+        }
         // PCI Local Bus 3.0 §6.2.2: with Interrupt Disable set the pin is not driven, but
         // Interrupt Status still shows the condition.
         let disabled = self.space.word(header::COMMAND) & header::COMMAND_INTX_DISABLE != 0;
@@ -278,6 +285,38 @@ impl PciePort {
 
     fn slot_status(&self) -> u16 {
         self.space.word(self.layout.exp + slot::SLTSTA)
+    }
+
+    /// Is the port a Root Port (PCI Express Capabilities Device/Port Type, PCIe Base 6.0
+    /// §7.5.3.2), with Root Control/Status and AER's Root Error registers?
+    fn is_root_port(&self) -> bool {
+        self.space.word(self.layout.exp + express::FLAGS) >> 4 & 0xf == express::TYPE_ROOT_PORT
+    }
+
+    /// Does the port implement a slot (PCI Express Capabilities Slot Implemented, PCIe Base 6.0
+    /// §7.5.3.2)? A switch's upstream port has none.
+    fn has_slot(&self) -> bool {
+        self.space.word(self.layout.exp + express::FLAGS) & express::FLAGS_SLOT != 0
+    }
+
+    /// Set Link Status Current Link Speed and Negotiated Link Width (bits 9:0) to those of the
+    /// link partner's `lnksta`, clamped to this port's Link Capabilities: QEMU's
+    /// `pcie_sync_bridge_lnk()` for a slot holding a function pcierc emulates (a switch's upstream
+    /// port), whose Link Status it can read.
+    pub fn sync_link(&mut self, lnksta: u16) {
+        let at = self.layout.exp + express::LNKSTA;
+        let cap = self.space.dword(self.layout.exp + express::LNKCAP);
+        let (max_width, max_speed) = ((cap >> 4 & 0x3f) as u16, (cap & 0xf) as u16);
+        let mut width = (lnksta >> 4 & 0x3f).min(max_width);
+        let mut speed = (lnksta & 0xf).min(max_speed);
+        if width == 0 {
+            width = 1;
+        }
+        if speed == 0 {
+            speed = 1;
+        }
+        let now = self.space.word(at) & !0x3ff;
+        self.space.set_word(at, now | width << 4 | speed);
     }
 
     /// Is a card present (Slot Status Presence Detect State, PCIe Base 6.0 §7.5.3.11)?
@@ -474,6 +513,24 @@ impl PciePort {
         Ok(self.queued())
     }
 
+    /// An error a port that is not a root port (a switch port) detected itself: recorded in its
+    /// AER capability and Device Status (PCIe Base 6.0 §7.8.4, §7.5.3.5); the message it sends
+    /// upstream (ERR_COR/ERR_NONFATAL/ERR_FATAL from `e.requester`), or `None` when masked. The
+    /// root port above receives it ([`PciePort::inject_error`] with `own` false).
+    pub fn record_error(&mut self, e: &AerError) -> Result<Option<AerError>, aer::InjectError> {
+        let Some(severity) = aer::record_own(&mut self.space, self.layout.aer, e)? else {
+            return Ok(None);
+        };
+        let bit: u16 = match severity {
+            ErrorSeverity::Correctable => 1,
+            ErrorSeverity::NonFatal => 2,
+            ErrorSeverity::Fatal => 4,
+        };
+        self.space
+            .set_bits(self.layout.exp + express::DEVSTA, 2, bit.into());
+        Ok(Some(AerError { severity, ..*e }))
+    }
+
     fn root_status(&self) -> u32 {
         self.space.dword(self.layout.exp + express::RTSTA)
     }
@@ -587,13 +644,19 @@ impl PciePort {
         if deassert {
             self.set_intx(false);
         }
-        // QEMU's rp_aer_vector_update().
-        let vector = self.aer_vector();
-        aer::root_set_vector(&mut self.space, aer, vector);
-        for s in self
-            .slot
-            .write_config(&mut self.space, exp, slot_regs, offset, width, value)
-        {
+        // QEMU's rp_aer_vector_update() (root ports only: a switch port has no Root Error
+        // Status).
+        if self.is_root_port() {
+            let vector = self.aer_vector();
+            aer::root_set_vector(&mut self.space, aer, vector);
+        }
+        let slot_signals = if self.has_slot() {
+            self.slot
+                .write_config(&mut self.space, exp, slot_regs, offset, width, value)
+        } else {
+            Vec::new()
+        };
+        for s in slot_signals {
             self.signal(s);
         }
         aer::write_config(&mut self.space, aer);
@@ -624,7 +687,25 @@ impl PciePort {
         } else {
             Effects::empty()
         };
-        watched.effects(&self.space, bar) | self.queued() | slot_written
+        // A port without a slot (a switch's upstream port) has no Slot Control to write.
+        let slot_written = if self.has_slot() {
+            slot_written
+        } else {
+            Effects::empty()
+        };
+        // PCIe Base 6.0 §7.5.3.4 Device Control Initiate Function Level Reset (writable only on
+        // a port with Function Level Reset Capability): the bit reads 0 and the function resets
+        // (QEMU's pcie_cap_flr_write_config()).
+        let devctl = exp + express::DEVCTL;
+        let flr = if self.space.word(devctl) & express::DEVCTL_BCR_FLR != 0 {
+            self.space
+                .clear_bits(devctl, 2, express::DEVCTL_BCR_FLR.into());
+            self.reset();
+            Effects::FUNCTION_LEVEL_RESET
+        } else {
+            Effects::empty()
+        };
+        watched.effects(&self.space, bar) | self.queued() | slot_written | flr
     }
 
     /// The MSI-X BAR when it decodes (none with MSI).
@@ -687,15 +768,24 @@ impl PciePort {
                 m.reset(&mut self.space);
             }
         }
-        aer::root_set_vector(&mut self.space, l.aer, aer_vector);
+        if self.is_root_port() {
+            aer::root_set_vector(&mut self.space, l.aer, aer_vector);
+        }
         express::reset_root_port(&mut self.space, l.exp);
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
-        self.slot.reset(&mut self.space, l.exp, l.slot, false);
+        if self.has_slot() {
+            self.slot.reset(&mut self.space, l.exp, l.slot, false);
+        }
         if let Some(acs) = l.acs {
             acs::reset(&mut self.space, acs);
         }
         aer::root_reset(&mut self.space, l.aer);
         bridge::reset(&mut self.space);
+        if !self.is_root_port() {
+            // A switch port's windows reset to zero, not disabled (QEMU's xio3130 reset hooks
+            // call pci_bridge_reset() alone).
+            bridge::zero_base_limit(&mut self.space);
+        }
     }
 
     /// The state for saving.
@@ -757,9 +847,9 @@ impl PciePort {
     }
 }
 
-/// A function model made of a [`PciePort`]: pcierc's root port now, a switch's downstream port
-/// later. A model gives its port ([`PortFunction::port`], [`PortFunction::port_mut`]) and the
-/// properties it was built with; the port's behaviour is the model's through the default methods
+/// A function model made of a [`PciePort`]: pcierc's root ports and switch ports. A model gives
+/// its port ([`PortFunction::port`], [`PortFunction::port_mut`]) and the properties it was built
+/// with; the port's behaviour is the model's through the default methods
 /// here, and its [`PciFunction`] implementation (configuration space, BARs, reset, state) is the
 /// one below, so no model forwards calls of its own.
 pub trait PortFunction: Send {

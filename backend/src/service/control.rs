@@ -215,12 +215,14 @@ impl ControlPlane {
         h.surprise_remove(id).map_err(control_error)
     }
 
-    /// Every root port's slot of `h` and the functions behind it.
+    /// Every slot of `h` (root and switch downstream ports) and the functions behind it.
     pub fn slots(&self, h: &Hierarchy) -> Vec<SlotInfo> {
         h.spec()
             .root_ports
             .iter()
             .zip(h.ports())
+            // Root and switch downstream ports have slots; a switch's upstream port has none.
+            .filter(|(_, port)| port.kind().has_slot())
             .map(|(spec, port)| SlotInfo {
                 port: spec.config.id.clone(),
                 chassis: spec.config.chassis,

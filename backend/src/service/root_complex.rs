@@ -126,6 +126,7 @@ impl RootComplex {
         for ev in self.hierarchy.take_events() {
             match ev {
                 HierarchyEvent::Interrupt {
+                    bus,
                     devfn,
                     interrupt:
                         Interrupt::Msi {
@@ -134,8 +135,13 @@ impl RootComplex {
                             data,
                         },
                 } => {
-                    // Frontends with an eventfd for this vector get a write, not a message.
-                    let by_fd = self.irqfds.signal(devfn, vector);
+                    // Frontends with an eventfd for this vector get a write, not a message
+                    // (eventfds are registered for root-bus functions).
+                    let by_fd = if bus == 0 {
+                        self.irqfds.signal(devfn, vector)
+                    } else {
+                        Vec::new()
+                    };
                     for c in &by_fd {
                         self.stats.notified(*c, "msi-eventfd");
                     }
@@ -143,11 +149,11 @@ impl RootComplex {
                         address,
                         data,
                         segment: self.hierarchy.spec().segment,
-                        bus: 0,
+                        bus,
                         devfn,
                     };
                     debug!(
-                        "MSI from 00:{:02x}.{}: {address:#x} <- {data:#x}",
+                        "MSI from {bus:02x}:{:02x}.{}: {address:#x} <- {data:#x}",
                         devfn >> 3,
                         devfn & 7
                     );
@@ -158,11 +164,13 @@ impl RootComplex {
                     );
                 }
                 HierarchyEvent::Interrupt {
+                    bus,
                     devfn,
                     interrupt: Interrupt::Intx { asserted },
                 } => {
                     let l = IntxLevel {
                         segment: self.hierarchy.spec().segment,
+                        bus,
                         devfn,
                         pin: 1,
                         level: u8::from(asserted),

@@ -85,19 +85,34 @@ pub enum TopologyError {
         /// The property.
         property: &'static str,
     },
-    /// A `[[root-port]]` whose `driver` is not a root port pcierc emulates.
-    #[error("{id}: '{driver}' is not a root port pcierc emulates (pcie-root-port, ioh3420)")]
+    /// A `[[root-port]]` or `[[switch-port]]` whose `driver` is not a port pcierc emulates.
+    #[error(
+        "{id}: '{driver}' is not a port pcierc emulates \
+         (pcie-root-port, ioh3420, x3130-upstream, xio3130-downstream)"
+    )]
     PortDriver {
         /// The port.
         id: String,
         /// The driver given.
         driver: String,
     },
-    /// A root port declared as a `[[device]]`.
-    #[error("{id}: declare root ports as [[root-port]]")]
+    /// A port pcierc emulates declared as a `[[device]]` (or hot-plugged).
+    #[error("{id}: declare ports as [[root-port]] or [[switch-port]] when pcierc starts")]
     PortAsDevice {
         /// The port.
         id: String,
+    },
+    /// A switch port or function placed where it cannot sit: an upstream port not at device 0
+    /// below a root or downstream port, a downstream port not on an upstream port's bus, a
+    /// function on a switch's internal bus, or a chain of parents that never reaches the root bus.
+    #[error("{id}: cannot sit on bus '{bus}': {reason}")]
+    Placement {
+        /// The port or function.
+        id: String,
+        /// The bus (parent id) given.
+        bus: String,
+        /// Why not.
+        reason: &'static str,
     },
     /// A root port on a bus other than the root bus.
     #[error("{id}: root ports sit on {ROOT_BUS}, not '{bus}'")]
@@ -227,8 +242,11 @@ pub enum TopologyError {
         /// The port that has them.
         other: String,
     },
-    /// A function on a bus that is neither the root bus nor a root port.
-    #[error("{id}: bus '{bus}' is neither {ROOT_BUS} nor a root port id")]
+    /// A function or switch port on a bus that is neither the root bus nor a port with a slot
+    /// (or no port at all).
+    #[error(
+        "{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port"
+    )]
     UnknownBus {
         /// The function.
         id: String,

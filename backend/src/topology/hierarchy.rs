@@ -1,6 +1,7 @@
-//! The hierarchy pcierc serves: the MCH, the root ports, and the functions other emulators own
-//! behind them. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the
-//! function models, applies their [`Effects`] and keeps the layout generation.
+//! The hierarchy pcierc serves: the MCH, the root ports, the PCI Express switches below them
+//! (upstream and downstream ports, a tree), and the functions other emulators own behind the
+//! ports. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the function
+//! models, applies their [`Effects`] and keeps the layout generation.
 
 use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status};
 
@@ -23,9 +24,12 @@ pub use routing::BusSet;
 /// inject them, and functions arriving or leaving to their owners (and the control socket).
 #[derive(Clone, Debug, PartialEq)]
 pub enum HierarchyEvent {
-    /// A function pcierc emulates on the root bus (a root port at `devfn`) raised an interrupt.
+    /// A port pcierc emulates (at `bus`, `devfn` now) raised an interrupt.
     Interrupt {
-        /// Devfn of the port on the root bus.
+        /// The bus the port sits on now: 0 for root ports, the parent's secondary bus for
+        /// switch ports.
+        bus: u8,
+        /// Devfn of the port on its bus.
         devfn: u8,
         /// The MSI-X message or INTx level.
         interrupt: Interrupt,
@@ -66,7 +70,7 @@ pub enum Slot {
     Empty,
     /// The host bridge.
     Mch,
-    /// Root port `n` (index into the spec's `root_ports`).
+    /// Port `n` (index into the spec's `root_ports`: a root port or a switch port).
     Port(u16),
     /// Endpoint `n` (index into the spec's `endpoints`), served by another emulator.
     Endpoint(u16),
@@ -90,12 +94,23 @@ pub struct Hierarchy {
     ports: Vec<RootPort>,
     /// Root bus: devfn -> slot.
     root: [Slot; 256],
-    /// Per port: function number -> endpoint index on the port's secondary bus (device 0 only).
-    below: Vec<[Option<u16>; 8]>,
-    /// Bus number -> the port whose secondary..=subordinate range holds it (0 = none, else index+1).
+    /// Per port: devfn on its secondary bus -> what sits there (switch ports pcierc emulates,
+    /// functions other emulators serve). Below a root or downstream port only device 0 is used.
+    children: Vec<[Slot; 256]>,
+    /// Per port: the index of the port it sits behind (`None` on the root bus).
+    parents: Vec<Option<u16>>,
+    /// The ports on the root bus, then per port the ports on its secondary bus, in topology
+    /// order (the tree `routing::update_bus_map` walks).
+    top_ports: Vec<usize>,
+    child_ports: Vec<Vec<usize>>,
+    /// Bus number -> the port that claims it (0 = none, else index+1): the deepest port whose
+    /// secondary..=subordinate range holds it among those the cycle reaches (see
+    /// `routing::update_bus_map`).
     bus_owner: [u16; 256],
     /// Per port: the (secondary, subordinate) bus numbers `bus_owner` was built from.
     port_buses: Vec<(u8, u8)>,
+    /// Per port: whether Bridge Control Secondary Bus Reset was held when `bus_owner` was built.
+    port_sbr: Vec<bool>,
     config_address: u32,
     generation: u64,
     /// Undelivered events, drained by [`Hierarchy::take_events`].
@@ -104,6 +119,9 @@ pub struct Hierarchy {
     /// [`Hierarchy::take_snapshot_changes`], and the buses whose routing may have.
     changed: Vec<bool>,
     dirty_buses: BusSet,
+    /// Buses whose owning port changed since the last [`Hierarchy::layout_delta`]: the
+    /// functions on them may have become (un)reachable without a write of their own.
+    owner_moved: BusSet,
     /// Decoding BARs of the functions pcierc emulates, sorted by base: (base, size, port, BAR).
     bar_map: Vec<(u64, u64, u16, u8)>,
     /// Some of them overlap (a guest's mistake): look up by scanning, lowest port first.
@@ -122,55 +140,191 @@ impl Hierarchy {
             .map(|p| RootPort::on_machine(p.config.clone(), spec.machine))
             .collect();
         let mut h = Hierarchy {
-            below: vec![[None; 8]; ports.len()],
+            children: Vec::new(),
+            parents: Vec::new(),
+            top_ports: Vec::new(),
+            child_ports: Vec::new(),
             spec,
             mch: Mch::new(),
             ports,
             root: [Slot::Empty; 256],
             bus_owner: [0; 256],
             port_buses: Vec::new(),
+            port_sbr: Vec::new(),
             config_address: 0,
             generation: 1,
             events: Vec::new(),
             changed: Vec::new(),
             dirty_buses: BusSet::ALL,
+            owner_moved: BusSet::default(),
             bar_map: Vec::new(),
             bars_overlap: false,
             described: DescribeCache::default(),
         };
         h.mark_all_changed();
         h.rebuild_slots();
-        // Functions declared in the topology are present from power-on: their slots are occupied.
-        for i in 0..h.ports.len() {
-            if h.below[i].iter().any(Option::is_some) {
-                h.ports[i].set_present();
-            }
-        }
+        // Functions and switches declared in the topology are present from power-on: their
+        // slots are occupied.
+        h.present_occupied(0..h.ports.len());
+        h.sync_links();
         h.rebuild_routing();
         Ok(h)
     }
 
-    /// Rebuild the root bus and below-port tables from the spec (after functions come or go).
+    /// Rebuild the root bus and per-port tables from the spec (after functions come or go).
     fn rebuild_slots(&mut self) {
         self.mark_all_changed();
         self.root = [Slot::Empty; 256];
         self.root[0] = Slot::Mch;
-        self.below = vec![[None; 8]; self.ports.len()];
+        let n = self.ports.len();
+        self.children = vec![[Slot::Empty; 256]; n];
+        let index = |id: &str| {
+            self.spec
+                .root_ports
+                .iter()
+                .position(|p| p.config.id == id)
+                .map(|i| i as u16)
+        };
+        self.parents = self
+            .spec
+            .root_ports
+            .iter()
+            .map(|p| (p.bus != ROOT_BUS).then(|| index(&p.bus)).flatten())
+            .collect();
+        self.top_ports = Vec::new();
+        self.child_ports = vec![Vec::new(); n];
+        for (i, parent) in self.parents.iter().enumerate() {
+            match parent.and_then(|up| self.child_ports.get_mut(usize::from(up))) {
+                Some(kids) => kids.push(i),
+                None => self.top_ports.push(i),
+            }
+        }
+        let place = |bus: &str| (bus != ROOT_BUS).then(|| index(bus)).flatten();
+        let mut placed: Vec<(Option<u16>, u8, Slot)> = Vec::new();
         for (i, p) in self.spec.root_ports.iter().enumerate() {
-            self.root[usize::from(p.addr.0)] = Slot::Port(i as u16);
+            placed.push((place(&p.bus), p.addr.0, Slot::Port(i as u16)));
         }
         for (i, e) in self.spec.endpoints.iter().enumerate() {
             if e.bus == ROOT_BUS {
-                self.root[usize::from(e.addr.0)] = Slot::Endpoint(i as u16);
-            } else if let Some(pi) = self
-                .spec
-                .root_ports
-                .iter()
-                .position(|p| p.config.id == e.bus)
-            {
-                self.below[pi][usize::from(e.addr.function())] = Some(i as u16);
+                placed.push((None, e.addr.0, Slot::Endpoint(i as u16)));
+            } else if let Some(pi) = place(&e.bus) {
+                placed.push((Some(pi), e.addr.0, Slot::Endpoint(i as u16)));
             }
         }
+        for (parent, devfn, slot) in placed {
+            let table = match parent {
+                None => &mut self.root,
+                Some(pi) => match self.children.get_mut(usize::from(pi)) {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            table[usize::from(devfn)] = slot;
+        }
+    }
+
+    /// Is something (a function another emulator serves, or a switch) in port `i`'s slot?
+    fn occupied(&self, i: usize) -> bool {
+        let has_slot = self.ports.get(i).is_some_and(|p| p.kind().has_slot());
+        has_slot
+            && self
+                .children
+                .get(i)
+                .is_some_and(|c| c[..8].iter().any(|s| *s != Slot::Empty))
+    }
+
+    /// Is a function another emulator serves in port `i`'s slot?
+    fn holds_endpoints(&self, i: usize) -> bool {
+        self.children
+            .get(i)
+            .is_some_and(|c| c[..8].iter().any(|s| matches!(s, Slot::Endpoint(_))))
+    }
+
+    /// Mark the slots of `ports` that hold something occupied from power-on (no event).
+    fn present_occupied(&mut self, ports: impl IntoIterator<Item = usize>) {
+        for i in ports {
+            if self.occupied(i) {
+                self.ports[i].set_present();
+            }
+        }
+    }
+
+    /// A port whose slot holds a switch's upstream port shows that link's speed and width in
+    /// its Link Status, as QEMU's `pcie_sync_bridge_lnk()` does on every read.
+    fn sync_links(&mut self) {
+        for i in 0..self.ports.len() {
+            let Some(Slot::Port(up)) = self.children.get(i).map(|c| c[0]) else {
+                continue;
+            };
+            let Some(partner) = self.ports.get(usize::from(up)) else {
+                continue;
+            };
+            let at = u16::from(crate::devices::root_port::xio3130::EXP_OFFSET)
+                + crate::pci::caps::express::LNKSTA;
+            let lnksta = partner.config_read(at, 2) as u16;
+            self.ports[i].port_mut().sync_link(lnksta);
+        }
+    }
+
+    /// The bus a port sits on now: 0, or its parent's secondary bus.
+    pub fn port_bus(&self, i: usize) -> u8 {
+        match self.parents.get(i).copied().flatten() {
+            Some(up) => self
+                .ports
+                .get(usize::from(up))
+                .map_or(0, |p| p.secondary_bus()),
+            None => 0,
+        }
+    }
+
+    /// What sits on port `i`'s secondary bus, by devfn: switch ports pcierc emulates and
+    /// functions other emulators serve.
+    pub fn children_of(&self, i: usize) -> impl Iterator<Item = (u8, Slot)> + '_ {
+        self.children
+            .get(i)
+            .into_iter()
+            .flat_map(|c| c.iter().enumerate())
+            .filter(|(_, s)| **s != Slot::Empty)
+            .map(|(devfn, s)| (devfn as u8, *s))
+    }
+
+    /// The index of the port port `i` sits behind, if it is a switch port.
+    pub fn port_parent(&self, i: usize) -> Option<usize> {
+        self.parents.get(i).copied().flatten().map(usize::from)
+    }
+
+    /// Every port below port `i` (its subtree, `i` excluded), parents before children.
+    pub fn ports_below(&self, i: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self.child_ports.get(i).cloned().unwrap_or_default();
+        let mut at = 0;
+        // Each port is some port's child once (the spec has no cycles), so this ends.
+        while at < out.len() && out.len() <= self.ports.len() {
+            let p = out[at];
+            at += 1;
+            out.extend(self.child_ports.get(p).into_iter().flatten().copied());
+        }
+        out
+    }
+
+    /// Does a configuration cycle for `bus` reach port `i`'s secondary bus (the port owns it and
+    /// it is its secondary bus)?
+    pub fn bus_claimed_by(&self, bus: u8, i: usize) -> bool {
+        bus != 0
+            && usize::from(self.bus_owner[usize::from(bus)]) == i + 1
+            && self.ports.get(i).is_some_and(|p| p.secondary_bus() == bus)
+    }
+
+    /// The root port above port `i` (`i` itself for a root port).
+    pub fn root_port_of(&self, i: usize) -> usize {
+        let mut at = i;
+        // The spec forbids cycles; the bound only guards against a broken one.
+        for _ in 0..=self.ports.len() {
+            match self.port_parent(at) {
+                Some(up) => at = up,
+                None => break,
+            }
+        }
+        at
     }
 
     /// The spec this hierarchy was built from.
@@ -222,11 +376,7 @@ impl Hierarchy {
             });
         }
         // Cards stay in their slots across a platform reset.
-        for i in 0..self.ports.len() {
-            if self.below[i].iter().any(Option::is_some) {
-                self.ports[i].set_present();
-            }
-        }
+        self.present_occupied(0..self.ports.len());
         self.config_address = 0;
         self.rebuild_routing();
         self.generation += 1;
@@ -243,9 +393,12 @@ impl Hierarchy {
     /// an unpowered function return all ones (`pci_host_config_read_common()`).
     pub fn route(&self, bus: u8, devfn: u8) -> Routed {
         let r = self.locate(bus, devfn);
-        if let (Routed::Remote(_), Some(port)) = (r, self.port_of_secondary(bus)) {
-            if !port.slot_powered() {
-                return Routed::Absent;
+        if r != Routed::Absent {
+            if let Some(port) = self.port_of_secondary(bus) {
+                // A switch in a powered-off slot is unpowered too (QEMU's has_power).
+                if port.kind().has_slot() && !port.slot_powered() {
+                    return Routed::Absent;
+                }
             }
         }
         r
@@ -272,21 +425,26 @@ impl Hierarchy {
             return Routed::Absent;
         }
         let port = usize::from(owner - 1);
-        if bus != self.ports[port].secondary_bus() {
-            // Buses below a switch behind the port belong to whoever emulates that switch.
-            return match self.below[port][0] {
-                Some(e) => Routed::Remote(e),
-                None => Routed::Absent,
+        let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
+            return Routed::Absent;
+        };
+        if bus != p.secondary_bus() {
+            // Buses below the port that no switch port pcierc emulates claims belong to
+            // whoever emulates the switch at device 0 behind it, if another emulator does.
+            return match children[0] {
+                Slot::Endpoint(e) => Routed::Remote(e),
+                _ => Routed::Absent,
             };
         }
-        let dev = DevFn(devfn);
-        if dev.device() != 0 {
-            // PCIe Base 6.0 §7.3.1: a Downstream Port forwards Type 0 cycles to Device 0 only.
+        if p.kind().device0_only() && DevFn(devfn).device() != 0 {
+            // PCIe Base 6.0 §7.3.1: a Downstream Port forwards Type 0 cycles to Device 0 only
+            // (a switch's internal bus, below its upstream port, has every device number).
             return Routed::Absent;
         }
-        match self.below[port][usize::from(dev.function())] {
-            Some(e) => Routed::Remote(e),
-            None => Routed::Absent,
+        match children[usize::from(devfn)] {
+            Slot::Endpoint(e) => Routed::Remote(e),
+            Slot::Empty | Slot::Mch => Routed::Absent,
+            s => Routed::Local(s),
         }
     }
 

@@ -7,7 +7,7 @@ use pcierc_protocol::{
     FunctionRecord, FunctionUpdate, LayoutDelta, RangeKind, Topology, NO_PARENT,
 };
 
-use super::hierarchy::{Hierarchy, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
+use super::hierarchy::{Hierarchy, Routed, Slot, CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::spec::{EndpointSpec, PCIERC_OWNER, ROOT_BUS};
 use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
@@ -111,6 +111,15 @@ impl Hierarchy {
         // The ports whose ranges changed: the first and the last.
         let mut moved: Option<(usize, usize)> = None;
         let mut stale_ports = Vec::new();
+        // A switch port's record (its bus, whether cycles reach it) and the endpoints below it
+        // follow every port above it: describe a stale port's whole subtree again.
+        for i in 0..self.ports().len() {
+            if cache.stale.get(1 + i) == Some(&true) {
+                for below in self.ports_below(i) {
+                    cache.mark(1 + below);
+                }
+            }
+        }
         for (i, stale) in cache.stale.iter_mut().enumerate() {
             if !std::mem::take(stale) {
                 continue;
@@ -241,21 +250,39 @@ impl Hierarchy {
         }
     }
 
-    /// Root port `i`'s record and ranges (BARs, then its I/O, memory and prefetchable
-    /// windows).
+    /// Port `i`'s record and ranges (BARs, then its I/O, memory and prefetchable windows).
+    /// Every port pcierc emulates is a `RootPort` record (kind 2: a PCI Express port with a
+    /// type 1 header); a switch port names the port it sits behind as `parent` and sits on
+    /// that port's secondary bus, `PRESENT` while configuration cycles reach it
+    /// (docs/protocol.md section 10). Record 1 + i is port i.
     fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
         let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
         let (v, d, c, mf) = identity(p);
+        let (bus, parent) = match self.port_parent(i) {
+            None => (0, NO_PARENT),
+            Some(up) => (self.port_bus(i), up as u16 + 1),
+        };
+        let reachable = parent == NO_PARENT
+            || matches!(
+                self.route(bus, ps.addr.0),
+                Routed::Local(Slot::Port(j)) if usize::from(j) == i
+            );
+        let present = if reachable {
+            function_flags::PRESENT
+        } else {
+            0
+        };
         let record = FunctionRecord {
+            bus,
             devfn: ps.addr.0,
             vendor_id: v,
             device_id: d,
             class_code: c,
             kind: FunctionKind::RootPort as u8,
-            flags: function_flags::PRESENT
-                | function_flags::EMULATED
+            flags: function_flags::EMULATED
+                | present
                 | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent: NO_PARENT,
+            parent,
             secondary_bus: p.secondary_bus(),
             subordinate_bus: p.subordinate_bus(),
             id: name(&ps.config.id),
@@ -268,6 +295,7 @@ impl Hierarchy {
                 size,
                 space: space as u8,
                 kind: kind as u8,
+                bus,
                 devfn: ps.addr.0,
                 bar,
                 ..Default::default()
@@ -316,7 +344,10 @@ impl Hierarchy {
             None => (0, true, NO_PARENT),
             Some(pi) => {
                 let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
-                (sec, sec != 0, pi as u16 + 1)
+                // Reachable: the cycle for its bus gets to the port it sits behind (through a
+                // switch, every port above must forward it).
+                let reachable = sec != 0 && self.bus_claimed_by(sec, pi);
+                (sec, reachable, pi as u16 + 1)
             }
         };
         FunctionRecord {
@@ -361,36 +392,15 @@ impl Hierarchy {
             .iter()
             .filter(|e| e.bus == ROOT_BUS)
             .collect();
-        let n = spec.root_ports.len() + root_eps.len();
-        for (i, (p, ps)) in self.ports().iter().zip(&spec.root_ports).enumerate() {
-            let last = i + 1 == n;
-            let (v, d, _, _) = identity(p);
-            let c = &ps.config;
-            let _ = writeln!(
-                out,
-                "{} 00:{} {:<13} [{v:04x}:{d:04x}] {} chassis {} slot {} port {:#x} (pcierc)",
-                if last { "└──" } else { "├──" },
-                ps.addr,
-                c.id,
-                c.model.driver(),
-                c.chassis,
-                c.slot,
-                c.port
-            );
-            for e in spec.endpoints.iter().filter(|e| e.bus == c.id) {
-                let _ = writeln!(
-                    out,
-                    "{}   └── {}  {:<13} {} (owner {})",
-                    if last { " " } else { "│" },
-                    e.addr,
-                    e.id,
-                    e.driver,
-                    e.owner
-                );
-            }
+        let tops: Vec<usize> = (0..self.ports().len())
+            .filter(|&i| self.port_parent(i).is_none())
+            .collect();
+        let n = tops.len() + root_eps.len();
+        for (k, &i) in tops.iter().enumerate() {
+            self.tree_port(&mut out, i, "", k + 1 == n, true);
         }
         for (i, e) in root_eps.iter().enumerate() {
-            let last = spec.root_ports.len() + i + 1 == n;
+            let last = tops.len() + i + 1 == n;
             let _ = writeln!(
                 out,
                 "{} 00:{} {:<13} {} (owner {})",
@@ -402,5 +412,57 @@ impl Hierarchy {
             );
         }
         out
+    }
+
+    /// Port `i` and what is below it, for [`Hierarchy::tree`].
+    fn tree_port(&self, out: &mut String, i: usize, indent: &str, last: bool, root: bool) {
+        let spec = self.spec();
+        let (Some(p), Some(ps)) = (self.ports().get(i), spec.root_ports.get(i)) else {
+            return;
+        };
+        let (v, d, _, _) = identity(p);
+        let c = &ps.config;
+        let place = if root {
+            format!("00:{}", ps.addr)
+        } else {
+            ps.addr.to_string()
+        };
+        let slot = if c.model.kind().has_slot() {
+            format!(" chassis {} slot {}", c.chassis, c.slot)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} {place} {:<13} [{v:04x}:{d:04x}] {}{slot} port {:#x} (pcierc)",
+            if last { "└──" } else { "├──" },
+            c.id,
+            c.model.driver(),
+            c.port
+        );
+        let inner = format!("{indent}{}   ", if last { " " } else { "│" });
+        let kids: Vec<usize> = (0..self.ports().len())
+            .filter(|&j| self.port_parent(j) == Some(i))
+            .collect();
+        let eps: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.bus == c.id).collect();
+        let n = kids.len() + eps.len();
+        for (k, &j) in kids.iter().enumerate() {
+            self.tree_port(out, j, &inner, k + 1 == n, false);
+        }
+        for (k, e) in eps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{inner}{} {}  {:<13} {} (owner {})",
+                if kids.len() + k + 1 == n {
+                    "└──"
+                } else {
+                    "├──"
+                },
+                e.addr,
+                e.id,
+                e.driver,
+                e.owner
+            );
+        }
     }
 }

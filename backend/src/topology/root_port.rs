@@ -57,6 +57,35 @@ const GENERIC_ROOT_PORT_ONLY: [&str; 8] = [
     "x-width",
 ];
 
+/// The properties of root ports that QEMU 7.2's switch ports lack (`-device x3130-upstream,help`,
+/// `-device xio3130-downstream,help`): `rp_props` (`disable-acs`) and [`GENERIC_ROOT_PORT_ONLY`].
+const ROOT_PORT_ONLY: [&str; 1] = ["disable-acs"];
+
+/// The slot properties (`pcie_slot_props`) the upstream port, which has no slot, lacks.
+const SLOT_ONLY: [&str; 5] = [
+    "chassis",
+    "slot",
+    "hotplug",
+    "power_controller_present",
+    "x-native-hotplug",
+];
+
+/// Does QEMU 7.2's device `model` have property `key` (one of [`PROPERTIES`])?
+pub fn model_has(model: RootPortModel, key: &str) -> bool {
+    match model {
+        RootPortModel::PcieRootPort => true,
+        RootPortModel::Ioh3420 => !GENERIC_ROOT_PORT_ONLY.contains(&key),
+        RootPortModel::Xio3130Downstream => {
+            !GENERIC_ROOT_PORT_ONLY.contains(&key) && !ROOT_PORT_ONLY.contains(&key)
+        }
+        RootPortModel::X3130Upstream => {
+            !GENERIC_ROOT_PORT_ONLY.contains(&key)
+                && !ROOT_PORT_ONLY.contains(&key)
+                && !SLOT_ONLY.contains(&key)
+        }
+    }
+}
+
 /// A property name from [`PROPERTIES`], as a topology file key: any other name fails while the
 /// file is parsed (with its line and column).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,7 +162,7 @@ fn size(id: &str, property: &'static str, value: &str) -> Result<u64> {
 /// [`RootPortConfig::validate`].
 pub fn set_property(cfg: &mut RootPortConfig, key: &str, value: &str) -> Result<()> {
     let id = cfg.id.clone();
-    if cfg.model == RootPortModel::Ioh3420 && GENERIC_ROOT_PORT_ONLY.contains(&key) {
+    if PROPERTIES.contains(&key) && !model_has(cfg.model, key) {
         return Err(TopologyError::UnknownProperty {
             id,
             key: key.to_string(),

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
-use crate::devices::{MachineType, RootPortConfig, RootPortModel};
+use crate::devices::{BridgeKind, MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
 
@@ -21,12 +21,16 @@ pub const PCIERC_OWNER: &str = "pcierc";
 /// The embedded default topology (MCH + four root ports `rp1`-`rp4` at 00:02.0-00:02.3).
 pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
 
-/// A root port and where it sits on the root bus.
+/// A port pcierc emulates (a root port, or a switch's upstream or downstream port) and where it
+/// sits: on the root bus, or on the secondary bus of the port `bus` names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PortSpec {
-    /// Device/function on the root bus.
+    /// Device/function on its bus.
     pub addr: DevFn,
-    /// The QEMU `pcie-root-port` (or `ioh3420`) properties.
+    /// `pcie.0` for root ports; the id of the parent port for switch ports (QEMU's `bus=`).
+    pub bus: String,
+    /// The QEMU device's properties (`pcie-root-port`, `ioh3420`, `x3130-upstream`,
+    /// `xio3130-downstream`).
     pub config: RootPortConfig,
 }
 
@@ -37,7 +41,7 @@ pub struct EndpointSpec {
     pub id: String,
     /// The QEMU driver name the owner uses (informational).
     pub driver: String,
-    /// `pcie.0` or the id of the root port it sits behind.
+    /// `pcie.0` or the id of the root or switch downstream port it sits behind.
     pub bus: String,
     /// Device/function on that bus.
     pub addr: DevFn,
@@ -57,7 +61,8 @@ pub struct TopologySpec {
     pub segment: u16,
     /// The emulator that serves functions declared without an `owner`.
     pub default_owner: String,
-    /// Root ports, in declaration order.
+    /// The ports pcierc emulates, in declaration order: root ports, then switch ports (a tree:
+    /// each switch port's `bus` names its parent).
     pub root_ports: Vec<PortSpec>,
     /// Functions served by other emulators.
     pub endpoints: Vec<EndpointSpec>,
@@ -72,11 +77,15 @@ struct FileRepr {
     #[serde(default)]
     root_port: Vec<PortRepr>,
     #[serde(default)]
+    switch_port: Vec<PortRepr>,
+    #[serde(default)]
     device: Vec<DeviceRepr>,
 }
 
-/// A `[[root-port]]` table: `id`, `addr`, optional `bus` and `driver` (`pcie-root-port`, the
-/// default, or `ioh3420`), then any property of that QEMU device by QEMU's name. Names QEMU does not list fail while parsing, with their line and column.
+/// A `[[root-port]]` or `[[switch-port]]` table: `id`, `addr`, optional `bus` and `driver`
+/// (`pcie-root-port`, the default, `ioh3420`, `x3130-upstream` or `xio3130-downstream`), then
+/// any property of that QEMU device by QEMU's name. Names QEMU does not list fail while parsing,
+/// with their line and column.
 #[derive(Deserialize, Debug, Default)]
 #[serde(transparent)]
 struct PortRepr(BTreeMap<root_port::PropertyName, toml::Value>);
@@ -92,26 +101,46 @@ struct DeviceRepr {
     multifunction: Option<bool>,
 }
 
-/// Build a port from its placement and QEMU-syntax properties.
+/// Build a port from its placement and QEMU-syntax properties. Root ports sit on the root bus
+/// at `addr` (required); a switch port names its parent port in `bus` (required) and without
+/// `addr` takes device 0 (see [`TopologySpec::place`]).
 fn port_spec(
     id: String,
     model: RootPortModel,
-    addr: &str,
+    addr: Option<&str>,
     bus: Option<&str>,
     props: &[(String, String)],
 ) -> Result<PortSpec> {
-    if let Some(bus) = bus {
-        if bus != ROOT_BUS {
+    let root = model.kind() == BridgeKind::RootPort;
+    let bus = match bus {
+        Some(bus) if root && bus != ROOT_BUS => {
             return Err(TopologyError::PortBus {
                 id,
                 bus: bus.to_string(),
-            });
+            })
         }
-    }
-    let addr = parse_devfn(addr).map_err(|source| TopologyError::Address {
-        id: id.clone(),
-        source,
-    })?;
+        Some(bus) => bus.to_string(),
+        None if root => ROOT_BUS.to_string(),
+        None => {
+            return Err(TopologyError::MissingProperty {
+                id,
+                property: "bus",
+            })
+        }
+    };
+    let addr = match addr {
+        Some(a) => Some(parse_devfn(a).map_err(|source| TopologyError::Address {
+            id: id.clone(),
+            source,
+        })?),
+        None if root => {
+            return Err(TopologyError::MissingProperty {
+                id,
+                property: "addr",
+            })
+        }
+        None => None,
+    };
     let mut config = RootPortConfig {
         id,
         model,
@@ -120,8 +149,17 @@ fn port_spec(
     for (k, v) in props {
         root_port::set_property(&mut config, k, v)?;
     }
-    Ok(PortSpec { addr, config })
+    Ok(PortSpec {
+        // Unplaced switch ports get their device number from TopologySpec::place().
+        addr: addr.unwrap_or(DevFn(AUTO_ADDR)),
+        bus,
+        config,
+    })
 }
+
+/// A switch port's `addr` before [`TopologySpec::place`] picks one (not a valid devfn on a
+/// switch's bus once placed: 0xff is device 31 function 7, which auto-placement never picks).
+const AUTO_ADDR: u8 = 0xff;
 
 impl PortRepr {
     fn into_spec(self) -> Result<PortSpec> {
@@ -139,12 +177,7 @@ impl PortRepr {
                 message: "a [[root-port]] without id".into(),
             });
         };
-        let Some(addr) = text("addr")? else {
-            return Err(TopologyError::MissingProperty {
-                id,
-                property: "addr",
-            });
-        };
+        let addr = text("addr")?;
         let bus = text("bus")?;
         let model = match text("driver")? {
             None => RootPortModel::default(),
@@ -159,7 +192,7 @@ impl PortRepr {
             .filter(|(k, _)| !["id", "addr", "bus", "driver"].contains(&k.as_str()))
             .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
             .collect::<Result<Vec<_>>>()?;
-        port_spec(id, model, &addr, bus.as_deref(), &props)
+        port_spec(id, model, addr.as_deref(), bus.as_deref(), &props)
     }
 }
 
@@ -193,8 +226,9 @@ impl TopologySpec {
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
             ..Self::empty()
         };
-        for p in repr.root_port {
-            spec.root_ports.push(p.into_spec()?);
+        for p in repr.root_port.into_iter().chain(repr.switch_port) {
+            let p = p.into_spec()?;
+            spec.push_port(p);
         }
         for d in repr.device {
             spec.push_device(d)?;
@@ -257,19 +291,13 @@ impl TopologySpec {
         };
         if let Some(model) = RootPortModel::from_driver(&driver) {
             let field = |name: &str| kv.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-            let Some(addr) = field("addr") else {
-                return Err(TopologyError::MissingProperty {
-                    id,
-                    property: "addr",
-                });
-            };
             let props: Vec<(String, String)> = kv
                 .iter()
                 .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
                 .cloned()
                 .collect();
-            let port = port_spec(id.clone(), model, addr, field("bus"), &props)?;
-            self.root_ports.push(port);
+            let port = port_spec(id.clone(), model, field("addr"), field("bus"), &props)?;
+            self.push_port(port);
         } else {
             let mut d = DeviceRepr {
                 driver: driver.clone(),
@@ -289,6 +317,34 @@ impl TopologySpec {
             self.push_device(d)?;
         }
         self.validate()
+    }
+
+    /// Add a port; a switch port given without `addr` takes the lowest device number no port or
+    /// function on its bus uses yet, as QEMU's automatic slot assignment does.
+    fn push_port(&mut self, mut p: PortSpec) {
+        if p.addr == DevFn(AUTO_ADDR) {
+            let used = |dev: u8| {
+                self.root_ports
+                    .iter()
+                    .filter(|q| q.bus == p.bus)
+                    .map(|q| q.addr)
+                    .chain(
+                        self.endpoints
+                            .iter()
+                            .filter(|e| e.bus == p.bus)
+                            .map(|e| e.addr),
+                    )
+                    .any(|a| a.device() == dev)
+            };
+            let dev = (0..32u8).find(|&d| !used(d)).unwrap_or(0);
+            p.addr = DevFn(dev << 3);
+        }
+        self.root_ports.push(p);
+    }
+
+    /// The port with this id.
+    pub fn port(&self, id: &str) -> Option<&PortSpec> {
+        self.root_ports.iter().find(|p| p.config.id == id)
     }
 
     fn push_device(&mut self, d: DeviceRepr) -> Result<()> {
@@ -358,16 +414,22 @@ impl TopologySpec {
                     index,
                 });
             }
-            if p.addr == DevFn(0) {
+            self.check_placement(p)?;
+            if p.bus == ROOT_BUS && p.addr == DevFn(0) {
                 return Err(E::HostBridgeAddress { id: id.to_string() });
             }
-            if let Some((other, _)) = slots.insert((ROOT_BUS, p.addr), (id, p.config.multifunction))
+            if let Some((other, _)) =
+                slots.insert((p.bus.as_str(), p.addr), (id, p.config.multifunction))
             {
                 return Err(E::PortAddressInUse {
                     id: id.to_string(),
                     addr: p.addr,
                     other: other.to_string(),
                 });
+            }
+            // pcie_chassis_add_slot(): (chassis, slot) is unique among the ports with a slot.
+            if !p.config.model.kind().has_slot() {
+                continue;
             }
             let cs = (p.config.chassis, p.config.slot);
             if let Some(other) = chassis_slots.insert(cs, id) {
@@ -379,9 +441,11 @@ impl TopologySpec {
                 });
             }
         }
+        // Functions sit behind ports with a slot (root and switch downstream ports).
         let ports: HashSet<&str> = self
             .root_ports
             .iter()
+            .filter(|p| p.config.model.kind().has_slot())
             .map(|p| p.config.id.as_str())
             .collect();
         for e in &self.endpoints {
@@ -444,6 +508,59 @@ impl TopologySpec {
             }
         }
         Ok(())
+    }
+}
+
+impl TopologySpec {
+    /// Where a port may sit (PCIe Base 6.0 §1.3.3, §7.3.1): a root port on the root bus; a
+    /// switch's upstream port at device 0 below a root or switch downstream port; a downstream
+    /// port on an upstream port's (internal) bus; and the chain of parents reaches the root bus.
+    fn check_placement(&self, p: &PortSpec) -> Result<()> {
+        let refuse = |reason| {
+            Err(TopologyError::Placement {
+                id: p.config.id.clone(),
+                bus: p.bus.clone(),
+                reason,
+            })
+        };
+        let kind = p.config.model.kind();
+        if kind == BridgeKind::RootPort {
+            return Ok(());
+        }
+        if p.bus == ROOT_BUS {
+            return refuse("a switch port sits below a root port or another switch's port");
+        }
+        let Some(parent) = self.port(&p.bus) else {
+            return Err(TopologyError::UnknownBus {
+                id: p.config.id.clone(),
+                bus: p.bus.clone(),
+            });
+        };
+        let parent_kind = parent.config.model.kind();
+        match kind {
+            BridgeKind::SwitchUpstream if parent_kind == BridgeKind::SwitchUpstream => {
+                return refuse("an upstream port sits below a root or downstream port");
+            }
+            BridgeKind::SwitchUpstream if p.addr.device() != 0 => {
+                return refuse("below a downstream port only device 0 exists");
+            }
+            BridgeKind::SwitchDownstream if parent_kind != BridgeKind::SwitchUpstream => {
+                return refuse("a downstream port sits on a switch upstream port's bus");
+            }
+            _ => {}
+        }
+        // No cycles: the parents lead to the root bus within as many steps as there are ports.
+        let mut at = p;
+        for _ in 0..=self.root_ports.len() {
+            if at.bus == ROOT_BUS {
+                return Ok(());
+            }
+            match self.port(&at.bus) {
+                Some(up) => at = up,
+                None => break,
+            }
+        }
+        refuse("its parents never reach the root bus (a cycle)")
     }
 }
 

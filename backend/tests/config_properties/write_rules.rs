@@ -46,7 +46,11 @@ proptest! {
         let exp = find_capability(&port, 0x10).map_or(0, u32::from);
         let msix = find_capability(&port, 0x11).map_or(0, u32::from);
         let msi = find_capability(&port, 0x05).map_or(0, u32::from);
-        let hooked = [(msix + 2, 2), (msi + 2, 2), (exp + 0x18, 0x0c)];
+        // A switch port's Device Control (exp + 8) has Initiate Function Level Reset, which
+        // resets the port (PCIe Base 6.0 §7.5.3.4): a hook too.
+        let flr = port.config_read(exp as u16 + 4, 4) & express::DEVCAP_FLR != 0;
+        let devctl = if flr { (exp + 0x08, 2) } else { (0, 0) };
+        let hooked = [(msix + 2, 2), (msi + 2, 2), (exp + 0x18, 0x0c), devctl];
         check_writes(&mut port, 0x1000, &hooked, &writes)?;
     }
 

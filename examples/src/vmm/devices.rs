@@ -308,6 +308,28 @@ impl OwnDevices {
         };
     }
 
+    /// Where INTA of the function at device 0 below `port` arrives on the root bus: (segment,
+    /// devfn of the root port, pin). Each bridge on the way up maps pin `p` of device `d` below
+    /// it to pin `(p - 1 + d) mod 4 + 1` of its own slot (PCI-to-PCI Bridge 1.2 §9.1), so through
+    /// a switch the downstream port's device number on the switch's internal bus counts; below a
+    /// root port INTA stays INTA, as before. `None` if `port` is not a port in the topology.
+    pub fn intx_route(&self, port: PortAddress) -> Option<(u16, u8, u8)> {
+        let t = &self.topology;
+        let mut at = t.functions.iter().find(|f| {
+            f.kind == FunctionKind::RootPort as u8 && (f.segment, f.bus, f.devfn) == port
+        })?;
+        let mut pin = 1u8;
+        // Bounded by the number of records: a parent chain longer than that is a cycle.
+        for _ in 0..t.functions.len() {
+            if at.parent == pcierc_protocol::NO_PARENT {
+                return Some((at.segment, at.devfn, pin));
+            }
+            pin = (pin - 1 + (at.devfn >> 3)) % 4 + 1;
+            at = t.functions.get(usize::from(at.parent))?;
+        }
+        None
+    }
+
     /// The endpoint at (segment, bus, devfn), if this VMM serves one there now.
     pub fn at(&mut self, segment: u16, bus: u8, devfn: u8) -> Option<&mut OwnedEndpoint> {
         self.devices.values_mut().find(|ep| {
@@ -601,5 +623,26 @@ mod tests {
         );
         assert_eq!(d.add(&rec), None, "already served");
         assert_eq!((d.stats.added, d.stats.removed), (2, 1));
+    }
+
+    /// INTA of an endpoint below a switch arrives at the root port swizzled by each bridge on
+    /// the way up (PCI-to-PCI Bridge 1.2 §9.1): below dp2 at device 1 of the switch's internal
+    /// bus, INTA becomes INTB at the upstream port and stays INTB through rp1 (device 0).
+    #[test]
+    fn intx_is_swizzled_through_a_switch() {
+        let mut t = topology(None, 1);
+        let port = |id, bus, devfn, parent| {
+            let mut r = record(id, "pcierc", FunctionKind::RootPort, bus, devfn, parent);
+            r.flags |= function_flags::EMULATED;
+            r
+        };
+        t.functions.push(port("up1", 1, 0, 1)); // 4
+        t.functions.push(port("dp1", 2, 0, 4)); // 5
+        t.functions.push(port("dp2", 2, 8, 4)); // 6
+        let d = OwnDevices::new("vmm", t);
+        assert_eq!(d.intx_route((0, 0, 0x10)), Some((0, 0x10, 1)), "root port");
+        assert_eq!(d.intx_route((0, 2, 0)), Some((0, 0x10, 1)), "dp1: device 0");
+        assert_eq!(d.intx_route((0, 2, 8)), Some((0, 0x10, 2)), "dp2: device 1");
+        assert_eq!(d.intx_route((0, 9, 0)), None);
     }
 }

@@ -145,10 +145,13 @@ impl Machine {
             log::debug!("{lost} interrupt message(s) of an endpoint lost");
             self.devices().stats.lost += lost;
         }
-        if let (Some(level), Some((segment, bus, devfn))) = (fx.intx, port) {
+        if let (Some(level), Some(port)) = (fx.intx, port) {
             // INTA of device 0 below the port reaches the port's slot as INTA (PCI-to-PCI
-            // Bridge 1.2 §9.1: pin (device + pin) mod 4) and the port forwards it upstream.
-            self.endpoint_intx((segment, bus, devfn), level)?;
+            // Bridge 1.2 §9.1: pin (device + pin) mod 4); through a switch each bridge above
+            // swizzles it again, up to the root port on the root bus.
+            if let Some((segment, devfn, pin)) = self.devices().intx_route(port) {
+                self.endpoint_intx((segment, 0, devfn), pin, level)?;
+            }
         }
         Ok(())
     }

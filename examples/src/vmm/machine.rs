@@ -378,11 +378,17 @@ impl Machine {
         self.set_line(gsi, line)
     }
 
-    /// INTA of the VMM's endpoint below the root port at `port` (segment, bus, devfn): the
-    /// port's slot's INTA line. Keyed apart from the port's own INTA (pin 0x81).
-    pub(super) fn endpoint_intx(&self, port: (u16, u8, u8), level: bool) -> Result<(), Error> {
-        let gsi = irq::intx_gsi(port.2, 1);
-        self.intx_source(gsi, (port.0, port.1, port.2, 0x81), level)
+    /// INTA of the VMM's endpoint arriving at the root port `port` (segment, bus, devfn) as
+    /// `pin` (1 = INTA; another pin through a switch, see `Devices::intx_route`): that line of
+    /// the port's slot. Keyed apart from the port's own INTA (pin 0x80 | pin).
+    pub(super) fn endpoint_intx(
+        &self,
+        port: (u16, u8, u8),
+        pin: u8,
+        level: bool,
+    ) -> Result<(), Error> {
+        let gsi = irq::intx_gsi(port.2, pin);
+        self.intx_source(gsi, (port.0, port.1, port.2, 0x80 | pin), level)
     }
 
     /// Every INTx source deasserted and every line lowered (a platform reset).

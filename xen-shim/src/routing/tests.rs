@@ -111,3 +111,39 @@ fn extension_plan_and_config_ports() {
     )));
     assert_eq!(p.mmcfg.map(|w| w.base), Some(0xb000_0000));
 }
+
+/// A switch behind a root port: its ports are pcierc's port records on the buses they sit on
+/// (`parent` set), mapped to the shim by SBDF and ECAM slice while present; the function behind
+/// a downstream port goes to its emulator at its bus. A switch port the guest cannot reach yet
+/// (its parent's bus unnumbered) is not mapped.
+#[test]
+fn switch_ports_behind_a_root_port_are_routed_to_the_shim() {
+    let mut t = layout();
+    let mut up1 = f(1, 0, PCIERC_OWNER, true);
+    up1.parent = 1;
+    let mut dp1 = f(2, 0, PCIERC_OWNER, true);
+    dp1.parent = 5;
+    let mut dp2 = f(2, 8, PCIERC_OWNER, false);
+    dp2.parent = 5;
+    let mut net = f(3, 0, "qemu", true);
+    net.parent = 6;
+    // Replace the endpoint at 01:00.0 by the switch.
+    t.functions.remove(2);
+    t.functions.insert(2, f(9, 0, "qemu", false));
+    t.functions.extend([up1, dp1, dp2, net]);
+    t.validate().expect("a valid layout for version-1 peers");
+    let p = plan(&t, &cfg(EcamRouting::ShimDecodes));
+    for (bus, devfn) in [(1, 0), (2, 0)] {
+        assert!(
+            p.ranges.contains(&(1, pci(bus, devfn))),
+            "{bus:02x}:{devfn:02x}"
+        );
+        let slice = 0xb000_0000 + (u64::from(bus) << 20) + (u64::from(devfn) << 12);
+        assert!(
+            p.ranges.contains(&(1, mem(slice, 0x1000))),
+            "ECAM {slice:#x}"
+        );
+    }
+    assert!(!p.ranges.contains(&(1, pci(2, 8))), "dp2 not reachable");
+    assert!(p.ranges.contains(&(0, pci(3, 0))), "net behind dp1 to qemu");
+}

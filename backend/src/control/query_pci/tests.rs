@@ -281,3 +281,39 @@ fn io_64bit_and_rom_regions_decode_as_qemu() {
         "I/O decode off, ROM enabled"
     );
 }
+
+const SWITCH: &str = include_str!("../../../../tests/qmp/fixtures/qemu-7.2-query-pci-switch.json");
+
+/// QEMU's `query-pci` with a switch behind rp1 (tests/qmp/capture_qemu_fixtures.py's SWITCH,
+/// numbered as its SWITCH_NUMBERS): up1 nested in rp1, dp1 and dp2 in up1, net1 in dp1, each
+/// port decoded as QEMU decodes it; net1 (another emulator's) with what pcierc knows of it.
+#[test]
+fn a_switch_nests_as_qemus() {
+    let mut h = hierarchy(&[
+        "x3130-upstream,id=up1,bus=rp1",
+        "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=1",
+        "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=2",
+        "e1000e,id=net1,bus=dp1",
+    ]);
+    for (bus, devfn, val) in [
+        (0, rp1(), 0x0004_0100),
+        (1, 0, 0x0004_0201),
+        (2, 0, 0x0003_0302),
+        (2, 8, 0x0004_0402),
+    ] {
+        h.config_write(bus, devfn, 0x18, 4, val).unwrap();
+    }
+    let mut got = query_pci(&h);
+    let mut want = fixture(SWITCH, &[0, 2]);
+    let path = |v: &mut Value| -> Value {
+        let dp1 = &mut v[0]["devices"][1]["pci_bridge"]["devices"][0]["pci_bridge"]["devices"][0];
+        let devices = dp1["pci_bridge"]["devices"].as_array_mut().unwrap();
+        devices.remove(0)
+    };
+    let got_net1 = path(&mut got);
+    let want_net1 = path(&mut want);
+    assert_eq!(got, want, "ports nested as QEMU nests them");
+    for k in ["bus", "slot", "function", "qdev_id"] {
+        assert_eq!(got_net1[k], want_net1[k], "{k}");
+    }
+}

@@ -121,7 +121,8 @@ pub fn init_root_port(
 }
 
 /// Add AER at `offset` as QEMU's `pcie_aer_init()` alone, for a function that is not a root
-/// port (`pcie-pci-bridge`): the Root Error registers stay read-only zero.
+/// port (a switch port, `pcie-pci-bridge`): [`init_root_port`] without the Root Error
+/// registers, which stay read-only zero.
 pub fn init(
     cs: &mut ConfigSpace,
     offset: u16,
@@ -247,10 +248,10 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
     let correctable = e.severity == ErrorSeverity::Correctable;
     let (status, requester, header_log) = (e.status, e.requester, e.header_log);
     let fatal_hint = e.severity == ErrorSeverity::Fatal;
-    let (supported, status_reg, mask_reg) = if correctable {
-        (COR_SUPPORTED, COR_STATUS, COR_MASK)
+    let supported = if correctable {
+        COR_SUPPORTED
     } else {
-        (UNC_SUPPORTED, UNCOR_STATUS, UNCOR_MASK)
+        UNC_SUPPORTED
     };
     let bits = status & supported;
     if bits == 0 {
@@ -258,24 +259,10 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
     }
     let mut fatal = fatal_hint;
     if own {
-        let had_uncorrectable = cs.dword(at + UNCOR_STATUS) != 0;
-        cs.set_bits(at + status_reg, 4, bits.into());
-        let unmasked = bits & !cs.dword(at + mask_reg);
-        if unmasked == 0 {
-            return Ok(false);
-        }
-        if !correctable {
-            // §7.8.4.4: the severity register decides for the port's own errors.
-            fatal = unmasked & cs.dword(at + UNCOR_SEVER) != 0;
-            if !had_uncorrectable {
-                // §7.8.4.7 First Error Pointer, §7.8.4.8 Header Log.
-                let first = unmasked.trailing_zeros();
-                let cap = cs.dword(at + CAP) & !CAP_FEP_MASK;
-                cs.set_dword(at + CAP, cap | first);
-                for (i, dw) in header_log.iter().enumerate() {
-                    cs.set_dword(at + HEADER_LOG + 4 * i as u16, *dw);
-                }
-            }
+        // §7.8.4.4: for the port's own errors the severity register decides.
+        match record(cs, at, bits, correctable, &header_log) {
+            Some(f) => fatal = f,
+            None => return Ok(false),
         }
     }
     // §7.8.4.10 Root Error Status and §7.8.4.11 Error Source Identification.
@@ -307,6 +294,71 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
     cs.set_dword(at + ROOT_STATUS, rs);
     cs.set_dword(at + ROOT_ERR_SRC, src);
     Ok(true)
+}
+
+/// Record an error the function detected itself in its AER capability at `at` (PCIe Base 6.0
+/// §6.2.3.2, §7.8.4): `bits` (already restricted to the supported ones) set in the Correctable
+/// or Uncorrectable Error Status; for an unmasked uncorrectable error the severity register
+/// decides fatal or not (§7.8.4.4) and, if it is the first, the First Error Pointer and the
+/// Header Log take it (§7.8.4.7, §7.8.4.8). `None` when every bit is masked (recorded, not
+/// reported); else whether the message to send is ERR_FATAL.
+fn record(
+    cs: &mut ConfigSpace,
+    at: u16,
+    bits: u32,
+    correctable: bool,
+    header_log: &[u32; 4],
+) -> Option<bool> {
+    let (status_reg, mask_reg) = if correctable {
+        (COR_STATUS, COR_MASK)
+    } else {
+        (UNCOR_STATUS, UNCOR_MASK)
+    };
+    let had_uncorrectable = cs.dword(at + UNCOR_STATUS) != 0;
+    cs.set_bits(at + status_reg, 4, bits.into());
+    let unmasked = bits & !cs.dword(at + mask_reg);
+    if unmasked == 0 {
+        return None;
+    }
+    if correctable {
+        return Some(false);
+    }
+    if !had_uncorrectable {
+        let first = unmasked.trailing_zeros();
+        let cap = cs.dword(at + CAP) & !CAP_FEP_MASK;
+        cs.set_dword(at + CAP, cap | first);
+        for (i, dw) in header_log.iter().enumerate() {
+            cs.set_dword(at + HEADER_LOG + 4 * i as u16, *dw);
+        }
+    }
+    Some(unmasked & cs.dword(at + UNCOR_SEVER) != 0)
+}
+
+/// Record an error a port that is not a root port (a switch port) detected itself (see
+/// [`inject`] for a root port's): its own registers only. Returns the severity of the message
+/// the port sends upstream, or `None` when the error is masked (recorded, not reported).
+pub fn record_own(
+    cs: &mut ConfigSpace,
+    at: u16,
+    e: &AerError,
+) -> Result<Option<ErrorSeverity>, InjectError> {
+    let correctable = e.severity == ErrorSeverity::Correctable;
+    let supported = if correctable {
+        COR_SUPPORTED
+    } else {
+        UNC_SUPPORTED
+    };
+    let bits = e.status & supported;
+    if bits == 0 {
+        return Err(InjectError::Unsupported(e.status));
+    }
+    Ok(
+        record(cs, at, bits, correctable, &e.header_log).map(|fatal| match (correctable, fatal) {
+            (true, _) => ErrorSeverity::Correctable,
+            (false, true) => ErrorSeverity::Fatal,
+            (false, false) => ErrorSeverity::NonFatal,
+        }),
+    )
 }
 
 /// After an error reached the root: the interrupt to raise given Root Error Status before it

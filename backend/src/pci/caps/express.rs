@@ -147,6 +147,54 @@ impl LinkConfig {
     }
 }
 
+/// Downstream Port of a PCI Express Switch (PCIe Base 6.0 §7.5.3.2 Device/Port Type).
+pub const TYPE_DOWNSTREAM: u16 = 0x6;
+/// Upstream Port of a PCI Express Switch.
+pub const TYPE_UPSTREAM: u16 = 0x5;
+/// Device Capabilities Function Level Reset Capability (PCIe Base 6.0 §7.5.3.3).
+pub const DEVCAP_FLR: u32 = 1 << 28;
+/// Device Control Initiate Function Level Reset (PCIe Base 6.0 §7.5.3.4).
+pub const DEVCTL_BCR_FLR: u16 = 1 << 15;
+
+/// Add the capability at `offset` for a switch port as QEMU 7.2's `xio3130` ports build it
+/// (`pcie_cap_init()` of type `kind`, [`TYPE_UPSTREAM`] or [`TYPE_DOWNSTREAM`],
+/// `pcie_cap_flr_init()`, `pcie_cap_deverr_init()`, and for a downstream port
+/// `pcie_cap_arifwd_init()`), except the slot ([`super::slot::init`]). `link` gives Link
+/// Capabilities' speed and width: QEMU's upstream port has 2.5 GT/s x1, its downstream port the
+/// zero speed and width of a `PCIESlot` whose `x-speed`/`x-width` it does not expose. Link Status
+/// reads 2.5 GT/s x1 either way (`pcie_cap_v1_fill()`).
+pub fn init_switch_port(
+    cs: &mut ConfigSpace,
+    offset: u8,
+    kind: u16,
+    port: u8,
+    link: Option<(LinkSpeed, u8)>,
+) -> Result<u16, CapabilityError> {
+    let at = u16::from(cs.add_capability(CAP_ID_EXP, Some(offset), VER2_SIZEOF)?);
+    cs.set_word(at + FLAGS, kind << FLAGS_TYPE_SHIFT | FLAGS_VER2);
+    let (speed, width) = link.map_or((0, 0), |(s, w)| (s as u32, u32::from(w)));
+    cs.set_dword(
+        at + LNKCAP,
+        u32::from(port) << LNKCAP_PN_SHIFT | LNKCAP_ASPM_L0S | width << 4 | speed,
+    );
+    cs.set_word(at + LNKSTA, 1 << 4 | LinkSpeed::Gt2_5 as u16);
+    cs.set_dword(at + DEVCAP2, DEVCAP2_EFF | DEVCAP2_EETLPP);
+    cs.set_wmask(at + DEVCTL2, 2, DEVCTL2_EETLPPB.into());
+    // pcie_cap_flr_init()
+    cs.set_bits(at + DEVCAP, 4, DEVCAP_FLR.into());
+    cs.or_wmask(at + DEVCTL, 2, DEVCTL_BCR_FLR.into());
+    // pcie_cap_deverr_init()
+    cs.set_bits(at + DEVCAP, 4, DEVCAP_RBER.into());
+    cs.or_wmask(at + DEVCTL, 2, DEVCTL_ERR_REPORTING.into());
+    cs.or_w1cmask(at + DEVSTA, 2, DEVSTA_ERR_DETECTED.into());
+    if kind == TYPE_DOWNSTREAM {
+        // pcie_cap_arifwd_init()
+        cs.set_bits(at + DEVCAP2, 4, DEVCAP2_ARI.into());
+        cs.or_wmask(at + DEVCTL2, 2, DEVCTL2_ARI.into());
+    }
+    Ok(at)
+}
+
 /// Add the capability at `offset` for a root port, with everything QEMU's root port realize
 /// sets except the slot registers ([`super::slot::init`]). Returns the offset.
 pub fn init_root_port(

@@ -8,6 +8,7 @@ use pcierc_protocol::ResetReason;
 use thiserror::Error;
 
 use super::{Hierarchy, HierarchyEvent};
+use crate::devices::BridgeKind;
 use crate::pci::caps::aer::InjectError;
 use crate::pci::port::{PortFunction, UnplugRequest};
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
@@ -21,7 +22,7 @@ pub enum HotplugError {
     #[error("no device with id '{0}'")]
     UnknownId(String),
     /// The bus is not a root port (Q35's root bus has no native hot-plug).
-    #[error("bus '{0}' is not a root port: only root ports have hot-plug slots")]
+    #[error("bus '{0}' is not a root or switch downstream port: only they have hot-plug slots")]
     NotHotpluggable(String),
     /// A function or port already has this id.
     #[error("id '{0}' is already in use")]
@@ -108,7 +109,31 @@ impl Hierarchy {
     /// guest powering a slot off completes the removal of the functions behind it.
     pub(super) fn after_port(&mut self, port: usize, effects: Effects) -> Effects {
         self.mark_changed(super::Slot::Port(port as u16));
-        // The routing tables, for what this port changed only.
+        let mut effects = effects;
+        // PCI-to-PCI Bridge 1.2 §3.2.5.18 (Secondary Bus Reset), PCIe Base 6.0 §6.7.1.8 (power
+        // removed from a slot) and §6.6.2 (a bridge's Function Level Reset, which QEMU's
+        // pci_device_reset() applies to its secondary bus too): everything below the port is
+        // reset.
+        let reason =
+            if effects.intersects(Effects::SECONDARY_BUS_RESET | Effects::FUNCTION_LEVEL_RESET) {
+                Some(ResetReason::SecondaryBusReset)
+            } else if effects.contains(Effects::SLOT_POWER_OFF) {
+                Some(ResetReason::SlotPowerOff)
+            } else {
+                None
+            };
+        if effects.contains(Effects::FUNCTION_LEVEL_RESET) && self.occupied(port) {
+            // The port reset itself; what is in its slot stays there.
+            self.ports[port].set_present();
+        }
+        if let Some(reason) = reason {
+            effects |= self.reset_below(port, reason);
+        }
+        // The routing tables, for what this port (and a reset below it) changed only. Secondary
+        // Bus Reset held or released changes what the port forwards.
+        if self.sbr_changed(port) {
+            effects |= Effects::BUS_NUMBERS;
+        }
         if effects.contains(Effects::BUS_NUMBERS) {
             self.update_bus_map();
         }
@@ -118,41 +143,71 @@ impl Hierarchy {
         if effects.contains(Effects::SLOT) {
             self.slot_power_changed(port);
         }
-        let mut effects = effects;
-        // PCI-to-PCI Bridge 1.2 §3.2.5.18 (Secondary Bus Reset) and PCIe Base 6.0 §6.7.1.8
-        // (power removed from a slot): the functions below the port are reset.
-        let reason = if effects.contains(Effects::SECONDARY_BUS_RESET) {
-            Some(ResetReason::SecondaryBusReset)
-        } else if effects.contains(Effects::SLOT_POWER_OFF) {
-            Some(ResetReason::SlotPowerOff)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            let port_id = &self.spec.root_ports[port].config.id;
-            for endpoint in self.spec.endpoints.iter().filter(|e| &e.bus == port_id) {
-                self.events.push(HierarchyEvent::FunctionReset {
-                    endpoint: endpoint.clone(),
-                    reason,
-                });
-            }
-        }
         if effects.contains(Effects::SLOT) {
             let events = self.ports[port].slot_events();
             for ev in events {
-                if ev == SlotEvent::PoweredOff && self.below[port].iter().any(Option::is_some) {
+                if ev != SlotEvent::PoweredOff {
+                    continue;
+                }
+                if self.holds_endpoints(port) {
                     effects |= self.remove_behind(port, Removal::GuestPoweredOff);
+                } else if !self.ports_below(port).is_empty() {
+                    // A switch pcierc emulates stays (QEMU 7.2 deletes it: docs/qemu-compat.md)
+                    // but loses power: it is reset like the functions in a powered-off slot.
+                    effects |= self.reset_below(port, ResetReason::SlotPowerOff);
+                    self.update_bus_map();
                 }
             }
         }
         if effects.contains(Effects::INTERRUPT) {
             let devfn = self.spec.root_ports[port].addr.0;
+            let bus = self.port_bus(port);
             for interrupt in self.ports[port].take_interrupts() {
-                self.events
-                    .push(HierarchyEvent::Interrupt { devfn, interrupt });
+                self.events.push(HierarchyEvent::Interrupt {
+                    bus,
+                    devfn,
+                    interrupt,
+                });
             }
         }
         effects
+    }
+
+    /// Reset everything below `port` (not the port itself): every switch port pcierc emulates
+    /// in its subtree, in its power-on state with the slots that hold something occupied again,
+    /// and a `FunctionReset` for every function other emulators serve there. What the resets
+    /// changed in the routing tables is returned as effects for [`Self::after_port`].
+    fn reset_below(&mut self, port: usize, reason: ResetReason) -> Effects {
+        let below = self.ports_below(port);
+        for &i in &below {
+            crate::pci::PciFunction::reset(&mut self.ports[i]);
+            // Their interrupts and slot events from before the reset are moot.
+            self.ports[i].take_interrupts();
+            self.ports[i].slot_events();
+            self.mark_changed(super::Slot::Port(i as u16));
+        }
+        self.present_occupied(below.iter().copied());
+        let ids: Vec<&str> = std::iter::once(port)
+            .chain(below.iter().copied())
+            .map(|i| self.spec.root_ports[i].config.id.as_str())
+            .collect();
+        for endpoint in self
+            .spec
+            .endpoints
+            .iter()
+            .filter(|e| ids.contains(&e.bus.as_str()))
+        {
+            self.events.push(HierarchyEvent::FunctionReset {
+                endpoint: endpoint.clone(),
+                reason,
+            });
+        }
+        if below.is_empty() {
+            return Effects::empty();
+        }
+        self.bar_map = self.full_bar_map();
+        self.bars_overlap = super::routing::overlapping(&self.bar_map);
+        Effects::BUS_NUMBERS | Effects::WINDOWS | Effects::BARS
     }
 
     /// Remove every function behind `port`, in the way `how` says.
@@ -194,6 +249,15 @@ impl Hierarchy {
         let port = self
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
+        // Ports pcierc emulates are declared when it starts, not hot-plugged (QEMU's driver
+        // names of its port models are not functions another emulator serves).
+        if crate::devices::RootPortModel::from_driver(&endpoint.driver).is_some() {
+            return Err(TopologyError::PortAsDevice { id: endpoint.id }.into());
+        }
+        // A switch's upstream port has no slot: only root and downstream ports take cards.
+        if !self.ports[port].kind().has_slot() {
+            return Err(HotplugError::NotHotpluggable(endpoint.bus));
+        }
         if !valid_name(&endpoint.owner) {
             return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
@@ -206,7 +270,7 @@ impl Hierarchy {
                 .may_hot_add()
                 .map_err(self.slot_err(port))?;
         }
-        let occupied = self.below[port].iter().any(Option::is_some);
+        let occupied = self.occupied(port);
         if occupied && endpoint.addr.function() == 0 {
             return Err(HotplugError::Slot {
                 port: endpoint.bus.clone(),
@@ -315,12 +379,35 @@ impl Hierarchy {
         header_log: [u32; 4],
     ) -> Result<Effects, HotplugError> {
         let (port, requester, own) = match self.port_index(id) {
+            Some(p) if self.ports[p].kind() != BridgeKind::RootPort => {
+                // A switch port's own error: logged in its AER capability, the message received
+                // by the root port above it (QEMU's pcie_aer_inject_error() + pcie_aer_msg()).
+                let requester =
+                    u16::from(self.port_bus(p)) << 8 | u16::from(self.spec.root_ports[p].addr.0);
+                let err = AerError {
+                    severity,
+                    status,
+                    requester,
+                    header_log,
+                };
+                let msg = self.ports[p].port_mut().record_error(&err)?;
+                self.mark_changed(super::Slot::Port(p as u16));
+                let Some(msg) = msg else {
+                    return Ok(Effects::empty());
+                };
+                let root = self.root_port_of(p);
+                let fx = self.ports[root].inject_error(&msg, false)?;
+                return Ok(self.after_port(root, fx));
+            }
             Some(p) => (p, u16::from(self.spec.root_ports[p].addr.0), true),
             None => {
                 let port = self.port_of(id)?;
                 let bus = self.ports[port].secondary_bus();
                 let devfn = self.endpoint(id).map_or(0, |e| e.addr.0);
-                (port, u16::from(bus) << 8 | u16::from(devfn), false)
+                // The error message travels up to the root port (QEMU's pcie_aer_msg()),
+                // through a switch if the function sits behind one.
+                let root = self.root_port_of(port);
+                (root, u16::from(bus) << 8 | u16::from(devfn), false)
             }
         };
         let err = AerError {
@@ -343,7 +430,7 @@ impl Hierarchy {
     ) -> Result<Effects, HotplugError> {
         let id = self.endpoint_at(bus, devfn).map(|e| e.id.clone());
         let id = id.ok_or(HotplugError::NoFunction { bus, devfn })?;
-        let port = self.port_of(&id)?;
+        let port = self.root_port_of(self.port_of(&id)?);
         let err = AerError {
             requester: u16::from(bus) << 8 | u16::from(devfn),
             ..err
@@ -352,11 +439,13 @@ impl Hierarchy {
         Ok(self.after_port(port, fx))
     }
 
-    /// A PME from function `id` behind a port: Root Status of the port above it.
+    /// A PME from function `id` behind a port: Root Status of the root port above it (PCIe
+    /// Base 6.0 §6.1.6: PME messages travel up to the root port), with the function's id.
     pub fn raise_pme(&mut self, id: &str) -> Result<Effects, HotplugError> {
         let port = self.port_of(id)?;
         let bus = self.ports[port].secondary_bus();
         let devfn = self.endpoint(id).map_or(0, |e| e.addr.0);
+        let port = self.root_port_of(port);
         let fx = self.ports[port].raise_pme(u16::from(bus) << 8 | u16::from(devfn));
         Ok(self.after_port(port, fx))
     }

@@ -6,9 +6,14 @@
 //! the port that owns it (`bus_owner[b]`), whether `b` is that port's secondary bus, what sits
 //! behind the port and whether its slot is powered. So a write that changes port `i`'s bus
 //! numbers can only move the routing of buses whose owner changed and of `i`'s old and new
-//! secondary buses; a slot power change only that of the port's secondary bus.
+//! secondary buses; a slot power change only that of the port's secondary bus. That holds for a
+//! tree of ports as for root ports alone: the owner of a bus is the deepest port that claims it
+//! (below), and each port's table of what sits on its secondary bus is its own.
+
+use std::ops::RangeInclusive;
 
 use super::Hierarchy;
+use crate::pci::bridge;
 use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
@@ -50,26 +55,26 @@ fn bus_range(sec: u8, sub: u8) -> Option<std::ops::RangeInclusive<u8>> {
 
 impl Hierarchy {
     /// Bring the bus -> port table up to date with the ports' bus-number registers, and record
-    /// the buses whose routing may have changed. A bus claimed by two ports (a guest bug)
-    /// routes to the first port in topology order, as a scan would find it. The table is 256
-    /// entries and is refilled from the ports' ranges (O(ports + buses)); the expensive part,
-    /// the snapshot's 65536 routes, is then refreshed only for the buses recorded here.
+    /// the buses whose routing may have changed. A configuration cycle for bus `b` goes down the
+    /// tree as PCI-to-PCI Bridge 1.2 §3.2.5.3 and PCIe Base 6.0 §7.3.1 say: on the root bus the
+    /// port whose [secondary, subordinate] holds `b` takes it; a port forwards it as Type 0 when
+    /// `b` is its secondary bus, else as Type 1 on its secondary bus, where the port below
+    /// whose range holds `b` takes it, and so on. The owner is the last port to take it. Among
+    /// siblings claiming the same bus (a guest bug) the first in topology order wins, as a scan
+    /// would find it. The table is 256 entries and is refilled from the ports' ranges (O(ports
+    /// x buses) at worst, O(ports + buses) without switches); the expensive part, the
+    /// snapshot's 65536 routes, is then refreshed only for the buses recorded here.
     pub(super) fn update_bus_map(&mut self) {
         let mut owner = [0u16; 256];
-        for (i, p) in self.ports.iter().enumerate().rev() {
-            for b in bus_range(p.secondary_bus(), p.subordinate_bus())
-                .into_iter()
-                .flatten()
-            {
-                owner[usize::from(b)] = i as u16 + 1;
-            }
-        }
+        self.claim(&mut owner, &self.top_ports, 1..=255);
         for (b, (new, old)) in owner.iter().zip(&self.bus_owner).enumerate() {
             if new != old {
                 self.dirty_buses.insert(b as u8);
+                self.owner_moved.insert(b as u8);
             }
         }
         self.bus_owner = owner;
+        self.port_sbr = self.ports.iter().map(sbr_held).collect();
         self.port_buses.resize(self.ports.len(), (0, 0));
         for (p, cached) in self.ports.iter().zip(self.port_buses.iter_mut()) {
             let now = (p.secondary_bus(), p.subordinate_bus());
@@ -85,11 +90,65 @@ impl Hierarchy {
         }
     }
 
+    /// Let `siblings` (ports on one bus, in topology order) claim the buses of `allowed` (what
+    /// reaches that bus as Type 1) their ranges hold, each then passing the buses above its
+    /// secondary bus on to the ports on that bus. Later siblings go first so that earlier ones
+    /// overwrite them; a port's descendants claim inside its range only, before the port's
+    /// earlier siblings overwrite what they share.
+    fn claim(&self, owner: &mut [u16; 256], siblings: &[usize], allowed: RangeInclusive<u8>) {
+        for &i in siblings.iter().rev() {
+            let Some(p) = self.ports.get(i) else {
+                continue;
+            };
+            let Some(range) = bus_range(p.secondary_bus(), p.subordinate_bus()) else {
+                continue;
+            };
+            let (lo, hi) = (
+                (*range.start()).max(*allowed.start()),
+                (*range.end()).min(*allowed.end()),
+            );
+            if lo > hi {
+                continue;
+            }
+            // While Bridge Control Secondary Bus Reset is held the port takes Type 0 cycles for
+            // its secondary bus but forwards nothing beyond it (PCI-to-PCI Bridge 1.2
+            // §3.2.5.18 holds the secondary interface in reset; QEMU's
+            // pci_secondary_bus_in_range() does not walk a bus in reset).
+            let hi = if sbr_held(p) {
+                hi.min(p.secondary_bus())
+            } else {
+                hi
+            };
+            if lo > hi {
+                continue;
+            }
+            for b in lo..=hi {
+                owner[usize::from(b)] = i as u16 + 1;
+            }
+            // Type 1 cycles beyond the secondary bus go to the ports on it.
+            if let Some(first) = p.secondary_bus().checked_add(1).filter(|&f| f <= hi) {
+                if let Some(kids) = self.child_ports.get(i).filter(|k| !k.is_empty()) {
+                    self.claim(owner, kids, first.max(lo)..=hi);
+                }
+            }
+        }
+    }
+
+    /// Did port `port`'s Secondary Bus Reset change since the bus map was built (so what it
+    /// forwards did)?
+    pub(super) fn sbr_changed(&self, port: usize) -> bool {
+        let now = self.ports.get(port).is_some_and(sbr_held);
+        self.port_sbr.get(port).copied().unwrap_or(false) != now
+    }
+
     /// Port `port`'s slot power may have changed: whether the functions on its secondary bus
     /// answer does (see [`Hierarchy::route`]).
     pub(super) fn slot_power_changed(&mut self, port: usize) {
         if let Some(p) = self.ports.get(port) {
-            self.dirty_buses.insert(p.secondary_bus());
+            let b = p.secondary_bus();
+            if b != 0 {
+                self.dirty_buses.insert(b);
+            }
         }
     }
 
@@ -131,8 +190,13 @@ impl Hierarchy {
     }
 }
 
+/// Is Bridge Control Secondary Bus Reset set (PCI-to-PCI Bridge 1.2 §3.2.5.18)?
+fn sbr_held(p: &crate::devices::RootPort) -> bool {
+    p.config_read(bridge::BRIDGE_CONTROL, 2) as u16 & bridge::BRIDGE_CTL_BUS_RESET != 0
+}
+
 /// Do any two BARs of a sorted map overlap?
-fn overlapping(map: &[(u64, u64, u16, u8)]) -> bool {
+pub(super) fn overlapping(map: &[(u64, u64, u16, u8)]) -> bool {
     map.windows(2)
         .any(|w| w[0].0.saturating_add(w[0].1) > w[1].0)
 }

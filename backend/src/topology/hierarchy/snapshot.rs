@@ -10,7 +10,7 @@ use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
-    /// Functions the snapshot holds: the MCH and every root port.
+    /// Functions the snapshot holds: the MCH and every port (root and switch ports).
     pub fn snapshot_functions(&self) -> usize {
         1 + self.ports.len()
     }
@@ -33,13 +33,12 @@ impl Hierarchy {
         self.described.mark_all(self.snapshot_functions());
     }
 
-    /// The endpoints (spec indices) on root port `port`'s secondary bus.
+    /// The endpoints (spec indices) on port `port`'s secondary bus.
     pub(crate) fn endpoints_below(&self, port: usize) -> impl Iterator<Item = usize> + '_ {
-        self.below
-            .get(port)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.map(usize::from))
+        self.children_of(port).filter_map(|(_, s)| match s {
+            Slot::Endpoint(e) => Some(usize::from(e)),
+            _ => None,
+        })
     }
 
     /// What changed in the topology ([`Hierarchy::describe`]) since the last call: the records
@@ -48,6 +47,17 @@ impl Hierarchy {
     /// topology of the last call.
     pub fn layout_delta(&mut self) -> pcierc_protocol::LayoutDelta {
         let mut cache = std::mem::take(&mut self.described);
+        // A bus that changed owner (sibling ports claiming it, a port above renumbered) moves
+        // the reachability of what sits on it: the ports whose secondary bus it is are
+        // described again, with what is below them.
+        let moved = std::mem::take(&mut self.owner_moved);
+        if !moved.is_empty() {
+            for (i, p) in self.ports.iter().enumerate() {
+                if moved.contains(p.secondary_bus()) {
+                    cache.mark(1 + i);
+                }
+            }
+        }
         let d = self.layout_delta_cached(&mut cache);
         self.described = cache;
         d
@@ -116,14 +126,23 @@ impl Hierarchy {
         let Some(port) = usize::from(self.bus_owner[usize::from(bus)]).checked_sub(1) else {
             return row;
         };
-        let (Some(p), Some(below)) = (self.ports.get(port), self.below.get(port)) else {
+        let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
             return row;
         };
+        let entry = |s: &Slot| match s {
+            Slot::Port(j) => j + 2,
+            Slot::Endpoint(_) => ROUTE_REMOTE,
+            Slot::Empty | Slot::Mch => ROUTE_ABSENT,
+        };
         if bus != p.secondary_bus() {
-            row.fill(remote(below[0]));
-        } else if p.slot_powered() {
-            for (e, f) in row.iter_mut().zip(below) {
-                *e = remote(*f);
+            row.fill(remote(match children[0] {
+                Slot::Endpoint(e) => Some(e),
+                _ => None,
+            }));
+        } else if !p.kind().has_slot() || p.slot_powered() {
+            let devices = if p.kind().device0_only() { 8 } else { 256 };
+            for (e, s) in row.iter_mut().zip(children.iter()).take(devices) {
+                *e = entry(s);
             }
         }
         row

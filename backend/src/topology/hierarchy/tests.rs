@@ -248,6 +248,7 @@ mod hotplug;
 mod ioh3420;
 mod layout_delta;
 mod routing;
+mod switch;
 
 #[test]
 fn snapshot_images_and_routes_agree_with_guest_reads() {

@@ -56,6 +56,7 @@ fn msis(h: &mut Hierarchy) -> usize {
             matches!(
                 e,
                 HierarchyEvent::Interrupt {
+                    bus: 0,
                     devfn: 0x10,
                     interrupt: Interrupt::Msi {
                         vector: 0,
@@ -164,6 +165,7 @@ fn surprise_removal_and_intx_when_msix_is_off() {
     assert_took(
         &mut h,
         &HierarchyEvent::Interrupt {
+            bus: 0,
             devfn: 0x10,
             interrupt: Interrupt::Intx { asserted: true },
         },
@@ -172,6 +174,7 @@ fn surprise_removal_and_intx_when_msix_is_off() {
     assert_took(
         &mut h,
         &HierarchyEvent::Interrupt {
+            bus: 0,
             devfn: 0x10,
             interrupt: Interrupt::Intx { asserted: false },
         },
@@ -366,6 +369,7 @@ fn aer_messages_from_below_set_only_the_root_registers() {
     assert_took(
         &mut h,
         &HierarchyEvent::Interrupt {
+            bus: 0,
             devfn: 0x10,
             interrupt: Interrupt::Intx { asserted: true },
         },

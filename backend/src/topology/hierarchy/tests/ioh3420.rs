@@ -55,6 +55,7 @@ fn msis(h: &mut Hierarchy) -> Vec<(u16, u32)> {
         .iter()
         .filter_map(|e| match e {
             HierarchyEvent::Interrupt {
+                bus: 0,
                 devfn: DEVFN,
                 interrupt:
                     Interrupt::Msi {
