@@ -39,7 +39,7 @@ impl Hierarchy {
             kind: FunctionKind::HostBridge as u8,
             flags: emulated | if mf { function_flags::MULTIFUNCTION } else { 0 },
             parent: NO_PARENT,
-            id: name("mch"),
+            id: name(self.host_bridge_id()),
             owner: name(PCIERC_OWNER),
             ..Default::default()
         });
@@ -125,6 +125,17 @@ impl Hierarchy {
             })
             .into_iter()
             .collect();
+        // Every record belongs to this hierarchy's segment; the CONFIG_ADDRESS/CONFIG_DATA
+        // ranges to none (configuration mechanism #1 reaches segment 0 only, and
+        // [`super::Segments::describe`] keeps them from segment 0 alone).
+        for f in &mut functions {
+            f.segment = spec.segment;
+        }
+        for r in &mut ranges {
+            if r.kind != RangeKind::ConfigAddress as u8 && r.kind != RangeKind::ConfigData as u8 {
+                r.segment = spec.segment;
+            }
+        }
         Topology {
             generation: self.generation(),
             functions,
@@ -149,6 +160,7 @@ impl Hierarchy {
             (sec, sec != 0, pi as u16 + 1)
         };
         FunctionRecord {
+            segment: spec.segment,
             bus,
             devfn: e.addr.0,
             vendor_id: 0xffff,
@@ -171,11 +183,16 @@ impl Hierarchy {
     pub fn tree(&self) -> String {
         let spec = self.spec();
         let mut out = String::new();
-        let _ = writeln!(out, "{ROOT_BUS} (segment {:04x})", spec.segment);
+        let host = self.host_bridge_id();
+        let (root, kind) = match self.mch().as_mch() {
+            Some(_) => (ROOT_BUS, "Q35 host bridge"),
+            None => (host, "host bridge"),
+        };
+        let _ = writeln!(out, "{root} (segment {:04x})", spec.segment);
         let (v, d, _, _) = identity(self.mch());
         let _ = writeln!(
             out,
-            "├── 00:00.0 mch           [{v:04x}:{d:04x}] Q35 host bridge (pcierc)"
+            "├── 00:00.0 {host:<13} [{v:04x}:{d:04x}] {kind} (pcierc)"
         );
         match self.ecam() {
             Some((base, size, end)) => {

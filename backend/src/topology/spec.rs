@@ -8,6 +8,8 @@ use serde::Deserialize;
 use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
+pub use super::segment::SegmentSpec;
+use super::segment::{SegmentKey, SegmentRepr};
 use crate::devices::{MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -24,6 +26,9 @@ pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
 /// A root port and where it sits on the root bus.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PortSpec {
+    /// The PCI segment whose root bus it sits on (0: the Q35 hierarchy's; else a
+    /// [`SegmentSpec`]'s, named by the segment's id as the port's `bus`).
+    pub segment: u16,
     /// Device/function on the root bus.
     pub addr: DevFn,
     /// The QEMU `pcie-root-port` (or `ioh3420`) properties.
@@ -37,7 +42,8 @@ pub struct EndpointSpec {
     pub id: String,
     /// The QEMU driver name the owner uses (informational).
     pub driver: String,
-    /// `pcie.0` or the id of the root port it sits behind.
+    /// `pcie.0`, the id of an extra segment (its root bus) or the id of the root port it sits
+    /// behind.
     pub bus: String,
     /// Device/function on that bus.
     pub addr: DevFn,
@@ -53,8 +59,12 @@ pub struct TopologySpec {
     /// The machine type whose register behaviour the functions have (`machine = "..."` in a
     /// topology file, `--machine` on the command line; `pc-q35-7.2` unless given).
     pub machine: MachineType,
-    /// PCI segment group (Q35 has one: 0).
+    /// PCI segment group of this hierarchy: 0 for the whole topology and for the Q35
+    /// hierarchy; an extra segment's number in [`TopologySpec::for_segment`]'s part.
     pub segment: u16,
+    /// Extra PCI segments (beyond QEMU: `[[segment]]` tables), each with its own root bus and
+    /// fixed ECAM window. In [`TopologySpec::for_segment`]'s part of segment N, N's alone.
+    pub segments: Vec<SegmentSpec>,
     /// The emulator that serves functions declared without an `owner`.
     pub default_owner: String,
     /// Root ports, in declaration order.
@@ -67,7 +77,9 @@ pub struct TopologySpec {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileRepr {
     machine: Option<String>,
-    segment: Option<u16>,
+    /// `segment = 0` (the Q35 hierarchy's number, the only one it may have) or `[[segment]]`
+    /// tables.
+    segment: Option<SegmentKey>,
     default_owner: Option<String>,
     #[serde(default)]
     root_port: Vec<PortRepr>,
@@ -99,15 +111,20 @@ fn port_spec(
     addr: &str,
     bus: Option<&str>,
     props: &[(String, String)],
+    segments: &[SegmentSpec],
 ) -> Result<PortSpec> {
-    if let Some(bus) = bus {
-        if bus != ROOT_BUS {
-            return Err(TopologyError::PortBus {
-                id,
-                bus: bus.to_string(),
-            });
-        }
-    }
+    let segment = match bus {
+        None | Some(ROOT_BUS) => 0,
+        Some(bus) => match segments.iter().find(|s| s.id == bus) {
+            Some(s) => s.segment,
+            None => {
+                return Err(TopologyError::PortBus {
+                    id,
+                    bus: bus.to_string(),
+                })
+            }
+        },
+    };
     let addr = parse_devfn(addr).map_err(|source| TopologyError::Address {
         id: id.clone(),
         source,
@@ -120,11 +137,15 @@ fn port_spec(
     for (k, v) in props {
         root_port::set_property(&mut config, k, v)?;
     }
-    Ok(PortSpec { addr, config })
+    Ok(PortSpec {
+        segment,
+        addr,
+        config,
+    })
 }
 
 impl PortRepr {
-    fn into_spec(self) -> Result<PortSpec> {
+    fn into_spec(self, segments: &[SegmentSpec]) -> Result<PortSpec> {
         let text = |key: &str| match self.0.get(key) {
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
             None => Ok(None),
@@ -159,7 +180,7 @@ impl PortRepr {
             .filter(|(k, _)| !["id", "addr", "bus", "driver"].contains(&k.as_str()))
             .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
             .collect::<Result<Vec<_>>>()?;
-        port_spec(id, model, &addr, bus.as_deref(), &props)
+        port_spec(id, model, &addr, bus.as_deref(), &props, segments)
     }
 }
 
@@ -174,6 +195,7 @@ impl TopologySpec {
         TopologySpec {
             machine: MachineType::default(),
             segment: 0,
+            segments: Vec::new(),
             default_owner: "vmm".into(),
             root_ports: Vec::new(),
             endpoints: Vec::new(),
@@ -187,14 +209,25 @@ impl TopologySpec {
             Some(m) => m.parse().map_err(TopologyError::Machine)?,
             None => MachineType::default(),
         };
+        let (segment, segments) = match repr.segment {
+            None => (0, Vec::new()),
+            Some(SegmentKey::Number(n)) => (n, Vec::new()),
+            Some(SegmentKey::Tables(t)) => (
+                0,
+                t.into_iter()
+                    .map(SegmentRepr::into_spec)
+                    .collect::<Result<_>>()?,
+            ),
+        };
         let mut spec = TopologySpec {
             machine,
-            segment: repr.segment.unwrap_or(0),
+            segment,
+            segments,
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
             ..Self::empty()
         };
         for p in repr.root_port {
-            spec.root_ports.push(p.into_spec()?);
+            spec.root_ports.push(p.into_spec(&spec.segments)?);
         }
         for d in repr.device {
             spec.push_device(d)?;
@@ -268,7 +301,14 @@ impl TopologySpec {
                 .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
                 .cloned()
                 .collect();
-            let port = port_spec(id.clone(), model, addr, field("bus"), &props)?;
+            let port = port_spec(
+                id.clone(),
+                model,
+                addr,
+                field("bus"),
+                &props,
+                &self.segments,
+            )?;
             self.root_ports.push(port);
         } else {
             let mut d = DeviceRepr {
@@ -323,17 +363,19 @@ impl TopologySpec {
     /// Check the whole description; the error names the offending item.
     pub fn validate(&self) -> Result<()> {
         use TopologyError as E;
-        if self.segment != 0 {
+        if self.segment != 0 && !self.segments.iter().any(|s| s.segment == self.segment) {
             return Err(E::Segment(self.segment));
         }
+        super::segment::validate(&self.segments)?;
         if !valid_name(&self.default_owner) || self.default_owner == PCIERC_OWNER {
             return Err(E::DefaultOwner(self.default_owner.clone()));
         }
         let mut ids = HashSet::new();
         let all_ids = self
-            .root_ports
+            .segments
             .iter()
-            .map(|p| p.config.id.as_str())
+            .map(|s| s.id.as_str())
+            .chain(self.root_ports.iter().map(|p| p.config.id.as_str()))
             .chain(self.endpoints.iter().map(|e| e.id.as_str()));
         for id in all_ids {
             if !valid_name(id) || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -361,8 +403,8 @@ impl TopologySpec {
             if p.addr == DevFn(0) {
                 return Err(E::HostBridgeAddress { id: id.to_string() });
             }
-            if let Some((other, _)) = slots.insert((ROOT_BUS, p.addr), (id, p.config.multifunction))
-            {
+            let bus = self.root_bus_name(p.segment);
+            if let Some((other, _)) = slots.insert((bus, p.addr), (id, p.config.multifunction)) {
                 return Err(E::PortAddressInUse {
                     id: id.to_string(),
                     addr: p.addr,
@@ -392,7 +434,7 @@ impl TopologySpec {
                     owner: e.owner.clone(),
                 });
             }
-            if e.bus == ROOT_BUS {
+            if e.bus == ROOT_BUS || self.segments.iter().any(|s| s.id == e.bus) {
                 if e.addr == DevFn(0) {
                     return Err(E::HostBridgeAddress { id: id.to_string() });
                 }
@@ -444,6 +486,78 @@ impl TopologySpec {
             }
         }
         Ok(())
+    }
+
+    /// The name of segment `segment`'s root bus: `pcie.0` for this spec's own segment (the Q35
+    /// hierarchy's in the whole topology), the segment's id for another.
+    pub fn root_bus_name(&self, segment: u16) -> &str {
+        if segment == self.segment {
+            return ROOT_BUS;
+        }
+        self.segments
+            .iter()
+            .find(|s| s.segment == segment)
+            .map_or(ROOT_BUS, |s| s.id.as_str())
+    }
+
+    /// The segment endpoint `e` sits in: its root bus's, or its port's; `None` for an unknown
+    /// bus.
+    pub fn endpoint_segment(&self, e: &EndpointSpec) -> Option<u16> {
+        if e.bus == ROOT_BUS {
+            return Some(self.segment);
+        }
+        if let Some(s) = self.segments.iter().find(|s| s.id == e.bus) {
+            return Some(s.segment);
+        }
+        self.root_ports
+            .iter()
+            .find(|p| p.config.id == e.bus)
+            .map(|p| p.segment)
+    }
+
+    /// The segment numbers this topology has: 0 (the Q35 hierarchy), then the extra ones in
+    /// declaration order.
+    pub fn segment_numbers(&self) -> Vec<u16> {
+        std::iter::once(self.segment)
+            .chain(self.segments.iter().map(|s| s.segment))
+            .filter(|&n| n == 0 || self.segment == 0)
+            .collect()
+    }
+
+    /// The part of the topology in segment `segment`, as one hierarchy serves it: its root
+    /// ports and endpoints (those on its root bus with `bus` = `pcie.0`), and for an extra
+    /// segment its [`SegmentSpec`] alone.
+    pub fn for_segment(&self, segment: u16) -> TopologySpec {
+        let own = self.segments.iter().find(|s| s.segment == segment);
+        let root_bus = own.map(|s| s.id.as_str());
+        TopologySpec {
+            machine: self.machine,
+            segment,
+            segments: own.cloned().into_iter().collect(),
+            default_owner: self.default_owner.clone(),
+            root_ports: self
+                .root_ports
+                .iter()
+                .filter(|p| p.segment == segment)
+                .map(|p| PortSpec {
+                    segment,
+                    ..p.clone()
+                })
+                .collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter(|e| self.endpoint_segment(e) == Some(segment))
+                .map(|e| EndpointSpec {
+                    bus: if Some(e.bus.as_str()) == root_bus {
+                        ROOT_BUS.to_string()
+                    } else {
+                        e.bus.clone()
+                    },
+                    ..e.clone()
+                })
+                .collect(),
+        }
     }
 }
 
