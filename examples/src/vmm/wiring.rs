@@ -13,26 +13,23 @@ use super::vfio::Assigned;
 use super::{endpoint, endpoint_id, irq, layout, Error};
 
 /// Firmware's part: enable ECAM through the MCH's PCIEXBAR (Q35: 00:00.0 offset 0x60, base |
-/// length 256 MiB | enable) if pcierc decodes none yet, and route it at once.
+/// length 256 MiB | enable) if pcierc decodes no window for segment 0 yet, and route it at once
+/// (extra segments' windows are fixed: they decode from power-on).
 pub fn enable_ecam(pcie: &PcieLink) -> Result<(), Error> {
     let backend = |what: &str| {
         let what = what.to_string();
         move |source| Error::Backend { what, source }
     };
     let mut fe = pcie.frontend();
-    if fe
-        .topology()
-        .map_err(backend("GetTopology"))?
-        .ecam
-        .is_empty()
-    {
+    let segment0 = |t: &Topology| t.ecam.iter().any(|w| w.segment == 0);
+    if !segment0(&fe.topology().map_err(backend("GetTopology"))?) {
         fe.config_write(0, 0, 0, 0x64, 4, (layout::ECAM_BASE >> 32) as u32)
             .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
         fe.config_write(0, 0, 0, 0x60, 4, layout::ECAM_BASE as u32 | 1)
             .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
     }
     let topology = fe.topology().map_err(backend("GetTopology"))?;
-    if topology.ecam.is_empty() {
+    if !segment0(&topology) {
         return Err(Error::Config(
             "pcierc decodes no ECAM window after PCIEXBAR was enabled".into(),
         ));
