@@ -166,6 +166,15 @@ fn a_hot_add_behind_a_segment_1_port_and_query_pci() {
     let rp5 = &buses[1]["devices"][1];
     assert_eq!(rp5["qdev_id"], "rp5");
     assert_eq!(rp5["pci_bridge"]["devices"][0]["qdev_id"], "net1");
+    // The record FunctionAdded carries is net1's record in the whole topology (its parent
+    // an index into GetTopology's list, past segment 0's records).
+    let segments = rc.segments();
+    let net1 = segments.get(1).unwrap().endpoint("net1").unwrap();
+    let rec = segments.endpoint_record(1, net1);
+    let t = segments.describe();
+    assert!(t.functions.contains(&rec), "{rec:?}");
+    assert_eq!(t.functions[usize::from(rec.parent)].devfn, 3 << 3, "rp5");
+    assert_eq!(t.functions[usize::from(rec.parent)].segment, 1);
     // Save and restore carry segment 1's registers and its hot-added function.
     let blob = rc.save_state().unwrap();
     let mut other = Segments::new(TopologySpec::from_toml(TOPOLOGY).unwrap()).unwrap();
@@ -173,4 +182,30 @@ fn a_hot_add_behind_a_segment_1_port_and_query_pci() {
     let seg1 = other.get(1).unwrap();
     assert!(seg1.endpoint("net1").is_some());
     assert_eq!(seg1.config_read(0, 3 << 3, 0x18, 4), Ok(0x0001_0100));
+}
+
+#[test]
+fn the_state_file_keeps_extra_segments_registers() {
+    use pcierc_backend::service::state_file::{load_bytes, StateFile};
+    let dir = std::env::temp_dir().join(format!("pcierc-segments-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.state");
+    let fresh = || Segments::new(TopologySpec::from_toml(TOPOLOGY).unwrap()).unwrap();
+    let mut h = fresh();
+    let mut f = StateFile::open(&path, &mut h, false).unwrap();
+    // rp5's bus numbers, written through segment 1's ECAM window: one journal record.
+    h.mmio_write(SEG1_ECAM + (3 << 15) + 0x18, 4, 0x0004_0400)
+        .unwrap();
+    f.persist(&h);
+    let mut again = fresh();
+    let loaded = load_bytes(&mut again, &std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(loaded.records, 1);
+    assert_eq!(
+        again.get(1).unwrap().config_read(0, 3 << 3, 0x18, 4),
+        Ok(0x0004_0400)
+    );
+    assert_eq!(again.save_functions(), h.save_functions());
+    let ids: Vec<String> = h.save_functions().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, ["mch", "rp1", "seg1", "rp5"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -134,10 +134,7 @@ impl RootComplex {
     fn deliver_events(&mut self) -> LayoutChanges {
         let mut changes = LayoutChanges::empty();
         for (segment, ev) in self.hierarchy.take_events() {
-            // Records of functions in `segment` are built by its hierarchy.
-            let Some(h) = self.hierarchy.get(segment) else {
-                continue;
-            };
+            let h = &self.hierarchy;
             match ev {
                 HierarchyEvent::Interrupt {
                     devfn,
@@ -186,7 +183,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionAdded { endpoint } => {
                     changes |= LayoutChanges::FUNCTIONS;
-                    let rec = h.endpoint_record(&endpoint);
+                    let rec = h.endpoint_record(segment, &endpoint);
                     let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} hot-added behind {} (owner {})",
@@ -200,7 +197,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionReset { endpoint, reason } => {
                     let r = FunctionReset {
-                        function: h.endpoint_record(&endpoint),
+                        function: h.endpoint_record(segment, &endpoint),
                         reason: reason as u32,
                         reserved: 0,
                     };
@@ -220,7 +217,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
                     changes |= LayoutChanges::FUNCTIONS;
-                    let rec = h.endpoint_record(&endpoint);
+                    let rec = h.endpoint_record(segment, &endpoint);
                     let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} removed from {} (owner {}{})",

@@ -3,7 +3,7 @@
 //! that name a segment go to its hierarchy; MMIO goes to the hierarchy whose ECAM window or
 //! BAR holds the address; the topology record is every hierarchy's, one after the other.
 
-use pcierc_protocol::{RangeKind, Status, Topology, NO_PARENT};
+use pcierc_protocol::{FunctionRecord, RangeKind, Status, Topology, NO_PARENT};
 
 use super::hierarchy::{Hierarchy, HierarchyEvent, SavedModels};
 use super::spec::TopologySpec;
@@ -180,6 +180,24 @@ impl Segments {
             }));
         }
         out
+    }
+
+    /// The record of endpoint `e` of segment `segment` (`FunctionAdded`, `FunctionRemoved`,
+    /// `FunctionReset`), its `parent` an index into [`Segments::describe`]'s list.
+    pub fn endpoint_record(&self, segment: u16, e: &super::EndpointSpec) -> FunctionRecord {
+        let mut offset = 0u16;
+        for h in &self.all {
+            if h.spec().segment == segment {
+                let mut r = h.endpoint_record(e);
+                if r.parent != NO_PARENT {
+                    r.parent += offset;
+                }
+                return r;
+            }
+            // What `describe` lists for it: the host bridge, the ports, the endpoints.
+            offset += (1 + h.spec().root_ports.len() + h.spec().endpoints.len()) as u16;
+        }
+        self.primary().endpoint_record(e)
     }
 
     /// Every segment's [`Hierarchy::save_functions`], one list, segment 0's first.
