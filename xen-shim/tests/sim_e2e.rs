@@ -566,9 +566,9 @@ fn extra_pci_segments_are_refused_before_any_ioreq_server() {
     let sim = SimXen::new(SimConfig::default());
     let pcierc = Pcierc::start(&["--topology", topology.to_str().unwrap()]);
     let fe = Frontend::connect(&pcierc.socket, FrontendOptions::vmm("xen-shim")).unwrap();
-    let e = Shim::start(sim.device_model(0), fe, ShimConfig::default())
-        .err()
-        .expect("refused");
+    let Err(e) = Shim::start(sim.device_model(0), fe, ShimConfig::default()) else {
+        panic!("a topology with segment 1 was accepted");
+    };
     assert!(matches!(e, ShimError::ExtraSegment(1)), "{e}");
     assert!(e.to_string().contains("[[segment]]"), "{e}");
     assert!(sim.servers().is_empty(), "no ioreq server was created");

@@ -13,7 +13,7 @@
 //! topology has one) and a `PNP0A08` host bridge `\_SB.PCIn` with `_SEG`, `_BBN`, `_UID` = n and a
 //! `_CRS` of the segment's bus range and its own memory apertures (below 4 GiB
 //! [`SEGMENT_MMIO32_SIZE`] taken from the top of the 32-bit window, above it the next
-//! [`MMIO64_SIZE`] after segment 0's), with the same `_OSC` and `_PRT`. No I/O aperture:
+//! 64 GiB after segment 0's), with the same `_OSC` and `_PRT`. No I/O aperture:
 //! configuration mechanism #1 and legacy I/O stay segment 0's.
 
 use acpi_tables::facs::FACS;
