@@ -42,12 +42,14 @@ const PCI_HOST_BRIDGE_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
 /// capability structure (4).
 const OSC_CONTROL_ALL: u32 = 0x1f;
 /// 64-bit MMIO aperture for prefetchable BARs (QEMU's q35 puts it high too).
-const MMIO64_START: u64 = 0x80_0000_0000;
+pub const MMIO64_START: u64 = 0x80_0000_0000;
 const MMIO64_SIZE: u64 = 64 << 30;
 /// 32-bit MMIO aperture of each extra segment, carved from the top of the 32-bit window.
 pub const SEGMENT_MMIO32_SIZE: u64 = 32 << 20;
 /// Most extra segments the DSDT describes (`\_SB.PCI1`-`PCI8`).
 pub const MAX_EXTRA_SEGMENTS: usize = 8;
+/// Bytes of the 64-bit apertures of segment 0 and of every extra segment the DSDT may describe.
+pub const MMIO64_SPAN: u64 = (1 + MAX_EXTRA_SEGMENTS as u64) * MMIO64_SIZE;
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();

@@ -39,6 +39,47 @@ pub fn enable_ecam(pcie: &PcieLink) -> Result<(), Error> {
     Ok(())
 }
 
+/// Extra PCI segments' ECAM windows are fixed by pcierc's topology: refuse to start when one
+/// overlaps the guest's RAM, the 32-bit hole's fixed devices or the 64-bit PCI apertures of this
+/// memory map (`mem` bytes of RAM), rather than let the guest see RAM where MCFG says ECAM is.
+pub fn check_segment_windows(pcie: &PcieLink, mem: u64) -> Result<(), Error> {
+    let topology = pcie
+        .frontend()
+        .topology()
+        .map_err(|source| Error::Backend {
+            what: "GetTopology".into(),
+            source,
+        })?;
+    let busy: Vec<(u64, u64, &str)> = layout::ram_regions(mem)
+        .into_iter()
+        .map(|(a, len)| (a.0, len, "guest RAM"))
+        .chain([
+            (
+                layout::MMIO_HOLE_START,
+                (1 << 32) - layout::MMIO_HOLE_START,
+                "the 32-bit PCI hole",
+            ),
+            (
+                super::acpi::MMIO64_START,
+                super::acpi::MMIO64_SPAN,
+                "the 64-bit PCI apertures",
+            ),
+        ])
+        .collect();
+    for w in topology.ecam.iter().filter(|w| w.segment != 0) {
+        if let Some((_, _, what)) = busy.iter().find(|&&(a, len, _)| {
+            w.base < a.saturating_add(len) && a < w.base.saturating_add(w.size)
+        }) {
+            return Err(Error::Config(format!(
+                "PCI segment {:04x}'s ECAM window {:#x}+{:#x} overlaps {what}: move its ecam-base \
+                 in pcierc's topology (or give the guest less memory)",
+                w.segment, w.base, w.size
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `--endpoint PORT`: claim a function behind root port `port`, present from power-on; its model
 /// is made when `FunctionAdded` arrives. A claim pcierc already holds for this VMM (a run before
 /// this one, against the same pcierc) is served again.
