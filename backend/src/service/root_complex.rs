@@ -26,7 +26,7 @@ use super::BACKEND_FEATURES;
 use crate::control::query_pci::query_pci_segments;
 use crate::control::{AerInject, ControlError, ControlOps, DeviceAdd, SlotInfo};
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
-use crate::topology::hierarchy::HierarchyEvent;
+use crate::topology::hierarchy::{HierarchyEvent, HotplugError};
 use crate::topology::{state, Hierarchy, Segments};
 
 /// The root complex as the protocol sees it.
@@ -332,10 +332,9 @@ impl ControlOps for RootComplex {
         let r = if self.hierarchy.segment_of(&req.bus) != self.hierarchy.segment_of(&req.id)
             && self.hierarchy.id_in_use(&req.id)
         {
-            Err(ControlError::from(format!(
-                "Duplicate device ID '{}' for device",
-                req.id
-            )))
+            Err(ControlError::Generic(
+                HotplugError::Duplicate(req.id.clone()).to_string(),
+            ))
         } else {
             let h = self.hierarchy.of_id_mut(&req.bus);
             self.control.device_add(h, req)

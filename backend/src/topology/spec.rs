@@ -515,12 +515,16 @@ impl TopologySpec {
             .map(|p| p.segment)
     }
 
-    /// The segment numbers this topology has: 0 (the Q35 hierarchy), then the extra ones in
-    /// declaration order.
+    /// The segment numbers this topology has: its own (0, the Q35 hierarchy, for a whole
+    /// topology), then the extra ones in declaration order.
     pub fn segment_numbers(&self) -> Vec<u16> {
         std::iter::once(self.segment)
-            .chain(self.segments.iter().map(|s| s.segment))
-            .filter(|&n| n == 0 || self.segment == 0)
+            .chain(
+                self.segments
+                    .iter()
+                    .map(|s| s.segment)
+                    .filter(|&n| n != self.segment),
+            )
             .collect()
     }
 
