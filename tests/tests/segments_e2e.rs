@@ -102,3 +102,51 @@ fn firmware_scans_segment_1_and_a_hot_add_reaches_its_port() {
         "net1"
     );
 }
+
+/// `pcierc dump --connect` names extra segments' functions with lspci's domain, and lspci
+/// decodes them (when installed).
+#[test]
+fn dump_names_segment_1_as_an_lspci_domain() {
+    use pcierc_tests::process::{pcierc_bin, tool_available};
+    let dir = ScratchDir::new("segments-dump");
+    let b = start(&dir);
+    let out = std::process::Command::new(pcierc_bin())
+        .args(["dump", "--connect"])
+        .arg(&b.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // Function lines ("BB:DD.F name"), not register lines ("OFF: bytes") or blank ones.
+    let heads: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains(": "))
+        .collect();
+    assert_eq!(
+        heads,
+        [
+            "00:00.0 mch",
+            "00:02.0 rp1",
+            "0001:00:00.0 seg1",
+            "0001:00:03.0 rp5"
+        ]
+    );
+    if !tool_available("lspci") {
+        return;
+    }
+    let file = dir.0.join("dump");
+    std::fs::write(&file, &text).unwrap();
+    let lspci = std::process::Command::new("lspci")
+        .arg("-F")
+        .arg(&file)
+        .arg("-n")
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&lspci.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("0001:00:03.0 0604: 1b36:000c")),
+        "{listed}"
+    );
+}
