@@ -208,3 +208,44 @@ fn the_state_file_keeps_extra_segments_registers() {
     assert_eq!(ids, ["mch", "rp1", "seg1", "rp5"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn root_bus_functions_and_interrupt_eventfds_of_segment_1() {
+    use pcierc_protocol::{ConnectionId, InterruptFd};
+    use vmm_sys_util::eventfd::EventFd;
+    // A function another emulator serves on segment 1's root bus.
+    let spec = TopologySpec::from_toml(&format!(
+        "{TOPOLOGY}[[device]]\ndriver='virtio-net-pci'\nid='net9'\nbus='seg1'\naddr='5.0'\n"
+    ))
+    .unwrap();
+    let mut rc = RootComplex::new(Segments::new(spec).unwrap());
+    assert_eq!(rc.config_read(at(1, 0, 5 << 3, 0), 4), Err(Status::Remote));
+    assert_eq!(rc.config_read(at(0, 0, 5 << 3, 0), 4), Ok(0xffff_ffff));
+    let rec = rc
+        .topology()
+        .functions
+        .into_iter()
+        .find(|f| f.kind == FunctionKind::Endpoint as u8)
+        .unwrap();
+    assert_eq!((rec.segment, rec.bus, rec.devfn), (1, 0, 5 << 3));
+    // rp5's MSI-X vector 0 takes an eventfd by its segment; segment 2 has no function.
+    let req = |segment| InterruptFd {
+        segment,
+        bus: 0,
+        devfn: 3 << 3,
+        vector: 0,
+        ..Default::default()
+    };
+    let fd = || Some(EventFd::new(0).unwrap());
+    let conn = ConnectionId(1);
+    assert_eq!(rc.set_interrupt_fd(conn, &req(1), fd()), Ok(()));
+    assert_eq!(
+        rc.set_interrupt_fd(conn, &req(2), fd()),
+        Err(Status::NoDevice)
+    );
+    assert_eq!(
+        rc.set_interrupt_fd(conn, &req(0), fd()),
+        Err(Status::NoDevice),
+        "segment 0 has no port at 03.0"
+    );
+}
