@@ -82,6 +82,15 @@ fn segments_are_parsed_and_validated() {
     s.add_device_option("pcie-root-port,id=rp7,bus=seg1,addr=0x4,chassis=7")
         .unwrap();
     assert_eq!(s.root_ports[2].segment, 1);
+    let e = TopologySpec::from_toml("[[segment]]\nid='pcie.0'\nsegment=1\necam-base=0x100000\n")
+        .unwrap_err();
+    assert!(
+        matches!(&e, TopologyError::InvalidId(id) if id == "pcie.0"),
+        "{e:?}"
+    );
+    let e = TopologySpec::from_toml("[[segment]]\nsegment=1\necam-base=0x100000\ncolour=1\n")
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown field `colour`"), "{e}");
     let e = TopologySpec::from_toml("segment = 1\n").unwrap_err();
     assert!(matches!(e, TopologyError::Segment(1)), "{e:?}");
 }

@@ -36,20 +36,40 @@ impl SegmentSpec {
     }
 }
 
-/// The top-level `segment` key: a number (the Q35 hierarchy's, 0) or `[[segment]]` tables.
-#[derive(Deserialize, Debug)]
-#[serde(untagged)]
-pub(super) enum SegmentKey {
-    /// `segment = N`.
-    Number(u16),
-    /// `[[segment]]` tables.
-    Tables(Vec<SegmentRepr>),
+/// The top-level `segment` key: a number (the Q35 hierarchy's, 0) or `[[segment]]` tables:
+/// (its own number, the extra segments).
+pub(super) fn from_key(value: toml::Value) -> Result<(u16, Vec<SegmentSpec>)> {
+    let bad = |message: String| TopologyError::Toml {
+        location: None,
+        message,
+    };
+    match value {
+        toml::Value::Integer(n) => u16::try_from(n)
+            .map(|n| (n, Vec::new()))
+            .map_err(|_| bad(format!("segment: {n} is not a segment number (0-65535)"))),
+        toml::Value::Array(tables) => {
+            let segments = tables
+                .into_iter()
+                .map(|t| {
+                    // Field errors name the field (`unknown field `colour``, a wrong type).
+                    let repr: SegmentRepr = t.try_into().map_err(|e: toml::de::Error| {
+                        bad(format!("[[segment]]: {}", e.message()))
+                    })?;
+                    repr.into_spec()
+                })
+                .collect::<Result<_>>()?;
+            Ok((0, segments))
+        }
+        other => Err(bad(format!(
+            "segment: expected a number or [[segment]] tables, found {other}"
+        ))),
+    }
 }
 
 /// A `[[segment]]` table.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct SegmentRepr {
+struct SegmentRepr {
     id: Option<String>,
     segment: u16,
     ecam_base: u64,
@@ -57,7 +77,7 @@ pub(super) struct SegmentRepr {
 }
 
 impl SegmentRepr {
-    pub(super) fn into_spec(self) -> Result<SegmentSpec> {
+    fn into_spec(self) -> Result<SegmentSpec> {
         Ok(SegmentSpec {
             id: self.id.unwrap_or_else(|| format!("seg{}", self.segment)),
             segment: self.segment,

@@ -9,7 +9,6 @@ use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
 pub use super::segment::SegmentSpec;
-use super::segment::{SegmentKey, SegmentRepr};
 use crate::devices::{MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -79,7 +78,7 @@ struct FileRepr {
     machine: Option<String>,
     /// `segment = 0` (the Q35 hierarchy's number, the only one it may have) or `[[segment]]`
     /// tables.
-    segment: Option<SegmentKey>,
+    segment: Option<toml::Value>,
     default_owner: Option<String>,
     #[serde(default)]
     root_port: Vec<PortRepr>,
@@ -211,13 +210,7 @@ impl TopologySpec {
         };
         let (segment, segments) = match repr.segment {
             None => (0, Vec::new()),
-            Some(SegmentKey::Number(n)) => (n, Vec::new()),
-            Some(SegmentKey::Tables(t)) => (
-                0,
-                t.into_iter()
-                    .map(SegmentRepr::into_spec)
-                    .collect::<Result<_>>()?,
-            ),
+            Some(v) => super::segment::from_key(v)?,
         };
         let mut spec = TopologySpec {
             machine,
@@ -367,6 +360,10 @@ impl TopologySpec {
             return Err(E::Segment(self.segment));
         }
         super::segment::validate(&self.segments)?;
+        // An extra segment's id names its root bus: not the Q35 one's name.
+        if let Some(s) = self.segments.iter().find(|s| s.id == ROOT_BUS) {
+            return Err(E::InvalidId(s.id.clone()));
+        }
         if !valid_name(&self.default_owner) || self.default_owner == PCIERC_OWNER {
             return Err(E::DefaultOwner(self.default_owner.clone()));
         }
