@@ -1,7 +1,9 @@
 //! A firmware-style enumerator: enable ECAM through the MCH's PCIEXBAR with configuration
 //! mechanism #1, scan every bus through ECAM, number the buses behind bridges depth first (honouring
 //! QEMU's resource-reserve capability, as SeaBIOS and OVMF do), assign BARs and bridge windows,
-//! enable decode, then read everything back.
+//! enable decode, then read everything back. Extra PCI segments (beyond QEMU) are scanned the same
+//! way through their fixed ECAM windows, from the MCFG-like list of pcierc's topology
+//! ([`enumerate_segments`]), sharing the address pools with segment 0.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -124,7 +126,8 @@ fn align_up(v: u64, a: u64) -> u64 {
 
 impl Walker<'_> {
     fn addr(&self, bus: u8, devfn: u8, off: u16) -> u64 {
-        self.layout.ecam_base | u64::from(bus) << 20 | u64::from(devfn) << 12 | u64::from(off)
+        // PCIe Base 6.0 §7.2.2 (a window need only be 1 MiB aligned: add, not or).
+        self.layout.ecam_base + (u64::from(bus) << 20 | u64::from(devfn) << 12 | u64::from(off))
     }
     fn rd(&mut self, bus: u8, devfn: u8, off: u16, w: u8) -> Result<u32, BusError> {
         self.out.accesses += 1;
@@ -352,6 +355,14 @@ impl Walker<'_> {
 /// Enable ECAM at `layout.ecam_base` through PCIEXBAR (MCH 00:00.0 offset 0x60) using
 /// configuration mechanism #1, then enumerate and configure the whole hierarchy.
 pub fn enumerate(bus: &mut dyn GuestBus, layout: Layout) -> Result<Enumeration, BusError> {
+    enable_and_walk(bus, layout).map(|(e, _)| e)
+}
+
+/// [`enumerate`], and the pools as it left them (past everything it assigned).
+fn enable_and_walk(
+    bus: &mut dyn GuestBus,
+    layout: Layout,
+) -> Result<(Enumeration, Layout), BusError> {
     // Q35 PCIEXBAR: base | length 256 MiB (bits 2:1 = 00) | enable (bit 0).
     bus.pio_write(0xcf8, 4, 0x8000_0060)?;
     bus.pio_write(0xcfc, 4, layout.ecam_base as u32 | 1)?;
@@ -373,7 +384,53 @@ pub fn enumerate(bus: &mut dyn GuestBus, layout: Layout) -> Result<Enumeration, 
     };
     w.scan_bus(0)?;
     w.out.last_bus = w.next_bus;
-    Ok(w.out)
+    Ok(w.finish())
+}
+
+impl Walker<'_> {
+    /// What was found, and the layout with the pools where this walk left them.
+    fn finish(self) -> (Enumeration, Layout) {
+        let pools = Layout {
+            mem32_base: self.mem32,
+            mem64_base: self.mem64,
+            io_base: self.io,
+            ..self.layout
+        };
+        (self.out, pools)
+    }
+}
+
+/// Segment 0 as [`enumerate`] does, then every other segment of `windows` (pcierc's topology's
+/// ECAM windows, as MCFG lists them) through its fixed window: each has its own bus numbers
+/// from its window's first bus; BARs and bridge windows come from the pools segment 0 left.
+/// Returns (segment, what was found) per segment, segment 0's first.
+pub fn enumerate_segments(
+    bus: &mut dyn GuestBus,
+    layout: Layout,
+    windows: &[pcierc_protocol::EcamWindow],
+) -> Result<Vec<(u16, Enumeration)>, BusError> {
+    let (first, mut pools) = enable_and_walk(&mut *bus, layout)?;
+    let mut out = vec![(0, first)];
+    for win in windows.iter().filter(|w| w.segment != 0) {
+        let mut w = Walker {
+            bus: &mut *bus,
+            next_bus: win.start_bus,
+            mem32: pools.mem32_base,
+            mem64: pools.mem64_base,
+            io: pools.io_base,
+            layout: Layout {
+                ecam_base: win.base,
+                ..pools
+            },
+            out: Enumeration::default(),
+        };
+        w.scan_bus(win.start_bus)?;
+        w.out.last_bus = w.next_bus;
+        let (found, left) = w.finish();
+        pools = left;
+        out.push((win.segment, found));
+    }
+    Ok(out)
 }
 
 /// Print an enumeration as `lspci`-like lines.

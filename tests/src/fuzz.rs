@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use pcierc_backend::control::QmpSession;
 use pcierc_backend::service::{state_file, RootComplex};
-use pcierc_backend::topology::{Hierarchy, TopologySpec};
+use pcierc_backend::topology::{Hierarchy, Segments, TopologySpec};
 use pcierc_protocol::{ConnectionId, FrameReader, MessageKind, Session};
 use pcierc_xen_shim::abi::ioreq::ioreq_t;
 use pcierc_xen_shim::ioreq_service::classify;
@@ -348,9 +348,9 @@ fn valid_state_files() -> &'static ValidStateFiles {
         let states = bounds
             .iter()
             .map(|&end| {
-                let mut h = fresh_hierarchy();
+                let mut h = Segments::from(fresh_hierarchy());
                 state_file::load_bytes(&mut h, &journal[..end]).expect("a valid prefix");
-                state::save(&h)
+                state::save_segments(&h)
             })
             .collect();
         ValidStateFiles {
@@ -396,8 +396,8 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
         }
         _ => rest.to_vec(),
     };
-    let mut h = fresh_hierarchy();
-    let before = state::save(&h);
+    let mut h = Segments::from(fresh_hierarchy());
+    let before = state::save_segments(&h);
     match state_file::load_bytes(&mut h, &file) {
         Ok(_) if damage < 2 && whole && file.as_slice() != good => {
             Err("a damaged version 1 state file was loaded".into())
@@ -405,7 +405,7 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
         Ok(loaded) if damage < 2 && !whole => {
             // Only whole records, the original ones: the state after some prefix of them.
             let expected = files.states.get(loaded.records);
-            if expected != Some(&state::save(&h)) {
+            if expected != Some(&state::save_segments(&h)) {
                 return Err(format!(
                     "a damaged journal loaded a state that is not the one after its first {} records",
                     loaded.records
@@ -429,7 +429,7 @@ pub fn state_file(input: &[u8]) -> Result<(), String> {
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(_) if state::save(&h) != before => {
+        Err(_) if state::save_segments(&h) != before => {
             Err("a refused state file changed the hierarchy".into())
         }
         Err(_) => Ok(()),

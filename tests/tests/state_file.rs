@@ -189,9 +189,9 @@ fn base_end(file: &[u8]) -> usize {
 /// state after the header) or as a bare blob (before the header existed).
 fn in_older_format(file: &[u8], bare: bool) -> Vec<u8> {
     let spec = pcierc_backend::topology::TopologySpec::embedded_default().unwrap();
-    let mut h = pcierc_backend::topology::Hierarchy::new(spec).unwrap();
+    let mut h = pcierc_backend::topology::Segments::new(spec).unwrap();
     pcierc_backend::service::state_file::load_bytes(&mut h, file).expect("loads");
-    let blob = pcierc_backend::topology::state::save(&h);
+    let blob = pcierc_backend::topology::state::save_segments(&h);
     if bare {
         blob
     } else {

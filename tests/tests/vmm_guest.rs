@@ -735,3 +735,56 @@ fn coalesced_reset_request_is_taken_without_a_later_exit() {
         "the reset was not applied by the watcher:\n{stderr}"
     );
 }
+
+/// With an extra PCI segment in pcierc's topology the VMM writes its MCFG entry and DSDT host
+/// bridge and the probe guest still finds segment 0 first in MCFG and enumerates it; a window
+/// that overlaps guest RAM is refused before the guest runs.
+#[test]
+fn an_extra_pci_segment_boots_and_a_window_over_ram_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = ScratchDir::new("vmm-segments");
+    let kernel = probe_image(&dir);
+    let topology = |base: &str| {
+        let path = dir.0.join(format!("segments-{base}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[segment]]\nid = 'seg1'\nsegment = 1\necam-base = {base}\n\
+                 [[root-port]]\nid = 'rp1'\naddr = '2.0'\nchassis = 1\nslot = 1\n\
+                 [[root-port]]\nid = 'rp5'\nbus = 'seg1'\naddr = '3.0'\nchassis = 5\n"
+            ),
+        )
+        .unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let run = |file: &str| {
+        let mut args = spawn_backend().to_vec();
+        args.extend(["--backend-arg=--topology", "--backend-arg", file]);
+        args.extend(["--kernel", &kernel]);
+        args.extend(PROBE_LIMITS);
+        run_vmm(&args)
+    };
+    let ok = topology("0x1000000000");
+    let out = run(&ok);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_lines(
+        &stdout,
+        &[
+            "ACPI MCFG: ECAM b0000000 buses 00-ff",
+            "00:00.0 8086:29c0 class 060000 type 00",
+            "00:02.0 buses 00/01/01",
+            "pcie-probe: power off",
+        ],
+    );
+    let over_ram = topology("0x2000000");
+    let out = run(&over_ram);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("PCI segment 0001's ECAM window 0x2000000+0x10000000 overlaps guest RAM"),
+        "{stderr}"
+    );
+}

@@ -547,3 +547,30 @@ fn vcpus_access_concurrently() {
         "only QEMU's four channels stay bound"
     );
 }
+
+/// A topology with an extra PCI segment cannot work under Xen (one MCFG entry, segment 0's):
+/// the shim refuses it by name before it creates an ioreq server.
+#[test]
+fn extra_pci_segments_are_refused_before_any_ioreq_server() {
+    use pcierc_protocol::{Frontend, FrontendOptions};
+    use pcierc_xen_shim::shim::{Shim, ShimError};
+    let dir = std::env::temp_dir().join(format!("pcierc-shim-segments-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = dir.join("segments.toml");
+    std::fs::write(
+        &topology,
+        "[[segment]]\nid = 'seg1'\nsegment = 1\necam-base = 0x140000000\n\
+         [[root-port]]\nid = 'rp5'\nbus = 'seg1'\naddr = '3.0'\nchassis = 5\n",
+    )
+    .unwrap();
+    let sim = SimXen::new(SimConfig::default());
+    let pcierc = Pcierc::start(&["--topology", topology.to_str().unwrap()]);
+    let fe = Frontend::connect(&pcierc.socket, FrontendOptions::vmm("xen-shim")).unwrap();
+    let Err(e) = Shim::start(sim.device_model(0), fe, ShimConfig::default()) else {
+        panic!("a topology with segment 1 was accepted");
+    };
+    assert!(matches!(e, ShimError::ExtraSegment(1)), "{e}");
+    assert!(e.to_string().contains("[[segment]]"), "{e}");
+    assert!(sim.servers().is_empty(), "no ioreq server was created");
+    let _ = std::fs::remove_dir_all(&dir);
+}

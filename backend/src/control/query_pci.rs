@@ -22,6 +22,7 @@ use crate::pci::header::{
 use crate::pci::PciFunction;
 use crate::topology::hierarchy::{Hierarchy, Routed, Slot};
 use crate::topology::spec::EndpointSpec;
+use crate::topology::Segments;
 
 // PCI Local Bus 3.0 §6.2.1: Sub-Class and Base Class, the word QEMU reports as `class`.
 const CLASS_DEVICE: u16 = 0x0a;
@@ -123,6 +124,10 @@ pub struct PciInfo {
     pub bus: u8,
     /// Functions on the bus, by devfn.
     pub devices: Vec<PciDeviceInfo>,
+    /// pcierc's extension: the PCI segment of an extra segment's root bus (QEMU has segment 0
+    /// only, and `query-pci` no segment member); absent for segment 0.
+    #[serde(rename = "x-pcierc-segment", skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u16>,
 }
 
 /// `PciDeviceInfo`: one function.
@@ -240,6 +245,14 @@ pub fn query_pci(h: &Hierarchy) -> serde_json::Value {
     to_json(&from_hierarchy(h))
 }
 
+/// `query-pci` of every segment: segment 0's root bus as QEMU lists it, then each extra
+/// segment's root bus as one more `PciInfo` (bus 0, with `x-pcierc-segment`), as QEMU lists an
+/// expander's root bus after `pcie.0`.
+pub fn query_pci_segments(segments: &Segments) -> serde_json::Value {
+    let info: Vec<PciInfo> = segments.iter().flat_map(from_hierarchy).collect();
+    to_json(&info)
+}
+
 /// Serialize a `query-pci` result (a [`serde_json::Value`], whose objects keep their members
 /// sorted by name rather than in the schema's order; serialize the structs for that).
 pub fn to_json(info: &[PciInfo]) -> serde_json::Value {
@@ -278,7 +291,12 @@ pub fn from_hierarchy(h: &Hierarchy) -> Vec<PciInfo> {
             Routed::Local(_) | Routed::Absent => None,
         })
         .collect();
-    vec![PciInfo { bus: 0, devices }]
+    let segment = h.spec().segment;
+    vec![PciInfo {
+        bus: 0,
+        devices,
+        segment: (segment != 0).then_some(segment),
+    }]
 }
 
 /// Port `i` at (`bus`, `devfn`) with, when its Secondary Bus Number is non-zero, what sits on

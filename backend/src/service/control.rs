@@ -15,7 +15,7 @@ use crate::pci::port::PortFunction;
 use crate::pci::Effects;
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
-use crate::topology::{DevFn, Hierarchy};
+use crate::topology::{DevFn, Hierarchy, Segments};
 
 /// The root bus's name, as QEMU's Q35 calls it.
 const ROOT_BUS: &str = "pcie.0";
@@ -85,10 +85,10 @@ impl ControlPlane {
     /// `X_PCIERC_SLOT_CHANGED` events for every slot of `h` whose power, indicators or
     /// presence changed since the last call (the guest driving pciehp, a card arriving or
     /// leaving).
-    pub fn slot_events(&mut self, h: &Hierarchy) {
-        let views: Vec<SlotView> = h
-            .ports()
+    pub fn slot_events(&mut self, segments: &Segments) {
+        let views: Vec<SlotView> = segments
             .iter()
+            .flat_map(|h| h.ports())
             .map(|p| SlotView {
                 ctl: p.slot_control() & (SLTCTL_PCC | SLTCTL_PIC | SLTCTL_AIC),
                 present: p.slot_status() & SLTSTA_PDS != 0,
@@ -99,7 +99,14 @@ impl ControlPlane {
                 if old == new {
                     continue;
                 }
-                let port = &h.spec().root_ports[i].config.id;
+                let Some(port) = segments
+                    .iter()
+                    .flat_map(|h| &h.spec().root_ports)
+                    .nth(i)
+                    .map(|p| &p.config.id)
+                else {
+                    continue;
+                };
                 self.events.push(ControlEvent {
                     name: "X_PCIERC_SLOT_CHANGED",
                     data: serde_json::json!({
@@ -215,8 +222,13 @@ impl ControlPlane {
         h.surprise_remove(id).map_err(control_error)
     }
 
-    /// Every slot of `h` (root and switch downstream ports) and the functions behind it.
-    pub fn slots(&self, h: &Hierarchy) -> Vec<SlotInfo> {
+    /// Every slot of every segment (root and switch downstream ports) and the functions
+    /// behind it.
+    pub fn slots(&self, segments: &Segments) -> Vec<SlotInfo> {
+        segments.iter().flat_map(|h| self.slots_of(h)).collect()
+    }
+
+    fn slots_of(&self, h: &Hierarchy) -> Vec<SlotInfo> {
         h.spec()
             .root_ports
             .iter()
@@ -271,7 +283,7 @@ mod tests {
     fn commands_refused_with_qemus_errors_and_pending_unplugs_tracked() {
         let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
         let mut c = ControlPlane::default();
-        c.slot_events(&h);
+        c.slot_events(&Segments::from(h.clone()));
         assert!(
             c.take_events().is_empty(),
             "the first call records the power-on state"
@@ -291,7 +303,7 @@ mod tests {
             Err(ControlError::DeviceNotFound("net0".into()))
         );
         assert!(c.device_add(&mut h, &add("net0", "rp1")).is_ok());
-        c.slot_events(&h);
+        c.slot_events(&Segments::from(h.clone()));
         assert_eq!(c.take_events()[0].name, "X_PCIERC_SLOT_CHANGED");
         // The guest powers the slot on (ECAM at 0xb0000000; rp1's Slot Control at 0x6c):
         // removal goes through the attention button and stays pending.
@@ -306,7 +318,9 @@ mod tests {
                 "Device net0 is already in the process of unplug".into()
             ))
         );
-        let pending = |c: &ControlPlane, h: &Hierarchy| c.slots(h)[0].devices[0].state;
+        let pending = |c: &ControlPlane, h: &Hierarchy| {
+            c.slots(&Segments::from(h.clone()))[0].devices[0].state
+        };
         assert_eq!(pending(&c, &h), DeviceState::UnplugPending);
         c.device_deleted("net0");
         assert_eq!(pending(&c, &h), DeviceState::Present);

@@ -9,7 +9,7 @@ use log::warn;
 use pcierc_protocol::{ConnectionId, InterruptFd, MsiRoute, Status};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::topology::Hierarchy;
+use crate::topology::Segments;
 
 /// One frontend's eventfd for one vector.
 struct Irqfd {
@@ -19,17 +19,18 @@ struct Irqfd {
     sent: Option<MsiRoute>,
 }
 
-/// The interrupt eventfds frontends registered, by (devfn on the root bus, vector).
+/// The interrupt eventfds frontends registered, by (segment, devfn on its root bus, vector).
 #[derive(Default)]
-pub struct Irqfds(BTreeMap<(u8, u16), Vec<Irqfd>>);
+pub struct Irqfds(BTreeMap<(u16, u8, u16), Vec<Irqfd>>);
 
 /// Most eventfds one frontend may register (every vector of 256 root ports, and more).
 const MAX_PER_CONNECTION: usize = 4096;
 
 impl Irqfds {
-    /// Signal the eventfds registered for (`devfn`, `vector`); the connections that took it.
-    pub fn signal(&self, devfn: u8, vector: u16) -> Vec<ConnectionId> {
-        let Some(regs) = self.0.get(&(devfn, vector)) else {
+    /// Signal the eventfds registered for (`segment`, `devfn`, `vector`); the connections
+    /// that took it.
+    pub fn signal(&self, segment: u16, devfn: u8, vector: u16) -> Vec<ConnectionId> {
+        let Some(regs) = self.0.get(&(segment, devfn, vector)) else {
             return Vec::new();
         };
         regs.iter()
@@ -58,23 +59,24 @@ impl Irqfds {
             .count()
     }
 
-    /// `SetInterruptFd` for frontend `conn`: register `fd` for a vector of a function of `h`
-    /// (or, without one, unregister). The caller then sends [`Irqfds::stale_routes`].
+    /// `SetInterruptFd` for frontend `conn`: register `fd` for a vector of a function of the
+    /// segment it names (or, without one, unregister). The caller then sends
+    /// [`Irqfds::stale_routes`].
     pub fn register(
         &mut self,
-        h: &Hierarchy,
+        segments: &Segments,
         conn: ConnectionId,
         req: &InterruptFd,
         fd: Option<EventFd>,
     ) -> Result<(), Status> {
-        if req.segment != h.spec().segment || req.bus != 0 {
-            // Only pcierc's own functions (the root ports, on the root bus) send MSI-X here.
+        let Some(h) = segments.get(req.segment).filter(|_| req.bus == 0) else {
+            // Only pcierc's own functions (the root ports, on a root bus) send MSI-X here.
             return Err(Status::NoDevice);
-        }
+        };
         if h.msi_route(req.bus, req.devfn, req.vector).is_none() {
             return Err(Status::NoDevice);
         }
-        let key = (req.devfn, req.vector);
+        let key = (req.segment, req.devfn, req.vector);
         let regs = self.0.entry(key).or_default();
         regs.retain(|r| r.conn != conn);
         if let Some(fd) = fd {
@@ -93,13 +95,15 @@ impl Irqfds {
     }
 
     /// The `MsiRoute` notifications to send: for every registration whose vector's message or
-    /// mask in `h` changed since its frontend was last told (and at registration). They count
-    /// as told from here on.
-    pub fn stale_routes(&mut self, h: &Hierarchy) -> Vec<(ConnectionId, MsiRoute)> {
-        let segment = h.spec().segment;
+    /// mask changed since its frontend was last told (and at registration). They count as
+    /// told from here on.
+    pub fn stale_routes(&mut self, segments: &Segments) -> Vec<(ConnectionId, MsiRoute)> {
         let mut outgoing = Vec::new();
-        for (&(devfn, vector), regs) in self.0.iter_mut() {
-            let Some((address, data, masked)) = h.msi_route(0, devfn, vector) else {
+        for (&(segment, devfn, vector), regs) in self.0.iter_mut() {
+            let Some((address, data, masked)) = segments
+                .get(segment)
+                .and_then(|h| h.msi_route(0, devfn, vector))
+            else {
                 continue;
             };
             let route = MsiRoute {

@@ -1,4 +1,4 @@
-//! The socket side: [`RootComplex`] answers protocol requests from the [`Hierarchy`] and fans
+//! The socket side: [`RootComplex`] answers protocol requests from the hierarchies of every segment ([`Segments`]) and fans
 //! layout changes out to frontends, with the components it owns: [`ownership`] (frontends'
 //! names, claimed functions), [`irqfd`] (interrupt eventfds), [`layout`] (the layout last sent,
 //! for deltas), [`snapshot`] (shared
@@ -29,7 +29,7 @@ use pcierc_protocol::{Features, ProtocolFeatures};
 pub use access::{AccessConfig, AccessPolicy};
 pub use root_complex::RootComplex;
 
-use crate::topology::{Hierarchy, TopologySpec};
+use crate::topology::{Segments, TopologySpec};
 use crate::Result;
 
 /// Emulation features this backend offers.
@@ -94,7 +94,7 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
     // reads or writes the state file. Peers wait in the listen backlog until the loop runs.
     let sockets =
         event_loop::Sockets::open(&cfg.listen, cfg.control.as_ref(), cfg.access.socket_mode)?;
-    let mut hierarchy = Hierarchy::new(cfg.spec)?;
+    let mut hierarchy = Segments::new(cfg.spec)?;
     let state_file = match &cfg.state_file {
         Some(p) => Some(state_file::StateFile::open(
             p,
@@ -103,7 +103,7 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         )?),
         None => None,
     };
-    let tree = hierarchy.tree();
+    let tree: String = hierarchy.iter().map(|h| h.tree()).collect();
     let mut rc = RootComplex::new(hierarchy);
     if let Some(f) = state_file {
         rc = rc.with_state_file(f);

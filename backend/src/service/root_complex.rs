@@ -1,4 +1,5 @@
-//! The protocol handler: answers requests from the [`Hierarchy`] and reports what changed.
+//! The protocol handler: answers requests from the hierarchy of the segment they name
+//! ([`Segments`]) and reports what changed.
 //! What it keeps besides the hierarchy lives in components of their own, which it owns:
 //! [`Ownership`] (who identified as whom, claims and releases), [`Irqfds`] (interrupt eventfds),
 //! [`Snapshots`] (shared configuration snapshots), [`StateFile`] (persistence) and
@@ -23,15 +24,16 @@ use super::snapshot::Snapshots;
 use super::state_file::StateFile;
 use super::stats::{HotplugStats, Stats};
 use super::BACKEND_FEATURES;
-use crate::control::query_pci::query_pci;
+use crate::control::query_pci::query_pci_segments;
 use crate::control::{AerInject, ControlError, ControlOps, DeviceAdd, SlotInfo};
 use crate::pci::{AerError, Effects, ErrorSeverity, Interrupt};
-use crate::topology::hierarchy::HierarchyEvent;
-use crate::topology::{state, Hierarchy};
+use crate::topology::hierarchy::{HierarchyEvent, HotplugError};
+use crate::topology::{state, Hierarchy, Segments};
 
 /// The root complex as the protocol sees it.
 pub struct RootComplex {
-    hierarchy: Hierarchy,
+    /// Every segment's hierarchy (segment 0's, the Q35 one, first).
+    hierarchy: Segments,
     /// The names frontends identified with; functions' owners.
     ownership: Ownership,
     channels: BTreeMap<ConnectionId, BackendChannelSender>,
@@ -50,10 +52,11 @@ pub struct RootComplex {
 }
 
 impl RootComplex {
-    /// Serve `hierarchy`.
-    pub fn new(hierarchy: Hierarchy) -> Self {
+    /// Serve `hierarchy` (one [`Hierarchy`], or the [`Segments`] of a topology with extra
+    /// segments).
+    pub fn new(hierarchy: impl Into<Segments>) -> Self {
         let mut rc = RootComplex {
-            hierarchy,
+            hierarchy: hierarchy.into(),
             ownership: Ownership::default(),
             channels: BTreeMap::new(),
             control: ControlPlane::default(),
@@ -74,14 +77,25 @@ impl RootComplex {
         self
     }
 
-    /// The hierarchy (for tests and tools).
+    /// Segment 0's hierarchy (for tests and tools).
     pub fn hierarchy(&self) -> &Hierarchy {
+        self.hierarchy.primary()
+    }
+
+    /// Segment 0's hierarchy, for the control plane's operations (callers then call
+    /// [`Self::report`]).
+    pub fn hierarchy_mut(&mut self) -> &mut Hierarchy {
+        self.hierarchy.primary_mut()
+    }
+
+    /// Every segment's hierarchy.
+    pub fn segments(&self) -> &Segments {
         &self.hierarchy
     }
 
-    /// The hierarchy, for the control plane's operations (callers then call [`Self::report`]).
-    pub fn hierarchy_mut(&mut self) -> &mut Hierarchy {
-        &mut self.hierarchy
+    /// The hierarchy of segment `segment`; `ENODEV` for a segment pcierc does not have.
+    fn segment_mut(&mut self, segment: u16) -> Result<&mut Hierarchy, Status> {
+        self.hierarchy.get_mut(segment).ok_or(Status::NoDevice)
     }
 
     /// The operator's counters (the event loop counts connections here).
@@ -123,7 +137,8 @@ impl RootComplex {
     /// changes the events imply.
     fn deliver_events(&mut self) -> LayoutChanges {
         let mut changes = LayoutChanges::empty();
-        for ev in self.hierarchy.take_events() {
+        for (segment, ev) in self.hierarchy.take_events() {
+            let h = &self.hierarchy;
             match ev {
                 HierarchyEvent::Interrupt {
                     bus,
@@ -138,7 +153,7 @@ impl RootComplex {
                     // Frontends with an eventfd for this vector get a write, not a message
                     // (eventfds are registered for root-bus functions).
                     let by_fd = if bus == 0 {
-                        self.irqfds.signal(devfn, vector)
+                        self.irqfds.signal(segment, devfn, vector)
                     } else {
                         Vec::new()
                     };
@@ -148,12 +163,12 @@ impl RootComplex {
                     let m = MsiMessage {
                         address,
                         data,
-                        segment: self.hierarchy.spec().segment,
+                        segment,
                         bus,
                         devfn,
                     };
                     debug!(
-                        "MSI from {bus:02x}:{:02x}.{}: {address:#x} <- {data:#x}",
+                        "MSI from {segment:04x}:{bus:02x}:{:02x}.{}: {address:#x} <- {data:#x}",
                         devfn >> 3,
                         devfn & 7
                     );
@@ -169,7 +184,7 @@ impl RootComplex {
                     interrupt: Interrupt::Intx { asserted },
                 } => {
                     let l = IntxLevel {
-                        segment: self.hierarchy.spec().segment,
+                        segment,
                         bus,
                         devfn,
                         pin: 1,
@@ -180,7 +195,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionAdded { endpoint } => {
                     changes |= LayoutChanges::FUNCTIONS;
-                    let rec = self.hierarchy.endpoint_record(&endpoint);
+                    let rec = h.endpoint_record(segment, &endpoint);
                     let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} hot-added behind {} (owner {})",
@@ -194,7 +209,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionReset { endpoint, reason } => {
                     let r = FunctionReset {
-                        function: self.hierarchy.endpoint_record(&endpoint),
+                        function: h.endpoint_record(segment, &endpoint),
                         reason: reason as u32,
                         reserved: 0,
                     };
@@ -214,7 +229,7 @@ impl RootComplex {
                 }
                 HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
                     changes |= LayoutChanges::FUNCTIONS;
-                    let rec = self.hierarchy.endpoint_record(&endpoint);
+                    let rec = h.endpoint_record(segment, &endpoint);
                     let owners = self.ownership.connections_of(&endpoint.owner);
                     info!(
                         "{} removed from {} (owner {}{})",
@@ -242,7 +257,13 @@ impl RootComplex {
         // Order matters: the snapshots and MSI routes first, so a guest's interrupt handler
         // (woken by the eventfd or message below) and a frontend woken by a notification read
         // the state after the change, never before it.
-        self.snapshots.sync(&mut self.hierarchy);
+        // The snapshot holds segment 0 (its header names it); the others' changes are not
+        // collected.
+        let mut segments = self.hierarchy.iter_mut();
+        if let Some(q35) = segments.next() {
+            self.snapshots.sync(q35);
+        }
+        segments.for_each(Hierarchy::discard_snapshot_changes);
         self.sync_msi_routes();
         let mut changes = self.deliver_events();
         if effects.contains(Effects::SLOT) || changes.contains(LayoutChanges::FUNCTIONS) {
@@ -265,7 +286,7 @@ impl RootComplex {
         if changes.is_empty() && !effects.contains(Effects::CHIPSET_MEMORY) {
             return;
         }
-        let memory = self.hierarchy.chipset_memory();
+        let memory = self.hierarchy.primary().chipset_memory();
         if !changes.is_empty() {
             let delta = self.hierarchy.layout_delta();
             debug!("layout generation {}: {changes:?}", delta.generation);
@@ -323,22 +344,32 @@ impl RootComplex {
 
 impl ControlOps for RootComplex {
     fn query_pci(&mut self) -> serde_json::Value {
-        query_pci(&self.hierarchy)
+        query_pci_segments(&self.hierarchy)
     }
 
     fn device_add(&mut self, req: &DeviceAdd) -> Result<(), ControlError> {
-        let r = self.control.device_add(&mut self.hierarchy, req);
+        // Ids are unique across segments; the port's segment checks its own.
+        let r = if self.hierarchy.segment_of(&req.bus) != self.hierarchy.segment_of(&req.id)
+            && self.hierarchy.id_in_use(&req.id)
+        {
+            Err(ControlError::Generic(
+                HotplugError::Duplicate(req.id.clone()).to_string(),
+            ))
+        } else {
+            let h = self.hierarchy.of_id_mut(&req.bus);
+            self.control.device_add(h, req)
+        };
         let r = self.reported(r);
         self.count_hotplug(&r, |h| &mut h.device_add);
         r
     }
 
     fn device_del(&mut self, id: &str) -> Result<(), ControlError> {
-        let r = self.control.device_del(&mut self.hierarchy, id);
+        let r = self.control.device_del(self.hierarchy.of_id_mut(id), id);
         let r = self.reported(r);
         // A slot the guest kept powered off gave the function up at once (DEVICE_DELETED is
         // already queued): nothing is pending then.
-        if r.is_ok() && self.hierarchy.endpoint(id).is_some() {
+        if r.is_ok() && self.hierarchy.of_id_mut(id).endpoint(id).is_some() {
             self.control.unplug_requested(id);
         }
         self.count_hotplug(&r, |h| &mut h.device_del);
@@ -346,17 +377,21 @@ impl ControlOps for RootComplex {
     }
 
     fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError> {
-        let r = self.control.inject_aer(&mut self.hierarchy, req);
+        let r = self
+            .control
+            .inject_aer(self.hierarchy.of_id_mut(&req.id), req);
         self.reported(r)
     }
 
     fn inject_pme(&mut self, id: &str) -> Result<(), ControlError> {
-        let r = self.control.inject_pme(&mut self.hierarchy, id);
+        let r = self.control.inject_pme(self.hierarchy.of_id_mut(id), id);
         self.reported(r)
     }
 
     fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError> {
-        let r = self.control.surprise_remove(&mut self.hierarchy, id);
+        let r = self
+            .control
+            .surprise_remove(self.hierarchy.of_id_mut(id), id);
         let r = self.reported(r);
         self.count_hotplug(&r, |h| &mut h.surprise_removals);
         r
@@ -398,29 +433,26 @@ impl BackendHandler for RootComplex {
     }
 
     fn config_read(&mut self, a: ConfigAddress, width: u8) -> Result<u32, Status> {
-        if a.segment != self.hierarchy.spec().segment {
-            return Err(Status::NoDevice);
-        }
-        self.hierarchy.config_read(a.bus, a.devfn, a.offset, width)
+        let h = self.hierarchy.get(a.segment).ok_or(Status::NoDevice)?;
+        h.config_read(a.bus, a.devfn, a.offset, width)
     }
 
     fn config_write(&mut self, a: ConfigAddress, width: u8, value: u32) -> Result<(), Status> {
-        if a.segment != self.hierarchy.spec().segment {
-            return Err(Status::NoDevice);
-        }
         let effects = self
-            .hierarchy
+            .segment_mut(a.segment)?
             .config_write(a.bus, a.devfn, a.offset, width, value)?;
         self.report(effects);
         Ok(())
     }
 
+    // Configuration mechanism #1 reaches segment 0 only (PCI Firmware 3.3 §4.1: other
+    // segments are reachable through their MCFG windows alone).
     fn pio_read(&mut self, port: u64, width: u8) -> Result<u64, Status> {
-        self.hierarchy.pio_read(port, width)
+        self.hierarchy.primary().pio_read(port, width)
     }
 
     fn pio_write(&mut self, port: u64, width: u8, value: u64) -> Result<(), Status> {
-        let effects = self.hierarchy.pio_write(port, width, value)?;
+        let effects = self.hierarchy.primary_mut().pio_write(port, width, value)?;
         self.report(effects);
         Ok(())
     }
@@ -443,11 +475,11 @@ impl BackendHandler for RootComplex {
     }
 
     fn save_state(&mut self) -> Result<Vec<u8>, Status> {
-        Ok(state::save(&self.hierarchy))
+        Ok(state::save_segments(&self.hierarchy))
     }
 
     fn load_state(&mut self, blob: &[u8]) -> Result<(), Status> {
-        state::load(&mut self.hierarchy, blob).map_err(|e| {
+        state::load_segments(&mut self.hierarchy, blob).map_err(|e| {
             warn!("load state refused: {e}");
             Status::BadMessage
         })?;
@@ -463,15 +495,14 @@ impl BackendHandler for RootComplex {
     }
 
     fn chipset_memory(&mut self) -> ChipsetMemory {
-        self.hierarchy.chipset_memory()
+        self.hierarchy.primary().chipset_memory()
     }
 
     fn report_error(&mut self, conn: ConnectionId, r: &ErrorReport) -> Result<(), Status> {
-        if r.segment != self.hierarchy.spec().segment {
-            return Err(Status::NoDevice);
-        }
         let e = self
             .hierarchy
+            .get(r.segment)
+            .ok_or(Status::NoDevice)?
             .endpoint_at(r.bus, r.devfn)
             .ok_or(Status::NoDevice)?;
         if !self.ownership.is_owner(conn, &e.owner) {
@@ -490,7 +521,7 @@ impl BackendHandler for RootComplex {
             header_log: r.header_log,
         };
         let fx = self
-            .hierarchy
+            .segment_mut(r.segment)?
             .report_error(r.bus, r.devfn, err)
             .map_err(|e| {
                 warn!("error report refused: {e}");
@@ -501,11 +532,10 @@ impl BackendHandler for RootComplex {
     }
 
     fn raise_pme(&mut self, conn: ConnectionId, a: &FunctionAddress) -> Result<(), Status> {
-        if a.segment != self.hierarchy.spec().segment {
-            return Err(Status::NoDevice);
-        }
         let e = self
             .hierarchy
+            .get(a.segment)
+            .ok_or(Status::NoDevice)?
             .endpoint_at(a.bus, a.devfn)
             .ok_or(Status::NoDevice)?;
         if !self.ownership.is_owner(conn, &e.owner) {
@@ -513,7 +543,7 @@ impl BackendHandler for RootComplex {
         }
         let id = e.id.clone();
         let fx = self
-            .hierarchy
+            .segment_mut(a.segment)?
             .raise_pme(&id)
             .map_err(|_| Status::NoDevice)?;
         self.report(fx);
@@ -549,7 +579,7 @@ impl BackendHandler for RootComplex {
         conn: ConnectionId,
         file: std::fs::File,
     ) -> Result<(), Status> {
-        self.snapshots.add(&self.hierarchy, conn, file)
+        self.snapshots.add(self.hierarchy.primary(), conn, file)
     }
 
     fn set_interrupt_fd(
@@ -564,12 +594,23 @@ impl BackendHandler for RootComplex {
     }
 
     fn claim_function(&mut self, conn: ConnectionId, c: &FunctionClaim) -> Result<(), Status> {
-        let r = self.ownership.claim(&mut self.hierarchy, conn, c);
+        // The port names the segment; ids are unique across segments.
+        let port = pcierc_protocol::decode_name(&c.port).ok_or(Status::Invalid)?;
+        let id = pcierc_protocol::decode_name(&c.id).ok_or(Status::Invalid)?;
+        if self.hierarchy.segment_of(port) != self.hierarchy.segment_of(id)
+            && self.hierarchy.id_in_use(id)
+        {
+            return Err(Status::Exists);
+        }
+        let h = self.hierarchy.of_id_mut(port);
+        let r = self.ownership.claim(h, conn, c);
         self.reported(r)
     }
 
     fn release_function(&mut self, conn: ConnectionId, r: &FunctionRelease) -> Result<(), Status> {
-        let r = self.ownership.release(&mut self.hierarchy, conn, r);
+        let id = pcierc_protocol::decode_name(&r.id).ok_or(Status::Invalid)?;
+        let h = self.hierarchy.of_id_mut(id);
+        let r = self.ownership.release(h, conn, r);
         self.reported(r)
     }
 }

@@ -35,7 +35,7 @@ use super::stats::StateFileStats;
 
 use crate::devices::MachineType;
 use crate::pci::port::SAVED_VALUES_PATH;
-use crate::topology::{state, FunctionChange, Hierarchy, SavedModels};
+use crate::topology::{state, FunctionChange, SavedModels, Segments};
 use format::{Decoded, FormatError, TornTail};
 use patch::PatchError;
 use pcierc_config_space::config_space::hex;
@@ -146,7 +146,7 @@ pub struct StateFile {
     /// The state the file holds (or, after a failed write, the one the next base will hold).
     current: Value,
     /// The function models `current` was saved from.
-    models: SavedModels,
+    models: Vec<SavedModels>,
     /// Bytes of the base (header included) and of the records after it.
     base_len: u64,
     journal_len: u64,
@@ -158,17 +158,17 @@ impl StateFile {
     /// Use `path` for `h`, which is at power-on: if a file is there, load it into `h` (a file
     /// that does not load is [`StateFileError::Refused`], never overwritten), or with `reset`
     /// discard it (logged at warn); then write a new base holding the current state.
-    pub fn open(path: &Path, h: &mut Hierarchy, reset: bool) -> Result<Self, StateFileError> {
+    pub fn open(path: &Path, h: &mut Segments, reset: bool) -> Result<Self, StateFileError> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        let power_on = state::save_value(h);
+        let power_on = state::save_value_segments(h);
         let power_on_crc = format::crc32(&to_bytes(&power_on));
         let mut f = StateFile {
             path: path.to_path_buf(),
             tmp: PathBuf::from(tmp),
             file: None,
             current: power_on.clone(),
-            models: SavedModels::default(),
+            models: Vec::new(),
             power_on,
             power_on_crc,
             base_len: 0,
@@ -229,7 +229,7 @@ impl StateFile {
                 loaded.records
             );
         }
-        f.current = state::save_value(h);
+        f.current = state::save_value_segments(h);
         h.save_changed_functions(&mut f.models, patch::RUN_GAP / 2);
         let start = std::time::Instant::now();
         let r = f.write_base();
@@ -245,7 +245,7 @@ impl StateFile {
     /// Persist `h` if it changed since the last write: one record appended and `fdatasync`'ed,
     /// or a new base when the journal is past its bound (or a write failed before). Errors are
     /// logged: the guest keeps running, but a restart would lose what could not be written.
-    pub fn persist(&mut self, h: &Hierarchy) {
+    pub fn persist(&mut self, h: &Segments) {
         let change = self.update(h);
         if change.is_none() && self.file.is_some() {
             return;
@@ -266,7 +266,7 @@ impl StateFile {
 
     /// Bring `current` up to date with `h` and return the patch from the old one, `None` if
     /// nothing changed. Only the functions whose model changed are serialized and compared.
-    fn update(&mut self, h: &Hierarchy) -> Option<Value> {
+    fn update(&mut self, h: &Segments) -> Option<Value> {
         let top = state::save_value_without_functions(h);
         let changed = h.save_changed_functions(&mut self.models, patch::RUN_GAP / 2);
         let mut patch = serde_json::Map::new();
@@ -307,7 +307,7 @@ impl StateFile {
                                 // did, `current` is taken whole again and written as a base.
                                 error!("state file: register patch of function {i}: {e}");
                                 self.file = None;
-                                self.current = state::save_value(h);
+                                self.current = state::save_value_segments(h);
                                 return None;
                             }
                         }
@@ -429,16 +429,17 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
 /// If `power_on` (a journal's power-on CRC) is this topology's power-on state under another
 /// machine type, the error that names it: the base holds only what differs from power-on, so
 /// the machine type itself is not in the file.
-fn other_machine(h: &Hierarchy, power_on: u32) -> Option<Unloadable> {
-    let running = h.spec().machine;
+fn other_machine(h: &Segments, power_on: u32) -> Option<Unloadable> {
+    let running = h.primary().spec().machine;
     MachineType::ALL
         .into_iter()
         .filter(|&m| m != running)
         .find(|&m| {
-            let mut spec = h.spec().clone();
+            let mut spec = h.declared().clone();
             spec.machine = m;
-            Hierarchy::new(spec)
-                .is_ok_and(|other| format::crc32(&to_bytes(&state::save_value(&other))) == power_on)
+            Segments::new(spec).is_ok_and(|other| {
+                format::crc32(&to_bytes(&state::save_value_segments(&other))) == power_on
+            })
         })
         .map(|saved| Unloadable::Machine { saved, running })
 }
@@ -446,11 +447,11 @@ fn other_machine(h: &Hierarchy, power_on: u32) -> Option<Unloadable> {
 /// Check a state file's bytes and restore the state they hold into `h`, which must be at
 /// power-on (a journal's base is the difference from it), as [`StateFile::open`] does at start;
 /// `h` is unchanged on error.
-pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable> {
+pub fn load_bytes(h: &mut Segments, bytes: &[u8]) -> Result<Loaded, Unloadable> {
     let state_err = |e| Unloadable::State(Box::new(e));
     match format::decode(bytes)? {
         Decoded::Whole { blob, legacy } => {
-            state::load(h, blob).map_err(state_err)?;
+            state::load_segments(h, blob).map_err(state_err)?;
             Ok(Loaded {
                 version: if legacy { 0 } else { format::WHOLE_VERSION },
                 records: 0,
@@ -458,7 +459,7 @@ pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable>
             })
         }
         Decoded::Journal(j) => {
-            let mut value = state::save_value(h);
+            let mut value = state::save_value_segments(h);
             let this = format::crc32(&to_bytes(&value));
             if j.power_on != this {
                 return Err(other_machine(h, j.power_on).unwrap_or(Unloadable::PowerOn {
@@ -480,7 +481,7 @@ pub fn load_bytes(h: &mut Hierarchy, bytes: &[u8]) -> Result<Loaded, Unloadable>
                 patch::apply(&mut value, &p)
                     .map_err(|reason| Unloadable::Patch { what, reason })?;
             }
-            state::load(h, &to_bytes(&value)).map_err(state_err)?;
+            state::load_segments(h, &to_bytes(&value)).map_err(state_err)?;
             Ok(Loaded {
                 version: format::FILE_VERSION,
                 records: j.records.len(),
@@ -497,12 +498,13 @@ mod tests {
 
     const RP1_ECAM: u64 = 0xb000_0000 + (0x10 << 12);
 
-    fn hierarchy() -> Hierarchy {
-        Hierarchy::new(TopologySpec::embedded_default().expect("topology")).expect("hierarchy")
+    fn hierarchy() -> Segments {
+        Segments::new(TopologySpec::embedded_default().expect("topology")).expect("hierarchy")
     }
 
     /// Map ECAM at 0xb0000000 (PCIEXBAR through CF8/CFC).
-    fn enable_ecam(h: &mut Hierarchy) {
+    fn enable_ecam(h: &mut Segments) {
+        let h = h.primary_mut();
         let _ = h.pio_write(0xcf8, 4, 0x8000_0060);
         let _ = h.pio_write(0xcfc, 4, 0xb000_0001);
     }
@@ -527,7 +529,7 @@ mod tests {
             let _ = h.mmio_write(RP1_ECAM + off, 4, v);
             f.persist(&h);
             // Incremental: the state kept equals a whole save.
-            assert_eq!(f.current, state::save_value(&h));
+            assert_eq!(f.current, state::save_value_segments(&h));
         }
         // A request that changes nothing writes nothing.
         f.persist(&h);
@@ -546,7 +548,10 @@ mod tests {
         let loaded = load_bytes(&mut again, &bytes).expect("loads");
         assert_eq!(loaded.records, 5);
         assert_eq!(again.save_functions(), h.save_functions());
-        assert_eq!(again.config_address(), h.config_address());
+        assert_eq!(
+            again.primary().config_address(),
+            h.primary().config_address()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -558,7 +563,7 @@ mod tests {
         let mut f = StateFile::open(&path, &mut h, false).expect("open");
         enable_ecam(&mut h);
         f.persist(&h);
-        let mut copy = SavedModels::default();
+        let mut copy = Vec::<SavedModels>::new();
         let _ = h.save_changed_functions(&mut copy, patch::RUN_GAP / 2);
         let _ = h.mmio_write(RP1_ECAM + 0x200, 4, 0x1234_5678);
         // The hierarchy gives rp1's changed bytes, not its state.
@@ -571,7 +576,7 @@ mod tests {
             )]
         );
         f.persist(&h);
-        assert_eq!(f.current, state::save_value(&h));
+        assert_eq!(f.current, state::save_value_segments(&h));
         let bytes = std::fs::read(&path).expect("file");
         let Ok(Decoded::Journal(j)) = format::decode(&bytes) else {
             panic!("not a journal");
@@ -628,7 +633,7 @@ mod tests {
         enable_ecam(&mut h);
         f.persist(&h);
         let bytes = std::fs::read(&path).expect("file");
-        let mut other = Hierarchy::new(TopologySpec::empty()).expect("MCH alone");
+        let mut other = Segments::new(TopologySpec::empty()).expect("MCH alone");
         assert!(matches!(
             load_bytes(&mut other, &bytes),
             Err(Unloadable::PowerOn { .. })

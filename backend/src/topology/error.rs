@@ -192,9 +192,38 @@ pub enum TopologyError {
         /// The index.
         index: u32,
     },
-    /// A segment other than 0.
-    #[error("segment {0} is not supported: Q35 has segment 0 only")]
+    /// A top-level `segment` other than 0 (the Q35 hierarchy is segment 0; more segments are
+    /// `[[segment]]` tables).
+    #[error("segment {0} is not supported: the Q35 hierarchy is segment 0 (declare more segments with [[segment]])")]
     Segment(u16),
+    /// A `[[segment]]` numbered 0, or two with one number.
+    #[error("{id}: segment {segment} is already the Q35 hierarchy's or another [[segment]]'s")]
+    SegmentInUse {
+        /// The segment's id.
+        id: String,
+        /// Its number.
+        segment: u16,
+    },
+    /// A `[[segment]]` whose ECAM window is not 1 MiB-aligned, wraps, or is empty.
+    #[error("{id}: ECAM window {base:#x} for buses 0-{end_bus}: {reason}")]
+    SegmentWindow {
+        /// The segment's id.
+        id: String,
+        /// The window's base.
+        base: u64,
+        /// Its last bus.
+        end_bus: u8,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Two `[[segment]]`s' ECAM windows overlap.
+    #[error("{id}: ECAM window overlaps {other}'s")]
+    SegmentOverlap {
+        /// The segment.
+        id: String,
+        /// The other one.
+        other: String,
+    },
     /// A `default-owner` that is not a valid emulator name.
     #[error("default-owner '{0}' is not a valid emulator name")]
     DefaultOwner(String),

@@ -7,7 +7,7 @@ use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status
 
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
-use crate::devices::{Mch, RootPort};
+use crate::devices::{HostBridge, Mch, RootPort, SegmentHostBridge};
 use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::report::DescribeCache;
@@ -88,9 +88,12 @@ pub enum Routed {
 }
 
 /// The hierarchy state.
+#[derive(Clone)]
 pub struct Hierarchy {
     spec: TopologySpec,
-    mch: Mch,
+    /// The host bridge at 00.0: the MCH in segment 0, a plain one with a fixed ECAM window in
+    /// an extra segment.
+    mch: HostBridge,
     ports: Vec<RootPort>,
     /// Root bus: devfn -> slot.
     root: [Slot; 256],
@@ -131,9 +134,16 @@ pub struct Hierarchy {
 }
 
 impl Hierarchy {
-    /// Build the hierarchy at power-on state from a validated spec.
+    /// Build the hierarchy at power-on state from a validated spec: of the spec's own segment
+    /// ([`TopologySpec::for_segment`]; the Q35 hierarchy for segment 0; the other segments of
+    /// the topology are [`super::Segments`]' other hierarchies).
     pub fn new(spec: TopologySpec) -> crate::Result<Self> {
         spec.validate()?;
+        let spec = spec.for_segment(spec.segment);
+        let mch = match spec.segments.first() {
+            Some(own) => HostBridge::Segment(SegmentHostBridge::new(own.ecam())),
+            None => HostBridge::Mch(Mch::new()),
+        };
         let ports: Vec<RootPort> = spec
             .root_ports
             .iter()
@@ -145,7 +155,7 @@ impl Hierarchy {
             top_ports: Vec::new(),
             child_ports: Vec::new(),
             spec,
-            mch: Mch::new(),
+            mch,
             ports,
             root: [Slot::Empty; 256],
             bus_owner: [0; 256],
@@ -337,9 +347,15 @@ impl Hierarchy {
         self.generation
     }
 
-    /// The host bridge model.
-    pub fn mch(&self) -> &Mch {
+    /// The host bridge model (the MCH in segment 0).
+    pub fn mch(&self) -> &HostBridge {
         &self.mch
+    }
+
+    /// The saved-state and topology-record name of the host bridge: `mch` in segment 0, the
+    /// segment's id in an extra one.
+    pub fn host_bridge_id(&self) -> &str {
+        self.spec.segments.first().map_or("mch", |s| s.id.as_str())
     }
 
     /// The root port models, in spec order.
@@ -676,7 +692,7 @@ impl Hierarchy {
 
     /// Serialize the complete guest-visible state (see [`super::state`]).
     pub fn save_functions(&self) -> Vec<(String, serde_json::Value)> {
-        let mut v = vec![("mch".to_string(), self.mch.save())];
+        let mut v = vec![(self.host_bridge_id().to_string(), self.mch.save())];
         for (p, spec) in self.ports.iter().zip(&self.spec.root_ports) {
             v.push((spec.config.id.clone(), p.save()));
         }
@@ -735,7 +751,7 @@ impl Hierarchy {
         endpoints: Vec<EndpointSpec>,
         generation: u64,
     ) -> crate::Result<()> {
-        let expected: Vec<&str> = std::iter::once("mch")
+        let expected: Vec<&str> = std::iter::once(self.host_bridge_id())
             .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
             .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
@@ -782,7 +798,7 @@ pub enum FunctionChange<'a> {
 /// ([`Hierarchy::save_changed_functions`]).
 #[derive(Clone, Debug, Default)]
 pub struct SavedModels {
-    mch: Option<Mch>,
+    mch: Option<HostBridge>,
     ports: Vec<Option<RootPort>>,
 }
 

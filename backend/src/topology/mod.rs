@@ -1,7 +1,8 @@
 //! The hierarchy: how it is described ([`spec`]), how accesses are routed ([`hierarchy`]), how it
 //! is reported to frontends ([`report`]) and saved ([`state`]); the `pcie-root-port` properties
 //! ([`root_port`]) and the `pcie-pci-bridge` ones ([`pcie_pci_bridge`]); what goes wrong
-//! ([`error`]).
+//! ([`error`]); extra PCI segments ([`segment`]) and the hierarchies of all of them
+//! ([`segments`]).
 
 pub mod addr;
 pub mod error;
@@ -9,10 +10,13 @@ pub mod hierarchy;
 pub mod pcie_pci_bridge;
 pub mod report;
 pub mod root_port;
+pub mod segment;
+pub mod segments;
 pub mod spec;
 pub mod state;
 
 pub use addr::DevFn;
 pub use error::{StateError, TopologyError};
 pub use hierarchy::{FunctionChange, Hierarchy, Routed, SavedModels, Slot};
-pub use spec::{EndpointSpec, PortSpec, TopologySpec};
+pub use segments::Segments;
+pub use spec::{EndpointSpec, PortSpec, SegmentSpec, TopologySpec};

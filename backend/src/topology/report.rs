@@ -30,7 +30,7 @@ fn name(s: &str) -> [u8; pcierc_protocol::NAME_LEN] {
 /// registers may have changed (the ones the configuration snapshot is told about,
 /// `Hierarchy::mark_changed`) are described again, and only what differs goes into the delta,
 /// so a layout change costs what changed, not a walk over every port.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DescribeCache {
     /// 0 = MCH, 1 + i = port i: describe again before use.
     stale: Vec<bool>,
@@ -244,7 +244,8 @@ impl Hierarchy {
                 | function_flags::EMULATED
                 | if mf { function_flags::MULTIFUNCTION } else { 0 },
             parent: NO_PARENT,
-            id: name("mch"),
+            segment: self.spec().segment,
+            id: name(self.host_bridge_id()),
             owner: name(PCIERC_OWNER),
             ..Default::default()
         }
@@ -272,7 +273,9 @@ impl Hierarchy {
         } else {
             0
         };
+        let segment = self.spec().segment;
         let record = FunctionRecord {
+            segment,
             bus,
             devfn: ps.addr.0,
             vendor_id: v,
@@ -295,6 +298,7 @@ impl Hierarchy {
                 size,
                 space: space as u8,
                 kind: kind as u8,
+                segment,
                 bus,
                 devfn: ps.addr.0,
                 bar,
@@ -351,6 +355,7 @@ impl Hierarchy {
             }
         };
         FunctionRecord {
+            segment: self.spec().segment,
             bus,
             devfn: e.addr.0,
             vendor_id: 0xffff,
@@ -373,11 +378,16 @@ impl Hierarchy {
     pub fn tree(&self) -> String {
         let spec = self.spec();
         let mut out = String::new();
-        let _ = writeln!(out, "{ROOT_BUS} (segment {:04x})", spec.segment);
+        let host = self.host_bridge_id();
+        let (root, kind) = match self.mch().as_mch() {
+            Some(_) => (ROOT_BUS, "Q35 host bridge"),
+            None => (host, "host bridge"),
+        };
+        let _ = writeln!(out, "{root} (segment {:04x})", spec.segment);
         let (v, d, _, _) = identity(self.mch());
         let _ = writeln!(
             out,
-            "├── 00:00.0 mch           [{v:04x}:{d:04x}] Q35 host bridge (pcierc)"
+            "├── 00:00.0 {host:<13} [{v:04x}:{d:04x}] {kind} (pcierc)"
         );
         match self.ecam() {
             Some((base, size, end)) => {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
+pub use super::segment::SegmentSpec;
 use crate::devices::{BridgeKind, MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -25,6 +26,10 @@ pub const DEFAULT_TOPOLOGY: &str = include_str!("default.toml");
 /// sits: on the root bus, or on the secondary bus of the port `bus` names.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PortSpec {
+    /// The PCI segment whose hierarchy it is in (0: the Q35 hierarchy's; else a
+    /// [`SegmentSpec`]'s: a root port names the segment's id as its `bus`, a switch port is
+    /// in its parent's segment, see [`TopologySpec::port_segment`]).
+    pub segment: u16,
     /// Device/function on its bus.
     pub addr: DevFn,
     /// `pcie.0` for root ports; the id of the parent port for switch ports (QEMU's `bus=`).
@@ -41,7 +46,8 @@ pub struct EndpointSpec {
     pub id: String,
     /// The QEMU driver name the owner uses (informational).
     pub driver: String,
-    /// `pcie.0` or the id of the root or switch downstream port it sits behind.
+    /// `pcie.0`, the id of an extra segment (its root bus) or the id of the root or switch
+    /// downstream port it sits behind.
     pub bus: String,
     /// Device/function on that bus.
     pub addr: DevFn,
@@ -57,8 +63,12 @@ pub struct TopologySpec {
     /// The machine type whose register behaviour the functions have (`machine = "..."` in a
     /// topology file, `--machine` on the command line; `pc-q35-7.2` unless given).
     pub machine: MachineType,
-    /// PCI segment group (Q35 has one: 0).
+    /// PCI segment group of this hierarchy: 0 for the whole topology and for the Q35
+    /// hierarchy; an extra segment's number in [`TopologySpec::for_segment`]'s part.
     pub segment: u16,
+    /// Extra PCI segments (beyond QEMU: `[[segment]]` tables), each with its own root bus and
+    /// fixed ECAM window. In [`TopologySpec::for_segment`]'s part of segment N, N's alone.
+    pub segments: Vec<SegmentSpec>,
     /// The emulator that serves functions declared without an `owner`.
     pub default_owner: String,
     /// The ports pcierc emulates, in declaration order: root ports, then switch ports (a tree:
@@ -72,7 +82,9 @@ pub struct TopologySpec {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileRepr {
     machine: Option<String>,
-    segment: Option<u16>,
+    /// `segment = 0` (the Q35 hierarchy's number, the only one it may have) or `[[segment]]`
+    /// tables.
+    segment: Option<toml::Value>,
     default_owner: Option<String>,
     #[serde(default)]
     root_port: Vec<PortRepr>,
@@ -110,17 +122,23 @@ fn port_spec(
     addr: Option<&str>,
     bus: Option<&str>,
     props: &[(String, String)],
+    segments: &[SegmentSpec],
 ) -> Result<PortSpec> {
     let root = model.kind() == BridgeKind::RootPort;
-    let bus = match bus {
-        Some(bus) if root && bus != ROOT_BUS => {
-            return Err(TopologyError::PortBus {
-                id,
-                bus: bus.to_string(),
-            })
-        }
-        Some(bus) => bus.to_string(),
-        None if root => ROOT_BUS.to_string(),
+    let (segment, bus) = match bus {
+        None | Some(ROOT_BUS) if root => (0, ROOT_BUS.to_string()),
+        // A root port on an extra segment's root bus: `bus` names the segment.
+        Some(bus) if root => match segments.iter().find(|s| s.id == bus) {
+            Some(s) => (s.segment, ROOT_BUS.to_string()),
+            None => {
+                return Err(TopologyError::PortBus {
+                    id,
+                    bus: bus.to_string(),
+                })
+            }
+        },
+        // A switch port: its parent's segment (TopologySpec::port_segment).
+        Some(bus) => (0, bus.to_string()),
         None => {
             return Err(TopologyError::MissingProperty {
                 id,
@@ -150,6 +168,7 @@ fn port_spec(
         root_port::set_property(&mut config, k, v)?;
     }
     Ok(PortSpec {
+        segment,
         // Unplaced switch ports get their device number from TopologySpec::place().
         addr: addr.unwrap_or(DevFn(AUTO_ADDR)),
         bus,
@@ -162,7 +181,7 @@ fn port_spec(
 const AUTO_ADDR: u8 = 0xff;
 
 impl PortRepr {
-    fn into_spec(self) -> Result<PortSpec> {
+    fn into_spec(self, segments: &[SegmentSpec]) -> Result<PortSpec> {
         let text = |key: &str| match self.0.get(key) {
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
             None => Ok(None),
@@ -192,7 +211,7 @@ impl PortRepr {
             .filter(|(k, _)| !["id", "addr", "bus", "driver"].contains(&k.as_str()))
             .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
             .collect::<Result<Vec<_>>>()?;
-        port_spec(id, model, addr.as_deref(), bus.as_deref(), &props)
+        port_spec(id, model, addr.as_deref(), bus.as_deref(), &props, segments)
     }
 }
 
@@ -207,6 +226,7 @@ impl TopologySpec {
         TopologySpec {
             machine: MachineType::default(),
             segment: 0,
+            segments: Vec::new(),
             default_owner: "vmm".into(),
             root_ports: Vec::new(),
             endpoints: Vec::new(),
@@ -220,14 +240,19 @@ impl TopologySpec {
             Some(m) => m.parse().map_err(TopologyError::Machine)?,
             None => MachineType::default(),
         };
+        let (segment, segments) = match repr.segment {
+            None => (0, Vec::new()),
+            Some(v) => super::segment::from_key(v)?,
+        };
         let mut spec = TopologySpec {
             machine,
-            segment: repr.segment.unwrap_or(0),
+            segment,
+            segments,
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
             ..Self::empty()
         };
         for p in repr.root_port.into_iter().chain(repr.switch_port) {
-            let p = p.into_spec()?;
+            let p = p.into_spec(&spec.segments)?;
             spec.push_port(p);
         }
         for d in repr.device {
@@ -296,7 +321,14 @@ impl TopologySpec {
                 .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
                 .cloned()
                 .collect();
-            let port = port_spec(id.clone(), model, field("addr"), field("bus"), &props)?;
+            let port = port_spec(
+                id.clone(),
+                model,
+                field("addr"),
+                field("bus"),
+                &props,
+                &self.segments,
+            )?;
             self.push_port(port);
         } else {
             let mut d = DeviceRepr {
@@ -379,17 +411,23 @@ impl TopologySpec {
     /// Check the whole description; the error names the offending item.
     pub fn validate(&self) -> Result<()> {
         use TopologyError as E;
-        if self.segment != 0 {
+        if self.segment != 0 && !self.segments.iter().any(|s| s.segment == self.segment) {
             return Err(E::Segment(self.segment));
+        }
+        super::segment::validate(&self.segments)?;
+        // An extra segment's id names its root bus: not the Q35 one's name.
+        if let Some(s) = self.segments.iter().find(|s| s.id == ROOT_BUS) {
+            return Err(E::InvalidId(s.id.clone()));
         }
         if !valid_name(&self.default_owner) || self.default_owner == PCIERC_OWNER {
             return Err(E::DefaultOwner(self.default_owner.clone()));
         }
         let mut ids = HashSet::new();
         let all_ids = self
-            .root_ports
+            .segments
             .iter()
-            .map(|p| p.config.id.as_str())
+            .map(|s| s.id.as_str())
+            .chain(self.root_ports.iter().map(|p| p.config.id.as_str()))
             .chain(self.endpoints.iter().map(|e| e.id.as_str()));
         for id in all_ids {
             if !valid_name(id) || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -418,9 +456,13 @@ impl TopologySpec {
             if p.bus == ROOT_BUS && p.addr == DevFn(0) {
                 return Err(E::HostBridgeAddress { id: id.to_string() });
             }
-            if let Some((other, _)) =
-                slots.insert((p.bus.as_str(), p.addr), (id, p.config.multifunction))
-            {
+            // Root ports by their segment's root bus, switch ports by their parent's id.
+            let bus = if p.bus == ROOT_BUS {
+                self.root_bus_name(self.port_segment(p))
+            } else {
+                p.bus.as_str()
+            };
+            if let Some((other, _)) = slots.insert((bus, p.addr), (id, p.config.multifunction)) {
                 return Err(E::PortAddressInUse {
                     id: id.to_string(),
                     addr: p.addr,
@@ -456,7 +498,7 @@ impl TopologySpec {
                     owner: e.owner.clone(),
                 });
             }
-            if e.bus == ROOT_BUS {
+            if e.bus == ROOT_BUS || self.segments.iter().any(|s| s.id == e.bus) {
                 if e.addr == DevFn(0) {
                     return Err(E::HostBridgeAddress { id: id.to_string() });
                 }
@@ -508,6 +550,96 @@ impl TopologySpec {
             }
         }
         Ok(())
+    }
+
+    /// The name of segment `segment`'s root bus: `pcie.0` for this spec's own segment (the Q35
+    /// hierarchy's in the whole topology), the segment's id for another.
+    pub fn root_bus_name(&self, segment: u16) -> &str {
+        if segment == self.segment {
+            return ROOT_BUS;
+        }
+        self.segments
+            .iter()
+            .find(|s| s.segment == segment)
+            .map_or(ROOT_BUS, |s| s.id.as_str())
+    }
+
+    /// The segment endpoint `e` sits in: its root bus's, or its port's; `None` for an unknown
+    /// bus.
+    pub fn endpoint_segment(&self, e: &EndpointSpec) -> Option<u16> {
+        if e.bus == ROOT_BUS {
+            return Some(self.segment);
+        }
+        if let Some(s) = self.segments.iter().find(|s| s.id == e.bus) {
+            return Some(s.segment);
+        }
+        self.port(&e.bus).map(|p| self.port_segment(p))
+    }
+
+    /// The segment port `p` is in: a root port's own, a switch port's root port's (the chain
+    /// of parents is walked at most once per port: a broken chain, refused by validation,
+    /// gives the last port reached).
+    pub fn port_segment(&self, p: &PortSpec) -> u16 {
+        let mut at = p;
+        for _ in 0..=self.root_ports.len() {
+            if at.bus == ROOT_BUS {
+                break;
+            }
+            match self.port(&at.bus) {
+                Some(up) => at = up,
+                None => break,
+            }
+        }
+        at.segment
+    }
+
+    /// The segment numbers this topology has: its own (0, the Q35 hierarchy, for a whole
+    /// topology), then the extra ones in declaration order.
+    pub fn segment_numbers(&self) -> Vec<u16> {
+        std::iter::once(self.segment)
+            .chain(
+                self.segments
+                    .iter()
+                    .map(|s| s.segment)
+                    .filter(|&n| n != self.segment),
+            )
+            .collect()
+    }
+
+    /// The part of the topology in segment `segment`, as one hierarchy serves it: its root
+    /// ports and endpoints (those on its root bus with `bus` = `pcie.0`), and for an extra
+    /// segment its [`SegmentSpec`] alone.
+    pub fn for_segment(&self, segment: u16) -> TopologySpec {
+        let own = self.segments.iter().find(|s| s.segment == segment);
+        let root_bus = own.map(|s| s.id.as_str());
+        TopologySpec {
+            machine: self.machine,
+            segment,
+            segments: own.cloned().into_iter().collect(),
+            default_owner: self.default_owner.clone(),
+            root_ports: self
+                .root_ports
+                .iter()
+                .filter(|p| self.port_segment(p) == segment)
+                .map(|p| PortSpec {
+                    segment,
+                    ..p.clone()
+                })
+                .collect(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .filter(|e| self.endpoint_segment(e) == Some(segment))
+                .map(|e| EndpointSpec {
+                    bus: if Some(e.bus.as_str()) == root_bus {
+                        ROOT_BUS.to_string()
+                    } else {
+                        e.bus.clone()
+                    },
+                    ..e.clone()
+                })
+                .collect(),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! firmware does (through forwarded CF8/CFC and ECAM accesses), and print what was found.
 
 use clap::Parser;
-use pcierc_examples::firmware::{enumerate, summary, Layout};
+use pcierc_examples::firmware::{enumerate_segments, summary, Layout};
 use pcierc_examples::socket_bus::SocketBus;
 use pcierc_protocol::{Frontend, FrontendOptions};
 
@@ -16,23 +16,36 @@ struct Args {
 fn main() {
     env_logger::init();
     let args = Args::parse();
-    let fe = match Frontend::connect(&args.socket, FrontendOptions::vmm("enumerate")) {
+    let mut fe = match Frontend::connect(&args.socket, FrontendOptions::vmm("enumerate")) {
         Ok(fe) => fe,
         Err(e) => {
             eprintln!("enumerate: connecting to {}: {e}", args.socket.display());
             std::process::exit(1);
         }
     };
+    // Extra segments' fixed ECAM windows, as MCFG would list them.
+    let windows = match fe.topology() {
+        Ok(t) => t.ecam,
+        Err(e) => {
+            eprintln!("enumerate: GetTopology: {e}");
+            std::process::exit(1);
+        }
+    };
     let mut bus = SocketBus(fe);
-    match enumerate(&mut bus, Layout::default()) {
-        Ok(e) => {
-            print!("{}", summary(&e));
-            println!(
-                "{} functions, last bus {:02x}, {} config accesses",
-                e.functions.len(),
-                e.last_bus,
-                e.accesses
-            );
+    match enumerate_segments(&mut bus, Layout::default(), &windows) {
+        Ok(segments) => {
+            for (segment, e) in segments {
+                if segment != 0 {
+                    println!("segment {segment:04x}:");
+                }
+                print!("{}", summary(&e));
+                println!(
+                    "{} functions, last bus {:02x}, {} config accesses",
+                    e.functions.len(),
+                    e.last_bus,
+                    e.accesses
+                );
+            }
         }
         Err(e) => {
             eprintln!("enumerate: {e}");

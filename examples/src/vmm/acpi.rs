@@ -7,6 +7,14 @@
 //! control of PCIe hot-plug, SHPC hot-plug, PME, AER and the PCIe capability (PCI Firmware 3.3
 //! §4.5.1), since pcierc implements them natively in its root ports. `\_S5` is `{0, 0}`, matching
 //! the VMM's PM1a control register (SLP_TYP 0 powers off).
+//!
+//! Extra PCI segments (beyond QEMU, a `[[segment]]` of pcierc's topology) get what
+//! cloud-hypervisor's DSDT gives each of its segments: an MCFG entry (every ECAM window of the
+//! topology has one) and a `PNP0A08` host bridge `\_SB.PCIn` with `_SEG`, `_BBN`, `_UID` = n and a
+//! `_CRS` of the segment's bus range and its own memory apertures (below 4 GiB
+//! [`SEGMENT_MMIO32_SIZE`] taken from the top of the 32-bit window, above it the next
+//! 64 GiB after segment 0's), with the same `_OSC` and `_PRT`. No I/O aperture:
+//! configuration mechanism #1 and legacy I/O stay segment 0's.
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -34,8 +42,14 @@ const PCI_HOST_BRIDGE_OSC_UUID: &str = "33DB4D5B-1FF7-401C-9657-7441C03DD766";
 /// capability structure (4).
 const OSC_CONTROL_ALL: u32 = 0x1f;
 /// 64-bit MMIO aperture for prefetchable BARs (QEMU's q35 puts it high too).
-const MMIO64_START: u64 = 0x80_0000_0000;
+pub const MMIO64_START: u64 = 0x80_0000_0000;
 const MMIO64_SIZE: u64 = 64 << 30;
+/// 32-bit MMIO aperture of each extra segment, carved from the top of the 32-bit window.
+pub const SEGMENT_MMIO32_SIZE: u64 = 32 << 20;
+/// Most extra segments the DSDT describes (`\_SB.PCI1`-`PCI8`).
+pub const MAX_EXTRA_SEGMENTS: usize = 8;
+/// Bytes of the 64-bit apertures of segment 0 and of every extra segment the DSDT may describe.
+pub const MMIO64_SPAN: u64 = (1 + MAX_EXTRA_SEGMENTS as u64) * MMIO64_SIZE;
 
 fn bytes(t: &dyn Aml) -> Vec<u8> {
     let mut v = Vec::new();
@@ -43,84 +57,144 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: `\_SB.PCI0` and `\_S5`.
-fn dsdt(ecam: &[EcamWindow]) -> Vec<u8> {
+/// The DSDT: `\_SB.PCI0` (segment 0), `\_SB.PCIn` per extra segment, and `\_S5`.
+fn dsdt(ecam: &[EcamWindow]) -> Result<Vec<u8>, Error> {
+    let extra: Vec<&EcamWindow> = ecam.iter().filter(|e| e.segment != 0).collect();
+    if extra.len() > MAX_EXTRA_SEGMENTS {
+        return Err(Error::Config(format!(
+            "pcierc has {} extra PCI segments; the VMM's DSDT describes at most {MAX_EXTRA_SEGMENTS}",
+            extra.len()
+        )));
+    }
     let (start_bus, end_bus) = ecam
-        .first()
+        .iter()
+        .find(|e| e.segment == 0)
         .map(|e| (u16::from(e.start_bus), u16::from(e.end_bus)))
         .unwrap_or((0, 255));
-    let bus_numbers = aml::AddressSpace::new_bus_number(start_bus, end_bus);
-    let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
-    let io_low = aml::AddressSpace::new_io(0u16, 0xcf7, None);
-    let io_high = aml::AddressSpace::new_io(0xd00u16, 0xffff, None);
-    let mmio32 = aml::AddressSpace::new_memory(
-        aml::AddressSpaceCacheable::NotCacheable,
-        true,
-        layout::MMIO32_START as u32,
-        (layout::MMIO32_END - 1) as u32,
-        None,
-    );
-    let mmio64 = aml::AddressSpace::new_memory(
-        aml::AddressSpaceCacheable::Cacheable,
-        true,
-        MMIO64_START,
-        MMIO64_START + MMIO64_SIZE - 1,
-        None,
-    );
-    let crs = aml::ResourceTemplate::new(vec![
-        &bus_numbers,
-        &config_ports,
-        &io_low,
-        &io_high,
-        &mmio32,
-        &mmio64,
-    ]);
-
-    // Method (_OSC, 4) { CreateDWordField (Arg3, 0, CDW1)
-    //   If (Arg0 == ToUUID (PCI host bridge)) { CreateDWordField (Arg3, 8, CDW3)
-    //     CDW3 &= 0x1f }  Else { CDW1 |= 4 (unrecognized UUID) }
-    //   Return (Arg3) }
-    let cdw1 = aml::Path::new("CDW1");
-    let cdw3 = aml::Path::new("CDW3");
-    let create_cdw1 = aml::CreateDWordField::new(&cdw1, &aml::Arg(3), &aml::ZERO);
-    let create_cdw3 = aml::CreateDWordField::new(&cdw3, &aml::Arg(3), &8u8);
-    let grant = aml::And::new(&cdw3, &cdw3, &OSC_CONTROL_ALL);
-    let uuid = aml::Uuid::new(PCI_HOST_BRIDGE_OSC_UUID);
-    let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
-    let if_pci = aml::If::new(&is_pci, vec![&create_cdw3, &grant]);
-    let unrecognized = aml::Or::new(&cdw1, &cdw1, &4u8);
-    let else_ = aml::Else::new(vec![&unrecognized]);
-    let ret = aml::Return::new(&aml::Arg(3));
-    let osc = aml::Method::new(
-        "_OSC".into(),
-        4,
-        false,
-        vec![&create_cdw1, &if_pci, &else_, &ret],
-    );
-
-    let prt = aml::Name::new("_PRT".into(), &pci_routing_table());
-
-    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
-    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
-    let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
-    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
-    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
-    let bbn = aml::Name::new("_BBN".into(), &start_bus);
-    let crs = aml::Name::new("_CRS".into(), &crs);
-    let pci0 = aml::Device::new(
-        "PCI0".into(),
-        vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc, &prt],
-    );
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&pci0]);
+    let mmio32_end = layout::MMIO32_END - extra.len() as u64 * SEGMENT_MMIO32_SIZE;
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    let segment0 = HostBridge {
+        name: "PCI0".into(),
+        segment: 0,
+        uid: 0,
+        buses: (start_bus, end_bus),
+        mmio32: (layout::MMIO32_START, mmio32_end),
+        mmio64: MMIO64_START,
+        legacy_io: true,
+    };
+    dsdt.append_slice(&segment0.aml());
+    for (i, w) in extra.iter().enumerate() {
+        let n = i as u64 + 1;
+        let bridge = HostBridge {
+            name: format!("PCI{n}"),
+            segment: w.segment,
+            uid: n as u32,
+            buses: (u16::from(w.start_bus), u16::from(w.end_bus)),
+            mmio32: (
+                mmio32_end + i as u64 * SEGMENT_MMIO32_SIZE,
+                mmio32_end + n * SEGMENT_MMIO32_SIZE,
+            ),
+            mmio64: MMIO64_START + n * MMIO64_SIZE,
+            legacy_io: false,
+        };
+        dsdt.append_slice(&bridge.aml());
+    }
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&aml::ZERO, &aml::ZERO, &aml::ZERO, &aml::ZERO]),
     );
-
-    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    dsdt.append_slice(&bytes(&sb));
     dsdt.append_slice(&bytes(&s5));
-    dsdt.as_slice().to_vec()
+    Ok(dsdt.as_slice().to_vec())
+}
+
+/// One PCI Express host bridge of the DSDT (`PNP0A08`, PCI Firmware 3.3 §4.1.5 for `_SEG` and
+/// `_BBN`), in a `\_SB` scope of its own.
+struct HostBridge {
+    name: String,
+    segment: u16,
+    uid: u32,
+    /// First and last bus of its ECAM window.
+    buses: (u16, u16),
+    /// 32-bit aperture: [start, end).
+    mmio32: (u64, u64),
+    /// Start of its 64-bit aperture ([`MMIO64_SIZE`] bytes).
+    mmio64: u64,
+    /// Configuration mechanism #1 and the legacy I/O space (segment 0 only).
+    legacy_io: bool,
+}
+
+impl HostBridge {
+    fn aml(&self) -> Vec<u8> {
+        let (start_bus, end_bus) = self.buses;
+        let bus_numbers = aml::AddressSpace::new_bus_number(start_bus, end_bus);
+        let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
+        let io_low = aml::AddressSpace::new_io(0u16, 0xcf7, None);
+        let io_high = aml::AddressSpace::new_io(0xd00u16, 0xffff, None);
+        let mmio32 = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::NotCacheable,
+            true,
+            self.mmio32.0 as u32,
+            (self.mmio32.1 - 1) as u32,
+            None,
+        );
+        let mmio64 = aml::AddressSpace::new_memory(
+            aml::AddressSpaceCacheable::Cacheable,
+            true,
+            self.mmio64,
+            self.mmio64 + MMIO64_SIZE - 1,
+            None,
+        );
+        let resources: Vec<&dyn Aml> = if self.legacy_io {
+            vec![
+                &bus_numbers,
+                &config_ports,
+                &io_low,
+                &io_high,
+                &mmio32,
+                &mmio64,
+            ]
+        } else {
+            vec![&bus_numbers, &mmio32, &mmio64]
+        };
+        let crs = aml::ResourceTemplate::new(resources);
+
+        // Method (_OSC, 4) { CreateDWordField (Arg3, 0, CDW1)
+        //   If (Arg0 == ToUUID (PCI host bridge)) { CreateDWordField (Arg3, 8, CDW3)
+        //     CDW3 &= 0x1f }  Else { CDW1 |= 4 (unrecognized UUID) }
+        //   Return (Arg3) }
+        let cdw1 = aml::Path::new("CDW1");
+        let cdw3 = aml::Path::new("CDW3");
+        let create_cdw1 = aml::CreateDWordField::new(&cdw1, &aml::Arg(3), &aml::ZERO);
+        let create_cdw3 = aml::CreateDWordField::new(&cdw3, &aml::Arg(3), &8u8);
+        let grant = aml::And::new(&cdw3, &cdw3, &OSC_CONTROL_ALL);
+        let uuid = aml::Uuid::new(PCI_HOST_BRIDGE_OSC_UUID);
+        let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
+        let if_pci = aml::If::new(&is_pci, vec![&create_cdw3, &grant]);
+        let unrecognized = aml::Or::new(&cdw1, &cdw1, &4u8);
+        let else_ = aml::Else::new(vec![&unrecognized]);
+        let ret = aml::Return::new(&aml::Arg(3));
+        let osc = aml::Method::new(
+            "_OSC".into(),
+            4,
+            false,
+            vec![&create_cdw1, &if_pci, &else_, &ret],
+        );
+
+        let prt = aml::Name::new("_PRT".into(), &pci_routing_table());
+
+        let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+        let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+        let adr = aml::Name::new("_ADR".into(), &aml::ZERO);
+        let seg = aml::Name::new("_SEG".into(), &self.segment);
+        let uid = aml::Name::new("_UID".into(), &self.uid);
+        let bbn = aml::Name::new("_BBN".into(), &start_bus);
+        let crs = aml::Name::new("_CRS".into(), &crs);
+        let device = aml::Device::new(
+            self.name.as_str().into(),
+            vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc, &prt],
+        );
+        bytes(&aml::Scope::new("\\_SB_".into(), vec![&device]))
+    }
 }
 
 /// `_PRT` for bus 0 (ACPI 6.5 §6.2.13): every device's INTA-INTD to the IOAPIC GSI the VMM
@@ -244,7 +318,7 @@ pub fn write_tables(
         next: rsdp_addr + Rsdp::len() as u64,
     };
     let facs = w.put(&bytes(&FACS::new()), 64)?;
-    let dsdt = w.put(&dsdt(ecam), 8)?;
+    let dsdt = w.put(&dsdt(ecam)?, 8)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(w.put(&fadt(dsdt, facs), 8)?);
     xsdt.add_entry(w.put(&madt(cpus), 8)?);
@@ -324,5 +398,43 @@ mod tests {
             }
         }
         assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);
+    }
+
+    #[test]
+    fn an_extra_segment_gets_an_mcfg_entry_and_a_host_bridge() {
+        let window = |segment, base| EcamWindow {
+            base,
+            size: 256 << 20,
+            segment,
+            start_bus: 0,
+            end_bus: 255,
+            reserved: 0,
+        };
+        let ecam = [window(0, 0xb000_0000), window(1, 0x1_4000_0000)];
+        let m = mcfg(&ecam);
+        assert_eq!(m.len(), 36 + 8 + 2 * 16);
+        assert_eq!(
+            u64::from_le_bytes(m[60..68].try_into().unwrap()),
+            0x1_4000_0000
+        );
+        assert_eq!(
+            u16::from_le_bytes(m[68..70].try_into().unwrap()),
+            1,
+            "its segment"
+        );
+        let d = dsdt(&ecam).unwrap();
+        for name in [b"PCI0", b"PCI1"] {
+            assert!(
+                d.windows(4).any(|w| w == name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // `Name (_SEG, One)` for PCI1 (ACPI 6.5 §20.2.3: OneOp 0x01).
+        assert!(d.windows(6).any(|w| w == b"\x08_SEG\x01"));
+        let too_many: Vec<_> = (1..=MAX_EXTRA_SEGMENTS as u16 + 1)
+            .map(|s| window(s, u64::from(s) << 32))
+            .collect();
+        assert!(dsdt(&too_many).is_err());
     }
 }

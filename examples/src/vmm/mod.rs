@@ -332,6 +332,7 @@ pub fn run(config: &Config) -> Result<Stop, Error> {
     if config.acpi {
         wiring::enable_ecam(&pcie)?;
     }
+    wiring::check_segment_windows(&pcie, config.mem_mib << 20)?;
 
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     for (cap, name) in [

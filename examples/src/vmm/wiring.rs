@@ -13,32 +13,70 @@ use super::vfio::Assigned;
 use super::{endpoint, endpoint_id, irq, layout, Error};
 
 /// Firmware's part: enable ECAM through the MCH's PCIEXBAR (Q35: 00:00.0 offset 0x60, base |
-/// length 256 MiB | enable) if pcierc decodes none yet, and route it at once.
+/// length 256 MiB | enable) if pcierc decodes no window for segment 0 yet, and route it at once
+/// (extra segments' windows are fixed: they decode from power-on).
 pub fn enable_ecam(pcie: &PcieLink) -> Result<(), Error> {
     let backend = |what: &str| {
         let what = what.to_string();
         move |source| Error::Backend { what, source }
     };
     let mut fe = pcie.frontend();
-    if fe
-        .topology()
-        .map_err(backend("GetTopology"))?
-        .ecam
-        .is_empty()
-    {
+    let segment0 = |t: &Topology| t.ecam.iter().any(|w| w.segment == 0);
+    if !segment0(&fe.topology().map_err(backend("GetTopology"))?) {
         fe.config_write(0, 0, 0, 0x64, 4, (layout::ECAM_BASE >> 32) as u32)
             .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
         fe.config_write(0, 0, 0, 0x60, 4, layout::ECAM_BASE as u32 | 1)
             .map_err(backend("enabling ECAM (PCIEXBAR)"))?;
     }
     let topology = fe.topology().map_err(backend("GetTopology"))?;
-    if topology.ecam.is_empty() {
+    if !segment0(&topology) {
         return Err(Error::Config(
             "pcierc decodes no ECAM window after PCIEXBAR was enabled".into(),
         ));
     }
     drop(fe);
     pcie.set_claims(pcie::Claims::from_topology(&topology));
+    Ok(())
+}
+
+/// Extra PCI segments' ECAM windows are fixed by pcierc's topology: refuse to start when one
+/// overlaps the guest's RAM, the 32-bit hole's fixed devices or the 64-bit PCI apertures of this
+/// memory map (`mem` bytes of RAM), rather than let the guest see RAM where MCFG says ECAM is.
+pub fn check_segment_windows(pcie: &PcieLink, mem: u64) -> Result<(), Error> {
+    let topology = pcie
+        .frontend()
+        .topology()
+        .map_err(|source| Error::Backend {
+            what: "GetTopology".into(),
+            source,
+        })?;
+    let busy: Vec<(u64, u64, &str)> = layout::ram_regions(mem)
+        .into_iter()
+        .map(|(a, len)| (a.0, len, "guest RAM"))
+        .chain([
+            (
+                layout::MMIO_HOLE_START,
+                (1 << 32) - layout::MMIO_HOLE_START,
+                "the 32-bit PCI hole",
+            ),
+            (
+                super::acpi::MMIO64_START,
+                super::acpi::MMIO64_SPAN,
+                "the 64-bit PCI apertures",
+            ),
+        ])
+        .collect();
+    for w in topology.ecam.iter().filter(|w| w.segment != 0) {
+        if let Some((_, _, what)) = busy.iter().find(|&&(a, len, _)| {
+            w.base < a.saturating_add(len) && a < w.base.saturating_add(w.size)
+        }) {
+            return Err(Error::Config(format!(
+                "PCI segment {:04x}'s ECAM window {:#x}+{:#x} overlaps {what}: move its ecam-base \
+                 in pcierc's topology (or give the guest less memory)",
+                w.segment, w.base, w.size
+            )));
+        }
+    }
     Ok(())
 }
 

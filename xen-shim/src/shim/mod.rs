@@ -47,6 +47,13 @@ pub enum ShimError {
     /// Waiting for events failed.
     #[error("poll: {0}")]
     Poll(#[source] std::io::Error),
+    /// pcierc serves PCI segments besides 0: an HVM guest's ACPI tables (hvmloader's MCFG)
+    /// describe one MMCONFIG window, of segment 0, so the guest could never find the others.
+    #[error(
+        "pcierc serves PCI segment {0:04x} besides segment 0; a Xen HVM guest finds segment 0 \
+         only (hvmloader's MCFG has one entry): remove the [[segment]] tables from the topology"
+    )]
+    ExtraSegment(u16),
 }
 
 /// How the shim routes, besides what pcierc's layout says.
@@ -145,6 +152,17 @@ impl<H: Hypervisor> Shim<H> {
         let channel = pcierc
             .take_backend_channel()
             .ok_or(ShimError::Negotiation("no backend channel"))?;
+        // Refused before any ioreq server exists (docs/xen.md, "PCI segments").
+        let topology = pcierc.topology()?;
+        if let Some(extra) = topology
+            .functions
+            .iter()
+            .map(|f| f.segment)
+            .chain(topology.ecam.iter().map(|w| w.segment))
+            .find(|&s| s != 0)
+        {
+            return Err(ShimError::ExtraSegment(extra));
+        }
         let server = IoreqServer::create(hv)?;
         info!(
             "ioreq server {} for domain {} ({} vCPUs)",
@@ -169,7 +187,6 @@ impl<H: Hypervisor> Shim<H> {
             routing,
             status: Arc::new(ShimStatus::default()),
         };
-        let topology = shim.pcierc.topology()?;
         shim.routing.apply(shim.server.hypervisor(), topology);
         shim.status.set_generation(shim.routing.generation());
         shim.translator().drain()?;
