@@ -258,3 +258,51 @@ fn root_bus_functions_and_interrupt_eventfds_of_segment_1() {
         "segment 0 has no port at 03.0"
     );
 }
+
+#[test]
+fn a_switch_below_a_segment_1_root_port_is_in_segment_1() {
+    let text = format!(
+        "{TOPOLOGY}
+[[switch-port]]
+driver = \"x3130-upstream\"
+id = \"up5\"
+bus = \"rp5\"
+
+[[switch-port]]
+driver = \"xio3130-downstream\"
+id = \"dp5\"
+bus = \"up5\"
+chassis = 6
+slot = 1
+"
+    );
+    let spec = TopologySpec::from_toml(&text).expect("topology");
+    let seg1 = spec.for_segment(1);
+    let ids: Vec<&str> = seg1
+        .root_ports
+        .iter()
+        .map(|p| p.config.id.as_str())
+        .collect();
+    assert_eq!(ids, ["rp5", "up5", "dp5"]);
+    assert!(spec
+        .for_segment(0)
+        .root_ports
+        .iter()
+        .all(|p| p.config.id == "rp1"));
+    let mut rc = RootComplex::new(Segments::new(spec).expect("segments"));
+    // Firmware's numbering on segment 1: rp5 1-2, up5 2-2; the switch answers there only.
+    rc.config_write(at(1, 0, 3 << 3, 0x18), 4, 0x0002_0100)
+        .unwrap();
+    rc.config_write(at(1, 1, 0, 0x18), 4, 0x0002_0201).unwrap();
+    assert_eq!(rc.config_read(at(1, 1, 0, 0), 4), Ok(0x8232_104c));
+    assert_eq!(rc.config_read(at(1, 2, 0, 0), 4), Ok(0x8233_104c));
+    assert_eq!(rc.config_read(at(0, 1, 0, 0), 4), Ok(0xffff_ffff));
+    let t = rc.topology();
+    let switch: Vec<u16> = t
+        .functions
+        .iter()
+        .filter(|f| f.vendor_id == 0x104c)
+        .map(|f| f.segment)
+        .collect();
+    assert_eq!(switch, [1, 1]);
+}
