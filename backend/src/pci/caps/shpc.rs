@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::machine::PortCompat;
 use crate::pci::config_space::{CapabilityError, ConfigSpace};
 use crate::pci::header::overlaps;
 
@@ -175,6 +176,9 @@ pub enum ShpcError {
     /// No card is in the slot.
     #[error("slot {0} is empty")]
     Empty(u8),
+    /// The slot's power indicator blinks: the guest is busy with it (QEMU 10.0's message).
+    #[error("Hot-unplug failed: guest is busy (power indicator blinking)")]
+    PowerIndicatorBlinking(u8),
 }
 
 /// What a removal request did ([`Shpc::unplug_request`]).
@@ -198,9 +202,12 @@ pub struct Shpc {
     occupied: u32,
     /// The level last signalled by MSI (QEMU's `msi_requested`).
     msi_requested: bool,
-    /// The reset turns every attention indicator off (QEMU 10.0's `shpc_reset()`; QEMU 7.2
-    /// leaves the field at 0).
-    attention_off_on_reset: bool,
+    /// The machine type's differences: the reset turns every attention indicator off
+    /// ([`PortCompat::power_indicator_off_at_reset`], QEMU 10.0's `shpc_reset()`; QEMU 7.2
+    /// leaves the field at 0), and the hot-plug rules of QEMU 10.0
+    /// ([`PortCompat::shpc_refuse_unplug_while_blinking`],
+    /// [`PortCompat::shpc_generic_slot_command`]).
+    compat: PortCompat,
 }
 
 /// Serialized [`Shpc`] state.
@@ -256,7 +263,7 @@ impl Shpc {
         cs: &mut ConfigSpace,
         offset: u8,
         occupied: u32,
-        attention_off_on_reset: bool,
+        compat: PortCompat,
     ) -> Result<Shpc, CapabilityError> {
         let at = u16::from(cs.add_capability(CAP_ID_SHPC, Some(offset), CAP_SIZEOF)?);
         cs.set_wmask(at + CAP_DWORD_SELECT, 1, 0xff);
@@ -266,7 +273,7 @@ impl Shpc {
             regs: [0; SIZEOF as usize],
             occupied,
             msi_requested: false,
-            attention_off_on_reset,
+            compat,
         };
         s.reset();
         s.update_dword(cs);
@@ -350,7 +357,7 @@ impl Shpc {
                 self.set_status(i, PRSNT_EMPTY, SLOT_STATUS_PRSNT_MASK);
                 self.set_status(i, LED_OFF, SLOT_PWR_LED_MASK);
             }
-            if self.attention_off_on_reset {
+            if self.compat.power_indicator_off_at_reset {
                 self.set_status(i, LED_OFF, SLOT_ATTN_LED_MASK);
             }
         }
@@ -540,11 +547,15 @@ impl Shpc {
         released
     }
 
-    /// QEMU 7.2's `shpc_slot_command()` (SHPC 1.0 Slot Operation): indicators and state set as
-    /// commanded; an enabled slot cannot go to power-only. A slot taken from enabled or
-    /// power-only to disabled with its power indicator off gives its card up: the MRL opens, the
-    /// slot reads empty, MRL Sensor Changed and Card Presence Changed are latched, and the
-    /// card's device number is returned (QEMU unplugs it; `shpc_free_devices_in_slot()`).
+    /// QEMU's `shpc_slot_command()` (SHPC 1.0 §4.1.4 Slot Operation): indicators set as
+    /// commanded; an enabled slot cannot go to power-only. The card's device number is
+    /// returned when the command releases it (QEMU unplugs it; `shpc_free_devices_in_slot()`):
+    /// the MRL opens, the slot reads empty, MRL Sensor Changed and Card Presence Changed are
+    /// latched. QEMU 7.2 changes the state only from disabled to power-only or enabled and
+    /// from those two to disabled, and releases on the latter when the power indicator is then
+    /// off; under [`PortCompat::shpc_generic_slot_command`] (QEMU 10.0) every commanded state
+    /// is set, and the card goes when the slot becomes disabled with its power indicator off
+    /// from any other combination.
     fn slot_command(&mut self, target: u8, state: u8, power: u8, attn: u8) -> Option<u8> {
         if !(1..=NSLOTS_MAX).contains(&target) {
             self.invalid_command();
@@ -552,6 +563,7 @@ impl Shpc {
         }
         let i = target - 1;
         let current = self.status(i, SLOT_STATE_MASK);
+        let old_power = self.status(i, SLOT_PWR_LED_MASK);
         if current == STATE_ENABLED && state == STATE_PWRONLY {
             self.invalid_command();
             return None;
@@ -562,10 +574,25 @@ impl Shpc {
         if attn != LED_NO {
             self.set_status(i, attn, SLOT_ATTN_LED_MASK);
         }
-        if state != STATE_NO {
+        if self.compat.shpc_generic_slot_command {
+            if state != STATE_NO {
+                self.set_status(i, state, SLOT_STATE_MASK);
+            }
+            let off = |state: u8, power: u8| state == STATE_DISABLED && power == LED_OFF;
+            let now = (
+                self.status(i, SLOT_STATE_MASK),
+                self.status(i, SLOT_PWR_LED_MASK),
+            );
+            if !off(current, old_power) && off(now.0, now.1) {
+                return self.release(i);
+            }
+            return None;
+        }
+        let enabling = current == STATE_DISABLED && matches!(state, STATE_PWRONLY | STATE_ENABLED);
+        let leaving = matches!(current, STATE_ENABLED | STATE_PWRONLY) && state == STATE_DISABLED;
+        if enabling || leaving {
             self.set_status(i, state, SLOT_STATE_MASK);
         }
-        let leaving = matches!(current, STATE_ENABLED | STATE_PWRONLY) && state == STATE_DISABLED;
         if leaving && self.status(i, SLOT_PWR_LED_MASK) == LED_OFF {
             return self.release(i);
         }
@@ -645,11 +672,12 @@ impl Shpc {
         Ok(())
     }
 
-    /// A removal request for the card at `device` (QEMU 7.2's `shpc_device_unplug_request_cb()`:
-    /// no refusal while the power indicator blinks, unlike later QEMUs): a slot the guest keeps
-    /// disabled with its power indicator off gives the card up at once ([`ShpcUnplug::Now`]:
-    /// MRL open, empty, MRL and presence events); otherwise Attention Button Pressed is latched.
-    /// The caller updates the interrupt.
+    /// A removal request for the card at `device` (QEMU's `shpc_device_unplug_request_cb()`):
+    /// refused while the power indicator blinks under
+    /// [`PortCompat::shpc_refuse_unplug_while_blinking`] (QEMU 10.0; QEMU 7.2 does not refuse);
+    /// a slot the guest keeps disabled with its power indicator off gives the card up at once
+    /// ([`ShpcUnplug::Now`]: MRL open, empty, MRL and presence events); otherwise Attention
+    /// Button Pressed is latched. The caller updates the interrupt.
     pub fn unplug_request(&mut self, device: u8) -> Result<ShpcUnplug, ShpcError> {
         let i = Self::slot_of(device)?;
         if !self.is_occupied(i) {
@@ -657,6 +685,9 @@ impl Shpc {
         }
         let state = self.status(i, SLOT_STATE_MASK);
         let led = self.status(i, SLOT_PWR_LED_MASK);
+        if led == LED_BLINK && self.compat.shpc_refuse_unplug_while_blinking {
+            return Err(ShpcError::PowerIndicatorBlinking(device));
+        }
         let r = if state == STATE_DISABLED && led == LED_OFF {
             self.release(i);
             ShpcUnplug::Now
@@ -751,7 +782,7 @@ mod tests {
 
     fn shpc(occupied: u32) -> (ConfigSpace, Shpc) {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
-        let s = Shpc::init(&mut cs, 0x40, occupied, false).unwrap();
+        let s = Shpc::init(&mut cs, 0x40, occupied, PortCompat::QEMU_7_2).unwrap();
         (cs, s)
     }
 
