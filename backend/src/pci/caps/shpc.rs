@@ -817,4 +817,42 @@ mod tests {
         assert_eq!(s.bar_read(NSLOTS.into(), 4), 0xe001_011f);
         assert_eq!(s.bar_read(SIZEOF.into(), 4), 0, "past the register set");
     }
+
+    /// The slot rules that differ between QEMU 7.2 and 10.0 (both compared with QEMU in
+    /// `tests/tests/shpc_hotplug_vs_qemu.rs`): power-only -> enabled, a card released when the
+    /// slot turns disabled and off without a state change, and `device_del` while blinking.
+    #[test]
+    fn slot_rules_follow_the_machine_type() {
+        for compat in [PortCompat::QEMU_7_2, PortCompat::QEMU_10_0] {
+            let newer = compat.shpc_generic_slot_command;
+            let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+            let mut s = Shpc::init(&mut cs, 0x40, 0, compat).unwrap();
+            s.hot_add(7).unwrap();
+            let slot7 = || u64::from(slot_reg(6));
+            let cmd = |s: &mut Shpc, code: u16| {
+                s.bar_write(CMD_CODE.into(), 2, (0x07 << 8 | code).into())
+            };
+            // Power-only, power indicator on; then enabled.
+            cmd(&mut s, 0x05);
+            cmd(&mut s, 0x06);
+            let state = s.bar_read(slot7(), 2) as u16 & SLOT_STATE_MASK;
+            let want = if newer { STATE_ENABLED } else { STATE_PWRONLY };
+            assert_eq!(state, u16::from(want), "{compat:?}");
+            // Blinking: 10.0 refuses the removal request, 7.2 presses the button.
+            cmd(&mut s, 0x08);
+            let r = s.unplug_request(7);
+            if newer {
+                assert_eq!(r, Err(ShpcError::PowerIndicatorBlinking(7)));
+            } else {
+                assert_eq!(r, Ok(ShpcUnplug::AttentionButton));
+            }
+            // Disabled with the indicator on, then the indicator off alone.
+            let (_, released) = cmd(&mut s, 0x07);
+            assert!(released.is_empty(), "{compat:?}");
+            let (_, released) = cmd(&mut s, 0x0c);
+            let want: Vec<u8> = if newer { vec![7] } else { vec![] };
+            assert_eq!(released, want, "{compat:?}");
+            assert_eq!(s.occupied(7), !newer, "{compat:?}");
+        }
+    }
 }
