@@ -1,18 +1,21 @@
-//! QEMU 7.2's `device_add`/`device_del` slot rules (`pcie_cap_slot_pre_plug_cb()`,
-//! `pcie_cap_slot_unplug_request_cb()`, `qmp_device_del()`) against the real `pcierc` process:
-//! the same QMP commands and the same guest register writes on both sides, the replies (error
-//! class and text), the devices each side removed, and the slot registers compared after every
-//! step.
+//! QEMU's `device_add`/`device_del` slot rules (`pcie_cap_slot_pre_plug_cb()`,
+//! `pcie_cap_slot_unplug_request_cb()`, `qmp_device_del()`, and QEMU 10.0's qdev bus check)
+//! against the real `pcierc` process: the same QMP commands and the same guest register writes
+//! on both sides, the replies (error class and text), the devices each side removed, and the
+//! slot registers compared after every step. Twice: QEMU 7.2's `q35` against pcierc's default
+//! (`pc-q35-7.2`), and QEMU 10.0.2's `pc-q35-10.0` against `pcierc --machine pc-q35-10.0`
+//! (skipped only when QEMU 10.0 is not unpacked and `PCIERC_REQUIRE_TOOLS` is unset).
 //!
-//! QEMU runs `q35` with `-qtest stdio` for the guest's writes and `-qmp unix:...` for the
-//! commands, with ACPI PCI hot-plug off (`ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off`):
-//! QEMU 7.2's q35 otherwise hands bridge hot-plug to ACPI, which pcierc does not provide
-//! (docs/qemu-compat.md). pcierc gets the writes through `pcierc qtest --connect` (a frontend
+//! QEMU runs with `-qtest stdio` for the guest's writes and `-qmp unix:...` for the commands,
+//! with ACPI PCI hot-plug off (`ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off`): both
+//! QEMUs' q35 otherwise hand hot-plug below cold-plugged bridges to ACPI, which pcierc does not
+//! provide (docs/qemu-compat.md). pcierc gets the writes through `pcierc qtest --connect` (a frontend
 //! on its socket) and the commands on `--control-socket`.
 //!
 //! Which devices a step removed: on pcierc its `DEVICE_DELETED` events; on QEMU the ids that
-//! left `/machine/peripheral` (`qom-list`), because QEMU 7.2 sends `DEVICE_DELETED` from the
-//! device's finalizer, which under qtest sometimes never runs (seen in about half of the runs).
+//! left `/machine/peripheral` (`qom-list`), because QEMU (7.2 and 10.0) sends `DEVICE_DELETED`
+//! from the device's finalizer, which under qtest sometimes never runs (seen in about half of
+//! the runs).
 //! The `DEVICE_DELETED` events QEMU does send must name removed devices.
 
 use std::collections::BTreeSet;

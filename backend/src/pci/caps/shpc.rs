@@ -8,7 +8,8 @@
 //! whatever the slot state; the slot state, indicators, MRL and presence are what the guest sees
 //! and commands. Every register, mask, command and event below is QEMU 7.2's (checked against it
 //! by `tests/tests/models_vs_qemu.rs` and `tests/tests/shpc_hotplug_vs_qemu.rs`), including its
-//! quirks, named where they appear. SHPC 1.0's register and command names are used throughout;
+//! quirks, named where they appear; under `pc-q35-10.0` the [`PortCompat`] flags give QEMU
+//! 10.0's reset and hot-plug rules instead (checked against QEMU 10.0.2 by the same tests). SHPC 1.0's register and command names are used throughout;
 //! the capability ID is PCI Local Bus 3.0's (Appendix H).
 
 use serde::{Deserialize, Serialize};
