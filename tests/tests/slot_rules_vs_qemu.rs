@@ -30,19 +30,31 @@ use serde_json::{json, Value};
 
 /// rp1 (00:02.0) is a default port; rp2 (00:03.0) has `hotplug=off` and a card from power-on;
 /// rp3 (00:04.0) has no power controller and a 2.5 GT/s link without Data Link Layer Link
-/// Active reporting.
-const DEVICES: [&str; 4] = [
+/// Active reporting; rp4 (00:05.0) is an `ioh3420` with `hotplug=off` and a card from
+/// power-on, rp5 (00:06.0) a default `ioh3420`.
+const DEVICES: [&str; 7] = [
     "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x2.0",
     "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=0x3.0,hotplug=off",
     "virtio-net-pci,id=n9,bus=rp2",
     "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3,addr=0x4.0,power_controller_present=off,\
      x-speed=2_5,x-pcie-lnksta-dllla=off",
+    "ioh3420,id=rp4,bus=pcie.0,chassis=4,slot=4,addr=0x5.0,hotplug=off",
+    "virtio-net-pci,id=n8,bus=rp4",
+    "ioh3420,id=rp5,bus=pcie.0,chassis=5,slot=5,addr=0x6.0",
 ];
-const PORTS: [u8; 3] = [0x10, 0x18, 0x20];
-/// The PCI Express capability of both ports is at 0x54 (QEMU's layout).
-const SLTCTL: u16 = 0x54 + 0x18;
-const SLTSTA: u16 = 0x54 + 0x1a;
-const LNKSTA: u16 = 0x54 + 0x12;
+/// Each port's devfn and the offset of its PCI Express capability (QEMU's layouts: 0x54 on a
+/// `pcie-root-port`, 0x90 on an `ioh3420`).
+const PORTS: [(u8, u16); 5] = [
+    (0x10, 0x54),
+    (0x18, 0x54),
+    (0x20, 0x54),
+    (0x28, 0x90),
+    (0x30, 0x90),
+];
+/// Slot Control, Slot Status and Link Status, from the PCI Express capability.
+const SLTCTL: u16 = 0x18;
+const SLTSTA: u16 = 0x1a;
+const LNKSTA: u16 = 0x12;
 /// Slot Status Data Link Layer State Changed: set by pcierc only (docs/qemu-compat.md).
 const SLTSTA_DLLSC: u32 = 1 << 8;
 /// Link Status Data Link Layer Link Active (speed and width come from the device in QEMU).
@@ -124,6 +136,22 @@ fn steps() -> Vec<(&'static str, Step)> {
             "del from a port without power controller",
             Qmp("device_del", del("n5")),
         ),
+        (
+            "add to a hotplug=off ioh3420",
+            Qmp("device_add", add("n6", "rp4")),
+        ),
+        (
+            "del from a hotplug=off ioh3420",
+            Qmp("device_del", del("n8")),
+        ),
+        (
+            "add to an ioh3420 slot the guest left off",
+            Qmp("device_add", add("n7", "rp5")),
+        ),
+        (
+            "del of an ioh3420 slot the guest left off",
+            Qmp("device_del", del("n7")),
+        ),
     ]
 }
 
@@ -156,7 +184,8 @@ impl Side {
             },
             Step::Guest(writes) => {
                 for &(port, reg, value) in writes.iter() {
-                    self.regs.write(0, PORTS[port], reg, 2, value);
+                    let (devfn, exp) = PORTS[port];
+                    self.regs.write(0, devfn, exp + reg, 2, value);
                 }
                 Value::Null
             }
@@ -187,7 +216,8 @@ impl Side {
         };
         let slots = (0..PORTS.len())
             .map(|p| {
-                let mut r = |reg| self.regs.read(0, PORTS[p], reg, 2);
+                let (devfn, exp) = PORTS[p];
+                let mut r = |reg| self.regs.read(0, devfn, exp + reg, 2);
                 let (ctl, sta) = (r(SLTCTL), r(SLTSTA) & !SLTSTA_DLLSC);
                 let dllla = r(LNKSTA) & LNKSTA_DLLLA != 0;
                 format!("ctl={ctl:04x} sta={sta:04x} dllla={dllla}")
