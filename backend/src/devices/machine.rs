@@ -111,9 +111,9 @@ pub struct PortCompat {
     /// On). The `pcie-pci-bridge`'s SHPC follows it: its reset turns the attention indicators
     /// off. PCIe Base 6.0 §7.5.3.10 Slot Control, Power Indicator Control.
     pub power_indicator_off_at_reset: bool,
-    /// No compat property: a change of the QEMU binary ("qdev: ... is_hotpluggable_bus",
-    /// Igor Mammedov, QEMU 8.0). qdev asks a port whether its bus takes hot-plug before the
-    /// slot's callbacks run: a port with `hotplug=off` refuses `device_add` and `device_del`
+    /// No compat property: a change of the QEMU binary (Igor Mammedov's `is_hotpluggable_bus()`
+    /// hook, which PCIe slots answer with their `hotplug` property; QEMU 8.0). qdev asks a port
+    /// whether its bus takes hot-plug before the slot's callbacks run: a port with `hotplug=off` refuses `device_add` and `device_del`
     /// with qdev's "Bus 'ID' does not support hotplugging" (before the id is checked), where
     /// QEMU 7.2's slot callbacks answer "Hot-plug failed: unsupported by the port device 'ID'"
     /// ("Hot-unplug failed: ..."). A port that has `hotplug` on but no Hot-Plug Capable bit
@@ -122,8 +122,8 @@ pub struct PortCompat {
     /// No compat property: a change of the QEMU binary ("shpc: disallow unplug when power
     /// indicator is blinking", Vladimir Sementsov-Ogievskiy, after 7.2). The SHPC refuses a
     /// removal request while the slot's power indicator blinks, with "Hot-unplug failed: guest
-    /// is busy (power indicator blinking)", as PCIe slots do in both releases. SHPC 1.0 §2.2.2
-    /// (a blinking power indicator: the slot is in transition).
+    /// is busy (power indicator blinking)", as PCIe slots do in both releases (SHPC 1.0's power
+    /// indicator blinks while the slot is in transition).
     pub shpc_refuse_unplug_while_blinking: bool,
     /// No compat property: a change of the QEMU binary ("pci/shpc: shpc_slot_command(): handle
     /// PWRONLY -> ENABLED transition" and "pci/shpc: more generic handle hot-unplug in
@@ -131,8 +131,8 @@ pub struct PortCompat {
     /// sets any commanded slot state (QEMU 7.2 ignores power-only -> enabled and any change
     /// that is not from or to disabled), and the card is released when the slot becomes
     /// disabled with its power indicator off from any other combination (QEMU 7.2: only when
-    /// the command takes an enabled or power-only slot to disabled). SHPC 1.0 §4.1.4 Slot
-    /// Operation commands.
+    /// the command takes an enabled or power-only slot to disabled). SHPC 1.0 Slot Operation
+    /// commands.
     pub shpc_generic_slot_command: bool,
 }
 

@@ -548,7 +548,7 @@ impl Shpc {
         released
     }
 
-    /// QEMU's `shpc_slot_command()` (SHPC 1.0 §4.1.4 Slot Operation): indicators set as
+    /// QEMU's `shpc_slot_command()` (SHPC 1.0 Slot Operation command): indicators set as
     /// commanded; an enabled slot cannot go to power-only. The card's device number is
     /// returned when the command releases it (QEMU unplugs it; `shpc_free_devices_in_slot()`):
     /// the MRL opens, the slot reads empty, MRL Sensor Changed and Card Presence Changed are
