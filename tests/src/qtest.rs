@@ -213,6 +213,13 @@ pub enum Qemu {
 }
 
 impl Qemu {
+    /// QEMU 7.2 (`qemu-system-x86_64` on `PATH`), if installed. When it is not and
+    /// `PCIERC_REQUIRE_TOOLS` is set (CI), that is a test failure; otherwise the caller skips,
+    /// and this says so loudly.
+    pub fn v7_2() -> Option<Qemu> {
+        require(QEMU).then_some(Qemu::System)
+    }
+
     /// QEMU 10.0, if unpacked (see [`QEMU10_DIR`]). When it is not and `PCIERC_REQUIRE_TOOLS` is
     /// set (CI), that is a test failure; otherwise the caller skips, and this says so loudly.
     pub fn v10_0() -> Option<Qemu> {

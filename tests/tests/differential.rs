@@ -84,11 +84,9 @@ const PROPERTY_VARIANTS: [(&str, &str); 13] = [
     ("ioh3420", "power_controller_present=off,x-native-hotplug=off,acpi-index=7"),
 ];
 
-/// Every register-changing root port property against QEMU 7.2, in one QEMU process and one
-/// pcierc process: the same `-device` options on both sides, every read compared.
-#[test]
-fn root_port_properties_match_qemu() {
-    let devices: Vec<(u8, String)> = PROPERTY_VARIANTS
+/// [`PROPERTY_VARIANTS`] as (devfn, `-device` option), one port per device number from 3.
+fn property_variant_devices() -> Vec<(u8, String)> {
+    PROPERTY_VARIANTS
         .iter()
         .enumerate()
         .map(|(i, (driver, props))| {
@@ -97,12 +95,50 @@ fn root_port_properties_match_qemu() {
                 format!("{driver},id=p{n},bus=pcie.0,chassis={n},slot={n},addr={n:#x}.0,{props}");
             ((n as u8) << 3, d)
         })
-        .collect();
+        .collect()
+}
+
+/// Every register-changing root port property against QEMU 7.2, in one QEMU process and one
+/// pcierc process: the same `-device` options on both sides, every read compared.
+#[test]
+fn root_port_properties_match_qemu() {
+    let devices = property_variant_devices();
     let options: Vec<&str> = devices.iter().map(|(_, d)| d.as_str()).collect();
     let Some(qemu) = qemu_q35(&options) else {
         return;
     };
     compare(qemu, &[], &devices, "root port properties vs QEMU");
+}
+
+/// The same ports against QEMU 10.0's `pc-q35-10.0` and `pcierc --machine pc-q35-10.0`: the
+/// slot registers of ports without a power controller (Power Indicator Off after a reset,
+/// `PortCompat::power_indicator_off_at_reset`) among the rest. QEMU 10.0 has no
+/// `x-native-hotplug`; its `x-do-not-expose-native-hotplug-cap=on` is the same (Hot-Plug
+/// Capable clear, I/O reserved without `io-reserve`), so QEMU gets that where pcierc gets
+/// `x-native-hotplug=off` (docs/qemu-compat.md, "Hot-plug rules between QEMU 7.2 and 10.0").
+#[test]
+fn root_port_properties_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    let devices = property_variant_devices();
+    let options: Vec<String> = devices
+        .iter()
+        .map(|(_, d)| {
+            d.replace(
+                "x-native-hotplug=off",
+                "x-do-not-expose-native-hotplug-cap=on",
+            )
+        })
+        .collect();
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let qemu = qemu_machine(&q10, "pc-q35-10.0", &options);
+    compare(
+        qemu,
+        &["--machine", "pc-q35-10.0"],
+        &devices,
+        "root port properties vs QEMU 10.0 pc-q35-10.0",
+    );
 }
 
 /// Start pcierc with `machine` arguments and the same root port `-device` options as the QEMU

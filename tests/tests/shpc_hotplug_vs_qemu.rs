@@ -1,4 +1,5 @@
-//! The `pcie-pci-bridge`'s SHPC hot-plug against QEMU 7.2: the same QMP `device_add` /
+//! The `pcie-pci-bridge`'s SHPC hot-plug against QEMU 7.2 (`q35`, the model built for
+//! `pc-q35-7.2`) and QEMU 10.0 (`pc-q35-10.0`, the model built for it): the same QMP `device_add` /
 //! `device_del` commands and the same guest writes to the SHPC BAR and the MSI capability, on
 //! QEMU (`-qtest stdio` for the guest, `-qmp` for the commands) and on pcierc's model in-process
 //! (`hot_add`, `unplug_request`, `bar_write`, `config_write`). After every step: whether the
@@ -14,13 +15,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use pcierc_backend::devices::machine::MachineType;
 use pcierc_backend::devices::{PciePciBridge, PciePciBridgeConfig};
 use pcierc_backend::pci::caps::shpc::{ShpcError, ShpcUnplug};
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{assert_no_mismatches, ConfigTarget, QtestTarget};
 use pcierc_tests::process::ScratchDir;
 use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::qemu_q35_with;
+use pcierc_tests::qtest::{qemu_machine_with, Qemu};
 use serde_json::{json, Value};
 
 /// The bridge at 00:02.0 with an e1000 from power-on at device 3 of its secondary bus.
@@ -79,6 +81,12 @@ fn steps() -> Vec<(&'static str, Step)> {
         ("msi off", Config(0x8e, 2, 0)),
         ("device_del h5", Del("h5")),
         ("slot 5 off and disabled", Bar(0x14, 2, 0x050f)),
+        ("hot-add at 7", Add("h7", 7)),
+        ("slot 7 power-only, power on", Bar(0x14, 2, 0x0705)),
+        ("slot 7 power-only to enabled", Bar(0x14, 2, 0x0706)),
+        ("slot 7 disabled, power indicator on", Bar(0x14, 2, 0x0707)),
+        ("slot 7 power indicator off", Bar(0x14, 2, 0x070c)),
+        ("device_del h7", Del("h7")),
     ]
 }
 
@@ -122,7 +130,25 @@ fn peripherals(qmp: &mut QmpSocket) -> BTreeSet<String> {
 }
 
 #[test]
-fn shpc_hot_plug_matches_qemu() {
+fn shpc_hot_plug_matches_qemu_7_2() {
+    let Some(q7) = Qemu::v7_2() else {
+        return;
+    };
+    compare(&q7, "q35", MachineType::PcQ35V7_2);
+}
+
+/// QEMU 10.0's SHPC rules (`pc-q35-10.0`): `device_del` refused while the power indicator
+/// blinks, every commanded slot state set, a card released when its slot turns disabled and off.
+#[test]
+fn shpc_hot_plug_matches_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    compare(&q10, "pc-q35-10.0", MachineType::PcQ35V10_0);
+}
+
+/// The steps on `qemu -M qemu_machine` and on the model built for `machine`.
+fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
     let dir = ScratchDir::new("shpc-hotplug");
     let qmp_path = dir.0.join("qemu-qmp.sock");
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
@@ -136,15 +162,14 @@ fn shpc_hot_plug_matches_qemu() {
         "-device",
         COLD,
     ];
-    let Some(qt) = qemu_q35_with(&args) else {
-        return;
-    };
+    let qt = qemu_machine_with(qemu_bin, qemu_machine, &args);
     let mut qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
     let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
-    let mut model = PciePciBridge::new(PciePciBridgeConfig {
+    let config = PciePciBridgeConfig {
         id: "br1".into(),
         ..Default::default()
-    });
+    };
+    let mut model = PciePciBridge::on_machine(config, machine);
     model.set_present(3).expect("device 3 has a slot");
     qemu.write(0, DEVFN, 0x10, 4, BAR as u32);
     qemu.write(0, DEVFN, 0x04, 2, 0x2);
@@ -217,6 +242,8 @@ fn shpc_hot_plug_matches_qemu() {
                         Ok(())
                     }
                     Ok(_) => Ok(()),
+                    // QEMU 10.0's refusal while the power indicator blinks.
+                    Err(e @ ShpcError::PowerIndicatorBlinking(_)) => Err(Some(e.to_string())),
                     Err(_) => Err(None),
                 }
             }
@@ -260,6 +287,9 @@ fn shpc_hot_plug_matches_qemu() {
         }
     }
     assert_no_mismatches(&mismatches, || {
-        format!("{} SHPC hot-plug steps differ from QEMU", mismatches.len())
+        format!(
+            "{} SHPC hot-plug steps differ from {qemu_bin:?} -M {qemu_machine}",
+            mismatches.len()
+        )
     });
 }

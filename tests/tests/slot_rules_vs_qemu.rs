@@ -1,18 +1,21 @@
-//! QEMU 7.2's `device_add`/`device_del` slot rules (`pcie_cap_slot_pre_plug_cb()`,
-//! `pcie_cap_slot_unplug_request_cb()`, `qmp_device_del()`) against the real `pcierc` process:
-//! the same QMP commands and the same guest register writes on both sides, the replies (error
-//! class and text), the devices each side removed, and the slot registers compared after every
-//! step.
+//! QEMU's `device_add`/`device_del` slot rules (`pcie_cap_slot_pre_plug_cb()`,
+//! `pcie_cap_slot_unplug_request_cb()`, `qmp_device_del()`, and QEMU 10.0's qdev bus check)
+//! against the real `pcierc` process: the same QMP commands and the same guest register writes
+//! on both sides, the replies (error class and text), the devices each side removed, and the
+//! slot registers compared after every step. Twice: QEMU 7.2's `q35` against pcierc's default
+//! (`pc-q35-7.2`), and QEMU 10.0.2's `pc-q35-10.0` against `pcierc --machine pc-q35-10.0`
+//! (skipped only when QEMU 10.0 is not unpacked and `PCIERC_REQUIRE_TOOLS` is unset).
 //!
-//! QEMU runs `q35` with `-qtest stdio` for the guest's writes and `-qmp unix:...` for the
-//! commands, with ACPI PCI hot-plug off (`ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off`):
-//! QEMU 7.2's q35 otherwise hands bridge hot-plug to ACPI, which pcierc does not provide
-//! (docs/qemu-compat.md). pcierc gets the writes through `pcierc qtest --connect` (a frontend
+//! QEMU runs with `-qtest stdio` for the guest's writes and `-qmp unix:...` for the commands,
+//! with ACPI PCI hot-plug off (`ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off`): both
+//! QEMUs' q35 otherwise hand hot-plug below cold-plugged bridges to ACPI, which pcierc does not
+//! provide (docs/qemu-compat.md). pcierc gets the writes through `pcierc qtest --connect` (a frontend
 //! on its socket) and the commands on `--control-socket`.
 //!
 //! Which devices a step removed: on pcierc its `DEVICE_DELETED` events; on QEMU the ids that
-//! left `/machine/peripheral` (`qom-list`), because QEMU 7.2 sends `DEVICE_DELETED` from the
-//! device's finalizer, which under qtest sometimes never runs (seen in about half of the runs).
+//! left `/machine/peripheral` (`qom-list`), because QEMU (7.2 and 10.0) sends `DEVICE_DELETED`
+//! from the device's finalizer, which under qtest sometimes never runs (seen in about half of
+//! the runs).
 //! The `DEVICE_DELETED` events QEMU does send must name removed devices.
 
 use std::collections::BTreeSet;
@@ -22,24 +25,36 @@ use std::time::Duration;
 use pcierc_tests::differential::{ConfigTarget, QtestTarget};
 use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
 use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::{qemu_q35_with, Qtest};
+use pcierc_tests::qtest::{qemu_machine_with, Qemu, Qtest};
 use serde_json::{json, Value};
 
 /// rp1 (00:02.0) is a default port; rp2 (00:03.0) has `hotplug=off` and a card from power-on;
 /// rp3 (00:04.0) has no power controller and a 2.5 GT/s link without Data Link Layer Link
-/// Active reporting.
-const DEVICES: [&str; 4] = [
+/// Active reporting; rp4 (00:05.0) is an `ioh3420` with `hotplug=off` and a card from
+/// power-on, rp5 (00:06.0) a default `ioh3420`.
+const DEVICES: [&str; 7] = [
     "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x2.0",
     "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2,addr=0x3.0,hotplug=off",
     "virtio-net-pci,id=n9,bus=rp2",
     "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,slot=3,addr=0x4.0,power_controller_present=off,\
      x-speed=2_5,x-pcie-lnksta-dllla=off",
+    "ioh3420,id=rp4,bus=pcie.0,chassis=4,slot=4,addr=0x5.0,hotplug=off",
+    "virtio-net-pci,id=n8,bus=rp4",
+    "ioh3420,id=rp5,bus=pcie.0,chassis=5,slot=5,addr=0x6.0",
 ];
-const PORTS: [u8; 3] = [0x10, 0x18, 0x20];
-/// The PCI Express capability of both ports is at 0x54 (QEMU's layout).
-const SLTCTL: u16 = 0x54 + 0x18;
-const SLTSTA: u16 = 0x54 + 0x1a;
-const LNKSTA: u16 = 0x54 + 0x12;
+/// Each port's devfn and the offset of its PCI Express capability (QEMU's layouts: 0x54 on a
+/// `pcie-root-port`, 0x90 on an `ioh3420`).
+const PORTS: [(u8, u16); 5] = [
+    (0x10, 0x54),
+    (0x18, 0x54),
+    (0x20, 0x54),
+    (0x28, 0x90),
+    (0x30, 0x90),
+];
+/// Slot Control, Slot Status and Link Status, from the PCI Express capability.
+const SLTCTL: u16 = 0x18;
+const SLTSTA: u16 = 0x1a;
+const LNKSTA: u16 = 0x12;
 /// Slot Status Data Link Layer State Changed: set by pcierc only (docs/qemu-compat.md).
 const SLTSTA_DLLSC: u32 = 1 << 8;
 /// Link Status Data Link Layer Link Active (speed and width come from the device in QEMU).
@@ -121,6 +136,22 @@ fn steps() -> Vec<(&'static str, Step)> {
             "del from a port without power controller",
             Qmp("device_del", del("n5")),
         ),
+        (
+            "add to a hotplug=off ioh3420",
+            Qmp("device_add", add("n6", "rp4")),
+        ),
+        (
+            "del from a hotplug=off ioh3420",
+            Qmp("device_del", del("n8")),
+        ),
+        (
+            "add to an ioh3420 slot the guest left off",
+            Qmp("device_add", add("n7", "rp5")),
+        ),
+        (
+            "del of an ioh3420 slot the guest left off",
+            Qmp("device_del", del("n7")),
+        ),
     ]
 }
 
@@ -153,7 +184,8 @@ impl Side {
             },
             Step::Guest(writes) => {
                 for &(port, reg, value) in writes.iter() {
-                    self.regs.write(0, PORTS[port], reg, 2, value);
+                    let (devfn, exp) = PORTS[port];
+                    self.regs.write(0, devfn, exp + reg, 2, value);
                 }
                 Value::Null
             }
@@ -184,7 +216,8 @@ impl Side {
         };
         let slots = (0..PORTS.len())
             .map(|p| {
-                let mut r = |reg| self.regs.read(0, PORTS[p], reg, 2);
+                let (devfn, exp) = PORTS[p];
+                let mut r = |reg| self.regs.read(0, devfn, exp + reg, 2);
                 let (ctl, sta) = (r(SLTCTL), r(SLTSTA) & !SLTSTA_DLLSC);
                 let dllla = r(LNKSTA) & LNKSTA_DLLLA != 0;
                 format!("ctl={ctl:04x} sta={sta:04x} dllla={dllla}")
@@ -212,10 +245,30 @@ fn peripherals(qmp: &mut QmpSocket) -> BTreeSet<String> {
 }
 
 #[test]
-fn device_del_and_slot_rules_match_qemu() {
+fn device_del_and_slot_rules_match_qemu_7_2() {
+    let Some(q7) = Qemu::v7_2() else {
+        return;
+    };
+    compare(&q7, "q35", "pc-q35-7.2");
+}
+
+/// QEMU 10.0's rules (`pc-q35-10.0`): a `hotplug=off` port refuses through qdev's bus check,
+/// and a slot without a power controller resets with its power indicator off.
+#[test]
+fn device_del_and_slot_rules_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    compare(&q10, "pc-q35-10.0", "pc-q35-10.0");
+}
+
+/// Run the sequence on `qemu -M qemu_machine` and on `pcierc --machine machine`.
+fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: &str) {
     let dir = ScratchDir::new("slot-rules");
     let qmp_path = dir.0.join("qemu-qmp.sock");
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
+    // Both QEMUs hand hot-plug below cold-plugged bridges to ACPI unless this is off (10.0's
+    // acpi_pcihp_device_plug_cb() still takes over their secondary buses).
     let mut qemu_args = vec![
         "-global",
         "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
@@ -225,9 +278,7 @@ fn device_del_and_slot_rules_match_qemu() {
     for d in DEVICES {
         qemu_args.extend(["-device", d]);
     }
-    let Some(qemu) = qemu_q35_with(&qemu_args) else {
-        return;
-    };
+    let qemu = qemu_machine_with(qemu_bin, qemu_machine, &qemu_args);
     let qemu_qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
     let mut qemu = Side {
         regs: QtestTarget::new(qemu).expect("enabling ECAM in QEMU"),
@@ -237,7 +288,7 @@ fn device_del_and_slot_rules_match_qemu() {
     };
     qemu.peripherals = Some(peripherals(&mut qemu.qmp));
 
-    let mut args = vec!["-n"];
+    let mut args = vec!["-n", "--machine", machine];
     for d in DEVICES {
         args.extend(["--device", d]);
     }
@@ -269,7 +320,7 @@ fn device_del_and_slot_rules_match_qemu() {
     }
     assert!(
         differences.is_empty(),
-        "pcierc differs from QEMU 7.2:\n{}",
+        "pcierc --machine {machine} differs from {qemu_bin:?} -M {qemu_machine}:\n{}",
         differences.join("\n")
     );
 }

@@ -86,8 +86,9 @@ impl<'de> Deserialize<'de> for MachineType {
     }
 }
 
-/// The register behaviour of root ports (`pcie-root-port`, `ioh3420`) that differs between
-/// machine types. Each flag is `true` for the newer behaviour.
+/// The behaviour of root ports (`pcie-root-port`, `ioh3420`) and of the `pcie-pci-bridge`'s
+/// SHPC that differs between machine types: registers, and the `device_add`/`device_del` slot
+/// rules. Each flag is `true` for the newer behaviour.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct PortCompat {
     /// QEMU `x-pcie-err-unc-mask` (off in `hw_compat_7_2`): the AER Uncorrectable Error Mask is
@@ -103,9 +104,36 @@ pub struct PortCompat {
     /// Supported (8-bit tags). PCIe Base 6.0 §7.5.3.3 Device Capabilities bit 5.
     pub ext_tag: bool,
     /// No compat property: a change of the QEMU binary (every machine type of QEMU 10.0 reads
-    /// so). A slot populated at reset has its Power Indicator Off (Power Controller on); QEMU
-    /// 7.2 turns it On. PCIe Base 6.0 §7.5.3.10 Slot Control, Power Indicator Control.
-    pub populated_power_indicator_off: bool,
+    /// so; "pcie: set power indicator to off on reset by default", QEMU 8.0). A reset leaves
+    /// every slot's Power Indicator Off: a slot populated at reset (Power Controller on) and a
+    /// slot without a power controller too, where QEMU 7.2 turns the first On and leaves the
+    /// second's field at 00b (QEMU 10.0's `pcie_cap_slot_reset()` sets Off before or-ing in
+    /// On). The `pcie-pci-bridge`'s SHPC follows it: its reset turns the attention indicators
+    /// off. PCIe Base 6.0 §7.5.3.10 Slot Control, Power Indicator Control.
+    pub power_indicator_off_at_reset: bool,
+    /// No compat property: a change of the QEMU binary (Igor Mammedov's `is_hotpluggable_bus()`
+    /// hook, which PCIe slots answer with their `hotplug` property; QEMU 8.0). qdev asks a port
+    /// whether its bus takes hot-plug before the slot's callbacks run: a port with `hotplug=off` refuses `device_add` and `device_del`
+    /// with qdev's "Bus 'ID' does not support hotplugging" (before the id is checked), where
+    /// QEMU 7.2's slot callbacks answer "Hot-plug failed: unsupported by the port device 'ID'"
+    /// ("Hot-unplug failed: ..."). A port that has `hotplug` on but no Hot-Plug Capable bit
+    /// still refuses with the slot's message.
+    pub hotplug_off_refused_by_bus: bool,
+    /// No compat property: a change of the QEMU binary ("shpc: disallow unplug when power
+    /// indicator is blinking", Vladimir Sementsov-Ogievskiy, after 7.2). The SHPC refuses a
+    /// removal request while the slot's power indicator blinks, with "Hot-unplug failed: guest
+    /// is busy (power indicator blinking)", as PCIe slots do in both releases (SHPC 1.0's power
+    /// indicator blinks while the slot is in transition).
+    pub shpc_refuse_unplug_while_blinking: bool,
+    /// No compat property: a change of the QEMU binary ("pci/shpc: shpc_slot_command(): handle
+    /// PWRONLY -> ENABLED transition" and "pci/shpc: more generic handle hot-unplug in
+    /// shpc_slot_command()", Vladimir Sementsov-Ogievskiy, QEMU 8.0). A Slot Operation command
+    /// sets any commanded slot state (QEMU 7.2 ignores power-only -> enabled and any change
+    /// that is not from or to disabled), and the card is released when the slot becomes
+    /// disabled with its power indicator off from any other combination (QEMU 7.2: only when
+    /// the command takes an enabled or power-only slot to disabled). SHPC 1.0 Slot Operation
+    /// commands.
+    pub shpc_generic_slot_command: bool,
 }
 
 impl PortCompat {
@@ -114,14 +142,20 @@ impl PortCompat {
         err_unc_mask: false,
         slt_read_only: false,
         ext_tag: false,
-        populated_power_indicator_off: false,
+        power_indicator_off_at_reset: false,
+        hotplug_off_refused_by_bus: false,
+        shpc_refuse_unplug_while_blinking: false,
+        shpc_generic_slot_command: false,
     };
     /// QEMU 10.0's `pc-q35-10.0`.
     pub const QEMU_10_0: PortCompat = PortCompat {
         err_unc_mask: true,
         slt_read_only: true,
         ext_tag: true,
-        populated_power_indicator_off: true,
+        power_indicator_off_at_reset: true,
+        hotplug_off_refused_by_bus: true,
+        shpc_refuse_unplug_while_blinking: true,
+        shpc_generic_slot_command: true,
     };
 }
 

@@ -157,14 +157,9 @@ impl PciePciBridge {
         // Secondary Status; Interrupt Pin INTA (the SHPC's interrupt without MSI).
         bridge::init_type1(&mut cs, IDENTITY, config.multifunction);
         cs.set_byte(header::INTERRUPT_PIN, 1);
-        // QEMU 10.0's shpc_reset() also turns the attention indicators off (a binary change,
-        // like PortCompat::populated_power_indicator_off, whose flag it follows).
-        let shpc = Shpc::init(
-            &mut cs,
-            SHPC_OFFSET,
-            0,
-            compat.populated_power_indicator_off,
-        )?;
+        // The SHPC's register and hot-plug differences between machine types are PortCompat
+        // flags too (power_indicator_off_at_reset, shpc_*).
+        let shpc = Shpc::init(&mut cs, SHPC_OFFSET, 0, compat)?;
         let exp = express::init_pci_bridge(&mut cs, EXP_OFFSET)?;
         if compat.ext_tag {
             cs.set_bits(exp + express::DEVCAP, 4, express::DEVCAP_EXT_TAG.into());

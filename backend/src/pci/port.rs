@@ -336,7 +336,7 @@ impl PciePort {
     /// runs): Presence Detect State and Data Link Layer Link Active set without a change event,
     /// and, with a power controller, the slot powered with its power indicator on, as QEMU's
     /// `pcie_cap_slot_reset()` leaves a populated slot (off under
-    /// [`PortCompat::populated_power_indicator_off`], as QEMU 10.0's).
+    /// [`PortCompat::power_indicator_off_at_reset`], as QEMU 10.0's).
     pub fn set_present(&mut self) {
         let exp = self.layout.exp;
         self.space
@@ -348,7 +348,7 @@ impl PciePort {
                 2,
                 (slot::SLTCTL_PCC | slot::SLTCTL_PIC).into(),
             );
-            let pic = if self.layout.compat.populated_power_indicator_off {
+            let pic = if self.layout.compat.power_indicator_off_at_reset {
                 slot::SLTCTL_PIC_OFF
             } else {
                 slot::SLTCTL_PIC_ON
@@ -775,6 +775,15 @@ impl PciePort {
         // Nothing behind the port is modelled as present yet (presence detect is the slot's).
         if self.has_slot() {
             self.slot.reset(&mut self.space, l.exp, l.slot, false);
+            if l.compat.power_indicator_off_at_reset {
+                // PCIe Base 6.0 §7.5.3.10 Power Indicator Control: QEMU 10.0's
+                // pcie_cap_slot_reset() turns it Off on every slot, with or without a power
+                // controller (QEMU 7.2 leaves 00b on a slot without one).
+                self.space
+                    .clear_bits(l.exp + slot::SLTCTL, 2, slot::SLTCTL_PIC.into());
+                self.space
+                    .set_bits(l.exp + slot::SLTCTL, 2, slot::SLTCTL_PIC_OFF.into());
+            }
         }
         if let Some(acs) = l.acs {
             acs::reset(&mut self.space, acs);

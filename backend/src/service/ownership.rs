@@ -24,9 +24,9 @@ fn status(e: &HotplugError) -> Status {
         }
         | HotplugError::Interlocked(_)
         | HotplugError::PowerIndicatorBlinking(_) => Status::Busy,
-        HotplugError::HotPlugUnsupported(_) | HotplugError::HotUnplugUnsupported(_) => {
-            Status::Permission
-        }
+        HotplugError::HotPlugUnsupported(_)
+        | HotplugError::HotUnplugUnsupported(_)
+        | HotplugError::BusNoHotplug(_) => Status::Permission,
         HotplugError::Slot { .. }
         | HotplugError::InvalidOwner(_)
         | HotplugError::FunctionZeroFirst { .. }

@@ -8,11 +8,13 @@
 //! whatever the slot state; the slot state, indicators, MRL and presence are what the guest sees
 //! and commands. Every register, mask, command and event below is QEMU 7.2's (checked against it
 //! by `tests/tests/models_vs_qemu.rs` and `tests/tests/shpc_hotplug_vs_qemu.rs`), including its
-//! quirks, named where they appear. SHPC 1.0's register and command names are used throughout;
+//! quirks, named where they appear; under `pc-q35-10.0` the [`PortCompat`] flags give QEMU
+//! 10.0's reset and hot-plug rules instead (checked against QEMU 10.0.2 by the same tests). SHPC 1.0's register and command names are used throughout;
 //! the capability ID is PCI Local Bus 3.0's (Appendix H).
 
 use serde::{Deserialize, Serialize};
 
+use crate::devices::machine::PortCompat;
 use crate::pci::config_space::{CapabilityError, ConfigSpace};
 use crate::pci::header::overlaps;
 
@@ -175,6 +177,9 @@ pub enum ShpcError {
     /// No card is in the slot.
     #[error("slot {0} is empty")]
     Empty(u8),
+    /// The slot's power indicator blinks: the guest is busy with it (QEMU 10.0's message).
+    #[error("Hot-unplug failed: guest is busy (power indicator blinking)")]
+    PowerIndicatorBlinking(u8),
 }
 
 /// What a removal request did ([`Shpc::unplug_request`]).
@@ -198,9 +203,12 @@ pub struct Shpc {
     occupied: u32,
     /// The level last signalled by MSI (QEMU's `msi_requested`).
     msi_requested: bool,
-    /// The reset turns every attention indicator off (QEMU 10.0's `shpc_reset()`; QEMU 7.2
-    /// leaves the field at 0).
-    attention_off_on_reset: bool,
+    /// The machine type's differences: the reset turns every attention indicator off
+    /// ([`PortCompat::power_indicator_off_at_reset`], QEMU 10.0's `shpc_reset()`; QEMU 7.2
+    /// leaves the field at 0), and the hot-plug rules of QEMU 10.0
+    /// ([`PortCompat::shpc_refuse_unplug_while_blinking`],
+    /// [`PortCompat::shpc_generic_slot_command`]).
+    compat: PortCompat,
 }
 
 /// Serialized [`Shpc`] state.
@@ -256,7 +264,7 @@ impl Shpc {
         cs: &mut ConfigSpace,
         offset: u8,
         occupied: u32,
-        attention_off_on_reset: bool,
+        compat: PortCompat,
     ) -> Result<Shpc, CapabilityError> {
         let at = u16::from(cs.add_capability(CAP_ID_SHPC, Some(offset), CAP_SIZEOF)?);
         cs.set_wmask(at + CAP_DWORD_SELECT, 1, 0xff);
@@ -266,7 +274,7 @@ impl Shpc {
             regs: [0; SIZEOF as usize],
             occupied,
             msi_requested: false,
-            attention_off_on_reset,
+            compat,
         };
         s.reset();
         s.update_dword(cs);
@@ -350,7 +358,7 @@ impl Shpc {
                 self.set_status(i, PRSNT_EMPTY, SLOT_STATUS_PRSNT_MASK);
                 self.set_status(i, LED_OFF, SLOT_PWR_LED_MASK);
             }
-            if self.attention_off_on_reset {
+            if self.compat.power_indicator_off_at_reset {
                 self.set_status(i, LED_OFF, SLOT_ATTN_LED_MASK);
             }
         }
@@ -540,11 +548,15 @@ impl Shpc {
         released
     }
 
-    /// QEMU 7.2's `shpc_slot_command()` (SHPC 1.0 Slot Operation): indicators and state set as
-    /// commanded; an enabled slot cannot go to power-only. A slot taken from enabled or
-    /// power-only to disabled with its power indicator off gives its card up: the MRL opens, the
-    /// slot reads empty, MRL Sensor Changed and Card Presence Changed are latched, and the
-    /// card's device number is returned (QEMU unplugs it; `shpc_free_devices_in_slot()`).
+    /// QEMU's `shpc_slot_command()` (SHPC 1.0 Slot Operation command): indicators set as
+    /// commanded; an enabled slot cannot go to power-only. The card's device number is
+    /// returned when the command releases it (QEMU unplugs it; `shpc_free_devices_in_slot()`):
+    /// the MRL opens, the slot reads empty, MRL Sensor Changed and Card Presence Changed are
+    /// latched. QEMU 7.2 changes the state only from disabled to power-only or enabled and
+    /// from those two to disabled, and releases on the latter when the power indicator is then
+    /// off; under [`PortCompat::shpc_generic_slot_command`] (QEMU 10.0) every commanded state
+    /// is set, and the card goes when the slot becomes disabled with its power indicator off
+    /// from any other combination.
     fn slot_command(&mut self, target: u8, state: u8, power: u8, attn: u8) -> Option<u8> {
         if !(1..=NSLOTS_MAX).contains(&target) {
             self.invalid_command();
@@ -552,6 +564,7 @@ impl Shpc {
         }
         let i = target - 1;
         let current = self.status(i, SLOT_STATE_MASK);
+        let old_power = self.status(i, SLOT_PWR_LED_MASK);
         if current == STATE_ENABLED && state == STATE_PWRONLY {
             self.invalid_command();
             return None;
@@ -562,10 +575,25 @@ impl Shpc {
         if attn != LED_NO {
             self.set_status(i, attn, SLOT_ATTN_LED_MASK);
         }
-        if state != STATE_NO {
+        if self.compat.shpc_generic_slot_command {
+            if state != STATE_NO {
+                self.set_status(i, state, SLOT_STATE_MASK);
+            }
+            let off = |state: u8, power: u8| state == STATE_DISABLED && power == LED_OFF;
+            let now = (
+                self.status(i, SLOT_STATE_MASK),
+                self.status(i, SLOT_PWR_LED_MASK),
+            );
+            if !off(current, old_power) && off(now.0, now.1) {
+                return self.release(i);
+            }
+            return None;
+        }
+        let enabling = current == STATE_DISABLED && matches!(state, STATE_PWRONLY | STATE_ENABLED);
+        let leaving = matches!(current, STATE_ENABLED | STATE_PWRONLY) && state == STATE_DISABLED;
+        if enabling || leaving {
             self.set_status(i, state, SLOT_STATE_MASK);
         }
-        let leaving = matches!(current, STATE_ENABLED | STATE_PWRONLY) && state == STATE_DISABLED;
         if leaving && self.status(i, SLOT_PWR_LED_MASK) == LED_OFF {
             return self.release(i);
         }
@@ -645,11 +673,12 @@ impl Shpc {
         Ok(())
     }
 
-    /// A removal request for the card at `device` (QEMU 7.2's `shpc_device_unplug_request_cb()`:
-    /// no refusal while the power indicator blinks, unlike later QEMUs): a slot the guest keeps
-    /// disabled with its power indicator off gives the card up at once ([`ShpcUnplug::Now`]:
-    /// MRL open, empty, MRL and presence events); otherwise Attention Button Pressed is latched.
-    /// The caller updates the interrupt.
+    /// A removal request for the card at `device` (QEMU's `shpc_device_unplug_request_cb()`):
+    /// refused while the power indicator blinks under
+    /// [`PortCompat::shpc_refuse_unplug_while_blinking`] (QEMU 10.0; QEMU 7.2 does not refuse);
+    /// a slot the guest keeps disabled with its power indicator off gives the card up at once
+    /// ([`ShpcUnplug::Now`]: MRL open, empty, MRL and presence events); otherwise Attention
+    /// Button Pressed is latched. The caller updates the interrupt.
     pub fn unplug_request(&mut self, device: u8) -> Result<ShpcUnplug, ShpcError> {
         let i = Self::slot_of(device)?;
         if !self.is_occupied(i) {
@@ -657,6 +686,9 @@ impl Shpc {
         }
         let state = self.status(i, SLOT_STATE_MASK);
         let led = self.status(i, SLOT_PWR_LED_MASK);
+        if led == LED_BLINK && self.compat.shpc_refuse_unplug_while_blinking {
+            return Err(ShpcError::PowerIndicatorBlinking(device));
+        }
         let r = if state == STATE_DISABLED && led == LED_OFF {
             self.release(i);
             ShpcUnplug::Now
@@ -751,7 +783,7 @@ mod tests {
 
     fn shpc(occupied: u32) -> (ConfigSpace, Shpc) {
         let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
-        let s = Shpc::init(&mut cs, 0x40, occupied, false).unwrap();
+        let s = Shpc::init(&mut cs, 0x40, occupied, PortCompat::QEMU_7_2).unwrap();
         (cs, s)
     }
 
@@ -785,5 +817,43 @@ mod tests {
         assert_eq!(s.bar_read(SERR_INT.into(), 4), 0xf);
         assert_eq!(s.bar_read(NSLOTS.into(), 4), 0xe001_011f);
         assert_eq!(s.bar_read(SIZEOF.into(), 4), 0, "past the register set");
+    }
+
+    /// The slot rules that differ between QEMU 7.2 and 10.0 (both compared with QEMU in
+    /// `tests/tests/shpc_hotplug_vs_qemu.rs`): power-only -> enabled, a card released when the
+    /// slot turns disabled and off without a state change, and `device_del` while blinking.
+    #[test]
+    fn slot_rules_follow_the_machine_type() {
+        for compat in [PortCompat::QEMU_7_2, PortCompat::QEMU_10_0] {
+            let newer = compat.shpc_generic_slot_command;
+            let mut cs = ConfigSpace::new(PCIE_CONFIG_SPACE_SIZE);
+            let mut s = Shpc::init(&mut cs, 0x40, 0, compat).unwrap();
+            s.hot_add(7).unwrap();
+            let slot7 = || u64::from(slot_reg(6));
+            let cmd = |s: &mut Shpc, code: u16| {
+                s.bar_write(CMD_CODE.into(), 2, (0x07 << 8 | code).into())
+            };
+            // Power-only, power indicator on; then enabled.
+            cmd(&mut s, 0x05);
+            cmd(&mut s, 0x06);
+            let state = s.bar_read(slot7(), 2) as u16 & SLOT_STATE_MASK;
+            let want = if newer { STATE_ENABLED } else { STATE_PWRONLY };
+            assert_eq!(state, u16::from(want), "{compat:?}");
+            // Blinking: 10.0 refuses the removal request, 7.2 presses the button.
+            cmd(&mut s, 0x08);
+            let r = s.unplug_request(7);
+            if newer {
+                assert_eq!(r, Err(ShpcError::PowerIndicatorBlinking(7)));
+            } else {
+                assert_eq!(r, Ok(ShpcUnplug::AttentionButton));
+            }
+            // Disabled with the indicator on, then the indicator off alone.
+            let (_, released) = cmd(&mut s, 0x07);
+            assert!(released.is_empty(), "{compat:?}");
+            let (_, released) = cmd(&mut s, 0x0c);
+            let want: Vec<u8> = if newer { vec![7] } else { vec![] };
+            assert_eq!(released, want, "{compat:?}");
+            assert_eq!(s.occupied(7), !newer, "{compat:?}");
+        }
     }
 }

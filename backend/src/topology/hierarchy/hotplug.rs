@@ -52,6 +52,11 @@ pub enum HotplugError {
     /// The root port refused the error (not one it can log).
     #[error(transparent)]
     Inject(#[from] InjectError),
+    /// The port has `hotplug=off` and the machine type is QEMU 10.0's
+    /// ([`PortCompat::hotplug_off_refused_by_bus`](crate::devices::machine::PortCompat)):
+    /// qdev's message for a bus without hot-plug, for `device_add` and `device_del` alike.
+    #[error("Bus '{0}' does not support hotplugging")]
+    BusNoHotplug(String),
     /// The port is not hot-plug capable (`hotplug=off`, `x-native-hotplug=off`): QEMU 7.2's
     /// `pcie_cap_slot_pre_plug_cb()` message.
     #[error("Hot-plug failed: unsupported by the port device '{0}'")]
@@ -90,6 +95,17 @@ enum Removal {
 impl Hierarchy {
     fn port_index(&self, id: &str) -> Option<usize> {
         self.spec.root_ports.iter().position(|p| p.config.id == id)
+    }
+
+    /// QEMU 10.0's qdev check before the slot's callbacks (`qdev_hotplug_allowed()`,
+    /// `qdev_hotunplug_allowed()` asking `pcie_slot_is_hotpluggable_bus()`): a port with
+    /// `hotplug=off` takes no hot-plug on its bus. QEMU 7.2 leaves it to the slot.
+    fn bus_takes_hotplug(&self, port: usize) -> Result<(), HotplugError> {
+        let p = &self.spec.root_ports[port].config;
+        if self.spec.machine.port_compat().hotplug_off_refused_by_bus && !p.hotplug {
+            return Err(HotplugError::BusNoHotplug(p.id.clone()));
+        }
+        Ok(())
     }
 
     fn slot_err(&self, port: usize) -> impl Fn(SlotError) -> HotplugError + '_ {
@@ -258,6 +274,10 @@ impl Hierarchy {
         if !self.ports[port].kind().has_slot() {
             return Err(HotplugError::NotHotpluggable(endpoint.bus));
         }
+        if !cold {
+            // QEMU 10.0 asks the bus before it looks at the id (qdev_device_add_from_qdict()).
+            self.bus_takes_hotplug(port)?;
+        }
         if !valid_name(&endpoint.owner) {
             return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
@@ -301,14 +321,16 @@ impl Hierarchy {
         Ok(self.after_port(port, fx))
     }
 
-    /// Ask for the removal of a function behind a port, by QEMU 7.2's rules
+    /// Ask for the removal of a function behind a port, by QEMU's rules
     /// ([`PciePort::unplug_request`](crate::pci::port::PciePort::unplug_request)): refused when
-    /// the slot is not hot-plug capable, is interlocked or its power indicator blinks; a slot
+    /// the port has `hotplug=off` (QEMU 10.0's qdev check, by machine type), when the slot is
+    /// not hot-plug capable, is interlocked or its power indicator blinks; a slot
     /// the guest keeps powered off gives its functions up at once; otherwise the attention
     /// button is pressed and they are gone once the guest powers the slot off. Either way a
     /// `FunctionRemoved` event says when.
     pub fn request_removal(&mut self, id: &str) -> Result<Effects, HotplugError> {
         let port = self.port_of(id)?;
+        self.bus_takes_hotplug(port)?;
         match self.ports[port]
             .unplug_request()
             .map_err(self.slot_err(port))?

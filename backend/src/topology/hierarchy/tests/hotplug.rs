@@ -748,6 +748,56 @@ fn ports_without_hot_plug_refuse_add_and_removal() {
     }
 }
 
+/// QEMU 10.0 (`pc-q35-10.0`) asks the bus first: `hotplug=off` refuses both with qdev's
+/// message, before the id is looked at; `x-native-hotplug=off` (Hot-Plug Capable clear,
+/// `hotplug` on) still gets the slot's messages. Cold plugs stay allowed.
+#[test]
+fn pc_q35_10_0_refuses_hot_plug_on_hotplug_off_ports_by_bus() {
+    let on_10_0 = |devices: &[&str]| {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.machine = crate::devices::MachineType::PcQ35V10_0;
+        for d in devices {
+            spec.add_device_option(d).unwrap();
+        }
+        Hierarchy::new(spec).unwrap()
+    };
+    let mut h = on_10_0(&[
+        "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,hotplug=off",
+        "virtio-net-pci,id=cold,bus=rp9,owner=qemu",
+    ]);
+    // The id is already taken: QEMU 10.0 refuses for the bus before it checks the id.
+    let mut e = net("cold");
+    e.bus = "rp9".into();
+    assert_eq!(
+        h.hot_add(e.clone()),
+        Err(HotplugError::BusNoHotplug("rp9".into()))
+    );
+    assert_eq!(
+        h.request_removal("cold"),
+        Err(HotplugError::BusNoHotplug("rp9".into()))
+    );
+    assert_eq!(
+        HotplugError::BusNoHotplug("rp9".into()).to_string(),
+        "Bus 'rp9' does not support hotplugging"
+    );
+    e.id = "net1".into();
+    let mut h2 = on_10_0(&["pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,hotplug=off"]);
+    assert!(h2.cold_plug(e.clone()).is_ok());
+
+    let mut h3 = on_10_0(&[
+        "pcie-root-port,id=rp9,chassis=9,slot=9,addr=0x4,x-native-hotplug=off",
+        "virtio-net-pci,id=cold,bus=rp9,owner=qemu",
+    ]);
+    assert_eq!(
+        h3.hot_add(e),
+        Err(HotplugError::HotPlugUnsupported("rp9".into()))
+    );
+    assert_eq!(
+        h3.request_removal("cold"),
+        Err(HotplugError::HotUnplugUnsupported("rp9".into()))
+    );
+}
+
 /// QEMU 7.2 sets Data Link Layer Link Active on a plug when the plugged device has
 /// `x-pcie-lnksta-dllla` (its default) or the port reports link activity: a root port's own
 /// `x-pcie-lnksta-dllla=off` changes nothing (compared with QEMU in `slot_rules_vs_qemu`).
