@@ -102,6 +102,30 @@ pub enum TopologyError {
         /// The port.
         id: String,
     },
+    /// A `pcie-pci-bridge` declared as a `[[device]]` (or hot-plugged).
+    #[error("{id}: declare pcie-pci-bridges as [[bridge]] or --device when pcierc starts")]
+    BridgeAsDevice {
+        /// The bridge.
+        id: String,
+    },
+    /// A function at device 0 below a `pcie-pci-bridge`, which has no hot-plug slot there (QEMU
+    /// 7.2's `shpc_device_get_slot()` message).
+    #[error(
+        "{id}: Unsupported PCI slot 0 for standard hotplug controller. \
+         Valid slots are between 1 and 31."
+    )]
+    BridgeSlotZero {
+        /// The function.
+        id: String,
+        /// The bridge.
+        bridge: String,
+    },
+    /// A topology with `pcie-pci-bridge`s given to a hierarchy that does not place them yet.
+    #[error("{id}: pcie-pci-bridge is not placed in the hierarchy yet")]
+    BridgeNotPlaced {
+        /// The bridge.
+        id: String,
+    },
     /// A switch port or function placed where it cannot sit: an upstream port not at device 0
     /// below a root or downstream port, a downstream port not on an upstream port's bus, a
     /// function on a switch's internal bus, or a chain of parents that never reaches the root bus.
@@ -274,7 +298,8 @@ pub enum TopologyError {
     /// A function or switch port on a bus that is neither the root bus nor a port with a slot
     /// (or no port at all).
     #[error(
-        "{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port"
+        "{id}: bus '{bus}' is neither {ROOT_BUS} nor the id of a root or switch downstream port \
+         or pcie-pci-bridge"
     )]
     UnknownBus {
         /// The function.

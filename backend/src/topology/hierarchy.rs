@@ -12,7 +12,7 @@ use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::report::DescribeCache;
 use crate::topology::spec::EndpointSpec;
-use crate::topology::StateError;
+use crate::topology::{StateError, TopologyError};
 
 mod hotplug;
 mod routing;
@@ -139,6 +139,13 @@ impl Hierarchy {
     /// the topology are [`super::Segments`]' other hierarchies).
     pub fn new(spec: TopologySpec) -> crate::Result<Self> {
         spec.validate()?;
+        // The spec places bridges; the tree of ports does not hold them yet (docs/qemu-compat.md).
+        if let Some(b) = spec.bridges.first() {
+            return Err(TopologyError::BridgeNotPlaced {
+                id: b.config.id.clone(),
+            }
+            .into());
+        }
         let spec = spec.for_segment(spec.segment);
         let mch = match spec.segments.first() {
             Some(own) => HostBridge::Segment(SegmentHostBridge::new(own.ecam())),

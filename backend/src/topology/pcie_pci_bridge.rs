@@ -205,4 +205,115 @@ mod tests {
             Err(TopologyError::Unsupported { .. })
         ));
     }
+
+    /// Where a bridge may sit and what may sit below it, from a topology file and `--device`.
+    #[test]
+    fn bridges_are_placed_from_files_and_device_options() {
+        use crate::topology::addr::DevFn;
+        use crate::topology::spec::{TopologySpec, ROOT_BUS};
+        use TopologyError as E;
+        let s = TopologySpec::from_toml(
+            "[[root-port]]\nid='rp1'\naddr='2'\nchassis=1\nslot=1\n\
+             [[bridge]]\nid='br0'\naddr='3'\nmsi='off'\n\
+             [[bridge]]\nid='br1'\nbus='rp1'\ndriver='pcie-pci-bridge'\nmultifunction=true\n\
+             [[device]]\ndriver='e1000'\nid='nic'\nbus='br1'\naddr='1f.0'\n",
+        )
+        .unwrap();
+        let b0 = s.bridge("br0").unwrap();
+        assert_eq!(
+            (b0.bus.as_str(), b0.addr, b0.config.msi),
+            (ROOT_BUS, DevFn(0x18), OnOffAuto::Off)
+        );
+        let b1 = s.bridge("br1").unwrap();
+        assert_eq!(
+            (b1.bus.as_str(), b1.addr, b1.config.multifunction),
+            ("rp1", DevFn(0), true)
+        );
+        assert_eq!(s.endpoints[0].bus, "br1");
+
+        let mut spec = TopologySpec::empty();
+        spec.add_device_option("pcie-root-port,id=rp1,chassis=1,slot=1,addr=2")
+            .unwrap();
+        spec.add_device_option("pcie-pci-bridge,id=br1,bus=rp1,msi=off")
+            .unwrap();
+        assert_eq!(spec.bridge("br1").unwrap().config.msi, OnOffAuto::Off);
+        // Any device number 1-31 below it, several functions with a multifunction function 0.
+        for opt in [
+            "e1000,id=a,bus=br1,addr=1,multifunction=on",
+            "e1000,id=b,bus=br1,addr=1.1",
+            "e1000,id=c,bus=br1,addr=0x1f",
+        ] {
+            spec.add_device_option(opt).unwrap();
+        }
+        let refused = |opt: &str| {
+            let mut s = spec.clone();
+            s.add_device_option(opt).unwrap_err()
+        };
+        // QEMU 7.2: `-device e1000,bus=br1,addr=0` fails with the SHPC's message.
+        let e = refused("e1000,id=z,bus=br1,addr=0");
+        assert!(
+            matches!(&e, E::BridgeSlotZero { id, bridge } if id == "z" && bridge == "br1"),
+            "{e:?}"
+        );
+        assert!(e.to_string().ends_with("Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."));
+        assert!(matches!(
+            refused("e1000,id=z,bus=br1,addr=1"),
+            E::AddressInUse { .. }
+        ));
+        assert!(matches!(
+            refused("e1000,id=z,bus=br1,addr=2.1"),
+            E::NoFunctionZero { .. }
+        ));
+        // Behind a port only device 0; the port's slot holds one card.
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,bus=rp1,addr=1"),
+            E::DeviceBehindPort { .. }
+        ));
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,bus=rp1"),
+            E::AddressInUse { .. }
+        ));
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,addr=0"),
+            E::HostBridgeAddress { .. }
+        ));
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,bus=nowhere,addr=0"),
+            E::UnknownBus { .. }
+        ));
+        // Not below another bridge, no switch below it; its own properties as QEMU parses them.
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,bus=br1,addr=2"),
+            E::Placement { .. }
+        ));
+        assert!(matches!(
+            refused("x3130-upstream,id=u,bus=br1"),
+            E::Placement { .. }
+        ));
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=b2,addr=4,shpc=off"),
+            E::UnknownProperty { .. }
+        ));
+        assert!(matches!(
+            refused("pcie-pci-bridge,id=a,addr=4"),
+            E::DuplicateId(_)
+        ));
+        let e = TopologySpec::from_toml(
+            "[[device]]\ndriver='pcie-pci-bridge'\nid='b'\nbus='pcie.0'\naddr='3'\n",
+        )
+        .unwrap_err();
+        assert!(matches!(&e, E::BridgeAsDevice { id } if id == "b"), "{e:?}");
+        let e = TopologySpec::from_toml("[[bridge]]\nid='b'\naddr='3'\ndriver='pci-bridge'\n")
+            .unwrap_err();
+        assert!(matches!(&e, E::UnknownProperty { .. }), "{e:?}");
+        // The hierarchy does not hold bridges yet: it says so rather than dropping them.
+        let e = crate::topology::Hierarchy::new(spec)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("br1: pcie-pci-bridge is not placed in the hierarchy yet"),
+            "{e}"
+        );
+    }
 }

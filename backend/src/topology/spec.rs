@@ -9,6 +9,8 @@ use super::addr::{parse_devfn, DevFn};
 use super::error::TopologyError;
 use super::root_port;
 pub use super::segment::SegmentSpec;
+use super::{pcie_pci_bridge, pcie_pci_bridge::DRIVER as BRIDGE_DRIVER};
+use crate::devices::pcie_pci_bridge::PciePciBridgeConfig;
 use crate::devices::{BridgeKind, MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -39,6 +41,19 @@ pub struct PortSpec {
     pub config: RootPortConfig,
 }
 
+/// A `pcie-pci-bridge` pcierc emulates and where it sits: on the root bus, or as the card in a
+/// root or switch downstream port's slot. Its secondary bus is conventional PCI: functions below
+/// it (`bus` = its id) sit at device numbers 1-31, the slots of its hot-plug controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BridgeSpec {
+    /// Device/function on its bus.
+    pub addr: DevFn,
+    /// `pcie.0` or the id of the root or switch downstream port it sits behind.
+    pub bus: String,
+    /// The QEMU device's properties (`-device pcie-pci-bridge,help`).
+    pub config: PciePciBridgeConfig,
+}
+
 /// A function pcierc does not emulate but knows about: it is served by another emulator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
@@ -46,8 +61,8 @@ pub struct EndpointSpec {
     pub id: String,
     /// The QEMU driver name the owner uses (informational).
     pub driver: String,
-    /// `pcie.0`, the id of an extra segment (its root bus) or the id of the root or switch
-    /// downstream port it sits behind.
+    /// `pcie.0`, the id of an extra segment (its root bus), the id of the root or switch
+    /// downstream port it sits behind, or the id of a `pcie-pci-bridge` it sits below.
     pub bus: String,
     /// Device/function on that bus.
     pub addr: DevFn,
@@ -74,6 +89,8 @@ pub struct TopologySpec {
     /// The ports pcierc emulates, in declaration order: root ports, then switch ports (a tree:
     /// each switch port's `bus` names its parent).
     pub root_ports: Vec<PortSpec>,
+    /// The `pcie-pci-bridge`s pcierc emulates, in declaration order.
+    pub bridges: Vec<BridgeSpec>,
     /// Functions served by other emulators.
     pub endpoints: Vec<EndpointSpec>,
 }
@@ -91,7 +108,81 @@ struct FileRepr {
     #[serde(default)]
     switch_port: Vec<PortRepr>,
     #[serde(default)]
+    bridge: Vec<BridgeRepr>,
+    #[serde(default)]
     device: Vec<DeviceRepr>,
+}
+
+/// A `[[bridge]]` table: `id`, `bus` (default `pcie.0`), `addr` (default 0.0, required on
+/// `pcie.0`), optional `driver` (`pcie-pci-bridge`, the only one), then any property of that QEMU
+/// device by QEMU's name ([`pcie_pci_bridge::PROPERTIES`]).
+#[derive(Deserialize, Debug, Default)]
+#[serde(transparent)]
+struct BridgeRepr(BTreeMap<String, toml::Value>);
+
+impl BridgeRepr {
+    fn into_spec(self) -> Result<BridgeSpec> {
+        let mut props = Vec::new();
+        let mut id = None;
+        for (k, v) in &self.0 {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                other if k == "id" => {
+                    return Err(TopologyError::Toml {
+                        location: None,
+                        message: format!("bridge id: expected a string, found {other}"),
+                    })
+                }
+                other => root_port::toml_value(id.as_deref().unwrap_or(k), k, other)?,
+            };
+            if k == "id" {
+                id = Some(value.clone());
+            }
+            props.push((k.clone(), value));
+        }
+        let Some(id) = id else {
+            return Err(TopologyError::Toml {
+                location: None,
+                message: "a [[bridge]] without id".into(),
+            });
+        };
+        bridge_spec(&id, &props)
+    }
+}
+
+/// Build a bridge from QEMU-syntax properties (`id`, `bus`, `addr`, `driver` and the device's
+/// own). Without `bus` it sits on `pcie.0`; without `addr` at device 0 (behind a port, the only
+/// device there is).
+fn bridge_spec(id: &str, props: &[(String, String)]) -> Result<BridgeSpec> {
+    let field = |name: &str| {
+        props
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(driver) = field("driver").filter(|d| *d != BRIDGE_DRIVER) {
+        return Err(TopologyError::UnknownProperty {
+            id: id.to_string(),
+            key: format!("driver={driver}"),
+            driver: BRIDGE_DRIVER.into(),
+        });
+    }
+    let addr = match field("addr") {
+        Some(a) => parse_devfn(a).map_err(|source| TopologyError::Address {
+            id: id.to_string(),
+            source,
+        })?,
+        None => DevFn(0),
+    };
+    let pairs: Vec<(&str, &str)> = props
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Ok(BridgeSpec {
+        addr,
+        bus: field("bus").unwrap_or(ROOT_BUS).to_string(),
+        config: pcie_pci_bridge::parse(id, &pairs)?,
+    })
 }
 
 /// A `[[root-port]]` or `[[switch-port]]` table: `id`, `addr`, optional `bus` and `driver`
@@ -229,6 +320,7 @@ impl TopologySpec {
             segments: Vec::new(),
             default_owner: "vmm".into(),
             root_ports: Vec::new(),
+            bridges: Vec::new(),
             endpoints: Vec::new(),
         }
     }
@@ -254,6 +346,9 @@ impl TopologySpec {
         for p in repr.root_port.into_iter().chain(repr.switch_port) {
             let p = p.into_spec(&spec.segments)?;
             spec.push_port(p);
+        }
+        for b in repr.bridge {
+            spec.bridges.push(b.into_spec()?);
         }
         for d in repr.device {
             spec.push_device(d)?;
@@ -330,6 +425,8 @@ impl TopologySpec {
                 &self.segments,
             )?;
             self.push_port(port);
+        } else if driver == BRIDGE_DRIVER {
+            self.bridges.push(bridge_spec(&id, &kv)?);
         } else {
             let mut d = DeviceRepr {
                 driver: driver.clone(),
@@ -379,10 +476,18 @@ impl TopologySpec {
         self.root_ports.iter().find(|p| p.config.id == id)
     }
 
+    /// The `pcie-pci-bridge` with this id.
+    pub fn bridge(&self, id: &str) -> Option<&BridgeSpec> {
+        self.bridges.iter().find(|b| b.config.id == id)
+    }
+
     fn push_device(&mut self, d: DeviceRepr) -> Result<()> {
         let id = d.id;
         if RootPortModel::from_driver(&d.driver).is_some() {
             return Err(TopologyError::PortAsDevice { id });
+        }
+        if d.driver == BRIDGE_DRIVER {
+            return Err(TopologyError::BridgeAsDevice { id });
         }
         let Some(bus) = d.bus else {
             return Err(TopologyError::MissingProperty {
@@ -428,6 +533,7 @@ impl TopologySpec {
             .iter()
             .map(|s| s.id.as_str())
             .chain(self.root_ports.iter().map(|p| p.config.id.as_str()))
+            .chain(self.bridges.iter().map(|b| b.config.id.as_str()))
             .chain(self.endpoints.iter().map(|e| e.id.as_str()));
         for id in all_ids {
             if !valid_name(id) || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -483,13 +589,56 @@ impl TopologySpec {
                 });
             }
         }
-        // Functions sit behind ports with a slot (root and switch downstream ports).
+        // Functions and bridges sit behind ports with a slot (root and switch downstream ports).
         let ports: HashSet<&str> = self
             .root_ports
             .iter()
             .filter(|p| p.config.model.kind().has_slot())
             .map(|p| p.config.id.as_str())
             .collect();
+        for b in &self.bridges {
+            let id = b.config.id.as_str();
+            pcie_pci_bridge::validate(&b.config)?;
+            let index = b.config.acpi_index;
+            if index != 0 && !acpi_indexes.insert(index) {
+                return Err(E::AcpiIndexInUse {
+                    id: id.to_string(),
+                    index,
+                });
+            }
+            if b.bus == ROOT_BUS {
+                if b.addr == DevFn(0) {
+                    return Err(E::HostBridgeAddress { id: id.to_string() });
+                }
+            } else if self.bridge(&b.bus).is_some() {
+                return Err(E::Placement {
+                    id: id.to_string(),
+                    bus: b.bus.clone(),
+                    reason: "a pcie-pci-bridge sits on pcie.0 or below a root or downstream port",
+                });
+            } else if !ports.contains(b.bus.as_str()) {
+                return Err(E::UnknownBus {
+                    id: id.to_string(),
+                    bus: b.bus.clone(),
+                });
+            } else if b.addr.device() != 0 {
+                // PCIe Base 6.0 §2.2.6.2: below a Downstream Port only Device Number 0 exists.
+                return Err(E::DeviceBehindPort {
+                    id: id.to_string(),
+                    port: b.bus.clone(),
+                });
+            }
+            if let Some((other, _)) =
+                slots.insert((b.bus.as_str(), b.addr), (id, b.config.multifunction))
+            {
+                return Err(E::AddressInUse {
+                    id: id.to_string(),
+                    addr: b.addr,
+                    bus: b.bus.clone(),
+                    other: other.to_string(),
+                });
+            }
+        }
         for e in &self.endpoints {
             let id = e.id.as_str();
             if !valid_name(&e.owner) || e.owner == PCIERC_OWNER {
@@ -501,6 +650,15 @@ impl TopologySpec {
             if e.bus == ROOT_BUS || self.segments.iter().any(|s| s.id == e.bus) {
                 if e.addr == DevFn(0) {
                     return Err(E::HostBridgeAddress { id: id.to_string() });
+                }
+            } else if self.bridge(&e.bus).is_some() {
+                // A conventional PCI bus: devices 0-31, but the SHPC has slots 1-31 only and
+                // QEMU refuses device 0 (shpc_device_get_slot()).
+                if e.addr.device() == 0 {
+                    return Err(E::BridgeSlotZero {
+                        id: id.to_string(),
+                        bridge: e.bus.clone(),
+                    });
                 }
             } else if !ports.contains(e.bus.as_str()) {
                 return Err(E::UnknownBus {
@@ -573,7 +731,19 @@ impl TopologySpec {
         if let Some(s) = self.segments.iter().find(|s| s.id == e.bus) {
             return Some(s.segment);
         }
+        if let Some(b) = self.bridges.iter().find(|b| b.config.id == e.bus) {
+            return self.bridge_segment(b);
+        }
         self.port(&e.bus).map(|p| self.port_segment(p))
+    }
+
+    /// The segment a `pcie-pci-bridge` is in: the root bus's, or the port's it sits behind;
+    /// `None` for an unknown bus.
+    pub fn bridge_segment(&self, b: &BridgeSpec) -> Option<u16> {
+        if b.bus == ROOT_BUS {
+            return Some(self.segment);
+        }
+        self.port(&b.bus).map(|p| self.port_segment(p))
     }
 
     /// The segment port `p` is in: a root port's own, a switch port's root port's (the chain
@@ -626,6 +796,12 @@ impl TopologySpec {
                     ..p.clone()
                 })
                 .collect(),
+            bridges: self
+                .bridges
+                .iter()
+                .filter(|b| self.bridge_segment(b) == Some(segment))
+                .cloned()
+                .collect(),
             endpoints: self
                 .endpoints
                 .iter()
@@ -660,6 +836,9 @@ impl TopologySpec {
             return Ok(());
         }
         if p.bus == ROOT_BUS {
+            return refuse("a switch port sits below a root port or another switch's port");
+        }
+        if self.bridge(&p.bus).is_some() {
             return refuse("a switch port sits below a root port or another switch's port");
         }
         let Some(parent) = self.port(&p.bus) else {

@@ -270,6 +270,9 @@ impl Hierarchy {
         if crate::devices::RootPortModel::from_driver(&endpoint.driver).is_some() {
             return Err(TopologyError::PortAsDevice { id: endpoint.id }.into());
         }
+        if endpoint.driver == crate::topology::pcie_pci_bridge::DRIVER {
+            return Err(TopologyError::BridgeAsDevice { id: endpoint.id }.into());
+        }
         // A switch's upstream port has no slot: only root and downstream ports take cards.
         if !self.ports[port].kind().has_slot() {
             return Err(HotplugError::NotHotpluggable(endpoint.bus));

@@ -268,6 +268,14 @@ fn hot_add_below_a_downstream_port_signals_its_msi() {
         h.hot_add(port),
         Err(HotplugError::Topology(TopologyError::PortAsDevice { .. }))
     ));
+    // Nor are pcie-pci-bridges (pcierc emulates them; they are declared when it starts).
+    let mut bridge = ep.clone();
+    bridge.id = "br9".into();
+    bridge.driver = "pcie-pci-bridge".into();
+    assert!(matches!(
+        h.hot_add(bridge),
+        Err(HotplugError::Topology(TopologyError::BridgeAsDevice { .. }))
+    ));
     // The upstream port has no slot.
     let mut other = ep;
     other.id = "n3".into();
