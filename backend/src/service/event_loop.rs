@@ -63,7 +63,7 @@ pub const MAX_CONTROL_CONNECTIONS_PER_PEER: usize = 4;
 /// ones, after every connection that was ready in this one has been served. A flood of new
 /// connections thus costs the established frontends at most this many accepts (per socket)
 /// between two of their turns, and the flooders wait in `connect()` once the backlog is full.
-pub const ACCEPT_BUDGET: usize = 4;
+pub const ACCEPT_BUDGET: usize = 1;
 
 /// Connections the kernel queues on a socket pcierc creates before `connect()` blocks (or
 /// fails with `EAGAIN` when non-blocking). Short, so that peers flooding it with connections
