@@ -218,7 +218,10 @@ impl Hierarchy {
                 reason,
             });
         }
-        if below.is_empty() {
+        // A pcie-pci-bridge in a slot of the subtree is reset with what is below it.
+        let bridges = self.bridges_below(port);
+        self.reset_bridges(&bridges, reason);
+        if below.is_empty() && bridges.is_empty() {
             return Effects::empty();
         }
         self.bar_map = self.full_bar_map();
