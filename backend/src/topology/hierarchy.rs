@@ -285,20 +285,27 @@ impl Hierarchy {
         }
     }
 
-    /// A port whose slot holds a switch's upstream port shows that link's speed and width in
-    /// its Link Status, as QEMU's `pcie_sync_bridge_lnk()` does on every read.
+    /// A port whose slot holds a switch's upstream port or a pcie-pci-bridge shows that link's
+    /// speed and width in its Link Status, as QEMU's `pcie_sync_bridge_lnk()` does on every read.
     fn sync_links(&mut self) {
+        use crate::devices::{pcie_pci_bridge, root_port::xio3130};
+        use crate::pci::caps::express::LNKSTA;
         for i in 0..self.ports.len() {
-            let Some(Slot::Port(up)) = self.children.get(i).map(|c| c[0]) else {
-                continue;
+            // A pcie-pci-bridge has a PCI Express capability too (a PCI Express-to-PCI
+            // bridge): QEMU copies its link as it does an upstream port's.
+            let lnksta = match self.children.get(i).map(|c| c[0]) {
+                Some(Slot::Port(up)) => self
+                    .ports
+                    .get(usize::from(up))
+                    .map(|p| p.config_read(u16::from(xio3130::EXP_OFFSET) + LNKSTA, 2) as u16),
+                Some(Slot::Bridge(j)) => self.bridges.get(usize::from(j)).map(|b| {
+                    b.config_read(u16::from(pcie_pci_bridge::EXP_OFFSET) + LNKSTA, 2) as u16
+                }),
+                _ => None,
             };
-            let Some(partner) = self.ports.get(usize::from(up)) else {
-                continue;
-            };
-            let at = u16::from(crate::devices::root_port::xio3130::EXP_OFFSET)
-                + crate::pci::caps::express::LNKSTA;
-            let lnksta = partner.config_read(at, 2) as u16;
-            self.ports[i].port_mut().sync_link(lnksta);
+            if let Some(lnksta) = lnksta {
+                self.ports[i].port_mut().sync_link(lnksta);
+            }
         }
     }
 

@@ -287,7 +287,10 @@ impl Hierarchy {
         if !valid_name(&endpoint.owner) {
             return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
-        if self.endpoint(&endpoint.id).is_some() || self.port_index(&endpoint.id).is_some() {
+        if self.endpoint(&endpoint.id).is_some()
+            || self.port_index(&endpoint.id).is_some()
+            || self.spec.bridges.iter().any(|b| b.config.id == endpoint.id)
+        {
             return Err(HotplugError::Duplicate(endpoint.id));
         }
         if !cold {
