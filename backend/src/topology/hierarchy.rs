@@ -198,6 +198,7 @@ impl Hierarchy {
         // Functions and switches declared in the topology are present from power-on: their
         // slots are occupied.
         h.present_occupied(0..h.ports.len());
+        h.present_bridge_cards();
         h.sync_links();
         h.rebuild_routing();
         Ok(h)

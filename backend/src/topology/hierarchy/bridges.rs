@@ -48,6 +48,24 @@ impl Hierarchy {
         }
     }
 
+    /// The functions below the bridges declared in the topology are present from power-on:
+    /// their SHPC slots are enabled with a card (QEMU's cold plug, `shpc_device_plug_cb()`).
+    /// The SHPC keeps what is occupied across its resets.
+    pub(super) fn present_bridge_cards(&mut self) {
+        for (j, children) in self.bridge_children.iter().enumerate() {
+            for (devfn, s) in children.iter().enumerate() {
+                if matches!(s, Slot::Endpoint(_)) && devfn & 7 == 0 {
+                    if let Some(b) = self.bridges.get_mut(j) {
+                        // Validated: devices 1-31 only.
+                        if let Err(e) = b.set_present((devfn >> 3) as u8) {
+                            log::warn!("{}: {e}", self.spec.bridges[j].config.id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The index of the port bridge `j` sits behind (`None` on the root bus).
     pub fn bridge_parent(&self, j: usize) -> Option<usize> {
         self.bridge_parents
@@ -168,6 +186,9 @@ impl Hierarchy {
             self.bar_map = self.full_bar_map();
             self.bars_overlap = super::routing::overlapping(&self.bar_map);
         }
+        if effects.contains(Effects::SLOT) {
+            effects |= self.remove_released(j);
+        }
         if effects.contains(Effects::INTERRUPT) {
             let devfn = self.spec.bridges[j].addr.0;
             let bus = self.bridge_bus(j);
@@ -180,6 +201,33 @@ impl Hierarchy {
             }
         }
         effects
+    }
+
+    /// The guest disabled SHPC slots of bridge `j` holding cards (with the power indicator
+    /// off): the functions there leave, as QEMU unplugs them (`shpc_slot_command()`); their
+    /// owners are told.
+    fn remove_released(&mut self, j: usize) -> Effects {
+        let Some(b) = self.bridges.get_mut(j) else {
+            return Effects::empty();
+        };
+        let devices = b.take_released();
+        if devices.is_empty() {
+            return Effects::empty();
+        }
+        let id = self.spec.bridges[j].config.id.clone();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spec.endpoints)
+            .into_iter()
+            .partition(|e| e.bus == id && devices.contains(&e.addr.device()));
+        self.spec.endpoints = kept;
+        self.rebuild_slots();
+        for endpoint in gone {
+            self.events.push(HierarchyEvent::FunctionRemoved {
+                endpoint,
+                surprise: false,
+            });
+        }
+        self.generation += 1;
+        Effects::empty()
     }
 
     /// A `FunctionReset` for every function below bridge `j`.

@@ -488,6 +488,10 @@ impl Hierarchy {
             super::Routed::Local(super::Slot::Port(i)) => {
                 self.ports.get(usize::from(i))?.msi_route(vector)
             }
+            // The bridge's MSI capability has one vector.
+            super::Routed::Local(super::Slot::Bridge(j)) if vector == 0 => {
+                self.bridges.get(usize::from(j))?.msi_route()
+            }
             _ => None,
         }
     }

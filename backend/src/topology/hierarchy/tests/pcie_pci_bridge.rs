@@ -352,3 +352,64 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn declared_functions_are_cold_plugged_and_leave_when_the_guest_disables_their_slot() {
+    let mut h = bridges();
+    // Present from power-on in the SHPC's slots (QEMU's cold plug), and after a reset.
+    for (j, device) in [(0, 1), (0, 2), (1, 3)] {
+        assert!(
+            h.bridges()[j].slot_occupied(device),
+            "bridge {j} device {device}"
+        );
+    }
+    assert!(!h.bridges()[0].slot_occupied(3));
+    h.reset();
+    assert!(h.bridges()[0].slot_occupied(1));
+    number(&mut h);
+    h.config_write(1, 0, 0x10, 4, 0xfe80_0000).unwrap();
+    h.config_write(1, 0, 0x04, 2, 0x0002).unwrap();
+    h.take_events();
+    h.layout_delta();
+    let mut held = h.describe();
+    let generation = h.generation();
+    // SHPC command 0x0f to device 1: power indicator off, slot disabled; QEMU unplugs n1.
+    h.mmio_write(0xfe80_0014, 2, 0x010f).unwrap();
+    let removed: Vec<String> = h
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
+                assert!(!surprise);
+                Some(endpoint.id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["n1"]);
+    assert!(h.generation() > generation);
+    assert_eq!(h.route(2, 0x08), Routed::Absent);
+    assert!(matches!(h.route(2, 0x10), Routed::Remote(_)));
+    assert!(!h.bridges()[0].slot_occupied(1));
+    let d = h.layout_delta();
+    assert!(d.apply(&mut held).is_ok(), "{d:?}");
+    assert_eq!(held, h.describe());
+    assert_eq!(held.functions.len(), 1 + 4 + 2 + 2);
+}
+
+#[test]
+fn the_bridges_msi_is_found_by_address() {
+    let mut h = bridges();
+    // MSI at 0x8c: address 0xfee01000, data 0x4041, enabled.
+    h.config_write(0, BR0, 0x90, 4, 0xfee0_1000).unwrap();
+    h.config_write(0, BR0, 0x94, 4, 0).unwrap();
+    h.config_write(0, BR0, 0x98, 2, 0x4041).unwrap();
+    h.config_write(0, BR0, 0x8e, 2, 0x0001).unwrap();
+    assert_eq!(
+        h.msi_route(0, BR0, 0),
+        h.bridges()[1].msi_route(),
+        "the model's own answer"
+    );
+    assert!(h.msi_route(0, BR0, 0).is_some());
+    assert_eq!(h.msi_route(0, BR0, 1), None);
+}
