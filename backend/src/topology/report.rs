@@ -481,12 +481,18 @@ impl Hierarchy {
         let tops: Vec<usize> = (0..self.ports().len())
             .filter(|&i| self.port_parent(i).is_none())
             .collect();
-        let n = tops.len() + root_eps.len();
+        let bridges: Vec<usize> = (0..self.bridges().len())
+            .filter(|&j| self.bridge_parent(j).is_none())
+            .collect();
+        let n = tops.len() + bridges.len() + root_eps.len();
         for (k, &i) in tops.iter().enumerate() {
             self.tree_port(&mut out, i, "", k + 1 == n, true);
         }
+        for (k, &j) in bridges.iter().enumerate() {
+            self.tree_bridge(&mut out, j, "", tops.len() + k + 1 == n, true);
+        }
         for (i, e) in root_eps.iter().enumerate() {
-            let last = tops.len() + i + 1 == n;
+            let last = tops.len() + bridges.len() + i + 1 == n;
             let _ = writeln!(
                 out,
                 "{} 00:{} {:<13} {} (owner {})",
@@ -530,16 +536,65 @@ impl Hierarchy {
         let kids: Vec<usize> = (0..self.ports().len())
             .filter(|&j| self.port_parent(j) == Some(i))
             .collect();
+        let bridges: Vec<usize> = (0..self.bridges().len())
+            .filter(|&j| self.bridge_parent(j) == Some(i))
+            .collect();
         let eps: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.bus == c.id).collect();
-        let n = kids.len() + eps.len();
+        let n = kids.len() + bridges.len() + eps.len();
         for (k, &j) in kids.iter().enumerate() {
             self.tree_port(out, j, &inner, k + 1 == n, false);
         }
+        for (k, &j) in bridges.iter().enumerate() {
+            self.tree_bridge(out, j, &inner, kids.len() + k + 1 == n, false);
+        }
+        let kids = kids.len() + bridges.len();
         for (k, e) in eps.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "{inner}{} {}  {:<13} {} (owner {})",
-                if kids.len() + k + 1 == n {
+                if kids + k + 1 == n {
+                    "└──"
+                } else {
+                    "├──"
+                },
+                e.addr,
+                e.id,
+                e.driver,
+                e.owner
+            );
+        }
+    }
+
+    /// Bridge `j` and the functions below it, for [`Hierarchy::tree`].
+    fn tree_bridge(&self, out: &mut String, j: usize, indent: &str, last: bool, root: bool) {
+        let spec = self.spec();
+        let (Some(b), Some(bs)) = (self.bridges().get(j), spec.bridges.get(j)) else {
+            return;
+        };
+        let (v, d, _, _) = identity(b);
+        let place = if root {
+            format!("00:{}", bs.addr)
+        } else {
+            bs.addr.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} {place} {:<13} [{v:04x}:{d:04x}] {} (pcierc)",
+            if last { "└──" } else { "├──" },
+            bs.config.id,
+            crate::topology::pcie_pci_bridge::DRIVER,
+        );
+        let inner = format!("{indent}{}   ", if last { " " } else { "│" });
+        let eps: Vec<&EndpointSpec> = spec
+            .endpoints
+            .iter()
+            .filter(|e| e.bus == bs.config.id)
+            .collect();
+        for (k, e) in eps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{inner}{} {}  {:<13} {} (owner {})",
+                if k + 1 == eps.len() {
                     "└──"
                 } else {
                     "├──"

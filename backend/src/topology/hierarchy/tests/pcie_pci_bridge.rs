@@ -45,6 +45,11 @@ fn resets(h: &mut Hierarchy) -> Vec<(String, ResetReason)> {
 fn bridges_and_the_functions_below_them_are_routed() {
     let mut h = bridges();
     assert_eq!(h.bridges().len(), 2);
+    // The start-up banner shows both, with the functions below them.
+    let tree = h.tree();
+    for line in ["br1", "br0", "n1", "n3", "[1b36:000e] pcie-pci-bridge"] {
+        assert!(tree.contains(line), "{line}: {tree}");
+    }
     assert_eq!(h.route(0, BR0), Routed::Local(Slot::Bridge(1)));
     // br1 is reachable once rp1 has a secondary bus; its slot is occupied (rp1 powers it).
     assert_eq!(h.route(1, 0), Routed::Absent);
