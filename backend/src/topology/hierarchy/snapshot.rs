@@ -1,7 +1,8 @@
 //! What the configuration snapshot (`SetConfigSnapshot`, `pcierc_protocol::snapshot`) needs
 //! from the hierarchy: which functions changed since the last look, their register images,
 //! and the routing of every (bus, devfn). Function slot `n` of the snapshot is function `n` of
-//! [`Hierarchy::snapshot_functions`]: the MCH, then the root ports in topology order.
+//! [`Hierarchy::snapshot_functions`]: the MCH, then the ports in topology order, then the
+//! `pcie-pci-bridge`s.
 
 use pcierc_protocol::snapshot::{SnapshotHeader, ROUTE_ABSENT, ROUTE_REMOTE};
 
@@ -10,7 +11,8 @@ use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
-    /// Functions the snapshot holds: the MCH and every port (root and switch ports).
+    /// Functions the snapshot holds: the MCH, every port (root and switch ports) and every
+    /// `pcie-pci-bridge`.
     pub fn snapshot_functions(&self) -> usize {
         1 + self.ports.len() + self.bridges.len()
     }
