@@ -351,3 +351,69 @@ fn firmware_enumerates_a_switch() {
     assert_eq!((net0.bus, usize::from(net0.parent)), (3, port("dp1")));
     assert_ne!(net0.flags & function_flags::PRESENT, 0);
 }
+
+/// The real pcierc started with a `pcie-pci-bridge` in rp1's slot and one on the root bus:
+/// firmware numbers the buses through them (a depth-first scan in devfn order) and finds the
+/// function another emulator serves below br1 at device 1 of br1's secondary bus; the topology
+/// record places the bridges as kind 2 records and the function below br1 names it.
+#[test]
+fn firmware_enumerates_pcie_pci_bridges() {
+    let b = Backend::start(&[
+        "--device",
+        "pcie-pci-bridge,id=br1,bus=rp1",
+        "--device",
+        "pcie-pci-bridge,id=br0,addr=5",
+        "--device",
+        "e1000,id=nic,bus=br1,addr=1,owner=qemu",
+    ]);
+    let mut fe = connect(&b, "t-bridge");
+    let mut bus = SocketBus(connect(&b, "t-bridge-fw"));
+    let e = enumerate(&mut bus, Layout::default()).expect("enumeration");
+    let mut found: Vec<_> = e
+        .functions
+        .iter()
+        .filter(|f| f.header_type & 0x7f == 1)
+        .map(|f| (f.bus, f.devfn, f.vendor, f.device, f.buses))
+        .collect();
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        [
+            (0, 0x10, 0x1b36, 0x000c, Some((0, 1, 2))),
+            (0, 0x11, 0x1b36, 0x000c, Some((0, 3, 3))),
+            (0, 0x12, 0x1b36, 0x000c, Some((0, 4, 4))),
+            (0, 0x13, 0x1b36, 0x000c, Some((0, 5, 5))),
+            (0, 0x28, 0x1b36, 0x000e, Some((0, 6, 6))),
+            (1, 0x00, 0x1b36, 0x000e, Some((1, 2, 2))),
+        ]
+    );
+    assert_eq!(e.remote, vec![(2, 0x08)], "nic below br1");
+    let t = fe.topology().unwrap();
+    let index = |id: &str| {
+        t.functions
+            .iter()
+            .position(|f| pcierc_protocol::decode_name(&f.id) == Some(id))
+            .expect(id)
+    };
+    let rec = |id: &str| t.functions[index(id)];
+    let (br1, br0, nic) = (rec("br1"), rec("br0"), rec("nic"));
+    assert_eq!(
+        (br1.kind, br1.bus, br1.devfn, usize::from(br1.parent)),
+        (FunctionKind::RootPort as u8, 1, 0, index("rp1"))
+    );
+    assert_eq!((br1.secondary_bus, br1.subordinate_bus), (2, 2));
+    assert_ne!(br1.flags & function_flags::PRESENT, 0);
+    assert_eq!((br0.bus, br0.devfn, br0.parent), (0, 0x28, 0xffff));
+    assert_eq!(
+        (nic.bus, nic.devfn, usize::from(nic.parent)),
+        (2, 0x08, index("br1"))
+    );
+    assert_ne!(nic.flags & function_flags::PRESENT, 0);
+    // The SHPC BARs firmware placed are claimed ranges of the bridges.
+    let bars = t
+        .ranges
+        .iter()
+        .filter(|r| r.kind == RangeKind::Bar as u8 && (r.bus, r.devfn) == (1, 0))
+        .count();
+    assert_eq!(bars, 1, "br1's SHPC BAR");
+}

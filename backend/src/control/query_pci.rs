@@ -287,6 +287,7 @@ pub fn from_hierarchy(h: &Hierarchy) -> Vec<PciInfo> {
         .filter_map(|devfn| match h.route(0, devfn) {
             Routed::Local(Slot::Mch) => Some(emulated(h.mch(), 0, devfn, "")),
             Routed::Local(Slot::Port(i)) => port(h, usize::from(i), 0, devfn, 0),
+            Routed::Local(Slot::Bridge(j)) => pci_bridge(h, usize::from(j), 0, devfn),
             Routed::Remote(e) => spec.endpoints.get(usize::from(e)).map(|e| remote(e, 0)),
             Routed::Local(_) | Routed::Absent => None,
         })
@@ -315,6 +316,7 @@ fn port(h: &Hierarchy, i: usize, bus: u8, devfn: u8, depth: usize) -> Option<Pci
                 .children_of(i)
                 .filter_map(|(devfn, slot)| match slot {
                     Slot::Port(j) => port(h, usize::from(j), secondary, devfn, depth + 1),
+                    Slot::Bridge(j) => pci_bridge(h, usize::from(j), secondary, devfn),
                     Slot::Endpoint(e) => spec
                         .endpoints
                         .get(usize::from(e))
@@ -323,6 +325,27 @@ fn port(h: &Hierarchy, i: usize, bus: u8, devfn: u8, depth: usize) -> Option<Pci
                 })
                 .collect();
             bridge.devices = Some(below);
+        }
+    }
+    Some(info)
+}
+
+/// `pcie-pci-bridge` `j` at (`bus`, `devfn`) with, when its Secondary Bus Number is non-zero,
+/// the functions other emulators serve on its secondary bus, by devfn (as [`port`] does).
+fn pci_bridge(h: &Hierarchy, j: usize, bus: u8, devfn: u8) -> Option<PciDeviceInfo> {
+    let spec = h.spec();
+    let (b, bs) = (h.bridges().get(j)?, spec.bridges.get(j)?);
+    let mut info = emulated(b, bus, devfn, &bs.config.id);
+    if let Some(pb) = info.pci_bridge.as_mut() {
+        let secondary = pb.bus.secondary;
+        if secondary != 0 {
+            let below = h
+                .endpoints_below(h.ports().len() + j)
+                .into_iter()
+                .filter_map(|e| spec.endpoints.get(e))
+                .map(|e| remote(e, secondary))
+                .collect();
+            pb.devices = Some(below);
         }
     }
     Some(info)

@@ -120,12 +120,6 @@ pub enum TopologyError {
         /// The bridge.
         bridge: String,
     },
-    /// A topology with `pcie-pci-bridge`s given to a hierarchy that does not place them yet.
-    #[error("{id}: pcie-pci-bridge is not placed in the hierarchy yet")]
-    BridgeNotPlaced {
-        /// The bridge.
-        id: String,
-    },
     /// A switch port or function placed where it cannot sit: an upstream port not at device 0
     /// below a root or downstream port, a downstream port not on an upstream port's bus, a
     /// function on a switch's internal bus, or a chain of parents that never reaches the root bus.

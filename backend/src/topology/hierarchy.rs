@@ -7,13 +7,14 @@ use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status
 
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
-use crate::devices::{HostBridge, Mch, RootPort, SegmentHostBridge};
+use crate::devices::{HostBridge, Mch, PciePciBridge, RootPort, SegmentHostBridge};
 use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::report::DescribeCache;
 use crate::topology::spec::EndpointSpec;
-use crate::topology::{StateError, TopologyError};
+use crate::topology::StateError;
 
+mod bridges;
 mod hotplug;
 mod routing;
 mod snapshot;
@@ -74,6 +75,8 @@ pub enum Slot {
     Port(u16),
     /// Endpoint `n` (index into the spec's `endpoints`), served by another emulator.
     Endpoint(u16),
+    /// `pcie-pci-bridge` `n` (index into the spec's `bridges`).
+    Bridge(u16),
 }
 
 /// Where a configuration access landed.
@@ -95,6 +98,15 @@ pub struct Hierarchy {
     /// an extra segment.
     mch: HostBridge,
     ports: Vec<RootPort>,
+    /// The `pcie-pci-bridge`s, in spec order (see `bridges.rs` for how they are numbered).
+    bridges: Vec<PciePciBridge>,
+    /// Per bridge: the port whose slot it fills (`None` on the root bus).
+    bridge_parents: Vec<Option<u16>>,
+    /// Per bridge: devfn on its secondary bus -> the function another emulator serves there.
+    bridge_children: Vec<[Slot; 256]>,
+    /// Per bridge: the secondary bus and Secondary Bus Reset `bus_owner` was built from.
+    bridge_buses: Vec<u8>,
+    bridge_sbr: Vec<bool>,
     /// Root bus: devfn -> slot.
     root: [Slot; 256],
     /// Per port: devfn on its secondary bus -> what sits there (switch ports pcierc emulates,
@@ -106,7 +118,7 @@ pub struct Hierarchy {
     /// order (the tree `routing::update_bus_map` walks).
     top_ports: Vec<usize>,
     child_ports: Vec<Vec<usize>>,
-    /// Bus number -> the port that claims it (0 = none, else index+1): the deepest port whose
+    /// Bus number -> the port or bridge that claims it (0 = none, else emulated index + 1): the deepest port whose
     /// secondary..=subordinate range holds it among those the cycle reaches (see
     /// `routing::update_bus_map`).
     bus_owner: [u16; 256],
@@ -139,13 +151,6 @@ impl Hierarchy {
     /// the topology are [`super::Segments`]' other hierarchies).
     pub fn new(spec: TopologySpec) -> crate::Result<Self> {
         spec.validate()?;
-        // The spec places bridges; the tree of ports does not hold them yet (docs/qemu-compat.md).
-        if let Some(b) = spec.bridges.first() {
-            return Err(TopologyError::BridgeNotPlaced {
-                id: b.config.id.clone(),
-            }
-            .into());
-        }
         let spec = spec.for_segment(spec.segment);
         let mch = match spec.segments.first() {
             Some(own) => HostBridge::Segment(SegmentHostBridge::new(own.ecam())),
@@ -156,7 +161,17 @@ impl Hierarchy {
             .iter()
             .map(|p| RootPort::on_machine(p.config.clone(), spec.machine))
             .collect();
+        let bridges: Vec<PciePciBridge> = spec
+            .bridges
+            .iter()
+            .map(|b| PciePciBridge::on_machine(b.config.clone(), spec.machine))
+            .collect();
         let mut h = Hierarchy {
+            bridges,
+            bridge_parents: Vec::new(),
+            bridge_children: Vec::new(),
+            bridge_buses: Vec::new(),
+            bridge_sbr: Vec::new(),
             children: Vec::new(),
             parents: Vec::new(),
             top_ports: Vec::new(),
@@ -183,6 +198,7 @@ impl Hierarchy {
         // Functions and switches declared in the topology are present from power-on: their
         // slots are occupied.
         h.present_occupied(0..h.ports.len());
+        h.present_bridge_cards();
         h.sync_links();
         h.rebuild_routing();
         Ok(h)
@@ -221,6 +237,9 @@ impl Hierarchy {
         for (i, p) in self.spec.root_ports.iter().enumerate() {
             placed.push((place(&p.bus), p.addr.0, Slot::Port(i as u16)));
         }
+        for (i, b) in self.spec.bridges.iter().enumerate() {
+            placed.push((place(&b.bus), b.addr.0, Slot::Bridge(i as u16)));
+        }
         for (i, e) in self.spec.endpoints.iter().enumerate() {
             if e.bus == ROOT_BUS {
                 placed.push((None, e.addr.0, Slot::Endpoint(i as u16)));
@@ -238,6 +257,7 @@ impl Hierarchy {
             };
             table[usize::from(devfn)] = slot;
         }
+        self.rebuild_bridge_slots();
     }
 
     /// Is something (a function another emulator serves, or a switch) in port `i`'s slot?
@@ -266,20 +286,27 @@ impl Hierarchy {
         }
     }
 
-    /// A port whose slot holds a switch's upstream port shows that link's speed and width in
-    /// its Link Status, as QEMU's `pcie_sync_bridge_lnk()` does on every read.
+    /// A port whose slot holds a switch's upstream port or a pcie-pci-bridge shows that link's
+    /// speed and width in its Link Status, as QEMU's `pcie_sync_bridge_lnk()` does on every read.
     fn sync_links(&mut self) {
+        use crate::devices::{pcie_pci_bridge, root_port::xio3130};
+        use crate::pci::caps::express::LNKSTA;
         for i in 0..self.ports.len() {
-            let Some(Slot::Port(up)) = self.children.get(i).map(|c| c[0]) else {
-                continue;
+            // A pcie-pci-bridge has a PCI Express capability too (a PCI Express-to-PCI
+            // bridge): QEMU copies its link as it does an upstream port's.
+            let lnksta = match self.children.get(i).map(|c| c[0]) {
+                Some(Slot::Port(up)) => self
+                    .ports
+                    .get(usize::from(up))
+                    .map(|p| p.config_read(u16::from(xio3130::EXP_OFFSET) + LNKSTA, 2) as u16),
+                Some(Slot::Bridge(j)) => self.bridges.get(usize::from(j)).map(|b| {
+                    b.config_read(u16::from(pcie_pci_bridge::EXP_OFFSET) + LNKSTA, 2) as u16
+                }),
+                _ => None,
             };
-            let Some(partner) = self.ports.get(usize::from(up)) else {
-                continue;
-            };
-            let at = u16::from(crate::devices::root_port::xio3130::EXP_OFFSET)
-                + crate::pci::caps::express::LNKSTA;
-            let lnksta = partner.config_read(at, 2) as u16;
-            self.ports[i].port_mut().sync_link(lnksta);
+            if let Some(lnksta) = lnksta {
+                self.ports[i].port_mut().sync_link(lnksta);
+            }
         }
     }
 
@@ -323,12 +350,12 @@ impl Hierarchy {
         out
     }
 
-    /// Does a configuration cycle for `bus` reach port `i`'s secondary bus (the port owns it and
-    /// it is its secondary bus)?
-    pub fn bus_claimed_by(&self, bus: u8, i: usize) -> bool {
+    /// Does a configuration cycle for `bus` reach emulated function `k`'s secondary bus (port
+    /// `k`, or bridge `k - ports`, owns it and it is its secondary bus)?
+    pub fn bus_claimed_by(&self, bus: u8, k: usize) -> bool {
         bus != 0
-            && usize::from(self.bus_owner[usize::from(bus)]) == i + 1
-            && self.ports.get(i).is_some_and(|p| p.secondary_bus() == bus)
+            && usize::from(self.bus_owner[usize::from(bus)]) == k + 1
+            && self.emulated_secondary_bus(k) == bus
     }
 
     /// The root port above port `i` (`i` itself for a root port).
@@ -390,6 +417,11 @@ impl Hierarchy {
         self.mark_all_changed();
         self.mch.reset();
         self.ports.iter_mut().for_each(PciFunction::reset);
+        for b in &mut self.bridges {
+            b.reset();
+            b.take_interrupts();
+            b.take_released();
+        }
         // The functions other emulators serve are reset with the platform; their owners (a
         // passthrough device model need not be the frontend that sent `Reset`) are told.
         for endpoint in &self.spec.endpoints {
@@ -448,6 +480,9 @@ impl Hierarchy {
             return Routed::Absent;
         }
         let port = usize::from(owner - 1);
+        if let Some(j) = port.checked_sub(self.ports.len()) {
+            return self.locate_below_bridge(j, bus, devfn);
+        }
         let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
             return Routed::Absent;
         };
@@ -471,8 +506,28 @@ impl Hierarchy {
         }
     }
 
+    /// [`Hierarchy::locate`] for a bus bridge `j` owns: on its secondary bus the functions
+    /// other emulators serve at devices 1-31 (Type 0; device 0 is the SHPC's reserved slot and
+    /// absent), past it nothing pcierc knows.
+    fn locate_below_bridge(&self, j: usize, bus: u8, devfn: u8) -> Routed {
+        let (Some(b), Some(children)) = (self.bridges.get(j), self.bridge_children.get(j)) else {
+            return Routed::Absent;
+        };
+        if bus != b.secondary_bus() || DevFn(devfn).device() == 0 {
+            return Routed::Absent;
+        }
+        match children[usize::from(devfn)] {
+            Slot::Endpoint(e) => Routed::Remote(e),
+            _ => Routed::Absent,
+        }
+    }
+
     fn function_mut(&mut self, slot: Slot) -> Option<&mut dyn PciFunction> {
         match slot {
+            Slot::Bridge(j) => self
+                .bridges
+                .get_mut(usize::from(j))
+                .map(|b| b as &mut dyn PciFunction),
             Slot::Mch => Some(&mut self.mch),
             Slot::Port(i) => self
                 .ports
@@ -484,6 +539,10 @@ impl Hierarchy {
 
     fn function(&self, slot: Slot) -> Option<&dyn PciFunction> {
         match slot {
+            Slot::Bridge(j) => self
+                .bridges
+                .get(usize::from(j))
+                .map(|b| b as &dyn PciFunction),
             Slot::Mch => Some(&self.mch),
             Slot::Port(i) => self
                 .ports
@@ -541,6 +600,7 @@ impl Hierarchy {
         };
         let effects = match slot {
             Slot::Port(i) => self.after_port(usize::from(i), effects),
+            Slot::Bridge(j) => self.after_bridge(usize::from(j), effects),
             _ => effects,
         };
         Ok(self.apply(effects))
@@ -628,7 +688,10 @@ impl Hierarchy {
     fn bar_at(&self, addr: u64) -> Option<(Slot, u8, u64, u64)> {
         let hit = |&(base, size, port, bar): &(u64, u64, u16, u8)| {
             let off = addr.checked_sub(base).filter(|&o| o < size)?;
-            Some((port, (Slot::Port(port), bar, off, size)))
+            Some((
+                port,
+                (self.emulated_slot(usize::from(port)), bar, off, size),
+            ))
         };
         if self.bars_overlap {
             return self
@@ -692,6 +755,7 @@ impl Hierarchy {
         let effects = f.bar_write(bar, off, width, value);
         let effects = match slot {
             Slot::Port(i) => self.after_port(usize::from(i), effects),
+            Slot::Bridge(j) => self.after_bridge(usize::from(j), effects),
             _ => effects,
         };
         Ok(self.apply(effects))
@@ -702,6 +766,9 @@ impl Hierarchy {
         let mut v = vec![(self.host_bridge_id().to_string(), self.mch.save())];
         for (p, spec) in self.ports.iter().zip(&self.spec.root_ports) {
             v.push((spec.config.id.clone(), p.save()));
+        }
+        for (b, spec) in self.bridges.iter().zip(&self.spec.bridges) {
+            v.push((spec.config.id.clone(), b.save()));
         }
         v
     }
@@ -744,6 +811,14 @@ impl Hierarchy {
             }
             out.push((1 + i, change));
         }
+        since.bridges.resize(self.bridges.len(), None);
+        let first = 1 + self.ports.len();
+        for (j, (b, copy)) in self.bridges.iter().zip(&mut since.bridges).enumerate() {
+            if copy.as_ref() != Some(b) {
+                out.push((first + j, FunctionChange::State(b.save())));
+                *copy = Some(b.clone());
+            }
+        }
         out
     }
 
@@ -760,6 +835,7 @@ impl Hierarchy {
     ) -> crate::Result<()> {
         let expected: Vec<&str> = std::iter::once(self.host_bridge_id())
             .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
+            .chain(self.spec.bridges.iter().map(|b| b.config.id.as_str()))
             .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
         if expected != got {
@@ -779,9 +855,14 @@ impl Hierarchy {
         for (p, (_, s)) in ports.iter_mut().zip(&functions[1..]) {
             p.restore(s)?;
         }
+        let mut bridges = self.bridges.clone();
+        for (b, (_, s)) in bridges.iter_mut().zip(&functions[1 + ports.len()..]) {
+            b.restore(s)?;
+        }
         self.spec = spec;
         self.mch = mch;
         self.ports = ports;
+        self.bridges = bridges;
         self.config_address = config_address;
         self.rebuild_slots(); // marks every function changed
         self.rebuild_routing();
@@ -807,6 +888,7 @@ pub enum FunctionChange<'a> {
 pub struct SavedModels {
     mch: Option<HostBridge>,
     ports: Vec<Option<RootPort>>,
+    bridges: Vec<Option<PciePciBridge>>,
 }
 
 /// All ones in a configuration read of `width` bytes (1, 2 or 4: checked before).

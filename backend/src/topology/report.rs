@@ -57,6 +57,18 @@ impl DescribeCache {
     }
 }
 
+/// Where a function with a type 1 header sits and what it forwards
+/// (`Hierarchy::type1_description`).
+struct Type1At<'a> {
+    id: &'a str,
+    bus: u8,
+    devfn: u8,
+    parent: u16,
+    reachable: bool,
+    buses: (u8, u8),
+    windows: crate::pci::bridge::BridgeWindows,
+}
+
 /// The claimed configuration-mechanism ports.
 fn config_ranges() -> [AddressRange; 2] {
     [
@@ -84,8 +96,8 @@ impl Hierarchy {
         let mut functions = Vec::with_capacity(1 + spec.root_ports.len() + spec.endpoints.len());
         functions.push(self.mch_record());
         let mut ranges = config_ranges().to_vec();
-        for i in 0..self.ports().len() {
-            let (record, port_ranges) = self.port_description(i);
+        for i in 0..self.ports().len() + self.bridges().len() {
+            let (record, port_ranges) = self.emulated_description(i);
             functions.push(record);
             ranges.extend(port_ranges);
         }
@@ -97,7 +109,7 @@ impl Hierarchy {
     /// of `cache` marked stale are described again. The first call's delta (from an empty
     /// cache) is not a delta of any topology a frontend holds; its caller sends the whole one.
     pub(super) fn layout_delta_cached(&self, cache: &mut DescribeCache) -> LayoutDelta {
-        let n = 1 + self.ports().len();
+        let n = 1 + self.ports().len() + self.bridges().len();
         if cache.stale.len() != n || cache.ports.len() + 1 != n {
             cache.stale = vec![true; n];
             cache.ports = vec![Default::default(); n - 1];
@@ -118,6 +130,9 @@ impl Hierarchy {
                 for below in self.ports_below(i) {
                     cache.mark(1 + below);
                 }
+                for j in self.bridges_below(i) {
+                    cache.mark(1 + self.ports().len() + j);
+                }
             }
         }
         for (i, stale) in cache.stale.iter_mut().enumerate() {
@@ -135,7 +150,7 @@ impl Hierarchy {
                 }
                 continue;
             }
-            let (r, ranges) = self.port_description(i - 1);
+            let (r, ranges) = self.emulated_description(i - 1);
             let old = &mut cache.ports[i - 1];
             if r != old.0 {
                 updates.push(update(i, r));
@@ -160,7 +175,7 @@ impl Hierarchy {
         } else {
             let mut behind: Vec<(usize, FunctionRecord)> = stale_ports
                 .iter()
-                .flat_map(|&p| self.endpoints_below(p).map(move |k| (p, k)))
+                .flat_map(|&p| self.endpoints_below(p).into_iter().map(move |k| (p, k)))
                 .filter_map(|(p, k)| Some((k, self.endpoint_record_at(endpoints.get(k)?, Some(p)))))
                 .filter(|(k, r)| cache.endpoints.get(*k) != Some(r))
                 .collect();
@@ -251,6 +266,41 @@ impl Hierarchy {
         }
     }
 
+    /// Emulated function `k`'s record and ranges: port `k`, or bridge `k - ports`.
+    fn emulated_description(&self, k: usize) -> (FunctionRecord, Vec<AddressRange>) {
+        match k.checked_sub(self.ports().len()) {
+            None => self.port_description(k),
+            Some(j) => self.bridge_description(j),
+        }
+    }
+
+    /// Bridge `j`'s record (record `1 + ports + j`) and ranges. A `pcie-pci-bridge` is a kind 2
+    /// record too (a function with a type 1 header, docs/protocol.md section 10): on the root
+    /// bus, or naming the port whose slot it fills as `parent`, `PRESENT` while configuration
+    /// cycles reach it.
+    fn bridge_description(&self, j: usize) -> (FunctionRecord, Vec<AddressRange>) {
+        let (b, bs) = (&self.bridges()[j], &self.spec().bridges[j]);
+        let (bus, parent) = match self.bridge_parent(j) {
+            None => (0, NO_PARENT),
+            Some(up) => (self.bridge_bus(j), up as u16 + 1),
+        };
+        let reachable = parent == NO_PARENT
+            || matches!(
+                self.route(bus, bs.addr.0),
+                Routed::Local(Slot::Bridge(x)) if usize::from(x) == j
+            );
+        let at = Type1At {
+            id: &bs.config.id,
+            bus,
+            devfn: bs.addr.0,
+            parent,
+            reachable,
+            buses: (b.secondary_bus(), b.subordinate_bus()),
+            windows: b.windows(),
+        };
+        self.type1_description(b, at)
+    }
+
     /// Port `i`'s record and ranges (BARs, then its I/O, memory and prefetchable windows).
     /// Every port pcierc emulates is a `RootPort` record (kind 2: a PCI Express port with a
     /// type 1 header); a switch port names the port it sits behind as `parent` and sits on
@@ -258,7 +308,6 @@ impl Hierarchy {
     /// (docs/protocol.md section 10). Record 1 + i is port i.
     fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
         let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
-        let (v, d, c, mf) = identity(p);
         let (bus, parent) = match self.port_parent(i) {
             None => (0, NO_PARENT),
             Some(up) => (self.port_bus(i), up as u16 + 1),
@@ -268,16 +317,37 @@ impl Hierarchy {
                 self.route(bus, ps.addr.0),
                 Routed::Local(Slot::Port(j)) if usize::from(j) == i
             );
-        let present = if reachable {
+        let at = Type1At {
+            id: &ps.config.id,
+            bus,
+            devfn: ps.addr.0,
+            parent,
+            reachable,
+            buses: (p.secondary_bus(), p.subordinate_bus()),
+            windows: p.windows(),
+        };
+        self.type1_description(p, at)
+    }
+
+    /// The record and ranges (BARs, then the I/O, memory and prefetchable windows) of a
+    /// function with a type 1 header pcierc emulates.
+    fn type1_description(
+        &self,
+        f: &dyn PciFunction,
+        t: Type1At<'_>,
+    ) -> (FunctionRecord, Vec<AddressRange>) {
+        let (v, d, c, mf) = identity(f);
+        let present = if t.reachable {
             function_flags::PRESENT
         } else {
             0
         };
         let segment = self.spec().segment;
+        let (bus, devfn) = (t.bus, t.devfn);
         let record = FunctionRecord {
             segment,
             bus,
-            devfn: ps.addr.0,
+            devfn,
             vendor_id: v,
             device_id: d,
             class_code: c,
@@ -285,10 +355,10 @@ impl Hierarchy {
             flags: function_flags::EMULATED
                 | present
                 | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent,
-            secondary_bus: p.secondary_bus(),
-            subordinate_bus: p.subordinate_bus(),
-            id: name(&ps.config.id),
+            parent: t.parent,
+            secondary_bus: t.buses.0,
+            subordinate_bus: t.buses.1,
+            id: name(t.id),
             owner: name(PCIERC_OWNER),
             ..Default::default()
         };
@@ -300,16 +370,16 @@ impl Hierarchy {
                 kind: kind as u8,
                 segment,
                 bus,
-                devfn: ps.addr.0,
+                devfn,
                 bar,
                 ..Default::default()
             };
-        let mut ranges: Vec<AddressRange> = p
+        let mut ranges: Vec<AddressRange> = f
             .bars()
             .into_iter()
             .map(|b| at(b.base, b.size, AddressSpace::Mmio, RangeKind::Bar, b.index))
             .collect();
-        let w = p.windows();
+        let w = t.windows;
         if let Some((base, size)) = w.io {
             ranges.push(at(base, size, AddressSpace::Pio, RangeKind::IoWindow, 0));
         }
@@ -331,11 +401,17 @@ impl Hierarchy {
     /// The record of a function another emulator serves (also for one that just left: its
     /// address is where it was).
     pub fn endpoint_record(&self, e: &EndpointSpec) -> FunctionRecord {
+        let spec = self.spec();
         let port = (e.bus != ROOT_BUS).then(|| {
-            self.spec()
-                .root_ports
+            spec.root_ports
                 .iter()
                 .position(|p| p.config.id == e.bus)
+                .or_else(|| {
+                    spec.bridges
+                        .iter()
+                        .position(|b| b.config.id == e.bus)
+                        .map(|j| spec.root_ports.len() + j)
+                })
                 .unwrap_or(0)
         });
         self.endpoint_record_at(e, port)
@@ -347,7 +423,7 @@ impl Hierarchy {
         let (bus, present, parent) = match port {
             None => (0, true, NO_PARENT),
             Some(pi) => {
-                let sec = self.ports().get(pi).map_or(0, |p| p.secondary_bus());
+                let sec = self.emulated_secondary_bus(pi);
                 // Reachable: the cycle for its bus gets to the port it sits behind (through a
                 // switch, every port above must forward it).
                 let reachable = sec != 0 && self.bus_claimed_by(sec, pi);
@@ -405,12 +481,18 @@ impl Hierarchy {
         let tops: Vec<usize> = (0..self.ports().len())
             .filter(|&i| self.port_parent(i).is_none())
             .collect();
-        let n = tops.len() + root_eps.len();
+        let bridges: Vec<usize> = (0..self.bridges().len())
+            .filter(|&j| self.bridge_parent(j).is_none())
+            .collect();
+        let n = tops.len() + bridges.len() + root_eps.len();
         for (k, &i) in tops.iter().enumerate() {
             self.tree_port(&mut out, i, "", k + 1 == n, true);
         }
+        for (k, &j) in bridges.iter().enumerate() {
+            self.tree_bridge(&mut out, j, "", tops.len() + k + 1 == n, true);
+        }
         for (i, e) in root_eps.iter().enumerate() {
-            let last = tops.len() + i + 1 == n;
+            let last = tops.len() + bridges.len() + i + 1 == n;
             let _ = writeln!(
                 out,
                 "{} 00:{} {:<13} {} (owner {})",
@@ -454,16 +536,65 @@ impl Hierarchy {
         let kids: Vec<usize> = (0..self.ports().len())
             .filter(|&j| self.port_parent(j) == Some(i))
             .collect();
+        let bridges: Vec<usize> = (0..self.bridges().len())
+            .filter(|&j| self.bridge_parent(j) == Some(i))
+            .collect();
         let eps: Vec<&EndpointSpec> = spec.endpoints.iter().filter(|e| e.bus == c.id).collect();
-        let n = kids.len() + eps.len();
+        let n = kids.len() + bridges.len() + eps.len();
         for (k, &j) in kids.iter().enumerate() {
             self.tree_port(out, j, &inner, k + 1 == n, false);
         }
+        for (k, &j) in bridges.iter().enumerate() {
+            self.tree_bridge(out, j, &inner, kids.len() + k + 1 == n, false);
+        }
+        let kids = kids.len() + bridges.len();
         for (k, e) in eps.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "{inner}{} {}  {:<13} {} (owner {})",
-                if kids.len() + k + 1 == n {
+                if kids + k + 1 == n {
+                    "└──"
+                } else {
+                    "├──"
+                },
+                e.addr,
+                e.id,
+                e.driver,
+                e.owner
+            );
+        }
+    }
+
+    /// Bridge `j` and the functions below it, for [`Hierarchy::tree`].
+    fn tree_bridge(&self, out: &mut String, j: usize, indent: &str, last: bool, root: bool) {
+        let spec = self.spec();
+        let (Some(b), Some(bs)) = (self.bridges().get(j), spec.bridges.get(j)) else {
+            return;
+        };
+        let (v, d, _, _) = identity(b);
+        let place = if root {
+            format!("00:{}", bs.addr)
+        } else {
+            bs.addr.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} {place} {:<13} [{v:04x}:{d:04x}] {} (pcierc)",
+            if last { "└──" } else { "├──" },
+            bs.config.id,
+            crate::topology::pcie_pci_bridge::DRIVER,
+        );
+        let inner = format!("{indent}{}   ", if last { " " } else { "│" });
+        let eps: Vec<&EndpointSpec> = spec
+            .endpoints
+            .iter()
+            .filter(|e| e.bus == bs.config.id)
+            .collect();
+        for (k, e) in eps.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{inner}{} {}  {:<13} {} (owner {})",
+                if k + 1 == eps.len() {
                     "└──"
                 } else {
                     "├──"

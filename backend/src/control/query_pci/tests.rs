@@ -317,3 +317,66 @@ fn a_switch_nests_as_qemus() {
         assert_eq!(got_net1[k], want_net1[k], "{k}");
     }
 }
+
+/// A `pcie-pci-bridge` in rp1's slot and one on the root bus: each listed where it sits with
+/// its identity (1b36:000e, class 0x0604), nested in rp1's devices, and listing the functions
+/// below it once its Secondary Bus Number is set (as QEMU's `qmp_query_pci_bridge()` does).
+#[test]
+fn pcie_pci_bridges_nest() {
+    let mut h = hierarchy(&[
+        "pcie-pci-bridge,id=br1,bus=rp1",
+        "e1000,id=n1,bus=br1,addr=1,owner=qemu",
+        "pcie-pci-bridge,id=br0,addr=5",
+    ]);
+    h.config_write(0, rp1(), 0x18, 4, 0x02_0100).unwrap();
+    let br0_devfn = DevFn::new(5, 0).unwrap().0;
+    let list = |h: &Hierarchy| serde_json::to_value(from_hierarchy(h)).unwrap();
+    let v = list(&h);
+    let br0 = v[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["slot"] == 5)
+        .expect("br0 on bus 0")
+        .clone();
+    assert_eq!(br0["qdev_id"], "br0");
+    assert_eq!(br0["id"]["device"], 0x000e);
+    assert_eq!(br0["class_info"]["class"], 0x0604);
+    assert!(
+        br0["pci_bridge"].get("devices").is_none(),
+        "no secondary bus"
+    );
+    let rp1_index = v[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|d| d["qdev_id"] == "rp1")
+        .unwrap();
+    let mut v = v;
+    let below_rp1 = bridge_devices(&mut v, rp1_index).clone();
+    assert_eq!(below_rp1.len(), 1);
+    assert_eq!(below_rp1[0]["qdev_id"], "br1");
+    assert_eq!(
+        (below_rp1[0]["bus"].clone(), below_rp1[0]["slot"].clone()),
+        (json!(1), json!(0))
+    );
+    assert!(below_rp1[0]["pci_bridge"].get("devices").is_none());
+    // br1 numbered: n1 at device 1 of bus 2.
+    h.config_write(1, 0, 0x18, 4, 0x02_0201).unwrap();
+    h.config_write(0, br0_devfn, 0x18, 4, 0x03_0300).unwrap();
+    let mut v = list(&h);
+    let br1 = bridge_devices(&mut v, rp1_index)[0].clone();
+    let n1 = &br1["pci_bridge"]["devices"][0];
+    assert_eq!(
+        (n1["qdev_id"].clone(), n1["bus"].clone(), n1["slot"].clone()),
+        (json!("n1"), json!(2), json!(1))
+    );
+    let br0 = v[0]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["slot"] == 5)
+        .unwrap()
+        .clone();
+    assert_eq!(br0["pci_bridge"]["devices"], json!([]));
+}

@@ -218,7 +218,10 @@ impl Hierarchy {
                 reason,
             });
         }
-        if below.is_empty() {
+        // A pcie-pci-bridge in a slot of the subtree is reset with what is below it.
+        let bridges = self.bridges_below(port);
+        self.reset_bridges(&bridges, reason);
+        if below.is_empty() && bridges.is_empty() {
             return Effects::empty();
         }
         self.bar_map = self.full_bar_map();
@@ -284,7 +287,10 @@ impl Hierarchy {
         if !valid_name(&endpoint.owner) {
             return Err(HotplugError::InvalidOwner(endpoint.owner));
         }
-        if self.endpoint(&endpoint.id).is_some() || self.port_index(&endpoint.id).is_some() {
+        if self.endpoint(&endpoint.id).is_some()
+            || self.port_index(&endpoint.id).is_some()
+            || self.spec.bridges.iter().any(|b| b.config.id == endpoint.id)
+        {
             return Err(HotplugError::Duplicate(endpoint.id));
         }
         if !cold {
@@ -481,6 +487,10 @@ impl Hierarchy {
         match self.locate(bus, devfn) {
             super::Routed::Local(super::Slot::Port(i)) => {
                 self.ports.get(usize::from(i))?.msi_route(vector)
+            }
+            // The bridge's MSI capability has one vector.
+            super::Routed::Local(super::Slot::Bridge(j)) if vector == 0 => {
+                self.bridges.get(usize::from(j))?.msi_route()
             }
             _ => None,
         }

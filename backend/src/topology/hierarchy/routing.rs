@@ -66,6 +66,11 @@ impl Hierarchy {
     /// snapshot's 65536 routes, is then refreshed only for the buses recorded here.
     pub(super) fn update_bus_map(&mut self) {
         let mut owner = [0u16; 256];
+        // Bridges on the root bus claim first: a root port claiming the same bus (a guest bug)
+        // overwrites them.
+        for j in self.top_bridges() {
+            self.claim_bridge(&mut owner, j, 1..=255);
+        }
         self.claim(&mut owner, &self.top_ports, 1..=255);
         for (b, (new, old)) in owner.iter().zip(&self.bus_owner).enumerate() {
             if new != old {
@@ -88,6 +93,7 @@ impl Hierarchy {
             }
             *cached = now;
         }
+        self.update_bridge_buses();
     }
 
     /// Let `siblings` (ports on one bus, in topology order) claim the buses of `allowed` (what
@@ -129,6 +135,11 @@ impl Hierarchy {
             if let Some(first) = p.secondary_bus().checked_add(1).filter(|&f| f <= hi) {
                 if let Some(kids) = self.child_ports.get(i).filter(|k| !k.is_empty()) {
                     self.claim(owner, kids, first.max(lo)..=hi);
+                }
+                // A bridge filling the port's slot takes the buses below the port that its
+                // range holds.
+                if let Some(j) = self.bridge_below(i) {
+                    self.claim_bridge(owner, j, first.max(lo)..=hi);
                 }
             }
         }
@@ -175,6 +186,13 @@ impl Hierarchy {
         for (i, p) in self.ports.iter().enumerate() {
             for b in p.bars() {
                 map.push((b.base, b.size, i as u16, b.index));
+            }
+        }
+        // Bridges are tagged after the ports (emulated index).
+        for (j, b) in self.bridges.iter().enumerate() {
+            for bar in b.bars() {
+                let tag = (self.ports.len() + j) as u16;
+                map.push((bar.base, bar.size, tag, bar.index));
             }
         }
         map.sort_unstable();

@@ -1,7 +1,8 @@
 //! What the configuration snapshot (`SetConfigSnapshot`, `pcierc_protocol::snapshot`) needs
 //! from the hierarchy: which functions changed since the last look, their register images,
 //! and the routing of every (bus, devfn). Function slot `n` of the snapshot is function `n` of
-//! [`Hierarchy::snapshot_functions`]: the MCH, then the root ports in topology order.
+//! [`Hierarchy::snapshot_functions`]: the MCH, then the ports in topology order, then the
+//! `pcie-pci-bridge`s.
 
 use pcierc_protocol::snapshot::{SnapshotHeader, ROUTE_ABSENT, ROUTE_REMOTE};
 
@@ -10,15 +11,17 @@ use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
-    /// Functions the snapshot holds: the MCH and every port (root and switch ports).
+    /// Functions the snapshot holds: the MCH, every port (root and switch ports) and every
+    /// `pcie-pci-bridge`.
     pub fn snapshot_functions(&self) -> usize {
-        1 + self.ports.len()
+        1 + self.ports.len() + self.bridges.len()
     }
 
     pub(super) fn mark_changed(&mut self, slot: Slot) {
         let i = match slot {
             Slot::Mch => 0,
             Slot::Port(p) => 1 + usize::from(p),
+            Slot::Bridge(j) => 1 + self.ports.len() + usize::from(j),
             _ => return,
         };
         if let Some(c) = self.changed.get_mut(i) {
@@ -33,12 +36,21 @@ impl Hierarchy {
         self.described.mark_all(self.snapshot_functions());
     }
 
-    /// The endpoints (spec indices) on port `port`'s secondary bus.
-    pub(crate) fn endpoints_below(&self, port: usize) -> impl Iterator<Item = usize> + '_ {
-        self.children_of(port).filter_map(|(_, s)| match s {
-            Slot::Endpoint(e) => Some(usize::from(e)),
-            _ => None,
-        })
+    /// The endpoints (spec indices) on emulated function `k`'s secondary bus (port `k`, or
+    /// bridge `k - ports`).
+    pub(crate) fn endpoints_below(&self, k: usize) -> Vec<usize> {
+        let table = match k.checked_sub(self.ports.len()) {
+            None => self.children.get(k),
+            Some(j) => self.bridge_children.get(j),
+        };
+        table
+            .into_iter()
+            .flatten()
+            .filter_map(|s| match s {
+                Slot::Endpoint(e) => Some(usize::from(*e)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// What changed in the topology ([`Hierarchy::describe`]) since the last call: the records
@@ -55,6 +67,15 @@ impl Hierarchy {
             for (i, p) in self.ports.iter().enumerate() {
                 if moved.contains(p.secondary_bus()) {
                     cache.mark(1 + i);
+                    // The bridge in its slot is on that bus.
+                    if let Some(j) = self.bridge_below(i) {
+                        cache.mark(1 + self.ports.len() + j);
+                    }
+                }
+            }
+            for (j, b) in self.bridges.iter().enumerate() {
+                if moved.contains(b.secondary_bus()) {
+                    cache.mark(1 + self.ports.len() + j);
                 }
             }
         }
@@ -86,7 +107,7 @@ impl Hierarchy {
     pub fn snapshot_image(&self, n: usize) -> Vec<u8> {
         let f: Option<&dyn PciFunction> = match n {
             0 => Some(&self.mch),
-            _ => self.ports.get(n - 1).map(|p| p as &dyn PciFunction),
+            _ => self.function(self.emulated_slot(n - 1)),
         };
         f.map(PciFunction::config_image).unwrap_or_default()
     }
@@ -117,6 +138,7 @@ impl Hierarchy {
                 *e = match self.root[devfn] {
                     Slot::Mch => 1,
                     Slot::Port(p) => p + 2,
+                    Slot::Bridge(j) => self.bridge_route(j),
                     Slot::Endpoint(_) => ROUTE_REMOTE,
                     Slot::Empty => ROUTE_ABSENT,
                 };
@@ -126,11 +148,25 @@ impl Hierarchy {
         let Some(port) = usize::from(self.bus_owner[usize::from(bus)]).checked_sub(1) else {
             return row;
         };
+        if let Some(j) = port.checked_sub(self.ports.len()) {
+            // A bridge's secondary bus: devices 1-31 (Type 0); nothing past it.
+            if let (Some(b), Some(children)) = (self.bridges.get(j), self.bridge_children.get(j)) {
+                if b.secondary_bus() == bus {
+                    for (e, s) in row.iter_mut().zip(children.iter()).skip(8) {
+                        if let Slot::Endpoint(_) = s {
+                            *e = ROUTE_REMOTE;
+                        }
+                    }
+                }
+            }
+            return row;
+        }
         let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
             return row;
         };
         let entry = |s: &Slot| match s {
             Slot::Port(j) => j + 2,
+            Slot::Bridge(j) => self.bridge_route(*j),
             Slot::Endpoint(_) => ROUTE_REMOTE,
             Slot::Empty | Slot::Mch => ROUTE_ABSENT,
         };
@@ -146,6 +182,11 @@ impl Hierarchy {
             }
         }
         row
+    }
+
+    /// The snapshot route entry of bridge `j`: its function slot `1 + ports + j`, plus one.
+    fn bridge_route(&self, j: u16) -> u16 {
+        (2 + self.ports.len() + usize::from(j)) as u16
     }
 
     /// The snapshot header's routing fields.

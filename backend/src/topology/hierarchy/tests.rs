@@ -247,6 +247,7 @@ fn every_access_shape_is_answered_without_panicking() {
 mod hotplug;
 mod ioh3420;
 mod layout_delta;
+mod pcie_pci_bridge;
 mod routing;
 mod switch;
 

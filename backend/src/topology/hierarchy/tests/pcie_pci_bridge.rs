@@ -1,0 +1,420 @@
+//! `pcie-pci-bridge`s in the hierarchy: one filling a root port's slot (the functions below it
+//! at devices 1-31 of its conventional bus) and one on the root bus; routing, the SHPC BAR,
+//! the snapshot, the topology record and its deltas, resets and saved state.
+
+use pcierc_protocol::{FunctionKind, ResetReason, NO_PARENT};
+use proptest::prelude::*;
+
+use super::*;
+
+/// The default four root ports (rp1-rp4 at 00:02.0-00:02.3, ports 0-3); br1 in rp1's slot
+/// (bridge 0) with two functions other emulators serve below it, br0 on the root bus at
+/// 00:05.0 (bridge 1) with one.
+const BRIDGES: [&str; 5] = [
+    "pcie-pci-bridge,id=br1,bus=rp1",
+    "e1000,id=n1,bus=br1,addr=1,owner=qemu",
+    "e1000,id=n2,bus=br1,addr=2.0,owner=qemu",
+    "pcie-pci-bridge,id=br0,addr=5",
+    "e1000,id=n3,bus=br0,addr=3,owner=qemu",
+];
+const RP1: u8 = 0x10;
+const BR0: u8 = 0x28;
+
+fn bridges() -> Hierarchy {
+    hierarchy(&BRIDGES)
+}
+
+/// Firmware's numbering: rp1 1-2, br1 (at 01:00.0) 2, br0 3.
+fn number(h: &mut Hierarchy) {
+    for (bus, devfn, v) in [(0, RP1, 0x02_0100), (1, 0, 0x02_0201), (0, BR0, 0x03_0300)] {
+        h.config_write(bus, devfn, 0x18, 4, v).unwrap();
+    }
+}
+
+fn resets(h: &mut Hierarchy) -> Vec<(String, ResetReason)> {
+    h.take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HierarchyEvent::FunctionReset { endpoint, reason } => Some((endpoint.id, reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn bridges_and_the_functions_below_them_are_routed() {
+    let mut h = bridges();
+    assert_eq!(h.bridges().len(), 2);
+    // The start-up banner shows both, with the functions below them.
+    let tree = h.tree();
+    for line in ["br1", "br0", "n1", "n3", "[1b36:000e] pcie-pci-bridge"] {
+        assert!(tree.contains(line), "{line}: {tree}");
+    }
+    assert_eq!(h.route(0, BR0), Routed::Local(Slot::Bridge(1)));
+    // br1 is reachable once rp1 has a secondary bus; its slot is occupied (rp1 powers it).
+    assert_eq!(h.route(1, 0), Routed::Absent);
+    number(&mut h);
+    assert_eq!(h.route(1, 0), Routed::Local(Slot::Bridge(0)));
+    // The identity QEMU's pcie-pci-bridge has: Red Hat 1b36:000e, a PCI-to-PCI bridge.
+    assert_eq!(h.config_read(1, 0, 0, 4), Ok(0x000e_1b36));
+    assert_eq!(h.config_read(1, 0, 0x0a, 2), Ok(0x0604));
+    assert_eq!(h.config_read(1, 0, 0x18, 4), Ok(0x02_0201));
+    // Only device 0 on rp1's secondary bus (PCIe Base 6.0 §7.3.1).
+    assert_eq!(h.route(1, 8), Routed::Absent);
+    // Below br1: Type 0 to devices 1-31, device 0 absent; nothing past the secondary bus.
+    let n1 = h
+        .spec()
+        .endpoints
+        .iter()
+        .position(|e| e.id == "n1")
+        .unwrap() as u16;
+    let n2 = h
+        .spec()
+        .endpoints
+        .iter()
+        .position(|e| e.id == "n2")
+        .unwrap() as u16;
+    let n3 = h
+        .spec()
+        .endpoints
+        .iter()
+        .position(|e| e.id == "n3")
+        .unwrap() as u16;
+    assert_eq!(h.route(2, 0x08), Routed::Remote(n1));
+    assert_eq!(h.route(2, 0x10), Routed::Remote(n2));
+    assert_eq!(h.route(2, 0x00), Routed::Absent);
+    assert_eq!(h.route(2, 0x18), Routed::Absent);
+    assert_eq!(h.route(3, 0x18), Routed::Remote(n3));
+    assert_eq!(h.config_read(2, 0x08, 0, 4), Err(Status::Remote));
+    assert_eq!(h.config_read(2, 0, 0, 4), Ok(0xffff_ffff));
+    // A subordinate range past the secondary bus: the buses beyond read as absent.
+    h.config_write(1, 0, 0x18, 4, 0x05_0201).unwrap();
+    h.config_write(0, RP1, 0x18, 4, 0x05_0100).unwrap();
+    assert_eq!(h.route(4, 0x08), Routed::Absent);
+    assert_eq!(h.route(2, 0x08), Routed::Remote(n1));
+    // rp1's slot powered off: the bridge (a card in it) does not answer.
+    h.config_write(0, RP1, 0x6c, 2, 0x05c0).unwrap();
+    assert_eq!(h.route(1, 0), Routed::Absent);
+}
+
+#[test]
+fn the_shpc_bar_is_in_the_bar_map() {
+    let mut h = bridges();
+    number(&mut h);
+    // BAR0 (64-bit memory) at 0xfe800000, memory decoding on.
+    h.config_write(1, 0, 0x10, 4, 0xfe80_0000).unwrap();
+    h.config_write(1, 0, 0x14, 4, 0).unwrap();
+    let fx = h.config_write(1, 0, 0x04, 2, 0x0002).unwrap();
+    assert!(fx.contains(Effects::BARS), "{fx:?}");
+    let mut model = h.bridges()[0].clone();
+    for off in [0u64, 4, 8, 0x10] {
+        assert_eq!(
+            h.mmio_read(0xfe80_0000 + off, 4),
+            Ok(model.bar_read(0, off, 4)),
+            "SHPC register {off:#x}"
+        );
+    }
+    assert_eq!(h.mmio_read(0xfe80_0100, 4), Err(Status::NoDevice));
+    // Memory decoding off: gone from the map.
+    h.config_write(1, 0, 0x04, 2, 0).unwrap();
+    assert_eq!(h.mmio_read(0xfe80_0000, 4), Err(Status::NoDevice));
+}
+
+#[test]
+fn snapshot_images_and_routes_agree_with_guest_reads() {
+    let mut h = bridges();
+    number(&mut h);
+    assert_eq!(h.snapshot_functions(), 1 + 4 + 2);
+    let routes = h.snapshot_routes();
+    for bus in 0..=4u8 {
+        for devfn in 0..=255u8 {
+            let want = match h.route(bus, devfn) {
+                Routed::Local(Slot::Mch) => 1,
+                Routed::Local(Slot::Port(p)) => p + 2,
+                Routed::Local(Slot::Bridge(j)) => 4 + 2 + j,
+                Routed::Remote(_) => 0xffff,
+                Routed::Absent | Routed::Local(_) => 0,
+            };
+            let got = routes[usize::from(bus) << 8 | usize::from(devfn)];
+            assert_eq!(got, want, "{bus:02x}:{devfn:02x}");
+            if (1..=0xfffe).contains(&got) {
+                let image = h.snapshot_image(usize::from(got) - 1);
+                for off in (0..4096u16).step_by(4) {
+                    let word =
+                        u32::from_le_bytes(image[usize::from(off)..][..4].try_into().unwrap());
+                    assert_eq!(Ok(word), h.config_read(bus, devfn, off, 4), "{off:#x}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_topology_record_places_the_bridges() {
+    let mut h = bridges();
+    number(&mut h);
+    let t = h.describe();
+    // MCH, 4 root ports, 2 bridges, 3 endpoints.
+    assert_eq!(t.functions.len(), 1 + 4 + 2 + 3);
+    let br1 = &t.functions[5];
+    assert_eq!(br1.kind, FunctionKind::RootPort as u8);
+    assert_eq!((br1.bus, br1.devfn, br1.parent), (1, 0, 1));
+    assert_eq!((br1.secondary_bus, br1.subordinate_bus), (2, 2));
+    assert_ne!(br1.flags & pcierc_protocol::function_flags::PRESENT, 0);
+    let br0 = &t.functions[6];
+    assert_eq!((br0.bus, br0.devfn, br0.parent), (0, BR0, NO_PARENT));
+    for (k, e) in h.spec().endpoints.iter().enumerate() {
+        let r = &t.functions[7 + k];
+        let (bus, parent) = if e.bus == "br1" { (2, 5) } else { (3, 6) };
+        assert_eq!(
+            (r.bus, r.devfn, r.parent),
+            (bus, e.addr.0, parent),
+            "{}",
+            e.id
+        );
+        assert_ne!(r.flags & pcierc_protocol::function_flags::PRESENT, 0);
+    }
+}
+
+#[test]
+fn resets_reach_the_bridge_and_the_functions_below_it() {
+    let mut h = bridges();
+    number(&mut h);
+    h.take_events();
+    // Secondary Bus Reset of the bridge: the functions below it are reset.
+    let fx = h.config_write(1, 0, 0x3e, 2, 0x0040).unwrap();
+    assert!(fx.contains(Effects::SECONDARY_BUS_RESET));
+    let mut got = resets(&mut h);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("n1".to_string(), ResetReason::SecondaryBusReset),
+            ("n2".to_string(), ResetReason::SecondaryBusReset)
+        ]
+    );
+    // Held: its secondary bus still takes Type 0 cycles.
+    assert_eq!(h.route(2, 0x08), h.locate(2, 0x08));
+    assert!(matches!(h.route(2, 0x08), Routed::Remote(_)));
+    h.config_write(1, 0, 0x3e, 2, 0).unwrap();
+    h.take_events();
+    // Secondary Bus Reset of rp1: the bridge is reset (its bus numbers with it) and so are
+    // the functions below it.
+    h.config_write(0, RP1, 0x3e, 2, 0x0040).unwrap();
+    let mut got = resets(&mut h);
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        [
+            ("n1".to_string(), ResetReason::SecondaryBusReset),
+            ("n2".to_string(), ResetReason::SecondaryBusReset)
+        ]
+    );
+    assert_eq!(h.bridges()[0].secondary_bus(), 0);
+    assert_eq!(h.route(2, 0x08), Routed::Absent);
+    h.config_write(0, RP1, 0x3e, 2, 0).unwrap();
+    // A platform reset: both bridges to power-on state, every function reset.
+    number(&mut h);
+    h.take_events();
+    h.reset();
+    assert_eq!(resets(&mut h).len(), 3);
+    assert_eq!(h.bridges()[1].secondary_bus(), 0);
+    assert_eq!(h.config_read(0, BR0, 0x18, 4), Ok(0));
+}
+
+#[test]
+fn bridge_state_round_trips_by_id() {
+    let mut h = bridges();
+    number(&mut h);
+    h.config_write(0, BR0, 0x10, 4, 0xfe90_0000).unwrap();
+    let saved = h.save_functions();
+    let ids: Vec<_> = saved.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["mch", "rp1", "rp2", "rp3", "rp4", "br1", "br0"]);
+    let mut since = SavedModels::default();
+    let changed: Vec<usize> = h
+        .save_changed_functions(&mut since, 8)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(changed, (0..7).collect::<Vec<_>>());
+    h.config_write(1, 0, 0x3c, 1, 0x0b).unwrap();
+    let changed: Vec<usize> = h
+        .save_changed_functions(&mut since, 8)
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(changed, [5]);
+    let mut g = bridges();
+    g.restore_functions(0, &saved, h.spec().endpoints.clone(), 1)
+        .unwrap();
+    assert_eq!(g.route(2, 0x08), h.route(2, 0x08));
+    assert_eq!(
+        g.config_read(0, BR0, 0x10, 4),
+        Ok(0xfe90_0004),
+        "64-bit memory BAR"
+    );
+    assert_eq!(g.config_read(1, 0, 0x18, 4), Ok(0x02_0201));
+    // A state without the bridges is refused.
+    let short: Vec<_> = saved[..5].to_vec();
+    assert!(g
+        .restore_functions(0, &short, h.spec().endpoints.clone(), 1)
+        .is_err());
+}
+
+/// A write to rp1 or to one of the bridges, addressed where it sits now.
+#[derive(Clone, Debug)]
+enum Write {
+    /// Secondary and subordinate bus numbers (PCI-to-PCI Bridge 1.2 §3.2.5.3).
+    Buses { f: usize, sec: u8, sub: u8 },
+    /// Bridge Control Secondary Bus Reset (§3.2.5.18).
+    Reset { f: usize, on: bool },
+    /// rp1's Slot Control Power Controller Control (PCIe Base 6.0 §7.5.3.10).
+    SlotPower { on: bool },
+}
+
+fn write() -> impl Strategy<Value = Write> {
+    prop_oneof![
+        (0..3usize, 0..6u8, 0..6u8).prop_map(|(f, sec, sub)| Write::Buses { f, sec, sub }),
+        (0..3usize, any::<bool>()).prop_map(|(f, on)| Write::Reset { f, on }),
+        any::<bool>().prop_map(|on| Write::SlotPower { on }),
+    ]
+}
+
+/// Function 0 is rp1, 1 br1, 2 br0.
+fn apply(h: &mut Hierarchy, w: &Write) {
+    let at = |h: &Hierarchy, f: usize| match f {
+        0 => (0, RP1),
+        1 => (h.bridge_bus(0), 0),
+        _ => (0, BR0),
+    };
+    let r = match *w {
+        Write::Buses { f, sec, sub } => {
+            let (bus, devfn) = at(h, f);
+            let v = u32::from(sec) << 8 | u32::from(sub) << 16 | u32::from(bus);
+            h.config_write(bus, devfn, 0x18, 4, v)
+        }
+        Write::Reset { f, on } => {
+            let (bus, devfn) = at(h, f);
+            h.config_write(bus, devfn, 0x3e, 2, if on { 0x40 } else { 0 })
+        }
+        Write::SlotPower { on } => {
+            h.config_write(0, RP1, 0x6c, 2, if on { 0x01c0 } else { 0x05c0 })
+        }
+    };
+    assert!(r.is_ok(), "{w:?}: {r:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn incremental_routing_equals_a_full_recomputation_with_bridges(
+        writes in proptest::collection::vec(write(), 1..40)
+    ) {
+        let mut h = bridges();
+        number(&mut h);
+        let mut table = h.snapshot_routes();
+        h.take_snapshot_changes();
+        for w in &writes {
+            apply(&mut h, w);
+            let (_, buses) = h.take_snapshot_changes();
+            for bus in buses.iter() {
+                table[usize::from(bus) << 8..][..256].copy_from_slice(&h.snapshot_route_row(bus));
+            }
+            let full = h.snapshot_routes();
+            let first_diff = (0..65536).find(|&i| table[i] != full[i]);
+            prop_assert_eq!(first_diff, None, "after {:?}", w);
+        }
+        for (i, &entry) in table.iter().enumerate() {
+            let (bus, devfn) = ((i >> 8) as u8, i as u8);
+            let want = match h.route(bus, devfn) {
+                Routed::Local(Slot::Mch) => 1,
+                Routed::Local(Slot::Port(p)) => p + 2,
+                Routed::Local(Slot::Bridge(j)) => 4 + 2 + j,
+                Routed::Remote(_) => 0xffff,
+                Routed::Absent | Routed::Local(_) => 0,
+            };
+            prop_assert_eq!(entry, want, "{:02x}:{:02x}", bus, devfn);
+        }
+    }
+
+    /// Every delta applied to the topology before it gives `describe()`.
+    #[test]
+    fn layout_deltas_equal_a_full_description_with_bridges(
+        writes in proptest::collection::vec(write(), 1..40)
+    ) {
+        let mut h = bridges();
+        h.layout_delta();
+        let mut held = h.describe();
+        for w in std::iter::once(None).chain(writes.iter().map(Some)) {
+            match w {
+                None => number(&mut h),
+                Some(w) => apply(&mut h, w),
+            }
+            let d = h.layout_delta();
+            prop_assert!(d.apply(&mut held).is_ok(), "{:?}", d);
+            prop_assert_eq!(&held, &h.describe(), "after {:?}", w);
+        }
+    }
+}
+
+#[test]
+fn declared_functions_are_cold_plugged_and_leave_when_the_guest_disables_their_slot() {
+    let mut h = bridges();
+    // Present from power-on in the SHPC's slots (QEMU's cold plug), and after a reset.
+    for (j, device) in [(0, 1), (0, 2), (1, 3)] {
+        assert!(
+            h.bridges()[j].slot_occupied(device),
+            "bridge {j} device {device}"
+        );
+    }
+    assert!(!h.bridges()[0].slot_occupied(3));
+    h.reset();
+    assert!(h.bridges()[0].slot_occupied(1));
+    number(&mut h);
+    h.config_write(1, 0, 0x10, 4, 0xfe80_0000).unwrap();
+    h.config_write(1, 0, 0x04, 2, 0x0002).unwrap();
+    h.take_events();
+    h.layout_delta();
+    let mut held = h.describe();
+    let generation = h.generation();
+    // SHPC command 0x0f to device 1: power indicator off, slot disabled; QEMU unplugs n1.
+    h.mmio_write(0xfe80_0014, 2, 0x010f).unwrap();
+    let removed: Vec<String> = h
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
+                assert!(!surprise);
+                Some(endpoint.id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, ["n1"]);
+    assert!(h.generation() > generation);
+    assert_eq!(h.route(2, 0x08), Routed::Absent);
+    assert!(matches!(h.route(2, 0x10), Routed::Remote(_)));
+    assert!(!h.bridges()[0].slot_occupied(1));
+    let d = h.layout_delta();
+    assert!(d.apply(&mut held).is_ok(), "{d:?}");
+    assert_eq!(held, h.describe());
+    assert_eq!(held.functions.len(), 1 + 4 + 2 + 2);
+}
+
+#[test]
+fn the_bridges_msi_is_found_by_address() {
+    let mut h = bridges();
+    // MSI at 0x8c: address 0xfee01000, data 0x4041, enabled.
+    h.config_write(0, BR0, 0x90, 4, 0xfee0_1000).unwrap();
+    h.config_write(0, BR0, 0x94, 4, 0).unwrap();
+    h.config_write(0, BR0, 0x98, 2, 0x4041).unwrap();
+    h.config_write(0, BR0, 0x8e, 2, 0x0001).unwrap();
+    assert_eq!(
+        h.msi_route(0, BR0, 0),
+        h.bridges()[1].msi_route(),
+        "the model's own answer"
+    );
+    assert!(h.msi_route(0, BR0, 0).is_some());
+    assert_eq!(h.msi_route(0, BR0, 1), None);
+}
