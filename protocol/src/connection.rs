@@ -1,6 +1,9 @@
 //! [`Connection`]: a [`Session`] over a non-blocking unix stream socket, with its
 //! [`FrameReader`] and bounded [`FrameWriter`], for a backend's event loop (or a thread per
-//! connection with [`Connection::serve`]).
+//! connection with [`Connection::serve`], or one sharing the handler with others through a lock
+//! with [`Connection::serve_shared`]).
+
+mod shared;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;

@@ -417,3 +417,56 @@ fn firmware_enumerates_pcie_pci_bridges() {
         .count();
     assert_eq!(bars, 1, "br1's SHPC BAR");
 }
+
+/// The names of pcierc's threads that serve a frontend (`frontend-N`).
+fn frontend_threads(b: &Backend) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", b.pid())) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with("frontend-"))
+        .count()
+}
+
+/// Wait up to 5 s for `want` frontend threads; the count seen last.
+fn wait_for_threads(b: &Backend, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = frontend_threads(b);
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn negotiated_frontends_get_a_thread_each_and_handshakes_none() {
+    let mut b = Backend::start(&[]);
+    // A peer that has not negotiated (half a header, then silence) stays on the event loop.
+    let mut stalled = UnixStream::connect(&b.socket).unwrap();
+    stalled.write_all(&[1, 0, 0, 0, 1]).unwrap();
+    let mut first = connect(&b, "t-thread-1");
+    assert_eq!(
+        wait_for_threads(&b, 1),
+        1,
+        "one negotiated frontend, one thread"
+    );
+    let mut second = connect(&b, "t-thread-2");
+    assert_eq!(wait_for_threads(&b, 2), 2);
+    // Both are served, from their threads, in any order.
+    second.config_write(0, 0, 0x10, 0x1c, 1, 0x40).unwrap();
+    assert_eq!(first.config_read(0, 0, 0x10, 0x1c, 1).unwrap(), 0x40);
+    drop(second);
+    assert_eq!(
+        wait_for_threads(&b, 1),
+        1,
+        "a frontend that left has its thread joined"
+    );
+    assert_eq!(first.config_read(0, 0, 0x10, 0x1c, 1).unwrap(), 0x40);
+    drop(first);
+    assert_eq!(wait_for_threads(&b, 0), 0);
+    assert!(b.alive());
+    drop(stalled);
+}

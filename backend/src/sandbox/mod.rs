@@ -10,7 +10,10 @@ pub mod syscalls;
 use std::collections::BTreeMap;
 
 use log::info;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 use thiserror::Error;
 
 /// What happens to a system call outside the allow-list (`--seccomp`).
@@ -49,10 +52,62 @@ pub fn program(mode: SeccompMode, allowed: &[i64]) -> Result<Option<BpfProgram>,
     };
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))?;
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
         allowed.iter().map(|&nr| (nr, Vec::new())).collect();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)?;
     Ok(Some(BpfProgram::try_from(filter)?))
+}
+
+/// The BPF programs for a program that creates threads once filtered (pcierc's frontend
+/// threads): `allowed` as [`program`] builds it, plus [`syscalls::THREADS`], `clone` only with
+/// `CLONE_THREAD` in its flags (a thread of this process: never a new process, `fork` and
+/// `vfork` included, which are not on the list either), `prctl` only for `PR_SET_NAME` (a
+/// thread's name), and `clone3` (whose flags are in memory the filter cannot read) let
+/// through the first program only for the second to fail it with `ENOSYS`: the C library then
+/// falls back to `clone`. The kernel runs both and the stricter outcome wins (an error over
+/// allowing). `None` for [`SeccompMode::Off`].
+pub fn threaded_programs(
+    mode: SeccompMode,
+    allowed: &[i64],
+) -> Result<Option<[BpfProgram; 2]>, SandboxError> {
+    let mismatch = match mode {
+        SeccompMode::Kill => SeccompAction::KillProcess,
+        SeccompMode::Log => SeccompAction::Log,
+        SeccompMode::Off => return Ok(None),
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed
+        .iter()
+        .chain(syscalls::THREADS)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
+    let only = |arg: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    // clone(flags, ...): the flags are the first argument on every architecture.
+    let thread = libc::CLONE_THREAD as u64;
+    rules.insert(
+        libc::SYS_clone,
+        vec![only(0, SeccompCmpOp::MaskedEq(thread), thread)?],
+    );
+    rules.insert(
+        libc::SYS_prctl,
+        vec![only(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?],
+    );
+    rules.insert(libc::SYS_clone3, Vec::new());
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)?;
+    let no_clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )?;
+    Ok(Some([
+        BpfProgram::try_from(filter)?,
+        BpfProgram::try_from(no_clone3)?,
+    ]))
 }
 
 /// Install the filter for `mode` on every thread of the process (`who` names the program in
@@ -64,6 +119,26 @@ pub fn apply(mode: SeccompMode, allowed: &[i64], who: &str) -> Result<(), Sandbo
         return Ok(());
     };
     seccompiler::apply_filter_all_threads(&prog)?;
+    log_installed(mode, allowed, who);
+    Ok(())
+}
+
+/// [`apply`] for a program that creates threads afterwards ([`threaded_programs`]).
+pub fn apply_threaded(mode: SeccompMode, allowed: &[i64], who: &str) -> Result<(), SandboxError> {
+    let Some(progs) = threaded_programs(mode, allowed)? else {
+        info!("{who}: seccomp off (--seccomp=off): no system call filter");
+        return Ok(());
+    };
+    // The allow-list last: installing a filter calls prctl(PR_SET_NO_NEW_PRIVS), which the
+    // allow-list forbids.
+    for prog in progs.iter().rev() {
+        seccompiler::apply_filter_all_threads(prog)?;
+    }
+    log_installed(mode, allowed, who);
+    Ok(())
+}
+
+fn log_installed(mode: SeccompMode, allowed: &[i64], who: &str) {
     let what = match mode {
         SeccompMode::Kill => "kill the process",
         _ => "are logged by the kernel",
@@ -72,7 +147,6 @@ pub fn apply(mode: SeccompMode, allowed: &[i64], who: &str) -> Result<(), Sandbo
         "{who}: seccomp filter installed: {} system calls allowed, others {what}",
         allowed.len()
     );
-    Ok(())
 }
 
 #[cfg(test)]

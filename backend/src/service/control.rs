@@ -92,6 +92,11 @@ impl ControlPlane {
         std::mem::take(&mut self.events)
     }
 
+    /// Are events waiting for [`ControlPlane::take_events`]?
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// `X_PCIERC_SLOT_CHANGED` events for every slot of `h` whose power, indicators or
     /// presence changed since the last call (the guest driving pciehp, a card arriving or
     /// leaving).

@@ -22,9 +22,16 @@
 //! two such batches whatever the rate of newcomers, and the sockets pcierc creates have a short
 //! [`LISTEN_BACKLOG`], so flooding peers wait in `connect()` instead of spinning.
 //!
+//! Threads: a frontend is served here until it has negotiated (`SetProtocolFeatures`), then
+//! by a thread of its own (`event_loop/frontend_threads.rs`) that blocks in `recvmsg` and
+//! shares the root complex with the loop and the other threads under a fair lock; the loop
+//! keeps the listeners, the handshakes, the control socket and the signals, and is woken by an
+//! eventfd when a thread's requests queued QMP events or a thread ended.
+//!
 //! SIGTERM and SIGINT arrive on the same loop through a signalfd ([`ShutdownSignals`]); they end
 //! it as `quit` does, after the requests already received are answered (`shutdown`).
 
+mod frontend_threads;
 mod shutdown;
 
 use std::collections::HashMap;
@@ -50,6 +57,8 @@ const LISTENER_TOKEN: u32 = 0;
 const CONTROL_LISTENER_TOKEN: u32 = u32::MAX;
 /// Token of the shutdown signals' signalfd.
 const SIGNAL_TOKEN: u32 = u32::MAX - 1;
+/// Token of the frontend threads' eventfd ([`frontend_threads::Wake`]).
+const WAKE_TOKEN: u32 = u32::MAX - 2;
 
 /// Most control-socket clients served at once.
 pub const MAX_CONTROL_CONNECTIONS: usize = 16;
@@ -170,8 +179,14 @@ impl Sockets {
 /// The serving state: the handler and every live connection.
 pub struct Server {
     source: Source,
-    handler: RootComplex,
+    handler: frontend_threads::Shared,
+    /// Frontends still on the loop (before and during their handshake).
     conns: HashMap<u32, Conn>,
+    /// Frontends served by threads of their own, by token.
+    workers: HashMap<u32, frontend_threads::Worker>,
+    /// Rung by the frontend threads; `None` if no eventfd could be made (frontends then stay
+    /// on the loop).
+    wake: Option<frontend_threads::Wake>,
     next_token: u32,
     pending: Option<UnixStream>,
     control: Option<UnixListener>,
@@ -197,10 +212,19 @@ impl Server {
     /// says. An inherited connected socket is served without a credentials check: whoever
     /// handed it over chose the peer.
     pub fn new(sockets: Sockets, handler: RootComplex, access: AccessConfig) -> Self {
+        let wake = match frontend_threads::Wake::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!("no eventfd ({e}): every frontend is served on the event loop");
+                None
+            }
+        };
         Server {
             source: sockets.source,
-            handler,
+            handler: std::sync::Arc::new(parking_lot::FairMutex::new(handler)),
             conns: HashMap::new(),
+            workers: HashMap::new(),
+            wake,
             next_token: 1,
             pending: sockets.pending,
             control: sockets.control,
@@ -231,7 +255,9 @@ impl Server {
             self.next_token = self.next_token.wrapping_add(1).max(1);
             if t != CONTROL_LISTENER_TOKEN
                 && t != SIGNAL_TOKEN
+                && t != WAKE_TOKEN
                 && !self.conns.contains_key(&t)
+                && !self.workers.contains_key(&t)
                 && !self.controls.contains_key(&t)
             {
                 return t;
@@ -262,7 +288,7 @@ impl Server {
             if single
                 && manager
                     .subscriber_mut(id)
-                    .map_or(true, |s| s.conns.is_empty())
+                    .map_or(true, |s| s.conns.is_empty() && s.workers.is_empty())
             {
                 info!("the frontend on the inherited socket left; exiting");
                 return Ok(());
@@ -286,6 +312,7 @@ impl Server {
         }
         debug!("frontend connection {token} accepted");
         self.handler
+            .lock()
             .stats_mut()
             .frontend_accepted(ConnectionId(u64::from(token)));
         self.conns.insert(token, Conn { conn, interest });
@@ -295,7 +322,7 @@ impl Server {
         if let Some(mut c) = self.conns.remove(&token) {
             let _ = ops.remove(Events::with_data(&c.conn, token, c.interest));
             debug!("frontend connection {token} closed: {why}");
-            c.conn.close(&mut self.handler);
+            c.conn.close(&mut *self.handler.lock());
         }
     }
 
@@ -309,11 +336,11 @@ impl Server {
                 Ok(Some(s)) => {
                     // A refused peer is closed (dropped) before anything is read from it.
                     let Some(cred) = self.policy().admit(&s, "frontend") else {
-                        self.handler.stats_mut().frontend_connections.refused += 1;
+                        self.handler.lock().stats_mut().frontend_connections.refused += 1;
                         continue;
                     };
-                    if self.conns.len() >= self.access.max_connections {
-                        self.handler.stats_mut().frontend_connections.refused += 1;
+                    if self.conns.len() + self.workers.len() >= self.access.max_connections {
+                        self.handler.lock().stats_mut().frontend_connections.refused += 1;
                         let max = self.access.max_connections;
                         REFUSALS.warn(|| {
                             format!(
@@ -345,6 +372,11 @@ impl Server {
             self.signal_event(ops);
             return;
         }
+        if token == WAKE_TOKEN {
+            self.reap_workers();
+            self.broadcast_control_events(ops);
+            return;
+        }
         if token == LISTENER_TOKEN {
             self.accept_all(ops);
             return;
@@ -370,7 +402,7 @@ impl Server {
         let set = events.event_set();
         let result = if set.intersects(EventSet::IN | EventSet::OUT) {
             c.conn
-                .process_ready(&mut self.handler, set.contains(EventSet::IN))
+                .process_ready(&mut *self.handler.lock(), set.contains(EventSet::IN))
         } else {
             Ok(())
         };
@@ -380,6 +412,15 @@ impl Server {
         if c.conn.finished() {
             return self.drop_connection(token, ops, "peer closed after its last reply");
         }
+        if frontend_threads::ready_for_thread(&c.conn)
+            && !set.intersects(EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP)
+            && self.hand_over(token, ops)
+        {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
         // A peer that only shut its sending side still gets the replies it is owed.
         if set.intersects(EventSet::HANG_UP | EventSet::ERROR)
             || (set.contains(EventSet::READ_HANG_UP)
@@ -408,6 +449,58 @@ impl Server {
         }
     }
 
+    /// Move negotiated connection `token` from the loop to a thread of its own. False when it
+    /// stays on the loop (no eventfd, or no thread could be made).
+    fn hand_over(&mut self, token: u32, ops: &mut EventOps) -> bool {
+        let Some(wake) = &self.wake else {
+            return false;
+        };
+        let Some(c) = self.conns.remove(&token) else {
+            return false;
+        };
+        let _ = ops.remove(Events::with_data(&c.conn, token, c.interest));
+        match frontend_threads::spawn(c.conn, token, &self.handler, wake) {
+            Ok(w) => {
+                self.workers.insert(token, w);
+                true
+            }
+            Err(Some(conn)) => {
+                let conn = *conn;
+                let interest = EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP;
+                if let Err(e) = ops.add(Events::with_data(&conn, token, interest)) {
+                    warn!("frontend connection {token}: epoll: {e:?}");
+                    let mut conn = conn;
+                    conn.close(&mut *self.handler.lock());
+                    return true;
+                }
+                self.conns.insert(token, Conn { conn, interest });
+                false
+            }
+            Err(None) => {
+                error!("frontend connection {token} lost while starting its thread");
+                true
+            }
+        }
+    }
+
+    /// Join the frontend threads that have ended.
+    fn reap_workers(&mut self) {
+        if let Some(w) = &self.wake {
+            w.clear();
+        }
+        let done: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.is_done())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in done {
+            if let Some(w) = self.workers.remove(&token) {
+                w.join(token);
+            }
+        }
+    }
+
     fn accept_controls(&mut self, ops: &mut EventOps) {
         for _ in 0..ACCEPT_BUDGET {
             let Some(l) = &self.control else { return };
@@ -421,11 +514,11 @@ impl Server {
             };
             // A refused client is closed before the greeting is sent or anything read.
             let Some(cred) = self.policy().admit(&stream, "control client") else {
-                self.handler.stats_mut().qmp_clients.refused += 1;
+                self.handler.lock().stats_mut().qmp_clients.refused += 1;
                 continue;
             };
             if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
-                self.handler.stats_mut().qmp_clients.refused += 1;
+                self.handler.lock().stats_mut().qmp_clients.refused += 1;
                 REFUSALS.warn(|| {
                     format!(
                         "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
@@ -436,7 +529,7 @@ impl Server {
             }
             let of_peer = self.controls.values().filter(|c| c.2 == cred.pid).count();
             if of_peer >= MAX_CONTROL_CONNECTIONS_PER_PEER {
-                self.handler.stats_mut().qmp_clients.refused += 1;
+                self.handler.lock().stats_mut().qmp_clients.refused += 1;
                 REFUSALS.warn(|| {
                     format!(
                         "refusing a control client (pid {} uid {}): that process has \
@@ -462,9 +555,11 @@ impl Server {
             }
             debug!("control client {token} connected");
             self.controls.insert(token, (conn, interest, cred.pid));
-            let q = &mut self.handler.stats_mut().qmp_clients;
+            let current = self.controls.len() as u64;
+            let mut h = self.handler.lock();
+            let q = &mut h.stats_mut().qmp_clients;
             q.accepted += 1;
-            q.current = self.controls.len() as u64;
+            q.current = current;
         }
     }
 
@@ -472,7 +567,8 @@ impl Server {
         if let Some((c, interest, _)) = self.controls.remove(&token) {
             let _ = ops.remove(Events::with_data(&c, token, interest));
             debug!("control client {token} closed: {why}");
-            self.handler.stats_mut().qmp_clients.current = self.controls.len() as u64;
+            let current = self.controls.len() as u64;
+            self.handler.lock().stats_mut().qmp_clients.current = current;
         }
     }
 
@@ -482,7 +578,7 @@ impl Server {
         };
         let mut result = Ok(());
         if set.contains(EventSet::IN) {
-            result = c.readable(&mut self.handler);
+            result = c.readable(&mut *self.handler.lock());
         }
         if result.is_ok() {
             result = c.flush();
@@ -513,7 +609,7 @@ impl Server {
 
     /// Send the root complex's pending QMP events to every control client.
     fn broadcast_control_events(&mut self, ops: &mut EventOps) {
-        let events = self.handler.take_control_events();
+        let events = self.handler.lock().take_control_events();
         if events.is_empty() {
             return;
         }
@@ -551,6 +647,12 @@ impl Server {
         if let Some(sig) = &self.signals {
             if let Err(e) = ops.add(Events::with_data(sig, SIGNAL_TOKEN, EventSet::IN)) {
                 error!("cannot watch for SIGTERM and SIGINT: {e:?}");
+            }
+        }
+        if let Some(w) = &self.wake {
+            if let Err(e) = ops.add(Events::with_data(w, WAKE_TOKEN, EventSet::IN)) {
+                error!("cannot watch the frontend threads: {e:?}; frontends stay on the loop");
+                self.wake = None;
             }
         }
         if let Some(s) = self.pending.take() {

@@ -120,7 +120,7 @@ pub fn serve(cfg: ServiceConfig, on_ready: impl FnOnce() -> Result<()>) -> Resul
         Listen::Fd(fd) => println!("serving on inherited fd {fd}"),
     }
     // Set up: from here on only the system calls serving and exiting need.
-    crate::sandbox::apply(cfg.seccomp, &crate::sandbox::syscalls::pcierc(), "pcierc")?;
+    crate::sandbox::apply_threaded(cfg.seccomp, &crate::sandbox::syscalls::pcierc(), "pcierc")?;
     on_ready()?;
     server.run()
 }

@@ -108,6 +108,11 @@ impl RootComplex {
         self.control.take_events()
     }
 
+    /// Are events waiting for [`RootComplex::take_control_events`]?
+    pub fn has_control_events(&self) -> bool {
+        self.control.has_events()
+    }
+
     /// Send `f` (a notification of `kind`, counted) to every channel `pick` selects; channels
     /// that fail are dropped.
     fn each_channel(

@@ -1,5 +1,8 @@
 //! Ending the loop cleanly, on `quit` or on SIGTERM/SIGINT: every request that has arrived
-//! whole is answered and its reply sent (within [`DRAIN_TIME`]), the frontends are closed,
+//! whole is answered and its reply sent (within [`DRAIN_TIME`]), the frontends are closed
+//! (frontend threads: `SHUT_RD`, which they see as the end of the stream once they have
+//! answered what the socket holds, then `SHUT_RDWR` at the deadline for one whose frontend does
+//! not read; every thread joined),
 //! control clients get QEMU's `SHUTDOWN` event, and the loop stops; the socket files go when
 //! the server is dropped. The state file needs nothing: it is written before each reply, and a
 //! signal is only read between requests.
@@ -49,6 +52,10 @@ impl Server {
     /// so one frontend that does not read holds up no other; then close every frontend
     /// connection. Stops at `deadline` whatever is left.
     fn drain_frontends(&mut self, ops: &mut EventOps, deadline: Instant) {
+        // Frontend threads first stop reading (they answer what has arrived meanwhile).
+        for w in self.workers.values() {
+            w.stop_reading();
+        }
         let tokens: Vec<u32> = self.conns.keys().copied().collect();
         let mut active = tokens.clone();
         while !active.is_empty() {
@@ -88,7 +95,8 @@ impl Server {
                     continue;
                 }
                 let readable = p.revents & !libc::POLLOUT != 0;
-                if let Err(e) = c.conn.process_ready(&mut self.handler, readable) {
+                let r = c.conn.process_ready(&mut *self.handler.lock(), readable);
+                if let Err(e) = r {
                     debug!("frontend connection {t} while stopping: {e}");
                     self.drop_connection(*t, ops, "closed while stopping");
                     continue;
@@ -109,6 +117,10 @@ impl Server {
         }
         for token in tokens {
             self.drop_connection(token, ops, "pcierc is stopping");
+        }
+        let workers: Vec<_> = self.workers.drain().collect();
+        if let Some(wake) = &self.wake {
+            super::frontend_threads::stop_all(workers, wake, deadline);
         }
     }
 }
