@@ -68,6 +68,8 @@ pub struct Session {
     features: Features,
     protocol_features: ProtocolFeatures,
     identity: Option<FrontendIdentity>,
+    /// A request reached the handler (see [`Session::reached_handler`]).
+    reached_handler: bool,
     disconnected: bool,
 }
 
@@ -155,6 +157,7 @@ impl Session {
             features: Features::empty(),
             protocol_features: ProtocolFeatures::empty(),
             identity: None,
+            reached_handler: false,
             disconnected: false,
         }
     }
@@ -177,6 +180,13 @@ impl Session {
     /// Negotiated protocol features (`SetProtocolFeatures`).
     pub fn protocol_features(&self) -> ProtocolFeatures {
         self.protocol_features
+    }
+
+    /// Has a request reached the handler (a well-formed request header arrived)? Until then the
+    /// session never called the handler, and [`Session::disconnect`] does not either: a peer
+    /// that connects and sends garbage costs the handler nothing (no lock taken, no hook run).
+    pub fn reached_handler(&self) -> bool {
+        self.reached_handler
     }
 
     /// The frontend's identity, once it sent `SetFrontendInfo`.
@@ -215,6 +225,7 @@ impl Session {
         out: &mut Vec<u8>,
     ) -> Result<Status> {
         validate_header(&frame.header, MessageKind::Request)?;
+        self.reached_handler = true;
         let Frame {
             header,
             payload,
@@ -253,9 +264,10 @@ impl Session {
         Ok(status)
     }
 
-    /// Tell the handler the connection is gone (once; later calls do nothing).
+    /// Tell the handler the connection is gone (once; later calls do nothing; never for a
+    /// session that no request of reached the handler, [`Session::reached_handler`]).
     pub fn disconnect<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) {
-        if !std::mem::replace(&mut self.disconnected, true) {
+        if !std::mem::replace(&mut self.disconnected, true) && self.reached_handler {
             handler.disconnected(self.conn);
         }
     }

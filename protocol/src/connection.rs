@@ -5,6 +5,7 @@
 
 mod shared;
 
+use std::ops::DerefMut;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -104,7 +105,31 @@ impl Connection {
         handler: &mut H,
         readable: bool,
     ) -> Result<()> {
-        if let Err(e) = self.handle_available(handler, readable) {
+        self.process_access(&mut Direct(handler), readable)
+    }
+
+    /// [`Connection::process_ready`] for a handler shared behind a lock: `lock` is called at
+    /// most once, and only when a whole request is there to handle, so bytes that do not make
+    /// a request (a partial frame, garbage that breaks the stream) never take the lock. The
+    /// guard is dropped before this returns.
+    pub fn process_ready_with<H, G>(
+        &mut self,
+        lock: impl FnMut() -> G,
+        readable: bool,
+    ) -> Result<()>
+    where
+        H: BackendHandler + ?Sized,
+        G: DerefMut<Target = H>,
+    {
+        self.process_access(&mut Lazy { lock, held: None }, readable)
+    }
+
+    fn process_access<H: BackendHandler + ?Sized>(
+        &mut self,
+        access: &mut impl Access<H>,
+        readable: bool,
+    ) -> Result<()> {
+        if let Err(e) = self.handle_available(access, readable) {
             // The replies to the requests before the one that broke the stream still go out.
             let _ = self.writer.flush(&self.stream);
             return Err(e);
@@ -115,7 +140,7 @@ impl Connection {
     /// The loop of [`Connection::process_ready`], leaving the last replies queued.
     fn handle_available<H: BackendHandler + ?Sized>(
         &mut self,
-        handler: &mut H,
+        access: &mut impl Access<H>,
         readable: bool,
     ) -> Result<()> {
         let mut may_read = readable && !self.read_closed;
@@ -141,7 +166,7 @@ impl Connection {
             };
             let session = &mut self.session;
             self.writer
-                .append(|out| session.handle_into(handler, frame, out))??;
+                .append(|out| session.handle_into(access.get(), frame, out))??;
             handled += 1;
         }
         Ok(())
@@ -155,6 +180,19 @@ impl Connection {
     /// Tell the handler the connection is gone and shut the socket down.
     pub fn close<H: BackendHandler + ?Sized>(&mut self, handler: &mut H) {
         self.session.disconnect(handler);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// [`Connection::close`] for a handler behind a lock: `lock` is called only when the handler
+    /// has to hear of it ([`crate::Session::reached_handler`]).
+    pub fn close_with<H, G>(&mut self, lock: impl FnOnce() -> G)
+    where
+        H: BackendHandler + ?Sized,
+        G: DerefMut<Target = H>,
+    {
+        if self.session.reached_handler() {
+            self.session.disconnect(&mut *lock());
+        }
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
@@ -195,6 +233,32 @@ impl Connection {
             }
             Ok(()) => Ok(()),
         }
+    }
+}
+
+/// How [`Connection::handle_available`] reaches the handler.
+trait Access<H: ?Sized> {
+    fn get(&mut self) -> &mut H;
+}
+
+/// A handler passed directly.
+struct Direct<'a, H: ?Sized>(&'a mut H);
+
+impl<H: ?Sized> Access<H> for Direct<'_, H> {
+    fn get(&mut self) -> &mut H {
+        self.0
+    }
+}
+
+/// A handler behind a lock, taken on first use and held until dropped.
+struct Lazy<F, G> {
+    lock: F,
+    held: Option<G>,
+}
+
+impl<H: ?Sized, G: DerefMut<Target = H>, F: FnMut() -> G> Access<H> for Lazy<F, G> {
+    fn get(&mut self) -> &mut H {
+        self.held.get_or_insert_with(&mut self.lock)
     }
 }
 

@@ -1,10 +1,12 @@
 //! What a backend service implements: [`BackendHandler`], called with `&mut self` by
 //! [`crate::Session::handle`] (through [`crate::Connection`] or directly).
 //!
-//! pcierc's service is single-threaded and passes its handler directly. A service that serves
-//! connections from several threads locks its handler around each call it passes to the session
-//! (`connection.process(&mut *mutex.lock()?)`), or gives each thread a handler of its own that
-//! shares the state it must.
+//! A service that serves connections from several threads shares its handler behind a lock and
+//! lets the connection take it only when a request needs it
+//! ([`crate::Connection::process_ready_with`], [`crate::Connection::serve_shared`]: a peer that
+//! never sends a well-formed request never takes the lock), or gives each thread a handler of
+//! its own that shares the state it must. pcierc serves each negotiated frontend on a thread of
+//! its own and the handshakes on its event loop, all sharing one handler.
 
 use std::fs::File;
 
@@ -132,7 +134,10 @@ pub trait BackendHandler {
     fn frontend_identified(&mut self, _conn: ConnectionId, _info: &FrontendIdentity) {}
     /// A frontend sent its backend channel; a later call for the same connection replaces it.
     fn backend_channel(&mut self, _conn: ConnectionId, _sender: BackendChannelSender) {}
-    /// The connection is gone: forget its channel and identity.
+    /// The connection is gone: forget its channel and identity. Called once per connection, and
+    /// only for one whose requests reached the handler (a well-formed header was received,
+    /// [`crate::Session::reached_handler`]): a peer that sent nothing or only garbage was never
+    /// seen by the handler and leaves without a call.
     fn disconnected(&mut self, _conn: ConnectionId) {}
     /// A request from `conn` was answered with `status` (every request [`crate::Session::handle`]
     /// replies to, refused ones included; `request` is the raw code, which may be unknown).

@@ -32,11 +32,13 @@
 //! it as `quit` does, after the requests already received are answered (`shutdown`).
 
 mod frontend_threads;
+mod on_demand;
 mod shutdown;
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use log::{debug, error, info, warn};
@@ -46,10 +48,12 @@ use vhost::vhost_user::Listener;
 use super::access::{self, AccessConfig, AccessPolicy, SocketFile};
 use super::control_socket::ControlConn;
 use super::signals::ShutdownSignals;
+use super::stats::SocketCounters;
 use super::throttle::REFUSALS;
 use super::{ControlListen, Listen, RootComplex};
 use crate::control;
 use crate::{Error, Result};
+use on_demand::OnDemand;
 
 /// Token of the listening socket in epoll data; connections use their id (starting at 1).
 const LISTENER_TOKEN: u32 = 0;
@@ -180,6 +184,10 @@ impl Sockets {
 pub struct Server {
     source: Source,
     handler: frontend_threads::Shared,
+    /// Connection counters, updated without the handler's lock.
+    counters: Arc<SocketCounters>,
+    /// The loop took the handler's lock for what it handled last: QMP events may be queued.
+    events_due: bool,
     /// Frontends still on the loop (before and during their handshake).
     conns: HashMap<u32, Conn>,
     /// Frontends served by threads of their own, by token.
@@ -221,7 +229,9 @@ impl Server {
         };
         Server {
             source: sockets.source,
-            handler: std::sync::Arc::new(parking_lot::FairMutex::new(handler)),
+            counters: handler.socket_counters(),
+            events_due: false,
+            handler: Arc::new(parking_lot::FairMutex::new(handler)),
             conns: HashMap::new(),
             workers: HashMap::new(),
             wake,
@@ -311,10 +321,7 @@ impl Server {
             return;
         }
         debug!("frontend connection {token} accepted");
-        self.handler
-            .lock()
-            .stats_mut()
-            .frontend_accepted(ConnectionId(u64::from(token)));
+        self.counters.frontends.accepted();
         self.conns.insert(token, Conn { conn, interest });
     }
 
@@ -322,8 +329,20 @@ impl Server {
         if let Some(mut c) = self.conns.remove(&token) {
             let _ = ops.remove(Events::with_data(&c.conn, token, c.interest));
             debug!("frontend connection {token} closed: {why}");
-            c.conn.close(&mut *self.handler.lock());
+            self.close(&mut c.conn);
         }
+    }
+
+    /// Close a frontend connection the loop holds, taking the lock only if its requests
+    /// reached the root complex.
+    fn close(&mut self, conn: &mut Connection) {
+        let mut taken = false;
+        conn.close_with(|| {
+            taken = true;
+            self.handler.lock()
+        });
+        self.events_due |= taken;
+        self.counters.frontends.closed();
     }
 
     fn accept_all(&mut self, ops: &mut EventOps) {
@@ -336,11 +355,11 @@ impl Server {
                 Ok(Some(s)) => {
                     // A refused peer is closed (dropped) before anything is read from it.
                     let Some(cred) = self.policy().admit(&s, "frontend") else {
-                        self.handler.lock().stats_mut().frontend_connections.refused += 1;
+                        self.counters.frontends.refused();
                         continue;
                     };
                     if self.conns.len() + self.workers.len() >= self.access.max_connections {
-                        self.handler.lock().stats_mut().frontend_connections.refused += 1;
+                        self.counters.frontends.refused();
                         let max = self.access.max_connections;
                         REFUSALS.warn(|| {
                             format!(
@@ -390,9 +409,11 @@ impl Server {
         } else {
             self.frontend_event(token, events, ops);
         }
-        // Whatever ran may have produced QMP events (a guest powering a slot off, a device_del
-        // completing): every negotiated control client gets them.
-        self.broadcast_control_events(ops);
+        // Whatever ran under the lock may have produced QMP events (a guest powering a slot
+        // off, a device_del completing): every negotiated control client gets them.
+        if std::mem::take(&mut self.events_due) {
+            self.broadcast_control_events(ops);
+        }
     }
 
     fn frontend_event(&mut self, token: u32, events: Events, ops: &mut EventOps) {
@@ -401,8 +422,14 @@ impl Server {
         };
         let set = events.event_set();
         let result = if set.intersects(EventSet::IN | EventSet::OUT) {
-            c.conn
-                .process_ready(&mut *self.handler.lock(), set.contains(EventSet::IN))
+            let (handler, events_due) = (&self.handler, &mut self.events_due);
+            c.conn.process_ready_with(
+                || {
+                    *events_due = true;
+                    handler.lock()
+                },
+                set.contains(EventSet::IN),
+            )
         } else {
             Ok(())
         };
@@ -470,7 +497,7 @@ impl Server {
                 if let Err(e) = ops.add(Events::with_data(&conn, token, interest)) {
                     warn!("frontend connection {token}: epoll: {e:?}");
                     let mut conn = conn;
-                    conn.close(&mut *self.handler.lock());
+                    self.close(&mut conn);
                     return true;
                 }
                 self.conns.insert(token, Conn { conn, interest });
@@ -497,6 +524,7 @@ impl Server {
         for token in done {
             if let Some(w) = self.workers.remove(&token) {
                 w.join(token);
+                self.counters.frontends.closed();
             }
         }
     }
@@ -514,11 +542,11 @@ impl Server {
             };
             // A refused client is closed before the greeting is sent or anything read.
             let Some(cred) = self.policy().admit(&stream, "control client") else {
-                self.handler.lock().stats_mut().qmp_clients.refused += 1;
+                self.counters.qmp.refused();
                 continue;
             };
             if self.controls.len() >= MAX_CONTROL_CONNECTIONS {
-                self.handler.lock().stats_mut().qmp_clients.refused += 1;
+                self.counters.qmp.refused();
                 REFUSALS.warn(|| {
                     format!(
                         "refusing a control client (pid {} uid {}): {MAX_CONTROL_CONNECTIONS} already connected",
@@ -529,7 +557,7 @@ impl Server {
             }
             let of_peer = self.controls.values().filter(|c| c.2 == cred.pid).count();
             if of_peer >= MAX_CONTROL_CONNECTIONS_PER_PEER {
-                self.handler.lock().stats_mut().qmp_clients.refused += 1;
+                self.counters.qmp.refused();
                 REFUSALS.warn(|| {
                     format!(
                         "refusing a control client (pid {} uid {}): that process has \
@@ -555,11 +583,7 @@ impl Server {
             }
             debug!("control client {token} connected");
             self.controls.insert(token, (conn, interest, cred.pid));
-            let current = self.controls.len() as u64;
-            let mut h = self.handler.lock();
-            let q = &mut h.stats_mut().qmp_clients;
-            q.accepted += 1;
-            q.current = current;
+            self.counters.qmp.accepted();
         }
     }
 
@@ -567,8 +591,7 @@ impl Server {
         if let Some((c, interest, _)) = self.controls.remove(&token) {
             let _ = ops.remove(Events::with_data(&c, token, interest));
             debug!("control client {token} closed: {why}");
-            let current = self.controls.len() as u64;
-            self.handler.lock().stats_mut().qmp_clients.current = current;
+            self.counters.qmp.closed();
         }
     }
 
@@ -578,7 +601,9 @@ impl Server {
         };
         let mut result = Ok(());
         if set.contains(EventSet::IN) {
-            result = c.readable(&mut *self.handler.lock());
+            let mut rc = OnDemand::new(&self.handler, &self.counters);
+            result = c.readable(&mut rc);
+            self.events_due |= rc.was_taken();
         }
         if result.is_ok() {
             result = c.flush();

@@ -22,7 +22,7 @@ use super::layout::LayoutTracker;
 use super::ownership::Ownership;
 use super::snapshot::Snapshots;
 use super::state_file::StateFile;
-use super::stats::{HotplugStats, Stats};
+use super::stats::{HotplugStats, SocketCounters, Stats};
 use super::BACKEND_FEATURES;
 use crate::control::query_pci::query_pci_segments;
 use crate::control::{AerInject, ControlError, ControlOps, DeviceAdd, SlotInfo};
@@ -98,9 +98,14 @@ impl RootComplex {
         self.hierarchy.get_mut(segment).ok_or(Status::NoDevice)
     }
 
-    /// The operator's counters (the event loop counts connections here).
+    /// The operator's counters.
     pub fn stats_mut(&mut self) -> &mut Stats {
         &mut self.stats
+    }
+
+    /// The connection and QMP command counters, which the event loop updates without the lock.
+    pub fn socket_counters(&self) -> std::sync::Arc<SocketCounters> {
+        std::sync::Arc::clone(&self.stats.sockets)
     }
 
     /// Events for the control socket since the last call.
@@ -420,11 +425,7 @@ impl ControlOps for RootComplex {
     }
 
     fn command_done(&mut self, ok: bool) {
-        let c = &mut self.stats.qmp_commands;
-        c.commands += 1;
-        if !ok {
-            c.errors += 1;
-        }
+        self.stats.sockets.command_done(ok);
     }
 }
 

@@ -6,6 +6,8 @@
 //! the result.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pcierc_protocol::{ConnectionId, FrontendReq, Status};
@@ -46,8 +48,8 @@ impl FrontendStats {
     }
 }
 
-/// Connections accepted and refused on one socket.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+/// Connections accepted and refused on one socket, as reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ConnectionStats {
     /// Served now.
@@ -56,6 +58,77 @@ pub struct ConnectionStats {
     pub accepted: u64,
     /// Closed at accept (uid not allowed, or the limit reached).
     pub refused: u64,
+}
+
+/// The counters behind one socket's [`ConnectionStats`], kept by the event loop without the
+/// root complex's lock: accepting, refusing and dropping a connection (a flood of garbage
+/// connections, say) never waits for a frontend's request, nor holds one up.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    current: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ConnectionCounters {
+    /// A connection was accepted.
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was refused at accept.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An accepted connection is gone.
+    pub fn closed(&self) {
+        // Never below zero, even if a caller closed more than it accepted.
+        let _ = self
+            .current
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+    }
+
+    /// The figures now.
+    pub fn get(&self) -> ConnectionStats {
+        ConnectionStats {
+            current: self.current.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The protocol socket's and the control socket's [`ConnectionCounters`], and the QMP
+/// commands answered (counted without the lock too: most commands a flood sends are refused
+/// by the QMP session before they reach the root complex).
+#[derive(Debug, Default)]
+pub struct SocketCounters {
+    /// Frontend connections (the protocol socket).
+    pub frontends: ConnectionCounters,
+    /// QMP clients (the control socket).
+    pub qmp: ConnectionCounters,
+    commands: AtomicU64,
+    command_errors: AtomicU64,
+}
+
+impl SocketCounters {
+    /// A QMP command was answered (`ok`: without an error).
+    pub fn command_done(&self, ok: bool) {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.command_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The QMP commands answered so far.
+    pub fn commands(&self) -> CommandStats {
+        CommandStats {
+            commands: self.commands.load(Ordering::Relaxed),
+            errors: self.command_errors.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Hot-plug operations (QMP) and their outcomes.
@@ -117,7 +190,7 @@ impl StateFileStats {
 }
 
 /// QMP commands run on the control socket.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct CommandStats {
     /// Commands answered (`qmp_capabilities` and refused ones included).
@@ -130,18 +203,14 @@ pub struct CommandStats {
 #[derive(Debug, Clone)]
 pub struct Stats {
     started: Instant,
-    /// Live frontend connections.
+    /// Live frontend connections whose requests reached the root complex.
     pub frontends: BTreeMap<ConnectionId, FrontendStats>,
-    /// The protocol socket's connections.
-    pub frontend_connections: ConnectionStats,
+    /// Both sockets' connections (shared with the event loop).
+    pub sockets: Arc<SocketCounters>,
     /// Requests answered on connections that are gone (their frontends' entries are dropped).
     pub departed_requests: u64,
     /// Hot-plug.
     pub hotplug: HotplugStats,
-    /// The control socket's clients.
-    pub qmp_clients: ConnectionStats,
-    /// Its commands.
-    pub qmp_commands: CommandStats,
 }
 
 impl Default for Stats {
@@ -149,43 +218,30 @@ impl Default for Stats {
         Stats {
             started: Instant::now(),
             frontends: BTreeMap::new(),
-            frontend_connections: ConnectionStats::default(),
+            sockets: Arc::default(),
             departed_requests: 0,
             hotplug: HotplugStats::default(),
-            qmp_clients: ConnectionStats::default(),
-            qmp_commands: CommandStats::default(),
         }
     }
 }
 
 impl Stats {
-    /// A frontend connection was accepted.
-    pub fn frontend_accepted(&mut self, conn: ConnectionId) {
-        self.frontend_connections.accepted += 1;
-        self.frontend_connections.current += 1;
-        self.frontends.insert(conn, FrontendStats::default());
-    }
-
-    /// A frontend connection is gone.
+    /// A frontend connection is gone (its entry, if a request of it reached the root complex,
+    /// is dropped; its requests still count in the total).
     pub fn frontend_gone(&mut self, conn: ConnectionId) {
         if let Some(f) = self.frontends.remove(&conn) {
-            self.frontend_connections.current = self.frontend_connections.current.saturating_sub(1);
             self.departed_requests += f.requests;
         }
     }
 
-    /// A frontend said its name.
+    /// A frontend said its name (in a request: the entry starts here if this is its first).
     pub fn frontend_named(&mut self, conn: ConnectionId, name: &str) {
-        if let Some(f) = self.frontends.get_mut(&conn) {
-            f.name = Some(name.to_string());
-        }
+        self.frontends.entry(conn).or_default().name = Some(name.to_string());
     }
 
-    /// A request of `conn` was answered with `status`.
+    /// A request of `conn` was answered with `status` (its entry starts with its first one).
     pub fn request_done(&mut self, conn: ConnectionId, request: u32, status: Status) {
-        let Some(f) = self.frontends.get_mut(&conn) else {
-            return;
-        };
+        let f = self.frontends.entry(conn).or_default();
         f.requests += 1;
         if status != Status::Ok {
             let request = match FrontendReq::try_from(request) {
@@ -217,12 +273,12 @@ impl Stats {
         json!({
             "uptime-ms": u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "frontends": frontends,
-            "frontend-connections": self.frontend_connections,
+            "frontend-connections": self.sockets.frontends.get(),
             "requests": requests,
             "hotplug": self.hotplug,
             "state-file": state_file.map(StateFileStats::to_json),
-            "qmp-clients": self.qmp_clients,
-            "qmp-commands": self.qmp_commands,
+            "qmp-clients": self.sockets.qmp.get(),
+            "qmp-commands": self.sockets.commands(),
         })
     }
 }
@@ -235,15 +291,16 @@ mod tests {
     fn counters_follow_a_connection_and_refusals_are_grouped() {
         let mut s = Stats::default();
         let c = ConnectionId(7);
-        s.frontend_accepted(c);
-        s.frontend_named(c, "vmm");
+        s.sockets.frontends.accepted();
         s.request_done(c, FrontendReq::ConfigRead as u32, Status::Ok);
+        s.frontend_named(c, "vmm");
         s.request_done(c, FrontendReq::ReportError as u32, Status::Permission);
         s.request_done(c, FrontendReq::ReportError as u32, Status::Permission);
         s.request_done(c, 999, Status::NotSupported);
         s.notified(c, "msi");
-        s.request_done(ConnectionId(8), 8, Status::Ok); // unknown connection: ignored
+        s.notified(ConnectionId(8), "msi"); // no request of it reached the root complex: ignored
         let v = s.to_json(None);
+        assert_eq!(v["frontends"].as_array().map(Vec::len), Some(1));
         let f = &v["frontends"][0];
         assert_eq!(
             (&f["name"], &f["requests"], &f["refused"]),
@@ -259,6 +316,8 @@ mod tests {
         assert_eq!(f["notifications"], json!({"msi": 1}));
         assert_eq!(v["state-file"], Value::Null);
         s.frontend_gone(c);
+        s.sockets.frontends.closed();
+        s.sockets.frontends.closed(); // one too many: stays at zero
         let v = s.to_json(None);
         assert_eq!(v["frontends"], json!([]));
         assert_eq!(

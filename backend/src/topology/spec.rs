@@ -204,9 +204,9 @@ struct DeviceRepr {
     multifunction: Option<bool>,
 }
 
-/// Build a port from its placement and QEMU-syntax properties. Root ports sit on the root bus
-/// at `addr` (required); a switch port names its parent port in `bus` (required) and without
-/// `addr` takes device 0 (see [`TopologySpec::place`]).
+/// Build a port from its placement and QEMU-syntax properties, with the `addr` it was given.
+/// Root ports sit on the root bus at `addr` (required); a switch port names its parent port in
+/// `bus` (required) and without `addr` is placed by [`TopologySpec::push_port`].
 fn port_spec(
     id: String,
     model: RootPortModel,
@@ -214,7 +214,7 @@ fn port_spec(
     bus: Option<&str>,
     props: &[(String, String)],
     segments: &[SegmentSpec],
-) -> Result<PortSpec> {
+) -> Result<(PortSpec, Option<DevFn>)> {
     let root = model.kind() == BridgeKind::RootPort;
     let (segment, bus) = match bus {
         None | Some(ROOT_BUS) if root => (0, ROOT_BUS.to_string()),
@@ -258,21 +258,18 @@ fn port_spec(
     for (k, v) in props {
         root_port::set_property(&mut config, k, v)?;
     }
-    Ok(PortSpec {
+    let spec = PortSpec {
         segment,
-        // Unplaced switch ports get their device number from TopologySpec::place().
-        addr: addr.unwrap_or(DevFn(AUTO_ADDR)),
+        // Unplaced switch ports get their device number from TopologySpec::push_port().
+        addr: addr.unwrap_or(DevFn(0)),
         bus,
         config,
-    })
+    };
+    Ok((spec, addr))
 }
 
-/// A switch port's `addr` before [`TopologySpec::place`] picks one (not a valid devfn on a
-/// switch's bus once placed: 0xff is device 31 function 7, which auto-placement never picks).
-const AUTO_ADDR: u8 = 0xff;
-
 impl PortRepr {
-    fn into_spec(self, segments: &[SegmentSpec]) -> Result<PortSpec> {
+    fn into_spec(self, segments: &[SegmentSpec]) -> Result<(PortSpec, Option<DevFn>)> {
         let text = |key: &str| match self.0.get(key) {
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
             None => Ok(None),
@@ -344,8 +341,8 @@ impl TopologySpec {
             ..Self::empty()
         };
         for p in repr.root_port.into_iter().chain(repr.switch_port) {
-            let p = p.into_spec(&spec.segments)?;
-            spec.push_port(p);
+            let (p, addr) = p.into_spec(&spec.segments)?;
+            spec.push_port(p, addr);
         }
         for b in repr.bridge {
             spec.bridges.push(b.into_spec()?);
@@ -416,7 +413,7 @@ impl TopologySpec {
                 .filter(|(k, _)| !["id", "addr", "bus"].contains(&k.as_str()))
                 .cloned()
                 .collect();
-            let port = port_spec(
+            let (port, addr) = port_spec(
                 id.clone(),
                 model,
                 field("addr"),
@@ -424,7 +421,7 @@ impl TopologySpec {
                 &props,
                 &self.segments,
             )?;
-            self.push_port(port);
+            self.push_port(port, addr);
         } else if driver == BRIDGE_DRIVER {
             self.bridges.push(bridge_spec(&id, &kv)?);
         } else {
@@ -448,10 +445,10 @@ impl TopologySpec {
         self.validate()
     }
 
-    /// Add a port; a switch port given without `addr` takes the lowest device number no port or
-    /// function on its bus uses yet, as QEMU's automatic slot assignment does.
-    fn push_port(&mut self, mut p: PortSpec) {
-        if p.addr == DevFn(AUTO_ADDR) {
+    /// Add a port at `addr`; a switch port given without one takes the lowest device number no
+    /// port or function on its bus uses yet, as QEMU's automatic slot assignment does.
+    fn push_port(&mut self, mut p: PortSpec, addr: Option<DevFn>) {
+        if addr.is_none() {
             let used = |dev: u8| {
                 self.root_ports
                     .iter()
@@ -933,6 +930,24 @@ mod tests {
         assert_eq!(s.root_ports[1].config.mem_reserve, Some(64 << 20));
         assert_eq!(s.endpoints[0].owner, "qemu");
         assert_eq!(s.endpoints[0].addr, DevFn(0));
+    }
+
+    #[test]
+    fn the_last_function_of_the_last_slot_is_an_address_like_any_other() {
+        // 1f.7 is devfn 0xff: it once stood for "no addr given" and came out as 00.0.
+        let mut s = TopologySpec::empty();
+        for f in 0..8 {
+            let mf = if f == 0 { ",multifunction=on" } else { "" };
+            s.add_device_option(&format!(
+                "pcie-root-port,id=rp{f},chassis=1,slot={f},addr=0x1f.{f}{mf}"
+            ))
+            .unwrap();
+        }
+        assert_eq!(s.port("rp7").map(|p| p.addr), Some(DevFn(0xff)));
+        let toml = "[[root-port]]\nid = \"rp1\"\naddr = \"1f.0\"\nmultifunction = \"on\"\n\
+                    [[root-port]]\nid = \"rp2\"\naddr = \"1f.7\"\nchassis = \"2\"\n";
+        let f = TopologySpec::from_toml(toml).unwrap();
+        assert_eq!(f.port("rp2").map(|p| p.addr), Some(DevFn(0xff)));
     }
 
     #[test]

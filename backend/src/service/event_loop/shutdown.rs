@@ -95,7 +95,8 @@ impl Server {
                     continue;
                 }
                 let readable = p.revents & !libc::POLLOUT != 0;
-                let r = c.conn.process_ready(&mut *self.handler.lock(), readable);
+                let handler = &self.handler;
+                let r = c.conn.process_ready_with(|| handler.lock(), readable);
                 if let Err(e) = r {
                     debug!("frontend connection {t} while stopping: {e}");
                     self.drop_connection(*t, ops, "closed while stopping");
