@@ -9,25 +9,8 @@ use pcierc_protocol::{BackendHandler, ConfigAddress, FunctionKind, Status};
 /// Segment 1's ECAM window: 256 buses at 4 GiB + 1 GiB.
 const SEG1_ECAM: u64 = 0x1_4000_0000;
 
-const TOPOLOGY: &str = r#"
-[[segment]]
-id = "seg1"
-segment = 1
-ecam-base = 0x140000000
-
-[[root-port]]
-id = "rp1"
-addr = "2.0"
-chassis = 1
-slot = 1
-
-[[root-port]]
-id = "rp5"
-bus = "seg1"
-addr = "3.0"
-chassis = 5
-slot = 1
-"#;
+/// Segment 0 with rp1, segment 1 (ECAM at [`SEG1_ECAM`]) with rp5.
+const TOPOLOGY: &str = include_str!("../../docs/examples/two-segments.toml");
 
 fn rc() -> RootComplex {
     let spec = TopologySpec::from_toml(TOPOLOGY).expect("topology");

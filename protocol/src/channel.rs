@@ -760,18 +760,37 @@ mod tests {
         }
     }
 
-    #[test]
-    fn layout_deltas_rebuild_the_whole_topology() {
+    /// How long a test waits for a notification.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A channel with `LAYOUT_DELTA` negotiated whose frontend side got `sample()` (its first
+    /// notice, whole).
+    fn delta_channel() -> (BackendChannelSender, BackendChannel, Topology) {
         let (a, b) = UnixStream::pair().unwrap();
         let mut tx = BackendChannelSender::new(a).unwrap();
         tx.set_layout_delta(true);
         let mut rx = BackendChannel::new(b).unwrap();
-        let t = Duration::from_secs(5);
         let t0 = sample();
         // The first notice on a channel is whole, even with a delta at hand.
         assert!(tx.needs_whole_layout(1));
         notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
-        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
+        assert_eq!(layout(rx.recv_timeout(WAIT).unwrap()), t0);
+        (tx, rx, t0)
+    }
+
+    /// A `LayoutDelta` payload: the change bits, then the encoded delta.
+    fn delta_payload(changes: u32, delta: &[u8]) -> Vec<u8> {
+        let head = LayoutChange {
+            changes,
+            reserved: 0,
+        };
+        [head.as_slice(), delta].concat()
+    }
+
+    #[test]
+    fn layout_deltas_rebuild_the_whole_topology() {
+        let (mut tx, mut rx, t0) = delta_channel();
+        let t = WAIT;
         let whole = rx.layout_bytes();
         let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
         assert!(!tx.needs_whole_layout(2));
@@ -805,20 +824,10 @@ mod tests {
 
     #[test]
     fn a_missed_layout_forces_a_resync() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let mut tx = BackendChannelSender::new(a).unwrap();
-        tx.set_layout_delta(true);
-        let mut rx = BackendChannel::new(b).unwrap();
-        let t = Duration::from_secs(5);
-        let t0 = sample();
+        let t = WAIT;
+        let (mut other, mut other_rx, t0) = delta_channel();
         let (t1, t2) = (next(&t0, 2), next(&next(&t0, 2), 3));
-        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
-        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
         // The frontend misses t1 (here: a delta from t1 to t2 reaches it while it holds t0).
-        let (c, d) = UnixStream::pair().unwrap();
-        let mut other = BackendChannelSender::new(c).unwrap();
-        other.set_layout_delta(true);
-        let mut other_rx = BackendChannel::new(d).unwrap();
         notice_of(&mut other, &t0, &t1, 7).unwrap();
         notice_of(&mut other, &t1, &t2, 8).unwrap();
         assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t1);
@@ -842,14 +851,8 @@ mod tests {
         // the next one applies.
         other_rx.set_layout(t3.clone());
         let t4 = next(&t3, 5);
-        let mut stale = LayoutDelta::between(&t1, &t2).encode();
-        let mut payload = LayoutChange {
-            changes: LayoutChanges::BUS_NUMBERS.bits(),
-            reserved: 0,
-        }
-        .as_slice()
-        .to_vec();
-        payload.append(&mut stale);
+        let stale = LayoutDelta::between(&t1, &t2).encode();
+        let payload = delta_payload(LayoutChanges::BUS_NUMBERS.bits(), &stale);
         other.send(BackendReq::LayoutDelta, &payload).unwrap();
         notice_of(&mut other, &t3, &t4, 10).unwrap();
         assert_eq!(layout(other_rx.recv_timeout(t).unwrap()), t4);
@@ -857,38 +860,24 @@ mod tests {
 
     #[test]
     fn malformed_layout_deltas_are_refused_and_drop_the_layout() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let mut tx = BackendChannelSender::new(a).unwrap();
-        tx.set_layout_delta(true);
-        let mut rx = BackendChannel::new(b).unwrap();
-        let t = Duration::from_secs(5);
-        let t0 = sample();
+        let (mut tx, mut rx, t0) = delta_channel();
+        let t = WAIT;
         let t1 = next(&t0, 2);
-        notice_of(&mut tx, &Topology::default(), &t0, 1).unwrap();
-        assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
-        let head = |c: u32| {
-            LayoutChange {
-                changes: c,
-                reserved: 0,
-            }
-            .as_slice()
-            .to_vec()
-        };
         let good = LayoutDelta::between(&t0, &t1).encode();
         let mut hostile = Vec::new();
         // Cut short, unknown change bits, an update index past the functions, a parent that
         // is not a port, kept ranges the base does not have.
-        hostile.push([head(2), good[..good.len() - 1].to_vec()].concat());
-        hostile.push([head(1 << 20), good.clone()].concat());
+        hostile.push(delta_payload(2, &good[..good.len() - 1]));
+        hostile.push(delta_payload(1 << 20, &good));
         let mut d = LayoutDelta::between(&t0, &t1);
         d.updates[0].index = 1000;
-        hostile.push([head(2), d.encode()].concat());
+        hostile.push(delta_payload(2, &d.encode()));
         let mut d = LayoutDelta::between(&t0, &t1);
         d.updates[0].record.kind = crate::topology::FunctionKind::Endpoint as u8;
-        hostile.push([head(2), d.encode()].concat());
+        hostile.push(delta_payload(2, &d.encode()));
         let mut d = LayoutDelta::between(&t0, &t1);
         d.ranges_kept_front = 100;
-        hostile.push([head(2), d.encode()].concat());
+        hostile.push(delta_payload(2, &d.encode()));
         for payload in hostile {
             rx.set_layout(t0.clone());
             tx.send(BackendReq::LayoutDelta, &payload).unwrap();
@@ -899,13 +888,13 @@ mod tests {
         // The channel still works: a whole topology, then deltas again.
         tx.layout_changed(LayoutChanges::BUS_NUMBERS, &t0).unwrap();
         assert_eq!(layout(rx.recv_timeout(t).unwrap()), t0);
-        tx.send(BackendReq::LayoutDelta, &[head(2), good].concat())
+        tx.send(BackendReq::LayoutDelta, &delta_payload(2, &good))
             .unwrap();
         assert_eq!(layout(rx.recv_timeout(t).unwrap()), t1);
         // Stateless decoding refuses a delta.
         let msg = Message {
             header: MsgHeader::notification(BackendReq::LayoutDelta as u32, false, 0, 1),
-            payload: head(2),
+            payload: delta_payload(2, &[]),
             fds: Vec::new(),
         };
         assert!(Notification::decode(&msg).is_err());

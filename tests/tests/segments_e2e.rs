@@ -13,25 +13,8 @@ use serde_json::json;
 
 const SEG1_ECAM: u64 = 0x1_4000_0000;
 
-const TOPOLOGY: &str = r#"
-[[segment]]
-id = "seg1"
-segment = 1
-ecam-base = 0x140000000
-
-[[root-port]]
-id = "rp1"
-addr = "2.0"
-chassis = 1
-slot = 1
-
-[[root-port]]
-id = "rp5"
-bus = "seg1"
-addr = "3.0"
-chassis = 5
-slot = 1
-"#;
+/// Segment 0 with rp1, segment 1 (ECAM at [`SEG1_ECAM`]) with rp5.
+const TOPOLOGY: &str = include_str!("../../docs/examples/two-segments.toml");
 
 fn start(dir: &ScratchDir) -> Backend {
     let path = dir.0.join("segments.toml");

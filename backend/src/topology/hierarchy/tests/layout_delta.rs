@@ -4,16 +4,9 @@
 
 use proptest::prelude::*;
 
+use super::follow::follow_layout;
 use super::routing::{apply, with_card, write};
 use super::*;
-
-/// Apply `h`'s next delta to `held` and check it against a full description.
-fn follow(h: &mut Hierarchy, held: &mut pcierc_protocol::Topology) -> Result<(), TestCaseError> {
-    let d = h.layout_delta();
-    prop_assert!(d.apply(held).is_ok(), "{:?}", d);
-    prop_assert_eq!(&*held, &h.describe());
-    Ok(())
-}
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
@@ -26,13 +19,13 @@ proptest! {
         h.layout_delta();
         let mut held = h.describe();
         enable_ecam(&mut h, 0xb000_0000);
-        follow(&mut h, &mut held)?;
+        follow_layout(&mut h, &mut held, &"")?;
         for w in &writes {
             apply(&mut h, w);
-            follow(&mut h, &mut held)?;
+            follow_layout(&mut h, &mut held, w)?;
         }
         h.reset();
-        follow(&mut h, &mut held)?;
+        follow_layout(&mut h, &mut held, &"")?;
         // A card hot-added behind rp3: a new record at the end.
         let r = h.cold_plug(EndpointSpec {
             id: "hot".into(),
@@ -43,7 +36,7 @@ proptest! {
             multifunction: false,
         });
         prop_assert!(r.is_ok(), "{:?}", r);
-        follow(&mut h, &mut held)?;
+        follow_layout(&mut h, &mut held, &"")?;
         prop_assert_eq!(held.functions.len(), 7);
     }
 }

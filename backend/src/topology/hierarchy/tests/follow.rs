@@ -1,0 +1,63 @@
+//! What the property tests of every topology (flat, switches, pcie-pci-bridges) check after
+//! each guest write: the routing table and the layout a frontend keeps up to date from what
+//! the hierarchy reports changed equal a full recomputation.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Bring `table` up to date the way the service does: only the buses the hierarchy recorded.
+pub(super) fn follow_routes(h: &mut Hierarchy, table: &mut [u16; 65536]) {
+    let (_, buses) = h.take_snapshot_changes();
+    for bus in buses.iter() {
+        table[usize::from(bus) << 8..][..256].copy_from_slice(&h.snapshot_route_row(bus));
+    }
+}
+
+/// [`follow_routes`], then the table against a full recomputation (`after`: the write, for
+/// the failure message).
+pub(super) fn routes_follow(
+    h: &mut Hierarchy,
+    table: &mut [u16; 65536],
+    after: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
+    follow_routes(h, table);
+    let full = h.snapshot_routes();
+    let first_diff = (0..65536).find(|&i| table[i] != full[i]);
+    prop_assert_eq!(first_diff, None, "after {:?}", after);
+    Ok(())
+}
+
+/// Every entry of `table` names what a guest's configuration cycle to its (bus, devfn) is
+/// routed to: 1 the MCH, 2.. the ports then the pcie-pci-bridges, 0xffff another emulator's
+/// function, 0 nothing.
+pub(super) fn table_answers_routes(
+    h: &Hierarchy,
+    table: &[u16; 65536],
+) -> Result<(), TestCaseError> {
+    let ports = h.spec().root_ports.len() as u16;
+    for (i, &entry) in table.iter().enumerate() {
+        let (bus, devfn) = ((i >> 8) as u8, i as u8);
+        let want = match h.route(bus, devfn) {
+            Routed::Local(Slot::Mch) => 1,
+            Routed::Local(Slot::Port(p)) => p + 2,
+            Routed::Local(Slot::Bridge(j)) => ports + 2 + j,
+            Routed::Remote(_) => 0xffff,
+            Routed::Absent | Routed::Local(_) => 0,
+        };
+        prop_assert_eq!(entry, want, "{:02x}:{:02x}", bus, devfn);
+    }
+    Ok(())
+}
+
+/// Apply `h`'s next layout delta to `held` and check it against a full description.
+pub(super) fn follow_layout(
+    h: &mut Hierarchy,
+    held: &mut pcierc_protocol::Topology,
+    after: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
+    let d = h.layout_delta();
+    prop_assert!(d.apply(held).is_ok(), "{:?}", d);
+    prop_assert_eq!(&*held, &h.describe(), "after {:?}", after);
+    Ok(())
+}
