@@ -169,6 +169,10 @@ impl ConfigSpace {
 
     /// A guest read of `width` (1, 2 or 4) bytes at `offset`; bytes past the size read as 0xff.
     pub fn read(&self, offset: u16, width: u8) -> u32 {
+        let n = usize::from(width.min(4));
+        if usize::from(offset) + n <= usize::from(self.size) {
+            return self.get(Plane::Value, offset, n) as u32;
+        }
         (0..u32::from(width.min(4))).fold(0, |acc, i| {
             let byte = usize::from(offset)
                 .checked_add(i as usize)
@@ -190,6 +194,16 @@ impl ConfigSpace {
     /// A guest write of `width` (1, 2 or 4) bytes at `offset`, through the write and W1C masks.
     /// Bytes past the size are dropped.
     pub fn write(&mut self, offset: u16, width: u8, data: u32) {
+        let n = usize::from(width.min(4));
+        if usize::from(offset) + n <= usize::from(self.size) {
+            // The bytes at once: writable bits take the data, W1C bits written 1 clear.
+            let d = u64::from(data);
+            let w = self.get(Plane::Write, offset, n);
+            let c = self.get(Plane::W1c, offset, n);
+            let old = self.get(Plane::Value, offset, n);
+            self.put(Plane::Value, offset, n, ((old & !w) | (d & w)) & !(d & c));
+            return;
+        }
         for i in 0..usize::from(width.min(4)) {
             let Some(o) = usize::from(offset)
                 .checked_add(i)
@@ -221,19 +235,44 @@ impl ConfigSpace {
     }
 
     /// Little-endian `n` bytes (1-8) at `offset`; bytes outside 4 KiB read as zero.
+    #[inline]
     fn get(&self, p: Plane, offset: u16, n: usize) -> u64 {
         let bytes = self.plane(p);
-        (0..n.min(8)).fold(0, |acc, i| {
-            let b = bytes.get(usize::from(offset) + i).copied().unwrap_or(0);
+        let (o, n) = (usize::from(offset), n.min(8));
+        // Every register the models name lies inside the space: one load, no per-byte checks.
+        if let Some(s) = bytes.get(o..o + n) {
+            match *s {
+                [a] => return u64::from(a),
+                [a, b] => return u64::from(u16::from_le_bytes([a, b])),
+                [a, b, c, d] => return u64::from(u32::from_le_bytes([a, b, c, d])),
+                [a, b, c, d, e, f, g, h] => return u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+                _ => {}
+            }
+        }
+        (0..n).fold(0, |acc, i| {
+            let b = bytes.get(o + i).copied().unwrap_or(0);
             acc | u64::from(b) << (8 * i)
         })
     }
 
     /// Store `n` bytes (1-8) little-endian at `offset`; bytes outside 4 KiB are dropped.
+    #[inline]
     fn put(&mut self, p: Plane, offset: u16, n: usize, v: u64) {
         let bytes = self.plane_mut(p);
-        for i in 0..n.min(8) {
-            if let Some(b) = bytes.get_mut(usize::from(offset) + i) {
+        let (o, n) = (usize::from(offset), n.min(8));
+        let le = v.to_le_bytes();
+        if let Some(s) = bytes.get_mut(o..o + n) {
+            match s.len() {
+                1 => s.copy_from_slice(&le[..1]),
+                2 => s.copy_from_slice(&le[..2]),
+                4 => s.copy_from_slice(&le[..4]),
+                8 => s.copy_from_slice(&le),
+                _ => s.copy_from_slice(&le[..n]),
+            }
+            return;
+        }
+        for i in 0..n {
+            if let Some(b) = bytes.get_mut(o + i) {
                 *b = (v >> (8 * i)) as u8;
             }
         }
@@ -252,34 +291,42 @@ impl ConfigSpace {
     }
 
     /// Register byte at `offset` (no masks, no size check: the model's own view).
+    #[inline]
     pub fn byte(&self, offset: u16) -> u8 {
         self.get(Plane::Value, offset, 1) as u8
     }
     /// Register word at `offset`.
+    #[inline]
     pub fn word(&self, offset: u16) -> u16 {
         self.get(Plane::Value, offset, 2) as u16
     }
     /// Register dword at `offset`.
+    #[inline]
     pub fn dword(&self, offset: u16) -> u32 {
         self.get(Plane::Value, offset, 4) as u32
     }
     /// Register qword at `offset`.
+    #[inline]
     pub fn qword(&self, offset: u16) -> u64 {
         self.get(Plane::Value, offset, 8)
     }
     /// Set a register byte, bypassing the masks (hardware-side update).
+    #[inline]
     pub fn set_byte(&mut self, offset: u16, v: u8) {
         self.put(Plane::Value, offset, 1, u64::from(v));
     }
     /// Set a register word, bypassing the masks.
+    #[inline]
     pub fn set_word(&mut self, offset: u16, v: u16) {
         self.put(Plane::Value, offset, 2, u64::from(v));
     }
     /// Set a register dword, bypassing the masks.
+    #[inline]
     pub fn set_dword(&mut self, offset: u16, v: u32) {
         self.put(Plane::Value, offset, 4, u64::from(v));
     }
     /// Set a register qword, bypassing the masks.
+    #[inline]
     pub fn set_qword(&mut self, offset: u16, v: u64) {
         self.put(Plane::Value, offset, 8, v);
     }
@@ -588,6 +635,70 @@ pub(crate) fn unhex(s: &str, n: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The accessors read and write whole registers at once where they fit; the byte-by-byte
+    /// rules (masks per byte, bytes past the size dropped or floating) must hold all the same,
+    /// at every offset and width, the edges of a 256-byte and a 4 KiB space included.
+    #[test]
+    fn whole_register_accesses_follow_the_byte_rules() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for size in [PCI_CONFIG_SPACE_SIZE, PCIE_CONFIG_SPACE_SIZE] {
+            let mut cs = ConfigSpace::new(size);
+            let n = usize::from(PCIE_CONFIG_SPACE_SIZE);
+            let (mut value, mut wmask, mut w1c) = (vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+            for o in 0..n {
+                let (v, w, c) = (rand() as u8, rand() as u8, rand() as u8);
+                let c = c & !w;
+                (value[o], wmask[o], w1c[o]) = (v, w, c);
+                let at = o as u16;
+                cs.set_byte(at, v);
+                cs.set_wmask(at, 1, w.into());
+                cs.set_w1cmask(at, 1, c.into());
+            }
+            let edges = [
+                0u16, 1, 2, 3, 0x3e, 0xfc, 0xfd, 0xfe, 0xff, 0x100, 0x101, 0xffc, 0xffd,
+            ];
+            let random: Vec<u16> = (0..200).map(|_| (rand() % 4096) as u16).collect();
+            for offset in edges.into_iter().chain(random) {
+                for width in [1u8, 2, 4] {
+                    let data = rand() as u32;
+                    cs.write(offset, width, data);
+                    for i in 0..usize::from(width) {
+                        let o = usize::from(offset) + i;
+                        if o >= usize::from(size) {
+                            break;
+                        }
+                        let d = (data >> (8 * i)) as u8;
+                        value[o] = ((value[o] & !wmask[o]) | (d & wmask[o])) & !(d & w1c[o]);
+                    }
+                    let want = (0..usize::from(width)).fold(0u32, |acc, i| {
+                        let o = usize::from(offset) + i;
+                        let b = if o < usize::from(size) {
+                            value[o]
+                        } else {
+                            0xff
+                        };
+                        acc | u32::from(b) << (8 * i)
+                    });
+                    assert_eq!(cs.read(offset, width), want, "{size}: {offset:#x}/{width}");
+                    // The model's own view: no size check, zero past 4 KiB.
+                    let raw = (0..8usize).fold(0u64, |acc, i| {
+                        let b = value.get(usize::from(offset) + i).copied().unwrap_or(0);
+                        acc | u64::from(b) << (8 * i)
+                    });
+                    assert_eq!(cs.qword(offset), raw, "{offset:#x}");
+                    assert_eq!(cs.dword(offset), raw as u32, "{offset:#x}");
+                    assert_eq!(cs.word(offset), raw as u16, "{offset:#x}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn masks_and_w1c_per_byte() {

@@ -334,7 +334,7 @@ impl Server {
     }
 
     /// Close a frontend connection the loop holds, taking the lock only if its requests
-    /// reached the root complex.
+    /// reached the root complex (which then counts it out; the others are counted out here).
     fn close(&mut self, conn: &mut Connection) {
         let mut taken = false;
         conn.close_with(|| {
@@ -342,7 +342,9 @@ impl Server {
             self.handler.lock()
         });
         self.events_due |= taken;
-        self.counters.frontends.closed();
+        if !taken {
+            self.counters.frontends.closed();
+        }
     }
 
     fn accept_all(&mut self, ops: &mut EventOps) {
@@ -505,6 +507,7 @@ impl Server {
             }
             Err(None) => {
                 error!("frontend connection {token} lost while starting its thread");
+                self.counters.frontends.closed();
                 true
             }
         }
@@ -523,8 +526,8 @@ impl Server {
             .collect();
         for token in done {
             if let Some(w) = self.workers.remove(&token) {
+                // Its thread told the root complex, which counted it out.
                 w.join(token);
-                self.counters.frontends.closed();
             }
         }
     }

@@ -226,12 +226,15 @@ impl Default for Stats {
 }
 
 impl Stats {
-    /// A frontend connection is gone (its entry, if a request of it reached the root complex,
-    /// is dropped; its requests still count in the total).
+    /// A frontend connection whose requests reached the root complex is gone: its entry is
+    /// dropped (its requests still count in the total) and it leaves `current` in the same
+    /// step, so a query never sees one without the other. (The event loop counts out the
+    /// connections the root complex never heard of.)
     pub fn frontend_gone(&mut self, conn: ConnectionId) {
         if let Some(f) = self.frontends.remove(&conn) {
             self.departed_requests += f.requests;
         }
+        self.sockets.frontends.closed();
     }
 
     /// A frontend said its name (in a request: the entry starts here if this is its first).
@@ -316,7 +319,6 @@ mod tests {
         assert_eq!(f["notifications"], json!({"msi": 1}));
         assert_eq!(v["state-file"], Value::Null);
         s.frontend_gone(c);
-        s.sockets.frontends.closed();
         s.sockets.frontends.closed(); // one too many: stays at zero
         let v = s.to_json(None);
         assert_eq!(v["frontends"], json!([]));
