@@ -80,12 +80,6 @@ fn is_bridge(h: &Hierarchy, id: &str) -> bool {
     h.spec().bridges.iter().any(|b| b.config.id == id)
 }
 
-/// Hot-plug below a `pcie-pci-bridge` (its SHPC) is not driven by the hierarchy yet
-/// (docs/qemu-compat.md, "`pcie-pci-bridge`"): said so by name rather than "not found".
-fn bridge_hotplug_not_yet(bridge: &str) -> ControlError {
-    format!("Bus '{bridge}': hot-plug below a pcie-pci-bridge is not supported yet").into()
-}
-
 impl ControlPlane {
     /// Events for the control socket since the last call.
     pub fn take_events(&mut self) -> Vec<ControlEvent> {
@@ -152,10 +146,8 @@ impl ControlPlane {
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
-        if is_bridge(h, &req.bus) {
-            return Err(bridge_hotplug_not_yet(&req.bus));
-        }
-        if !is_port(h, &req.bus) {
+        // A root or downstream port's slot, or a `pcie-pci-bridge`'s SHPC slots.
+        if !is_port(h, &req.bus) && !is_bridge(h, &req.bus) {
             return Err(format!("Bus '{}' not found", req.bus).into());
         }
         let owner = req
@@ -181,21 +173,23 @@ impl ControlPlane {
     /// the effects are reported, the caller records the request with
     /// [`ControlPlane::unplug_requested`].
     pub fn device_del(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        if is_port(h, id) {
+        // The ports and bridges pcierc emulates are not hot-unplugged (QEMU's message for
+        // those on pcie.0).
+        if is_port(h, id) || is_bridge(h, id) {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
         let Some(e) = h.endpoint(id) else {
             return Err(ControlError::DeviceNotFound(id.into()));
         };
-        if is_bridge(h, &e.bus) {
-            return Err(bridge_hotplug_not_yet(&e.bus));
-        }
-        // qdev_unplug(): a request still pending is not repeated (a second attention-button
-        // press would cancel the first in the guest's pciehp).
-        if self
-            .unplug_requests
-            .get(id)
-            .is_some_and(|t| t.elapsed() < UNPLUG_PENDING)
+        // qdev_unplug(): a PCIe slot's request still pending is not repeated (a second
+        // attention-button press would cancel the first in the guest's pciehp). QEMU's SHPC
+        // sets no pending deadline (shpc_device_unplug_request_cb()): below a bridge every
+        // device_del presses the button again.
+        if !is_bridge(h, &e.bus)
+            && self
+                .unplug_requests
+                .get(id)
+                .is_some_and(|t| t.elapsed() < UNPLUG_PENDING)
         {
             return Err(format!("Device {id} is already in the process of unplug").into());
         }
@@ -301,21 +295,52 @@ mod tests {
     }
 
     #[test]
-    fn hot_plug_below_a_bridge_is_refused_by_name() {
+    fn hot_plug_below_a_bridge_follows_the_shpc() {
         let mut spec = TopologySpec::embedded_default().unwrap();
         spec.add_device_option("pcie-pci-bridge,id=br1,bus=rp1")
             .unwrap();
         spec.add_device_option("e1000,id=n1,bus=br1,addr=1,owner=qemu")
             .unwrap();
         let mut h = Hierarchy::new(spec).unwrap();
-        let c = ControlPlane::default();
-        let not_yet = Err(ControlError::Generic(
-            "Bus 'br1': hot-plug below a pcie-pci-bridge is not supported yet".into(),
-        ));
-        assert_eq!(c.device_add(&mut h, &add("n2", "br1")), not_yet);
-        assert_eq!(c.device_del(&mut h, "n1"), not_yet);
-        assert!(h.endpoint("n1").is_some(), "n1 stays");
-        assert!(h.take_events().is_empty());
+        let mut c = ControlPlane::default();
+        // Without addr QEMU takes devfn 0, which has no SHPC slot.
+        assert_eq!(
+            c.device_add(&mut h, &add("n2", "br1")),
+            Err(ControlError::Generic(
+                "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are \
+                 between 1 and 31."
+                    .into()
+            ))
+        );
+        let at = |addr| DeviceAdd {
+            addr: Some(DevFn(addr)),
+            ..add("n2", "br1")
+        };
+        assert_eq!(
+            c.device_add(&mut h, &at(0x08)),
+            Err(ControlError::Generic(
+                "PCI: slot 1 function 0 not available for virtio-net-pci, in use by e1000,id=n1"
+                    .into()
+            ))
+        );
+        assert!(c.device_add(&mut h, &at(0x10)).is_ok());
+        assert_eq!(h.endpoint("n2").map(|e| e.owner.as_str()), Some("vmm"));
+        // The cold-plugged n1's slot is enabled: device_del presses the attention button, and
+        // again (QEMU's SHPC keeps no pending request).
+        assert!(c.device_del(&mut h, "n1").is_ok());
+        c.unplug_requested("n1");
+        assert!(c.device_del(&mut h, "n1").is_ok());
+        assert!(h.endpoint("n1").is_some());
+        // n2's slot is still disabled with its power indicator off: gone at once.
+        assert!(c.device_del(&mut h, "n2").is_ok());
+        assert!(h.endpoint("n2").is_none());
+        // The bridge itself is not hot-unplugged.
+        assert_eq!(
+            c.device_del(&mut h, "br1"),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
     }
 
     #[test]

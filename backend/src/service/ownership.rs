@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use log::info;
 use pcierc_protocol::{decode_name, ConnectionId, FunctionClaim, FunctionRelease, Status};
 
+use crate::pci::caps::shpc::ShpcError;
 use crate::pci::{Effects, SlotError};
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
@@ -17,8 +18,12 @@ use crate::topology::{DevFn, Hierarchy};
 fn status(e: &HotplugError) -> Status {
     match e {
         HotplugError::UnknownId(_) | HotplugError::NotHotpluggable(_) => Status::NoDevice,
-        HotplugError::Duplicate(_) => Status::Exists,
-        HotplugError::Slot {
+        HotplugError::Duplicate(_) | HotplugError::DevfnInUse { .. } => Status::Exists,
+        HotplugError::Shpc {
+            source: ShpcError::Occupied(_) | ShpcError::PowerIndicatorBlinking(_),
+            ..
+        }
+        | HotplugError::Slot {
             source: SlotError::Occupied,
             ..
         }
@@ -28,6 +33,7 @@ fn status(e: &HotplugError) -> Status {
         | HotplugError::HotUnplugUnsupported(_)
         | HotplugError::BusNoHotplug(_) => Status::Permission,
         HotplugError::Slot { .. }
+        | HotplugError::Shpc { .. }
         | HotplugError::InvalidOwner(_)
         | HotplugError::FunctionZeroFirst { .. }
         | HotplugError::Topology(_)
