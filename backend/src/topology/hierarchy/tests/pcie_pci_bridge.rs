@@ -547,3 +547,58 @@ fn functions_are_hot_plugged_below_a_bridge_through_its_shpc() {
         Err(HotplugError::UnknownId("n2".into()))
     );
 }
+
+/// The ECAM pages a frontend maps from the snapshot (`snapshot::pages`): on a bridge's
+/// conventional secondary bus every absent device traps (an SHPC slot may get a card by
+/// hot-plug before the frontend hears of it), not device 0 only as below a PCI Express port;
+/// a function hot-added at device 9 is then another emulator's (trapped) too.
+#[test]
+fn mapped_ecam_pages_trap_every_absent_device_below_a_bridge() {
+    use pcierc_protocol::snapshot::pages::EcamPage;
+    use pcierc_protocol::snapshot::{SnapshotReader, SnapshotWriter};
+
+    let mut h = bridges();
+    number(&mut h);
+    // ECAM at 0xb0000000, 256 buses (PCIEXBAR at 0x60, enable bit 0).
+    h.config_write(0, 0, 0x60, 4, 0xb000_0001).unwrap();
+    let n = h.snapshot_functions();
+    let (r, file) = SnapshotReader::create(n).unwrap();
+    let w = SnapshotWriter::new(file, n).unwrap();
+    let write = |h: &Hierarchy| {
+        w.begin();
+        for i in 0..n {
+            w.set_image(i, &h.snapshot_image(i));
+        }
+        w.set_routes(&h.snapshot_routes());
+        w.set_header(&h.snapshot_header());
+        w.end();
+    };
+    write(&h);
+    let page = |r: &SnapshotReader, bus: usize, devfn: usize| {
+        r.ecam_layout().expect("a layout").pages[bus << 8 | devfn]
+    };
+    // rp1's secondary bus 1: br1 at device 0, devices 1-31 absent (all ones).
+    assert!(matches!(page(&r, 1, 0), EcamPage::Image(_)));
+    assert_eq!(page(&r, 1, 0x08), EcamPage::AllOnes);
+    // br1's bus 2 and br0's bus 3: every absent device traps; the functions there are remote.
+    for (bus, devfn) in [
+        (2, 0),
+        (2, 0x18),
+        (2, 0x48),
+        (2, 0xff),
+        (3, 0x08),
+        (3, 0x20),
+    ] {
+        assert_eq!(
+            page(&r, bus, devfn),
+            EcamPage::Trap,
+            "{bus:02x}:{devfn:02x}"
+        );
+    }
+    // Bus 4 is nobody's.
+    assert_eq!(page(&r, 4, 0x48), EcamPage::AllOnes);
+    h.hot_add(e1000("h9", "br1", 0x48)).unwrap();
+    write(&h);
+    assert_eq!(page(&r, 2, 0x48), EcamPage::Trap);
+    assert!(matches!(h.route(2, 0x48), Routed::Remote(_)));
+}
