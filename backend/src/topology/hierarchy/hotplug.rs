@@ -386,7 +386,7 @@ impl Hierarchy {
     /// the guest keeps powered off gives its functions up at once; otherwise the attention
     /// button is pressed and they are gone once the guest powers the slot off. Either way a
     /// `FunctionRemoved` event says when. Below a `pcie-pci-bridge` the SHPC's rules apply
-    /// instead ([`Hierarchy::request_removal_below_bridge`]).
+    /// instead (QEMU's `shpc_device_unplug_request_cb()`, `bridge_hotplug.rs`).
     pub fn request_removal(&mut self, id: &str) -> Result<Effects, HotplugError> {
         if let Some((j, device)) = self.below_bridge(id) {
             return self.request_removal_below_bridge(j, device);
