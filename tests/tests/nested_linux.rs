@@ -719,6 +719,16 @@ fn flatten_query_pci(devices: &serde_json::Value, parent: Option<&str>, out: &mu
     }
 }
 
+/// pcierc's `x-pcierc-query-slots` (QMP in L1).
+fn query_slots(n: &mut pcierc_tests::nested::Nested) -> serde_json::Value {
+    let out = expect(n.qmp(&[r#"{"execute":"x-pcierc-query-slots"}"#], T));
+    out.lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("return").filter(|r| r.is_array()).cloned())
+        .unwrap_or_else(|| panic!("no x-pcierc-query-slots reply: {}", out.text()))
+}
+
 /// pcierc's `query-pci` (QMP in L1), flattened.
 fn query_pci(n: &mut pcierc_tests::nested::Nested) -> Vec<PciInfo> {
     let out = expect(n.qmp(&[r#"{"execute":"query-pci"}"#], T));
@@ -1034,8 +1044,10 @@ fn switch_hotplug_live() {
 /// secondary bus, the tree as pcierc's `query-pci` says; the VMM's test endpoint hot-added at
 /// device 1 with `device_add bus=br1` (shpchp's attention-button path: 5 s, then the slot
 /// enabled and scanned), its BAR inside br1's window; `device_del` (shpchp disables the slot
-/// with its power indicator off, pcierc then sends `DEVICE_DELETED`); added again; no AER error
-/// and no shpchp or resource failure in L2's log.
+/// with its power indicator off, pcierc then sends `DEVICE_DELETED`; the control socket shows
+/// the slot's power indicator blinking on the way, `x-pcierc-query-slots` the slot empty after);
+/// added again (`x-pcierc-query-slots`: the slot powered, the card in it); no AER error and no
+/// shpchp or resource failure in L2's log.
 fn bridge_hotplug(n: &mut pcierc_tests::nested::Nested) {
     expect(n.l2_ok("dmesg -c >/dev/null", T));
     let qp = query_pci(n);
@@ -1137,6 +1149,24 @@ fn bridge_hotplug(n: &mut pcierc_tests::nested::Nested) {
         "nested: device_del below br1 -> DEVICE_DELETED: {:.1} s wall (shpchp's 5 s wait included)",
         del.elapsed.as_secs_f64()
     );
+    // The operator saw shpchp at work on the SHPC slot: the power indicator blinking after the
+    // button, then the slot disabled with it off and the card gone.
+    let slot1 = |d: &serde_json::Value| d["port"] == "br1" && d["slot"] == 1;
+    let changes: Vec<serde_json::Value> = qmp_events(&del.lines)
+        .into_iter()
+        .filter(|(e, d)| e == "X_PCIERC_SLOT_CHANGED" && slot1(d))
+        .map(|(_, d)| d)
+        .collect();
+    assert!(
+        changes.iter().any(|d| d["power-indicator"] == "blink"),
+        "br1 slot 1 blinking: {changes:?}\n{}",
+        del.text()
+    );
+    let slots = query_slots(n);
+    assert!(
+        !slots.as_array().into_iter().flatten().any(slot1),
+        "x-pcierc-query-slots: br1's slot 1 empty: {slots}"
+    );
 
     // The same card again into the slot the guest released.
     let add = expect(n.qmp(&[BR_EP], T));
@@ -1146,6 +1176,15 @@ fn bridge_hotplug(n: &mut pcierc_tests::nested::Nested) {
     assert!(
         qp.iter().any(|f| f.id == "brep" && f.bdf == ep),
         "query-pci after the second device_add: {qp:?}"
+    );
+    // x-pcierc-query-slots: br1's slot 1, enabled by shpchp, holds brep.
+    let slots = query_slots(n);
+    assert!(
+        slots.as_array().into_iter().flatten().any(|s| slot1(s)
+            && s["powered"] == true
+            && s["bus"] == secondary
+            && s["devices"][0]["id"] == "brep"),
+        "x-pcierc-query-slots: br1 slot 1 powered with brep: {slots}"
     );
     report!(
         "nested: br1's slot in L2's log:\n  {}",
