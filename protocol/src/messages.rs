@@ -233,17 +233,19 @@ impl VhostUserMsgValidator for FunctionAddress {
     }
 }
 
-/// `ClaimFunction` payload: a function the frontend serves, plugged into a root port's slot.
+/// `ClaimFunction` payload: a function the frontend serves, plugged into a root port's slot
+/// (or a `pcie-pci-bridge`'s SHPC slot).
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct FunctionClaim {
-    /// The root port's id (topology name), NUL-padded.
+    /// The root or downstream port's id, or a `pcie-pci-bridge`'s (topology name), NUL-padded.
     pub port: [u8; NAME_LEN],
     /// The new function's id, NUL-padded (unique in the hierarchy).
     pub id: [u8; NAME_LEN],
     /// The QEMU driver name it corresponds to (informational), NUL-padded.
     pub driver: [u8; NAME_LEN],
-    /// Device/function on the port's secondary bus (device 0: a port has one slot).
+    /// Device/function on the port's secondary bus (device 0: a port has one slot; below a
+    /// `pcie-pci-bridge` devices 1-31, one SHPC slot each).
     pub devfn: u8,
     /// [`FunctionClaim::COLDPLUG`], [`FunctionClaim::MULTIFUNCTION`].
     pub flags: u8,

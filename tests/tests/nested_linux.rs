@@ -656,15 +656,20 @@ fn qemu_hotplug_timings(qemu: &mut ProbeVm) {
 
 /// The switch of [`switch_hotplug_live`] behind rp1: an upstream port and two downstream ports
 /// with hot-plug slots 5 and 6 (chassis 5; the default root ports have slots 1 to 4 of chassis 1,
-/// so each slot's name in Linux is its number).
-const SWITCH: [&str; 6] = [
+/// so each slot's name in Linux is its number); and a `pcie-pci-bridge` in rp2's slot.
+const SWITCH: [&str; 8] = [
     "--device",
     "x3130-upstream,id=up1,bus=rp1",
     "--device",
     "xio3130-downstream,id=dp1,bus=up1,chassis=5,slot=5",
     "--device",
     "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=6",
+    "--device",
+    "pcie-pci-bridge,id=br1,bus=rp2",
 ];
+/// The VMM's test endpoint hot-added below br1, at device 1 (SHPC slot 1).
+const BR_EP: &str = r#"{"execute":"device_add","arguments":{"driver":"pcierc-testdev","id":"brep","bus":"br1","addr":"1","owner":"vmm"}}"#;
+const BR_EP_DEL: &str = r#"{"execute":"device_del","arguments":{"id":"brep"}}"#;
 const SW_EP: &str = r#"{"execute":"device_add","arguments":{"driver":"pcierc-testdev","id":"swep","bus":"dp1","owner":"vmm"}}"#;
 const SW_EP_DEL: &str = r#"{"execute":"device_del","arguments":{"id":"swep"}}"#;
 const SW_EP_SURPRISE: &str = r#"{"execute":"x-pcierc-surprise-remove","arguments":{"id":"swep"}}"#;
@@ -712,6 +717,16 @@ fn flatten_query_pci(devices: &serde_json::Value, parent: Option<&str>, out: &mu
         });
         flatten_query_pci(&bridge["devices"], Some(&bdf), out);
     }
+}
+
+/// pcierc's `x-pcierc-query-slots` (QMP in L1).
+fn query_slots(n: &mut pcierc_tests::nested::Nested) -> serde_json::Value {
+    let out = expect(n.qmp(&[r#"{"execute":"x-pcierc-query-slots"}"#], T));
+    out.lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("return").filter(|r| r.is_array()).cloned())
+        .unwrap_or_else(|| panic!("no x-pcierc-query-slots reply: {}", out.text()))
 }
 
 /// pcierc's `query-pci` (QMP in L1), flattened.
@@ -799,7 +814,8 @@ fn assert_same_tree(qp: &[PciInfo], l2: &pcierc_tests::nested::console::Output) 
 }
 
 /// Issue 16 item 6: a PCIe switch (`x3130-upstream` with two `xio3130-downstream` ports) behind
-/// rp1, as Linux sees it on the VMM over pcierc: the switch ports bound to `pcieport`, the
+/// rp1 and a `pcie-pci-bridge` in rp2's slot ([`bridge_hotplug`]), as Linux sees them on the VMM
+/// over pcierc: the switch ports bound to `pcieport`, the
 /// downstream ports' slots taken by pciehp, bus numbers and the tree as pcierc's `query-pci`
 /// reports them; then the VMM's test endpoint hot-added below dp1 with `device_add` (enumerated
 /// at dp1's secondary bus, its BAR inside dp1's window), removed with `device_del`, added again
@@ -1018,6 +1034,206 @@ fn switch_hotplug_live() {
                 .collect::<Vec<&str>>()
                 .join("\n  ")
         );
+        bridge_hotplug(n);
         assert_eq!(expect(n.stop_l2()), 0);
     });
+}
+
+/// The `pcie-pci-bridge` of [`SWITCH`] in rp2's slot, on the same running L2: bound to
+/// `shpchp` (its SHPC, through BAR0 and MSI), its 31 slots registered at devices 1-31 of its
+/// secondary bus, the tree as pcierc's `query-pci` says; the VMM's test endpoint hot-added at
+/// device 1 with `device_add bus=br1` (shpchp's attention-button path: 5 s, then the slot
+/// enabled and scanned), its BAR inside br1's window; `device_del` (shpchp disables the slot
+/// with its power indicator off, pcierc then sends `DEVICE_DELETED`; the control socket shows
+/// the slot's power indicator blinking on the way, `x-pcierc-query-slots` the slot empty after);
+/// added again (`x-pcierc-query-slots`: the slot powered, the card in it); no AER error and no
+/// shpchp or resource failure in L2's log.
+fn bridge_hotplug(n: &mut pcierc_tests::nested::Nested) {
+    expect(n.l2_ok("dmesg -c >/dev/null", T));
+    let qp = query_pci(n);
+    let l2 = expect(n.l2_ok(TREE, T));
+    assert_same_tree(&qp, &l2);
+    let port = |id: &str| {
+        qp.iter()
+            .find(|f| f.id == id)
+            .unwrap_or_else(|| panic!("{id} not in query-pci: {qp:?}"))
+    };
+    let (rp2, br1) = (port("rp2"), port("br1"));
+    assert_eq!(
+        br1.parent.as_deref(),
+        Some(rp2.bdf.as_str()),
+        "br1 below rp2"
+    );
+    let want = format!("pci {} 0x1b36:0x000e class 0x060400 driver shpchp", br1.bdf);
+    assert!(l2.lines.contains(&want), "br1: {want}\n{}", l2.text());
+    let (_, secondary, _) = br1.buses.expect("a pcie-pci-bridge is a bridge");
+    // shpchp registers the 31 SHPC slots at devices 1-31 of the secondary bus (their names
+    // follow the Physical Slot Number, 1 up; taken names get a suffix).
+    let shpc_slots = (1..=31)
+        .filter(|d| {
+            let at = format!(" address 0000:{secondary:02x}:{d:02x}");
+            l2.lines
+                .iter()
+                .any(|l| l.starts_with("slot ") && l.ends_with(&at))
+        })
+        .count();
+    assert_eq!(shpc_slots, 31, "br1's SHPC slots in sysfs\n{}", l2.text());
+    report!(
+        "nested: pcie-pci-bridge in L2: br1 {} (bus {secondary:02x}) bound to shpchp, 31 slots",
+        br1.bdf
+    );
+
+    let ep = format!("0000:{secondary:02x}:01.0");
+    let at = format!("[ -e /sys/bus/pci/devices/{ep} ]");
+    let gone = format!("[ ! -e /sys/bus/pci/devices/{ep} ]");
+    let add = expect(n.qmp(&[BR_EP], T));
+    assert_eq!(add.status, 0, "device_add below br1: {}", add.text());
+    let seen = expect(n.l2_ok(&format!("waitfor 60 '{at}'"), T));
+    report!(
+        "nested: device_add below br1 -> {ep} in L2's sysfs: {:.2} s of L2 time ({:.1} s wall; shpchp's 5 s button wait included)",
+        waited(&seen),
+        (add.elapsed + seen.elapsed).as_secs_f64()
+    );
+    let card = expect(n.l2_ok(
+        &format!(
+            "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device)\"; \
+             res {ep}; res {}; {TREE}; dmesg",
+            br1.bdf
+        ),
+        T,
+    ));
+    assert!(
+        card.lines.iter().any(|l| l == "card 0x1b36 0x0005"),
+        "{ep}: the VMM's test endpoint: {}",
+        card.text()
+    );
+    let (bar0, bar0_end) = resources(&card.lines, &ep, 0).expect("hot-added BAR0");
+    let (win, win_end) = resources(&card.lines, &br1.bdf, 14).expect("br1's window");
+    assert!(
+        bar0 >= win && bar0_end <= win_end,
+        "BAR0 {bar0:#x}-{bar0_end:#x} inside br1's window {win:#x}-{win_end:#x}\n{}",
+        card.text()
+    );
+    assert!(
+        card.lines
+            .iter()
+            .any(|l| l.contains("shpchp") && l.contains("Button pressed on Slot")),
+        "dmesg: br1's shpchp saw the attention button\n{}",
+        card.text()
+    );
+    let qp = query_pci(n);
+    assert_same_tree(&qp, &card);
+    assert!(
+        qp.iter().any(|f| f.id == "brep"
+            && f.bdf == ep
+            && f.parent.as_deref() == Some(br1.bdf.as_str())),
+        "query-pci: brep at {ep} below br1: {qp:?}"
+    );
+
+    // device_del: the attention button; shpchp disables the slot with its power indicator off
+    // after its 5 s, and pcierc releases the card.
+    let del = expect(n.qmp(
+        &["--wait", "DEVICE_DELETED", "--timeout", "60", BR_EP_DEL],
+        T + T,
+    ));
+    assert_eq!(del.status, 0, "device_del: {}", del.text());
+    assert!(
+        qmp_events(&del.lines)
+            .iter()
+            .any(|(e, d)| e == "DEVICE_DELETED" && d["device"] == "brep"),
+        "{}",
+        del.text()
+    );
+    expect(n.l2_ok(&format!("waitfor 30 '{gone}'"), T));
+    report!(
+        "nested: device_del below br1 -> DEVICE_DELETED: {:.1} s wall (shpchp's 5 s wait included)",
+        del.elapsed.as_secs_f64()
+    );
+    // The operator saw shpchp at work on the SHPC slot: the power indicator blinking after the
+    // button, then the slot disabled with it off and the card gone.
+    let slot1 = |d: &serde_json::Value| d["port"] == "br1" && d["slot"] == 1;
+    let changes: Vec<serde_json::Value> = qmp_events(&del.lines)
+        .into_iter()
+        .filter(|(e, d)| e == "X_PCIERC_SLOT_CHANGED" && slot1(d))
+        .map(|(_, d)| d)
+        .collect();
+    assert!(
+        changes.iter().any(|d| d["power-indicator"] == "blink"),
+        "br1 slot 1 blinking: {changes:?}\n{}",
+        del.text()
+    );
+    let slots = query_slots(n);
+    assert!(
+        !slots.as_array().into_iter().flatten().any(slot1),
+        "x-pcierc-query-slots: br1's slot 1 empty: {slots}"
+    );
+
+    // The same card again into the slot the guest released.
+    let add = expect(n.qmp(&[BR_EP], T));
+    assert_eq!(add.status, 0, "second device_add below br1: {}", add.text());
+    let again = expect(n.l2_ok(&format!("waitfor 60 '{at}'; dmesg"), T));
+    let qp = query_pci(n);
+    assert!(
+        qp.iter().any(|f| f.id == "brep" && f.bdf == ep),
+        "query-pci after the second device_add: {qp:?}"
+    );
+    // x-pcierc-query-slots: br1's slot 1, enabled by shpchp, holds brep.
+    let slots = query_slots(n);
+    assert!(
+        slots.as_array().into_iter().flatten().any(|s| slot1(s)
+            && s["powered"] == true
+            && s["bus"] == secondary
+            && s["devices"][0]["id"] == "brep"),
+        "x-pcierc-query-slots: br1 slot 1 powered with brep: {slots}"
+    );
+    report!(
+        "nested: br1's slot in L2's log:\n  {}",
+        again
+            .lines
+            .iter()
+            .filter(|l| l.contains("shpchp"))
+            .map(String::as_str)
+            .collect::<Vec<&str>>()
+            .join("\n  ")
+    );
+    let ours = [&br1.bdf, &ep];
+    let failures: Vec<&String> = again
+        .lines
+        .iter()
+        .filter(|l| {
+            let mine = ours.iter().any(|b| l.contains(b.as_str()));
+            let shpchp_failed = mine
+                && l.contains("shpchp")
+                && [
+                    "fail",
+                    "Fail",
+                    "Cannot",
+                    "error",
+                    "Error",
+                    "Timeout",
+                    "timed out",
+                ]
+                .iter()
+                .any(|w| l.contains(w));
+            let aer = [
+                "PCIe Bus Error",
+                "AER: Corrected",
+                "AER: Uncorrected",
+                "AER: Multiple",
+            ]
+            .iter()
+            .any(|w| l.contains(w));
+            let resources = mine && (l.contains("failed to assign") || l.contains("no space for"));
+            shpchp_failed || aer || resources
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "L2's log:\n  {}",
+        failures
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<&str>>()
+            .join("\n  ")
+    );
 }

@@ -1,10 +1,19 @@
 //! The `pcie-pci-bridge`'s SHPC hot-plug against QEMU 7.2 (`q35`, the model built for
 //! `pc-q35-7.2`) and QEMU 10.0 (`pc-q35-10.0`, the model built for it): the same QMP `device_add` /
 //! `device_del` commands and the same guest writes to the SHPC BAR and the MSI capability, on
-//! QEMU (`-qtest stdio` for the guest, `-qmp` for the commands) and on pcierc's model in-process
-//! (`hot_add`, `unplug_request`, `bar_write`, `config_write`). After every step: whether the
-//! command succeeded (and QEMU's message where the model has one), the devices each side
-//! removed, every SHPC register, Status (Interrupt Status) and the MSI mask and pending bits.
+//! QEMU (`-qtest stdio` for the guest, `-qmp` for the commands) and on pcierc, twice:
+//!
+//! - `shpc_hot_plug_matches_qemu_*`: pcierc's model in-process (`hot_add`, `unplug_request`,
+//!   `bar_write`, `config_write`);
+//! - `shpc_hot_plug_through_qmp_matches_qemu_*`: the real `pcierc` process, the commands on its
+//!   control socket (`device_add bus=br1`, `device_del`) and the guest's writes through
+//!   `pcierc qtest --connect`, with a few more commands (no `addr`, an unknown bus, the bridge
+//!   itself, an unknown id).
+//!
+//! After every step: the reply (the in-process test: whether the command succeeded, and QEMU's
+//! message where the model has one; through QMP: QEMU's error class and message exactly), the
+//! devices each side removed, every SHPC register, Status (Interrupt Status) and the MSI mask
+//! and pending bits.
 //!
 //! QEMU runs with ACPI PCI hot-plug off for bridges
 //! (`ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off`): QEMU 7.2's q35 otherwise hot-plugs
@@ -13,6 +22,7 @@
 //! `slot_rules_vs_qemu.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::time::Duration;
 
 use pcierc_backend::devices::machine::MachineType;
@@ -20,9 +30,9 @@ use pcierc_backend::devices::{PciePciBridge, PciePciBridgeConfig};
 use pcierc_backend::pci::caps::shpc::{ShpcError, ShpcUnplug};
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{assert_no_mismatches, ConfigTarget, QtestTarget};
-use pcierc_tests::process::ScratchDir;
+use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
 use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::{qemu_machine_with, Qemu};
+use pcierc_tests::qtest::{qemu_machine_with, Qemu, Qtest};
 use serde_json::{json, Value};
 
 /// The bridge at 00:02.0 with an e1000 from power-on at device 3 of its secondary bus.
@@ -41,6 +51,8 @@ enum Step {
     Bar(u64, u8, u64),
     /// A guest configuration write: (offset, width, value).
     Config(u16, u8, u32),
+    /// Any other QMP command (only in [`qmp_steps`]: the in-process test has no control plane).
+    Qmp(&'static str, Value),
 }
 
 #[rustfmt::skip]
@@ -88,6 +100,34 @@ fn steps() -> Vec<(&'static str, Step)> {
         ("slot 7 power indicator off", Bar(0x14, 2, 0x070c)),
         ("device_del h7", Del("h7")),
     ]
+}
+
+/// [`steps`], then commands QEMU answers before or outside the SHPC, and a hot-plug into a slot
+/// the guest released, cancelled by the guest enabling it.
+#[rustfmt::skip]
+fn qmp_steps() -> Vec<(&'static str, Step)> {
+    use Step::*;
+    let mut v = steps();
+    v.extend([
+        ("device_add without addr (devfn 0)",
+         Qmp("device_add", json!({"driver": "e1000", "id": "h9", "bus": "br1"}))),
+        ("device_add to an unknown bus",
+         Qmp("device_add", json!({"driver": "e1000", "id": "h9", "bus": "br9", "addr": "9"}))),
+        ("device_del of the bridge", Qmp("device_del", json!({"id": "br1"}))),
+        ("device_del of an unknown id", Qmp("device_del", json!({"id": "h9"}))),
+        ("device_add addr=31 (hexadecimal: no device 0x31)",
+         Qmp("device_add", json!({"driver": "e1000", "id": "h9", "bus": "br1", "addr": "31"}))),
+        ("hot-add at 31", Add("h31", 31)),
+        ("unmask slot 31", Bar(0x9f, 1, 0)),
+        ("enable slot 31, power on, attention on", Bar(0x14, 2, 0x1f16)),
+        ("device_del h31", Del("h31")),
+        ("clear slot 31 events", Bar(0x9e, 1, 0x1f)),
+        ("device_del h31 again", Del("h31")),
+        ("slot 31 off and disabled", Bar(0x14, 2, 0x1f0f)),
+        ("device_del h31 once gone", Del("h31")),
+        ("hot-add at 3 again", Add("h3", 3)),
+    ]);
+    v
 }
 
 /// What a step shows: the reply, the removed devices, the registers.
@@ -207,6 +247,7 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
                 qemu.write(0, DEVFN, *off, *width, *value);
                 Ok(())
             }
+            Step::Qmp(..) => panic!("the in-process comparison takes no raw QMP steps"),
         };
         let now = peripherals(&mut qmp);
         let removed: BTreeSet<String> = present.difference(&now).cloned().collect();
@@ -255,6 +296,7 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
                 model.config_write(*off, *width, *value);
                 Ok(())
             }
+            Step::Qmp(..) => panic!("the in-process comparison takes no raw QMP steps"),
         };
         removed_devs.extend(model.take_released());
         let removed: BTreeSet<String> = devices
@@ -289,6 +331,177 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
     assert_no_mismatches(&mismatches, || {
         format!(
             "{} SHPC hot-plug steps differ from {qemu_bin:?} -M {qemu_machine}",
+            mismatches.len()
+        )
+    });
+}
+
+/// One side of the QMP comparison: its guest (qtest) and its QMP socket.
+struct QmpSide {
+    guest: QtestTarget,
+    qmp: QmpSocket,
+    /// QEMU only: its peripheral devices before the step (`None` for pcierc, whose
+    /// `DEVICE_DELETED` events say what left).
+    peripherals: Option<BTreeSet<String>>,
+}
+
+/// What a step shows through QMP: the reply (`{"return": ..}` or the error's class and
+/// message), the removed devices, the registers.
+#[derive(Debug, PartialEq)]
+struct SeenQmp {
+    reply: Value,
+    removed: BTreeSet<String>,
+    regs: Vec<u32>,
+}
+
+impl QmpSide {
+    fn run(&mut self, step: &Step, qemu: bool) -> SeenQmp {
+        let command = |cmd: &'static str, args: Value| Some((cmd, args));
+        let cmd = match step {
+            Step::Add(id, dev) => {
+                // QEMU's addr strings are hexadecimal ("SLOT[.FN]").
+                let mut args = json!({"driver": "e1000", "id": id, "bus": "br1",
+                                      "addr": format!("{dev:x}")});
+                // QEMU's e1000 without its option ROM; pcierc instantiates nothing.
+                if qemu {
+                    args["romfile"] = json!("");
+                }
+                command("device_add", args)
+            }
+            Step::Del(id) => command("device_del", json!({ "id": id })),
+            Step::Qmp(cmd, args) => command(cmd, args.clone()),
+            Step::Bar(off, width, value) => {
+                self.guest.mem_write(BAR + off, *width, *value);
+                None
+            }
+            Step::Config(off, width, value) => {
+                self.guest.write(0, DEVFN, *off, *width, *value);
+                None
+            }
+        };
+        let reply = match cmd {
+            None => Value::Null,
+            Some((cmd, args)) => match self.qmp.execute(cmd, args).expect(cmd) {
+                Ok(r) => json!({ "return": r }),
+                Err(e) => json!({"class": e["class"], "desc": e["desc"]}),
+            },
+        };
+        let events = self
+            .qmp
+            .drain_events(Duration::from_millis(if qemu { 20 } else { 150 }))
+            .expect("QMP events");
+        let removed = match &mut self.peripherals {
+            None => events
+                .iter()
+                .filter(|e| e["event"] == "DEVICE_DELETED")
+                .filter_map(|e| e["data"]["device"].as_str().map(str::to_string))
+                .collect(),
+            Some(before) => {
+                let now = peripherals(&mut self.qmp);
+                let removed = before.difference(&now).cloned().collect();
+                *before = now;
+                removed
+            }
+        };
+        let guest = &mut self.guest;
+        SeenQmp {
+            reply,
+            removed,
+            regs: regs(&mut |at| match at {
+                At::Mem(a) => guest.mem_read(a, 4) as u32,
+                At::Config(o) => guest.read(0, DEVFN, o, 4),
+            }),
+        }
+    }
+}
+
+#[test]
+fn shpc_hot_plug_through_qmp_matches_qemu_7_2() {
+    let Some(q7) = Qemu::v7_2() else {
+        return;
+    };
+    compare_qmp(&q7, "q35", "pc-q35-7.2");
+}
+
+#[test]
+fn shpc_hot_plug_through_qmp_matches_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    compare_qmp(&q10, "pc-q35-10.0", "pc-q35-10.0");
+}
+
+/// [`qmp_steps`] on `qemu -M qemu_machine` and on `pcierc --machine machine`, both through QMP.
+fn compare_qmp(qemu_bin: &Qemu, qemu_machine: &str, machine: &str) {
+    let dir = ScratchDir::new("shpc-qmp");
+    let qmp_path = dir.0.join("qemu-qmp.sock");
+    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
+    let args = [
+        "-global",
+        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+        "-qmp",
+        &qmp_arg,
+        "-device",
+        BRIDGE,
+        "-device",
+        COLD,
+    ];
+    let qt = qemu_machine_with(qemu_bin, qemu_machine, &args);
+    let qemu_qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
+    let mut qemu = QmpSide {
+        guest: QtestTarget::new(qt).expect("enabling ECAM in QEMU"),
+        qmp: qemu_qmp,
+        peripherals: None,
+    };
+    qemu.peripherals = Some(peripherals(&mut qemu.qmp));
+
+    let backend = Backend::start_with_control(&[
+        "-n",
+        "--machine",
+        machine,
+        "--device",
+        BRIDGE,
+        "--device",
+        "e1000,id=cold,bus=br1,addr=3",
+    ]);
+    let mut cmd = Command::new(pcierc_bin());
+    cmd.arg("qtest")
+        .arg("--connect")
+        .arg(&backend.socket)
+        .env("RUST_LOG", "warn");
+    let frontend = Qtest::spawn(cmd).expect("starting pcierc qtest");
+    let control = backend.control.as_ref().expect("control socket");
+    let mut ours = QmpSide {
+        guest: QtestTarget::new(frontend).expect("enabling ECAM through pcierc"),
+        qmp: QmpSocket::connect(control, Duration::from_secs(10)).expect("pcierc's QMP"),
+        peripherals: None,
+    };
+    for side in [&mut qemu, &mut ours] {
+        side.guest.write(0, DEVFN, 0x10, 4, BAR as u32);
+        side.guest.write(0, DEVFN, 0x04, 2, 0x2);
+    }
+
+    let mut mismatches = Vec::new();
+    let mut all = vec![(
+        "power-on state (a write to read-only Base Offset)",
+        Step::Bar(0, 4, 0),
+    )];
+    all.extend(qmp_steps());
+    let n = all.len();
+    for (name, step) in &all {
+        let q = qemu.run(step, true);
+        let o = ours.run(step, false);
+        if q != o {
+            mismatches.push(format!("{name}:\n    qemu   {q:x?}\n    pcierc {o:x?}"));
+        }
+    }
+    eprintln!(
+        "{n} steps through QMP against {qemu_bin:?} -M {qemu_machine}: {} differ",
+        mismatches.len()
+    );
+    assert_no_mismatches(&mismatches, || {
+        format!(
+            "{} of {n} SHPC hot-plug steps through QMP differ from {qemu_bin:?} -M {qemu_machine}",
             mismatches.len()
         )
     });

@@ -256,10 +256,9 @@ fn device_add(args: &mut Args) -> Result<DeviceAdd, QmpError> {
     let bus = args.string("bus")?;
     let addr = match args.take("addr") {
         None => None,
-        Some(Value::String(s)) => Some(parse_devfn(&s).map_err(|e| {
-            QmpError::generic(format!(
-                "Property '{driver}.addr' doesn't take value '{s}': {e}"
-            ))
+        // QEMU's message exactly (set_pci_devfn()), without the reason.
+        Some(Value::String(s)) => Some(parse_devfn(&s).map_err(|_| {
+            QmpError::generic(format!("Property '{driver}.addr' doesn't take value '{s}'"))
         })?),
         Some(Value::Number(n)) => {
             let devfn = n

@@ -250,6 +250,11 @@ impl PciePciBridge {
         self.shpc.slot_status(device)
     }
 
+    /// SHPC Slot Status of every slot, device 1 first.
+    pub fn slot_statuses(&self) -> [u16; shpc::NSLOTS_MAX as usize] {
+        self.shpc.slot_statuses()
+    }
+
     /// Is a card in `device`'s slot?
     pub fn slot_occupied(&self, device: u8) -> bool {
         self.shpc.occupied(device)
@@ -302,6 +307,16 @@ impl PciePciBridge {
             e |= Effects::SLOT;
         }
         e
+    }
+
+    /// `Effects::SLOT` when a slot's status (state, indicators, MRL, presence) differs from
+    /// `before`: a command the guest issued, for whoever reports slots.
+    fn slots_moved(&self, before: &[u16; shpc::NSLOTS_MAX as usize]) -> Effects {
+        if self.shpc.slot_statuses() != *before {
+            Effects::SLOT
+        } else {
+            Effects::empty()
+        }
     }
 
     /// After a register set access that reached it: released cards recorded, interrupt updated.
@@ -397,9 +412,10 @@ impl PciFunction for PciePciBridge {
                 self.set_intx(false);
             }
         }
+        let slots = self.shpc.slot_statuses();
         let r = self.shpc.write_config(&mut self.space, offset, width);
         self.after_shpc(r);
-        watched.effects(&self.space, WATCHED_BAR) | self.queued()
+        watched.effects(&self.space, WATCHED_BAR) | self.queued() | self.slots_moved(&slots)
     }
 
     fn bars(&self) -> Vec<BarMapping> {
@@ -421,11 +437,12 @@ impl PciFunction for PciePciBridge {
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, width: Width, value: u64) -> Effects {
+        let slots = self.shpc.slot_statuses();
         if bar == SHPC_BAR {
             let r = self.shpc.bar_write(offset, width, value);
             self.after_shpc(r);
         }
-        self.queued()
+        self.queued() | self.slots_moved(&slots)
     }
 
     /// QEMU's `pcie_pci_bridge_reset()` (`pci_bridge_reset()`: bus numbers, latency timer,

@@ -53,8 +53,29 @@ impl SlotView {
     }
 }
 
+/// What the control socket reports of a `pcie-pci-bridge`'s SHPC slot (SHPC 1.0 Logical Slot
+/// Register, Slot Status): the slot state, the power and attention indicators (the same
+/// encodings as PCIe's: 01b on, 10b blink, 11b off) and PRSNT1#/PRSNT2# (11b: empty).
+fn shpc_view(status: u16) -> u16 {
+    use crate::pci::caps::shpc::{
+        SLOT_ATTN_LED_MASK, SLOT_PWR_LED_MASK, SLOT_STATE_MASK, SLOT_STATUS_PRSNT_MASK,
+    };
+    status & (SLOT_STATE_MASK | SLOT_PWR_LED_MASK | SLOT_ATTN_LED_MASK | SLOT_STATUS_PRSNT_MASK)
+}
+
+/// An SHPC slot's state is power-only (1) or enabled (2): powered.
+fn shpc_powered(status: u16) -> bool {
+    matches!(status & crate::pci::caps::shpc::SLOT_STATE_MASK, 1 | 2)
+}
+
+/// A card is in the SHPC slot (PRSNT1#/PRSNT2# not 11b).
+fn shpc_present(status: u16) -> bool {
+    status & crate::pci::caps::shpc::SLOT_STATUS_PRSNT_MASK
+        != crate::pci::caps::shpc::SLOT_STATUS_PRSNT_MASK
+}
+
 /// The control plane's state: events not yet taken, `device_del` requests the guest has not
-/// completed, and each root port's slot as last reported.
+/// completed, and each root port's and SHPC slot as last reported.
 #[derive(Default)]
 pub struct ControlPlane {
     events: Vec<ControlEvent>,
@@ -62,6 +83,8 @@ pub struct ControlPlane {
     unplug_requests: BTreeMap<String, Instant>,
     /// Each root port's slot as last reported on the control socket.
     slots: Vec<SlotView>,
+    /// Each `pcie-pci-bridge`'s SHPC slots as last reported: (bridge id, device, view).
+    shpc_slots: Vec<(String, u8, u16)>,
 }
 
 /// The QMP error for a refused hierarchy operation.
@@ -78,12 +101,6 @@ fn is_port(h: &Hierarchy, id: &str) -> bool {
 
 fn is_bridge(h: &Hierarchy, id: &str) -> bool {
     h.spec().bridges.iter().any(|b| b.config.id == id)
-}
-
-/// Hot-plug below a `pcie-pci-bridge` (its SHPC) is not driven by the hierarchy yet
-/// (docs/qemu-compat.md, "`pcie-pci-bridge`"): said so by name rather than "not found".
-fn bridge_hotplug_not_yet(bridge: &str) -> ControlError {
-    format!("Bus '{bridge}': hot-plug below a pcie-pci-bridge is not supported yet").into()
 }
 
 impl ControlPlane {
@@ -135,6 +152,46 @@ impl ControlPlane {
             }
         }
         self.slots = views;
+        self.shpc_slot_events(segments);
+    }
+
+    /// [`ControlPlane::slot_events`] for the SHPC slots of every `pcie-pci-bridge`: `port` is
+    /// the bridge's id, `slot` the device number (1-31); `power` follows the slot state
+    /// (power-only or enabled: on).
+    fn shpc_slot_events(&mut self, segments: &Segments) {
+        let views: Vec<(String, u8, u16)> = segments
+            .iter()
+            .flat_map(|h| h.spec().bridges.iter().zip(h.bridges()))
+            .flat_map(|(spec, b)| {
+                b.slot_statuses()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, st)| (spec.config.id.clone(), i as u8 + 1, shpc_view(st)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let keys = |v: &[(String, u8, u16)]| -> Vec<(String, u8)> {
+            v.iter().map(|(id, d, _)| (id.clone(), *d)).collect()
+        };
+        if keys(&self.shpc_slots) == keys(&views) {
+            for ((_, _, old), (id, device, new)) in self.shpc_slots.iter().zip(&views) {
+                if old == new {
+                    continue;
+                }
+                self.events.push(ControlEvent {
+                    name: "X_PCIERC_SLOT_CHANGED",
+                    data: serde_json::json!({
+                        "port": id,
+                        "slot": device,
+                        "power": if shpc_powered(*new) { "on" } else { "off" },
+                        "power-indicator": SlotView::indicator(*new >> 2),
+                        "attention-indicator": SlotView::indicator(*new >> 4),
+                        "present": shpc_present(*new),
+                    }),
+                });
+            }
+        }
+        self.shpc_slots = views;
     }
 
     /// Function `id` is gone: its `device_del` (if any) is complete; `DEVICE_DELETED`.
@@ -152,10 +209,8 @@ impl ControlPlane {
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
-        if is_bridge(h, &req.bus) {
-            return Err(bridge_hotplug_not_yet(&req.bus));
-        }
-        if !is_port(h, &req.bus) {
+        // A root or downstream port's slot, or a `pcie-pci-bridge`'s SHPC slots.
+        if !is_port(h, &req.bus) && !is_bridge(h, &req.bus) {
             return Err(format!("Bus '{}' not found", req.bus).into());
         }
         let owner = req
@@ -181,21 +236,23 @@ impl ControlPlane {
     /// the effects are reported, the caller records the request with
     /// [`ControlPlane::unplug_requested`].
     pub fn device_del(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        if is_port(h, id) {
+        // The ports and bridges pcierc emulates are not hot-unplugged (QEMU's message for
+        // those on pcie.0).
+        if is_port(h, id) || is_bridge(h, id) {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
         let Some(e) = h.endpoint(id) else {
             return Err(ControlError::DeviceNotFound(id.into()));
         };
-        if is_bridge(h, &e.bus) {
-            return Err(bridge_hotplug_not_yet(&e.bus));
-        }
-        // qdev_unplug(): a request still pending is not repeated (a second attention-button
-        // press would cancel the first in the guest's pciehp).
-        if self
-            .unplug_requests
-            .get(id)
-            .is_some_and(|t| t.elapsed() < UNPLUG_PENDING)
+        // qdev_unplug(): a PCIe slot's request still pending is not repeated (a second
+        // attention-button press would cancel the first in the guest's pciehp). QEMU's SHPC
+        // sets no pending deadline (shpc_device_unplug_request_cb()): below a bridge every
+        // device_del presses the button again.
+        if !is_bridge(h, &e.bus)
+            && self
+                .unplug_requests
+                .get(id)
+                .is_some_and(|t| t.elapsed() < UNPLUG_PENDING)
         {
             return Err(format!("Device {id} is already in the process of unplug").into());
         }
@@ -243,10 +300,62 @@ impl ControlPlane {
         h.surprise_remove(id).map_err(control_error)
     }
 
-    /// Every slot of every segment (root and switch downstream ports) and the functions
-    /// behind it.
+    /// Every slot of every segment (root and switch downstream ports, then the SHPC slots of
+    /// the `pcie-pci-bridge`s that hold a card) and the functions behind it.
     pub fn slots(&self, segments: &Segments) -> Vec<SlotInfo> {
-        segments.iter().flat_map(|h| self.slots_of(h)).collect()
+        segments
+            .iter()
+            .flat_map(|h| {
+                let mut v = self.slots_of(h);
+                v.extend(self.shpc_slots_of(h));
+                v
+            })
+            .collect()
+    }
+
+    fn slot_device(&self, e: &EndpointSpec) -> SlotDevice {
+        SlotDevice {
+            id: e.id.clone(),
+            driver: e.driver.clone(),
+            owner: e.owner.clone(),
+            addr: e.addr,
+            state: if self.unplug_requests.contains_key(&e.id) {
+                DeviceState::UnplugPending
+            } else {
+                DeviceState::Present
+            },
+        }
+    }
+
+    /// The SHPC slots holding a card: `port` the bridge's id, `chassis` 0, `slot` the device
+    /// number, `bus` the bridge's secondary bus, `powered` the slot state (power-only or
+    /// enabled).
+    fn shpc_slots_of(&self, h: &Hierarchy) -> Vec<SlotInfo> {
+        let mut out = Vec::new();
+        for (spec, b) in h.spec().bridges.iter().zip(h.bridges()) {
+            for (i, status) in b.slot_statuses().into_iter().enumerate() {
+                let device = i as u8 + 1;
+                let devices: Vec<SlotDevice> = h
+                    .spec()
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.bus == spec.config.id && e.addr.device() == device)
+                    .map(|e| self.slot_device(e))
+                    .collect();
+                if devices.is_empty() && !b.slot_occupied(device) {
+                    continue;
+                }
+                out.push(SlotInfo {
+                    port: spec.config.id.clone(),
+                    chassis: 0,
+                    slot: device.into(),
+                    bus: b.secondary_bus(),
+                    powered: shpc_powered(status),
+                    devices,
+                });
+            }
+        }
+        out
     }
 
     fn slots_of(&self, h: &Hierarchy) -> Vec<SlotInfo> {
@@ -267,17 +376,7 @@ impl ControlPlane {
                     .endpoints
                     .iter()
                     .filter(|e| e.bus == spec.config.id)
-                    .map(|e| SlotDevice {
-                        id: e.id.clone(),
-                        driver: e.driver.clone(),
-                        owner: e.owner.clone(),
-                        addr: e.addr,
-                        state: if self.unplug_requests.contains_key(&e.id) {
-                            DeviceState::UnplugPending
-                        } else {
-                            DeviceState::Present
-                        },
-                    })
+                    .map(|e| self.slot_device(e))
                     .collect(),
             })
             .collect()
@@ -301,21 +400,84 @@ mod tests {
     }
 
     #[test]
-    fn hot_plug_below_a_bridge_is_refused_by_name() {
+    fn hot_plug_below_a_bridge_follows_the_shpc() {
         let mut spec = TopologySpec::embedded_default().unwrap();
         spec.add_device_option("pcie-pci-bridge,id=br1,bus=rp1")
             .unwrap();
         spec.add_device_option("e1000,id=n1,bus=br1,addr=1,owner=qemu")
             .unwrap();
         let mut h = Hierarchy::new(spec).unwrap();
-        let c = ControlPlane::default();
-        let not_yet = Err(ControlError::Generic(
-            "Bus 'br1': hot-plug below a pcie-pci-bridge is not supported yet".into(),
-        ));
-        assert_eq!(c.device_add(&mut h, &add("n2", "br1")), not_yet);
-        assert_eq!(c.device_del(&mut h, "n1"), not_yet);
-        assert!(h.endpoint("n1").is_some(), "n1 stays");
-        assert!(h.take_events().is_empty());
+        let mut c = ControlPlane::default();
+        c.slot_events(&Segments::from(h.clone()));
+        assert!(c.take_events().is_empty(), "the power-on state recorded");
+        // Without addr QEMU takes devfn 0, which has no SHPC slot.
+        assert_eq!(
+            c.device_add(&mut h, &add("n2", "br1")),
+            Err(ControlError::Generic(
+                "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are \
+                 between 1 and 31."
+                    .into()
+            ))
+        );
+        let at = |addr| DeviceAdd {
+            addr: Some(DevFn(addr)),
+            ..add("n2", "br1")
+        };
+        assert_eq!(
+            c.device_add(&mut h, &at(0x08)),
+            Err(ControlError::Generic(
+                "PCI: slot 1 function 0 not available for virtio-net-pci, in use by e1000,id=n1"
+                    .into()
+            ))
+        );
+        assert!(c.device_add(&mut h, &at(0x10)).is_ok());
+        assert_eq!(h.endpoint("n2").map(|e| e.owner.as_str()), Some("vmm"));
+        // The SHPC slot's change on the control socket, and both slots listed.
+        c.slot_events(&Segments::from(h.clone()));
+        let ev = c.take_events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            ev[0].data,
+            serde_json::json!({"port": "br1", "slot": 2, "power": "off",
+                               "power-indicator": "off", "attention-indicator": "reserved",
+                               "present": true})
+        );
+        let slots: Vec<(String, u16, bool, Vec<String>)> = c
+            .slots(&Segments::from(h.clone()))
+            .into_iter()
+            .filter(|s| s.port == "br1")
+            .map(|s| {
+                (
+                    s.port,
+                    s.slot,
+                    s.powered,
+                    s.devices.into_iter().map(|d| d.id).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            slots,
+            [
+                ("br1".to_string(), 1, true, vec!["n1".to_string()]),
+                ("br1".to_string(), 2, false, vec!["n2".to_string()]),
+            ]
+        );
+        // The cold-plugged n1's slot is enabled: device_del presses the attention button, and
+        // again (QEMU's SHPC keeps no pending request).
+        assert!(c.device_del(&mut h, "n1").is_ok());
+        c.unplug_requested("n1");
+        assert!(c.device_del(&mut h, "n1").is_ok());
+        assert!(h.endpoint("n1").is_some());
+        // n2's slot is still disabled with its power indicator off: gone at once.
+        assert!(c.device_del(&mut h, "n2").is_ok());
+        assert!(h.endpoint("n2").is_none());
+        // The bridge itself is not hot-unplugged.
+        assert_eq!(
+            c.device_del(&mut h, "br1"),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use log::info;
 use pcierc_protocol::{decode_name, ConnectionId, FunctionClaim, FunctionRelease, Status};
 
+use crate::pci::caps::shpc::ShpcError;
 use crate::pci::{Effects, SlotError};
 use crate::topology::hierarchy::HotplugError;
 use crate::topology::spec::EndpointSpec;
@@ -18,7 +19,12 @@ fn status(e: &HotplugError) -> Status {
     match e {
         HotplugError::UnknownId(_) | HotplugError::NotHotpluggable(_) => Status::NoDevice,
         HotplugError::Duplicate(_) => Status::Exists,
-        HotplugError::Slot {
+        HotplugError::Shpc {
+            source: ShpcError::Occupied(_) | ShpcError::PowerIndicatorBlinking(_),
+            ..
+        }
+        | HotplugError::DevfnInUse { .. }
+        | HotplugError::Slot {
             source: SlotError::Occupied,
             ..
         }
@@ -28,6 +34,7 @@ fn status(e: &HotplugError) -> Status {
         | HotplugError::HotUnplugUnsupported(_)
         | HotplugError::BusNoHotplug(_) => Status::Permission,
         HotplugError::Slot { .. }
+        | HotplugError::Shpc { .. }
         | HotplugError::InvalidOwner(_)
         | HotplugError::FunctionZeroFirst { .. }
         | HotplugError::Topology(_)
@@ -200,6 +207,42 @@ mod tests {
         h.pio_write(0xcfc, 4, 0xb000_0001).unwrap();
         h.mmio_write(0xb001_006c, 2, 0x0800).unwrap();
         assert_eq!(o.claim(&mut h, vmm, &hot("net1", "rp1")), Err(Status::Busy));
+    }
+
+    #[test]
+    fn claims_below_a_bridge_fill_its_shpc_slots() {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.add_device_option("pcie-pci-bridge,id=br1,bus=rp1")
+            .unwrap();
+        let mut h = Hierarchy::new(spec).unwrap();
+        let mut o = Ownership::default();
+        let vmm = ConnectionId(1);
+        o.identify(vmm, "vmm");
+        let at = |id: &str, devfn: u8, flags: u8| FunctionClaim {
+            devfn,
+            flags,
+            ..claim(id, "br1")
+        };
+        // Device 0 has no SHPC slot; device 2 is free, then taken.
+        assert_eq!(o.claim(&mut h, vmm, &at("n0", 0, 0)), Err(Status::Invalid));
+        assert!(o.claim(&mut h, vmm, &at("n2", 0x10, 0)).is_ok());
+        assert!(h.bridges()[0].slot_occupied(2));
+        assert_eq!(o.claim(&mut h, vmm, &at("n3", 0x10, 0)), Err(Status::Busy));
+        assert!(o
+            .claim(&mut h, vmm, &at("n4", 0x20, FunctionClaim::COLDPLUG))
+            .is_ok());
+        // Cold-plugged: enabled with its power indicator on (SHPC state 2, LED 1).
+        assert_eq!(h.bridges()[0].slot_status(4).map(|s| s & 0xf), Some(0x6));
+        // The hot-added card's slot is still disabled with its indicator off: an orderly
+        // release gives it up at once.
+        let orderly = FunctionRelease {
+            flags: 0,
+            ..release("n2")
+        };
+        assert!(o.release(&mut h, vmm, &orderly).is_ok());
+        assert!(h.endpoint("n2").is_none());
+        assert!(o.release(&mut h, vmm, &release("n4")).is_ok());
+        assert!(!h.bridges()[0].slot_occupied(4));
     }
 
     #[test]

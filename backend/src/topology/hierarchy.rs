@@ -14,6 +14,7 @@ use crate::topology::report::DescribeCache;
 use crate::topology::spec::EndpointSpec;
 use crate::topology::StateError;
 
+mod bridge_hotplug;
 mod bridges;
 mod hotplug;
 mod routing;

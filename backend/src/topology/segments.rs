@@ -91,6 +91,7 @@ impl Segments {
                 h.host_bridge_id() == id
                     || h.endpoint(id).is_some()
                     || h.spec().root_ports.iter().any(|p| p.config.id == id)
+                    || h.spec().bridges.iter().any(|b| b.config.id == id)
             })
             .map_or(0, |h| h.spec().segment)
     }
@@ -216,8 +217,11 @@ impl Segments {
                 }
                 return r;
             }
-            // What `describe` lists for it: the host bridge, the ports, the endpoints.
-            offset += (1 + h.spec().root_ports.len() + h.spec().endpoints.len()) as u16;
+            // What `describe` lists for it: the host bridge, the ports, the bridges, the
+            // endpoints.
+            let spec = h.spec();
+            offset +=
+                (1 + spec.root_ports.len() + spec.bridges.len() + spec.endpoints.len()) as u16;
         }
         self.primary().endpoint_record(e)
     }

@@ -8,7 +8,9 @@
 //! A page is [`EcamPage::Trap`] (left unmapped: its accesses trap and are forwarded) when
 //! another emulator serves the function (`EREMOTE`), and, while absent, when a function may
 //! appear there without a guest write: device 0 (functions 0-7) on the secondary bus of every
-//! bridge pcierc emulates, where an emulator's function arrives by hot-plug or `ClaimFunction`.
+//! bridge pcierc emulates, and every device on the conventional secondary bus of a PCI
+//! Express to PCI bridge (a `pcie-pci-bridge`, whose SHPC slots are devices 1-31), where an
+//! emulator's function arrives by hot-plug or `ClaimFunction`.
 //! Those changes reach a frontend after the backend raised the interrupt that announces them,
 //! so a mapped all-ones page could still answer the guest's first read of the new function.
 
@@ -69,6 +71,51 @@ impl EcamLayout {
 const HEADER_TYPE: usize = 0x0e;
 /// Secondary Bus Number (PCI-to-PCI Bridge 1.2 §3.2.5.3).
 const SECONDARY_BUS: usize = 0x19;
+/// Status register; bit 4 Capabilities List (PCI Local Bus 3.0 §6.2.3).
+const STATUS: usize = 0x06;
+const STATUS_CAP_LIST: u8 = 0x10;
+/// Capabilities Pointer (PCI Local Bus 3.0 §6.7).
+const CAP_PTR: usize = 0x34;
+/// Capability IDs: Standard Hot-Plug Controller (PCI Local Bus 3.0 Appendix H), PCI Express.
+const CAP_ID_SHPC: u8 = 0x0c;
+const CAP_ID_EXP: u8 = 0x10;
+/// PCI Express Capabilities Register Device/Port Type (bits 7:4) of a PCI Express to
+/// PCI/PCI-X Bridge (PCIe Base 6.0 §7.5.3.2).
+const TYPE_PCIE_TO_PCI: u8 = 0x7;
+
+/// Which devices of a bridge's secondary bus may get a function without a guest write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HotBus {
+    /// Not a bridge's secondary bus.
+    No,
+    /// Device 0 only: below a PCI Express port (PCIe Base 6.0 §7.3.1).
+    Device0,
+    /// Every device: a conventional bus with hot-plug slots at any device number.
+    Whole,
+}
+
+/// Does the type 1 image `byte` reads hold a conventional bus whose hot-plug slots are at
+/// every device number: an SHPC capability, or a PCI Express to PCI bridge?
+fn conventional_hotplug(byte: &dyn Fn(usize) -> Option<u8>) -> Option<bool> {
+    if byte(STATUS)? & STATUS_CAP_LIST == 0 {
+        return Some(false);
+    }
+    let mut at = byte(CAP_PTR)? & 0xfc;
+    // At most 48 capabilities fit in the 192 bytes after the header: a loop ends there.
+    for _ in 0..48 {
+        if at < 0x40 {
+            break;
+        }
+        let id = byte(usize::from(at))?;
+        if id == CAP_ID_SHPC
+            || id == CAP_ID_EXP && byte(usize::from(at) + 2)? >> 4 == TYPE_PCIE_TO_PCI
+        {
+            return Some(true);
+        }
+        at = byte(usize::from(at) + 1)? & 0xfc;
+    }
+    Some(false)
+}
 
 impl SnapshotReader {
     /// The ECAM window's pages as the snapshot routes them now, consistently; `None` when the
@@ -96,7 +143,7 @@ impl SnapshotReader {
             {
                 return None;
             }
-            let mut hot = [false; 256];
+            let mut hot = [HotBus::No; 256];
             for n in 0..self.functions {
                 let image = IMAGES_OFFSET + n * IMAGE_SIZE;
                 let byte = |off: usize| {
@@ -108,7 +155,11 @@ impl SnapshotReader {
                 if byte(HEADER_TYPE)? & 0x7f == 1 {
                     let sec = byte(SECONDARY_BUS)?;
                     if sec != 0 {
-                        hot[usize::from(sec)] = true;
+                        hot[usize::from(sec)] = if conventional_hotplug(&byte)? {
+                            HotBus::Whole
+                        } else {
+                            HotBus::Device0
+                        };
                     }
                 }
             }
@@ -120,7 +171,8 @@ impl SnapshotReader {
                         atomic::<AtomicU16>(&self.region, ROUTES_OFFSET + 2 * (bus << 8 | devfn))
                             .load(Ordering::Relaxed);
                     match route {
-                        ROUTE_ABSENT if hot[bus] && devfn < 8 => EcamPage::Trap,
+                        ROUTE_ABSENT if hot[bus] == HotBus::Whole => EcamPage::Trap,
+                        ROUTE_ABSENT if hot[bus] == HotBus::Device0 && devfn < 8 => EcamPage::Trap,
                         ROUTE_ABSENT => EcamPage::AllOnes,
                         ROUTE_REMOTE => EcamPage::Trap,
                         n if usize::from(n - 1) < self.functions => EcamPage::Image(
@@ -208,6 +260,51 @@ mod tests {
         assert_eq!(r.routing_epoch(), epoch + 2);
         assert_eq!(r.ecam_layout().unwrap().base, 0xe000_0000);
         assert_eq!(r.try_clone().unwrap().ecam_layout(), r.ecam_layout());
+
+        // A pcie-pci-bridge (PCI Express to PCI bridge with an SHPC) renumbered to bus 1: every
+        // absent device of its conventional bus traps (SHPC slots 1-31), not device 0 only.
+        let mut pcie_pci = vec![0u8; 4096];
+        pcie_pci[HEADER_TYPE] = 1;
+        pcie_pci[SECONDARY_BUS] = 1;
+        pcie_pci[STATUS] = STATUS_CAP_LIST;
+        pcie_pci[CAP_PTR] = 0x40;
+        pcie_pci[0x40] = CAP_ID_SHPC;
+        pcie_pci[0x41] = 0x48;
+        pcie_pci[0x48] = CAP_ID_EXP;
+        pcie_pci[0x4a] = 0x72;
+        for (with_shpc, with_type) in [(true, true), (true, false), (false, true)] {
+            let mut image = pcie_pci.clone();
+            if !with_shpc {
+                image[CAP_PTR] = 0x48;
+            }
+            if !with_type {
+                image[0x4a] = 0x42;
+            }
+            w.begin();
+            w.set_image(1, &image);
+            w.set_header(&header);
+            w.end();
+            let l = r.ecam_layout().unwrap();
+            assert_eq!(l.pages[256], EcamPage::Trap);
+            assert_eq!(l.pages[256 + 8], EcamPage::Trap, "device 1");
+            assert_eq!(l.pages[256 + 255], EcamPage::Trap, "device 31");
+            assert_eq!(l.pages[0x08], EcamPage::AllOnes, "bus 0 unchanged");
+        }
+        // A root port (PCI Express capability, type 4, no SHPC): device 0 only.
+        let mut image = pcie_pci.clone();
+        image[CAP_PTR] = 0x48;
+        image[0x4a] = 0x42;
+        // A capability list that loops on itself ends.
+        let mut looping = image.clone();
+        looping[0x49] = 0x48;
+        for image in [image, looping] {
+            w.begin();
+            w.set_image(1, &image);
+            w.end();
+            let l = r.ecam_layout().unwrap();
+            assert_eq!(l.pages[256], EcamPage::Trap);
+            assert_eq!(l.pages[256 + 8], EcamPage::AllOnes);
+        }
 
         // ECAM off: no pages.
         w.begin();

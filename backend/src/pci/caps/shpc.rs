@@ -723,6 +723,11 @@ impl Shpc {
         Ok(())
     }
 
+    /// Slot Status of every slot, logical slot 1 first.
+    pub fn slot_statuses(&self) -> [u16; NSLOTS_MAX as usize] {
+        std::array::from_fn(|i| self.word(slot_reg(i as u8)))
+    }
+
     /// Slot Status of `device`'s slot (bits 15:0 of its Logical Slot Register).
     pub fn slot_status(&self, device: u8) -> Option<u16> {
         Self::slot_of(device).ok().map(|i| self.word(slot_reg(i)))

@@ -211,22 +211,7 @@ impl Hierarchy {
             return Effects::empty();
         };
         let devices = b.take_released();
-        if devices.is_empty() {
-            return Effects::empty();
-        }
-        let id = self.spec.bridges[j].config.id.clone();
-        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.spec.endpoints)
-            .into_iter()
-            .partition(|e| e.bus == id && devices.contains(&e.addr.device()));
-        self.spec.endpoints = kept;
-        self.rebuild_slots();
-        for endpoint in gone {
-            self.events.push(HierarchyEvent::FunctionRemoved {
-                endpoint,
-                surprise: false,
-            });
-        }
-        self.generation += 1;
+        self.remove_below_bridge(j, &devices, false);
         Effects::empty()
     }
 

@@ -10,6 +10,7 @@ use thiserror::Error;
 use super::{Hierarchy, HierarchyEvent};
 use crate::devices::BridgeKind;
 use crate::pci::caps::aer::InjectError;
+use crate::pci::caps::shpc::ShpcError;
 use crate::pci::port::{PortFunction, UnplugRequest};
 use crate::pci::{AerError, Effects, ErrorSeverity, SlotError, SlotEvent};
 use crate::topology::spec::{valid_name, EndpointSpec};
@@ -70,6 +71,33 @@ pub enum HotplugError {
     /// The guest is busy with the slot (its power indicator blinks).
     #[error("Hot-unplug failed: guest is busy (power indicator blinking)")]
     PowerIndicatorBlinking(String),
+    /// The function's device and function number on a `pcie-pci-bridge`'s bus are taken:
+    /// QEMU 7.2's `do_pci_register_device()` message.
+    #[error(
+        "PCI: slot {device} function {function} not available for {driver}, in use by {other_driver},id={other}"
+    )]
+    DevfnInUse {
+        /// Device number.
+        device: u8,
+        /// Function number.
+        function: u8,
+        /// The new function's driver.
+        driver: String,
+        /// The driver of the function there.
+        other_driver: String,
+        /// The id of the function there.
+        other: String,
+    },
+    /// A `pcie-pci-bridge`'s SHPC refused it (QEMU's messages where QEMU has one: device 0 has
+    /// no slot; QEMU 10.0 refuses a removal while the power indicator blinks).
+    #[error("{source}")]
+    Shpc {
+        /// The bridge id.
+        bridge: String,
+        /// What the SHPC said.
+        #[source]
+        source: ShpcError,
+    },
     /// The slot state machine refused it.
     #[error("slot of {port}: {source}")]
     Slot {
@@ -265,17 +293,13 @@ impl Hierarchy {
     }
 
     fn plug(&mut self, endpoint: EndpointSpec, cold: bool) -> Result<Effects, HotplugError> {
+        if let Some(j) = self.bridge_index(&endpoint.bus) {
+            return self.plug_below_bridge(j, endpoint, cold);
+        }
         let port = self
             .port_index(&endpoint.bus)
             .ok_or_else(|| HotplugError::NotHotpluggable(endpoint.bus.clone()))?;
-        // Ports pcierc emulates are declared when it starts, not hot-plugged (QEMU's driver
-        // names of its port models are not functions another emulator serves).
-        if crate::devices::RootPortModel::from_driver(&endpoint.driver).is_some() {
-            return Err(TopologyError::PortAsDevice { id: endpoint.id }.into());
-        }
-        if endpoint.driver == crate::topology::pcie_pci_bridge::DRIVER {
-            return Err(TopologyError::BridgeAsDevice { id: endpoint.id }.into());
-        }
+        Self::not_emulated(&endpoint)?;
         // A switch's upstream port has no slot: only root and downstream ports take cards.
         if !self.ports[port].kind().has_slot() {
             return Err(HotplugError::NotHotpluggable(endpoint.bus));
@@ -284,15 +308,7 @@ impl Hierarchy {
             // QEMU 10.0 asks the bus before it looks at the id (qdev_device_add_from_qdict()).
             self.bus_takes_hotplug(port)?;
         }
-        if !valid_name(&endpoint.owner) {
-            return Err(HotplugError::InvalidOwner(endpoint.owner));
-        }
-        if self.endpoint(&endpoint.id).is_some()
-            || self.port_index(&endpoint.id).is_some()
-            || self.spec.bridges.iter().any(|b| b.config.id == endpoint.id)
-        {
-            return Err(HotplugError::Duplicate(endpoint.id));
-        }
+        self.owner_and_id_free(&endpoint)?;
         if !cold {
             // QEMU 7.2 checks the slot (pcie_cap_slot_pre_plug_cb()) before the address.
             self.ports[port]
@@ -330,14 +346,51 @@ impl Hierarchy {
         Ok(self.after_port(port, fx))
     }
 
+    /// Functions pcierc emulates are declared when it starts, not hot-plugged (QEMU's driver
+    /// names of its port models and of the `pcie-pci-bridge` are not functions another
+    /// emulator serves).
+    pub(super) fn not_emulated(endpoint: &EndpointSpec) -> Result<(), HotplugError> {
+        if crate::devices::RootPortModel::from_driver(&endpoint.driver).is_some() {
+            return Err(TopologyError::PortAsDevice {
+                id: endpoint.id.clone(),
+            }
+            .into());
+        }
+        if endpoint.driver == crate::topology::pcie_pci_bridge::DRIVER {
+            return Err(TopologyError::BridgeAsDevice {
+                id: endpoint.id.clone(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// A new function's owner is a valid emulator name and its id is not taken.
+    pub(super) fn owner_and_id_free(&self, endpoint: &EndpointSpec) -> Result<(), HotplugError> {
+        if !valid_name(&endpoint.owner) {
+            return Err(HotplugError::InvalidOwner(endpoint.owner.clone()));
+        }
+        if self.endpoint(&endpoint.id).is_some()
+            || self.port_index(&endpoint.id).is_some()
+            || self.bridge_index(&endpoint.id).is_some()
+        {
+            return Err(HotplugError::Duplicate(endpoint.id.clone()));
+        }
+        Ok(())
+    }
+
     /// Ask for the removal of a function behind a port, by QEMU's rules
     /// ([`PciePort::unplug_request`](crate::pci::port::PciePort::unplug_request)): refused when
     /// the port has `hotplug=off` (QEMU 10.0's qdev check, by machine type), when the slot is
     /// not hot-plug capable, is interlocked or its power indicator blinks; a slot
     /// the guest keeps powered off gives its functions up at once; otherwise the attention
     /// button is pressed and they are gone once the guest powers the slot off. Either way a
-    /// `FunctionRemoved` event says when.
+    /// `FunctionRemoved` event says when. Below a `pcie-pci-bridge` the SHPC's rules apply
+    /// instead (QEMU's `shpc_device_unplug_request_cb()`, `bridge_hotplug.rs`).
     pub fn request_removal(&mut self, id: &str) -> Result<Effects, HotplugError> {
+        if let Some((j, device)) = self.below_bridge(id) {
+            return self.request_removal_below_bridge(j, device);
+        }
         let port = self.port_of(id)?;
         self.bus_takes_hotplug(port)?;
         match self.ports[port]
@@ -357,6 +410,9 @@ impl Hierarchy {
     /// Surprise removal: the card is pulled without asking (Slot Capabilities Hot-Plug Surprise,
     /// which QEMU's root ports advertise).
     pub fn surprise_remove(&mut self, id: &str) -> Result<Effects, HotplugError> {
+        if let Some((j, device)) = self.below_bridge(id) {
+            return self.surprise_remove_below_bridge(j, device);
+        }
         let port = self.port_of(id)?;
         if !self.ports[port].slot_occupied() {
             return Err(HotplugError::Slot {

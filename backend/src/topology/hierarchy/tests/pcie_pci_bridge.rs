@@ -401,3 +401,215 @@ fn the_bridges_msi_is_found_by_address() {
     assert!(h.msi_route(0, BR0, 0).is_some());
     assert_eq!(h.msi_route(0, BR0, 1), None);
 }
+
+fn e1000(id: &str, bus: &str, addr: u8) -> EndpointSpec {
+    EndpointSpec {
+        id: id.into(),
+        driver: "e1000".into(),
+        bus: bus.into(),
+        addr: DevFn(addr),
+        owner: "vmm".into(),
+        multifunction: false,
+    }
+}
+
+fn added_and_removed(h: &mut Hierarchy) -> (Vec<String>, Vec<(String, bool)>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for e in h.take_events() {
+        match e {
+            HierarchyEvent::FunctionAdded { endpoint } => added.push(endpoint.id),
+            HierarchyEvent::FunctionRemoved { endpoint, surprise } => {
+                removed.push((endpoint.id, surprise))
+            }
+            _ => {}
+        }
+    }
+    (added, removed)
+}
+
+/// SHPC Logical Slot Register of device `d` through the BAR at 0xfe800000.
+fn slot_reg(h: &mut Hierarchy, d: u64) -> u32 {
+    h.mmio_read(0xfe80_0024 + 4 * (d - 1), 4).unwrap() as u32
+}
+
+#[test]
+fn functions_are_hot_plugged_below_a_bridge_through_its_shpc() {
+    let mut h = bridges();
+    number(&mut h);
+    h.config_write(1, 0, 0x10, 4, 0xfe80_0000).unwrap();
+    h.config_write(1, 0, 0x04, 2, 0x0002).unwrap();
+    // The guest unmasks the controller and device 5's events; MSI off, so INTx.
+    h.mmio_write(0xfe80_0020, 4, 0).unwrap();
+    h.mmio_write(0xfe80_0024 + 4 * 4 + 3, 1, 0).unwrap();
+    h.take_events();
+    let generation = h.generation();
+    // Device 0 has no SHPC slot; an address in use is refused by QEMU's PCI core first.
+    let e = h.hot_add(e1000("h0", "br1", 0)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Unsupported PCI slot 0 for standard hotplug controller. Valid slots are between 1 and 31."
+    );
+    let e = h.hot_add(e1000("h1", "br1", 0x08)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "PCI: slot 1 function 0 not available for e1000, in use by e1000,id=n1"
+    );
+    let e = h.hot_add(e1000("h5", "br1", 0x29)).unwrap_err();
+    assert!(matches!(e, HotplugError::FunctionZeroFirst { .. }), "{e}");
+    assert_eq!(
+        h.hot_add(e1000("n1", "br1", 0x28)),
+        Err(HotplugError::Duplicate("n1".into()))
+    );
+    assert_eq!(h.generation(), generation, "nothing changed");
+    assert!(h.take_events().is_empty());
+
+    // Device 5: MRL closed, a card present, button/MRL/presence latched, INTx asserted.
+    let fx = h.hot_add(e1000("h5", "br1", 0x28)).unwrap();
+    assert!(fx.contains(Effects::INTERRUPT), "{fx:?}");
+    assert_eq!(
+        slot_reg(&mut h, 5),
+        0x000d_000f,
+        "disabled, LED off, MRL closed, 7.5 W"
+    );
+    let events = h.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            HierarchyEvent::Interrupt {
+                bus: 1,
+                devfn: 0,
+                interrupt: Interrupt::Intx { asserted: true }
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, HierarchyEvent::FunctionAdded { endpoint } if endpoint.id == "h5")));
+    assert!(h.generation() > generation);
+    assert!(matches!(h.route(2, 0x28), Routed::Remote(_)));
+    assert!(h
+        .endpoint_at(2, 0x28)
+        .is_some_and(|e| e.id == "h5" && e.owner == "vmm"));
+
+    // device_del of a slot still disabled with its indicator off: gone at once (MRL open).
+    h.mmio_write(0xfe80_0026 + 16, 1, 0x1f).unwrap();
+    h.request_removal("h5").unwrap();
+    assert_eq!(added_and_removed(&mut h).1, [("h5".to_string(), false)]);
+    assert_eq!(h.route(2, 0x28), Routed::Absent);
+    assert!(!h.bridges()[0].slot_occupied(5));
+
+    // Again, and the guest enables the slot: device_del presses the button; the card goes when
+    // the guest disables the slot with its power indicator off.
+    h.hot_add(e1000("h5", "br1", 0x28)).unwrap();
+    h.mmio_write(0xfe80_0014, 2, 0x0506).unwrap();
+    assert_eq!(
+        slot_reg(&mut h, 5) & 0xf,
+        0x6,
+        "enabled, power indicator on"
+    );
+    h.take_events();
+    h.request_removal("h5").unwrap();
+    assert!(h.endpoint("h5").is_some(), "pending the guest");
+    assert_ne!(
+        slot_reg(&mut h, 5) & 0x04_0000,
+        0,
+        "Attention Button Pressed latched"
+    );
+    h.request_removal("h5").unwrap();
+    h.mmio_write(0xfe80_0014, 2, 0x050f).unwrap();
+    assert_eq!(added_and_removed(&mut h).1, [("h5".to_string(), false)]);
+
+    // Surprise removal of a cold-plugged card: MRL open, empty; the slot refuses it twice.
+    h.surprise_remove("n2").unwrap();
+    assert_eq!(added_and_removed(&mut h).1, [("n2".to_string(), true)]);
+    assert_eq!(slot_reg(&mut h, 2) & 0xd00, 0xd00, "MRL open, empty");
+    assert_eq!(h.route(2, 0x10), Routed::Absent);
+    assert_eq!(
+        h.surprise_remove("n2"),
+        Err(HotplugError::UnknownId("n2".into()))
+    );
+}
+
+/// The ECAM pages a frontend maps from the snapshot (`snapshot::pages`): on a bridge's
+/// conventional secondary bus every absent device traps (an SHPC slot may get a card by
+/// hot-plug before the frontend hears of it), not device 0 only as below a PCI Express port;
+/// a function hot-added at device 9 is then another emulator's (trapped) too.
+#[test]
+fn mapped_ecam_pages_trap_every_absent_device_below_a_bridge() {
+    use pcierc_protocol::snapshot::pages::EcamPage;
+    use pcierc_protocol::snapshot::{SnapshotReader, SnapshotWriter};
+
+    let mut h = bridges();
+    number(&mut h);
+    // ECAM at 0xb0000000, 256 buses (PCIEXBAR at 0x60, enable bit 0).
+    h.config_write(0, 0, 0x60, 4, 0xb000_0001).unwrap();
+    let n = h.snapshot_functions();
+    let (r, file) = SnapshotReader::create(n).unwrap();
+    let w = SnapshotWriter::new(file, n).unwrap();
+    let write = |h: &Hierarchy| {
+        w.begin();
+        for i in 0..n {
+            w.set_image(i, &h.snapshot_image(i));
+        }
+        w.set_routes(&h.snapshot_routes());
+        w.set_header(&h.snapshot_header());
+        w.end();
+    };
+    write(&h);
+    let page = |r: &SnapshotReader, bus: usize, devfn: usize| {
+        r.ecam_layout().expect("a layout").pages[bus << 8 | devfn]
+    };
+    // rp1's secondary bus 1: br1 at device 0, devices 1-31 absent (all ones).
+    assert!(matches!(page(&r, 1, 0), EcamPage::Image(_)));
+    assert_eq!(page(&r, 1, 0x08), EcamPage::AllOnes);
+    // br1's bus 2 and br0's bus 3: every absent device traps; the functions there are remote.
+    for (bus, devfn) in [
+        (2, 0),
+        (2, 0x18),
+        (2, 0x48),
+        (2, 0xff),
+        (3, 0x08),
+        (3, 0x20),
+    ] {
+        assert_eq!(
+            page(&r, bus, devfn),
+            EcamPage::Trap,
+            "{bus:02x}:{devfn:02x}"
+        );
+    }
+    // Bus 4 is nobody's.
+    assert_eq!(page(&r, 4, 0x48), EcamPage::AllOnes);
+    h.hot_add(e1000("h9", "br1", 0x48)).unwrap();
+    write(&h);
+    assert_eq!(page(&r, 2, 0x48), EcamPage::Trap);
+    assert!(matches!(h.route(2, 0x48), Routed::Remote(_)));
+}
+
+/// A function hot-added below a bridge is in the saved state (the spec's functions and the
+/// SHPC's slot) and comes back with it; after a platform reset its slot is enabled with its
+/// power indicator on, as QEMU's `shpc_reset()` leaves an occupied slot.
+#[test]
+fn hot_added_functions_below_a_bridge_survive_a_restore_and_a_reset() {
+    let mut h = bridges();
+    number(&mut h);
+    h.hot_add(e1000("h9", "br1", 0x48)).unwrap();
+    let status = h.bridges()[0].slot_status(9);
+    let saved = h.save_functions();
+    let mut g = bridges();
+    assert!(!g.bridges()[0].slot_occupied(9));
+    g.restore_functions(0, &saved, h.spec().endpoints.clone(), 1)
+        .unwrap();
+    assert!(g.bridges()[0].slot_occupied(9));
+    assert_eq!(g.bridges()[0].slot_status(9), status);
+    assert_eq!(g.route(2, 0x48), h.route(2, 0x48));
+    assert!(g.endpoint_at(2, 0x48).is_some_and(|e| e.id == "h9"));
+    // The slot was hot-added (disabled, MRL closed); a platform reset enables it.
+    assert_eq!(status.map(|s| s & 0x10f), Some(0x00f));
+    g.reset();
+    assert_eq!(g.bridges()[0].slot_status(9).map(|s| s & 0xf), Some(0x6));
+    assert!(g.endpoint("h9").is_some(), "the card stays in its slot");
+    // And the removal request then presses the button: the card stays until the guest lets go.
+    g.request_removal("h9").unwrap();
+    assert!(g.endpoint("h9").is_some());
+}
