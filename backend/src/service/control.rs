@@ -152,6 +152,10 @@ impl ControlPlane {
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
+        // An expander's root bus has no hot-plug handler in QEMU either.
+        if h.spec().expander(&req.bus).is_some() {
+            return Err(format!("Bus '{}' does not support hotplugging", req.bus).into());
+        }
         if is_bridge(h, &req.bus) {
             return Err(bridge_hotplug_not_yet(&req.bus));
         }
@@ -181,7 +185,7 @@ impl ControlPlane {
     /// the effects are reported, the caller records the request with
     /// [`ControlPlane::unplug_requested`].
     pub fn device_del(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        if is_port(h, id) {
+        if is_port(h, id) || h.spec().expander(id).is_some() {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
         let Some(e) = h.endpoint(id) else {
