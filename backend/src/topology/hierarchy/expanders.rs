@@ -78,10 +78,21 @@ impl Hierarchy {
     /// earlier ones overwrite what they share (a guest or configuration bug); an expander's own
     /// number wins over its ports' ranges, as QEMU compares a child bus's number before it
     /// looks into its ranges.
+    ///
+    /// A port on an expander's bus holding Secondary Bus Reset claims nothing, not even its
+    /// secondary bus (where a root port on `pcie.0` keeps taking Type 0 cycles): QEMU 7.2 looks
+    /// into an expander's bus only when a bridge on it not in reset has the bus in range
+    /// (`pci_root_bus_in_range()` -> `pci_secondary_bus_in_range()`), so with the only such
+    /// port in reset the cycle never reaches the expander's bus.
     pub(super) fn claim_expanders(&self, owner: &mut [u16; 256]) {
         for x in (0..self.expanders.len()).rev() {
-            let ports = self.expander_ports(x);
-            self.claim(owner, ports, 1..=255);
+            let ports: Vec<usize> = self
+                .expander_ports(x)
+                .iter()
+                .copied()
+                .filter(|&i| !self.ports.get(i).is_some_and(super::routing::sbr_held))
+                .collect();
+            self.claim(owner, &ports, 1..=255);
             let bus = self.expander_bus(x);
             if bus != 0 {
                 owner[usize::from(bus)] = (self.expander_index(x) + 1) as u16;

@@ -217,7 +217,7 @@ impl Hierarchy {
 }
 
 /// Is Bridge Control Secondary Bus Reset set (PCI-to-PCI Bridge 1.2 §3.2.5.18)?
-fn sbr_held(p: &crate::devices::RootPort) -> bool {
+pub(super) fn sbr_held(p: &crate::devices::RootPort) -> bool {
     p.config_read(bridge::BRIDGE_CONTROL, 2) as u16 & bridge::BRIDGE_CTL_BUS_RESET != 0
 }
 
