@@ -127,7 +127,11 @@ fn the_expanders_root_bus_and_what_is_below_it_are_routed() {
     h.config_write(0x81, 0, 0x18, 4, 0x83_8281).unwrap();
     h.config_write(0x80, 0, 0x3e, 2, 0x40).unwrap();
     assert_eq!(h.route(0x81, 0x00), Routed::Absent);
-    assert_eq!(h.route(0x80, 0x08), Routed::Local(Slot::Port(5)), "rp10 unaffected");
+    assert_eq!(
+        h.route(0x80, 0x08),
+        Routed::Local(Slot::Port(5)),
+        "rp10 unaffected"
+    );
     h.config_write(0x80, 0, 0x3e, 2, 0).unwrap();
     assert_eq!(h.route(0x81, 0x00), Routed::Local(Slot::Port(6)));
     assert_eq!(h.ports()[6].secondary_bus(), 0);
