@@ -299,7 +299,8 @@ impl Hierarchy {
     /// expander bus shares `pcie.0`'s address spaces). `secondary_bus` is the number of the
     /// root bus it opens (`bus_nr`), `subordinate_bus` the highest bus below it now: that bus
     /// or the highest Subordinate Bus Number of the root ports on it (QEMU's `build_crs()` bus
-    /// range for the expander's ACPI host bridge, docs/protocol.md section 10).
+    /// range for the expander's ACPI host bridge, docs/protocol.md section 10); `proximity` its
+    /// `numa_node` + 1 (0 unassigned).
     fn expander_record(&self, x: usize) -> FunctionRecord {
         let (f, xs) = (&self.expanders()[x], &self.spec().expanders[x]);
         let (v, d, c, mf) = identity(f);
@@ -324,6 +325,8 @@ impl Hierarchy {
             parent: NO_PARENT,
             secondary_bus: bus,
             subordinate_bus: last,
+            // The numa_node as the protocol carries it: + 1, 0 for none (at most 128).
+            proximity: xs.config.numa_node().map_or(0, |n| n + 1),
             id: name(&xs.config.id),
             owner: name(PCIERC_OWNER),
             ..Default::default()

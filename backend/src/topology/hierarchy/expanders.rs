@@ -31,6 +31,11 @@ impl Hierarchy {
         self.port_roots.get(i).copied().flatten().map(usize::from)
     }
 
+    /// Is `bus` a root bus: 0, or an expander's (numbered by its `bus_nr`, no register)?
+    pub fn is_root_bus(&self, bus: u8) -> bool {
+        bus == 0 || self.expanders.iter().any(|x| x.bus_nr() == bus)
+    }
+
     /// The ports on expander `x`'s root bus, in topology order.
     pub fn expander_ports(&self, x: usize) -> &[usize] {
         self.expander_ports.get(x).map_or(&[], Vec::as_slice)
