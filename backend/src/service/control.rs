@@ -322,6 +322,33 @@ mod tests {
         assert!(h.take_events().is_empty());
     }
 
+    /// QEMU 7.2's replies (asked with QMP): an expander's root bus takes no hot-plug, the
+    /// expander cannot be removed; a root port on its bus takes hot-plug as any root port.
+    #[test]
+    fn expanders_refuse_hot_plug_as_qemu_does() {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.add_device_option("pxb-pcie,id=pxb1,bus_nr=0x80,addr=5")
+            .unwrap();
+        spec.add_device_option("pcie-root-port,id=rp9,bus=pxb1,chassis=9,slot=9,addr=0")
+            .unwrap();
+        let mut h = Hierarchy::new(spec).unwrap();
+        let c = ControlPlane::default();
+        assert_eq!(
+            c.device_add(&mut h, &add("n1", "pxb1")),
+            Err(ControlError::Generic(
+                "Bus 'pxb1' does not support hotplugging".into()
+            ))
+        );
+        assert_eq!(
+            c.device_del(&mut h, "pxb1"),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
+        assert!(c.device_add(&mut h, &add("n1", "rp9")).is_ok());
+        assert!(h.endpoint("n1").is_some());
+    }
+
     #[test]
     fn commands_refused_with_qemus_errors_and_pending_unplugs_tracked() {
         let mut h = Hierarchy::new(TopologySpec::embedded_default().unwrap()).unwrap();
