@@ -2,11 +2,15 @@
 //! `query-pci` of QEMU 7.2 and of the real pcierc process with the same `-device` options, at
 //! power-on and after the guest numbered the buses below the expanders, compared value for
 //! value (QEMU lists each expander's root bus as a `PciInfo` of its own, newest first, before
-//! `pcie.0`); and the options QEMU refuses, refused by pcierc with QEMU's message.
+//! `pcie.0`); the options QEMU refuses, refused by pcierc with QEMU's message; and the
+//! firmware-style enumerator scanning the expanders' root buses through pcierc's socket.
 
 use std::process::Command;
 use std::time::Duration;
 
+use pcierc_examples::firmware::{enumerate_topology, extra_root_buses, Layout};
+use pcierc_examples::socket_bus::SocketBus;
+use pcierc_protocol::{Frontend, FrontendOptions};
 use pcierc_tests::differential::{ConfigTarget, QtestTarget};
 use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
 use pcierc_tests::qmp_socket::QmpSocket;
@@ -157,4 +161,47 @@ fn bad_expanders_are_refused_as_qemu_refuses_them() {
         assert!(!out.status.success(), "{devices:?} accepted");
         assert!(mine.contains(message), "pcierc: {mine}");
     }
+}
+
+/// The example VMM's firmware-style enumerator finds the expanders' root buses in pcierc's
+/// topology and numbers the buses below their root ports from each root bus's number + 1, as
+/// SeaBIOS does; pcierc routes every cycle there.
+#[test]
+fn firmware_enumeration_scans_the_expanders_root_buses() {
+    let mut args = vec!["-n"];
+    args.extend(DEVICES.iter().flat_map(|d| ["--device", *d]));
+    let backend = Backend::start(&args);
+    let mut fe =
+        Frontend::connect(&backend.socket, FrontendOptions::vmm("t-pxb")).expect("handshake");
+    let t = fe.topology().expect("topology");
+    let roots = extra_root_buses(&t);
+    assert_eq!(roots, [0x40, 0x80]);
+    let mut bus = SocketBus(fe);
+    let found = enumerate_topology(&mut bus, Layout::default(), &t.ecam, &roots).expect("scan");
+    let e = &found[0].1;
+    let buses: Vec<(u8, u8, Option<(u8, u8, u8)>)> = e
+        .functions
+        .iter()
+        .filter(|f| f.header_type == 1)
+        .map(|f| (f.bus, f.devfn, f.buses))
+        .collect();
+    assert_eq!(
+        buses,
+        [
+            (0, 0xe0, Some((0, 1, 1))),
+            (0x40, 0, Some((0x40, 0x41, 0x41))),
+            // A bridge is recorded once the buses below it are numbered: up1 before rp9.
+            (0x81, 0, Some((0x81, 0x82, 0x82))),
+            (0x80, 0, Some((0x80, 0x81, 0x82))),
+            (0x80, 0x08, Some((0x80, 0x83, 0x83))),
+        ]
+    );
+    let pxbs: Vec<(u8, u16)> = e
+        .functions
+        .iter()
+        .filter(|f| f.class == 0x060000 && f.devfn != 0)
+        .map(|f| (f.devfn, f.device))
+        .collect();
+    assert_eq!(pxbs, [(0x28, 0x000b), (0x30, 0x000b)]);
+    assert_eq!(e.last_bus, 0x83);
 }
