@@ -173,6 +173,9 @@ fn firmware_enumeration_scans_the_expanders_root_buses() {
     let backend = Backend::start(&args);
     let mut fe =
         Frontend::connect(&backend.socket, FrontendOptions::vmm("t-pxb")).expect("handshake");
+    // Reads come from the configuration snapshot, whose functions are the topology's records
+    // (the expanders after the ports): the scan below checks its routes and images.
+    assert!(fe.snapshot_active(), "pcierc took the snapshot region");
     let t = fe.topology().expect("topology");
     let roots = extra_root_buses(&t);
     assert_eq!(roots, [0x40, 0x80]);
