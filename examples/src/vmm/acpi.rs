@@ -593,6 +593,11 @@ mod tests {
             reserved: 0,
         }];
         let d = dsdt(&ecam, &x).unwrap();
+        // `ACPI_DUMP_DIR=DIR cargo test -p pcierc-examples acpi`, then `iasl -d DIR/*.dat`.
+        if let Some(dir) = std::env::var_os("ACPI_DUMP_DIR") {
+            let path = std::path::PathBuf::from(dir).join("DSDT-expanders.dat");
+            std::fs::write(path, &d).unwrap();
+        }
         for name in [b"PCI0", b"PC40", b"PC80"] {
             assert!(d.windows(4).any(|w| w == name), "{name:?}");
         }
