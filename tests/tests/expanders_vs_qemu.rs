@@ -163,6 +163,9 @@ fn bad_expanders_are_refused_as_qemu_refuses_them() {
     }
 }
 
+/// A bridge's (primary, secondary, subordinate) bus numbers as the enumerator read them back.
+type Buses = (u8, u8, u8);
+
 /// The example VMM's firmware-style enumerator finds the expanders' root buses in pcierc's
 /// topology and numbers the buses below their root ports from each root bus's number + 1, as
 /// SeaBIOS does; pcierc routes every cycle there.
@@ -182,7 +185,7 @@ fn firmware_enumeration_scans_the_expanders_root_buses() {
     let mut bus = SocketBus(fe);
     let found = enumerate_topology(&mut bus, Layout::default(), &t.ecam, &roots).expect("scan");
     let e = &found[0].1;
-    let buses: Vec<(u8, u8, Option<(u8, u8, u8)>)> = e
+    let buses: Vec<(u8, u8, Option<Buses>)> = e
         .functions
         .iter()
         .filter(|f| f.header_type == 1)
