@@ -111,7 +111,13 @@ main64:                                     # both entries meet here, in long mo
 
         xor     edi, edi                # bus 0
         call    scan_bus
-
+        # With "pcie-probe.extra-roots": the root buses of expanders (QEMU's pxb-pcie) too.
+        lea     rdi, [rip + str_extra_roots_flag]
+        call    cmdline_has
+        test    eax, eax
+        jz      1f
+        call    scan_extra_roots
+1:
         lea     rsi, [rip + msg_done]
         call    puts
         mov     edi, [rip + nfunctions]
@@ -595,6 +601,50 @@ scan_bus:
         pop     rbx
         ret
 
+# scan_extra_roots: the root buses of expanders, found as SeaBIOS finds QEMU's pxb-pcie buses:
+# a bus number past the last one assigned on which some device's function 0 answers is a root
+# bus of its own. Each is printed ("extra root bus BB") and scanned, the buses below its root
+# ports numbered from BB + 1 (next_bus = BB first); the search goes on past them.
+scan_extra_roots:
+        push    rbx
+        push    r12
+        push    r13
+        mov     ebx, [rip + next_bus]
+.Lroot_bus:
+        inc     ebx
+        cmp     ebx, 0x100
+        jae     .Lroots_done
+        xor     r12d, r12d
+        xor     r13d, r13d
+.Lroot_device:
+        call    devfn_esi
+        mov     edi, ebx
+        xor     edx, edx
+        call    cfg_read32              # vendor id | device id << 16
+        cmp     ax, 0xffff
+        jne     .Lroot_found
+        inc     r12d
+        cmp     r12d, 32
+        jb      .Lroot_device
+        jmp     .Lroot_bus
+.Lroot_found:
+        lea     rsi, [rip + msg_extra_root]
+        call    puts
+        mov     edi, ebx
+        mov     ecx, 2
+        call    puthex
+        call    newline
+        mov     [rip + next_bus], ebx
+        mov     edi, ebx
+        call    scan_bus
+        mov     ebx, [rip + next_bus]
+        jmp     .Lroot_bus
+.Lroots_done:
+        pop     r13
+        pop     r12
+        pop     rbx
+        ret
+
 # number_bridge: for the bridge at ebx:r12d.r13d (PCI-to-PCI Bridge 1.2 §3.2.5.3): primary = bus,
 # secondary = ++next_bus, subordinate = 0xff while the secondary side is scanned, then the last
 # bus assigned; prints the numbers read back.
@@ -705,6 +755,8 @@ msg_type:       .asciz " type "
 msg_buses:      .asciz " buses "
 msg_done:       .asciz "pcie-probe: functions "
 msg_lastbus:    .asciz " last bus "
+msg_extra_root: .asciz "pcie-probe: extra root bus "
+str_extra_roots_flag: .asciz "pcie-probe.extra-roots"
 msg_off:        .asciz "pcie-probe: power off\n"
 msg_bench:      .asciz "bench: "
 str_hotplug_flag: .asciz "pcie-probe.hotplug"

@@ -355,13 +355,37 @@ impl Walker<'_> {
 /// Enable ECAM at `layout.ecam_base` through PCIEXBAR (MCH 00:00.0 offset 0x60) using
 /// configuration mechanism #1, then enumerate and configure the whole hierarchy.
 pub fn enumerate(bus: &mut dyn GuestBus, layout: Layout) -> Result<Enumeration, BusError> {
-    enable_and_walk(bus, layout).map(|(e, _)| e)
+    enable_and_walk(bus, layout, &[]).map(|(e, _)| e)
 }
 
-/// [`enumerate`], and the pools as it left them (past everything it assigned).
+/// The root buses of segment 0 besides bus 0: those `pxb-pcie` expanders open, from pcierc's
+/// topology (host bridge records of segment 0 at a devfn other than 00.0, `secondary_bus` their
+/// bus number; docs/protocol.md section 10), in increasing order. SeaBIOS learns them from
+/// QEMU's `etc/extra-pci-roots`.
+pub fn extra_root_buses(topology: &pcierc_protocol::Topology) -> Vec<u8> {
+    let mut v: Vec<u8> = topology
+        .functions
+        .iter()
+        .filter(|f| {
+            f.kind == pcierc_protocol::FunctionKind::HostBridge as u8
+                && f.segment == 0
+                && f.devfn != 0
+                && f.secondary_bus != 0
+        })
+        .map(|f| f.secondary_bus)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// [`enumerate`], and the pools as it left them (past everything it assigned); then the extra
+/// root buses `roots` (increasing), each scanned with the buses below it numbered from its own
+/// number + 1, as SeaBIOS numbers an expander's buses.
 fn enable_and_walk(
     bus: &mut dyn GuestBus,
     layout: Layout,
+    roots: &[u8],
 ) -> Result<(Enumeration, Layout), BusError> {
     // Q35 PCIEXBAR: base | length 256 MiB (bits 2:1 = 00) | enable (bit 0).
     bus.pio_write(0xcf8, 4, 0x8000_0060)?;
@@ -383,6 +407,16 @@ fn enable_and_walk(
         out: Enumeration::default(),
     };
     w.scan_bus(0)?;
+    for &root in roots {
+        if root <= w.next_bus {
+            return Err(BusError::Failed(format!(
+                "the buses below pcie.0 reach {:02x}, an expander's root bus",
+                w.next_bus
+            )));
+        }
+        w.next_bus = root;
+        w.scan_bus(root)?;
+    }
     w.out.last_bus = w.next_bus;
     Ok(w.finish())
 }
@@ -409,7 +443,18 @@ pub fn enumerate_segments(
     layout: Layout,
     windows: &[pcierc_protocol::EcamWindow],
 ) -> Result<Vec<(u16, Enumeration)>, BusError> {
-    let (first, mut pools) = enable_and_walk(&mut *bus, layout)?;
+    enumerate_topology(bus, layout, windows, &[])
+}
+
+/// [`enumerate_segments`] with segment 0's extra root buses `roots` ([`extra_root_buses`])
+/// scanned after bus 0.
+pub fn enumerate_topology(
+    bus: &mut dyn GuestBus,
+    layout: Layout,
+    windows: &[pcierc_protocol::EcamWindow],
+    roots: &[u8],
+) -> Result<Vec<(u16, Enumeration)>, BusError> {
+    let (first, mut pools) = enable_and_walk(&mut *bus, layout, roots)?;
     let mut out = vec![(0, first)];
     for win in windows.iter().filter(|w| w.segment != 0) {
         let mut w = Walker {

@@ -345,7 +345,12 @@ impl Session {
             SetFrontendInfo => self.set_frontend_info(h, p),
             GetTopology => {
                 empty(p)?;
-                let topo = h.topology();
+                let mut topo = h.topology();
+                if !self.protocol_features.contains(ProtocolFeatures::PROXIMITY)
+                    && topo.has_proximity()
+                {
+                    topo = topo.without_proximity();
+                }
                 topo.validate().map_err(|e| {
                     error!("{}: the handler's topology is invalid: {e}", self.conn);
                     Status::Io
@@ -494,6 +499,7 @@ impl Session {
             self.protocol_features
                 .contains(ProtocolFeatures::LAYOUT_DELTA),
         );
+        sender.set_proximity(self.protocol_features.contains(ProtocolFeatures::PROXIMITY));
         h.backend_channel(self.conn, sender);
         Ok(())
     }

@@ -337,6 +337,8 @@ pub struct BackendChannelSender {
     hotplug_events: bool,
     reset_events: bool,
     layout_delta: bool,
+    /// The frontend negotiated `PROXIMITY`: records keep their `proximity`.
+    proximity: bool,
     /// The serial of the last [`LayoutNotice`] sent (its topology is what the frontend holds);
     /// `None` before the first one and after a whole topology sent outside notices.
     layout_serial: Option<u64>,
@@ -366,6 +368,7 @@ impl BackendChannelSender {
             hotplug_events: true,
             reset_events: true,
             layout_delta: false,
+            proximity: true,
             layout_serial: None,
         })
     }
@@ -390,10 +393,44 @@ impl BackendChannelSender {
         self.layout_delta = on;
     }
 
+    /// Set whether the frontend negotiated `PROXIMITY` (true for a new sender): without it
+    /// the records it is sent carry `proximity` 0.
+    pub fn set_proximity(&mut self, on: bool) {
+        self.proximity = on;
+    }
+
+    /// `topology` encoded as this frontend may see it (see [`Self::set_proximity`]).
+    fn encode_topology(&self, topology: &Topology) -> Vec<u8> {
+        if self.proximity || !topology.has_proximity() {
+            topology.encode()
+        } else {
+            topology.without_proximity().encode()
+        }
+    }
+
+    /// An encoded `LayoutDelta` as this frontend may see it: re-encoded with `proximity` 0
+    /// when it carries one the frontend did not negotiate (a delta that does not decode is
+    /// passed on as it is: the frontend refuses it as it would have).
+    fn delta_for_peer<'a>(&self, delta: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        if self.proximity {
+            return delta.into();
+        }
+        match LayoutDelta::decode(delta) {
+            Ok(mut d) if d.updates.iter().any(|u| u.record.proximity != 0) => {
+                for u in &mut d.updates {
+                    u.record.proximity = 0;
+                }
+                d.encode().into()
+            }
+            _ => delta.into(),
+        }
+    }
+
     /// Send `LayoutChanged`: what changed and the whole new topology.
     pub fn layout_changed(&mut self, changes: LayoutChanges, topology: &Topology) -> Result<()> {
         self.layout_serial = None;
-        self.send_layout(changes, BackendReq::LayoutChanged, &topology.encode())
+        let body = self.encode_topology(topology);
+        self.send_layout(changes, BackendReq::LayoutChanged, &body)
     }
 
     /// Does this channel need the whole topology for notice `serial` (it takes layout events,
@@ -422,10 +459,12 @@ impl BackendChannelSender {
         self.layout_serial = Some(notice.serial);
         match (notice.delta, notice.topology) {
             (Some(delta), _) if follows => {
-                self.send_layout(notice.changes, BackendReq::LayoutDelta, delta)
+                let delta = self.delta_for_peer(delta);
+                self.send_layout(notice.changes, BackendReq::LayoutDelta, &delta)
             }
             (_, Some(t)) => {
-                self.send_layout(notice.changes, BackendReq::LayoutChanged, &t.encode())
+                let body = self.encode_topology(t);
+                self.send_layout(notice.changes, BackendReq::LayoutChanged, &body)
             }
             (_, None) if !self.layout_events => {
                 self.send_layout(notice.changes, BackendReq::LayoutChanged, &[])

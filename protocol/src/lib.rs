@@ -108,6 +108,10 @@ bitflags::bitflags! {
         /// of `LayoutChanged` with the whole topology. [`BackendChannel`] applies them and
         /// hands out whole topologies either way.
         const LAYOUT_DELTA = 1 << 11;
+        /// Host bridge records may carry a proximity domain (`proximity`: a `pxb-pcie`
+        /// expander's `numa_node` + 1, for the VMM's `_PXM`); without it those bytes stay 0
+        /// (reserved), as peers of the first version require.
+        const PROXIMITY = 1 << 12;
     }
 }
 

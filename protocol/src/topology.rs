@@ -95,8 +95,12 @@ pub struct FunctionRecord {
     pub secondary_bus: u8,
     /// For ports: subordinate bus number.
     pub subordinate_bus: u8,
+    /// Host bridge records only: the proximity domain of the root bus plus one (a `pxb-pcie`
+    /// expander's `numa_node` + 1), 0 for none. Sent only to peers that negotiated
+    /// [`crate::ProtocolFeatures::PROXIMITY`]; 0 (reserved) for the others.
+    pub proximity: u16,
     /// Reserved, must be 0.
-    pub reserved: [u8; 6],
+    pub reserved: [u8; 4],
     /// The function's id (e.g. `rp1`), NUL-padded.
     pub id: [u8; NAME_LEN],
     /// The emulator that serves it (`pcierc` for the backend's own functions), NUL-padded.
@@ -108,7 +112,8 @@ impl VhostUserMsgValidator for FunctionRecord {
     fn is_valid(&self) -> bool {
         FunctionKind::try_from(self.kind).is_ok()
             && self.flags & !function_flags::ALL == 0
-            && self.reserved == [0; 6]
+            && self.reserved == [0; 4]
+            && (self.proximity == 0 || self.kind == FunctionKind::HostBridge as u8)
             && self.class_code >> 24 == 0
             && decode_name(&self.id).is_some()
             && decode_name(&self.owner).is_some_and(|o| !o.is_empty())
@@ -221,6 +226,21 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Does a record carry a proximity domain ([`FunctionRecord::proximity`])?
+    pub fn has_proximity(&self) -> bool {
+        self.functions.iter().any(|f| f.proximity != 0)
+    }
+
+    /// The topology as a peer that did not negotiate [`crate::ProtocolFeatures::PROXIMITY`]
+    /// gets it: every `proximity` 0.
+    pub fn without_proximity(&self) -> Topology {
+        let mut t = self.clone();
+        for f in &mut t.functions {
+            f.proximity = 0;
+        }
+        t
+    }
+
     /// Encode: a [`TopologyHeader`] followed by the records, in that order, without gaps.
     pub fn encode(&self) -> Vec<u8> {
         let header = TopologyHeader {
@@ -344,6 +364,25 @@ fn records<T: VhostUserMsgValidator + Default>(bytes: &[u8], what: &'static str)
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    /// `proximity` sits where bytes 18-19 of the reserved field were, and only host bridge
+    /// records may carry one.
+    #[test]
+    fn only_host_bridges_carry_a_proximity_domain() {
+        let mut t = sample();
+        let i = t
+            .functions
+            .iter()
+            .position(|f| f.kind == FunctionKind::RootPort as u8)
+            .unwrap();
+        t.functions[0].proximity = 2;
+        assert!(t.validate().is_ok());
+        let bytes = t.encode();
+        assert_eq!(u16::from_le_bytes([bytes[24 + 18], bytes[24 + 19]]), 2);
+        assert!(t.has_proximity() && !t.without_proximity().has_proximity());
+        t.functions[i].proximity = 1;
+        assert!(t.validate().is_err(), "a port has no proximity domain");
+    }
+
     #[test]
     fn record_sizes() {
         assert_eq!(std::mem::size_of::<TopologyHeader>(), 24);

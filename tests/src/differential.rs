@@ -128,12 +128,14 @@ pub enum Kind {
     X3130Upstream,
     /// A switch's `xio3130-downstream` port.
     Xio3130Downstream,
+    /// A `pxb-pcie` expander bridge's function (type 0, host bridge class).
+    PxbPcie,
 }
 
 impl Kind {
     /// Is it a type 1 function (a port or a bridge) whose bus numbers the tests put back?
     pub fn is_port(self) -> bool {
-        !matches!(self, Kind::Mch)
+        !matches!(self, Kind::Mch | Kind::PxbPcie)
     }
 
     /// The model a QEMU `-device` argument (`DRIVER,...`) names, if the tests know it.
@@ -144,6 +146,7 @@ impl Kind {
             "pcie-pci-bridge" => Some(Kind::PciePciBridge),
             "x3130-upstream" => Some(Kind::X3130Upstream),
             "xio3130-downstream" => Some(Kind::Xio3130Downstream),
+            "pxb-pcie" => Some(Kind::PxbPcie),
             _ => None,
         }
     }
@@ -153,7 +156,7 @@ impl Kind {
         match self {
             Kind::RootPort => Some(0x6c),
             Kind::Ioh3420 | Kind::Xio3130Downstream => Some(0xa8),
-            Kind::Mch | Kind::X3130Upstream | Kind::PciePciBridge => None,
+            Kind::Mch | Kind::X3130Upstream | Kind::PciePciBridge | Kind::PxbPcie => None,
         }
     }
 }
@@ -330,8 +333,9 @@ pub struct Differential<'a> {
     mismatches: Vec<Mismatch>,
     /// (bus, devfn, dword at 0x18) programmed so that functions behind ports are reachable.
     numbering: Vec<(u8, u8, u32)>,
-    /// Ports whose slot holds a switch: their Slot Control is not written (see `protected`).
-    switch_slots: Vec<u8>,
+    /// (bus, devfn) of the ports whose slot holds a switch: their Slot Control is not written
+    /// (see `protected`).
+    switch_slots: Vec<(u8, u8)>,
 }
 
 /// The dword patterns written everywhere.
@@ -519,12 +523,20 @@ impl<'a> Differential<'a> {
     /// Program these Primary/Secondary/Subordinate Bus Number dwords, (bus, devfn, value) in
     /// order, before the comparison, after each platform reset, and after every write that may
     /// have changed or reset them (bus numbers, Bridge Control, Device Control's Function Level
-    /// Reset), so that the functions behind ports stay reachable. The ports at (bus, devfn) in
-    /// `switch_slots` hold a switch in their slot: their Slot Control is never written (a
+    /// Reset), so that the functions behind ports stay reachable. The ports at the devfns of
+    /// bus 0 in `switch_slots` hold a switch in their slot: their Slot Control is never written (a
     /// guest powering such a slot off makes QEMU 7.2 delete the switch, docs/qemu-compat.md).
     pub fn with_bus_numbers(mut self, numbering: &[(u8, u8, u32)], switch_slots: &[u8]) -> Self {
         self.numbering = numbering.to_vec();
-        self.switch_slots = switch_slots.to_vec();
+        self.switch_slots = switch_slots.iter().map(|&d| (0, d)).collect();
+        self
+    }
+
+    /// Also leave the Slot Control of the ports at these (bus, devfn) alone (ports on an
+    /// expander's root bus holding a switch, say): as `switch_slots` of
+    /// [`Differential::with_bus_numbers`], anywhere.
+    pub fn with_held_slots(mut self, slots: &[(u8, u8)]) -> Self {
+        self.switch_slots.extend_from_slice(slots);
         self
     }
 
@@ -767,8 +779,7 @@ impl<'a> Differential<'a> {
     /// reserved length aborts QEMU) — see [`Differential::pciexbar`].
     fn protected(&self, f: usize, off: u16) -> bool {
         let func = &self.functions[f];
-        let switch_slot = func.bus == 0
-            && self.switch_slots.contains(&func.devfn)
+        let switch_slot = self.switch_slots.contains(&(func.bus, func.devfn))
             && func
                 .kind
                 .slot_control()

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use pcierc_tests::differential::{Differential, Function, Kind, QtestTarget, DEVIATIONS};
 use pcierc_tests::process::{pcierc_bin, Backend};
-use pcierc_tests::qtest::{qemu_machine, qemu_q35, qemu_q35_with, Qemu, Qtest};
+use pcierc_tests::qtest::{qemu_machine, qemu_machine_with, qemu_q35, qemu_q35_with, Qemu, Qtest};
 
 /// (devfn, the `-device` option, used verbatim by QEMU and by pcierc).
 const PORTS: [(u8, &str); 3] = [
@@ -246,6 +246,80 @@ fn pcie_pci_bridges_match_qemu() {
     );
 }
 
+/// Two `pxb-pcie` expanders on pcie.0 and a root port beside them: on pxb1's root bus 0x80 a
+/// `pcie-root-port` (a switch in its slot) and an `ioh3420`, on pxb2's bus 0x40 a
+/// `pcie-root-port`. The buses below are numbered as firmware would: rp9 81-83 (up1 82-83, dp1
+/// 83), rp10 84, rp11 41, rp1 1.
+const EXPANDERS: [(u8, u8, &str); 8] = [
+    (0, 0x28, "pxb-pcie,id=pxb1,bus_nr=0x80,bus=pcie.0,addr=0x5"),
+    (
+        0x80,
+        0x00,
+        "pcie-root-port,id=rp9,bus=pxb1,chassis=9,slot=9,addr=0",
+    ),
+    (
+        0x80,
+        0x08,
+        "ioh3420,id=rp10,bus=pxb1,chassis=10,slot=10,addr=1",
+    ),
+    (0x81, 0x00, "x3130-upstream,id=up1,bus=rp9"),
+    (
+        0x82,
+        0x00,
+        "xio3130-downstream,id=dp1,bus=up1,chassis=11,slot=1,addr=0.0",
+    ),
+    (0, 0x30, "pxb-pcie,id=pxb2,bus_nr=64,bus=pcie.0,addr=0x6"),
+    (
+        0x40,
+        0x00,
+        "pcie-root-port,id=rp11,bus=pxb2,chassis=12,slot=12,addr=0",
+    ),
+    (
+        0,
+        0xe0,
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0",
+    ),
+];
+const EXPANDER_NUMBERING: [(u8, u8, u32); 6] = [
+    (0x80, 0x00, 0x83_8180),
+    (0x81, 0x00, 0x83_8281),
+    (0x82, 0x00, 0x83_8382),
+    (0x80, 0x08, 0x84_8480),
+    (0x40, 0x00, 0x41_4140),
+    (0, 0xe0, 0x01_0100),
+];
+
+/// The expanders through the real pcierc process against QEMU 7.2, register for register: the
+/// expanders' functions, the root ports on their root buses (reachable from power-on: an
+/// expander's bus number is its `bus_nr`, no register's), the switch below rp9 once numbered,
+/// every pattern, mechanism #1, MSI-X and MSI, resets. rp9's Slot Control is left alone (QEMU
+/// 7.2 deletes what is in a slot the guest powers off).
+#[test]
+fn pxb_pcie_expanders_match_qemu() {
+    tree_matches_qemu_on(
+        None,
+        &EXPANDERS,
+        &EXPANDER_NUMBERING,
+        &[(0x80, 0x00)],
+        "pxb-pcie expanders vs QEMU",
+    );
+}
+
+/// The same expanders against QEMU 10.0's `pc-q35-10.0` and `pcierc --machine pc-q35-10.0`.
+#[test]
+fn pxb_pcie_expanders_on_pc_q35_10_0_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    tree_matches_qemu_on(
+        Some((&q10, "pc-q35-10.0")),
+        &EXPANDERS,
+        &EXPANDER_NUMBERING,
+        &[(0x80, 0x00)],
+        "pxb-pcie expanders vs QEMU 10.0 pc-q35-10.0",
+    );
+}
+
 /// `devices` (bus, devfn, the `-device` option used verbatim by QEMU and by pcierc, no default
 /// ports) against QEMU 7.2 with native PCIe hot-plug (q35's ACPI hot-plug off, as pcierc models
 /// every slot, so a root port shows what is in its slot present), numbered by `numbering`.
@@ -255,15 +329,36 @@ fn tree_matches_qemu(
     switch_slots: &[u8],
     label: &str,
 ) {
+    let slots: Vec<(u8, u8)> = switch_slots.iter().map(|&d| (0, d)).collect();
+    tree_matches_qemu_on(None, devices, numbering, &slots, label);
+}
+
+/// [`tree_matches_qemu`] on QEMU 7.2's `q35` (`machine` `None`) or on the given QEMU and
+/// machine type (pcierc started with `--machine` of that name); `held_slots` are the (bus,
+/// devfn) of the ports whose slot holds a switch.
+fn tree_matches_qemu_on(
+    machine: Option<(&Qemu, &str)>,
+    devices: &[(u8, u8, &str)],
+    numbering: &[(u8, u8, u32)],
+    held_slots: &[(u8, u8)],
+    label: &str,
+) {
     let mut args = vec![
         "-global",
         "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
     ];
     args.extend(devices.iter().flat_map(|(_, _, d)| ["-device", *d]));
-    let Some(qemu) = qemu_q35_with(&args) else {
-        return;
+    let qemu = match machine {
+        None => match qemu_q35_with(&args) {
+            Some(q) => q,
+            None => return,
+        },
+        Some((q, name)) => qemu_machine_with(q, name, &args),
     };
     let mut pcierc_args = vec!["-n"];
+    if let Some((_, name)) = machine {
+        pcierc_args.extend(["--machine", name]);
+    }
     pcierc_args.extend(devices.iter().flat_map(|(_, _, d)| ["--device", *d]));
     let backend = Backend::start(&pcierc_args);
     let mut cmd = Command::new(pcierc_bin());
@@ -296,7 +391,8 @@ fn tree_matches_qemu(
         });
     }
     let mut diff = Differential::new(&mut qemu, &mut ours, functions, DEVIATIONS)
-        .with_bus_numbers(numbering, switch_slots);
+        .with_bus_numbers(numbering, &[])
+        .with_held_slots(held_slots);
     diff.run_all_and_check(label, started);
 }
 

@@ -1,5 +1,5 @@
 //! pcierc's function models against QEMU 7.2, register by register: the MCH, `pcie-root-port`s,
-//! `ioh3420`s and `pcie-pci-bridge`s in QEMU's `q35` machine on one side, the same functions as in-process models on
+//! `ioh3420`s, `pcie-pci-bridge`s and `pxb-pcie`s in QEMU's `q35` machine on one side, the same functions as in-process models on
 //! the other, every read compared (see `pcierc_tests::differential`). The same against QEMU 10.0's
 //! `pc-q35-10.0` with the models built for that machine type.
 
@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use pcierc_backend::devices::pcie_pci_bridge::OnOffAuto;
 use pcierc_backend::devices::{
-    MachineType, Mch, PciePciBridge, PciePciBridgeConfig, RootPort, RootPortConfig, RootPortModel,
+    MachineType, Mch, PciePciBridge, PciePciBridgeConfig, PxbPcie, PxbPcieConfig, RootPort,
+    RootPortConfig, RootPortModel,
 };
 use pcierc_backend::pci::PciFunction;
 use pcierc_tests::differential::{
@@ -362,6 +363,50 @@ fn pcie_pci_bridges_on_pc_q35_10_0_match_qemu_10_0() {
             "br2".into(),
             Kind::PciePciBridge,
             bridge("br2", OnOffAuto::Off),
+        ),
+    ];
+    compare_functions(qt, functions, &args);
+}
+
+/// Two `pxb-pcie` expanders on pcie.0 (one multi-function with a second at function 1) beside
+/// a root port: the expander's function model alone (its root bus is the hierarchy's, compared
+/// through the process in `differential.rs`), every register and pattern.
+#[test]
+fn pxb_pcie_functions_match_qemu() {
+    let pxb = |id: &str, bus_nr, multifunction| PxbPcieConfig {
+        id: id.into(),
+        bus_nr,
+        multifunction,
+        ..Default::default()
+    };
+    let args: Vec<String> = [
+        "pxb-pcie,id=pxb1,bus=pcie.0,addr=0x5.0,bus_nr=0x80,multifunction=on",
+        "pxb-pcie,id=pxb2,bus=pcie.0,addr=0x5.1,bus_nr=0x40",
+        "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1c.0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let Some(qt) = qemu_q35(&args.iter().map(String::as_str).collect::<Vec<_>>()) else {
+        return;
+    };
+    let functions: Vec<(u8, String, Kind, Box<dyn PciFunction>)> = vec![
+        (
+            0x28,
+            "pxb1".into(),
+            Kind::PxbPcie,
+            Box::new(PxbPcie::new(pxb("pxb1", 0x80, true))),
+        ),
+        (
+            0x29,
+            "pxb2".into(),
+            Kind::PxbPcie,
+            Box::new(PxbPcie::new(pxb("pxb2", 0x40, false))),
+        ),
+        (
+            0xe0,
+            "rp1".into(),
+            Kind::RootPort,
+            Box::new(RootPort::new(config("rp1", 1, 1, false))),
         ),
     ];
     compare_functions(qt, functions, &args);

@@ -182,6 +182,64 @@ fn probe_guest_enumerates_a_switch() {
     );
 }
 
+/// A `pxb-pcie` expander (bus 0x80, NUMA node 1) with a root port and a switch's upstream port
+/// behind it, beside the default root ports: the VMM's DSDT gets its host bridge (`\_SB.PC80`,
+/// `_BBN` 0x80, the buses up to 0xff, `_PXM` 1; the VMM prints what it wrote), and the probe
+/// guest, told to look for extra root buses as SeaBIOS does, finds bus 0x80 past the buses it
+/// numbered, numbers the buses below the expander's root port from 0x81, and pcierc routes
+/// every cycle there.
+#[test]
+fn probe_guest_enumerates_an_expanders_root_bus() {
+    if !kvm_available() {
+        return;
+    }
+    let backend = Backend::start(&[
+        "--device",
+        "pxb-pcie,id=pxb1,bus_nr=0x80,bus=pcie.0,addr=0x5,numa_node=1",
+        "--device",
+        "pcie-root-port,id=rp9,bus=pxb1,chassis=9,slot=9,addr=0",
+        "--device",
+        "x3130-upstream,id=up1,bus=rp9",
+    ]);
+    let dir = ScratchDir::new("vmm");
+    let kernel = probe_image(&dir);
+    let socket = backend.socket.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--backend-socket",
+        &socket,
+        "--kernel",
+        &kernel,
+        "--cmdline",
+        "pcie-probe.extra-roots",
+    ];
+    args.extend(PROBE_LIMITS);
+    let (stdout, stderr) = run_vmm_ok(&args);
+    assert_lines(
+        &stderr,
+        &["vmm: ACPI: \\_SB.PC80 (PNP0A08) _BBN 0x80 buses 80-ff _PXM 1"],
+    );
+    assert_lines(
+        &stdout,
+        &[
+            "00:05.0 1b36:000b class 060000 type 00",
+            "00:02.3 buses 00/04/04",
+            "pcie-probe: extra root bus 80",
+            "80:00.0 1b36:000c class 060400 type 01",
+            "81:00.0 104c:8232 class 060400 type 01",
+            "81:00.0 buses 81/82/82",
+            "80:00.0 buses 80/81/82",
+            "pcie-probe: functions 08 last bus 82",
+        ],
+    );
+    let mut fe = Frontend::connect(&backend.socket, FrontendOptions::tool("check"))
+        .expect("connecting to pcierc");
+    assert_eq!(
+        fe.config_read(0, 0x80, 0, 0x18, 4).unwrap() & 0xff_ffff,
+        0x82_8180,
+        "rp9 as the guest numbered it"
+    );
+}
+
 #[test]
 fn guest_failures_end_the_vmm_with_a_clear_error() {
     if !kvm_available() {

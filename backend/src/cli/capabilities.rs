@@ -89,7 +89,10 @@ pub fn json(spec: Option<&TopologySpec>) -> String {
     });
     if let Some(spec) = spec {
         v["machine-type"] = spec.machine.name().into();
-        let root = |p: &&crate::topology::spec::PortSpec| p.bus == ROOT_BUS;
+        // Root ports sit on pcie.0 or on an expander's root bus.
+        let root = |p: &&crate::topology::spec::PortSpec| {
+            p.bus == ROOT_BUS || spec.expander(&p.bus).is_some()
+        };
         v["root-ports"] = spec
             .root_ports
             .iter()
@@ -114,6 +117,20 @@ pub fn json(spec: Option<&TopologySpec>) -> String {
             .collect();
         if !switch.is_empty() {
             v["switch-ports"] = switch.into();
+        }
+        let expanders: Vec<serde_json::Value> = spec
+            .expanders
+            .iter()
+            .map(|x| {
+                json!({
+                    "id": x.config.id, "driver": crate::topology::pxb_pcie::DRIVER,
+                    "addr": x.addr.to_string(), "bus_nr": x.config.bus_nr,
+                    "numa_node": x.config.numa_node(),
+                })
+            })
+            .collect();
+        if !expanders.is_empty() {
+            v["expanders"] = expanders.into();
         }
     }
     serde_json::to_string_pretty(&v).unwrap_or_default()

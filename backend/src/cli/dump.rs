@@ -42,7 +42,8 @@ fn write_function(
 }
 
 /// Dump the power-on state of `spec` (its segment 0: the Q35 hierarchy). A switch port is read from its model and shown at the
-/// bus it sits on now (0 while its parent is unnumbered, as at power-on) with the port above it.
+/// bus it sits on now (0 while its parent is unnumbered, as at power-on) with the port above it;
+/// a root port on a `pxb-pcie` expander's bus at that bus; the expanders' functions last.
 pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
     let h = Hierarchy::new(spec)?;
     // Named by id, as `dump --connect` names them from the topology.
@@ -61,6 +62,12 @@ pub fn dump_local(spec: TopologySpec, out: &mut dyn Write) -> Result<()> {
         };
         write_function(out, 0, h.port_bus(i), ps.addr.0, &name, &mut |off| {
             Ok(crate::pci::PciFunction::config_read(p, off, 4))
+        })?;
+    }
+    // The pxb-pcie expanders' functions, on pcie.0.
+    for (x, xs) in h.expanders().iter().zip(&h.spec().expanders) {
+        write_function(out, 0, 0, xs.addr.0, &xs.config.id, &mut |off| {
+            Ok(crate::pci::PciFunction::config_read(x, off, 4))
         })?;
     }
     Ok(())

@@ -107,8 +107,10 @@ pub struct TopologyArgs {
     #[arg(long, short = 'n')]
     pub nodefaults: bool,
     /// Add a function, QEMU syntax: `pcie-root-port,id=rp5,chassis=5,slot=5,addr=0x3.0` (or
-    /// `ioh3420,...`; docs/topology.md); a root port takes every property QEMU 7.2's
-    /// `pcie-root-port` has (e.g. `hotplug=off`, `x-speed=8`, `disable-acs=on`).
+    /// `ioh3420,...`, `x3130-upstream,...`, `pcie-pci-bridge,...`,
+    /// `pxb-pcie,id=pxb1,bus_nr=0x80,addr=0x5`; docs/topology.md); a root port takes every
+    /// property QEMU 7.2's `pcie-root-port` has (e.g. `hotplug=off`, `x-speed=8`,
+    /// `disable-acs=on`).
     #[arg(long, value_name = "DRIVER,PROP=VALUE,...")]
     pub device: Vec<String>,
     /// The machine type whose register behaviour the root ports have, by QEMU's name:

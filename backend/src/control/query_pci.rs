@@ -245,9 +245,9 @@ pub fn query_pci(h: &Hierarchy) -> serde_json::Value {
     to_json(&from_hierarchy(h))
 }
 
-/// `query-pci` of every segment: segment 0's root bus as QEMU lists it, then each extra
-/// segment's root bus as one more `PciInfo` (bus 0, with `x-pcierc-segment`), as QEMU lists an
-/// expander's root bus after `pcie.0`.
+/// `query-pci` of every segment: segment 0's root buses as QEMU lists them (the `pxb-pcie`
+/// expanders' root buses, newest first, then `pcie.0`), then each extra segment's root bus as
+/// one more `PciInfo` (bus 0, with `x-pcierc-segment`; beyond QEMU, so after QEMU's own).
 pub fn query_pci_segments(segments: &Segments) -> serde_json::Value {
     let info: Vec<PciInfo> = segments.iter().flat_map(from_hierarchy).collect();
     to_json(&info)
@@ -260,7 +260,9 @@ pub fn to_json(info: &[PciInfo]) -> serde_json::Value {
     serde_json::to_value(info).unwrap_or_default()
 }
 
-/// The `query-pci` result for the hierarchy: bus 0 with the functions on it by devfn, and behind
+/// The `query-pci` result for the hierarchy: one `PciInfo` per `pxb-pcie` expander's root bus
+/// (newest first, as QEMU's `pci_host_bridges` list holds them: `bus` = `bus_nr`, the root ports
+/// on it), then bus 0 with the functions on it by devfn, and behind
 /// each port whose Secondary Bus Number is non-zero the functions on its secondary bus (a
 /// switch's ports nested below the root port, as QEMU nests them).
 ///
@@ -288,16 +290,49 @@ pub fn from_hierarchy(h: &Hierarchy) -> Vec<PciInfo> {
             Routed::Local(Slot::Mch) => Some(emulated(h.mch(), 0, devfn, "")),
             Routed::Local(Slot::Port(i)) => port(h, usize::from(i), 0, devfn, 0),
             Routed::Local(Slot::Bridge(j)) => pci_bridge(h, usize::from(j), 0, devfn),
+            Routed::Local(Slot::Expander(x)) => {
+                let (f, xs) = (
+                    h.expanders().get(usize::from(x))?,
+                    spec.expanders.get(usize::from(x))?,
+                );
+                Some(emulated(f, 0, devfn, &xs.config.id))
+            }
             Routed::Remote(e) => spec.endpoints.get(usize::from(e)).map(|e| remote(e, 0)),
             Routed::Local(_) | Routed::Absent => None,
         })
         .collect();
     let segment = h.spec().segment;
-    vec![PciInfo {
+    let segment = (segment != 0).then_some(segment);
+    // QEMU lists its host bridges newest first (`pci_host_bus_register()` inserts at the
+    // head): the expanders' root buses in reverse order of creation, then pcie.0.
+    let mut info: Vec<PciInfo> = (0..h.expanders().len())
+        .rev()
+        .map(|x| {
+            let bus = h.expander_bus(x);
+            let devices = h
+                .expander_ports(x)
+                .iter()
+                .filter_map(|&i| {
+                    let devfn = spec.root_ports.get(i)?.addr.0;
+                    port(h, i, bus, devfn, 0)
+                })
+                .collect::<Vec<_>>();
+            // By devfn, as QEMU walks a bus.
+            let mut devices = devices;
+            devices.sort_by_key(|d| (d.slot, d.function));
+            PciInfo {
+                bus,
+                devices,
+                segment,
+            }
+        })
+        .collect();
+    info.push(PciInfo {
         bus: 0,
         devices,
-        segment: (segment != 0).then_some(segment),
-    }]
+        segment,
+    });
+    info
 }
 
 /// Port `i` at (`bus`, `devfn`) with, when its Secondary Bus Number is non-zero, what sits on
@@ -321,7 +356,7 @@ fn port(h: &Hierarchy, i: usize, bus: u8, devfn: u8, depth: usize) -> Option<Pci
                         .endpoints
                         .get(usize::from(e))
                         .map(|e| remote(e, secondary)),
-                    Slot::Mch | Slot::Empty => None,
+                    Slot::Mch | Slot::Empty | Slot::Expander(_) => None,
                 })
                 .collect();
             bridge.devices = Some(below);

@@ -4,6 +4,7 @@ pub mod host_bridge;
 pub mod machine;
 pub mod mch;
 pub mod pcie_pci_bridge;
+pub mod pxb_pcie;
 pub mod root_port;
 
 /// The port behaviour [`RootPort`] has (bus numbers, windows, slot, AER, PME): bring it into
@@ -13,4 +14,5 @@ pub use host_bridge::{HostBridge, SegmentHostBridge};
 pub use machine::{MachineType, PortCompat};
 pub use mch::Mch;
 pub use pcie_pci_bridge::{PciePciBridge, PciePciBridgeConfig};
+pub use pxb_pcie::{PxbPcie, PxbPcieConfig};
 pub use root_port::{BridgeKind, RootPort, RootPortConfig, RootPortModel};

@@ -209,6 +209,10 @@ impl ControlPlane {
         if req.bus == ROOT_BUS {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
+        // An expander's root bus has no hot-plug handler in QEMU either.
+        if h.spec().expander(&req.bus).is_some() {
+            return Err(format!("Bus '{}' does not support hotplugging", req.bus).into());
+        }
         // A root or downstream port's slot, or a `pcie-pci-bridge`'s SHPC slots.
         if !is_port(h, &req.bus) && !is_bridge(h, &req.bus) {
             return Err(format!("Bus '{}' not found", req.bus).into());
@@ -236,9 +240,9 @@ impl ControlPlane {
     /// the effects are reported, the caller records the request with
     /// [`ControlPlane::unplug_requested`].
     pub fn device_del(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        // The ports and bridges pcierc emulates are not hot-unplugged (QEMU's message for
-        // those on pcie.0).
-        if is_port(h, id) || is_bridge(h, id) {
+        // The ports, bridges and expanders pcierc emulates are not hot-unplugged (QEMU's
+        // message for those on pcie.0).
+        if is_port(h, id) || is_bridge(h, id) || h.spec().expander(id).is_some() {
             return Err(format!("Bus '{ROOT_BUS}' does not support hotplugging").into());
         }
         let Some(e) = h.endpoint(id) else {
@@ -478,6 +482,33 @@ mod tests {
                 "Bus 'pcie.0' does not support hotplugging".into()
             ))
         );
+    }
+
+    /// QEMU 7.2's replies (asked with QMP): an expander's root bus takes no hot-plug, the
+    /// expander cannot be removed; a root port on its bus takes hot-plug as any root port.
+    #[test]
+    fn expanders_refuse_hot_plug_as_qemu_does() {
+        let mut spec = TopologySpec::embedded_default().unwrap();
+        spec.add_device_option("pxb-pcie,id=pxb1,bus_nr=0x80,addr=5")
+            .unwrap();
+        spec.add_device_option("pcie-root-port,id=rp9,bus=pxb1,chassis=9,slot=9,addr=0")
+            .unwrap();
+        let mut h = Hierarchy::new(spec).unwrap();
+        let c = ControlPlane::default();
+        assert_eq!(
+            c.device_add(&mut h, &add("n1", "pxb1")),
+            Err(ControlError::Generic(
+                "Bus 'pxb1' does not support hotplugging".into()
+            ))
+        );
+        assert_eq!(
+            c.device_del(&mut h, "pxb1"),
+            Err(ControlError::Generic(
+                "Bus 'pcie.0' does not support hotplugging".into()
+            ))
+        );
+        assert!(c.device_add(&mut h, &add("n1", "rp9")).is_ok());
+        assert!(h.endpoint("n1").is_some());
     }
 
     #[test]

@@ -19,18 +19,19 @@ struct Irqfd {
     sent: Option<MsiRoute>,
 }
 
-/// The interrupt eventfds frontends registered, by (segment, devfn on its root bus, vector).
+/// The interrupt eventfds frontends registered, by (segment, root bus, devfn on it, vector): a
+/// root bus is bus 0 or a `pxb-pcie` expander's (whose number no register changes).
 #[derive(Default)]
-pub struct Irqfds(BTreeMap<(u16, u8, u16), Vec<Irqfd>>);
+pub struct Irqfds(BTreeMap<(u16, u8, u8, u16), Vec<Irqfd>>);
 
 /// Most eventfds one frontend may register (every vector of 256 root ports, and more).
 const MAX_PER_CONNECTION: usize = 4096;
 
 impl Irqfds {
-    /// Signal the eventfds registered for (`segment`, `devfn`, `vector`); the connections
-    /// that took it.
-    pub fn signal(&self, segment: u16, devfn: u8, vector: u16) -> Vec<ConnectionId> {
-        let Some(regs) = self.0.get(&(segment, devfn, vector)) else {
+    /// Signal the eventfds registered for (`segment`, `bus`, `devfn`, `vector`); the
+    /// connections that took it.
+    pub fn signal(&self, segment: u16, bus: u8, devfn: u8, vector: u16) -> Vec<ConnectionId> {
+        let Some(regs) = self.0.get(&(segment, bus, devfn, vector)) else {
             return Vec::new();
         };
         regs.iter()
@@ -69,14 +70,14 @@ impl Irqfds {
         req: &InterruptFd,
         fd: Option<EventFd>,
     ) -> Result<(), Status> {
-        let Some(h) = segments.get(req.segment).filter(|_| req.bus == 0) else {
-            // Only pcierc's own functions (the root ports, on a root bus) send MSI-X here.
+        let Some(h) = segments.get(req.segment).filter(|h| h.is_root_bus(req.bus)) else {
+            // Only pcierc's own functions on a root bus (the root ports) send MSI-X here.
             return Err(Status::NoDevice);
         };
         if h.msi_route(req.bus, req.devfn, req.vector).is_none() {
             return Err(Status::NoDevice);
         }
-        let key = (req.segment, req.devfn, req.vector);
+        let key = (req.segment, req.bus, req.devfn, req.vector);
         let regs = self.0.entry(key).or_default();
         regs.retain(|r| r.conn != conn);
         if let Some(fd) = fd {
@@ -99,10 +100,10 @@ impl Irqfds {
     /// told from here on.
     pub fn stale_routes(&mut self, segments: &Segments) -> Vec<(ConnectionId, MsiRoute)> {
         let mut outgoing = Vec::new();
-        for (&(segment, devfn, vector), regs) in self.0.iter_mut() {
+        for (&(segment, bus, devfn, vector), regs) in self.0.iter_mut() {
             let Some((address, data, masked)) = segments
                 .get(segment)
-                .and_then(|h| h.msi_route(0, devfn, vector))
+                .and_then(|h| h.msi_route(bus, devfn, vector))
             else {
                 continue;
             };
@@ -110,7 +111,7 @@ impl Irqfds {
                 address,
                 data,
                 segment,
-                bus: 0,
+                bus,
                 devfn,
                 vector,
                 masked: u8::from(masked),

@@ -161,9 +161,10 @@ impl RootComplex {
                         },
                 } => {
                     // Frontends with an eventfd for this vector get a write, not a message
-                    // (eventfds are registered for root-bus functions).
-                    let by_fd = if bus == 0 {
-                        self.irqfds.signal(segment, devfn, vector)
+                    // (eventfds are registered for root-bus functions: bus 0, an expander's).
+                    let root_bus = h.get(segment).is_some_and(|h| h.is_root_bus(bus));
+                    let by_fd = if root_bus {
+                        self.irqfds.signal(segment, bus, devfn, vector)
                     } else {
                         Vec::new()
                     };

@@ -108,6 +108,37 @@ pub enum TopologyError {
         /// The bridge.
         id: String,
     },
+    /// A `pxb-pcie` declared as a `[[device]]` (or hot-plugged: QEMU's expanders are not
+    /// hot-pluggable either).
+    #[error("{id}: declare pxb-pcie expanders as [[expander]] or --device when pcierc starts")]
+    ExpanderAsDevice {
+        /// The expander.
+        id: String,
+    },
+    /// A function other than a bridge on an expander's root bus (QEMU 7.2's message).
+    #[error("{id}: PCI: Only PCI/PCIe bridges can be plugged into pxb-pcie")]
+    OnlyBridgesOnExpander {
+        /// The function.
+        id: String,
+        /// The expander.
+        expander: String,
+    },
+    /// A `pxb-pcie` on a bus other than `pcie.0` (QEMU 7.2's `pxb_register_bus()` message).
+    #[error("{id}: PXB devices can be attached only to root bus")]
+    ExpanderNotOnRootBus {
+        /// The expander.
+        id: String,
+    },
+    /// Two `pxb-pcie`s with one `bus_nr` (QEMU 7.2's `pxb_register_bus()` message).
+    #[error("{id}: Bus {bus_nr} is already in use (by {other})")]
+    ExpanderBusInUse {
+        /// The expander declared later.
+        id: String,
+        /// The bus number.
+        bus_nr: u8,
+        /// The expander that has it.
+        other: String,
+    },
     /// A function at device 0 below a `pcie-pci-bridge`, which has no hot-plug slot there (QEMU
     /// 7.2's `shpc_device_get_slot()` message).
     #[error(
@@ -132,8 +163,8 @@ pub enum TopologyError {
         /// Why not.
         reason: &'static str,
     },
-    /// A root port on a bus other than the root bus.
-    #[error("{id}: root ports sit on {ROOT_BUS}, not '{bus}'")]
+    /// A root port on a bus other than the root bus or an expander's.
+    #[error("{id}: root ports sit on {ROOT_BUS} or a pxb-pcie's bus, not '{bus}'")]
     PortBus {
         /// The port.
         id: String,

@@ -1,5 +1,6 @@
 //! The hierarchy pcierc serves: the MCH, the root ports, the PCI Express switches below them
-//! (upstream and downstream ports, a tree), and the functions other emulators own behind the
+//! (upstream and downstream ports, a tree), the `pcie-pci-bridge`s, the `pxb-pcie` expanders
+//! with the root ports on their root buses, and the functions other emulators own behind the
 //! ports. Routes configuration cycles (mechanism #1 and ECAM) and BAR accesses to the function
 //! models, applies their [`Effects`] and keeps the layout generation.
 
@@ -7,7 +8,7 @@ use pcierc_protocol::{width_mask, AccessKind, ChipsetMemory, ResetReason, Status
 
 use super::addr::DevFn;
 use super::spec::{TopologySpec, ROOT_BUS};
-use crate::devices::{HostBridge, Mch, PciePciBridge, RootPort, SegmentHostBridge};
+use crate::devices::{HostBridge, Mch, PciePciBridge, PxbPcie, RootPort, SegmentHostBridge};
 use crate::pci::port::PortFunction;
 use crate::pci::{Effects, Interrupt, PciFunction, Width};
 use crate::topology::report::DescribeCache;
@@ -16,6 +17,7 @@ use crate::topology::StateError;
 
 mod bridge_hotplug;
 mod bridges;
+mod expanders;
 mod hotplug;
 mod routing;
 mod snapshot;
@@ -78,6 +80,8 @@ pub enum Slot {
     Endpoint(u16),
     /// `pcie-pci-bridge` `n` (index into the spec's `bridges`).
     Bridge(u16),
+    /// `pxb-pcie` `n` (index into the spec's `expanders`), on the root bus.
+    Expander(u16),
 }
 
 /// Where a configuration access landed.
@@ -108,6 +112,14 @@ pub struct Hierarchy {
     /// Per bridge: the secondary bus and Secondary Bus Reset `bus_owner` was built from.
     bridge_buses: Vec<u8>,
     bridge_sbr: Vec<bool>,
+    /// The `pxb-pcie`s, in spec order (see `expanders.rs`).
+    expanders: Vec<PxbPcie>,
+    /// Per expander: devfn on its root bus -> the root port there.
+    expander_children: Vec<[Slot; 256]>,
+    /// Per expander: the ports on its root bus, in topology order.
+    expander_ports: Vec<Vec<usize>>,
+    /// Per port: the expander whose root bus it sits on (`None`: `pcie.0` or behind a port).
+    port_roots: Vec<Option<u16>>,
     /// Root bus: devfn -> slot.
     root: [Slot; 256],
     /// Per port: devfn on its secondary bus -> what sits there (switch ports pcierc emulates,
@@ -167,8 +179,17 @@ impl Hierarchy {
             .iter()
             .map(|b| PciePciBridge::on_machine(b.config.clone(), spec.machine))
             .collect();
+        let expanders: Vec<PxbPcie> = spec
+            .expanders
+            .iter()
+            .map(|x| PxbPcie::new(x.config.clone()))
+            .collect();
         let mut h = Hierarchy {
             bridges,
+            expanders,
+            expander_children: Vec::new(),
+            expander_ports: Vec::new(),
+            port_roots: Vec::new(),
             bridge_parents: Vec::new(),
             bridge_children: Vec::new(),
             bridge_buses: Vec::new(),
@@ -208,6 +229,7 @@ impl Hierarchy {
     /// Rebuild the root bus and per-port tables from the spec (after functions come or go).
     fn rebuild_slots(&mut self) {
         self.mark_all_changed();
+        self.rebuild_expander_slots();
         self.root = [Slot::Empty; 256];
         self.root[0] = Slot::Mch;
         let n = self.ports.len();
@@ -230,13 +252,20 @@ impl Hierarchy {
         for (i, parent) in self.parents.iter().enumerate() {
             match parent.and_then(|up| self.child_ports.get_mut(usize::from(up))) {
                 Some(kids) => kids.push(i),
+                // The root ports of expanders' buses are in `expander_ports`.
+                None if self.port_roots.get(i).copied().flatten().is_some() => {}
                 None => self.top_ports.push(i),
             }
         }
         let place = |bus: &str| (bus != ROOT_BUS).then(|| index(bus)).flatten();
         let mut placed: Vec<(Option<u16>, u8, Slot)> = Vec::new();
         for (i, p) in self.spec.root_ports.iter().enumerate() {
-            placed.push((place(&p.bus), p.addr.0, Slot::Port(i as u16)));
+            if self.port_roots.get(i).copied().flatten().is_none() {
+                placed.push((place(&p.bus), p.addr.0, Slot::Port(i as u16)));
+            }
+        }
+        for (i, x) in self.spec.expanders.iter().enumerate() {
+            placed.push((None, x.addr.0, Slot::Expander(i as u16)));
         }
         for (i, b) in self.spec.bridges.iter().enumerate() {
             placed.push((place(&b.bus), b.addr.0, Slot::Bridge(i as u16)));
@@ -311,14 +340,14 @@ impl Hierarchy {
         }
     }
 
-    /// The bus a port sits on now: 0, or its parent's secondary bus.
+    /// The bus a port sits on now: 0, an expander's root bus, or its parent's secondary bus.
     pub fn port_bus(&self, i: usize) -> u8 {
         match self.parents.get(i).copied().flatten() {
             Some(up) => self
                 .ports
                 .get(usize::from(up))
                 .map_or(0, |p| p.secondary_bus()),
-            None => 0,
+            None => self.port_root(i).map_or(0, |x| self.expander_bus(x)),
         }
     }
 
@@ -423,6 +452,7 @@ impl Hierarchy {
             b.take_interrupts();
             b.take_released();
         }
+        self.expanders.iter_mut().for_each(PciFunction::reset);
         // The functions other emulators serve are reset with the platform; their owners (a
         // passthrough device model need not be the frontend that sent `Reset`) are told.
         for endpoint in &self.spec.endpoints {
@@ -482,7 +512,10 @@ impl Hierarchy {
         }
         let port = usize::from(owner - 1);
         if let Some(j) = port.checked_sub(self.ports.len()) {
-            return self.locate_below_bridge(j, bus, devfn);
+            return match j.checked_sub(self.bridges.len()) {
+                None => self.locate_below_bridge(j, bus, devfn),
+                Some(x) => self.locate_on_expander(x, bus, devfn),
+            };
         }
         let (Some(p), Some(children)) = (self.ports.get(port), self.children.get(port)) else {
             return Routed::Absent;
@@ -525,6 +558,10 @@ impl Hierarchy {
 
     fn function_mut(&mut self, slot: Slot) -> Option<&mut dyn PciFunction> {
         match slot {
+            Slot::Expander(x) => self
+                .expanders
+                .get_mut(usize::from(x))
+                .map(|f| f as &mut dyn PciFunction),
             Slot::Bridge(j) => self
                 .bridges
                 .get_mut(usize::from(j))
@@ -540,6 +577,10 @@ impl Hierarchy {
 
     fn function(&self, slot: Slot) -> Option<&dyn PciFunction> {
         match slot {
+            Slot::Expander(x) => self
+                .expanders
+                .get(usize::from(x))
+                .map(|f| f as &dyn PciFunction),
             Slot::Bridge(j) => self
                 .bridges
                 .get(usize::from(j))
@@ -771,6 +812,9 @@ impl Hierarchy {
         for (b, spec) in self.bridges.iter().zip(&self.spec.bridges) {
             v.push((spec.config.id.clone(), b.save()));
         }
+        for (x, spec) in self.expanders.iter().zip(&self.spec.expanders) {
+            v.push((spec.config.id.clone(), x.save()));
+        }
         v
     }
 
@@ -820,6 +864,14 @@ impl Hierarchy {
                 *copy = Some(b.clone());
             }
         }
+        since.expanders.resize(self.expanders.len(), None);
+        let first = first + self.bridges.len();
+        for (x, (f, copy)) in self.expanders.iter().zip(&mut since.expanders).enumerate() {
+            if copy.as_ref() != Some(f) {
+                out.push((first + x, FunctionChange::State(f.save())));
+                *copy = Some(f.clone());
+            }
+        }
         out
     }
 
@@ -837,6 +889,7 @@ impl Hierarchy {
         let expected: Vec<&str> = std::iter::once(self.host_bridge_id())
             .chain(self.spec.root_ports.iter().map(|p| p.config.id.as_str()))
             .chain(self.spec.bridges.iter().map(|b| b.config.id.as_str()))
+            .chain(self.spec.expanders.iter().map(|x| x.config.id.as_str()))
             .collect();
         let got: Vec<&str> = functions.iter().map(|(id, _)| id.as_str()).collect();
         if expected != got {
@@ -860,10 +913,16 @@ impl Hierarchy {
         for (b, (_, s)) in bridges.iter_mut().zip(&functions[1 + ports.len()..]) {
             b.restore(s)?;
         }
+        let mut expanders = self.expanders.clone();
+        let first = 1 + ports.len() + bridges.len();
+        for (x, (_, s)) in expanders.iter_mut().zip(&functions[first..]) {
+            x.restore(s)?;
+        }
         self.spec = spec;
         self.mch = mch;
         self.ports = ports;
         self.bridges = bridges;
+        self.expanders = expanders;
         self.config_address = config_address;
         self.rebuild_slots(); // marks every function changed
         self.rebuild_routing();
@@ -890,6 +949,7 @@ pub struct SavedModels {
     mch: Option<HostBridge>,
     ports: Vec<Option<RootPort>>,
     bridges: Vec<Option<PciePciBridge>>,
+    expanders: Vec<Option<PxbPcie>>,
 }
 
 /// All ones in a configuration read of `width` bytes (1, 2 or 4: checked before).

@@ -1,6 +1,7 @@
 //! The hierarchy: how it is described ([`spec`]), how accesses are routed ([`hierarchy`]), how it
 //! is reported to frontends ([`report`]) and saved ([`state`]); the `pcie-root-port` properties
-//! ([`root_port`]) and the `pcie-pci-bridge` ones ([`pcie_pci_bridge`]); what goes wrong
+//! ([`root_port`]), the `pcie-pci-bridge` ones ([`pcie_pci_bridge`]) and the `pxb-pcie` ones
+//! ([`pxb_pcie`]); what goes wrong
 //! ([`error`]); extra PCI segments ([`segment`]) and the hierarchies of all of them
 //! ([`segments`]).
 
@@ -8,6 +9,7 @@ pub mod addr;
 pub mod error;
 pub mod hierarchy;
 pub mod pcie_pci_bridge;
+pub mod pxb_pcie;
 pub mod report;
 pub mod root_port;
 pub mod segment;
@@ -19,4 +21,4 @@ pub use addr::DevFn;
 pub use error::{StateError, TopologyError};
 pub use hierarchy::{FunctionChange, Hierarchy, Routed, SavedModels, Slot};
 pub use segments::Segments;
-pub use spec::{EndpointSpec, PortSpec, SegmentSpec, TopologySpec};
+pub use spec::{EndpointSpec, ExpanderSpec, PortSpec, SegmentSpec, TopologySpec};

@@ -96,7 +96,7 @@ impl Hierarchy {
         let mut functions = Vec::with_capacity(1 + spec.root_ports.len() + spec.endpoints.len());
         functions.push(self.mch_record());
         let mut ranges = config_ranges().to_vec();
-        for i in 0..self.ports().len() + self.bridges().len() {
+        for i in 0..self.emulated_functions() {
             let (record, port_ranges) = self.emulated_description(i);
             functions.push(record);
             ranges.extend(port_ranges);
@@ -109,7 +109,7 @@ impl Hierarchy {
     /// of `cache` marked stale are described again. The first call's delta (from an empty
     /// cache) is not a delta of any topology a frontend holds; its caller sends the whole one.
     pub(super) fn layout_delta_cached(&self, cache: &mut DescribeCache) -> LayoutDelta {
-        let n = 1 + self.ports().len() + self.bridges().len();
+        let n = 1 + self.emulated_functions();
         if cache.stale.len() != n || cache.ports.len() + 1 != n {
             cache.stale = vec![true; n];
             cache.ports = vec![Default::default(); n - 1];
@@ -133,6 +133,17 @@ impl Hierarchy {
                 for j in self.bridges_below(i) {
                     cache.mark(1 + self.ports().len() + j);
                 }
+            }
+        }
+        // An expander's record names the highest bus below its ports: it follows them.
+        let first_expander = 1 + self.ports().len() + self.bridges().len();
+        for x in 0..self.expanders().len() {
+            if self
+                .expander_ports(x)
+                .iter()
+                .any(|&i| cache.stale.get(1 + i) == Some(&true))
+            {
+                cache.mark(first_expander + x);
             }
         }
         for (i, stale) in cache.stale.iter_mut().enumerate() {
@@ -266,11 +277,59 @@ impl Hierarchy {
         }
     }
 
-    /// Emulated function `k`'s record and ranges: port `k`, or bridge `k - ports`.
+    /// The functions pcierc emulates besides the host bridge: ports, bridges, expanders.
+    fn emulated_functions(&self) -> usize {
+        self.ports().len() + self.bridges().len() + self.expanders().len()
+    }
+
+    /// Emulated function `k`'s record and ranges: port `k`, bridge `k - ports`, then the
+    /// expanders.
     fn emulated_description(&self, k: usize) -> (FunctionRecord, Vec<AddressRange>) {
         match k.checked_sub(self.ports().len()) {
             None => self.port_description(k),
-            Some(j) => self.bridge_description(j),
+            Some(j) => match j.checked_sub(self.bridges().len()) {
+                None => self.bridge_description(j),
+                Some(x) => (self.expander_record(x), Vec::new()),
+            },
+        }
+    }
+
+    /// Expander `x`'s record (record `1 + ports + bridges + x`): a `HostBridge` record (kind 1,
+    /// class 06/00/00) on the root bus, with no ranges (it has no BAR and no window: QEMU's
+    /// expander bus shares `pcie.0`'s address spaces). `secondary_bus` is the number of the
+    /// root bus it opens (`bus_nr`), `subordinate_bus` the highest bus below it now: that bus
+    /// or the highest Subordinate Bus Number of the root ports on it (QEMU's `build_crs()` bus
+    /// range for the expander's ACPI host bridge, docs/protocol.md section 10); `proximity` its
+    /// `numa_node` + 1 (0 unassigned).
+    fn expander_record(&self, x: usize) -> FunctionRecord {
+        let (f, xs) = (&self.expanders()[x], &self.spec().expanders[x]);
+        let (v, d, c, mf) = identity(f);
+        let bus = self.expander_bus(x);
+        let last = self
+            .expander_ports(x)
+            .iter()
+            .filter_map(|&i| self.ports().get(i))
+            .map(|p| p.subordinate_bus())
+            .fold(bus, u8::max);
+        FunctionRecord {
+            segment: self.spec().segment,
+            bus: 0,
+            devfn: xs.addr.0,
+            vendor_id: v,
+            device_id: d,
+            class_code: c,
+            kind: FunctionKind::HostBridge as u8,
+            flags: function_flags::PRESENT
+                | function_flags::EMULATED
+                | if mf { function_flags::MULTIFUNCTION } else { 0 },
+            parent: NO_PARENT,
+            secondary_bus: bus,
+            subordinate_bus: last,
+            // The numa_node as the protocol carries it: + 1, 0 for none (at most 128).
+            proximity: xs.config.numa_node().map_or(0, |n| n + 1),
+            id: name(&xs.config.id),
+            owner: name(PCIERC_OWNER),
+            ..Default::default()
         }
     }
 
@@ -308,8 +367,9 @@ impl Hierarchy {
     /// (docs/protocol.md section 10). Record 1 + i is port i.
     fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
         let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
+        // A root port sits on pcie.0 or on an expander's root bus (`port_bus`).
         let (bus, parent) = match self.port_parent(i) {
-            None => (0, NO_PARENT),
+            None => (self.port_bus(i), NO_PARENT),
             Some(up) => (self.port_bus(i), up as u16 + 1),
         };
         let reachable = parent == NO_PARENT
@@ -479,20 +539,25 @@ impl Hierarchy {
             .filter(|e| e.bus == ROOT_BUS)
             .collect();
         let tops: Vec<usize> = (0..self.ports().len())
-            .filter(|&i| self.port_parent(i).is_none())
+            .filter(|&i| self.port_parent(i).is_none() && self.port_root(i).is_none())
             .collect();
         let bridges: Vec<usize> = (0..self.bridges().len())
             .filter(|&j| self.bridge_parent(j).is_none())
             .collect();
-        let n = tops.len() + bridges.len() + root_eps.len();
+        let expanders = self.expanders().len();
+        let n = tops.len() + bridges.len() + expanders + root_eps.len();
         for (k, &i) in tops.iter().enumerate() {
             self.tree_port(&mut out, i, "", k + 1 == n, true);
         }
         for (k, &j) in bridges.iter().enumerate() {
             self.tree_bridge(&mut out, j, "", tops.len() + k + 1 == n, true);
         }
+        for x in 0..expanders {
+            let last = tops.len() + bridges.len() + x + 1 == n;
+            self.tree_expander(&mut out, x, last);
+        }
         for (i, e) in root_eps.iter().enumerate() {
-            let last = tops.len() + bridges.len() + i + 1 == n;
+            let last = tops.len() + bridges.len() + expanders + i + 1 == n;
             let _ = writeln!(
                 out,
                 "{} 00:{} {:<13} {} (owner {})",
@@ -515,7 +580,7 @@ impl Hierarchy {
         let (v, d, _, _) = identity(p);
         let c = &ps.config;
         let place = if root {
-            format!("00:{}", ps.addr)
+            format!("{:02x}:{}", self.port_bus(i), ps.addr)
         } else {
             ps.addr.to_string()
         };
@@ -562,6 +627,33 @@ impl Hierarchy {
                 e.driver,
                 e.owner
             );
+        }
+    }
+
+    /// Expander `x` and the root ports on its bus, for [`Hierarchy::tree`].
+    fn tree_expander(&self, out: &mut String, x: usize, last: bool) {
+        let (Some(f), Some(xs)) = (self.expanders().get(x), self.spec().expanders.get(x)) else {
+            return;
+        };
+        let (v, d, _, _) = identity(f);
+        let numa = xs
+            .config
+            .numa_node()
+            .map(|n| format!(" numa_node {n}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{} 00:{} {:<13} [{v:04x}:{d:04x}] {} root bus {:02x}{numa} (pcierc)",
+            if last { "└──" } else { "├──" },
+            xs.addr,
+            xs.config.id,
+            crate::topology::pxb_pcie::DRIVER,
+            xs.config.bus_nr,
+        );
+        let inner = if last { "    " } else { "│   " };
+        let ports = self.expander_ports(x);
+        for (k, &i) in ports.iter().enumerate() {
+            self.tree_port(out, i, inner, k + 1 == ports.len(), true);
         }
     }
 

@@ -107,13 +107,15 @@ impl Segments {
         &mut self.all[i]
     }
 
-    /// Is `id` taken by any segment's function, port, `pcie-pci-bridge` or host bridge?
+    /// Is `id` taken by any segment's function, port, `pcie-pci-bridge`, `pxb-pcie` or host
+    /// bridge?
     pub fn id_in_use(&self, id: &str) -> bool {
         self.all.iter().any(|h| {
             h.host_bridge_id() == id
                 || h.endpoint(id).is_some()
                 || h.spec().root_ports.iter().any(|p| p.config.id == id)
                 || h.spec().bridges.iter().any(|b| b.config.id == id)
+                || h.spec().expanders.iter().any(|x| x.config.id == id)
         })
     }
 

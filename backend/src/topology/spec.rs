@@ -10,7 +10,9 @@ use super::error::TopologyError;
 use super::root_port;
 pub use super::segment::SegmentSpec;
 use super::{pcie_pci_bridge, pcie_pci_bridge::DRIVER as BRIDGE_DRIVER};
+use super::{pxb_pcie, pxb_pcie::DRIVER as EXPANDER_DRIVER};
 use crate::devices::pcie_pci_bridge::PciePciBridgeConfig;
+use crate::devices::pxb_pcie::PxbPcieConfig;
 use crate::devices::{BridgeKind, MachineType, RootPortConfig, RootPortModel};
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
@@ -54,6 +56,19 @@ pub struct BridgeSpec {
     pub config: PciePciBridgeConfig,
 }
 
+/// A `pxb-pcie` expander bridge pcierc emulates: a function on `pcie.0` that opens one more root
+/// bus of segment 0, numbered `bus_nr`, named after its id: root ports placed with `bus` = its id
+/// sit there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpanderSpec {
+    /// Device/function on `pcie.0`.
+    pub addr: DevFn,
+    /// `pcie.0`, the only bus QEMU lets an expander sit on.
+    pub bus: String,
+    /// The QEMU device's properties (`-device pxb-pcie,help`).
+    pub config: PxbPcieConfig,
+}
+
 /// A function pcierc does not emulate but knows about: it is served by another emulator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSpec {
@@ -62,7 +77,8 @@ pub struct EndpointSpec {
     /// The QEMU driver name the owner uses (informational).
     pub driver: String,
     /// `pcie.0`, the id of an extra segment (its root bus), the id of the root or switch
-    /// downstream port it sits behind, or the id of a `pcie-pci-bridge` it sits below.
+    /// downstream port it sits behind, or the id of a `pcie-pci-bridge` it sits below (not a
+    /// `pxb-pcie`'s: QEMU puts only bridges on an expander's bus).
     pub bus: String,
     /// Device/function on that bus.
     pub addr: DevFn,
@@ -91,6 +107,8 @@ pub struct TopologySpec {
     pub root_ports: Vec<PortSpec>,
     /// The `pcie-pci-bridge`s pcierc emulates, in declaration order.
     pub bridges: Vec<BridgeSpec>,
+    /// The `pxb-pcie` expander bridges pcierc emulates, in declaration order (segment 0 only).
+    pub expanders: Vec<ExpanderSpec>,
     /// Functions served by other emulators.
     pub endpoints: Vec<EndpointSpec>,
 }
@@ -110,7 +128,83 @@ struct FileRepr {
     #[serde(default)]
     bridge: Vec<BridgeRepr>,
     #[serde(default)]
+    expander: Vec<ExpanderRepr>,
+    #[serde(default)]
     device: Vec<DeviceRepr>,
+}
+
+/// An `[[expander]]` table: `id`, `addr` (required), `bus` (default and only value `pcie.0`),
+/// optional `driver` (`pxb-pcie`, the only one), then any property of that QEMU device by QEMU's
+/// name ([`pxb_pcie::PROPERTIES`]): `bus_nr`, `numa_node`, ...
+#[derive(Deserialize, Debug, Default)]
+#[serde(transparent)]
+struct ExpanderRepr(BTreeMap<String, toml::Value>);
+
+impl ExpanderRepr {
+    fn into_spec(self) -> Result<ExpanderSpec> {
+        let mut props = Vec::new();
+        let mut id = None;
+        for (k, v) in &self.0 {
+            let value = match v {
+                toml::Value::String(s) => s.clone(),
+                other if k == "id" => {
+                    return Err(TopologyError::Toml {
+                        location: None,
+                        message: format!("expander id: expected a string, found {other}"),
+                    })
+                }
+                other => root_port::toml_value(id.as_deref().unwrap_or(k), k, other)?,
+            };
+            if k == "id" {
+                id = Some(value.clone());
+            }
+            props.push((k.clone(), value));
+        }
+        let Some(id) = id else {
+            return Err(TopologyError::Toml {
+                location: None,
+                message: "an [[expander]] without id".into(),
+            });
+        };
+        expander_spec(&id, &props)
+    }
+}
+
+/// Build an expander from QEMU-syntax properties (`id`, `bus`, `addr`, `driver` and the
+/// device's own). Without `bus` it sits on `pcie.0`; `addr` is required, as for root ports.
+fn expander_spec(id: &str, props: &[(String, String)]) -> Result<ExpanderSpec> {
+    let field = |name: &str| {
+        props
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(driver) = field("driver").filter(|d| *d != EXPANDER_DRIVER) {
+        return Err(TopologyError::UnknownProperty {
+            id: id.to_string(),
+            key: format!("driver={driver}"),
+            driver: EXPANDER_DRIVER.into(),
+        });
+    }
+    let Some(addr) = field("addr") else {
+        return Err(TopologyError::MissingProperty {
+            id: id.to_string(),
+            property: "addr",
+        });
+    };
+    let addr = parse_devfn(addr).map_err(|source| TopologyError::Address {
+        id: id.to_string(),
+        source,
+    })?;
+    let pairs: Vec<(&str, &str)> = props
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    Ok(ExpanderSpec {
+        addr,
+        bus: field("bus").unwrap_or(ROOT_BUS).to_string(),
+        config: pxb_pcie::parse(id, &pairs)?,
+    })
 }
 
 /// A `[[bridge]]` table: `id`, `bus` (default `pcie.0`), `addr` (default 0.0, required on
@@ -214,10 +308,13 @@ fn port_spec(
     bus: Option<&str>,
     props: &[(String, String)],
     segments: &[SegmentSpec],
+    expanders: &[ExpanderSpec],
 ) -> Result<(PortSpec, Option<DevFn>)> {
     let root = model.kind() == BridgeKind::RootPort;
     let (segment, bus) = match bus {
         None | Some(ROOT_BUS) if root => (0, ROOT_BUS.to_string()),
+        // A root port on a pxb-pcie's root bus (segment 0): `bus` names the expander.
+        Some(bus) if root && expanders.iter().any(|x| x.config.id == bus) => (0, bus.to_string()),
         // A root port on an extra segment's root bus: `bus` names the segment.
         Some(bus) if root => match segments.iter().find(|s| s.id == bus) {
             Some(s) => (s.segment, ROOT_BUS.to_string()),
@@ -269,7 +366,11 @@ fn port_spec(
 }
 
 impl PortRepr {
-    fn into_spec(self, segments: &[SegmentSpec]) -> Result<(PortSpec, Option<DevFn>)> {
+    fn into_spec(
+        self,
+        segments: &[SegmentSpec],
+        expanders: &[ExpanderSpec],
+    ) -> Result<(PortSpec, Option<DevFn>)> {
         let text = |key: &str| match self.0.get(key) {
             Some(toml::Value::String(s)) => Ok(Some(s.clone())),
             None => Ok(None),
@@ -299,7 +400,15 @@ impl PortRepr {
             .filter(|(k, _)| !["id", "addr", "bus", "driver"].contains(&k.as_str()))
             .map(|(k, v)| Ok((k.to_string(), root_port::toml_value(&id, k.as_str(), v)?)))
             .collect::<Result<Vec<_>>>()?;
-        port_spec(id, model, addr.as_deref(), bus.as_deref(), &props, segments)
+        port_spec(
+            id,
+            model,
+            addr.as_deref(),
+            bus.as_deref(),
+            &props,
+            segments,
+            expanders,
+        )
     }
 }
 
@@ -318,6 +427,7 @@ impl TopologySpec {
             default_owner: "vmm".into(),
             root_ports: Vec::new(),
             bridges: Vec::new(),
+            expanders: Vec::new(),
             endpoints: Vec::new(),
         }
     }
@@ -340,8 +450,12 @@ impl TopologySpec {
             default_owner: repr.default_owner.unwrap_or_else(|| "vmm".into()),
             ..Self::empty()
         };
+        // Expanders first: root ports name them as their bus.
+        for x in repr.expander {
+            spec.expanders.push(x.into_spec()?);
+        }
         for p in repr.root_port.into_iter().chain(repr.switch_port) {
-            let (p, addr) = p.into_spec(&spec.segments)?;
+            let (p, addr) = p.into_spec(&spec.segments, &spec.expanders)?;
             spec.push_port(p, addr);
         }
         for b in repr.bridge {
@@ -420,10 +534,13 @@ impl TopologySpec {
                 field("bus"),
                 &props,
                 &self.segments,
+                &self.expanders,
             )?;
             self.push_port(port, addr);
         } else if driver == BRIDGE_DRIVER {
             self.bridges.push(bridge_spec(&id, &kv)?);
+        } else if driver == EXPANDER_DRIVER {
+            self.expanders.push(expander_spec(&id, &kv)?);
         } else {
             let mut d = DeviceRepr {
                 driver: driver.clone(),
@@ -478,6 +595,11 @@ impl TopologySpec {
         self.bridges.iter().find(|b| b.config.id == id)
     }
 
+    /// The `pxb-pcie` with this id.
+    pub fn expander(&self, id: &str) -> Option<&ExpanderSpec> {
+        self.expanders.iter().find(|x| x.config.id == id)
+    }
+
     fn push_device(&mut self, d: DeviceRepr) -> Result<()> {
         let id = d.id;
         if RootPortModel::from_driver(&d.driver).is_some() {
@@ -485,6 +607,9 @@ impl TopologySpec {
         }
         if d.driver == BRIDGE_DRIVER {
             return Err(TopologyError::BridgeAsDevice { id });
+        }
+        if d.driver == EXPANDER_DRIVER {
+            return Err(TopologyError::ExpanderAsDevice { id });
         }
         let Some(bus) = d.bus else {
             return Err(TopologyError::MissingProperty {
@@ -531,6 +656,7 @@ impl TopologySpec {
             .map(|s| s.id.as_str())
             .chain(self.root_ports.iter().map(|p| p.config.id.as_str()))
             .chain(self.bridges.iter().map(|b| b.config.id.as_str()))
+            .chain(self.expanders.iter().map(|x| x.config.id.as_str()))
             .chain(self.endpoints.iter().map(|e| e.id.as_str()));
         for id in all_ids {
             if !valid_name(id) || !id.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -544,6 +670,7 @@ impl TopologySpec {
         let mut slots: HashMap<(&str, DevFn), (&str, bool)> = HashMap::new();
         let mut chassis_slots = HashMap::new();
         let mut acpi_indexes = HashSet::new();
+        self.validate_expanders(&mut slots, &mut acpi_indexes)?;
         for p in &self.root_ports {
             let id = p.config.id.as_str();
             p.config.validate()?;
@@ -607,7 +734,7 @@ impl TopologySpec {
                 if b.addr == DevFn(0) {
                     return Err(E::HostBridgeAddress { id: id.to_string() });
                 }
-            } else if self.bridge(&b.bus).is_some() {
+            } else if self.bridge(&b.bus).is_some() || self.expander(&b.bus).is_some() {
                 return Err(E::Placement {
                     id: id.to_string(),
                     bus: b.bus.clone(),
@@ -648,6 +775,12 @@ impl TopologySpec {
                 if e.addr == DevFn(0) {
                     return Err(E::HostBridgeAddress { id: id.to_string() });
                 }
+            } else if self.expander(&e.bus).is_some() {
+                // pci_qdev_realize() -> pxb_bus's check: only bridges on an expander's bus.
+                return Err(E::OnlyBridgesOnExpander {
+                    id: id.to_string(),
+                    expander: e.bus.clone(),
+                });
             } else if self.bridge(&e.bus).is_some() {
                 // A conventional PCI bus: devices 0-31, but the SHPC has slots 1-31 only and
                 // QEMU refuses device 0 (shpc_device_get_slot()).
@@ -799,6 +932,12 @@ impl TopologySpec {
                 .filter(|b| self.bridge_segment(b) == Some(segment))
                 .cloned()
                 .collect(),
+            // Expanders open buses of segment 0 (the Q35 hierarchy's) only.
+            expanders: if own.is_none() {
+                self.expanders.clone()
+            } else {
+                Vec::new()
+            },
             endpoints: self
                 .endpoints
                 .iter()
@@ -817,6 +956,66 @@ impl TopologySpec {
 }
 
 impl TopologySpec {
+    /// The expanders' own checks (QEMU 7.2's `pxb_dev_realize_common()`, `pxb_register_bus()`,
+    /// `pci_qdev_realize()`): on `pcie.0` only, not at 00.0, a bus number no other expander
+    /// has, a unique `acpi-index`; their addresses go into `slots` with the other functions'.
+    fn validate_expanders<'a>(
+        &'a self,
+        slots: &mut HashMap<(&'a str, DevFn), (&'a str, bool)>,
+        acpi_indexes: &mut HashSet<u32>,
+    ) -> Result<()> {
+        use TopologyError as E;
+        let mut bus_nrs: HashMap<u8, &str> = HashMap::new();
+        for x in &self.expanders {
+            let id = x.config.id.as_str();
+            pxb_pcie::validate(&x.config)?;
+            if x.bus != ROOT_BUS {
+                if self.expander(&x.bus).is_some() {
+                    return Err(E::OnlyBridgesOnExpander {
+                        id: id.to_string(),
+                        expander: x.bus.clone(),
+                    });
+                }
+                if self.port(&x.bus).is_some()
+                    || self.bridge(&x.bus).is_some()
+                    || self.segments.iter().any(|s| s.id == x.bus)
+                {
+                    return Err(E::ExpanderNotOnRootBus { id: id.to_string() });
+                }
+                return Err(E::UnknownBus {
+                    id: id.to_string(),
+                    bus: x.bus.clone(),
+                });
+            }
+            if x.addr == DevFn(0) {
+                return Err(E::HostBridgeAddress { id: id.to_string() });
+            }
+            let index = x.config.acpi_index;
+            if index != 0 && !acpi_indexes.insert(index) {
+                return Err(E::AcpiIndexInUse {
+                    id: id.to_string(),
+                    index,
+                });
+            }
+            if let Some(other) = bus_nrs.insert(x.config.bus_nr, id) {
+                return Err(E::ExpanderBusInUse {
+                    id: id.to_string(),
+                    bus_nr: x.config.bus_nr,
+                    other: other.to_string(),
+                });
+            }
+            let function = (id, x.config.multifunction);
+            if let Some((other, _)) = slots.insert((ROOT_BUS, x.addr), function) {
+                return Err(E::PortAddressInUse {
+                    id: id.to_string(),
+                    addr: x.addr,
+                    other: other.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Where a port may sit (PCIe Base 6.0 §1.3.3, §7.3.1): a root port on the root bus; a
     /// switch's upstream port at device 0 below a root or switch downstream port; a downstream
     /// port on an upstream port's (internal) bus; and the chain of parents reaches the root bus.
@@ -832,7 +1031,7 @@ impl TopologySpec {
         if kind == BridgeKind::RootPort {
             return Ok(());
         }
-        if p.bus == ROOT_BUS {
+        if p.bus == ROOT_BUS || self.expander(&p.bus).is_some() {
             return refuse("a switch port sits below a root port or another switch's port");
         }
         if self.bridge(&p.bus).is_some() {
@@ -860,7 +1059,8 @@ impl TopologySpec {
         // No cycles: the parents lead to the root bus within as many steps as there are ports.
         let mut at = p;
         for _ in 0..=self.root_ports.len() {
-            if at.bus == ROOT_BUS {
+            // A root bus: pcie.0 or an expander's.
+            if at.bus == ROOT_BUS || self.expander(&at.bus).is_some() {
                 return Ok(());
             }
             match self.port(&at.bus) {

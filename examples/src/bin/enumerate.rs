@@ -2,7 +2,7 @@
 //! firmware does (through forwarded CF8/CFC and ECAM accesses), and print what was found.
 
 use clap::Parser;
-use pcierc_examples::firmware::{enumerate_segments, summary, Layout};
+use pcierc_examples::firmware::{enumerate_topology, extra_root_buses, summary, Layout};
 use pcierc_examples::socket_bus::SocketBus;
 use pcierc_protocol::{Frontend, FrontendOptions};
 
@@ -23,16 +23,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    // Extra segments' fixed ECAM windows, as MCFG would list them.
-    let windows = match fe.topology() {
-        Ok(t) => t.ecam,
+    // Extra segments' fixed ECAM windows, as MCFG would list them, and the expanders' root
+    // buses.
+    let (windows, roots) = match fe.topology() {
+        Ok(t) => (t.ecam.clone(), extra_root_buses(&t)),
         Err(e) => {
             eprintln!("enumerate: GetTopology: {e}");
             std::process::exit(1);
         }
     };
     let mut bus = SocketBus(fe);
-    match enumerate_segments(&mut bus, Layout::default(), &windows) {
+    match enumerate_topology(&mut bus, Layout::default(), &windows, &roots) {
         Ok(segments) => {
             for (segment, e) in segments {
                 if segment != 0 {

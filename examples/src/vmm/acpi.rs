@@ -15,6 +15,16 @@
 //! [`SEGMENT_MMIO32_SIZE`] taken from the top of the 32-bit window, above it the next
 //! 64 GiB after segment 0's), with the same `_OSC` and `_PRT`. No I/O aperture:
 //! configuration mechanism #1 and legacy I/O stay segment 0's.
+//!
+//! A `pxb-pcie` expander of segment 0 (a host bridge record with a root bus of its own, see
+//! [`expanders`]) gets what QEMU 7.2's `build_dsdt()` (hw/i386/acpi-build.c) gives one: a
+//! `PNP0A08` host bridge `\_SB.PCxx` (xx its bus number in hex) with `_UID` and `_BBN` = its
+//! bus number, `_PXM` = its `numa_node` when one is assigned, the same `_OSC` and `_PRT`, and a
+//! `_CRS` of what the VMM allots it: the buses from its number to the next root bus's (the
+//! guest numbers the buses below its root ports inside that range; `\_SB.PCI0`'s range ends
+//! below the first expander's number, as QEMU's `root_bus_limit`), [`EXPANDER_IO_SIZE`] of I/O
+//! ports from the top of the I/O space and 32- and 64-bit memory apertures as an extra segment
+//! gets them. Expanders and extra segments share the [`MAX_EXTRA_SEGMENTS`] apertures.
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -23,7 +33,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
-use pcierc_protocol::EcamWindow;
+use pcierc_protocol::{EcamWindow, FunctionKind, Topology};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::machine::{PM1A_CNT, PM1A_EVT, RESET_CONTROL, RESET_CONTROL_RESET};
@@ -46,8 +56,11 @@ pub const MMIO64_START: u64 = 0x80_0000_0000;
 const MMIO64_SIZE: u64 = 64 << 30;
 /// 32-bit MMIO aperture of each extra segment, carved from the top of the 32-bit window.
 pub const SEGMENT_MMIO32_SIZE: u64 = 32 << 20;
-/// Most extra segments the DSDT describes (`\_SB.PCI1`-`PCI8`).
+/// Most extra segments (`\_SB.PCI1`-`PCI8`) and expanders, together, the DSDT describes.
 pub const MAX_EXTRA_SEGMENTS: usize = 8;
+/// I/O ports each expander's root bus gets (taken from the top of the I/O space): one root
+/// port's I/O window (4 KiB granularity, PCI-to-PCI Bridge 1.2 §3.2.5.6).
+pub const EXPANDER_IO_SIZE: u32 = 0x1000;
 /// Bytes of the 64-bit apertures of segment 0 and of every extra segment the DSDT may describe.
 pub const MMIO64_SPAN: u64 = (1 + MAX_EXTRA_SEGMENTS as u64) * MMIO64_SIZE;
 
@@ -57,13 +70,86 @@ fn bytes(t: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: `\_SB.PCI0` (segment 0), `\_SB.PCIn` per extra segment, and `\_S5`.
-fn dsdt(ecam: &[EcamWindow]) -> Result<Vec<u8>, Error> {
+/// A `pxb-pcie` expander as the DSDT describes it: the number of the root bus it opens and its
+/// proximity domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expander {
+    /// Its root bus number (`bus_nr`).
+    pub bus_nr: u8,
+    /// Its `numa_node`, when one is assigned.
+    pub numa_node: Option<u16>,
+}
+
+/// The expanders of segment 0 in pcierc's topology, by bus number: the host bridge records
+/// other than the MCH (docs/protocol.md section 10: kind 1 in segment 0 at a devfn other than
+/// 00.0, `secondary_bus` its root bus number, `proximity` its `numa_node` + 1).
+pub fn expanders(topology: &Topology) -> Vec<Expander> {
+    let mut v: Vec<Expander> = topology
+        .functions
+        .iter()
+        .filter(|f| {
+            f.kind == FunctionKind::HostBridge as u8
+                && f.segment == 0
+                && f.devfn != 0
+                && f.secondary_bus != 0
+        })
+        .map(|f| Expander {
+            bus_nr: f.secondary_bus,
+            numa_node: f.proximity.checked_sub(1),
+        })
+        .collect();
+    v.sort_by_key(|x| x.bus_nr);
+    v.dedup_by_key(|x| x.bus_nr);
+    v
+}
+
+/// The bus range each expander's host bridge gets: from its number to the next root bus's
+/// (the last one up to `end_bus`, segment 0's last); `expanders` sorted by bus number.
+fn expander_bus_ranges(expanders: &[Expander], end_bus: u16) -> Vec<(u16, u16)> {
+    expanders
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let last = expanders
+                .get(i + 1)
+                .map_or(end_bus, |next| u16::from(next.bus_nr) - 1);
+            (u16::from(x.bus_nr), last)
+        })
+        .collect()
+}
+
+/// One line per expander host bridge the DSDT gets (the VMM prints them at start-up).
+pub fn expander_summary(ecam: &[EcamWindow], expanders: &[Expander]) -> Vec<String> {
+    let end_bus = ecam
+        .iter()
+        .find(|e| e.segment == 0)
+        .map_or(255, |e| u16::from(e.end_bus));
+    expanders
+        .iter()
+        .zip(expander_bus_ranges(expanders, end_bus))
+        .map(|(x, (first, last))| {
+            let pxm = x
+                .numa_node
+                .map(|n| format!(" _PXM {n}"))
+                .unwrap_or_default();
+            format!(
+                "\\_SB.PC{:02X} (PNP0A08) _BBN {:#04x} buses {first:02x}-{last:02x}{pxm}",
+                x.bus_nr, x.bus_nr
+            )
+        })
+        .collect()
+}
+
+/// The DSDT: `\_SB.PCI0` (segment 0), `\_SB.PCxx` per expander, `\_SB.PCIn` per extra
+/// segment, and `\_S5`.
+fn dsdt(ecam: &[EcamWindow], expanders: &[Expander]) -> Result<Vec<u8>, Error> {
     let extra: Vec<&EcamWindow> = ecam.iter().filter(|e| e.segment != 0).collect();
-    if extra.len() > MAX_EXTRA_SEGMENTS {
+    if extra.len() + expanders.len() > MAX_EXTRA_SEGMENTS {
         return Err(Error::Config(format!(
-            "pcierc has {} extra PCI segments; the VMM's DSDT describes at most {MAX_EXTRA_SEGMENTS}",
-            extra.len()
+            "pcierc has {} extra PCI segments and {} expanders; the VMM's DSDT describes at most \
+             {MAX_EXTRA_SEGMENTS} of them",
+            extra.len(),
+            expanders.len()
         )));
     }
     let (start_bus, end_bus) = ecam
@@ -71,31 +157,64 @@ fn dsdt(ecam: &[EcamWindow]) -> Result<Vec<u8>, Error> {
         .find(|e| e.segment == 0)
         .map(|e| (u16::from(e.start_bus), u16::from(e.end_bus)))
         .unwrap_or((0, 255));
-    let mmio32_end = layout::MMIO32_END - extra.len() as u64 * SEGMENT_MMIO32_SIZE;
+    let apertures = (extra.len() + expanders.len()) as u64;
+    let mmio32_end = layout::MMIO32_END - apertures * SEGMENT_MMIO32_SIZE;
+    // The n-th extra aperture (from 0): expanders first, then the segments.
+    let mmio32 = |n: u64| {
+        (
+            mmio32_end + n * SEGMENT_MMIO32_SIZE,
+            mmio32_end + (n + 1) * SEGMENT_MMIO32_SIZE,
+        )
+    };
+    let mmio64 = |n: u64| MMIO64_START + (n + 1) * MMIO64_SIZE;
+    // QEMU's root_bus_limit: pcie.0's range ends below the first expander's bus.
+    let pci0_last = expanders
+        .first()
+        .map_or(end_bus, |x| end_bus.min(u16::from(x.bus_nr) - 1));
+    let io_top = 0x1_0000 - expanders.len() as u32 * EXPANDER_IO_SIZE;
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let segment0 = HostBridge {
         name: "PCI0".into(),
         segment: 0,
         uid: 0,
-        buses: (start_bus, end_bus),
+        buses: (start_bus, pci0_last),
         mmio32: (layout::MMIO32_START, mmio32_end),
         mmio64: MMIO64_START,
+        io: Some((0xd00, io_top - 1)),
         legacy_io: true,
+        pxm: None,
     };
     dsdt.append_slice(&segment0.aml());
+    let ranges = expander_bus_ranges(expanders, end_bus);
+    for (i, (x, buses)) in expanders.iter().zip(ranges).enumerate() {
+        let n = i as u64;
+        let io = io_top + i as u32 * EXPANDER_IO_SIZE;
+        let bridge = HostBridge {
+            name: format!("PC{:02X}", x.bus_nr),
+            segment: 0,
+            uid: u32::from(x.bus_nr),
+            buses,
+            mmio32: mmio32(n),
+            mmio64: mmio64(n),
+            io: Some((io, io + EXPANDER_IO_SIZE - 1)),
+            legacy_io: false,
+            pxm: x.numa_node,
+        };
+        dsdt.append_slice(&bridge.aml());
+    }
     for (i, w) in extra.iter().enumerate() {
         let n = i as u64 + 1;
+        let aperture = (expanders.len() + i) as u64;
         let bridge = HostBridge {
             name: format!("PCI{n}"),
             segment: w.segment,
             uid: n as u32,
             buses: (u16::from(w.start_bus), u16::from(w.end_bus)),
-            mmio32: (
-                mmio32_end + i as u64 * SEGMENT_MMIO32_SIZE,
-                mmio32_end + n * SEGMENT_MMIO32_SIZE,
-            ),
-            mmio64: MMIO64_START + n * MMIO64_SIZE,
+            mmio32: mmio32(aperture),
+            mmio64: mmio64(aperture),
+            io: None,
             legacy_io: false,
+            pxm: None,
         };
         dsdt.append_slice(&bridge.aml());
     }
@@ -119,8 +238,12 @@ struct HostBridge {
     mmio32: (u64, u64),
     /// Start of its 64-bit aperture ([`MMIO64_SIZE`] bytes).
     mmio64: u64,
-    /// Configuration mechanism #1 and the legacy I/O space (segment 0 only).
+    /// Its I/O aperture above the legacy ports: [first, last].
+    io: Option<(u32, u32)>,
+    /// Configuration mechanism #1 and the legacy I/O space below it (`\_SB.PCI0` only).
     legacy_io: bool,
+    /// `_PXM`: its proximity domain (ACPI 6.5 §6.2.14), if it has one.
+    pxm: Option<u16>,
 }
 
 impl HostBridge {
@@ -129,7 +252,8 @@ impl HostBridge {
         let bus_numbers = aml::AddressSpace::new_bus_number(start_bus, end_bus);
         let config_ports = aml::IO::new(0xcf8, 0xcf8, 1, 8);
         let io_low = aml::AddressSpace::new_io(0u16, 0xcf7, None);
-        let io_high = aml::AddressSpace::new_io(0xd00u16, 0xffff, None);
+        let (io_first, io_last) = self.io.unwrap_or((0xd00, 0xffff));
+        let io_high = aml::AddressSpace::new_io(io_first as u16, io_last as u16, None);
         let mmio32 = aml::AddressSpace::new_memory(
             aml::AddressSpaceCacheable::NotCacheable,
             true,
@@ -144,17 +268,17 @@ impl HostBridge {
             self.mmio64 + MMIO64_SIZE - 1,
             None,
         );
-        let resources: Vec<&dyn Aml> = if self.legacy_io {
-            vec![
+        let resources: Vec<&dyn Aml> = match (self.legacy_io, self.io.is_some()) {
+            (true, _) => vec![
                 &bus_numbers,
                 &config_ports,
                 &io_low,
                 &io_high,
                 &mmio32,
                 &mmio64,
-            ]
-        } else {
-            vec![&bus_numbers, &mmio32, &mmio64]
+            ],
+            (false, true) => vec![&bus_numbers, &io_high, &mmio32, &mmio64],
+            (false, false) => vec![&bus_numbers, &mmio32, &mmio64],
         };
         let crs = aml::ResourceTemplate::new(resources);
 
@@ -189,10 +313,15 @@ impl HostBridge {
         let uid = aml::Name::new("_UID".into(), &self.uid);
         let bbn = aml::Name::new("_BBN".into(), &start_bus);
         let crs = aml::Name::new("_CRS".into(), &crs);
-        let device = aml::Device::new(
-            self.name.as_str().into(),
-            vec![&hid, &cid, &adr, &seg, &uid, &bbn, &crs, &osc, &prt],
-        );
+        let pxm = self
+            .pxm
+            .map(|n| aml::Name::new("_PXM".into(), &u32::from(n)));
+        let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &adr, &seg, &uid, &bbn];
+        if let Some(pxm) = &pxm {
+            children.push(pxm);
+        }
+        children.extend([&crs as &dyn Aml, &osc, &prt]);
+        let device = aml::Device::new(self.name.as_str().into(), children);
         bytes(&aml::Scope::new("\\_SB_".into(), vec![&device]))
     }
 }
@@ -311,6 +440,7 @@ pub fn write_tables(
     mem: &GuestMemoryMmap,
     cpus: u8,
     ecam: &[EcamWindow],
+    expanders: &[Expander],
 ) -> Result<GuestAddress, Error> {
     let rsdp_addr = layout::ACPI_START.0;
     let mut w = Writer {
@@ -318,7 +448,7 @@ pub fn write_tables(
         next: rsdp_addr + Rsdp::len() as u64,
     };
     let facs = w.put(&bytes(&FACS::new()), 64)?;
-    let dsdt = w.put(&dsdt(ecam)?, 8)?;
+    let dsdt = w.put(&dsdt(ecam, expanders)?, 8)?;
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(w.put(&fadt(dsdt, facs), 8)?);
     xsdt.add_entry(w.put(&madt(cpus), 8)?);
@@ -357,7 +487,7 @@ mod tests {
             end_bus: 255,
             reserved: 0,
         };
-        let rsdp = write_tables(&mem, 2, &[ecam]).unwrap();
+        let rsdp = write_tables(&mem, 2, &[ecam], &[]).unwrap();
         let mut r = [0u8; 36];
         mem.read_slice(&mut r, rsdp).unwrap();
         assert_eq!(&r[..8], b"RSD PTR ");
@@ -400,6 +530,119 @@ mod tests {
         assert_eq!(sigs, ["FACP", "APIC", "MCFG"]);
     }
 
+    /// The (min, max) of every bus-number Word Address Space descriptor (ACPI 6.5 §6.4.3.5.3:
+    /// tag 0x88, length 13, resource type 2) in `aml`, in order.
+    fn bus_ranges(aml: &[u8]) -> Vec<(u16, u16)> {
+        aml.windows(12)
+            .filter(|w| w[..4] == [0x88, 0x0d, 0x00, 0x02])
+            .map(|w| {
+                (
+                    u16::from_le_bytes([w[8], w[9]]),
+                    u16::from_le_bytes([w[10], w[11]]),
+                )
+            })
+            .collect()
+    }
+
+    /// Two expanders (buses 0x40 and 0x80, the second on NUMA node 1) as pcierc's topology
+    /// reports them: `\_SB.PC40` and `\_SB.PC80` with `_BBN` and `_UID` their bus numbers, a
+    /// `_PXM` for the one with a node, bus ranges up to the next root bus (PCI0's ending below
+    /// the first), and I/O and memory apertures of their own.
+    #[test]
+    fn expanders_get_host_bridges_as_qemus_dsdt_gives_them() {
+        use pcierc_protocol::{encode_name, function_flags, FunctionRecord, NO_PARENT};
+        let record = |devfn, bus, proximity| FunctionRecord {
+            devfn,
+            kind: FunctionKind::HostBridge as u8,
+            flags: function_flags::PRESENT | function_flags::EMULATED,
+            parent: NO_PARENT,
+            secondary_bus: bus,
+            subordinate_bus: bus,
+            proximity,
+            owner: encode_name("pcierc").unwrap(),
+            ..Default::default()
+        };
+        let topology = Topology {
+            functions: vec![
+                record(0, 0, 0),
+                record(0x28, 0x80, 2),
+                record(0x30, 0x40, 0),
+            ],
+            ..Default::default()
+        };
+        let x = expanders(&topology);
+        assert_eq!(
+            x,
+            [
+                Expander {
+                    bus_nr: 0x40,
+                    numa_node: None
+                },
+                Expander {
+                    bus_nr: 0x80,
+                    numa_node: Some(1)
+                }
+            ]
+        );
+        let ecam = [EcamWindow {
+            base: 0xb000_0000,
+            size: 256 << 20,
+            segment: 0,
+            start_bus: 0,
+            end_bus: 255,
+            reserved: 0,
+        }];
+        let d = dsdt(&ecam, &x).unwrap();
+        // `ACPI_DUMP_DIR=DIR cargo test -p pcierc-examples acpi`, then `iasl -d DIR/*.dat`.
+        if let Some(dir) = std::env::var_os("ACPI_DUMP_DIR") {
+            let path = std::path::PathBuf::from(dir).join("DSDT-expanders.dat");
+            std::fs::write(path, &d).unwrap();
+        }
+        for name in [b"PCI0", b"PC40", b"PC80"] {
+            assert!(d.windows(4).any(|w| w == name), "{name:?}");
+        }
+        // Name (_BBN, 0x80) and Name (_UID, 0x80): BytePrefix 0x0a.
+        assert!(d.windows(7).any(|w| w == b"\x08_BBN\x0a\x80"));
+        assert!(d.windows(7).any(|w| w == b"\x08_UID\x0a\x40"));
+        // Name (_PXM, One) once: PC80's (node 1), not PC40's.
+        let pxm: Vec<_> = d.windows(5).filter(|w| *w == b"\x08_PXM").collect();
+        assert_eq!(pxm.len(), 1);
+        assert!(d.windows(6).any(|w| w == b"\x08_PXM\x01"));
+        assert_eq!(bus_ranges(&d), [(0, 0x3f), (0x40, 0x7f), (0x80, 0xff)]);
+        // I/O: PCI0 up to the expanders' apertures at the top (0xe000-0xffff).
+        let io = |first: u16, last: u16| {
+            let mut v = vec![0x88, 0x0d, 0x00, 0x01];
+            v.extend_from_slice(&[0x0c, 0x03, 0, 0]);
+            v.extend_from_slice(&first.to_le_bytes());
+            v.extend_from_slice(&last.to_le_bytes());
+            v
+        };
+        for (first, last) in [(0xd00, 0xdfff), (0xe000, 0xefff), (0xf000, 0xffff)] {
+            let want = io(first, last);
+            assert!(
+                d.windows(want.len()).any(|w| w == want),
+                "I/O {first:#x}-{last:#x}"
+            );
+        }
+        // With four extra segments, a ninth aperture is too many.
+        let five: Vec<Expander> = (1..=5u8)
+            .map(|b| Expander {
+                bus_nr: b * 0x20,
+                numa_node: None,
+            })
+            .collect();
+        let segments: Vec<EcamWindow> = (1..=4u16)
+            .map(|seg| EcamWindow {
+                segment: seg,
+                base: u64::from(seg) << 32,
+                ..ecam[0]
+            })
+            .collect();
+        let all: Vec<EcamWindow> = ecam.iter().chain(&segments).copied().collect();
+        assert!(dsdt(&all, &five).is_err());
+        assert!(dsdt(&all, &five[..4]).is_ok());
+    }
+
     #[test]
     fn an_extra_segment_gets_an_mcfg_entry_and_a_host_bridge() {
         let window = |segment, base| EcamWindow {
@@ -422,7 +665,7 @@ mod tests {
             1,
             "its segment"
         );
-        let d = dsdt(&ecam).unwrap();
+        let d = dsdt(&ecam, &[]).unwrap();
         for name in [b"PCI0", b"PCI1"] {
             assert!(
                 d.windows(4).any(|w| w == name),
@@ -435,6 +678,6 @@ mod tests {
         let too_many: Vec<_> = (1..=MAX_EXTRA_SEGMENTS as u16 + 1)
             .map(|s| window(s, u64::from(s) << 32))
             .collect();
-        assert!(dsdt(&too_many).is_err());
+        assert!(dsdt(&too_many, &[]).is_err());
     }
 }

@@ -567,7 +567,16 @@ fn load_images(
     cpu::write_boot_tables(mem)?;
     let topology = machine.pcie.topology()?;
     let rsdp = if config.acpi {
-        Some(acpi::write_tables(mem, config.cpus, &topology.ecam)?)
+        let expanders = acpi::expanders(&topology);
+        for line in acpi::expander_summary(&topology.ecam, &expanders) {
+            eprintln!("vmm: ACPI: {line}");
+        }
+        Some(acpi::write_tables(
+            mem,
+            config.cpus,
+            &topology.ecam,
+            &expanders,
+        )?)
     } else {
         None
     };

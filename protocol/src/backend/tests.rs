@@ -11,6 +11,8 @@ struct Fake {
     identified: Option<FrontendIdentity>,
     disconnected: usize,
     bad_topology: bool,
+    /// Report a host bridge record with a proximity domain (an expander's numa_node 3).
+    proximity: bool,
     irqfds: Vec<(InterruptFd, bool)>,
     /// `request_done` calls: (request code, status).
     done: Vec<(u32, Status)>,
@@ -27,6 +29,19 @@ impl BackendHandler for Fake {
         let mut t = Topology::default();
         if self.bad_topology {
             t.ecam.push(Default::default()); // size 0: invalid
+        }
+        if self.proximity {
+            t.functions.push(crate::FunctionRecord {
+                devfn: 0x28,
+                kind: crate::FunctionKind::HostBridge as u8,
+                flags: crate::function_flags::PRESENT | crate::function_flags::EMULATED,
+                parent: crate::NO_PARENT,
+                secondary_bus: 0x80,
+                subordinate_bus: 0x80,
+                proximity: 4,
+                owner: encode_name("pcierc").unwrap(),
+                ..Default::default()
+            });
         }
         t
     }
@@ -664,4 +679,23 @@ fn every_reply_is_reported_with_its_status_protocol_refusals_included() {
             (999, Status::NotSupported),
         ]
     );
+}
+
+/// A host bridge record's proximity domain goes only to a frontend that negotiated
+/// `PROXIMITY`; the others get 0 there, as version-1 records have it (reserved).
+#[test]
+fn proximity_only_for_frontends_that_negotiated_it() {
+    use FrontendReq::*;
+    for (features, want) in [
+        (ProtocolFeatures::PROXIMITY, 4u16),
+        (ProtocolFeatures::empty(), 0),
+    ] {
+        let (mut s, mut h) = negotiated(features);
+        h.proximity = true;
+        let (status, body) = run(&mut s, &mut h, GetTopology, &[]);
+        assert_eq!(status, Status::Ok);
+        let t = Topology::decode(&body).unwrap();
+        assert_eq!(t.functions[0].proximity, want, "{features:?}");
+        assert_eq!(t.functions[0].secondary_bus, 0x80);
+    }
 }

@@ -147,3 +147,39 @@ fn switch_ports_behind_a_root_port_are_routed_to_the_shim() {
     assert!(!p.ranges.contains(&(1, pci(2, 8))), "dp2 not reachable");
     assert!(p.ranges.contains(&(0, pci(3, 0))), "net behind dp1 to qemu");
 }
+
+/// A `pxb-pcie` expander (a host bridge record on the root bus) and the root port on its root
+/// bus 0x80 (no parent, at the expander's bus number): both pcierc's, mapped to the shim by
+/// SBDF and ECAM slice; the function in that port's slot (bus 0x81) goes to its emulator.
+#[test]
+fn an_expanders_root_bus_is_routed_by_its_bus_number() {
+    let mut t = layout();
+    let mut pxb = f(0, 0x28, PCIERC_OWNER, true);
+    pxb.kind = FunctionKind::HostBridge as u8;
+    pxb.secondary_bus = 0x80;
+    pxb.subordinate_bus = 0x81;
+    let mut rp9 = f(0x80, 0, PCIERC_OWNER, true);
+    rp9.secondary_bus = 0x81;
+    rp9.subordinate_bus = 0x81;
+    let rp9_index = t.functions.len() as u16 + 1;
+    let mut net = f(0x81, 0, "qemu", true);
+    net.parent = rp9_index;
+    t.functions.extend([pxb, rp9, net]);
+    t.validate().expect("a valid layout");
+    let p = plan(&t, &cfg(EcamRouting::ShimDecodes));
+    for (bus, devfn) in [(0, 0x28), (0x80, 0)] {
+        assert!(
+            p.ranges.contains(&(1, pci(bus, devfn))),
+            "{bus:02x}:{devfn:02x}"
+        );
+        let slice = 0xb000_0000 + (u64::from(bus) << 20) + (u64::from(devfn) << 12);
+        assert!(
+            p.ranges.contains(&(1, mem(slice, 0x1000))),
+            "ECAM {slice:#x}"
+        );
+    }
+    assert!(
+        p.ranges.contains(&(0, pci(0x81, 0))),
+        "net behind rp9 to qemu"
+    );
+}

@@ -113,11 +113,14 @@ impl Hierarchy {
         }
     }
 
-    /// The slot of emulated function `k`.
+    /// The slot of emulated function `k` (port `k`, bridge `k - ports`, then the expanders).
     pub(super) fn emulated_slot(&self, k: usize) -> Slot {
         match k.checked_sub(self.ports.len()) {
             None => Slot::Port(k as u16),
-            Some(j) => Slot::Bridge(j as u16),
+            Some(j) => match j.checked_sub(self.bridges.len()) {
+                None => Slot::Bridge(j as u16),
+                Some(x) => Slot::Expander(x as u16),
+            },
         }
     }
 

@@ -66,7 +66,10 @@ impl Hierarchy {
     /// snapshot's 65536 routes, is then refreshed only for the buses recorded here.
     pub(super) fn update_bus_map(&mut self) {
         let mut owner = [0u16; 256];
-        // Bridges on the root bus claim first: a root port claiming the same bus (a guest bug)
+        // Expanders' root buses and the ports on them first: pcie.0's functions overwrite
+        // what they share (a guest bug).
+        self.claim_expanders(&mut owner);
+        // Bridges on the root bus claim next: a root port claiming the same bus (a guest bug)
         // overwrites them.
         for j in self.top_bridges() {
             self.claim_bridge(&mut owner, j, 1..=255);
@@ -101,7 +104,12 @@ impl Hierarchy {
     /// secondary bus on to the ports on that bus. Later siblings go first so that earlier ones
     /// overwrite them; a port's descendants claim inside its range only, before the port's
     /// earlier siblings overwrite what they share.
-    fn claim(&self, owner: &mut [u16; 256], siblings: &[usize], allowed: RangeInclusive<u8>) {
+    pub(super) fn claim(
+        &self,
+        owner: &mut [u16; 256],
+        siblings: &[usize],
+        allowed: RangeInclusive<u8>,
+    ) {
         for &i in siblings.iter().rev() {
             let Some(p) = self.ports.get(i) else {
                 continue;
@@ -209,7 +217,7 @@ impl Hierarchy {
 }
 
 /// Is Bridge Control Secondary Bus Reset set (PCI-to-PCI Bridge 1.2 §3.2.5.18)?
-fn sbr_held(p: &crate::devices::RootPort) -> bool {
+pub(super) fn sbr_held(p: &crate::devices::RootPort) -> bool {
     p.config_read(bridge::BRIDGE_CONTROL, 2) as u16 & bridge::BRIDGE_CTL_BUS_RESET != 0
 }
 

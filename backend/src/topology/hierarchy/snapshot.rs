@@ -2,7 +2,7 @@
 //! from the hierarchy: which functions changed since the last look, their register images,
 //! and the routing of every (bus, devfn). Function slot `n` of the snapshot is function `n` of
 //! [`Hierarchy::snapshot_functions`]: the MCH, then the ports in topology order, then the
-//! `pcie-pci-bridge`s.
+//! `pcie-pci-bridge`s, then the `pxb-pcie`s.
 
 use pcierc_protocol::snapshot::{SnapshotHeader, ROUTE_ABSENT, ROUTE_REMOTE};
 
@@ -11,10 +11,10 @@ use crate::pci::port::PortFunction;
 use crate::pci::PciFunction;
 
 impl Hierarchy {
-    /// Functions the snapshot holds: the MCH, every port (root and switch ports) and every
-    /// `pcie-pci-bridge`.
+    /// Functions the snapshot holds: the MCH, every port (root and switch ports), every
+    /// `pcie-pci-bridge` and every `pxb-pcie`.
     pub fn snapshot_functions(&self) -> usize {
-        1 + self.ports.len() + self.bridges.len()
+        1 + self.ports.len() + self.bridges.len() + self.expanders.len()
     }
 
     pub(super) fn mark_changed(&mut self, slot: Slot) {
@@ -22,6 +22,7 @@ impl Hierarchy {
             Slot::Mch => 0,
             Slot::Port(p) => 1 + usize::from(p),
             Slot::Bridge(j) => 1 + self.ports.len() + usize::from(j),
+            Slot::Expander(x) => 1 + self.expander_index(usize::from(x)),
             _ => return,
         };
         if let Some(c) = self.changed.get_mut(i) {
@@ -139,6 +140,7 @@ impl Hierarchy {
                     Slot::Mch => 1,
                     Slot::Port(p) => p + 2,
                     Slot::Bridge(j) => self.bridge_route(j),
+                    Slot::Expander(x) => (2 + self.expander_index(usize::from(x))) as u16,
                     Slot::Endpoint(_) => ROUTE_REMOTE,
                     Slot::Empty => ROUTE_ABSENT,
                 };
@@ -148,6 +150,11 @@ impl Hierarchy {
         let Some(port) = usize::from(self.bus_owner[usize::from(bus)]).checked_sub(1) else {
             return row;
         };
+        if let Some(x) = port.checked_sub(self.ports.len() + self.bridges.len()) {
+            // An expander's root bus: its root ports.
+            self.expander_route_row(x, bus, &mut row);
+            return row;
+        }
         if let Some(j) = port.checked_sub(self.ports.len()) {
             // A bridge's secondary bus: devices 1-31 (Type 0); nothing past it.
             if let (Some(b), Some(children)) = (self.bridges.get(j), self.bridge_children.get(j)) {
@@ -168,7 +175,7 @@ impl Hierarchy {
             Slot::Port(j) => j + 2,
             Slot::Bridge(j) => self.bridge_route(*j),
             Slot::Endpoint(_) => ROUTE_REMOTE,
-            Slot::Empty | Slot::Mch => ROUTE_ABSENT,
+            Slot::Empty | Slot::Mch | Slot::Expander(_) => ROUTE_ABSENT,
         };
         if bus != p.secondary_bus() {
             row.fill(remote(match children[0] {

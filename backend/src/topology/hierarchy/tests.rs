@@ -244,6 +244,7 @@ fn every_access_shape_is_answered_without_panicking() {
     assert_eq!(h.config_read(0, 0, 0, 4), Ok(0x29c0_8086));
 }
 
+mod expanders;
 mod follow;
 mod hotplug;
 mod ioh3420;
