@@ -215,6 +215,22 @@ fn switch_matches_qemu() {
     tree_matches_qemu(&SWITCH, &SWITCH_NUMBERING, &[0xe0], "switch vs QEMU");
 }
 
+/// The same switch against QEMU 10.0's `pc-q35-10.0` and `pcierc --machine pc-q35-10.0` (the
+/// machine type's compat properties reach switch ports as they reach root ports).
+#[test]
+fn switch_on_pc_q35_10_0_matches_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    tree_matches_qemu_on(
+        Some((&q10, "pc-q35-10.0")),
+        &SWITCH,
+        &SWITCH_NUMBERING,
+        &[(0, 0xe0)],
+        "switch vs QEMU 10.0 pc-q35-10.0",
+    );
+}
+
 /// A `pcie-pci-bridge` in a root port's slot and one on the root bus (the hierarchy holds
 /// them: docs/topology.md), each with its bus numbered as firmware would: rp1 1-2, br1 2, br0 3.
 const BRIDGES: [(u8, u8, &str); 3] = [
@@ -243,6 +259,22 @@ fn pcie_pci_bridges_match_qemu() {
         &BRIDGE_NUMBERING,
         &[0xe0],
         "pcie-pci-bridges vs QEMU",
+    );
+}
+
+/// The same bridges against QEMU 10.0's `pc-q35-10.0` and `pcierc --machine pc-q35-10.0`
+/// (QEMU 10.0 made a bridge's Secondary Latency Timer read-only).
+#[test]
+fn pcie_pci_bridges_on_pc_q35_10_0_match_qemu_10_0() {
+    let Some(q10) = Qemu::v10_0() else {
+        return;
+    };
+    tree_matches_qemu_on(
+        Some((&q10, "pc-q35-10.0")),
+        &BRIDGES,
+        &BRIDGE_NUMBERING,
+        &[(0, 0xe0)],
+        "pcie-pci-bridges vs QEMU 10.0 pc-q35-10.0",
     );
 }
 
