@@ -657,7 +657,7 @@ fn qemu_hotplug_timings(qemu: &mut ProbeVm) {
 /// The switch of [`switch_hotplug_live`] behind rp1: an upstream port and two downstream ports
 /// with hot-plug slots 5 and 6 (chassis 5; the default root ports have slots 1 to 4 of chassis 1,
 /// so each slot's name in Linux is its number); and a `pcie-pci-bridge` in rp2's slot.
-const SWITCH: [&str; 8] = [
+const SWITCH: [&str; 12] = [
     "--device",
     "x3130-upstream,id=up1,bus=rp1",
     "--device",
@@ -666,7 +666,14 @@ const SWITCH: [&str; 8] = [
     "xio3130-downstream,id=dp2,bus=up1,chassis=5,slot=6",
     "--device",
     "pcie-pci-bridge,id=br1,bus=rp2",
+    "--device",
+    "pxb-pcie,id=pxb1,bus_nr=0x80,bus=pcie.0,addr=0x5",
+    "--device",
+    "pcie-root-port,id=rp9,bus=pxb1,chassis=9,slot=9,addr=0",
 ];
+/// The VMM's test endpoint hot-added below rp9, on the expander's root bus.
+const PX_EP: &str = r#"{"execute":"device_add","arguments":{"driver":"pcierc-testdev","id":"pxep","bus":"rp9","owner":"vmm"}}"#;
+const PX_EP_DEL: &str = r#"{"execute":"device_del","arguments":{"id":"pxep"}}"#;
 /// The VMM's test endpoint hot-added below br1, at device 1 (SHPC slot 1).
 const BR_EP: &str = r#"{"execute":"device_add","arguments":{"driver":"pcierc-testdev","id":"brep","bus":"br1","addr":"1","owner":"vmm"}}"#;
 const BR_EP_DEL: &str = r#"{"execute":"device_del","arguments":{"id":"brep"}}"#;
@@ -676,7 +683,8 @@ const SW_EP_SURPRISE: &str = r#"{"execute":"x-pcierc-surprise-remove","arguments
 
 /// One function of pcierc's `query-pci`, flattened: its qdev id, address as Linux names it
 /// (`0000:BB:DD.F`), `0xVVVV:0xDDDD` as sysfs prints them, class (base and sub), for a bridge
-/// its (primary, secondary, subordinate) bus numbers, and the address of the bridge it is below.
+/// its (primary, secondary, subordinate) bus numbers, the address of the bridge it is below,
+/// and the root bus it is on (pcie.0's 0, an expander's `bus_nr`).
 #[derive(Debug)]
 struct PciInfo {
     id: String,
@@ -685,9 +693,15 @@ struct PciInfo {
     class: u64,
     buses: Option<(u64, u64, u64)>,
     parent: Option<String>,
+    root: u64,
 }
 
-fn flatten_query_pci(devices: &serde_json::Value, parent: Option<&str>, out: &mut Vec<PciInfo>) {
+fn flatten_query_pci(
+    devices: &serde_json::Value,
+    parent: Option<&str>,
+    root: u64,
+    out: &mut Vec<PciInfo>,
+) {
     for d in devices.as_array().into_iter().flatten() {
         let num = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
         let bdf = format!(
@@ -714,8 +728,9 @@ fn flatten_query_pci(devices: &serde_json::Value, parent: Option<&str>, out: &mu
                 )
             }),
             parent: parent.map(str::to_owned),
+            root,
         });
-        flatten_query_pci(&bridge["devices"], Some(&bdf), out);
+        flatten_query_pci(&bridge["devices"], Some(&bdf), root, out);
     }
 }
 
@@ -741,7 +756,8 @@ fn query_pci(n: &mut pcierc_tests::nested::Nested) -> Vec<PciInfo> {
         .unwrap_or_else(|| panic!("no query-pci reply: {}", out.text()));
     let mut all = Vec::new();
     for bus in reply.as_array().into_iter().flatten() {
-        flatten_query_pci(&bus["devices"], None, &mut all);
+        let root = bus["bus"].as_u64().unwrap_or(u64::MAX);
+        flatten_query_pci(&bus["devices"], None, root, &mut all);
     }
     all
 }
@@ -782,7 +798,9 @@ fn assert_same_tree(qp: &[PciInfo], l2: &pcierc_tests::nested::console::Output) 
             f.class
         );
         let parent = line(&format!("parent {} ", f.bdf));
-        let want = f.parent.as_deref().unwrap_or("pci0000:00");
+        // On a root bus, Linux's parent is that root bus's host bridge (`pci0000:BB`).
+        let root = format!("pci0000:{:02x}", f.root);
+        let want = f.parent.as_deref().unwrap_or(&root);
         assert_eq!(
             parent.as_deref(),
             Some(&[want][..]),
@@ -814,7 +832,8 @@ fn assert_same_tree(qp: &[PciInfo], l2: &pcierc_tests::nested::console::Output) 
 }
 
 /// Issue 16 item 6: a PCIe switch (`x3130-upstream` with two `xio3130-downstream` ports) behind
-/// rp1 and a `pcie-pci-bridge` in rp2's slot ([`bridge_hotplug`]), as Linux sees them on the VMM
+/// rp1, a `pcie-pci-bridge` in rp2's slot ([`bridge_hotplug`]) and a `pxb-pcie` expander with a
+/// root port on its bus ([`expander_hotplug`]), as Linux sees them on the VMM
 /// over pcierc: the switch ports bound to `pcieport`, the
 /// downstream ports' slots taken by pciehp, bus numbers and the tree as pcierc's `query-pci`
 /// reports them; then the VMM's test endpoint hot-added below dp1 with `device_add` (enumerated
@@ -1035,8 +1054,117 @@ fn switch_hotplug_live() {
                 .join("\n  ")
         );
         bridge_hotplug(n);
+        expander_hotplug(n);
         assert_eq!(expect(n.stop_l2()), 0);
     });
+}
+
+/// The `pxb-pcie` expander of [`SWITCH`] (root bus 0x80, rp9 on it), on the same running L2:
+/// Linux finds the expander's root bus from the VMM's DSDT (a host bridge with `_BBN` 0x80 and
+/// its `_CRS`), binds `pcieport` and `pciehp` to rp9 at 80:00.0 and numbers the bus below it;
+/// the tree is as pcierc's `query-pci` says; the VMM's test endpoint hot-added below rp9 is
+/// enumerated at rp9's secondary bus with its BAR inside rp9's window (which Linux carved from
+/// the expander's `_CRS` aperture), and `device_del` removes it (`DEVICE_DELETED`); no AER error
+/// and no pciehp or resource failure for rp9 or the card in L2's log.
+fn expander_hotplug(n: &mut pcierc_tests::nested::Nested) {
+    expect(n.l2_ok("dmesg -c >/dev/null", T));
+    let qp = query_pci(n);
+    let l2 = expect(n.l2_ok(TREE, T));
+    assert_same_tree(&qp, &l2);
+    let find = |id: &str| {
+        qp.iter()
+            .find(|f| f.id == id)
+            .unwrap_or_else(|| panic!("{id} not in query-pci: {qp:?}"))
+    };
+    let (pxb1, rp9) = (find("pxb1"), find("rp9"));
+    assert_eq!(
+        (pxb1.bdf.as_str(), rp9.bdf.as_str()),
+        ("0000:00:05.0", "0000:80:00.0"),
+        "the expander on pcie.0, rp9 on its root bus"
+    );
+    for want in [
+        format!(
+            "pci {} 0x1b36:0x000c class 0x060400 driver pcieport",
+            rp9.bdf
+        ),
+        format!("service {}:pcie004 driver pciehp", rp9.bdf),
+    ] {
+        assert!(l2.lines.contains(&want), "rp9: {want}\n{}", l2.text());
+    }
+    let (_, secondary, _) = rp9.buses.expect("rp9 is a bridge");
+    assert!(
+        secondary > 0x80,
+        "Linux numbered rp9's secondary bus above the expander's 0x80: {secondary:#x}"
+    );
+    report!(
+        "nested: expander in L2: pxb1 {} with rp9 {} (secondary bus {secondary:02x}), as query-pci",
+        pxb1.bdf,
+        rp9.bdf
+    );
+
+    let ep = format!("0000:{secondary:02x}:00.0");
+    let at = format!("[ -e /sys/bus/pci/devices/{ep} ]");
+    let gone = format!("[ ! -e /sys/bus/pci/devices/{ep} ]");
+    let add = expect(n.qmp(&[PX_EP], T));
+    assert_eq!(add.status, 0, "device_add below rp9: {}", add.text());
+    let seen = expect(n.l2_ok(&format!("waitfor 60 '{at}'"), T));
+    report!(
+        "nested: device_add below rp9 (expander's bus) -> {ep} in L2's sysfs: {:.2} s of L2 time",
+        waited(&seen)
+    );
+    let card = expect(n.l2_ok(
+        &format!(
+            "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device)\"; \
+             res {ep}; res {}; {TREE}",
+            rp9.bdf
+        ),
+        T,
+    ));
+    assert!(
+        card.lines.iter().any(|l| l == "card 0x1b36 0x0005"),
+        "{ep}: the VMM's test endpoint: {}",
+        card.text()
+    );
+    let (bar0, bar0_end) = resources(&card.lines, &ep, 0).expect("hot-added BAR0");
+    let (win, win_end) = resources(&card.lines, &rp9.bdf, 14).expect("rp9's window");
+    assert!(
+        bar0 >= win && bar0_end <= win_end,
+        "BAR0 {bar0:#x}-{bar0_end:#x} inside rp9's window {win:#x}-{win_end:#x}\n{}",
+        card.text()
+    );
+    let qp = query_pci(n);
+    assert_same_tree(&qp, &card);
+
+    let del = expect(n.qmp(
+        &["--wait", "DEVICE_DELETED", "--timeout", "60", PX_EP_DEL],
+        T + T,
+    ));
+    assert_eq!(del.status, 0, "device_del below rp9: {}", del.text());
+    assert!(
+        qmp_events(&del.lines)
+            .iter()
+            .any(|(e, d)| e == "DEVICE_DELETED" && d["device"] == "pxep"),
+        "{}",
+        del.text()
+    );
+    let removed = expect(n.l2_ok(&format!("waitfor 30 '{gone}'; dmesg"), T));
+    let ours = [rp9.bdf.as_str(), ep.as_str(), "Slot(9)"];
+    let failures: Vec<&String> = removed
+        .lines
+        .iter()
+        .filter(|l| {
+            let mine = ours.iter().any(|b| l.contains(b));
+            let aer = ["PCIe Bus Error", "AER: Corrected", "AER: Uncorrected"]
+                .iter()
+                .any(|w| l.contains(w));
+            let failed = mine
+                && ["fail", "Fail", "Cannot", "no space for", "Timeout"]
+                    .iter()
+                    .any(|w| l.contains(w));
+            aer || failed
+        })
+        .collect();
+    assert!(failures.is_empty(), "L2's log: {failures:?}");
 }
 
 /// The `pcie-pci-bridge` of [`SWITCH`] in rp2's slot, on the same running L2: bound to
