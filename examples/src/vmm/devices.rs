@@ -29,6 +29,9 @@ pub struct WriteOutcome {
     pub effects: Effects,
     /// The root port above the endpoint (its messages go upstream through it).
     pub port: Option<PortAddress>,
+    /// The endpoint's device and function on its bus (its INTx is swizzled by its device
+    /// number at the bridge above it: [`OwnDevices::intx_route`]).
+    pub devfn: u8,
     /// For a passed-through function: its index and what its interrupts need.
     pub assigned: Option<(u32, Changes)>,
 }
@@ -308,17 +311,19 @@ impl OwnDevices {
         };
     }
 
-    /// Where INTA of the function at device 0 below `port` arrives on the root bus: (segment,
+    /// Where INTA of the function at `devfn` below `port` arrives on the root bus: (segment,
     /// devfn of the root port, pin). Each bridge on the way up maps pin `p` of device `d` below
-    /// it to pin `(p - 1 + d) mod 4 + 1` of its own slot (PCI-to-PCI Bridge 1.2 §9.1), so through
-    /// a switch the downstream port's device number on the switch's internal bus counts; below a
-    /// root port INTA stays INTA, as before. `None` if `port` is not a port in the topology.
-    pub fn intx_route(&self, port: PortAddress) -> Option<(u16, u8, u8)> {
+    /// it to pin `(p - 1 + d) mod 4 + 1` of its own slot (PCI-to-PCI Bridge 1.2 §9.1): below a
+    /// root or downstream port the function is device 0 and INTA stays INTA; below a
+    /// `pcie-pci-bridge` its device number (1-31) counts, and through a switch the downstream
+    /// port's device number on the switch's internal bus. `None` if `port` is not a port in the
+    /// topology.
+    pub fn intx_route(&self, port: PortAddress, devfn: u8) -> Option<(u16, u8, u8)> {
         let t = &self.topology;
         let mut at = t.functions.iter().find(|f| {
             f.kind == FunctionKind::RootPort as u8 && (f.segment, f.bus, f.devfn) == port
         })?;
-        let mut pin = 1u8;
+        let mut pin = (devfn >> 3) % 4 + 1;
         // Bounded by the number of records: a parent chain longer than that is a cycle.
         for _ in 0..t.functions.len() {
             if at.parent == pcierc_protocol::NO_PARENT {
@@ -372,11 +377,13 @@ impl OwnDevices {
             Model::Emulated(e) => WriteOutcome {
                 effects: e.config_write(offset, width, value),
                 port,
+                devfn: ep.record.devfn,
                 assigned: None,
             },
             Model::Assigned(a) => WriteOutcome {
                 effects: Effects::default(),
                 port,
+                devfn: ep.record.devfn,
                 assigned: Some((a.index, a.view.config_write(offset, width, value))),
             },
         };
@@ -425,6 +432,7 @@ impl OwnDevices {
             Model::Emulated(e) => WriteOutcome {
                 effects: e.bar_write(bar, offset, width, value),
                 port,
+                devfn: ep.record.devfn,
                 assigned: None,
             },
             Model::Assigned(a) => {
@@ -433,6 +441,7 @@ impl OwnDevices {
                 WriteOutcome {
                     effects: Effects::default(),
                     port,
+                    devfn: ep.record.devfn,
                     assigned: Some((a.index, changes)),
                 }
             }
@@ -640,9 +649,40 @@ mod tests {
         t.functions.push(port("dp1", 2, 0, 4)); // 5
         t.functions.push(port("dp2", 2, 8, 4)); // 6
         let d = OwnDevices::new("vmm", t);
-        assert_eq!(d.intx_route((0, 0, 0x10)), Some((0, 0x10, 1)), "root port");
-        assert_eq!(d.intx_route((0, 2, 0)), Some((0, 0x10, 1)), "dp1: device 0");
-        assert_eq!(d.intx_route((0, 2, 8)), Some((0, 0x10, 2)), "dp2: device 1");
-        assert_eq!(d.intx_route((0, 9, 0)), None);
+        assert_eq!(
+            d.intx_route((0, 0, 0x10), 0),
+            Some((0, 0x10, 1)),
+            "root port"
+        );
+        assert_eq!(
+            d.intx_route((0, 2, 0), 0),
+            Some((0, 0x10, 1)),
+            "dp1: device 0"
+        );
+        assert_eq!(
+            d.intx_route((0, 2, 8), 0),
+            Some((0, 0x10, 2)),
+            "dp2: device 1"
+        );
+        assert_eq!(d.intx_route((0, 9, 0), 0), None);
+    }
+
+    /// Below a `pcie-pci-bridge` (a conventional bus, devices 1-31) the endpoint's own device
+    /// number swizzles its INTA at the bridge (PCI-to-PCI Bridge 1.2 §9.1): device 1 -> INTB,
+    /// device 3 -> INTD, device 4 -> INTA again; the bridge at device 0 below rp1 passes it on.
+    #[test]
+    fn intx_is_swizzled_by_the_device_number_below_a_bridge() {
+        let mut t = topology(None, 1);
+        let mut br1 = record("br1", "pcierc", FunctionKind::RootPort, 1, 0, 1);
+        br1.flags |= function_flags::EMULATED;
+        t.functions.push(br1);
+        let d = OwnDevices::new("vmm", t);
+        for (device, pin) in [(1u8, 2u8), (2, 3), (3, 4), (4, 1), (31, 4)] {
+            assert_eq!(
+                d.intx_route((0, 1, 0), device << 3),
+                Some((0, 0x10, pin)),
+                "device {device} below br1"
+            );
+        }
     }
 }

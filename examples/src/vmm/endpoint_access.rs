@@ -103,7 +103,7 @@ impl Machine {
                 .devices()
                 .config_write(f.segment, f.bus, f.devfn, f.offset, width, value);
             if let Some(o) = r {
-                self.deliver(o.effects, o.port)?;
+                self.deliver(o.effects, o.port, o.devfn)?;
                 if let Some((index, changes)) = o.assigned {
                     self.apply_assigned(index, changes)?;
                 }
@@ -120,7 +120,12 @@ impl Machine {
     /// upstream through its root port (which forwards them only with Bus Master Enable) to the
     /// local APICs (`KVM_SIGNAL_MSI`). Writes elsewhere would be DMA, which this VMM's test
     /// device does not do: they are counted as lost.
-    pub(super) fn deliver(&self, fx: Effects, port: Option<PortAddress>) -> Result<(), Error> {
+    pub(super) fn deliver(
+        &self,
+        fx: Effects,
+        port: Option<PortAddress>,
+        devfn: u8,
+    ) -> Result<(), Error> {
         let mut lost = u64::from(fx.blocked);
         if !fx.messages.is_empty() {
             let forwarded = match port {
@@ -146,10 +151,11 @@ impl Machine {
             self.devices().stats.lost += lost;
         }
         if let (Some(level), Some(port)) = (fx.intx, port) {
-            // INTA of device 0 below the port reaches the port's slot as INTA (PCI-to-PCI
-            // Bridge 1.2 §9.1: pin (device + pin) mod 4); through a switch each bridge above
-            // swizzles it again, up to the root port on the root bus.
-            if let Some((segment, devfn, pin)) = self.devices().intx_route(port) {
+            // INTA of the endpoint reaches the slot of the bridge above it swizzled by its
+            // device number (PCI-to-PCI Bridge 1.2 §9.1: pin (device + pin) mod 4; device 0
+            // below a PCIe port); each bridge above swizzles it again, up to the root port on
+            // the root bus.
+            if let Some((segment, devfn, pin)) = self.devices().intx_route(port, devfn) {
                 self.endpoint_intx((segment, 0, devfn), pin, level)?;
             }
         }

@@ -660,7 +660,7 @@ impl Machine {
         }
         let outcome = self.devices().mmio_write(addr, width, value);
         if let Some(o) = outcome {
-            self.deliver(o.effects, o.port)?;
+            self.deliver(o.effects, o.port, o.devfn)?;
             if let Some((index, changes)) = o.assigned {
                 self.apply_assigned(index, changes)?;
             }
