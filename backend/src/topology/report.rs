@@ -64,7 +64,9 @@ struct Type1At<'a> {
     bus: u8,
     devfn: u8,
     parent: u16,
-    reachable: bool,
+    /// What it is to the hierarchy: below a port it is `PRESENT` while configuration cycles
+    /// to (`bus`, `devfn`) reach it.
+    slot: Slot,
     buses: (u8, u8),
     windows: crate::pci::bridge::BridgeWindows,
 }
@@ -343,17 +345,12 @@ impl Hierarchy {
             None => (0, NO_PARENT),
             Some(up) => (self.bridge_bus(j), up as u16 + 1),
         };
-        let reachable = parent == NO_PARENT
-            || matches!(
-                self.route(bus, bs.addr.0),
-                Routed::Local(Slot::Bridge(x)) if usize::from(x) == j
-            );
         let at = Type1At {
             id: &bs.config.id,
             bus,
             devfn: bs.addr.0,
             parent,
-            reachable,
+            slot: Slot::Bridge(j as u16),
             buses: (b.secondary_bus(), b.subordinate_bus()),
             windows: b.windows(),
         };
@@ -372,17 +369,12 @@ impl Hierarchy {
             None => (self.port_bus(i), NO_PARENT),
             Some(up) => (self.port_bus(i), up as u16 + 1),
         };
-        let reachable = parent == NO_PARENT
-            || matches!(
-                self.route(bus, ps.addr.0),
-                Routed::Local(Slot::Port(j)) if usize::from(j) == i
-            );
         let at = Type1At {
             id: &ps.config.id,
             bus,
             devfn: ps.addr.0,
             parent,
-            reachable,
+            slot: Slot::Port(i as u16),
             buses: (p.secondary_bus(), p.subordinate_bus()),
             windows: p.windows(),
         };
@@ -397,7 +389,9 @@ impl Hierarchy {
         t: Type1At<'_>,
     ) -> (FunctionRecord, Vec<AddressRange>) {
         let (v, d, c, mf) = identity(f);
-        let present = if t.reachable {
+        let reachable =
+            t.parent == NO_PARENT || self.route(t.bus, t.devfn) == Routed::Local(t.slot);
+        let present = if reachable {
             function_flags::PRESENT
         } else {
             0
