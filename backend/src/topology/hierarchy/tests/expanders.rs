@@ -6,7 +6,9 @@
 use pcierc_protocol::{FunctionKind, NO_PARENT};
 use proptest::prelude::*;
 
-use super::follow::{follow_layout, images_answer_reads, routes_follow, table_answers_routes};
+use super::follow::{
+    images_answer_reads, layout_follows_writes, routes_follow_writes, table_answers_routes,
+};
 use super::*;
 
 /// The default four root ports (rp1-rp4 at 00:02.0-00:02.3, ports 0-3); pxb1 at 00:05.0 with
@@ -375,15 +377,7 @@ proptest! {
     fn incremental_routing_equals_a_full_recomputation_with_expanders(
         writes in proptest::collection::vec(write(), 1..30)
     ) {
-        let mut h = expanders();
-        number(&mut h);
-        let mut table = h.snapshot_routes();
-        h.take_snapshot_changes();
-        for w in &writes {
-            apply(&mut h, w);
-            routes_follow(&mut h, &mut table, w)?;
-        }
-        table_answers_routes(&h, &table)?;
+        routes_follow_writes(expanders(), number, &writes, apply)?;
     }
 
     /// Every delta applied to the topology before it gives `describe()`.
@@ -391,15 +385,6 @@ proptest! {
     fn layout_deltas_equal_a_full_description_with_expanders(
         writes in proptest::collection::vec(write(), 1..30)
     ) {
-        let mut h = expanders();
-        h.layout_delta();
-        let mut held = h.describe();
-        for w in std::iter::once(None).chain(writes.iter().map(Some)) {
-            match w {
-                None => number(&mut h),
-                Some(w) => apply(&mut h, w),
-            }
-            follow_layout(&mut h, &mut held, &w)?;
-        }
+        layout_follows_writes(expanders(), number, &writes, apply)?;
     }
 }

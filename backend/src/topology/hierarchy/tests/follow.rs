@@ -83,3 +83,42 @@ pub(super) fn follow_layout(
     prop_assert_eq!(&*held, &h.describe(), "after {:?}", after);
     Ok(())
 }
+
+/// The property test of a topology's routing: `h` numbered by `number`, then `writes` applied
+/// by `apply`, each followed by [`routes_follow`]; at the end the table answers
+/// [`Hierarchy::route`] ([`table_answers_routes`]).
+pub(super) fn routes_follow_writes<W: std::fmt::Debug>(
+    mut h: Hierarchy,
+    number: fn(&mut Hierarchy),
+    writes: &[W],
+    apply: fn(&mut Hierarchy, &W),
+) -> Result<(), TestCaseError> {
+    number(&mut h);
+    let mut table = h.snapshot_routes();
+    h.take_snapshot_changes();
+    for w in writes {
+        apply(&mut h, w);
+        routes_follow(&mut h, &mut table, w)?;
+    }
+    table_answers_routes(&h, &table)
+}
+
+/// The property test of a topology's layout deltas: from `h`'s description at power-on,
+/// [`follow_layout`] after `number` and after each of `writes` applied by `apply`.
+pub(super) fn layout_follows_writes<W: std::fmt::Debug>(
+    mut h: Hierarchy,
+    number: fn(&mut Hierarchy),
+    writes: &[W],
+    apply: fn(&mut Hierarchy, &W),
+) -> Result<(), TestCaseError> {
+    h.layout_delta();
+    let mut held = h.describe();
+    for w in std::iter::once(None).chain(writes.iter().map(Some)) {
+        match w {
+            None => number(&mut h),
+            Some(w) => apply(&mut h, w),
+        }
+        follow_layout(&mut h, &mut held, &w)?;
+    }
+    Ok(())
+}

@@ -5,7 +5,9 @@
 use pcierc_protocol::{FunctionKind, ResetReason, NO_PARENT};
 use proptest::prelude::*;
 
-use super::follow::{follow_layout, images_answer_reads, routes_follow, table_answers_routes};
+use super::follow::{
+    images_answer_reads, layout_follows_writes, routes_follow_writes, table_answers_routes,
+};
 use super::*;
 
 /// The default four root ports (rp1-rp4 at 00:02.0-00:02.3, ports 0-3); br1 in rp1's slot
@@ -293,15 +295,7 @@ proptest! {
     fn incremental_routing_equals_a_full_recomputation_with_bridges(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = bridges();
-        number(&mut h);
-        let mut table = h.snapshot_routes();
-        h.take_snapshot_changes();
-        for w in &writes {
-            apply(&mut h, w);
-            routes_follow(&mut h, &mut table, w)?;
-        }
-        table_answers_routes(&h, &table)?;
+        routes_follow_writes(bridges(), number, &writes, apply)?;
     }
 
     /// Every delta applied to the topology before it gives `describe()`.
@@ -309,16 +303,7 @@ proptest! {
     fn layout_deltas_equal_a_full_description_with_bridges(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = bridges();
-        h.layout_delta();
-        let mut held = h.describe();
-        for w in std::iter::once(None).chain(writes.iter().map(Some)) {
-            match w {
-                None => number(&mut h),
-                Some(w) => apply(&mut h, w),
-            }
-            follow_layout(&mut h, &mut held, &w)?;
-        }
+        layout_follows_writes(bridges(), number, &writes, apply)?;
     }
 }
 
