@@ -262,7 +262,14 @@ impl Hierarchy {
     }
 
     fn mch_record(&self) -> FunctionRecord {
-        let (v, d, c, mf) = identity(self.mch());
+        self.host_bridge_record(self.mch(), self.host_bridge_id())
+    }
+
+    /// The record of host bridge `f` (the MCH, an expander) named `id`: a `HostBridge` record
+    /// (kind 1) pcierc emulates, present, with no parent; bus 0, devfn 0 unless the caller
+    /// says otherwise.
+    fn host_bridge_record(&self, f: &dyn PciFunction, id: &str) -> FunctionRecord {
+        let (v, d, c, mf) = identity(f);
         FunctionRecord {
             vendor_id: v,
             device_id: d,
@@ -273,7 +280,7 @@ impl Hierarchy {
                 | if mf { function_flags::MULTIFUNCTION } else { 0 },
             parent: NO_PARENT,
             segment: self.spec().segment,
-            id: name(self.host_bridge_id()),
+            id: name(id),
             owner: name(PCIERC_OWNER),
             ..Default::default()
         }
@@ -305,7 +312,6 @@ impl Hierarchy {
     /// `numa_node` + 1 (0 unassigned).
     fn expander_record(&self, x: usize) -> FunctionRecord {
         let (f, xs) = (&self.expanders()[x], &self.spec().expanders[x]);
-        let (v, d, c, mf) = identity(f);
         let bus = self.expander_bus(x);
         let last = self
             .expander_ports(x)
@@ -314,24 +320,13 @@ impl Hierarchy {
             .map(|p| p.subordinate_bus())
             .fold(bus, u8::max);
         FunctionRecord {
-            segment: self.spec().segment,
             bus: 0,
             devfn: xs.addr.0,
-            vendor_id: v,
-            device_id: d,
-            class_code: c,
-            kind: FunctionKind::HostBridge as u8,
-            flags: function_flags::PRESENT
-                | function_flags::EMULATED
-                | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent: NO_PARENT,
             secondary_bus: bus,
             subordinate_bus: last,
             // The numa_node as the protocol carries it: + 1, 0 for none (at most 128).
             proximity: xs.config.numa_node().map_or(0, |n| n + 1),
-            id: name(&xs.config.id),
-            owner: name(PCIERC_OWNER),
-            ..Default::default()
+            ..self.host_bridge_record(f, &xs.config.id)
         }
     }
 
