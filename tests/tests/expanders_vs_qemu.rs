@@ -6,15 +6,15 @@
 //! firmware-style enumerator scanning the expanders' root buses through pcierc's socket.
 
 use std::process::Command;
-use std::time::Duration;
 
 use pcierc_examples::firmware::{enumerate_topology, extra_root_buses, Layout};
 use pcierc_examples::socket_bus::SocketBus;
 use pcierc_protocol::{Frontend, FrontendOptions};
-use pcierc_tests::differential::{ConfigTarget, QtestTarget};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
+use pcierc_tests::differential::ConfigTarget;
+use pcierc_tests::process::{pcierc_bin, Backend};
+use pcierc_tests::qmp_pair::{pcierc_with_qmp, qemu_with_qmp, QmpSide};
 use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::{qemu_q35_with, Qtest};
+use pcierc_tests::qtest::Qemu;
 use serde_json::{json, Value};
 
 /// Two expanders, root ports on both and a switch below one, a root port on pcie.0.
@@ -51,37 +51,19 @@ fn without_ich9(mut v: Value) -> Value {
 
 #[test]
 fn query_pci_with_expanders_is_qemus() {
-    let dir = ScratchDir::new("pxb-query-pci");
-    let qmp_path = dir.0.join("qemu-qmp.sock");
-    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
-    let mut args = vec![
-        "-global",
-        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-        "-qmp",
-        &qmp_arg,
-    ];
-    args.extend(DEVICES.iter().flat_map(|d| ["-device", *d]));
-    let Some(qt) = qemu_q35_with(&args) else {
+    let Some(q7) = Qemu::v7_2() else {
         return;
     };
-    let mut qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
-    let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
-
+    let QmpSide {
+        guest: qemu, qmp, ..
+    } = &mut qemu_with_qmp(&q7, "q35", &DEVICES, "pxb-query-pci");
     let mut pcierc_args = vec!["-n"];
     pcierc_args.extend(DEVICES.iter().flat_map(|d| ["--device", *d]));
-    let backend = Backend::start_with_control(&pcierc_args);
-    let mut control = QmpSocket::connect(
-        backend.control.as_deref().expect("control socket"),
-        Duration::from_secs(10),
-    )
-    .expect("pcierc's control socket");
-    let mut cmd = Command::new(pcierc_bin());
-    cmd.arg("qtest")
-        .arg("--connect")
-        .arg(&backend.socket)
-        .env("RUST_LOG", "warn");
-    let mut ours =
-        QtestTarget::new(Qtest::spawn(cmd).expect("pcierc qtest")).expect("ECAM via pcierc");
+    let QmpSide {
+        guest: ours,
+        qmp: control,
+        ..
+    } = &mut pcierc_with_qmp(&pcierc_args);
 
     let query = |q: &mut QmpSocket| q.ok("query-pci", json!({})).expect("query-pci");
     for step in ["power-on", "numbered"] {
@@ -91,8 +73,8 @@ fn query_pci_with_expanders_is_qemus() {
                 ours.write(bus, devfn, 0x18, 4, v);
             }
         }
-        let theirs = without_ich9(query(&mut qmp));
-        let mine = query(&mut control);
+        let theirs = without_ich9(query(qmp));
+        let mine = query(control);
         let buses: Vec<&Value> = theirs
             .as_array()
             .into_iter()

@@ -22,17 +22,15 @@
 //! `slot_rules_vs_qemu.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
 use pcierc_backend::devices::machine::MachineType;
 use pcierc_backend::devices::{PciePciBridge, PciePciBridgeConfig};
 use pcierc_backend::pci::caps::shpc::{ShpcError, ShpcUnplug};
 use pcierc_backend::pci::PciFunction;
-use pcierc_tests::differential::{assert_no_mismatches, ConfigTarget, QtestTarget};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
-use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::{qemu_machine_with, Qemu, Qtest};
+use pcierc_tests::differential::{assert_no_mismatches, ConfigTarget};
+use pcierc_tests::qmp_pair::{pcierc_with_qmp, peripherals, qemu_with_qmp, QmpSide};
+use pcierc_tests::qtest::Qemu;
 use serde_json::{json, Value};
 
 /// The bridge at 00:02.0 with an e1000 from power-on at device 3 of its secondary bus.
@@ -157,18 +155,6 @@ fn regs(read: &mut dyn FnMut(At) -> u32) -> Vec<u32> {
     v
 }
 
-fn peripherals(qmp: &mut QmpSocket) -> BTreeSet<String> {
-    let list = qmp
-        .ok("qom-list", json!({"path": "/machine/peripheral"}))
-        .expect("qom-list");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
-        .filter_map(|p| p["name"].as_str().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn shpc_hot_plug_matches_qemu_7_2() {
     let Some(q7) = Qemu::v7_2() else {
@@ -189,22 +175,8 @@ fn shpc_hot_plug_matches_qemu_10_0() {
 
 /// The steps on `qemu -M qemu_machine` and on the model built for `machine`.
 fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
-    let dir = ScratchDir::new("shpc-hotplug");
-    let qmp_path = dir.0.join("qemu-qmp.sock");
-    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
-    let args = [
-        "-global",
-        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-        "-qmp",
-        &qmp_arg,
-        "-device",
-        BRIDGE,
-        "-device",
-        COLD,
-    ];
-    let qt = qemu_machine_with(qemu_bin, qemu_machine, &args);
-    let mut qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
-    let mut qemu = QtestTarget::new(qt).expect("enabling ECAM in QEMU");
+    let mut side = qemu_with_qmp(qemu_bin, qemu_machine, &[BRIDGE, COLD], "shpc-hotplug");
+    let (qemu, qmp) = (&mut side.guest, &mut side.qmp);
     let config = PciePciBridgeConfig {
         id: "br1".into(),
         ..Default::default()
@@ -217,7 +189,7 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
     model.config_write(0x04, 2, 0x2);
 
     let mut devices: BTreeMap<&str, u8> = BTreeMap::from([("cold", 3)]);
-    let mut present = peripherals(&mut qmp);
+    let mut present = peripherals(qmp);
     let mut model_present = present.clone();
     let mut mismatches = Vec::new();
     for (name, step) in steps() {
@@ -249,7 +221,7 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
             }
             Step::Qmp(..) => panic!("the in-process comparison takes no raw QMP steps"),
         };
-        let now = peripherals(&mut qmp);
+        let now = peripherals(qmp);
         let removed: BTreeSet<String> = present.difference(&now).cloned().collect();
         present = now;
         let q = Seen {
@@ -337,9 +309,8 @@ fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: MachineType) {
 }
 
 /// One side of the QMP comparison: its guest (qtest) and its QMP socket.
-struct QmpSide {
-    guest: QtestTarget,
-    qmp: QmpSocket,
+struct Side {
+    io: QmpSide,
     /// QEMU only: its peripheral devices before the step (`None` for pcierc, whose
     /// `DEVICE_DELETED` events say what left).
     peripherals: Option<BTreeSet<String>>,
@@ -354,7 +325,7 @@ struct SeenQmp {
     regs: Vec<u32>,
 }
 
-impl QmpSide {
+impl Side {
     fn run(&mut self, step: &Step, qemu: bool) -> SeenQmp {
         let command = |cmd: &'static str, args: Value| Some((cmd, args));
         let cmd = match step {
@@ -371,22 +342,23 @@ impl QmpSide {
             Step::Del(id) => command("device_del", json!({ "id": id })),
             Step::Qmp(cmd, args) => command(cmd, args.clone()),
             Step::Bar(off, width, value) => {
-                self.guest.mem_write(BAR + off, *width, *value);
+                self.io.guest.mem_write(BAR + off, *width, *value);
                 None
             }
             Step::Config(off, width, value) => {
-                self.guest.write(0, DEVFN, *off, *width, *value);
+                self.io.guest.write(0, DEVFN, *off, *width, *value);
                 None
             }
         };
         let reply = match cmd {
             None => Value::Null,
-            Some((cmd, args)) => match self.qmp.execute(cmd, args).expect(cmd) {
+            Some((cmd, args)) => match self.io.qmp.execute(cmd, args).expect(cmd) {
                 Ok(r) => json!({ "return": r }),
                 Err(e) => json!({"class": e["class"], "desc": e["desc"]}),
             },
         };
         let events = self
+            .io
             .qmp
             .drain_events(Duration::from_millis(if qemu { 20 } else { 150 }))
             .expect("QMP events");
@@ -397,13 +369,13 @@ impl QmpSide {
                 .filter_map(|e| e["data"]["device"].as_str().map(str::to_string))
                 .collect(),
             Some(before) => {
-                let now = peripherals(&mut self.qmp);
+                let now = peripherals(&mut self.io.qmp);
                 let removed = before.difference(&now).cloned().collect();
                 *before = now;
                 removed
             }
         };
-        let guest = &mut self.guest;
+        let guest = &mut self.io.guest;
         SeenQmp {
             reply,
             removed,
@@ -433,52 +405,26 @@ fn shpc_hot_plug_through_qmp_matches_qemu_10_0() {
 
 /// [`qmp_steps`] on `qemu -M qemu_machine` and on `pcierc --machine machine`, both through QMP.
 fn compare_qmp(qemu_bin: &Qemu, qemu_machine: &str, machine: &str) {
-    let dir = ScratchDir::new("shpc-qmp");
-    let qmp_path = dir.0.join("qemu-qmp.sock");
-    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
-    let args = [
-        "-global",
-        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-        "-qmp",
-        &qmp_arg,
-        "-device",
-        BRIDGE,
-        "-device",
-        COLD,
-    ];
-    let qt = qemu_machine_with(qemu_bin, qemu_machine, &args);
-    let qemu_qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
-    let mut qemu = QmpSide {
-        guest: QtestTarget::new(qt).expect("enabling ECAM in QEMU"),
-        qmp: qemu_qmp,
+    let mut qemu = Side {
+        io: qemu_with_qmp(qemu_bin, qemu_machine, &[BRIDGE, COLD], "shpc-qmp"),
         peripherals: None,
     };
-    qemu.peripherals = Some(peripherals(&mut qemu.qmp));
-
-    let backend = Backend::start_with_control(&[
-        "-n",
-        "--machine",
-        machine,
-        "--device",
-        BRIDGE,
-        "--device",
-        "e1000,id=cold,bus=br1,addr=3",
-    ]);
-    let mut cmd = Command::new(pcierc_bin());
-    cmd.arg("qtest")
-        .arg("--connect")
-        .arg(&backend.socket)
-        .env("RUST_LOG", "warn");
-    let frontend = Qtest::spawn(cmd).expect("starting pcierc qtest");
-    let control = backend.control.as_ref().expect("control socket");
-    let mut ours = QmpSide {
-        guest: QtestTarget::new(frontend).expect("enabling ECAM through pcierc"),
-        qmp: QmpSocket::connect(control, Duration::from_secs(10)).expect("pcierc's QMP"),
+    qemu.peripherals = Some(peripherals(&mut qemu.io.qmp));
+    let mut ours = Side {
+        io: pcierc_with_qmp(&[
+            "-n",
+            "--machine",
+            machine,
+            "--device",
+            BRIDGE,
+            "--device",
+            "e1000,id=cold,bus=br1,addr=3",
+        ]),
         peripherals: None,
     };
     for side in [&mut qemu, &mut ours] {
-        side.guest.write(0, DEVFN, 0x10, 4, BAR as u32);
-        side.guest.write(0, DEVFN, 0x04, 2, 0x2);
+        side.io.guest.write(0, DEVFN, 0x10, 4, BAR as u32);
+        side.io.guest.write(0, DEVFN, 0x04, 2, 0x2);
     }
 
     let mut mismatches = Vec::new();

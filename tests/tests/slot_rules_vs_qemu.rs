@@ -19,13 +19,11 @@
 //! The `DEVICE_DELETED` events QEMU does send must name removed devices.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
-use pcierc_tests::differential::{ConfigTarget, QtestTarget};
-use pcierc_tests::process::{pcierc_bin, Backend, ScratchDir};
-use pcierc_tests::qmp_socket::QmpSocket;
-use pcierc_tests::qtest::{qemu_machine_with, Qemu, Qtest};
+use pcierc_tests::differential::ConfigTarget;
+use pcierc_tests::qmp_pair::{pcierc_with_qmp, peripherals, qemu_with_qmp, QmpSide};
+use pcierc_tests::qtest::Qemu;
 use serde_json::{json, Value};
 
 /// rp1 (00:02.0) is a default port; rp2 (00:03.0) has `hotplug=off` and a card from power-on;
@@ -167,8 +165,8 @@ struct Observed {
 }
 
 struct Side {
-    regs: QtestTarget,
-    qmp: QmpSocket,
+    /// Its guest and its QMP socket.
+    io: QmpSide,
     /// QEMU only: the peripheral devices before the step (`None` for pcierc).
     peripherals: Option<BTreeSet<String>>,
     /// QEMU only: every device it removed so far.
@@ -178,19 +176,20 @@ struct Side {
 impl Side {
     fn run(&mut self, step: &Step) -> Observed {
         let reply = match step {
-            Step::Qmp(cmd, args) => match self.qmp.execute(cmd, args.clone()).expect(cmd) {
+            Step::Qmp(cmd, args) => match self.io.qmp.execute(cmd, args.clone()).expect(cmd) {
                 Ok(r) => json!({ "return": r }),
                 Err(e) => json!({"class": e["class"], "desc": e["desc"]}),
             },
             Step::Guest(writes) => {
                 for &(port, reg, value) in writes.iter() {
                     let (devfn, exp) = PORTS[port];
-                    self.regs.write(0, devfn, exp + reg, 2, value);
+                    self.io.guest.write(0, devfn, exp + reg, 2, value);
                 }
                 Value::Null
             }
         };
         let events = self
+            .io
             .qmp
             .drain_events(Duration::from_millis(250))
             .expect("QMP events");
@@ -202,7 +201,7 @@ impl Side {
         let removed = match &mut self.peripherals {
             None => deleted,
             Some(before) => {
-                let now = peripherals(&mut self.qmp);
+                let now = peripherals(&mut self.io.qmp);
                 let removed: BTreeSet<String> = before.difference(&now).cloned().collect();
                 *before = now;
                 self.removed_so_far.extend(removed.iter().cloned());
@@ -217,7 +216,7 @@ impl Side {
         let slots = (0..PORTS.len())
             .map(|p| {
                 let (devfn, exp) = PORTS[p];
-                let mut r = |reg| self.regs.read(0, devfn, exp + reg, 2);
+                let mut r = |reg| self.io.guest.read(0, devfn, exp + reg, 2);
                 let (ctl, sta) = (r(SLTCTL), r(SLTSTA) & !SLTSTA_DLLSC);
                 let dllla = r(LNKSTA) & LNKSTA_DLLLA != 0;
                 format!("ctl={ctl:04x} sta={sta:04x} dllla={dllla}")
@@ -229,19 +228,6 @@ impl Side {
             slots,
         }
     }
-}
-
-/// QEMU's user-created devices now (`/machine/peripheral`).
-fn peripherals(qmp: &mut QmpSocket) -> BTreeSet<String> {
-    let list = qmp
-        .ok("qom-list", json!({"path": "/machine/peripheral"}))
-        .expect("qom-list");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
-        .filter_map(|p| p["name"].as_str().map(str::to_string))
-        .collect()
 }
 
 #[test]
@@ -264,45 +250,19 @@ fn device_del_and_slot_rules_match_qemu_10_0() {
 
 /// Run the sequence on `qemu -M qemu_machine` and on `pcierc --machine machine`.
 fn compare(qemu_bin: &Qemu, qemu_machine: &str, machine: &str) {
-    let dir = ScratchDir::new("slot-rules");
-    let qmp_path = dir.0.join("qemu-qmp.sock");
-    let qmp_arg = format!("unix:{},server=on,wait=off", qmp_path.display());
-    // Both QEMUs hand hot-plug below cold-plugged bridges to ACPI unless this is off (10.0's
-    // acpi_pcihp_device_plug_cb() still takes over their secondary buses).
-    let mut qemu_args = vec![
-        "-global",
-        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
-        "-qmp",
-        &qmp_arg,
-    ];
-    for d in DEVICES {
-        qemu_args.extend(["-device", d]);
-    }
-    let qemu = qemu_machine_with(qemu_bin, qemu_machine, &qemu_args);
-    let qemu_qmp = QmpSocket::connect(&qmp_path, Duration::from_secs(10)).expect("QEMU's QMP");
     let mut qemu = Side {
-        regs: QtestTarget::new(qemu).expect("enabling ECAM in QEMU"),
-        qmp: qemu_qmp,
+        io: qemu_with_qmp(qemu_bin, qemu_machine, &DEVICES, "slot-rules"),
         peripherals: None,
         removed_so_far: BTreeSet::new(),
     };
-    qemu.peripherals = Some(peripherals(&mut qemu.qmp));
+    qemu.peripherals = Some(peripherals(&mut qemu.io.qmp));
 
     let mut args = vec!["-n", "--machine", machine];
     for d in DEVICES {
         args.extend(["--device", d]);
     }
-    let backend = Backend::start_with_control(&args);
-    let mut cmd = Command::new(pcierc_bin());
-    cmd.arg("qtest")
-        .arg("--connect")
-        .arg(&backend.socket)
-        .env("RUST_LOG", "warn");
-    let frontend = Qtest::spawn(cmd).expect("starting pcierc qtest");
-    let control = backend.control.as_ref().expect("control socket");
     let mut ours = Side {
-        regs: QtestTarget::new(frontend).expect("enabling ECAM through pcierc"),
-        qmp: QmpSocket::connect(control, Duration::from_secs(10)).expect("pcierc's QMP"),
+        io: pcierc_with_qmp(&args),
         peripherals: None,
         removed_so_far: BTreeSet::new(),
     };

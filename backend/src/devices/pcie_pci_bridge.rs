@@ -477,17 +477,10 @@ impl PciFunction for PciePciBridge {
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error> {
         use crate::topology::StateError;
         let id = self.config.id.clone();
-        let s = BridgeState::deserialize(state).map_err(|source| StateError::Function {
-            id: id.clone(),
-            source,
-        })?;
-        if s.config != self.config {
-            return Err(StateError::PortProperties {
-                id,
-                other: format!("{:?}", s.config),
-            }
-            .into());
-        }
+        let s: BridgeState =
+            crate::topology::state::function_state(&id, state, &self.config, |s: &BridgeState| {
+                &s.config
+            })?;
         let registers = |source| StateError::Registers {
             id: id.clone(),
             source,

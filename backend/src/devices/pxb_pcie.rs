@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::pci::config_space::{ConfigSpace, SpaceImage, PCI_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, valid_access, Identity, STATUS, STATUS_66MHZ, STATUS_FAST_BACK};
 use crate::pci::{Effects, PciFunction, Width};
+use crate::topology::state::function_state;
 use crate::topology::StateError;
 use crate::Error;
 
@@ -156,17 +157,7 @@ impl PciFunction for PxbPcie {
 
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), Error> {
         let id = self.config.id.clone();
-        let s = PxbState::deserialize(state).map_err(|source| StateError::Function {
-            id: id.clone(),
-            source,
-        })?;
-        if s.config != self.config {
-            return Err(StateError::PortProperties {
-                id,
-                other: format!("{:?}", s.config),
-            }
-            .into());
-        }
+        let s: PxbState = function_state(&id, state, &self.config, |s: &PxbState| &s.config)?;
         self.space.load_image(&s.space).map_err(|source| {
             StateError::Registers {
                 id: id.clone(),

@@ -284,15 +284,7 @@ impl RootPortConfig {
                 ),
             );
         }
-        if self.acpi_index > ACPI_INDEX_MAX {
-            return refuse(
-                "acpi-index",
-                format!("acpi-index should be less or equal to {ACPI_INDEX_MAX}"),
-            );
-        }
-        if let Some(size) = self.romsize.filter(|s| !s.is_power_of_two()) {
-            return refuse("romsize", format!("ROM size {size} is not a power of two"));
-        }
+        crate::topology::pci_device::validate(&self.id, self.acpi_index, self.romsize)?;
         if !LINK_WIDTHS.contains(&self.width) {
             return refuse(
                 "x-width",

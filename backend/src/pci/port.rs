@@ -1045,19 +1045,12 @@ impl<T: PortFunction> PciFunction for T {
     fn restore(&mut self, state: &serde_json::Value) -> Result<(), crate::Error> {
         use crate::topology::StateError;
         let id = self.id().to_string();
-        let s = PortFunctionState::<T::Properties>::deserialize(state).map_err(|source| {
-            StateError::Function {
-                id: id.clone(),
-                source,
-            }
-        })?;
-        if &s.config != self.properties() {
-            return Err(StateError::PortProperties {
-                id,
-                other: format!("{:?}", s.config),
-            }
-            .into());
-        }
+        let s: PortFunctionState<T::Properties> = crate::topology::state::function_state(
+            &id,
+            state,
+            self.properties(),
+            |s: &PortFunctionState<T::Properties>| &s.config,
+        )?;
         self.port_mut()
             .load_state(&s.port)
             .map_err(|source| StateError::Registers { id, source }.into())

@@ -4,9 +4,8 @@
 //! What each changes is documented on [`PciePciBridgeConfig`] and in docs/qemu-compat.md.
 
 use super::error::TopologyError;
-use super::root_port::{bounded, parse_bool};
+use super::pci_device::{self, PciDeviceProps};
 use crate::devices::pcie_pci_bridge::{OnOffAuto, PciePciBridgeConfig};
-use crate::devices::root_port::ACPI_INDEX_MAX;
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
 
@@ -38,13 +37,9 @@ pub const PROPERTIES: [&str; 13] = [
 /// with its message ([`validate`] checks what QEMU checks at realize).
 pub fn set_property(cfg: &mut PciePciBridgeConfig, key: &str, value: &str) -> Result<()> {
     let id = cfg.id.clone();
-    let flag = |property: &str| {
-        parse_bool(value).ok_or_else(|| TopologyError::NotOnOff {
-            id: id.clone(),
-            key: property.to_string(),
-            value: value.to_string(),
-        })
-    };
+    if pci_device::set(&id, PciDeviceProps::from(&mut *cfg), key, value)? {
+        return Ok(());
+    }
     match key {
         // QAPI's OnOffAuto: exactly these lowercase names.
         "msi" => {
@@ -61,33 +56,6 @@ pub fn set_property(cfg: &mut PciePciBridgeConfig, key: &str, value: &str) -> Re
                 }
             }
         }
-        "multifunction" => cfg.multifunction = flag(key)?,
-        "x-pcie-extcap-init" => cfg.extcap_init = flag(key)?,
-        "x-pcie-lnksta-dllla" => cfg.lnksta_dllla = flag(key)?,
-        "acpi-index" => cfg.acpi_index = bounded(&id, "acpi-index", value, u32::MAX.into())? as u32,
-        "rombar" => cfg.rombar = bounded(&id, "rombar", value, u32::MAX.into())? as u32,
-        "romsize" => {
-            // QEMU's default (u32::MAX) means "not given".
-            let n = bounded(&id, "romsize", value, u32::MAX.into())? as u32;
-            cfg.romsize = (n != u32::MAX).then_some(n);
-        }
-        // An empty name is QEMU's "no ROM"; pcierc has no ROM to serve.
-        "romfile" if value.is_empty() => {}
-        "romfile" => {
-            return Err(TopologyError::Unsupported {
-                id,
-                property: "romfile",
-                reason: "pcierc serves no option ROM (no Expansion ROM BAR)",
-            })
-        }
-        // pci_qdev_realize(): only an Ethernet function can be a failover primary.
-        "failover_pair_id" => {
-            return Err(TopologyError::PortProperty {
-                id,
-                property: "failover_pair_id",
-                reason: "failover primary device is not an Ethernet device".into(),
-            })
-        }
         other => {
             return Err(TopologyError::UnknownProperty {
                 id,
@@ -101,40 +69,17 @@ pub fn set_property(cfg: &mut PciePciBridgeConfig, key: &str, value: &str) -> Re
 
 /// What QEMU 7.2 refuses when it realizes the bridge (`pci_qdev_realize()`), with its messages.
 pub fn validate(cfg: &PciePciBridgeConfig) -> Result<()> {
-    let refuse = |property, reason: String| {
-        Err(TopologyError::PortProperty {
-            id: cfg.id.clone(),
-            property,
-            reason,
-        })
-    };
-    if cfg.acpi_index > ACPI_INDEX_MAX {
-        return refuse(
-            "acpi-index",
-            format!("acpi-index should be less or equal to {ACPI_INDEX_MAX}"),
-        );
-    }
-    if let Some(size) = cfg.romsize.filter(|s| !s.is_power_of_two()) {
-        return refuse("romsize", format!("ROM size {size} is not a power of two"));
-    }
-    Ok(())
+    pci_device::validate(&cfg.id, cfg.acpi_index, cfg.romsize)
 }
 
 /// A bridge's configuration from `id` and QEMU-syntax `properties` (as `-device` gives them, in
 /// order; `bus` and `addr` are skipped: the caller places the bridge), validated.
 pub fn parse(id: &str, properties: &[(&str, &str)]) -> Result<PciePciBridgeConfig> {
-    let mut cfg = PciePciBridgeConfig {
+    let cfg = PciePciBridgeConfig {
         id: id.to_string(),
         ..Default::default()
     };
-    for (key, value) in properties {
-        match *key {
-            "bus" | "addr" | "id" | "driver" => {}
-            _ => set_property(&mut cfg, key, value)?,
-        }
-    }
-    validate(&cfg)?;
-    Ok(cfg)
+    pci_device::parse(cfg, properties, set_property, validate)
 }
 
 #[cfg(test)]
@@ -145,14 +90,7 @@ mod tests {
     /// `-device pcie-pci-bridge,help`) plus `bus`, `id` and `driver`.
     #[test]
     fn properties_are_the_ones_qemu_lists() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures/qemu-7.2/pcie_pci_bridge.help");
-        let text = std::fs::read_to_string(&path).expect("the help fixture");
-        let listed: Vec<&str> = text
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.trim().split(['=', ' ']).next())
-            .collect();
+        let listed = pci_device::help_fixture("pcie_pci_bridge");
         assert_eq!(listed, PROPERTIES[..PROPERTIES.len() - 3]);
     }
 

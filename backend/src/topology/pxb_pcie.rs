@@ -3,9 +3,9 @@
 //! each changes is documented on [`PxbPcieConfig`] and in docs/qemu-compat.md.
 
 use super::error::TopologyError;
+use super::pci_device::{self, PciDeviceProps};
 use super::root_port::{bounded, parse_bool};
 use crate::devices::pxb_pcie::{PxbPcieConfig, NUMA_NODE_UNASSIGNED};
-use crate::devices::root_port::ACPI_INDEX_MAX;
 
 type Result<T, E = TopologyError> = std::result::Result<T, E>;
 
@@ -38,44 +38,20 @@ pub const PROPERTIES: [&str; 15] = [
 /// ([`TopologyError::UnknownProperty`]).
 pub fn set_property(cfg: &mut PxbPcieConfig, key: &str, value: &str) -> Result<()> {
     let id = cfg.id.clone();
-    let flag = |property: &str| {
-        parse_bool(value).ok_or_else(|| TopologyError::NotOnOff {
-            id: id.clone(),
-            key: property.to_string(),
-            value: value.to_string(),
-        })
-    };
+    if pci_device::set(&id, PciDeviceProps::from(&mut *cfg), key, value)? {
+        return Ok(());
+    }
     match key {
         // QEMU: "Parameter 'bus_nr' expects uint8_t" past 255.
         "bus_nr" => cfg.bus_nr = bounded(&id, "bus_nr", value, 0xff)? as u8,
         // QEMU: "Parameter 'numa_node' expects uint16_t" past 65535.
         "numa_node" => cfg.numa_node = bounded(&id, "numa_node", value, 0xffff)? as u16,
-        "bypass_iommu" => cfg.bypass_iommu = flag(key)?,
-        "multifunction" => cfg.multifunction = flag(key)?,
-        "x-pcie-extcap-init" => cfg.extcap_init = flag(key)?,
-        "x-pcie-lnksta-dllla" => cfg.lnksta_dllla = flag(key)?,
-        "acpi-index" => cfg.acpi_index = bounded(&id, "acpi-index", value, u32::MAX.into())? as u32,
-        "rombar" => cfg.rombar = bounded(&id, "rombar", value, u32::MAX.into())? as u32,
-        "romsize" => {
-            // QEMU's default (u32::MAX) means "not given".
-            let n = bounded(&id, "romsize", value, u32::MAX.into())? as u32;
-            cfg.romsize = (n != u32::MAX).then_some(n);
-        }
-        "romfile" if value.is_empty() => {}
-        "romfile" => {
-            return Err(TopologyError::Unsupported {
+        "bypass_iommu" => {
+            cfg.bypass_iommu = parse_bool(value).ok_or_else(|| TopologyError::NotOnOff {
                 id,
-                property: "romfile",
-                reason: "pcierc serves no option ROM (no Expansion ROM BAR)",
-            })
-        }
-        // pci_qdev_realize(): only an Ethernet function can be a failover primary.
-        "failover_pair_id" => {
-            return Err(TopologyError::PortProperty {
-                id,
-                property: "failover_pair_id",
-                reason: "failover primary device is not an Ethernet device".into(),
-            })
+                key: key.to_string(),
+                value: value.to_string(),
+            })?
         }
         other => {
             return Err(TopologyError::UnknownProperty {
@@ -110,33 +86,17 @@ pub fn validate(cfg: &PxbPcieConfig) -> Result<()> {
     if cfg.numa_node > NUMA_NODE_UNASSIGNED {
         return refuse("numa_node", format!("Illegal numa node {}", cfg.numa_node));
     }
-    if cfg.acpi_index > ACPI_INDEX_MAX {
-        return refuse(
-            "acpi-index",
-            format!("acpi-index should be less or equal to {ACPI_INDEX_MAX}"),
-        );
-    }
-    if let Some(size) = cfg.romsize.filter(|s| !s.is_power_of_two()) {
-        return refuse("romsize", format!("ROM size {size} is not a power of two"));
-    }
-    Ok(())
+    pci_device::validate(&cfg.id, cfg.acpi_index, cfg.romsize)
 }
 
 /// An expander's configuration from `id` and QEMU-syntax `properties` (`bus` and `addr` are
 /// skipped: the caller places it), validated.
 pub fn parse(id: &str, properties: &[(&str, &str)]) -> Result<PxbPcieConfig> {
-    let mut cfg = PxbPcieConfig {
+    let cfg = PxbPcieConfig {
         id: id.to_string(),
         ..Default::default()
     };
-    for (key, value) in properties {
-        match *key {
-            "bus" | "addr" | "id" | "driver" => {}
-            _ => set_property(&mut cfg, key, value)?,
-        }
-    }
-    validate(&cfg)?;
-    Ok(cfg)
+    pci_device::parse(cfg, properties, set_property, validate)
 }
 
 #[cfg(test)]
@@ -147,14 +107,7 @@ mod tests {
     /// `-device pxb-pcie,help`) plus `bus`, `id` and `driver`.
     #[test]
     fn properties_are_the_ones_qemu_lists() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures/qemu-7.2/pxb_pcie.help");
-        let text = std::fs::read_to_string(&path).expect("the help fixture");
-        let listed: Vec<&str> = text
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.trim().split(['=', ' ']).next())
-            .collect();
+        let listed = pci_device::help_fixture("pxb_pcie");
         assert_eq!(listed, PROPERTIES[..PROPERTIES.len() - 3]);
     }
 

@@ -64,7 +64,9 @@ struct Type1At<'a> {
     bus: u8,
     devfn: u8,
     parent: u16,
-    reachable: bool,
+    /// What it is to the hierarchy: below a port it is `PRESENT` while configuration cycles
+    /// to (`bus`, `devfn`) reach it.
+    slot: Slot,
     buses: (u8, u8),
     windows: crate::pci::bridge::BridgeWindows,
 }
@@ -260,7 +262,14 @@ impl Hierarchy {
     }
 
     fn mch_record(&self) -> FunctionRecord {
-        let (v, d, c, mf) = identity(self.mch());
+        self.host_bridge_record(self.mch(), self.host_bridge_id())
+    }
+
+    /// The record of host bridge `f` (the MCH, an expander) named `id`: a `HostBridge` record
+    /// (kind 1) pcierc emulates, present, with no parent; bus 0, devfn 0 unless the caller
+    /// says otherwise.
+    fn host_bridge_record(&self, f: &dyn PciFunction, id: &str) -> FunctionRecord {
+        let (v, d, c, mf) = identity(f);
         FunctionRecord {
             vendor_id: v,
             device_id: d,
@@ -271,7 +280,7 @@ impl Hierarchy {
                 | if mf { function_flags::MULTIFUNCTION } else { 0 },
             parent: NO_PARENT,
             segment: self.spec().segment,
-            id: name(self.host_bridge_id()),
+            id: name(id),
             owner: name(PCIERC_OWNER),
             ..Default::default()
         }
@@ -303,7 +312,6 @@ impl Hierarchy {
     /// `numa_node` + 1 (0 unassigned).
     fn expander_record(&self, x: usize) -> FunctionRecord {
         let (f, xs) = (&self.expanders()[x], &self.spec().expanders[x]);
-        let (v, d, c, mf) = identity(f);
         let bus = self.expander_bus(x);
         let last = self
             .expander_ports(x)
@@ -312,24 +320,13 @@ impl Hierarchy {
             .map(|p| p.subordinate_bus())
             .fold(bus, u8::max);
         FunctionRecord {
-            segment: self.spec().segment,
             bus: 0,
             devfn: xs.addr.0,
-            vendor_id: v,
-            device_id: d,
-            class_code: c,
-            kind: FunctionKind::HostBridge as u8,
-            flags: function_flags::PRESENT
-                | function_flags::EMULATED
-                | if mf { function_flags::MULTIFUNCTION } else { 0 },
-            parent: NO_PARENT,
             secondary_bus: bus,
             subordinate_bus: last,
             // The numa_node as the protocol carries it: + 1, 0 for none (at most 128).
             proximity: xs.config.numa_node().map_or(0, |n| n + 1),
-            id: name(&xs.config.id),
-            owner: name(PCIERC_OWNER),
-            ..Default::default()
+            ..self.host_bridge_record(f, &xs.config.id)
         }
     }
 
@@ -343,17 +340,12 @@ impl Hierarchy {
             None => (0, NO_PARENT),
             Some(up) => (self.bridge_bus(j), up as u16 + 1),
         };
-        let reachable = parent == NO_PARENT
-            || matches!(
-                self.route(bus, bs.addr.0),
-                Routed::Local(Slot::Bridge(x)) if usize::from(x) == j
-            );
         let at = Type1At {
             id: &bs.config.id,
             bus,
             devfn: bs.addr.0,
             parent,
-            reachable,
+            slot: Slot::Bridge(j as u16),
             buses: (b.secondary_bus(), b.subordinate_bus()),
             windows: b.windows(),
         };
@@ -372,17 +364,12 @@ impl Hierarchy {
             None => (self.port_bus(i), NO_PARENT),
             Some(up) => (self.port_bus(i), up as u16 + 1),
         };
-        let reachable = parent == NO_PARENT
-            || matches!(
-                self.route(bus, ps.addr.0),
-                Routed::Local(Slot::Port(j)) if usize::from(j) == i
-            );
         let at = Type1At {
             id: &ps.config.id,
             bus,
             devfn: ps.addr.0,
             parent,
-            reachable,
+            slot: Slot::Port(i as u16),
             buses: (p.secondary_bus(), p.subordinate_bus()),
             windows: p.windows(),
         };
@@ -397,7 +384,9 @@ impl Hierarchy {
         t: Type1At<'_>,
     ) -> (FunctionRecord, Vec<AddressRange>) {
         let (v, d, c, mf) = identity(f);
-        let present = if t.reachable {
+        let reachable =
+            t.parent == NO_PARENT || self.route(t.bus, t.devfn) == Routed::Local(t.slot);
+        let present = if reachable {
             function_flags::PRESENT
         } else {
             0

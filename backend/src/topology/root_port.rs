@@ -5,6 +5,7 @@
 
 use super::addr::{parse_size, parse_uint, ParseError};
 use super::error::TopologyError;
+use super::pci_device::{self, PciDeviceProps};
 use crate::devices::{RootPortConfig, RootPortModel};
 use crate::pci::caps::express::LinkSpeed;
 
@@ -181,11 +182,13 @@ pub fn set_property(cfg: &mut RootPortConfig, key: &str, value: &str) -> Result<
         property,
         reason: format!("Parameter '{property}' does not accept value '{value}'"),
     };
+    if pci_device::set(&id, PciDeviceProps::from(&mut *cfg), key, value)? {
+        return Ok(());
+    }
     match key {
         "chassis" => cfg.chassis = bounded(&id, "chassis", value, 0xff)? as u8,
         "slot" => cfg.slot = bounded(&id, "slot", value, 0x1fff)? as u16,
         "port" => cfg.port = bounded(&id, "port", value, 0xff)? as u8,
-        "multifunction" => cfg.multifunction = flag(key)?,
         // QEMU's default (u32::MAX) means "not given".
         "bus-reserve" => {
             let n = bounded(&id, "bus-reserve", value, u32::MAX.into())? as u32;
@@ -206,16 +209,8 @@ pub fn set_property(cfg: &mut RootPortConfig, key: &str, value: &str) -> Result<
         "x-native-hotplug" => cfg.native_hotplug = flag(key)?,
         "power_controller_present" => cfg.power_controller_present = flag(key)?,
         "disable-acs" => cfg.disable_acs = flag(key)?,
-        "x-pcie-lnksta-dllla" => cfg.lnksta_dllla = flag(key)?,
-        "x-pcie-extcap-init" => cfg.extcap_init = flag(key)?,
         "x-migrate-msix" => cfg.migrate_msix = flag(key)?,
         "aer_log_max" => cfg.aer_log_max = bounded(&id, "aer_log_max", value, 0xffff)? as u16,
-        "acpi-index" => cfg.acpi_index = bounded(&id, "acpi-index", value, u32::MAX.into())? as u32,
-        "rombar" => cfg.rombar = bounded(&id, "rombar", value, u32::MAX.into())? as u32,
-        "romsize" => {
-            let n = bounded(&id, "romsize", value, u32::MAX.into())? as u32;
-            cfg.romsize = (n != u32::MAX).then_some(n);
-        }
         "x-speed" => {
             cfg.speed = LinkSpeed::from_qemu(value).ok_or_else(|| qemu_refuses("x-speed"))?
         }
@@ -225,24 +220,6 @@ pub fn set_property(cfg: &mut RootPortConfig, key: &str, value: &str) -> Result<
                 .ok()
                 .filter(|w| crate::devices::root_port::LINK_WIDTHS.contains(w))
                 .ok_or_else(|| qemu_refuses("x-width"))?
-        }
-        // QEMU loads an option ROM from the file and shows it in the Expansion ROM BAR; pcierc
-        // has no ROM to serve. An empty name is QEMU's "no ROM".
-        "romfile" if value.is_empty() => {}
-        "romfile" => {
-            return Err(TopologyError::Unsupported {
-                id,
-                property: "romfile",
-                reason: "pcierc serves no option ROM (no Expansion ROM BAR)",
-            })
-        }
-        // pci_qdev_realize(): only an Ethernet function can be a failover primary.
-        "failover_pair_id" => {
-            return Err(TopologyError::PortProperty {
-                id,
-                property: "failover_pair_id",
-                reason: "failover primary device is not an Ethernet device".into(),
-            })
         }
         other => {
             return Err(TopologyError::UnknownProperty {

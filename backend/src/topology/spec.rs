@@ -142,30 +142,7 @@ struct ExpanderRepr(BTreeMap<String, toml::Value>);
 
 impl ExpanderRepr {
     fn into_spec(self) -> Result<ExpanderSpec> {
-        let mut props = Vec::new();
-        let mut id = None;
-        for (k, v) in &self.0 {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                other if k == "id" => {
-                    return Err(TopologyError::Toml {
-                        location: None,
-                        message: format!("expander id: expected a string, found {other}"),
-                    })
-                }
-                other => root_port::toml_value(id.as_deref().unwrap_or(k), k, other)?,
-            };
-            if k == "id" {
-                id = Some(value.clone());
-            }
-            props.push((k.clone(), value));
-        }
-        let Some(id) = id else {
-            return Err(TopologyError::Toml {
-                location: None,
-                message: "an [[expander]] without id".into(),
-            });
-        };
+        let (id, props) = table_properties(&self.0, "expander", "an [[expander]] without id")?;
         expander_spec(&id, &props)
     }
 }
@@ -173,38 +150,8 @@ impl ExpanderRepr {
 /// Build an expander from QEMU-syntax properties (`id`, `bus`, `addr`, `driver` and the
 /// device's own). Without `bus` it sits on `pcie.0`; `addr` is required, as for root ports.
 fn expander_spec(id: &str, props: &[(String, String)]) -> Result<ExpanderSpec> {
-    let field = |name: &str| {
-        props
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if let Some(driver) = field("driver").filter(|d| *d != EXPANDER_DRIVER) {
-        return Err(TopologyError::UnknownProperty {
-            id: id.to_string(),
-            key: format!("driver={driver}"),
-            driver: EXPANDER_DRIVER.into(),
-        });
-    }
-    let Some(addr) = field("addr") else {
-        return Err(TopologyError::MissingProperty {
-            id: id.to_string(),
-            property: "addr",
-        });
-    };
-    let addr = parse_devfn(addr).map_err(|source| TopologyError::Address {
-        id: id.to_string(),
-        source,
-    })?;
-    let pairs: Vec<(&str, &str)> = props
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    Ok(ExpanderSpec {
-        addr,
-        bus: field("bus").unwrap_or(ROOT_BUS).to_string(),
-        config: pxb_pcie::parse(id, &pairs)?,
-    })
+    let (bus, addr, config) = placed(id, props, EXPANDER_DRIVER, None, pxb_pcie::parse)?;
+    Ok(ExpanderSpec { addr, bus, config })
 }
 
 /// A `[[bridge]]` table: `id`, `bus` (default `pcie.0`), `addr` (default 0.0, required on
@@ -216,30 +163,7 @@ struct BridgeRepr(BTreeMap<String, toml::Value>);
 
 impl BridgeRepr {
     fn into_spec(self) -> Result<BridgeSpec> {
-        let mut props = Vec::new();
-        let mut id = None;
-        for (k, v) in &self.0 {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                other if k == "id" => {
-                    return Err(TopologyError::Toml {
-                        location: None,
-                        message: format!("bridge id: expected a string, found {other}"),
-                    })
-                }
-                other => root_port::toml_value(id.as_deref().unwrap_or(k), k, other)?,
-            };
-            if k == "id" {
-                id = Some(value.clone());
-            }
-            props.push((k.clone(), value));
-        }
-        let Some(id) = id else {
-            return Err(TopologyError::Toml {
-                location: None,
-                message: "a [[bridge]] without id".into(),
-            });
-        };
+        let (id, props) = table_properties(&self.0, "bridge", "a [[bridge]] without id")?;
         bridge_spec(&id, &props)
     }
 }
@@ -248,35 +172,97 @@ impl BridgeRepr {
 /// own). Without `bus` it sits on `pcie.0`; without `addr` at device 0 (behind a port, the only
 /// device there is).
 fn bridge_spec(id: &str, props: &[(String, String)]) -> Result<BridgeSpec> {
+    let (bus, addr, config) = placed(
+        id,
+        props,
+        BRIDGE_DRIVER,
+        Some(DevFn(0)),
+        pcie_pci_bridge::parse,
+    )?;
+    Ok(BridgeSpec { addr, bus, config })
+}
+
+/// The id and QEMU-syntax properties of a `[[bridge]]` or `[[expander]]` table (`kind`): its
+/// values as [`root_port::toml_value`] writes them; the id must be a string, and present
+/// (else `without_id`).
+fn table_properties(
+    table: &BTreeMap<String, toml::Value>,
+    kind: &str,
+    without_id: &str,
+) -> Result<(String, Vec<(String, String)>)> {
+    let mut props = Vec::new();
+    let mut id = None;
+    for (k, v) in table {
+        let value = match v {
+            toml::Value::String(s) => s.clone(),
+            other if k == "id" => {
+                return Err(TopologyError::Toml {
+                    location: None,
+                    message: format!("{kind} id: expected a string, found {other}"),
+                })
+            }
+            other => root_port::toml_value(id.as_deref().unwrap_or(k), k, other)?,
+        };
+        if k == "id" {
+            id = Some(value.clone());
+        }
+        props.push((k.clone(), value));
+    }
+    let Some(id) = id else {
+        return Err(TopologyError::Toml {
+            location: None,
+            message: without_id.into(),
+        });
+    };
+    Ok((id, props))
+}
+
+/// A device's configuration parser: from its id and QEMU-syntax properties.
+type ParseConfig<C> = fn(&str, &[(&str, &str)]) -> Result<C>;
+
+/// Where device `id` of driver `driver` sits (bus, address) and its configuration, from
+/// QEMU-syntax properties (`id`, `bus`, `addr`, `driver` and the device's own, which `parse`
+/// takes). Another `driver` is refused; without `bus` it sits on `pcie.0`; without `addr` at
+/// `default_addr`, or, if `None`, it is refused.
+fn placed<C>(
+    id: &str,
+    props: &[(String, String)],
+    driver: &str,
+    default_addr: Option<DevFn>,
+    parse: ParseConfig<C>,
+) -> Result<(String, DevFn, C)> {
     let field = |name: &str| {
         props
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    if let Some(driver) = field("driver").filter(|d| *d != BRIDGE_DRIVER) {
+    if let Some(other) = field("driver").filter(|d| *d != driver) {
         return Err(TopologyError::UnknownProperty {
             id: id.to_string(),
-            key: format!("driver={driver}"),
-            driver: BRIDGE_DRIVER.into(),
+            key: format!("driver={other}"),
+            driver: driver.into(),
         });
     }
-    let addr = match field("addr") {
-        Some(a) => parse_devfn(a).map_err(|source| TopologyError::Address {
+    let addr = match (field("addr"), default_addr) {
+        (Some(a), _) => parse_devfn(a).map_err(|source| TopologyError::Address {
             id: id.to_string(),
             source,
         })?,
-        None => DevFn(0),
+        (None, Some(a)) => a,
+        (None, None) => {
+            return Err(TopologyError::MissingProperty {
+                id: id.to_string(),
+                property: "addr",
+            })
+        }
     };
     let pairs: Vec<(&str, &str)> = props
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    Ok(BridgeSpec {
-        addr,
-        bus: field("bus").unwrap_or(ROOT_BUS).to_string(),
-        config: pcie_pci_bridge::parse(id, &pairs)?,
-    })
+    let bus = field("bus").unwrap_or(ROOT_BUS).to_string();
+    Ok((bus, addr, parse(id, &pairs)?))
 }
 
 /// A `[[root-port]]` or `[[switch-port]]` table: `id`, `addr`, optional `bus` and `driver`

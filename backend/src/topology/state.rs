@@ -25,6 +25,32 @@ pub const STATE_FORMAT: &str = "pcierc-state";
 /// The blob version this build writes.
 pub const STATE_VERSION: u32 = 1;
 
+/// Function `id`'s part of a blob (`state`) as its model's state type `S`, refused unless it
+/// was saved with the properties the function has now (`config`; `saved` picks them out of
+/// `S`): a state is restored into the same topology only.
+pub(crate) fn function_state<S, C>(
+    id: &str,
+    state: &serde_json::Value,
+    config: &C,
+    saved: fn(&S) -> &C,
+) -> std::result::Result<S, StateError>
+where
+    S: serde::de::DeserializeOwned,
+    C: PartialEq + std::fmt::Debug,
+{
+    let s = S::deserialize(state).map_err(|source| StateError::Function {
+        id: id.to_string(),
+        source,
+    })?;
+    if saved(&s) != config {
+        return Err(StateError::PortProperties {
+            id: id.to_string(),
+            other: format!("{:?}", saved(&s)),
+        });
+    }
+    Ok(s)
+}
+
 #[derive(Serialize, Deserialize)]
 struct FunctionState {
     id: String,

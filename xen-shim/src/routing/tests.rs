@@ -75,6 +75,21 @@ fn mem(first: u64, len: u64) -> IoRange {
     }
 }
 
+/// `p` maps (bus, devfn) to the shim (server 1): by SBDF and by its 4 KiB ECAM slice (the
+/// window at 0xb0000000).
+#[track_caller]
+fn assert_shim_serves(p: &Plan, bus: u8, devfn: u8) {
+    assert!(
+        p.ranges.contains(&(1, pci(bus, devfn))),
+        "{bus:02x}:{devfn:02x}"
+    );
+    let slice = 0xb000_0000 + (u64::from(bus) << 20) + (u64::from(devfn) << 12);
+    assert!(
+        p.ranges.contains(&(1, mem(slice, 0x1000))),
+        "ECAM {slice:#x}"
+    );
+}
+
 #[test]
 fn stock_xen_plan() {
     let p = plan(&layout(), &cfg(EcamRouting::ShimDecodes));
@@ -134,15 +149,7 @@ fn switch_ports_behind_a_root_port_are_routed_to_the_shim() {
     t.validate().expect("a valid layout for version-1 peers");
     let p = plan(&t, &cfg(EcamRouting::ShimDecodes));
     for (bus, devfn) in [(1, 0), (2, 0)] {
-        assert!(
-            p.ranges.contains(&(1, pci(bus, devfn))),
-            "{bus:02x}:{devfn:02x}"
-        );
-        let slice = 0xb000_0000 + (u64::from(bus) << 20) + (u64::from(devfn) << 12);
-        assert!(
-            p.ranges.contains(&(1, mem(slice, 0x1000))),
-            "ECAM {slice:#x}"
-        );
+        assert_shim_serves(&p, bus, devfn);
     }
     assert!(!p.ranges.contains(&(1, pci(2, 8))), "dp2 not reachable");
     assert!(p.ranges.contains(&(0, pci(3, 0))), "net behind dp1 to qemu");
@@ -168,15 +175,7 @@ fn an_expanders_root_bus_is_routed_by_its_bus_number() {
     t.validate().expect("a valid layout");
     let p = plan(&t, &cfg(EcamRouting::ShimDecodes));
     for (bus, devfn) in [(0, 0x28), (0x80, 0)] {
-        assert!(
-            p.ranges.contains(&(1, pci(bus, devfn))),
-            "{bus:02x}:{devfn:02x}"
-        );
-        let slice = 0xb000_0000 + (u64::from(bus) << 20) + (u64::from(devfn) << 12);
-        assert!(
-            p.ranges.contains(&(1, mem(slice, 0x1000))),
-            "ECAM {slice:#x}"
-        );
+        assert_shim_serves(&p, bus, devfn);
     }
     assert!(
         p.ranges.contains(&(0, pci(0x81, 0))),

@@ -6,6 +6,9 @@
 use pcierc_protocol::{FunctionKind, NO_PARENT};
 use proptest::prelude::*;
 
+use super::follow::{
+    images_answer_reads, layout_follows_writes, routes_follow_writes, table_answers_routes,
+};
 use super::*;
 
 /// The default four root ports (rp1-rp4 at 00:02.0-00:02.3, ports 0-3); pxb1 at 00:05.0 with
@@ -48,18 +51,6 @@ fn number(h: &mut Hierarchy) {
 
 fn endpoint(h: &Hierarchy, id: &str) -> u16 {
     h.spec().endpoints.iter().position(|e| e.id == id).unwrap() as u16
-}
-
-/// The snapshot route entry a guest read of (bus, devfn) corresponds to.
-fn route_entry(h: &Hierarchy, bus: u8, devfn: u8) -> u16 {
-    match h.route(bus, devfn) {
-        Routed::Local(Slot::Mch) => 1,
-        Routed::Local(Slot::Port(p)) => p + 2,
-        Routed::Local(Slot::Bridge(j)) => (PORTS + 2) as u16 + j,
-        Routed::Local(Slot::Expander(x)) => (PORTS + 2) as u16 + x,
-        Routed::Remote(_) => 0xffff,
-        Routed::Absent | Routed::Local(_) => 0,
-    }
 }
 
 #[test]
@@ -150,21 +141,8 @@ fn snapshot_images_and_routes_agree_with_guest_reads() {
     number(&mut h);
     assert_eq!(h.snapshot_functions(), 1 + PORTS + 2);
     let routes = h.snapshot_routes();
-    for bus in 0..=255u8 {
-        for devfn in 0..=255u8 {
-            let want = route_entry(&h, bus, devfn);
-            let got = routes[usize::from(bus) << 8 | usize::from(devfn)];
-            assert_eq!(got, want, "{bus:02x}:{devfn:02x}");
-            if (1..=0xfffe).contains(&got) && devfn & 7 == 0 {
-                let image = h.snapshot_image(usize::from(got) - 1);
-                for off in (0..4096u16).step_by(4) {
-                    let word =
-                        u32::from_le_bytes(image[usize::from(off)..][..4].try_into().unwrap());
-                    assert_eq!(Ok(word), h.config_read(bus, devfn, off, 4), "{off:#x}");
-                }
-            }
-        }
-    }
+    table_answers_routes(&h, &routes).unwrap();
+    images_answer_reads(&h, &routes);
 }
 
 #[test]
@@ -399,23 +377,14 @@ proptest! {
     fn incremental_routing_equals_a_full_recomputation_with_expanders(
         writes in proptest::collection::vec(write(), 1..30)
     ) {
-        let mut h = expanders();
-        number(&mut h);
-        let mut table = h.snapshot_routes();
-        h.take_snapshot_changes();
-        for w in &writes {
-            apply(&mut h, w);
-            let (_, buses) = h.take_snapshot_changes();
-            for bus in buses.iter() {
-                table[usize::from(bus) << 8..][..256].copy_from_slice(&h.snapshot_route_row(bus));
-            }
-            let full = h.snapshot_routes();
-            let first_diff = (0..65536).find(|&i| table[i] != full[i]);
-            prop_assert_eq!(first_diff, None, "after {:?}", w);
-        }
-        for (i, &entry) in table.iter().enumerate() {
-            let (bus, devfn) = ((i >> 8) as u8, i as u8);
-            prop_assert_eq!(entry, route_entry(&h, bus, devfn), "{:02x}:{:02x}", bus, devfn);
-        }
+        routes_follow_writes(expanders(), number, &writes, apply)?;
+    }
+
+    /// Every delta applied to the topology before it gives `describe()`.
+    #[test]
+    fn layout_deltas_equal_a_full_description_with_expanders(
+        writes in proptest::collection::vec(write(), 1..30)
+    ) {
+        layout_follows_writes(expanders(), number, &writes, apply)?;
     }
 }

@@ -5,7 +5,9 @@
 use pcierc_protocol::{FunctionKind, ResetReason, NO_PARENT};
 use proptest::prelude::*;
 
-use super::follow::{follow_layout, routes_follow, table_answers_routes};
+use super::follow::{
+    images_answer_reads, layout_follows_writes, routes_follow_writes, table_answers_routes,
+};
 use super::*;
 
 /// The default four root ports (rp1-rp4 at 00:02.0-00:02.3, ports 0-3); br1 in rp1's slot
@@ -127,27 +129,8 @@ fn snapshot_images_and_routes_agree_with_guest_reads() {
     number(&mut h);
     assert_eq!(h.snapshot_functions(), 1 + 4 + 2);
     let routes = h.snapshot_routes();
-    for bus in 0..=4u8 {
-        for devfn in 0..=255u8 {
-            let want = match h.route(bus, devfn) {
-                Routed::Local(Slot::Mch) => 1,
-                Routed::Local(Slot::Port(p)) => p + 2,
-                Routed::Local(Slot::Bridge(j)) => 4 + 2 + j,
-                Routed::Remote(_) => 0xffff,
-                Routed::Absent | Routed::Local(_) => 0,
-            };
-            let got = routes[usize::from(bus) << 8 | usize::from(devfn)];
-            assert_eq!(got, want, "{bus:02x}:{devfn:02x}");
-            if (1..=0xfffe).contains(&got) {
-                let image = h.snapshot_image(usize::from(got) - 1);
-                for off in (0..4096u16).step_by(4) {
-                    let word =
-                        u32::from_le_bytes(image[usize::from(off)..][..4].try_into().unwrap());
-                    assert_eq!(Ok(word), h.config_read(bus, devfn, off, 4), "{off:#x}");
-                }
-            }
-        }
-    }
+    table_answers_routes(&h, &routes).unwrap();
+    images_answer_reads(&h, &routes);
 }
 
 #[test]
@@ -312,15 +295,7 @@ proptest! {
     fn incremental_routing_equals_a_full_recomputation_with_bridges(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = bridges();
-        number(&mut h);
-        let mut table = h.snapshot_routes();
-        h.take_snapshot_changes();
-        for w in &writes {
-            apply(&mut h, w);
-            routes_follow(&mut h, &mut table, w)?;
-        }
-        table_answers_routes(&h, &table)?;
+        routes_follow_writes(bridges(), number, &writes, apply)?;
     }
 
     /// Every delta applied to the topology before it gives `describe()`.
@@ -328,16 +303,7 @@ proptest! {
     fn layout_deltas_equal_a_full_description_with_bridges(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = bridges();
-        h.layout_delta();
-        let mut held = h.describe();
-        for w in std::iter::once(None).chain(writes.iter().map(Some)) {
-            match w {
-                None => number(&mut h),
-                Some(w) => apply(&mut h, w),
-            }
-            follow_layout(&mut h, &mut held, &w)?;
-        }
+        layout_follows_writes(bridges(), number, &writes, apply)?;
     }
 }
 

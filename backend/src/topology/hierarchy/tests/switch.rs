@@ -5,7 +5,7 @@
 use pcierc_protocol::ResetReason;
 use proptest::prelude::*;
 
-use super::follow::{follow_layout, routes_follow, table_answers_routes};
+use super::follow::{layout_follows_writes, routes_follow_writes};
 use super::*;
 use crate::pci::caps::slot::{SLTSTA_PDC, SLTSTA_PDS};
 use crate::pci::Interrupt;
@@ -483,15 +483,7 @@ proptest! {
     fn incremental_routing_equals_a_full_recomputation_on_a_tree(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = switch();
-        number(&mut h);
-        let mut table = h.snapshot_routes();
-        h.take_snapshot_changes();
-        for w in &writes {
-            apply(&mut h, w);
-            routes_follow(&mut h, &mut table, w)?;
-        }
-        table_answers_routes(&h, &table)?;
+        routes_follow_writes(switch(), number, &writes, apply)?;
     }
 }
 
@@ -506,15 +498,6 @@ proptest! {
     fn layout_deltas_equal_a_full_description_on_a_tree(
         writes in proptest::collection::vec(write(), 1..40)
     ) {
-        let mut h = switch();
-        h.layout_delta();
-        let mut held = h.describe();
-        for w in std::iter::once(None).chain(writes.iter().map(Some)) {
-            match w {
-                None => number(&mut h),
-                Some(w) => apply(&mut h, w),
-            }
-            follow_layout(&mut h, &mut held, &w)?;
-        }
+        layout_follows_writes(switch(), number, &writes, apply)?;
     }
 }
