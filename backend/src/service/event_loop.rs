@@ -21,6 +21,13 @@
 //! connections per listening socket, so the connections already established are served between
 //! two such batches whatever the rate of newcomers, and the sockets pcierc creates have a short
 //! [`LISTEN_BACKLOG`], so flooding peers wait in `connect()` instead of spinning.
+//! Nothing a peer does before it sends a well-formed request takes the root complex's lock
+//! (shared with the frontend threads, and fair: every acquisition by the loop would cost a
+//! served frontend a hand-off): the connection counters are atomics
+//! ([`SocketCounters`]), a frontend's bytes take the lock only once a whole request is buffered
+//! ([`Connection::process_ready_with`]), its departure only if a request of it reached the root
+//! complex, and QMP input only for a command the session does not answer itself
+//! (`event_loop/on_demand.rs`).
 //!
 //! Threads: a frontend is served here until it has negotiated (`SetProtocolFeatures`), then
 //! by a thread of its own (`event_loop/frontend_threads.rs`) that blocks in `recvmsg` and
