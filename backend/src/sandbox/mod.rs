@@ -42,9 +42,11 @@ pub enum SandboxError {
     Install(#[from] seccompiler::Error),
 }
 
-/// The BPF program allowing `allowed` (system call numbers) and treating anything else as
-/// `mode` says; `None` for [`SeccompMode::Off`].
-pub fn program(mode: SeccompMode, allowed: &[i64]) -> Result<Option<BpfProgram>, SandboxError> {
+/// What a call outside the list gets under `mode`, and this machine's architecture; `None`
+/// for [`SeccompMode::Off`].
+fn mismatch_and_arch(
+    mode: SeccompMode,
+) -> Result<Option<(SeccompAction, TargetArch)>, SandboxError> {
     let mismatch = match mode {
         SeccompMode::Kill => SeccompAction::KillProcess,
         SeccompMode::Log => SeccompAction::Log,
@@ -52,6 +54,15 @@ pub fn program(mode: SeccompMode, allowed: &[i64]) -> Result<Option<BpfProgram>,
     };
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))?;
+    Ok(Some((mismatch, arch)))
+}
+
+/// The BPF program allowing `allowed` (system call numbers) and treating anything else as
+/// `mode` says; `None` for [`SeccompMode::Off`].
+pub fn program(mode: SeccompMode, allowed: &[i64]) -> Result<Option<BpfProgram>, SandboxError> {
+    let Some((mismatch, arch)) = mismatch_and_arch(mode)? else {
+        return Ok(None);
+    };
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         allowed.iter().map(|&nr| (nr, Vec::new())).collect();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)?;
@@ -70,13 +81,9 @@ pub fn threaded_programs(
     mode: SeccompMode,
     allowed: &[i64],
 ) -> Result<Option<[BpfProgram; 2]>, SandboxError> {
-    let mismatch = match mode {
-        SeccompMode::Kill => SeccompAction::KillProcess,
-        SeccompMode::Log => SeccompAction::Log,
-        SeccompMode::Off => return Ok(None),
+    let Some((mismatch, arch)) = mismatch_and_arch(mode)? else {
+        return Ok(None);
     };
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|_| SandboxError::Arch(std::env::consts::ARCH))?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed
         .iter()
         .chain(syscalls::THREADS)

@@ -359,11 +359,10 @@ impl Hierarchy {
     /// (docs/protocol.md section 10). Record 1 + i is port i.
     fn port_description(&self, i: usize) -> (FunctionRecord, Vec<AddressRange>) {
         let (p, ps) = (&self.ports()[i], &self.spec().root_ports[i]);
-        // A root port sits on pcie.0 or on an expander's root bus (`port_bus`).
-        let (bus, parent) = match self.port_parent(i) {
-            None => (self.port_bus(i), NO_PARENT),
-            Some(up) => (self.port_bus(i), up as u16 + 1),
-        };
+        // A root port sits on pcie.0 or on an expander's root bus, a switch port on its
+        // parent's secondary bus (`port_bus` either way).
+        let bus = self.port_bus(i);
+        let parent = self.port_parent(i).map_or(NO_PARENT, |up| up as u16 + 1);
         let at = Type1At {
             id: &ps.config.id,
             bus,
