@@ -66,6 +66,30 @@ waitfor() {
     echo "waited $(awk -v a="$t0" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }') s for $2"
 }
 
+# The Power Indicator Control of the hot-plug slot of the port $1 (PCIe Base 6.0 §7.5.3.10 Slot
+# Control, bits 9:8): "on", "blink", "off" or "reserved"; "none" without a PCI Express capability.
+# pciehp turns it on once a card it powered is enumerated and then takes button presses again.
+pwr_ind() {
+    byte() { od -An -v -tu1 -j "$1" -N1 "/sys/bus/pci/devices/$dev/config" | tr -d ' '; }
+    dev=$1
+    p=$(byte 52)
+    n=0
+    while [ "${p:-0}" -ne 0 ] && [ "$(byte "$p")" -ne 16 ] && [ $n -lt 48 ]; do
+        p=$(byte $((p + 1)))
+        n=$((n + 1))
+    done
+    if [ "${p:-0}" -eq 0 ] || [ $n -ge 48 ]; then
+        echo none
+        return
+    fi
+    case $(($(byte $((p + 0x19))) & 3)) in
+    1) echo on ;;
+    2) echo blink ;;
+    3) echo off ;;
+    *) echo reserved ;;
+    esac
+}
+
 # Interrupt counts of the lines whose name matches $1 (summed over CPUs).
 irqs() {
     grep -E "$1" /proc/interrupts | awk '{ n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; print "irq " $1 " " n " " $NF }'

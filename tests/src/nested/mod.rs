@@ -672,8 +672,10 @@ impl Nested {
         self.l1(&format!("qmp {}", words.join(" ")), timeout)
     }
 
-    /// Power L2 off, wait for the VMM to exit (its status) and stop pcierc.
-    pub fn stop_l2(&mut self) -> Result<i32, NestedError> {
+    /// Power L2 off, wait for the VMM to exit and stop pcierc. A VMM that exits with another
+    /// status than 0 is an error carrying what L2 and the VMM printed since the power-off (the
+    /// VMM's `vmm: error: ...` lines among them) and the end of pcierc's log.
+    pub fn stop_l2(&mut self) -> Result<(), NestedError> {
         let since = self.console.mark();
         self.l1_ok("l2 'poweroff -f'", Duration::from_secs(30))?;
         self.l2_running = false;
@@ -694,10 +696,23 @@ impl Nested {
             Duration::from_secs(30),
         );
         let exit = exit.map_err(|e| self.diagnose(e.into()))?;
-        Ok(self.console.log()[exit].text["@@vmm-exit".len()..]
-            .trim()
-            .parse()
-            .unwrap_or(-1))
+        let log = self.console.log();
+        let status = log[exit].text["@@vmm-exit".len()..].trim().to_string();
+        if status == "0" {
+            return Ok(());
+        }
+        let printed = log[since.max(exit.saturating_sub(40))..=exit]
+            .iter()
+            .filter(|l| l.source == Source::Inner)
+            .map(|l| format!("  L2| {}", l.text))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let pcierc = self.l1("tail -n 20 /tmp/pcierc.log", Duration::from_secs(30));
+        let pcierc = pcierc.map(|o| o.text()).unwrap_or_default();
+        Err(NestedError::Step(format!(
+            "the VMM exited with status {status} after L2's power-off:\n{printed}\n\
+             pcierc's log (its end):\n{pcierc}"
+        )))
     }
 
     /// pcierc's log in L1.
