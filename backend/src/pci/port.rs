@@ -514,21 +514,12 @@ impl PciePort {
     }
 
     /// An error a port that is not a root port (a switch port) detected itself: recorded in its
-    /// AER capability and Device Status (PCIe Base 6.0 §7.8.4, §7.5.3.5); the message it sends
-    /// upstream (ERR_COR/ERR_NONFATAL/ERR_FATAL from `e.requester`), or `None` when masked. The
-    /// root port above receives it ([`PciePort::inject_error`] with `own` false).
+    /// AER capability and Device Status ([`aer::detect_own`], PCIe Base 6.0 §7.8.4, §7.5.3.5);
+    /// the message it sends upstream (ERR_COR/ERR_NONFATAL/ERR_FATAL from `e.requester`), or
+    /// `None` when masked. The root port above receives it ([`PciePort::inject_error`] with
+    /// `own` false).
     pub fn record_error(&mut self, e: &AerError) -> Result<Option<AerError>, aer::InjectError> {
-        let Some(severity) = aer::record_own(&mut self.space, self.layout.aer, e)? else {
-            return Ok(None);
-        };
-        let bit: u16 = match severity {
-            ErrorSeverity::Correctable => 1,
-            ErrorSeverity::NonFatal => 2,
-            ErrorSeverity::Fatal => 4,
-        };
-        self.space
-            .set_bits(self.layout.exp + express::DEVSTA, 2, bit.into());
-        Ok(Some(AerError { severity, ..*e }))
+        aer::detect_own(&mut self.space, self.layout.exp, self.layout.aer, e)
     }
 
     fn root_status(&self) -> u32 {

@@ -361,6 +361,52 @@ pub fn record_own(
     )
 }
 
+/// Device Status Correctable Error Detected (PCIe Base 6.0 §7.5.3.5, bit 0).
+pub const DEVSTA_CED: u16 = 1 << 0;
+/// Device Status Non-Fatal Error Detected (bit 1).
+pub const DEVSTA_NFED: u16 = 1 << 1;
+/// Device Status Fatal Error Detected (bit 2).
+pub const DEVSTA_FED: u16 = 1 << 2;
+/// Device Status Unsupported Request Detected (bit 3).
+pub const DEVSTA_URD: u16 = 1 << 3;
+/// Uncorrectable Error Status Unsupported Request Error (PCIe Base 6.0 §7.8.4.2, bit 20).
+pub const UNC_UNSUP: u32 = 1 << 20;
+
+/// An error a function that is not a root port (a switch port, a `pcie-pci-bridge`) detected
+/// itself, with its PCI Express capability at `exp` and AER at `at`: Device Status Correctable /
+/// Non-Fatal / Fatal Error Detected, and Unsupported Request Detected for an Unsupported Request
+/// (PCIe Base 6.0 §7.5.3.5), set whether or not the error is masked (§6.2.5, Figure 6-2: Device
+/// Status is updated before the mask is looked at; QEMU's `pcie_aer_inject_cor_error()` /
+/// `pcie_aer_inject_uncor_error()` likewise), fatal or not by the Uncorrectable Error Severity
+/// register (§7.8.4.4); then [`record_own`]. Returns the message the function sends upstream
+/// (ERR_COR / ERR_NONFATAL / ERR_FATAL from `e.requester`, §6.2.2), or `None` when masked.
+pub fn detect_own(
+    cs: &mut ConfigSpace,
+    exp: u16,
+    at: u16,
+    e: &AerError,
+) -> Result<Option<AerError>, InjectError> {
+    let correctable = e.severity == ErrorSeverity::Correctable;
+    let supported = if correctable {
+        COR_SUPPORTED
+    } else {
+        UNC_SUPPORTED
+    };
+    let bits = e.status & supported;
+    if bits == 0 {
+        return Err(InjectError::Unsupported(e.status));
+    }
+    let devsta = if correctable {
+        DEVSTA_CED
+    } else {
+        let fatal = bits & cs.dword(at + UNCOR_SEVER) != 0;
+        let ur = if bits == UNC_UNSUP { DEVSTA_URD } else { 0 };
+        ur | if fatal { DEVSTA_FED } else { DEVSTA_NFED }
+    };
+    cs.set_bits(exp + super::express::DEVSTA, 2, devsta.into());
+    Ok(record_own(cs, at, e)?.map(|severity| AerError { severity, ..*e }))
+}
+
 /// After an error reached the root: the interrupt to raise given Root Error Status before it
 /// (`old_status`). INTx follows the level (any enabled class received); MSI-X fires when an
 /// enabled class newly became set (PCIe Base 6.0 §6.2.4.1.2).
