@@ -494,13 +494,17 @@ impl PciePort {
         }
         // QEMU's pcie_aer_msg_alldev() and pcie_aer_msg_vbridge(): an ERR_NONFATAL/ERR_FATAL
         // message passing a port whose Command SERR# Enable is set sets Signaled System Error
-        // (PCIe Base 6.0 §7.5.1.1.4 Status bit 14) and, crossing the bridge, Secondary Status
+        // (PCIe Base 6.0 §7.5.1.1.4 Status bit 14; from QEMU 8.0 also a message its Device
+        // Control enables, aer::signals_system_error) and, crossing the bridge, Secondary Status
         // Received System Error (PCI-to-PCI Bridge 1.2 §3.2.5.7 bit 14). The Root Error
         // Status and the interrupt do not depend on it (docs/qemu-compat.md).
-        let serr = self.space.word(header::COMMAND) & header::COMMAND_SERR != 0;
-        if !correctable && serr {
+        let devctl_too = self.layout.compat.aer_msg_devctl;
+        if aer::signals_system_error(&self.space, self.layout.exp, e.severity, devctl_too) {
             self.space
                 .set_bits(header::STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
+        }
+        let serr = self.space.word(header::COMMAND) & header::COMMAND_SERR != 0;
+        if !correctable && serr {
             self.space
                 .set_bits(bridge::SEC_STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
         }

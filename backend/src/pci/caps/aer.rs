@@ -299,8 +299,9 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
 /// Record an error the function detected itself in its AER capability at `at` (PCIe Base 6.0
 /// §6.2.3.2, §7.8.4): `bits` (already restricted to the supported ones) set in the Correctable
 /// or Uncorrectable Error Status; for an unmasked uncorrectable error the severity register
-/// decides fatal or not (§7.8.4.4) and, if it is the first, the First Error Pointer and the
-/// Header Log take it (§7.8.4.7, §7.8.4.8). `None` when every bit is masked (recorded, not
+/// decides fatal or not (§7.8.4.4) and the First Error Pointer and the Header Log take it
+/// (§7.8.4.7, §7.8.4.8) unless they hold an error still pending with Multiple Header Recording
+/// enabled (§6.2.4.2; QEMU's rule, docs/qemu-compat.md). `None` when every bit is masked (recorded, not
 /// reported); else whether the message to send is ERR_FATAL.
 fn record(
     cs: &mut ConfigSpace,
@@ -314,7 +315,13 @@ fn record(
     } else {
         (UNCOR_STATUS, UNCOR_MASK)
     };
-    let had_uncorrectable = cs.dword(at + UNCOR_STATUS) != 0;
+    // QEMU's pcie_aer_record_error(): the log keeps its error only while Multiple Header
+    // Recording is enabled and the error First Error Pointer names is still set (then QEMU
+    // queues the new one: its queue is not modelled); otherwise every unmasked uncorrectable
+    // error takes the First Error Pointer and Header Log (pcie_aer_update_log()).
+    let cap = cs.dword(at + CAP);
+    let locked =
+        cap & CAP_MHRE != 0 && cs.dword(at + UNCOR_STATUS) & 1 << (cap & CAP_FEP_MASK) != 0;
     cs.set_bits(at + status_reg, 4, bits.into());
     let unmasked = bits & !cs.dword(at + mask_reg);
     if unmasked == 0 {
@@ -323,7 +330,7 @@ fn record(
     if correctable {
         return Some(false);
     }
-    if !had_uncorrectable {
+    if !locked {
         let first = unmasked.trailing_zeros();
         let cap = cs.dword(at + CAP) & !CAP_FEP_MASK;
         cs.set_dword(at + CAP, cap | first);
@@ -405,6 +412,28 @@ pub fn detect_own(
     };
     cs.set_bits(exp + super::express::DEVSTA, 2, devsta.into());
     Ok(record_own(cs, at, e)?.map(|severity| AerError { severity, ..*e }))
+}
+
+/// Does an error message of `severity` passing (or sent by) the function set its Status
+/// Signaled System Error (PCIe Base 6.0 §7.5.1.1.4 bit 14)? QEMU's `pcie_aer_msg_alldev()`:
+/// an ERR_NONFATAL/ERR_FATAL with Command SERR# Enable set (§7.5.1.1.3 bit 8); with
+/// `devctl_too` (QEMU 8.0 and later, `PortCompat::aer_msg_devctl`) also any message whose
+/// Device Control reporting enable is set (§7.5.3.4 bits 0-2: Correctable, Non-Fatal, Fatal
+/// Error Reporting Enable), the PCI Express capability at `exp`.
+pub fn signals_system_error(
+    cs: &ConfigSpace,
+    exp: u16,
+    severity: ErrorSeverity,
+    devctl_too: bool,
+) -> bool {
+    let serr = cs.word(crate::pci::header::COMMAND) & crate::pci::header::COMMAND_SERR != 0;
+    let enable: u16 = match severity {
+        ErrorSeverity::Correctable => 1,
+        ErrorSeverity::NonFatal => 2,
+        ErrorSeverity::Fatal => 4,
+    };
+    (severity != ErrorSeverity::Correctable && serr)
+        || (devctl_too && cs.word(exp + super::express::DEVCTL) & enable != 0)
 }
 
 /// After an error reached the root: the interrupt to raise given Root Error Status before it
