@@ -631,3 +631,45 @@ fn errors_a_bridge_detects_are_logged_and_reach_the_root_port_above() {
     );
     assert_eq!(h.config_read(0, RP1, 0x130, 4), root);
 }
+
+/// A PME the bridge signals itself (`x-pcierc-inject-pme br1`): PME_Status in its Power
+/// Management Control/Status (0x84 + 4, PCI PM 1.2 §3.2.4, write 1 to clear), and the PM_PME
+/// message with its requester id in the Root Status of the root port above (PCIe Base 6.0
+/// §6.1.6, §7.5.3.14), interrupting when PME Interrupt Enable is set; on the root bus the
+/// bridge only sets PME_Status.
+#[test]
+fn a_pme_from_a_bridge_reaches_the_root_port_above() {
+    let mut h = bridges();
+    number(&mut h);
+    // rp1's Root Control (0x54 + 0x1c) PME Interrupt Enable; INTx (MSI-X off).
+    h.config_write(0, RP1, 0x70, 2, 1 << 3).unwrap();
+    h.take_events();
+    h.raise_pme("br1").unwrap();
+    assert_eq!(h.config_read(1, 0, 0x88, 2), Ok(0x8000));
+    // Root Status (0x74): PME Status with the requester id 01:00.0.
+    assert_eq!(h.config_read(0, RP1, 0x74, 4), Ok(0x0001_0100));
+    assert!(
+        h.take_events()
+            .iter()
+            .any(|e| matches!(e, HierarchyEvent::Interrupt { .. })),
+        "rp1 interrupts"
+    );
+    // A second PME waits (PME Pending) until the guest clears PME Status.
+    h.raise_pme("br1").unwrap();
+    assert_eq!(h.config_read(0, RP1, 0x74, 4), Ok(0x0003_0100));
+    // The guest clears the bridge's PME_Status (write 1).
+    h.config_write(1, 0, 0x88, 2, 0x8000).unwrap();
+    assert_eq!(h.config_read(1, 0, 0x88, 2), Ok(0));
+    // Not sticky: a reset (rp1's Secondary Bus Reset) clears it.
+    h.raise_pme("br1").unwrap();
+    assert_eq!(h.config_read(1, 0, 0x88, 2), Ok(0x8000));
+    h.config_write(0, RP1, 0x3e, 2, 0x0040).unwrap();
+    h.config_write(0, RP1, 0x3e, 2, 0).unwrap();
+    number(&mut h);
+    assert_eq!(h.config_read(1, 0, 0x88, 2), Ok(0));
+    // br0 on the root bus: PME_Status only, rp1's Root Status unchanged.
+    let root = h.config_read(0, RP1, 0x74, 4);
+    h.raise_pme("br0").unwrap();
+    assert_eq!(h.config_read(0, BR0, 0x88, 2), Ok(0x8000));
+    assert_eq!(h.config_read(0, RP1, 0x74, 4), root);
+}
