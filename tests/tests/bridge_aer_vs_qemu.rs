@@ -3,14 +3,16 @@
 //! injections on both sides (QEMU: HMP `pcie_aer_inject_error br1 ...` through
 //! `human-monitor-command`; pcierc: `pcie-aer-inject-error` on its control socket), with the
 //! bridge below a root port, below a switch's downstream port and on the root bus. QEMU must
-//! answer "OK id: br1 ..." with the bridge's address and pcierc `{}`. After every step, compared: the bridge's Status, Secondary Status,
-//! Device Control/Status and AER capability (status, mask, severity, First Error Pointer, Header
-//! Log), and the root port's Status (Interrupt Status: its INTx), Secondary Status, Device
-//! Control/Status and AER capability (Root Error Command/Status, Error Source Identification).
+//! answer "OK id: br1 ..." with the bridge's address and pcierc `{}`. After every step,
+//! compared: the bridge's Status, Secondary Status, Device Control/Status and AER capability
+//! (status, mask, severity, First Error Pointer, Header Log), and the root port's Status
+//! (Interrupt Status: its INTx), Secondary Status, Device Control/Status and AER capability
+//! (Root Error Command/Status, Error Source Identification). The switch ports in between are
+//! not compared (pcierc leaves their Status bits alone, docs/qemu-compat.md).
 //!
 //! The guest enables everything QEMU's `pcie_aer_msg()` asks before an uncorrectable error
-//! reaches the root port (SERR# Enable in Command of both, in Bridge Control of the port, the
-//! Device Control reporting enables), as SeaBIOS does; the root port uses INTx (MSI-X off).
+//! reaches the root port (SERR# Enable in Command of every function, in Bridge Control of the
+//! ports, the Device Control reporting enables), as SeaBIOS does; the root port uses INTx (MSI-X off).
 //! A correctable error against QEMU 7.2 is the documented deviation (docs/qemu-compat.md): QEMU
 //! 7.2 never forwards one (`pcie_aer_msg_alldev()` passes only uncorrectable messages), pcierc
 //! does (PCIe Base 6.0 §6.2.6). For those steps the bridge is compared as for the others, QEMU's
@@ -175,10 +177,12 @@ fn steps() -> Vec<(&'static str, Step)> {
         ])),
         ("non-fatal UNSUP", Inject("UNSUP", None)),
         ("clear", Guest(CLEAR)),
-        ("fatal SDN with a header", Inject("SDN", Some([0x4000_0001, 0x0100_000f, 0xfe00_0000, 0x1234_5678]))),
+        ("fatal SDN with a header",
+         Inject("SDN", Some([0x4000_0001, 0x0100_000f, 0xfe00_0000, 0x1234_5678]))),
         ("then non-fatal COMP_TIME (second uncorrectable)", Inject("COMP_TIME", None)),
         ("clear", Guest(CLEAR)),
-        ("POISON_TLP made fatal by the severity register", Guest(&[(F::Br, 0x10c, 4, 0x0046_3030)])),
+        ("POISON_TLP made fatal by the severity register",
+         Guest(&[(F::Br, 0x10c, 4, 0x0046_3030)])),
         ("fatal POISON_TLP", Inject("POISON_TLP", None)),
         ("clear", Guest(CLEAR)),
         ("mask DLP (writable under pc-q35-10.0 only)", Guest(&[(F::Br, 0x108, 4, 0x10)])),

@@ -301,8 +301,8 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
 /// or Uncorrectable Error Status; for an unmasked uncorrectable error the severity register
 /// decides fatal or not (§7.8.4.4) and the First Error Pointer and the Header Log take it
 /// (§7.8.4.7, §7.8.4.8) unless they hold an error still pending with Multiple Header Recording
-/// enabled (§6.2.4.2; QEMU's rule, docs/qemu-compat.md). `None` when every bit is masked (recorded, not
-/// reported); else whether the message to send is ERR_FATAL.
+/// enabled (§6.2.4.2; QEMU's rule, docs/qemu-compat.md). `None` when every bit is masked
+/// (recorded, not reported); else whether the message to send is ERR_FATAL.
 fn record(
     cs: &mut ConfigSpace,
     at: u16,
