@@ -69,8 +69,7 @@ pub trait ControlOps {
     /// `pcie-aer-inject-error` (QEMU's HMP `pcie_aer_inject_error` semantics): the target is a
     /// root or switch port id, a `pcie-pci-bridge` id, or a device id.
     fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError>;
-    /// `x-pcierc-inject-pme`: a PME message from the device `id` behind a port, or from a
-    /// `pcie-pci-bridge` `id` itself.
+    /// `x-pcierc-inject-pme`: a PME message from the device `id` behind a port.
     fn inject_pme(&mut self, id: &str) -> Result<(), ControlError>;
     /// `x-pcierc-surprise-remove`: the device `id` leaves its slot at once (surprise removal).
     fn surprise_remove(&mut self, id: &str) -> Result<(), ControlError>;

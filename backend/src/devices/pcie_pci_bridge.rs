@@ -47,10 +47,6 @@ const WATCHED_BAR: bridge::Bar = bridge::Bar::Bits64(SHPC_BAR);
 /// whole capability is read-only in QEMU 7.2 (no power states).
 const PM_PMC: u16 = 0x3;
 const PM_SIZEOF: u8 = 8;
-/// Power Management Control/Status (PM capability + 4).
-const PM_PMCSR: u16 = PM_OFFSET as u16 + 4;
-/// PMCSR PME_Status (PCI Bus Power Management Interface 1.2 §3.2.4 bit 15, write 1 to clear).
-pub const PMCSR_PME_STATUS: u16 = 1 << 15;
 
 /// QEMU's `OnOffAuto` for the `msi` property.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,9 +168,6 @@ impl PciePciBridge {
         }
         let pm = cs.add_capability(CAP_ID_PM, Some(PM_OFFSET), PM_SIZEOF)?;
         cs.set_word(u16::from(pm) + 2, PM_PMC);
-        // PME_Status is write-1-to-clear (PCI PM 1.2 §3.2.4) for pcierc's own PME from the
-        // bridge (`raise_pme`); QEMU's capability is read-only and never sets it.
-        cs.or_w1cmask(PM_PMCSR, 2, PMCSR_PME_STATUS.into());
         // pcie_aer_init() with no error log (the bridge has no aer_log_max property).
         let aer_at = aer::init(&mut cs, AER_OFFSET, false)?;
         if compat.err_unc_mask {
@@ -389,15 +382,6 @@ impl PciePciBridge {
         Ok(msg)
     }
 
-    /// A PME the bridge itself signals (pcierc's `x-pcierc-inject-pme` naming it; QEMU has no
-    /// such command): Power Management Control/Status PME_Status set (PCI Bus Power Management
-    /// Interface 1.2 §3.2.4; the guest clears it by writing 1). The hierarchy sends the PM_PME
-    /// message with the bridge's requester id to the root port above (PCIe Base 6.0 §6.1.6).
-    /// The capability still advertises no PME support (PMC as QEMU's, docs/qemu-compat.md).
-    pub fn raise_pme(&mut self) {
-        self.space.set_bits(PM_PMCSR, 2, PMCSR_PME_STATUS.into());
-    }
-
     /// The card at `device` is gone. See [`Shpc::removed`].
     pub fn removed(&mut self, device: u8) -> Result<Effects, ShpcError> {
         self.shpc.removed(device)?;
@@ -500,9 +484,6 @@ impl PciFunction for PciePciBridge {
         header::device_reset(&mut self.space, &[]);
         self.space
             .set_qword(header::BAR0, header::BAR_MEM_TYPE_64.into());
-        // Without PME from D3cold (PMC PME_Support 0) PME_Status is not sticky (PCI PM 1.2
-        // §3.2.4).
-        self.space.clear_bits(PM_PMCSR, 2, PMCSR_PME_STATUS.into());
     }
 
     fn save(&self) -> serde_json::Value {

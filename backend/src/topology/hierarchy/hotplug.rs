@@ -557,21 +557,7 @@ impl Hierarchy {
 
     /// A PME from function `id` behind a port: Root Status of the root port above it (PCIe
     /// Base 6.0 §6.1.6: PME messages travel up to the root port), with the function's id.
-    /// A `pcie-pci-bridge` `id` signals its own PME: its PME_Status, then the PM_PME message with
-    /// its requester id to the root port above (none when it sits on a root bus).
     pub fn raise_pme(&mut self, id: &str) -> Result<Effects, HotplugError> {
-        if let Some(j) = self.bridge_index(id) {
-            self.bridges[j].raise_pme();
-            self.mark_changed(super::Slot::Bridge(j as u16));
-            let Some(parent) = self.bridge_parent(j) else {
-                return Ok(Effects::empty());
-            };
-            let requester =
-                u16::from(self.bridge_bus(j)) << 8 | u16::from(self.spec.bridges[j].addr.0);
-            let root = self.root_port_of(parent);
-            let fx = self.ports[root].raise_pme(requester);
-            return Ok(self.after_port(root, fx));
-        }
         let port = self.port_of(id)?;
         let bus = self.ports[port].secondary_bus();
         let devfn = self.endpoint(id).map_or(0, |e| e.addr.0);
