@@ -103,12 +103,15 @@ fn is_bridge(h: &Hierarchy, id: &str) -> bool {
     h.spec().bridges.iter().any(|b| b.config.id == id)
 }
 
-/// A `pcie-pci-bridge` itself as the source of `what`: refused by name (pcierc does not model
-/// the bridge's own PME signalling, docs/qemu-compat.md), not "not found".
-fn bridge_itself_refused(h: &Hierarchy, id: &str, what: &str) -> Result<(), ControlError> {
+/// A `pcie-pci-bridge` itself as the source of a PME: refused by name, not "not found". Its
+/// Power Management capability, as QEMU's, advertises no PME support (PCI PM 1.2 §3.2.3
+/// PME_Support all clear, PMCSR read-only), so a PME from it would contradict its own
+/// registers (docs/qemu-compat.md).
+fn bridge_pme_refused(h: &Hierarchy, id: &str) -> Result<(), ControlError> {
     if is_bridge(h, id) {
         return Err(format!(
-            "{id}: {what} from a pcie-pci-bridge itself is not modelled (docs/qemu-compat.md)"
+            "{id}: a pcie-pci-bridge does not signal PME (its Power Management capability \
+             advertises no PME support, as QEMU's)"
         )
         .into());
     }
@@ -313,7 +316,7 @@ impl ControlPlane {
 
     /// A PME from function `id` of `h`.
     pub fn inject_pme(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        bridge_itself_refused(h, id, "PME")?;
+        bridge_pme_refused(h, id)?;
         if h.endpoint(id).is_some_and(|e| is_bridge(h, &e.bus)) {
             return Err(format!(
                 "{id}: PME from a function below a pcie-pci-bridge is not modelled \
@@ -518,10 +521,11 @@ mod tests {
             crate::pci::PciFunction::config_read(&h.bridges()[0], 0x110, 4),
             1
         );
-        for e in [c.inject_pme(&mut h, "br1"), c.inject_pme(&mut h, "n1")] {
+        for (id, says) in [("br1", "does not signal PME"), ("n1", "not modelled")] {
+            let e = c.inject_pme(&mut h, id);
             assert!(
-                matches!(&e, Err(ControlError::Generic(m)) if m.contains("not modelled")),
-                "{e:?}"
+                matches!(&e, Err(ControlError::Generic(m)) if m.contains(says)),
+                "{id}: {e:?}"
             );
         }
         // The cold-plugged n1's slot is enabled: device_del presses the attention button, and
