@@ -5,11 +5,11 @@
 //!
 //! | member | type | meaning |
 //! |---|---|---|
-//! | `id` | string | a root port id or the id of a device behind one |
+//! | `id` | string | a root or switch port id, a `pcie-pci-bridge` id, or the id of a device behind a port |
 //! | `error` | string or integer | a name from QEMU's table ([`AER_ERROR_NAMES`], e.g. `"UNSUP"`, `"RCVR"`), or a raw status value (`0x100000`, `"0x100000"`, `"1048576"`) |
 //! | `correctable` | bool, optional | a raw status is correctable (HMP `-c`); with a name the table decides, and giving it is an error, as in QEMU |
 //! | `advisory-non-fatal` | bool, optional | may be reported as Advisory Non-Fatal (HMP `-a`) |
-//! | `header` | up to 4 uint32, optional | TLP header to log (HMP `header0`..`header3`) |
+//! | `header` | up to 4 uint32, optional | TLP header to log (HMP `header0`..`header3`), as the Header Log register values (QEMU stores HMP's dwords byte-swapped, docs/qemu-compat.md) |
 //! | `prefix` | up to 4 uint32, optional | TLP prefix to log (HMP `prefix0`..`prefix3`) |
 //! | `fatal` | bool, optional | pcierc extension: override the severity of an uncorrectable error |
 

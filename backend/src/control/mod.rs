@@ -67,7 +67,7 @@ pub trait ControlOps {
     /// follows as an event once the guest has powered the slot off.
     fn device_del(&mut self, id: &str) -> Result<(), ControlError>;
     /// `pcie-aer-inject-error` (QEMU's HMP `pcie_aer_inject_error` semantics): the target is a
-    /// root port id or a device id.
+    /// root or switch port id, a `pcie-pci-bridge` id, or a device id.
     fn inject_aer(&mut self, req: &AerInject) -> Result<(), ControlError>;
     /// `x-pcierc-inject-pme`: a PME message from the device `id` behind a port.
     fn inject_pme(&mut self, id: &str) -> Result<(), ControlError>;

@@ -134,6 +134,14 @@ pub struct PortCompat {
     /// the command takes an enabled or power-only slot to disabled). SHPC 1.0 Slot Operation
     /// commands.
     pub shpc_generic_slot_command: bool,
+    /// No compat property: a change of the QEMU binary ("hw/pci/aer: Add missing routing for AER
+    /// errors", Jonathan Cameron, QEMU 8.0). An error message passing a function
+    /// (`pcie_aer_msg_alldev()`) is let through by the Device Control reporting enable of its
+    /// severity as well as by Command SERR# Enable, and sets Status Signaled System Error
+    /// whenever it is let through: a correctable error (Correctable Error Reporting Enable)
+    /// sets it too, where QEMU 7.2 sets it for ERR_NONFATAL/ERR_FATAL with SERR# Enable only.
+    /// PCIe Base 6.0 §6.2.6 (Figure 6-3), §7.5.1.1.4 Status bit 14, §7.5.3.4 Device Control.
+    pub aer_msg_devctl: bool,
 }
 
 impl PortCompat {
@@ -146,6 +154,7 @@ impl PortCompat {
         hotplug_off_refused_by_bus: false,
         shpc_refuse_unplug_while_blinking: false,
         shpc_generic_slot_command: false,
+        aer_msg_devctl: false,
     };
     /// QEMU 10.0's `pc-q35-10.0`.
     pub const QEMU_10_0: PortCompat = PortCompat {
@@ -156,6 +165,7 @@ impl PortCompat {
         hotplug_off_refused_by_bus: true,
         shpc_refuse_unplug_while_blinking: true,
         shpc_generic_slot_command: true,
+        aer_msg_devctl: true,
     };
 }
 

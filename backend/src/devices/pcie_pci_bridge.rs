@@ -20,7 +20,7 @@ use crate::pci::caps::shpc::{self, Shpc, ShpcError, ShpcState, ShpcUnplug};
 use crate::pci::caps::{aer, express, CAP_ID_PM};
 use crate::pci::config_space::{CapabilityError, ConfigSpace, SpaceImage, PCIE_CONFIG_SPACE_SIZE};
 use crate::pci::header::{self, valid_access, Identity};
-use crate::pci::{BarMapping, Effects, Interrupt, PciFunction, Width};
+use crate::pci::{AerError, BarMapping, Effects, Interrupt, PciFunction, Width};
 
 /// The bridge's identity: Red Hat `PCI_DEVICE_ID_REDHAT_PCIE_BRIDGE`, revision 0.
 pub const IDENTITY: Identity = Identity {
@@ -122,6 +122,8 @@ pub struct PciePciBridge {
     interrupts: Vec<Interrupt>,
     /// Device numbers whose cards the guest released and the hierarchy has not taken (transient).
     released: Vec<u8>,
+    /// The machine type's behaviour (fixed when built).
+    compat: PortCompat,
 }
 
 /// Serialized [`PciePciBridge`] state.
@@ -187,6 +189,7 @@ impl PciePciBridge {
             intx: false,
             interrupts: Vec::new(),
             released: Vec::new(),
+            compat,
         };
         b.reset();
         Ok(b)
@@ -358,6 +361,25 @@ impl PciePciBridge {
         self.shpc.attention_button(device)?;
         self.update_interrupt();
         Ok(self.queued())
+    }
+
+    /// An error the bridge detected itself (QEMU's HMP `pcie_aer_inject_error` naming it):
+    /// Device Status and its AER capability record it ([`aer::detect_own`], PCIe Base 6.0
+    /// §7.5.3.5, §7.8.4). An error it reports sets Status Signaled System Error by
+    /// [`aer::signals_system_error`] (§7.5.1.1.4 bit 14; QEMU's `pcie_aer_msg_alldev()` on the
+    /// bridge itself). Returns the message the bridge sends upstream (ERR_COR / ERR_NONFATAL /
+    /// ERR_FATAL with `e.requester`, §6.2.2), or `None` when masked (recorded, not reported).
+    pub fn record_error(&mut self, e: &AerError) -> Result<Option<AerError>, aer::InjectError> {
+        let exp = u16::from(EXP_OFFSET);
+        let msg = aer::detect_own(&mut self.space, exp, AER_OFFSET, e)?;
+        if let Some(m) = &msg {
+            let devctl_too = self.compat.aer_msg_devctl;
+            if aer::signals_system_error(&self.space, exp, m.severity, devctl_too) {
+                self.space
+                    .set_bits(header::STATUS, 2, header::STATUS_SIG_SYSTEM_ERROR.into());
+            }
+        }
+        Ok(msg)
     }
 
     /// The card at `device` is gone. See [`Shpc::removed`].

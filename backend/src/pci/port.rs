@@ -494,13 +494,17 @@ impl PciePort {
         }
         // QEMU's pcie_aer_msg_alldev() and pcie_aer_msg_vbridge(): an ERR_NONFATAL/ERR_FATAL
         // message passing a port whose Command SERR# Enable is set sets Signaled System Error
-        // (PCIe Base 6.0 §7.5.1.1.4 Status bit 14) and, crossing the bridge, Secondary Status
+        // (PCIe Base 6.0 §7.5.1.1.4 Status bit 14; from QEMU 8.0 also a message its Device
+        // Control enables, aer::signals_system_error) and, crossing the bridge, Secondary Status
         // Received System Error (PCI-to-PCI Bridge 1.2 §3.2.5.7 bit 14). The Root Error
         // Status and the interrupt do not depend on it (docs/qemu-compat.md).
-        let serr = self.space.word(header::COMMAND) & header::COMMAND_SERR != 0;
-        if !correctable && serr {
+        let devctl_too = self.layout.compat.aer_msg_devctl;
+        if aer::signals_system_error(&self.space, self.layout.exp, e.severity, devctl_too) {
             self.space
                 .set_bits(header::STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
+        }
+        let serr = self.space.word(header::COMMAND) & header::COMMAND_SERR != 0;
+        if !correctable && serr {
             self.space
                 .set_bits(bridge::SEC_STATUS, 2, STATUS_SIG_SYSTEM_ERROR.into());
         }
@@ -514,21 +518,12 @@ impl PciePort {
     }
 
     /// An error a port that is not a root port (a switch port) detected itself: recorded in its
-    /// AER capability and Device Status (PCIe Base 6.0 §7.8.4, §7.5.3.5); the message it sends
-    /// upstream (ERR_COR/ERR_NONFATAL/ERR_FATAL from `e.requester`), or `None` when masked. The
-    /// root port above receives it ([`PciePort::inject_error`] with `own` false).
+    /// AER capability and Device Status ([`aer::detect_own`], PCIe Base 6.0 §7.8.4, §7.5.3.5);
+    /// the message it sends upstream (ERR_COR/ERR_NONFATAL/ERR_FATAL from `e.requester`), or
+    /// `None` when masked. The root port above receives it ([`PciePort::inject_error`] with
+    /// `own` false).
     pub fn record_error(&mut self, e: &AerError) -> Result<Option<AerError>, aer::InjectError> {
-        let Some(severity) = aer::record_own(&mut self.space, self.layout.aer, e)? else {
-            return Ok(None);
-        };
-        let bit: u16 = match severity {
-            ErrorSeverity::Correctable => 1,
-            ErrorSeverity::NonFatal => 2,
-            ErrorSeverity::Fatal => 4,
-        };
-        self.space
-            .set_bits(self.layout.exp + express::DEVSTA, 2, bit.into());
-        Ok(Some(AerError { severity, ..*e }))
+        aer::detect_own(&mut self.space, self.layout.exp, self.layout.aer, e)
     }
 
     fn root_status(&self) -> u32 {

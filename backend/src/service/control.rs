@@ -103,12 +103,15 @@ fn is_bridge(h: &Hierarchy, id: &str) -> bool {
     h.spec().bridges.iter().any(|b| b.config.id == id)
 }
 
-/// A `pcie-pci-bridge` itself as the source of `what`: refused by name (pcierc does not model
-/// the bridge's own AER and PME signalling yet, docs/qemu-compat.md), not "not found".
-fn bridge_itself_refused(h: &Hierarchy, id: &str, what: &str) -> Result<(), ControlError> {
+/// A `pcie-pci-bridge` itself as the source of a PME: refused by name, not "not found". Its
+/// Power Management capability, as QEMU's, advertises no PME support (PCI PM 1.2 §3.2.3
+/// PME_Support all clear, PMCSR read-only), so a PME from it would contradict its own
+/// registers (docs/qemu-compat.md).
+fn bridge_pme_refused(h: &Hierarchy, id: &str) -> Result<(), ControlError> {
     if is_bridge(h, id) {
         return Err(format!(
-            "{id}: {what} from a pcie-pci-bridge itself is not modelled (docs/qemu-compat.md)"
+            "{id}: a pcie-pci-bridge does not signal PME (its Power Management capability \
+             advertises no PME support, as QEMU's)"
         )
         .into());
     }
@@ -290,14 +293,14 @@ impl ControlPlane {
                     .into(),
             );
         }
-        bridge_itself_refused(h, &req.id, "AER injection")?;
         if h.endpoint(&req.id).is_some_and(|e| is_bridge(h, &e.bus)) {
             // QEMU drops the Express capability of a function on a conventional bus
             // (pci_qdev_realize()); its HMP `pcie_aer_inject_error` then answers this (asked
             // of QEMU 7.2 with an e1000 below a pcie-pci-bridge).
             return Err(format!("the device doesn't support pci express. {}", req.id).into());
         }
-        if !is_port(h, &req.id) && h.endpoint(&req.id).is_none() {
+        // A `pcie-pci-bridge` itself is a PCI Express function with AER (QEMU 7.2 accepts it).
+        if !is_port(h, &req.id) && !is_bridge(h, &req.id) && h.endpoint(&req.id).is_none() {
             return Err(ControlError::DeviceNotFound(req.id.clone()));
         }
         info!(
@@ -313,7 +316,7 @@ impl ControlPlane {
 
     /// A PME from function `id` of `h`.
     pub fn inject_pme(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        bridge_itself_refused(h, id, "PME")?;
+        bridge_pme_refused(h, id)?;
         if h.endpoint(id).is_some_and(|e| is_bridge(h, &e.bus)) {
             return Err(format!(
                 "{id}: PME from a function below a pcie-pci-bridge is not modelled \
@@ -493,8 +496,9 @@ mod tests {
                 ("br1".to_string(), 2, false, vec!["n2".to_string()]),
             ]
         );
-        // Errors and PME: not from the bridge itself, nor from a conventional function below
-        // it (QEMU: no Express capability there, so no AER), each said by name.
+        // Errors: from the bridge itself (its AER capability logs them), not from a
+        // conventional function below it (QEMU: no Express capability there, so no AER); PME
+        // from neither, each said by name.
         let aer = |id: &str| AerInject {
             id: id.into(),
             error: "RCVR".into(),
@@ -511,14 +515,17 @@ mod tests {
                 "the device doesn't support pci express. n1".into()
             ))
         );
-        for e in [
-            c.inject_aer(&mut h, &aer("br1")),
-            c.inject_pme(&mut h, "br1"),
-            c.inject_pme(&mut h, "n1"),
-        ] {
+        assert!(c.inject_aer(&mut h, &aer("br1")).is_ok());
+        // The bridge's Correctable Error Status (AER at 0x100, + 0x10): Receiver Error.
+        assert_eq!(
+            crate::pci::PciFunction::config_read(&h.bridges()[0], 0x110, 4),
+            1
+        );
+        for (id, says) in [("br1", "does not signal PME"), ("n1", "not modelled")] {
+            let e = c.inject_pme(&mut h, id);
             assert!(
-                matches!(&e, Err(ControlError::Generic(m)) if m.contains("not modelled")),
-                "{e:?}"
+                matches!(&e, Err(ControlError::Generic(m)) if m.contains(says)),
+                "{id}: {e:?}"
             );
         }
         // The cold-plugged n1's slot is enabled: device_del presses the attention button, and

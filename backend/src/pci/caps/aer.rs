@@ -299,9 +299,10 @@ pub fn inject(cs: &mut ConfigSpace, at: u16, own: bool, e: &AerError) -> Result<
 /// Record an error the function detected itself in its AER capability at `at` (PCIe Base 6.0
 /// §6.2.3.2, §7.8.4): `bits` (already restricted to the supported ones) set in the Correctable
 /// or Uncorrectable Error Status; for an unmasked uncorrectable error the severity register
-/// decides fatal or not (§7.8.4.4) and, if it is the first, the First Error Pointer and the
-/// Header Log take it (§7.8.4.7, §7.8.4.8). `None` when every bit is masked (recorded, not
-/// reported); else whether the message to send is ERR_FATAL.
+/// decides fatal or not (§7.8.4.4) and the First Error Pointer and the Header Log take it
+/// (§7.8.4.7, §7.8.4.8) unless they hold an error still pending with Multiple Header Recording
+/// enabled (§6.2.4.2; QEMU's rule, docs/qemu-compat.md). `None` when every bit is masked
+/// (recorded, not reported); else whether the message to send is ERR_FATAL.
 fn record(
     cs: &mut ConfigSpace,
     at: u16,
@@ -314,7 +315,13 @@ fn record(
     } else {
         (UNCOR_STATUS, UNCOR_MASK)
     };
-    let had_uncorrectable = cs.dword(at + UNCOR_STATUS) != 0;
+    // QEMU's pcie_aer_record_error(): the log keeps its error only while Multiple Header
+    // Recording is enabled and the error First Error Pointer names is still set (then QEMU
+    // queues the new one: its queue is not modelled); otherwise every unmasked uncorrectable
+    // error takes the First Error Pointer and Header Log (pcie_aer_update_log()).
+    let cap = cs.dword(at + CAP);
+    let locked =
+        cap & CAP_MHRE != 0 && cs.dword(at + UNCOR_STATUS) & 1 << (cap & CAP_FEP_MASK) != 0;
     cs.set_bits(at + status_reg, 4, bits.into());
     let unmasked = bits & !cs.dword(at + mask_reg);
     if unmasked == 0 {
@@ -323,7 +330,7 @@ fn record(
     if correctable {
         return Some(false);
     }
-    if !had_uncorrectable {
+    if !locked {
         let first = unmasked.trailing_zeros();
         let cap = cs.dword(at + CAP) & !CAP_FEP_MASK;
         cs.set_dword(at + CAP, cap | first);
@@ -359,6 +366,74 @@ pub fn record_own(
             (false, false) => ErrorSeverity::NonFatal,
         }),
     )
+}
+
+/// Device Status Correctable Error Detected (PCIe Base 6.0 §7.5.3.5, bit 0).
+pub const DEVSTA_CED: u16 = 1 << 0;
+/// Device Status Non-Fatal Error Detected (bit 1).
+pub const DEVSTA_NFED: u16 = 1 << 1;
+/// Device Status Fatal Error Detected (bit 2).
+pub const DEVSTA_FED: u16 = 1 << 2;
+/// Device Status Unsupported Request Detected (bit 3).
+pub const DEVSTA_URD: u16 = 1 << 3;
+/// Uncorrectable Error Status Unsupported Request Error (PCIe Base 6.0 §7.8.4.2, bit 20).
+pub const UNC_UNSUP: u32 = 1 << 20;
+
+/// An error a function that is not a root port (a switch port, a `pcie-pci-bridge`) detected
+/// itself, with its PCI Express capability at `exp` and AER at `at`: Device Status Correctable /
+/// Non-Fatal / Fatal Error Detected, and Unsupported Request Detected for an Unsupported Request
+/// (PCIe Base 6.0 §7.5.3.5), set whether or not the error is masked (§6.2.5, Figure 6-2: Device
+/// Status is updated before the mask is looked at; QEMU's `pcie_aer_inject_cor_error()` /
+/// `pcie_aer_inject_uncor_error()` likewise), fatal or not by the Uncorrectable Error Severity
+/// register (§7.8.4.4); then [`record_own`]. Returns the message the function sends upstream
+/// (ERR_COR / ERR_NONFATAL / ERR_FATAL from `e.requester`, §6.2.2), or `None` when masked.
+pub fn detect_own(
+    cs: &mut ConfigSpace,
+    exp: u16,
+    at: u16,
+    e: &AerError,
+) -> Result<Option<AerError>, InjectError> {
+    let correctable = e.severity == ErrorSeverity::Correctable;
+    let supported = if correctable {
+        COR_SUPPORTED
+    } else {
+        UNC_SUPPORTED
+    };
+    let bits = e.status & supported;
+    if bits == 0 {
+        return Err(InjectError::Unsupported(e.status));
+    }
+    let devsta = if correctable {
+        DEVSTA_CED
+    } else {
+        let fatal = bits & cs.dword(at + UNCOR_SEVER) != 0;
+        let ur = if bits == UNC_UNSUP { DEVSTA_URD } else { 0 };
+        ur | if fatal { DEVSTA_FED } else { DEVSTA_NFED }
+    };
+    cs.set_bits(exp + super::express::DEVSTA, 2, devsta.into());
+    Ok(record_own(cs, at, e)?.map(|severity| AerError { severity, ..*e }))
+}
+
+/// Does an error message of `severity` passing (or sent by) the function set its Status
+/// Signaled System Error (PCIe Base 6.0 §7.5.1.1.4 bit 14)? QEMU's `pcie_aer_msg_alldev()`:
+/// an ERR_NONFATAL/ERR_FATAL with Command SERR# Enable set (§7.5.1.1.3 bit 8); with
+/// `devctl_too` (QEMU 8.0 and later, `PortCompat::aer_msg_devctl`) also any message whose
+/// Device Control reporting enable is set (§7.5.3.4 bits 0-2: Correctable, Non-Fatal, Fatal
+/// Error Reporting Enable), the PCI Express capability at `exp`.
+pub fn signals_system_error(
+    cs: &ConfigSpace,
+    exp: u16,
+    severity: ErrorSeverity,
+    devctl_too: bool,
+) -> bool {
+    let serr = cs.word(crate::pci::header::COMMAND) & crate::pci::header::COMMAND_SERR != 0;
+    let enable: u16 = match severity {
+        ErrorSeverity::Correctable => 1,
+        ErrorSeverity::NonFatal => 2,
+        ErrorSeverity::Fatal => 4,
+    };
+    (severity != ErrorSeverity::Correctable && serr)
+        || (devctl_too && cs.word(exp + super::express::DEVCTL) & enable != 0)
 }
 
 /// After an error reached the root: the interrupt to raise given Root Error Status before it

@@ -446,8 +446,9 @@ impl Hierarchy {
     }
 
     /// Inject an error (QEMU's `pcie_aer_inject_error`): `id` is a root port (an error the port
-    /// itself detected and logs) or a function behind one (an error message it sent, received by
-    /// the port above it).
+    /// itself detected and logs), a switch port or a `pcie-pci-bridge` (an error it detected
+    /// itself: logged in its AER capability, its message received by the root port above), or a
+    /// function behind a port (an error message it sent, received by the root port above it).
     pub fn inject_error(
         &mut self,
         id: &str,
@@ -465,6 +466,21 @@ impl Hierarchy {
         status: u32,
         header_log: [u32; 4],
     ) -> Result<Effects, HotplugError> {
+        if let Some(j) = self.bridge_index(id) {
+            // A `pcie-pci-bridge`'s own error: logged in its AER capability, the message
+            // received by the root port above it, as for a switch port (below).
+            let requester =
+                u16::from(self.bridge_bus(j)) << 8 | u16::from(self.spec.bridges[j].addr.0);
+            let err = AerError {
+                severity,
+                status,
+                requester,
+                header_log,
+            };
+            let msg = self.bridges[j].record_error(&err)?;
+            self.mark_changed(super::Slot::Bridge(j as u16));
+            return self.send_up(self.bridge_parent(j), msg);
+        }
         let (port, requester, own) = match self.port_index(id) {
             Some(p) if self.ports[p].kind() != BridgeKind::RootPort => {
                 // A switch port's own error: logged in its AER capability, the message received
@@ -479,12 +495,7 @@ impl Hierarchy {
                 };
                 let msg = self.ports[p].port_mut().record_error(&err)?;
                 self.mark_changed(super::Slot::Port(p as u16));
-                let Some(msg) = msg else {
-                    return Ok(Effects::empty());
-                };
-                let root = self.root_port_of(p);
-                let fx = self.ports[root].inject_error(&msg, false)?;
-                return Ok(self.after_port(root, fx));
+                return self.send_up(Some(p), msg);
             }
             Some(p) => (p, u16::from(self.spec.root_ports[p].addr.0), true),
             None => {
@@ -505,6 +516,24 @@ impl Hierarchy {
         };
         let fx = self.ports[port].inject_error(&err, own)?;
         Ok(self.after_port(port, fx))
+    }
+
+    /// The error message `msg` (ERR_COR / ERR_NONFATAL / ERR_FATAL) a function pcierc emulates
+    /// sent upstream from the secondary side of port `from` (or from port `from` itself, a
+    /// switch port): received by the root port above (PCIe Base 6.0 §6.2.6; QEMU's
+    /// `pcie_aer_msg()`), through a switch if need be. Nothing for a masked error (`None`) or a
+    /// function on a root bus (no root port above it: QEMU's walk ends there too).
+    fn send_up(
+        &mut self,
+        from: Option<usize>,
+        msg: Option<AerError>,
+    ) -> Result<Effects, HotplugError> {
+        let (Some(from), Some(msg)) = (from, msg) else {
+            return Ok(Effects::empty());
+        };
+        let root = self.root_port_of(from);
+        let fx = self.ports[root].inject_error(&msg, false)?;
+        Ok(self.after_port(root, fx))
     }
 
     /// An error the function at (bus, devfn) reported through the protocol: received by the

@@ -579,3 +579,55 @@ fn hot_added_functions_below_a_bridge_survive_a_restore_and_a_reset() {
     g.request_removal("h9").unwrap();
     assert!(g.endpoint("h9").is_some());
 }
+
+/// Errors a bridge detects itself (QEMU's HMP `pcie_aer_inject_error br1 ...`): its Device
+/// Status and AER capability log them (PCIe Base 6.0 §7.5.3.5, §7.8.4), and an unmasked one is
+/// received by the root port above with the bridge's requester id (§6.2.6); a bridge on the
+/// root bus has no root port above it.
+#[test]
+fn errors_a_bridge_detects_are_logged_and_reach_the_root_port_above() {
+    let mut h = bridges();
+    number(&mut h);
+    // br1 at 01:00.0 with Command SERR# Enable: a non-fatal Completion Timeout (bit 14).
+    h.config_write(1, 0, 0x04, 2, 0x0100).unwrap();
+    h.inject_error("br1", ErrorSeverity::NonFatal, 1 << 14)
+        .unwrap();
+    // Uncorrectable Error Status (AER 0x100 + 0x04), First Error Pointer (0x118).
+    assert_eq!(h.config_read(1, 0, 0x104, 4), Ok(1 << 14));
+    assert_eq!(h.config_read(1, 0, 0x118, 4).map(|v| v & 0x1f), Ok(14));
+    // Device Status (PCI Express capability 0x48 + 0x0a): Non-Fatal Error Detected.
+    assert_eq!(h.config_read(1, 0, 0x52, 2), Ok(2));
+    // Status Signaled System Error (SERR# Enable set, an uncorrectable error sent).
+    assert_ne!(h.config_read(1, 0, 0x06, 2).unwrap() & 1 << 14, 0);
+    // rp1's Root Error Status (0x130): ERR_FATAL/NONFATAL Received and Non-Fatal Error
+    // Messages Received; Error Source Identification (0x134) bits 31:16 the bridge, 01:00.0.
+    assert_eq!(h.config_read(0, RP1, 0x130, 4).map(|v| v & 0x7f), Ok(0x24));
+    assert_eq!(h.config_read(0, RP1, 0x134, 4).map(|v| v >> 16), Ok(0x0100));
+    // A correctable error masked by default (Advisory Non-Fatal, Correctable Error Mask
+    // 0xe000): logged and in Device Status, not sent.
+    h.inject_error("br1", ErrorSeverity::Correctable, 1 << 13)
+        .unwrap();
+    assert_eq!(h.config_read(1, 0, 0x110, 4), Ok(1 << 13));
+    assert_eq!(h.config_read(1, 0, 0x52, 2), Ok(3));
+    assert_eq!(h.config_read(0, RP1, 0x130, 4).map(|v| v & 1), Ok(0));
+    // Unmasked, a correctable error reaches rp1 (Correctable Error Received, source 01:00.0).
+    h.inject_error("br1", ErrorSeverity::Correctable, 1)
+        .unwrap();
+    assert_eq!(h.config_read(0, RP1, 0x130, 4).map(|v| v & 1), Ok(1));
+    assert_eq!(
+        h.config_read(0, RP1, 0x134, 4).map(|v| v & 0xffff),
+        Ok(0x0100)
+    );
+    // An error with no supported bit is refused.
+    assert!(h.inject_error("br1", ErrorSeverity::NonFatal, 1).is_err());
+    // br0 on the root bus: Surprise Down (bit 5, fatal by default) is logged only.
+    let root = h.config_read(0, RP1, 0x130, 4);
+    h.inject_error("br0", ErrorSeverity::Fatal, 1 << 5).unwrap();
+    assert_eq!(h.config_read(0, BR0, 0x104, 4), Ok(1 << 5));
+    assert_eq!(
+        h.config_read(0, BR0, 0x52, 2),
+        Ok(4),
+        "Fatal Error Detected"
+    );
+    assert_eq!(h.config_read(0, RP1, 0x130, 4), root);
+}
