@@ -341,33 +341,6 @@ fn record(
     Some(unmasked & cs.dword(at + UNCOR_SEVER) != 0)
 }
 
-/// Record an error a port that is not a root port (a switch port) detected itself (see
-/// [`inject`] for a root port's): its own registers only. Returns the severity of the message
-/// the port sends upstream, or `None` when the error is masked (recorded, not reported).
-pub fn record_own(
-    cs: &mut ConfigSpace,
-    at: u16,
-    e: &AerError,
-) -> Result<Option<ErrorSeverity>, InjectError> {
-    let correctable = e.severity == ErrorSeverity::Correctable;
-    let supported = if correctable {
-        COR_SUPPORTED
-    } else {
-        UNC_SUPPORTED
-    };
-    let bits = e.status & supported;
-    if bits == 0 {
-        return Err(InjectError::Unsupported(e.status));
-    }
-    Ok(
-        record(cs, at, bits, correctable, &e.header_log).map(|fatal| match (correctable, fatal) {
-            (true, _) => ErrorSeverity::Correctable,
-            (false, true) => ErrorSeverity::Fatal,
-            (false, false) => ErrorSeverity::NonFatal,
-        }),
-    )
-}
-
 /// Device Status Correctable Error Detected (PCIe Base 6.0 §7.5.3.5, bit 0).
 pub const DEVSTA_CED: u16 = 1 << 0;
 /// Device Status Non-Fatal Error Detected (bit 1).
@@ -385,7 +358,7 @@ pub const UNC_UNSUP: u32 = 1 << 20;
 /// (PCIe Base 6.0 §7.5.3.5), set whether or not the error is masked (§6.2.5, Figure 6-2: Device
 /// Status is updated before the mask is looked at; QEMU's `pcie_aer_inject_cor_error()` /
 /// `pcie_aer_inject_uncor_error()` likewise), fatal or not by the Uncorrectable Error Severity
-/// register (§7.8.4.4); then [`record_own`]. Returns the message the function sends upstream
+/// register (§7.8.4.4); then its AER capability records it. Returns the message the function sends upstream
 /// (ERR_COR / ERR_NONFATAL / ERR_FATAL from `e.requester`, §6.2.2), or `None` when masked.
 pub fn detect_own(
     cs: &mut ConfigSpace,
@@ -411,7 +384,14 @@ pub fn detect_own(
         ur | if fatal { DEVSTA_FED } else { DEVSTA_NFED }
     };
     cs.set_bits(exp + super::express::DEVSTA, 2, devsta.into());
-    Ok(record_own(cs, at, e)?.map(|severity| AerError { severity, ..*e }))
+    // Its own registers only (a root port's own errors go through [`inject`]).
+    let severity =
+        record(cs, at, bits, correctable, &e.header_log).map(|fatal| match (correctable, fatal) {
+            (true, _) => ErrorSeverity::Correctable,
+            (false, true) => ErrorSeverity::Fatal,
+            (false, false) => ErrorSeverity::NonFatal,
+        });
+    Ok(severity.map(|severity| AerError { severity, ..*e }))
 }
 
 /// Does an error message of `severity` passing (or sent by) the function set its Status
