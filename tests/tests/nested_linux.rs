@@ -776,6 +776,74 @@ fn query_pci(n: &mut pcierc_tests::nested::Nested) -> Vec<PciInfo> {
     all
 }
 
+/// A card [`hot_add_below`] added: what L2 showed of it (its IDs and driver, its and the
+/// port's resources, the tree, the kernel log) and the two steps' timings.
+struct HotAdded {
+    card: pcierc_tests::nested::console::Output,
+    add: pcierc_tests::nested::console::Output,
+    seen: pcierc_tests::nested::console::Output,
+}
+
+/// `device_add` of the VMM's test endpoint (the QMP command `add`) below `port`, where L2 must
+/// find it at `ep`: it appears in L2's sysfs, it is the test endpoint (1b36:0005, which no Linux
+/// driver takes), its BAR0 lies inside the window Linux gave `port`, and L2's tree is what
+/// pcierc's `query-pci` says, the card in it below `port` with `id`.
+fn hot_add_below(
+    n: &mut pcierc_tests::nested::Nested,
+    add: &str,
+    id: &str,
+    port: &PciInfo,
+    ep: &str,
+) -> HotAdded {
+    let cmd = expect(n.qmp(&[add], T));
+    assert_eq!(
+        cmd.status,
+        0,
+        "device_add below {}: {}",
+        port.id,
+        cmd.text()
+    );
+    let seen = expect(n.l2_ok(&format!("waitfor 60 '[ -e /sys/bus/pci/devices/{ep} ]'"), T));
+    let card = expect(n.l2_ok(
+        &format!(
+            "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device) driver \
+             $([ -e $d/driver ] && basename $(readlink $d/driver) || echo -)\"; \
+             res {ep}; res {}; {TREE}; dmesg",
+            port.bdf
+        ),
+        T,
+    ));
+    assert!(
+        card.lines
+            .iter()
+            .any(|l| l == "card 0x1b36 0x0005 driver -"),
+        "{ep}: the VMM's test endpoint (1b36:0005, which no Linux driver takes): {}",
+        card.text()
+    );
+    let (bar0, bar0_end) = resources(&card.lines, ep, 0).expect("hot-added BAR0");
+    let (win, win_end) = resources(&card.lines, &port.bdf, 14)
+        .unwrap_or_else(|| panic!("{}'s window: {}", port.id, card.text()));
+    assert!(
+        bar0 >= win && bar0_end <= win_end,
+        "BAR0 {bar0:#x}-{bar0_end:#x} inside {}'s window {win:#x}-{win_end:#x}\n{}",
+        port.id,
+        card.text()
+    );
+    let qp = query_pci(n);
+    assert_same_tree(&qp, &card);
+    assert!(
+        qp.iter()
+            .any(|f| f.id == id && f.bdf == ep && f.parent.as_deref() == Some(port.bdf.as_str())),
+        "query-pci: {id} at {ep} below {}: {qp:?}",
+        port.id
+    );
+    HotAdded {
+        card,
+        add: cmd,
+        seen,
+    }
+}
+
 /// What L2 sees of every function besides `facts`: "buses BDF PRI SEC SUB" (decimal, bytes
 /// 0x18-0x1a of its configuration space, meaningful for bridges) and "parent BDF P" (the device
 /// above it in sysfs, `pci0000:00` on the root bus).
@@ -913,50 +981,20 @@ fn switch_hotplug_live() {
         let ep = format!("0000:{:02x}:00.0", slots[0]);
         let at = format!("[ -e /sys/bus/pci/devices/{ep} ]");
         let gone = format!("[ ! -e /sys/bus/pci/devices/{ep} ]");
-        let add = expect(n.qmp(&[SW_EP], T));
-        assert_eq!(add.status, 0, "device_add below dp1: {}", add.text());
-        let seen = expect(n.l2_ok(&format!("waitfor 60 '{at}'"), T));
+        let added = hot_add_below(n, SW_EP, "swep", dp1, &ep);
         report!(
             "nested: device_add below dp1 -> {ep} in L2's sysfs: {:.2} s of L2 time ({:.1} s wall)",
-            waited(&seen),
-            (add.elapsed + seen.elapsed).as_secs_f64()
-        );
-        let card = expect(n.l2_ok(
-            &format!(
-                "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device) driver $([ -e $d/driver ] && basename $(readlink $d/driver) || echo -)\"; \
-                 res {ep}; res {}; {TREE}; dmesg",
-                dp1.bdf
-            ),
-            T,
-        ));
-        assert!(
-            card.lines
-                .iter()
-                .any(|l| l == "card 0x1b36 0x0005 driver -"),
-            "{ep}: the VMM's test endpoint (1b36:0005, which no Linux driver takes): {}",
-            card.text()
-        );
-        let (bar0, bar0_end) = resources(&card.lines, &ep, 0).expect("hot-added BAR0");
-        let (win, win_end) = resources(&card.lines, &dp1.bdf, 14).expect("dp1's window");
-        assert!(
-            bar0 >= win && bar0_end <= win_end,
-            "BAR0 {bar0:#x}-{bar0_end:#x} inside dp1's window {win:#x}-{win_end:#x}\n{}",
-            card.text()
+            waited(&added.seen),
+            (added.add.elapsed + added.seen.elapsed).as_secs_f64()
         );
         assert!(
-            card.lines
+            added
+                .card
+                .lines
                 .iter()
                 .any(|l| l.contains("Slot(5): Card present")),
             "dmesg: dp1's pciehp saw the card\n{}",
-            card.text()
-        );
-        let qp = query_pci(n);
-        assert_same_tree(&qp, &card);
-        assert!(
-            qp.iter().any(|f| f.id == "swep"
-                && f.bdf == ep
-                && f.parent.as_deref() == Some(dp1.bdf.as_str())),
-            "query-pci: swep at {ep} below dp1: {qp:?}"
+            added.card.text()
         );
 
         // device_del: the attention button, pciehp powers dp1's slot off after its 5 s.
@@ -1144,37 +1182,12 @@ fn expander_hotplug(n: &mut pcierc_tests::nested::Nested) {
     );
 
     let ep = format!("0000:{secondary:02x}:00.0");
-    let at = format!("[ -e /sys/bus/pci/devices/{ep} ]");
     let gone = format!("[ ! -e /sys/bus/pci/devices/{ep} ]");
-    let add = expect(n.qmp(&[PX_EP], T));
-    assert_eq!(add.status, 0, "device_add below rp9: {}", add.text());
-    let seen = expect(n.l2_ok(&format!("waitfor 60 '{at}'"), T));
+    let added = hot_add_below(n, PX_EP, "pxep", rp9, &ep);
     report!(
         "nested: device_add below rp9 (expander's bus) -> {ep} in L2's sysfs: {:.2} s of L2 time",
-        waited(&seen)
+        waited(&added.seen)
     );
-    let card = expect(n.l2_ok(
-        &format!(
-            "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device)\"; \
-             res {ep}; res {}; {TREE}",
-            rp9.bdf
-        ),
-        T,
-    ));
-    assert!(
-        card.lines.iter().any(|l| l == "card 0x1b36 0x0005"),
-        "{ep}: the VMM's test endpoint: {}",
-        card.text()
-    );
-    let (bar0, bar0_end) = resources(&card.lines, &ep, 0).expect("hot-added BAR0");
-    let (win, win_end) = resources(&card.lines, &rp9.bdf, 14).expect("rp9's window");
-    assert!(
-        bar0 >= win && bar0_end <= win_end,
-        "BAR0 {bar0:#x}-{bar0_end:#x} inside rp9's window {win:#x}-{win_end:#x}\n{}",
-        card.text()
-    );
-    let qp = query_pci(n);
-    assert_same_tree(&qp, &card);
 
     wait_power_indicator_on(n, &rp9.bdf);
     let del = expect(n.qmp(
@@ -1256,48 +1269,20 @@ fn bridge_hotplug(n: &mut pcierc_tests::nested::Nested) {
     let ep = format!("0000:{secondary:02x}:01.0");
     let at = format!("[ -e /sys/bus/pci/devices/{ep} ]");
     let gone = format!("[ ! -e /sys/bus/pci/devices/{ep} ]");
-    let add = expect(n.qmp(&[BR_EP], T));
-    assert_eq!(add.status, 0, "device_add below br1: {}", add.text());
-    let seen = expect(n.l2_ok(&format!("waitfor 60 '{at}'"), T));
+    let added = hot_add_below(n, BR_EP, "brep", br1, &ep);
     report!(
         "nested: device_add below br1 -> {ep} in L2's sysfs: {:.2} s of L2 time ({:.1} s wall; shpchp's 5 s button wait included)",
-        waited(&seen),
-        (add.elapsed + seen.elapsed).as_secs_f64()
-    );
-    let card = expect(n.l2_ok(
-        &format!(
-            "d=/sys/bus/pci/devices/{ep}; echo \"card $(cat $d/vendor) $(cat $d/device)\"; \
-             res {ep}; res {}; {TREE}; dmesg",
-            br1.bdf
-        ),
-        T,
-    ));
-    assert!(
-        card.lines.iter().any(|l| l == "card 0x1b36 0x0005"),
-        "{ep}: the VMM's test endpoint: {}",
-        card.text()
-    );
-    let (bar0, bar0_end) = resources(&card.lines, &ep, 0).expect("hot-added BAR0");
-    let (win, win_end) = resources(&card.lines, &br1.bdf, 14).expect("br1's window");
-    assert!(
-        bar0 >= win && bar0_end <= win_end,
-        "BAR0 {bar0:#x}-{bar0_end:#x} inside br1's window {win:#x}-{win_end:#x}\n{}",
-        card.text()
+        waited(&added.seen),
+        (added.add.elapsed + added.seen.elapsed).as_secs_f64()
     );
     assert!(
-        card.lines
+        added
+            .card
+            .lines
             .iter()
             .any(|l| l.contains("shpchp") && l.contains("Button pressed on Slot")),
         "dmesg: br1's shpchp saw the attention button\n{}",
-        card.text()
-    );
-    let qp = query_pci(n);
-    assert_same_tree(&qp, &card);
-    assert!(
-        qp.iter().any(|f| f.id == "brep"
-            && f.bdf == ep
-            && f.parent.as_deref() == Some(br1.bdf.as_str())),
-        "query-pci: brep at {ep} below br1: {qp:?}"
+        added.card.text()
     );
 
     // device_del: the attention button; shpchp disables the slot with its power indicator off
