@@ -214,5 +214,6 @@ pub fn reset_platform(machine: &Machine, acpi: bool) -> Result<(), Error> {
         machine.apply_assigned(index, changes)?;
     }
     machine.drain_notifications()?;
+    machine.reset_pm();
     machine.lower_intx()
 }

@@ -715,6 +715,42 @@ impl Nested {
         )))
     }
 
+    /// What L2's kernel printed of a crash since console line `since`: each line that starts an
+    /// oops, a BUG or a panic, with the 30 lines after it (at most three such reports), for a
+    /// failed case's report; empty if there was none. L2 boots with `panic=-1`, so after a panic
+    /// the VMM reboots it and the case usually fails much later, on a symptom, with the crash
+    /// itself long out of the console's tail.
+    pub fn l2_crashes(&self, since: usize) -> String {
+        const STARTS: [&str; 5] = [
+            "Kernel panic",
+            "BUG:",
+            "Oops:",
+            "general protection fault",
+            "WARNING: CPU:",
+        ];
+        let log = self.console.log();
+        let inner: Vec<&str> = log[since.min(log.len())..]
+            .iter()
+            .filter(|l| l.source == Source::Inner)
+            .map(|l| l.text.as_str())
+            .collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        let mut reports = 0;
+        while i < inner.len() && reports < 3 {
+            if STARTS.iter().any(|s| inner[i].contains(s)) {
+                let end = (i + 31).min(inner.len());
+                out.extend(inner[i..end].iter().map(|l| format!("  L2| {l}")));
+                out.push("  ...".to_string());
+                reports += 1;
+                i = end;
+            } else {
+                i += 1;
+            }
+        }
+        out.join("\n")
+    }
+
     /// pcierc's log in L1.
     pub fn pcierc_log(&mut self) -> String {
         self.l1("cat /tmp/pcierc.log", Duration::from_secs(30))

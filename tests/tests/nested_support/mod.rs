@@ -111,6 +111,7 @@ pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl Fn(&mut Nested
             *guard = Some((options.clone(), n));
         }
         let (_, nested) = guard.as_mut().expect("L1 booted above");
+        let since = nested.console().mark();
         let start = Instant::now();
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(nested, &tools)));
@@ -122,7 +123,16 @@ pub fn on_l1_with(name: &str, options: &NestedOptions, case: impl Fn(&mut Nested
             return;
         };
         // A failed case may leave L1 in any state (an L2 that cannot be killed, a VMM still
-        // writing to the console): the next case boots a new L1 rather than inherit it.
+        // writing to the console): the next case boots a new L1 rather than inherit it. L2's
+        // kernel crashes during the case go to the log first: L2 reboots after a panic, and
+        // the case fails later on a symptom, with the crash out of the message's console tail.
+        let crashes = guard
+            .as_mut()
+            .map(|(_, n)| n.l2_crashes(since))
+            .unwrap_or_default();
+        if !crashes.is_empty() {
+            report!("nested: case {name}: L2's kernel reported a crash:\n{crashes}");
+        }
         report!("nested: case {name} failed; its L1 is shut down");
         *guard = None;
         let message = panic
