@@ -21,15 +21,12 @@ use super::devices::OwnDevices;
 use super::ecam_map::EcamMap;
 use super::irq::{self, IrqRouting};
 use super::pcie::{Access, Claims, Forwarded, PcieLink};
-use super::pm::Pm1Event;
 use super::Error;
 
 /// COM1's ports.
 pub const COM1: u16 = 0x3f8;
 /// ACPI PM1a event block (status, enable), as QEMU's q35 places it (PMBASE 0x600).
 pub const PM1A_EVT: u16 = 0x600;
-/// The PM1a event block's last port (its length, the FADT's `PM1_EVT_LEN`, is 4).
-const PM1A_EVT_END: u16 = PM1A_EVT + 3;
 /// ACPI PM1a control register: writing SLP_EN with SLP_TYP 0 (S5) powers off.
 pub const PM1A_CNT: u16 = 0x604;
 /// PM1 control: sleep enable (ACPI 6.5 §4.8.3.2.1, Table 4.13).
@@ -200,8 +197,6 @@ pub struct Machine {
     serial: Mutex<ComPort>,
     /// The real-time clock (battery-backed: kept across reboots).
     cmos: Mutex<Cmos>,
-    /// The ACPI PM1a event block (status and enable).
-    pm1: Mutex<Pm1Event>,
     /// The endpoints this VMM serves behind pcierc's root ports.
     pub devices: Mutex<OwnDevices>,
     /// Exit statistics.
@@ -265,7 +260,6 @@ impl Machine {
             irq: Mutex::new(IrqRouting::default()),
             serial: Mutex::new(Serial::new(IrqLine(p.serial_irq), p.console)),
             cmos: Mutex::new(Cmos::default()),
-            pm1: Mutex::new(Pm1Event::default()),
             devices: Mutex::new(OwnDevices::new(&p.name, p.topology)),
             stats: ExitStats::default(),
             ecam_map: p.ecam_map,
@@ -397,15 +391,6 @@ impl Machine {
         self.intx_source(gsi, (port.0, port.1, port.2, 0x80 | pin), level)
     }
 
-    /// The ACPI PM1a event block back to its power-on state (a platform reset; the CMOS clock,
-    /// battery-backed, keeps its time).
-    pub fn reset_pm(&self) {
-        self.pm1
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset();
-    }
-
     /// Every INTx source deasserted and every line lowered (a platform reset).
     pub fn lower_intx(&self) -> Result<(), Error> {
         let lines: Vec<u32> = {
@@ -487,14 +472,7 @@ impl Machine {
                 }
                 ExitKind::LocalPio
             }
-            PM1A_EVT..=PM1A_EVT_END => {
-                let pm1 = self.pm1.lock().unwrap_or_else(PoisonError::into_inner);
-                for (i, d) in data.iter_mut().enumerate() {
-                    *d = pm1.read(usize::from(port - PM1A_EVT) + i);
-                }
-                ExitKind::LocalPio
-            }
-            RESET_CONTROL => {
+            PM1A_EVT..=0x603 | RESET_CONTROL => {
                 fill(data, 0);
                 ExitKind::LocalPio
             }
@@ -597,13 +575,6 @@ impl Machine {
                 let now = cmos::host_now();
                 for &b in data {
                     cmos.write(port, b, now);
-                }
-                ExitKind::LocalPio
-            }
-            PM1A_EVT..=PM1A_EVT_END => {
-                let mut pm1 = self.pm1.lock().unwrap_or_else(PoisonError::into_inner);
-                for (i, &b) in data.iter().enumerate() {
-                    pm1.write(usize::from(port - PM1A_EVT) + i, b);
                 }
                 ExitKind::LocalPio
             }

@@ -33,7 +33,6 @@ pub mod irq;
 pub mod layout;
 pub mod machine;
 pub mod pcie;
-pub mod pm;
 pub mod power_on;
 pub mod session;
 pub mod vcpu;

@@ -214,6 +214,5 @@ pub fn reset_platform(machine: &Machine, acpi: bool) -> Result<(), Error> {
         machine.apply_assigned(index, changes)?;
     }
     machine.drain_notifications()?;
-    machine.reset_pm();
     machine.lower_intx()
 }
