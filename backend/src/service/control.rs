@@ -103,21 +103,6 @@ fn is_bridge(h: &Hierarchy, id: &str) -> bool {
     h.spec().bridges.iter().any(|b| b.config.id == id)
 }
 
-/// A `pcie-pci-bridge` itself as the source of a PME: refused by name, not "not found". Its
-/// Power Management capability, as QEMU's, advertises no PME support (PCI PM 1.2 §3.2.3
-/// PME_Support all clear, PMCSR read-only), so a PME from it would contradict its own
-/// registers (docs/qemu-compat.md).
-fn bridge_pme_refused(h: &Hierarchy, id: &str) -> Result<(), ControlError> {
-    if is_bridge(h, id) {
-        return Err(format!(
-            "{id}: a pcie-pci-bridge does not signal PME (its Power Management capability \
-             advertises no PME support, as QEMU's)"
-        )
-        .into());
-    }
-    Ok(())
-}
-
 impl ControlPlane {
     /// Events for the control socket since the last call.
     pub fn take_events(&mut self) -> Vec<ControlEvent> {
@@ -316,7 +301,17 @@ impl ControlPlane {
 
     /// A PME from function `id` of `h`.
     pub fn inject_pme(&self, h: &mut Hierarchy, id: &str) -> Result<Effects, ControlError> {
-        bridge_pme_refused(h, id)?;
+        if is_bridge(h, id) {
+            // Refused by name, not "not found": the bridge's Power Management capability, as
+            // QEMU's, advertises no PME support (PCI PM 1.2 §3.2.3 PME_Support all clear, PMCSR
+            // read-only), so a PME from it would contradict its own registers
+            // (docs/qemu-compat.md).
+            return Err(format!(
+                "{id}: a pcie-pci-bridge does not signal PME (its Power Management capability \
+                 advertises no PME support, as QEMU's)"
+            )
+            .into());
+        }
         if h.endpoint(id).is_some_and(|e| is_bridge(h, &e.bus)) {
             return Err(format!(
                 "{id}: PME from a function below a pcie-pci-bridge is not modelled \

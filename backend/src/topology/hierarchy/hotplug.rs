@@ -466,18 +466,19 @@ impl Hierarchy {
         status: u32,
         header_log: [u32; 4],
     ) -> Result<Effects, HotplugError> {
+        // The error as `requester` detected or sent it.
+        let error = |requester| AerError {
+            severity,
+            status,
+            requester,
+            header_log,
+        };
         if let Some(j) = self.bridge_index(id) {
             // A `pcie-pci-bridge`'s own error: logged in its AER capability, the message
             // received by the root port above it, as for a switch port (below).
             let requester =
                 u16::from(self.bridge_bus(j)) << 8 | u16::from(self.spec.bridges[j].addr.0);
-            let err = AerError {
-                severity,
-                status,
-                requester,
-                header_log,
-            };
-            let msg = self.bridges[j].record_error(&err)?;
+            let msg = self.bridges[j].record_error(&error(requester))?;
             self.mark_changed(super::Slot::Bridge(j as u16));
             return self.send_up(self.bridge_parent(j), msg);
         }
@@ -487,13 +488,7 @@ impl Hierarchy {
                 // by the root port above it (QEMU's pcie_aer_inject_error() + pcie_aer_msg()).
                 let requester =
                     u16::from(self.port_bus(p)) << 8 | u16::from(self.spec.root_ports[p].addr.0);
-                let err = AerError {
-                    severity,
-                    status,
-                    requester,
-                    header_log,
-                };
-                let msg = self.ports[p].port_mut().record_error(&err)?;
+                let msg = self.ports[p].port_mut().record_error(&error(requester))?;
                 self.mark_changed(super::Slot::Port(p as u16));
                 return self.send_up(Some(p), msg);
             }
@@ -508,13 +503,7 @@ impl Hierarchy {
                 (root, u16::from(bus) << 8 | u16::from(devfn), false)
             }
         };
-        let err = AerError {
-            severity,
-            status,
-            requester,
-            header_log,
-        };
-        let fx = self.ports[port].inject_error(&err, own)?;
+        let fx = self.ports[port].inject_error(&error(requester), own)?;
         Ok(self.after_port(port, fx))
     }
 
